@@ -1,0 +1,12 @@
+/** Who is calling, as established by an authenticator in the identity step. */
+export interface Principal {
+  /** spiffe URI, DNS name or CN (certificates); the owning principal (API keys). */
+  readonly id: string;
+  readonly kind: 'certificate' | 'api_key';
+  readonly certificate?: {
+    readonly fingerprintSha256: string;
+    readonly serialNumber: string;
+    readonly notAfter: Date;
+  };
+  readonly apiKeyId?: string;
+}

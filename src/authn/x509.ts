@@ -1,0 +1,142 @@
+// Client-certificate authentication. The port requests but does not require a
+// client certificate (API-key clients share it), so the daemon verifies the
+// presented leaf itself against the configured CA bundle: chain, dates, EKU.
+import { X509Certificate } from 'node:crypto';
+import type { PeerCertificate } from 'node:tls';
+import { UnauthenticatedError } from '../server/errors.js';
+import type { Principal } from './principal.js';
+
+const EKU_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+const MAX_CHAIN_DEPTH = 8;
+const MAX_CACHED = 10_000;
+
+/** The CA certificates clients must chain to. Replaced as a whole on reload. */
+export class TrustBundle {
+  constructor(readonly authorities: readonly X509Certificate[]) {}
+
+  static fromPem(pem: string | Buffer): TrustBundle {
+    const blocks = pem.toString().match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+    if (blocks.length === 0) throw new Error('CA bundle holds no PEM certificate');
+    const certs = blocks.map((block) => new X509Certificate(block));
+    for (const cert of certs) {
+      if (!cert.ca) throw new Error(`CA bundle entry "${cert.subject.replace(/\n/g, ', ')}" is not a CA certificate`);
+    }
+    return new TrustBundle(certs);
+  }
+}
+
+function withinValidity(cert: X509Certificate, now: number): boolean {
+  return now >= cert.validFromDate.getTime() && now <= cert.validToDate.getTime();
+}
+
+function isSelfSigned(cert: X509Certificate): boolean {
+  return cert.checkIssued(cert) && cert.verify(cert.publicKey);
+}
+
+/** Returns why the chain fails, or undefined when it reaches a trusted root. */
+export function chainProblem(leaf: X509Certificate, trust: TrustBundle, now: number): string | undefined {
+  let current = leaf;
+  for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
+    const issuer = trust.authorities.find((ca) => current.checkIssued(ca) && current.verify(ca.publicKey));
+    if (!issuer) return depth === 0 ? 'certificate is not issued by a trusted CA' : 'chain does not reach a trusted root';
+    if (!withinValidity(issuer, now)) return `issuing CA "${issuer.subject.replace(/\n/g, ', ')}" is outside its validity period`;
+    if (isSelfSigned(issuer)) return undefined;
+    current = issuer;
+  }
+  return 'certificate chain is too long';
+}
+
+interface SubjectAltNames {
+  readonly uri: string[];
+  readonly dns: string[];
+}
+
+// Node renders SANs as `DNS:a, URI:b`; values with special characters are JSON-quoted.
+const SAN_ENTRY = /(DNS|URI|IP Address|email|othername|DirName|Registered ID):("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)/g;
+
+export function parseSubjectAltNames(text: string | undefined): SubjectAltNames {
+  const names: SubjectAltNames = { uri: [], dns: [] };
+  if (!text) return names;
+  for (const [, kind, raw = ''] of text.matchAll(SAN_ENTRY)) {
+    const value = raw.startsWith('"') ? (JSON.parse(raw) as string) : raw;
+    if (kind === 'URI') names.uri.push(value);
+    else if (kind === 'DNS') names.dns.push(value);
+  }
+  return names;
+}
+
+function commonName(subject: string): string | undefined {
+  for (const line of subject.split('\n')) {
+    if (line.startsWith('CN=')) return line.slice(3);
+  }
+  return undefined;
+}
+
+/** Principal precedence: URI SAN (spiffe://…), then DNS SAN, then CN. */
+export function principalIdOf(cert: X509Certificate): string | undefined {
+  const san = parseSubjectAltNames(cert.subjectAltName);
+  return san.uri[0] ?? san.dns[0] ?? commonName(cert.subject);
+}
+
+interface Verified {
+  readonly principal: Principal;
+  readonly notBefore: number;
+  readonly notAfter: number;
+  readonly trust: TrustBundle;
+}
+
+export class CertificateAuthenticator {
+  // Verification costs ~200 µs; it is done once per distinct certificate, and only
+  // the validity dates are checked per call.
+  private readonly verified = new Map<string, Verified>();
+
+  constructor(private trust: TrustBundle) {}
+
+  /** Swaps the CA bundle (SIGHUP or rollover); cached results of the old bundle die with it. */
+  setTrust(trust: TrustBundle): void {
+    this.trust = trust;
+    this.verified.clear();
+  }
+
+  authenticate(peer: PeerCertificate, now = Date.now()): Principal {
+    const key = peer.fingerprint256;
+    let entry = this.verified.get(key);
+    if (!entry || entry.trust !== this.trust) {
+      entry = this.verify(peer.raw, now);
+      if (this.verified.size >= MAX_CACHED) this.verified.delete(this.verified.keys().next().value as string);
+      this.verified.set(key, entry);
+    }
+    if (now < entry.notBefore || now > entry.notAfter) {
+      throw new UnauthenticatedError('client certificate is outside its validity period');
+    }
+    return entry.principal;
+  }
+
+  private verify(raw: Buffer, now: number): Verified {
+    let leaf: X509Certificate;
+    try {
+      leaf = new X509Certificate(raw);
+    } catch {
+      throw new UnauthenticatedError('client certificate cannot be parsed');
+    }
+    if (leaf.ca) throw new UnauthenticatedError('client certificate is a CA certificate');
+    if (!leaf.keyUsage?.includes(EKU_CLIENT_AUTH)) {
+      throw new UnauthenticatedError('client certificate lacks extended key usage clientAuth');
+    }
+    const problem = chainProblem(leaf, this.trust, now);
+    if (problem) throw new UnauthenticatedError(problem);
+    const id = principalIdOf(leaf);
+    if (!id) throw new UnauthenticatedError('client certificate names no principal (no URI SAN, DNS SAN or CN)');
+    const notAfter = leaf.validToDate;
+    return {
+      principal: {
+        id,
+        kind: 'certificate',
+        certificate: { fingerprintSha256: leaf.fingerprint256, serialNumber: leaf.serialNumber, notAfter },
+      },
+      notBefore: leaf.validFromDate.getTime(),
+      notAfter: notAfter.getTime(),
+      trust: this.trust,
+    };
+  }
+}

@@ -1,0 +1,64 @@
+// A typed promise client for the generated services, used by debvisorctl, the
+// tests and the benchmarks.
+import { credentials, makeGenericClientConstructor, Metadata, type Client, type ChannelCredentials, type ClientOptions, type ServiceError } from '@grpc/grpc-js';
+import { create, type DescMessage, type DescService, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
+import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
+import { toServiceDefinition } from '../server/adapter.js';
+
+export interface CallOptions {
+  readonly metadata?: Record<string, string>;
+  /** Milliseconds from now. */
+  readonly timeoutMs?: number;
+}
+
+type ClientMethod<M> = M extends { methodKind: 'unary'; input: infer I extends DescMessage; output: infer O extends DescMessage }
+  ? (request: MessageInitShape<I>, options?: CallOptions) => Promise<MessageShape<O>>
+  : M extends { methodKind: 'server_streaming'; input: infer I extends DescMessage; output: infer O extends DescMessage }
+    ? (request: MessageInitShape<I>, options?: CallOptions) => AsyncIterable<MessageShape<O>>
+    : never;
+
+export type TypedClient<S extends GenServiceMethods> = { [K in keyof S]: ClientMethod<S[K]> } & { close(): void };
+
+export interface Connection {
+  readonly address: string;
+  readonly credentials: ChannelCredentials;
+  readonly options?: ClientOptions;
+}
+
+export function tlsCredentials(pem: { ca: Buffer; cert?: Buffer | undefined; key?: Buffer | undefined }): ChannelCredentials {
+  return credentials.createSsl(pem.ca, pem.key ?? null, pem.cert ?? null);
+}
+
+function metadataOf(options?: CallOptions): Metadata {
+  const metadata = new Metadata();
+  for (const [key, value] of Object.entries(options?.metadata ?? {})) metadata.set(key, value);
+  return metadata;
+}
+
+function deadlineOf(options?: CallOptions): { deadline?: Date } {
+  return options?.timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + options.timeoutMs) };
+}
+
+type RawUnary = (request: unknown, metadata: Metadata, options: object, callback: (err: ServiceError | null, response: unknown) => void) => void;
+type RawStream = (request: unknown, metadata: Metadata, options: object) => AsyncIterable<unknown>;
+
+export function createClient<S extends GenServiceMethods>(service: GenService<S>, connection: Connection): TypedClient<S> {
+  const desc = service as DescService;
+  const Ctor = makeGenericClientConstructor(toServiceDefinition(desc), desc.typeName);
+  const raw = new Ctor(connection.address, connection.credentials, connection.options) as Client & Record<string, RawUnary & RawStream>;
+  const typed: Record<string, unknown> = { close: () => raw.close() };
+  for (const method of desc.methods) {
+    const invoke = raw[method.name]!.bind(raw);
+    typed[method.localName] =
+      method.methodKind === 'unary'
+        ? (request: MessageInitShape<DescMessage>, options?: CallOptions) =>
+            new Promise((resolve, reject) =>
+              (invoke as RawUnary)(create(method.input, request), metadataOf(options), deadlineOf(options), (err, response) =>
+                err ? reject(err) : resolve(response),
+              ),
+            )
+        : (request: MessageInitShape<DescMessage>, options?: CallOptions) =>
+            (invoke as RawStream)(create(method.input, request), metadataOf(options), deadlineOf(options));
+  }
+  return typed as TypedClient<S>;
+}

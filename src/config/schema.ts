@@ -1,0 +1,53 @@
+// The daemon's configuration: one zod schema is the single source of truth for
+// keys, types, defaults and the DEBVISOR_RPCD_* environment overrides.
+import { z } from 'zod';
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port, for example 127.0.0.1:7443');
+const seconds = z.number().positive();
+const path = z.string().min(1, 'expected a non-empty path');
+
+export const configSchema = z.strictObject({
+  server: z
+    .strictObject({
+      /** gRPC listen address. Not reloadable. */
+      listen: hostPort.default('127.0.0.1:7443'),
+      max_request_bytes: z.number().int().positive().default(1024 * 1024),
+      max_response_bytes: z.number().int().positive().default(10 * 1024 * 1024),
+      max_deadline_seconds: seconds.default(300),
+      max_concurrent_streams: z.number().int().positive().default(1000),
+      keepalive_time_seconds: seconds.default(60),
+      keepalive_timeout_seconds: seconds.default(20),
+      max_connection_age_seconds: seconds.default(1800),
+      max_connection_age_grace_seconds: seconds.default(60),
+      shutdown_grace_seconds: z.number().nonnegative().default(15),
+    })
+    .prefault({}),
+  tls: z
+    .strictObject({
+      ca_file: path.default('/etc/debvisor/rpc/ca-cert.pem'),
+      cert_file: path.default('/etc/debvisor/rpc/server-cert.pem'),
+      key_file: path.default('/etc/debvisor/rpc/server-key.pem'),
+    })
+    .prefault({}),
+  http: z
+    .strictObject({
+      /** Prometheus /metrics, /healthz and /readyz. */
+      listen: hostPort.default('127.0.0.1:9464'),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+    })
+    .prefault({}),
+  auth: z
+    .strictObject({
+      /** Certificate principals that are always admin: how the first administrator exists. */
+      bootstrap_admins: z.array(z.string().min(1)).default([]),
+    })
+    .prefault({}),
+});
+
+export type Config = z.infer<typeof configSchema>;

@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+// debvisor-rpcd: the DebVisor control-plane daemon.
+import { Command } from 'commander';
+import { ConfigError, DEFAULT_CONFIG_PATH, ENV_PREFIX, loadConfig } from './config/load.js';
+import { createLogger } from './observability/logger.js';
+import { Daemon } from './server/server.js';
+import { TlsConfigError } from './server/tls.js';
+import { VERSION } from './version.js';
+
+const EXIT_CONFIG = 2;
+const EXIT_STARTUP = 1;
+
+const program = new Command('debvisor-rpcd')
+  .description('DebVisor control-plane daemon: gRPC over mutual TLS on every hypervisor host.')
+  .version(VERSION)
+  .option('-c, --config <path>', `YAML config file (default: ${DEFAULT_CONFIG_PATH} if it exists)`)
+  .option('--check-config', 'validate the configuration, print a summary and exit')
+  .addHelpText(
+    'after',
+    `\nEvery setting can be overridden by environment: ${ENV_PREFIX}<KEY_PATH>, e.g.\n` +
+      `  ${ENV_PREFIX}SERVER_LISTEN=0.0.0.0:7443  ${ENV_PREFIX}LOG_LEVEL=debug\n` +
+      'Lists take comma-separated values. Signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads certificates.',
+  )
+  .parse();
+
+const options = program.opts<{ config?: string; checkConfig?: boolean }>();
+
+let loaded;
+try {
+  loaded = loadConfig({ path: options.config });
+} catch (err) {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`debvisor-rpcd: invalid configuration:\n${err.problems.map((p) => `  ${p}`).join('\n')}\n`);
+    process.exit(EXIT_CONFIG);
+  }
+  throw err;
+}
+const { config, file } = loaded;
+
+if (options.checkConfig) {
+  process.stdout.write(`configuration OK (${file ?? 'built-in defaults'} + ${ENV_PREFIX}* environment)\n`);
+  process.exit(0);
+}
+
+const log = createLogger(config.log.level);
+log.info({ version: VERSION, config_file: file ?? null, node: process.version }, 'starting');
+
+let daemon: Daemon;
+try {
+  daemon = await Daemon.start(config, log);
+} catch (err) {
+  const message = err instanceof TlsConfigError ? err.message : err instanceof Error ? err.message : String(err);
+  log.fatal({ err }, `cannot start: ${message}`);
+  process.stderr.write(`debvisor-rpcd: cannot start: ${message}\n`);
+  process.exit(EXIT_STARTUP);
+}
+log.info({ grpc: config.server.listen, grpc_port: daemon.grpcPort, http: config.http.listen, http_port: daemon.httpPort }, 'ready');
+
+let stopping = false;
+const shutdown = (signal: NodeJS.Signals) => {
+  if (stopping) return;
+  stopping = true;
+  log.info({ signal }, 'draining in-flight calls');
+  daemon.stop().then(
+    ({ forced }) => {
+      log.info({ forced }, 'stopped');
+      process.exit(0);
+    },
+    (err: unknown) => {
+      log.error({ err }, 'shutdown failed');
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+// systemctl reload. The process must never die on HUP.
+process.on('SIGHUP', () => {
+  try {
+    const changed = daemon.reloadTls();
+    log.info({ changed }, 'reloaded TLS identity and CA bundle');
+  } catch (err) {
+    log.error({ err: err instanceof Error ? err.message : String(err) }, 'reload refused; keeping the current TLS identity');
+  }
+});
+process.on('uncaughtException', (err) => {
+  log.fatal({ err }, 'uncaught exception');
+  process.exit(70);
+});

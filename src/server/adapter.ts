@@ -1,0 +1,197 @@
+// Turns protobuf-es service descriptors into grpc-js service definitions, and
+// typed async handlers into grpc-js handlers. About the only glue between the two.
+import {
+  type MethodDefinition,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type sendUnaryData,
+  type Metadata,
+} from '@grpc/grpc-js';
+import {
+  create,
+  fromBinary,
+  toBinary,
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  type MessageInitShape,
+  type MessageShape,
+} from '@bufbuild/protobuf';
+import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
+import { InvalidArgumentError, toStatus } from './errors.js';
+import { callStateOf, type CallContext } from './context.js';
+import { newTraceId } from './trace.js';
+
+type UnaryHandler<I extends DescMessage, O extends DescMessage> = (
+  request: MessageShape<I>,
+  ctx: CallContext,
+) => Promise<MessageInitShape<O>>;
+
+type ServerStreamingHandler<I extends DescMessage, O extends DescMessage> = (
+  request: MessageShape<I>,
+  ctx: CallContext,
+) => AsyncIterable<MessageInitShape<O>>;
+
+type HandlerFor<M> = M extends { methodKind: 'unary'; input: infer I extends DescMessage; output: infer O extends DescMessage }
+  ? UnaryHandler<I, O>
+  : M extends { methodKind: 'server_streaming'; input: infer I extends DescMessage; output: infer O extends DescMessage }
+    ? ServerStreamingHandler<I, O>
+    : never;
+
+/** The typed implementation of one generated service: one async function per RPC. */
+export type ServiceHandlers<S extends GenServiceMethods> = {
+  [K in keyof S]: HandlerFor<S[K]>;
+};
+
+export interface AdapterOptions {
+  /** Cap on any call's deadline, and the deadline of calls that set none. */
+  readonly maxDeadlineMs: number;
+  /** Called with errors that became INTERNAL, so they are logged with their trace id. */
+  readonly onInternalError: (err: unknown, traceId: string, path: string) => void;
+}
+
+/** Marks a request that failed to decode, so the handler wrapper can answer INVALID_ARGUMENT. */
+class UndecodableRequest {
+  constructor(readonly reason: string) {}
+}
+
+function serializer(schema: DescMessage) {
+  // grpc-js needs a Buffer; wrapping the Uint8Array avoids a copy.
+  return (message: MessageShape<DescMessage>): Buffer => {
+    const bytes = toBinary(schema, message);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  };
+}
+
+function deserializer(schema: DescMessage) {
+  // grpc-js answers INTERNAL when a deserializer throws; bad bytes are the client's fault.
+  return (bytes: Buffer): MessageShape<DescMessage> | UndecodableRequest => {
+    try {
+      return fromBinary(schema, bytes);
+    } catch (err) {
+      return new UndecodableRequest(err instanceof Error ? err.message : String(err));
+    }
+  };
+}
+
+export function methodPath(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
+export function toServiceDefinition(service: DescService): ServiceDefinition {
+  const definition: Record<string, MethodDefinition<unknown, unknown>> = {};
+  for (const method of service.methods) {
+    if (method.methodKind !== 'unary' && method.methodKind !== 'server_streaming') {
+      throw new Error(`${methodPath(method)}: ${method.methodKind} RPCs are not supported by the adapter`);
+    }
+    definition[method.name] = {
+      path: methodPath(method),
+      requestStream: false,
+      responseStream: method.methodKind === 'server_streaming',
+      requestSerialize: serializer(method.input) as (value: unknown) => Buffer,
+      requestDeserialize: deserializer(method.input),
+      responseSerialize: serializer(method.output) as (value: unknown) => Buffer,
+      responseDeserialize: (bytes: Buffer) => fromBinary(method.output, bytes),
+      originalName: method.localName,
+    };
+  }
+  return definition;
+}
+
+interface GrpcCallLike {
+  readonly metadata: Metadata;
+  getDeadline(): Date | number;
+  getPeer(): string;
+  readonly cancelled: boolean;
+  on(event: 'cancelled', listener: () => void): unknown;
+}
+
+function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallContext; dispose: () => void } {
+  const state = callStateOf(call.metadata);
+  const controller = new AbortController();
+  const requested = call.getDeadline();
+  const requestedMs = requested instanceof Date ? requested.getTime() : requested;
+  const capMs = Date.now() + options.maxDeadlineMs;
+  const deadlineMs = Number.isFinite(requestedMs) ? Math.min(requestedMs, capMs) : capMs;
+  const timer = setTimeout(() => controller.abort(new Error('deadline exceeded')), Math.max(0, deadlineMs - Date.now()));
+  timer.unref();
+  call.on('cancelled', () => controller.abort(new Error('cancelled by client')));
+  const ctx: CallContext = {
+    traceId: state?.traceId ?? newTraceId(),
+    principal: state?.principal,
+    deadline: new Date(deadlineMs),
+    signal: controller.signal,
+    peer: state?.peer ?? call.getPeer(),
+  };
+  return { ctx, dispose: () => clearTimeout(timer) };
+}
+
+function decoded(request: unknown): MessageShape<DescMessage> {
+  if (request instanceof UndecodableRequest) {
+    throw new InvalidArgumentError('request', `not a valid protobuf message (${request.reason})`);
+  }
+  return request as MessageShape<DescMessage>;
+}
+
+/** Wraps typed handlers into the untyped grpc-js implementation for one service. */
+export function toImplementation<S extends GenServiceMethods>(
+  service: GenService<S>,
+  handlers: ServiceHandlers<S>,
+  options: AdapterOptions,
+): UntypedServiceImplementation {
+  const implementation: UntypedServiceImplementation = {};
+  const byLocalName = handlers as Record<string, unknown>;
+  for (const method of (service as DescService).methods) {
+    const handler = byLocalName[method.localName];
+    if (typeof handler !== 'function') {
+      throw new Error(`${methodPath(method)} has no handler`);
+    }
+    const path = methodPath(method);
+    const fail = (err: unknown, traceId: string) => {
+      const status = toStatus(err, traceId);
+      if (status.code === 13) options.onInternalError(err, traceId, path);
+      return status;
+    };
+    if (method.methodKind === 'unary') {
+      const unary = handler as UnaryHandler<DescMessage, DescMessage>;
+      implementation[method.name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+        const { ctx, dispose } = contextFor(call, options);
+        Promise.resolve()
+          .then(() => unary(decoded(call.request), ctx))
+          .then(
+            (response) => callback(null, create(method.output, response)),
+            (err: unknown) => callback(fail(err, ctx.traceId)),
+          )
+          .finally(dispose);
+      };
+    } else {
+      const streaming = handler as ServerStreamingHandler<DescMessage, DescMessage>;
+      implementation[method.name] = (call: ServerWritableStream<unknown, unknown>) => {
+        const { ctx, dispose } = contextFor(call, options);
+        void (async () => {
+          try {
+            for await (const message of streaming(decoded(call.request), ctx)) {
+              if (call.cancelled) return;
+              if (!call.write(create(method.output, message))) {
+                await new Promise<void>((resolve) => call.once('drain', resolve));
+              }
+            }
+            call.end();
+          } catch (err) {
+            // grpc-js turns an 'error' event into the stream's final status.
+            const status = fail(err, ctx.traceId);
+            call.emit('error', Object.assign(new Error(status.details), status));
+          } finally {
+            dispose();
+          }
+        })();
+      };
+    }
+  }
+  return implementation;
+}
+
+/** The typed handlers of a generated service constant, e.g. `HandlersOf<typeof AccessService>`. */
+export type HandlersOf<T> = T extends GenService<infer S> ? ServiceHandlers<S> : never;

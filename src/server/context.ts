@@ -1,0 +1,36 @@
+// Per-call state shared by the interceptor chain and the handler.
+// Keyed by the call's Metadata object: grpc-js hands the same object from the
+// interceptors to the handler, and no client can forge an object reference,
+// so identity never travels in a header.
+import type { Metadata } from '@grpc/grpc-js';
+import type { Principal } from '../authn/principal.js';
+
+export interface CallState {
+  readonly traceId: string;
+  readonly startedAt: bigint;
+  /** `/package.Service/Method` */
+  readonly path: string;
+  readonly peer: string;
+  principal?: Principal;
+}
+
+const states = new WeakMap<Metadata, CallState>();
+
+export function attachCallState(metadata: Metadata, state: CallState): void {
+  states.set(metadata, state);
+}
+
+export function callStateOf(metadata: Metadata): CallState | undefined {
+  return states.get(metadata);
+}
+
+/** What a handler sees of its call. */
+export interface CallContext {
+  readonly traceId: string;
+  readonly principal: Principal | undefined;
+  /** Absolute deadline, already capped by the server's maximum. */
+  readonly deadline: Date;
+  /** Aborted when the client cancels or the deadline passes. */
+  readonly signal: AbortSignal;
+  readonly peer: string;
+}

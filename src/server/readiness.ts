@@ -1,0 +1,44 @@
+// What must be true before the daemon says SERVING: each component reports in,
+// and grpc health and /readyz both read this one state.
+import type { HealthImplementation } from 'grpc-health-check';
+
+export type Component = 'tls' | 'store';
+
+export class Readiness {
+  private readonly pending = new Set<Component>();
+  private draining = false;
+
+  constructor(
+    required: readonly Component[],
+    private readonly health: HealthImplementation,
+    private readonly services: readonly string[],
+  ) {
+    for (const component of required) this.pending.add(component);
+    this.publish();
+  }
+
+  set(component: Component, ready: boolean): void {
+    if (ready) this.pending.delete(component);
+    else this.pending.add(component);
+    this.publish();
+  }
+
+  /** Shutdown: report NOT_SERVING so load balancers stop sending new calls. */
+  drain(): void {
+    this.draining = true;
+    this.publish();
+  }
+
+  get ready(): boolean {
+    return !this.draining && this.pending.size === 0;
+  }
+
+  get notReady(): Component[] {
+    return [...this.pending];
+  }
+
+  private publish(): void {
+    const status = this.ready ? 'SERVING' : 'NOT_SERVING';
+    for (const service of ['', ...this.services]) this.health.setStatus(service, status);
+  }
+}
