@@ -120,7 +120,8 @@ export class CertificateAuthenticator {
       throw new UnauthenticatedError('client certificate cannot be parsed');
     }
     if (leaf.ca) throw new UnauthenticatedError('client certificate is a CA certificate');
-    if (!leaf.keyUsage?.includes(EKU_CLIENT_AUTH)) {
+    // keyUsage (Node's name for the EKU list) is undefined when the extension is absent.
+    if (!Array.isArray(leaf.keyUsage) || !leaf.keyUsage.includes(EKU_CLIENT_AUTH)) {
       throw new UnauthenticatedError('client certificate lacks extended key usage clientAuth');
     }
     const problem = chainProblem(leaf, this.trust, now);

@@ -47,7 +47,7 @@ function printRecord(record: Record<string, string>): void {
 function fail(err: unknown): never {
   const grpcError = err as Partial<ServiceError>;
   if (typeof grpcError.code === 'number') {
-    process.stderr.write(`debvisorctl: ${Status[grpcError.code] ?? grpcError.code}: ${grpcError.details ?? ''}\n`);
+    process.stderr.write(`debvisorctl: ${Status[grpcError.code]}: ${grpcError.details ?? ''}\n`);
   } else {
     process.stderr.write(`debvisorctl: ${err instanceof Error ? err.message : String(err)}\n`);
   }

@@ -48,7 +48,9 @@ export function createClient<S extends GenServiceMethods>(service: GenService<S>
   const raw = new Ctor(connection.address, connection.credentials, connection.options) as Client & Record<string, RawUnary & RawStream>;
   const typed: Record<string, unknown> = { close: () => raw.close() };
   for (const method of desc.methods) {
-    const invoke = raw[method.name]!.bind(raw);
+    const method_ = raw[method.name];
+    if (!method_) throw new Error(`${desc.typeName}.${method.name} missing from the generated client`);
+    const invoke = method_.bind(raw);
     typed[method.localName] =
       method.methodKind === 'unary'
         ? (request: MessageInitShape<DescMessage>, options?: CallOptions) =>

@@ -37,7 +37,8 @@ export function configLeaves(schema: z.ZodType = configSchema, prefix: string[] 
   const leaves = new Map<string, { path: string[]; leaf: Leaf }>();
   const inner = core(schema);
   if (inner instanceof z.ZodObject) {
-    for (const [key, child] of Object.entries(inner.shape as Record<string, z.ZodType>)) {
+    const shape: Record<string, z.ZodType> = inner.shape;
+    for (const [key, child] of Object.entries(shape)) {
       for (const [name, info] of configLeaves(child, [...prefix, key])) leaves.set(name, info);
     }
     return leaves;

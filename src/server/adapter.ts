@@ -1,6 +1,7 @@
 // Turns protobuf-es service descriptors into grpc-js service definitions, and
 // typed async handlers into grpc-js handlers. About the only glue between the two.
 import {
+  status as Status,
   type MethodDefinition,
   type ServiceDefinition,
   type UntypedServiceImplementation,
@@ -20,7 +21,7 @@ import {
   type MessageShape,
 } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
-import { InvalidArgumentError, toStatus } from './errors.js';
+import { InvalidArgumentError, RpcError, toStatus } from './errors.js';
 import { callStateOf, type CallContext } from './context.js';
 import { newTraceId } from './trace.js';
 
@@ -115,9 +116,12 @@ function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallCon
   const requestedMs = requested instanceof Date ? requested.getTime() : requested;
   const capMs = Date.now() + options.maxDeadlineMs;
   const deadlineMs = Number.isFinite(requestedMs) ? Math.min(requestedMs, capMs) : capMs;
-  const timer = setTimeout(() => controller.abort(new Error('deadline exceeded')), Math.max(0, deadlineMs - Date.now()));
+  const timer = setTimeout(
+    () => controller.abort(new RpcError('DEADLINE_EXCEEDED', `deadline exceeded (the server allows at most ${options.maxDeadlineMs / 1000} s per call)`)),
+    Math.max(0, deadlineMs - Date.now()),
+  );
   timer.unref();
-  call.on('cancelled', () => controller.abort(new Error('cancelled by client')));
+  call.on('cancelled', () => controller.abort(new RpcError('CANCELLED', 'cancelled by the client')));
   const ctx: CallContext = {
     traceId: state?.traceId ?? newTraceId(),
     principal: state?.principal,
@@ -126,6 +130,14 @@ function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallCon
     peer: state?.peer ?? call.getPeer(),
   };
   return { ctx, dispose: () => clearTimeout(timer) };
+}
+
+/** Settles when the call is aborted, so a handler that ignores its signal still cannot outlive the deadline. */
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    if (signal.aborted) reject(signal.reason as Error);
+    else signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true });
+  });
 }
 
 function decoded(request: unknown): MessageShape<DescMessage> {
@@ -151,7 +163,7 @@ export function toImplementation<S extends GenServiceMethods>(
     const path = methodPath(method);
     const fail = (err: unknown, traceId: string) => {
       const status = toStatus(err, traceId);
-      if (status.code === 13) options.onInternalError(err, traceId, path);
+      if (status.code === Status.INTERNAL) options.onInternalError(err, traceId, path);
       return status;
     };
     if (method.methodKind === 'unary') {
@@ -159,7 +171,7 @@ export function toImplementation<S extends GenServiceMethods>(
       implementation[method.name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
         const { ctx, dispose } = contextFor(call, options);
         Promise.resolve()
-          .then(() => unary(decoded(call.request), ctx))
+          .then(() => Promise.race([unary(decoded(call.request), ctx), aborted(ctx.signal)]))
           .then(
             (response) => callback(null, create(method.output, response)),
             (err: unknown) => callback(fail(err, ctx.traceId)),

@@ -17,13 +17,15 @@ export function unimplementedHandlers(service: DescService, implemented: Record<
   const handlers: Record<string, unknown> = { ...implemented };
   for (const method of service.methods) {
     if (method.localName in handlers) continue;
+    const refuse = () => new UnimplementedError(`${area} are not available in this build (${method.name})`);
     handlers[method.localName] =
       method.methodKind === 'server_streaming'
-        ? // eslint-disable-next-line require-yield -- never yields: it only refuses
-          async function* () {
-            throw new UnimplementedError(`${area} are not available in this build (${method.name})`);
-          }
-        : () => Promise.reject(new UnimplementedError(`${area} are not available in this build (${method.name})`));
+        ? () => ({
+            [Symbol.asyncIterator]: () => {
+              throw refuse();
+            },
+          })
+        : () => Promise.reject(refuse());
   }
   return handlers;
 }

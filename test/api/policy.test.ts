@@ -1,0 +1,74 @@
+// The API is the policy: every RPC must declare its permission in proto/, and the
+// declarations must point at fields that exist.
+import { describe, expect, it } from 'vitest';
+import { getOption, type DescMessage, type DescMethod } from '@bufbuild/protobuf';
+import { API_SERVICES } from '../../src/services/registry.js';
+import { policyIndex, policyOf } from '../../src/server/policy.js';
+import { methodPath } from '../../src/server/adapter.js';
+import { EXEMPT_SERVICES, isExempt } from '../../src/chain/exempt.js';
+import { QuotaResource, ResourceKind, secret } from '../../src/gen/debvisor/v1/options_pb.js';
+
+const methods: DescMethod[] = API_SERVICES.flatMap((service) => service.methods);
+const PERMISSION = /^(\*|[a-z]+(:[a-z]+){1,2})$/;
+
+function fieldAt(message: DescMessage, dotted: string): boolean {
+  let current: DescMessage | undefined = message;
+  const parts = dotted.split('.');
+  for (const [index, part] of parts.entries()) {
+    const field = current?.fields.find((f) => f.name === part);
+    if (!field) return false;
+    if (index < parts.length - 1) current = field.message;
+  }
+  return true;
+}
+
+describe('RPC policy options', () => {
+  it('covers the six DebVisor services', () => {
+    expect(API_SERVICES.map((s) => s.typeName).sort()).toEqual(
+      ['AccessService', 'MigrationService', 'NodeService', 'OperationService', 'StorageService', 'VmService'].map((n) => `debvisor.v1.${n}`),
+    );
+  });
+
+  it.each(methods.map((m) => [methodPath(m), m] as const))('%s declares a well-formed permission', (_path, method) => {
+    const policy = policyOf(method);
+    expect(policy, 'missing (debvisor.v1.rpc_policy) option').toBeDefined();
+    expect(policy!.permission).toMatch(PERMISSION);
+  });
+
+  it('indexes every method by path', () => {
+    expect(policyIndex(API_SERVICES).size).toBe(methods.length);
+  });
+
+  it('marks exactly the requests that carry request_id as mutating', () => {
+    for (const method of methods) {
+      const hasRequestId = method.input.fields.some((f) => f.name === 'request_id');
+      expect(policyOf(method)!.mutates, methodPath(method)).toBe(hasRequestId);
+    }
+  });
+
+  it('points resource_field and quota_amount_field at real request fields', () => {
+    for (const method of methods) {
+      const policy = policyOf(method)!;
+      if (policy.resourceField) expect(fieldAt(method.input, policy.resourceField), `${methodPath(method)} ${policy.resourceField}`).toBe(true);
+      if (policy.resourceField) expect(policy.resourceKind, methodPath(method)).not.toBe(ResourceKind.UNSPECIFIED);
+      if (policy.quotaAmountField) {
+        expect(policy.quotaResource, methodPath(method)).not.toBe(QuotaResource.UNSPECIFIED);
+        expect(fieldAt(method.input, policy.quotaAmountField), `${methodPath(method)} ${policy.quotaAmountField}`).toBe(true);
+      }
+    }
+  });
+
+  it('marks API key secrets for audit redaction', () => {
+    const secretFields = methods.flatMap((m) => m.output.fields.filter((f) => getOption(f, secret)).map((f) => `${m.output.name}.${f.name}`));
+    expect(secretFields).toEqual(expect.arrayContaining(['CreateApiKeyResponse.secret', 'RotateApiKeyResponse.secret']));
+  });
+});
+
+describe('exempt services', () => {
+  it('are health and reflection only, listed in one place', () => {
+    expect([...EXEMPT_SERVICES].sort()).toEqual(['grpc.health.v1.Health', 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection']);
+    expect(isExempt('/grpc.health.v1.Health/Check')).toBe(true);
+    expect(isExempt('/debvisor.v1.AccessService/WhoAmI')).toBe(false);
+    expect(isExempt('/grpc.health.v1.HealthX/Check')).toBe(false);
+  });
+});
