@@ -17,7 +17,7 @@ function fieldAt(message: DescMessage, dotted: string): boolean {
   for (const [index, part] of parts.entries()) {
     const field = current?.fields.find((f) => f.name === part);
     if (!field) return false;
-    if (index < parts.length - 1) current = field.message;
+    if (index < parts.length - 1) current = field.fieldKind === 'message' ? field.message : undefined;
   }
   return true;
 }
