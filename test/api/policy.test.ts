@@ -1,7 +1,7 @@
 // The API is the policy: every RPC must declare its permission in proto/, and the
 // declarations must point at fields that exist.
 import { describe, expect, it } from 'vitest';
-import { getOption, type DescMessage, type DescMethod } from '@bufbuild/protobuf';
+import { getOption, type DescField, type DescMessage, type DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { policyIndex, policyOf } from '../../src/server/policy.js';
 import { methodPath } from '../../src/server/adapter.js';
@@ -12,14 +12,11 @@ const methods: DescMethod[] = API_SERVICES.flatMap((service) => service.methods)
 const PERMISSION = /^(\*|[a-z]+(:[a-z]+){1,2})$/;
 
 function fieldAt(message: DescMessage, dotted: string): boolean {
-  let current: DescMessage | undefined = message;
-  const parts = dotted.split('.');
-  for (const [index, part] of parts.entries()) {
-    const field = current?.fields.find((f) => f.name === part);
-    if (!field) return false;
-    if (index < parts.length - 1) current = field.fieldKind === 'message' ? field.message : undefined;
-  }
-  return true;
+  const [head = '', ...rest] = dotted.split('.');
+  const field: DescField | undefined = message.fields.find((f) => f.name === head);
+  if (!field) return false;
+  if (rest.length === 0) return true;
+  return field.fieldKind === 'message' && fieldAt(field.message, rest.join('.'));
 }
 
 describe('RPC policy options', () => {
