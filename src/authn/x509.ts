@@ -1,6 +1,9 @@
 // Client-certificate authentication. The port requests but does not require a
-// client certificate (API-key clients share it), so the daemon verifies the
-// presented leaf itself against the configured CA bundle: chain, dates, EKU.
+// client certificate (API-key clients share it). OpenSSL verifies the chain at the
+// handshake and grpc-js (1.14.7) hides unverified certificates, but that is not a
+// documented guarantee, and a connection opened before a CA-bundle reload keeps its
+// old verdict. So the daemon verifies the leaf itself as well, against the current
+// bundle: chain, dates, EKU clientAuth. Defence in depth, at one check per certificate.
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { UnauthenticatedError } from '../server/errors.js';

@@ -18,7 +18,9 @@ export function identity(certificates: CertificateAuthenticator, log: Logger) {
       if (isExempt(path)) return;
       const peer = call.getAuthContext().sslPeerCertificate;
       try {
-        if (!peer) throw new UnauthenticatedError('no client certificate and no API key presented');
+        // grpc-js exposes a peer certificate only when TLS verified it against the CA bundle,
+        // so an unverifiable certificate arrives here as none at all.
+        if (!peer) throw new UnauthenticatedError('no verified client certificate (none presented, or it failed TLS verification) and no API key');
         state.principal = certificates.authenticate(peer);
       } catch (err) {
         if (err instanceof UnauthenticatedError) {

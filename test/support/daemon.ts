@@ -18,6 +18,7 @@ import {
 } from '@grpc/grpc-js';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { stringify } from 'yaml';
+import { configSchema } from '../../src/config/schema.js';
 import { ensureDevPki, type DevPkiPaths } from '../../src/pki/index.js';
 import { createClient, tlsCredentials, type TypedClient } from '../../src/client/client.js';
 
@@ -122,11 +123,16 @@ export function daemonEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv
   return { ...env, ...extra };
 }
 
-export function baseConfig(pki: DevPkiPaths, grpcPort: number, httpPort: number): Record<string, unknown> {
+/**
+ * The config every test daemon starts from. `stateDir` holds the embedded store's
+ * files (when this build has a store section), so no daemon touches /var/lib.
+ */
+export function baseConfig(pki: DevPkiPaths, grpcPort: number, httpPort: number, stateDir = join(pki.dir, '..', 'state')): Record<string, unknown> {
   return {
     server: { listen: `127.0.0.1:${grpcPort}`, shutdown_grace_seconds: 5 },
     http: { listen: `127.0.0.1:${httpPort}` },
     tls: { ca_file: pki.caCert, cert_file: pki.serverCert, key_file: pki.serverKey },
+    ...('store' in configSchema.shape ? { store: { backend: 'embedded', embedded: { dir: stateDir } } } : {}),
     auth: { bootstrap_admins: [pki.adminPrincipal] },
     log: { level: 'info' },
   };
@@ -153,8 +159,8 @@ function spawnMain(args: string[], env: NodeJS.ProcessEnv): Spawned {
   const child = spawn(process.execPath, [MAIN_JS, ...args], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const spawned: Spawned = { child, exited: Promise.resolve({ code: null, signal: null }), chunks: [], exit: undefined };
   running.add(child);
-  child.stdout?.setEncoding('utf8').on('data', (text: string) => spawned.chunks.push({ stream: 'stdout', text }));
-  child.stderr?.setEncoding('utf8').on('data', (text: string) => spawned.chunks.push({ stream: 'stderr', text }));
+  child.stdout.setEncoding('utf8').on('data', (text: string) => spawned.chunks.push({ stream: 'stdout', text }));
+  child.stderr.setEncoding('utf8').on('data', (text: string) => spawned.chunks.push({ stream: 'stderr', text }));
   spawned.exited = new Promise<Exit>((resolveExit) => {
     child.once('error', (err) => {
       spawned.chunks.push({ stream: 'stderr', text: `spawn error: ${err.message}\n` });

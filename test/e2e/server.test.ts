@@ -1,0 +1,283 @@
+// End-to-end: the real daemon (dist/main.js) over mutual TLS, one daemon for the file.
+import { X509Certificate } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import {
+  loadPackageDefinition,
+  status as Status,
+  type Client,
+  type ClientDuplexStream,
+  type ServiceClientConstructor,
+  type ServiceError,
+} from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { timestampDate } from '@bufbuild/protobuf/wkt';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { AccessService, PrincipalKind } from '../../src/gen/debvisor/v1/access_pb.js';
+import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
+import {
+  REPO_ROOT,
+  adminPem,
+  clientFor,
+  credentialsFor,
+  rawClientFor,
+  rawUnary,
+  startDaemon,
+  type ClientPem,
+  type PemFiles,
+  type RunningDaemon,
+} from '../support/daemon.js';
+import { writeRefusedCertificates, type CertFixture, type RefusedCertificates } from '../support/pki-fixtures.js';
+
+const ADMIN = 'spiffe://debvisor/admin/admin';
+const WHOAMI = '/debvisor.v1.AccessService/WhoAmI';
+const REFLECTION_PROTO = join(REPO_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');
+const DEBVISOR_SERVICES = [
+  'debvisor.v1.AccessService',
+  'debvisor.v1.NodeService',
+  'debvisor.v1.VmService',
+  'debvisor.v1.MigrationService',
+  'debvisor.v1.StorageService',
+  'debvisor.v1.OperationService',
+];
+
+let daemon: RunningDaemon;
+let admin: PemFiles;
+let refused: RefusedCertificates;
+let fixturesDir: string;
+const clients: { close(): void }[] = [];
+
+beforeAll(async () => {
+  daemon = await startDaemon();
+  admin = await adminPem(daemon.pki);
+  fixturesDir = await mkdtemp(join(tmpdir(), 'rpcd-e2e-fixtures-'));
+  refused = await writeRefusedCertificates(daemon.pki, fixturesDir);
+});
+
+afterAll(async () => {
+  for (const client of clients) client.close();
+  await daemon.cleanup();
+  await rm(fixturesDir, { recursive: true, force: true });
+});
+
+async function access(identity?: ClientPem | null) {
+  const client = await clientFor(AccessService, daemon, identity);
+  clients.push(client);
+  return client;
+}
+
+async function raw(identity?: ClientPem | null): Promise<Client> {
+  const client = await rawClientFor(daemon, identity);
+  clients.push(client);
+  return client;
+}
+
+function pem(fixture: CertFixture): ClientPem {
+  return { cert: fixture.cert, key: fixture.key };
+}
+
+/** The call's failure; fails the test if the call succeeds. */
+async function rejection(call: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await call;
+  } catch (err) {
+    return err as ServiceError;
+  }
+  throw new Error('call succeeded but must have been refused');
+}
+
+function trailer(err: ServiceError, key: string): string | undefined {
+  const value = err.metadata.get(key)[0];
+  return typeof value === 'string' ? value : undefined;
+}
+
+describe('authentication', () => {
+  it('WhoAmI with the dev admin certificate names the admin principal', async () => {
+    const client = await access();
+    const me = await client.whoAmI({}, { timeoutMs: 5000 });
+    const cert = new X509Certificate(admin.cert);
+    expect(me.principalId).toBe(ADMIN);
+    expect(me.kind).toBe(PrincipalKind.CERTIFICATE);
+    expect(me.authMethod).toBe('mtls');
+    expect(me.certFingerprintSha256).toBe(cert.fingerprint256.replaceAll(':', '').toLowerCase());
+    expect(me.certFingerprintSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(me.certNotAfter).toBeDefined();
+    expect(timestampDate(me.certNotAfter!).getTime()).toBe(cert.validToDate.getTime());
+    expect(me.sourceAddress).toContain('127.0.0.1');
+  });
+
+  // The port requests but does not require a client certificate, so the TLS
+  // handshake with any certificate succeeds and the identity step refuses the call.
+  it('refuses a client certificate from another CA with UNAUTHENTICATED', async () => {
+    const err = await rejection((await access(pem(refused.foreignClient))).whoAmI({}, { timeoutMs: 5000 }));
+    expect(err.code).toBe(Status.UNAUTHENTICATED);
+    expect(err.details).toContain('authentication required');
+    expect(err.details).toMatch(/trace_id=/);
+  });
+
+  it('refuses a self-signed certificate naming the admin principal with UNAUTHENTICATED', async () => {
+    const err = await rejection((await access(pem(refused.selfSignedAdmin))).whoAmI({}, { timeoutMs: 5000 }));
+    expect(err.code).toBe(Status.UNAUTHENTICATED);
+  });
+
+  it('refuses dev-CA certificates lacking clientAuth or past their expiry with UNAUTHENTICATED', async () => {
+    const noClientAuth = await rejection((await access(pem(refused.serverAuthOnly))).whoAmI({}, { timeoutMs: 5000 }));
+    expect(noClientAuth.code).toBe(Status.UNAUTHENTICATED);
+    const expired = await rejection((await access(pem(refused.expired))).whoAmI({}, { timeoutMs: 5000 }));
+    expect(expired.code).toBe(Status.UNAUTHENTICATED);
+    // The reason goes to the daemon's log (with the trace id), never to the client.
+    expect(noClientAuth.details).not.toContain('clientAuth');
+    expect(expired.details).not.toContain('validity');
+    for (const err of [noClientAuth, expired]) {
+      const traceId = /trace_id=([0-9a-f]{32})/.exec(err.details)?.[1];
+      expect(traceId).toBeDefined();
+      // The log line and the response travel on different pipes: allow it a moment to arrive.
+      await vi.waitFor(() => {
+        const warning = daemon.logRecords().find((r) => r.msg === 'authentication failed' && r.trace_id === traceId);
+        expect(warning).toMatchObject({ level: 'warn', method: WHOAMI });
+      });
+    }
+  });
+
+  it('refuses a call without a client certificate, quoting a trace id in details and trailers', async () => {
+    const err = await rejection((await access(null)).whoAmI({}, { timeoutMs: 5000 }));
+    expect(err.code).toBe(Status.UNAUTHENTICATED);
+    const match = /trace_id=([0-9a-f]{32})/.exec(err.details);
+    expect(match).not.toBeNull();
+    expect(trailer(err, 'x-request-id')).toBe(match![1]);
+  });
+
+  it('echoes a client-sent x-request-id in the trailers', async () => {
+    const id = 'test-trace-12345678';
+    const ok = await rawUnary(await raw(), WHOAMI, Buffer.alloc(0), { 'x-request-id': id });
+    expect(ok.error).toBeUndefined();
+    expect(ok.status.code).toBe(Status.OK);
+    expect(ok.status.metadata.get('x-request-id')).toEqual([id]);
+
+    const failed = await rejection((await access(null)).whoAmI({}, { timeoutMs: 5000, metadata: { 'x-request-id': id } }));
+    expect(failed.code).toBe(Status.UNAUTHENTICATED);
+    expect(trailer(failed, 'x-request-id')).toBe(id);
+    expect(failed.details).toContain(`trace_id=${id}`);
+  });
+});
+
+describe('request handling', () => {
+  it('answers RESOURCE_EXHAUSTED to a 2 MiB request', async () => {
+    const client = await access();
+    const err = await rejection(client.createApiKey({ description: 'x'.repeat(2 * 1024 * 1024) }, { timeoutMs: 10_000 }));
+    expect(err.code).toBe(Status.RESOURCE_EXHAUSTED);
+    // Refused by the daemon's 1 MiB receive limit, not by the client.
+    expect(err.details).toContain(`vs ${1024 * 1024}`);
+  });
+
+  it('answers UNIMPLEMENTED to an unknown method', async () => {
+    const result = await rawUnary(await raw(), '/debvisor.v1.AccessService/NoSuchMethod', Buffer.alloc(0));
+    expect(result.error?.code).toBe(Status.UNIMPLEMENTED);
+  });
+
+  it('answers UNIMPLEMENTED naming the area to an RPC not in this build', async () => {
+    const client = await clientFor(VmService, daemon);
+    clients.push(client);
+    const err = await rejection(client.listVms({}, { timeoutMs: 5000 }));
+    expect(err.code).toBe(Status.UNIMPLEMENTED);
+    expect(err.details).toContain('VM operations are not available in this build');
+  });
+
+  it('answers INVALID_ARGUMENT, never INTERNAL, to a malformed protobuf body', async () => {
+    const result = await rawUnary(await raw(), WHOAMI, Buffer.from([0xff, 0xff, 0xff]));
+    expect(result.error?.code).toBe(Status.INVALID_ARGUMENT);
+    expect(result.error?.details).toContain('not a valid protobuf message');
+    expect(daemon.logs()).not.toContain('internal error in handler');
+  });
+});
+
+interface HealthClient extends Client {
+  Check(request: { service: string }, callback: (err: ServiceError | null, response?: { status: string }) => void): void;
+}
+
+interface ReflectionResponse {
+  list_services_response?: { service: { name: string }[] };
+  error_response?: { error_code: number; error_message: string };
+}
+
+interface ReflectionClient extends Client {
+  ServerReflectionInfo(): ClientDuplexStream<{ list_services: string }, ReflectionResponse>;
+}
+
+function serviceConstructor(proto: string, path: string[], keepCase = false): ServiceClientConstructor {
+  let node: unknown = loadPackageDefinition(loadSync(proto, { keepCase, longs: String, enums: String, defaults: true, oneofs: true }));
+  for (const key of path) node = (node as Record<string, unknown>)[key];
+  return node as ServiceClientConstructor;
+}
+
+describe('health, reflection and HTTP', () => {
+  it('grpc.health.v1.Health/Check "" is SERVING without a client certificate', async () => {
+    const Health = serviceConstructor(healthProtoPath, ['grpc', 'health', 'v1', 'Health']);
+    for (const identity of [null, undefined]) {
+      const client = new Health(daemon.grpcAddress, await credentialsFor(daemon.pki, identity)) as unknown as HealthClient;
+      clients.push(client);
+      const response = await new Promise<{ status: string } | undefined>((resolve, reject) => {
+        client.Check({ service: '' }, (err, value) => (err ? reject(err) : resolve(value)));
+      });
+      expect(response?.status).toBe('SERVING');
+    }
+  });
+
+  it('reflection lists all six debvisor services', async () => {
+    const Reflection = serviceConstructor(REFLECTION_PROTO, ['grpc', 'reflection', 'v1', 'ServerReflection'], true);
+    const client = new Reflection(daemon.grpcAddress, await credentialsFor(daemon.pki)) as unknown as ReflectionClient;
+    clients.push(client);
+    const stream = client.ServerReflectionInfo();
+    const response = await new Promise<ReflectionResponse>((resolve, reject) => {
+      stream.once('data', resolve);
+      stream.once('error', reject);
+      stream.write({ list_services: '' });
+    });
+    stream.end();
+    const names = (response.list_services_response?.service ?? []).map((s) => s.name);
+    expect(names).toEqual(expect.arrayContaining(DEBVISOR_SERVICES));
+    expect(names).toContain('grpc.health.v1.Health');
+
+    const grpcurl = await which('grpcurl');
+    if (grpcurl) {
+      const { stdout } = await promisify(execFile)(grpcurl, [
+        '-cacert', daemon.pki.caCert,
+        '-cert', daemon.pki.adminCert,
+        '-key', daemon.pki.adminKey,
+        daemon.grpcAddress,
+        'list',
+      ]);
+      expect(stdout.split('\n')).toEqual(expect.arrayContaining(DEBVISOR_SERVICES));
+    }
+  });
+
+  it('serves /metrics, /healthz and /readyz', async () => {
+    const base = `http://${daemon.httpAddress}`;
+    const metrics = await fetch(`${base}/metrics`);
+    expect(metrics.status).toBe(200);
+    const body = await metrics.text();
+    expect(body).toContain('rpc_requests_total');
+    expect(body).toContain('process_cpu_seconds_total');
+    // Earlier calls in this file were counted with their final status.
+    expect(body).toMatch(/rpc_requests_total\{service="debvisor.v1.AccessService",method="WhoAmI",status="UNAUTHENTICATED"\} \d+/);
+    const healthz = await fetch(`${base}/healthz`);
+    expect(healthz.status).toBe(200);
+    await healthz.text();
+    const readyz = await fetch(`${base}/readyz`);
+    expect(readyz.status).toBe(200);
+    await readyz.text();
+  });
+});
+
+async function which(command: string): Promise<string | undefined> {
+  try {
+    const { stdout } = await promisify(execFile)('sh', ['-c', `command -v ${command}`]);
+    return stdout.trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
