@@ -42,6 +42,35 @@ export const configSchema = z.strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
     })
     .prefault({}),
+  store: z
+    .strictObject({
+      /** embedded: this host only (node:sqlite). etcd: the cluster every host shares. Not reloadable. */
+      backend: z.enum(['embedded', 'etcd']).default('embedded'),
+      embedded: z
+        .strictObject({
+          dir: path.default('/var/lib/debvisor/rpcd/store'),
+          compaction_interval_seconds: seconds.default(300),
+          retain_revisions: z.number().int().positive().default(10_000),
+        })
+        .prefault({}),
+      etcd: z
+        .strictObject({
+          endpoints: z.array(z.url({ protocol: /^https?$/ })).min(1).default(['http://127.0.0.1:2379']),
+          /** mTLS to etcd: CA bundle, client certificate and key. Leave empty for plain http endpoints. */
+          ca_file: z.string().default(''),
+          cert_file: z.string().default(''),
+          key_file: z.string().default(''),
+          /** etcd user authentication; the password is read from a file (0600), never written in this config. */
+          username: z.string().default(''),
+          password_file: z.string().default(''),
+          dial_timeout_ms: z.number().int().positive().default(3000),
+          request_timeout_ms: z.number().int().positive().default(5000),
+        })
+        .prefault({}),
+      /** How often readiness probes the store; NOT_SERVING follows an unreachable store within ~2 intervals. */
+      probe_interval_ms: z.number().int().positive().default(1000),
+    })
+    .prefault({}),
   auth: z
     .strictObject({
       /** Certificate principals that are always admin: how the first administrator exists. */

@@ -16,6 +16,7 @@ export async function setupDevInstance(dir: string): Promise<{ configFile: strin
       server: { listen: '127.0.0.1:7443', shutdown_grace_seconds: 5 },
       http: { listen: '127.0.0.1:9464' },
       tls: { ca_file: pki.caCert, cert_file: pki.serverCert, key_file: pki.serverKey },
+      store: { backend: 'embedded', embedded: { dir: join(root, 'state') } },
       auth: { bootstrap_admins: [pki.adminPrincipal] },
       log: { level: 'info' },
     };

@@ -1,6 +1,7 @@
 // Typed errors and the one place that maps them to gRPC statuses.
 // Handlers and interceptors throw these; nothing else picks status codes.
 import { Metadata, status as Status, type StatusObject } from '@grpc/grpc-js';
+import { CompactedError, ConflictError, NotFoundError, StoreUnavailableError } from '../store/errors.js';
 
 export type ErrorCode =
   | 'INVALID_ARGUMENT'
@@ -73,6 +74,15 @@ export class UnimplementedError extends RpcError {
 export const TRACE_ID_KEY = 'x-request-id';
 const GENERIC_INTERNAL = 'internal error';
 
+/** Store errors as the client sees them: no store internals, just what to do. */
+function fromStoreError(err: unknown): RpcError | undefined {
+  if (err instanceof StoreUnavailableError) return new RpcError('UNAVAILABLE', 'the state store is unavailable; retry later', { cause: err });
+  if (err instanceof ConflictError) return new RpcError('ABORTED', 'concurrent modification; retry', { cause: err });
+  if (err instanceof NotFoundError) return new RpcError('NOT_FOUND', err.message, { cause: err });
+  if (err instanceof CompactedError) return new RpcError('ABORTED', 'the listing expired; start again', { cause: err });
+  return undefined;
+}
+
 /**
  * Maps any thrown value to a gRPC status. Unknown errors become INTERNAL with a
  * generic message: no stack, no internals. The trace id goes in the message and
@@ -81,6 +91,7 @@ const GENERIC_INTERNAL = 'internal error';
 export function toStatus(err: unknown, traceId: string): StatusObject {
   const metadata = new Metadata();
   metadata.set(TRACE_ID_KEY, traceId);
+  err = fromStoreError(err) ?? err;
   if (err instanceof RpcError) {
     return { code: GRPC_CODE[err.code], details: `${err.message} (trace_id=${traceId})`, metadata };
   }

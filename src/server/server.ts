@@ -1,7 +1,6 @@
 // Assembles the daemon: TLS identity, the interceptor chain, the services,
 // health, reflection and the HTTP side; and takes it down gracefully.
 import { once } from 'node:events';
-import type { Server as HttpServer } from 'node:http';
 import { Server, type ServerOptions } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { DescService } from '@bufbuild/protobuf';
@@ -18,6 +17,8 @@ import { toImplementation, toServiceDefinition, type AdapterOptions } from './ad
 import { Readiness } from './readiness.js';
 import { reflectionService } from './reflection.js';
 import { IdentityProvider, loadIdentity, serverCredentials, type TlsFiles } from './tls.js';
+import { openStore } from '../store/open.js';
+import { monitorStore } from '../store/monitor.js';
 
 function grpcOptions(server: Config['server']): ServerOptions {
   return {
@@ -46,52 +47,73 @@ export class Daemon {
     private readonly config: Config,
     private readonly log: Logger,
     private readonly grpc: Server,
-    private readonly http: HttpServer,
     private readonly provider: IdentityProvider,
     private readonly certificates: CertificateAuthenticator,
+    /** Everything acquired at start, released in reverse order at stop. */
+    private readonly resources: AsyncDisposableStack,
     readonly readiness: Readiness,
     readonly grpcPort: number,
     readonly httpPort: number,
   ) {}
 
   static async start(config: Config, log: Logger): Promise<Daemon> {
-    const tlsFiles = tlsFilesOf(config);
-    // Loaded before binding: grpc-js drops every connection until it has an identity.
-    const identity = loadIdentity(tlsFiles);
-    const provider = new IdentityProvider(identity);
-    const certificates = new CertificateAuthenticator(identity.trust);
-    const metrics = new Metrics();
-    const health = new HealthImplementation();
-    const readiness = new Readiness(['tls'], health, API_SERVICES.map((service) => service.typeName));
-
-    const grpc = new Server({ ...grpcOptions(config.server), interceptors: buildChain({ metrics, log, certificates }) });
-    const adapterOptions: AdapterOptions = {
-      maxDeadlineMs: config.server.max_deadline_seconds * 1000,
-      onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
-    };
-    for (const service of API_SERVICES) {
-      const handlers = unimplementedHandlers(service, implementedHandlers(service));
-      grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
-    }
-    health.addToServer(grpc);
-    reflectionService(API_SERVICES).addToServer(grpc);
-
-    const grpcPort = await new Promise<number>((resolve, reject) =>
-      grpc.bindAsync(config.server.listen, serverCredentials(provider), (err, port) => (err ? reject(err) : resolve(port))),
-    );
-    const http = createHttpServer(metrics, readiness);
-    const { host, port } = splitHostPort(config.http.listen);
-    http.listen(port, host);
+    const resources = new AsyncDisposableStack();
     try {
+      // Loaded before binding: grpc-js drops every connection until it has an identity.
+      const identity = loadIdentity(tlsFilesOf(config));
+      const provider = new IdentityProvider(identity);
+      const certificates = new CertificateAuthenticator(identity.trust);
+      const metrics = new Metrics();
+      const health = new HealthImplementation();
+      const readiness = new Readiness(['tls', 'store'], health, API_SERVICES.map((service) => service.typeName));
+
+      // An unreachable etcd does not stop the start: the daemon comes up NOT_SERVING and follows the store.
+      const store = await openStore(config.store, (err) => log.error({ err }, 'store background task failed'));
+      resources.defer(() => store.close());
+      const storeMonitor = monitorStore(store, config.store.probe_interval_ms, (reachable, err) => {
+        readiness.set('store', reachable);
+        if (reachable) log.info({ backend: store.backend }, 'store reachable');
+        else log.warn({ backend: store.backend, err: err instanceof Error ? err.message : String(err) }, 'store unreachable; reporting NOT_SERVING');
+      });
+      resources.defer(() => storeMonitor.stop());
+
+      const grpc = new Server({ ...grpcOptions(config.server), interceptors: buildChain({ metrics, log, certificates }) });
+      const adapterOptions: AdapterOptions = {
+        maxDeadlineMs: config.server.max_deadline_seconds * 1000,
+        onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
+      };
+      for (const service of API_SERVICES) {
+        const handlers = unimplementedHandlers(service, implementedHandlers(service));
+        grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
+      }
+      health.addToServer(grpc);
+      reflectionService(API_SERVICES).addToServer(grpc);
+      const grpcPort = await new Promise<number>((resolve, reject) => {
+        grpc.bindAsync(config.server.listen, serverCredentials(provider), (err, port) => (err ? reject(err) : resolve(port)));
+      });
+      // Only reached on a failed start; a normal stop drains first (see stop()).
+      resources.defer(() => grpc.forceShutdown());
+
+      const http = createHttpServer(metrics, readiness);
+      const { host, port } = splitHostPort(config.http.listen);
+      http.listen(port, host);
       await once(http, 'listening');
+      resources.defer(
+        () =>
+          new Promise<void>((resolve) => {
+            http.closeAllConnections();
+            http.close(() => resolve());
+          }),
+      );
+      const address = http.address();
+      const httpPort = typeof address === 'object' && address ? address.port : port;
+
+      readiness.set('tls', true);
+      return new Daemon(config, log, grpc, provider, certificates, resources, readiness, grpcPort, httpPort);
     } catch (err) {
-      grpc.forceShutdown();
+      await resources.disposeAsync();
       throw err;
     }
-    const address = http.address();
-    const httpPort = typeof address === 'object' && address ? address.port : port;
-    readiness.set('tls', true);
-    return new Daemon(config, log, grpc, http, provider, certificates, readiness, grpcPort, httpPort);
   }
 
   /** Re-reads the TLS files; a bad set is refused and the old one keeps serving. */
@@ -115,12 +137,8 @@ export class Daemon {
     });
     const clean = await Promise.race([drained, expired]);
     clearTimeout(timer);
-    if (!clean) {
-      this.log.warn({ grace_ms: graceMs }, 'grace period over; cancelling remaining calls');
-      this.grpc.forceShutdown();
-    }
-    this.http.closeAllConnections();
-    await new Promise<void>((resolve) => this.http.close(() => resolve()));
+    if (!clean) this.log.warn({ grace_ms: graceMs }, 'grace period over; cancelling remaining calls');
+    await this.resources.disposeAsync();
     return { forced: !clean };
   }
 }

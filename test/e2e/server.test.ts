@@ -6,16 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import {
-  loadPackageDefinition,
   status as Status,
   type Client,
   type ClientDuplexStream,
-  type ServiceClientConstructor,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
 import { timestampDate } from '@bufbuild/protobuf/wkt';
-import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessService, PrincipalKind } from '../../src/gen/debvisor/v1/access_pb.js';
 import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
@@ -31,6 +27,7 @@ import {
   type PemFiles,
   type RunningDaemon,
 } from '../support/daemon.js';
+import { grpcHealth, serviceConstructor } from '../support/health.js';
 import { writeRefusedCertificates, type CertFixture, type RefusedCertificates } from '../support/pki-fixtures.js';
 
 const ADMIN = 'spiffe://debvisor/admin/admin';
@@ -195,10 +192,6 @@ describe('request handling', () => {
   });
 });
 
-interface HealthClient extends Client {
-  Check(request: { service: string }, callback: (err: ServiceError | null, response?: { status: string }) => void): void;
-}
-
 interface ReflectionResponse {
   list_services_response?: { service: { name: string }[] };
   error_response?: { error_code: number; error_message: string };
@@ -208,23 +201,10 @@ interface ReflectionClient extends Client {
   ServerReflectionInfo(): ClientDuplexStream<{ list_services: string }, ReflectionResponse>;
 }
 
-function serviceConstructor(proto: string, path: string[], keepCase = false): ServiceClientConstructor {
-  let node: unknown = loadPackageDefinition(loadSync(proto, { keepCase, longs: String, enums: String, defaults: true, oneofs: true }));
-  for (const key of path) node = (node as Record<string, unknown>)[key];
-  return node as ServiceClientConstructor;
-}
-
 describe('health, reflection and HTTP', () => {
   it('grpc.health.v1.Health/Check "" is SERVING without a client certificate', async () => {
-    const Health = serviceConstructor(healthProtoPath, ['grpc', 'health', 'v1', 'Health']);
-    for (const identity of [null, undefined]) {
-      const client = new Health(daemon.grpcAddress, await credentialsFor(daemon.pki, identity)) as unknown as HealthClient;
-      clients.push(client);
-      const response = await new Promise<{ status: string } | undefined>((resolve, reject) => {
-        client.Check({ service: '' }, (err, value) => (err ? reject(err) : resolve(value)));
-      });
-      expect(response?.status).toBe('SERVING');
-    }
+    expect(await grpcHealth(daemon)).toBe('SERVING');
+    expect(await grpcHealth(daemon, 'debvisor.v1.AccessService')).toBe('SERVING');
   });
 
   it('reflection lists all six debvisor services', async () => {

@@ -1,0 +1,25 @@
+// The store's key layout, in one place. Every key lives under /debvisor/.
+//
+//   /debvisor/rpc/apikeys/<key id>                 API key records (hash of the secret only)
+//   /debvisor/rpc/principals/<principal id>        a principal's role bindings
+//   /debvisor/rpc/roles/<role name>                custom roles (built-ins live in code)
+//   /debvisor/rpc/quotas/<principal>/<resource>    quota limit and usage
+//   /debvisor/nodes/<node id>                      registered hypervisor nodes
+//   /debvisor/operations/<operation id>            long-running operations
+//
+// Each id part is one URI-encoded segment, so a principal such as
+// spiffe://debvisor/admin/admin stays inside its own key.
+export const LAYOUT = {
+  apiKeys: '/debvisor/rpc/apikeys/',
+  principals: '/debvisor/rpc/principals/',
+  roles: '/debvisor/rpc/roles/',
+  quotas: '/debvisor/rpc/quotas/',
+  nodes: '/debvisor/nodes/',
+  operations: '/debvisor/operations/',
+} as const;
+
+/** Encodes one id part as a key segment; empty or oversized parts are refused. */
+export function segment(value: string): string {
+  if (value.length === 0 || value.length > 512) throw new Error(`invalid key segment of length ${value.length}`);
+  return encodeURIComponent(value);
+}

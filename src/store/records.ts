@@ -1,0 +1,109 @@
+// The shapes of stored records. Each carries schema_version so a later release can
+// migrate old records on read (Repository's migrate hook).
+import { z } from 'zod';
+
+const isoTime = z.iso.datetime();
+const version1 = z.literal(1);
+
+export const apiKeyRecord = z.strictObject({
+  schema_version: version1,
+  id: z.string().min(1),
+  /** The principal the key acts for; its rights cap the key's. */
+  owner: z.string().min(1),
+  description: z.string(),
+  permissions: z.array(z.string()),
+  resource_globs: z.array(z.strictObject({ kind: z.string(), glob: z.string() })),
+  allowed_cidrs: z.array(z.string()),
+  /** SHA-256 of the secret, hex. The secret itself is never stored. */
+  secret_sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  created_at: isoTime,
+  expires_at: isoTime.optional(),
+  revoked_at: isoTime.optional(),
+  /** Set on a rotated-out key: it keeps working until then. */
+  replaced_by: z.string().optional(),
+  last_used_at: isoTime.optional(),
+  use_count: z.number().int().nonnegative(),
+});
+export type ApiKeyRecord = z.infer<typeof apiKeyRecord>;
+
+export const principalRecord = z.strictObject({
+  schema_version: version1,
+  id: z.string().min(1),
+  roles: z.array(z.string()),
+  updated_at: isoTime,
+});
+export type PrincipalRecord = z.infer<typeof principalRecord>;
+
+export const roleRecord = z.strictObject({
+  schema_version: version1,
+  name: z.string().min(1),
+  description: z.string(),
+  permissions: z.array(z.string()),
+  deny_permissions: z.array(z.string()),
+  updated_at: isoTime,
+});
+export type RoleRecord = z.infer<typeof roleRecord>;
+
+export const quotaResources = ['snapshots', 'storage_gb', 'concurrent_operations'] as const;
+
+export const quotaRecord = z.strictObject({
+  schema_version: version1,
+  principal: z.string().min(1),
+  resource: z.enum(quotaResources),
+  /** Absent: the configured default applies. */
+  limit: z.number().int().nonnegative().optional(),
+  used: z.number().int().nonnegative(),
+  updated_at: isoTime,
+});
+export type QuotaRecord = z.infer<typeof quotaRecord>;
+
+export const nodeRecord = z.strictObject({
+  schema_version: version1,
+  id: z.string().min(1),
+  hostname: z.string().min(1),
+  ip: z.string(),
+  rack: z.string(),
+  zone: z.string(),
+  version: z.string(),
+  labels: z.record(z.string(), z.string()),
+  registered_at: isoTime,
+  updated_at: isoTime,
+  last_heartbeat_at: isoTime.optional(),
+  /** The last heartbeat's measurements, as reported. */
+  health: z
+    .strictObject({
+      status: z.string(),
+      cpu_load: z.number(),
+      mem_used_pct: z.number(),
+      disk_used_pct: z.number(),
+      net_rtt_ms: z.number(),
+      ceph_status: z.string(),
+      memory_total_bytes: z.number().nonnegative(),
+      memory_free_bytes: z.number().nonnegative(),
+    })
+    .optional(),
+});
+export type NodeRecord = z.infer<typeof nodeRecord>;
+
+export const operationStates = ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] as const;
+
+export const operationRecord = z.strictObject({
+  schema_version: version1,
+  id: z.string().min(1),
+  kind: z.string().min(1),
+  owner: z.string().min(1),
+  target: z.string(),
+  node: z.string(),
+  state: z.enum(operationStates),
+  progress_percent: z.number().min(0).max(100),
+  stage: z.string(),
+  error: z.strictObject({ code: z.number().int(), message: z.string() }).optional(),
+  /** The typed result message, protobuf JSON. */
+  result: z.unknown().optional(),
+  request_id: z.string().optional(),
+  cancel_requested: z.boolean(),
+  created_at: isoTime,
+  updated_at: isoTime,
+  done_at: isoTime.optional(),
+});
+export type OperationRecord = z.infer<typeof operationRecord>;

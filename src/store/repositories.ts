@@ -1,0 +1,19 @@
+// The typed repositories the services use, all on one store.
+import { LAYOUT } from './layout.js';
+import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord } from './records.js';
+import { Repository } from './repository.js';
+import type { Store } from './store.js';
+
+export function createRepositories(store: Store) {
+  return {
+    apiKeys: new Repository(store, LAYOUT.apiKeys, apiKeyRecord),
+    principals: new Repository(store, LAYOUT.principals, principalRecord),
+    roles: new Repository(store, LAYOUT.roles, roleRecord),
+    /** Id: [principal, resource]. */
+    quotas: new Repository(store, LAYOUT.quotas, quotaRecord),
+    nodes: new Repository(store, LAYOUT.nodes, nodeRecord),
+    operations: new Repository(store, LAYOUT.operations, operationRecord),
+  };
+}
+
+export type Repositories = ReturnType<typeof createRepositories>;
