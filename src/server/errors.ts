@@ -1,6 +1,10 @@
 // Typed errors and the one place that maps them to gRPC statuses.
 // Handlers and interceptors throw these; nothing else picks status codes.
 import { Metadata, status as Status, type StatusObject } from '@grpc/grpc-js';
+import { create, toBinary } from '@bufbuild/protobuf';
+import { anyPack, durationFromMs, type Any } from '@bufbuild/protobuf/wkt';
+import { RetryInfoSchema, QuotaFailureSchema } from '../gen/google/rpc/error_details_pb.js';
+import { StatusSchema } from '../gen/google/rpc/status_pb.js';
 import { CompactedError, ConflictError, NotFoundError, StoreUnavailableError } from '../store/errors.js';
 
 export type ErrorCode =
@@ -34,16 +38,27 @@ const GRPC_CODE: Record<ErrorCode, Status> = {
   INTERNAL: Status.INTERNAL,
 };
 
+/** Typed details a client can act on, sent as google.rpc.Status in grpc-status-details-bin. */
+export interface ErrorDetails {
+  /** Becomes google.rpc.RetryInfo and a `retry-after` trailer (seconds). */
+  readonly retryAfterMs?: number;
+  /** Becomes google.rpc.QuotaFailure. */
+  readonly quotaViolations?: readonly { subject: string; description: string }[];
+}
+
 /** An error whose message is safe to show to the client. */
 export class RpcError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; details?: ErrorDetails },
   ) {
     super(message, options);
     this.name = 'RpcError';
+    this.details = options?.details;
   }
+
+  readonly details: ErrorDetails | undefined;
 }
 
 export class InvalidArgumentError extends RpcError {
@@ -93,9 +108,26 @@ export function toStatus(err: unknown, traceId: string): StatusObject {
   metadata.set(TRACE_ID_KEY, traceId);
   err = fromStoreError(err) ?? err;
   if (err instanceof RpcError) {
-    return { code: GRPC_CODE[err.code], details: `${err.message} (trace_id=${traceId})`, metadata };
+    const code = GRPC_CODE[err.code];
+    const details = `${err.message} (trace_id=${traceId})`;
+    if (err.details) addErrorDetails(metadata, code, details, err.details);
+    return { code, details, metadata };
   }
   return { code: Status.INTERNAL, details: `${GENERIC_INTERNAL} (trace_id=${traceId})`, metadata };
+}
+
+function addErrorDetails(metadata: Metadata, code: Status, message: string, details: ErrorDetails): void {
+  const packed: Any[] = [];
+  if (details.retryAfterMs !== undefined) {
+    packed.push(anyPack(RetryInfoSchema, create(RetryInfoSchema, { retryDelay: durationFromMs(details.retryAfterMs) })));
+    metadata.set('retry-after', String(Math.max(1, Math.ceil(details.retryAfterMs / 1000))));
+  }
+  if (details.quotaViolations) {
+    const violations = details.quotaViolations.map((v) => ({ subject: v.subject, description: v.description }));
+    packed.push(anyPack(QuotaFailureSchema, create(QuotaFailureSchema, { violations })));
+  }
+  const status = create(StatusSchema, { code, message, details: packed });
+  metadata.set('grpc-status-details-bin', Buffer.from(toBinary(StatusSchema, status)));
 }
 
 export function isInternal(err: unknown): boolean {
