@@ -1,0 +1,74 @@
+// Built-in roles, as data. Custom roles (AccessService.PutRole) have the same shape
+// and are stored elsewhere; built-in ones cannot be changed or deleted.
+//
+// Built-in roles deliberately carry no deny entries: a deny wins over every grant of
+// every role a principal holds, so a deny in a commonly combined built-in role (say
+// viewer) would silently take rights away from an admin who also holds it. Denies are
+// for custom roles written to restrict.
+
+/** A named set of permission patterns. `deny` wins over any grant, across all of a principal's roles. */
+export interface Role {
+  readonly name: string;
+  readonly description: string;
+  readonly permissions: readonly string[];
+  readonly deny: readonly string[];
+  readonly builtin: boolean;
+}
+
+/** Reads of the caller's own operations (handlers filter by owner). */
+const OWN_OPERATION_READS = ['operation:get', 'operation:list', 'operation:wait', 'operation:watch'] as const;
+
+/** Self-service API keys: the handler restricts these to the caller's own keys, and CreateApiKey refuses escalation (canGrant). */
+const OWN_API_KEYS = ['access:apikey:create', 'access:apikey:list', 'access:apikey:revoke', 'access:apikey:rotate'] as const;
+
+function builtin(name: string, description: string, permissions: readonly string[]): Role {
+  return Object.freeze({ name, description, permissions: Object.freeze([...permissions]), deny: Object.freeze([]), builtin: true });
+}
+
+const ROLES: readonly Role[] = [
+  builtin('admin', 'Everything, including access control and other principals’ keys and operations.', ['*']),
+  builtin('operator', 'Runs the cluster: nodes, VMs, storage, migrations and everyone’s operations; own API keys.', [
+    'node:*',
+    'vm:*',
+    'storage:*',
+    'migration:*',
+    'operation:*',
+    ...OWN_API_KEYS,
+    'access:whoami',
+  ]),
+  builtin('developer', 'Snapshots and template clones, read-only views of nodes, volumes and VMs; own operations and API keys.', [
+    'node:list',
+    'storage:volume:list',
+    'storage:snapshot:create',
+    'storage:snapshot:list',
+    'storage:clone:*',
+    'vm:list',
+    'vm:get',
+    ...OWN_OPERATION_READS,
+    ...OWN_API_KEYS,
+    'access:whoami',
+  ]),
+  builtin('monitor', 'Node agents and monitoring: node reads and heartbeats.', ['node:list', 'node:get', 'node:heartbeat', 'access:whoami']),
+  builtin('viewer', 'Read-only: every list and get (own API keys only), and every operation.', [
+    '*:list',
+    '*:*:list',
+    '*:get',
+    '*:*:get',
+    'operation:wait',
+    'operation:watch',
+    // Reads of other principals' operations (see crossPrincipal()).
+    'operation:get:any',
+    'operation:list:any',
+    'operation:wait:any',
+    'operation:watch:any',
+    'access:whoami',
+  ]),
+];
+
+/** The built-in roles by name. */
+export const BUILTIN_ROLES: ReadonlyMap<string, Role> = new Map(ROLES.map((r) => [r.name, r]));
+
+/** True if `name` is a built-in role (which PutRole/DeleteRole must refuse to touch). */
+export function isBuiltinRole(name: string): boolean {
+  return BUILTIN_ROLES.has(name);
+}

@@ -1,0 +1,241 @@
+// Decisions: deny wins, API keys get the intersection with their owner's current
+// roles, resource globs scope keys, and keys cannot be issued beyond the issuer.
+import { describe, expect, it } from 'vitest';
+import { create, type DescMethod } from '@bufbuild/protobuf';
+import { API_SERVICES } from '../../src/services/registry.js';
+import { policyOf } from '../../src/server/policy.js';
+import {
+  OWNER_FILTERED_KINDS,
+  RESOURCE_KIND_NAMES,
+  authorize,
+  canGrant,
+  globMatches,
+  isValidResourceGlob,
+  resourceKindFromName,
+  resourceKindName,
+  resourceOf,
+  resourcePathOf,
+  type ResourceGlob,
+} from '../../src/authz/decide.js';
+import { BUILTIN_ROLES, type Role } from '../../src/authz/roles.js';
+import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
+import { StorageService, CreateSnapshotRequestSchema, ListVolumesRequestSchema, CloneRbdFromTemplateRequestSchema } from '../../src/gen/debvisor/v1/storage_pb.js';
+import { VmService, StartVmRequestSchema } from '../../src/gen/debvisor/v1/vm_pb.js';
+import { AccessService, PutRoleRequestSchema, WhoAmIRequestSchema, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
+
+const role = (name: string, permissions: string[], deny: string[] = []): Role => ({ name, description: '', permissions, deny, builtin: false });
+const builtin = (name: string) => BUILTIN_ROLES.get(name)!;
+const method = (service: { methods: DescMethod[] }, name: string) => service.methods.find((m) => m.name === name)!;
+
+describe('authorize: roles', () => {
+  it('allows what a role grants and refuses the rest', () => {
+    expect(authorize({ roles: [builtin('developer')], required: 'storage:snapshot:create' })).toEqual({ allowed: true });
+    expect(authorize({ roles: [builtin('developer')], required: 'storage:snapshot:delete' })).toEqual({
+      allowed: false,
+      missing: 'storage:snapshot:delete',
+      reason: 'not_granted',
+    });
+    expect(authorize({ roles: [], required: 'access:whoami' }).allowed).toBe(false);
+  });
+
+  it('grants are the union over roles', () => {
+    const roles = [builtin('monitor'), role('snapper', ['storage:snapshot:*'])];
+    expect(authorize({ roles, required: 'node:heartbeat' }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'storage:snapshot:prune' }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'storage:volume:delete' }).allowed).toBe(false);
+  });
+
+  it('a deny in any role wins over any grant, even admin’s', () => {
+    const noDestroy = role('no-destroy', [], ['vm:destroy', 'storage:*:delete']);
+    const roles = [builtin('admin'), noDestroy];
+    expect(authorize({ roles, required: 'vm:destroy' })).toEqual({ allowed: false, missing: 'vm:destroy', reason: 'denied_by_role' });
+    expect(authorize({ roles, required: 'storage:volume:delete' }).allowed).toBe(false);
+    expect(authorize({ roles, required: 'storage:snapshot:delete' }).allowed).toBe(false);
+    expect(authorize({ roles, required: 'vm:start' }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'access:role:put' }).allowed).toBe(true);
+    // deny within the same role
+    const selfLimited = role('ops-no-migrate', ['*'], ['migration:*']);
+    expect(authorize({ roles: [selfLimited], required: 'migration:execute' }).allowed).toBe(false);
+    expect(authorize({ roles: [selfLimited], required: 'node:list' }).allowed).toBe(true);
+  });
+
+  it('a `*:list` grant is not everything', () => {
+    const lister = role('lister', ['*:list']);
+    expect(authorize({ roles: [lister], required: 'node:list' }).allowed).toBe(true);
+    expect(authorize({ roles: [lister], required: 'storage:snapshot:list' }).allowed).toBe(false);
+    expect(authorize({ roles: [lister], required: 'vm:destroy' }).allowed).toBe(false);
+  });
+});
+
+describe('authorize: API keys', () => {
+  const key = (permissions: string[], resourceGlobs: ResourceGlob[] = []) => ({ permissions, resourceGlobs });
+
+  it('effective rights are the intersection of the key and its owner’s roles', () => {
+    const apiKey = key(['storage:snapshot:*', 'vm:destroy']);
+    const owner = [builtin('developer')];
+    expect(authorize({ roles: owner, required: 'storage:snapshot:create', apiKey }).allowed).toBe(true);
+    // the key has it, the owner does not
+    expect(authorize({ roles: owner, required: 'vm:destroy', apiKey })).toMatchObject({ allowed: false, reason: 'not_granted' });
+    expect(authorize({ roles: owner, required: 'storage:snapshot:delete', apiKey }).allowed).toBe(false);
+    // the owner has it, the key does not
+    expect(authorize({ roles: owner, required: 'node:list', apiKey })).toMatchObject({ allowed: false, reason: 'not_granted_to_key' });
+  });
+
+  it('a key loses rights when its owner loses a role, and regains none the owner did not have', () => {
+    const apiKey = key(['vm:*', 'node:list']);
+    const before = [builtin('operator')];
+    expect(authorize({ roles: before, required: 'vm:start', apiKey }).allowed).toBe(true);
+    const after = [builtin('viewer')]; // operator unbound, viewer kept
+    expect(authorize({ roles: after, required: 'vm:start', apiKey }).allowed).toBe(false);
+    expect(authorize({ roles: after, required: 'vm:get', apiKey }).allowed).toBe(true);
+    expect(authorize({ roles: [], required: 'node:list', apiKey }).allowed).toBe(false);
+    // a deny added to the owner applies to the key too
+    expect(authorize({ roles: [...before, role('d', [], ['vm:start'])], required: 'vm:start', apiKey }).allowed).toBe(false);
+  });
+
+  it('resource globs restrict a scoped key to matching targets of the right kind', () => {
+    const apiKey = key(['storage:*', 'vm:*'], [{ kind: 'pool', glob: 'ci-*' }]);
+    const roles = [builtin('operator')];
+    const at = (kind: string, name: string) => authorize({ roles, required: 'storage:snapshot:create', apiKey, resource: { kind, name } });
+    expect(at('pool', 'ci-42').allowed).toBe(true);
+    expect(at('pool', 'prod-1')).toEqual({ allowed: false, missing: 'storage:snapshot:create', reason: 'outside_key_scope' });
+    expect(at('pool', 'ci-1/x').allowed).toBe(false);
+    expect(at('pool', 'xci-1').allowed).toBe(false);
+    // a target of a kind the key has no glob for is out of scope
+    expect(authorize({ roles, required: 'vm:start', apiKey, resource: { kind: 'vm', name: 'ci-42' } }).allowed).toBe(false);
+    // no target (lists, the caller itself): globs do not restrict; handlers filter
+    expect(authorize({ roles, required: 'storage:volume:list', apiKey }).allowed).toBe(true);
+    // an unscoped key is not restricted
+    expect(authorize({ roles, required: 'vm:start', apiKey: key(['vm:*']), resource: { kind: 'vm', name: 'prod-db' } }).allowed).toBe(true);
+    // several globs: any may match
+    const multi = key(['vm:*'], [{ kind: 'vm', glob: 'web-?' }, { kind: 'vm', glob: 'ci-*' }]);
+    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resource: { kind: 'vm', name: 'web-1' } }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resource: { kind: 'vm', name: 'web-10' } }).allowed).toBe(false);
+    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resource: { kind: 'vm', name: 'ci-7' } }).allowed).toBe(true);
+  });
+
+  it('operations are owner-filtered: a pool-scoped key can still wait on its operations, unless it scopes operations too', () => {
+    expect(OWNER_FILTERED_KINDS.has('operation')).toBe(true);
+    const roles = [builtin('developer')];
+    const poolOnly = key(['storage:clone:*', 'operation:wait'], [{ kind: 'pool', glob: 'ci-*' }]);
+    expect(authorize({ roles, required: 'operation:wait', apiKey: poolOnly, resource: { kind: 'operation', name: 'op-1' } }).allowed).toBe(true);
+    const opScoped = key(['operation:wait'], [{ kind: 'operation', glob: 'ci-*' }]);
+    expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resource: { kind: 'operation', name: 'op-1' } }).allowed).toBe(false);
+    expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resource: { kind: 'operation', name: 'ci-1' } }).allowed).toBe(true);
+  });
+});
+
+describe('resource globs', () => {
+  it.each([
+    ['ci-*', 'ci-42', true],
+    ['ci-*', 'ci-', true],
+    ['ci-*', 'prod-1', false],
+    ['ci-*', 'ci-1/x', false],
+    ['*', 'a/b', false],
+    ['*', 'anything.at-all', true],
+    ['*', '', false],
+    ['web-?', 'web-1', true],
+    ['web-?', 'web-12', false],
+    ['a.b', 'axb', false],
+    ['{a,b}', 'a', false], // no braces
+    ['[ab]', 'a', false], // no brackets
+    ['!(x)', 'y', false], // no extglob
+    ['!x', 'y', false], // no negation
+    ['**', 'a/b', false], // no globstar
+    ['pool/*', 'pool/img', true],
+  ])('%s vs %j → %s', (glob, name, expected) => {
+    expect(globMatches(glob, name)).toBe(expected);
+  });
+
+  it('validates globs a key may carry', () => {
+    expect(isValidResourceGlob('ci-*')).toBe(true);
+    expect(isValidResourceGlob('web-?')).toBe(true);
+    expect(isValidResourceGlob('')).toBe(false);
+    expect(isValidResourceGlob('{a,b}')).toBe(false);
+    expect(isValidResourceGlob('a b')).toBe(false);
+    expect(isValidResourceGlob('x'.repeat(257))).toBe(false);
+  });
+
+  it('maps ResourceKind names', () => {
+    expect(resourceKindName(ResourceKind.POOL)).toBe('pool');
+    expect(resourceKindName(ResourceKind.API_KEY)).toBe('api_key');
+    expect(resourceKindName(ResourceKind.UNSPECIFIED)).toBeUndefined();
+    expect(resourceKindFromName('vm')).toBe(ResourceKind.VM);
+    expect(resourceKindFromName('bogus')).toBeUndefined();
+    expect([...RESOURCE_KIND_NAMES.values()].sort()).toEqual(['api_key', 'node', 'operation', 'pool', 'principal', 'role', 'vm', 'volume']);
+  });
+});
+
+describe('resourceOf', () => {
+  it('reads dotted resource fields from requests', () => {
+    const createSnapshot = method(StorageService, 'CreateSnapshot');
+    const req = create(CreateSnapshotRequestSchema, { dataset: { pool: 'ci-pool', name: 'vol1' }, snapshotName: 's1' });
+    expect(resourceOf(createSnapshot, req)).toEqual({ kind: 'pool', name: 'ci-pool' });
+    expect(resourceOf(createSnapshot, create(CreateSnapshotRequestSchema, {}))).toBeUndefined(); // unset parent
+    expect(resourceOf(method(VmService, 'StartVm'), create(StartVmRequestSchema, { vmName: 'web-1' }))).toEqual({ kind: 'vm', name: 'web-1' });
+    expect(resourceOf(method(AccessService, 'PutRole'), create(PutRoleRequestSchema, { role: { name: 'ci' } }))).toEqual({ kind: 'role', name: 'ci' });
+    expect(resourceOf(method(StorageService, 'CloneRbdFromTemplate'), create(CloneRbdFromTemplateRequestSchema, { targetPool: 'rbd' }))).toEqual({
+      kind: 'pool',
+      name: 'rbd',
+    });
+  });
+
+  it('is undefined for collections and the caller itself', () => {
+    expect(resourceOf(method(AccessService, 'WhoAmI'), create(WhoAmIRequestSchema, {}))).toBeUndefined();
+    expect(resourceOf(method(StorageService, 'ListVolumes'), create(ListVolumesRequestSchema, {}))).toBeUndefined();
+    expect(resourceOf(method(StorageService, 'ListVolumes'), create(ListVolumesRequestSchema, { pool: 'rbd' }))).toEqual({ kind: 'pool', name: 'rbd' });
+    expect(resourceOf(method(AccessService, 'CreateApiKey'), create(CreateApiKeyRequestSchema, {}))).toBeUndefined();
+  });
+
+  it('compiles every RPC’s resource_field at start-up (a bad path would throw)', () => {
+    for (const m of API_SERVICES.flatMap((s) => s.methods)) {
+      const policy = policyOf(m)!;
+      const path = resourcePathOf(m);
+      expect(path === undefined, m.name).toBe(policy.resourceField === '');
+      if (path) expect(path.kind).toBe(resourceKindName(policy.resourceKind));
+    }
+  });
+});
+
+describe('canGrant (escalation prevention)', () => {
+  it('allows subsets, including narrower wildcards', () => {
+    expect(canGrant([builtin('developer')], ['storage:snapshot:create', 'storage:clone:*', 'node:list'])).toEqual({ ok: true });
+    expect(canGrant([builtin('operator')], ['storage:*', 'vm:snapshot:*', 'node:list'])).toEqual({ ok: true });
+    expect(canGrant([builtin('admin')], ['*'])).toEqual({ ok: true });
+    expect(canGrant([builtin('developer')], [])).toEqual({ ok: true });
+  });
+
+  it('refuses anything the holder does not hold', () => {
+    expect(canGrant([builtin('developer')], ['storage:snapshot:delete', 'node:list'])).toEqual({ ok: false, excess: ['storage:snapshot:delete'] });
+    expect(canGrant([builtin('developer')], ['storage:*'])).toEqual({ ok: false, excess: ['storage:*'] });
+    expect(canGrant([builtin('operator')], ['*'])).toEqual({ ok: false, excess: ['*'] });
+    expect(canGrant([builtin('operator')], ['access:role:put'])).toEqual({ ok: false, excess: ['access:role:put'] });
+    // viewer holds *:list, which does not cover *:*:list's neighbours or everything
+    expect(canGrant([builtin('viewer')], ['*:list', '*:*:list'])).toEqual({ ok: true });
+    expect(canGrant([builtin('viewer')], ['*:*'])).toEqual({ ok: false, excess: ['*:*'] });
+    expect(canGrant([role('l', ['*:list'])], ['*:*:list'])).toEqual({ ok: false, excess: ['*:*:list'] });
+  });
+
+  it('refuses invalid permissions', () => {
+    expect(canGrant([builtin('admin')], ['node::list', 'Node:list', 'a:b:c:d:e', ''])).toEqual({
+      ok: false,
+      excess: ['node::list', 'Node:list', 'a:b:c:d:e', ''],
+    });
+  });
+
+  it('refuses patterns that could reach something the holder is denied', () => {
+    const holder = [builtin('admin'), role('no-destroy', [], ['vm:destroy'])];
+    expect(canGrant(holder, ['vm:start', 'node:*'])).toEqual({ ok: true });
+    expect(canGrant(holder, ['vm:*'])).toEqual({ ok: false, excess: ['vm:*'] });
+    expect(canGrant(holder, ['*:destroy'])).toEqual({ ok: false, excess: ['*:destroy'] });
+    expect(canGrant(holder, ['*'])).toEqual({ ok: false, excess: ['*'] });
+    expect(canGrant(holder, ['vm:destroy'])).toEqual({ ok: false, excess: ['vm:destroy'] });
+  });
+
+  it('a key cannot mint a key broader than itself', () => {
+    const owner = [builtin('operator')];
+    expect(canGrant(owner, ['vm:start'], ['vm:*'])).toEqual({ ok: true });
+    expect(canGrant(owner, ['storage:snapshot:list'], ['vm:*'])).toEqual({ ok: false, excess: ['storage:snapshot:list'] });
+    expect(canGrant(owner, ['vm:*'], ['vm:start'])).toEqual({ ok: false, excess: ['vm:*'] });
+  });
+});

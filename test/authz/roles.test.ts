@@ -1,0 +1,122 @@
+// The built-in roles against the real API: for every RPC in the proto and every
+// built-in role, the decision must be what the role is meant to allow.
+import { describe, expect, it } from 'vitest';
+import type { DescMethod } from '@bufbuild/protobuf';
+import { API_SERVICES } from '../../src/services/registry.js';
+import { policyOf } from '../../src/server/policy.js';
+import { authorize } from '../../src/authz/decide.js';
+import { crossPrincipal, isValidPermission, permissionMatches } from '../../src/authz/permission.js';
+import { BUILTIN_ROLES, isBuiltinRole, type Role } from '../../src/authz/roles.js';
+
+interface Rpc {
+  readonly path: string;
+  readonly permission: string;
+  readonly mutates: boolean;
+}
+
+const RPCS: Rpc[] = API_SERVICES.flatMap((s) => s.methods).map((m: DescMethod) => {
+  const policy = policyOf(m)!;
+  return { path: `${m.parent.name}.${m.name}`, permission: policy.permission, mutates: policy.mutates };
+});
+
+const service = (p: string) => p.split(':')[0]!;
+
+/** What each role is meant to allow, stated independently of its patterns. */
+const INTENT: Record<string, (rpc: Rpc) => boolean> = {
+  admin: () => true,
+  operator: (r) =>
+    ['node', 'vm', 'storage', 'migration', 'operation'].includes(service(r.permission)) ||
+    r.permission === 'access:whoami' ||
+    r.permission.startsWith('access:apikey:'),
+  developer: (r) =>
+    [
+      'node:list',
+      'storage:volume:list',
+      'storage:snapshot:create',
+      'storage:snapshot:list',
+      'storage:clone:create',
+      'vm:list',
+      'vm:get',
+      'operation:get',
+      'operation:list',
+      'operation:wait',
+      'operation:watch',
+      'access:apikey:create',
+      'access:apikey:list',
+      'access:apikey:revoke',
+      'access:apikey:rotate',
+      'access:whoami',
+    ].includes(r.permission),
+  monitor: (r) => ['node:list', 'node:get', 'node:heartbeat', 'access:whoami'].includes(r.permission),
+  // Every read, except PrepareMigration: a dry run of an operator action, not a read of state.
+  viewer: (r) => !r.mutates && r.permission !== 'migration:plan',
+};
+
+const allows = (role: Role, permission: string) => authorize({ roles: [role], required: permission }).allowed;
+
+describe('built-in roles', () => {
+  it('are exactly admin, operator, developer, monitor, viewer', () => {
+    expect([...BUILTIN_ROLES.keys()].sort()).toEqual(Object.keys(INTENT).sort());
+    for (const [name, role] of BUILTIN_ROLES) {
+      expect(role.name).toBe(name);
+      expect(role.builtin).toBe(true);
+      expect(role.deny).toEqual([]);
+      expect(isBuiltinRole(name)).toBe(true);
+      expect(Object.isFrozen(role) && Object.isFrozen(role.permissions)).toBe(true);
+    }
+    expect(isBuiltinRole('ci')).toBe(false);
+  });
+
+  it('use only valid permission patterns', () => {
+    for (const role of BUILTIN_ROLES.values()) for (const p of role.permissions) expect(isValidPermission(p), `${role.name}: ${p}`).toBe(true);
+  });
+
+  it('have no dead grants: each pattern matches some RPC or is a cross-principal permission', () => {
+    for (const role of BUILTIN_ROLES.values()) {
+      for (const p of role.permissions) {
+        const live = RPCS.some((r) => permissionMatches(p, r.permission) || permissionMatches(p, crossPrincipal(r.permission)));
+        expect(live, `${role.name}: ${p}`).toBe(true);
+      }
+    }
+  });
+
+  const table = RPCS.flatMap((rpc) => [...BUILTIN_ROLES.keys()].map((role) => [rpc.path, rpc.permission, role, INTENT[role]!(rpc)] as const));
+  it.each(table)('%s (%s) for %s → %s', (_path, permission, role, expected) => {
+    expect(allows(BUILTIN_ROLES.get(role)!, permission)).toBe(expected);
+  });
+
+  it('the table covers the whole API', () => {
+    expect(RPCS.length).toBeGreaterThanOrEqual(45);
+    expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'operation']));
+  });
+
+  it('every role can WhoAmI', () => {
+    for (const role of BUILTIN_ROLES.values()) expect(allows(role, 'access:whoami'), role.name).toBe(true);
+  });
+
+  it('viewer never mutates; monitor mutates only by heartbeat', () => {
+    const viewer = BUILTIN_ROLES.get('viewer')!;
+    const monitor = BUILTIN_ROLES.get('monitor')!;
+    expect(RPCS.filter((r) => r.mutates && allows(viewer, r.permission))).toEqual([]);
+    expect(RPCS.filter((r) => r.mutates && allows(monitor, r.permission)).map((r) => r.permission)).toEqual(['node:heartbeat']);
+  });
+
+  it('cross-principal reads: admin and operator see everyone’s operations, viewer reads them, developer only its own', () => {
+    const reads = ['operation:get', 'operation:list', 'operation:wait', 'operation:watch'].map(crossPrincipal);
+    const cancelAny = crossPrincipal('operation:cancel');
+    const r = (name: string) => BUILTIN_ROLES.get(name)!;
+    for (const p of reads) {
+      expect(allows(r('admin'), p)).toBe(true);
+      expect(allows(r('operator'), p)).toBe(true);
+      expect(allows(r('viewer'), p)).toBe(true);
+      expect(allows(r('developer'), p)).toBe(false);
+      expect(allows(r('monitor'), p)).toBe(false);
+    }
+    expect(allows(r('operator'), cancelAny)).toBe(true);
+    expect(allows(r('viewer'), cancelAny)).toBe(false);
+    // Other principals' API keys: admin only.
+    for (const p of ['access:apikey:list', 'access:apikey:revoke', 'access:apikey:rotate', 'access:apikey:create'].map(crossPrincipal)) {
+      expect([...BUILTIN_ROLES.values()].filter((role) => allows(role, p)).map((role) => role.name)).toEqual(['admin']);
+    }
+  });
+});
