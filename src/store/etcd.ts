@@ -27,6 +27,8 @@ import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, Tx
 import {
   EtcdClient,
   discardStream,
+  invalidateAuthToken,
+  isInvalidAuthToken,
   isCompactedMessage,
   isLeaseNotFound,
   isTransient,
@@ -49,6 +51,11 @@ export interface EtcdStoreOptions {
   readonly auth?: { readonly username: string; readonly password: string };
   /** How long openEtcdStore waits for a first answer before failing (default 3000). */
   readonly dialTimeoutMs?: number;
+  /**
+   * Wait for a first answer before returning (default true). The daemon passes false:
+   * it starts NOT_SERVING and follows the store's readiness instead of exiting.
+   */
+  readonly waitForCluster?: boolean;
   /** Deadline of every call; also how long a watch may stay disconnected (default 5000). */
   readonly requestTimeoutMs?: number;
   /** A watch silent (no event, no progress) this long is re-created (default 15000). */
@@ -71,6 +78,7 @@ const PROBE_KEY = Buffer.from('/debvisor/.probe');
  */
 export async function openEtcdStore(options: EtcdStoreOptions): Promise<Store> {
   const store = new EtcdStore(await clientOptions(options), options);
+  if (options.waitForCluster === false) return store;
   try {
     await store.ping(options.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
   } catch (error) {
@@ -167,6 +175,11 @@ class EtcdStore implements Store {
       try {
         return await withTimer(fn({ deadline: new Date(deadline) }), deadline + SAFETY_MARGIN_MS - Date.now(), what);
       } catch (error) {
+        if (isInvalidAuthToken(error) && attempt === 1) {
+          // Streams (keepalive) are not covered by etcd3's token renewal; the request was rejected, so retry is safe.
+          invalidateAuthToken(this.pool);
+          continue;
+        }
         const retry =
           attempt < this.hostCount && Date.now() < deadline && isTransient(error) && (idempotent || notSent(error));
         if (!retry) throw mapError(error, what);

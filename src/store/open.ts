@@ -20,6 +20,7 @@ export async function openStore(config: Config['store'], onBackgroundError: (err
     ...(etcd.ca_file ? { tls: { caFile: etcd.ca_file, ...(etcd.cert_file ? { certFile: etcd.cert_file, keyFile: etcd.key_file } : {}) } } : {}),
     ...(etcd.username ? { auth: { username: etcd.username, password: readFileSync(etcd.password_file, 'utf8').trim() } } : {}),
     dialTimeoutMs: etcd.dial_timeout_ms,
+    waitForCluster: false,
     requestTimeoutMs: etcd.request_timeout_ms,
   });
 }

@@ -34,7 +34,7 @@ const decoder = new TextDecoder();
 
 export class Repository<T extends { readonly schema_version: number }> {
   constructor(
-    private readonly store: Store,
+    readonly store: Store,
     readonly prefix: string,
     private readonly schema: z.ZodType<T>,
     /** Upgrades an older stored shape to the current one; identity while there is one version. */
@@ -46,7 +46,12 @@ export class Repository<T extends { readonly schema_version: number }> {
     return this.prefix + (typeof id === 'string' ? [id] : id).map(segment).join('/');
   }
 
-  private decode(key: string, bytes: Uint8Array): T {
+  /** The id of a key under this repository's prefix (the inverse of keyOf for one-part ids). */
+  idOfKey(key: string): string {
+    return key.slice(this.prefix.length).split('/').map(decodeURIComponent).join('/');
+  }
+
+  decode(key: string, bytes: Uint8Array): T {
     let raw: unknown;
     try {
       raw = JSON.parse(decoder.decode(bytes));

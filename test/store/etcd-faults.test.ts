@@ -55,7 +55,7 @@ function follow(store: Store, prefix: string, fromRevision: number) {
     async waitFor(count: number, timeoutMs = 10_000): Promise<void> {
       const deadline = Date.now() + timeoutMs;
       while (events.length < count) {
-        if (error !== undefined) throw error instanceof Error ? error : new Error(String(error));
+        if (error !== undefined) throw error instanceof Error ? error : new Error('watch failed', { cause: error });
         if (Date.now() > deadline) throw new Error(`watch got ${events.length}/${count} events`);
         await sleep(10);
       }

@@ -8,8 +8,8 @@
 //
 // Binary processes are tracked and stopped by PID only (SIGTERM, SIGKILL after 5 s),
 // and SIGKILLed if the test process exits without calling stop().
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -26,6 +26,17 @@ const MAX_PORT_ATTEMPTS = 4;
 export interface StartEtcdOptions {
   /** 1 (default) or a 3-member cluster. */
   readonly members?: 1 | 3;
+  /** Serve clients over https with client-certificate auth (binary mode; certificates made with openssl). */
+  readonly tls?: boolean;
+  /** Extra etcd flags (binary mode only), e.g. ['--auth-token-ttl', '1']. */
+  readonly extraArgs?: readonly string[];
+}
+
+/** PEM files for a client of a TLS cluster. */
+export interface EtcdClientTls {
+  readonly caFile: string;
+  readonly certFile: string;
+  readonly keyFile: string;
 }
 
 export interface EtcdCluster {
@@ -34,6 +45,8 @@ export interface EtcdCluster {
   /** Root of the members' data dirs (binary mode; the container's path otherwise). */
   readonly dataDir: string;
   readonly mode: 'binary' | 'container';
+  /** Client certificate, key and the CA, when started with `tls`. */
+  readonly tls: EtcdClientTls | undefined;
   /** Stops every member (by PID in binary mode) and removes the data. Idempotent. */
   stop(): Promise<void>;
   /** Stops member i, keeping its data. */
@@ -51,10 +64,10 @@ export interface EtcdCluster {
 export async function startEtcd(options: StartEtcdOptions = {}): Promise<EtcdCluster> {
   const members = options.members ?? 1;
   const forced = process.env.DEBVISOR_TEST_ETCD;
-  if (forced !== 'binary' && (forced === 'container' || (await containerRuntimeAvailable()))) {
+  if (options.tls !== true && options.extraArgs === undefined && forced !== 'binary' && (forced === 'container' || (await containerRuntimeAvailable()))) {
     return startContainers(members);
   }
-  return startBinaries(members);
+  return startBinaries(members, options.tls === true, options.extraArgs ?? []);
 }
 
 // ---------------------------------------------------------------------------------
@@ -152,9 +165,34 @@ function etcdBinary(): string {
   );
 }
 
+/** A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`. */
+function makeCertificates(dir: string): EtcdClientTls & { serverCert: string; serverKey: string } {
+  const openssl = (...args: string[]): void => {
+    execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  };
+  const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  openssl('req', '-x509', ...newKey, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=etcd test CA');
+  const issue = (name: string, ext: string): void => {
+    writeFileSync(join(dir, `${name}.ext`), ext);
+    openssl('req', ...newKey, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
+    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`);
+  };
+  issue('server', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n');
+  issue('client', 'extendedKeyUsage=clientAuth\n');
+  return {
+    caFile: join(dir, 'ca.crt'),
+    certFile: join(dir, 'client.crt'),
+    keyFile: join(dir, 'client.key'),
+    serverCert: join(dir, 'server.crt'),
+    serverKey: join(dir, 'server.key'),
+  };
+}
+
 interface BinaryMember {
   readonly name: string;
   readonly clientUrl: string;
+  /** Plain-http listener for /health and /metrics (the client URL may demand a client certificate). */
+  readonly metricsUrl: string;
   readonly peerUrl: string;
   readonly dataDir: string;
   child: ChildProcess | undefined;
@@ -162,20 +200,22 @@ interface BinaryMember {
   stderr: string;
 }
 
-async function startBinaries(count: 1 | 3): Promise<EtcdCluster> {
+async function startBinaries(count: 1 | 3, tls: boolean, extraArgs: readonly string[]): Promise<EtcdCluster> {
   const binary = etcdBinary();
   installExitHook();
   const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
   let lastError: unknown;
   for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS; attempt++) {
     const root = await mkdtemp(join(base, 'debvisor-etcd-'));
-    const ports = await distinctFreePorts(count * 2);
+    const ports = await distinctFreePorts(count * 3);
+    const certs = tls ? makeCertificates(root) : undefined;
     const members: BinaryMember[] = [];
     for (let i = 0; i < count; i++) {
       members.push({
         name: `m${i}`,
-        clientUrl: `http://127.0.0.1:${ports[2 * i]!}`,
-        peerUrl: `http://127.0.0.1:${ports[2 * i + 1]!}`,
+        clientUrl: `${tls ? 'https' : 'http'}://127.0.0.1:${ports[3 * i]!}`,
+        peerUrl: `http://127.0.0.1:${ports[3 * i + 1]!}`,
+        metricsUrl: `http://127.0.0.1:${ports[3 * i + 2]!}`,
         dataDir: join(root, `m${i}`),
         child: undefined,
         exited: undefined,
@@ -189,6 +229,10 @@ async function startBinaries(count: 1 | 3): Promise<EtcdCluster> {
       '--data-dir', m.dataDir,
       '--listen-client-urls', m.clientUrl,
       '--advertise-client-urls', m.clientUrl,
+      '--listen-metrics-urls', m.metricsUrl,
+      ...(certs !== undefined
+        ? ['--cert-file', certs.serverCert, '--key-file', certs.serverKey, '--trusted-ca-file', certs.caFile, '--client-cert-auth']
+        : []),
       '--listen-peer-urls', m.peerUrl,
       '--initial-advertise-peer-urls', m.peerUrl,
       '--initial-cluster', initialCluster,
@@ -198,6 +242,7 @@ async function startBinaries(count: 1 | 3): Promise<EtcdCluster> {
       '--election-timeout', '100',
       '--logger', 'zap',
       '--log-level', 'error',
+      ...extraArgs,
     ];
 
     const launch = async (m: BinaryMember): Promise<void> => {
@@ -223,7 +268,7 @@ async function startBinaries(count: 1 | 3): Promise<EtcdCluster> {
     };
     const running = (m: BinaryMember): boolean => m.child !== undefined && m.child.exitCode === null && m.child.signalCode === null;
     const healthy = (m: BinaryMember): Promise<void> =>
-      waitHealthy(m.clientUrl, () => `${m.name} stderr:\n${m.stderr}`, () => running(m));
+      waitHealthy(m.metricsUrl, () => `${m.name} stderr:\n${m.stderr}`, () => running(m));
 
     const stopMember = async (m: BinaryMember): Promise<void> => {
       const child = m.child;
@@ -281,6 +326,7 @@ async function startBinaries(count: 1 | 3): Promise<EtcdCluster> {
       endpoints: members.map((m) => m.clientUrl),
       dataDir: root,
       mode: 'binary',
+      tls: certs === undefined ? undefined : { caFile: certs.caFile, certFile: certs.certFile, keyFile: certs.keyFile },
       stop: stopAll,
       stopMember: (i) => stopMember(member(i)),
       startMember: async (i) => {
@@ -356,6 +402,7 @@ async function startContainers(count: 1 | 3): Promise<EtcdCluster> {
     endpoints,
     dataDir: '/etcd-data',
     mode: 'container',
+    tls: undefined,
     stop: async () => {
       if (stopped) return;
       stopped = true;

@@ -18,20 +18,23 @@ export interface StoreHarness {
   cleanup(): Promise<void>;
 }
 
-export async function embeddedHarness(): Promise<StoreHarness> {
+export function embeddedHarness(): Promise<StoreHarness> {
   const dir = mkdtempSync(join(tmpdir(), 'debvisor-store-'));
   const open = () => openEmbeddedStore({ dir, leaseSweepIntervalMs: 100 });
   const reopen = async (store: Store) => {
     await store.close();
     return open();
   };
-  return {
+  return Promise.resolve({
     name: 'embedded',
     open,
     reconnect: reopen,
     restart: reopen,
-    cleanup: () => Promise.resolve(rmSync(dir, { recursive: true, force: true })),
-  };
+    cleanup: () => {
+      rmSync(dir, { recursive: true, force: true });
+      return Promise.resolve();
+    },
+  });
 }
 
 export async function etcdHarness(): Promise<StoreHarness> {

@@ -150,6 +150,17 @@ export function isLeaseNotFound(error: unknown): boolean {
   return error instanceof EtcdLeaseInvalidError || errorMessage(error).includes('requested lease not found');
 }
 
+/** etcd's simple auth tokens expire (5 min idle by default); etcd3 renews them only for unary calls. */
+export function isInvalidAuthToken(error: unknown): boolean {
+  return errorMessage(error).includes('invalid auth token');
+}
+
+/** Makes etcd3 fetch a fresh auth token before the next call or stream. */
+export function invalidateAuthToken(pool: ICallable<unknown>): void {
+  const authenticator = (pool as { authenticator?: { invalidateMetadata?: () => void } }).authenticator;
+  authenticator?.invalidateMetadata?.();
+}
+
 /** gRPC status code of an error, when it carries one. */
 function grpcCode(error: unknown): number | undefined {
   if (typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'number') return error.code;

@@ -10,7 +10,18 @@
 import type { IWatchRequest, IWatchResponse, ICallable } from 'etcd3';
 import { CompactedError, StoreError, StoreUnavailableError } from '../errors.js';
 import type { WatchEvent } from '../store.js';
-import { discardStream, errorMessage, isTransient, mapError, openTrackedStream, rev, toBytes, type RawDuplex } from './util.js';
+import {
+  discardStream,
+  errorMessage,
+  invalidateAuthToken,
+  isInvalidAuthToken,
+  isTransient,
+  mapError,
+  openTrackedStream,
+  rev,
+  toBytes,
+  type RawDuplex,
+} from './util.js';
 
 const MAX_RETRY_DELAY_MS = 1_000;
 const FIRST_RETRY_DELAY_MS = 50;
@@ -174,6 +185,9 @@ export class WatchFeed {
       const compactRevision = rev(response.compact_revision);
       if (compactRevision > 0) {
         this.fail(new CompactedError(compactRevision));
+      } else if (isInvalidAuthToken(response.cancel_reason)) {
+        // The stream's auth token expired: re-create the watch with a fresh one.
+        this.lost(generation, new Error(response.cancel_reason));
       } else if (/no leader|leader changed/i.test(response.cancel_reason)) {
         this.lost(generation, new StoreUnavailableError(`watch canceled: ${response.cancel_reason}`));
       } else {
@@ -251,7 +265,9 @@ export class WatchFeed {
   private lost(generation: number, error: unknown): void {
     if (generation !== this.generation || !this.active()) return;
     this.teardown();
-    if (!isTransient(error)) {
+    if (isInvalidAuthToken(error)) {
+      invalidateAuthToken(this.options.pool);
+    } else if (!isTransient(error)) {
       this.fail(mapError(error, 'watch'));
       return;
     }

@@ -1,0 +1,79 @@
+// An in-memory copy of one repository, kept current by list-then-watch. The hot path
+// (API key lookup, role bindings) reads it with no store round trip per call.
+import { runInformer } from './informer.js';
+import type { Repository } from './repository.js';
+
+interface Entry<T> {
+  /** Undefined: deleted (a tombstone, so an older event cannot bring the record back). */
+  readonly value: T | undefined;
+  readonly modRevision: number;
+}
+
+export class RecordCache<T extends { readonly schema_version: number }> {
+  private entries = new Map<string, Entry<T>>();
+  private readyPromise: Promise<void> | undefined;
+
+  constructor(
+    private readonly repository: Repository<T>,
+    private readonly onProblem: (err: unknown) => void,
+  ) {}
+
+  /** Starts following the store; resolves once the first full listing is loaded. */
+  start(signal: AbortSignal): Promise<void> {
+    if (this.readyPromise) return this.readyPromise;
+    this.readyPromise = new Promise<void>((resolve) => {
+      runInformer(
+        this.repository.store,
+        this.repository.prefix,
+        {
+          onReset: (kvs) => {
+            const next = new Map<string, Entry<T>>();
+            for (const kv of kvs) {
+              const value = this.decodeOrReport(kv.key, kv.value);
+              if (value) next.set(this.repository.idOfKey(kv.key), { value, modRevision: kv.modRevision });
+            }
+            this.entries = next;
+            resolve();
+          },
+          onEvent: (event) => {
+            const id = this.repository.idOfKey(event.key);
+            const current = this.entries.get(id);
+            // A local write-through may already be newer than this event.
+            if (current && current.modRevision > event.modRevision) return;
+            const value = event.type === 'put' ? this.decodeOrReport(event.key, event.value) : undefined;
+            this.entries.set(id, { value, modRevision: event.modRevision });
+          },
+          onRecover: (err) => this.onProblem(err),
+        },
+        { signal },
+      ).catch((err: unknown) => this.onProblem(err));
+    });
+    return this.readyPromise;
+  }
+
+  get(id: string): T | undefined {
+    return this.entries.get(id)?.value;
+  }
+
+  values(): T[] {
+    const values: T[] = [];
+    for (const entry of this.entries.values()) if (entry.value !== undefined) values.push(entry.value);
+    return values;
+  }
+
+  /** Applies this daemon's own write at once, before the watch delivers it. */
+  remember(id: string, value: T | undefined, modRevision: number): void {
+    const current = this.entries.get(id);
+    if (current && current.modRevision > modRevision) return;
+    this.entries.set(id, { value, modRevision });
+  }
+
+  private decodeOrReport(key: string, bytes: Uint8Array): T | undefined {
+    try {
+      return this.repository.decode(key, bytes);
+    } catch (err) {
+      this.onProblem(err);
+      return undefined;
+    }
+  }
+}
