@@ -44,6 +44,8 @@ export function configLeaves(schema: z.ZodType = configSchema, prefix: string[] 
     return leaves;
   }
   const type = inner.def.type;
+  // Maps (e.g. auth.default_bindings) have no single-variable form: file only.
+  if (type === 'record') return leaves;
   const leaf: Leaf = type === 'number' ? 'number' : type === 'boolean' ? 'boolean' : type === 'array' ? 'string[]' : 'string';
   leaves.set(ENV_PREFIX + prefix.join('_').toUpperCase(), { path: prefix, leaf });
   return leaves;

@@ -49,8 +49,6 @@ export const configSchema = z.strictObject({
       embedded: z
         .strictObject({
           dir: path.default('/var/lib/debvisor/rpcd/store'),
-          compaction_interval_seconds: seconds.default(300),
-          retain_revisions: z.number().int().positive().default(10_000),
         })
         .prefault({}),
       etcd: z
@@ -67,6 +65,9 @@ export const configSchema = z.strictObject({
           request_timeout_ms: z.number().int().positive().default(5000),
         })
         .prefault({}),
+      /** History older than the newest retain_revisions is compacted this often (both backends). */
+      compaction_interval_seconds: seconds.default(300),
+      retain_revisions: z.number().int().positive().default(10_000),
       /** How often readiness probes the store; NOT_SERVING follows an unreachable store within ~2 intervals. */
       probe_interval_ms: z.number().int().positive().default(1000),
     })
@@ -75,6 +76,41 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** Certificate principals that are always admin: how the first administrator exists. */
       bootstrap_admins: z.array(z.string().min(1)).default([]),
+      /** Roles bound to certificate principals by config (reloadable), e.g. the panel's → operator. Not settable by environment. */
+      default_bindings: z.record(z.string().min(1), z.array(z.string().min(1))).default({}),
+      /** CRL (PEM) of the client CA: certificates listed are refused. Empty: none. */
+      crl_file: z.string().default(''),
+      /** Authentication failures per source address per minute before it is blocked. */
+      max_failures_per_minute: z.number().int().positive().default(5),
+      block_minutes: z.number().positive().default(5),
+      /** API key lifetime when CreateApiKey gives none, and the longest allowed. */
+      api_key_default_ttl_days: z.number().positive().default(90),
+      api_key_max_ttl_days: z.number().positive().default(365),
+      /** How long a rotated-out key keeps working when RotateApiKey gives no overlap. */
+      api_key_rotation_overlap_seconds: z.number().nonnegative().default(3600),
+    })
+    .prefault({}),
+  rate_limit: z
+    .strictObject({
+      /** Requests per minute per principal, by role; a principal gets its most generous role's limit. */
+      per_role_per_minute: z
+        .record(z.string(), z.number().int().positive())
+        .default({ admin: 1000, operator: 500, developer: 200, monitor: 200, viewer: 100 }),
+      /** For principals whose roles are not listed above. */
+      default_per_minute: z.number().int().positive().default(100),
+      /** All principals together. */
+      global_per_minute: z.number().int().positive().default(30_000),
+    })
+    .prefault({}),
+  audit: z
+    .strictObject({
+      /** JSON lines, rotated daily to <name>-YYYY-MM-DD<ext> next to it. */
+      path: path.default('/var/log/debvisor/rpc-audit.log'),
+      /** HMAC-SHA256 key of the tamper-evident chain (mode 0600; created if missing). */
+      hmac_key_file: path.default('/etc/debvisor/rpc/audit-hmac.key'),
+      /** metadata: who, what, outcome. request: also the request fields (secrets redacted). */
+      level: z.enum(['metadata', 'request']).default('metadata'),
+      retain_files: z.number().int().positive().default(30),
     })
     .prefault({}),
 });

@@ -19,6 +19,7 @@ import { reflectionService } from './reflection.js';
 import { IdentityProvider, loadIdentity, serverCredentials, type TlsFiles } from './tls.js';
 import { openStore } from '../store/open.js';
 import { monitorStore } from '../store/monitor.js';
+import { startCompactor } from '../store/compactor.js';
 
 function grpcOptions(server: Config['server']): ServerOptions {
   return {
@@ -76,6 +77,12 @@ export class Daemon {
         else log.warn({ backend: store.backend, err: err instanceof Error ? err.message : String(err) }, 'store unreachable; reporting NOT_SERVING');
       });
       resources.defer(() => storeMonitor.stop());
+      if (store.backend === 'etcd') {
+        const compactor = startCompactor(store, config.store.compaction_interval_seconds * 1000, config.store.retain_revisions, (err) =>
+          log.warn({ err }, 'etcd compaction failed'),
+        );
+        resources.defer(() => compactor.stop());
+      }
 
       const grpc = new Server({ ...grpcOptions(config.server), interceptors: buildChain({ metrics, log, certificates }) });
       const adapterOptions: AdapterOptions = {

@@ -9,8 +9,8 @@ export async function openStore(config: Config['store'], onBackgroundError: (err
   if (config.backend === 'embedded') {
     return openEmbeddedStore({
       dir: config.embedded.dir,
-      compactionIntervalMs: config.embedded.compaction_interval_seconds * 1000,
-      retainRevisions: config.embedded.retain_revisions,
+      compactionIntervalMs: config.compaction_interval_seconds * 1000,
+      retainRevisions: config.retain_revisions,
       onBackgroundError,
     });
   }
