@@ -1,0 +1,7 @@
+export * from './event.js';
+export * from './redact.js';
+export * from './log.js';
+export * from './verify.js';
+export { CHAIN_GENESIS } from './chain.js';
+export { localDay, rotatedName } from './files.js';
+export { AuditKeyError, loadOrCreateHmacKey, readHmacKeySync } from './key.js';

@@ -1,0 +1,588 @@
+// The audit log writer: one JSON line per event, HMAC-chained, fsynced, rotated daily.
+//
+// All writes go through one queue and one writer loop, so the file order is the chain
+// order. A batch is everything queued when the loop takes it: the lines are sealed
+// (seq + hmac), written with one write(2) where possible, and fdatasync'ed once
+// (group commit). Durable callers are resolved only after that fsync; buffered events
+// are flushed at least every fsyncIntervalMs. The chain state (seq, prev hmac) only
+// advances once a batch is on disk, so a failed batch leaves no hole in the chain
+// (its bytes are truncated away again).
+import type { FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { CHAIN_GENESIS, chainKey, parseLine, sealEntry, type ChainKey, type ParsedLine } from './chain.js';
+import { serializeEvent, type AuditEventInput } from './event.js';
+import { localDay, rotatedFiles, rotatedName } from './files.js';
+import { loadOrCreateHmacKey } from './key.js';
+import { scrubSecretsInJson } from './redact.js';
+
+export const DEFAULT_AUDIT_LOG_PATH = '/var/log/debvisor/rpc-audit.log';
+export const DEFAULT_AUDIT_KEY_PATH = '/etc/debvisor/rpc/audit-hmac.key';
+
+export type AuditWriteOperation = 'serialize' | 'write' | 'fsync' | 'overflow' | 'closed';
+
+/** A write that did not reach stable storage. `events` is how many events it lost. */
+export class AuditWriteError extends Error {
+  constructor(
+    message: string,
+    readonly operation: AuditWriteOperation,
+    readonly events: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'AuditWriteError';
+  }
+}
+
+/** The log cannot be opened (key, permissions, or a damaged last entry). */
+export class AuditOpenError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AuditOpenError';
+  }
+}
+
+export interface AuditLogOptions {
+  /** Current file; rotated files go next to it. */
+  path: string;
+  /** HMAC key file (mode 0600); created with a random key if missing. */
+  hmacKeyFile: string;
+  /** Rotated files to keep (default 30); older ones are deleted. */
+  retainFiles?: number;
+  /** Longest time a buffered event waits for write + fsync (default 100). */
+  fsyncIntervalMs?: number;
+  now?: () => Date;
+  /** Called once per failed batch (write or fsync), for dropped and unserializable events. */
+  onWriteFailure?: (err: AuditWriteError) => void;
+  /** Rotation, retention and recovery problems that lose no event. */
+  onWarning?: (message: string, err?: unknown) => void;
+  /** Queue bound (default 100000): beyond it events are refused with operation 'overflow'. */
+  maxPendingEvents?: number;
+}
+
+export interface AuditLogStats {
+  /** Entries on disk written by this instance. */
+  entries: number;
+  batches: number;
+  fsyncs: number;
+  failedBatches: number;
+  /** Events that never reached the disk (failed batches, overflow, serialization). */
+  lostEvents: number;
+  rotations: number;
+  /** seq of the last entry on disk (0 if none). */
+  lastSeq: number;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: AuditWriteError) => void;
+}
+
+// Flush early when this much is buffered, instead of waiting for the timer.
+const FLUSH_BYTES = 1 << 20;
+const TAIL_CHUNK = 64 * 1024;
+
+interface Tail {
+  size: number;
+  /** Last newline-terminated line, without its newline. */
+  lastLine?: string;
+  /** Offset just after the last newline (0 if none). */
+  lastLineEnd: number;
+  /** Bytes after the last newline: a torn write ('' if the file ends with a newline). */
+  torn: string;
+}
+
+async function readTail(path: string): Promise<Tail> {
+  const handle = await open(path, 'r');
+  try {
+    const size = (await handle.stat()).size;
+    let pos = size;
+    let buf = Buffer.alloc(0);
+    for (;;) {
+      const lastNl = buf.lastIndexOf(10);
+      if (lastNl >= 0) {
+        const prevNl = lastNl === 0 ? -1 : buf.lastIndexOf(10, lastNl - 1);
+        if (prevNl >= 0 || pos === 0) {
+          return {
+            size,
+            lastLine: buf.subarray(prevNl + 1, lastNl).toString('utf8'),
+            lastLineEnd: pos + lastNl + 1,
+            torn: buf.subarray(lastNl + 1).toString('utf8'),
+          };
+        }
+      } else if (pos === 0) {
+        return { size, lastLineEnd: 0, torn: buf.toString('utf8') };
+      }
+      const length = Math.min(TAIL_CHUNK, pos);
+      pos -= length;
+      const chunk = Buffer.alloc(length);
+      const { bytesRead } = await handle.read(chunk, 0, length, pos);
+      if (bytesRead !== length) throw new Error(`short read from ${path}`);
+      buf = Buffer.concat([chunk, buf]);
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function dayOf(entry: ParsedLine | undefined): string | undefined {
+  const time = entry?.entry.time;
+  if (typeof time !== 'string') return undefined;
+  const date = new Date(time);
+  return Number.isNaN(date.getTime()) ? undefined : localDay(date);
+}
+
+interface ChainState {
+  seq: number;
+  prevHmac: string;
+  size: number;
+  needsNewline: boolean;
+  fileDay: string;
+}
+
+export class AuditLog {
+  private readonly now: () => Date;
+  private readonly retainFiles: number;
+  private readonly fsyncIntervalMs: number;
+  private readonly maxPending: number;
+  private readonly onWriteFailure: (err: AuditWriteError) => void;
+  private readonly onWarning: (message: string, err?: unknown) => void;
+  private readonly defaultTime = (): string => this.now().toISOString();
+
+  private seq: number;
+  private prevHmac: string;
+  private size: number;
+  private needsNewline: boolean;
+  private needsResync = false;
+  private fileDay: string;
+
+  private pendingJson: string[] = [];
+  private pendingBytes = 0;
+  private waiters: Waiter[] = [];
+  private barriers: Array<() => void> = [];
+  private flushRequested = false;
+  private running = false;
+  private inflight: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+  private readonly counters: AuditLogStats;
+
+  private constructor(
+    readonly path: string,
+    private readonly key: ChainKey,
+    private fd: FileHandle,
+    private readonly fileRegular: boolean,
+    state: ChainState,
+    options: AuditLogOptions,
+  ) {
+    this.now = options.now ?? (() => new Date());
+    this.retainFiles = options.retainFiles ?? 30;
+    this.fsyncIntervalMs = options.fsyncIntervalMs ?? 100;
+    this.maxPending = options.maxPendingEvents ?? 100_000;
+    this.onWriteFailure = options.onWriteFailure ?? (() => undefined);
+    this.onWarning = options.onWarning ?? (() => undefined);
+    this.seq = state.seq;
+    this.prevHmac = state.prevHmac;
+    this.size = state.size;
+    this.needsNewline = state.needsNewline;
+    this.fileDay = state.fileDay;
+    this.counters = { entries: 0, batches: 0, fsyncs: 0, failedBatches: 0, lostEvents: 0, rotations: 0, lastSeq: state.seq };
+  }
+
+  static async open(options: AuditLogOptions): Promise<AuditLog> {
+    const { path } = options;
+    const retain = options.retainFiles ?? 30;
+    if (!Number.isInteger(retain) || retain < 0) throw new RangeError('retainFiles must be an integer >= 0');
+    const interval = options.fsyncIntervalMs ?? 100;
+    if (!Number.isFinite(interval) || interval < 0) throw new RangeError('fsyncIntervalMs must be >= 0');
+    const now = options.now ?? (() => new Date());
+    const warn = options.onWarning ?? (() => undefined);
+
+    const key = chainKey(await loadOrCreateHmacKey(options.hmacKeyFile));
+    await mkdir(dirname(path), { recursive: true, mode: 0o750 });
+    const fd = await open(path, 'a', 0o600);
+    try {
+      const st = await fd.stat();
+      const fileRegular = st.isFile();
+      const state: ChainState = { seq: 0, prevHmac: CHAIN_GENESIS, size: fileRegular ? st.size : 0, needsNewline: false, fileDay: localDay(now()) };
+      let last: ParsedLine | undefined;
+      if (fileRegular && st.size > 0) {
+        const recovered = await recoverCurrentTail(path, fd, warn);
+        last = recovered.last;
+        state.size = recovered.size;
+        state.needsNewline = recovered.needsNewline;
+        if (last) state.fileDay = dayOf(last) ?? localDay(st.mtime);
+      }
+      const newest = (await rotatedFiles(path)).at(-1);
+      if (newest) {
+        last ??= await lastEntryOf(newest.path);
+        // Rotated names never go backwards in time, so name order stays chain order.
+        if (newest.day > state.fileDay) state.fileDay = newest.day;
+      }
+      if (last) {
+        state.seq = last.seq;
+        state.prevHmac = last.hmac;
+      }
+      const log = new AuditLog(path, key, fd, fileRegular, state, options);
+      await log.applyRetention();
+      return log;
+    } catch (err) {
+      await fd.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Counters for tests and metrics. */
+  get stats(): Readonly<AuditLogStats> {
+    return { ...this.counters };
+  }
+
+  /**
+   * For reads: buffered, on disk (fsynced) within fsyncIntervalMs. Never throws;
+   * failures go to onWriteFailure.
+   */
+  write(event: AuditEventInput): void {
+    const json = this.serialize(event);
+    if (json === undefined) return;
+    const refused = this.refusal();
+    if (refused) {
+      this.fail(refused);
+      return;
+    }
+    this.enqueue(json);
+    if (this.pendingBytes >= FLUSH_BYTES) this.kick();
+    else this.schedule();
+  }
+
+  /**
+   * For mutating calls: resolves once the entry is written and fdatasync'ed. Concurrent
+   * calls share one write and one fsync. Rejects with AuditWriteError otherwise.
+   */
+  writeDurable(event: AuditEventInput): Promise<void> {
+    let json: string;
+    try {
+      json = this.serializeOrThrow(event);
+    } catch (err) {
+      return Promise.reject(err instanceof AuditWriteError ? err : new AuditWriteError(errorMessage(err), 'serialize', 1, { cause: err }));
+    }
+    const refused = this.refusal();
+    if (refused) {
+      this.counters.lostEvents++;
+      return Promise.reject(refused);
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue(json);
+      this.waiters.push({ resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Resolves once everything written so far is on disk, or has failed (and been reported). */
+  flush(): Promise<void> {
+    if (this.pendingJson.length > 0) {
+      return new Promise<void>((resolve) => {
+        this.barriers.push(resolve);
+        this.kick();
+      });
+    }
+    return this.inflight ?? Promise.resolve();
+  }
+
+  /** Flushes, fsyncs and closes. Later writes fail with operation 'closed'. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      await this.flush();
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = undefined;
+      await this.fd.close();
+    })();
+    return this.closing;
+  }
+
+  private serializeOrThrow(event: AuditEventInput): string {
+    try {
+      return scrubSecretsInJson(serializeEvent(event, this.defaultTime));
+    } catch (err) {
+      throw new AuditWriteError(`audit event cannot be serialized: ${errorMessage(err)}`, 'serialize', 1, { cause: err });
+    }
+  }
+
+  private serialize(event: AuditEventInput): string | undefined {
+    try {
+      return this.serializeOrThrow(event);
+    } catch (err) {
+      this.fail(err as AuditWriteError);
+      return undefined;
+    }
+  }
+
+  private refusal(): AuditWriteError | undefined {
+    if (this.closed) return new AuditWriteError('audit log is closed', 'closed', 1);
+    if (this.pendingJson.length >= this.maxPending) {
+      return new AuditWriteError(`audit log backlog is full (${this.maxPending} events waiting for the disk)`, 'overflow', 1);
+    }
+    return undefined;
+  }
+
+  private fail(err: AuditWriteError): void {
+    this.counters.lostEvents += err.events;
+    this.report(err);
+  }
+
+  private report(err: AuditWriteError): void {
+    try {
+      this.onWriteFailure(err);
+    } catch {
+      // A failing failure handler must not break the writer.
+    }
+  }
+
+  private enqueue(json: string): void {
+    this.pendingJson.push(json);
+    this.pendingBytes += json.length;
+  }
+
+  private schedule(): void {
+    if (this.running || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.kick();
+    }, this.fsyncIntervalMs);
+    this.timer.unref();
+  }
+
+  private kick(): void {
+    this.flushRequested = true;
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    if (this.running) return;
+    this.running = true;
+    // Start on a microtask so that calls made in the same tick join the first batch.
+    queueMicrotask(() => void this.drain());
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.pendingJson.length > 0 && this.flushRequested) {
+        this.flushRequested = false;
+        const jsons = this.pendingJson;
+        const waiters = this.waiters;
+        const barriers = this.barriers;
+        this.pendingJson = [];
+        this.pendingBytes = 0;
+        this.waiters = [];
+        this.barriers = [];
+        this.inflight = this.commit(jsons, waiters);
+        await this.inflight;
+        this.inflight = undefined;
+        for (const resolve of barriers) resolve();
+        if (this.waiters.length > 0 || this.barriers.length > 0 || this.closed) this.flushRequested = true;
+      }
+    } finally {
+      this.running = false;
+      if (this.pendingJson.length > 0) {
+        if (this.flushRequested) this.kick();
+        else this.schedule();
+      }
+    }
+  }
+
+  /** Writes one batch. Never throws: failures reject the waiters and are reported. */
+  private async commit(jsons: string[], waiters: Waiter[]): Promise<void> {
+    this.counters.batches++;
+    let operation: 'write' | 'fsync' = 'write';
+    let seq = this.seq;
+    let prev = this.prevHmac;
+    let length: number;
+    try {
+      if (this.needsResync) await this.resync();
+      await this.maybeRotate();
+      const lines = new Array<string>(jsons.length);
+      for (let i = 0; i < jsons.length; i++) {
+        seq++;
+        const sealed = sealEntry(this.key, prev, jsons[i] ?? '', seq);
+        prev = sealed.hmac;
+        lines[i] = sealed.line;
+      }
+      const data = Buffer.from(`${this.needsNewline ? '\n' : ''}${lines.join('\n')}\n`);
+      length = data.length;
+      await this.writeFully(data);
+      operation = 'fsync';
+      await this.fd.datasync();
+      this.counters.fsyncs++;
+    } catch (err) {
+      await this.rollBack();
+      const error = new AuditWriteError(`audit log ${operation} failed for ${jsons.length} event(s): ${errorMessage(err)}`, operation, jsons.length, { cause: err });
+      this.counters.failedBatches++;
+      this.counters.lostEvents += jsons.length;
+      for (const waiter of waiters) waiter.reject(error);
+      this.report(error);
+      return;
+    }
+    this.seq = seq;
+    this.prevHmac = prev;
+    this.size += length;
+    this.needsNewline = false;
+    this.counters.entries += jsons.length;
+    this.counters.lastSeq = seq;
+    for (const waiter of waiters) waiter.resolve();
+  }
+
+  private async writeFully(data: Buffer): Promise<void> {
+    let offset = 0;
+    while (offset < data.length) {
+      const { bytesWritten } = await this.fd.write(data, offset, data.length - offset);
+      if (bytesWritten <= 0) throw new Error('write made no progress');
+      offset += bytesWritten;
+    }
+  }
+
+  /** After a failed batch: cut its bytes off again so the file ends at the last good entry. */
+  private async rollBack(): Promise<void> {
+    if (!this.fileRegular) return;
+    try {
+      await this.fd.truncate(this.size);
+    } catch (err) {
+      this.needsResync = true;
+      this.onWarning(`audit log ${this.path}: cannot truncate a failed write; will resync from the file`, err);
+    }
+  }
+
+  /** The file may hold part of a failed batch: continue the chain from what is really there. */
+  private async resync(): Promise<void> {
+    const recovered = await recoverCurrentTail(this.path, this.fd, this.onWarning);
+    this.size = recovered.size;
+    this.needsNewline = recovered.needsNewline;
+    if (recovered.last && recovered.last.seq > this.seq) {
+      this.seq = recovered.last.seq;
+      this.prevHmac = recovered.last.hmac;
+      this.counters.lastSeq = this.seq;
+    }
+    this.needsResync = false;
+  }
+
+  /** Daily rotation, between batches. Problems are warnings: the events still go somewhere. */
+  private async maybeRotate(): Promise<void> {
+    const today = localDay(this.now());
+    // A clock set back does not rotate: the file keeps its (later) day.
+    if (today <= this.fileDay) return;
+    const fileDay = this.fileDay;
+    this.fileDay = today;
+    if (!this.fileRegular || (this.size === 0 && !this.needsNewline)) return;
+    try {
+      // Only ever rename a regular file, and only the one we are writing to.
+      const [onDisk, own] = await Promise.all([lstat(this.path), this.fd.stat()]);
+      if (!onDisk.isFile()) return;
+      if (onDisk.ino !== own.ino || onDisk.dev !== own.dev) {
+        this.onWarning(`audit log ${this.path} was replaced by another file; not rotating it`);
+        return;
+      }
+      const target = await this.freeRotatedName(fileDay);
+      await rename(this.path, target);
+    } catch (err) {
+      this.onWarning(`audit log ${this.path}: rotation failed; continuing in the same file`, err);
+      return;
+    }
+    let fresh: FileHandle;
+    try {
+      fresh = await open(this.path, 'a', 0o600);
+    } catch (err) {
+      this.onWarning(`audit log ${this.path}: cannot open a new file after rotation; continuing in the rotated one`, err);
+      return;
+    }
+    const old = this.fd;
+    this.fd = fresh;
+    this.size = 0;
+    this.needsNewline = false;
+    this.counters.rotations++;
+    await old.close().catch((err: unknown) => this.onWarning('audit log: closing the rotated file failed', err));
+    await syncDir(dirname(this.path)).catch((err: unknown) => this.onWarning('audit log: fsync of the log directory failed', err));
+    await this.applyRetention();
+  }
+
+  private async freeRotatedName(day: string): Promise<string> {
+    for (let index = 0; ; index++) {
+      const candidate = rotatedName(this.path, day, index);
+      try {
+        await lstat(candidate);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return candidate;
+        throw err;
+      }
+    }
+  }
+
+  /** Deletes the oldest rotated files beyond retainFiles (regular files only). */
+  private async applyRetention(): Promise<void> {
+    try {
+      const files = await rotatedFiles(this.path);
+      for (const file of files.slice(0, Math.max(0, files.length - this.retainFiles))) {
+        if ((await lstat(file.path)).isFile()) await unlink(file.path);
+      }
+    } catch (err) {
+      this.onWarning(`audit log ${this.path}: retention cleanup failed`, err);
+    }
+  }
+}
+
+/**
+ * Last entry of the current file, repairing a torn tail (a crash mid-write: those events
+ * were never acknowledged): a complete entry lacking only its newline is kept, anything
+ * else after the last newline is cut off.
+ */
+async function recoverCurrentTail(
+  path: string,
+  fd: FileHandle,
+  warn: (message: string, err?: unknown) => void,
+): Promise<{ last?: ParsedLine; size: number; needsNewline: boolean }> {
+  const tail = await readTail(path);
+  let size = tail.size;
+  let needsNewline = false;
+  if (tail.torn !== '') {
+    const complete = parseLine(tail.torn);
+    if (complete) return { last: complete, size, needsNewline: true };
+    try {
+      await fd.truncate(tail.lastLineEnd);
+      size = tail.lastLineEnd;
+      warn(`audit log ${path}: removed ${tail.size - tail.lastLineEnd} bytes of an incomplete last line (interrupted write)`);
+    } catch (err) {
+      needsNewline = true;
+      warn(`audit log ${path}: cannot remove an incomplete last line; it will show as unparseable`, err);
+    }
+  }
+  if (tail.lastLine === undefined) return { size, needsNewline };
+  const last = parseLine(tail.lastLine);
+  if (!last) {
+    throw new AuditOpenError(
+      `audit log ${path}: the last line is not a valid audit entry, so the chain cannot be continued; ` +
+        'check it with `debvisorctl audit verify` and move the file aside',
+    );
+  }
+  return { last, size, needsNewline };
+}
+
+async function lastEntryOf(path: string): Promise<ParsedLine | undefined> {
+  const tail = await readTail(path);
+  const last = parseLine(tail.torn) ?? (tail.lastLine === undefined ? undefined : parseLine(tail.lastLine));
+  if (!last && tail.size > 0) {
+    throw new AuditOpenError(`audit log: the last line of ${path} is not a valid audit entry, so the chain cannot be continued; check it with \`debvisorctl audit verify\``);
+  }
+  return last;
+}

@@ -1,0 +1,98 @@
+// `debvisorctl audit verify`, run in-process through a commander program.
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { registerAuditCommands } from '../../src/cli/audit.js';
+import { Clock, event, openLog, readLines, tempDir, writeLines } from './helpers.js';
+
+class Exit extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
+async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const program = new Command('debvisorctl');
+  registerAuditCommands(program, {
+    out: (text) => (out += text),
+    err: (text) => (err += text),
+    exit: (code) => {
+      throw new Exit(code);
+    },
+  });
+  try {
+    await program.parseAsync(['audit', ...args], { from: 'user' });
+  } catch (caught) {
+    if (caught instanceof Exit) return { code: caught.code, out, err };
+    throw caught;
+  }
+  throw new Error('the command did not exit');
+}
+
+let dir: string;
+let cleanup: () => void;
+let log: string;
+let keyFile: string;
+
+beforeAll(async () => {
+  ({ dir, cleanup } = tempDir());
+  log = join(dir, 'rpc-audit.log');
+  keyFile = join(dir, 'audit-hmac.key');
+  const clock = new Clock(new Date(2025, 3, 1, 9));
+  const writer = await openLog(dir, { now: clock.now });
+  for (let i = 1; i <= 30; i++) {
+    if (i === 11) clock.set('2025-04-02T09:00:00');
+    if (i === 21) clock.set('2025-04-03T09:00:00');
+    await writer.writeDurable(event(i));
+  }
+  await writer.close();
+});
+
+afterAll(() => cleanup());
+
+describe('audit verify', () => {
+  it('verifies the rotated files and the current one in order: exit 0', async () => {
+    const result = await run('verify', '--key-file', keyFile, '--log', log);
+    expect(result).toEqual({ code: 0, out: 'OK: 30 entries (seq 1–30) in 3 files\n', err: '' });
+  });
+
+  it('verifies explicit files, noting a mid-chain start', async () => {
+    const result = await run('verify', '--key-file', keyFile, join(dir, 'rpc-audit-2025-04-02.log'), log);
+    expect(result.code).toBe(0);
+    expect(result.out).toContain('OK: 20 entries (seq 11–30) in 2 files');
+    expect(result.out).toContain('starts mid-way at seq 11');
+  });
+
+  it('reports tampering with file and line: exit 1', async () => {
+    const copy = join(dir, 'copy.log');
+    copyFileSync(log, copy);
+    const lines = readLines(copy);
+    lines[4] = lines[4]!.replace('"alice"', '"mallory"');
+    writeLines(copy, lines);
+    const result = await run('verify', '--key-file', keyFile, copy);
+    expect(result.code).toBe(1);
+    expect(result.out).toMatch(new RegExp(`^TAMPERED: ${copy}:5: modified: `));
+  });
+
+  it('exits 2 on usage and I/O errors', async () => {
+    expect((await run('verify', '--key-file', join(dir, 'missing.key'), '--log', log)).code).toBe(2);
+    expect((await run('verify', '--key-file', keyFile, join(dir, 'nope.log'))).code).toBe(2);
+    expect((await run('verify', '--key-file', keyFile, '--log', join(dir, 'other.log'))).code).toBe(2);
+    expect((await run('verify', '--bogus')).code).toBe(2);
+    const badKey = join(dir, 'bad.key');
+    writeFileSync(badKey, 'zz', { mode: 0o600 });
+    const result = await run('verify', '--key-file', badKey, '--log', log);
+    expect(result.code).toBe(2);
+    expect(result.err).toContain('64 hex digits');
+  });
+
+  it('verifies with a wrong key as tampered', async () => {
+    const otherKey = join(dir, 'other.key');
+    writeFileSync(otherKey, `${'cd'.repeat(32)}\n`, { mode: 0o600 });
+    expect((await run('verify', '--key-file', otherKey, '--log', log)).code).toBe(1);
+    expect(readFileSync(keyFile, 'utf8')).not.toContain('cd'.repeat(32));
+  });
+});

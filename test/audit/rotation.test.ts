@@ -1,0 +1,155 @@
+// Daily rotation and retention, driven by an injected clock.
+import { appendFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { AuditOpenError } from '../../src/audit/log.js';
+import { auditFilesInOrder, verifyAuditFiles } from '../../src/audit/verify.js';
+import { Clock, event, keyOf, openLog, parseLines, readLines, tempDir } from './helpers.js';
+
+let dir: string;
+let cleanup: () => void;
+let path: string;
+
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir());
+  path = join(dir, 'rpc-audit.log');
+});
+afterEach(() => cleanup());
+
+function names(): string[] {
+  return readdirSync(dir)
+    .filter((name) => name.startsWith('rpc-audit'))
+    .sort();
+}
+
+/** Three days of mixed buffered and durable events, crossing midnight between batches. */
+async function threeDays(clock: Clock, retainFiles?: number): Promise<void> {
+  const log = await openLog(dir, { now: clock.now, fsyncIntervalMs: 1, ...(retainFiles === undefined ? {} : { retainFiles }) });
+  let i = 0;
+  for (const day of [1, 2, 3]) {
+    clock.date = new Date(2025, 5, day, 23, 59, 58);
+    for (let k = 0; k < 20; k++) log.write(event(++i));
+    await log.writeDurable(event(++i));
+    clock.date = new Date(2025, 5, day, 23, 59, 59, 999);
+    for (let k = 0; k < 20; k++) log.write(event(++i));
+    await log.flush();
+  }
+  await log.close();
+}
+
+describe('daily rotation', () => {
+  it('rotates at local midnight: 3 days give 2 rotated files + current, chain intact, no gap or duplicate', async () => {
+    const clock = new Clock(new Date(2025, 5, 1, 10));
+    await threeDays(clock);
+    expect(names()).toEqual(['rpc-audit-2025-06-01.log', 'rpc-audit-2025-06-02.log', 'rpc-audit.log']);
+    const files = auditFilesInOrder(path);
+    expect(files).toEqual([join(dir, 'rpc-audit-2025-06-01.log'), join(dir, 'rpc-audit-2025-06-02.log'), path]);
+    const perFile = files.map((file) => parseLines(file));
+    expect(perFile.map((entries) => entries.length)).toEqual([41, 41, 41]);
+    const seqs = perFile.flat().map((entry) => entry.seq);
+    expect(seqs).toEqual(Array.from({ length: 123 }, (_, k) => k + 1));
+    // Each file holds exactly its day's events.
+    expect(perFile.map((entries) => new Set(entries.map((entry) => new Date(entry.time as string).getDate())))).toEqual([new Set([1]), new Set([2]), new Set([3])]);
+    expect(verifyAuditFiles(files, keyOf(dir))).toEqual({ ok: true, entries: 123, files: 3, firstSeq: 1, lastSeq: 123, startsMidChain: false });
+  });
+
+  it('with retainFiles 1 deletes the oldest rotated file; verify reports startsMidChain', async () => {
+    await threeDays(new Clock(new Date(2025, 5, 1, 10)), 1);
+    expect(names()).toEqual(['rpc-audit-2025-06-02.log', 'rpc-audit.log']);
+    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toEqual({ ok: true, entries: 82, files: 2, firstSeq: 42, lastSeq: 123, startsMidChain: true });
+  });
+
+  it('does not rotate an empty file, nor when the clock goes back', async () => {
+    const clock = new Clock(new Date(2025, 5, 1, 10));
+    const log = await openLog(dir, { now: clock.now });
+    clock.set('2025-06-03T12:00:00');
+    await log.writeDurable(event(1));
+    expect(names()).toEqual(['rpc-audit.log']);
+    clock.set('2025-06-02T12:00:00');
+    await log.writeDurable(event(2));
+    expect(names()).toEqual(['rpc-audit.log']);
+    clock.set('2025-06-04T00:00:01');
+    await log.writeDurable(event(3));
+    expect(names()).toEqual(['rpc-audit-2025-06-03.log', 'rpc-audit.log']);
+    await log.close();
+    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toMatchObject({ ok: true, entries: 3 });
+  });
+
+  it('continues the chain after a restart, from the current file or from the newest rotated file', async () => {
+    const clock = new Clock(new Date(2025, 5, 1, 10));
+    let log = await openLog(dir, { now: clock.now });
+    await log.writeDurable(event(1));
+    await log.writeDurable(event(2));
+    await log.close();
+
+    log = await openLog(dir, { now: clock.now });
+    await log.writeDurable(event(3));
+    clock.set('2025-06-02T10:00:00');
+    await log.writeDurable(event(4));
+    await log.close();
+    expect(names()).toEqual(['rpc-audit-2025-06-01.log', 'rpc-audit.log']);
+
+    // The current file lost (e.g. removed by hand): the chain resumes from the rotated one.
+    const current = readLines(path);
+    writeFileSync(path, '');
+    log = await openLog(dir, { now: clock.now });
+    expect(log.stats.lastSeq).toBe(3);
+    await log.close();
+    // Put it back and continue normally.
+    writeFileSync(path, `${current.join('\n')}\n`);
+    log = await openLog(dir, { now: clock.now });
+    expect(log.stats.lastSeq).toBe(4);
+    await log.writeDurable(event(5));
+    await log.close();
+    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toMatchObject({ ok: true, entries: 5, lastSeq: 5 });
+  });
+
+  it('uses a numbered name if the day file exists already', async () => {
+    const clock = new Clock(new Date(2025, 5, 1, 10));
+    writeFileSync(join(dir, 'rpc-audit-2025-06-01.log'), '');
+    const log = await openLog(dir, { now: clock.now });
+    await log.writeDurable(event(1));
+    clock.set('2025-06-02T10:00:00');
+    await log.writeDurable(event(2));
+    await log.close();
+    expect(names()).toEqual(['rpc-audit-2025-06-01.1.log', 'rpc-audit-2025-06-01.log', 'rpc-audit.log']);
+    expect(auditFilesInOrder(path).map((f) => f.slice(dir.length + 1))).toEqual(['rpc-audit-2025-06-01.log', 'rpc-audit-2025-06-01.1.log', 'rpc-audit.log']);
+  });
+});
+
+describe('recovery on open', () => {
+  it('removes a torn last line (interrupted write) and continues the chain', async () => {
+    let log = await openLog(dir);
+    for (let i = 1; i <= 3; i++) await log.writeDurable(event(i));
+    await log.close();
+    appendFileSync(path, '{"time":"2025-06-01T00:00:00.000Z","trace_id":"torn","ty');
+    const warnings: string[] = [];
+    log = await openLog(dir, { onWarning: (message) => warnings.push(message) });
+    expect(warnings.join()).toContain('incomplete last line');
+    await log.writeDurable(event(4));
+    await log.close();
+    expect(parseLines(path).map((entry) => entry.seq)).toEqual([1, 2, 3, 4]);
+    expect(verifyAuditFiles([path], keyOf(dir))).toMatchObject({ ok: true, entries: 4 });
+  });
+
+  it('keeps a complete last entry that only lacks its newline', async () => {
+    let log = await openLog(dir);
+    for (let i = 1; i <= 2; i++) await log.writeDurable(event(i));
+    await log.close();
+    const text = readLines(path);
+    writeFileSync(path, text.join('\n'));
+    log = await openLog(dir);
+    await log.writeDurable(event(3));
+    await log.close();
+    expect(verifyAuditFiles([path], keyOf(dir))).toMatchObject({ ok: true, entries: 3 });
+  });
+
+  it('refuses to continue from a damaged last entry', async () => {
+    const log = await openLog(dir);
+    await log.writeDurable(event(1));
+    await log.close();
+    appendFileSync(path, 'garbage\n');
+    await expect(openLog(dir)).rejects.toBeInstanceOf(AuditOpenError);
+    expect(existsSync(path)).toBe(true);
+  });
+});
