@@ -19,7 +19,7 @@ const program = new Command('debvisor-rpcd')
     'after',
     `\nEvery setting can be overridden by environment: ${ENV_PREFIX}<KEY_PATH>, e.g.\n` +
       `  ${ENV_PREFIX}SERVER_LISTEN=0.0.0.0:7443  ${ENV_PREFIX}LOG_LEVEL=debug\n` +
-      'Lists take comma-separated values. Signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads certificates.',
+      'Lists take comma-separated values. Signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads the config, certificates and CRL.',
   )
   .parse();
 
@@ -76,12 +76,7 @@ process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
 // systemctl reload. The process must never die on HUP.
 process.on('SIGHUP', () => {
-  try {
-    const changed = daemon.reloadTls();
-    log.info({ changed }, 'reloaded TLS identity and CA bundle');
-  } catch (err) {
-    log.error({ err: err instanceof Error ? err.message : String(err) }, 'reload refused; keeping the current TLS identity');
-  }
+  void daemon.reload(() => loadConfig({ path: options.config }).config);
 });
 process.on('uncaughtException', (err) => {
   log.fatal({ err }, 'uncaught exception');

@@ -8,5 +8,10 @@ export interface Principal {
     readonly serialNumber: string;
     readonly notAfter: Date;
   };
-  readonly apiKeyId?: string;
+  /** Set when an API key authenticated the call: the key's own restrictions. */
+  readonly apiKey?: {
+    readonly id: string;
+    readonly permissions: readonly string[];
+    readonly resourceGlobs: readonly { readonly kind: string; readonly glob: string }[];
+  };
 }

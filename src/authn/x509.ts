@@ -8,6 +8,7 @@ import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { UnauthenticatedError } from '../server/errors.js';
 import type { Principal } from './principal.js';
+import { normalizeSerial } from './crl.js';
 
 const EKU_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 const MAX_CHAIN_DEPTH = 8;
@@ -83,6 +84,7 @@ export function principalIdOf(cert: X509Certificate): string | undefined {
 
 interface Verified {
   readonly principal: Principal;
+  readonly serial: string;
   readonly notBefore: number;
   readonly notAfter: number;
   readonly trust: TrustBundle;
@@ -93,12 +95,19 @@ export class CertificateAuthenticator {
   // the validity dates are checked per call.
   private readonly verified = new Map<string, Verified>();
 
+  private revoked: ReadonlySet<string> = new Set();
+
   constructor(private trust: TrustBundle) {}
 
   /** Swaps the CA bundle (SIGHUP or rollover); cached results of the old bundle die with it. */
   setTrust(trust: TrustBundle): void {
     this.trust = trust;
     this.verified.clear();
+  }
+
+  /** Serials (normalised, see crl.ts) that are refused even though they chain and are in date. */
+  setRevoked(serials: ReadonlySet<string>): void {
+    this.revoked = serials;
   }
 
   authenticate(peer: PeerCertificate, now = Date.now()): Principal {
@@ -111,6 +120,9 @@ export class CertificateAuthenticator {
     }
     if (now < entry.notBefore || now > entry.notAfter) {
       throw new UnauthenticatedError('client certificate is outside its validity period');
+    }
+    if (this.revoked.size > 0 && this.revoked.has(entry.serial)) {
+      throw new UnauthenticatedError(`client certificate serial ${entry.serial} is revoked (CRL)`);
     }
     return entry.principal;
   }
@@ -138,6 +150,7 @@ export class CertificateAuthenticator {
         kind: 'certificate',
         certificate: { fingerprintSha256: leaf.fingerprint256, serialNumber: leaf.serialNumber, notAfter },
       },
+      serial: normalizeSerial(leaf.serialNumber),
       notBefore: leaf.validFromDate.getTime(),
       notAfter: notAfter.getTime(),
       trust: this.trust,

@@ -1,32 +1,89 @@
-// Step 3: establishes who is calling. Only a verified client certificate (and, with
-// the chain issue, an API key) can name a principal; headers never can.
+// Step 3: who is calling. A verified client certificate decides; without one, an
+// API key. Headers never name a principal. Failures are generic to the client,
+// precise in the audit log, and counted per source address.
 import type { Logger } from 'pino';
-import { UnauthenticatedError } from '../server/errors.js';
+import type { AuditLog } from '../audit/log.js';
+import type { ApiKeyAuthenticator } from '../authn/apikey.js';
+import { tokenFromHeaders } from '../authn/apikey-token.js';
+import type { Principal } from '../authn/principal.js';
+import type { SourceGuard } from '../authn/source-guard.js';
 import type { CertificateAuthenticator } from '../authn/x509.js';
-import { isExempt } from './exempt.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { CallState } from '../server/context.js';
+import { UnauthenticatedError } from '../server/errors.js';
+import { auditPrincipal } from './audit-principal.js';
 import { stepInterceptor } from './step.js';
 
-/** Headers a client must not be able to set: stripped before any handler sees the call. */
+/** Headers a client must not be able to set or have forwarded: stripped before any handler sees the call. */
 const INTERNAL_HEADER_PREFIX = 'x-debvisor-';
+const CREDENTIAL_HEADERS = ['authorization', 'x-api-key'];
 
-export function identity(certificates: CertificateAuthenticator, log: Logger) {
+export interface IdentityDeps {
+  readonly certificates: CertificateAuthenticator;
+  readonly apiKeys: ApiKeyAuthenticator;
+  readonly guard: SourceGuard;
+  readonly audit: AuditLog;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly roleNamesOf: (principal: string) => string[];
+}
+
+export function identity(deps: IdentityDeps) {
+  const fail = (state: CallState, path: string, ip: string, method: string, err: UnauthenticatedError): never => {
+    deps.metrics.authAttempts.inc({ method, result: 'failure' });
+    deps.audit.write({ type: 'AUTH_FAILED', trace_id: state.traceId, source: state.peer, method: path, decision: 'deny', reason: err.reason });
+    if (deps.guard.recordFailure(ip)) {
+      deps.audit.write({ type: 'SUSPICIOUS', trace_id: state.traceId, source: state.peer, reason: `too many authentication failures from ${ip}; blocked` });
+      deps.log.warn({ source: ip }, 'source address blocked after repeated authentication failures');
+    }
+    throw err;
+  };
+
   return stepInterceptor({
     onRequest: (state, { path, call, metadata }) => {
-      for (const key of Object.keys(metadata.getMap())) {
-        if (key.startsWith(INTERNAL_HEADER_PREFIX)) metadata.remove(key);
+      const map = metadata.getMap();
+      const token = tokenFromHeaders(map.authorization, map['x-api-key']);
+      for (const key of Object.keys(map)) {
+        if (key.startsWith(INTERNAL_HEADER_PREFIX) || CREDENTIAL_HEADERS.includes(key)) metadata.remove(key);
       }
-      if (isExempt(path)) return;
+      const ip = call.getConnectionInfo().remoteAddress ?? 'unknown';
+      if (deps.guard.blockedFor(ip) > 0) {
+        // Not counted again: a blocked address must not extend its own block by retrying.
+        deps.metrics.authAttempts.inc({ method: 'blocked', result: 'failure' });
+        deps.audit.write({ type: 'AUTH_FAILED', trace_id: state.traceId, source: state.peer, method: path, decision: 'deny', reason: 'source address is blocked' });
+        throw new UnauthenticatedError('source address is blocked');
+      }
+
+      // grpc-js exposes a peer certificate only when TLS verified it against the CA bundle,
+      // so an unverifiable certificate arrives here as none at all.
       const peer = call.getAuthContext().sslPeerCertificate;
+      let principal: Principal;
+      const method = peer ? 'mtls' : token !== undefined ? 'api_key' : 'none';
       try {
-        // grpc-js exposes a peer certificate only when TLS verified it against the CA bundle,
-        // so an unverifiable certificate arrives here as none at all.
-        if (!peer) throw new UnauthenticatedError('no verified client certificate (none presented, or it failed TLS verification) and no API key');
-        state.principal = certificates.authenticate(peer);
-      } catch (err) {
-        if (err instanceof UnauthenticatedError) {
-          log.warn({ trace_id: state.traceId, peer: state.peer, method: path, reason: err.reason }, 'authentication failed');
+        if (peer) {
+          // With both credentials, the certificate decides and the key is ignored.
+          principal = deps.certificates.authenticate(peer);
+        } else if (token !== undefined) {
+          principal = deps.apiKeys.authenticate(token, ip);
+        } else {
+          throw new UnauthenticatedError('no verified client certificate (none presented, or it failed TLS verification) and no API key');
         }
+      } catch (err) {
+        if (err instanceof UnauthenticatedError) fail(state, path, ip, method, err);
         throw err;
+      }
+      deps.metrics.authAttempts.inc({ method, result: 'success' });
+      state.principal = principal;
+      state.roles = deps.roleNamesOf(principal.id);
+      if (deps.guard.noteSource(principal.id, ip)) {
+        deps.audit.write({
+          type: 'SUSPICIOUS',
+          trace_id: state.traceId,
+          principal: auditPrincipal(principal, state.roles),
+          source: state.peer,
+          method: path,
+          reason: `new source address ${ip} for ${principal.id}`,
+        });
       }
     },
   });

@@ -20,29 +20,58 @@ export interface StepCall {
 export interface Step {
   /** Runs when the request headers arrive. Throw (or reject) to end the call with that error's status. */
   readonly onRequest?: (state: CallState, call: StepCall) => void | Promise<void>;
+  /** Runs when the (decoded) request message arrives, before the handler. Throw or reject to end the call. */
+  readonly onMessage?: (state: CallState, call: StepCall, message: unknown) => void | Promise<void>;
   /** Sees the final status on its way out. */
   readonly onStatus?: (status: PartialStatusObject, state: CallState | undefined) => void;
+}
+
+/** Runs `work`; continues with `proceed` on success, or ends the call on a throw or rejection. */
+function settle(work: () => void | Promise<void>, proceed: () => void, reject: (err: unknown) => void): void {
+  let pending: void | Promise<void>;
+  try {
+    pending = work();
+  } catch (err) {
+    reject(err);
+    return;
+  }
+  if (pending instanceof Promise) pending.then(proceed, reject);
+  else proceed();
 }
 
 export function stepInterceptor(step: Step): ServerInterceptor {
   return (method, call) => {
     let state: CallState | undefined;
-    const reject = (err: unknown) => call.sendStatus(toStatus(err, state?.traceId ?? newTraceId()));
+    let stepCall: StepCall | undefined;
+    const reject = (err: unknown) => {
+      // Later messages of a rejected call must not reach any step or the handler.
+      if (state) state.rejected = true;
+      call.sendStatus(toStatus(err, state?.traceId ?? newTraceId()));
+    };
     return new ServerInterceptingCall(call, {
       start: (next) =>
         next({
           onReceiveMetadata: (metadata, forward) => {
             state = callStateOf(metadata);
-            if (!step.onRequest || !state) return forward(metadata);
+            stepCall = { path: method.path, call, metadata };
             const callState = state;
-            let pending: void | Promise<void>;
-            try {
-              pending = step.onRequest(callState, { path: method.path, call, metadata });
-            } catch (err) {
-              return reject(err);
-            }
-            if (pending instanceof Promise) pending.then(() => forward(metadata), reject);
-            else forward(metadata);
+            const onRequest = step.onRequest;
+            if (!onRequest || !callState) return forward(metadata);
+            settle(() => onRequest(callState, { path: method.path, call, metadata }), () => forward(metadata), reject);
+          },
+          onReceiveMessage: (message, forward) => {
+            const callState = state;
+            if (callState?.rejected) return;
+            const onMessage = step.onMessage;
+            if (!onMessage || !callState || !stepCall) return forward(message);
+            const current = stepCall;
+            settle(
+              () => onMessage(callState, current, message),
+              () => {
+                if (!callState.rejected) forward(message);
+              },
+              reject,
+            );
           },
         }),
       sendStatus: (status, forward) => {

@@ -90,6 +90,18 @@ export const configSchema = z.strictObject({
       api_key_rotation_overlap_seconds: z.number().nonnegative().default(3600),
     })
     .prefault({}),
+  quota: z
+    .strictObject({
+      /** Per-principal limits unless SetQuota overrides them. */
+      defaults: z
+        .strictObject({
+          snapshots: z.number().int().nonnegative().default(100),
+          storage_gb: z.number().int().nonnegative().default(1000),
+          concurrent_operations: z.number().int().nonnegative().default(5),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
   rate_limit: z
     .strictObject({
       /** Requests per minute per principal, by role; a principal gets its most generous role's limit. */

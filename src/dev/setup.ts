@@ -17,6 +17,7 @@ export async function setupDevInstance(dir: string): Promise<{ configFile: strin
       http: { listen: '127.0.0.1:9464' },
       tls: { ca_file: pki.caCert, cert_file: pki.serverCert, key_file: pki.serverKey },
       store: { backend: 'embedded', embedded: { dir: join(root, 'state') } },
+      audit: { path: join(root, 'audit', 'rpc-audit.log'), hmac_key_file: join(root, 'audit', 'hmac.key') },
       auth: { bootstrap_admins: [pki.adminPrincipal] },
       log: { level: 'info' },
     };

@@ -37,7 +37,44 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor() {
+  readonly authAttempts = new Counter({
+    name: 'auth_attempts_total',
+    help: 'Authentication attempts, by method (mtls, api_key, none) and result (success, failure).',
+    labelNames: ['method', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly authzDenials = new Counter({
+    name: 'authz_denials_total',
+    help: 'Calls refused by RBAC, by principal (bounded, see principalLabel) and missing permission.',
+    labelNames: ['principal', 'permission'] as const,
+    registers: [this.registry],
+  });
+
+  readonly rateLimitViolations = new Counter({
+    name: 'rate_limit_violations_total',
+    help: 'Calls refused by a rate limit, by principal (bounded; "global" for the global limit).',
+    labelNames: ['principal'] as const,
+    registers: [this.registry],
+  });
+
+  readonly auditWriteFailures = new Counter({
+    name: 'audit_write_failures_total',
+    help: 'Audit records that could not be written.',
+    registers: [this.registry],
+  });
+
+  private readonly principals = new Set<string>();
+
+  constructor(private readonly maxPrincipalLabels = 200) {
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Keeps principal label cardinality bounded: principals beyond the cap are counted as "other". */
+  principalLabel(principal: string): string {
+    if (this.principals.has(principal)) return principal;
+    if (this.principals.size >= this.maxPrincipalLabels) return 'other';
+    this.principals.add(principal);
+    return principal;
   }
 }

@@ -12,6 +12,14 @@ export interface CallState {
   readonly path: string;
   readonly peer: string;
   principal?: Principal;
+  /** The principal's role names, resolved by the RBAC step. */
+  roles?: readonly string[];
+  /** Set by the RBAC step. */
+  decision?: 'allow' | 'deny';
+  /** The decoded request, kept for the audit record. */
+  request?: unknown;
+  /** Set when a step ended the call: nothing after it may run. */
+  rejected?: boolean;
 }
 
 const states = new WeakMap<Metadata, CallState>();

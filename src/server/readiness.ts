@@ -2,7 +2,7 @@
 // and grpc health and /readyz both read this one state.
 import type { HealthImplementation } from 'grpc-health-check';
 
-export type Component = 'tls' | 'store';
+export type Component = 'tls' | 'store' | 'access';
 
 export class Readiness {
   private readonly pending = new Set<Component>();

@@ -3,7 +3,6 @@
 import { once } from 'node:events';
 import { Server, type ServerOptions } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import type { DescService } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import { CertificateAuthenticator } from '../authn/x509.js';
@@ -12,6 +11,17 @@ import { Metrics } from '../observability/metrics.js';
 import { createHttpServer, splitHostPort } from '../observability/http.js';
 import { API_SERVICES } from '../services/registry.js';
 import { accessHandlers } from '../services/access.js';
+import { AccessService } from '../gen/debvisor/v1/access_pb.js';
+import { AccessAdmin } from '../access/admin.js';
+import { AccessState } from '../access/state.js';
+import { AuditLog } from '../audit/log.js';
+import { ApiKeyAuthenticator } from '../authn/apikey.js';
+import { loadRevokedSerials } from '../authn/crl.js';
+import { SourceGuard } from '../authn/source-guard.js';
+import { createRepositories } from '../store/repositories.js';
+import { methodIndex } from './policy.js';
+import { newTraceId } from './trace.js';
+import { ConfigError } from '../config/load.js';
 import { unimplementedHandlers } from '../services/unimplemented.js';
 import { toImplementation, toServiceDefinition, type AdapterOptions } from './adapter.js';
 import { Readiness } from './readiness.js';
@@ -34,22 +44,16 @@ function grpcOptions(server: Config['server']): ServerOptions {
   };
 }
 
-function implementedHandlers(service: DescService): Record<string, unknown> {
-  switch (service.typeName) {
-    case 'debvisor.v1.AccessService':
-      return accessHandlers();
-    default:
-      return {};
-  }
-}
-
 export class Daemon {
   private constructor(
-    private readonly config: Config,
+    /** The current config; SIGHUP swaps it, and everything reading settings() sees the new one. */
+    private readonly live: { config: Config },
     private readonly log: Logger,
     private readonly grpc: Server,
     private readonly provider: IdentityProvider,
     private readonly certificates: CertificateAuthenticator,
+    private readonly access: AccessState,
+    private readonly audit: AuditLog,
     /** Everything acquired at start, released in reverse order at stop. */
     private readonly resources: AsyncDisposableStack,
     readonly readiness: Readiness,
@@ -58,15 +62,20 @@ export class Daemon {
   ) {}
 
   static async start(config: Config, log: Logger): Promise<Daemon> {
+    const live = { config };
+    const settings = () => live.config;
     const resources = new AsyncDisposableStack();
+    const stopping = new AbortController();
+    resources.defer(() => stopping.abort());
     try {
       // Loaded before binding: grpc-js drops every connection until it has an identity.
       const identity = loadIdentity(tlsFilesOf(config));
       const provider = new IdentityProvider(identity);
       const certificates = new CertificateAuthenticator(identity.trust);
+      if (config.auth.crl_file) certificates.setRevoked(await loadRevokedSerials(config.auth.crl_file, identity.trust));
       const metrics = new Metrics();
       const health = new HealthImplementation();
-      const readiness = new Readiness(['tls', 'store'], health, API_SERVICES.map((service) => service.typeName));
+      const readiness = new Readiness(['tls', 'store', 'access'], health, API_SERVICES.map((service) => service.typeName));
 
       // An unreachable etcd does not stop the start: the daemon comes up NOT_SERVING and follows the store.
       const store = await openStore(config.store, (err) => log.error({ err }, 'store background task failed'));
@@ -84,13 +93,57 @@ export class Daemon {
         resources.defer(() => compactor.stop());
       }
 
-      const grpc = new Server({ ...grpcOptions(config.server), interceptors: buildChain({ metrics, log, certificates }) });
+      const audit = await AuditLog.open({
+        path: config.audit.path,
+        hmacKeyFile: config.audit.hmac_key_file,
+        retainFiles: config.audit.retain_files,
+        onWriteFailure: (err) => {
+          metrics.auditWriteFailures.inc(err.events);
+          log.error({ err: err.message }, 'audit write failed');
+        },
+        onWarning: (message, err) => log.warn({ err }, message),
+      });
+      resources.defer(() => audit.close());
+
+      const repos = createRepositories(store);
+      const onAccessProblem = (err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'access state: store problem, resyncing');
+      const access = new AccessState(repos, config.auth, onAccessProblem);
+      // Until keys and bindings are loaded, only bootstrap admins would be recognised: stay NOT_SERVING.
+      void access.start(stopping.signal).then(() => readiness.set('access', true));
+      const apiKeys = new ApiKeyAuthenticator(access.apiKeys, repos.apiKeys, onAccessProblem);
+      resources.defer(() => apiKeys.close());
+      const guard = new SourceGuard({ maxFailures: config.auth.max_failures_per_minute, blockMs: config.auth.block_minutes * 60_000 });
+
+      const methods = methodIndex(API_SERVICES);
+      const grpc = new Server({
+        ...grpcOptions(config.server),
+        interceptors: buildChain({
+          metrics,
+          log,
+          identity: { certificates, apiKeys, guard, audit, metrics, log, roleNamesOf: (principal) => access.roleNamesOf(principal) },
+          audit: { audit, level: config.audit.level, methods, log },
+          rateLimit: {
+            policies: new Map([...methods].map(([path, entry]) => [path, entry.policy])),
+            metrics,
+            settings: () => ({
+              perRolePerMinute: settings().rate_limit.per_role_per_minute,
+              defaultPerMinute: settings().rate_limit.default_per_minute,
+              globalPerMinute: settings().rate_limit.global_per_minute,
+            }),
+          },
+          rbac: { methods, roles: (names) => access.roles(names), audit, metrics },
+        }),
+      });
       const adapterOptions: AdapterOptions = {
         maxDeadlineMs: config.server.max_deadline_seconds * 1000,
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
       };
+      const admin = new AccessAdmin(repos, access, audit, settings);
+      const implemented: Record<string, Record<string, unknown>> = {
+        [AccessService.typeName]: accessHandlers(admin, access),
+      };
       for (const service of API_SERVICES) {
-        const handlers = unimplementedHandlers(service, implementedHandlers(service));
+        const handlers = unimplementedHandlers(service, implemented[service.typeName]);
         grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
       }
       health.addToServer(grpc);
@@ -116,26 +169,51 @@ export class Daemon {
       const httpPort = typeof address === 'object' && address ? address.port : port;
 
       readiness.set('tls', true);
-      return new Daemon(config, log, grpc, provider, certificates, resources, readiness, grpcPort, httpPort);
+      return new Daemon(live, log, grpc, provider, certificates, access, audit, resources, readiness, grpcPort, httpPort);
     } catch (err) {
       await resources.disposeAsync();
       throw err;
     }
   }
 
-  /** Re-reads the TLS files; a bad set is refused and the old one keeps serving. */
-  reloadTls(): boolean {
-    const next = loadIdentity(tlsFilesOf(this.config));
-    const changed = this.provider.publish(next);
-    if (changed) this.certificates.setTrust(next.trust);
-    return changed;
+  /**
+   * SIGHUP (systemctl reload): re-reads the config, the TLS files, the CA bundle and the
+   * CRL. Anything invalid is refused as a whole and the running settings stay; the
+   * process never dies on HUP. Settings that need a restart are reported.
+   */
+  async reload(readConfig: () => Config): Promise<void> {
+    const traceId = newTraceId();
+    try {
+      const next = readConfig();
+      const identity = loadIdentity(tlsFilesOf(next));
+      const revoked = next.auth.crl_file ? await loadRevokedSerials(next.auth.crl_file, identity.trust) : new Set<string>();
+      const current = this.live.config;
+      const needsRestart = [
+        ...(next.server.listen !== current.server.listen ? ['server.listen'] : []),
+        ...(next.http.listen !== current.http.listen ? ['http.listen'] : []),
+        ...(JSON.stringify(next.store) !== JSON.stringify(current.store) ? ['store'] : []),
+        ...(JSON.stringify(next.audit) !== JSON.stringify(current.audit) ? ['audit'] : []),
+      ];
+      if (this.provider.publish(identity)) this.certificates.setTrust(identity.trust);
+      this.certificates.setRevoked(revoked);
+      this.live.config = next;
+      this.access.reconfigure(next.auth);
+      this.log.level = next.log.level;
+      if (needsRestart.length > 0) this.log.warn({ settings: needsRestart }, 'changed settings take effect only after a restart');
+      this.log.info({ trace_id: traceId }, 'reloaded configuration, certificates and CRL');
+      this.audit.write({ type: 'SECURITY', trace_id: traceId, reason: 'configuration reloaded (SIGHUP)', ...(needsRestart.length ? { details: { needs_restart: needsRestart } } : {}) });
+    } catch (err) {
+      const message = err instanceof ConfigError ? err.problems.join('; ') : err instanceof Error ? err.message : String(err);
+      this.log.error({ trace_id: traceId, problem: message }, 'reload refused; keeping the running configuration and certificates');
+      this.audit.write({ type: 'SECURITY', trace_id: traceId, reason: 'reload refused', details: { problem: message } });
+    }
   }
 
   /**
    * Stops accepting calls, lets in-flight calls finish within the grace period,
    * then cancels whatever is left.
    */
-  async stop(graceMs = this.config.server.shutdown_grace_seconds * 1000): Promise<{ forced: boolean }> {
+  async stop(graceMs = this.live.config.server.shutdown_grace_seconds * 1000): Promise<{ forced: boolean }> {
     this.readiness.drain();
     const drained = new Promise<boolean>((resolve) => this.grpc.tryShutdown(() => resolve(true)));
     let timer: NodeJS.Timeout | undefined;

@@ -1,25 +1,143 @@
-// AccessService. WhoAmI is served here; key, role and quota management land with the chain issue.
-import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { PrincipalKind, type AccessService } from '../gen/debvisor/v1/access_pb.js';
+// AccessService: thin protobuf mapping over src/access/admin.ts.
+import { timestampFromDate, type Duration } from '@bufbuild/protobuf/wkt';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import { PrincipalKind, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage } from '../gen/debvisor/v1/access_pb.js';
+import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
+import type { AccessAdmin, QuotaResourceName } from '../access/admin.js';
+import type { AccessState } from '../access/state.js';
+import { resourceKindFromName, resourceKindName } from '../authz/decide.js';
 import type { HandlersOf } from '../server/adapter.js';
-import { UnauthenticatedError } from '../server/errors.js';
+import type { CallContext } from '../server/context.js';
+import { InvalidArgumentError, UnauthenticatedError } from '../server/errors.js';
+import type { ApiKeyRecord } from '../store/records.js';
 
-export function accessHandlers(): Partial<HandlersOf<typeof AccessService>> {
+const QUOTA_NAMES: ReadonlyMap<QuotaResource, QuotaResourceName> = new Map([
+  [QuotaResource.SNAPSHOTS, 'snapshots'],
+  [QuotaResource.STORAGE_GB, 'storage_gb'],
+  [QuotaResource.CONCURRENT_OPERATIONS, 'concurrent_operations'],
+]);
+const QUOTA_ENUMS = new Map([...QUOTA_NAMES].map(([value, name]) => [name, value]));
+
+function timestamp(iso: string | undefined) {
+  return iso === undefined ? undefined : timestampFromDate(new Date(iso));
+}
+
+function durationMs(duration: Duration | undefined): number | undefined {
+  return duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
+}
+
+function apiKeyMessage(key: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema> {
+  return {
+    keyId: key.id,
+    description: key.description,
+    owner: key.owner,
+    permissions: key.permissions,
+    resourceGlobs: key.resource_globs.map((glob) => ({ kind: resourceKindFromName(glob.kind), glob: glob.glob })),
+    allowedCidrs: key.allowed_cidrs,
+    createdBy: key.created_by,
+    createTime: timestamp(key.created_at),
+    expireTime: timestamp(key.expires_at),
+    revokeTime: timestamp(key.revoked_at),
+    lastUsedTime: timestamp(key.last_used_at),
+    rotatedFrom: key.rotated_from ?? '',
+  };
+}
+
+function globsOf(globs: ResourceGlobMessage[]): { kind: string; glob: string }[] {
+  return globs.map((glob, index) => {
+    const kind = resourceKindName(glob.kind);
+    if (!kind) throw new InvalidArgumentError(`resource_globs[${index}].kind`, 'must name a resource kind');
+    return { kind, glob: glob.glob };
+  });
+}
+
+function principalOf(ctx: CallContext) {
+  if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
+  return ctx.principal;
+}
+
+export function accessHandlers(admin: AccessAdmin, state: AccessState): HandlersOf<typeof AccessService> {
   return {
     whoAmI: (_request, ctx) => {
-      const principal = ctx.principal;
-      // The identity step guarantees a principal; this guards against a chain misconfiguration.
-      if (!principal) return Promise.reject(new UnauthenticatedError('no principal on call'));
+      const principal = principalOf(ctx);
+      const roles = state.roleNamesOf(principal.id);
       const certificate = principal.certificate;
+      const granted = new Set(state.roles(roles).flatMap((role) => role.permissions));
       return Promise.resolve({
         principalId: principal.id,
         kind: principal.kind === 'certificate' ? PrincipalKind.CERTIFICATE : PrincipalKind.API_KEY,
+        roles,
+        permissions: principal.apiKey ? [...principal.apiKey.permissions] : [...granted].sort(),
         authMethod: principal.kind === 'certificate' ? 'mtls' : 'api_key',
         certFingerprintSha256: certificate ? certificate.fingerprintSha256.replaceAll(':', '').toLowerCase() : '',
         certNotAfter: certificate ? timestampFromDate(certificate.notAfter) : undefined,
-        apiKeyId: principal.apiKeyId ?? '',
+        apiKeyId: principal.apiKey?.id ?? '',
         sourceAddress: ctx.peer,
+        resourceGlobs: (principal.apiKey?.resourceGlobs ?? []).map((glob) => ({ kind: resourceKindFromName(glob.kind), glob: glob.glob })),
       });
+    },
+    createApiKey: async (request, ctx) => {
+      const { record, token } = await admin.createApiKey(ctx, {
+        description: request.description,
+        permissions: request.permissions,
+        resourceGlobs: globsOf(request.resourceGlobs),
+        ttlMs: durationMs(request.ttl),
+        allowedCidrs: request.allowedCidrs,
+        owner: request.owner,
+      });
+      return { apiKey: apiKeyMessage(record), secret: token };
+    },
+    listApiKeys: (request, ctx) => {
+      const { keys, nextPageToken } = admin.listApiKeys(ctx, {
+        principal: request.principal,
+        includeInactive: request.includeInactive,
+        pageSize: request.pageSize,
+        pageToken: request.pageToken,
+      });
+      return Promise.resolve({ apiKeys: keys.map(apiKeyMessage), nextPageToken });
+    },
+    revokeApiKey: async (request, ctx) => ({ apiKey: apiKeyMessage(await admin.revokeApiKey(ctx, request.keyId)) }),
+    rotateApiKey: async (request, ctx) => {
+      const { record, token, old } = await admin.rotateApiKey(ctx, request.keyId, durationMs(request.overlap));
+      return { apiKey: apiKeyMessage(record), secret: token, oldApiKey: apiKeyMessage(old) };
+    },
+    listRoles: (request) => {
+      const { roles, nextPageToken } = admin.listRoles({ pageSize: request.pageSize, pageToken: request.pageToken });
+      return Promise.resolve({
+        roles: roles.map((role) => ({ name: role.name, description: role.description, permissions: [...role.permissions], denyPermissions: [...role.deny], builtin: role.builtin })),
+        nextPageToken,
+      });
+    },
+    putRole: async (request, ctx) => {
+      if (!request.role) throw new InvalidArgumentError('role', 'required');
+      const { role, created } = await admin.putRole(ctx, {
+        name: request.role.name,
+        description: request.role.description,
+        permissions: request.role.permissions,
+        denyPermissions: request.role.denyPermissions,
+      });
+      return { role: { name: role.name, description: role.description, permissions: [...role.permissions], denyPermissions: [...role.deny], builtin: false }, created };
+    },
+    deleteRole: async (request, ctx) => ({ removedBindings: await admin.deleteRole(ctx, request.roleName) }),
+    bindRole: async (request, ctx) => {
+      const { createdAt } = await admin.bindRole(ctx, request.principal, request.roleName);
+      return { binding: { principal: request.principal, roleName: request.roleName, createdBy: principalOf(ctx).id, createTime: timestampFromDate(new Date(createdAt)) } };
+    },
+    unbindRole: async (request, ctx) => ({ removed: await admin.unbindRole(ctx, request.principal, request.roleName) }),
+    getQuota: async (request, ctx) => {
+      const { principal, quotas } = await admin.getQuota(ctx, request.principal);
+      return {
+        principal,
+        quotas: quotas.map((q) => ({ resource: QUOTA_ENUMS.get(q.resource), limit: BigInt(q.limit), used: BigInt(q.used), unlimited: q.unlimited })),
+      };
+    },
+    setQuota: async (request, ctx) => {
+      const resource = QUOTA_NAMES.get(request.resource);
+      if (!resource) throw new InvalidArgumentError('resource', 'must name a quota resource');
+      if (request.limit > BigInt(Number.MAX_SAFE_INTEGER)) throw new InvalidArgumentError('limit', 'too large');
+      const quota = await admin.setQuota(ctx, request.principal, resource, Number(request.limit), request.unlimited);
+      return { quota: { resource: request.resource, limit: BigInt(quota.limit), used: BigInt(quota.used), unlimited: quota.unlimited } };
     },
   };
 }
+

@@ -19,8 +19,12 @@ export const apiKeyRecord = z.strictObject({
   created_at: isoTime,
   expires_at: isoTime.optional(),
   revoked_at: isoTime.optional(),
-  /** Set on a rotated-out key: it keeps working until then. */
+  /** The principal that created the key (an admin may create keys for others). */
+  created_by: z.string().min(1),
+  /** Set on a rotated-out key: the key that replaced it (the old one works until expires_at). */
   replaced_by: z.string().optional(),
+  /** Set on a key made by rotation: the key it replaced. */
+  rotated_from: z.string().optional(),
   last_used_at: isoTime.optional(),
   use_count: z.number().int().nonnegative(),
 });
@@ -52,6 +56,8 @@ export const quotaRecord = z.strictObject({
   resource: z.enum(quotaResources),
   /** Absent: the configured default applies. */
   limit: z.number().int().nonnegative().optional(),
+  /** No limit at all for this principal and resource. */
+  unlimited: z.boolean().optional(),
   used: z.number().int().nonnegative(),
   updated_at: isoTime,
 });

@@ -63,7 +63,7 @@ export class Repository<T extends { readonly schema_version: number }> {
     return result.data;
   }
 
-  private encode(value: T): Uint8Array {
+  encode(value: T): Uint8Array {
     return encoder.encode(JSON.stringify(this.schema.parse(value)));
   }
 

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { getOption, type DescField, type DescMessage, type DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { policyIndex, policyOf } from '../../src/server/policy.js';
+import { methodIndex, policyOf } from '../../src/server/policy.js';
 import { methodPath } from '../../src/server/adapter.js';
 import { EXEMPT_SERVICES, isExempt } from '../../src/chain/exempt.js';
 import { QuotaResource, ResourceKind, secret } from '../../src/gen/debvisor/v1/options_pb.js';
@@ -33,7 +33,7 @@ describe('RPC policy options', () => {
   });
 
   it('indexes every method by path', () => {
-    expect(policyIndex(API_SERVICES).size).toBe(methods.length);
+    expect(methodIndex(API_SERVICES).size).toBe(methods.length);
   });
 
   it('marks exactly the requests that carry request_id as mutating', () => {

@@ -202,7 +202,7 @@ describe('signals', () => {
   it('SIGHUP reloads instead of killing the daemon', async () => {
     daemon.process.kill('SIGHUP');
     await vi.waitFor(() => {
-      expect(daemon.logRecords().some((r) => r.msg === 'reloaded TLS identity and CA bundle')).toBe(true);
+      expect(daemon.logRecords().some((r) => r.msg === 'reloaded configuration, certificates and CRL')).toBe(true);
     });
     expect(daemon.alive()).toBe(true);
     const client = await clientFor(AccessService, daemon);

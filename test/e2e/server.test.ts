@@ -26,6 +26,7 @@ import {
   type ClientPem,
   type PemFiles,
   type RunningDaemon,
+  auditRecords,
 } from '../support/daemon.js';
 import { grpcHealth, serviceConstructor } from '../support/health.js';
 import { writeRefusedCertificates, type CertFixture, type RefusedCertificates } from '../support/pki-fixtures.js';
@@ -132,10 +133,11 @@ describe('authentication', () => {
     for (const err of [noClientAuth, expired]) {
       const traceId = /trace_id=([0-9a-f]{32})/.exec(err.details)?.[1];
       expect(traceId).toBeDefined();
-      // The log line and the response travel on different pipes: allow it a moment to arrive.
+      // The audit record is written in the background (reads are batched): allow it a moment.
       await vi.waitFor(() => {
-        const warning = daemon.logRecords().find((r) => r.msg === 'authentication failed' && r.trace_id === traceId);
-        expect(warning).toMatchObject({ level: 'warn', method: WHOAMI });
+        const record = auditRecords(daemon).find((r) => r.type === 'AUTH_FAILED' && r.trace_id === traceId);
+        expect(record).toMatchObject({ method: WHOAMI, decision: 'deny' });
+        expect(record?.reason).toMatch(/no verified client certificate/);
       });
     }
   });

@@ -1,6 +1,7 @@
 // Starts the REAL daemon (`node dist/main.js`) as a child process for end-to-end
 // tests: a fresh dev PKI and YAML config in a temp dir, free loopback ports, and
 // captured pino output. dist/ is built once by test/support/global-setup.ts.
+import { existsSync, readFileSync } from 'node:fs';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -18,7 +19,6 @@ import {
 } from '@grpc/grpc-js';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { stringify } from 'yaml';
-import { configSchema } from '../../src/config/schema.js';
 import { ensureDevPki, type DevPkiPaths } from '../../src/pki/index.js';
 import { createClient, tlsCredentials, type TypedClient } from '../../src/client/client.js';
 
@@ -124,18 +124,30 @@ export function daemonEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv
 }
 
 /**
- * The config every test daemon starts from. `stateDir` holds the embedded store's
- * files (when this build has a store section), so no daemon touches /var/lib.
+ * The config every test daemon starts from: its store, audit log and keys all live in
+ * the daemon's temp dir, so no test touches /var or /etc.
  */
-export function baseConfig(pki: DevPkiPaths, grpcPort: number, httpPort: number, stateDir = join(pki.dir, '..', 'state')): Record<string, unknown> {
+export function baseConfig(pki: DevPkiPaths, grpcPort: number, httpPort: number, dir = join(pki.dir, '..')): Record<string, unknown> {
   return {
     server: { listen: `127.0.0.1:${grpcPort}`, shutdown_grace_seconds: 5 },
     http: { listen: `127.0.0.1:${httpPort}` },
     tls: { ca_file: pki.caCert, cert_file: pki.serverCert, key_file: pki.serverKey },
-    ...('store' in configSchema.shape ? { store: { backend: 'embedded', embedded: { dir: stateDir } } } : {}),
-    auth: { bootstrap_admins: [pki.adminPrincipal] },
+    store: { backend: 'embedded', embedded: { dir: join(dir, 'state') } },
+    audit: { path: join(dir, 'audit', 'rpc-audit.log'), hmac_key_file: join(dir, 'audit', 'hmac.key') },
+    // Suites make many deliberate failures from 127.0.0.1; the blocking test lowers this.
+    auth: { bootstrap_admins: [pki.adminPrincipal], max_failures_per_minute: 100_000 },
     log: { level: 'info' },
   };
+}
+
+/** The daemon's audit log (current file), parsed. */
+export function auditRecords(daemon: Pick<RunningDaemon, 'dir'>): Record<string, unknown>[] {
+  const file = join(daemon.dir, 'audit', 'rpc-audit.log');
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
 }
 
 class StartupError extends Error {

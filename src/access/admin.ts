@@ -1,0 +1,361 @@
+// API keys, roles, bindings and quotas: the rules behind AccessService, apart from
+// the protobuf mapping in src/services/access.ts. Every change is audited as SECURITY.
+import { BlockList, isIP } from 'node:net';
+import type { AuditLog } from '../audit/log.js';
+import { newToken } from '../authn/apikey-token.js';
+import type { Principal } from '../authn/principal.js';
+import { authorize, canGrant, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
+import { crossPrincipal, isValidPermission } from '../authz/permission.js';
+import { isBuiltinRole, type Role } from '../authz/roles.js';
+import type { Config } from '../config/schema.js';
+import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import type { CallContext } from '../server/context.js';
+import { NotFoundError } from '../store/errors.js';
+import type { ApiKeyRecord, QuotaRecord, RoleRecord } from '../store/records.js';
+import { quotaResources } from '../store/records.js';
+import type { Repositories } from '../store/repositories.js';
+import type { AccessState } from './state.js';
+
+const DAY_MS = 86_400_000;
+const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+
+export type QuotaResourceName = (typeof quotaResources)[number];
+
+export interface QuotaView {
+  readonly resource: QuotaResourceName;
+  readonly limit: number;
+  readonly used: number;
+  readonly unlimited: boolean;
+}
+
+export class AccessAdmin {
+  constructor(
+    private readonly repos: Repositories,
+    private readonly state: AccessState,
+    private readonly audit: AuditLog,
+    private readonly settings: () => Config,
+  ) {}
+
+  // ---- who may act on whom --------------------------------------------------
+
+  private caller(ctx: CallContext): Principal {
+    if (!ctx.principal) throw new RpcError('UNAUTHENTICATED', 'no principal');
+    return ctx.principal;
+  }
+
+  /** Acting on another principal's objects needs the `:any` form of the permission. */
+  private requireCrossPrincipal(ctx: CallContext, permission: string, target: string): void {
+    const caller = this.caller(ctx);
+    if (target === caller.id) return;
+    const result = authorize({
+      roles: this.state.roles(this.state.roleNamesOf(caller.id)),
+      required: crossPrincipal(permission),
+      ...(caller.apiKey ? { apiKey: caller.apiKey } : {}),
+    });
+    if (!result.allowed) throw new RpcError('PERMISSION_DENIED', `permission denied: acting on ${target} requires ${crossPrincipal(permission)}`);
+  }
+
+  private canActOnAll(ctx: CallContext, permission: string): boolean {
+    const caller = this.caller(ctx);
+    return authorize({
+      roles: this.state.roles(this.state.roleNamesOf(caller.id)),
+      required: crossPrincipal(permission),
+      ...(caller.apiKey ? { apiKey: caller.apiKey } : {}),
+    }).allowed;
+  }
+
+  private security(ctx: CallContext, reason: string, object: string, details?: Record<string, unknown>): void {
+    const caller = this.caller(ctx);
+    this.audit.write({
+      type: 'SECURITY',
+      trace_id: ctx.traceId,
+      principal: {
+        id: caller.id,
+        kind: caller.kind,
+        roles: this.state.roleNamesOf(caller.id),
+        ...(caller.apiKey ? { key_id: caller.apiKey.id } : {}),
+      },
+      source: ctx.peer,
+      object,
+      reason,
+      ...(details ? { details } : {}),
+    });
+  }
+
+  /** A creator may hand out only what it holds itself (and, through a key, only what the key holds). */
+  private checkEscalation(ctx: CallContext, permissions: readonly string[], field: string): void {
+    const caller = this.caller(ctx);
+    const result = canGrant(this.state.roles(this.state.roleNamesOf(caller.id)), permissions, caller.apiKey?.permissions);
+    if (!result.ok) throw new RpcError('PERMISSION_DENIED', `${field}: cannot grant permissions you do not hold: ${result.excess.join(', ')}`);
+  }
+
+  private validatePermissions(permissions: readonly string[], field: string): void {
+    permissions.forEach((permission, index) => {
+      if (!isValidPermission(permission)) throw new InvalidArgumentError(`${field}[${index}]`, `"${permission}" is not a permission (service:resource:action, * wildcards)`);
+    });
+  }
+
+  // ---- API keys ---------------------------------------------------------------
+
+  async createApiKey(
+    ctx: CallContext,
+    request: { description: string; permissions: string[]; resourceGlobs: ResourceGlob[]; ttlMs: number | undefined; allowedCidrs: string[]; owner: string },
+  ): Promise<{ record: ApiKeyRecord; token: string }> {
+    const caller = this.caller(ctx);
+    const owner = request.owner || caller.id;
+    this.requireCrossPrincipal(ctx, 'access:apikey:create', owner);
+    if (request.permissions.length === 0) throw new InvalidArgumentError('permissions', 'a key needs at least one permission');
+    this.validatePermissions(request.permissions, 'permissions');
+    request.resourceGlobs.forEach((glob, index) => {
+      if (!resourceKindFromName(glob.kind)) throw new InvalidArgumentError(`resource_globs[${index}].kind`, 'must name a resource kind');
+      if (!isValidResourceGlob(glob.glob)) throw new InvalidArgumentError(`resource_globs[${index}].glob`, `"${glob.glob}" is not a valid glob (letters, digits, . _ - and * ?)`);
+    });
+    request.allowedCidrs.forEach((cidr, index) => {
+      if (!validCidr(cidr)) throw new InvalidArgumentError(`allowed_cidrs[${index}]`, `"${cidr}" is not an IPv4 or IPv6 network (address/prefix)`);
+    });
+    if (request.description.length > 512) throw new InvalidArgumentError('description', 'at most 512 characters');
+    this.checkEscalation(ctx, request.permissions, 'permissions');
+    const auth = this.settings().auth;
+    const ttlMs = request.ttlMs ?? auth.api_key_default_ttl_days * DAY_MS;
+    if (ttlMs <= 0 || ttlMs > auth.api_key_max_ttl_days * DAY_MS) throw new InvalidArgumentError('ttl', `must be between 1 s and ${auth.api_key_max_ttl_days} days`);
+
+    const { token, keyId, secretSha256 } = newToken();
+    const now = new Date();
+    const record: ApiKeyRecord = {
+      schema_version: 1,
+      id: keyId,
+      owner,
+      created_by: caller.id,
+      description: request.description,
+      permissions: request.permissions,
+      resource_globs: request.resourceGlobs,
+      allowed_cidrs: request.allowedCidrs,
+      secret_sha256: secretSha256,
+      created_at: now.toISOString(),
+      expires_at: new Date(now.getTime() + ttlMs).toISOString(),
+      use_count: 0,
+    };
+    const stored = await this.repos.apiKeys.create(keyId, record);
+    this.state.apiKeys.remember(keyId, record, stored.modRevision);
+    this.security(ctx, 'api key created', `api_key:${keyId}`, { owner, permissions: record.permissions });
+    return { record, token };
+  }
+
+  listApiKeys(ctx: CallContext, request: { principal: string; includeInactive: boolean; pageSize: number; pageToken: string }): { keys: ApiKeyRecord[]; nextPageToken: string } {
+    const caller = this.caller(ctx);
+    let owner: string | undefined = request.principal || caller.id;
+    if (request.principal) this.requireCrossPrincipal(ctx, 'access:apikey:list', owner);
+    else if (this.canActOnAll(ctx, 'access:apikey:list')) owner = undefined; // administrators see every key
+    const now = Date.now();
+    const keys = this.state.apiKeys
+      .values()
+      .filter((key) => (owner === undefined || key.owner === owner) && (request.includeInactive || isActive(key, now)))
+      .sort((a, b) => a.id.localeCompare(b.id));
+    return page(keys, (key) => key.id, request.pageSize, request.pageToken);
+  }
+
+  private async ownKey(ctx: CallContext, keyId: string, permission: string): Promise<{ record: ApiKeyRecord; modRevision: number }> {
+    const found = await this.repos.apiKeys.get(keyId);
+    // The same answer for "absent" and "not yours", so key ids of others cannot be probed.
+    if (!found) throw new RpcError('NOT_FOUND', `API key ${keyId} not found`);
+    try {
+      this.requireCrossPrincipal(ctx, permission, found.value.owner);
+    } catch {
+      throw new RpcError('NOT_FOUND', `API key ${keyId} not found`);
+    }
+    return { record: found.value, modRevision: found.modRevision };
+  }
+
+  async revokeApiKey(ctx: CallContext, keyId: string): Promise<ApiKeyRecord> {
+    if (!keyId) throw new InvalidArgumentError('key_id', 'required');
+    const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:revoke');
+    const revoked: ApiKeyRecord = { ...record, revoked_at: record.revoked_at ?? new Date().toISOString() };
+    const stored = await this.repos.apiKeys.update(keyId, revoked, modRevision);
+    this.state.apiKeys.remember(keyId, revoked, stored.modRevision);
+    this.security(ctx, 'api key revoked', `api_key:${keyId}`);
+    return revoked;
+  }
+
+  async rotateApiKey(ctx: CallContext, keyId: string, overlapMs: number | undefined): Promise<{ record: ApiKeyRecord; token: string; old: ApiKeyRecord }> {
+    if (!keyId) throw new InvalidArgumentError('key_id', 'required');
+    const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:rotate');
+    if (!isActive(record, Date.now())) throw new RpcError('FAILED_PRECONDITION', `API key ${keyId} is revoked or expired; create a new one`);
+    const overlap = overlapMs ?? this.settings().auth.api_key_rotation_overlap_seconds * 1000;
+    if (overlap < 0 || overlap > 30 * DAY_MS) throw new InvalidArgumentError('overlap', 'must be between 0 and 30 days');
+    const { token, keyId: newId, secretSha256 } = newToken();
+    const now = new Date();
+    const lifetime = record.expires_at ? Date.parse(record.expires_at) - Date.parse(record.created_at) : this.settings().auth.api_key_default_ttl_days * DAY_MS;
+    const fresh: ApiKeyRecord = {
+      ...record,
+      id: newId,
+      created_by: this.caller(ctx).id,
+      secret_sha256: secretSha256,
+      created_at: now.toISOString(),
+      expires_at: new Date(now.getTime() + lifetime).toISOString(),
+      rotated_from: keyId,
+      use_count: 0,
+      last_used_at: undefined,
+      replaced_by: undefined,
+    };
+    const overlapEnds = new Date(now.getTime() + overlap).toISOString();
+    const old: ApiKeyRecord = {
+      ...record,
+      replaced_by: newId,
+      expires_at: record.expires_at && record.expires_at < overlapEnds ? record.expires_at : overlapEnds,
+    };
+    // One transaction: there is never a moment with both keys unlimited or neither usable.
+    const result = await this.repos.apiKeys.store.txn({
+      compare: [{ key: this.repos.apiKeys.keyOf(keyId), modRevision }, { key: this.repos.apiKeys.keyOf(newId), absent: true }],
+      success: [
+        { type: 'put', key: this.repos.apiKeys.keyOf(newId), value: this.repos.apiKeys.encode(fresh) },
+        { type: 'put', key: this.repos.apiKeys.keyOf(keyId), value: this.repos.apiKeys.encode(old) },
+      ],
+    });
+    if (!result.succeeded) throw new RpcError('ABORTED', `API key ${keyId} changed concurrently; retry`);
+    this.state.apiKeys.remember(newId, fresh, result.revision);
+    this.state.apiKeys.remember(keyId, old, result.revision);
+    this.security(ctx, 'api key rotated', `api_key:${keyId}`, { new_key_id: newId, old_key_expires_at: old.expires_at });
+    return { record: fresh, token, old };
+  }
+
+  // ---- roles and bindings -----------------------------------------------------
+
+  listRoles(request: { pageSize: number; pageToken: string }): { roles: Role[]; nextPageToken: string } {
+    const names = new Set<string>([...this.state.customRoles.values().map((role) => role.name)]);
+    const roles = [...this.builtinRoles(), ...[...names].flatMap((name) => this.state.role(name) ?? [])].sort((a, b) => a.name.localeCompare(b.name));
+    return ((result) => ({ roles: result.keys, nextPageToken: result.nextPageToken }))(page(roles, (role) => role.name, request.pageSize, request.pageToken));
+  }
+
+  private builtinRoles(): Role[] {
+    return ['admin', 'operator', 'developer', 'monitor', 'viewer'].flatMap((name) => this.state.role(name) ?? []);
+  }
+
+  async putRole(ctx: CallContext, role: { name: string; description: string; permissions: string[]; denyPermissions: string[] }): Promise<{ role: Role; created: boolean }> {
+    if (!ROLE_NAME.test(role.name)) throw new InvalidArgumentError('role.name', 'lower-case letters, digits, _ and -, starting with a letter, at most 63');
+    if (isBuiltinRole(role.name)) throw new RpcError('FAILED_PRECONDITION', `role ${role.name} is built in and cannot be changed`);
+    this.validatePermissions(role.permissions, 'role.permissions');
+    this.validatePermissions(role.denyPermissions, 'role.deny_permissions');
+    this.checkEscalation(ctx, role.permissions, 'role.permissions');
+    const outcome = { created: false };
+    const record = await this.repos.roles.mutate(role.name, (current) => {
+      outcome.created = current === undefined;
+      const next: RoleRecord = {
+        schema_version: 1,
+        name: role.name,
+        description: role.description,
+        permissions: role.permissions,
+        deny_permissions: role.denyPermissions,
+        updated_at: new Date().toISOString(),
+      };
+      return next;
+    });
+    if (record) this.state.customRoles.remember(role.name, record.value, record.modRevision);
+    this.security(ctx, outcome.created ? 'role created' : 'role changed', `role:${role.name}`, { permissions: role.permissions, deny: role.denyPermissions });
+    return { role: { name: role.name, description: role.description, permissions: role.permissions, deny: role.denyPermissions, builtin: false }, created: outcome.created };
+  }
+
+  async deleteRole(ctx: CallContext, name: string): Promise<number> {
+    if (isBuiltinRole(name)) throw new RpcError('FAILED_PRECONDITION', `role ${name} is built in and cannot be deleted`);
+    const found = await this.repos.roles.get(name);
+    if (!found) throw new NotFoundError(`role ${name} not found`);
+    let removed = 0;
+    for (const principal of this.state.principals.values().filter((p) => p.roles.includes(name))) {
+      await this.unbind(principal.id, name);
+      removed++;
+    }
+    await this.repos.roles.delete(name);
+    this.state.customRoles.remember(name, undefined, await this.repos.roles.store.revision());
+    this.security(ctx, 'role deleted', `role:${name}`, { removed_bindings: removed });
+    return removed;
+  }
+
+  async bindRole(ctx: CallContext, principal: string, roleName: string): Promise<{ createdAt: string }> {
+    if (!principal) throw new InvalidArgumentError('principal', 'required');
+    const role = this.state.role(roleName);
+    if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"`);
+    this.checkEscalation(ctx, role.permissions, 'role_name');
+    const now = new Date().toISOString();
+    const record = await this.repos.principals.mutate(principal, (current) =>
+      current?.roles.includes(roleName) ? undefined : { schema_version: 1, id: principal, roles: [...(current?.roles ?? []), roleName].sort(), updated_at: now },
+    );
+    if (record) this.state.principals.remember(principal, record.value, record.modRevision);
+    this.security(ctx, 'role bound', `principal:${principal}`, { role: roleName });
+    return { createdAt: now };
+  }
+
+  async unbindRole(ctx: CallContext, principal: string, roleName: string): Promise<boolean> {
+    if (!principal) throw new InvalidArgumentError('principal', 'required');
+    const removed = await this.unbind(principal, roleName);
+    this.security(ctx, 'role unbound', `principal:${principal}`, { role: roleName, removed });
+    return removed;
+  }
+
+  private async unbind(principal: string, roleName: string): Promise<boolean> {
+    const outcome = { removed: false };
+    const record = await this.repos.principals.mutate(principal, (current) => {
+      outcome.removed = current?.roles.includes(roleName) ?? false;
+      return outcome.removed && current ? { ...current, roles: current.roles.filter((r) => r !== roleName), updated_at: new Date().toISOString() } : undefined;
+    });
+    if (record && outcome.removed) this.state.principals.remember(principal, record.value, record.modRevision);
+    return outcome.removed;
+  }
+
+  // ---- quotas -------------------------------------------------------------------
+
+  async getQuota(ctx: CallContext, principal: string): Promise<{ principal: string; quotas: QuotaView[] }> {
+    const target = principal || this.caller(ctx).id;
+    this.requireCrossPrincipal(ctx, 'access:quota:get', target);
+    const defaults = this.settings().quota.defaults;
+    const quotas = await Promise.all(
+      quotaResources.map(async (resource): Promise<QuotaView> => {
+        const record = (await this.repos.quotas.get([target, resource]))?.value;
+        return { resource, limit: record?.limit ?? defaults[resource], used: record?.used ?? 0, unlimited: record?.unlimited ?? false };
+      }),
+    );
+    return { principal: target, quotas };
+  }
+
+  async setQuota(ctx: CallContext, principal: string, resource: QuotaResourceName, limit: number, unlimited: boolean): Promise<QuotaView> {
+    if (!principal) throw new InvalidArgumentError('principal', 'required');
+    const record = await this.repos.quotas.mutate([principal, resource], (current): QuotaRecord => {
+      const base = { schema_version: 1 as const, principal, resource, used: current?.used ?? 0, updated_at: new Date().toISOString() };
+      return unlimited ? { ...base, unlimited: true } : { ...base, limit };
+    });
+    this.security(ctx, 'quota set', `principal:${principal}`, { resource, limit: unlimited ? 'unlimited' : limit });
+    const value = record?.value;
+    return { resource, limit: value?.limit ?? 0, used: value?.used ?? 0, unlimited: value?.unlimited ?? false };
+  }
+}
+
+export function isActive(key: ApiKeyRecord, now: number): boolean {
+  return key.revoked_at === undefined && (key.expires_at === undefined || Date.parse(key.expires_at) > now);
+}
+
+function validCidr(cidr: string): boolean {
+  const [address = '', bits, extra] = cidr.split('/');
+  const family = isIP(address);
+  if (family === 0 || bits === undefined || extra !== undefined || !/^\d{1,3}$/.test(bits)) return false;
+  const prefix = Number(bits);
+  if (prefix > (family === 4 ? 32 : 128)) return false;
+  try {
+    new BlockList().addSubnet(address, prefix, family === 4 ? 'ipv4' : 'ipv6');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const MAX_PAGE = 1000;
+const DEFAULT_PAGE = 100;
+
+/** In-memory paging by a sorted key; the token is the last key of the previous page. */
+function page<T>(items: T[], keyOf: (item: T) => string, pageSize: number, pageToken: string): { keys: T[]; nextPageToken: string } {
+  if (pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+  const size = Math.min(pageSize || DEFAULT_PAGE, MAX_PAGE);
+  const after = pageToken ? Buffer.from(pageToken, 'base64url').toString() : undefined;
+  const start = after === undefined ? 0 : items.findIndex((item) => keyOf(item) > after);
+  const slice = start < 0 ? [] : items.slice(start, start + size);
+  const last = slice[slice.length - 1];
+  const more = start >= 0 && start + size < items.length;
+  return { keys: slice, nextPageToken: more && last ? Buffer.from(keyOf(last)).toString('base64url') : '' };
+}

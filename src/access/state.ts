@@ -1,0 +1,59 @@
+// Who holds which roles, kept in memory and current by store watches: role bindings,
+// custom roles and API keys. The chain reads it on every call without a store round trip.
+import type { Config } from '../config/schema.js';
+import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
+import { RecordCache } from '../store/cache.js';
+import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
+import type { Repositories } from '../store/repositories.js';
+
+export class AccessState {
+  readonly apiKeys: RecordCache<ApiKeyRecord>;
+  readonly principals: RecordCache<PrincipalRecord>;
+  readonly customRoles: RecordCache<RoleRecord>;
+  private bootstrapAdmins: ReadonlySet<string>;
+  private defaultBindings: Readonly<Record<string, string[]>>;
+
+  constructor(repos: Repositories, auth: Config['auth'], onProblem: (err: unknown) => void) {
+    this.apiKeys = new RecordCache(repos.apiKeys, onProblem);
+    this.principals = new RecordCache(repos.principals, onProblem);
+    this.customRoles = new RecordCache(repos.roles, onProblem);
+    this.bootstrapAdmins = new Set(auth.bootstrap_admins);
+    this.defaultBindings = auth.default_bindings;
+  }
+
+  /** Resolves once every cache holds its first full listing. */
+  async start(signal: AbortSignal): Promise<void> {
+    await Promise.all([this.apiKeys.start(signal), this.principals.start(signal), this.customRoles.start(signal)]);
+  }
+
+  /** SIGHUP: bootstrap admins and config bindings are reloadable. */
+  reconfigure(auth: Config['auth']): void {
+    this.bootstrapAdmins = new Set(auth.bootstrap_admins);
+    this.defaultBindings = auth.default_bindings;
+  }
+
+  isBootstrapAdmin(principal: string): boolean {
+    return this.bootstrapAdmins.has(principal);
+  }
+
+  /** Bound role names: bootstrap admin, config bindings and store bindings, sorted. */
+  roleNamesOf(principal: string): string[] {
+    const names = new Set<string>(this.principals.get(principal)?.roles ?? []);
+    for (const name of this.defaultBindings[principal] ?? []) names.add(name);
+    if (this.bootstrapAdmins.has(principal)) names.add('admin');
+    return [...names].sort();
+  }
+
+  /** A role by name: built-in first (immutable), then custom. */
+  role(name: string): Role | undefined {
+    const builtin = BUILTIN_ROLES.get(name);
+    if (builtin) return builtin;
+    const custom = this.customRoles.get(name);
+    return custom && { name: custom.name, description: custom.description, permissions: custom.permissions, deny: custom.deny_permissions, builtin: false };
+  }
+
+  /** The roles that exist among `names` (a binding to a deleted role grants nothing). */
+  roles(names: readonly string[]): Role[] {
+    return names.flatMap((name) => this.role(name) ?? []);
+  }
+}

@@ -1,0 +1,90 @@
+// API-key authentication: O(1) lookup by key id in an in-memory copy of the keys,
+// constant-time secret comparison, expiry and source-CIDR checks. No store round
+// trip per call; usage statistics are batched to one write per key per second.
+import { BlockList, isIPv6 } from 'node:net';
+import type { ApiKeyRecord } from '../store/records.js';
+import type { RecordCache } from '../store/cache.js';
+import type { Repository } from '../store/repository.js';
+import { UnauthenticatedError } from '../server/errors.js';
+import { parseToken, secretMatches } from './apikey-token.js';
+import type { Principal } from './principal.js';
+
+const allowLists = new WeakMap<ApiKeyRecord, BlockList>();
+
+/** The key's CIDR allow-list, parsed once per record version. */
+function allowListOf(record: ApiKeyRecord): BlockList {
+  let list = allowLists.get(record);
+  if (!list) {
+    list = new BlockList();
+    for (const cidr of record.allowed_cidrs) {
+      const [address = '', bits] = cidr.split('/');
+      const family = isIPv6(address) ? 'ipv6' : 'ipv4';
+      list.addSubnet(address, Number(bits ?? (family === 'ipv6' ? 128 : 32)), family);
+    }
+    allowLists.set(record, list);
+  }
+  return list;
+}
+
+/** Strips the IPv4-mapped IPv6 prefix so `::ffff:10.0.0.1` matches an IPv4 CIDR. */
+export function normalizeIp(ip: string): { address: string; family: 'ipv4' | 'ipv6' } {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped?.[1]) return { address: mapped[1], family: 'ipv4' };
+  return { address: ip, family: isIPv6(ip) ? 'ipv6' : 'ipv4' };
+}
+
+export class ApiKeyAuthenticator {
+  private readonly usage = new Map<string, { count: number; lastUsed: number }>();
+  private readonly flushTimer: NodeJS.Timeout;
+
+  constructor(
+    private readonly keys: RecordCache<ApiKeyRecord>,
+    private readonly repository: Repository<ApiKeyRecord>,
+    private readonly onProblem: (err: unknown) => void,
+    flushIntervalMs = 1000,
+  ) {
+    this.flushTimer = setInterval(() => void this.flushUsage(), flushIntervalMs);
+    this.flushTimer.unref();
+  }
+
+  authenticate(token: string, sourceIp: string, now = Date.now()): Principal {
+    const parsed = parseToken(token);
+    if (!parsed) throw new UnauthenticatedError('malformed API key');
+    const record = this.keys.get(parsed.keyId);
+    if (!record) throw new UnauthenticatedError(`unknown API key id ${parsed.keyId}`);
+    // Check the secret before revealing anything else about the key's state in the audit reason.
+    if (!secretMatches(parsed.secret, record.secret_sha256)) throw new UnauthenticatedError(`wrong secret for API key ${parsed.keyId}`);
+    if (record.revoked_at !== undefined) throw new UnauthenticatedError(`API key ${parsed.keyId} is revoked`);
+    if (record.expires_at !== undefined && Date.parse(record.expires_at) <= now) throw new UnauthenticatedError(`API key ${parsed.keyId} expired`);
+    if (record.allowed_cidrs.length > 0) {
+      const { address, family } = normalizeIp(sourceIp);
+      if (!allowListOf(record).check(address, family)) throw new UnauthenticatedError(`API key ${parsed.keyId} used from ${sourceIp}, outside its allowed networks`);
+    }
+    const used = this.usage.get(record.id);
+    if (used) {
+      used.count++;
+      used.lastUsed = now;
+    } else {
+      this.usage.set(record.id, { count: 1, lastUsed: now });
+    }
+    return { id: record.owner, kind: 'api_key', apiKey: { id: record.id, permissions: record.permissions, resourceGlobs: record.resource_globs } };
+  }
+
+  /** Writes the batched use counts: at most one write per key per interval. */
+  async flushUsage(): Promise<void> {
+    const batch = [...this.usage];
+    this.usage.clear();
+    await Promise.all(
+      batch.map(([id, { count, lastUsed }]) =>
+        this.repository
+          .mutate(id, (current) => current && { ...current, use_count: current.use_count + count, last_used_at: new Date(lastUsed).toISOString() })
+          .catch((err: unknown) => this.onProblem(err)),
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.flushTimer);
+    await this.flushUsage();
+  }
+}

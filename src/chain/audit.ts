@@ -1,0 +1,73 @@
+// Step 4: one audit record per call. A mutating call's record is written and fsynced
+// before anything else runs (blocking-strict): if that fails the call is refused
+// UNAVAILABLE and nothing runs. Reads are logged when they finish, batched.
+import { status as Status } from '@grpc/grpc-js';
+import type { DescMethod, Message } from '@bufbuild/protobuf';
+import type { Logger } from 'pino';
+import { redactRequest } from '../audit/redact.js';
+import { AuditWriteError, type AuditLog } from '../audit/log.js';
+import { resourceOf } from '../authz/decide.js';
+import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import type { CallState } from '../server/context.js';
+import { RpcError } from '../server/errors.js';
+import { auditPrincipal } from './audit-principal.js';
+import { stepInterceptor } from './step.js';
+
+const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;
+
+export interface AuditDeps {
+  readonly audit: AuditLog;
+  readonly level: 'metadata' | 'request';
+  readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
+  readonly log: Logger;
+}
+
+function objectOf(method: DescMethod, request: unknown): string | undefined {
+  const resource = resourceOf(method, request as Message);
+  return resource && `${resource.kind}:${resource.name}`;
+}
+
+export function audit(deps: AuditDeps) {
+  const common = (state: CallState) => ({
+    trace_id: state.traceId,
+    source: state.peer,
+    method: state.path,
+    ...(state.principal ? { principal: auditPrincipal(state.principal, state.roles ?? []) } : {}),
+  });
+  const requestOf = (method: DescMethod, message: unknown) =>
+    deps.level === 'request' ? { request: redactRequest(method.input, message as Message, deps.level) } : {};
+
+  return stepInterceptor({
+    onMessage: async (state, { path }, message) => {
+      state.request = message;
+      const entry = deps.methods.get(path);
+      if (!entry?.policy.mutates) return;
+      try {
+        await deps.audit.writeDurable({
+          type: 'CALL',
+          ...common(state),
+          ...requestOf(entry.method, message),
+          object: objectOf(entry.method, message),
+          details: { stage: 'started' },
+        });
+      } catch (err) {
+        if (!(err instanceof AuditWriteError)) throw err;
+        deps.log.error({ err: err.message, trace_id: state.traceId, method: path }, 'audit write failed; refusing mutating call');
+        throw new RpcError('UNAVAILABLE', 'the audit log cannot be written, so this change was not made; retry later', { cause: err });
+      }
+    },
+    onStatus: (status, state) => {
+      if (!state) return;
+      const entry = deps.methods.get(state.path);
+      deps.audit.write({
+        type: 'CALL',
+        ...common(state),
+        ...(state.decision ? { decision: state.decision } : {}),
+        code: CODE_NAMES[status.code] ?? String(status.code),
+        duration_ms: Number(process.hrtime.bigint() - state.startedAt) / 1e6,
+        ...(entry && state.request !== undefined ? { ...requestOf(entry.method, state.request), object: objectOf(entry.method, state.request) } : {}),
+        ...(status.code === Status.OK ? {} : { reason: status.details }),
+      });
+    },
+  });
+}

@@ -1,0 +1,47 @@
+// Step 5: per-principal limits by role, a global limit, and per-method costs from the
+// proto option. Over the limit: RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
+import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import type { Metrics } from '../observability/metrics.js';
+import { RateLimiter } from '../ratelimit/limiter.js';
+import { RpcError } from '../server/errors.js';
+import { stepInterceptor } from './step.js';
+
+export interface RateLimitSettings {
+  readonly perRolePerMinute: Readonly<Record<string, number>>;
+  readonly defaultPerMinute: number;
+  readonly globalPerMinute: number;
+}
+
+export interface RateLimitDeps {
+  readonly policies: ReadonlyMap<string, RpcPolicy>;
+  readonly metrics: Metrics;
+  /** Read per call, so SIGHUP can change limits. */
+  readonly settings: () => RateLimitSettings;
+}
+
+const GLOBAL_KEY = '\0global';
+
+export function rateLimit(deps: RateLimitDeps) {
+  const limiter = new RateLimiter();
+  return stepInterceptor({
+    onRequest: (state, { path }) => {
+      const principal = state.principal;
+      if (!principal) return;
+      const settings = deps.settings();
+      const cost = Math.max(1, deps.policies.get(path)?.rateCost ?? 1);
+      const perMinute = Math.max(settings.defaultPerMinute, ...(state.roles ?? []).map((role) => settings.perRolePerMinute[role] ?? 0));
+      const own = limiter.take(principal.id, perMinute, cost);
+      if (!own.allowed) {
+        deps.metrics.rateLimitViolations.inc({ principal: deps.metrics.principalLabel(principal.id) });
+        throw new RpcError('RESOURCE_EXHAUSTED', `rate limit of ${perMinute} requests per minute exceeded for ${principal.id}`, {
+          details: { retryAfterMs: own.retryAfterMs },
+        });
+      }
+      const global = limiter.take(GLOBAL_KEY, settings.globalPerMinute, cost);
+      if (!global.allowed) {
+        deps.metrics.rateLimitViolations.inc({ principal: 'global' });
+        throw new RpcError('RESOURCE_EXHAUSTED', 'the daemon is at its global request limit', { details: { retryAfterMs: global.retryAfterMs } });
+      }
+    },
+  });
+}

@@ -1,0 +1,60 @@
+// Step 6: default deny. Each RPC's required permission comes from its proto option;
+// an unannotated method is refused. API keys get the intersection of their own
+// permissions and their owner's current roles, within their resource globs.
+import type { DescMethod, Message } from '@bufbuild/protobuf';
+import type { AuditLog } from '../audit/log.js';
+import { authorize, resourceOf } from '../authz/decide.js';
+import type { Role } from '../authz/roles.js';
+import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import type { Metrics } from '../observability/metrics.js';
+import { RpcError } from '../server/errors.js';
+import { auditPrincipal } from './audit-principal.js';
+import { stepInterceptor } from './step.js';
+
+export interface RbacDeps {
+  readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
+  readonly roles: (names: readonly string[]) => Role[];
+  readonly audit: AuditLog;
+  readonly metrics: Metrics;
+}
+
+export function rbac(deps: RbacDeps) {
+  return stepInterceptor({
+    onMessage: (state, { path }, message) => {
+      const principal = state.principal;
+      const entry = deps.methods.get(path);
+      if (!principal || !entry) {
+        state.decision = 'deny';
+        throw new RpcError('PERMISSION_DENIED', `permission denied: ${path} declares no permission`);
+      }
+      const resource = resourceOf(entry.method, message as Message);
+      const result = authorize({
+        roles: deps.roles(state.roles ?? []),
+        required: entry.policy.permission,
+        ...(principal.apiKey ? { apiKey: principal.apiKey } : {}),
+        ...(resource ? { resource } : {}),
+      });
+      if (result.allowed) {
+        state.decision = 'allow';
+        return;
+      }
+      state.decision = 'deny';
+      deps.metrics.authzDenials.inc({ principal: deps.metrics.principalLabel(principal.id), permission: result.missing });
+      deps.audit.write({
+        type: 'AUTHZ_DENIED',
+        trace_id: state.traceId,
+        principal: auditPrincipal(principal, state.roles ?? []),
+        source: state.peer,
+        method: path,
+        decision: 'deny',
+        reason: result.reason,
+        ...(resource ? { object: `${resource.kind}:${resource.name}` } : {}),
+      });
+      const message_ =
+        result.reason === 'outside_key_scope' && resource
+          ? `permission denied: this API key is not scoped to ${resource.kind} "${resource.name}"`
+          : `permission denied: ${path} requires ${result.missing}`;
+      throw new RpcError('PERMISSION_DENIED', message_);
+    },
+  });
+}
