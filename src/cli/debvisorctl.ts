@@ -1,15 +1,14 @@
 #!/usr/bin/env node
 // debvisorctl: the operator's command line for debvisor-rpcd.
 import { Command, Option } from 'commander';
-import { toJson } from '@bufbuild/protobuf';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { AccessService, PrincipalKind, WhoAmIResponseSchema } from '../gen/debvisor/v1/access_pb.js';
 import { createClient } from '../client/client.js';
 import { VERSION } from '../version.js';
 import { resolveConnection, type ConnectionFlags } from './connection.js';
-
-type Output = 'text' | 'json';
+import { registerAccessCommands } from './access.js';
+import { registerAuditCommands } from './audit.js';
+import { fail, printJson, printRecord, type Output } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
 // (DEP0123) on every run. Certificate checks still use the IP SAN, so hide only that one.
@@ -39,21 +38,6 @@ const program = new Command('debvisorctl')
       'checkout after ./scripts/dev, then /etc/debvisor/rpc/{ca-cert,client-cert,client-key}.pem.',
   );
 
-function printRecord(record: Record<string, string>): void {
-  const width = Math.max(...Object.keys(record).map((key) => key.length));
-  for (const [key, value] of Object.entries(record)) process.stdout.write(`${`${key}:`.padEnd(width + 2)}${value}\n`);
-}
-
-function fail(err: unknown): never {
-  const grpcError = err as Partial<ServiceError>;
-  if (typeof grpcError.code === 'number') {
-    process.stderr.write(`debvisorctl: ${Status[grpcError.code]}: ${grpcError.details ?? ''}\n`);
-  } else {
-    process.stderr.write(`debvisorctl: ${err instanceof Error ? err.message : String(err)}\n`);
-  }
-  process.exit(1);
-}
-
 program
   .command('whoami')
   .description('show the identity the daemon sees for these credentials')
@@ -65,7 +49,7 @@ program
       const me = await access.whoAmI({}, { metadata: connection.metadata, timeoutMs: Number(flags.timeout) * 1000 });
       access.close();
       if (flags.output === 'json') {
-        process.stdout.write(`${JSON.stringify(toJson(WhoAmIResponseSchema, me), null, 2)}\n`);
+        printJson(WhoAmIResponseSchema, me);
         return;
       }
       printRecord({
@@ -82,5 +66,8 @@ program
       fail(err);
     }
   });
+
+registerAccessCommands(program);
+registerAuditCommands(program);
 
 await program.parseAsync();

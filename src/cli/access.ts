@@ -1,0 +1,248 @@
+// debvisorctl apikey | role | quota: access administration over AccessService.
+import { InvalidArgumentError, type Command } from 'commander';
+import ms from 'ms';
+import { durationFromMs, timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import {
+  AccessService,
+  CreateApiKeyResponseSchema,
+  GetQuotaResponseSchema,
+  ListApiKeysResponseSchema,
+  ListRolesResponseSchema,
+  RotateApiKeyResponseSchema,
+  type ApiKey,
+} from '../gen/debvisor/v1/access_pb.js';
+import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
+import { createClient, type Connection } from '../client/client.js';
+import { resolveConnection, type ConnectionFlags } from './connection.js';
+import { fail, printJson, printRecord, printTable, type Output } from './output.js';
+
+interface GlobalFlags extends ConnectionFlags {
+  output: Output;
+  timeout: string;
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+function duration(value: string): number {
+  const parsed = ms(value as ms.StringValue);
+  if (typeof parsed !== 'number' || !Number.isFinite(parsed) || parsed <= 0) throw new InvalidArgumentError('expected a duration such as 90d, 12h, 30m or 45s');
+  return parsed;
+}
+
+function when(ts: Timestamp | undefined): string {
+  return ts ? timestampDate(ts).toISOString().replace('.000Z', 'Z') : '-';
+}
+
+const KINDS = new Map(
+  Object.entries(ResourceKind)
+    .filter(([name, value]) => typeof value === 'number' && name !== 'UNSPECIFIED')
+    .map(([name, value]) => [name.toLowerCase(), value as ResourceKind]),
+);
+
+function glob(value: string, previous: { kind: ResourceKind; glob: string }[] = []) {
+  const [kind = '', pattern] = value.split('=', 2);
+  const kindValue = KINDS.get(kind);
+  if (!kindValue || !pattern) throw new InvalidArgumentError(`expected KIND=GLOB with KIND one of ${[...KINDS.keys()].join(', ')}`);
+  return [...previous, { kind: kindValue, glob: pattern }];
+}
+
+const QUOTAS = new Map([
+  ['snapshots', QuotaResource.SNAPSHOTS],
+  ['storage_gb', QuotaResource.STORAGE_GB],
+  ['concurrent_operations', QuotaResource.CONCURRENT_OPERATIONS],
+]);
+
+export function registerAccessCommands(program: Command): void {
+  const withClient =
+    <A extends unknown[]>(action: (access: AccessApi, flags: GlobalFlags, ...args: A) => Promise<void>) =>
+    async (...args: A) => {
+      const flags = program.opts<GlobalFlags>();
+      try {
+        const connection = resolveConnection(flags);
+        const client = accessClient(connection);
+        const options = { metadata: connection.metadata, timeoutMs: Number(flags.timeout) * 1000 };
+        try {
+          await action({ client, options }, flags, ...args);
+        } finally {
+          client.close();
+        }
+      } catch (err) {
+        fail(err);
+      }
+    };
+
+  const apikey = program.command('apikey').description('API keys for CI pipelines and automation');
+  apikey
+    .command('create')
+    .description('create an API key; its secret is shown once')
+    .requiredOption('-p, --permission <perm>', 'permission to grant (repeatable), e.g. storage:snapshot:create', collect)
+    .option('--glob <kind=glob>', 'restrict to resources, e.g. pool=ci-* or vm=build-* (repeatable)', glob)
+    .option('--cidr <network>', 'allow use only from this network (repeatable), e.g. 10.0.0.0/8', collect)
+    .option('--ttl <duration>', 'lifetime, e.g. 30d (default: the daemon default, 90 days)', duration)
+    .option('-d, --description <text>', 'what the key is for', '')
+    .option('--owner <principal>', 'create for another principal (administrators)')
+    .action(
+      withClient(async ({ client, options }, flags, opts: { permission: string[]; glob?: { kind: ResourceKind; glob: string }[]; cidr?: string[]; ttl?: number; description: string; owner?: string }) => {
+        const response = await client.createApiKey(
+          {
+            permissions: opts.permission,
+            resourceGlobs: opts.glob ?? [],
+            allowedCidrs: opts.cidr ?? [],
+            description: opts.description,
+            owner: opts.owner ?? '',
+            ...(opts.ttl ? { ttl: durationFromMs(opts.ttl) } : {}),
+          },
+          options,
+        );
+        if (flags.output === 'json') { printJson(CreateApiKeyResponseSchema, response); return; }
+        printRecord(keyRecord(response.apiKey));
+        process.stdout.write(`\nsecret (shown once; store it now): ${response.secret}\n`);
+      }),
+    );
+  apikey
+    .command('list')
+    .description('list API keys (your own; administrators see all)')
+    .option('--principal <id>', 'keys of this principal')
+    .option('-a, --all', 'include revoked and expired keys')
+    .action(
+      withClient(async ({ client, options }, flags, opts: { principal?: string; all?: boolean }) => {
+        const response = await client.listApiKeys({ principal: opts.principal ?? '', includeInactive: opts.all ?? false, pageSize: 1000 }, options);
+        if (flags.output === 'json') { printJson(ListApiKeysResponseSchema, response); return; }
+        printTable(
+          ['id', 'owner', 'permissions', 'expires', 'state', 'description'],
+          response.apiKeys.map((key) => [key.keyId, key.owner, key.permissions.join('\n'), when(key.expireTime), keyState(key), key.description]),
+        );
+      }),
+    );
+  apikey
+    .command('revoke <key-id>')
+    .description('revoke an API key at once')
+    .action(
+      withClient(async ({ client, options }, _flags, keyId: string) => {
+        await client.revokeApiKey({ keyId }, options);
+        process.stdout.write(`revoked ${keyId}\n`);
+      }),
+    );
+  apikey
+    .command('rotate <key-id>')
+    .description('issue a replacement key; the old one keeps working for the overlap')
+    .option('--overlap <duration>', 'how long the old key keeps working, e.g. 1h', duration)
+    .action(
+      withClient(async ({ client, options }, flags, keyId: string, opts: { overlap?: number }) => {
+        const response = await client.rotateApiKey({ keyId, ...(opts.overlap ? { overlap: durationFromMs(opts.overlap) } : {}) }, options);
+        if (flags.output === 'json') { printJson(RotateApiKeyResponseSchema, response); return; }
+        printRecord({ ...keyRecord(response.apiKey), 'old key expires': when(response.oldApiKey?.expireTime) });
+        process.stdout.write(`\nsecret (shown once; store it now): ${response.secret}\n`);
+      }),
+    );
+
+  const role = program.command('role').description('roles and role bindings');
+  role
+    .command('list')
+    .description('list built-in and custom roles')
+    .action(
+      withClient(async ({ client, options }, flags) => {
+        const response = await client.listRoles({ pageSize: 1000 }, options);
+        if (flags.output === 'json') { printJson(ListRolesResponseSchema, response); return; }
+        printTable(
+          ['role', 'built-in', 'permissions', 'deny'],
+          response.roles.map((r) => [r.name, r.builtin ? 'yes' : 'no', r.permissions.join('\n'), r.denyPermissions.join('\n')]),
+        );
+      }),
+    );
+  role
+    .command('put <name>')
+    .description('create or replace a custom role')
+    .requiredOption('-p, --permission <perm>', 'permission granted (repeatable)', collect)
+    .option('--deny <perm>', 'permission denied even if another role grants it (repeatable)', collect)
+    .option('-d, --description <text>', 'what the role is for', '')
+    .action(
+      withClient(async ({ client, options }, _flags, name: string, opts: { permission: string[]; deny?: string[]; description: string }) => {
+        const response = await client.putRole({ role: { name, description: opts.description, permissions: opts.permission, denyPermissions: opts.deny ?? [] } }, options);
+        process.stdout.write(`${response.created ? 'created' : 'updated'} role ${name}\n`);
+      }),
+    );
+  role
+    .command('delete <name>')
+    .description('delete a custom role and its bindings')
+    .action(
+      withClient(async ({ client, options }, _flags, name: string) => {
+        const response = await client.deleteRole({ roleName: name }, options);
+        process.stdout.write(`deleted role ${name} (${response.removedBindings} bindings removed)\n`);
+      }),
+    );
+  role
+    .command('bind <principal> <role>')
+    .description('grant a role to a principal (certificate identity or key owner)')
+    .action(
+      withClient(async ({ client, options }, _flags, principal: string, roleName: string) => {
+        await client.bindRole({ principal, roleName }, options);
+        process.stdout.write(`bound ${roleName} to ${principal}\n`);
+      }),
+    );
+  role
+    .command('unbind <principal> <role>')
+    .description('take a role away from a principal')
+    .action(
+      withClient(async ({ client, options }, _flags, principal: string, roleName: string) => {
+        const response = await client.unbindRole({ principal, roleName }, options);
+        process.stdout.write(response.removed ? `unbound ${roleName} from ${principal}\n` : `${principal} did not have ${roleName}\n`);
+      }),
+    );
+
+  const quota = program.command('quota').description('per-principal quotas');
+  quota
+    .command('get [principal]')
+    .description('limits and usage (default: your own)')
+    .action(
+      withClient(async ({ client, options }, flags, principal?: string) => {
+        const response = await client.getQuota({ principal: principal ?? '' }, options);
+        if (flags.output === 'json') { printJson(GetQuotaResponseSchema, response); return; }
+        printTable(
+          ['resource', 'used', 'limit'],
+          response.quotas.map((q) => [QuotaResource[q.resource].toLowerCase(), String(q.used), q.unlimited ? 'unlimited' : String(q.limit)]),
+        );
+      }),
+    );
+  quota
+    .command('set <principal> <resource> <limit>')
+    .description(`set a limit; resource is one of ${[...QUOTAS.keys()].join(', ')}; limit a number or "unlimited"`)
+    .action(
+      withClient(async ({ client, options }, _flags, principal: string, resource: string, limit: string) => {
+        const resourceValue = QUOTAS.get(resource);
+        if (resourceValue === undefined) throw new Error(`unknown quota resource "${resource}"; one of ${[...QUOTAS.keys()].join(', ')}`);
+        const unlimited = limit === 'unlimited';
+        if (!unlimited && !/^\d+$/.test(limit)) throw new Error(`limit must be a whole number or "unlimited", not "${limit}"`);
+        await client.setQuota({ principal, resource: resourceValue, limit: unlimited ? 0n : BigInt(limit), unlimited }, options);
+        process.stdout.write(`set ${resource} limit of ${principal} to ${limit}\n`);
+      }),
+    );
+}
+
+const accessClient = (connection: Connection) => createClient(AccessService, connection);
+
+interface AccessApi {
+  readonly client: ReturnType<typeof accessClient>;
+  readonly options: { metadata: Record<string, string>; timeoutMs: number };
+}
+
+function keyState(key: ApiKey): string {
+  if (key.revokeTime) return 'revoked';
+  if (key.expireTime && timestampDate(key.expireTime).getTime() <= Date.now()) return 'expired';
+  return key.rotatedFrom ? 'active (rotated)' : 'active';
+}
+
+function keyRecord(key: ApiKey | undefined): Record<string, string> {
+  if (!key) return {};
+  return {
+    id: key.keyId,
+    owner: key.owner,
+    permissions: key.permissions.join(' '),
+    ...(key.resourceGlobs.length ? { scope: key.resourceGlobs.map((g) => `${ResourceKind[g.kind].toLowerCase()}=${g.glob}`).join(' ') } : {}),
+    ...(key.allowedCidrs.length ? { networks: key.allowedCidrs.join(' ') } : {}),
+    expires: when(key.expireTime),
+  };
+}
+

@@ -1,0 +1,36 @@
+// How debvisorctl prints: tables and key/value records for people, protobuf JSON for scripts.
+import Table from 'cli-table3';
+import { toJson, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+
+export type Output = 'text' | 'json';
+
+export function printJson<D extends DescMessage>(schema: D, message: MessageShape<D>): void {
+  process.stdout.write(`${JSON.stringify(toJson(schema, message), null, 2)}\n`);
+}
+
+export function printRecord(record: Record<string, string>): void {
+  const width = Math.max(...Object.keys(record).map((key) => key.length));
+  for (const [key, value] of Object.entries(record)) process.stdout.write(`${`${key}:`.padEnd(width + 2)}${value}\n`);
+}
+
+export function printTable(head: string[], rows: string[][]): void {
+  if (rows.length === 0) {
+    process.stdout.write('(none)\n');
+    return;
+  }
+  const table = new Table({ head, style: { head: [], border: [] } });
+  table.push(...rows);
+  process.stdout.write(`${table.toString()}\n`);
+}
+
+/** Prints a failure the way an operator can act on it, and exits 1. */
+export function fail(err: unknown): never {
+  const grpcError = err as Partial<ServiceError>;
+  if (typeof grpcError.code === 'number') {
+    process.stderr.write(`debvisorctl: ${Status[grpcError.code]}: ${grpcError.details ?? ''}\n`);
+  } else {
+    process.stderr.write(`debvisorctl: ${err instanceof Error ? err.message : String(err)}\n`);
+  }
+  process.exit(1);
+}
