@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // debvisor-rpcd: the DebVisor control-plane daemon.
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { ConfigError, DEFAULT_CONFIG_PATH, ENV_PREFIX, loadConfig } from './config/load.js';
 import { createLogger } from './observability/logger.js';
 import { Daemon } from './server/server.js';
 import { TlsConfigError } from './server/tls.js';
+import { sdNotify } from './server/sd-notify.js';
 import { VERSION } from './version.js';
 
 const EXIT_CONFIG = 2;
@@ -15,6 +16,7 @@ const program = new Command('debvisor-rpcd')
   .version(VERSION)
   .option('-c, --config <path>', `YAML config file (default: ${DEFAULT_CONFIG_PATH} if it exists)`)
   .option('--check-config', 'validate the configuration, print a summary and exit')
+  .addOption(new Option('--enable-test-service', 'register debvisor.testing.v1 (tests only)').hideHelp())
   .addHelpText(
     'after',
     `\nEvery setting can be overridden by environment: ${ENV_PREFIX}<KEY_PATH>, e.g.\n` +
@@ -23,7 +25,12 @@ const program = new Command('debvisor-rpcd')
   )
   .parse();
 
-const options = program.opts<{ config?: string; checkConfig?: boolean }>();
+const options = program.opts<{ config?: string; checkConfig?: boolean; enableTestService?: boolean }>();
+// Two deliberate switches, so no production config or unit file turns it on by accident.
+if (options.enableTestService && process.env.DEBVISOR_ALLOW_TEST_SERVICE !== '1') {
+  process.stderr.write('debvisor-rpcd: --enable-test-service also needs DEBVISOR_ALLOW_TEST_SERVICE=1 (tests only)\n');
+  process.exit(EXIT_CONFIG);
+}
 
 let loaded;
 try {
@@ -47,7 +54,7 @@ log.info({ version: VERSION, config_file: file ?? null, node: process.version },
 
 let daemon: Daemon;
 try {
-  daemon = await Daemon.start(config, log);
+  daemon = await Daemon.start(config, log, { enableTestService: options.enableTestService === true });
 } catch (err) {
   const message = err instanceof TlsConfigError ? err.message : err instanceof Error ? err.message : String(err);
   log.fatal({ err }, `cannot start: ${message}`);
@@ -55,12 +62,15 @@ try {
   process.exit(EXIT_STARTUP);
 }
 log.info({ grpc: config.server.listen, grpc_port: daemon.grpcPort, http: config.http.listen, http_port: daemon.httpPort }, 'ready');
+// Type=notify under systemd (see systemd/debvisor-rpcd.service); a no-op elsewhere.
+void sdNotify(['--ready', `--status=serving gRPC on ${config.server.listen}`], log);
 
 let stopping = false;
 const shutdown = (signal: NodeJS.Signals) => {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, 'draining in-flight calls');
+  void sdNotify(['STOPPING=1', '--status=draining in-flight calls'], log);
   daemon.stop().then(
     ({ forced }) => {
       log.info({ forced }, 'stopped');
@@ -77,6 +87,10 @@ process.on('SIGINT', shutdown);
 // systemctl reload. The process must never die on HUP.
 process.on('SIGHUP', () => {
   void daemon.reload(() => loadConfig({ path: options.config }).config);
+});
+// A stray rejection is a bug to fix, not a reason to drop every caller's connection.
+process.on('unhandledRejection', (reason) => {
+  log.error({ err: reason }, 'unhandled promise rejection');
 });
 process.on('uncaughtException', (err) => {
   log.fatal({ err }, 'uncaught exception');

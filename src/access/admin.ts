@@ -4,7 +4,7 @@ import { BlockList, isIP } from 'node:net';
 import type { AuditLog } from '../audit/log.js';
 import { newToken } from '../authn/apikey-token.js';
 import type { Principal } from '../authn/principal.js';
-import { authorize, canGrant, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
+import { canGrant, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
 import { crossPrincipal, isValidPermission } from '../authz/permission.js';
 import { isBuiltinRole, type Role } from '../authz/roles.js';
 import type { Config } from '../config/schema.js';
@@ -18,6 +18,14 @@ import type { AccessState } from './state.js';
 
 const DAY_MS = 86_400_000;
 const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+/** Ids become store key segments (src/store/layout.ts), which refuse empty and over-long values. */
+const MAX_ID_LENGTH = 512;
+
+/** An id the store can key by, or INVALID_ARGUMENT (instead of INTERNAL from the store). */
+function requireId(value: string, field: string): void {
+  if (!value) throw new InvalidArgumentError(field, 'required');
+  if (value.length > MAX_ID_LENGTH) throw new InvalidArgumentError(field, `at most ${MAX_ID_LENGTH} characters`);
+}
 
 export type QuotaResourceName = (typeof quotaResources)[number];
 
@@ -45,23 +53,13 @@ export class AccessAdmin {
 
   /** Acting on another principal's objects needs the `:any` form of the permission. */
   private requireCrossPrincipal(ctx: CallContext, permission: string, target: string): void {
-    const caller = this.caller(ctx);
-    if (target === caller.id) return;
-    const result = authorize({
-      roles: this.state.roles(this.state.roleNamesOf(caller.id)),
-      required: crossPrincipal(permission),
-      ...(caller.apiKey ? { apiKey: caller.apiKey } : {}),
-    });
-    if (!result.allowed) throw new RpcError('PERMISSION_DENIED', `permission denied: acting on ${target} requires ${crossPrincipal(permission)}`);
+    if (!this.state.mayActOn(this.caller(ctx), target, permission)) {
+      throw new RpcError('PERMISSION_DENIED', `permission denied: acting on ${target} requires ${crossPrincipal(permission)}`);
+    }
   }
 
   private canActOnAll(ctx: CallContext, permission: string): boolean {
-    const caller = this.caller(ctx);
-    return authorize({
-      roles: this.state.roles(this.state.roleNamesOf(caller.id)),
-      required: crossPrincipal(permission),
-      ...(caller.apiKey ? { apiKey: caller.apiKey } : {}),
-    }).allowed;
+    return this.state.allows(this.caller(ctx), crossPrincipal(permission));
   }
 
   private security(ctx: CallContext, reason: string, object: string, details?: Record<string, unknown>): void {
@@ -167,7 +165,7 @@ export class AccessAdmin {
   }
 
   async revokeApiKey(ctx: CallContext, keyId: string): Promise<ApiKeyRecord> {
-    if (!keyId) throw new InvalidArgumentError('key_id', 'required');
+    requireId(keyId, 'key_id');
     const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:revoke');
     const revoked: ApiKeyRecord = { ...record, revoked_at: record.revoked_at ?? new Date().toISOString() };
     const stored = await this.repos.apiKeys.update(keyId, revoked, modRevision);
@@ -177,7 +175,7 @@ export class AccessAdmin {
   }
 
   async rotateApiKey(ctx: CallContext, keyId: string, overlapMs: number | undefined): Promise<{ record: ApiKeyRecord; token: string; old: ApiKeyRecord }> {
-    if (!keyId) throw new InvalidArgumentError('key_id', 'required');
+    requireId(keyId, 'key_id');
     const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:rotate');
     if (!isActive(record, Date.now())) throw new RpcError('FAILED_PRECONDITION', `API key ${keyId} is revoked or expired; create a new one`);
     const overlap = overlapMs ?? this.settings().auth.api_key_rotation_overlap_seconds * 1000;
@@ -255,6 +253,7 @@ export class AccessAdmin {
   }
 
   async deleteRole(ctx: CallContext, name: string): Promise<number> {
+    requireId(name, 'role_name');
     if (isBuiltinRole(name)) throw new RpcError('FAILED_PRECONDITION', `role ${name} is built in and cannot be deleted`);
     const found = await this.repos.roles.get(name);
     if (!found) throw new NotFoundError(`role ${name} not found`);
@@ -270,7 +269,7 @@ export class AccessAdmin {
   }
 
   async bindRole(ctx: CallContext, principal: string, roleName: string): Promise<{ createdAt: string }> {
-    if (!principal) throw new InvalidArgumentError('principal', 'required');
+    requireId(principal, 'principal');
     const role = this.state.role(roleName);
     if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"`);
     this.checkEscalation(ctx, role.permissions, 'role_name');
@@ -284,7 +283,7 @@ export class AccessAdmin {
   }
 
   async unbindRole(ctx: CallContext, principal: string, roleName: string): Promise<boolean> {
-    if (!principal) throw new InvalidArgumentError('principal', 'required');
+    requireId(principal, 'principal');
     const removed = await this.unbind(principal, roleName);
     this.security(ctx, 'role unbound', `principal:${principal}`, { role: roleName, removed });
     return removed;
@@ -304,6 +303,7 @@ export class AccessAdmin {
 
   async getQuota(ctx: CallContext, principal: string): Promise<{ principal: string; quotas: QuotaView[] }> {
     const target = principal || this.caller(ctx).id;
+    requireId(target, 'principal');
     this.requireCrossPrincipal(ctx, 'access:quota:get', target);
     const defaults = this.settings().quota.defaults;
     const quotas = await Promise.all(
@@ -316,7 +316,7 @@ export class AccessAdmin {
   }
 
   async setQuota(ctx: CallContext, principal: string, resource: QuotaResourceName, limit: number, unlimited: boolean): Promise<QuotaView> {
-    if (!principal) throw new InvalidArgumentError('principal', 'required');
+    requireId(principal, 'principal');
     const record = await this.repos.quotas.mutate([principal, resource], (current): QuotaRecord => {
       const base = { schema_version: 1 as const, principal, resource, used: current?.used ?? 0, updated_at: new Date().toISOString() };
       return unlimited ? { ...base, unlimited: true } : { ...base, limit };

@@ -2,6 +2,9 @@
 // custom roles and API keys. The chain reads it on every call without a store round trip.
 import type { Config } from '../config/schema.js';
 import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
+import { authorize } from '../authz/decide.js';
+import { crossPrincipal } from '../authz/permission.js';
+import type { Principal } from '../authn/principal.js';
 import { RecordCache } from '../store/cache.js';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
@@ -55,5 +58,19 @@ export class AccessState {
   /** The roles that exist among `names` (a binding to a deleted role grants nothing). */
   roles(names: readonly string[]): Role[] {
     return names.flatMap((name) => this.role(name) ?? []);
+  }
+
+  /** Whether the principal (through its key, if it used one) holds `permission` right now. */
+  allows(principal: Principal, permission: string): boolean {
+    return authorize({
+      roles: this.roles(this.roleNamesOf(principal.id)),
+      required: permission,
+      ...(principal.apiKey ? { apiKey: principal.apiKey } : {}),
+    }).allowed;
+  }
+
+  /** Acting on objects owned by someone else needs the `:any` form of the permission. */
+  mayActOn(principal: Principal, owner: string, permission: string): boolean {
+    return owner === principal.id || this.allows(principal, crossPrincipal(permission));
   }
 }

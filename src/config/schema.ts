@@ -1,5 +1,6 @@
 // The daemon's configuration: one zod schema is the single source of truth for
 // keys, types, defaults and the DEBVISOR_RPCD_* environment overrides.
+import { hostname } from 'node:os';
 import { z } from 'zod';
 
 const hostPort = z
@@ -29,6 +30,34 @@ export const configSchema = z.strictObject({
       ca_file: path.default('/etc/debvisor/rpc/ca-cert.pem'),
       cert_file: path.default('/etc/debvisor/rpc/server-cert.pem'),
       key_file: path.default('/etc/debvisor/rpc/server-key.pem'),
+      /** The certificate monitor: expiry checks, renewal and picking up replaced files (see cert-monitor.ts). */
+      renewal: z
+        .strictObject({
+          /** external: another tool replaces the files; local-ca: the daemon signs with ca_key_file; command: run `command`. */
+          mode: z.enum(['external', 'local-ca', 'command']).default('external'),
+          /** How often the expiry is checked (a renewal that falls due sooner is scheduled for then). */
+          check_interval_seconds: seconds.default(3600),
+          /** Renew once this fraction of the lifetime has passed ... */
+          renew_at_lifetime_fraction: z.number().gt(0).lte(1).default(0.667),
+          /** ... or fewer than this many days are left, whichever comes first. */
+          renew_before_days: z.number().nonnegative().default(30),
+          /** Renew up to this fraction of the time-to-renewal early (fixed per certificate), so a fleet does not renew at once. */
+          jitter_fraction: z.number().min(0).max(0.5).default(0.05),
+          /** local-ca: lifetime of the certificates the daemon issues. */
+          validity_days: z.number().positive().default(90),
+          /** local-ca: the CA private key (its certificate must be in ca_file). */
+          ca_key_file: path.default('/etc/debvisor/rpc/ca-key.pem'),
+          /** command: argv run without a shell; it must rewrite cert_file and key_file. */
+          command: z.array(z.string().min(1)).default([]),
+          command_timeout_seconds: seconds.default(120),
+          /** The bundle the server certificate must chain to. Empty: ca_file. */
+          chain_ca_file: z.string().default(''),
+          /** SANs ("DNS:x", "IP:y", "URI:z") a new certificate must carry. Empty: those of the certificate being replaced. */
+          required_sans: z.array(z.string().regex(/^(DNS|IP|URI):.+$/i, 'expected DNS:name, IP:address or URI:uri')).default([]),
+          /** Stat poll of the files, the fallback when file-system events are missed. */
+          file_poll_interval_ms: z.number().int().positive().default(1000),
+        })
+        .prefault({}),
     })
     .prefault({}),
   http: z
@@ -40,6 +69,20 @@ export const configSchema = z.strictObject({
   log: z
     .strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+    })
+    .prefault({}),
+  node: z
+    .strictObject({
+      /** This host's name in the cluster: operations record where they run. Default: the hostname. */
+      name: z.string().min(1).max(253).default(hostname()),
+    })
+    .prefault({}),
+  operations: z
+    .strictObject({
+      /** Finished operations are kept this long, then deleted. */
+      retention_hours: z.number().positive().default(168),
+      /** Lease of this daemon's concurrent-operation slots: freed this long after the daemon dies. */
+      slot_lease_seconds: z.number().int().min(2).default(15),
     })
     .prefault({}),
   store: z

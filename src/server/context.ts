@@ -41,4 +41,6 @@ export interface CallContext {
   /** Aborted when the client cancels or the deadline passes. */
   readonly signal: AbortSignal;
   readonly peer: string;
+  /** Quota this call consumed (from the proto option), for work that must give it back if it fails later. */
+  readonly quota?: { readonly resource: 'snapshots' | 'storage_gb'; readonly amount: number };
 }

@@ -19,14 +19,27 @@ import { ApiKeyAuthenticator } from '../authn/apikey.js';
 import { loadRevokedSerials } from '../authn/crl.js';
 import { SourceGuard } from '../authn/source-guard.js';
 import { createRepositories } from '../store/repositories.js';
-import { methodIndex } from './policy.js';
+import { methodIndex, type MethodEntry } from './policy.js';
+import { methodPath } from './adapter.js';
+import type { DescService } from '@bufbuild/protobuf';
+import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
+import { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
+import { operationHandlers } from '../services/operations.js';
+import { registerTestOperationKind, testingHandlers } from '../services/testing.js';
+import { OperationManager } from '../operations/manager.js';
+import { QuotaManager } from '../quota/manager.js';
+import { withQuota } from '../quota/guard.js';
+import { RecordCache } from '../store/cache.js';
+import { LeaseHolder } from '../store/lease-holder.js';
+import { createExecutor } from '../backends/exec.js';
 import { newTraceId } from './trace.js';
 import { ConfigError } from '../config/load.js';
 import { unimplementedHandlers } from '../services/unimplemented.js';
 import { toImplementation, toServiceDefinition, type AdapterOptions } from './adapter.js';
 import { Readiness } from './readiness.js';
 import { reflectionService } from './reflection.js';
-import { IdentityProvider, loadIdentity, serverCredentials, type TlsFiles } from './tls.js';
+import { IdentityProvider, serverCredentials } from './tls.js';
+import { CertMonitor, initialIdentity } from './cert-monitor.js';
 import { openStore } from '../store/open.js';
 import { monitorStore } from '../store/monitor.js';
 import { startCompactor } from '../store/compactor.js';
@@ -44,6 +57,24 @@ function grpcOptions(server: Config['server']): ServerOptions {
   };
 }
 
+export interface StartOptions {
+  /** Registers debvisor.testing.v1.TestingService (tests only). */
+  readonly enableTestService?: boolean;
+}
+
+/** Wraps each handler whose RPC declares a counted quota in the proto, so it is consumed before the handler runs. */
+function withDeclaredQuotas(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager): Record<string, unknown> {
+  const wrapped = { ...handlers };
+  for (const method of service.methods) {
+    const entry = methods.get(methodPath(method));
+    const handler = wrapped[method.localName];
+    if (entry && typeof handler === 'function') {
+      wrapped[method.localName] = withQuota(quotas, method, entry.policy, handler as Parameters<typeof withQuota>[3]);
+    }
+  }
+  return wrapped;
+}
+
 export class Daemon {
   private constructor(
     /** The current config; SIGHUP swaps it, and everything reading settings() sees the new one. */
@@ -54,6 +85,7 @@ export class Daemon {
     private readonly certificates: CertificateAuthenticator,
     private readonly access: AccessState,
     private readonly audit: AuditLog,
+    private readonly certMonitor: CertMonitor,
     /** Everything acquired at start, released in reverse order at stop. */
     private readonly resources: AsyncDisposableStack,
     readonly readiness: Readiness,
@@ -61,7 +93,7 @@ export class Daemon {
     readonly httpPort: number,
   ) {}
 
-  static async start(config: Config, log: Logger): Promise<Daemon> {
+  static async start(config: Config, log: Logger, options: StartOptions = {}): Promise<Daemon> {
     const live = { config };
     const settings = () => live.config;
     const resources = new AsyncDisposableStack();
@@ -69,7 +101,7 @@ export class Daemon {
     resources.defer(() => stopping.abort());
     try {
       // Loaded before binding: grpc-js drops every connection until it has an identity.
-      const identity = loadIdentity(tlsFilesOf(config));
+      const identity = await initialIdentity(config.tls, log);
       const provider = new IdentityProvider(identity);
       const certificates = new CertificateAuthenticator(identity.trust);
       if (config.auth.crl_file) certificates.setRevoked(await loadRevokedSerials(config.auth.crl_file, identity.trust));
@@ -104,17 +136,37 @@ export class Daemon {
         onWarning: (message, err) => log.warn({ err }, message),
       });
       resources.defer(() => audit.close());
+      const certMonitor = new CertMonitor({
+        settings: () => live.config.tls,
+        provider,
+        log,
+        registry: metrics.registry,
+        onPublished: (published) => certificates.setTrust(published.trust),
+        onSecurityEvent: (event) => audit.write({ type: 'SECURITY', trace_id: newTraceId(), reason: event.reason, details: event.details }),
+      });
+      resources.defer(() => certMonitor.stop());
 
       const repos = createRepositories(store);
       const onAccessProblem = (err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'access state: store problem, resyncing');
       const access = new AccessState(repos, config.auth, onAccessProblem);
-      // Until keys and bindings are loaded, only bootstrap admins would be recognised: stay NOT_SERVING.
-      void access.start(stopping.signal).then(() => readiness.set('access', true));
+      const daemonLease = new LeaseHolder(store, config.operations.slot_lease_seconds, log);
+      resources.defer(() => daemonLease.release());
+      const quotas = new QuotaManager(store, repos, settings, () => daemonLease.lease());
+      const operationsCache = new RecordCache(repos.operations, onAccessProblem);
+      const operations = new OperationManager(repos, operationsCache, quotas, config.node.name, log, () => settings().operations.retention_hours * 3_600_000);
+      resources.defer(() => operations.stop());
+      // Until keys, bindings and operations are loaded, only bootstrap admins would be recognised: stay NOT_SERVING.
+      void Promise.all([access.start(stopping.signal), operationsCache.start(stopping.signal)])
+        .then(() => operations.recover())
+        .then(() => readiness.set('access', true))
+        .catch((err: unknown) => log.error({ err }, 'could not load access state and operations'));
       const apiKeys = new ApiKeyAuthenticator(access.apiKeys, repos.apiKeys, onAccessProblem);
       resources.defer(() => apiKeys.close());
       const guard = new SourceGuard({ maxFailures: config.auth.max_failures_per_minute, blockMs: config.auth.block_minutes * 60_000 });
 
-      const methods = methodIndex(API_SERVICES);
+      // The test service exists only when asked for twice: a flag and an environment variable.
+      const services = options.enableTestService ? [...API_SERVICES, TestingService] : API_SERVICES;
+      const methods = methodIndex(services);
       const grpc = new Server({
         ...grpcOptions(config.server),
         interceptors: buildChain({
@@ -141,13 +193,20 @@ export class Daemon {
       const admin = new AccessAdmin(repos, access, audit, settings);
       const implemented: Record<string, Record<string, unknown>> = {
         [AccessService.typeName]: accessHandlers(admin, access),
+        [OperationService.typeName]: operationHandlers(operations, access),
       };
-      for (const service of API_SERVICES) {
-        const handlers = unimplementedHandlers(service, implemented[service.typeName]);
+      if (options.enableTestService) {
+        log.warn('test service enabled: this daemon accepts debvisor.testing.v1 calls; never do this in production');
+        const testing = createExecutor({ backend: 'testing', binaries: { sleep: '/bin/sleep' }, envAllowList: ['PATH'], maxConcurrent: 16, defaultTimeoutMs: 600_000, maxOutputBytes: 65_536, killGraceMs: 2000, registry: metrics.registry });
+        registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }));
+        implemented[TestingService.typeName] = testingHandlers(operations, quotas);
+      }
+      for (const service of services) {
+        const handlers = withDeclaredQuotas(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas);
         grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
       }
       health.addToServer(grpc);
-      reflectionService(API_SERVICES).addToServer(grpc);
+      reflectionService(services).addToServer(grpc);
       const grpcPort = await new Promise<number>((resolve, reject) => {
         grpc.bindAsync(config.server.listen, serverCredentials(provider), (err, port) => (err ? reject(err) : resolve(port)));
       });
@@ -168,8 +227,9 @@ export class Daemon {
       const address = http.address();
       const httpPort = typeof address === 'object' && address ? address.port : port;
 
+      certMonitor.start();
       readiness.set('tls', true);
-      return new Daemon(live, log, grpc, provider, certificates, access, audit, resources, readiness, grpcPort, httpPort);
+      return new Daemon(live, log, grpc, provider, certificates, access, audit, certMonitor, resources, readiness, grpcPort, httpPort);
     } catch (err) {
       await resources.disposeAsync();
       throw err;
@@ -185,7 +245,7 @@ export class Daemon {
     const traceId = newTraceId();
     try {
       const next = readConfig();
-      const identity = loadIdentity(tlsFilesOf(next));
+      const identity = this.certMonitor.validate(next.tls);
       const revoked = next.auth.crl_file ? await loadRevokedSerials(next.auth.crl_file, identity.trust) : new Set<string>();
       const current = this.live.config;
       const needsRestart = [
@@ -194,9 +254,10 @@ export class Daemon {
         ...(JSON.stringify(next.store) !== JSON.stringify(current.store) ? ['store'] : []),
         ...(JSON.stringify(next.audit) !== JSON.stringify(current.audit) ? ['audit'] : []),
       ];
-      if (this.provider.publish(identity)) this.certificates.setTrust(identity.trust);
+      await this.certMonitor.publishFromReload(identity);
       this.certificates.setRevoked(revoked);
       this.live.config = next;
+      this.certMonitor.reloaded();
       this.access.reconfigure(next.auth);
       this.log.level = next.log.level;
       if (needsRestart.length > 0) this.log.warn({ settings: needsRestart }, 'changed settings take effect only after a restart');
@@ -226,8 +287,4 @@ export class Daemon {
     await this.resources.disposeAsync();
     return { forced: !clean };
   }
-}
-
-function tlsFilesOf(config: Config): TlsFiles {
-  return { caFile: config.tls.ca_file, certFile: config.tls.cert_file, keyFile: config.tls.key_file };
 }

@@ -12,6 +12,17 @@ interface Entry<T> {
 export class RecordCache<T extends { readonly schema_version: number }> {
   private entries = new Map<string, Entry<T>>();
   private readyPromise: Promise<void> | undefined;
+  private readonly listeners = new Set<(id: string, value: T | undefined) => void>();
+
+  /** Called after every change (watch event, resync or local write). Returns an unsubscribe function. */
+  subscribe(listener: (id: string, value: T | undefined) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(id: string, value: T | undefined): void {
+    for (const listener of this.listeners) listener(id, value);
+  }
 
   constructor(
     private readonly repository: Repository<T>,
@@ -32,7 +43,10 @@ export class RecordCache<T extends { readonly schema_version: number }> {
               const value = this.decodeOrReport(kv.key, kv.value);
               if (value) next.set(this.repository.idOfKey(kv.key), { value, modRevision: kv.modRevision });
             }
+            const previous = this.entries;
             this.entries = next;
+            for (const [id, entry] of next) this.emit(id, entry.value);
+            for (const id of previous.keys()) if (!next.has(id)) this.emit(id, undefined);
             resolve();
           },
           onEvent: (event) => {
@@ -42,6 +56,7 @@ export class RecordCache<T extends { readonly schema_version: number }> {
             if (current && current.modRevision > event.modRevision) return;
             const value = event.type === 'put' ? this.decodeOrReport(event.key, event.value) : undefined;
             this.entries.set(id, { value, modRevision: event.modRevision });
+            this.emit(id, value);
           },
           onRecover: (err) => this.onProblem(err),
         },
@@ -66,6 +81,7 @@ export class RecordCache<T extends { readonly schema_version: number }> {
     const current = this.entries.get(id);
     if (current && current.modRevision > modRevision) return;
     this.entries.set(id, { value, modRevision });
+    this.emit(id, value);
   }
 
   private decodeOrReport(key: string, bytes: Uint8Array): T | undefined {

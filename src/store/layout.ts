@@ -6,6 +6,8 @@
 //   /debvisor/rpc/quotas/<principal>/<resource>    quota limit and usage
 //   /debvisor/nodes/<node id>                      registered hypervisor nodes
 //   /debvisor/operations/<operation id>            long-running operations
+//   /debvisor/rpc/slots/<principal>/<operation id> concurrent-operation slots (on a daemon lease)
+//   /debvisor/rpc/idempotency/<principal>/<request id>  request_id → operation id
 //
 // Each id part is one URI-encoded segment, so a principal such as
 // spiffe://debvisor/admin/admin stays inside its own key.
@@ -16,6 +18,8 @@ export const LAYOUT = {
   quotas: '/debvisor/rpc/quotas/',
   nodes: '/debvisor/nodes/',
   operations: '/debvisor/operations/',
+  slots: '/debvisor/rpc/slots/',
+  idempotency: '/debvisor/rpc/idempotency/',
 } as const;
 
 /** Encodes one id part as a key segment; empty or oversized parts are refused. */

@@ -108,6 +108,12 @@ export const operationRecord = z.strictObject({
   result: z.unknown().optional(),
   request_id: z.string().optional(),
   cancel_requested: z.boolean(),
+  /** What the kind's runner needs to start (or resume) the work. */
+  params: z.unknown().optional(),
+  /** Whether a restarted daemon resumes this operation instead of failing it. */
+  resumable: z.boolean(),
+  /** Quota taken for the work, given back if it fails or is cancelled. */
+  quota: z.strictObject({ resource: z.enum(['snapshots', 'storage_gb']), amount: z.number().int().positive() }).optional(),
   created_at: isoTime,
   updated_at: isoTime,
   done_at: isoTime.optional(),

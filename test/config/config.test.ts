@@ -29,9 +29,10 @@ function problemsOf(fn: () => unknown): string[] {
 const noFile = () => false;
 
 describe('config', () => {
-  it('the example config is valid and equals the built-in defaults', () => {
+  it('the example config is valid and equals the built-in defaults (but for the host name)', () => {
     const { config } = loadConfig({ path: EXAMPLE, env: {} });
-    expect(config).toEqual(configSchema.parse({}));
+    const defaults = configSchema.parse({});
+    expect({ ...config, node: { ...config.node, name: defaults.node.name } }).toEqual(defaults);
   });
 
   it('the example config documents every key', () => {

@@ -39,6 +39,13 @@ export interface StartDaemonOptions {
   readonly env?: Record<string, string>;
   /** Default 15 s. */
   readonly readyTimeoutMs?: number;
+  /** Extra command-line arguments after `--config FILE`. */
+  readonly args?: readonly string[];
+  /**
+   * Use (and create if missing) the dev PKI in this directory instead of a fresh one in
+   * the daemon's temp dir, so several daemons trust the same CA. cleanup() leaves it alone.
+   */
+  readonly pkiDir?: string;
 }
 
 export interface Exit {
@@ -242,17 +249,17 @@ async function terminate(spawned: Spawned, signal: NodeJS.Signals): Promise<Exit
 export async function startDaemon(options: StartDaemonOptions = {}): Promise<RunningDaemon> {
   const dir = await mkdtemp(join(tmpdir(), 'rpcd-e2e-'));
   try {
-    const pki = await ensureDevPki(join(dir, 'pki'));
+    const pki = await ensureDevPki(options.pkiDir ?? join(dir, 'pki'));
     const configFile = join(dir, 'rpcd.yaml');
     for (let attempt = 1; ; attempt++) {
       const grpcPort = await freePort();
       let httpPort = await freePort();
       while (httpPort === grpcPort) httpPort = await freePort();
-      const config = deepMerge(baseConfig(pki, grpcPort, httpPort), options.config ?? {});
+      const config = deepMerge(baseConfig(pki, grpcPort, httpPort, dir), options.config ?? {});
       await writeFile(configFile, stringify(config), { mode: 0o600 });
       const grpcAddress = listenOf(config, 'server') ?? `127.0.0.1:${grpcPort}`;
       const httpAddress = listenOf(config, 'http') ?? `127.0.0.1:${httpPort}`;
-      const spawned = spawnMain(['--config', configFile], daemonEnv(options.env));
+      const spawned = spawnMain(['--config', configFile, ...(options.args ?? [])], daemonEnv(options.env));
       try {
         await waitReady(spawned, httpAddress, options.readyTimeoutMs ?? READY_TIMEOUT_MS);
       } catch (err) {

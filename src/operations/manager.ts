@@ -1,0 +1,302 @@
+// Long-running operations: a record in the store (state, progress, result), the work
+// running in this daemon, cooperative cancel, idempotent retries by request_id,
+// recovery after a restart and retention of finished records.
+import { randomUUID } from 'node:crypto';
+import { status as Status } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { CallContext } from '../server/context.js';
+import { InvalidArgumentError, RpcError, toStatus } from '../server/errors.js';
+import { ConflictError } from '../store/errors.js';
+import type { RecordCache } from '../store/cache.js';
+import { LAYOUT, segment } from '../store/layout.js';
+import type { OperationRecord } from '../store/records.js';
+import type { Repositories } from '../store/repositories.js';
+import type { QuotaManager } from '../quota/manager.js';
+
+export type OperationState = OperationRecord['state'];
+const TERMINAL: ReadonlySet<OperationState> = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+const PROGRESS_WRITE_INTERVAL_MS = 250;
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function isTerminal(record: OperationRecord): boolean {
+  return TERMINAL.has(record.state);
+}
+
+/** What a running operation's work sees. */
+export interface OperationHandle {
+  readonly id: string;
+  readonly params: unknown;
+  /** Aborted when the operation is cancelled or the daemon stops. */
+  readonly signal: AbortSignal;
+  /** Reports progress; writes to the store are throttled. */
+  progress(percent: number, stage: string): void;
+}
+
+export interface OperationKindSpec {
+  /** Does the work; its resolved value is stored as the result. Throw to fail. */
+  readonly run: (operation: OperationHandle) => Promise<unknown>;
+  /** Whether a restarted daemon resumes this kind instead of failing it. */
+  readonly resumable?: boolean;
+}
+
+export interface LaunchRequest {
+  readonly kind: string;
+  readonly target: string;
+  readonly params?: unknown;
+  readonly requestId?: string;
+  readonly resumable?: boolean;
+  readonly quota?: OperationRecord['quota'];
+}
+
+export class OperationManager {
+  private readonly kinds = new Map<string, OperationKindSpec>();
+  private readonly running = new Map<string, AbortController>();
+  private retention: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly repos: Repositories,
+    private readonly cache: RecordCache<OperationRecord>,
+    private readonly quotas: QuotaManager,
+    private readonly node: string,
+    private readonly log: Logger,
+    private readonly retentionMs: () => number,
+  ) {
+    // Cancellation may be requested through any daemon: follow the records.
+    cache.subscribe((id, record) => {
+      if (record?.cancel_requested) this.running.get(id)?.abort(new RpcError('CANCELLED', 'operation cancelled'));
+    });
+  }
+
+  register(kind: string, spec: OperationKindSpec): void {
+    this.kinds.set(kind, spec);
+  }
+
+  /** After the cache has loaded: fail or resume this node's unfinished operations, and start retention. */
+  async recover(): Promise<void> {
+    for (const record of this.cache.values()) {
+      if (record.node !== this.node || isTerminal(record)) continue;
+      const spec = this.kinds.get(record.kind);
+      if (record.resumable && spec?.resumable) {
+        this.log.info({ operation: record.id, kind: record.kind }, 'resuming operation after restart');
+        this.execute(record);
+      } else {
+        await this.finish(record.id, 'FAILED', { error: { code: 14, message: 'the daemon restarted while this operation was running; it did not complete' } });
+      }
+    }
+    this.retention = setInterval(() => void this.sweep(), Math.min(600_000, Math.max(1000, this.retentionMs() / 10)));
+    this.retention.unref();
+  }
+
+  stop(): void {
+    if (this.retention) clearInterval(this.retention);
+    for (const controller of this.running.values()) controller.abort(new RpcError('UNAVAILABLE', 'the daemon is shutting down'));
+  }
+
+  private idempotencyKey(owner: string, requestId: string): string {
+    return `${LAYOUT.idempotency}${segment(owner)}/${segment(requestId)}`;
+  }
+
+  /** Starts an operation, or returns the one already started with the same request_id by the same principal. */
+  async launch(ctx: CallContext, request: LaunchRequest): Promise<OperationRecord> {
+    const owner = ctx.principal?.id;
+    if (!owner) throw new RpcError('UNAUTHENTICATED', 'no principal');
+    if (!this.kinds.has(request.kind)) throw new RpcError('INTERNAL', `no runner for operation kind ${request.kind}`);
+    if (request.requestId !== undefined && !REQUEST_ID.test(request.requestId)) {
+      throw new InvalidArgumentError('request_id', 'at most 128 characters of letters, digits and . _ : -');
+    }
+    const existing = request.requestId ? await this.byRequestId(owner, request.requestId) : undefined;
+    if (existing) return existing;
+
+    const id = randomUUID();
+    await this.quotas.acquireSlot(owner, id);
+    const now = new Date().toISOString();
+    const record: OperationRecord = {
+      schema_version: 1,
+      id,
+      kind: request.kind,
+      owner,
+      target: request.target,
+      node: this.node,
+      state: 'PENDING',
+      progress_percent: 0,
+      stage: 'queued',
+      cancel_requested: false,
+      resumable: request.resumable ?? false,
+      created_at: now,
+      updated_at: now,
+      ...(request.requestId ? { request_id: request.requestId } : {}),
+      ...(request.params !== undefined ? { params: request.params } : {}),
+      ...(request.quota ? { quota: request.quota } : {}),
+    };
+    const opKey = this.repos.operations.keyOf(id);
+    const result = await this.repos.operations.store.txn({
+      compare: request.requestId ? [{ key: this.idempotencyKey(owner, request.requestId), absent: true }] : [],
+      success: [
+        { type: 'put', key: opKey, value: this.repos.operations.encode(record) },
+        ...(request.requestId ? [{ type: 'put' as const, key: this.idempotencyKey(owner, request.requestId), value: new TextEncoder().encode(id) }] : []),
+      ],
+    });
+    if (!result.succeeded) {
+      // Another daemon won the race for this request_id: return its operation.
+      await this.quotas.releaseSlot(owner, id);
+      const winner = request.requestId ? await this.byRequestId(owner, request.requestId) : undefined;
+      if (winner) return winner;
+      throw new RpcError('ABORTED', 'concurrent retry of the same request; retry');
+    }
+    this.cache.remember(id, record, result.revision);
+    this.execute(record);
+    return record;
+  }
+
+  private async byRequestId(owner: string, requestId: string): Promise<OperationRecord | undefined> {
+    const kv = await this.repos.operations.store.get(this.idempotencyKey(owner, requestId));
+    if (!kv) return undefined;
+    return (await this.repos.operations.get(new TextDecoder().decode(kv.value)))?.value;
+  }
+
+  private execute(record: OperationRecord): void {
+    const spec = this.kinds.get(record.kind);
+    const controller = new AbortController();
+    this.running.set(record.id, controller);
+    let lastWrite = 0;
+    let pending: { percent: number; stage: string } | undefined;
+    const handle: OperationHandle = {
+      id: record.id,
+      params: record.params,
+      signal: controller.signal,
+      progress: (percent, stage) => {
+        pending = { percent: Math.max(0, Math.min(100, Math.round(percent))), stage };
+        if (Date.now() - lastWrite < PROGRESS_WRITE_INTERVAL_MS) return;
+        lastWrite = Date.now();
+        const update = pending;
+        void this.update(record.id, (current) => (isTerminal(current) ? undefined : { ...current, progress_percent: update.percent, stage: update.stage }));
+      },
+    };
+    void (async () => {
+      try {
+        if (!spec) throw new RpcError('INTERNAL', `no runner for operation kind ${record.kind}`);
+        await this.update(record.id, (current) => ({ ...current, state: 'RUNNING', stage: current.stage === 'queued' ? 'running' : current.stage }));
+        if (record.cancel_requested) throw new RpcError('CANCELLED', 'operation cancelled');
+        const result = await spec.run(handle);
+        await this.finish(record.id, 'SUCCEEDED', { result, progress: 100 });
+      } catch (err) {
+        const cancelled = controller.signal.aborted && controller.signal.reason instanceof RpcError && controller.signal.reason.code === 'CANCELLED';
+        const status = toStatus(cancelled ? controller.signal.reason : err, record.id);
+        if (status.code === Status.INTERNAL) this.log.error({ err, operation: record.id, kind: record.kind }, 'operation failed with an internal error');
+        await this.finish(record.id, cancelled ? 'CANCELLED' : 'FAILED', {
+          error: { code: status.code, message: status.details.replace(/ \(trace_id=[^)]*\)$/, '') },
+        });
+      } finally {
+        this.running.delete(record.id);
+        await this.quotas.releaseSlot(record.owner, record.id).catch((err: unknown) => this.log.warn({ err, operation: record.id }, 'could not release operation slot'));
+      }
+    })();
+  }
+
+  private async update(id: string, change: (current: OperationRecord) => OperationRecord | undefined): Promise<OperationRecord | undefined> {
+    try {
+      const written = await this.repos.operations.mutate(id, (current) => {
+        if (!current) return undefined;
+        const next = change(current);
+        return next && { ...next, updated_at: new Date().toISOString() };
+      });
+      if (written) this.cache.remember(id, written.value, written.modRevision);
+      return written?.value;
+    } catch (err) {
+      if (!(err instanceof ConflictError)) this.log.warn({ err, operation: id }, 'could not update operation record');
+      return undefined;
+    }
+  }
+
+  private async finish(id: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', outcome: { result?: unknown; error?: { code: number; message: string }; progress?: number }): Promise<void> {
+    const done = await this.update(id, (current) =>
+      isTerminal(current)
+        ? undefined
+        : {
+            ...current,
+            state,
+            stage: state.toLowerCase(),
+            done_at: new Date().toISOString(),
+            ...(outcome.progress !== undefined ? { progress_percent: outcome.progress } : {}),
+            ...(outcome.result !== undefined ? { result: outcome.result } : {}),
+            ...(outcome.error ? { error: outcome.error } : {}),
+          },
+    );
+    // Work that failed or was cancelled gives its quota back.
+    if (done?.quota && state !== 'SUCCEEDED') {
+      await this.quotas.release(done.owner, done.quota.resource, done.quota.amount).catch((err: unknown) => this.log.warn({ err, operation: id }, 'could not release quota'));
+    }
+  }
+
+  // ---- reads ------------------------------------------------------------------------
+
+  get(id: string): OperationRecord | undefined {
+    return this.cache.get(id);
+  }
+
+  list(filter: { owner?: string; state?: OperationState; kind?: string }): OperationRecord[] {
+    return this.cache
+      .values()
+      .filter((op) => (filter.owner === undefined || op.owner === filter.owner) && (filter.state === undefined || op.state === filter.state) && (filter.kind === undefined || op.kind === filter.kind))
+      .sort((a, b) => (a.created_at === b.created_at ? a.id.localeCompare(b.id) : a.created_at < b.created_at ? 1 : -1));
+  }
+
+  /** Resolves with the record once it is terminal, or as it is when `timeoutMs` passes. */
+  async wait(id: string, timeoutMs: number, signal: AbortSignal): Promise<OperationRecord | undefined> {
+    const iterator = this.changes(id, AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]));
+    let last = this.get(id);
+    for await (const record of iterator) last = record;
+    return last;
+  }
+
+  /** The record now and after every change, ending when it is terminal (or gone, or the signal aborts). */
+  async *changes(id: string, signal: AbortSignal): AsyncGenerator<OperationRecord> {
+    const queue: (OperationRecord | undefined)[] = [];
+    let wake: (() => void) | undefined;
+    const unsubscribe = this.cache.subscribe((changed, record) => {
+      if (changed !== id) return;
+      queue.push(record);
+      wake?.();
+    });
+    const onAbort = () => wake?.();
+    signal.addEventListener('abort', onAbort);
+    try {
+      let current = this.get(id);
+      if (!current) return;
+      yield current;
+      while (!isTerminal(current) && !signal.aborted) {
+        if (queue.length === 0) await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+        while (queue.length > 0) {
+          const next = queue.shift();
+          if (!next) return;
+          if (next.updated_at === current.updated_at && next.state === current.state && next.progress_percent === current.progress_percent) continue;
+          current = next;
+          yield current;
+        }
+      }
+    } finally {
+      unsubscribe();
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Cooperative: marks the record; the daemon running it aborts the work (and its host command). */
+  async cancel(id: string): Promise<OperationRecord | undefined> {
+    const updated = await this.update(id, (current) => (isTerminal(current) || current.cancel_requested ? undefined : { ...current, cancel_requested: true }));
+    return updated ?? this.get(id);
+  }
+
+  /** Deletes finished records older than the retention period, with their request_id keys. */
+  async sweep(now = Date.now()): Promise<number> {
+    let removed = 0;
+    for (const record of this.cache.values()) {
+      if (!isTerminal(record) || !record.done_at || now - Date.parse(record.done_at) < this.retentionMs()) continue;
+      await this.repos.operations.delete(record.id);
+      if (record.request_id) await this.repos.operations.store.delete(this.idempotencyKey(record.owner, record.request_id));
+      removed++;
+    }
+    return removed;
+  }
+}
+

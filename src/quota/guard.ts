@@ -1,0 +1,48 @@
+// Consumes the quota an RPC declares in its proto option before its handler runs, and
+// gives it back if the handler fails. Which RPC consumes what is read from the API,
+// never from a table here.
+import type { DescMethod, Message } from '@bufbuild/protobuf';
+import { QuotaResource, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import type { CallContext } from '../server/context.js';
+import { RpcError } from '../server/errors.js';
+import type { CountedResource, QuotaManager } from './manager.js';
+
+const GIB = 1024n ** 3n;
+
+const COUNTED: ReadonlyMap<QuotaResource, CountedResource> = new Map([
+  [QuotaResource.SNAPSHOTS, 'snapshots'],
+  [QuotaResource.STORAGE_GB, 'storage_gb'],
+]);
+
+/** The amount a request consumes: 1 unit, or the named field (bytes → GiB, rounded up, for storage). */
+function amountOf(method: DescMethod, policy: RpcPolicy, resource: CountedResource, request: Message): number {
+  if (!policy.quotaAmountField) return 1;
+  let value: unknown = request;
+  for (const part of policy.quotaAmountField.split('.')) {
+    const field = method.input.fields.find((f) => f.name === part);
+    value = field ? (value as Record<string, unknown> | undefined)?.[field.localName] : undefined;
+  }
+  const raw = typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : 0n;
+  const amount = resource === 'storage_gb' ? (raw + GIB - 1n) / GIB : raw;
+  return Number(amount);
+}
+
+type Handler = (request: Message, ctx: CallContext) => Promise<unknown>;
+
+export function withQuota(quotas: QuotaManager, method: DescMethod, policy: RpcPolicy, handler: Handler): Handler {
+  const resource = COUNTED.get(policy.quotaResource);
+  if (!resource || method.methodKind !== 'unary') return handler;
+  return async (request, ctx) => {
+    const principal = ctx.principal?.id;
+    if (!principal) throw new RpcError('UNAUTHENTICATED', 'no principal');
+    const amount = amountOf(method, policy, resource, request);
+    if (amount <= 0) return handler(request, ctx);
+    await quotas.consume(principal, resource, amount);
+    try {
+      return await handler(request, { ...ctx, quota: { resource, amount } });
+    } catch (err) {
+      await quotas.release(principal, resource, amount);
+      throw err;
+    }
+  };
+}

@@ -1,0 +1,115 @@
+// Quotas per principal: counted resources (snapshots, storage_gb) change by
+// compare-and-swap on the usage record, and concurrent operations hold slot keys
+// attached to the daemon's lease. Both stay exact with several daemons on one etcd.
+import type { Config } from '../config/schema.js';
+import { RpcError } from '../server/errors.js';
+import { ConflictError } from '../store/errors.js';
+import { LAYOUT, segment } from '../store/layout.js';
+import type { QuotaRecord } from '../store/records.js';
+import type { Repositories } from '../store/repositories.js';
+import type { LeaseId, Store } from '../store/store.js';
+
+export type CountedResource = 'snapshots' | 'storage_gb';
+
+const MAX_ATTEMPTS = 64;
+
+function exhausted(principal: string, resource: string, limit: number, used: number, wanted: number): RpcError {
+  return new RpcError('RESOURCE_EXHAUSTED', `quota exceeded: ${resource} limit ${limit}, used ${used}, requested ${wanted}`, {
+    details: { quotaViolations: [{ subject: `principal:${principal}/${resource}`, description: `limit ${limit}, used ${used}, requested ${wanted}` }] },
+  });
+}
+
+export class QuotaManager {
+  constructor(
+    private readonly store: Store,
+    private readonly repos: Repositories,
+    private readonly settings: () => Config,
+    /** The daemon's lease: slots of a daemon that dies are freed when it expires. */
+    private readonly lease: () => Promise<LeaseId>,
+  ) {}
+
+  private limitOf(record: QuotaRecord | undefined, resource: QuotaRecord['resource']): number {
+    if (record?.unlimited) return Number.POSITIVE_INFINITY;
+    return record?.limit ?? this.settings().quota.defaults[resource];
+  }
+
+  /** Takes `amount` units or throws RESOURCE_EXHAUSTED with google.rpc.QuotaFailure. Atomic across daemons. */
+  async consume(principal: string, resource: CountedResource, amount: number): Promise<number> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const current = await this.repos.quotas.get([principal, resource]);
+      const used = current?.value.used ?? 0;
+      const limit = this.limitOf(current?.value, resource);
+      if (used + amount > limit) throw exhausted(principal, resource, limit, used, amount);
+      const next: QuotaRecord = {
+        ...(current?.value ?? { schema_version: 1, principal, resource }),
+        used: used + amount,
+        updated_at: new Date().toISOString(),
+      };
+      try {
+        if (current) await this.repos.quotas.update([principal, resource], next, current.modRevision);
+        else await this.repos.quotas.create([principal, resource], next);
+        return used + amount;
+      } catch (err) {
+        if (!(err instanceof ConflictError)) throw err;
+      }
+    }
+    throw new RpcError('ABORTED', `quota ${resource} of ${principal} is under heavy contention; retry`);
+  }
+
+  async usage(principal: string, resource: CountedResource): Promise<number> {
+    return (await this.repos.quotas.get([principal, resource]))?.value.used ?? 0;
+  }
+
+  /** Gives units back (on delete, or when the work that took them failed). Never below zero. */
+  async release(principal: string, resource: CountedResource, amount: number): Promise<void> {
+    await this.repos.quotas.mutate([principal, resource], (current) =>
+      current ? { ...current, used: Math.max(0, current.used - amount), updated_at: new Date().toISOString() } : undefined,
+    );
+  }
+
+  private slotDir(principal: string): string {
+    return `${LAYOUT.slots}${segment(principal)}/`;
+  }
+
+  /**
+   * Takes a concurrent-operation slot. Slots are keys on the daemon's lease; every
+   * acquire bumps a marker key, and the compare on that marker makes count-then-add
+   * atomic across daemons. Expired slots only lower the count, so they never break it.
+   */
+  async acquireSlot(principal: string, operationId: string): Promise<void> {
+    const dir = this.slotDir(principal);
+    const marker = `${dir.slice(0, -1)}.marker`;
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const [slots, markerKv, record, lease] = await Promise.all([
+        this.store.list(dir),
+        this.store.get(marker),
+        this.repos.quotas.get([principal, 'concurrent_operations']),
+        this.lease(),
+      ]);
+      const limit = this.limitOf(record?.value, 'concurrent_operations');
+      if (slots.kvs.length + 1 > limit) throw exhausted(principal, 'concurrent_operations', limit, slots.kvs.length, 1);
+      const result = await this.store.txn({
+        compare: markerKv ? [{ key: marker, modRevision: markerKv.modRevision }] : [{ key: marker, absent: true }],
+        success: [
+          { type: 'put', key: marker, value: new TextEncoder().encode(operationId) },
+          { type: 'put', key: dir + segment(operationId), value: new TextEncoder().encode(new Date().toISOString()), lease },
+        ],
+      });
+      if (result.succeeded) return;
+    }
+    throw new RpcError('ABORTED', `concurrent operations of ${principal} are under heavy contention; retry`);
+  }
+
+  async releaseSlot(principal: string, operationId: string): Promise<void> {
+    await this.store.delete(this.slotDir(principal) + segment(operationId));
+  }
+
+  /** Admin repair: recomputes a counted resource's usage from what the store says exists. */
+  async recompute(principal: string, resource: CountedResource, actual: number): Promise<void> {
+    await this.repos.quotas.mutate([principal, resource], (current) => ({
+      ...(current ?? { schema_version: 1 as const, principal, resource }),
+      used: actual,
+      updated_at: new Date().toISOString(),
+    }));
+  }
+}

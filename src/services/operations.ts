@@ -1,0 +1,111 @@
+// OperationService: reads and cancels long-running operations. Callers see their own;
+// the `:any` form of each permission (admin, operator, viewer) sees everyone's.
+import { fromJson, type JsonValue, type MessageInitShape } from '@bufbuild/protobuf';
+import { timestampFromDate, type Duration } from '@bufbuild/protobuf/wkt';
+import { OperationKind, OperationSchema, OperationState, type OperationService } from '../gen/debvisor/v1/operation_pb.js';
+import type { AccessState } from '../access/state.js';
+import type { OperationManager } from '../operations/manager.js';
+import type { HandlersOf } from '../server/adapter.js';
+import type { CallContext } from '../server/context.js';
+import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../server/errors.js';
+import type { OperationRecord } from '../store/records.js';
+
+const DEFAULT_WAIT_MS = 30_000;
+const MAX_WAIT_MS = 300_000;
+const DEFAULT_PAGE = 100;
+const MAX_PAGE = 1000;
+
+function timestamp(iso: string | undefined) {
+  return iso === undefined ? undefined : timestampFromDate(new Date(iso));
+}
+
+/** The stored result is `{ case, value }`: the Operation.result oneof member and its protobuf JSON. */
+function resultOf(record: OperationRecord): MessageInitShape<typeof OperationSchema>['result'] {
+  const stored = record.result as { case?: string; value?: JsonValue } | undefined;
+  const field = stored?.case ? OperationSchema.fields.find((f) => f.oneof?.name === 'result' && f.localName === stored.case) : undefined;
+  if (!stored || !field || field.fieldKind !== 'message') return undefined;
+  return { case: field.localName, value: fromJson(field.message, stored.value ?? {}) } as MessageInitShape<typeof OperationSchema>['result'];
+}
+
+export function operationMessage(record: OperationRecord): MessageInitShape<typeof OperationSchema> {
+  return {
+    id: record.id,
+    kind: OperationKind[record.kind as keyof typeof OperationKind] ?? OperationKind.UNSPECIFIED,
+    owner: record.owner,
+    target: record.target,
+    node: record.node,
+    state: OperationState[record.state],
+    progressPercent: record.progress_percent,
+    stage: record.stage,
+    error: record.error,
+    requestId: record.request_id ?? '',
+    cancelRequested: record.cancel_requested,
+    createTime: timestamp(record.created_at),
+    updateTime: timestamp(record.updated_at),
+    doneTime: timestamp(record.done_at),
+    result: resultOf(record),
+  };
+}
+
+function durationMs(duration: Duration | undefined, fallback: number): number {
+  return duration === undefined ? fallback : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
+}
+
+export function operationHandlers(operations: OperationManager, access: AccessState): HandlersOf<typeof OperationService> {
+  const principalOf = (ctx: CallContext) => {
+    if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
+    return ctx.principal;
+  };
+  /** The same answer for "absent" and "not yours", so operation ids of others cannot be probed. */
+  const visible = (ctx: CallContext, id: string, permission: string): OperationRecord => {
+    if (!id) throw new InvalidArgumentError('operation_id', 'required');
+    const record = operations.get(id);
+    if (!record || !access.mayActOn(principalOf(ctx), record.owner, permission)) throw new RpcError('NOT_FOUND', `operation ${id} not found`);
+    return record;
+  };
+
+  return {
+    getOperation: (request, ctx) => Promise.resolve({ operation: operationMessage(visible(ctx, request.operationId, 'operation:get')) }),
+
+    listOperations: (request, ctx) => {
+      const principal = principalOf(ctx);
+      if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+      let owner: string | undefined = request.owner || principal.id;
+      if (request.owner && !access.mayActOn(principal, request.owner, 'operation:list')) {
+        throw new RpcError('PERMISSION_DENIED', 'permission denied: listing operations of others requires operation:list:any');
+      }
+      if (!request.owner && access.allows(principal, 'operation:list:any')) owner = undefined;
+      const state = request.state === OperationState.UNSPECIFIED ? undefined : (OperationState[request.state] as OperationRecord['state']);
+      const kind = request.kind === OperationKind.UNSPECIFIED ? undefined : OperationKind[request.kind];
+      const all = operations.list({ ...(owner !== undefined ? { owner } : {}), ...(state ? { state } : {}), ...(kind ? { kind } : {}) });
+      const size = Math.min(request.pageSize || DEFAULT_PAGE, MAX_PAGE);
+      const start = request.pageToken ? Number.parseInt(Buffer.from(request.pageToken, 'base64url').toString(), 10) : 0;
+      if (!Number.isSafeInteger(start) || start < 0) throw new InvalidArgumentError('page_token', 'not a token from a previous response');
+      const page = all.slice(start, start + size);
+      const next = start + size < all.length ? Buffer.from(String(start + size)).toString('base64url') : '';
+      return Promise.resolve({ operations: page.map(operationMessage), nextPageToken: next });
+    },
+
+    waitOperation: async (request, ctx) => {
+      const record = visible(ctx, request.operationId, 'operation:wait');
+      const timeoutMs = durationMs(request.timeout, DEFAULT_WAIT_MS);
+      if (timeoutMs < 0 || timeoutMs > MAX_WAIT_MS) throw new InvalidArgumentError('timeout', 'must be between 0 and 5 minutes');
+      const waitMs = Math.min(timeoutMs, Math.max(0, ctx.deadline.getTime() - Date.now() - 100));
+      const latest = await operations.wait(record.id, waitMs, ctx.signal);
+      return { operation: operationMessage(latest ?? record) };
+    },
+
+    cancelOperation: async (request, ctx) => {
+      const record = visible(ctx, request.operationId, 'operation:cancel');
+      const updated = await operations.cancel(record.id);
+      return { operation: operationMessage(updated ?? record) };
+    },
+
+    watchOperation: (request, ctx) => {
+      const record = visible(ctx, request.operationId, 'operation:watch');
+      return (async function* () {
+        for await (const change of operations.changes(record.id, ctx.signal)) yield { operation: operationMessage(change) };
+      })();
+    },
+  };
+}

@@ -1,0 +1,69 @@
+// debvisor.testing.v1.TestingService: fake long-running work and quota use, to
+// exercise operations and quotas end to end before real backends exist. Registered
+// only by `--enable-test-service` together with DEBVISOR_ALLOW_TEST_SERVICE=1.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Duration } from '@bufbuild/protobuf/wkt';
+import type { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
+import type { OperationManager } from '../operations/manager.js';
+import type { QuotaManager } from '../quota/manager.js';
+import type { HandlersOf } from '../server/adapter.js';
+import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import { operationMessage } from './operations.js';
+
+export const TEST_OPERATION_KIND = 'TEST';
+
+interface TestParams {
+  readonly durationMs: number;
+  readonly steps: number;
+  readonly failMessage: string;
+  readonly runHostCommand: boolean;
+}
+
+/** Runs a host command for the given time until the signal aborts it. */
+export type HostCommand = (seconds: number, signal: AbortSignal) => Promise<unknown>;
+
+export function registerTestOperationKind(operations: OperationManager, hostCommand: HostCommand): void {
+  operations.register(TEST_OPERATION_KIND, {
+    resumable: true,
+    run: async (op) => {
+      const params = op.params as TestParams;
+      const steps = async () => {
+        for (let step = 1; step <= params.steps; step++) {
+          await sleep(params.durationMs / params.steps, undefined, { signal: op.signal });
+          op.progress((step / params.steps) * 100, `step ${step} of ${params.steps}`);
+        }
+      };
+      await Promise.all([steps(), params.runHostCommand ? hostCommand(params.durationMs / 1000, op.signal) : undefined]);
+      if (params.failMessage) throw new RpcError('FAILED_PRECONDITION', params.failMessage);
+      return undefined;
+    },
+  });
+}
+
+function durationMs(duration: Duration | undefined): number {
+  return duration === undefined ? 1000 : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
+}
+
+export function testingHandlers(operations: OperationManager, quotas: QuotaManager): HandlersOf<typeof TestingService> {
+  return {
+    startTestOperation: async (request, ctx) => {
+      const ms = durationMs(request.duration);
+      if (ms < 0 || ms > 600_000) throw new InvalidArgumentError('duration', 'must be between 0 and 10 minutes');
+      const params: TestParams = { durationMs: ms, steps: Math.max(1, Math.min(request.steps || 10, 1000)), failMessage: request.failMessage, runHostCommand: request.runHostCommand };
+      const record = await operations.launch(ctx, {
+        kind: TEST_OPERATION_KIND,
+        target: 'test',
+        params,
+        resumable: request.resumable,
+        ...(request.requestId ? { requestId: request.requestId } : {}),
+        ...(ctx.quota ? { quota: ctx.quota } : {}),
+      });
+      return { operation: operationMessage(record) };
+    },
+    consumeTestQuota: async (_request, ctx) => {
+      // The snapshots unit was taken by the quota guard, from the proto option.
+      const usage = await quotas.usage(ctx.principal?.id ?? '', 'snapshots');
+      return { used: BigInt(usage) };
+    },
+  };
+}

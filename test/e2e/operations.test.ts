@@ -1,0 +1,165 @@
+// Long-running operations end to end, with the test-only operation kind: life cycle
+// with a progress stream, cancel (killing its host command), idempotent retries,
+// restart recovery, and the test service's double switch.
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
+import { OperationService, OperationState } from '../../src/gen/debvisor/v1/operation_pb.js';
+import { clientFor, runMain, type RunningDaemon } from '../support/daemon.js';
+import { startEtcd, type EtcdCluster } from '../support/etcd.js';
+import { startTestingDaemon } from '../support/testing.js';
+
+async function rejection(call: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await call;
+  } catch (err) {
+    return err as ServiceError;
+  }
+  throw new Error('call succeeded but must have failed');
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('operations (embedded store)', () => {
+  let daemon: RunningDaemon;
+  beforeAll(async () => {
+    daemon = await startTestingDaemon();
+  });
+  afterAll(async () => {
+    if (!daemon.alive()) console.log(daemon.logs());
+    await daemon.cleanup();
+  });
+
+  it('runs the life cycle PENDING → RUNNING → SUCCEEDED with a progress stream', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const ops = await clientFor(OperationService, daemon);
+    const started = await testing.startTestOperation({ duration: durationFromMs(1500), steps: 5 }, { timeoutMs: 5000 });
+    const id = started.operation!.id;
+    expect(started.operation?.state).toBe(OperationState.PENDING);
+    const seen: number[] = [];
+    const states = new Set<OperationState>();
+    for await (const update of ops.watchOperation({ operationId: id }, { timeoutMs: 15_000 })) {
+      seen.push(update.operation!.progressPercent);
+      states.add(update.operation!.state);
+    }
+    expect(states).toContain(OperationState.SUCCEEDED);
+    expect(seen[seen.length - 1]).toBe(100);
+    expect(new Set(seen).size).toBeGreaterThanOrEqual(3);
+    expect([...seen].sort((a, b) => a - b)).toEqual(seen);
+    const done = await ops.getOperation({ operationId: id }, { timeoutMs: 5000 });
+    expect(done.operation?.doneTime).toBeDefined();
+    const listed = await ops.listOperations({ state: OperationState.SUCCEEDED }, { timeoutMs: 5000 });
+    expect(listed.operations.map((o) => o.id)).toContain(id);
+    testing.close();
+    ops.close();
+  });
+
+  it('cancels a running operation and kills its host command', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const ops = await clientFor(OperationService, daemon);
+    const started = await testing.startTestOperation({ duration: durationFromMs(30_000), steps: 30, runHostCommand: true }, { timeoutMs: 5000 });
+    const id = started.operation!.id;
+    // Find the host command: a /bin/sleep child of the daemon.
+    let sleeper: number | undefined;
+    for (let i = 0; i < 50 && sleeper === undefined; i++) {
+      const { execFileSync } = await import('node:child_process');
+      const out = execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(daemon.pid)], { encoding: 'utf8' });
+      sleeper = out.split('\n').map((l) => l.trim()).filter((l) => l.includes('/bin/sleep 30')).map((l) => Number(l.split(/\s+/)[0]))[0];
+      if (sleeper === undefined) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(sleeper).toBeDefined();
+    const cancelled = await ops.cancelOperation({ operationId: id }, { timeoutMs: 5000 });
+    expect(cancelled.operation?.cancelRequested).toBe(true);
+    const final = await ops.waitOperation({ operationId: id, timeout: durationFromMs(10_000) }, { timeoutMs: 15_000 });
+    expect(final.operation?.state).toBe(OperationState.CANCELLED);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(processAlive(sleeper!)).toBe(false);
+    testing.close();
+    ops.close();
+  });
+
+  it('returns the same operation for a retry with the same request_id', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const first = await testing.startTestOperation({ duration: durationFromMs(200), requestId: 'retry-1' }, { timeoutMs: 5000 });
+    const again = await testing.startTestOperation({ duration: durationFromMs(200), requestId: 'retry-1' }, { timeoutMs: 5000 });
+    const other = await testing.startTestOperation({ duration: durationFromMs(200), requestId: 'retry-2' }, { timeoutMs: 5000 });
+    expect(again.operation?.id).toBe(first.operation?.id);
+    expect(other.operation?.id).not.toBe(first.operation?.id);
+    const bad = await rejection(testing.startTestOperation({ requestId: 'bad id; rm -rf' }, { timeoutMs: 5000 }));
+    expect(bad.code).toBe(Status.INVALID_ARGUMENT);
+    expect(bad.details).toContain('request_id');
+    testing.close();
+  });
+
+  it('records a failure with its code and message', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const ops = await clientFor(OperationService, daemon);
+    const started = await testing.startTestOperation({ duration: durationFromMs(100), failMessage: 'disk on fire' }, { timeoutMs: 5000 });
+    const final = await ops.waitOperation({ operationId: started.operation!.id, timeout: durationFromMs(5000) }, { timeoutMs: 10_000 });
+    expect(final.operation?.state).toBe(OperationState.FAILED);
+    expect(final.operation?.error).toMatchObject({ code: Status.FAILED_PRECONDITION, message: 'disk on fire' });
+    testing.close();
+    ops.close();
+  });
+
+  it('refuses more concurrent operations than the quota allows', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const ops = await clientFor(OperationService, daemon);
+    const running = [];
+    for (let i = 0; i < 5; i++) running.push(await testing.startTestOperation({ duration: durationFromMs(20_000) }, { timeoutMs: 5000 }));
+    const sixth = await rejection(testing.startTestOperation({ duration: durationFromMs(20_000) }, { timeoutMs: 5000 }));
+    expect(sixth.code).toBe(Status.RESOURCE_EXHAUSTED);
+    expect(sixth.details).toContain('concurrent_operations');
+    for (const op of running) await ops.cancelOperation({ operationId: op.operation!.id }, { timeoutMs: 5000 });
+    for (const op of running) await ops.waitOperation({ operationId: op.operation!.id, timeout: durationFromMs(5000) }, { timeoutMs: 10_000 });
+    // Slots are free again.
+    const next = await testing.startTestOperation({ duration: durationFromMs(10) }, { timeoutMs: 5000 });
+    expect(next.operation?.id).toBeDefined();
+    testing.close();
+    ops.close();
+  });
+});
+
+describe('test service switch', () => {
+  it('refuses --enable-test-service without DEBVISOR_ALLOW_TEST_SERVICE=1', async () => {
+    const result = await runMain(['--enable-test-service', '--check-config']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('DEBVISOR_ALLOW_TEST_SERVICE=1');
+  });
+});
+
+describe('restart recovery (etcd)', () => {
+  let etcd: EtcdCluster;
+  beforeAll(async () => {
+    etcd = await startEtcd();
+  }, 60_000);
+  afterAll(() => etcd.stop());
+
+  it('marks an operation left RUNNING by a killed daemon FAILED when it restarts', async () => {
+    const env = { DEBVISOR_RPCD_STORE_BACKEND: 'etcd', DEBVISOR_RPCD_STORE_ETCD_ENDPOINTS: etcd.endpoints.join(','), DEBVISOR_RPCD_NODE_NAME: 'node-restart' };
+    const first = await startTestingDaemon({ env });
+    const testing = await clientFor(TestingService, first);
+    const started = await testing.startTestOperation({ duration: durationFromMs(60_000) }, { timeoutMs: 5000 });
+    testing.close();
+    await first.stop('SIGKILL');
+    const second = await startTestingDaemon({ env, pkiDir: first.pki.dir });
+    try {
+      const ops = await clientFor(OperationService, second);
+      const final = await ops.waitOperation({ operationId: started.operation!.id, timeout: durationFromMs(5000) }, { timeoutMs: 10_000 });
+      expect(final.operation?.state).toBe(OperationState.FAILED);
+      expect(final.operation?.error?.message).toContain('daemon restarted');
+      ops.close();
+    } finally {
+      await second.cleanup();
+      await first.cleanup();
+    }
+  }, 60_000);
+});
