@@ -19,3 +19,41 @@ export {
   type DevPkiPaths,
 } from './dev.js';
 export { randomSerialHex } from './serial.js';
+export { signLeaf } from './issue.js';
+export { parseSanList, formatSans, type SanKind } from './san.js';
+export {
+  describeCertificate,
+  keyMatchesCertificate,
+  publicKeyMatches,
+  splitPemCertificates,
+  type CertificateInfo,
+} from './inspect.js';
+export {
+  REVOCATION_REASONS,
+  createCrl,
+  normalizeSerialHex,
+  parseCrl,
+  refreshCrl,
+  revokeSerials,
+  verifyCrl,
+  type CreateCrlOptions,
+  type CrlInfo,
+  type RevocationReason,
+  type RevokeOptions,
+  type RevokeResult,
+  type RevokedEntry,
+} from './crl.js';
+export { createCsr, inspectCsr, signCsr, type CsrInfo, type SignCsrOptions } from './csr.js';
+export { exportPkcs12, type Pkcs12Options } from './pkcs12.js';
+export {
+  CaExistsError,
+  caDirectory,
+  initCa,
+  issuerForKey,
+  loadCa,
+  renewCertificate,
+  writeLeafFiles,
+  type CaDirectory,
+  type InitCaOptions,
+  type RenewOptions,
+} from './authority.js';

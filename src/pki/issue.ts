@@ -67,8 +67,18 @@ export interface SelfSignedCertificateOptions extends SubjectAltNames {
   notAfter?: Date;
 }
 
-/** Issue an ECDSA P-256 leaf certificate signed by `ca`. */
+/** Issue an ECDSA P-256 leaf certificate signed by `ca`, with a fresh key. */
 export async function issueCertificate(opts: IssueCertificateOptions): Promise<PemPair> {
+  const keys = await generateKeyPair('ecdsa-p256');
+  const certPem = await signLeaf(opts, keys.publicKey);
+  return { certPem, keyPem: privateKeyToPem(keys.privateKey) };
+}
+
+/**
+ * Sign a leaf certificate for `publicKey` (a key we did not generate, e.g. from a
+ * CSR). Same profile rules as issueCertificate.
+ */
+export async function signLeaf(opts: IssueCertificateOptions, publicKey: webcrypto.CryptoKey): Promise<string> {
   const caCert = parseCertificatePem(opts.ca.certPem);
   assertUsableCa(opts.ca, caCert);
   const signingKey = importSigningKey(opts.ca.keyPem);
@@ -84,7 +94,6 @@ export async function issueCertificate(opts: IssueCertificateOptions): Promise<P
     validity.notAfter = caCert.notAfter;
   }
 
-  const keys = await generateKeyPair('ecdsa-p256');
   const caSki = caCert.getExtension(x509.SubjectKeyIdentifierExtension);
   const aki = caSki
     ? new x509.AuthorityKeyIdentifierExtension(caSki.keyId) // must equal the CA's SKI byte-for-byte
@@ -97,14 +106,13 @@ export async function issueCertificate(opts: IssueCertificateOptions): Promise<P
       // Copy the CA subject as DER so issuer matches it exactly.
       issuer: caCert.subjectName,
       ...validity,
-      publicKey: keys.publicKey,
+      publicKey,
       signingKey,
-      extensions: [...(await leafExtensions(opts, keys.publicKey, opts.extendedKeyUsages)), aki],
+      extensions: [...(await leafExtensions(opts, publicKey, opts.extendedKeyUsages)), aki],
     },
     nodeCrypto,
   );
-
-  return { certPem: certificateToPem(cert), keyPem: privateKeyToPem(keys.privateKey) };
+  return certificateToPem(cert);
 }
 
 /**

@@ -6,6 +6,7 @@ import { anyPack, durationFromMs, type Any } from '@bufbuild/protobuf/wkt';
 import { RetryInfoSchema, QuotaFailureSchema } from '../gen/google/rpc/error_details_pb.js';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
 import { CompactedError, ConflictError, NotFoundError, StoreUnavailableError } from '../store/errors.js';
+import { ExecError, type ExecErrorKind } from '../backends/exec.js';
 
 export type ErrorCode =
   | 'INVALID_ARGUMENT'
@@ -98,6 +99,30 @@ function fromStoreError(err: unknown): RpcError | undefined {
   return undefined;
 }
 
+/** Host command errors (src/backends/exec.ts): never raw stderr, only the caller's safe message or a generic one. */
+const EXEC_STATUS: Record<ExecErrorKind, ErrorCode> = {
+  not_found: 'NOT_FOUND',
+  exists: 'ALREADY_EXISTS',
+  busy: 'ABORTED',
+  unavailable: 'UNAVAILABLE',
+  timeout: 'DEADLINE_EXCEEDED',
+  cancelled: 'CANCELLED',
+  failed: 'INTERNAL',
+};
+function fromExecError(err: unknown): RpcError | undefined {
+  if (!(err instanceof ExecError)) return undefined;
+  const generic: Record<ExecErrorKind, string> = {
+    not_found: 'the backend object does not exist',
+    exists: 'the backend object already exists',
+    busy: 'the backend object is busy; retry later',
+    unavailable: `the ${err.backend} backend is unavailable; retry later`,
+    timeout: 'the backend command timed out',
+    cancelled: 'the backend command was cancelled',
+    failed: GENERIC_INTERNAL,
+  };
+  return new RpcError(EXEC_STATUS[err.kind], err.publicMessage ?? generic[err.kind], { cause: err });
+}
+
 /**
  * Maps any thrown value to a gRPC status. Unknown errors become INTERNAL with a
  * generic message: no stack, no internals. The trace id goes in the message and
@@ -106,7 +131,7 @@ function fromStoreError(err: unknown): RpcError | undefined {
 export function toStatus(err: unknown, traceId: string): StatusObject {
   const metadata = new Metadata();
   metadata.set(TRACE_ID_KEY, traceId);
-  err = fromStoreError(err) ?? err;
+  err = fromStoreError(err) ?? fromExecError(err) ?? err;
   if (err instanceof RpcError) {
     const code = GRPC_CODE[err.code];
     const details = `${err.message} (trace_id=${traceId})`;
