@@ -154,7 +154,3 @@ function addErrorDetails(metadata: Metadata, code: Status, message: string, deta
   const status = create(StatusSchema, { code, message, details: packed });
   metadata.set('grpc-status-details-bin', Buffer.from(toBinary(StatusSchema, status)));
 }
-
-export function isInternal(err: unknown): boolean {
-  return !(err instanceof RpcError) || err.code === 'INTERNAL';
-}
