@@ -30,7 +30,7 @@ function resultOf(record: OperationRecord): MessageInitShape<typeof OperationSch
 export function operationMessage(record: OperationRecord): MessageInitShape<typeof OperationSchema> {
   return {
     id: record.id,
-    kind: OperationKind[record.kind as keyof typeof OperationKind] ?? OperationKind.UNSPECIFIED,
+    kind: record.kind in OperationKind ? OperationKind[record.kind as keyof typeof OperationKind] : OperationKind.UNSPECIFIED,
     owner: record.owner,
     target: record.target,
     node: record.node,

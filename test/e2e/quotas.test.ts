@@ -1,0 +1,89 @@
+// Quotas across daemons sharing one etcd: exact under concurrency, and slots of a
+// killed daemon freed by its lease.
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
+import { fromBinary } from '@bufbuild/protobuf';
+import { anyUnpack } from '@bufbuild/protobuf/wkt';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
+import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
+import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
+import { QuotaFailureSchema } from '../../src/gen/google/rpc/error_details_pb.js';
+import { StatusSchema } from '../../src/gen/google/rpc/status_pb.js';
+import { clientFor, type RunningDaemon } from '../support/daemon.js';
+import { startEtcd, type EtcdCluster } from '../support/etcd.js';
+import { startTestingDaemon } from '../support/testing.js';
+
+const ADMIN = 'spiffe://debvisor/admin/admin';
+
+describe('quotas on a shared etcd', () => {
+  let etcd: EtcdCluster;
+  let a: RunningDaemon;
+  let b: RunningDaemon;
+
+  beforeAll(async () => {
+    etcd = await startEtcd();
+    const env = (node: string) => ({
+      DEBVISOR_RPCD_STORE_BACKEND: 'etcd',
+      DEBVISOR_RPCD_STORE_ETCD_ENDPOINTS: etcd.endpoints.join(','),
+      DEBVISOR_RPCD_NODE_NAME: node,
+      DEBVISOR_RPCD_OPERATIONS_SLOT_LEASE_SECONDS: '3',
+    });
+    a = await startTestingDaemon({ env: env('node-a') });
+    b = await startTestingDaemon({ env: env('node-b'), pkiDir: a.pki.dir });
+  }, 60_000);
+
+  afterAll(async () => {
+    await a.cleanup();
+    await b.cleanup();
+    await etcd.stop();
+  });
+
+  it('lets exactly `limit` of 50 concurrent consumers through two daemons succeed', async () => {
+    const access = await clientFor(AccessService, a);
+    await access.setQuota({ principal: ADMIN, resource: QuotaResource.SNAPSHOTS, limit: 10n }, { timeoutMs: 5000 });
+    const clients = [await clientFor(TestingService, a), await clientFor(TestingService, b)];
+    const outcomes = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => clients[i % 2]!.consumeTestQuota({}, { timeoutMs: 20_000 })));
+    const succeeded = outcomes.filter((o) => o.status === 'fulfilled');
+    const refused = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected').map((o) => o.reason as ServiceError);
+    expect(succeeded).toHaveLength(10);
+    expect(refused.every((err) => err.code === Status.RESOURCE_EXHAUSTED)).toBe(true);
+    // The refusal carries google.rpc.QuotaFailure naming the resource and the limit.
+    const details = refused[0]!.metadata.get('grpc-status-details-bin')[0] as Buffer;
+    const failure = anyUnpack(fromBinary(StatusSchema, details).details[0]!, QuotaFailureSchema);
+    expect(failure?.violations[0]?.subject).toBe(`principal:${ADMIN}/snapshots`);
+    expect(failure?.violations[0]?.description).toContain('limit 10');
+    const quota = await access.getQuota({}, { timeoutMs: 5000 });
+    expect(quota.quotas.find((q) => q.resource === QuotaResource.SNAPSHOTS)).toMatchObject({ used: 10n, limit: 10n });
+    for (const client of clients) client.close();
+    access.close();
+  }, 60_000);
+
+  it('frees the slots of a daemon killed with SIGKILL within its lease TTL', async () => {
+    const access = await clientFor(AccessService, b);
+    await access.setQuota({ principal: ADMIN, resource: QuotaResource.CONCURRENT_OPERATIONS, limit: 1n }, { timeoutMs: 5000 });
+    const onA = await clientFor(TestingService, a);
+    await onA.startTestOperation({ duration: durationFromMs(60_000) }, { timeoutMs: 5000 });
+    onA.close();
+    const onB = await clientFor(TestingService, b);
+    await expect(onB.startTestOperation({ duration: durationFromMs(10) }, { timeoutMs: 5000 })).rejects.toMatchObject({ code: Status.RESOURCE_EXHAUSTED });
+    await a.stop('SIGKILL');
+    const killedAt = Date.now();
+    let freedAfter: number | undefined;
+    while (Date.now() - killedAt < 10_000) {
+      try {
+        await onB.startTestOperation({ duration: durationFromMs(10) }, { timeoutMs: 5000 });
+        freedAfter = Date.now() - killedAt;
+        break;
+      } catch (err) {
+        expect((err as ServiceError).code).toBe(Status.RESOURCE_EXHAUSTED);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+    console.log(`slot freed ${freedAfter} ms after SIGKILL (lease TTL 3 s)`);
+    expect(freedAfter).toBeDefined();
+    expect(freedAfter).toBeLessThan(3000 + 1500);
+    onB.close();
+    access.close();
+  }, 60_000);
+});
