@@ -160,7 +160,19 @@ export class AuditLog {
   private readonly maxPending: number;
   private readonly onWriteFailure: (err: AuditWriteError) => void;
   private readonly onWarning: (message: string, err?: unknown) => void;
-  private readonly defaultTime = (): string => this.now().toISOString();
+  private readonly customClock: boolean;
+  private lastTimeMs = NaN;
+  private lastTimeIso = '';
+  /** The event time: with the real clock, one Date and ISO string per millisecond, not per event. */
+  private readonly defaultTime = (): string => {
+    if (this.customClock) return this.now().toISOString();
+    const ms = Date.now();
+    if (ms !== this.lastTimeMs) {
+      this.lastTimeMs = ms;
+      this.lastTimeIso = new Date(ms).toISOString();
+    }
+    return this.lastTimeIso;
+  };
 
   private seq: number;
   private prevHmac: string;
@@ -190,6 +202,7 @@ export class AuditLog {
     options: AuditLogOptions,
   ) {
     this.now = options.now ?? (() => new Date());
+    this.customClock = options.now !== undefined;
     this.retainFiles = options.retainFiles ?? 30;
     this.fsyncIntervalMs = options.fsyncIntervalMs ?? 100;
     this.maxPending = options.maxPendingEvents ?? 100_000;

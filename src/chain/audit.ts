@@ -6,6 +6,7 @@ import type { DescMethod, Message } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { redactRequest } from '../audit/redact.js';
 import { AuditWriteError, type AuditLog } from '../audit/log.js';
+import type { AuditEventInput } from '../audit/event.js';
 import { resourceOf } from '../authz/decide.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { CallState } from '../server/context.js';
@@ -59,15 +60,18 @@ export function audit(deps: AuditDeps) {
     onStatus: (status, state) => {
       if (!state) return;
       const entry = deps.methods.get(state.path);
-      deps.audit.write({
-        type: 'CALL',
-        ...common(state),
-        ...(state.decision ? { decision: state.decision } : {}),
-        code: CODE_NAMES[status.code] ?? String(status.code),
-        duration_ms: Number(process.hrtime.bigint() - state.startedAt) / 1e6,
-        ...(entry && state.request !== undefined ? { ...requestOf(entry.method, state.request), object: objectOf(entry.method, state.request) } : {}),
-        ...(status.code === Status.OK ? {} : { reason: status.details }),
-      });
+      // Built field by field (no spreads): this runs once per call. serializeEvent fixes the key order.
+      const event: AuditEventInput = { type: 'CALL', trace_id: state.traceId, source: state.peer, method: state.path };
+      if (state.principal) event.principal = auditPrincipal(state.principal, state.roles ?? []);
+      if (state.decision) event.decision = state.decision;
+      event.code = CODE_NAMES[status.code] ?? String(status.code);
+      event.duration_ms = Number(process.hrtime.bigint() - state.startedAt) / 1e6;
+      if (entry && state.request !== undefined) {
+        if (deps.level === 'request') event.request = redactRequest(entry.method.input, state.request as Message, deps.level);
+        event.object = objectOf(entry.method, state.request);
+      }
+      if (status.code !== Status.OK) event.reason = status.details;
+      deps.audit.write(event);
     },
   });
 }

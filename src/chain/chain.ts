@@ -31,6 +31,18 @@ export function buildChain(deps: ChainDeps): ServerInterceptor[] {
   ];
 }
 
+// Decided once per method path (only registered methods reach interceptors, so this stays small).
+const exemptPaths = new Map<string, boolean>();
+
+function exempt(path: string): boolean {
+  let result = exemptPaths.get(path);
+  if (result === undefined) {
+    result = isExempt(path);
+    exemptPaths.set(path, result);
+  }
+  return result;
+}
+
 function unlessExempt(interceptor: ServerInterceptor): ServerInterceptor {
-  return (method, call) => (isExempt(method.path) ? new ServerInterceptingCall(call) : interceptor(method, call));
+  return (method, call) => (exempt(method.path) ? new ServerInterceptingCall(call) : interceptor(method, call));
 }

@@ -1,6 +1,7 @@
 // Step 3: who is calling. A verified client certificate decides; without one, an
 // API key. Headers never name a principal. Failures are generic to the client,
 // precise in the audit log, and counted per source address.
+import { TLSSocket, type PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/log.js';
 import type { ApiKeyAuthenticator } from '../authn/apikey.js';
@@ -12,6 +13,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../server/context.js';
 import { UnauthenticatedError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
+import { peerCertificateOf } from './peer.js';
 import { stepInterceptor } from './step.js';
 
 /** Headers a client must not be able to set or have forwarded: stripped before any handler sees the call. */
@@ -26,6 +28,32 @@ export interface IdentityDeps {
   readonly metrics: Metrics;
   readonly log: Logger;
   readonly roleNamesOf: (principal: string) => string[];
+}
+
+/**
+ * Why TLS refused the certificate the peer presented, for the audit reason: grpc-js
+ * hides unverified certificates from getAuthContext(), so this asks the call's socket
+ * (reached through grpc-js 1.14 internals; undefined if they change or no certificate
+ * was presented). The text is the peer's own claim and goes only to the audit log.
+ */
+export function tlsRefusal(call: unknown): string | undefined {
+  type Link = { readonly nextCall?: unknown; readonly stream?: { readonly session?: { readonly socket?: unknown } } };
+  try {
+    let current = call as Link | undefined;
+    for (let depth = 0; current && !current.stream && depth < 32; depth++) current = current.nextCall as Link | undefined;
+    const socket = current?.stream?.session?.socket;
+    if (!(socket instanceof TLSSocket) || socket.authorized) return undefined;
+    // An empty object when the peer presented no certificate (the typings say otherwise).
+    const peer = socket.getPeerCertificate() as Partial<PeerCertificate>;
+    if (!peer.raw) return undefined;
+    const error: unknown = socket.authorizationError;
+    const why = error instanceof Error ? ((error as NodeJS.ErrnoException).code ?? error.message) : String(error);
+    const cn = peer.subject?.CN;
+    const names = [cn ? `CN=${String(cn)}` : '', peer.subjectaltname ?? ''].filter((n) => n !== '').join(', ');
+    return `certificate (${names.slice(0, 300)}, serial ${peer.serialNumber ?? '?'}) failed TLS verification: ${why}`;
+  } catch {
+    return undefined;
+  }
 }
 
 export function identity(deps: IdentityDeps) {
@@ -56,7 +84,7 @@ export function identity(deps: IdentityDeps) {
 
       // grpc-js exposes a peer certificate only when TLS verified it against the CA bundle,
       // so an unverifiable certificate arrives here as none at all.
-      const peer = call.getAuthContext().sslPeerCertificate;
+      const peer = peerCertificateOf(call);
       let principal: Principal;
       const method = peer ? 'mtls' : token !== undefined ? 'api_key' : 'none';
       try {
@@ -66,7 +94,12 @@ export function identity(deps: IdentityDeps) {
         } else if (token !== undefined) {
           principal = deps.apiKeys.authenticate(token, ip);
         } else {
-          throw new UnauthenticatedError('no verified client certificate (none presented, or it failed TLS verification) and no API key');
+          const refusal = tlsRefusal(call);
+          throw new UnauthenticatedError(
+            refusal === undefined
+              ? 'no verified client certificate (none presented, or it failed TLS verification) and no API key'
+              : `no verified client certificate: the ${refusal}; and no API key`,
+          );
         }
       } catch (err) {
         if (err instanceof UnauthenticatedError) fail(state, path, ip, method, err);

@@ -14,10 +14,47 @@ function splitPath(path: string): { service: string; method: string } {
   return { service, method };
 }
 
+/** The label sets of one method, built once: registered methods only, so this stays small. */
+interface MethodLabels {
+  readonly duration: { service: string; method: string };
+  readonly handling: { grpc_type: string; grpc_service: string; grpc_method: string };
+  readonly byCode: Map<number, { code: string; requests: { service: string; method: string; status: string }; handled: Record<string, string> }>;
+}
+
+function labelsFor(cache: Map<string, MethodLabels>, path: string, requestStream: boolean, responseStream: boolean): MethodLabels {
+  const key = `${path}\0${requestStream ? 1 : 0}${responseStream ? 1 : 0}`;
+  let labels = cache.get(key);
+  if (!labels) {
+    const { service, method } = splitPath(path);
+    const grpcType = requestStream ? (responseStream ? 'bidi_stream' : 'client_stream') : responseStream ? 'server_stream' : 'unary';
+    labels = {
+      duration: { service, method },
+      handling: { grpc_type: grpcType, grpc_service: service, grpc_method: method },
+      byCode: new Map(),
+    };
+    cache.set(key, labels);
+  }
+  return labels;
+}
+
+function codeLabels(labels: MethodLabels, status: number) {
+  let entry = labels.byCode.get(status);
+  if (!entry) {
+    const code = CODE_NAMES[status] ?? String(status);
+    entry = {
+      code,
+      requests: { ...labels.duration, status: code },
+      handled: { ...labels.handling, grpc_code: code },
+    };
+    labels.byCode.set(status, entry);
+  }
+  return entry;
+}
+
 export function observe(metrics: Metrics, log: Logger): ServerInterceptor {
+  const cache = new Map<string, MethodLabels>();
   return (method, call) => {
-    const { service, method: name } = splitPath(method.path);
-    const grpcType = method.requestStream ? (method.responseStream ? 'bidi_stream' : 'client_stream') : method.responseStream ? 'server_stream' : 'unary';
+    const labels = labelsFor(cache, method.path, method.requestStream, method.responseStream);
     const startedAt = process.hrtime.bigint();
     let traceId: string | undefined;
     return new ServerInterceptingCall(call, {
@@ -31,11 +68,11 @@ export function observe(metrics: Metrics, log: Logger): ServerInterceptor {
         }),
       sendStatus: (status, forward) => {
         const seconds = Number(process.hrtime.bigint() - startedAt) / 1e9;
-        const code = CODE_NAMES[status.code] ?? String(status.code);
-        metrics.rpcRequests.inc({ service, method: name, status: code });
-        metrics.rpcDuration.observe({ service, method: name }, seconds);
-        metrics.grpcHandled.inc({ grpc_type: grpcType, grpc_service: service, grpc_method: name, grpc_code: code });
-        metrics.grpcHandling.observe({ grpc_type: grpcType, grpc_service: service, grpc_method: name }, seconds);
+        const { code, requests, handled } = codeLabels(labels, status.code);
+        metrics.rpcRequests.inc(requests);
+        metrics.rpcDuration.observe(labels.duration, seconds);
+        metrics.grpcHandled.inc(handled);
+        metrics.grpcHandling.observe(labels.handling, seconds);
         const id = traceId ?? newTraceId();
         const trailers = status.metadata ?? new Metadata();
         if (trailers.get(TRACE_ID_KEY).length === 0) trailers.set(TRACE_ID_KEY, id);

@@ -53,11 +53,11 @@ export function stepInterceptor(step: Step): ServerInterceptor {
         next({
           onReceiveMetadata: (metadata, forward) => {
             state = callStateOf(metadata);
-            stepCall = { path: method.path, call, metadata };
+            const current = (stepCall = { path: method.path, call, metadata });
             const callState = state;
             const onRequest = step.onRequest;
             if (!onRequest || !callState) return forward(metadata);
-            settle(() => onRequest(callState, { path: method.path, call, metadata }), () => forward(metadata), reject);
+            settle(() => onRequest(callState, current), () => forward(metadata), reject);
           },
           onReceiveMessage: (message, forward) => {
             const callState = state;

@@ -121,7 +121,12 @@ function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallCon
     Math.max(0, deadlineMs - Date.now()),
   );
   timer.unref();
-  call.on('cancelled', () => controller.abort(new RpcError('CANCELLED', 'cancelled by the client')));
+  // grpc-js reports every stream close as 'cancelled', also after a normal finish: only
+  // a close while the handler still runs is a cancellation (and worth building an error for).
+  let finished = false;
+  call.on('cancelled', () => {
+    if (!finished) controller.abort(new RpcError('CANCELLED', 'cancelled by the client'));
+  });
   const ctx: CallContext = {
     traceId: state?.traceId ?? newTraceId(),
     principal: state?.principal,
@@ -129,7 +134,13 @@ function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallCon
     signal: controller.signal,
     peer: state?.peer ?? call.getPeer(),
   };
-  return { ctx, dispose: () => clearTimeout(timer) };
+  return {
+    ctx,
+    dispose: () => {
+      finished = true;
+      clearTimeout(timer);
+    },
+  };
 }
 
 /** Settles when the call is aborted, so a handler that ignores its signal still cannot outlive the deadline. */

@@ -29,6 +29,8 @@ import { registerTestOperationKind, testingHandlers } from '../services/testing.
 import { OperationManager } from '../operations/manager.js';
 import { QuotaManager } from '../quota/manager.js';
 import { withQuota } from '../quota/guard.js';
+import { withIdempotency } from '../operations/idempotency.js';
+import type { Store } from '../store/store.js';
 import { RecordCache } from '../store/cache.js';
 import { LeaseHolder } from '../store/lease-holder.js';
 import { createExecutor } from '../backends/exec.js';
@@ -62,14 +64,18 @@ export interface StartOptions {
   readonly enableTestService?: boolean;
 }
 
-/** Wraps each handler whose RPC declares a counted quota in the proto, so it is consumed before the handler runs. */
-function withDeclaredQuotas(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager): Record<string, unknown> {
+/**
+ * What the proto declares around every handler: a retried request_id gets the first
+ * reply, and a declared quota is consumed before the handler runs (retries consume nothing).
+ */
+function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager, store: Store): Record<string, unknown> {
   const wrapped = { ...handlers };
   for (const method of service.methods) {
     const entry = methods.get(methodPath(method));
     const handler = wrapped[method.localName];
     if (entry && typeof handler === 'function') {
-      wrapped[method.localName] = withQuota(quotas, method, entry.policy, handler as Parameters<typeof withQuota>[3]);
+      const guarded = withQuota(quotas, method, entry.policy, handler as Parameters<typeof withQuota>[3]);
+      wrapped[method.localName] = entry.policy.mutates ? withIdempotency(store, method, guarded) : guarded;
     }
   }
   return wrapped;
@@ -202,7 +208,7 @@ export class Daemon {
         implemented[TestingService.typeName] = testingHandlers(operations, quotas);
       }
       for (const service of services) {
-        const handlers = withDeclaredQuotas(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas);
+        const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store);
         grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
       }
       health.addToServer(grpc);

@@ -8,6 +8,7 @@
 //   /debvisor/operations/<operation id>            long-running operations
 //   /debvisor/rpc/slots/<principal>/<operation id> concurrent-operation slots (on a daemon lease)
 //   /debvisor/rpc/idempotency/<principal>/<request id>  request_id → operation id
+//   /debvisor/rpc/replies/<principal>/<method>/<request id>  kept reply of a mutating call (a day, on a lease)
 //
 // Each id part is one URI-encoded segment, so a principal such as
 // spiffe://debvisor/admin/admin stays inside its own key.
@@ -20,6 +21,7 @@ export const LAYOUT = {
   operations: '/debvisor/operations/',
   slots: '/debvisor/rpc/slots/',
   idempotency: '/debvisor/rpc/idempotency/',
+  replies: '/debvisor/rpc/replies/',
 } as const;
 
 /** Encodes one id part as a key segment; empty or oversized parts are refused. */

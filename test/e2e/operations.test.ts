@@ -6,6 +6,8 @@ import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { OperationService, OperationState } from '../../src/gen/debvisor/v1/operation_pb.js';
+import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
+import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
 import { clientFor, runMain, type RunningDaemon } from '../support/daemon.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
 import { startTestingDaemon } from '../support/testing.js';
@@ -97,6 +99,25 @@ describe('operations (embedded store)', () => {
     expect(bad.code).toBe(Status.INVALID_ARGUMENT);
     expect(bad.details).toContain('request_id');
     testing.close();
+  });
+
+  it('answers a retried request_id of any mutating call with the first reply, without secrets and without consuming twice', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const access = await clientFor(AccessService, daemon);
+    const first = await testing.consumeTestQuota({ requestId: 'consume-1' }, { timeoutMs: 5000 });
+    const again = await testing.consumeTestQuota({ requestId: 'consume-1' }, { timeoutMs: 5000 });
+    expect(again.used).toBe(first.used);
+    const quota = await access.getQuota({}, { timeoutMs: 5000 });
+    expect(quota.quotas.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used).toBe(first.used);
+    const created = await access.createApiKey({ permissions: ['access:whoami'], requestId: 'key-1' }, { timeoutMs: 5000 });
+    const retried = await access.createApiKey({ permissions: ['access:whoami'], requestId: 'key-1' }, { timeoutMs: 5000 });
+    expect(retried.apiKey?.keyId).toBe(created.apiKey?.keyId);
+    expect(created.secret).toMatch(/^dvk_/);
+    expect(retried.secret).toBe('');
+    const listed = await access.listApiKeys({}, { timeoutMs: 5000 });
+    expect(listed.apiKeys.filter((k) => k.keyId === created.apiKey?.keyId)).toHaveLength(1);
+    testing.close();
+    access.close();
   });
 
   it('records a failure with its code and message', async () => {

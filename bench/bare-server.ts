@@ -1,0 +1,69 @@
+// The BARE baseline of the chain benchmark (bench/chain.ts), run as its own process:
+//   tsx bench/bare-server.ts '{"caFile":…,"certFile":…,"keyFile":…}'
+// A grpc-js server with the daemon's own TLS (src/server/tls.ts: the dev PKI server
+// pair, the CA, client certificates requested but not required), the daemon's own
+// grpc-js server options (defaults of src/config/schema.ts), and the project's own
+// protobuf-es adapter (src/server/adapter.ts) serving AccessService, whose WhoAmI
+// returns a fixed, precomputed principal. No interceptors, no store, no audit, no
+// metrics: what remains is grpc-js + TLS + HTTP/2 + protobuf + the adapter.
+// Prints {"port":N} on stdout once bound; exits on SIGTERM.
+import { Server } from '@grpc/grpc-js';
+import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { configSchema } from '../src/config/schema.js';
+import { AccessService, PrincipalKind } from '../src/gen/debvisor/v1/access_pb.js';
+import { toImplementation, toServiceDefinition } from '../src/server/adapter.js';
+import { IdentityProvider, loadIdentity, serverCredentials, type TlsFiles } from '../src/server/tls.js';
+import { unimplementedHandlers } from '../src/services/unimplemented.js';
+
+const files = JSON.parse(process.argv[2] ?? '{}') as TlsFiles;
+const defaults = configSchema.parse({}).server;
+
+// The same options Daemon.start passes (src/server/server.ts grpcOptions), at their defaults.
+const server = new Server({
+  'grpc.max_receive_message_length': defaults.max_request_bytes,
+  'grpc.max_send_message_length': defaults.max_response_bytes,
+  'grpc.max_concurrent_streams': defaults.max_concurrent_streams,
+  'grpc.keepalive_time_ms': defaults.keepalive_time_seconds * 1000,
+  'grpc.keepalive_timeout_ms': defaults.keepalive_timeout_seconds * 1000,
+  'grpc.max_connection_age_ms': defaults.max_connection_age_seconds * 1000,
+  'grpc.max_connection_age_grace_ms': defaults.max_connection_age_grace_seconds * 1000,
+});
+
+// Shaped like the daemon's answer for the dev admin, so both encode a similar message.
+const fixed = {
+  principalId: 'spiffe://debvisor/admin/admin',
+  kind: PrincipalKind.CERTIFICATE,
+  roles: ['admin'],
+  permissions: ['*'],
+  authMethod: 'mtls',
+  certFingerprintSha256: 'ab'.repeat(32),
+  certNotAfter: timestampFromDate(new Date('2030-01-01T00:00:00Z')),
+  apiKeyId: '',
+  sourceAddress: '127.0.0.1:40000',
+  resourceGlobs: [],
+};
+
+const handlers = unimplementedHandlers(AccessService, { whoAmI: () => Promise.resolve(fixed) });
+server.addService(
+  toServiceDefinition(AccessService),
+  toImplementation(AccessService, handlers as never, {
+    maxDeadlineMs: defaults.max_deadline_seconds * 1000,
+    onInternalError: (err) => {
+      console.error('internal error', err);
+    },
+  }),
+);
+
+const provider = new IdentityProvider(loadIdentity(files));
+server.bindAsync('127.0.0.1:0', serverCredentials(provider), (err, port) => {
+  if (err) {
+    console.error(err);
+    process.exit(1);
+  }
+  process.stdout.write(`${JSON.stringify({ port })}\n`);
+});
+
+process.once('SIGTERM', () => {
+  server.forceShutdown();
+  process.exit(0);
+});

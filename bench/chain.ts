@@ -1,0 +1,209 @@
+// What the interceptor chain costs: the full daemon against a bare grpc-js server.
+//   npm run bench:chain
+// Env: BENCH_SECONDS (measured window, default 10), BENCH_WARMUP_SECONDS (default 3),
+//      BENCH_ROUNDS (default 1; with more, the scenarios are interleaved and each
+//      figure is the median over rounds), BENCH_CONNECTIONS (4), BENCH_CONCURRENCY (50),
+//      BENCH_SCENARIOS (comma list of bare,mtls,apikey; default all three),
+//      BENCH_CPU_PROF=<dir> (write .cpuprofiles of the daemon and the bare server there;
+//      summarize with `tsx bench/profile.ts <file> [top] [calls]`).
+//
+// Three scenarios, each a unary AccessService/WhoAmI under the same load:
+//   bare      bench/bare-server.ts: grpc-js + the daemon's TLS credentials and the
+//             project's adapter, no interceptors (a child process);
+//   mTLS      the full daemon (`node dist/main.js --config …`: embedded store, audit log
+//             on disk, the default chain) called with the dev admin client certificate;
+//   API key   the same daemon, CA-only TLS and `authorization: Bearer <key>` (a key
+//             created first with CreateApiKey, permission access:whoami).
+// The load comes from bench/loadgen.ts, a raw node:http2 gRPC client in its own process.
+// Client and servers share the machine's cores, so the comparable figure is the
+// server's CPU time per call (from /proc/<pid>/stat over the measured window).
+// Writes bench/results-chain.md; any "## History" section already in it is kept.
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { create, toBinary } from '@bufbuild/protobuf';
+import { AccessService, WhoAmIRequestSchema } from '../src/gen/debvisor/v1/access_pb.js';
+import { REPO_ROOT, clientFor, startDaemon } from '../test/support/daemon.js';
+import type { LoadResult, LoadSpec } from './loadgen.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 1);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 50);
+const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
+const ONLY = new Set((process.env.BENCH_SCENARIOS ?? 'bare,mtls,apikey').split(','));
+const TARGET_QPS_RATIO = 0.85;
+const TARGET_CPU_RATIO = 1.2;
+const WHOAMI = '/debvisor.v1.AccessService/WhoAmI';
+const RESULTS = new URL('results-chain.md', import.meta.url);
+
+/** Runs a TypeScript file of bench/ in a fresh node process (tsx) and returns its stdout lines as they come. */
+function spawnTs(file: string, arg: string, env: NodeJS.ProcessEnv = process.env) {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'bench', file), arg], {
+    cwd: REPO_ROOT,
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const firstLine = async (): Promise<string> => {
+    const next = await lines.next();
+    if (next.done === true) throw new Error(`${file} exited without output`);
+    return next.value;
+  };
+  return { child, firstLine };
+}
+
+async function load(spec: Omit<LoadSpec, 'connections' | 'concurrency' | 'warmupMs' | 'durationMs' | 'path' | 'requestHex'>): Promise<LoadResult> {
+  const full: LoadSpec = {
+    ...spec,
+    path: WHOAMI,
+    requestHex: Buffer.from(toBinary(WhoAmIRequestSchema, create(WhoAmIRequestSchema))).toString('hex'),
+    connections: CONNECTIONS,
+    concurrency: CONCURRENCY,
+    warmupMs: WARMUP_SECONDS * 1000,
+    durationMs: SECONDS * 1000,
+  };
+  const { child, firstLine } = spawnTs('loadgen.ts', JSON.stringify(full));
+  const line = await firstLine();
+  await new Promise((resolve) => child.once('close', resolve));
+  return JSON.parse(line) as LoadResult;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+interface Row {
+  name: string;
+  qps: number;
+  p50ms: number;
+  p99ms: number;
+  cpuUsPerCall: number;
+  calls: number;
+  errors: number;
+  errorKinds: Record<string, number>;
+}
+
+function summarize(name: string, runs: LoadResult[]): Row {
+  const errorKinds: Record<string, number> = {};
+  for (const run of runs) for (const [kind, count] of Object.entries(run.errorKinds)) errorKinds[kind] = (errorKinds[kind] ?? 0) + count;
+  return {
+    name,
+    qps: median(runs.map((r) => r.qps)),
+    p50ms: median(runs.map((r) => r.p50ms)),
+    p99ms: median(runs.map((r) => r.p99ms)),
+    cpuUsPerCall: median(runs.map((r) => r.serverCpuUsPerCall)),
+    calls: runs.reduce((sum, r) => sum + r.calls, 0),
+    errors: runs.reduce((sum, r) => sum + r.errors, 0),
+    errorKinds,
+  };
+}
+
+// 1. Build dist/, which the daemon runs.
+console.error('building dist/ …');
+try {
+  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
+} catch {
+  // tsc still emits on type errors; a broken emit shows up as a daemon that does not start.
+  console.error('warning: tsc reported errors (above); benchmarking what it emitted');
+}
+
+// 2. The full daemon (its temp dir holds the dev PKI, store, audit log and config), with
+//    rate limits far above the offered load so every call is answered OK.
+const daemon = await startDaemon({
+  config: {
+    rate_limit: { per_role_per_minute: { admin: 100_000_000 }, global_per_minute: 100_000_000 },
+  },
+  env: CPU_PROF_DIR ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR} --cpu-prof-name=daemon.cpuprofile` } : {},
+});
+const { pki } = daemon;
+let bare: ReturnType<typeof spawnTs> | undefined;
+const runs: Record<'bare' | 'mtls' | 'apikey', LoadResult[]> = { bare: [], mtls: [], apikey: [] };
+try {
+  // 3. An API key for the third scenario, made with the admin certificate.
+  const admin = await clientFor(AccessService, daemon);
+  const created = await admin.createApiKey({ description: 'chain benchmark', permissions: ['access:whoami'] });
+  admin.close();
+  const token = created.secret;
+
+  // 4. The bare server, on the same dev PKI.
+  bare = spawnTs(
+    'bare-server.ts',
+    JSON.stringify({ caFile: pki.caCert, certFile: pki.serverCert, keyFile: pki.serverKey }),
+    CPU_PROF_DIR ? { ...process.env, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR} --cpu-prof-name=bare.cpuprofile` } : process.env,
+  );
+  const barePort = (JSON.parse(await bare.firstLine()) as { port: number }).port;
+  const barePid = bare.child.pid!;
+
+  const host = '127.0.0.1';
+  const scenarios = {
+    bare: () => load({ host, port: barePort, serverPid: barePid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
+    mtls: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
+    apikey: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, headers: { authorization: `Bearer ${token}` } }),
+  };
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const [name, run] of Object.entries(scenarios) as [keyof typeof scenarios, () => Promise<LoadResult>][]) {
+      if (!ONLY.has(name)) continue;
+      console.error(`round ${round}/${ROUNDS}: ${name} (${WARMUP_SECONDS} s warm-up + ${SECONDS} s) …`);
+      const result = await run();
+      const split = `user ${((result.serverUserSeconds * 1e6) / result.calls).toFixed(1)} + system ${((result.serverSystemSeconds * 1e6) / result.calls).toFixed(1)}`;
+      console.error(
+        `  ${Math.round(result.qps)} calls/s, ${result.serverCpuUsPerCall.toFixed(1)} µs CPU/call (${split}), p50 ${result.p50ms.toFixed(2)} ms, ${result.errors} errors, ${result.totalCalls} calls in all`,
+      );
+      runs[name].push(result);
+    }
+  }
+} finally {
+  bare?.child.kill('SIGTERM');
+  await daemon.cleanup();
+}
+
+// 5. The report.
+if (runs.bare.length === 0 || runs.mtls.length === 0 || runs.apikey.length === 0) {
+  console.error('not all scenarios ran: no report written');
+  process.exit(0);
+}
+const rows = [summarize('bare grpc-js (no interceptors)', runs.bare), summarize('full daemon, mTLS client cert', runs.mtls), summarize('full daemon, API key', runs.apikey)];
+const base = rows[0]!;
+const verdict = (row: Row) => {
+  if (row === base) return '';
+  const qpsOk = row.qps / base.qps >= TARGET_QPS_RATIO;
+  const cpuOk = row.cpuUsPerCall / base.cpuUsPerCall <= TARGET_CPU_RATIO;
+  return qpsOk && cpuOk && row.errors === 0 ? 'yes' : `**no**${qpsOk ? '' : ' (QPS)'}${cpuOk ? '' : ' (CPU)'}${row.errors ? ' (errors)' : ''}`;
+};
+const cpuModel = cpus()[0]?.model ?? 'unknown CPU';
+const lines = [
+  '# Chain benchmark',
+  '',
+  `${new Date().toISOString().slice(0, 10)}, node ${process.version}, ${availableParallelism()} cores (${cpuModel}), shared by the server under test and the load generator.`,
+  `Unary AccessService/WhoAmI, ${CONCURRENCY} calls in flight over ${CONNECTIONS} TLS connections from a raw node:http2 client in its own process;`,
+  `${WARMUP_SECONDS} s warm-up, then ${SECONDS} s measured${ROUNDS > 1 ? `, ${ROUNDS} interleaved rounds, medians` : ''}. CPU is the server process's utime+stime over the measured window, per successful call.`,
+  `Reproduce: \`npm run bench:chain\`${ROUNDS > 1 ? ` (this table: \`BENCH_ROUNDS=${ROUNDS} npm run bench:chain\`)` : ''}.`,
+  '',
+  `Targets: full chain ≥ ${TARGET_QPS_RATIO}× bare QPS and ≤ ${TARGET_CPU_RATIO}× bare CPU per call, 0 errors.`,
+  '',
+  '| scenario | calls/s | p50 ms | p99 ms | server CPU µs/call | QPS vs bare | CPU/call vs bare | errors | target met |',
+  '|---|---:|---:|---:|---:|---:|---:|---:|---|',
+  ...rows.map(
+    (r) =>
+      `| ${r.name} | ${Math.round(r.qps)} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} | ${r.cpuUsPerCall.toFixed(1)} | ${(r.qps / base.qps).toFixed(2)}× | ${(r.cpuUsPerCall / base.cpuUsPerCall).toFixed(2)}× | ${r.errors} | ${verdict(r)} |`,
+  ),
+  '',
+  'bare = bench/bare-server.ts: grpc-js with the daemon’s own `serverCredentials`/`IdentityProvider` (dev PKI server pair and CA; client certificates',
+  'requested, not required), the daemon’s default grpc-js options, and the project’s adapter (src/server/adapter.ts) with a WhoAmI handler returning a fixed',
+  'principal; no interceptors. Full daemon = `node dist/main.js --config …` with the embedded store, the audit log on disk (HMAC-chained, fsynced)',
+  'and the default chain (observe, recovery, identity, audit, rate limit, RBAC); rate limits raised so no call is refused. Its WhoAmI handler also',
+  'resolves roles and permissions, which the bare one does not.',
+  ...(rows.some((r) => r.errors > 0) ? ['', `Errors: ${rows.map((r) => `${r.name}: ${JSON.stringify(r.errorKinds)}`).join('; ')}`] : []),
+];
+const previous = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';
+const historyAt = previous.indexOf('\n## History');
+const history = historyAt >= 0 ? previous.slice(historyAt) : '';
+writeFileSync(RESULTS, `${lines.join('\n')}\n${history}`);
+console.log(lines.join('\n'));
+if (rows.slice(1).some((r) => r.errors > 0)) process.exitCode = 1;

@@ -1,0 +1,258 @@
+// End-to-end audit: the daemon's log verifies with `debvisorctl audit verify` and
+// tampering is found; a log that cannot be written blocks changes but not reads;
+// no API key secret ever reaches the audit log or the daemon's output.
+import { execFile } from 'node:child_process';
+import { copyFileSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { status as Status } from '@grpc/grpc-js';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
+import { Command } from 'commander';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { registerAuditCommands } from '../../src/cli/audit.js';
+import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
+import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
+import { REPO_ROOT, auditRecords, clientFor, daemonEnv, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { auditRecord, issueClientFor, metricSum, metricsText, rejection } from '../support/security.js';
+
+const CTL = join(REPO_ROOT, 'dist', 'cli', 'debvisorctl.js');
+const T = { timeoutMs: 5000 };
+
+interface CliRun {
+  readonly code: number;
+  readonly out: string;
+}
+
+let ctlHasAudit: boolean | undefined;
+
+/** `debvisorctl audit verify …`: the built binary if it has the command, else the same module in-process. */
+async function auditVerify(...args: string[]): Promise<CliRun> {
+  ctlHasAudit ??= (await runCtl(['--help'])).out.includes('audit');
+  if (ctlHasAudit) return runCtl(['audit', 'verify', ...args]);
+  return auditVerifyInProcess(args);
+}
+
+function runCtl(args: string[]): Promise<CliRun> {
+  return new Promise((resolveRun) => {
+    execFile(process.execPath, [CTL, ...args], { cwd: REPO_ROOT, env: daemonEnv(), timeout: 15_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+      resolveRun({ code, out: stdout + stderr });
+    });
+  });
+}
+
+async function auditVerifyInProcess(args: string[]): Promise<CliRun> {
+  class Exit extends Error {
+    constructor(readonly code: number) {
+      super(`exit ${code}`);
+    }
+  }
+  let out = '';
+  const program = new Command('debvisorctl');
+  registerAuditCommands(program, {
+    out: (text) => (out += text),
+    err: (text) => (out += text),
+    exit: (code) => {
+      throw new Exit(code);
+    },
+  });
+  try {
+    await program.parseAsync(['audit', 'verify', ...args], { from: 'user' });
+  } catch (caught) {
+    if (caught instanceof Exit) return { code: caught.code, out };
+    throw caught;
+  }
+  throw new Error('audit verify did not exit');
+}
+
+describe('tamper evidence', () => {
+  let daemon: RunningDaemon;
+  let work: string;
+
+  beforeAll(async () => {
+    daemon = await startDaemon();
+    work = await mkdtemp(join(tmpdir(), 'rpcd-audit-copies-'));
+    const admin = await clientFor(AccessService, daemon);
+    for (let i = 0; i < 3; i++) {
+      const key = await admin.createApiKey({ description: `k${i}`, permissions: ['access:whoami'] }, T);
+      await admin.revokeApiKey({ keyId: key.apiKey!.keyId }, T);
+    }
+    await admin.whoAmI({}, T);
+    admin.close();
+    await auditRecord(daemon, (r) => r.type === 'CALL' && r.method === '/debvisor.v1.AccessService/WhoAmI');
+  });
+
+  afterAll(async () => {
+    await daemon.cleanup();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const keyFile = () => join(daemon.dir, 'audit', 'hmac.key');
+  const logFile = () => join(daemon.dir, 'audit', 'rpc-audit.log');
+
+  /** A copy of the daemon's log with `edit` applied to its lines. */
+  function tampered(name: string, edit: (lines: string[]) => void): string {
+    const lines = readFileSync(logFile(), 'utf8').split('\n').filter((l) => l !== '');
+    expect(lines.length).toBeGreaterThanOrEqual(8);
+    edit(lines);
+    const file = join(work, name);
+    writeFileSync(file, `${lines.join('\n')}\n`);
+    return file;
+  }
+
+  it('the live log verifies: exit 0', async () => {
+    const result = await auditVerify('--key-file', keyFile(), '--log', logFile());
+    expect(result.out).toMatch(/^OK: \d+ entries \(seq 1–\d+\) in 1 file/);
+    expect(result.code).toBe(0);
+    // So does an untouched copy.
+    copyFileSync(logFile(), join(work, 'copy.log'));
+    expect((await auditVerify('--key-file', keyFile(), join(work, 'copy.log'))).code).toBe(0);
+  });
+
+  it('a modified line: exit 1 naming that line', async () => {
+    const file = tampered('modified.log', (lines) => {
+      lines[3] = lines[3]!.replace('"type":"', '"type":"X');
+    });
+    const result = await auditVerify('--key-file', keyFile(), file);
+    expect(result.code).toBe(1);
+    expect(result.out).toContain(`TAMPERED: ${file}:4: modified`);
+  });
+
+  it('a deleted line: exit 1 naming where it is missing', async () => {
+    const file = tampered('deleted.log', (lines) => {
+      lines.splice(3, 1);
+    });
+    const result = await auditVerify('--key-file', keyFile(), file);
+    expect(result.code).toBe(1);
+    expect(result.out).toContain(`TAMPERED: ${file}:4: deleted: entry seq 4 is missing before this line`);
+  });
+
+  it('two swapped lines: exit 1 naming the first', async () => {
+    const file = tampered('swapped.log', (lines) => {
+      [lines[3], lines[4]] = [lines[4]!, lines[3]!];
+    });
+    const result = await auditVerify('--key-file', keyFile(), file);
+    expect(result.code).toBe(1);
+    expect(result.out).toContain(`TAMPERED: ${file}:4: reordered`);
+  });
+
+  it('reports whether debvisorctl itself has `audit verify`', () => {
+    // Informational: in-process fallback when the binary lacks the command.
+    console.log(`debvisorctl audit verify: ${ctlHasAudit === true ? 'built binary' : 'in-process (command not registered in dist/cli/debvisorctl.js)'}`);
+    expect(ctlHasAudit).toBeDefined();
+  });
+});
+
+describe('an audit log that cannot be written', () => {
+  let daemon: RunningDaemon;
+  let work: string;
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'rpcd-audit-full-'));
+    await mkdir(join(work, 'log'));
+    const path = join(work, 'log', 'rpc-audit.log');
+    symlinkSync('/dev/full', path);
+    daemon = await startDaemon({ config: { audit: { path, hmac_key_file: join(work, 'keys', 'hmac.key') } } });
+  });
+
+  afterAll(async () => {
+    await daemon.cleanup();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it('blocks mutating calls (UNAVAILABLE, nothing done) but not reads', async () => {
+    const admin = await clientFor(AccessService, daemon);
+    try {
+      expect((await admin.whoAmI({}, T)).principalId).toBe(daemon.pki.adminPrincipal);
+      const err = await rejection(admin.createApiKey({ description: 'must not exist', permissions: ['access:whoami'] }, T));
+      expect(err.code).toBe(Status.UNAVAILABLE);
+      expect(err.details).toContain('the audit log cannot be written, so this change was not made');
+      const bind = await rejection(admin.bindRole({ principal: 'spiffe://debvisor/test/x', roleName: 'viewer' }, T));
+      expect(bind.code).toBe(Status.UNAVAILABLE);
+      expect((await admin.listApiKeys({ includeInactive: true }, T)).apiKeys).toEqual([]);
+      expect((await admin.whoAmI({}, T)).roles).toEqual(['admin']);
+      // Give the buffered read records their flush attempt.
+      await sleep(300);
+      expect(metricSum(await metricsText(daemon), 'audit_write_failures_total')).toBeGreaterThan(0);
+      expect(daemon.logs()).toContain('audit write failed; refusing mutating call');
+    } finally {
+      admin.close();
+    }
+  });
+});
+
+describe('secrets never reach the audit log or the daemon output', () => {
+  let daemon: RunningDaemon;
+
+  beforeAll(async () => {
+    daemon = await startDaemon({
+      config: { audit: { level: 'request' }, log: { level: 'debug' }, rate_limit: { per_role_per_minute: { admin: 100_000, operator: 100_000 } } },
+    });
+  });
+
+  afterAll(async () => {
+    await daemon.cleanup();
+  });
+
+  it('creating, rotating and using keys at audit level request leaks no secret', async () => {
+    const admin = await clientFor(AccessService, daemon);
+    const anonymous = await clientFor(AccessService, daemon, null);
+    const vms = await clientFor(VmService, daemon, null);
+    const operatorId = 'spiffe://debvisor/test/secrets-operator';
+    const operator = await clientFor(AccessService, daemon, await issueClientFor(daemon.pki, operatorId));
+    const tokens: string[] = [];
+    try {
+      await admin.bindRole({ principal: operatorId, roleName: 'operator' }, T);
+      for (let i = 0; i < 3; i++) {
+        const created = await (i === 0 ? admin : operator).createApiKey(
+          // A careless description quoting an earlier secret must be scrubbed too.
+          { description: i === 2 ? `replaces ${tokens[0]}` : `key ${i}`, permissions: ['access:whoami', 'vm:list'], ttl: durationFromMs(3_600_000) },
+          T,
+        );
+        tokens.push(created.secret);
+      }
+      for (const token of [...tokens]) {
+        await anonymous.whoAmI({}, { ...T, metadata: { authorization: `Bearer ${token}` } });
+        await rejection(vms.listVms({}, { ...T, metadata: { 'x-api-key': token } }));
+      }
+      for (const token of tokens.slice(1)) {
+        const keyId = token.slice(4, 20);
+        const rotated = await operator.rotateApiKey({ keyId, overlap: durationFromMs(60_000) }, T);
+        tokens.push(rotated.secret);
+        await anonymous.whoAmI({}, { ...T, metadata: { authorization: `Bearer ${rotated.secret}` } });
+      }
+      // Failed attempts that carry real secret material: one key's secret under another's id.
+      const mixed = `dvk_${tokens[1]!.slice(4, 20)}_${tokens[2]!.slice(-43)}`;
+      expect((await rejection(anonymous.whoAmI({}, { ...T, metadata: { authorization: `Bearer ${mixed}` } }))).code).toBe(Status.UNAUTHENTICATED);
+      // And a revocation, whose request names only the key id.
+      await operator.revokeApiKey({ keyId: tokens[3]!.slice(4, 20) }, T);
+      expect(tokens).toHaveLength(5);
+    } finally {
+      for (const client of [admin, anonymous, vms, operator]) client.close();
+    }
+    // Everything is on disk once the last call's record is.
+    await auditRecord(daemon, (r) => r.type === 'SECURITY' && r.reason === 'api key revoked');
+    await sleep(200);
+
+    const records = auditRecords(daemon);
+    expect(records.some((r) => r.request !== undefined)).toBe(true); // the level really is `request`
+    // The careless description was logged, with the secret scrubbed out of it.
+    expect(records.some((r) => JSON.stringify(r.request ?? null).includes(`replaces ${tokens[0]!.slice(0, 21)}`))).toBe(true);
+    const auditText = readdirSync(join(daemon.dir, 'audit'))
+      .filter((name) => name.endsWith('.log'))
+      .map((name) => readFileSync(join(daemon.dir, 'audit', name), 'utf8'))
+      .join('\n');
+    const output = daemon.logs();
+    expect(output).toContain('rpc finished'); // debug access logs were on
+    const leaks: string[] = [];
+    for (const token of tokens) {
+      for (const needle of [token, token.slice(-43)]) {
+        if (auditText.includes(needle)) leaks.push(`audit log: ${needle.slice(0, 24)}…`);
+        if (output.includes(needle)) leaks.push(`daemon output: ${needle.slice(0, 24)}…`);
+      }
+    }
+    expect(leaks).toEqual([]);
+  });
+});
