@@ -22,7 +22,13 @@ export class AccessState {
     this.customRoles = new RecordCache(repos.roles, onProblem);
     this.bootstrapAdmins = new Set(auth.bootstrap_admins);
     this.defaultBindings = auth.default_bindings;
+    // Role resolution runs on every call: memoised, and forgotten on any change.
+    this.principals.subscribe(() => this.roleNames.clear());
+    this.customRoles.subscribe(() => this.resolvedRoles.clear());
   }
+
+  private readonly roleNames = new Map<string, string[]>();
+  private readonly resolvedRoles = new Map<string, Role[]>();
 
   /** Resolves once every cache holds its first full listing. */
   async start(signal: AbortSignal): Promise<void> {
@@ -33,6 +39,7 @@ export class AccessState {
   reconfigure(auth: Config['auth']): void {
     this.bootstrapAdmins = new Set(auth.bootstrap_admins);
     this.defaultBindings = auth.default_bindings;
+    this.roleNames.clear();
   }
 
   isBootstrapAdmin(principal: string): boolean {
@@ -41,10 +48,16 @@ export class AccessState {
 
   /** Bound role names: bootstrap admin, config bindings and store bindings, sorted. */
   roleNamesOf(principal: string): string[] {
-    const names = new Set<string>(this.principals.get(principal)?.roles ?? []);
-    for (const name of this.defaultBindings[principal] ?? []) names.add(name);
-    if (this.bootstrapAdmins.has(principal)) names.add('admin');
-    return [...names].sort();
+    let cached = this.roleNames.get(principal);
+    if (!cached) {
+      const names = new Set<string>(this.principals.get(principal)?.roles ?? []);
+      for (const name of this.defaultBindings[principal] ?? []) names.add(name);
+      if (this.bootstrapAdmins.has(principal)) names.add('admin');
+      cached = [...names].sort();
+      if (this.roleNames.size > 10_000) this.roleNames.clear();
+      this.roleNames.set(principal, cached);
+    }
+    return cached;
   }
 
   /** A role by name: built-in first (immutable), then custom. */
@@ -57,7 +70,14 @@ export class AccessState {
 
   /** The roles that exist among `names` (a binding to a deleted role grants nothing). */
   roles(names: readonly string[]): Role[] {
-    return names.flatMap((name) => this.role(name) ?? []);
+    const key = names.join('\n');
+    let cached = this.resolvedRoles.get(key);
+    if (!cached) {
+      cached = names.flatMap((name) => this.role(name) ?? []);
+      if (this.resolvedRoles.size > 10_000) this.resolvedRoles.clear();
+      this.resolvedRoles.set(key, cached);
+    }
+    return cached;
   }
 
   /** Whether the principal (through its key, if it used one) holds `permission` right now. */
