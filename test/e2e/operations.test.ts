@@ -149,6 +149,33 @@ describe('operations (embedded store)', () => {
   });
 });
 
+describe('retention', () => {
+  let daemon: RunningDaemon;
+  beforeAll(async () => {
+    // About 1.8 s of retention: finished operations are swept a couple of seconds after they end.
+    daemon = await startTestingDaemon({ config: { operations: { retention_hours: 0.0005 } } });
+  });
+  afterAll(() => daemon.cleanup());
+
+  it('deletes finished operations once the retention period has passed, and keeps running ones', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const ops = await clientFor(OperationService, daemon);
+    const short = await testing.startTestOperation({ duration: durationFromMs(10), requestId: 'short-lived' }, { timeoutMs: 5000 });
+    const long = await testing.startTestOperation({ duration: durationFromMs(20_000) }, { timeoutMs: 5000 });
+    await ops.waitOperation({ operationId: short.operation!.id, timeout: durationFromMs(5000) }, { timeoutMs: 10_000 });
+    let gone = false;
+    for (let i = 0; i < 60 && !gone; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      gone = (await rejection(ops.getOperation({ operationId: short.operation!.id }, { timeoutMs: 5000 })).catch(() => undefined))?.code === Status.NOT_FOUND;
+    }
+    expect(gone).toBe(true);
+    expect((await ops.getOperation({ operationId: long.operation!.id }, { timeoutMs: 5000 })).operation?.state).toBe(OperationState.RUNNING);
+    await ops.cancelOperation({ operationId: long.operation!.id }, { timeoutMs: 5000 });
+    testing.close();
+    ops.close();
+  }, 30_000);
+});
+
 describe('test service switch', () => {
   it('refuses --enable-test-service without DEBVISOR_ALLOW_TEST_SERVICE=1', async () => {
     const result = await runMain(['--enable-test-service', '--check-config']);
