@@ -14,20 +14,13 @@ import { AccessService, PrincipalKind } from '../src/gen/debvisor/v1/access_pb.j
 import { toImplementation, toServiceDefinition } from '../src/server/adapter.js';
 import { IdentityProvider, loadIdentity, serverCredentials, type TlsFiles } from '../src/server/tls.js';
 import { unimplementedHandlers } from '../src/services/unimplemented.js';
+import { grpcOptions } from '../src/server/options.js';
 
 const files = JSON.parse(process.argv[2] ?? '{}') as TlsFiles;
 const defaults = configSchema.parse({}).server;
 
-// The same options Daemon.start passes (src/server/server.ts grpcOptions), at their defaults.
-const server = new Server({
-  'grpc.max_receive_message_length': defaults.max_request_bytes,
-  'grpc.max_send_message_length': defaults.max_response_bytes,
-  'grpc.max_concurrent_streams': defaults.max_concurrent_streams,
-  'grpc.keepalive_time_ms': defaults.keepalive_time_seconds * 1000,
-  'grpc.keepalive_timeout_ms': defaults.keepalive_timeout_seconds * 1000,
-  'grpc.max_connection_age_ms': defaults.max_connection_age_seconds * 1000,
-  'grpc.max_connection_age_grace_ms': defaults.max_connection_age_grace_seconds * 1000,
-});
+// The same options Daemon.start passes, at their defaults.
+const server = new Server(grpcOptions(defaults));
 
 // Shaped like the daemon's answer for the dev admin, so both encode a similar message.
 const fixed = {

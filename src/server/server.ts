@@ -1,7 +1,8 @@
 // Assembles the daemon: TLS identity, the interceptor chain, the services,
 // health, reflection and the HTTP side; and takes it down gracefully.
 import { once } from 'node:events';
-import { Server, type ServerOptions } from '@grpc/grpc-js';
+import { Server } from '@grpc/grpc-js';
+import { grpcOptions } from './options.js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
@@ -46,18 +47,6 @@ import { openStore } from '../store/open.js';
 import { monitorStore } from '../store/monitor.js';
 import { startCompactor } from '../store/compactor.js';
 
-function grpcOptions(server: Config['server']): ServerOptions {
-  return {
-    'grpc.max_receive_message_length': server.max_request_bytes,
-    'grpc.max_send_message_length': server.max_response_bytes,
-    'grpc.max_concurrent_streams': server.max_concurrent_streams,
-    'grpc.keepalive_time_ms': server.keepalive_time_seconds * 1000,
-    'grpc.keepalive_timeout_ms': server.keepalive_timeout_seconds * 1000,
-    // Bounds how long a connection keeps an old TLS handshake after a certificate rotation.
-    'grpc.max_connection_age_ms': server.max_connection_age_seconds * 1000,
-    'grpc.max_connection_age_grace_ms': server.max_connection_age_grace_seconds * 1000,
-  };
-}
 
 export interface StartOptions {
   /** Registers debvisor.testing.v1.TestingService (tests only). */

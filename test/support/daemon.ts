@@ -4,7 +4,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,6 +20,9 @@ import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2
 import { stringify } from 'yaml';
 import { ensureDevPki, type DevPkiPaths } from '../../src/pki/index.js';
 import { createClient, tlsCredentials, type TypedClient } from '../../src/client/client.js';
+import { freePort } from './ports.js';
+
+export { freePort };
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const MAIN_JS = join(REPO_ROOT, 'dist', 'main.js');
@@ -105,21 +107,6 @@ export function deepMerge(base: Record<string, unknown>, over: Record<string, un
   return out;
 }
 
-/** A loopback port that was free a moment ago (the caller retries on EADDRINUSE). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => {
-        resolvePort(port);
-      });
-    });
-  });
-}
 
 /** The environment the daemon sees: ours minus any stray DEBVISOR_RPCD_* settings, plus `extra`. */
 export function daemonEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {

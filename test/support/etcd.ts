@@ -11,10 +11,10 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from './ports.js';
 
 const ETCD_IMAGE = 'quay.io/coreos/etcd:v3.4.23';
 const HEALTH_POLL_MS = 50;
@@ -73,21 +73,6 @@ export async function startEtcd(options: StartEtcdOptions = {}): Promise<EtcdClu
 // ---------------------------------------------------------------------------------
 // Shared helpers
 
-/** A loopback port that was free a moment ago (callers retry on a bind race). */
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => {
-        resolvePort(port);
-      });
-    });
-  });
-}
 
 async function distinctFreePorts(count: number): Promise<number[]> {
   const ports = new Set<number>();
