@@ -8,6 +8,7 @@ import { VERSION } from '../version.js';
 import { resolveConnection, type ConnectionFlags } from './connection.js';
 import { registerAccessCommands } from './access.js';
 import { registerAuditCommands } from './audit.js';
+import { registerPkiCommands } from './pki.js';
 import { fail, printJson, printRecord, type Output } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
@@ -69,5 +70,6 @@ program
 
 registerAccessCommands(program);
 registerAuditCommands(program);
+registerPkiCommands(program);
 
 await program.parseAsync();
