@@ -12,9 +12,9 @@ import { InvalidArgumentError, RpcError } from '../server/errors.js';
 import type { CallContext } from '../server/context.js';
 import { NotFoundError } from '../store/errors.js';
 import type { ApiKeyRecord, QuotaRecord, RoleRecord } from '../store/records.js';
-import { quotaResources } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { AccessState } from './state.js';
+import type { QuotaManager, QuotaResourceName, QuotaView } from '../quota/manager.js';
 
 const DAY_MS = 86_400_000;
 const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
@@ -27,14 +27,7 @@ function requireId(value: string, field: string): void {
   if (value.length > MAX_ID_LENGTH) throw new InvalidArgumentError(field, `at most ${MAX_ID_LENGTH} characters`);
 }
 
-export type QuotaResourceName = (typeof quotaResources)[number];
-
-export interface QuotaView {
-  readonly resource: QuotaResourceName;
-  readonly limit: number;
-  readonly used: number;
-  readonly unlimited: boolean;
-}
+export type { QuotaResourceName, QuotaView };
 
 export class AccessAdmin {
   constructor(
@@ -42,6 +35,7 @@ export class AccessAdmin {
     private readonly state: AccessState,
     private readonly audit: AuditLog,
     private readonly settings: () => Config,
+    private readonly quotas: QuotaManager,
   ) {}
 
   // ---- who may act on whom --------------------------------------------------
@@ -305,14 +299,14 @@ export class AccessAdmin {
     const target = principal || this.caller(ctx).id;
     requireId(target, 'principal');
     this.requireCrossPrincipal(ctx, 'access:quota:get', target);
-    const defaults = this.settings().quota.defaults;
-    const quotas = await Promise.all(
-      quotaResources.map(async (resource): Promise<QuotaView> => {
-        const record = (await this.repos.quotas.get([target, resource]))?.value;
-        return { resource, limit: record?.limit ?? defaults[resource], used: record?.used ?? 0, unlimited: record?.unlimited ?? false };
-      }),
-    );
-    return { principal: target, quotas };
+    return { principal: target, quotas: await this.quotas.view(target) };
+  }
+
+  async recomputeQuota(ctx: CallContext, principal: string): Promise<Awaited<ReturnType<QuotaManager['recompute']>>> {
+    requireId(principal, 'principal');
+    const result = await this.quotas.recompute(principal);
+    this.security(ctx, 'quota usage recomputed', `principal:${principal}`, { not_recounted: result.notRecounted });
+    return result;
   }
 
   async setQuota(ctx: CallContext, principal: string, resource: QuotaResourceName, limit: number, unlimited: boolean): Promise<QuotaView> {

@@ -8,7 +8,7 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = ['CALL', 'AUTH', 'AU
 export interface AuditPrincipal {
   id: string;
   kind: 'certificate' | 'api_key';
-  roles: string[];
+  roles: readonly string[];
   /** SHA-256 of the client certificate, lowercase hex. */
   cert_fingerprint?: string;
   /** Public id of the API key used (never its secret). */

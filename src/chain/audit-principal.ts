@@ -15,7 +15,8 @@ function fingerprintOf(certificate: NonNullable<Principal['certificate']>): stri
 }
 
 export function auditPrincipal(principal: Principal, roles: readonly string[]): AuditPrincipal {
-  const out: AuditPrincipal = { id: principal.id, kind: principal.kind, roles: [...roles] };
+  // roles is the memoised, never-mutated list of AccessState.roleNamesOf: shared, not copied.
+  const out: AuditPrincipal = { id: principal.id, kind: principal.kind, roles };
   if (principal.certificate) out.cert_fingerprint = fingerprintOf(principal.certificate);
   if (principal.apiKey) out.key_id = principal.apiKey.id;
   return out;

@@ -12,7 +12,7 @@ import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { CallState } from '../server/context.js';
 import { RpcError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
-import { stepInterceptor } from './step.js';
+import type { Step } from './step.js';
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;
 
@@ -28,7 +28,7 @@ function objectOf(method: DescMethod, request: unknown): string | undefined {
   return resource && `${resource.kind}:${resource.name}`;
 }
 
-export function audit(deps: AuditDeps) {
+export function audit(deps: AuditDeps): Step {
   const common = (state: CallState) => ({
     trace_id: state.traceId,
     source: state.peer,
@@ -38,7 +38,7 @@ export function audit(deps: AuditDeps) {
   const requestOf = (method: DescMethod, message: unknown) =>
     deps.level === 'request' ? { request: redactRequest(method.input, message as Message, deps.level) } : {};
 
-  return stepInterceptor({
+  return {
     onMessage: async (state, { path }, message) => {
       state.request = message;
       const entry = deps.methods.get(path);
@@ -73,5 +73,5 @@ export function audit(deps: AuditDeps) {
       if (status.code !== Status.OK) event.reason = status.details;
       deps.audit.write(event);
     },
-  });
+  };
 }

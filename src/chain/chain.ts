@@ -1,6 +1,7 @@
-// The interceptor chain, outermost first. grpc-js runs interceptors[0] first on the
-// way in and last on the way out. Steps 3-6 skip the exempt services (exempt.ts).
-import { ServerInterceptingCall, type ServerInterceptor } from '@grpc/grpc-js';
+// The interceptor chain, outermost first: one grpc-js interceptor that runs the steps in
+// this order on the way in and in reverse on the way out (step.ts). Steps 3-6 skip the
+// exempt services (exempt.ts).
+import type { ServerInterceptor } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
 import { audit, type AuditDeps } from './audit.js';
@@ -10,6 +11,7 @@ import { observe } from './observe.js';
 import { rateLimit, type RateLimitDeps } from './ratelimit.js';
 import { rbac, type RbacDeps } from './rbac.js';
 import { recovery } from './recovery.js';
+import { chainInterceptor } from './step.js';
 
 export interface ChainDeps {
   readonly metrics: Metrics;
@@ -21,28 +23,16 @@ export interface ChainDeps {
 }
 
 export function buildChain(deps: ChainDeps): ServerInterceptor[] {
-  return [
-    observe(deps.metrics, deps.log), //            1. trace id, metrics, access log: sees every final status
-    recovery((err, traceId, path) => deps.log.error({ err, trace_id: traceId, method: path }, 'panic in call')), // 2.
-    unlessExempt(identity(deps.identity)), //      3. who is calling
-    unlessExempt(audit(deps.audit)), //            4. one record per call; durable before mutations
-    unlessExempt(rateLimit(deps.rateLimit)), //    5. per principal, per role, global
-    unlessExempt(rbac(deps.rbac)), //              6. default deny, from the proto's permission option
-  ];
-}
-
-// Decided once per method path (only registered methods reach interceptors, so this stays small).
-const exemptPaths = new Map<string, boolean>();
-
-function exempt(path: string): boolean {
-  let result = exemptPaths.get(path);
-  if (result === undefined) {
-    result = isExempt(path);
-    exemptPaths.set(path, result);
-  }
-  return result;
-}
-
-function unlessExempt(interceptor: ServerInterceptor): ServerInterceptor {
-  return (method, call) => (exempt(method.path) ? new ServerInterceptingCall(call) : interceptor(method, call));
+  const chain = chainInterceptor({
+    observe: observe(deps.metrics, deps.log), //   1. trace id, metrics, access log: sees every final status
+    recover: recovery((err, traceId, path) => deps.log.error({ err, trace_id: traceId, method: path }, 'panic in call')), // 2.
+    steps: [
+      identity(deps.identity), //                 3. who is calling
+      audit(deps.audit), //                       4. one record per call; durable before mutations
+      rateLimit(deps.rateLimit), //               5. per principal, per role, global
+      rbac(deps.rbac), //                         6. default deny, from the proto's permission option
+    ],
+    exempt: isExempt, //                          3-6 skip health and reflection
+  });
+  return [chain];
 }

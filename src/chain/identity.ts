@@ -14,7 +14,7 @@ import type { CallState } from '../server/context.js';
 import { UnauthenticatedError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
 import { peerCertificateOf } from './peer.js';
-import { stepInterceptor } from './step.js';
+import type { Step } from './step.js';
 
 /** Headers a client must not be able to set or have forwarded: stripped before any handler sees the call. */
 const INTERNAL_HEADER_PREFIX = 'x-debvisor-';
@@ -56,7 +56,7 @@ export function tlsRefusal(call: unknown): string | undefined {
   }
 }
 
-export function identity(deps: IdentityDeps) {
+export function identity(deps: IdentityDeps): Step {
   const fail = (state: CallState, path: string, ip: string, method: string, err: UnauthenticatedError): never => {
     deps.metrics.authAttempts.inc({ method, result: 'failure' });
     deps.audit.write({ type: 'AUTH_FAILED', trace_id: state.traceId, source: state.peer, method: path, decision: 'deny', reason: err.reason });
@@ -67,7 +67,7 @@ export function identity(deps: IdentityDeps) {
     throw err;
   };
 
-  return stepInterceptor({
+  return {
     onRequest: (state, { path, call, metadata }) => {
       const map = metadata.getMap();
       const token = tokenFromHeaders(map.authorization, map['x-api-key']);
@@ -119,5 +119,5 @@ export function identity(deps: IdentityDeps) {
         });
       }
     },
-  });
+  };
 }

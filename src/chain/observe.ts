@@ -1,11 +1,14 @@
 // Step 1, outermost: gives every call its trace id and call state, and sees every
 // final status for metrics and the access log.
-import { ServerInterceptingCall, Metadata, status as Status, type ServerInterceptor } from '@grpc/grpc-js';
+import { Metadata, status as Status, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
+import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
+import type { Counter, Histogram } from 'prom-client';
 import type { Logger } from 'pino';
-import { attachCallState } from '../server/context.js';
+import { attachCallState, type CallState } from '../server/context.js';
 import { TRACE_ID_KEY } from '../server/errors.js';
 import { traceIdFrom, newTraceId } from '../server/trace.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { ChainSpec, ObservedCall } from './step.js';
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;
 
@@ -14,20 +17,39 @@ function splitPath(path: string): { service: string; method: string } {
   return { service, method };
 }
 
+interface CodeMetrics {
+  readonly code: string;
+  /** Calls not yet added to `requests` and `handled` (flushed on collect: a number++ per call, not two prom-client updates). */
+  pending: number;
+  readonly requests: Counter.Internal;
+  readonly handled: Counter.Internal;
+  readonly duration: Histogram.Internal<string>;
+  readonly handling: Histogram.Internal<string>;
+}
+
 /** The label sets of one method, built once: registered methods only, so this stays small. */
 interface MethodLabels {
+  readonly requestStream: boolean;
+  readonly responseStream: boolean;
   readonly duration: { service: string; method: string };
   readonly handling: { grpc_type: string; grpc_service: string; grpc_method: string };
-  readonly byCode: Map<number, { code: string; requests: { service: string; method: string; status: string }; handled: Record<string, string> }>;
+  /** The metric children of each final code, resolved once (prom-client's `.labels()`). */
+  readonly byCode: Map<number, CodeMetrics>;
 }
 
 function labelsFor(cache: Map<string, MethodLabels>, path: string, requestStream: boolean, responseStream: boolean): MethodLabels {
-  const key = `${path}\0${requestStream ? 1 : 0}${responseStream ? 1 : 0}`;
-  let labels = cache.get(key);
+  // Keyed by path alone in the common case: a registered path has one streaming shape
+  // (checked, not assumed; another shape gets its own entry).
+  let labels = cache.get(path);
+  if (labels && labels.requestStream === requestStream && labels.responseStream === responseStream) return labels;
+  const key = labels ? `${path}\0${requestStream ? 1 : 0}${responseStream ? 1 : 0}` : path;
+  labels = cache.get(key);
   if (!labels) {
     const { service, method } = splitPath(path);
     const grpcType = requestStream ? (responseStream ? 'bidi_stream' : 'client_stream') : responseStream ? 'server_stream' : 'unary';
     labels = {
+      requestStream,
+      responseStream,
       duration: { service, method },
       handling: { grpc_type: grpcType, grpc_service: service, grpc_method: method },
       byCode: new Map(),
@@ -37,53 +59,77 @@ function labelsFor(cache: Map<string, MethodLabels>, path: string, requestStream
   return labels;
 }
 
-function codeLabels(labels: MethodLabels, status: number) {
+function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): CodeMetrics {
   let entry = labels.byCode.get(status);
   if (!entry) {
     const code = CODE_NAMES[status] ?? String(status);
     entry = {
       code,
-      requests: { ...labels.duration, status: code },
-      handled: { ...labels.handling, grpc_code: code },
+      pending: 0,
+      requests: metrics.rpcRequests.labels({ ...labels.duration, status: code }),
+      handled: metrics.grpcHandled.labels({ ...labels.handling, grpc_code: code }),
+      duration: metrics.rpcDuration.labels(labels.duration),
+      handling: metrics.grpcHandling.labels(labels.handling),
     };
     labels.byCode.set(status, entry);
   }
   return entry;
 }
 
-export function observe(metrics: Metrics, log: Logger): ServerInterceptor {
+/** Step 1 for one call. Built when grpc-js creates the call, so `startedAt` covers the whole chain. */
+class Observation implements ObservedCall {
+  private readonly startedAt = process.hrtime.bigint();
+  private traceId: string | undefined;
+
+  constructor(
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    private readonly labels: MethodLabels,
+    private readonly path: string,
+    private readonly call: ServerInterceptingCallInterface,
+  ) {}
+
+  begin(metadata: Metadata): CallState {
+    const traceId = (this.traceId = traceIdFrom(metadata.get(TRACE_ID_KEY)[0]));
+    const state: CallState = { traceId, startedAt: this.startedAt, path: this.path, peer: this.call.getPeer() };
+    attachCallState(metadata, state);
+    return state;
+  }
+
+  end(status: PartialStatusObject): PartialStatusObject {
+    const { metrics, labels, log } = this;
+    const seconds = Number(process.hrtime.bigint() - this.startedAt) / 1e9;
+    const counts = codeMetrics(metrics, labels, status.code);
+    counts.pending++;
+    counts.duration.observe(seconds);
+    counts.handling.observe(seconds);
+    const code = counts.code;
+    const id = this.traceId ?? newTraceId();
+    const trailers = status.metadata ?? new Metadata();
+    if (trailers.get(TRACE_ID_KEY).length === 0) trailers.set(TRACE_ID_KEY, id);
+    if (log.isLevelEnabled('debug') || status.code !== Status.OK) {
+      log[status.code === Status.OK ? 'debug' : 'info'](
+        { trace_id: id, method: this.path, code, duration_ms: seconds * 1000, peer: this.call.getPeer() },
+        'rpc finished',
+      );
+    }
+    return { ...status, metadata: trailers };
+  }
+}
+
+export function observe(metrics: Metrics, log: Logger): ChainSpec['observe'] {
   const cache = new Map<string, MethodLabels>();
-  return (method, call) => {
-    const labels = labelsFor(cache, method.path, method.requestStream, method.responseStream);
-    const startedAt = process.hrtime.bigint();
-    let traceId: string | undefined;
-    return new ServerInterceptingCall(call, {
-      start: (next) =>
-        next({
-          onReceiveMetadata: (metadata, forward) => {
-            traceId = traceIdFrom(metadata.get(TRACE_ID_KEY)[0]);
-            attachCallState(metadata, { traceId, startedAt, path: method.path, peer: call.getPeer() });
-            forward(metadata);
-          },
-        }),
-      sendStatus: (status, forward) => {
-        const seconds = Number(process.hrtime.bigint() - startedAt) / 1e9;
-        const { code, requests, handled } = codeLabels(labels, status.code);
-        metrics.rpcRequests.inc(requests);
-        metrics.rpcDuration.observe(labels.duration, seconds);
-        metrics.grpcHandled.inc(handled);
-        metrics.grpcHandling.observe(labels.handling, seconds);
-        const id = traceId ?? newTraceId();
-        const trailers = status.metadata ?? new Metadata();
-        if (trailers.get(TRACE_ID_KEY).length === 0) trailers.set(TRACE_ID_KEY, id);
-        if (log.isLevelEnabled('debug') || status.code !== Status.OK) {
-          log[status.code === Status.OK ? 'debug' : 'info'](
-            { trace_id: id, method: method.path, code, duration_ms: seconds * 1000, peer: call.getPeer() },
-            'rpc finished',
-          );
-        }
-        forward({ ...status, metadata: trailers });
-      },
-    });
-  };
+  metrics.onCollect(() => {
+    for (const labels of cache.values()) {
+      for (const counts of labels.byCode.values()) {
+        if (counts.pending === 0) continue;
+        const calls = counts.pending;
+        counts.pending = 0;
+        counts.requests.inc(calls);
+        counts.handled.inc(calls);
+      }
+    }
+  });
+  return (path, requestStream, responseStream, call) =>
+    new Observation(metrics, log, labelsFor(cache, path, requestStream, responseStream), path, call);
 }

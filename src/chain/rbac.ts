@@ -3,13 +3,13 @@
 // permissions and their owner's current roles, within their resource globs.
 import type { DescMethod, Message } from '@bufbuild/protobuf';
 import type { AuditLog } from '../audit/log.js';
-import { authorize, resourceOf } from '../authz/decide.js';
+import { authorize, resourceOf, type AuthorizeInput } from '../authz/decide.js';
 import type { Role } from '../authz/roles.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { Metrics } from '../observability/metrics.js';
 import { RpcError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
-import { stepInterceptor } from './step.js';
+import type { Step } from './step.js';
 
 export interface RbacDeps {
   readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
@@ -18,8 +18,8 @@ export interface RbacDeps {
   readonly metrics: Metrics;
 }
 
-export function rbac(deps: RbacDeps) {
-  return stepInterceptor({
+export function rbac(deps: RbacDeps): Step {
+  return {
     onMessage: (state, { path }, message) => {
       const principal = state.principal;
       const entry = deps.methods.get(path);
@@ -28,12 +28,10 @@ export function rbac(deps: RbacDeps) {
         throw new RpcError('PERMISSION_DENIED', `permission denied: ${path} declares no permission`);
       }
       const resource = resourceOf(entry.method, message as Message);
-      const result = authorize({
-        roles: deps.roles(state.roles ?? []),
-        required: entry.policy.permission,
-        ...(principal.apiKey ? { apiKey: principal.apiKey } : {}),
-        ...(resource ? { resource } : {}),
-      });
+      const input: { -readonly [K in keyof AuthorizeInput]: AuthorizeInput[K] } = { roles: deps.roles(state.roles ?? []), required: entry.policy.permission };
+      if (principal.apiKey) input.apiKey = principal.apiKey;
+      if (resource) input.resource = resource;
+      const result = authorize(input);
       if (result.allowed) {
         state.decision = 'allow';
         return;
@@ -56,5 +54,5 @@ export function rbac(deps: RbacDeps) {
           : `permission denied: ${path} requires ${result.missing}`;
       throw new RpcError('PERMISSION_DENIED', message_);
     },
-  });
+  };
 }

@@ -1,5 +1,16 @@
 // The small shape every chain step is written in, so each step file holds only its
-// own concern. It hides grpc-js's interceptor plumbing and turns any throw into a status.
+// own concern, and the one grpc-js interceptor that runs them all (chain.ts lists them).
+//
+// The steps share one interceptor instead of one each: every grpc-js interceptor layer
+// costs a ServerInterceptingCall, a listener and their closures per call. The order and
+// semantics are those of one interceptor per step, outermost first:
+//   - headers: observe, then each step's onRequest in order;
+//   - request message: each step's onMessage in order, then the handler;
+//   - final status: each step's onStatus in reverse order, then observe (always last).
+// A step that throws or rejects ends the call: no later step and no handler runs, and the
+// status it produced is seen by the steps before it and by observe, not by itself or
+// later ones (as if it had been sent from its own layer). A throw from the handler's
+// synchronous part (recovery) is seen by observe only. Exempt calls run no step.
 import {
   ServerInterceptingCall,
   type Metadata,
@@ -8,7 +19,7 @@ import {
 } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import { toStatus } from '../server/errors.js';
-import { callStateOf, type CallState } from '../server/context.js';
+import type { CallState } from '../server/context.js';
 import { newTraceId } from '../server/trace.js';
 
 export interface StepCall {
@@ -26,63 +37,183 @@ export interface Step {
   readonly onStatus?: (status: PartialStatusObject, state: CallState | undefined) => void;
 }
 
-/** Runs `work`; continues with `proceed` on success, or ends the call on a throw or rejection. */
-function settle(work: () => void | Promise<void>, proceed: () => void, reject: (err: unknown) => void): void {
-  let pending: void | Promise<void>;
-  try {
-    pending = work();
-  } catch (err) {
-    reject(err);
-    return;
-  }
-  if (pending instanceof Promise) pending.then(proceed, reject);
-  else proceed();
+/** One call as the outermost step (observe.ts) sees it. */
+export interface ObservedCall {
+  /** The request headers arrived: creates the call's state and attaches it to `metadata`. */
+  begin(metadata: Metadata): CallState;
+  /** Every final status passes here last; returns the status to send. */
+  end(status: PartialStatusObject): PartialStatusObject;
 }
 
-export function stepInterceptor(step: Step): ServerInterceptor {
-  return (method, call) => {
-    let state: CallState | undefined;
-    let stepCall: StepCall | undefined;
-    const reject = (err: unknown) => {
+export interface ChainSpec {
+  /** Step 1: called when grpc-js creates the call, before its headers arrive. */
+  readonly observe: (path: string, requestStream: boolean, responseStream: boolean, call: ServerInterceptingCallInterface) => ObservedCall;
+  /** Step 2: the status for a throw from the handler's synchronous part. */
+  readonly recover: (err: unknown, traceId: string, path: string) => PartialStatusObject;
+  /** Steps 3 onwards, outermost first. */
+  readonly steps: readonly Step[];
+  /** Paths that run none of `steps`. */
+  readonly exempt: (path: string) => boolean;
+}
+
+const NO_STEPS: readonly Step[] = [];
+
+/** The per-call part of the chain. A class, so a call costs one object rather than a closure per event. */
+class ChainCall {
+  state: CallState | undefined;
+  /** Set with the headers; from then on this object is also the steps' StepCall (no extra object per call). */
+  metadata: Metadata | undefined;
+  message: unknown;
+  forwardMetadata: ((metadata: Metadata) => void) | undefined;
+  forwardMessage: ((message: unknown) => void) | undefined;
+
+  constructor(
+    readonly path: string,
+    readonly call: ServerInterceptingCallInterface,
+    readonly steps: readonly Step[],
+    readonly observed: ObservedCall,
+    readonly recover: ChainSpec['recover'],
+  ) {}
+
+  onReceiveMetadata(metadata: Metadata, forward: (metadata: Metadata) => void): void {
+    const state = (this.state = this.observed.begin(metadata));
+    this.metadata = metadata;
+    this.forwardMetadata = forward;
+    if (this.steps.length === 0) {
+      this.guard(forward, metadata);
+      return;
+    }
+    this.requestFrom(0, state);
+  }
+
+  /** Runs onRequest from step `index` on; a promise resumes the loop when it settles. */
+  requestFrom(index: number, state: CallState): void {
+    const steps = this.steps;
+    const stepCall = this as StepCall;
+    for (; index < steps.length; index++) {
+      const onRequest = steps[index]?.onRequest;
+      if (!onRequest) continue;
+      let pending: void | Promise<void>;
+      try {
+        pending = onRequest(state, stepCall);
+      } catch (err) {
+        this.reject(err, index);
+        return;
+      }
+      if (pending instanceof Promise) {
+        const next = index + 1;
+        pending.then(
+          () => this.requestFrom(next, state),
+          (err: unknown) => this.reject(err, next - 1),
+        );
+        return;
+      }
+    }
+    this.guard(this.forwardMetadata as (metadata: Metadata) => void, this.metadata as Metadata);
+  }
+
+  onReceiveMessage(message: unknown, forward: (message: unknown) => void): void {
+    const state = this.state;
+    if (state?.rejected) return;
+    this.message = message;
+    this.forwardMessage = forward;
+    if (this.steps.length === 0 || !state || !this.metadata) {
+      this.guard(forward, message);
+      return;
+    }
+    this.messageFrom(0, state);
+  }
+
+  /** Runs onMessage from step `index` on, then hands the message to the handler. */
+  messageFrom(index: number, state: CallState): void {
+    const steps = this.steps;
+    const stepCall = this as StepCall;
+    const message = this.message;
+    for (; index < steps.length; index++) {
       // Later messages of a rejected call must not reach any step or the handler.
-      if (state) state.rejected = true;
-      call.sendStatus(toStatus(err, state?.traceId ?? newTraceId()));
-    };
+      if (state.rejected) return;
+      const onMessage = steps[index]?.onMessage;
+      if (!onMessage) continue;
+      let pending: void | Promise<void>;
+      try {
+        pending = onMessage(state, stepCall, message);
+      } catch (err) {
+        this.reject(err, index);
+        return;
+      }
+      if (pending instanceof Promise) {
+        const next = index + 1;
+        pending.then(
+          () => this.messageFrom(next, state),
+          (err: unknown) => this.reject(err, next - 1),
+        );
+        return;
+      }
+    }
+    if (!state.rejected) this.guard(this.forwardMessage as (message: unknown) => void, message);
+  }
+
+  /** Step 2: a throw from the handler's synchronous part becomes a status seen by observe only. */
+  guard<T>(forward: (value: T) => void, value: T): void {
+    try {
+      forward(value);
+    } catch (err) {
+      const status = this.recover(err, this.state?.traceId ?? newTraceId(), this.path);
+      this.call.sendStatus(this.observed.end(status));
+    }
+  }
+
+  /** Step `index` refused the call: the steps before it and observe see the status. */
+  reject(err: unknown, index: number): void {
+    const state = this.state;
+    if (state) state.rejected = true;
+    const status = toStatus(err, state?.traceId ?? newTraceId());
+    this.statusThrough(status, index);
+    this.call.sendStatus(this.observed.end(status));
+  }
+
+  /** onStatus of steps[0 .. end-1], innermost first. An observer must never change the outcome. */
+  statusThrough(status: PartialStatusObject, end: number): void {
+    const steps = this.steps;
+    for (let index = end - 1; index >= 0; index--) {
+      const onStatus = steps[index]?.onStatus;
+      if (!onStatus) continue;
+      try {
+        onStatus(status, this.state);
+      } catch {
+        // An observer must never change the outcome of a call.
+      }
+    }
+  }
+}
+
+/** The whole chain as one grpc-js interceptor. */
+export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
+  // Decided once per method path (only registered methods reach interceptors, so this stays small).
+  const stepsByPath = new Map<string, readonly Step[]>();
+  return (method, call) => {
+    let steps = stepsByPath.get(method.path);
+    if (steps === undefined) {
+      steps = spec.exempt(method.path) ? NO_STEPS : spec.steps;
+      stepsByPath.set(method.path, steps);
+    }
+    const chainCall = new ChainCall(
+      method.path,
+      call,
+      steps,
+      spec.observe(method.path, method.requestStream, method.responseStream, call),
+      spec.recover,
+    );
     return new ServerInterceptingCall(call, {
       start: (next) =>
         next({
-          onReceiveMetadata: (metadata, forward) => {
-            state = callStateOf(metadata);
-            const current = (stepCall = { path: method.path, call, metadata });
-            const callState = state;
-            const onRequest = step.onRequest;
-            if (!onRequest || !callState) return forward(metadata);
-            settle(() => onRequest(callState, current), () => forward(metadata), reject);
-          },
-          onReceiveMessage: (message, forward) => {
-            const callState = state;
-            if (callState?.rejected) return;
-            const onMessage = step.onMessage;
-            if (!onMessage || !callState || !stepCall) return forward(message);
-            const current = stepCall;
-            settle(
-              () => onMessage(callState, current, message),
-              () => {
-                if (!callState.rejected) forward(message);
-              },
-              reject,
-            );
-          },
+          onReceiveMetadata: (metadata, forward) => chainCall.onReceiveMetadata(metadata, forward),
+          onReceiveMessage: (message, forward) => chainCall.onReceiveMessage(message, forward),
+          onReceiveHalfClose: (forward) => chainCall.guard(forward, undefined),
         }),
       sendStatus: (status, forward) => {
-        if (step.onStatus) {
-          try {
-            step.onStatus(status, state);
-          } catch {
-            // An observer must never change the outcome of a call.
-          }
-        }
-        forward(status);
+        chainCall.statusThrough(status, chainCall.steps.length);
+        forward(chainCall.observed.end(status));
       },
     });
   };

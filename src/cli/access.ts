@@ -207,6 +207,19 @@ export function registerAccessCommands(program: Command): void {
       }),
     );
   quota
+    .command('recompute <principal>')
+    .description('recount usage from what exists (repair); prints usage before and after')
+    .action(
+      withClient(async ({ client, options }, _flags, principal: string) => {
+        const response = await client.recomputeQuota({ principal }, options);
+        const used = (list: typeof response.before, resource: QuotaResource) => String(list.find((q) => q.resource === resource)?.used ?? 0n);
+        printTable(
+          ['resource', 'used before', 'used after'],
+          response.after.map((q) => [QuotaResource[q.resource].toLowerCase() + (response.notRecounted.includes(q.resource) ? ' (no source yet)' : ''), used(response.before, q.resource), used(response.after, q.resource)]),
+        );
+      }),
+    );
+  quota
     .command('set <principal> <resource> <limit>')
     .description(`set a limit; resource is one of ${[...QUOTAS.keys()].join(', ')}; limit a number or "unlimited"`)
     .action(

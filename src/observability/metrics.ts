@@ -11,6 +11,7 @@ export class Metrics {
     help: 'RPCs completed, by service, method and final gRPC status.',
     labelNames: ['service', 'method', 'status'] as const,
     registers: [this.registry],
+    collect: () => this.flushPending(),
   });
 
   readonly rpcDuration = new Histogram({
@@ -27,6 +28,7 @@ export class Metrics {
     help: 'Total number of RPCs completed on the server, regardless of success or failure.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method', 'grpc_code'] as const,
     registers: [this.registry],
+    collect: () => this.flushPending(),
   });
 
   readonly grpcHandling = new Histogram({
@@ -65,6 +67,20 @@ export class Metrics {
   });
 
   private readonly principals = new Set<string>();
+  private readonly flushers: Array<() => void> = [];
+
+  /**
+   * For counts kept outside prom-client on the hot path (the chain counts calls per method
+   * and code in plain numbers): `flush` adds them to rpc_requests_total and
+   * grpc_server_handled_total, and runs before every read of either (scrape or get()).
+   */
+  onCollect(flush: () => void): void {
+    this.flushers.push(flush);
+  }
+
+  private flushPending(): void {
+    for (const flush of this.flushers) flush();
+  }
 
   constructor(private readonly maxPrincipalLabels = 200) {
     collectDefaultMetrics({ register: this.registry });

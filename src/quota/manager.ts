@@ -5,11 +5,22 @@ import type { Config } from '../config/schema.js';
 import { RpcError } from '../server/errors.js';
 import { ConflictError } from '../store/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
-import type { QuotaRecord } from '../store/records.js';
+import { quotaResources, type QuotaRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { LeaseId, Store } from '../store/store.js';
 
 export type CountedResource = 'snapshots' | 'storage_gb';
+export type QuotaResourceName = (typeof quotaResources)[number];
+
+export interface QuotaView {
+  readonly resource: QuotaResourceName;
+  readonly limit: number;
+  readonly used: number;
+  readonly unlimited: boolean;
+}
+
+/** Counts what a principal really holds of a resource (e.g. its snapshots on the storage backends). */
+export type UsageSource = (principal: string) => Promise<number>;
 
 const MAX_ATTEMPTS = 64;
 
@@ -20,6 +31,8 @@ function exhausted(principal: string, resource: string, limit: number, used: num
 }
 
 export class QuotaManager {
+  private readonly sources = new Map<CountedResource, UsageSource>();
+
   constructor(
     private readonly store: Store,
     private readonly repos: Repositories,
@@ -104,12 +117,40 @@ export class QuotaManager {
     await this.store.delete(this.slotDir(principal) + segment(operationId));
   }
 
-  /** Admin repair: recomputes a counted resource's usage from what the store says exists. */
-  async recompute(principal: string, resource: CountedResource, actual: number): Promise<void> {
-    await this.repos.quotas.mutate([principal, resource], (current) => ({
-      ...(current ?? { schema_version: 1 as const, principal, resource }),
-      used: actual,
-      updated_at: new Date().toISOString(),
-    }));
+  /** Backends register how to count what exists, so usage can be repaired (RecomputeQuota). */
+  registerUsageSource(resource: CountedResource, source: UsageSource): void {
+    this.sources.set(resource, source);
   }
+
+  /** Limits and usage; concurrent operations are counted live from the slots. */
+  async view(principal: string): Promise<QuotaView[]> {
+    return Promise.all(
+      quotaResources.map(async (resource): Promise<QuotaView> => {
+        const record = (await this.repos.quotas.get([principal, resource]))?.value;
+        const used = resource === 'concurrent_operations' ? (await this.store.list(this.slotDir(principal))).kvs.length : (record?.used ?? 0);
+        return { resource, limit: record?.unlimited ? 0 : this.limitOf(record, resource), used, unlimited: record?.unlimited ?? false };
+      }),
+    );
+  }
+
+  /** Admin repair: recounts counted resources from their sources. Those without a source stay as they are. */
+  async recompute(principal: string): Promise<{ before: QuotaView[]; after: QuotaView[]; notRecounted: QuotaResourceName[] }> {
+    const before = await this.view(principal);
+    const notRecounted: QuotaResourceName[] = [];
+    for (const resource of ['snapshots', 'storage_gb'] as const) {
+      const source = this.sources.get(resource);
+      if (!source) {
+        notRecounted.push(resource);
+        continue;
+      }
+      const actual = await source(principal);
+      await this.repos.quotas.mutate([principal, resource], (current) => ({
+        ...(current ?? { schema_version: 1 as const, principal, resource }),
+        used: actual,
+        updated_at: new Date().toISOString(),
+      }));
+    }
+    return { before, after: await this.view(principal), notRecounted };
+  }
+
 }

@@ -185,7 +185,7 @@ export class Daemon {
         maxDeadlineMs: config.server.max_deadline_seconds * 1000,
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
       };
-      const admin = new AccessAdmin(repos, access, audit, settings);
+      const admin = new AccessAdmin(repos, access, audit, settings, quotas);
       const implemented: Record<string, Record<string, unknown>> = {
         [AccessService.typeName]: accessHandlers(admin, access),
         [OperationService.typeName]: operationHandlers(operations, access),

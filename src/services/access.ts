@@ -3,8 +3,9 @@ import { timestampFromDate, type Duration } from '@bufbuild/protobuf/wkt';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { PrincipalKind, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage } from '../gen/debvisor/v1/access_pb.js';
 import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
-import type { AccessAdmin, QuotaResourceName } from '../access/admin.js';
+import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.js';
 import type { AccessState } from '../access/state.js';
+import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../authz/decide.js';
 import type { HandlersOf } from '../server/adapter.js';
 import type { CallContext } from '../server/context.js';
@@ -56,20 +57,44 @@ function principalOf(ctx: CallContext) {
   return ctx.principal;
 }
 
+// WhoAmI runs per call: its permission list is built once per resolved role list.
+// AccessState memoises roles(), and replaces the array when roles change.
+const grantedByRoles = new WeakMap<readonly Role[], readonly string[]>();
+
+function grantedBy(roles: readonly Role[]): readonly string[] {
+  let granted = grantedByRoles.get(roles);
+  if (!granted) {
+    granted = [...new Set(roles.flatMap((role) => role.permissions))].sort();
+    grantedByRoles.set(roles, granted);
+  }
+  return granted;
+}
+
+const fingerprints = new Map<string, string>();
+
+function fingerprintHex(fingerprintSha256: string): string {
+  let hex = fingerprints.get(fingerprintSha256);
+  if (hex === undefined) {
+    hex = fingerprintSha256.replaceAll(':', '').toLowerCase();
+    if (fingerprints.size > 10_000) fingerprints.clear();
+    fingerprints.set(fingerprintSha256, hex);
+  }
+  return hex;
+}
+
 export function accessHandlers(admin: AccessAdmin, state: AccessState): HandlersOf<typeof AccessService> {
   return {
     whoAmI: (_request, ctx) => {
       const principal = principalOf(ctx);
       const roles = state.roleNamesOf(principal.id);
       const certificate = principal.certificate;
-      const granted = new Set(state.roles(roles).flatMap((role) => role.permissions));
       return Promise.resolve({
         principalId: principal.id,
         kind: principal.kind === 'certificate' ? PrincipalKind.CERTIFICATE : PrincipalKind.API_KEY,
         roles,
-        permissions: principal.apiKey ? [...principal.apiKey.permissions] : [...granted].sort(),
+        permissions: principal.apiKey ? [...principal.apiKey.permissions] : [...grantedBy(state.roles(roles))],
         authMethod: principal.kind === 'certificate' ? 'mtls' : 'api_key',
-        certFingerprintSha256: certificate ? certificate.fingerprintSha256.replaceAll(':', '').toLowerCase() : '',
+        certFingerprintSha256: certificate ? fingerprintHex(certificate.fingerprintSha256) : '',
         certNotAfter: certificate ? timestampFromDate(certificate.notAfter) : undefined,
         apiKeyId: principal.apiKey?.id ?? '',
         sourceAddress: ctx.peer,
@@ -130,6 +155,11 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState): Handlers
         principal,
         quotas: quotas.map((q) => ({ resource: QUOTA_ENUMS.get(q.resource), limit: BigInt(q.limit), used: BigInt(q.used), unlimited: q.unlimited })),
       };
+    },
+    recomputeQuota: async (request, ctx) => {
+      const { before, after, notRecounted } = await admin.recomputeQuota(ctx, request.principal);
+      const usage = (q: QuotaView) => ({ resource: QUOTA_ENUMS.get(q.resource), limit: BigInt(q.limit), used: BigInt(q.used), unlimited: q.unlimited });
+      return { before: before.map(usage), after: after.map(usage), notRecounted: notRecounted.flatMap((r) => QUOTA_ENUMS.get(r) ?? []) };
     },
     setQuota: async (request, ctx) => {
       const resource = QUOTA_NAMES.get(request.resource);

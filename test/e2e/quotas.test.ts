@@ -7,6 +7,7 @@ import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
+import { OperationService } from '../../src/gen/debvisor/v1/operation_pb.js';
 import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
 import { QuotaFailureSchema } from '../../src/gen/google/rpc/error_details_pb.js';
 import { StatusSchema } from '../../src/gen/google/rpc/status_pb.js';
@@ -58,6 +59,22 @@ describe('quotas on a shared etcd', () => {
     for (const client of clients) client.close();
     access.close();
   }, 60_000);
+
+  it('counts running operations live in GetQuota, and RecomputeQuota says what it cannot recount', async () => {
+    const access = await clientFor(AccessService, a);
+    const testing = await clientFor(TestingService, a);
+    const started = await testing.startTestOperation({ duration: durationFromMs(30_000) }, { timeoutMs: 5000 });
+    const quota = await access.getQuota({}, { timeoutMs: 5000 });
+    expect(quota.quotas.find((q) => q.resource === QuotaResource.CONCURRENT_OPERATIONS)?.used).toBe(1n);
+    const recount = await access.recomputeQuota({ principal: ADMIN }, { timeoutMs: 5000 });
+    expect(recount.notRecounted.sort()).toEqual([QuotaResource.SNAPSHOTS, QuotaResource.STORAGE_GB].sort());
+    expect(recount.after.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used).toBe(10n);
+    const ops = await clientFor(OperationService, a);
+    await ops.cancelOperation({ operationId: started.operation!.id }, { timeoutMs: 5000 });
+    await ops.waitOperation({ operationId: started.operation!.id, timeout: durationFromMs(5000) }, { timeoutMs: 10_000 });
+    expect((await access.getQuota({}, { timeoutMs: 5000 })).quotas.find((q) => q.resource === QuotaResource.CONCURRENT_OPERATIONS)?.used).toBe(0n);
+    for (const client of [access, testing, ops]) client.close();
+  });
 
   it('frees the slots of a daemon killed with SIGKILL within its lease TTL', async () => {
     const access = await clientFor(AccessService, b);
