@@ -60,6 +60,12 @@ export function testingHandlers(operations: OperationManager, quotas: QuotaManag
       });
       return { operation: operationMessage(record) };
     },
+    releaseTestQuota: async (_request, ctx) => {
+      // What a delete handler does with the quota its object took.
+      const principal = ctx.principal?.id ?? '';
+      await quotas.release(principal, 'snapshots', 1);
+      return { used: BigInt(await quotas.usage(principal, 'snapshots')) };
+    },
     consumeTestQuota: async (_request, ctx) => {
       // The snapshots unit was taken by the quota guard, from the proto option.
       const usage = await quotas.usage(ctx.principal?.id ?? '', 'snapshots');

@@ -11,7 +11,7 @@ import { OperationService } from '../../src/gen/debvisor/v1/operation_pb.js';
 import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
 import { QuotaFailureSchema } from '../../src/gen/google/rpc/error_details_pb.js';
 import { StatusSchema } from '../../src/gen/google/rpc/status_pb.js';
-import { clientFor, type RunningDaemon } from '../support/daemon.js';
+import { auditRecords, clientFor, type RunningDaemon } from '../support/daemon.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
 import { startTestingDaemon } from '../support/testing.js';
 
@@ -56,6 +56,14 @@ describe('quotas on a shared etcd', () => {
     expect(failure?.violations[0]?.description).toContain('limit 10');
     const quota = await access.getQuota({}, { timeoutMs: 5000 });
     expect(quota.quotas.find((q) => q.resource === QuotaResource.SNAPSHOTS)).toMatchObject({ used: 10n, limit: 10n });
+    // Refusals are audited (one CALL record each, with the code and the reason).
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const audited = [...auditRecords(a), ...auditRecords(b)].filter((r) => r.type === 'CALL' && r.code === 'RESOURCE_EXHAUSTED' && String(r.method).endsWith('/ConsumeTestQuota'));
+    expect(audited).toHaveLength(40);
+    expect(String(audited[0]?.reason)).toContain('quota exceeded: snapshots');
+    // Deleting gives a unit back, and the freed unit can be taken again.
+    expect((await clients[0]!.releaseTestQuota({}, { timeoutMs: 5000 })).used).toBe(9n);
+    expect((await clients[1]!.consumeTestQuota({}, { timeoutMs: 5000 })).used).toBe(10n);
     for (const client of clients) client.close();
     access.close();
   }, 60_000);

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/testing/v1/testing.proto.
  */
 export const file_debvisor_testing_v1_testing: GenFile = /*@__PURE__*/
-  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEirgEKGVN0YXJ0VGVzdE9wZXJhdGlvblJlcXVlc3QSKwoIZHVyYXRpb24YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFc3RlcHMYAiABKA0SFAoMZmFpbF9tZXNzYWdlGAMgASgJEhEKCXJlc3VtYWJsZRgEIAEoCBIYChBydW5faG9zdF9jb21tYW5kGAUgASgIEhIKCnJlcXVlc3RfaWQYBiABKAkiRwoaU3RhcnRUZXN0T3BlcmF0aW9uUmVzcG9uc2USKQoJb3BlcmF0aW9uGAEgASgLMhYuZGVidmlzb3IudjEuT3BlcmF0aW9uIi0KF0NvbnN1bWVUZXN0UXVvdGFSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkiKAoYQ29uc3VtZVRlc3RRdW90YVJlc3BvbnNlEgwKBHVzZWQYASABKAQyvgIKDlRlc3RpbmdTZXJ2aWNlEpgBChJTdGFydFRlc3RPcGVyYXRpb24SLi5kZWJ2aXNvci50ZXN0aW5nLnYxLlN0YXJ0VGVzdE9wZXJhdGlvblJlcXVlc3QaLy5kZWJ2aXNvci50ZXN0aW5nLnYxLlN0YXJ0VGVzdE9wZXJhdGlvblJlc3BvbnNlIiHK8xgdChd0ZXN0aW5nOm9wZXJhdGlvbjpzdGFydBABMAUSkAEKEENvbnN1bWVUZXN0UXVvdGESLC5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXF1ZXN0Gi0uZGVidmlzb3IudGVzdGluZy52MS5Db25zdW1lVGVzdFF1b3RhUmVzcG9uc2UiH8rzGBsKFXRlc3Rpbmc6cXVvdGE6Y29uc3VtZRABIAFiBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
+  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEirgEKGVN0YXJ0VGVzdE9wZXJhdGlvblJlcXVlc3QSKwoIZHVyYXRpb24YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFc3RlcHMYAiABKA0SFAoMZmFpbF9tZXNzYWdlGAMgASgJEhEKCXJlc3VtYWJsZRgEIAEoCBIYChBydW5faG9zdF9jb21tYW5kGAUgASgIEhIKCnJlcXVlc3RfaWQYBiABKAkiRwoaU3RhcnRUZXN0T3BlcmF0aW9uUmVzcG9uc2USKQoJb3BlcmF0aW9uGAEgASgLMhYuZGVidmlzb3IudjEuT3BlcmF0aW9uIi0KF0NvbnN1bWVUZXN0UXVvdGFSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkiKAoYQ29uc3VtZVRlc3RRdW90YVJlc3BvbnNlEgwKBHVzZWQYASABKAQiLQoXUmVsZWFzZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhSZWxlYXNlVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBDLPAwoOVGVzdGluZ1NlcnZpY2USmAEKElN0YXJ0VGVzdE9wZXJhdGlvbhIuLmRlYnZpc29yLnRlc3RpbmcudjEuU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBovLmRlYnZpc29yLnRlc3RpbmcudjEuU3RhcnRUZXN0T3BlcmF0aW9uUmVzcG9uc2UiIcrzGB0KF3Rlc3Rpbmc6b3BlcmF0aW9uOnN0YXJ0EAEwBRKOAQoQUmVsZWFzZVRlc3RRdW90YRIsLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RRdW90YVJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLlJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZSIdyvMYGQoVdGVzdGluZzpxdW90YTpyZWxlYXNlEAESkAEKEENvbnN1bWVUZXN0UXVvdGESLC5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXF1ZXN0Gi0uZGVidmlzb3IudGVzdGluZy52MS5Db25zdW1lVGVzdFF1b3RhUmVzcG9uc2UiH8rzGBsKFXRlc3Rpbmc6cXVvdGE6Y29uc3VtZRABIAFiBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
 
 /**
  * StartTestOperationRequest describes the fake work.
@@ -143,6 +143,48 @@ export const ConsumeTestQuotaResponseSchema: GenMessage<ConsumeTestQuotaResponse
   messageDesc(file_debvisor_testing_v1_testing, 3);
 
 /**
+ * ReleaseTestQuotaRequest gives one snapshots unit back.
+ *
+ * @generated from message debvisor.testing.v1.ReleaseTestQuotaRequest
+ */
+export type ReleaseTestQuotaRequest = Message<"debvisor.testing.v1.ReleaseTestQuotaRequest"> & {
+  /**
+   * Optional idempotency key; see common.proto.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.ReleaseTestQuotaRequest.
+ * Use `create(ReleaseTestQuotaRequestSchema)` to create a new message.
+ */
+export const ReleaseTestQuotaRequestSchema: GenMessage<ReleaseTestQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 4);
+
+/**
+ * ReleaseTestQuotaResponse reports the usage after releasing.
+ *
+ * @generated from message debvisor.testing.v1.ReleaseTestQuotaResponse
+ */
+export type ReleaseTestQuotaResponse = Message<"debvisor.testing.v1.ReleaseTestQuotaResponse"> & {
+  /**
+   * Snapshots used by the caller after this call.
+   *
+   * @generated from field: uint64 used = 1;
+   */
+  used: bigint;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.ReleaseTestQuotaResponse.
+ * Use `create(ReleaseTestQuotaResponseSchema)` to create a new message.
+ */
+export const ReleaseTestQuotaResponseSchema: GenMessage<ReleaseTestQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 5);
+
+/**
  * TestingService starts fake long-running work and consumes quota.
  *
  * @generated from service debvisor.testing.v1.TestingService
@@ -157,6 +199,16 @@ export const TestingService: GenService<{
     methodKind: "unary";
     input: typeof StartTestOperationRequestSchema;
     output: typeof StartTestOperationResponseSchema;
+  },
+  /**
+   * ReleaseTestQuota gives one snapshots unit back, like deleting a snapshot.
+   *
+   * @generated from rpc debvisor.testing.v1.TestingService.ReleaseTestQuota
+   */
+  releaseTestQuota: {
+    methodKind: "unary";
+    input: typeof ReleaseTestQuotaRequestSchema;
+    output: typeof ReleaseTestQuotaResponseSchema;
   },
   /**
    * ConsumeTestQuota takes one unit of the snapshots quota, like creating a snapshot.
