@@ -9,6 +9,7 @@ import { OperationService, OperationState } from '../../src/gen/debvisor/v1/oper
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
 import { clientFor, runMain, type RunningDaemon } from '../support/daemon.js';
+import { issueClientFor } from '../support/security.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
 import { startTestingDaemon } from '../support/testing.js';
 
@@ -120,6 +121,30 @@ describe('operations (embedded store)', () => {
     access.close();
   });
 
+  it('shows callers their own operations only, unless they hold the :any permissions', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    const mine = await testing.startTestOperation({ duration: durationFromMs(10) }, { timeoutMs: 5000 });
+    testing.close();
+    const admin = await clientFor(AccessService, daemon);
+    const developer = await issueClientFor(daemon.pki, 'spiffe://debvisor/ci/developer');
+    const viewer = await issueClientFor(daemon.pki, 'spiffe://debvisor/ops/viewer');
+    await admin.bindRole({ principal: 'spiffe://debvisor/ci/developer', roleName: 'developer' }, { timeoutMs: 5000 });
+    await admin.bindRole({ principal: 'spiffe://debvisor/ops/viewer', roleName: 'viewer' }, { timeoutMs: 5000 });
+    admin.close();
+    const asDeveloper = await clientFor(OperationService, daemon, developer);
+    const hidden = await rejection(asDeveloper.getOperation({ operationId: mine.operation!.id }, { timeoutMs: 5000 }));
+    expect(hidden.code).toBe(Status.NOT_FOUND);
+    expect((await asDeveloper.listOperations({}, { timeoutMs: 5000 })).operations).toEqual([]);
+    // The developer role may not cancel at all (RBAC answers before the handler).
+    const cancel = await rejection(asDeveloper.cancelOperation({ operationId: mine.operation!.id }, { timeoutMs: 5000 }));
+    expect(cancel.code).toBe(Status.PERMISSION_DENIED);
+    const asViewer = await clientFor(OperationService, daemon, viewer);
+    expect((await asViewer.getOperation({ operationId: mine.operation!.id }, { timeoutMs: 5000 })).operation?.owner).toBe('spiffe://debvisor/admin/admin');
+    expect((await asViewer.listOperations({}, { timeoutMs: 5000 })).operations.map((o) => o.id)).toContain(mine.operation!.id);
+    asDeveloper.close();
+    asViewer.close();
+  });
+
   it('records a failure with its code and message', async () => {
     const testing = await clientFor(TestingService, daemon);
     const ops = await clientFor(OperationService, daemon);
@@ -190,6 +215,27 @@ describe('restart recovery (etcd)', () => {
     etcd = await startEtcd();
   }, 60_000);
   afterAll(() => etcd.stop());
+
+  it('resumes a resumable operation left RUNNING by a killed daemon when it restarts', async () => {
+    const env = { DEBVISOR_RPCD_STORE_BACKEND: 'etcd', DEBVISOR_RPCD_STORE_ETCD_ENDPOINTS: etcd.endpoints.join(','), DEBVISOR_RPCD_NODE_NAME: 'node-resume' };
+    const first = await startTestingDaemon({ env });
+    const testing = await clientFor(TestingService, first);
+    const started = await testing.startTestOperation({ duration: durationFromMs(2000), steps: 4, resumable: true }, { timeoutMs: 5000 });
+    testing.close();
+    await first.stop('SIGKILL');
+    const second = await startTestingDaemon({ env, pkiDir: first.pki.dir });
+    try {
+      const ops = await clientFor(OperationService, second);
+      const final = await ops.waitOperation({ operationId: started.operation!.id, timeout: durationFromMs(10_000) }, { timeoutMs: 15_000 });
+      expect(final.operation?.state).toBe(OperationState.SUCCEEDED);
+      expect(final.operation?.node).toBe('node-resume');
+      expect(second.logRecords().some((r) => r.msg === 'resuming operation after restart')).toBe(true);
+      ops.close();
+    } finally {
+      await second.cleanup();
+      await first.cleanup();
+    }
+  }, 60_000);
 
   it('marks an operation left RUNNING by a killed daemon FAILED when it restarts', async () => {
     const env = { DEBVISOR_RPCD_STORE_BACKEND: 'etcd', DEBVISOR_RPCD_STORE_ETCD_ENDPOINTS: etcd.endpoints.join(','), DEBVISOR_RPCD_NODE_NAME: 'node-restart' };
