@@ -1,10 +1,10 @@
-// Rough throughput of the audit log on the local disk: `npx tsx test/audit/bench.ts [dir]`.
+// Rough throughput of the audit log on the local disk: `npm run bench:audit -- [dir]`.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AuditLog } from '../../src/audit/log.js';
-import { verifyAuditFiles } from '../../src/audit/verify.js';
-import { event, keyOf } from './helpers.js';
+import { AuditLog } from '../src/audit/log.js';
+import { verifyAuditFiles } from '../src/audit/verify.js';
+import { event, keyOf } from '../test/audit/helpers.js';
 
 const base = process.argv[2] ?? tmpdir();
 
