@@ -1,0 +1,445 @@
+// The libvirt backend: typed VM and VM-snapshot operations on top of `virsh --connect URI`,
+// run through the exec layer (argv only, absolute binary, allow-listed env, timeouts).
+// Domain facts come from libvirt's XML (dumpxml, snapshot-dumpxml) via a real XML parser;
+// the few other outputs used are one-word (domstate) or "Key: value" lines (dominfo, domjobinfo).
+// Every VM and snapshot name is validated before anything is spawned.
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Registry } from 'prom-client';
+import { createExecutor, ExecError, ExecUsageError, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
+import { validateSnapshotName, validateVmName } from '../validate.js';
+import { InvalidArgumentError } from '../../server/errors.js';
+import { STATE_CONFLICT, VIRSH_RULES, VmStateError } from './errors.js';
+import { parseDomjobinfo, type DomainJobInfo } from './jobinfo.js';
+import { parseDomainXml, parseSnapshotXml, type DomainDisk, type DomainInterface, type DomainState } from './xml.js';
+
+export type { DomainDisk, DomainInterface, DomainState, DomainJobInfo };
+
+export const DEFAULT_VIRSH = '/usr/bin/virsh';
+
+/**
+ * What virsh may see of the daemon's environment. HOME and XDG_* locate qemu:///session sockets
+ * and virsh's config/known-hosts; PATH and SSH_AUTH_SOCK let qemu+ssh:// URIs find ssh and its agent.
+ */
+export const VIRSH_ENV_ALLOW_LIST = ['PATH', 'HOME', 'XDG_RUNTIME_DIR', 'XDG_CONFIG_HOME', 'XDG_CACHE_HOME', 'SSH_AUTH_SOCK'] as const;
+
+export const MAX_DESCRIPTION_LENGTH = 1024;
+
+export interface LibvirtOptions {
+  /** libvirt connection URI, e.g. qemu:///system or test+unix:///default?socket=/path. */
+  readonly uri: string;
+  readonly registry: Registry;
+  /** Absolute path of virsh; default /usr/bin/virsh. */
+  readonly virshPath?: string;
+  readonly maxConcurrent?: number;
+  readonly defaultTimeoutMs?: number;
+  readonly maxOutputBytes?: number;
+  readonly killGraceMs?: number;
+  /** Extra variables for virsh (after the allow-list), e.g. LIBVIRT_AUTH_FILE. */
+  readonly extraEnv?: Readonly<Record<string, string>>;
+  readonly onSpawn?: (event: SpawnEvent) => void;
+}
+
+export interface CallOptions {
+  readonly signal?: AbortSignal;
+  readonly timeoutMs?: number;
+}
+
+/** One VM as ListVms reports it. */
+export interface DomainSummary {
+  readonly name: string;
+  readonly uuid: string;
+  readonly state: DomainState;
+  readonly vcpus: number;
+  readonly memoryBytes: number;
+  readonly autostart: boolean;
+  readonly persistent: boolean;
+}
+
+/** One VM as GetVm reports it. */
+export interface Domain extends DomainSummary {
+  readonly disks: readonly DomainDisk[];
+  readonly interfaces: readonly DomainInterface[];
+  /** Name of the current snapshot; empty when none. */
+  readonly currentSnapshot: string;
+}
+
+export interface DomainSnapshot {
+  readonly name: string;
+  readonly vmName: string;
+  readonly description: string;
+  readonly createTime: Date;
+  /** VM state when the snapshot was taken. */
+  readonly vmState: DomainState;
+  /** Parent snapshot; empty for a root. */
+  readonly parent: string;
+  readonly current: boolean;
+}
+
+export interface ShutdownWaitOptions extends CallOptions {
+  /** How long to wait for the VM to be off after the ACPI request. */
+  readonly waitMs: number;
+  /** destroy the VM if it is still on after waitMs. */
+  readonly force?: boolean;
+  /** State polling interval; default 500 ms. */
+  readonly pollMs?: number;
+  /** Called with each polled state (operation progress). */
+  readonly onPoll?: (state: DomainState, elapsedMs: number) => void;
+}
+
+// `virsh domstate` words (LC_ALL=C) → state.
+const DOMSTATE: Record<string, DomainState> = {
+  'no state': 'nostate',
+  running: 'running',
+  idle: 'blocked',
+  blocked: 'blocked',
+  paused: 'paused',
+  'in shutdown': 'shutdown',
+  'shut off': 'shutoff',
+  crashed: 'crashed',
+  pmsuspended: 'pmsuspended',
+};
+
+/** Parses `virsh domstate` output ("shut off"). */
+export function parseDomstate(stdout: string): DomainState {
+  return DOMSTATE[stdout.trim().toLowerCase()] ?? 'nostate';
+}
+
+/** Parses "Key:   value" lines (dominfo, domjobinfo). */
+export function parseKeyValues(stdout: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of stdout.split(/\r?\n/)) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+  }
+  return out;
+}
+
+/** Non-empty lines (`list --name`, `snapshot-list --name`). */
+function lines(stdout: string): string[] {
+  return stdout.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);
+}
+
+/** `virsh domstats --state` output → name → state (virDomainState numbers). */
+export function parseDomstatsState(stdout: string): Map<string, DomainState> {
+  const numbered: DomainState[] = ['nostate', 'running', 'blocked', 'paused', 'shutdown', 'shutoff', 'crashed', 'pmsuspended'];
+  const out = new Map<string, DomainState>();
+  let current: string | undefined;
+  for (const raw of stdout.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (line.startsWith("Domain: '") && line.endsWith("'")) current = line.slice(9, -1);
+    else if (current !== undefined && line.startsWith('state.state=')) out.set(current, numbered[Number(line.slice(12))] ?? 'nostate');
+  }
+  return out;
+}
+
+function validateDescription(value: unknown): string {
+  if (value === undefined) return '';
+  if (typeof value !== 'string') throw new InvalidArgumentError('description', 'must be a string');
+  if (value.length > MAX_DESCRIPTION_LENGTH) throw new InvalidArgumentError('description', `must be at most ${MAX_DESCRIPTION_LENGTH} characters`);
+  // Control characters (newlines included) would forge lines in virsh's and our logs.
+  if (/\p{Cc}/u.test(value)) throw new InvalidArgumentError('description', 'must not contain control characters');
+  return value;
+}
+
+function validateUri(uri: string): string {
+  // A config value, not client input, but it lands in argv: one token, a scheme, nothing option-like.
+  if (!/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(uri)) throw new ExecUsageError('libvirt uri must look like driver[+transport]://[host]/path');
+  return uri;
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason as Error);
+      return;
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason as Error);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+
+export class Libvirt {
+  readonly uri: string;
+  readonly executor: Executor;
+
+  constructor(options: LibvirtOptions) {
+    this.uri = validateUri(options.uri);
+    this.executor = createExecutor({
+      backend: 'libvirt',
+      binaries: { virsh: options.virshPath ?? DEFAULT_VIRSH },
+      envAllowList: VIRSH_ENV_ALLOW_LIST,
+      extraEnv: options.extraEnv,
+      maxConcurrent: options.maxConcurrent ?? 4,
+      defaultTimeoutMs: options.defaultTimeoutMs ?? 60_000,
+      maxOutputBytes: options.maxOutputBytes ?? 4 * 1024 * 1024,
+      killGraceMs: options.killGraceMs ?? 2_000,
+      registry: options.registry,
+      onSpawn: options.onSpawn,
+    });
+  }
+
+  // ------------------------------------------------------------------ plumbing
+
+  /** Runs `virsh --connect URI ARGS` and returns the raw result (any exit code). */
+  private run(args: readonly string[], opts: RunOptions = {}): Promise<ExecResult> {
+    return this.executor.run('virsh', ['--connect', this.uri, ...args], opts);
+  }
+
+  /** Runs and classifies: throws ExecError (not_found, unavailable, …) on failure. */
+  private async virsh(args: readonly string[], opts: CallOptions = {}): Promise<string> {
+    return this.executor.check(await this.run(args, opts), VIRSH_RULES).stdout;
+  }
+
+  /** A lifecycle call: a wrong-state failure becomes VmStateError carrying the VM's current state. */
+  private async lifecycle(operation: string, vm: string, args: readonly string[], opts: CallOptions): Promise<void> {
+    const result = await this.run(args, opts);
+    if (result.code !== 0 && STATE_CONFLICT.test(result.stderr)) {
+      const cause = new ExecError({ kind: 'failed', backend: 'libvirt', command: 'virsh', args, exitCode: result.code, stderr: result.stderr });
+      let state: DomainState = 'nostate';
+      try {
+        state = await this.state(vm, { signal: opts.signal });
+      } catch {
+        // The state is a courtesy for the message; the precondition failure stands.
+      }
+      throw new VmStateError(vm, state, operation, { cause });
+    }
+    this.executor.check(result, VIRSH_RULES);
+  }
+
+  // ------------------------------------------------------------------ reading
+
+  /** `virsh uri`: succeeds when libvirt answers (readiness / PrepareMigration reachability). */
+  async ping(opts: CallOptions = {}): Promise<void> {
+    await this.virsh(['uri'], opts);
+  }
+
+  /** The VM's state (`virsh domstate`). */
+  async state(vmName: string, opts: CallOptions = {}): Promise<DomainState> {
+    const vm = validateVmName(vmName, 'vm_name');
+    return parseDomstate(await this.virsh(['domstate', '--domain', vm], opts));
+  }
+
+  /** The domain XML (`virsh dumpxml`), e.g. to define the VM on another node. */
+  async dumpXml(vmName: string, opts: CallOptions & { inactive?: boolean } = {}): Promise<string> {
+    const vm = validateVmName(vmName, 'vm_name');
+    return this.virsh(['dumpxml', '--domain', vm, ...(opts.inactive ? ['--inactive'] : [])], opts);
+  }
+
+  /** GetVm: XML facts, state, autostart, persistence and the current snapshot. */
+  async getDomain(vmName: string, opts: CallOptions = {}): Promise<Domain> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const xml = parseDomainXml(await this.virsh(['dumpxml', '--domain', vm], opts));
+    const [info, currentSnapshot] = await Promise.all([this.virsh(['dominfo', '--domain', vm], opts), this.snapshotCurrent(vm, opts)]);
+    const kv = parseKeyValues(info);
+    return {
+      name: xml.name,
+      uuid: xml.uuid,
+      state: parseDomstate(kv.State ?? ''),
+      vcpus: xml.vcpus,
+      memoryBytes: xml.memoryBytes,
+      autostart: kv.Autostart === 'enable',
+      persistent: kv.Persistent === 'yes',
+      disks: xml.disks,
+      interfaces: xml.interfaces,
+      currentSnapshot,
+    };
+  }
+
+  /** ListVms: every domain (defined or transient), ordered by name. Paging and filters are the caller's. */
+  async listDomains(opts: CallOptions = {}): Promise<DomainSummary[]> {
+    const [names, autostart, persistent, stats] = await Promise.all([
+      this.virsh(['list', '--all', '--name'], opts).then(lines),
+      this.virsh(['list', '--all', '--name', '--autostart'], opts).then((s) => new Set(lines(s))),
+      this.virsh(['list', '--all', '--name', '--persistent'], opts).then((s) => new Set(lines(s))),
+      this.virsh(['domstats', '--state'], opts).then(parseDomstatsState),
+    ]);
+    const domains = await Promise.all(
+      names.map(async (name): Promise<DomainSummary | undefined> => {
+        try {
+          // Names come from libvirt, not a client; `--domain NAME` keeps even odd ones a value.
+          const xml = parseDomainXml(await this.virsh(['dumpxml', '--domain', name], opts));
+          return {
+            name: xml.name,
+            uuid: xml.uuid,
+            state: stats.get(name) ?? 'nostate',
+            vcpus: xml.vcpus,
+            memoryBytes: xml.memoryBytes,
+            autostart: autostart.has(name),
+            persistent: persistent.has(name),
+          };
+        } catch (err) {
+          // Undefined between the listing and the dumpxml: it is simply gone.
+          if (err instanceof ExecError && err.kind === 'not_found') return undefined;
+          throw err;
+        }
+      }),
+    );
+    return domains.filter((d): d is DomainSummary => d !== undefined).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  // ------------------------------------------------------------------ definition
+
+  /** `virsh define` from XML text (via a private temp file); returns the domain name. */
+  async defineXml(xml: string, opts: CallOptions = {}): Promise<string> {
+    const name = parseDomainXml(xml).name;
+    validateVmName(name, 'vm_name');
+    // virsh reads the file itself; node's stdin "pipe" is a socketpair, which /dev/stdin cannot open.
+    const dir = await mkdtemp(join(tmpdir(), 'debvisor-define-'));
+    try {
+      const file = join(dir, 'domain.xml');
+      await writeFile(file, xml, { mode: 0o600 });
+      await this.virsh(['define', '--file', file], opts);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    return name;
+  }
+
+  /** `virsh undefine` (also drops snapshot metadata, which libvirt otherwise refuses). */
+  async undefine(vmName: string, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.virsh(['undefine', '--domain', vm, '--snapshots-metadata'], opts);
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  async start(vmName: string, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.lifecycle('start', vm, ['start', '--domain', vm], opts);
+  }
+
+  /** Resumes a paused VM (StartVm on a paused VM). */
+  async resume(vmName: string, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.lifecycle('resume', vm, ['resume', '--domain', vm], opts);
+  }
+
+  /** Asks the guest to shut down (ACPI) and returns at once. */
+  async shutdown(vmName: string, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.lifecycle('shut down', vm, ['shutdown', '--domain', vm], opts);
+  }
+
+  /**
+   * shutdown, then poll until the VM is off for up to `waitMs`; with `force`, destroy it after that.
+   * Resolves with the final state and whether it was forced; a VM still on without force is not an error.
+   */
+  async shutdownAndWait(vmName: string, opts: ShutdownWaitOptions): Promise<{ state: DomainState; forced: boolean }> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const call: CallOptions = { signal: opts.signal };
+    await this.shutdown(vm, call);
+    const started = performance.now();
+    const pollMs = opts.pollMs ?? 500;
+    for (;;) {
+      const state = await this.state(vm, call);
+      const elapsed = performance.now() - started;
+      opts.onPoll?.(state, elapsed);
+      if (state === 'shutoff' || state === 'crashed') return { state, forced: false };
+      if (elapsed >= opts.waitMs) break;
+      await sleep(Math.min(pollMs, Math.max(1, opts.waitMs - elapsed)), opts.signal);
+    }
+    if (!opts.force) return { state: await this.state(vm, call), forced: false };
+    try {
+      await this.destroy(vm, call);
+    } catch (err) {
+      // It went off by itself between the last poll and the destroy.
+      if (!(err instanceof VmStateError)) throw err;
+    }
+    return { state: await this.state(vm, call), forced: true };
+  }
+
+  async reboot(vmName: string, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.lifecycle('reboot', vm, ['reboot', '--domain', vm], opts);
+  }
+
+  /** Hard power-off; `graceful` = SIGTERM only (fails if the process does not exit). */
+  async destroy(vmName: string, opts: CallOptions & { graceful?: boolean } = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.lifecycle('destroy', vm, ['destroy', '--domain', vm, ...(opts.graceful ? ['--graceful'] : [])], opts);
+  }
+
+  // ------------------------------------------------------------------ snapshots
+
+  /** `snapshot-create-as`; returns the new snapshot (now the current one). */
+  async snapshotCreate(vmName: string, snapshotName: string, description?: string, opts: CallOptions = {}): Promise<DomainSnapshot> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const snap = validateSnapshotName(snapshotName, 'snapshot_name');
+    const desc = validateDescription(description);
+    // "--opt=value" keeps a description starting with "-" a value.
+    const args = ['snapshot-create-as', '--domain', vm, '--name', snap];
+    if (desc !== '') args.push(`--description=${desc}`);
+    await this.virsh(args, opts);
+    return this.snapshotInfo(vm, snap, snap, opts);
+  }
+
+  private async snapshotInfo(vm: string, snap: string, current: string, opts: CallOptions): Promise<DomainSnapshot> {
+    const s = parseSnapshotXml(await this.virsh(['snapshot-dumpxml', '--domain', vm, '--snapshotname', snap], opts));
+    return { name: s.name, vmName: vm, description: s.description, createTime: s.createTime, vmState: s.state, parent: s.parent, current: s.name === current };
+  }
+
+  /** Name of the VM's current snapshot; empty when it has none. */
+  async snapshotCurrent(vmName: string, opts: CallOptions = {}): Promise<string> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const result = await this.run(['snapshot-current', '--domain', vm, '--name'], opts);
+    // "error: domain 'vm1' has no current snapshot"
+    if (result.code !== 0 && /has no current snapshot/.test(result.stderr)) return '';
+    return this.executor.check(result, VIRSH_RULES).stdout.trim();
+  }
+
+  /** Snapshot names, parents before children (`snapshot-list --topological`). */
+  async snapshotNames(vmName: string, opts: CallOptions = {}): Promise<string[]> {
+    const vm = validateVmName(vmName, 'vm_name');
+    return lines(await this.virsh(['snapshot-list', '--domain', vm, '--name', '--topological'], opts));
+  }
+
+  /** ListVmSnapshots: every snapshot with its metadata, oldest first. */
+  async snapshotList(vmName: string, opts: CallOptions = {}): Promise<DomainSnapshot[]> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const [names, current] = await Promise.all([this.snapshotNames(vm, opts), this.snapshotCurrent(vm, opts)]);
+    const snaps = await Promise.all(names.map((n) => this.snapshotInfo(vm, n, current, opts)));
+    // Stable sort: equal creation seconds keep the topological order.
+    return snaps.sort((a, b) => a.createTime.getTime() - b.createTime.getTime());
+  }
+
+  async snapshotRevert(vmName: string, snapshotName: string, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const snap = validateSnapshotName(snapshotName, 'snapshot_name');
+    await this.virsh(['snapshot-revert', '--domain', vm, '--snapshotname', snap], opts);
+  }
+
+  /** Deletes a snapshot (and with `children`, its descendants); returns every name deleted. */
+  async snapshotDelete(vmName: string, snapshotName: string, opts: CallOptions & { children?: boolean } = {}): Promise<string[]> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const snap = validateSnapshotName(snapshotName, 'snapshot_name');
+    let deleted = [snap];
+    if (opts.children) {
+      const descendants = lines(await this.virsh(['snapshot-list', '--domain', vm, '--from', snap, '--descendants', '--name'], opts));
+      deleted = [snap, ...descendants.filter((n) => n !== snap)];
+    }
+    await this.virsh(['snapshot-delete', '--domain', vm, '--snapshotname', snap, ...(opts.children ? ['--children'] : [])], opts);
+    return deleted;
+  }
+
+  // ------------------------------------------------------------------ jobs (migration progress)
+
+  /** `virsh domjobinfo`: the VM's active job (type "None" when there is none). */
+  async jobInfo(vmName: string, opts: CallOptions & { completed?: boolean } = {}): Promise<DomainJobInfo> {
+    const vm = validateVmName(vmName, 'vm_name');
+    return parseDomjobinfo(await this.virsh(['domjobinfo', '--domain', vm, ...(opts.completed ? ['--completed'] : [])], opts));
+  }
+
+  /** `virsh domjobabort`: cancels the VM's active job (a migration). */
+  async jobAbort(vmName: string, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.virsh(['domjobabort', '--domain', vm], opts);
+  }
+}

@@ -1,0 +1,141 @@
+// Starts a private, unprivileged libvirtd with the test driver for tests (as scripts/libvirt-test-start):
+//  - its own temp dir, with HOME and XDG_* under it;
+//  - as root, the daemon runs as `nobody` (a root libvirtd is "privileged" and needs Debian's libvirt-qemu user);
+//  - a holder connection (`virsh event --all --loop`) keeps the test driver's state alive between virsh calls;
+//  - the built-in `test` domain is removed, so the hypervisor starts empty.
+// Processes are stopped by PID only (SIGTERM, then SIGKILL after 5 s), and SIGKILLed if the
+// test process exits without calling stop(). Needs Debian libvirt-daemon and libvirt-clients.
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export const LIBVIRTD = '/usr/sbin/libvirtd';
+export const VIRSH = '/usr/bin/virsh';
+const READY_TIMEOUT_MS = 10_000;
+const KILL_AFTER_MS = 5_000;
+
+export interface TestLibvirt {
+  /** test+unix:///default?socket=<dir>/run/libvirt/libvirt-sock */
+  readonly uri: string;
+  readonly dir: string;
+  /** PID of libvirtd while it runs. */
+  readonly pid: number | undefined;
+  /** Stops the holder and libvirtd by PID and removes the directory. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** True when the Debian packages are installed (suites can skip with a clear message otherwise). */
+export function libvirtAvailable(): boolean {
+  return existsSync(LIBVIRTD) && existsSync(VIRSH);
+}
+
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const child of live) if (child.pid !== undefined && child.exitCode === null) child.kill('SIGKILL');
+  });
+}
+
+function track(child: ChildProcess): void {
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
+  await exited;
+  clearTimeout(timer);
+}
+
+function virshOk(uri: string, args: string[]): boolean {
+  return spawnSync(VIRSH, ['-q', '-c', uri, ...args], { stdio: 'ignore', env: { LC_ALL: 'C', PATH: process.env.PATH ?? '/usr/bin:/bin' } }).status === 0;
+}
+
+export async function startLibvirt(): Promise<TestLibvirt> {
+  if (!libvirtAvailable()) {
+    throw new Error('libvirt is not installed: apt-get install -y --no-install-recommends libvirt-clients libvirt-daemon');
+  }
+  installExitHook();
+  const dir = mkdtempSync(join(tmpdir(), 'debvisor-libvirt-'));
+  const root = process.getuid?.() === 0;
+  const uid = root ? Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim()) : undefined;
+  const gid = root ? Number(execFileSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).trim()) : undefined;
+  const env = {
+    HOME: join(dir, 'home'),
+    XDG_RUNTIME_DIR: join(dir, 'run'),
+    XDG_CONFIG_HOME: join(dir, 'config'),
+    XDG_CACHE_HOME: join(dir, 'cache'),
+    XDG_DATA_HOME: join(dir, 'data'),
+    PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
+    LC_ALL: 'C',
+  };
+  for (const d of [dir, env.HOME, env.XDG_RUNTIME_DIR, env.XDG_CONFIG_HOME, join(env.XDG_CONFIG_HOME, 'libvirt'), env.XDG_CACHE_HOME, env.XDG_DATA_HOME]) {
+    mkdirSync(d, { recursive: true, mode: 0o700 });
+    if (uid !== undefined && gid !== undefined) chownSync(d, uid, gid);
+  }
+  const conf = join(env.XDG_CONFIG_HOME, 'libvirt', 'libvirtd.conf');
+  writeFileSync(conf, `log_outputs = "3:file:${join(dir, 'libvirtd.log')}"\n`, { mode: 0o644 });
+  const [cmd, args] = root
+    ? ['/usr/bin/setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', LIBVIRTD, '-f', conf]]
+    : [LIBVIRTD, ['-f', conf]];
+  // detached: its own session and process group (setsid), no terminal; setpriv execs libvirtd in place, so the PID is libvirtd's.
+  const daemon = spawn(cmd, args, { env, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  track(daemon);
+  let stderr = '';
+  daemon.stderr.on('data', (c: Buffer) => {
+    stderr = (stderr + c.toString()).slice(-8192);
+  });
+
+  const uri = `test+unix:///default?socket=${join(dir, 'run', 'libvirt', 'libvirt-sock')}`;
+  let holder: ChildProcess | undefined;
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    if (holder) await stopChild(holder);
+    await stopChild(daemon);
+    await rm(dir, { recursive: true, force: true });
+  };
+
+  try {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    while (!virshOk(uri, ['uri'])) {
+      if (daemon.exitCode !== null || daemon.signalCode !== null) throw new Error(`libvirtd exited during start-up: ${stderr}`);
+      if (Date.now() > deadline) throw new Error(`libvirtd did not answer within ${READY_TIMEOUT_MS} ms: ${stderr}`);
+      await sleep(50);
+    }
+    // The test driver frees /default's state when its last connection closes: keep one open.
+    holder = spawn(VIRSH, ['-c', uri, 'event', '--all', '--loop'], { env: { LC_ALL: 'C', PATH: env.PATH }, detached: true, stdio: 'ignore' });
+    track(holder);
+    // The holder is connected once the driver's built-in domain survives another connection's exit.
+    await sleep(200);
+    virshOk(uri, ['destroy', 'test']);
+    if (!virshOk(uri, ['undefine', 'test'])) throw new Error('could not remove the built-in test domain');
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    uri,
+    dir,
+    get pid() {
+      return daemon.exitCode === null && daemon.signalCode === null ? daemon.pid : undefined;
+    },
+    stop,
+  };
+}
+
+/** The libvirtd log of a running instance (for failure messages). */
+export function libvirtLog(lv: TestLibvirt): string {
+  const file = join(lv.dir, 'libvirtd.log');
+  return existsSync(file) ? readFileSync(file, 'utf8').slice(-8192) : '';
+}
