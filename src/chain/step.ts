@@ -83,33 +83,46 @@ class ChainCall {
       this.guard(forward, metadata);
       return;
     }
-    this.requestFrom(0, state);
+    this.runFrom('request', 0, state);
   }
 
-  /** Runs onRequest from step `index` on; a promise resumes the loop when it settles. */
-  requestFrom(index: number, state: CallState): void {
+  /**
+   * Runs one phase's hooks (onRequest on the headers, onMessage on the request) from
+   * step `index` on, in order; an async hook resumes the loop when it settles. Then the
+   * headers or the message go on to the handler.
+   */
+  runFrom(phase: 'request' | 'message', index: number, state: CallState): void {
     const steps = this.steps;
     const stepCall = this as StepCall;
     for (; index < steps.length; index++) {
-      const onRequest = steps[index]?.onRequest;
-      if (!onRequest) continue;
+      // Later messages of a rejected call must not reach any step or the handler.
+      if (phase === 'message' && state.rejected) return;
+      const step = steps[index];
+      if (!step) continue;
       let pending: void | Promise<void>;
       try {
-        pending = onRequest(state, stepCall);
+        if (phase === 'request') {
+          if (!step.onRequest) continue;
+          pending = step.onRequest(state, stepCall);
+        } else {
+          if (!step.onMessage) continue;
+          pending = step.onMessage(state, stepCall, this.message);
+        }
       } catch (err) {
         this.reject(err, index);
         return;
       }
       if (pending instanceof Promise) {
-        const next = index + 1;
+        const at = index;
         pending.then(
-          () => this.requestFrom(next, state),
-          (err: unknown) => this.reject(err, next - 1),
+          () => this.runFrom(phase, at + 1, state),
+          (err: unknown) => this.reject(err, at),
         );
         return;
       }
     }
-    this.guard(this.forwardMetadata as (metadata: Metadata) => void, this.metadata as Metadata);
+    if (phase === 'request') this.guard(this.forwardMetadata as (metadata: Metadata) => void, this.metadata as Metadata);
+    else if (!state.rejected) this.guard(this.forwardMessage as (message: unknown) => void, this.message);
   }
 
   onReceiveMessage(message: unknown, forward: (message: unknown) => void): void {
@@ -121,37 +134,9 @@ class ChainCall {
       this.guard(forward, message);
       return;
     }
-    this.messageFrom(0, state);
+    this.runFrom('message', 0, state);
   }
 
-  /** Runs onMessage from step `index` on, then hands the message to the handler. */
-  messageFrom(index: number, state: CallState): void {
-    const steps = this.steps;
-    const stepCall = this as StepCall;
-    const message = this.message;
-    for (; index < steps.length; index++) {
-      // Later messages of a rejected call must not reach any step or the handler.
-      if (state.rejected) return;
-      const onMessage = steps[index]?.onMessage;
-      if (!onMessage) continue;
-      let pending: void | Promise<void>;
-      try {
-        pending = onMessage(state, stepCall, message);
-      } catch (err) {
-        this.reject(err, index);
-        return;
-      }
-      if (pending instanceof Promise) {
-        const next = index + 1;
-        pending.then(
-          () => this.messageFrom(next, state),
-          (err: unknown) => this.reject(err, next - 1),
-        );
-        return;
-      }
-    }
-    if (!state.rejected) this.guard(this.forwardMessage as (message: unknown) => void, message);
-  }
 
   /** Step 2: a throw from the handler's synchronous part becomes a status seen by observe only. */
   guard<T>(forward: (value: T) => void, value: T): void {
