@@ -85,6 +85,21 @@ export const configSchema = z.strictObject({
       slot_lease_seconds: z.number().int().min(2).default(15),
     })
     .prefault({}),
+  libvirt: z
+    .strictObject({
+      /** Connection URI of the libvirtd VmService drives (virsh --connect), e.g. test+unix:///default?socket=/path. */
+      uri: z
+        .string()
+        .regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/i, 'expected a libvirt URI such as qemu:///system')
+        .default('qemu:///system'),
+      /** Absolute path of virsh. */
+      virsh_path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/virsh'),
+      /** virsh processes run at once; more calls wait their turn. */
+      max_concurrent: z.number().int().positive().default(4),
+      /** A virsh call still running after this is killed (the RPC fails with DEADLINE_EXCEEDED or UNAVAILABLE). */
+      command_timeout_seconds: seconds.default(60),
+    })
+    .prefault({}),
   store: z
     .strictObject({
       /** embedded: this host only (node:sqlite). etcd: the cluster every host shares. Not reloadable. */

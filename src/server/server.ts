@@ -26,6 +26,9 @@ import type { DescService } from '@bufbuild/protobuf';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
 import { operationHandlers } from '../services/operations.js';
+import { registerShutdownOperationKind, vmHandlers } from '../services/vm.js';
+import { VmService } from '../gen/debvisor/v1/vm_pb.js';
+import { Libvirt } from '../backends/libvirt/virsh.js';
 import { registerTestOperationKind, testingHandlers } from '../services/testing.js';
 import { OperationManager } from '../operations/manager.js';
 import { QuotaManager } from '../quota/manager.js';
@@ -186,9 +189,18 @@ export class Daemon {
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
       };
       const admin = new AccessAdmin(repos, access, audit, settings, quotas);
+      const libvirt = new Libvirt({
+        uri: config.libvirt.uri,
+        virshPath: config.libvirt.virsh_path,
+        maxConcurrent: config.libvirt.max_concurrent,
+        defaultTimeoutMs: config.libvirt.command_timeout_seconds * 1000,
+        registry: metrics.registry,
+      });
+      registerShutdownOperationKind(operations, libvirt);
       const implemented: Record<string, Record<string, unknown>> = {
         [AccessService.typeName]: accessHandlers(admin, access),
         [OperationService.typeName]: operationHandlers(operations, access),
+        [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, node: () => config.node.name }),
       };
       if (options.enableTestService) {
         log.warn('test service enabled: this daemon accepts debvisor.testing.v1 calls; never do this in production');

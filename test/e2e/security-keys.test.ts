@@ -127,8 +127,8 @@ describe('on the embedded store', () => {
     const key = await client.createApiKey({ description: 'shrinks', permissions: ['vm:list'] }, T);
     const vms = await vmsWithKey();
     const before = await codeOf(vms.listVms({}, { ...T, metadata: bearer(key.secret) }));
+    // Allowed through RBAC (the answer itself depends on the host's libvirt).
     expect(before.code).not.toBe(Status.PERMISSION_DENIED);
-    expect(before.code).toBe(Status.UNIMPLEMENTED);
 
     await admin.unbindRole({ principal, roleName: 'operator' }, T);
     const after = await rejection(vms.listVms({}, { ...T, metadata: bearer(key.secret) }));

@@ -14,7 +14,7 @@ import {
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessService, PrincipalKind } from '../../src/gen/debvisor/v1/access_pb.js';
-import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
+import { NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import {
   REPO_ROOT,
   adminPem,
@@ -179,11 +179,11 @@ describe('request handling', () => {
   });
 
   it('answers UNIMPLEMENTED naming the area to an RPC not in this build', async () => {
-    const client = await clientFor(VmService, daemon);
+    const client = await clientFor(NodeService, daemon);
     clients.push(client);
-    const err = await rejection(client.listVms({}, { timeoutMs: 5000 }));
+    const err = await rejection(client.listNodes({}, { timeoutMs: 5000 }));
     expect(err.code).toBe(Status.UNIMPLEMENTED);
-    expect(err.details).toContain('VM operations are not available in this build');
+    expect(err.details).toContain('Node management is not available in this build');
   });
 
   it('answers INVALID_ARGUMENT, never INTERNAL, to a malformed protobuf body', async () => {

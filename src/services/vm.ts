@@ -1,0 +1,231 @@
+// VmService: thin protobuf mapping over the libvirt backend (src/backends/libvirt/virsh.ts).
+// Names are validated by the backend before anything is spawned; wrong-state, unknown-VM and
+// unreachable-libvirtd failures arrive already typed (FAILED_PRECONDITION, NOT_FOUND, UNAVAILABLE).
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import { timestampFromDate, type Duration } from '@bufbuild/protobuf/wkt';
+import { VmState, type VmSchema, type VmService, type VmSnapshotSchema } from '../gen/debvisor/v1/vm_pb.js';
+import { VmStateError } from '../backends/libvirt/errors.js';
+import type { Domain, DomainSnapshot, DomainState, DomainSummary, Libvirt } from '../backends/libvirt/virsh.js';
+import { validateVmName } from '../backends/validate.js';
+import { globMatches, isValidResourceGlob } from '../authz/decide.js';
+import type { OperationManager } from '../operations/manager.js';
+import type { QuotaManager } from '../quota/manager.js';
+import type { HandlersOf } from '../server/adapter.js';
+import type { CallContext } from '../server/context.js';
+import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../server/errors.js';
+import { operationMessage } from './operations.js';
+
+export const SHUTDOWN_VM_OPERATION_KIND = 'SHUTDOWN_VM';
+
+const DEFAULT_PAGE = 100;
+const MAX_PAGE = 1000;
+const DEFAULT_SHUTDOWN_WAIT_MS = 60_000;
+const MAX_SHUTDOWN_WAIT_MS = 3_600_000;
+
+const STATES: Record<DomainState, VmState> = {
+  nostate: VmState.UNSPECIFIED,
+  running: VmState.RUNNING,
+  blocked: VmState.BLOCKED,
+  paused: VmState.PAUSED,
+  shutdown: VmState.SHUTTING_DOWN,
+  shutoff: VmState.SHUT_OFF,
+  crashed: VmState.CRASHED,
+  pmsuspended: VmState.PM_SUSPENDED,
+};
+
+interface ShutdownParams {
+  readonly vmName: string;
+  readonly waitMs: number;
+  readonly force: boolean;
+}
+
+function principalOf(ctx: CallContext) {
+  if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
+  return ctx.principal;
+}
+
+function summaryFields(vm: DomainSummary, node: string) {
+  return {
+    name: vm.name,
+    uuid: vm.uuid,
+    state: STATES[vm.state],
+    vcpus: vm.vcpus,
+    memoryBytes: BigInt(vm.memoryBytes),
+    autostart: vm.autostart,
+    persistent: vm.persistent,
+    node,
+  };
+}
+
+function summaryMessage(vm: DomainSummary, node: string): MessageInitShape<typeof VmSchema> {
+  return summaryFields(vm, node);
+}
+
+function vmMessage(vm: Domain, node: string): MessageInitShape<typeof VmSchema> {
+  return {
+    ...summaryFields(vm, node),
+    disks: vm.disks.map((d) => ({ targetDev: d.targetDev, sourcePath: d.sourcePath, format: d.format, device: d.device })),
+    interfaces: vm.interfaces.map((i) => ({ type: i.type, source: i.source, mac: i.mac, model: i.model })),
+    currentSnapshot: vm.currentSnapshot,
+  };
+}
+
+function snapshotMessage(s: DomainSnapshot): MessageInitShape<typeof VmSnapshotSchema> {
+  return {
+    name: s.name,
+    vmName: s.vmName,
+    description: s.description,
+    createTime: timestampFromDate(s.createTime),
+    vmState: STATES[s.vmState],
+    parent: s.parent,
+    current: s.current,
+  };
+}
+
+function pageSize(value: number): number {
+  if (value < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+  return Math.min(value || DEFAULT_PAGE, MAX_PAGE);
+}
+
+function encodeToken(value: string): string {
+  return Buffer.from(value, 'utf8').toString('base64url');
+}
+
+function decodeToken(token: string): string {
+  const value = Buffer.from(token, 'base64url').toString('utf8');
+  if (value.length === 0 || encodeToken(value) !== token) throw new InvalidArgumentError('page_token', 'not a token from a previous response');
+  return value;
+}
+
+function durationMs(duration: Duration | undefined): number | undefined {
+  return duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
+}
+
+/** Registers the runner of ShutdownVm with wait = true. */
+export function registerShutdownOperationKind(operations: OperationManager, libvirt: Libvirt): void {
+  operations.register(SHUTDOWN_VM_OPERATION_KIND, {
+    run: async (op) => {
+      const params = op.params as ShutdownParams;
+      op.progress(0, 'shutdown requested');
+      const outcome = await libvirt.shutdownAndWait(params.vmName, {
+        waitMs: params.waitMs,
+        force: params.force,
+        signal: op.signal,
+        onPoll: (state, elapsed) => op.progress(Math.min(99, (elapsed / Math.max(1, params.waitMs)) * 100), `waiting: VM is ${state}`),
+      });
+      if (outcome.state !== 'shutoff' && outcome.state !== 'crashed') {
+        throw new RpcError('DEADLINE_EXCEEDED', `VM ${JSON.stringify(params.vmName)} was still ${outcome.state} after ${params.waitMs} ms`);
+      }
+      return { case: 'shutdown', value: { vmName: params.vmName, forced: outcome.forced } };
+    },
+  });
+}
+
+export interface VmHandlerDeps {
+  readonly libvirt: Libvirt;
+  readonly operations: OperationManager;
+  readonly quotas: QuotaManager;
+  /** This host's node name (Vm.node). */
+  readonly node: () => string;
+}
+
+export function vmHandlers({ libvirt, operations, quotas, node }: VmHandlerDeps): HandlersOf<typeof VmService> {
+  const get = async (vmName: string, ctx: CallContext) => vmMessage(await libvirt.getDomain(vmName, { signal: ctx.signal }), node());
+
+  return {
+    listVms: async (request, ctx) => {
+      const principal = principalOf(ctx);
+      const size = pageSize(request.pageSize);
+      if (!(request.state in VmState)) throw new InvalidArgumentError('state', 'unknown VM state');
+      if (request.nameGlob && !isValidResourceGlob(request.nameGlob)) {
+        throw new InvalidArgumentError('name_glob', 'may contain only name characters plus * and ?, at most 256');
+      }
+      const after = request.pageToken ? decodeToken(request.pageToken) : undefined;
+      // A scoped API key lists only the VMs its `vm` globs allow (list RPCs name no target for RBAC).
+      const keyGlobs = principal.apiKey?.resourceGlobs ?? [];
+      const vmGlobs = keyGlobs.filter((g) => g.kind === 'vm').map((g) => g.glob);
+      const all = (await libvirt.listDomains({ signal: ctx.signal })).filter(
+        (vm) =>
+          (after === undefined || vm.name > after) &&
+          (request.state === VmState.UNSPECIFIED || STATES[vm.state] === request.state) &&
+          (!request.nameGlob || globMatches(request.nameGlob, vm.name)) &&
+          (keyGlobs.length === 0 || vmGlobs.some((glob) => globMatches(glob, vm.name))),
+      );
+      const page = all.slice(0, size);
+      const last = page.at(-1);
+      return { vms: page.map((vm) => summaryMessage(vm, node())), nextPageToken: all.length > size && last ? encodeToken(last.name) : '' };
+    },
+
+    getVm: async (request, ctx) => ({ vm: await get(request.vmName, ctx) }),
+
+    startVm: async (request, ctx) => {
+      const vm = validateVmName(request.vmName, 'vm_name');
+      const state = await libvirt.state(vm, { signal: ctx.signal });
+      if (state === 'paused') await libvirt.resume(vm, { signal: ctx.signal });
+      else await libvirt.start(vm, { signal: ctx.signal });
+      return { vm: await get(vm, ctx) };
+    },
+
+    shutdownVm: async (request, ctx) => {
+      const vm = validateVmName(request.vmName, 'vm_name');
+      if (!request.wait) {
+        if (request.timeout !== undefined) throw new InvalidArgumentError('timeout', 'only meaningful with wait = true');
+        await libvirt.shutdown(vm, { signal: ctx.signal });
+        return { vm: await get(vm, ctx) };
+      }
+      const waitMs = durationMs(request.timeout) ?? DEFAULT_SHUTDOWN_WAIT_MS;
+      if (!Number.isFinite(waitMs) || waitMs < 0 || waitMs > MAX_SHUTDOWN_WAIT_MS) throw new InvalidArgumentError('timeout', 'must be between 0 and 1 hour');
+      // Refuse up front what the operation could only fail on: an unknown VM, a VM already off.
+      const state = await libvirt.state(vm, { signal: ctx.signal });
+      if (state === 'shutoff' || state === 'crashed') throw new VmStateError(vm, state, 'shut down');
+      const params: ShutdownParams = { vmName: vm, waitMs, force: request.forceAfterTimeout };
+      const record = await operations.launch(ctx, {
+        kind: SHUTDOWN_VM_OPERATION_KIND,
+        target: `vm:${vm}`,
+        params,
+        ...(request.requestId ? { requestId: request.requestId } : {}),
+      });
+      return { vm: await get(vm, ctx), operation: operationMessage(record) };
+    },
+
+    rebootVm: async (request, ctx) => {
+      const vm = validateVmName(request.vmName, 'vm_name');
+      await libvirt.reboot(vm, { signal: ctx.signal });
+      return { vm: await get(vm, ctx) };
+    },
+
+    destroyVm: async (request, ctx) => {
+      const vm = validateVmName(request.vmName, 'vm_name');
+      await libvirt.destroy(vm, { signal: ctx.signal, graceful: request.graceful });
+      return { vm: await get(vm, ctx) };
+    },
+
+    // The snapshots quota unit is taken by the proto option (withDeclaredPolicies) and given back if this fails.
+    createVmSnapshot: async (request, ctx) => ({
+      snapshot: snapshotMessage(await libvirt.snapshotCreate(request.vmName, request.snapshotName, request.description || undefined, { signal: ctx.signal })),
+    }),
+
+    listVmSnapshots: async (request, ctx) => {
+      const size = pageSize(request.pageSize);
+      const start = request.pageToken ? Number.parseInt(decodeToken(request.pageToken), 10) : 0;
+      if (!Number.isSafeInteger(start) || start < 0) throw new InvalidArgumentError('page_token', 'not a token from a previous response');
+      const all = await libvirt.snapshotList(request.vmName, { signal: ctx.signal });
+      const page = all.slice(start, start + size);
+      return { snapshots: page.map(snapshotMessage), nextPageToken: start + size < all.length ? encodeToken(String(start + size)) : '' };
+    },
+
+    revertVmSnapshot: async (request, ctx) => {
+      const vm = validateVmName(request.vmName, 'vm_name');
+      await libvirt.snapshotRevert(vm, request.snapshotName, { signal: ctx.signal });
+      return { vm: await get(vm, ctx) };
+    },
+
+    deleteVmSnapshot: async (request, ctx) => {
+      const principal = principalOf(ctx);
+      const deleted = await libvirt.snapshotDelete(request.vmName, request.snapshotName, { signal: ctx.signal, children: request.deleteChildren });
+      // Snapshot ownership is not recorded: the deleting principal gets the units back (never below zero).
+      await quotas.release(principal.id, 'snapshots', deleted.length);
+      return { deleted };
+    },
+  };
+}
