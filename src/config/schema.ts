@@ -77,6 +77,14 @@ export const configSchema = z.strictObject({
       name: z.string().min(1).max(253).default(hostname()),
     })
     .prefault({}),
+  nodes: z
+    .strictObject({
+      /** How often nodes heartbeat (NodeService.Heartbeat); a node's liveness lease lasts 3 intervals. */
+      heartbeat_interval_seconds: z.number().int().positive().max(3600).default(10),
+      /** Register this daemon's own host (node.name) and heartbeat it, so a cluster of daemons sees itself. */
+      self_register: z.boolean().default(false),
+    })
+    .prefault({}),
   operations: z
     .strictObject({
       /** Finished operations are kept this long, then deleted. */

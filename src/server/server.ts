@@ -28,6 +28,10 @@ import { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
 import { operationHandlers } from '../services/operations.js';
 import { registerShutdownOperationKind, vmHandlers } from '../services/vm.js';
 import { VmService } from '../gen/debvisor/v1/vm_pb.js';
+import { NodeService } from '../gen/debvisor/v1/node_pb.js';
+import { nodeHandlers } from '../services/node.js';
+import { NodeRegistry } from '../nodes/registry.js';
+import { startSelfRegistration } from '../nodes/self.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
 import { registerTestOperationKind, testingHandlers } from '../services/testing.js';
 import { OperationManager } from '../operations/manager.js';
@@ -197,11 +201,17 @@ export class Daemon {
         registry: metrics.registry,
       });
       registerShutdownOperationKind(operations, libvirt);
+      const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
       const implemented: Record<string, Record<string, unknown>> = {
         [AccessService.typeName]: accessHandlers(admin, access),
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, node: () => config.node.name }),
+        [NodeService.typeName]: nodeHandlers(nodes),
       };
+      if (config.nodes.self_register) {
+        const stopSelf = startSelfRegistration(nodes, config.node.name, log);
+        resources.defer(stopSelf);
+      }
       if (options.enableTestService) {
         log.warn('test service enabled: this daemon accepts debvisor.testing.v1 calls; never do this in production');
         const testing = createExecutor({ backend: 'testing', binaries: { sleep: '/bin/sleep' }, envAllowList: ['PATH'], maxConcurrent: 16, defaultTimeoutMs: 600_000, maxOutputBytes: 65_536, killGraceMs: 2000, registry: metrics.registry });

@@ -4,7 +4,9 @@
 //   /debvisor/rpc/principals/<principal id>        a principal's role bindings
 //   /debvisor/rpc/roles/<role name>                custom roles (built-ins live in code)
 //   /debvisor/rpc/quotas/<principal>/<resource>    quota limit and usage
-//   /debvisor/nodes/<node id>                      registered hypervisor nodes
+//   /debvisor/nodes/<hostname>                     registered hypervisor nodes (id, inventory, last heartbeat)
+//   /debvisor/liveness/nodes/<hostname>            a node's liveness key, on a lease of 3 heartbeat intervals:
+//                                                  present = online; the lease expiring deletes it = offline
 //   /debvisor/operations/<operation id>            long-running operations
 //   /debvisor/rpc/slots/<principal>/<operation id> concurrent-operation slots (on a daemon lease)
 //   /debvisor/rpc/idempotency/<principal>/<request id>  request_id → operation id
@@ -18,6 +20,7 @@ export const LAYOUT = {
   roles: '/debvisor/rpc/roles/',
   quotas: '/debvisor/rpc/quotas/',
   nodes: '/debvisor/nodes/',
+  nodeLiveness: '/debvisor/liveness/nodes/',
   operations: '/debvisor/operations/',
   slots: '/debvisor/rpc/slots/',
   idempotency: '/debvisor/rpc/idempotency/',

@@ -88,6 +88,8 @@ export const nodeRecord = z.strictObject({
       memory_free_bytes: z.number().nonnegative(),
     })
     .optional(),
+  /** Expiry of the liveness lease as of the last heartbeat (the liveness key itself says online or not). */
+  lease_expires_at: isoTime.optional(),
 });
 export type NodeRecord = z.infer<typeof nodeRecord>;
 

@@ -180,7 +180,9 @@ export function isTransient(error: unknown): boolean {
   if (isBrokenCircuitError(error) || error instanceof ClientClosedError) return true;
   if (typeof error === 'object' && error !== null && isRecoverableError(error as Error)) return true;
   const code = grpcCode(error);
-  return code === 14 || code === 4 || code === 1;
+  if (code === 14 || code === 4 || code === 1) return true;
+  // A stream cut by a restarting member surfaces as INTERNAL from the transport, not from etcd.
+  return code === 13 && /RST_STREAM|without gRPC status|Connection dropped|ECONNRESET|socket hang up/i.test(errorMessage(error));
 }
 
 /** Maps an etcd3/grpc error to the store's typed errors (compaction is handled by the callers). */

@@ -1,0 +1,82 @@
+// nodes.self_register: the daemon registers its own host (node.name) and heartbeats it
+// every interval, so a cluster of daemons on one store sees itself in ListNodes.
+import { statfs } from 'node:fs/promises';
+import { cpus, freemem, loadavg, networkInterfaces, totalmem } from 'node:os';
+import type { Logger } from 'pino';
+import { validateHostname } from '../backends/validate.js';
+import { VERSION } from '../version.js';
+import { UnknownNodeError, type NodeHealthRecord, type NodeRegistry } from './registry.js';
+
+/** The first non-internal address (IPv4 preferred), else loopback. */
+export function primaryAddress(): string {
+  const addresses = Object.values(networkInterfaces()).flatMap((list) => list ?? []).filter((a) => !a.internal);
+  return (addresses.find((a) => a.family === 'IPv4') ?? addresses.find((a) => a.family === 'IPv6' && !a.address.startsWith('fe80')))?.address ?? '127.0.0.1';
+}
+
+async function localHealth(): Promise<NodeHealthRecord> {
+  const total = totalmem();
+  const free = freemem();
+  let diskUsedPct = 0;
+  try {
+    const fs = await statfs('/');
+    diskUsedPct = fs.blocks > 0 ? Math.min(100, ((fs.blocks - fs.bfree) / fs.blocks) * 100) : 0;
+  } catch {
+    // Unknown: reported as 0.
+  }
+  const memUsedPct = total > 0 ? Math.min(100, ((total - free) / total) * 100) : 0;
+  const cpuLoad = (loadavg()[0] ?? 0) / Math.max(1, cpus().length);
+  return {
+    status: memUsedPct > 95 || diskUsedPct > 95 ? 'DEGRADED' : 'HEALTHY',
+    cpu_load: cpuLoad,
+    mem_used_pct: memUsedPct,
+    disk_used_pct: diskUsedPct,
+    net_rtt_ms: 0,
+    ceph_status: 'UNSPECIFIED',
+    memory_total_bytes: total,
+    memory_free_bytes: free,
+  };
+}
+
+/** Starts registering and heartbeating; the returned function stops it. */
+export function startSelfRegistration(registry: NodeRegistry, name: string, log: Logger): () => void {
+  let hostname: string;
+  try {
+    hostname = validateHostname(name, 'node.name');
+  } catch (err) {
+    log.error({ err: err instanceof Error ? err.message : String(err) }, 'nodes.self_register: node.name is not a valid hostname; not registering this host');
+    return () => undefined;
+  }
+  let registered = false;
+  let running = false;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const tick = async () => {
+    if (running || stopped) return;
+    running = true;
+    try {
+      if (!registered) {
+        await registry.register({ hostname, ip: primaryAddress(), rack: '', zone: '', version: VERSION, labels: {} });
+        registered = true;
+        log.info({ hostname }, 'registered this host as a node');
+      }
+      await registry.heartbeat(hostname, '', await localHealth());
+    } catch (err) {
+      // Deleted from the store meanwhile: register again on the next tick.
+      if (err instanceof UnknownNodeError) registered = false;
+      log.warn({ err: err instanceof Error ? err.message : String(err), hostname }, 'self heartbeat failed');
+    } finally {
+      running = false;
+    }
+  };
+  const schedule = () => {
+    if (stopped) return;
+    timer = setTimeout(() => {
+      void tick().finally(schedule);
+    }, registry.heartbeatIntervalSeconds() * 1000);
+  };
+  void tick().finally(schedule);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
