@@ -14,6 +14,7 @@ import { NotFoundError } from '../store/errors.js';
 import type { ApiKeyRecord, QuotaRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { AccessState } from './state.js';
+import { pageByKey } from '../server/paging.js';
 import type { QuotaManager, QuotaResourceName, QuotaView } from '../quota/manager.js';
 
 const DAY_MS = 86_400_000;
@@ -143,7 +144,8 @@ export class AccessAdmin {
       .values()
       .filter((key) => (owner === undefined || key.owner === owner) && (request.includeInactive || isActive(key, now)))
       .sort((a, b) => a.id.localeCompare(b.id));
-    return page(keys, (key) => key.id, request.pageSize, request.pageToken);
+    const page = pageByKey(keys, (key) => key.id, request);
+    return { keys: page.items, nextPageToken: page.nextPageToken };
   }
 
   private async ownKey(ctx: CallContext, keyId: string, permission: string): Promise<{ record: ApiKeyRecord; modRevision: number }> {
@@ -215,7 +217,8 @@ export class AccessAdmin {
   listRoles(request: { pageSize: number; pageToken: string }): { roles: Role[]; nextPageToken: string } {
     const names = new Set<string>([...this.state.customRoles.values().map((role) => role.name)]);
     const roles = [...this.builtinRoles(), ...[...names].flatMap((name) => this.state.role(name) ?? [])].sort((a, b) => a.name.localeCompare(b.name));
-    return ((result) => ({ roles: result.keys, nextPageToken: result.nextPageToken }))(page(roles, (role) => role.name, request.pageSize, request.pageToken));
+    const page = pageByKey(roles, (role) => role.name, request);
+    return { roles: page.items, nextPageToken: page.nextPageToken };
   }
 
   private builtinRoles(): Role[] {
@@ -337,19 +340,4 @@ function validCidr(cidr: string): boolean {
   } catch {
     return false;
   }
-}
-
-const MAX_PAGE = 1000;
-const DEFAULT_PAGE = 100;
-
-/** In-memory paging by a sorted key; the token is the last key of the previous page. */
-function page<T>(items: T[], keyOf: (item: T) => string, pageSize: number, pageToken: string): { keys: T[]; nextPageToken: string } {
-  if (pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
-  const size = Math.min(pageSize || DEFAULT_PAGE, MAX_PAGE);
-  const after = pageToken ? Buffer.from(pageToken, 'base64url').toString() : undefined;
-  const start = after === undefined ? 0 : items.findIndex((item) => keyOf(item) > after);
-  const slice = start < 0 ? [] : items.slice(start, start + size);
-  const last = slice[slice.length - 1];
-  const more = start >= 0 && start + size < items.length;
-  return { keys: slice, nextPageToken: more && last ? Buffer.from(keyOf(last)).toString('base64url') : '' };
 }

@@ -7,9 +7,8 @@ import { validateHostname, validateIpAddress } from '../backends/validate.js';
 import { NodeIdMismatchError, UnknownNodeError, type NodeHealthRecord, type NodeRegistry, type NodeView } from '../nodes/registry.js';
 import type { HandlersOf } from '../server/adapter.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import { pageByKey } from '../server/paging.js';
 
-const DEFAULT_PAGE = 100;
-const MAX_PAGE = 1000;
 const MAX_TEXT = 255;
 const MAX_LABELS = 64;
 
@@ -149,20 +148,9 @@ export function nodeHandlers(registry: NodeRegistry): HandlersOf<typeof NodeServ
     },
 
     listNodes: async (request) => {
-      if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
-      const size = Math.min(request.pageSize || DEFAULT_PAGE, MAX_PAGE);
-      let after: string | undefined;
-      if (request.pageToken) {
-        after = Buffer.from(request.pageToken, 'base64url').toString();
-        if (!after || Buffer.from(after).toString('base64url') !== request.pageToken) throw new InvalidArgumentError('page_token', 'not a token from a previous response');
-      }
-      const matching = (await registry.all()).filter(
-        (view) => (!request.zone || view.record.zone === request.zone) && (!request.onlineOnly || view.online) && (after === undefined || view.record.hostname > after),
-      );
-      const page = matching.slice(0, size);
-      const last = page[page.length - 1];
-      const next = matching.length > size && last ? Buffer.from(last.record.hostname).toString('base64url') : '';
-      return { nodes: page.map(nodeMessage), nextPageToken: next };
+      const matching = (await registry.all()).filter((view) => (!request.zone || view.record.zone === request.zone) && (!request.onlineOnly || view.online));
+      const page = pageByKey(matching, (view) => view.record.hostname, request);
+      return { nodes: page.items.map(nodeMessage), nextPageToken: page.nextPageToken };
     },
 
     getNode: async (request) => {

@@ -6,14 +6,13 @@ import { OperationKind, OperationSchema, OperationState, type OperationService }
 import type { AccessState } from '../access/state.js';
 import type { OperationManager } from '../operations/manager.js';
 import type { HandlersOf } from '../server/adapter.js';
+import { pageByOffset } from '../server/paging.js';
 import type { CallContext } from '../server/context.js';
 import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../server/errors.js';
 import type { OperationRecord } from '../store/records.js';
 
 const DEFAULT_WAIT_MS = 30_000;
 const MAX_WAIT_MS = 300_000;
-const DEFAULT_PAGE = 100;
-const MAX_PAGE = 1000;
 
 function timestamp(iso: string | undefined) {
   return iso === undefined ? undefined : timestampFromDate(new Date(iso));
@@ -69,7 +68,6 @@ export function operationHandlers(operations: OperationManager, access: AccessSt
 
     listOperations: (request, ctx) => {
       const principal = principalOf(ctx);
-      if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       let owner: string | undefined = request.owner || principal.id;
       if (request.owner && !access.mayActOn(principal, request.owner, 'operation:list')) {
         throw new RpcError('PERMISSION_DENIED', 'permission denied: listing operations of others requires operation:list:any');
@@ -78,12 +76,8 @@ export function operationHandlers(operations: OperationManager, access: AccessSt
       const state = request.state === OperationState.UNSPECIFIED ? undefined : (OperationState[request.state] as OperationRecord['state']);
       const kind = request.kind === OperationKind.UNSPECIFIED ? undefined : OperationKind[request.kind];
       const all = operations.list({ ...(owner !== undefined ? { owner } : {}), ...(state ? { state } : {}), ...(kind ? { kind } : {}) });
-      const size = Math.min(request.pageSize || DEFAULT_PAGE, MAX_PAGE);
-      const start = request.pageToken ? Number.parseInt(Buffer.from(request.pageToken, 'base64url').toString(), 10) : 0;
-      if (!Number.isSafeInteger(start) || start < 0) throw new InvalidArgumentError('page_token', 'not a token from a previous response');
-      const page = all.slice(start, start + size);
-      const next = start + size < all.length ? Buffer.from(String(start + size)).toString('base64url') : '';
-      return Promise.resolve({ operations: page.map(operationMessage), nextPageToken: next });
+      const page = pageByOffset(all, request);
+      return Promise.resolve({ operations: page.items.map(operationMessage), nextPageToken: page.nextPageToken });
     },
 
     waitOperation: async (request, ctx) => {

@@ -14,11 +14,10 @@ import type { HandlersOf } from '../server/adapter.js';
 import type { CallContext } from '../server/context.js';
 import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../server/errors.js';
 import { operationMessage } from './operations.js';
+import { pageByKey, pageByOffset } from '../server/paging.js';
 
 export const SHUTDOWN_VM_OPERATION_KIND = 'SHUTDOWN_VM';
 
-const DEFAULT_PAGE = 100;
-const MAX_PAGE = 1000;
 const DEFAULT_SHUTDOWN_WAIT_MS = 60_000;
 const MAX_SHUTDOWN_WAIT_MS = 3_600_000;
 
@@ -82,21 +81,6 @@ function snapshotMessage(s: DomainSnapshot): MessageInitShape<typeof VmSnapshotS
   };
 }
 
-function pageSize(value: number): number {
-  if (value < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
-  return Math.min(value || DEFAULT_PAGE, MAX_PAGE);
-}
-
-function encodeToken(value: string): string {
-  return Buffer.from(value, 'utf8').toString('base64url');
-}
-
-function decodeToken(token: string): string {
-  const value = Buffer.from(token, 'base64url').toString('utf8');
-  if (value.length === 0 || encodeToken(value) !== token) throw new InvalidArgumentError('page_token', 'not a token from a previous response');
-  return value;
-}
-
 function durationMs(duration: Duration | undefined): number | undefined {
   return duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
 }
@@ -135,25 +119,21 @@ export function vmHandlers({ libvirt, operations, quotas, node }: VmHandlerDeps)
   return {
     listVms: async (request, ctx) => {
       const principal = principalOf(ctx);
-      const size = pageSize(request.pageSize);
       if (!(request.state in VmState)) throw new InvalidArgumentError('state', 'unknown VM state');
       if (request.nameGlob && !isValidResourceGlob(request.nameGlob)) {
         throw new InvalidArgumentError('name_glob', 'may contain only name characters plus * and ?, at most 256');
       }
-      const after = request.pageToken ? decodeToken(request.pageToken) : undefined;
       // A scoped API key lists only the VMs its `vm` globs allow (list RPCs name no target for RBAC).
       const keyGlobs = principal.apiKey?.resourceGlobs ?? [];
       const vmGlobs = keyGlobs.filter((g) => g.kind === 'vm').map((g) => g.glob);
       const all = (await libvirt.listDomains({ signal: ctx.signal })).filter(
         (vm) =>
-          (after === undefined || vm.name > after) &&
           (request.state === VmState.UNSPECIFIED || STATES[vm.state] === request.state) &&
           (!request.nameGlob || globMatches(request.nameGlob, vm.name)) &&
           (keyGlobs.length === 0 || vmGlobs.some((glob) => globMatches(glob, vm.name))),
       );
-      const page = all.slice(0, size);
-      const last = page.at(-1);
-      return { vms: page.map((vm) => summaryMessage(vm, node())), nextPageToken: all.length > size && last ? encodeToken(last.name) : '' };
+      const page = pageByKey(all, (vm) => vm.name, request);
+      return { vms: page.items.map((vm) => summaryMessage(vm, node())), nextPageToken: page.nextPageToken };
     },
 
     getVm: async (request, ctx) => ({ vm: await get(request.vmName, ctx) }),
@@ -206,12 +186,8 @@ export function vmHandlers({ libvirt, operations, quotas, node }: VmHandlerDeps)
     }),
 
     listVmSnapshots: async (request, ctx) => {
-      const size = pageSize(request.pageSize);
-      const start = request.pageToken ? Number.parseInt(decodeToken(request.pageToken), 10) : 0;
-      if (!Number.isSafeInteger(start) || start < 0) throw new InvalidArgumentError('page_token', 'not a token from a previous response');
-      const all = await libvirt.snapshotList(request.vmName, { signal: ctx.signal });
-      const page = all.slice(start, start + size);
-      return { snapshots: page.map(snapshotMessage), nextPageToken: start + size < all.length ? encodeToken(String(start + size)) : '' };
+      const page = pageByOffset(await libvirt.snapshotList(request.vmName, { signal: ctx.signal }), request);
+      return { snapshots: page.items.map(snapshotMessage), nextPageToken: page.nextPageToken };
     },
 
     revertVmSnapshot: async (request, ctx) => {
