@@ -8,7 +8,7 @@ import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { UnauthenticatedError } from '../server/errors.js';
 import type { Principal } from './principal.js';
-import { normalizeSerial } from './crl.js';
+import { normalizeSerialHex } from '../pki/index.js';
 
 const EKU_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 const MAX_CHAIN_DEPTH = 8;
@@ -150,7 +150,7 @@ export class CertificateAuthenticator {
         kind: 'certificate',
         certificate: { fingerprintSha256: leaf.fingerprint256, serialNumber: leaf.serialNumber, notAfter },
       },
-      serial: normalizeSerial(leaf.serialNumber),
+      serial: normalizeSerialHex(leaf.serialNumber),
       notBefore: leaf.validFromDate.getTime(),
       notAfter: notAfter.getTime(),
       trust: this.trust,
