@@ -1,5 +1,5 @@
 // AccessService: thin protobuf mapping over src/access/admin.ts.
-import { timestampFromDate, type Duration } from '@bufbuild/protobuf/wkt';
+import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { PrincipalKind, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage } from '../gen/debvisor/v1/access_pb.js';
 import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
@@ -21,10 +21,6 @@ const QUOTA_ENUMS = new Map([...QUOTA_NAMES].map(([value, name]) => [name, value
 
 function timestamp(iso: string | undefined) {
   return iso === undefined ? undefined : timestampFromDate(new Date(iso));
-}
-
-function durationMs(duration: Duration | undefined): number | undefined {
-  return duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
 }
 
 function apiKeyMessage(key: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema> {
@@ -106,7 +102,7 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState): Handlers
         description: request.description,
         permissions: request.permissions,
         resourceGlobs: globsOf(request.resourceGlobs),
-        ttlMs: durationMs(request.ttl),
+        ttlMs: request.ttl && durationMs(request.ttl),
         allowedCidrs: request.allowedCidrs,
         owner: request.owner,
       });
@@ -123,7 +119,7 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState): Handlers
     },
     revokeApiKey: async (request, ctx) => ({ apiKey: apiKeyMessage(await admin.revokeApiKey(ctx, request.keyId)) }),
     rotateApiKey: async (request, ctx) => {
-      const { record, token, old } = await admin.rotateApiKey(ctx, request.keyId, durationMs(request.overlap));
+      const { record, token, old } = await admin.rotateApiKey(ctx, request.keyId, request.overlap && durationMs(request.overlap));
       return { apiKey: apiKeyMessage(record), secret: token, oldApiKey: apiKeyMessage(old) };
     },
     listRoles: (request) => {

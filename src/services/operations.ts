@@ -1,7 +1,7 @@
 // OperationService: reads and cancels long-running operations. Callers see their own;
 // the `:any` form of each permission (admin, operator, viewer) sees everyone's.
 import { fromJson, type JsonValue, type MessageInitShape } from '@bufbuild/protobuf';
-import { timestampFromDate, type Duration } from '@bufbuild/protobuf/wkt';
+import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { OperationKind, OperationSchema, OperationState, type OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import type { AccessState } from '../access/state.js';
 import type { OperationManager } from '../operations/manager.js';
@@ -46,10 +46,6 @@ export function operationMessage(record: OperationRecord): MessageInitShape<type
   };
 }
 
-function durationMs(duration: Duration | undefined, fallback: number): number {
-  return duration === undefined ? fallback : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
-}
-
 export function operationHandlers(operations: OperationManager, access: AccessState): HandlersOf<typeof OperationService> {
   const principalOf = (ctx: CallContext) => {
     if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
@@ -82,7 +78,7 @@ export function operationHandlers(operations: OperationManager, access: AccessSt
 
     waitOperation: async (request, ctx) => {
       const record = visible(ctx, request.operationId, 'operation:wait');
-      const timeoutMs = durationMs(request.timeout, DEFAULT_WAIT_MS);
+      const timeoutMs = (request.timeout ? durationMs(request.timeout) : DEFAULT_WAIT_MS);
       if (timeoutMs < 0 || timeoutMs > MAX_WAIT_MS) throw new InvalidArgumentError('timeout', 'must be between 0 and 5 minutes');
       const waitMs = Math.min(timeoutMs, Math.max(0, ctx.deadline.getTime() - Date.now() - 100));
       const latest = await operations.wait(record.id, waitMs, ctx.signal);

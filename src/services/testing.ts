@@ -2,7 +2,7 @@
 // exercise operations and quotas end to end before real backends exist. Registered
 // only by `--enable-test-service` together with DEBVISOR_ALLOW_TEST_SERVICE=1.
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Duration } from '@bufbuild/protobuf/wkt';
+import { durationMs } from '@bufbuild/protobuf/wkt';
 import type { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
 import type { OperationManager } from '../operations/manager.js';
 import type { QuotaManager } from '../quota/manager.js';
@@ -40,14 +40,10 @@ export function registerTestOperationKind(operations: OperationManager, hostComm
   });
 }
 
-function durationMs(duration: Duration | undefined): number {
-  return duration === undefined ? 1000 : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
-}
-
 export function testingHandlers(operations: OperationManager, quotas: QuotaManager): HandlersOf<typeof TestingService> {
   return {
     startTestOperation: async (request, ctx) => {
-      const ms = durationMs(request.duration);
+      const ms = (request.duration ? durationMs(request.duration) : 1000);
       if (ms < 0 || ms > 600_000) throw new InvalidArgumentError('duration', 'must be between 0 and 10 minutes');
       const params: TestParams = { durationMs: ms, steps: Math.max(1, Math.min(request.steps || 10, 1000)), failMessage: request.failMessage, runHostCommand: request.runHostCommand };
       const record = await operations.launch(ctx, {

@@ -2,7 +2,7 @@
 // Names are validated by the backend before anything is spawned; wrong-state, unknown-VM and
 // unreachable-libvirtd failures arrive already typed (FAILED_PRECONDITION, NOT_FOUND, UNAVAILABLE).
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import { timestampFromDate, type Duration } from '@bufbuild/protobuf/wkt';
+import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { VmState, type VmSchema, type VmService, type VmSnapshotSchema } from '../gen/debvisor/v1/vm_pb.js';
 import { VmStateError } from '../backends/libvirt/errors.js';
 import type { Domain, DomainSnapshot, DomainState, DomainSummary, Libvirt } from '../backends/libvirt/virsh.js';
@@ -81,10 +81,6 @@ function snapshotMessage(s: DomainSnapshot): MessageInitShape<typeof VmSnapshotS
   };
 }
 
-function durationMs(duration: Duration | undefined): number | undefined {
-  return duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
-}
-
 /** Registers the runner of ShutdownVm with wait = true. */
 export function registerShutdownOperationKind(operations: OperationManager, libvirt: Libvirt): void {
   operations.register(SHUTDOWN_VM_OPERATION_KIND, {
@@ -153,7 +149,7 @@ export function vmHandlers({ libvirt, operations, quotas, node }: VmHandlerDeps)
         await libvirt.shutdown(vm, { signal: ctx.signal });
         return { vm: await get(vm, ctx) };
       }
-      const waitMs = durationMs(request.timeout) ?? DEFAULT_SHUTDOWN_WAIT_MS;
+      const waitMs = (request.timeout ? durationMs(request.timeout) : DEFAULT_SHUTDOWN_WAIT_MS);
       if (!Number.isFinite(waitMs) || waitMs < 0 || waitMs > MAX_SHUTDOWN_WAIT_MS) throw new InvalidArgumentError('timeout', 'must be between 0 and 1 hour');
       // Refuse up front what the operation could only fail on: an unknown VM, a VM already off.
       const state = await libvirt.state(vm, { signal: ctx.signal });
