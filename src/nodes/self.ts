@@ -37,8 +37,11 @@ async function localHealth(): Promise<NodeHealthRecord> {
   };
 }
 
-/** Starts registering and heartbeating; the returned function stops it. */
-export function startSelfRegistration(registry: NodeRegistry, name: string, log: Logger): () => void {
+/**
+ * Starts registering and heartbeating; the returned function stops it. `afterHeartbeat` runs after
+ * each successful heartbeat (publishing this node's VM inventory); its failure is logged, not fatal.
+ */
+export function startSelfRegistration(registry: NodeRegistry, name: string, log: Logger, afterHeartbeat?: (hostname: string) => Promise<void>): () => void {
   let hostname: string;
   try {
     hostname = validateHostname(name, 'node.name');
@@ -60,6 +63,9 @@ export function startSelfRegistration(registry: NodeRegistry, name: string, log:
         log.info({ hostname }, 'registered this host as a node');
       }
       await registry.heartbeat(hostname, '', await localHealth());
+      if (afterHeartbeat) {
+        await afterHeartbeat(hostname).catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err), hostname }, 'publishing this node\'s VM inventory failed'));
+      }
     } catch (err) {
       // Deleted from the store meanwhile: register again on the next tick.
       if (err instanceof UnknownNodeError) registered = false;
