@@ -16,6 +16,7 @@ export const MIGRATE_VM_OPERATION_KIND = 'MIGRATE_VM';
 
 /** After domjobabort, virsh gets this long to report the aborted job before it is killed. */
 const ABORT_GRACE_MS = 30_000;
+const ABORT_RETRY_MS = 200;
 /** Progress share of the memory copy; the rest is the hand-over and the verification. */
 const COPY_SHARE = 95;
 
@@ -91,17 +92,29 @@ export async function runMigration(op: OperationHandle, deps: MigrateDeps): Prom
   const cancelled = () => op.signal.aborted;
   const killVirsh = new AbortController();
   let killTimer: NodeJS.Timeout | undefined;
+  // Objects and functions, not locals: the poll loop and the handlers change them behind TS's back.
+  const job = { finished: false };
+  const isFinished = () => job.finished;
   const onCancel = () => {
     op.progress(0, 'cancelling: aborting the migration job');
-    source.jobAbort(vmName).catch((err: unknown) => deps.log.warn({ err, vm: vmName }, 'domjobabort failed'));
     killTimer = setTimeout(() => killVirsh.abort(new RpcError('CANCELLED', 'migration cancelled')), ABORT_GRACE_MS);
+    // A cancel right after the start can come before libvirt has created the job ("no job is
+    // active"): keep asking until an abort is accepted or virsh migrate has returned.
+    void (async () => {
+      while (!isFinished()) {
+        try {
+          await source.jobAbort(vmName);
+          return;
+        } catch (err) {
+          deps.log.debug({ err, vm: vmName }, 'domjobabort refused; retrying');
+          await sleep(ABORT_RETRY_MS);
+        }
+      }
+    })();
   };
   if (cancelled()) throw new RpcError('CANCELLED', 'operation cancelled');
   op.signal.addEventListener('abort', onCancel, { once: true });
 
-  // Objects and functions, not locals: the poll loop and the handlers change them behind TS's back.
-  const job = { finished: false };
-  const isFinished = () => job.finished;
   let transferredBytes = 0;
   const poll = (async () => {
     while (!job.finished) {

@@ -17,6 +17,7 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/backends/exec.js';
 import { Libvirt } from '../../src/backends/libvirt/virsh.js';
+import { ensureDevPki } from '../../src/pki/index.js';
 import { MigrationService } from '../../src/gen/debvisor/v1/migration_pb.js';
 import { NodeHealth, NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import { OperationKind, OperationService, OperationState, type Operation } from '../../src/gen/debvisor/v1/operation_pb.js';
@@ -37,6 +38,7 @@ let etcd: EtcdCluster;
 let daemonA: RunningDaemon;
 let daemonB: RunningDaemon;
 const closers: { close(): void }[] = [];
+let pkiDir: string;
 
 async function virsh(node: 'node-a' | 'node-b', ...args: string[]): Promise<string> {
   const { stdout } = await run(VIRSH, ['-q', '-c', sessions.nodes[node].uri, ...args], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } });
@@ -108,9 +110,10 @@ async function untilOnline(daemon: RunningDaemon, hostname: string, online: bool
 
 describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvirtds', () => {
   beforeAll(async () => {
-    [sessions, etcd] = await Promise.all([startQemuSessions(['node-a', 'node-b'] as const), startEtcd()]);
-    daemonA = await startDaemon({ env: daemonEnv('node-a') });
-    daemonB = await startDaemon({ env: daemonEnv('node-b'), pkiDir: daemonA.pki.dir });
+    [sessions, etcd, pkiDir] = await Promise.all([startQemuSessions(['node-a', 'node-b'] as const), startEtcd(), mkdtemp(join(tmpdir(), 'debvisor-mig-pki-'))]);
+    // One CA for both daemons, made first so they can start side by side.
+    await ensureDevPki(pkiDir);
+    [daemonA, daemonB] = await Promise.all([startDaemon({ env: daemonEnv('node-a'), pkiDir }), startDaemon({ env: daemonEnv('node-b'), pkiDir })]);
     // fo1 runs on node-a from the start, so node-a's daemon has published it long before the failover test.
     await Promise.all([defineVm('node-a', 'fo1', { start: true }), defineVm('node-a', 'fo-disk', { devices: "<disk type='file' device='disk'><source file='/var/lib/libvirt/images/fo-disk.qcow2'/><target dev='vda' bus='virtio'/></disk>" })]);
     await Promise.all([untilOnline(daemonA, 'node-a', true, 10_000), untilOnline(daemonA, 'node-b', true, 10_000)]);
@@ -121,6 +124,7 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     await Promise.all([(daemonA as RunningDaemon | undefined)?.cleanup(), (daemonB as RunningDaemon | undefined)?.cleanup()]);
     await (sessions as Sessions | undefined)?.stop();
     await (etcd as EtcdCluster | undefined)?.stop();
+    if (pkiDir) await rm(pkiDir, { recursive: true, force: true });
   });
 
   it('PrepareMigration says why a migration is not allowed, and refuses bad input by field', async () => {
@@ -200,18 +204,20 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     expect(await stateOn('node-b', 'mig1')).toBe('running');
     expect(await virsh('node-b', 'dominfo', '--domain', 'mig1')).toMatch(/Persistent:\s+yes/);
     expect(await stateOn('node-a', 'mig1')).toBe('undefined');
-    await virsh('node-b', 'destroy', '--domain', 'mig1');
+    // mig1 stays running on node-b: the next two tests move it back from there, through node-b's daemon.
   }, 60_000);
 
   it('CancelOperation aborts the job (domjobabort) and the VM keeps running on the source', async () => {
-    await defineVm('node-a', 'mig2', { start: true });
-    const migration = tracked(await clientFor(MigrationService, daemonA));
-    const ops = tracked(await clientFor(OperationService, daemonA));
-    const { operation } = await migration.migrateVM({ vmName: 'mig2', targetNode: 'node-b', bandwidthMibS: 1 }, T);
+    // Back from node-b to node-a, through node-b's daemon (the source's daemon runs a migration).
+    const migration = tracked(await clientFor(MigrationService, daemonB));
+    const ops = tracked(await clientFor(OperationService, daemonB));
+    const { operation } = await migration.migrateVM({ vmName: 'mig1', targetNode: 'node-a', bandwidthMibS: 1 }, T);
+    expect(operation?.node).toBe('node-b');
     let cancelledAt = 0;
-    const seen = await follow(daemonA, operation!.id, async (op) => {
-      // Cancel once the job is visibly running on the source.
-      if (!cancelledAt && op.stage.startsWith('migrating:') && op.stage !== 'migrating: starting') {
+    const seen = await follow(daemonB, operation!.id, async (op) => {
+      // Cancel as soon as the operation runs: virsh migrate may not have created the job yet, so
+      // this also covers the abort being retried until libvirt accepts it.
+      if (!cancelledAt && op.state === OperationState.RUNNING) {
         cancelledAt = Date.now();
         await ops.cancelOperation({ operationId: op.id }, T);
       }
@@ -221,27 +227,25 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     console.log(`cancelled migration ended ${Date.now() - cancelledAt} ms after CancelOperation`);
     expect(last.state, last.error?.message).toBe(OperationState.CANCELLED);
     expect(last.cancelRequested).toBe(true);
-    expect(await stateOn('node-a', 'mig2')).toBe('running');
-    expect(await virsh('node-a', 'dominfo', '--domain', 'mig2')).toMatch(/Persistent:\s+yes/);
-    expect(await stateOn('node-b', 'mig2')).toBe('undefined');
-    expect(await virsh('node-a', 'domjobinfo', '--domain', 'mig2')).toMatch(/Job type:\s+None/);
-    await virsh('node-a', 'destroy', '--domain', 'mig2');
+    expect(await stateOn('node-b', 'mig1')).toBe('running');
+    expect(await virsh('node-b', 'dominfo', '--domain', 'mig1')).toMatch(/Persistent:\s+yes/);
+    expect(await stateOn('node-a', 'mig1')).toBe('undefined');
+    expect(await virsh('node-b', 'domjobinfo', '--domain', 'mig1')).toMatch(/Job type:\s+None/);
   }, 60_000);
 
   it('a migration the target refuses fails, and the VM is left running on the source', async () => {
-    await defineVm('node-a', 'mig3', { start: true });
     // The same name with another UUID on the target: libvirt refuses the incoming domain.
-    await defineVm('node-b', 'mig3');
-    const migration = tracked(await clientFor(MigrationService, daemonA));
-    const { operation } = await migration.migrateVM({ vmName: 'mig3', targetNode: 'node-b' }, T);
-    const last = (await follow(daemonA, operation!.id)).pop()!;
+    await defineVm('node-a', 'mig1');
+    const migration = tracked(await clientFor(MigrationService, daemonB));
+    const { operation } = await migration.migrateVM({ vmName: 'mig1', targetNode: 'node-a' }, T);
+    const last = (await follow(daemonB, operation!.id)).pop()!;
     console.log(`failed migration: ${last.error?.message}`);
     expect(last.state).toBe(OperationState.FAILED);
-    expect(last.error?.message).toContain('migration of VM "mig3" from node-a to node-b failed');
-    expect(last.error?.message).toContain('the VM is still running on node-a');
-    expect(await stateOn('node-a', 'mig3')).toBe('running');
-    expect(await stateOn('node-b', 'mig3')).toBe('shut off');
-    await virsh('node-a', 'destroy', '--domain', 'mig3');
+    expect(last.error?.message).toContain('migration of VM "mig1" from node-b to node-a failed');
+    expect(last.error?.message).toContain('the VM is still running on node-b');
+    expect(await stateOn('node-b', 'mig1')).toBe('running');
+    expect(await stateOn('node-a', 'mig1')).toBe('shut off');
+    await virsh('node-b', 'destroy', '--domain', 'mig1');
   }, 60_000);
 
   it('virsh migrate to an unreachable target fails as UNAVAILABLE, naming the target', async () => {
