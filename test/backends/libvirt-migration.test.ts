@@ -2,7 +2,8 @@
 // steer into every branch: the exact `virsh migrate` argv, how its failures are classified
 // (stderr captured from real libvirt), the rollback's "make sure it runs on the source" against a
 // REAL libvirtd (test driver) in every state, target URIs from the template, and the shared-storage
-// rule of FailoverVM.
+// rule of FailoverVM, and the VM inventory FailoverVM reads (published from a real libvirtd into a
+// real embedded store).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
@@ -13,7 +14,11 @@ import { nodeUri } from '../../src/migration/connections.js';
 import { unsharedDisks } from '../../src/migration/failover.js';
 import { ensureRunning } from '../../src/migration/migrate.js';
 import { InvalidArgumentError } from '../../src/server/errors.js';
+import { VmInventory } from '../../src/migration/inventory.js';
+import { createRepositories } from '../../src/store/repositories.js';
+import type { Store } from '../../src/store/store.js';
 import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
+import { embeddedHarness, type StoreHarness } from '../support/store-harness.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'libvirt');
 const fixture = (name: string) => readFileSync(join(FIXTURES, name), 'utf8');
@@ -98,5 +103,37 @@ describe('against a real libvirtd (test driver)', () => {
     const unreachable = await ensureRunning(libvirt.connectTo('test+unix:///default?socket=/nonexistent/sock'), 'vm1', 'node-a');
     expect(unreachable.running).toBe(false);
     expect(unreachable.report).toMatch(/^rollback could not make sure the VM runs on node-a/);
+  });
+
+  it('publishes persistent domains to the inventory, rewrites only changes, drops undefined ones, and hands a record out once', async () => {
+    const harness: StoreHarness = await embeddedHarness();
+    const store: Store = await harness.open();
+    try {
+      const repos = createRepositories(store);
+      const inventory = new VmInventory(repos.vmInventory);
+      await inventory.publish('node-a', libvirt);
+      const first = await inventory.get('node-a', 'vm1');
+      expect(first?.value).toMatchObject({ node: 'node-a', name: 'vm1', uuid: '11111111-2222-3333-4444-555555555555', state: 'running', memory_bytes: 256 * 1024 * 1024 });
+      expect(first?.value.xml).toContain('<name>vm1</name>');
+      // Nothing changed: nothing rewritten.
+      await inventory.publish('node-a', libvirt);
+      expect((await inventory.get('node-a', 'vm1'))?.modRevision).toBe(first?.modRevision);
+      // A state change is published.
+      await libvirt.destroy('vm1');
+      await inventory.publish('node-a', libvirt);
+      expect((await inventory.get('node-a', 'vm1'))?.value.state).toBe('shutoff');
+      // Claimed once: the second claim finds nothing; restore puts it back.
+      const claimed = await inventory.claim('node-a', 'vm1');
+      await expect(inventory.claim('node-a', 'vm1')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      await inventory.restore(claimed);
+      expect((await inventory.get('node-a', 'vm1'))?.value.name).toBe('vm1');
+      // Undefined on the node: its record goes.
+      await libvirt.undefine('vm1');
+      await inventory.publish('node-a', libvirt);
+      expect(await inventory.get('node-a', 'vm1')).toBeUndefined();
+    } finally {
+      await store.close();
+      await harness.cleanup();
+    }
   });
 });
