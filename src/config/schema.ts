@@ -108,6 +108,23 @@ export const configSchema = z.strictObject({
       command_timeout_seconds: seconds.default(60),
     })
     .prefault({}),
+  migration: z
+    .strictObject({
+      /**
+       * How a daemon reaches another node's libvirt (migration target, failover target): {hostname} is
+       * replaced by the node's hostname, validated (RFC 1123) first. The result goes to argv, never a shell.
+       */
+      target_uri_template: z
+        .string()
+        .regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/i, 'expected a libvirt URI such as qemu+ssh://{hostname}/system')
+        .refine((value) => value.includes('{hostname}'), 'must contain {hostname}')
+        .default('qemu+ssh://{hostname}/system'),
+      /** How often a running migration's progress is read (virsh domjobinfo). */
+      progress_poll_ms: z.number().int().min(50).max(60_000).default(500),
+      /** A migration still running after this is aborted (domjobabort) and rolled back. */
+      timeout_seconds: seconds.default(3600),
+    })
+    .prefault({}),
   store: z
     .strictObject({
       /** embedded: this host only (node:sqlite). etcd: the cluster every host shares. Not reloadable. */

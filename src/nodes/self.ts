@@ -37,8 +37,12 @@ async function localHealth(): Promise<NodeHealthRecord> {
   };
 }
 
-/** Starts registering and heartbeating; the returned function stops it. */
-export function startSelfRegistration(registry: NodeRegistry, name: string, log: Logger): () => void {
+/**
+ * Starts registering and heartbeating; the returned function stops it. `afterHeartbeat` starts after
+ * each successful heartbeat unless the previous one is still running (publishing this node's VM
+ * inventory); its failure is logged, not fatal.
+ */
+export function startSelfRegistration(registry: NodeRegistry, name: string, log: Logger, afterHeartbeat?: (hostname: string) => Promise<void>): () => void {
   let hostname: string;
   try {
     hostname = validateHostname(name, 'node.name');
@@ -48,6 +52,7 @@ export function startSelfRegistration(registry: NodeRegistry, name: string, log:
   }
   let registered = false;
   let running = false;
+  let publishing = false;
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   const tick = async () => {
@@ -60,6 +65,14 @@ export function startSelfRegistration(registry: NodeRegistry, name: string, log:
         log.info({ hostname }, 'registered this host as a node');
       }
       await registry.heartbeat(hostname, '', await localHealth());
+      // Not awaited: a slow libvirt must never delay the next heartbeat (a lapsed lease would make
+      // this live node look dead, and FailoverVM would then allow a second copy of its VMs).
+      if (afterHeartbeat && !publishing) {
+        publishing = true;
+        void afterHeartbeat(hostname)
+          .catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err), hostname }, "publishing this node's VM inventory failed"))
+          .finally(() => (publishing = false));
+      }
     } catch (err) {
       // Deleted from the store meanwhile: register again on the next tick.
       if (err instanceof UnknownNodeError) registered = false;

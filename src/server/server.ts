@@ -32,6 +32,10 @@ import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { nodeHandlers } from '../services/node.js';
 import { NodeRegistry } from '../nodes/registry.js';
 import { startSelfRegistration } from '../nodes/self.js';
+import { MigrationService } from '../gen/debvisor/v1/migration_pb.js';
+import { migrationHandlers, registerMigrationOperationKinds } from '../services/migration.js';
+import { NodeConnections } from '../migration/connections.js';
+import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
 import { registerTestOperationKind, testingHandlers } from '../services/testing.js';
 import { OperationManager } from '../operations/manager.js';
@@ -202,14 +206,26 @@ export class Daemon {
       });
       registerShutdownOperationKind(operations, libvirt);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
+      const inventory = new VmInventory(repos.vmInventory);
+      const migration = {
+        nodes,
+        inventory,
+        operations,
+        log,
+        connections: new NodeConnections(libvirt, config.node.name, () => settings().migration.target_uri_template),
+        settings: () => ({ progressPollMs: settings().migration.progress_poll_ms, timeoutMs: settings().migration.timeout_seconds * 1000 }),
+      };
+      registerMigrationOperationKinds(operations, migration);
       const implemented: Record<string, Record<string, unknown>> = {
         [AccessService.typeName]: accessHandlers(admin, access),
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, node: () => config.node.name }),
         [NodeService.typeName]: nodeHandlers(nodes),
+        [MigrationService.typeName]: migrationHandlers(migration),
       };
       if (config.nodes.self_register) {
-        const stopSelf = startSelfRegistration(nodes, config.node.name, log);
+        // Each heartbeat also publishes this node's VM definitions: FailoverVM's source once this node is gone.
+        const stopSelf = startSelfRegistration(nodes, config.node.name, log, (hostname) => inventory.publish(hostname, libvirt, stopping.signal));
         resources.defer(stopSelf);
       }
       if (options.enableTestService) {

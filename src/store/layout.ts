@@ -7,6 +7,9 @@
 //   /debvisor/nodes/<hostname>                     registered hypervisor nodes (id, inventory, last heartbeat)
 //   /debvisor/liveness/nodes/<hostname>            a node's liveness key, on a lease of 3 heartbeat intervals:
 //                                                  present = online; the lease expiring deletes it = offline
+//   /debvisor/vms/<hostname>/<vm name>             a node's persistent VMs (definition XML, state), published by
+//                                                  that node's daemon with each self heartbeat; no lease, so it
+//                                                  outlives the node: FailoverVM reads it once the node is gone
 //   /debvisor/operations/<operation id>            long-running operations
 //   /debvisor/rpc/slots/<principal>/<operation id> concurrent-operation slots (on a daemon lease)
 //   /debvisor/rpc/idempotency/<principal>/<request id>  request_id → operation id
@@ -21,6 +24,7 @@ export const LAYOUT = {
   quotas: '/debvisor/rpc/quotas/',
   nodes: '/debvisor/nodes/',
   nodeLiveness: '/debvisor/liveness/nodes/',
+  vmInventory: '/debvisor/vms/',
   operations: '/debvisor/operations/',
   slots: '/debvisor/rpc/slots/',
   idempotency: '/debvisor/rpc/idempotency/',

@@ -121,3 +121,21 @@ export const operationRecord = z.strictObject({
   done_at: isoTime.optional(),
 });
 export type OperationRecord = z.infer<typeof operationRecord>;
+
+/**
+ * One persistent VM of a node, as that node's daemon last published it (nodes.self_register):
+ * what FailoverVM needs to start the VM elsewhere once the node is gone.
+ */
+export const vmInventoryRecord = z.strictObject({
+  schema_version: version1,
+  node: z.string().min(1),
+  name: z.string().min(1),
+  uuid: z.string(),
+  /** libvirt state when published ("running", "shutoff", ...). */
+  state: z.string(),
+  memory_bytes: z.number().int().nonnegative(),
+  /** The persistent definition (`virsh dumpxml --inactive`). */
+  xml: z.string().min(1).max(1_000_000),
+  published_at: isoTime,
+});
+export type VmInventoryRecord = z.infer<typeof vmInventoryRecord>;

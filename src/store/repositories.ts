@@ -1,6 +1,6 @@
 // The typed repositories the services use, all on one store.
 import { LAYOUT } from './layout.js';
-import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord } from './records.js';
+import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord, vmInventoryRecord } from './records.js';
 import { Repository } from './repository.js';
 import type { Store } from './store.js';
 
@@ -13,6 +13,8 @@ export function createRepositories(store: Store) {
     quotas: new Repository(store, LAYOUT.quotas, quotaRecord),
     nodes: new Repository(store, LAYOUT.nodes, nodeRecord),
     operations: new Repository(store, LAYOUT.operations, operationRecord),
+    /** Id: [node hostname, VM name]. */
+    vmInventory: new Repository(store, LAYOUT.vmInventory, vmInventoryRecord),
   };
 }
 

@@ -20,7 +20,7 @@ describe('parseDomainXml', () => {
   it('reads the test driver dumpxml of the recipe domain', () => {
     const d = parseDomainXml(fixture('dumpxml-vm1-running.xml'));
     expect(d).toMatchObject({ name: 'vm1', uuid: '11111111-2222-3333-4444-555555555555', type: 'test', vcpus: 1, memoryBytes: 256 * 1024 * 1024 });
-    expect(d.disks).toEqual([{ targetDev: 'vda', sourcePath: '/var/lib/libvirt/images/vm1.qcow2', format: '', device: 'disk' }]);
+    expect(d.disks).toEqual([{ targetDev: 'vda', sourcePath: '/var/lib/libvirt/images/vm1.qcow2', format: '', device: 'disk', sourceType: 'file', protocol: '' }]);
     expect(d.interfaces).toHaveLength(1);
     expect(d.interfaces[0]).toMatchObject({ type: 'network', source: 'default', model: '' });
     // The test driver assigns a MAC on define.
@@ -31,10 +31,10 @@ describe('parseDomainXml', () => {
     const d = parseDomainXml(fixture('domain-rich.xml'));
     expect(d).toMatchObject({ name: 'web-01', type: 'kvm', vcpus: 2, memoryBytes: 2048 * 1024 ** 2, maxMemoryBytes: 4 * 1024 ** 3 });
     expect(d.disks).toEqual([
-      { targetDev: 'vda', sourcePath: 'vms/web-01-root', format: 'raw', device: 'disk' },
-      { targetDev: 'sda', sourcePath: '/var/lib/libvirt/images/debian-12.iso', format: 'raw', device: 'cdrom' },
-      { targetDev: 'vdb', sourcePath: '/dev/vg0/web-01-data', format: 'raw', device: 'disk' },
-      { targetDev: 'vdc', sourcePath: 'images/scratch.qcow2', format: 'qcow2', device: 'disk' },
+      { targetDev: 'vda', sourcePath: 'vms/web-01-root', format: 'raw', device: 'disk', sourceType: 'network', protocol: 'rbd' },
+      { targetDev: 'sda', sourcePath: '/var/lib/libvirt/images/debian-12.iso', format: 'raw', device: 'cdrom', sourceType: 'file', protocol: '' },
+      { targetDev: 'vdb', sourcePath: '/dev/vg0/web-01-data', format: 'raw', device: 'disk', sourceType: 'block', protocol: '' },
+      { targetDev: 'vdc', sourcePath: 'images/scratch.qcow2', format: 'qcow2', device: 'disk', sourceType: 'volume', protocol: '' },
     ]);
     expect(d.interfaces).toEqual([
       { type: 'bridge', source: 'br0', mac: '52:54:00:12:34:56', model: 'virtio' },

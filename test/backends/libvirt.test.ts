@@ -56,7 +56,7 @@ describe('Libvirt against the test driver', () => {
       persistent: true,
       currentSnapshot: '',
     });
-    expect(vm.disks).toEqual([{ targetDev: 'vda', sourcePath: '/var/lib/libvirt/images/vm1.qcow2', format: '', device: 'disk' }]);
+    expect(vm.disks).toEqual([{ targetDev: 'vda', sourcePath: '/var/lib/libvirt/images/vm1.qcow2', format: '', device: 'disk', sourceType: 'file', protocol: '' }]);
     expect(vm.interfaces[0]).toMatchObject({ type: 'network', source: 'default' });
 
     await virsh.start('vm1');

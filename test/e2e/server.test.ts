@@ -14,7 +14,7 @@ import {
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessService, PrincipalKind } from '../../src/gen/debvisor/v1/access_pb.js';
-import { MigrationService } from '../../src/gen/debvisor/v1/migration_pb.js';
+import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import {
   REPO_ROOT,
   adminPem,
@@ -179,11 +179,11 @@ describe('request handling', () => {
   });
 
   it('answers UNIMPLEMENTED naming the area to an RPC not in this build', async () => {
-    const client = await clientFor(MigrationService, daemon);
+    const client = await clientFor(StorageService, daemon);
     clients.push(client);
-    const err = await rejection(client.prepareMigration({}, { timeoutMs: 5000 }));
+    const err = await rejection(client.listVolumes({}, { timeoutMs: 5000 }));
     expect(err.code).toBe(Status.UNIMPLEMENTED);
-    expect(err.details).toContain('VM migration and failover are not available in this build');
+    expect(err.details).toContain('Storage operations are not available in this build');
   });
 
   it('answers INVALID_ARGUMENT, never INTERNAL, to a malformed protobuf body', async () => {

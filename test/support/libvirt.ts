@@ -1,12 +1,16 @@
-// Starts a private, unprivileged libvirtd with the test driver for tests (as scripts/libvirt-test-start):
+// Starts a private, unprivileged libvirtd for tests: the test driver (as scripts/libvirt-test-start),
+// or the QEMU session driver with real QEMU under TCG (as scripts/libvirt-session-start), e.g. two of
+// them to live-migrate between (docs/libvirt-migration.md):
 //  - its own temp dir, with HOME and XDG_* under it;
 //  - as root, the daemon runs as `nobody` (a root libvirtd is "privileged" and needs Debian's libvirt-qemu user);
-//  - a holder connection (`virsh event --all --loop`) keeps the test driver's state alive between virsh calls;
-//  - the built-in `test` domain is removed, so the hypervisor starts empty.
+//  - test driver: a holder connection (`virsh event --all --loop`) keeps its state alive between virsh
+//    calls, and the built-in `test` domain is removed, so the hypervisor starts empty;
+//  - QEMU session: stop() destroys every running guest first (a killed session libvirtd leaves its QEMU
+//    processes running).
 // Processes are stopped by PID only (SIGTERM, then SIGKILL after 5 s), and SIGKILLed if the
 // test process exits without calling stop(). Needs Debian libvirt-daemon and libvirt-clients.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,8 +21,15 @@ export const VIRSH = '/usr/bin/virsh';
 const READY_TIMEOUT_MS = 10_000;
 const KILL_AFTER_MS = 5_000;
 
+export interface StartLibvirtOptions {
+  /** 'test' (default): the test driver. 'qemu': qemu:///session with real QEMU (needs qemu-system-x86). */
+  readonly driver?: 'test' | 'qemu';
+  /** Run in this directory (created; its parent must be traversable by `nobody`) instead of a fresh temp dir. */
+  readonly dir?: string;
+}
+
 export interface TestLibvirt {
-  /** test+unix:///default?socket=<dir>/run/libvirt/libvirt-sock */
+  /** test+unix:///default?socket=<dir>/run/libvirt/libvirt-sock, or qemu+unix:///session?socket=… */
   readonly uri: string;
   readonly dir: string;
   /** PID of libvirtd while it runs. */
@@ -60,12 +71,27 @@ function virshOk(uri: string, args: string[]): boolean {
   return spawnSync(VIRSH, ['-q', '-c', uri, ...args], { stdio: 'ignore', env: { LC_ALL: 'C', PATH: process.env.PATH ?? '/usr/bin:/bin' } }).status === 0;
 }
 
-export async function startLibvirt(): Promise<TestLibvirt> {
+export const QEMU = '/usr/bin/qemu-system-x86_64';
+
+/** True when QEMU is installed too (real migration tests). */
+export function qemuAvailable(): boolean {
+  return libvirtAvailable() && existsSync(QEMU);
+}
+
+/** Every running guest of a libvirt (names), for clean-up. */
+function runningDomains(uri: string): string[] {
+  const out = spawnSync(VIRSH, ['-q', '-c', uri, 'list', '--name'], { encoding: 'utf8', env: { LC_ALL: 'C', PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  return out.status === 0 ? out.stdout.split('\n').map((l) => l.trim()).filter(Boolean) : [];
+}
+
+export async function startLibvirt(options: StartLibvirtOptions = {}): Promise<TestLibvirt> {
   if (!libvirtAvailable()) {
     throw new Error('libvirt is not installed: apt-get install -y --no-install-recommends libvirt-clients libvirt-daemon');
   }
+  const driver = options.driver ?? 'test';
+  if (driver === 'qemu' && !qemuAvailable()) throw new Error(`QEMU is not installed (${QEMU}): apt-get install -y --no-install-recommends qemu-system-x86`);
   installExitHook();
-  const dir = mkdtempSync(join(tmpdir(), 'debvisor-libvirt-'));
+  const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'debvisor-libvirt-'));
   const root = process.getuid?.() === 0;
   const uid = root ? Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim()) : undefined;
   const gid = root ? Number(execFileSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).trim()) : undefined;
@@ -95,13 +121,15 @@ export async function startLibvirt(): Promise<TestLibvirt> {
     stderr = (stderr + c.toString()).slice(-8192);
   });
 
-  const uri = `test+unix:///default?socket=${join(dir, 'run', 'libvirt', 'libvirt-sock')}`;
+  const socket = join(dir, 'run', 'libvirt', 'libvirt-sock');
+  const uri = driver === 'qemu' ? `qemu+unix:///session?socket=${socket}` : `test+unix:///default?socket=${socket}`;
   let holder: ChildProcess | undefined;
   let stopped = false;
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
     if (holder) await stopChild(holder);
+    if (driver === 'qemu' && daemon.exitCode === null) for (const vm of runningDomains(uri)) virshOk(uri, ['destroy', vm]);
     await stopChild(daemon);
     await rm(dir, { recursive: true, force: true });
   };
@@ -113,13 +141,15 @@ export async function startLibvirt(): Promise<TestLibvirt> {
       if (Date.now() > deadline) throw new Error(`libvirtd did not answer within ${READY_TIMEOUT_MS} ms: ${stderr}`);
       await sleep(50);
     }
-    // The test driver frees /default's state when its last connection closes: keep one open.
-    holder = spawn(VIRSH, ['-c', uri, 'event', '--all', '--loop'], { env: { LC_ALL: 'C', PATH: env.PATH }, detached: true, stdio: 'ignore' });
-    track(holder);
-    // The holder is connected once the driver's built-in domain survives another connection's exit.
-    await sleep(200);
-    virshOk(uri, ['destroy', 'test']);
-    if (!virshOk(uri, ['undefine', 'test'])) throw new Error('could not remove the built-in test domain');
+    if (driver === 'test') {
+      // The test driver frees /default's state when its last connection closes: keep one open.
+      holder = spawn(VIRSH, ['-c', uri, 'event', '--all', '--loop'], { env: { LC_ALL: 'C', PATH: env.PATH }, detached: true, stdio: 'ignore' });
+      track(holder);
+      // The holder is connected once the driver's built-in domain survives another connection's exit.
+      await sleep(200);
+      virshOk(uri, ['destroy', 'test']);
+      if (!virshOk(uri, ['undefine', 'test'])) throw new Error('could not remove the built-in test domain');
+    }
   } catch (err) {
     await stop();
     throw err;
@@ -132,6 +162,31 @@ export async function startLibvirt(): Promise<TestLibvirt> {
     },
     stop,
   };
+}
+
+/**
+ * Several QEMU session libvirtds, one per node name, in `<root>/<name>`, so the daemon's
+ * `migration.target_uri_template` can be `uriTemplate` ("…?socket=<root>/{hostname}/run/libvirt/libvirt-sock").
+ * The root is world-traversable: with --p2p the source libvirtd (as `nobody`) connects to the target's socket.
+ */
+export async function startQemuSessions<const N extends string>(names: readonly N[]): Promise<{ root: string; uriTemplate: string; nodes: Record<N, TestLibvirt>; stop(): Promise<void> }> {
+  const root = mkdtempSync(join(tmpdir(), 'debvisor-qemu-'));
+  chmodSync(root, 0o755);
+  const started = await Promise.allSettled(names.map((name) => startLibvirt({ driver: 'qemu', dir: join(root, name) })));
+  const nodes = {} as Record<N, TestLibvirt>;
+  started.forEach((result, i) => {
+    if (result.status === 'fulfilled') nodes[names[i] as N] = result.value;
+  });
+  const stop = async () => {
+    await Promise.all(Object.values<TestLibvirt>(nodes).map((lv) => lv.stop()));
+    await rm(root, { recursive: true, force: true });
+  };
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    await stop();
+    throw failed.reason;
+  }
+  return { root, uriTemplate: `qemu+unix:///session?socket=${root}/{hostname}/run/libvirt/libvirt-sock`, nodes, stop };
 }
 
 /** The libvirtd log of a running instance (for failure messages). */

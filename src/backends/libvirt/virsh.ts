@@ -7,7 +7,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Registry } from 'prom-client';
-import { createExecutor, ExecError, ExecUsageError, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
+import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
 import { validateSnapshotName, validateVmName } from '../validate.js';
 import { InvalidArgumentError } from '../../server/errors.js';
 import { STATE_CONFLICT, VIRSH_RULES, VmStateError } from './errors.js';
@@ -166,12 +166,45 @@ const sleep = (ms: number, signal?: AbortSignal) =>
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 
+export interface MigrateOptions {
+  /** `--compressed`: compress the memory stream. */
+  readonly compressed?: boolean;
+  /** `--bandwidth N`: limit in MiB/s; 0 or absent = unlimited. */
+  readonly bandwidthMiBs?: number;
+  /** Kills virsh (not the job: abort the job with jobAbort first, so libvirt cleans up). */
+  readonly signal?: AbortSignal;
+  readonly timeoutMs?: number;
+}
+
+/**
+ * `virsh migrate` failures, tried before VIRSH_RULES. With --p2p the source libvirtd opens the
+ * target URI itself, so a connection error WITHOUT virsh's own "failed to connect to the
+ * hypervisor" line is the target's (captured: migrate-aborted.stderr, connect failure in
+ * docs/libvirt-migration.md case 6).
+ */
+export const MIGRATE_RULES: readonly ClassifyRule[] = [
+  // "error: operation aborted: migration out: canceled by client" (domjobabort)
+  { kind: 'cancelled', stderr: /operation aborted|canceled by client|cancelled by client/i, message: 'the migration job was aborted' },
+  { kind: 'unavailable', stderr: /failed to connect to the hypervisor/i, message: 'the source libvirt is unreachable; retry later' },
+  {
+    kind: 'unavailable',
+    stderr: /Failed to connect socket|Connection refused|End of file while reading data|Cannot recv data|no connection driver available|unable to connect to server|Could not resolve hostname|Host key verification failed|Permission denied \(publickey/i,
+    message: "the target node's libvirt is unreachable from the source",
+  },
+  ...VIRSH_RULES,
+];
+
 export class Libvirt {
   readonly uri: string;
   readonly executor: Executor;
 
-  constructor(options: LibvirtOptions) {
+  /** A new virsh executor from options, or (connectTo) another URI over an existing one. */
+  constructor(options: LibvirtOptions | { readonly uri: string; readonly executor: Executor }) {
     this.uri = validateUri(options.uri);
+    if ('executor' in options) {
+      this.executor = options.executor;
+      return;
+    }
     this.executor = createExecutor({
       backend: 'libvirt',
       binaries: { virsh: options.virshPath ?? DEFAULT_VIRSH },
@@ -184,6 +217,11 @@ export class Libvirt {
       registry: options.registry,
       onSpawn: options.onSpawn,
     });
+  }
+
+  /** The same virsh, concurrency limit and metrics, connected to another libvirt (a migration or failover target). */
+  connectTo(uri: string): Libvirt {
+    return new Libvirt({ uri, executor: this.executor });
   }
 
   // ------------------------------------------------------------------ plumbing
@@ -435,6 +473,25 @@ export class Libvirt {
   async jobInfo(vmName: string, opts: CallOptions & { completed?: boolean } = {}): Promise<DomainJobInfo> {
     const vm = validateVmName(vmName, 'vm_name');
     return parseDomjobinfo(await this.virsh(['domjobinfo', '--domain', vm, ...(opts.completed ? ['--completed'] : [])], opts));
+  }
+
+  /**
+   * Live migration, peer to peer and tunnelled (the source libvirtd connects to `targetUri` and
+   * carries the memory over that connection, so no migration port has to be open):
+   * `virsh migrate --live --persistent --undefinesource --p2p --tunnelled [--compressed] [--bandwidth N] --domain VM --desturi URI`.
+   * Resolves when libvirt reports the migration complete; throws ExecError classified by MIGRATE_RULES.
+   */
+  async migrate(vmName: string, targetUri: string, opts: MigrateOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const uri = validateUri(targetUri);
+    const bandwidth = opts.bandwidthMiBs ?? 0;
+    if (!Number.isInteger(bandwidth) || bandwidth < 0) throw new InvalidArgumentError('bandwidth_mib_s', 'must be a non-negative integer');
+    const args = ['migrate', '--live', '--persistent', '--undefinesource', '--p2p', '--tunnelled'];
+    if (opts.compressed) args.push('--compressed');
+    if (bandwidth > 0) args.push('--bandwidth', String(bandwidth));
+    args.push('--domain', vm, '--desturi', uri);
+    const result = await this.run(args, { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}) });
+    this.executor.check(result, MIGRATE_RULES);
   }
 
   /** `virsh domjobabort`: cancels the VM's active job (a migration). */

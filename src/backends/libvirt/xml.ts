@@ -14,6 +14,10 @@ export interface DomainDisk {
   readonly format: string;
   /** "disk", "cdrom", "floppy" or "lun". */
   readonly device: string;
+  /** Where the data lives: <disk type=...> ("file", "block", "network", "volume", ...). */
+  readonly sourceType: string;
+  /** Network protocol of a network disk ("rbd", "nbd", ...); empty otherwise. */
+  readonly protocol: string;
 }
 
 export interface DomainInterface {
@@ -187,6 +191,8 @@ function domainFromNode(domain: Node): DomainXml {
       sourcePath: diskSource(disk),
       format: attr(disk.driver, 'type'),
       device: attr(disk, 'device') || 'disk',
+      sourceType: attr(disk, 'type'),
+      protocol: attr(disk.source, 'protocol'),
     })),
     interfaces: list(devices.interface).map((iface) => ({
       type: attr(iface, 'type'),

@@ -1,0 +1,83 @@
+// The cluster's record of which persistent VMs each node has (LAYOUT.vmInventory), kept by each
+// node's own daemon with its self heartbeat. A failed node's libvirt cannot be asked for its
+// domain definitions, so FailoverVM takes them from here.
+import { ExecError } from '../backends/exec.js';
+import type { Libvirt } from '../backends/libvirt/virsh.js';
+import { parseDomainXml } from '../backends/libvirt/xml.js';
+import { RpcError } from '../server/errors.js';
+import { ConflictError } from '../store/errors.js';
+import type { VmInventoryRecord } from '../store/records.js';
+import type { Repositories } from '../store/repositories.js';
+import type { Versioned } from '../store/repository.js';
+
+type InventoryRepository = Repositories['vmInventory'];
+
+export class VmInventory {
+  constructor(
+    private readonly repo: InventoryRepository,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
+
+  /**
+   * Makes the store's list of `node`'s VMs match its libvirt: every persistent domain with its
+   * inactive XML and state; records of domains that are gone are deleted. Unchanged records are not rewritten.
+   */
+  async publish(node: string, libvirt: Libvirt, signal?: AbortSignal): Promise<void> {
+    const call = signal ? { signal } : {};
+    const domains = (await libvirt.listDomains(call)).filter((d) => d.persistent);
+    const stored = new Map((await this.repo.list({ pageSize: 10_000, under: node })).items.map((r) => [r.value.name, r]));
+    for (const domain of domains) {
+      let xml: string;
+      try {
+        xml = await libvirt.dumpXml(domain.name, { ...call, inactive: true });
+      } catch (err) {
+        // Undefined since the listing: the next round deletes its record.
+        if (err instanceof ExecError && err.kind === 'not_found') continue;
+        throw err;
+      }
+      const current = stored.get(domain.name)?.value;
+      stored.delete(domain.name);
+      if (current && current.xml === xml && current.state === domain.state) continue;
+      await this.repo.put([node, domain.name], {
+        schema_version: 1,
+        node,
+        name: domain.name,
+        uuid: domain.uuid,
+        state: domain.state,
+        memory_bytes: parseDomainXml(xml).maxMemoryBytes,
+        xml,
+        published_at: this.now().toISOString(),
+      });
+    }
+    for (const gone of stored.values()) await this.repo.delete([node, gone.value.name], gone.modRevision).catch(ignoreConflict);
+  }
+
+  async get(node: string, vmName: string): Promise<Versioned<VmInventoryRecord> | undefined> {
+    return this.repo.get([node, vmName]);
+  }
+
+  /**
+   * Takes the record out of the inventory (compare-and-delete), so two failovers of the same VM
+   * cannot both start it: the loser gets ABORTED. restore() puts it back if the failover fails.
+   */
+  async claim(node: string, vmName: string): Promise<VmInventoryRecord> {
+    const found = await this.get(node, vmName);
+    if (!found) throw new RpcError('NOT_FOUND', `VM ${JSON.stringify(vmName)} is not in node ${node}'s published inventory (already failed over?)`);
+    try {
+      await this.repo.delete([node, vmName], found.modRevision);
+    } catch (err) {
+      if (err instanceof ConflictError) throw new RpcError('ABORTED', `another failover of VM ${JSON.stringify(vmName)} is in progress`, { cause: err });
+      throw err;
+    }
+    return found.value;
+  }
+
+  async restore(record: VmInventoryRecord): Promise<void> {
+    await this.repo.create([record.node, record.name], record).catch(ignoreConflict);
+  }
+}
+
+function ignoreConflict(err: unknown): void {
+  // Someone wrote a newer record meanwhile: theirs stands.
+  if (!(err instanceof ConflictError)) throw err;
+}
