@@ -10,7 +10,8 @@ import { isBuiltinRole, type Role } from '../authz/roles.js';
 import type { Config } from '../config/schema.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
 import type { CallContext } from '../server/context.js';
-import { NotFoundError } from '../store/errors.js';
+import { ConflictError, NotFoundError } from '../store/errors.js';
+import { retryOnConflict } from '../store/repository.js';
 import type { ApiKeyRecord, QuotaRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { AccessState } from './state.js';
@@ -162,16 +163,23 @@ export class AccessAdmin {
 
   async revokeApiKey(ctx: CallContext, keyId: string): Promise<ApiKeyRecord> {
     requireId(keyId, 'key_id');
-    const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:revoke');
-    const revoked: ApiKeyRecord = { ...record, revoked_at: record.revoked_at ?? new Date().toISOString() };
-    const stored = await this.repos.apiKeys.update(keyId, revoked, modRevision);
-    this.state.apiKeys.remember(keyId, revoked, stored.modRevision);
+    const revoked = await retryOnConflict(async () => {
+      const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:revoke');
+      const next: ApiKeyRecord = { ...record, revoked_at: record.revoked_at ?? new Date().toISOString() };
+      const stored = await this.repos.apiKeys.update(keyId, next, modRevision);
+      this.state.apiKeys.remember(keyId, next, stored.modRevision);
+      return next;
+    });
     this.security(ctx, 'api key revoked', `api_key:${keyId}`);
     return revoked;
   }
 
   async rotateApiKey(ctx: CallContext, keyId: string, overlapMs: number | undefined): Promise<{ record: ApiKeyRecord; token: string; old: ApiKeyRecord }> {
     requireId(keyId, 'key_id');
+    return retryOnConflict(() => this.rotateOnce(ctx, keyId, overlapMs));
+  }
+
+  private async rotateOnce(ctx: CallContext, keyId: string, overlapMs: number | undefined): Promise<{ record: ApiKeyRecord; token: string; old: ApiKeyRecord }> {
     const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:rotate');
     if (!isActive(record, Date.now())) throw new RpcError('FAILED_PRECONDITION', `API key ${keyId} is revoked or expired; create a new one`);
     const overlap = overlapMs ?? this.settings().auth.api_key_rotation_overlap_seconds * 1000;
@@ -205,7 +213,7 @@ export class AccessAdmin {
         { type: 'put', key: this.repos.apiKeys.keyOf(keyId), value: this.repos.apiKeys.encode(old) },
       ],
     });
-    if (!result.succeeded) throw new RpcError('ABORTED', `API key ${keyId} changed concurrently; retry`);
+    if (!result.succeeded) throw new ConflictError(`API key ${keyId} changed concurrently`);
     this.state.apiKeys.remember(newId, fresh, result.revision);
     this.state.apiKeys.remember(keyId, old, result.revision);
     this.security(ctx, 'api key rotated', `api_key:${keyId}`, { new_key_id: newId, old_key_expires_at: old.expires_at });

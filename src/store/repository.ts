@@ -115,17 +115,12 @@ export class Repository<T extends { readonly schema_version: number }> {
 
   /** Read-modify-write with retries on conflict. `change` returns the new value, or undefined to leave it. */
   async mutate(id: RecordId, change: (current: T | undefined) => T | undefined, attempts = 10): Promise<Versioned<T> | undefined> {
-    for (let attempt = 0; attempt < attempts; attempt++) {
+    return retryOnConflict(async () => {
       const current = await this.get(id);
       const next = change(current?.value);
       if (next === undefined) return current;
-      try {
-        return current ? await this.update(id, next, current.modRevision) : await this.create(id, next);
-      } catch (err) {
-        if (!(err instanceof ConflictError)) throw err;
-      }
-    }
-    throw new ConflictError(`${this.keyOf(id)}: too many concurrent updates`);
+      return current ? await this.update(id, next, current.modRevision) : await this.create(id, next);
+    }, attempts);
   }
 
   async put(id: RecordId, value: T): Promise<Versioned<T>> {
@@ -140,5 +135,20 @@ export class Repository<T extends { readonly schema_version: number }> {
     const result = await this.store.txn({ compare: [{ key, modRevision }], success: [{ type: 'delete', key }] });
     if (!result.succeeded) throw new ConflictError(`${key} changed concurrently`);
     return true;
+  }
+}
+
+/**
+ * Runs a read-modify-write again while it meets a concurrent change (ConflictError), at most
+ * `attempts` times. Records other writers touch on their own (API key usage counters, quotas)
+ * would otherwise make an administrator's change fail at random.
+ */
+export async function retryOnConflict<R>(attempt: () => Promise<R>, attempts = 10): Promise<R> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (!(err instanceof ConflictError) || tries >= attempts) throw err;
+    }
   }
 }
