@@ -5,10 +5,9 @@ import { retryOnConflict } from '../../src/store/repository.js';
 describe('retryOnConflict', () => {
   it('runs the read-modify-write again after a concurrent change', async () => {
     let calls = 0;
-    const result = await retryOnConflict(async () => {
+    const result = await retryOnConflict(() => {
       calls++;
-      if (calls < 3) throw new ConflictError('changed concurrently');
-      return 'written';
+      return calls < 3 ? Promise.reject(new ConflictError('changed concurrently')) : Promise.resolve('written');
     });
     expect(result).toBe('written');
     expect(calls).toBe(3);
@@ -17,9 +16,9 @@ describe('retryOnConflict', () => {
   it('passes any other error through at once', async () => {
     let calls = 0;
     await expect(
-      retryOnConflict(async () => {
+      retryOnConflict(() => {
         calls++;
-        throw new Error('store down');
+        return Promise.reject(new Error('store down'));
       }),
     ).rejects.toThrow('store down');
     expect(calls).toBe(1);
@@ -28,9 +27,9 @@ describe('retryOnConflict', () => {
   it('gives up after the given number of attempts with the conflict', async () => {
     let calls = 0;
     await expect(
-      retryOnConflict(async () => {
+      retryOnConflict(() => {
         calls++;
-        throw new ConflictError('busy key');
+        return Promise.reject(new ConflictError('busy key'));
       }, 4),
     ).rejects.toBeInstanceOf(ConflictError);
     expect(calls).toBe(4);
