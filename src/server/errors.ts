@@ -158,3 +158,9 @@ function addErrorDetails(metadata: Metadata, code: Status, message: string, deta
   const status = create(StatusSchema, { code, message, details: packed });
   metadata.set('grpc-status-details-bin', Buffer.from(toBinary(StatusSchema, status)));
 }
+
+/** A status for one item of a batch reply (google.rpc.Code and the client-safe message, no trace id). */
+export function itemStatus(err: unknown): { code: number; message: string } {
+  const status = toStatus(err, '');
+  return { code: status.code, message: status.details.replace(/ \(trace_id=[^)]*\)$/, '') };
+}
