@@ -34,6 +34,9 @@ export const DEFAULT_RBD = '/usr/bin/rbd';
 /** rbd needs nothing from the daemon's environment: conf, id and keyring are always passed as options. */
 const RBD_ENV_ALLOW_LIST = ['PATH'] as const;
 
+/** Longest wait for `rbd du` (used bytes); past it a listing reports 0 used rather than hang. */
+const USAGE_TIMEOUT_MS = 30_000;
+
 export const META_PREFIX = 'debvisor.';
 export const OWNER_KEY = 'debvisor.owner';
 export const TAG_PREFIX = 'debvisor.tag.';
@@ -87,6 +90,8 @@ export class RbdBackend implements RbdTemplateBackend {
   private readonly cephConf: string;
   private readonly id: string;
   private readonly keyring: string;
+  /** A listing does not wait the full command timeout (an hour, for flatten) for used bytes. */
+  private readonly usageTimeoutMs: number;
 
   constructor(options: RbdBackendOptions) {
     if (options.cephConf === '') throw new InvalidArgumentError('rbd.ceph_conf', 'must not be empty');
@@ -94,6 +99,7 @@ export class RbdBackend implements RbdTemplateBackend {
     this.cephConf = options.cephConf;
     this.id = options.id ?? '';
     this.keyring = options.keyring ?? '';
+    this.usageTimeoutMs = Math.min(options.defaultTimeoutMs, USAGE_TIMEOUT_MS);
     this.executor = createExecutor({
       backend: 'rbd',
       binaries: { rbd: options.rbdPath ?? DEFAULT_RBD },
@@ -282,8 +288,8 @@ export class RbdBackend implements RbdTemplateBackend {
   }
 
   /** Only commands that support it take --format (rbd refuses the option elsewhere). */
-  private rbdJson(args: readonly string[], rules: readonly ClassifyRule[], options: CallOptions): Promise<string> {
-    return this.rbd([...args, '--format', 'json'], rules, options);
+  private rbdJson(args: readonly string[], rules: readonly ClassifyRule[], options: CallOptions, extra: RunOptions = {}): Promise<string> {
+    return this.rbd([...args, '--format', 'json'], rules, options, extra);
   }
 
   private async readMeta(image: string, options: CallOptions): Promise<Record<string, string>> {
@@ -306,12 +312,12 @@ export class RbdBackend implements RbdTemplateBackend {
   }
 
   /**
-   * `rbd du` rows, or [] when du fails: used bytes are informative, and du is the one command
-   * that can be slow (images without fast-diff) or abort (16.2 asserts on some images).
+   * `rbd du` rows, or [] when du fails or takes longer than USAGE_TIMEOUT_MS: used bytes are informative,
+   * and du is the one command that can be slow (images without fast-diff) or abort (16.2 asserts on some images).
    */
   private async diskUsage(target: readonly string[], options: CallOptions): Promise<RbdDiskUsage[]> {
     try {
-      return parseDu(await this.rbdJson(['du', ...target], RBD_IMAGE_RULES, options));
+      return parseDu(await this.rbdJson(['du', ...target], RBD_IMAGE_RULES, options, { timeoutMs: this.usageTimeoutMs }));
     } catch (err) {
       if (err instanceof ExecError && (err.kind === 'cancelled' || err.kind === 'unavailable')) throw err;
       return [];
