@@ -134,8 +134,10 @@ export const configSchema = z.strictObject({
       vgs: z.array(z.string().min(1)).default([]),
       /** Passed to the lvm tools as LVM_SYSTEM_DIR (a private lvm.conf); empty: /etc/lvm. */
       system_dir: z.string().default(''),
-      /** Directory holding the lvm tools (lvcreate, lvs, ...). */
-      tools_dir: z.string().startsWith('/', 'expected an absolute path').default('/sbin'),
+      /** Absolute path of the lvm multi-call binary (lvcreate, lvs, ... run as `lvm lvcreate`). */
+      lvm_path: z.string().startsWith('/', 'expected an absolute path').default('/sbin/lvm'),
+      /** Copy-on-write space of a new (thick) snapshot, as a percentage of its origin's size. */
+      snapshot_cow_percent: z.number().int().min(1).max(100).default(100),
       /** lvm processes run at once (they take the VG lock anyway). */
       max_concurrent: z.number().int().positive().default(2),
       command_timeout_seconds: seconds.default(120),
