@@ -170,7 +170,7 @@ describe('LVM tag encoding', () => {
           expect(decodeTagText(encoded)).toBe(text);
         }
       }),
-      { numRuns: 300 },
+      { numRuns: 100 },
     );
   });
 

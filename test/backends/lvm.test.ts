@@ -10,6 +10,7 @@ import { LvmBackend } from '../../src/backends/lvm/lvm.js';
 import { encodeTags } from '../../src/backends/lvm/tags.js';
 import { InvalidArgumentError, toStatus } from '../../src/server/errors.js';
 import { startLvm, writeSnapshotMetadata, type TestLvm } from '../support/lvm.js';
+import { rejection } from '../support/rejection.js';
 
 const MiB = 1024n * 1024n;
 let lvm: TestLvm | undefined;
@@ -27,15 +28,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await lvm?.stop();
 });
-
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection');
-}
 
 function expectExec(err: unknown, kind: string, code: Status, message: string): void {
   expect(err).toBeInstanceOf(ExecError);

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecUsageError, type ExecError } from '../../src/backends/exec.js';
 import { ImageRejectedError, QemuImg } from '../../src/backends/qemu-img/qemu-img.js';
 import { toStatus } from '../../src/server/errors.js';
+import { rejection } from '../support/rejection.js';
 
 const QEMU_IMG = '/usr/bin/qemu-img';
 const MiB = 1024 * 1024;
@@ -42,15 +43,6 @@ beforeAll(() => {
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('QemuImg.info on real files', () => {
   it('detects qcow2 and raw with their sizes', async () => {
