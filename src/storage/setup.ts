@@ -4,11 +4,35 @@
 import type { Registry } from 'prom-client';
 import type { Config } from '../config/schema.js';
 import { LvmBackend } from '../backends/lvm/lvm.js';
+import { QemuImg } from '../backends/qemu-img/qemu-img.js';
 import { RbdBackend } from '../backends/rbd/rbd.js';
 import type { QuotaManager } from '../quota/manager.js';
 import { StorageManager, type ImageTool } from './manager.js';
 
-export function createStorage(config: Config, settings: () => Config, quotas: QuotaManager, registry: Registry, images?: ImageTool): StorageManager {
+/** qemu-img as provisioning uses it: the target volume exists already (createVolume made it), so `-n`. */
+function imageTool(config: Config, registry: Registry): ImageTool {
+  const qemuImg = new QemuImg({
+    qemuImgPath: config.qemu_img.path,
+    defaultTimeoutMs: config.qemu_img.info_timeout_seconds * 1000,
+    convertTimeoutMs: config.qemu_img.convert_timeout_seconds * 1000,
+    registry,
+  });
+  return {
+    info: (path, options) => qemuImg.info(path, options),
+    convert: (source, sourceFormat, target, options = {}) =>
+      qemuImg.convert({
+        source,
+        sourceFormat,
+        target,
+        targetFormat: 'raw',
+        targetExists: true,
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      }),
+  };
+}
+
+export function createStorage(config: Config, settings: () => Config, quotas: QuotaManager, registry: Registry, images: ImageTool = imageTool(config, registry)): StorageManager {
   const rbd =
     config.rbd.ceph_conf === ''
       ? undefined
