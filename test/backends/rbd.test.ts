@@ -24,7 +24,7 @@ let ceph: TestCeph | undefined;
 let poolCount = 0;
 /** Pools made ahead, all at once: one `ceph osd pool create` takes ~0.5 s, most of it the CLI starting. */
 const sparePools: string[] = [];
-const SPARE_POOLS = 9;
+const SPARE_POOLS = 7;
 
 beforeAll(async () => {
   const started = await startCeph();
@@ -246,28 +246,36 @@ describe('RbdBackend refusals and an unreachable cluster', () => {
     expect(spawned).toBe(0);
   });
 
-  it('reports a cluster nobody answers for as unavailable (UNAVAILABLE), within its connect timeout', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'debvisor-rbd-bad-'));
-    try {
-      const conf = join(dir, 'ceph.conf');
+  describe('a cluster nobody answers for', () => {
+    let dir = '';
+    let conf = '';
+    beforeAll(async () => {
+      dir = mkdtempSync(join(tmpdir(), 'debvisor-rbd-bad-'));
+      conf = join(dir, 'ceph.conf');
       writeFileSync(conf, `[global]\nmon host = v2:127.0.0.1:${await freePort()}\nauth client required = none\n`);
-      const rbd = new RbdBackend({ rbdPath: RBD, cephConf: conf, pools: ['rbd'], maxConcurrent: 1, defaultTimeoutMs: 20_000, connectTimeoutMs: 1000 });
-      const started = Date.now();
-      expect(await failure(rbd.listVolumes('rbd'))).toEqual({ kind: 'unavailable', code: Status.UNAVAILABLE });
-      expect(Date.now() - started).toBeLessThan(10_000);
-      const missing = new RbdBackend({ rbdPath: RBD, cephConf: join(dir, 'missing.conf'), pools: ['rbd'], maxConcurrent: 1, defaultTimeoutMs: 20_000 });
-      expect((await failure(missing.getVolume('rbd', 'x'))).kind).toBe('unavailable');
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    });
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+    const backend = (options: Partial<RbdBackendOptions>) =>
+      new RbdBackend({ rbdPath: RBD, cephConf: conf, pools: ['rbd'], maxConcurrent: 1, defaultTimeoutMs: 20_000, killGraceMs: 200, ...options });
 
-  it('cancels a running command through the abort signal', async () => {
-    const { rbd, pool } = await freshBackend();
-    const controller = new AbortController();
-    const pending = rbd.listVolumes(pool, { signal: controller.signal });
-    controller.abort();
-    expect(await failure(pending)).toEqual({ kind: 'cancelled', code: Status.CANCELLED });
+    it('is unavailable (UNAVAILABLE) within the connect timeout, as is a missing ceph.conf', async () => {
+      const started = Date.now();
+      expect(await failure(backend({ connectTimeoutMs: 1000 }).listVolumes('rbd'))).toEqual({ kind: 'unavailable', code: Status.UNAVAILABLE });
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect((await failure(backend({ cephConf: join(dir, 'missing.conf') }).getVolume('rbd', 'x'))).kind).toBe('unavailable');
+    });
+
+    it('is a timeout (DEADLINE_EXCEEDED) when the command limit comes first', async () => {
+      expect(await failure(backend({ connectTimeoutMs: 30_000, defaultTimeoutMs: 500 }).getVolume('rbd', 'x'))).toEqual({ kind: 'timeout', code: Status.DEADLINE_EXCEEDED });
+    });
+
+    it('kills a running rbd when the call is cancelled', async () => {
+      const controller = new AbortController();
+      const rbd = backend({ connectTimeoutMs: 30_000, onSpawn: () => setTimeout(() => controller.abort(), 200) });
+      const started = Date.now();
+      expect(await failure(rbd.deleteVolume('rbd', 'x', { signal: controller.signal }))).toEqual({ kind: 'cancelled', code: Status.CANCELLED });
+      expect(Date.now() - started).toBeLessThan(5_000);
+    });
   });
 });
 
