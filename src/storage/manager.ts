@@ -94,18 +94,23 @@ export class StorageManager {
     return { backend: kind, pool: this.pool(kind, pool, `${field}.pool`), name: validateVolumeName(kind, name, `${field}.name`) };
   }
 
-  async getVolume(key: VolumeKey, options?: CallOptions): Promise<VolumeInfo> {
+  /** Runs backend work on one volume; the backend's "does not exist" becomes NOT_FOUND naming the volume. */
+  private async onVolume<T>(key: VolumeKey, work: (backend: VolumeBackend) => Promise<T>): Promise<T> {
     try {
-      return await this.backend(key.backend).getVolume(key.pool, key.name, options);
+      return await work(this.backend(key.backend));
     } catch (err) {
       if (isNotFound(err)) throw new RpcError('NOT_FOUND', `volume ${volumeLabel(key)} not found`, { cause: err });
       throw err;
     }
   }
 
+  getVolume(key: VolumeKey, options?: CallOptions): Promise<VolumeInfo> {
+    return this.onVolume(key, (backend) => backend.getVolume(key.pool, key.name, options));
+  }
+
+  /** Oldest first. Backends fail listing the snapshots of a missing volume, so no separate existence check (each rbd call costs). */
   async listSnapshots(key: VolumeKey, options?: CallOptions): Promise<SnapshotInfo[]> {
-    await this.getVolume(key, options);
-    const snapshots = await this.backend(key.backend).listSnapshots(key.pool, key.name, options);
+    const snapshots = await this.onVolume(key, (backend) => backend.listSnapshots(key.pool, key.name, options));
     return snapshots.sort((a, b) => snapshotTime(a).getTime() - snapshotTime(b).getTime() || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
@@ -196,17 +201,15 @@ export class StorageManager {
   /** The snapshots unit was taken by the proto option (or by the caller, for templates). */
   async createSnapshot(key: VolumeKey, name: string, label: string, owner: string, options?: CallOptions): Promise<SnapshotInfo> {
     if (label.length > 256) throw new InvalidArgumentError('label', 'must be at most 256 characters');
-    await this.getVolume(key, options);
-    return this.backend(key.backend).createSnapshot({ pool: key.pool, volume: key.name, name, label, owner }, options);
+    return this.onVolume(key, (backend) => backend.createSnapshot({ pool: key.pool, volume: key.name, name, label, owner }, options));
   }
 
   /** Deletes each named snapshot on its own: one failure never hides the others. */
   async deleteSnapshots(key: VolumeKey, names: readonly string[], options?: CallOptions): Promise<DeleteResult[]> {
     if (names.length === 0) throw new InvalidArgumentError('snapshot_names', 'name at least one snapshot');
     if (names.length > 1000) throw new InvalidArgumentError('snapshot_names', 'at most 1000 per call');
-    await this.getVolume(key, options);
     const backend = this.backend(key.backend);
-    const existing = new Map((await backend.listSnapshots(key.pool, key.name, options)).map((s) => [s.name, s]));
+    const existing = new Map((await this.onVolume(key, (b) => b.listSnapshots(key.pool, key.name, options))).map((s) => [s.name, s]));
     const seen = new Set<string>();
     const results: DeleteResult[] = [];
     for (const [index, raw] of names.entries()) {
@@ -249,9 +252,8 @@ export class StorageManager {
 
   /** Plans with the retention policy and (unless a dry run) deletes what it does not keep. */
   async prune(key: VolumeKey, rules: RetentionRules, dryRun: boolean, options: CallOptions & { onProgress?: (done: number, total: number) => void; now?: Date } = {}): Promise<PruneResult> {
-    await this.getVolume(key, options);
     const backend = this.backend(key.backend);
-    const snapshots = await backend.listSnapshots(key.pool, key.name, options);
+    const snapshots = await this.onVolume(key, (b) => b.listSnapshots(key.pool, key.name, options));
     const plan = planRetention(
       snapshots.map((s) => ({ name: s.name, createTime: snapshotTime(s), protected: s.protected, hasClones: s.clones.length > 0 })),
       rules,
@@ -288,12 +290,11 @@ export class StorageManager {
   async createTemplateSnapshot(pool: string, image: string, name: string, owner: string, options?: CallOptions): Promise<SnapshotInfo> {
     const rbd = this.rbd();
     const key: VolumeKey = { backend: 'rbd', pool, name: image };
-    await this.getVolume(key, options);
     // The proto declares no quota for templates, but a template is a snapshot and DeleteVolume gives its unit back.
     await this.options.quotas.consume(owner, 'snapshots', 1);
     let created: SnapshotInfo;
     try {
-      created = await rbd.createSnapshot({ pool, volume: image, name, label: 'template', owner }, options);
+      created = await this.onVolume(key, () => rbd.createSnapshot({ pool, volume: image, name, label: 'template', owner }, options));
     } catch (err) {
       await this.options.quotas.release(owner, 'snapshots', 1);
       throw err;

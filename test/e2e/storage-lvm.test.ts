@@ -99,6 +99,11 @@ describe('LVM volumes', () => {
     expect(prune.state).toBe(OperationState.SUCCEEDED);
     expect(prune.result.case === 'prunePlan' ? prune.result.value : undefined).toMatchObject({ kept: [], deleted: [], removedCount: 0 });
     await storage.deleteVolume({ volume: ref('snapme') }, T);
+    for (const call of [() => storage.listSnapshots({ dataset: ref('ghost') }, T), () => storage.createSnapshot({ dataset: ref('ghost'), snapshotName: 's' }, T)]) {
+      const err = await rejection(call());
+      expect([err.code, err.details]).toEqual([Status.NOT_FOUND, expect.stringContaining(`volume lvm:${lvm.vg}/ghost not found`) as unknown]);
+    }
+    expect(await snapshotsUsed(access)).toBe(0n);
   });
 
   it('refuses VGs outside lvm.vgs, and answers RBD calls with "RBD is not configured on this node"', async () => {

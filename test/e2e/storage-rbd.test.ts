@@ -123,6 +123,10 @@ describe('RBD volumes', () => {
     expect(missing.details).toContain('volume rbd:ci-pool/ghost not found');
     expect((await rejection(storage.deleteVolume({ volume: ref('ci-pool', 'ghost') }, T))).code).toBe(Status.NOT_FOUND);
     expect((await rejection(storage.listSnapshots({ dataset: ref('ci-pool', 'ghost') }, T))).code).toBe(Status.NOT_FOUND);
+    const ghostSnapshot = await rejection(storage.createSnapshot({ dataset: ref('ci-pool', 'ghost'), snapshotName: 's' }, T));
+    expect([ghostSnapshot.code, ghostSnapshot.details]).toEqual([Status.NOT_FOUND, expect.stringContaining('volume rbd:ci-pool/ghost not found') as unknown]);
+    expect((await rejection(storage.deleteSnapshot({ dataset: ref('ci-pool', 'ghost'), snapshotNames: ['s'] }, T))).code).toBe(Status.NOT_FOUND);
+    expect((await rejection(storage.createRbdTemplateSnapshot({ pool: 'ci-pool', image: 'ghost', snapshot: 's' }, T))).code).toBe(Status.NOT_FOUND);
     // Failed creates gave their quota back.
     expect(await storageGb(access)).toBe(0n);
     expect(await snapshotsUsed(access)).toBe(0n);
