@@ -98,6 +98,8 @@ describe('RbdBackend volumes', () => {
 
     await rbdCli('bench', '--io-type', 'write', '--io-size', '4M', '--io-total', '8M', `${pool}/disk1`);
     await rbdCli('create', `${pool}/foreign`, '--size', '4');
+    // Made outside DebVisor with a name it refuses (":" separates qemu options): not addressable, not listed.
+    await rbdCli('create', `${pool}/odd:name`, '--size', '4');
     expect((await rbd.getVolume(pool, 'disk1')).usedBytes).toBe(8n * MiB);
     const listed = await rbd.listVolumes(pool);
     expect(listed.map((v) => [v.name, v.sizeBytes, v.usedBytes, v.owner])).toEqual([

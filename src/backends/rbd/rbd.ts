@@ -114,13 +114,12 @@ export class RbdBackend implements RbdTemplateBackend {
       onSpawn: options.onSpawn,
     });
     const connectSeconds = Math.max(1, Math.ceil((options.connectTimeoutMs ?? Math.min(30_000, options.defaultTimeoutMs / 2)) / 1000));
+    // "--opt=value": a value that starts with "-" stays a value.
     this.globalArgs = [
-      '--conf',
-      options.cephConf,
-      ...(this.id ? ['--id', this.id] : []),
-      ...(this.keyring ? ['--keyring', this.keyring] : []),
-      '--client-mount-timeout',
-      String(connectSeconds),
+      `--conf=${options.cephConf}`,
+      ...(this.id ? [`--id=${this.id}`] : []),
+      ...(this.keyring ? [`--keyring=${this.keyring}`] : []),
+      `--client-mount-timeout=${connectSeconds}`,
     ];
   }
 
@@ -129,8 +128,10 @@ export class RbdBackend implements RbdTemplateBackend {
   async listVolumes(pool: string, options: CallOptions = {}): Promise<VolumeInfo[]> {
     this.checkPool(pool, 'pool');
     const [names, usage] = await Promise.all([this.rbdJson(['ls', pool], RBD_IMAGE_RULES, options).then(parseLs), this.diskUsage(['-p', pool], options)]);
+    // An image created outside DebVisor with a name it refuses cannot be acted on through it: not listed either.
+    const addressable = names.filter(isValidImageName);
     const volumes = await Promise.all(
-      names.map((name) =>
+      addressable.map((name) =>
         this.readVolume(pool, name, usage, options).catch((err: unknown) => {
           // Removed between `ls` and `info`: it is simply no longer there.
           if (err instanceof ExecError && err.kind === 'not_found') return undefined;
@@ -363,6 +364,15 @@ export class RbdBackend implements RbdTemplateBackend {
         };
       }),
     );
+  }
+}
+
+function isValidImageName(name: string): boolean {
+  try {
+    validateImageName(name, 'name');
+    return true;
+  } catch {
+    return false;
   }
 }
 
