@@ -159,8 +159,13 @@ describe('RBD volumes', () => {
     expect(recount.after.find((q) => q.resource === QuotaResource.STORAGE_GB)?.used).toBe(2n);
     expect(recount.after.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used).toBe(1n);
 
-    // The admin deletes the operator's volume: the units go back to the operator (the owner), not the admin.
+    // The admin resizes the operator's volume: the owner's count follows the size, the admin's does not move.
     const adminBefore = await storageGb(access);
+    await storage.resizeVolume({ volume: ref('ci-pool', 'small'), newSizeBytes: 3n * GIB }, T);
+    expect([await storageGb(access, OPERATOR), await storageGb(access)]).toEqual([3n, adminBefore]);
+    await storage.resizeVolume({ volume: ref('ci-pool', 'small'), newSizeBytes: 2n * GIB, allowShrink: true }, T);
+    expect([await storageGb(access, OPERATOR), await storageGb(access)]).toEqual([2n, adminBefore]);
+    // The admin deletes the operator's volume: the units go back to the operator (the owner), not the admin.
     expect((await storage.deleteVolume({ volume: ref('ci-pool', 'small'), deleteSnapshots: true }, T)).deletedSnapshots).toEqual(['s1']);
     expect(await storageGb(access, OPERATOR)).toBe(0n);
     expect(await snapshotsUsed(access, OPERATOR)).toBe(0n);
