@@ -199,12 +199,12 @@ export class RbdBackend implements RbdTemplateBackend {
     const snap = this.snapSpec(pool, volume, name);
     const image = this.imageSpec(pool, volume);
     await this.rbd(['snap', 'rm', snap], RBD_SNAPSHOT_RULES, options);
-    // The snapshot is gone; its keys are bookkeeping. A key left behind (rbd failed just now) would be
-    // overwritten by the next snapshot of that name, so this is best effort.
-    const meta = await this.readMeta(image, options).catch(() => ({}));
+    // The snapshot is gone; its keys are bookkeeping, removed even if the call is cancelled now. A key left
+    // behind (rbd failed just now) is overwritten by the next snapshot of that name, so this is best effort.
+    const meta = await this.readMeta(image, {}).catch(() => ({}));
     for (const field of SNAP_FIELDS) {
       const key = snapMetaKey(name, field);
-      if (key in meta) await this.rbd(['image-meta', 'remove', image, key], RBD_IMAGE_RULES, options).catch(() => undefined);
+      if (key in meta) await this.rbd(['image-meta', 'remove', image, key], RBD_IMAGE_RULES, {}).catch(() => undefined);
     }
   }
 
