@@ -89,6 +89,7 @@ describe('rbd JSON parsers', () => {
     expect(meta['debvisor.owner']).toBe('alice');
     expect(tagsFromMeta(meta)).toEqual({ env: 'ci', x: '-dash' });
     expect(parseImageMeta(fixture('image-meta-empty.json'))).toEqual({});
+    expect(tagsFromMeta({ 'debvisor.tag-empty.flag': '1', 'debvisor.owner': 'a', 'debvisor.snap.s.label': 'l', other: 'x' })).toEqual({ flag: '' });
   });
 
   it('keeps byte counts past 2^53 exact', () => {

@@ -84,8 +84,9 @@ describe('RbdBackend volumes', () => {
   it('creates a volume with exact size, owner and tags in image-meta; gets and lists it with used bytes', async () => {
     const { rbd, pool } = await freshBackend();
     const before = Date.now() - 2000;
-    const created = await rbd.createVolume({ pool, name: 'disk1', sizeBytes: 64n * MiB + 512n, tags: { env: 'ci', team: '-x' }, owner: 'user:alice' });
-    expect(created).toMatchObject({ backend: 'rbd', pool, name: 'disk1', sizeBytes: 64n * MiB + 512n, usedBytes: 0n, owner: 'user:alice', tags: { env: 'ci', team: '-x' } });
+    const tags = { env: 'ci', team: '-x', flag: '' };
+    const created = await rbd.createVolume({ pool, name: 'disk1', sizeBytes: 64n * MiB + 512n, tags, owner: 'user:alice' });
+    expect(created).toMatchObject({ backend: 'rbd', pool, name: 'disk1', sizeBytes: 64n * MiB + 512n, usedBytes: 0n, owner: 'user:alice', tags });
     expect(created.parent).toBeUndefined();
     expect(created.createTime?.getTime()).toBeGreaterThan(before);
     expect(created.createTime?.getTime()).toBeLessThan(Date.now() + 2000);
@@ -94,6 +95,8 @@ describe('RbdBackend volumes', () => {
       'debvisor.owner': 'user:alice',
       'debvisor.tag.env': 'ci',
       'debvisor.tag.team': '-x',
+      // rbd refuses empty values.
+      'debvisor.tag-empty.flag': '1',
     });
 
     await rbdCli('bench', '--io-type', 'write', '--io-size', '4M', '--io-total', '8M', `${pool}/disk1`);
@@ -170,6 +173,15 @@ describe('RbdBackend snapshots', () => {
     expect(Object.keys(meta).sort()).toEqual(['debvisor.owner', 'debvisor.snap.before-run.label', 'debvisor.snap.before-run.owner', 'debvisor.tag.k']);
     expect(await failure(rbd.deleteSnapshot(pool, 'v', 'a.b'))).toEqual({ kind: 'not_found', code: Status.NOT_FOUND });
     await expect(rbd.deleteSnapshot(pool, 'v', 'a.b')).rejects.toMatchObject({ publicMessage: 'the RBD snapshot does not exist' });
+
+    // Keys an earlier snapshot of the same name left behind (removed outside DebVisor) do not stick to a new one.
+    await rbd.createSnapshot({ pool, volume: 'v', name: 'reused', label: 'old', owner: 'old-owner' });
+    await rbdCli('image-meta', 'set', `${pool}/v`, 'debvisor.snap.reused.time', '2020-01-02T03:04:05Z');
+    await rbdCli('snap', 'rm', `${pool}/v@reused`);
+    const reused = await rbd.createSnapshot({ pool, volume: 'v', name: 'reused', label: '', owner: 'new-owner' });
+    expect(reused).toMatchObject({ label: '', owner: 'new-owner' });
+    expect(reused.createTime?.getTime()).toBeGreaterThan(before);
+    await rbd.deleteSnapshot(pool, 'v', 'reused');
 
     // A volume with snapshots is not deleted.
     expect(await failure(rbd.deleteVolume(pool, 'v'))).toEqual({ kind: 'busy', code: Status.ABORTED });

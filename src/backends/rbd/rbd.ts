@@ -5,7 +5,8 @@
 // DebVisor's bookkeeping lives in the image's own metadata (`rbd image-meta`), so it moves and
 // dies with the image and needs no second store:
 //   debvisor.owner                  the principal that created the image
-//   debvisor.tag.<key>              a user tag
+//   debvisor.tag.<key>              a user tag (debvisor.tag-empty.<key> = 1 when its value is "":
+//                                   rbd refuses empty metadata values)
 //   debvisor.snap.<snap>.label      a snapshot's label
 //   debvisor.snap.<snap>.owner      the principal that created the snapshot
 //   debvisor.snap.<snap>.time       optional ISO-8601 time that overrides rbd's snapshot timestamp
@@ -40,6 +41,8 @@ const USAGE_TIMEOUT_MS = 30_000;
 export const META_PREFIX = 'debvisor.';
 export const OWNER_KEY = 'debvisor.owner';
 export const TAG_PREFIX = 'debvisor.tag.';
+/** rbd refuses an empty metadata value: a tag whose value is "" is kept as this prefix + key = "1". */
+export const EMPTY_TAG_PREFIX = 'debvisor.tag-empty.';
 export const SNAP_PREFIX = 'debvisor.snap.';
 const SNAP_FIELDS = ['label', 'owner', 'time'] as const;
 type SnapField = (typeof SNAP_FIELDS)[number];
@@ -179,12 +182,15 @@ export class RbdBackend implements RbdTemplateBackend {
     const snap = this.snapSpec(spec.pool, spec.volume, spec.name);
     const image = this.imageSpec(spec.pool, spec.volume);
     await this.rbd(['snap', 'create', snap], RBD_SNAPSHOT_RULES, options);
-    const meta = {
-      ...(spec.label ? { [snapMetaKey(spec.name, 'label')]: spec.label } : {}),
-      ...(spec.owner ? { [snapMetaKey(spec.name, 'owner')]: spec.owner } : {}),
-    };
+    const wanted: Record<SnapField, string> = { label: spec.label, owner: spec.owner, time: '' };
     try {
-      await this.setMeta(image, meta, options);
+      const existing = await this.readMeta(image, options);
+      for (const field of SNAP_FIELDS) {
+        const key = snapMetaKey(spec.name, field);
+        if (wanted[field]) await this.setMeta(image, { [key]: wanted[field] }, options);
+        // rbd refuses empty values, so "no label" is no key: drop one an earlier snapshot of this name left behind.
+        else if (key in existing) await this.rbd(['image-meta', 'remove', image, key], RBD_IMAGE_RULES, options);
+      }
     } catch (err) {
       // A snapshot without its owner would escape quotas and scoping: take it back.
       await this.rbd(['snap', 'rm', snap], RBD_SNAPSHOT_RULES, {}).catch(() => undefined);
@@ -380,7 +386,8 @@ function tagMeta(tags: Record<string, string>): Record<string, string> {
   const meta: Record<string, string> = {};
   for (const [key, value] of Object.entries(tags)) {
     if (key === '') throw new InvalidArgumentError('tags', 'keys must not be empty');
-    meta[`${TAG_PREFIX}${key}`] = value;
+    if (value === '') meta[`${EMPTY_TAG_PREFIX}${key}`] = '1';
+    else meta[`${TAG_PREFIX}${key}`] = value;
   }
   return meta;
 }
@@ -388,7 +395,10 @@ function tagMeta(tags: Record<string, string>): Record<string, string> {
 /** User tags only: the owner and snapshot bookkeeping keys are not tags. */
 export function tagsFromMeta(meta: Record<string, string>): Record<string, string> {
   const tags: Record<string, string> = {};
-  for (const [key, value] of Object.entries(meta)) if (key.startsWith(TAG_PREFIX)) tags[key.slice(TAG_PREFIX.length)] = value;
+  for (const [key, value] of Object.entries(meta)) {
+    if (key.startsWith(TAG_PREFIX)) tags[key.slice(TAG_PREFIX.length)] = value;
+    else if (key.startsWith(EMPTY_TAG_PREFIX)) tags[key.slice(EMPTY_TAG_PREFIX.length)] = '';
+  }
   return tags;
 }
 
