@@ -1,6 +1,7 @@
 // LVM backend pieces that need no VG: lvs JSON parsing and error classification on output captured
-// from the real lvm2 2.03 tools (test/backends/fixtures/lvm/, see capture.ts there; the snapshot
-// rows are real lvs output over real snapshot metadata), the snapshot argv this kernel cannot run,
+// from the real lvm2 2.03 tools (test/backends/fixtures/lvm/, see capture.ts there; snapshot rows
+// come from real snapshot metadata here and from a real `lvcreate -s` in a device-mapper guest),
+// the snapshot argv this kernel cannot run,
 // and the LVM tag encoding (property-tested round trip of hostile strings).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,7 +10,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { classify, type ExecError, type ExecResult } from '../../src/backends/exec.js';
 import { LVM_RULES } from '../../src/backends/lvm/errors.js';
-import { sizeArg, snapshotArgs } from '../../src/backends/lvm/lvm.js';
+import { cowBytes, sizeArg, snapshotArgs } from '../../src/backends/lvm/lvm.js';
 import { isSnapshot, isVolume, parseLvsReport, parseLvTime, toSnapshotInfo, toVolumeInfo } from '../../src/backends/lvm/report.js';
 import { decodeTags, decodeTagText, encodeTags, encodeTagText, userTag } from '../../src/backends/lvm/tags.js';
 import { InvalidArgumentError, toStatus } from '../../src/server/errors.js';
@@ -64,6 +65,16 @@ describe('lvs JSON', () => {
     expect(toVolumeInfo(rows[0]!).owner).toBe('user:alice@example.com');
   });
 
+  it('reads an active snapshot made by the real lvcreate -s in a device-mapper guest', () => {
+    const rows = parseLvsReport(fixture('lvs-snapshots-active.json'));
+    expect(rows.map((r) => [r.lv_name, r.lv_attr, isVolume(r), isSnapshot(r)])).toEqual([
+      ['disk0', 'owi-a-s---', true, false],
+      ['disk0-snap1', 'swi-a-s---', false, true],
+    ]);
+    expect(toSnapshotInfo(rows[1]!)).toMatchObject({ volume: 'disk0', name: 'disk0-snap1', label: 'before upgrade', owner: 'user:bob', sizeBytes: 0n });
+    expect(toVolumeInfo(rows[0]!)).toMatchObject({ owner: 'user:alice', sizeBytes: 32n * 1024n * 1024n });
+  });
+
   it('computes used bytes from snap_percent (active snapshot) and data_percent (thin volume)', () => {
     const [row] = parseLvsReport(fixture('lvs-snapshots.json')).filter(isSnapshot);
     expect(toSnapshotInfo({ ...row!, snap_percent: '25.00' }).sizeBytes).toBe(16777216n / 4n);
@@ -105,6 +116,8 @@ describe('lvm stderr classification', () => {
     ['lvs-vg-not-found.stderr', 'not_found', Status.NOT_FOUND, 'the volume group does not exist'],
     ['lvcreate-exists.stderr', 'exists', Status.ALREADY_EXISTS, 'a logical volume with that name already exists in the volume group'],
     ['lvcreate-no-space.stderr', 'no_space', Status.RESOURCE_EXHAUSTED, 'the volume group has not enough free space'],
+    ['lvextend-origin-with-snapshot.stderr', 'unsupported', Status.FAILED_PRECONDITION, 'LVM cannot resize a volume that has snapshots; delete its snapshots first'],
+    ['lvreduce-origin-with-snapshot.stderr', 'unsupported', Status.FAILED_PRECONDITION, 'LVM cannot resize a volume that has snapshots; delete its snapshots first'],
     [
       'lvcreate-snapshot-no-dm.stderr',
       'unsupported',
@@ -130,21 +143,23 @@ describe('lvm stderr classification', () => {
 });
 
 describe('lvm argv', () => {
-  it('builds the snapshot lvcreate this kernel cannot run', () => {
-    expect(snapshotArgs('vg0', 'disk0', 'snap1', 100, encodeTags({ owner: 'user:bob', label: 'before upgrade' }))).toEqual([
+  it('builds the snapshot lvcreate this kernel cannot run, with an explicit COW size', () => {
+    expect(snapshotArgs('vg0', 'disk0', 'snap1', cowBytes(64n * 1024n * 1024n, 100), encodeTags({ owner: 'user:bob', label: 'before upgrade' }))).toEqual([
       'lvcreate',
       '--yes',
       '-s',
       '-n',
       'snap1',
-      '-l',
-      '100%ORIGIN',
+      '-L',
+      `${64 * 1024 * 1024 + 1024 * 1024}b`,
       '--addtag',
       'debvisor.owner=user:bob',
       '--addtag',
       'debvisor.label=before#20upgrade',
       'vg0/disk0',
     ]);
+    // A percentage below 100 plus the exception-table margin.
+    expect(cowBytes(6400n, 25)).toBe(1600n + 100n);
   });
 
   it('sizes in whole sectors with the byte unit', () => {
@@ -162,7 +177,7 @@ describe('LVM tag encoding', () => {
 
   it('round-trips any well-formed string using only characters LVM allows', () => {
     fc.assert(
-      fc.property(fc.string({ unit: 'grapheme', maxLength: 40 }), fc.string({ unit: 'binary', maxLength: 40 }), (a, b) => {
+      fc.property(fc.string({ unit: 'grapheme', maxLength: 20 }), fc.string({ unit: 'binary', maxLength: 20 }), (a, b) => {
         for (const text of [a, b]) {
           const encoded = encodeTagText(text, 'f');
           expect(encoded === '' || LVM_TAG.test(encoded)).toBe(true);

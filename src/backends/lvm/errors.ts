@@ -21,6 +21,14 @@ export const LVM_RULES: readonly ClassifyRule[] = [
     message: 'this LVM operation needs the device-mapper kernel driver, which this host does not have',
   },
   {
+    // An origin with active snapshots (device-mapper hosts): 'Snapshot origin volumes can be resized only while
+    // inactive: try lvchange -an.' / 'Snapshot origin volumes cannot be reduced in size yet.'
+    kind: 'unsupported',
+    code: 5,
+    stderr: /Snapshot origin volumes can be resized only while inactive|Snapshot origin volumes cannot be reduced/i,
+    message: 'LVM cannot resize a volume that has snapshots; delete its snapshots first',
+  },
+  {
     // 'Volume group "vg0" not found'
     kind: 'not_found',
     code: 5,

@@ -3,7 +3,7 @@
 // - Reads use `lvs --reportformat json --units b --nosuffix` (src/backends/lvm/report.ts).
 // - Owner, snapshot label and user tags are LVM tags (src/backends/lvm/tags.ts).
 // - Volumes are linear (thick) LVs; snapshots are thick COW snapshots sized as a percentage of
-//   the origin (option snapshotCowPercent; 100 = can never overflow and be invalidated).
+//   the origin (option snapshotCowPercent; 100 = can never overflow and be invalidated), by explicit size.
 // - LVM_SYSTEM_DIR comes from the options only (a private lvm.conf), never from the daemon's env.
 // - lvremove of an origin also removes its snapshots: the caller checks listSnapshots first.
 import { Registry } from 'prom-client';
@@ -181,14 +181,18 @@ export class LvmBackend implements VolumeBackend {
   }
 
   /**
-   * A thick COW snapshot (`lvcreate -s -l P%ORIGIN`). Its name is an LV name, so it shares the VG's
-   * namespace with volumes. Needs device-mapper: on a kernel without it, an `unsupported` ExecError.
+   * A thick COW snapshot of snapshotCowPercent of the origin's size. Its name is an LV name, so it
+   * shares the VG's namespace with volumes. Needs device-mapper: on a kernel without it, an
+   * `unsupported` ExecError; without the free space, `no_space`.
    */
   async createSnapshot(spec: CreateSnapshotSpec, options: CallOptions = {}): Promise<SnapshotInfo> {
     const vg = this.vg(spec.pool);
     const origin = validateLvName(spec.volume, 'volume');
     const name = validateLvName(validateSnapshotName(spec.name, 'name'), 'name');
-    await this.lvm(snapshotArgs(vg, origin, name, this.snapshotCowPercent, encodeTags({ owner: spec.owner, label: spec.label })), options);
+    const tags = encodeTags({ owner: spec.owner, label: spec.label });
+    // Only a volume can be an origin (not a snapshot); its size sets the COW size.
+    const originBytes = BigInt((await this.volumeRow(vg, origin, options)).lv_size);
+    await this.lvm(snapshotArgs(vg, origin, name, cowBytes(originBytes, this.snapshotCowPercent), tags), options);
     const row = await this.row(vg, name, options);
     return toSnapshotInfo(row);
   }
@@ -219,7 +223,18 @@ export function sizeArg(sizeBytes: bigint): string {
   return `${((sizeBytes + SECTOR - 1n) / SECTOR) * SECTOR}b`;
 }
 
+/**
+ * COW bytes for a snapshot of `percent` of the origin. Not `-l P%ORIGIN`: lvm silently shrinks a
+ * percentage to the VG's free space (seen for real: 92 MiB of COW for a 160 MiB origin), and such a
+ * snapshot is invalidated once it fills. An explicit size fails with "insufficient free space" instead.
+ * The 1/64 margin covers the exception table (16 bytes per 4 KiB chunk) so that 100% never overflows;
+ * lvm trims a COW larger than it can ever use.
+ */
+export function cowBytes(originBytes: bigint, percent: number): bigint {
+  return (originBytes * BigInt(percent)) / 100n + originBytes / 64n;
+}
+
 /** The lvcreate argv for a thick snapshot (exported: tested on its own, since this kernel cannot run it). */
-export function snapshotArgs(vg: string, origin: string, name: string, cowPercent: number, tags: readonly string[]): string[] {
-  return ['lvcreate', '--yes', '-s', '-n', name, '-l', `${cowPercent}%ORIGIN`, ...tags.flatMap((t) => ['--addtag', t]), `${vg}/${origin}`];
+export function snapshotArgs(vg: string, origin: string, name: string, cowSizeBytes: bigint, tags: readonly string[]): string[] {
+  return ['lvcreate', '--yes', '-s', '-n', name, '-L', sizeArg(cowSizeBytes), ...tags.flatMap((t) => ['--addtag', t]), `${vg}/${origin}`];
 }
