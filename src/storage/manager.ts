@@ -68,14 +68,17 @@ export class StorageManager {
   }
 
   backend(kind: BackendKind): VolumeBackend {
-    const backend = this.options.backends[kind];
-    if (!backend || backend.pools.length === 0) throw new RpcError('FAILED_PRECONDITION', `${LABEL[kind]} is not configured on this node`);
-    return backend;
+    return this.configured(kind, this.options.backends[kind]);
   }
 
   rbd(): RbdTemplateBackend {
-    const backend = this.options.backends.rbd;
-    if (!backend || backend.pools.length === 0) throw new RpcError('FAILED_PRECONDITION', 'RBD is not configured on this node');
+    return this.configured('rbd', this.options.backends.rbd);
+  }
+
+  private configured<B extends VolumeBackend>(kind: BackendKind, backend: B | undefined): B {
+    if (!backend || backend.pools.length === 0) {
+      throw new RpcError('FAILED_PRECONDITION', `${LABEL[kind]} is not configured on this node (${kind === 'rbd' ? 'rbd.ceph_conf and rbd.pools' : 'lvm.vgs'})`);
+    }
     return backend;
   }
 
@@ -127,6 +130,7 @@ export class StorageManager {
   /** Backends round sizes up (extents, objects): charge what was really allocated. */
   private async settleRounding(owner: string, requested: bigint, actual: bigint): Promise<void> {
     const extra = gibOf(actual) - gibOf(requested);
+    // The volume exists already: rounding is charged when it fits and never turns a made volume into a refusal.
     if (extra > 0) await this.options.quotas.consume(owner, 'storage_gb', extra).catch(() => undefined);
     else if (extra < 0) await this.options.quotas.release(owner, 'storage_gb', -extra);
   }
