@@ -1,7 +1,8 @@
 // A QEMU guest with device-mapper for the LVM operations this host cannot do (snapshots):
 // scripts/lvm-vm-start boots it (about 15 s under TCG; the kernel .deb is fetched once into .tools/),
-// and scripts/lvm-vm-proxy is an `lvm` binary that runs its argv in the guest. Give the backend
-// `lvmPath: vm.lvmPath, systemDir: vm.systemDir` and it drives the guest's real lvm on VG "vg0".
+// and VM_DIR/lvm, VM_DIR/qemu-img (scripts/lvm-vm-proxy) run their argv in the guest. Give the
+// backends `lvmPath: vm.lvmPath` / `qemuImgPath: vm.qemuImgPath` and they drive the guest's real
+// lvm (VG "vg0", active LVs with /dev/vg0/* nodes) and qemu-img; images from `imagesDir` are in /images.
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -13,10 +14,11 @@ const run = promisify(execFile);
 export const QEMU_SYSTEM = '/usr/bin/qemu-system-x86_64';
 
 export interface LvmVm {
-  /** The proxy to use as the backend's lvmPath. */
+  /** The stand-in to use as LvmBackend's lvmPath. */
   readonly lvmPath: string;
-  /** The VM directory, passed as LVM_SYSTEM_DIR (the proxy finds the guest's socket there). */
-  readonly systemDir: string;
+  /** The stand-in to use as QemuImg's qemuImgPath. */
+  readonly qemuImgPath: string;
+  readonly dir: string;
   /** A 256 MiB VG in guest RAM. */
   readonly vg: 'vg0';
   stop(): Promise<void>;
@@ -27,10 +29,12 @@ export function lvmVmAvailable(): boolean {
   return existsSync(QEMU_SYSTEM) && existsSync('/sbin/lvm') && existsSync('/usr/bin/apt-get') && existsSync('/usr/bin/python3');
 }
 
-export async function startLvmVm(): Promise<LvmVm> {
+/** `imagesDir`: files to copy into the guest's /images. */
+export async function startLvmVm(options: { imagesDir?: string } = {}): Promise<LvmVm> {
   let vmDir: string;
+  const env = options.imagesDir === undefined ? process.env : { ...process.env, IMAGES_DIR: options.imagesDir };
   try {
-    vmDir = (await run(join(SCRIPTS, 'lvm-vm-start'), [], { timeout: 300_000 })).stdout.trim();
+    vmDir = (await run(join(SCRIPTS, 'lvm-vm-start'), [], { timeout: 300_000, env })).stdout.trim();
   } catch (err) {
     throw new Error(`scripts/lvm-vm-start failed: ${(err as { stderr?: string }).stderr ?? ''}`, { cause: err });
   }
@@ -45,8 +49,9 @@ export async function startLvmVm(): Promise<LvmVm> {
   };
   process.once('exit', killAtExit);
   return {
-    lvmPath: join(SCRIPTS, 'lvm-vm-proxy'),
-    systemDir: vmDir,
+    lvmPath: join(vmDir, 'lvm'),
+    qemuImgPath: join(vmDir, 'qemu-img'),
+    dir: vmDir,
     vg: 'vg0',
     async stop() {
       process.off('exit', killAtExit);
