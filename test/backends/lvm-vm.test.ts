@@ -26,7 +26,7 @@ let qemuImg: QemuImg;
 let imagesDir: string | undefined;
 const run = promisify(execFile);
 
-describe.skipIf(skip)('LvmBackend snapshots in a device-mapper guest', () => {
+describe.skipIf(skip)('LvmBackend and QemuImg in a device-mapper guest', () => {
   beforeAll(async () => {
     // Images to provision from, copied into the guest's /images: 4 MiB of random data then 4 MiB of
     // zeros as qcow2, and an all-0xAA raw image standing for a volume's previous content.
