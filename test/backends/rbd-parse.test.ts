@@ -81,6 +81,8 @@ describe('rbd JSON parsers', () => {
   it('reads rbd children as pool/image', () => {
     expect(parseChildren(fixture('children.json'))).toEqual(['rbd/c2']);
     expect(parseChildren(fixture('children-empty.json'))).toEqual([]);
+    // Without @snap: the clones of all the image's snapshots.
+    expect(parseChildren(fixture('children-image.json'))).toEqual(['rbd/c3', 'rbd/c4']);
     expect(parseChildren('[{"pool":"p","pool_namespace":"ns","image":"c"}]')).toEqual(['p/ns/c']);
   });
 

@@ -211,7 +211,11 @@ describe('RbdBackend templates and clones', () => {
     // rbd copies the parent's image-meta into the clone: the clone has its own owner, no inherited tags or snapshot keys.
     expect(clone).toMatchObject({ name: 'vm1-disk', sizeBytes: 100n * MiB, owner: 'ci', tags: {}, parent: `${pool}/tmpl@gold` });
     expect(Object.keys(JSON.parse(await rbdCli('image-meta', 'list', `${pool}/vm1-disk`, '--format', 'json')) as object)).toEqual(['debvisor.owner']);
-    expect((await rbd.listSnapshots(pool, 'tmpl'))[0]?.clones).toEqual([`${pool}/vm1-disk`]);
+    await rbd.createSnapshot({ pool, volume: 'tmpl', name: 'plain', label: '', owner: 'admin' });
+    expect((await rbd.listSnapshots(pool, 'tmpl')).map((s) => [s.name, s.clones])).toEqual([
+      ['gold', [`${pool}/vm1-disk`]],
+      ['plain', []],
+    ]);
     expect(await failure(rbd.clone({ pool, image: 'tmpl', snapshot: 'gold' }, { pool, image: 'vm1-disk', owner: 'ci' }))).toEqual({
       kind: 'exists',
       code: Status.ALREADY_EXISTS,
@@ -237,6 +241,7 @@ describe('RbdBackend templates and clones', () => {
     await rbd.unprotectSnapshot(pool, 'tmpl', 'gold');
     await rbd.unprotectSnapshot(pool, 'tmpl', 'gold'); // idempotent
     await rbd.deleteSnapshot(pool, 'tmpl', 'gold');
+    await rbd.deleteSnapshot(pool, 'tmpl', 'plain');
     await rbd.deleteVolume(pool, 'tmpl');
   });
 });

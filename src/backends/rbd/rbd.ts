@@ -344,16 +344,19 @@ export class RbdBackend implements RbdTemplateBackend {
   /** All snapshots of an image, or only the one named `only` (then [] if it does not exist). */
   private async readSnapshots(pool: string, volume: string, only: string | undefined, options: CallOptions): Promise<SnapshotInfo[]> {
     const image = this.imageSpec(pool, volume, 'pool', 'volume');
-    const [all, meta, usage] = await Promise.all([
+    const [all, meta, usage, anyClones] = await Promise.all([
       this.rbdJson(['snap', 'ls', image], RBD_IMAGE_RULES, options).then(parseSnapLs),
       this.readMeta(image, options),
       this.diskUsage([image], options),
+      // Without @snap, rbd lists the clones of all the image's snapshots (not saying of which): one call
+      // answers the usual case, no clones at all, instead of one call per snapshot.
+      this.rbdJson(['children', image], RBD_IMAGE_RULES, options).then((text) => parseChildren(text).length > 0),
     ]);
     const snapshots = only === undefined ? all : all.filter((s) => s.name === only);
     return Promise.all(
       snapshots.map(async (s) => {
         // Every snapshot, not only protected ones: clone format 2 allows clones of unprotected snapshots.
-        const clones = parseChildren(await this.rbdJson(['children', `${image}@${s.name}`], RBD_SNAPSHOT_RULES, options));
+        const clones = anyClones ? parseChildren(await this.rbdJson(['children', `${image}@${s.name}`], RBD_SNAPSHOT_RULES, options)) : [];
         const override = meta[snapMetaKey(s.name, 'time')];
         const overrideTime = override === undefined ? undefined : new Date(override);
         const createTime = overrideTime && !Number.isNaN(overrideTime.getTime()) ? overrideTime : s.createTime;
