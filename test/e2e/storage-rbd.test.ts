@@ -245,6 +245,8 @@ describe('RBD templates and clones', () => {
     await storage.createVolume({ volume: ref('tpl-pool', 'golden'), sizeBytes: 64n * MIB }, T);
     // Some data, so flatten has something to copy.
     await rbd('bench', '--io-type', 'write', '--io-size', '4M', '--io-total', '16M', 'tpl-pool/golden');
+    // ListVolumes reports used bytes where rbd du does: the 16 MiB just written.
+    expect((await storage.listVolumes({ pool: 'tpl-pool' }, T)).volumes.find((v) => v.ref?.name === 'golden')?.usedBytes).toBe(16n * MIB);
     const snapsBefore = await snapshotsUsed(access);
     const { snapshot } = await storage.createRbdTemplateSnapshot({ pool: 'tpl-pool', image: 'golden', snapshot: 'v1' }, T);
     expect(snapshot).toMatchObject({ name: 'v1', protected: true });
@@ -270,6 +272,8 @@ describe('RBD templates and clones', () => {
     const exists = await rejection(storage.cloneRbdFromTemplate({ templatePool: 'tpl-pool', templateImage: 'golden', templateSnapshot: 'v1', targetPool: 'ci-pool', targetImage: 'linked' }, T));
     expect(exists.code).toBe(Status.ALREADY_EXISTS);
 
+    const clonedDelete = await storage.deleteSnapshot({ dataset: ref('tpl-pool', 'golden'), snapshotNames: ['v1'] }, T);
+    expect(clonedDelete.results[0]?.status).toMatchObject({ code: Status.FAILED_PRECONDITION, message: expect.stringContaining('has clones: ci-pool/linked') as unknown });
     // The template now has a clone: the volume cannot go, not even with its snapshots.
     for (const deleteSnapshots of [false, true]) {
       const err = await rejection(storage.deleteVolume({ volume: ref('tpl-pool', 'golden'), deleteSnapshots }, T));
