@@ -3,7 +3,7 @@
 // progress from rbd's stderr, error classification and its gRPC codes, and names refused before
 // any spawn. One cluster for the file; each test gets its own pool.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -24,7 +24,7 @@ let ceph: TestCeph | undefined;
 let poolCount = 0;
 /** Pools made ahead, all at once: one `ceph osd pool create` takes ~0.5 s, most of it the CLI starting. */
 const sparePools: string[] = [];
-const SPARE_POOLS = 7;
+const SPARE_POOLS = 8;
 
 beforeAll(async () => {
   const started = await startCeph();
@@ -265,6 +265,22 @@ describe('RbdBackend refusals and an unreachable cluster', () => {
     expect(spawned).toBe(0);
   });
 
+  it('reports a stuck OSD as unavailable within the cluster timeout', async () => {
+    const { rbd: healthy, pool } = await freshBackend();
+    await healthy.createVolume({ pool, name: 'v', sizeBytes: 4n * MiB, tags: {}, owner: 'a' });
+    const rbd = new RbdBackend({ rbdPath: RBD, cephConf: cluster().conf, pools: [pool], maxConcurrent: 1, defaultTimeoutMs: 20_000, clusterTimeoutMs: 1000 });
+    const osd = Number(readFileSync(join(cluster().dir, 'run', 'osd.0.bgpid'), 'utf8'));
+    process.kill(osd, 'SIGSTOP');
+    try {
+      const started = Date.now();
+      expect(await failure(rbd.getVolume(pool, 'v'))).toEqual({ kind: 'unavailable', code: Status.UNAVAILABLE });
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      process.kill(osd, 'SIGCONT');
+    }
+    expect((await healthy.getVolume(pool, 'v')).name).toBe('v');
+  });
+
   describe('a cluster nobody answers for', () => {
     let dir = '';
     let conf = '';
@@ -277,20 +293,20 @@ describe('RbdBackend refusals and an unreachable cluster', () => {
     const backend = (options: Partial<RbdBackendOptions>) =>
       new RbdBackend({ rbdPath: RBD, cephConf: conf, pools: ['rbd'], maxConcurrent: 1, defaultTimeoutMs: 20_000, killGraceMs: 200, ...options });
 
-    it('is unavailable (UNAVAILABLE) within the connect timeout, as is a missing ceph.conf', async () => {
+    it('is unavailable (UNAVAILABLE) within the cluster timeout, as is a missing ceph.conf', async () => {
       const started = Date.now();
-      expect(await failure(backend({ connectTimeoutMs: 1000 }).listVolumes('rbd'))).toEqual({ kind: 'unavailable', code: Status.UNAVAILABLE });
+      expect(await failure(backend({ clusterTimeoutMs: 1000 }).listVolumes('rbd'))).toEqual({ kind: 'unavailable', code: Status.UNAVAILABLE });
       expect(Date.now() - started).toBeLessThan(10_000);
       expect((await failure(backend({ cephConf: join(dir, 'missing.conf') }).getVolume('rbd', 'x'))).kind).toBe('unavailable');
     });
 
     it('is a timeout (DEADLINE_EXCEEDED) when the command limit comes first', async () => {
-      expect(await failure(backend({ connectTimeoutMs: 30_000, defaultTimeoutMs: 500 }).getVolume('rbd', 'x'))).toEqual({ kind: 'timeout', code: Status.DEADLINE_EXCEEDED });
+      expect(await failure(backend({ clusterTimeoutMs: 30_000, defaultTimeoutMs: 500 }).getVolume('rbd', 'x'))).toEqual({ kind: 'timeout', code: Status.DEADLINE_EXCEEDED });
     });
 
     it('kills a running rbd when the call is cancelled', async () => {
       const controller = new AbortController();
-      const rbd = backend({ connectTimeoutMs: 30_000, onSpawn: () => setTimeout(() => controller.abort(), 200) });
+      const rbd = backend({ clusterTimeoutMs: 30_000, onSpawn: () => setTimeout(() => controller.abort(), 200) });
       const started = Date.now();
       expect(await failure(rbd.deleteVolume('rbd', 'x', { signal: controller.signal }))).toEqual({ kind: 'cancelled', code: Status.CANCELLED });
       expect(Date.now() - started).toBeLessThan(5_000);

@@ -1,6 +1,8 @@
 // The Ceph RBD backend: volumes, snapshots, templates (protected snapshots) and clones through
 // the `rbd` CLI, run by the exec layer (argv only, absolute binary, allow-listed env, timeouts).
-// Every pool, image and snapshot name is validated before anything is spawned.
+// Every pool, image and snapshot name is validated before anything is spawned. rbd runs with
+// cluster timeouts (RbdBackendOptions.clusterTimeoutMs) so an unreachable cluster or a stuck OSD
+// fails fast as `unavailable`.
 //
 // DebVisor's bookkeeping lives in the image's own metadata (`rbd image-meta`), so it moves and
 // dies with the image and needs no second store:
@@ -68,11 +70,12 @@ export interface RbdBackendOptions {
   /** An rbd call running longer is killed (ExecError `timeout`). Flatten and delete of large images take long. */
   readonly defaultTimeoutMs: number;
   /**
-   * How long rbd waits for a monitor before it gives up with "couldn't connect to the cluster"
-   * (ExecError `unavailable`); default min(30 s, defaultTimeoutMs / 2), so an unreachable cluster
-   * is reported as such rather than as a command timeout.
+   * How long rbd waits for the cluster: a monitor to connect to, and a monitor or OSD to answer any one
+   * request. Past it rbd fails with ETIMEDOUT (ExecError `unavailable`): an unreachable cluster or a
+   * stuck OSD is reported as such rather than as a command timeout an hour later. Default
+   * min(30 s, defaultTimeoutMs / 2); a healthy cluster answers a single request in milliseconds.
    */
-  readonly connectTimeoutMs?: number;
+  readonly clusterTimeoutMs?: number;
   readonly registry?: Registry;
   readonly maxOutputBytes?: number;
   readonly killGraceMs?: number;
@@ -116,13 +119,15 @@ export class RbdBackend implements RbdTemplateBackend {
       registry: options.registry ?? new Registry(),
       onSpawn: options.onSpawn,
     });
-    const connectSeconds = Math.max(1, Math.ceil((options.connectTimeoutMs ?? Math.min(30_000, options.defaultTimeoutMs / 2)) / 1000));
+    const clusterSeconds = Math.max(1, Math.ceil((options.clusterTimeoutMs ?? Math.min(30_000, options.defaultTimeoutMs / 2)) / 1000));
     // "--opt=value": a value that starts with "-" stays a value.
     this.globalArgs = [
       `--conf=${options.cephConf}`,
       ...(this.id ? [`--id=${this.id}`] : []),
       ...(this.keyring ? [`--keyring=${this.keyring}`] : []),
-      `--client-mount-timeout=${connectSeconds}`,
+      `--client-mount-timeout=${clusterSeconds}`,
+      `--rados-mon-op-timeout=${clusterSeconds}`,
+      `--rados-osd-op-timeout=${clusterSeconds}`,
     ];
   }
 
