@@ -4,13 +4,13 @@
 // stale content that must not survive), progress from qemu-img's own output, and cancellation.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecUsageError, type ExecError } from '../../src/backends/exec.js';
-import { ImageRejectedError, QemuImg } from '../../src/backends/qemu-img/qemu-img.js';
+import { ImageChangedError, ImageRejectedError, QemuImg } from '../../src/backends/qemu-img/qemu-img.js';
 import { toStatus } from '../../src/server/errors.js';
 import { rejection } from '../support/rejection.js';
 
@@ -29,6 +29,7 @@ beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'debvisor-qemu-img-'));
   rawData = Buffer.concat([randomBytes(4 * MiB), Buffer.alloc(4 * MiB)]);
   writeFileSync(path('disk.raw'), rawData);
+  writeFileSync(path('disk.raw.copy'), rawData);
   qi('convert', '-f', 'raw', '-O', 'qcow2', path('disk.raw'), path('disk.qcow2'));
   qi('create', '-f', 'qcow2', '-b', path('disk.qcow2'), '-F', 'qcow2', path('overlay.qcow2'));
   qi('create', '-f', 'qcow2', '-b', '/etc/passwd', '-F', 'raw', path('evil-backing.qcow2'));
@@ -131,6 +132,32 @@ describe('QemuImg.convert on real files', () => {
     const err = await rejection(qemuImg.convert({ source: path('disk.raw'), sourceFormat: 'raw', target: path('small-device'), targetFormat: 'raw', targetExists: true }));
     expect(err).toMatchObject({ name: 'ExecError', kind: 'failed' });
     expect(toStatus(err, 't').details).toBe("the target volume is smaller than the image's virtual size (trace_id=t)");
+  });
+
+  it('refuses an image that changed after info approved it, before and after converting', async () => {
+    writeFileSync(path('changing.raw'), rawData);
+    const changing = new QemuImg();
+    const request = { source: path('changing.raw'), sourceFormat: 'raw', target: path('device3'), targetFormat: 'raw' as const, targetExists: false };
+    await changing.info(path('changing.raw'));
+    // Rewritten in place (same inode, new ctime) after the inspection.
+    writeFileSync(path('changing.raw'), rawData);
+    const before = await rejection(changing.convert(request));
+    expect(before).toBeInstanceOf(ImageChangedError);
+    expect(toStatus(before, 't').code).toBe(Status.ABORTED);
+    // Swapped during the conversion: the result is refused afterwards.
+    await changing.info(path('changing.raw'));
+    const during = await rejection(
+      changing.convert({
+        ...request,
+        rateLimitBytesPerSecond: 16 * MiB,
+        onProgress: (p) => {
+          if (p > 0 && p < 100) renameSync(path('disk.raw.copy'), path('changing.raw'));
+        },
+      }),
+    );
+    expect(during).toBeInstanceOf(ImageChangedError);
+    // A file nobody inspected is converted as asked (the caller vouches for it).
+    await new QemuImg().convert({ ...request, target: path('device4') });
   });
 
   it('reports intermediate progress and stops promptly when cancelled', async () => {

@@ -8,6 +8,7 @@
 //    (default raw and qcow2: vmdk descriptors, for one, can name arbitrary extent files).
 // convert always names the source format from info, so the bytes are never probed twice
 // (a raw image whose content looks like qcow2 stays raw).
+import { stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type Executor, type SpawnEvent } from '../exec.js';
@@ -80,6 +81,42 @@ export class ImageRejectedError extends RpcError {
     this.name = 'ImageRejectedError';
   }
 }
+
+/**
+ * The image file changed between info() and the end of convert() (replaced, rewritten, touched).
+ * What info() approved is no longer what was read — a swapped-in backing or data file could have
+ * pulled another file's bytes into the volume — so the conversion counts as failed. ABORTED: retry.
+ */
+export class ImageChangedError extends RpcError {
+  constructor() {
+    super('ABORTED', 'the image file changed while it was being provisioned; retry');
+    this.name = 'ImageChangedError';
+  }
+}
+
+/** What identifies one version of a file: a rename swaps dev/ino, any write or chmod moves ctime (which users cannot set back). */
+interface FileVersion {
+  readonly dev: bigint;
+  readonly ino: bigint;
+  readonly ctimeNs: bigint;
+  readonly size: bigint;
+}
+
+async function fileVersion(path: string): Promise<FileVersion | undefined> {
+  try {
+    const st = await stat(path, { bigint: true });
+    return { dev: st.dev, ino: st.ino, ctimeNs: st.ctimeNs, size: st.size };
+  } catch {
+    return undefined;
+  }
+}
+
+function sameVersion(a: FileVersion | undefined, b: FileVersion | undefined): boolean {
+  return a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino && a.ctimeNs === b.ctimeNs && a.size === b.size;
+}
+
+/** How many approved files convert() remembers (an info() whose convert never comes must not grow memory). */
+const MAX_APPROVED = 1024;
 
 /** qemu-img 7.2 exits 1 on every failure; these texts are produced for real in test/backends/qemu-img.test.ts. */
 export const QEMU_IMG_RULES: readonly ClassifyRule[] = [
@@ -187,6 +224,8 @@ export class QemuImg {
   readonly executor: Executor;
   readonly allowedFormats: readonly string[];
   private readonly convertTimeoutMs: number;
+  /** Path → the file version info() approved; convert() refuses a file that is no longer that version. */
+  private readonly approved = new Map<string, FileVersion>();
 
   constructor(options: QemuImgOptions = {}) {
     this.allowedFormats = options.allowedFormats ?? DEFAULT_IMAGE_FORMATS;
@@ -209,9 +248,17 @@ export class QemuImg {
   /** Format and sizes of an image file, or ImageRejectedError when it is not safe to provision from. */
   async info(path: string, options: CallOptions = {}): Promise<ImageInfo> {
     const file = checkSourcePath(path, 'image path');
+    const before = await fileVersion(file);
     // No -f: detecting the format is the point. info never opens backing files, so probing here is safe.
     const result = await this.executor.run('qemu-img', ['info', '--output=json', file], { signal: options.signal });
-    return parseImageInfo(this.executor.check(result, QEMU_IMG_RULES).stdout, this.allowedFormats);
+    const info = parseImageInfo(this.executor.check(result, QEMU_IMG_RULES).stdout, this.allowedFormats);
+    if (before === undefined || !sameVersion(before, await fileVersion(file))) throw new ImageChangedError();
+    // Re-inserted so the Map's order is least recently approved first.
+    this.approved.delete(file);
+    this.approved.set(file, before);
+    const oldest = this.approved.keys().next();
+    if (this.approved.size > MAX_APPROVED && oldest.done !== true) this.approved.delete(oldest.value);
+    return info;
   }
 
   /** What a target in `targetFormat` needs for this image (`qemu-img measure`). */
@@ -227,9 +274,13 @@ export class QemuImg {
    * Writes the image into the target as raw, reporting qemu-img's own progress (0–100).
    * Into an existing target (-n) qemu-img writes zeros where the image has none, so nothing of the
    * device's previous content survives (we never pass --target-is-zero).
+   * When info() approved this path, the file must still be that version before and after the
+   * conversion (ImageChangedError otherwise): what was inspected is what was read.
    */
   async convert(request: ConvertRequest): Promise<void> {
     const source = checkSourcePath(request.source, 'source');
+    const approved = this.approved.get(source);
+    if (approved && !sameVersion(approved, await fileVersion(source))) throw new ImageChangedError();
     const target = checkTarget(request.target);
     if (!this.allowedFormats.includes(request.sourceFormat)) throw new ExecUsageError('sourceFormat must be one info() returned');
     const args = ['convert', '-p', '-f', request.sourceFormat, '-O', request.targetFormat];
@@ -248,5 +299,6 @@ export class QemuImg {
       onStdoutChunk: onProgress ? progressParser(onProgress) : undefined,
     });
     this.executor.check(result, QEMU_IMG_RULES);
+    if (approved && !sameVersion(approved, await fileVersion(source))) throw new ImageChangedError();
   }
 }
