@@ -125,6 +125,8 @@ export const configSchema = z.strictObject({
       max_concurrent: z.number().int().positive().default(4),
       /** An rbd call still running after this is killed (flatten and delete of large images take long). */
       command_timeout_seconds: seconds.default(3600),
+      /** How long rbd waits for a monitor or OSD to answer one request: an unreachable cluster is UNAVAILABLE after this, not a command timeout. */
+      cluster_timeout_seconds: seconds.default(30),
     })
     .prefault({}),
   /** LVM logical volumes (StorageService). Empty vgs: LVM is off on this node. */

@@ -44,6 +44,7 @@ export function createStorage(config: Config, settings: () => Config, quotas: Qu
           rbdPath: config.rbd.rbd_path,
           maxConcurrent: config.rbd.max_concurrent,
           defaultTimeoutMs: config.rbd.command_timeout_seconds * 1000,
+          clusterTimeoutMs: config.rbd.cluster_timeout_seconds * 1000,
           registry,
         });
   const lvm =

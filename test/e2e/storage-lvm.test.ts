@@ -12,12 +12,14 @@ import { OperationService, OperationState } from '../../src/gen/debvisor/v1/oper
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
-import { lvmEnv, startLvm, type TestLvm } from '../support/lvm.js';
+import { encodeTags } from '../../src/backends/lvm/tags.js';
+import { lvmEnv, startLvm, writeSnapshotMetadata, type TestLvm } from '../support/lvm.js';
 import { auditRecord, rejection } from '../support/security.js';
 import { finished, MIB, NO_RATE_LIMITS, snapshotsUsed, storageGb, T, type Client } from '../support/storage.js';
 
 const run = promisify(execFile);
 const ADMIN = 'spiffe://debvisor/admin/admin';
+const CI = 'spiffe://debvisor/lvm-test/ci';
 const LVM = StorageBackend.LVM;
 
 let lvm: TestLvm;
@@ -104,6 +106,45 @@ describe('LVM volumes', () => {
       expect([err.code, err.details]).toEqual([Status.NOT_FOUND, expect.stringContaining(`volume lvm:${lvm.vg}/ghost not found`) as unknown]);
     }
     expect(await snapshotsUsed(access)).toBe(0n);
+  });
+
+  it('lists, prunes and deletes real LVM snapshot metadata, refusing volume deletion while snapshots exist, releasing to the owner', async () => {
+    await storage.createVolume({ volume: ref('db'), sizeBytes: 16n * MIB }, T);
+    const hour = 3_600_000;
+    const day = 24 * hour;
+    const now = Date.now();
+    // Written into the VG metadata (this kernel cannot run lvcreate -s), backdated, owned by CI.
+    const ages: [string, number][] = [['db-a', 40 * day], ['db-b', 10 * day], ['db-c', day], ['db-d', hour]];
+    for (const [name, age] of ages) {
+      await writeSnapshotMetadata(lvm, { origin: 'db', name, tags: encodeTags({ owner: CI, label: `age ${age / hour} h` }), createTime: new Date(now - age) });
+    }
+    const listed = await storage.listSnapshots({ dataset: ref('db') }, T);
+    expect(listed.snapshots.map((s) => [s.name, s.label])).toEqual(ages.map(([name, age]) => [name, `age ${age / hour} h`]));
+    expect(Math.abs(Number(listed.snapshots[0]!.createTime!.seconds) * 1000 - (now - 40 * day))).toBeLessThan(2000);
+    // Snapshots are LVs, never volumes.
+    expect((await storage.listVolumes({ backend: LVM }, T)).volumes.map((v) => v.ref?.name)).toEqual(['db']);
+
+    const refused = await rejection(storage.deleteVolume({ volume: ref('db') }, T));
+    expect(refused.code).toBe(Status.FAILED_PRECONDITION);
+    expect(refused.details).toContain('has snapshots: db-a, db-b, db-c, db-d');
+    // RecomputeQuota counts CI's snapshots from the VG.
+    const recount = await access.recomputeQuota({ principal: CI }, T);
+    expect(recount.notRecounted).toEqual([]);
+    expect(await snapshotsUsed(access, CI)).toBe(4n);
+
+    const retention = { keepLast: 1, keepDailyDays: 2 };
+    const dry = await finished(ops, (await storage.pruneSnapshots({ dataset: ref('db'), retention, dryRun: true }, T)).operation);
+    expect(dry.result.case === 'prunePlan' ? dry.result.value : undefined).toMatchObject({ kept: ['db-d', 'db-c'], deleted: ['db-b', 'db-a'], removedCount: 0, dryRun: true });
+    const pruned = await finished(ops, (await storage.pruneSnapshots({ dataset: ref('db'), retention }, T)).operation);
+    expect(pruned.result.case === 'prunePlan' ? pruned.result.value : undefined).toMatchObject({ removedCount: 2 });
+    expect(await snapshotsUsed(access, CI)).toBe(2n);
+
+    const { results } = await storage.deleteSnapshot({ dataset: ref('db'), snapshotNames: ['db-c', 'db-a'] }, T);
+    expect(results.map((r) => r.status?.code)).toEqual([Status.OK, Status.NOT_FOUND]);
+    expect(await snapshotsUsed(access, CI)).toBe(1n);
+    expect((await storage.deleteVolume({ volume: ref('db'), deleteSnapshots: true }, T)).deletedSnapshots).toEqual(['db-d']);
+    expect(await snapshotsUsed(access, CI)).toBe(0n);
+    expect(await lvs()).toEqual([]);
   });
 
   it('refuses VGs outside lvm.vgs, and answers RBD calls with "RBD is not configured on this node"', async () => {
