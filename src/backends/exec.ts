@@ -13,7 +13,11 @@ import { isAbsolute } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { Counter, Histogram, type Registry } from 'prom-client';
 
-export type ExecErrorKind = 'not_found' | 'exists' | 'busy' | 'unavailable' | 'timeout' | 'cancelled' | 'failed';
+/**
+ * `no_space`: the pool / VG lacks the capacity asked for. `unsupported`: this host cannot do it at
+ * all (e.g. LVM snapshots on a kernel without device-mapper): retrying will not help.
+ */
+export type ExecErrorKind = 'not_found' | 'exists' | 'busy' | 'no_space' | 'unsupported' | 'unavailable' | 'timeout' | 'cancelled' | 'failed';
 
 export interface ExecResult {
   /** The command's key in `binaries`. */

@@ -21,9 +21,16 @@ export interface AuditDeps {
   readonly level: 'metadata' | 'request';
   readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
   readonly log: Logger;
+  /**
+   * Finer object names by method path, for services whose RBAC resource (e.g. a pool) is
+   * coarser than what a call acts on (a volume, a snapshot): `pool:ci/vol1@snap`.
+   */
+  readonly objectNames?: ReadonlyMap<string, (request: unknown) => string | undefined>;
 }
 
-function objectOf(method: DescMethod, request: unknown): string | undefined {
+function objectOf(deps: AuditDeps, path: string, method: DescMethod, request: unknown): string | undefined {
+  const named = deps.objectNames?.get(path)?.(request);
+  if (named !== undefined) return named;
   const resource = resourceOf(method, request as Message);
   return resource && `${resource.kind}:${resource.name}`;
 }
@@ -48,7 +55,7 @@ export function audit(deps: AuditDeps): Step {
           type: 'CALL',
           ...common(state),
           ...requestOf(entry.method, message),
-          object: objectOf(entry.method, message),
+          object: objectOf(deps, path, entry.method, message),
           details: { stage: 'started' },
         });
       } catch (err) {
@@ -68,7 +75,7 @@ export function audit(deps: AuditDeps): Step {
       event.duration_ms = Number(process.hrtime.bigint() - state.startedAt) / 1e6;
       if (entry && state.request !== undefined) {
         if (deps.level === 'request') event.request = redactRequest(entry.method.input, state.request as Message, deps.level);
-        event.object = objectOf(entry.method, state.request);
+        event.object = objectOf(deps, state.path, entry.method, state.request);
       }
       if (status.code !== Status.OK) event.reason = status.details;
       deps.audit.write(event);

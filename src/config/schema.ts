@@ -125,6 +125,55 @@ export const configSchema = z.strictObject({
       timeout_seconds: seconds.default(3600),
     })
     .prefault({}),
+  /** Ceph RBD volumes (StorageService). Empty ceph_conf: RBD is off on this node. */
+  rbd: z
+    .strictObject({
+      /** ceph.conf of the cluster (rbd --conf). Setting it enables RBD. */
+      ceph_conf: z.string().default(''),
+      /** Pools StorageService may use; any other pool is refused before rbd runs. */
+      pools: z.array(z.string().min(1)).default([]),
+      /** Ceph client id (rbd --id); empty: the ceph.conf default (admin). */
+      id: z.string().default(''),
+      /** Keyring of that client (rbd --keyring); empty: the ceph.conf default. */
+      keyring: z.string().default(''),
+      /** Absolute path of rbd. */
+      rbd_path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/rbd'),
+      /** rbd processes run at once; more calls wait their turn. */
+      max_concurrent: z.number().int().positive().default(4),
+      /** An rbd call still running after this is killed (flatten and delete of large images take long). */
+      command_timeout_seconds: seconds.default(3600),
+      /** How long rbd waits for a monitor or OSD to answer one request: an unreachable cluster is UNAVAILABLE after this, not a command timeout. */
+      cluster_timeout_seconds: seconds.default(30),
+    })
+    .prefault({}),
+  /** LVM logical volumes (StorageService). Empty vgs: LVM is off on this node. */
+  lvm: z
+    .strictObject({
+      /** Volume groups StorageService may use; any other VG is refused before an lvm tool runs. */
+      vgs: z.array(z.string().min(1)).default([]),
+      /** Passed to the lvm tools as LVM_SYSTEM_DIR (a private lvm.conf); empty: /etc/lvm. */
+      system_dir: z.string().default(''),
+      /** Absolute path of the lvm multi-call binary (lvcreate, lvs, ... run as `lvm lvcreate`). */
+      lvm_path: z.string().startsWith('/', 'expected an absolute path').default('/sbin/lvm'),
+      /** Copy-on-write space of a new (thick) snapshot, as a percentage of its origin's size. */
+      snapshot_cow_percent: z.number().int().min(1).max(100).default(100),
+      /** lvm processes run at once (they take the VG lock anyway). */
+      max_concurrent: z.number().int().positive().default(2),
+      command_timeout_seconds: seconds.default(120),
+    })
+    .prefault({}),
+  /** ProvisionVolume reads images only from this directory (paths relative to it; no escaping it). */
+  images_dir: path.default('/var/lib/debvisor/images'),
+  qemu_img: z
+    .strictObject({
+      /** Absolute path of qemu-img (format detection and conversion into volumes). */
+      path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/qemu-img'),
+      /** `qemu-img info` is killed after this. */
+      info_timeout_seconds: seconds.default(30),
+      /** `qemu-img convert` (writing a whole image) is killed after this. */
+      convert_timeout_seconds: seconds.default(7200),
+    })
+    .prefault({}),
   store: z
     .strictObject({
       /** embedded: this host only (node:sqlite). etcd: the cluster every host shares. Not reloadable. */

@@ -104,6 +104,8 @@ const EXEC_STATUS: Record<ExecErrorKind, ErrorCode> = {
   not_found: 'NOT_FOUND',
   exists: 'ALREADY_EXISTS',
   busy: 'ABORTED',
+  no_space: 'RESOURCE_EXHAUSTED',
+  unsupported: 'FAILED_PRECONDITION',
   unavailable: 'UNAVAILABLE',
   timeout: 'DEADLINE_EXCEEDED',
   cancelled: 'CANCELLED',
@@ -115,6 +117,8 @@ function fromExecError(err: unknown): RpcError | undefined {
     not_found: 'the backend object does not exist',
     exists: 'the backend object already exists',
     busy: 'the backend object is busy; retry later',
+    no_space: `the ${err.backend} backend has not enough free space`,
+    unsupported: `this host's ${err.backend} backend does not support the operation`,
     unavailable: `the ${err.backend} backend is unavailable; retry later`,
     timeout: 'the backend command timed out',
     cancelled: 'the backend command was cancelled',
@@ -153,4 +157,10 @@ function addErrorDetails(metadata: Metadata, code: Status, message: string, deta
   }
   const status = create(StatusSchema, { code, message, details: packed });
   metadata.set('grpc-status-details-bin', Buffer.from(toBinary(StatusSchema, status)));
+}
+
+/** A status for one item of a batch reply (google.rpc.Code and the client-safe message, no trace id). */
+export function itemStatus(err: unknown): { code: number; message: string } {
+  const status = toStatus(err, '');
+  return { code: status.code, message: status.details.replace(/ \(trace_id=[^)]*\)$/, '') };
 }

@@ -28,6 +28,9 @@ import { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
 import { operationHandlers } from '../services/operations.js';
 import { registerShutdownOperationKind, vmHandlers } from '../services/vm.js';
 import { VmService } from '../gen/debvisor/v1/vm_pb.js';
+import { StorageService } from '../gen/debvisor/v1/storage_pb.js';
+import { registerStorageOperationKinds, storageAuditObjects, storageHandlers } from '../services/storage.js';
+import { createStorage } from '../storage/setup.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { nodeHandlers } from '../services/node.js';
 import { NodeRegistry } from '../nodes/registry.js';
@@ -179,7 +182,7 @@ export class Daemon {
           metrics,
           log,
           identity: { certificates, apiKeys, guard, audit, metrics, log, roleNamesOf: (principal) => access.roleNamesOf(principal) },
-          audit: { audit, level: config.audit.level, methods, log },
+          audit: { audit, level: config.audit.level, methods, log, objectNames: storageAuditObjects() },
           rateLimit: {
             policies: new Map([...methods].map(([path, entry]) => [path, entry.policy])),
             metrics,
@@ -205,6 +208,8 @@ export class Daemon {
         registry: metrics.registry,
       });
       registerShutdownOperationKind(operations, libvirt);
+      const storage = createStorage(config, settings, quotas, metrics.registry);
+      registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
       const inventory = new VmInventory(repos.vmInventory);
       const migration = {
@@ -220,6 +225,7 @@ export class Daemon {
         [AccessService.typeName]: accessHandlers(admin, access),
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, node: () => config.node.name }),
+        [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),
       };

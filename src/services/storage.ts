@@ -1,0 +1,308 @@
+// StorageService: thin protobuf mapping over src/storage/manager.ts (RBD and LVM behind
+// one VolumeBackend shape). Quotas declared in the proto are taken before these handlers
+// run (withDeclaredPolicies); the manager keeps them in step and releases them to owners.
+import { create, toJson, type MessageInitShape } from '@bufbuild/protobuf';
+import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { globMatches, isValidResourceGlob } from '../authz/decide.js';
+import { StorageService, type SnapshotSchema, type VolumeSchema } from '../gen/debvisor/v1/storage_pb.js';
+import { methodPath } from '../server/adapter.js';
+import { PrunePlanSchema, StorageBackend, VolumeRefSchema } from '../gen/debvisor/v1/storage_types_pb.js';
+import type { OperationManager } from '../operations/manager.js';
+import type { HandlersOf } from '../server/adapter.js';
+import type { CallContext } from '../server/context.js';
+import { InvalidArgumentError, itemStatus, UnauthenticatedError } from '../server/errors.js';
+import { pageByKey, pageByOffset } from '../server/paging.js';
+import type { BackendKind, SnapshotInfo, VolumeInfo } from '../storage/backend.js';
+import { snapshotTime, StorageManager } from '../storage/manager.js';
+import { validateSnapshot, volumeLabel, type VolumeKey } from '../storage/names.js';
+import type { RetentionRules } from '../storage/retention.js';
+import { validateImageName } from '../backends/validate.js';
+import { operationMessage } from './operations.js';
+
+export const PRUNE_SNAPSHOTS_OPERATION_KIND = 'PRUNE_SNAPSHOTS';
+export const CLONE_RBD_OPERATION_KIND = 'CLONE_RBD_FROM_TEMPLATE';
+export const PROVISION_VOLUME_OPERATION_KIND = 'PROVISION_VOLUME';
+
+const KIND_OF: Partial<Record<StorageBackend, BackendKind>> = { [StorageBackend.RBD]: 'rbd', [StorageBackend.LVM]: 'lvm' };
+const ENUM_OF: Record<BackendKind, StorageBackend> = { rbd: StorageBackend.RBD, lvm: StorageBackend.LVM };
+
+interface PruneParams {
+  readonly volume: VolumeKey;
+  readonly rules: RetentionRules;
+  readonly dryRun: boolean;
+}
+
+interface CloneParams {
+  readonly from: { pool: string; image: string; snapshot: string };
+  readonly to: { pool: string; image: string; owner: string };
+  readonly flatten: boolean;
+}
+
+interface ProvisionParams {
+  readonly volume: VolumeKey;
+  /** Decimal string: operation params are JSON. */
+  readonly sizeBytes: string;
+  readonly tags: Record<string, string>;
+  readonly owner: string;
+  readonly imagePath: string;
+}
+
+function principalOf(ctx: CallContext) {
+  if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
+  return ctx.principal;
+}
+
+function kindOf(backend: StorageBackend, field: string): BackendKind {
+  const kind = KIND_OF[backend];
+  if (!kind) throw new InvalidArgumentError(field, 'required: STORAGE_BACKEND_RBD or STORAGE_BACKEND_LVM');
+  return kind;
+}
+
+function refJson(key: VolumeKey) {
+  return toJson(VolumeRefSchema, create(VolumeRefSchema, { backend: ENUM_OF[key.backend], pool: key.pool, name: key.name }));
+}
+
+function volumeMessage(v: VolumeInfo): MessageInitShape<typeof VolumeSchema> {
+  return {
+    ref: { backend: ENUM_OF[v.backend], pool: v.pool, name: v.name },
+    sizeBytes: v.sizeBytes,
+    usedBytes: v.usedBytes,
+    tags: v.tags,
+    owner: v.owner,
+    ...(v.createTime ? { createTime: timestampFromDate(v.createTime) } : {}),
+  };
+}
+
+function snapshotMessage(backend: BackendKind, s: SnapshotInfo): MessageInitShape<typeof SnapshotSchema> {
+  return {
+    dataset: { backend: ENUM_OF[backend], pool: s.pool, name: s.volume },
+    name: s.name,
+    label: s.label,
+    createTime: timestampFromDate(snapshotTime(s)),
+    sizeBytes: s.sizeBytes,
+    protected: s.protected,
+  };
+}
+
+const MAX_AUDIT_OBJECT = 512;
+
+function refText(ref: { pool: string; name: string } | undefined): string | undefined {
+  return ref && ref.pool !== '' ? `pool:${ref.pool}/${ref.name}` : undefined;
+}
+
+function bounded(text: string | undefined): string | undefined {
+  return text === undefined || text.length <= MAX_AUDIT_OBJECT ? text : `${text.slice(0, MAX_AUDIT_OBJECT)}…`;
+}
+
+/**
+ * What each StorageService call acts on, for the audit record: RBAC scopes by pool, but an
+ * auditor needs the volume and snapshot ("pool:ci/vol1@before-test").
+ */
+export function storageAuditObjects(): ReadonlyMap<string, (request: unknown) => string | undefined> {
+  const m = StorageService.method;
+  const entries: [string, (request: never) => string | undefined][] = [
+    [methodPath(m.createVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
+    [methodPath(m.resizeVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
+    [methodPath(m.deleteVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
+    [methodPath(m.provisionVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
+    [methodPath(m.listSnapshots), (r: { dataset?: { pool: string; name: string } }) => refText(r.dataset)],
+    [methodPath(m.pruneSnapshots), (r: { dataset?: { pool: string; name: string } }) => refText(r.dataset)],
+    [methodPath(m.createSnapshot), (r: { dataset?: { pool: string; name: string }; snapshotName: string }) => refText(r.dataset) && `${refText(r.dataset)}@${r.snapshotName}`],
+    [methodPath(m.deleteSnapshot), (r: { dataset?: { pool: string; name: string }; snapshotNames: string[] }) => refText(r.dataset) && `${refText(r.dataset)}@${r.snapshotNames.join(',')}`],
+    [methodPath(m.createRbdTemplateSnapshot), (r: { pool: string; image: string; snapshot: string }) => (r.pool ? `pool:${r.pool}/${r.image}@${r.snapshot}` : undefined)],
+    [
+      methodPath(m.cloneRbdFromTemplate),
+      (r: { targetPool: string; targetImage: string; templatePool: string; templateImage: string; templateSnapshot: string }) =>
+        r.targetPool ? `pool:${r.targetPool}/${r.targetImage} from pool:${r.templatePool}/${r.templateImage}@${r.templateSnapshot}` : undefined,
+    ],
+  ];
+  return new Map(entries.map(([path, describe]) => [path, (request: unknown) => bounded(describe(request as never))]));
+}
+
+/** Registers the runners of PruneSnapshots, CloneRbdFromTemplate and ProvisionVolume. */
+export function registerStorageOperationKinds(operations: OperationManager, storage: StorageManager): void {
+  operations.register(PRUNE_SNAPSHOTS_OPERATION_KIND, {
+    run: async (op) => {
+      const params = op.params as PruneParams;
+      op.progress(0, params.dryRun ? 'planning (dry run)' : 'planning');
+      const result = await storage.prune(params.volume, params.rules, params.dryRun, {
+        signal: op.signal,
+        onProgress: (done, total) => op.progress((done / Math.max(1, total)) * 99, `deleted ${done} of ${total}`),
+      });
+      const plan = create(PrunePlanSchema, {
+        dataset: { backend: ENUM_OF[params.volume.backend], pool: params.volume.pool, name: params.volume.name },
+        kept: result.kept,
+        deleted: result.deleted,
+        removedCount: result.removed,
+        dryRun: params.dryRun,
+      });
+      return { case: 'prunePlan', value: toJson(PrunePlanSchema, plan) };
+    },
+  });
+  operations.register(CLONE_RBD_OPERATION_KIND, {
+    run: async (op) => {
+      const params = op.params as CloneParams;
+      await storage.clone(params.from, params.to, params.flatten, { signal: op.signal, onProgress: (pct, stage) => op.progress(pct, stage) });
+      return { case: 'clonedVolume', value: refJson({ backend: 'rbd', pool: params.to.pool, name: params.to.image }) };
+    },
+  });
+  operations.register(PROVISION_VOLUME_OPERATION_KIND, {
+    run: async (op) => {
+      const params = op.params as ProvisionParams;
+      await storage.provision(
+        params.volume,
+        { sizeBytes: BigInt(params.sizeBytes), tags: params.tags, owner: params.owner, imagePath: params.imagePath },
+        { signal: op.signal, onProgress: (pct, stage) => op.progress(pct, stage) },
+      );
+      return { case: 'provisionedVolume', value: refJson(params.volume) };
+    },
+  });
+}
+
+export interface StorageHandlerDeps {
+  readonly storage: StorageManager;
+  readonly operations: OperationManager;
+}
+
+export function storageHandlers({ storage, operations }: StorageHandlerDeps): HandlersOf<typeof StorageService> {
+  /** A VolumeRef of a request, validated: backend configured, pool allowed, names valid. */
+  const keyOf = (ref: { backend: StorageBackend; pool: string; name: string } | undefined, field: string): VolumeKey => {
+    if (!ref) throw new InvalidArgumentError(field, 'required');
+    return storage.volumeKey(kindOf(ref.backend, `${field}.backend`), ref.pool, ref.name, field);
+  };
+  const requestIdOf = (requestId: string) => (requestId ? { requestId } : {});
+
+  return {
+    createVolume: async (request, ctx) => {
+      const key = keyOf(request.volume, 'volume');
+      const volume = await storage.createVolume(key, request.sizeBytes, request.tags, principalOf(ctx).id, { signal: ctx.signal });
+      return { volume: volumeMessage(volume) };
+    },
+
+    listVolumes: async (request, ctx) => {
+      const principal = principalOf(ctx);
+      if (request.nameGlob && !isValidResourceGlob(request.nameGlob)) {
+        throw new InvalidArgumentError('name_glob', 'may contain only name characters plus * and ?, at most 256');
+      }
+      if (!(request.backend in StorageBackend)) throw new InvalidArgumentError('backend', 'unknown storage backend');
+      const kinds: BackendKind[] = request.backend === StorageBackend.UNSPECIFIED ? storage.enabled().map((b) => b.kind) : [kindOf(request.backend, 'backend')];
+      // A scoped API key sees only the pools its globs allow (RBAC checked `pool` only when it was given).
+      const keyGlobs = principal.apiKey?.resourceGlobs ?? [];
+      const poolGlobs = keyGlobs.filter((g) => g.kind === 'pool').map((g) => g.glob);
+      const visible = (pool: string) => keyGlobs.length === 0 || poolGlobs.some((glob) => globMatches(glob, pool));
+      if (request.pool) {
+        if (request.backend !== StorageBackend.UNSPECIFIED) storage.pool(kindOf(request.backend, 'backend'), request.pool, 'pool');
+        else if (!kinds.some((kind) => storage.backend(kind).pools.includes(request.pool))) {
+          throw new InvalidArgumentError('pool', `"${request.pool}" is not a pool or volume group this node uses`);
+        }
+      }
+      const all: VolumeInfo[] = [];
+      for (const kind of kinds) {
+        const backend = storage.backend(kind);
+        for (const pool of backend.pools.filter((p) => (!request.pool || p === request.pool) && visible(p))) {
+          all.push(...(await backend.listVolumes(pool, { signal: ctx.signal })));
+        }
+      }
+      const sortKey = (v: VolumeInfo) => `${v.backend} ${v.pool} ${v.name}`;
+      const matching = all.filter((v) => !request.nameGlob || globMatches(request.nameGlob, v.name)).sort((a, b) => (sortKey(a) < sortKey(b) ? -1 : sortKey(a) > sortKey(b) ? 1 : 0));
+      const page = pageByKey(matching, sortKey, request);
+      return { volumes: page.items.map(volumeMessage), nextPageToken: page.nextPageToken };
+    },
+
+    resizeVolume: async (request, ctx) => {
+      const key = keyOf(request.volume, 'volume');
+      const charged = ctx.quota?.resource === 'storage_gb' ? ctx.quota.amount : 0;
+      const volume = await storage.resizeVolume(key, request.newSizeBytes, request.allowShrink, principalOf(ctx).id, charged, { signal: ctx.signal });
+      return { volume: volumeMessage(volume) };
+    },
+
+    deleteVolume: async (request, ctx) => {
+      const key = keyOf(request.volume, 'volume');
+      return { deletedSnapshots: await storage.deleteVolume(key, request.deleteSnapshots, { signal: ctx.signal }) };
+    },
+
+    provisionVolume: async (request, ctx) => {
+      const key = keyOf(request.volume, 'volume');
+      const owner = principalOf(ctx).id;
+      // Path, format and size problems are answered now, not as a failed operation.
+      await storage.inspectImage(request.imagePath, request.sizeBytes, { signal: ctx.signal });
+      await storage.refuseExisting(key, 'volume.name', { signal: ctx.signal });
+      const params: ProvisionParams = { volume: key, sizeBytes: request.sizeBytes.toString(), tags: request.tags, owner, imagePath: request.imagePath };
+      const record = await operations.launch(ctx, {
+        kind: PROVISION_VOLUME_OPERATION_KIND,
+        target: volumeLabel(key),
+        params,
+        // The operation owns the storage_gb the proto option took: a failed provisioning gives it back.
+        ...(ctx.quota ? { quota: ctx.quota } : {}),
+        ...requestIdOf(request.requestId),
+      });
+      return { operation: operationMessage(record) };
+    },
+
+    createSnapshot: async (request, ctx) => {
+      const key = keyOf(request.dataset, 'dataset');
+      const name = validateSnapshot(request.snapshotName, 'snapshot_name');
+      const snapshot = await storage.createSnapshot(key, name, request.label, principalOf(ctx).id, { signal: ctx.signal });
+      return { snapshot: snapshotMessage(key.backend, snapshot) };
+    },
+
+    listSnapshots: async (request, ctx) => {
+      const key = keyOf(request.dataset, 'dataset');
+      const page = pageByOffset(await storage.listSnapshots(key, { signal: ctx.signal }), request);
+      return { snapshots: page.items.map((s) => snapshotMessage(key.backend, s)), nextPageToken: page.nextPageToken };
+    },
+
+    deleteSnapshot: async (request, ctx) => {
+      const key = keyOf(request.dataset, 'dataset');
+      const results = await storage.deleteSnapshots(key, request.snapshotNames, { signal: ctx.signal });
+      return {
+        results: results.map((r) => ({ snapshotName: r.name, status: r.error === undefined ? { code: 0, message: '' } : itemStatus(r.error) })),
+      };
+    },
+
+    pruneSnapshots: async (request, ctx) => {
+      const key = keyOf(request.dataset, 'dataset');
+      const rules = StorageManager.retentionRules(request.retention);
+      // An unknown volume is answered now, not as a failed operation.
+      await storage.getVolume(key, { signal: ctx.signal });
+      const params: PruneParams = { volume: key, rules, dryRun: request.dryRun };
+      const record = await operations.launch(ctx, { kind: PRUNE_SNAPSHOTS_OPERATION_KIND, target: volumeLabel(key), params, ...requestIdOf(request.requestId) });
+      return { operation: operationMessage(record) };
+    },
+
+    createRbdTemplateSnapshot: async (request, ctx) => {
+      const pool = storage.pool('rbd', request.pool, 'pool');
+      const image = validateImageName(request.image, 'image');
+      const name = validateSnapshot(request.snapshot, 'snapshot');
+      const snapshot = await storage.createTemplateSnapshot(pool, image, name, principalOf(ctx).id, { signal: ctx.signal });
+      return { snapshot: snapshotMessage('rbd', snapshot) };
+    },
+
+    cloneRbdFromTemplate: async (request, ctx) => {
+      const from = {
+        pool: storage.pool('rbd', request.templatePool, 'template_pool'),
+        image: validateImageName(request.templateImage, 'template_image'),
+        snapshot: validateSnapshot(request.templateSnapshot, 'template_snapshot'),
+      };
+      const to = { pool: storage.pool('rbd', request.targetPool, 'target_pool'), image: validateImageName(request.targetImage, 'target_image'), owner: principalOf(ctx).id };
+      const template = await storage.templateForClone(from, { signal: ctx.signal });
+      await storage.refuseExisting({ backend: 'rbd', pool: to.pool, name: to.image }, 'target_image', { signal: ctx.signal });
+      // The clone is a volume its creator owns: it counts against storage_gb like CreateVolume (the proto only declares the operation slot).
+      const quota = await storage.chargeStorage(to.owner, template.sizeBytes);
+      const params: CloneParams = { from, to, flatten: request.flatten };
+      try {
+        const record = await operations.launch(ctx, {
+          kind: CLONE_RBD_OPERATION_KIND,
+          target: volumeLabel({ backend: 'rbd', pool: to.pool, name: to.image }),
+          params,
+          ...(quota ? { quota } : {}),
+          ...requestIdOf(request.requestId),
+        });
+        return { operation: operationMessage(record) };
+      } catch (err) {
+        if (quota) await storage.releaseStorage(to.owner, quota.amount);
+        throw err;
+      }
+    },
+  };
+}

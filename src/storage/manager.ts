@@ -1,0 +1,445 @@
+// What StorageService does, independent of protobuf: picks the backend of a VolumeRef,
+// refuses pools the config does not list, records the creating principal as owner, keeps
+// the snapshots and storage_gb quotas in step with what exists (released to the owner on
+// delete), and runs the long work of prune, clone and provisioning.
+import { ExecError } from '../backends/exec.js';
+import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import type { QuotaManager } from '../quota/manager.js';
+import type { BackendKind, CallOptions, ProgressFn, RbdTemplateBackend, SnapshotInfo, VolumeBackend, VolumeInfo } from './backend.js';
+import { resolveImagePath } from './images.js';
+import { gibOf, timeFromName, validatePool, validateSize, validateSnapshot, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
+import { isEmptyPolicy, planRetention, type RetentionRules } from './retention.js';
+
+export interface ImageInfo {
+  /** qemu-img's format name: raw, qcow2, vmdk, ... */
+  readonly format: string;
+  readonly virtualSizeBytes: bigint;
+}
+
+/** qemu-img, as provisioning needs it (src/backends/qemu-img implements it). */
+export interface ImageTool {
+  info(path: string, options?: CallOptions): Promise<ImageInfo>;
+  /** Writes `source` as raw into `target` (a device path or an `rbd:` spec). */
+  convert(source: string, sourceFormat: string, target: string, options?: CallOptions & { onProgress?: ProgressFn }): Promise<void>;
+}
+
+export interface StorageBackends {
+  readonly rbd?: RbdTemplateBackend | undefined;
+  readonly lvm?: VolumeBackend | undefined;
+}
+
+export interface StorageManagerOptions {
+  readonly backends: StorageBackends;
+  readonly quotas: QuotaManager;
+  readonly images?: ImageTool | undefined;
+  readonly imagesDir: () => string;
+}
+
+const LABEL: Record<BackendKind, string> = { rbd: 'RBD', lvm: 'LVM' };
+const POOL_SETTING: Record<BackendKind, string> = { rbd: 'rbd.pools', lvm: 'lvm.vgs' };
+
+export interface DeleteResult {
+  readonly name: string;
+  /** Undefined when deleted; mapped to a status by src/server/errors.ts. */
+  readonly error?: unknown;
+}
+
+export interface PruneResult {
+  readonly kept: string[];
+  readonly deleted: string[];
+  readonly removed: number;
+}
+
+function isNotFound(err: unknown): boolean {
+  return (err instanceof ExecError && err.kind === 'not_found') || (err instanceof RpcError && err.code === 'NOT_FOUND');
+}
+
+/** When a snapshot counts as taken: a time in its name wins (backdated and imported snapshots). */
+export function snapshotTime(snapshot: Pick<SnapshotInfo, 'name' | 'createTime'>): Date {
+  return timeFromName(snapshot.name) ?? snapshot.createTime ?? new Date(0);
+}
+
+export class StorageManager {
+  constructor(private readonly options: StorageManagerOptions) {}
+
+  /** Backends configured on this node, for listing and recounting. */
+  enabled(): VolumeBackend[] {
+    return [this.options.backends.lvm, this.options.backends.rbd].filter((b): b is VolumeBackend => b !== undefined && b.pools.length > 0);
+  }
+
+  backend(kind: BackendKind): VolumeBackend {
+    return this.configured(kind, this.options.backends[kind]);
+  }
+
+  rbd(): RbdTemplateBackend {
+    return this.configured('rbd', this.options.backends.rbd);
+  }
+
+  private configured<B extends VolumeBackend>(kind: BackendKind, backend: B | undefined): B {
+    if (!backend || backend.pools.length === 0) {
+      throw new RpcError('FAILED_PRECONDITION', `${LABEL[kind]} is not configured on this node (${kind === 'rbd' ? 'rbd.ceph_conf and rbd.pools' : 'lvm.vgs'})`);
+    }
+    return backend;
+  }
+
+  /** Validates a pool name and that this node may use it. */
+  pool(kind: BackendKind, value: string, field: string): string {
+    const backend = this.backend(kind);
+    const pool = validatePool(kind, value, field);
+    if (!backend.pools.includes(pool)) {
+      throw new InvalidArgumentError(field, `${kind === 'rbd' ? 'pool' : 'volume group'} "${pool}" is not one this node uses (${POOL_SETTING[kind]}: ${backend.pools.join(', ')})`);
+    }
+    return pool;
+  }
+
+  /** Validates a whole volume reference; `field` is the request field holding it ("volume", "dataset"). */
+  volumeKey(kind: BackendKind, pool: string, name: string, field: string): VolumeKey {
+    return { backend: kind, pool: this.pool(kind, pool, `${field}.pool`), name: validateVolumeName(kind, name, `${field}.name`) };
+  }
+
+  /** Runs backend work on one volume; the backend's "does not exist" becomes NOT_FOUND naming the volume. */
+  private async onVolume<T>(key: VolumeKey, work: (backend: VolumeBackend) => Promise<T>): Promise<T> {
+    try {
+      return await work(this.backend(key.backend));
+    } catch (err) {
+      if (isNotFound(err)) throw new RpcError('NOT_FOUND', `volume ${volumeLabel(key)} not found`, { cause: err });
+      throw err;
+    }
+  }
+
+  getVolume(key: VolumeKey, options?: CallOptions): Promise<VolumeInfo> {
+    return this.onVolume(key, (backend) => backend.getVolume(key.pool, key.name, options));
+  }
+
+  /** Oldest first. Backends fail listing the snapshots of a missing volume, so no separate existence check (each rbd call costs). */
+  async listSnapshots(key: VolumeKey, options?: CallOptions): Promise<SnapshotInfo[]> {
+    const snapshots = await this.onVolume(key, (backend) => backend.listSnapshots(key.pool, key.name, options));
+    return snapshots.sort((a, b) => snapshotTime(a).getTime() - snapshotTime(b).getTime() || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  // ---- volumes ---------------------------------------------------------------------
+
+  /** The storage_gb units for the requested size were taken by the proto option; the owner is the caller. */
+  async createVolume(key: VolumeKey, sizeBytes: bigint, tags: Record<string, string>, owner: string, options?: CallOptions): Promise<VolumeInfo> {
+    validateSize(sizeBytes, 'size_bytes');
+    const volume = await this.backend(key.backend).createVolume({ pool: key.pool, name: key.name, sizeBytes, tags: validateTags(tags), owner }, options);
+    await this.settleRounding(owner, sizeBytes, volume.sizeBytes);
+    return volume;
+  }
+
+  /** Backends round sizes up (extents, objects): charge what was really allocated. */
+  private async settleRounding(owner: string, requested: bigint, actual: bigint): Promise<void> {
+    const extra = gibOf(actual) - gibOf(requested);
+    // The volume exists already: rounding is charged when it fits and never turns a made volume into a refusal.
+    if (extra > 0) await this.options.quotas.consume(owner, 'storage_gb', extra).catch(() => undefined);
+    else if (extra < 0) await this.options.quotas.release(owner, 'storage_gb', -extra);
+  }
+
+  /**
+   * The proto option took gib(new size) from the caller before this ran (and gives it back if
+   * this throws). Afterwards only the change in size may stay counted, and on the volume's owner.
+   */
+  async resizeVolume(key: VolumeKey, newSizeBytes: bigint, allowShrink: boolean, caller: string, chargedGib: number, options?: CallOptions): Promise<VolumeInfo> {
+    validateSize(newSizeBytes, 'new_size_bytes');
+    const current = await this.getVolume(key, options);
+    if (newSizeBytes < current.sizeBytes && !allowShrink) {
+      throw new RpcError('FAILED_PRECONDITION', `new_size_bytes ${newSizeBytes} is smaller than the volume's ${current.sizeBytes} bytes; set allow_shrink to shrink it (data beyond the new size is lost)`);
+    }
+    const owner = current.owner || caller;
+    const delta = gibOf(newSizeBytes) - gibOf(current.sizeBytes);
+    const quotas = this.options.quotas;
+    // Someone else's volume: its owner pays for the growth, as the owner gets it back on delete.
+    if (owner !== caller && delta > 0) await quotas.consume(owner, 'storage_gb', delta);
+    let resized: VolumeInfo;
+    try {
+      resized = await this.backend(key.backend).resizeVolume(key.pool, key.name, newSizeBytes, { ...options, shrink: newSizeBytes < current.sizeBytes });
+    } catch (err) {
+      if (owner !== caller && delta > 0) await quotas.release(owner, 'storage_gb', delta);
+      throw err;
+    }
+    if (owner === caller) {
+      // Taken: gib(new); should hold: the growth (or give back the shrink).
+      await quotas.release(caller, 'storage_gb', chargedGib - delta);
+    } else {
+      await quotas.release(caller, 'storage_gb', chargedGib);
+      if (delta < 0) await quotas.release(owner, 'storage_gb', -delta);
+    }
+    return resized;
+  }
+
+  /** Deletes a volume; with `deleteSnapshots` its snapshots first. Snapshots with clones always refuse it. */
+  async deleteVolume(key: VolumeKey, deleteSnapshots: boolean, options?: CallOptions): Promise<string[]> {
+    const volume = await this.getVolume(key, options);
+    const backend = this.backend(key.backend);
+    const snapshots = await backend.listSnapshots(key.pool, key.name, options);
+    const cloned = snapshots.filter((s) => s.clones.length > 0);
+    if (cloned.length > 0) {
+      throw new RpcError(
+        'FAILED_PRECONDITION',
+        `volume ${volumeLabel(key)} has clones depending on it: ${cloned.map((s) => `${s.name} → ${s.clones.join(', ')}`).join('; ')}; flatten or delete the clones first`,
+      );
+    }
+    if (snapshots.length > 0 && !deleteSnapshots) {
+      throw new RpcError('FAILED_PRECONDITION', `volume ${volumeLabel(key)} has snapshots: ${snapshots.map((s) => s.name).join(', ')}; delete them first or set delete_snapshots`);
+    }
+    const deleted: string[] = [];
+    for (const snapshot of snapshots) {
+      // Deleting the volume with its snapshots also retires its templates (they have no clones, checked above).
+      if (snapshot.protected && backend.kind === 'rbd') await this.rbd().unprotectSnapshot(key.pool, key.name, snapshot.name, options);
+      await backend.deleteSnapshot(key.pool, key.name, snapshot.name, options);
+      await this.releaseSnapshot(snapshot);
+      deleted.push(snapshot.name);
+    }
+    await backend.deleteVolume(key.pool, key.name, options);
+    if (volume.owner) await this.options.quotas.release(volume.owner, 'storage_gb', gibOf(volume.sizeBytes));
+    return deleted;
+  }
+
+  /** Gives the unit back to whoever created the snapshot (snapshots made outside DebVisor were never counted). */
+  private async releaseSnapshot(snapshot: SnapshotInfo): Promise<void> {
+    if (snapshot.owner) await this.options.quotas.release(snapshot.owner, 'snapshots', 1);
+  }
+
+  // ---- snapshots -------------------------------------------------------------------
+
+  /** The snapshots unit was taken by the proto option (or by the caller, for templates). */
+  async createSnapshot(key: VolumeKey, name: string, label: string, owner: string, options?: CallOptions): Promise<SnapshotInfo> {
+    if (label.length > 256) throw new InvalidArgumentError('label', 'must be at most 256 characters');
+    return this.onVolume(key, (backend) => backend.createSnapshot({ pool: key.pool, volume: key.name, name, label, owner }, options));
+  }
+
+  /** Deletes each named snapshot on its own: one failure never hides the others. */
+  async deleteSnapshots(key: VolumeKey, names: readonly string[], options?: CallOptions): Promise<DeleteResult[]> {
+    if (names.length === 0) throw new InvalidArgumentError('snapshot_names', 'name at least one snapshot');
+    if (names.length > 1000) throw new InvalidArgumentError('snapshot_names', 'at most 1000 per call');
+    const backend = this.backend(key.backend);
+    const existing = new Map((await this.onVolume(key, (b) => b.listSnapshots(key.pool, key.name, options))).map((s) => [s.name, s]));
+    const seen = new Set<string>();
+    const results: DeleteResult[] = [];
+    for (const [index, raw] of names.entries()) {
+      const field = `snapshot_names[${index}]`;
+      try {
+        const name = validateSnapshot(raw, field);
+        if (seen.has(name)) throw new InvalidArgumentError(field, `"${name}" is listed twice`);
+        seen.add(name);
+        const snapshot = existing.get(name);
+        if (!snapshot) throw new RpcError('NOT_FOUND', `snapshot ${volumeLabel(key)}@${name} not found`);
+        this.refuseUndeletable(key, snapshot);
+        await backend.deleteSnapshot(key.pool, key.name, name, options);
+        await this.releaseSnapshot(snapshot);
+        results.push({ name: raw });
+      } catch (err) {
+        results.push({ name: raw, error: err });
+      }
+    }
+    return results;
+  }
+
+  private refuseUndeletable(key: VolumeKey, snapshot: SnapshotInfo): void {
+    if (snapshot.clones.length > 0) {
+      throw new RpcError('FAILED_PRECONDITION', `snapshot ${volumeLabel(key)}@${snapshot.name} has clones: ${snapshot.clones.join(', ')}; flatten or delete them first`);
+    }
+    if (snapshot.protected) {
+      throw new RpcError('FAILED_PRECONDITION', `snapshot ${volumeLabel(key)}@${snapshot.name} is a protected template; delete the volume with delete_snapshots to retire it`);
+    }
+  }
+
+  // ---- prune -----------------------------------------------------------------------
+
+  static retentionRules(policy: { keepLast: number; keepDailyDays: number; keepWeeklyWeeks: number } | undefined): RetentionRules {
+    if (!policy) throw new InvalidArgumentError('retention', 'required');
+    const rules = { keepLast: policy.keepLast, keepDailyDays: policy.keepDailyDays, keepWeeklyWeeks: policy.keepWeeklyWeeks };
+    if (isEmptyPolicy(rules)) throw new InvalidArgumentError('retention', 'keeps nothing; set keep_last, keep_daily_days or keep_weekly_weeks');
+    if (rules.keepLast > 100_000 || rules.keepDailyDays > 36_500 || rules.keepWeeklyWeeks > 5_200) throw new InvalidArgumentError('retention', 'values are out of range');
+    return rules;
+  }
+
+  /** Plans with the retention policy and (unless a dry run) deletes what it does not keep. */
+  async prune(key: VolumeKey, rules: RetentionRules, dryRun: boolean, options: CallOptions & { onProgress?: (done: number, total: number) => void; now?: Date } = {}): Promise<PruneResult> {
+    const backend = this.backend(key.backend);
+    const snapshots = await this.onVolume(key, (b) => b.listSnapshots(key.pool, key.name, options));
+    const plan = planRetention(
+      snapshots.map((s) => ({ name: s.name, createTime: snapshotTime(s), protected: s.protected, hasClones: s.clones.length > 0 })),
+      rules,
+      options.now ?? new Date(),
+    );
+    if (dryRun) return { kept: plan.kept, deleted: plan.deleted, removed: 0 };
+    const byName = new Map(snapshots.map((s) => [s.name, s]));
+    const failed: string[] = [];
+    let removed = 0;
+    for (const name of plan.deleted) {
+      options.signal?.throwIfAborted();
+      const snapshot = byName.get(name);
+      // planRetention never selects these; checked again because deleting them is irreversible.
+      if (!snapshot || snapshot.protected || snapshot.clones.length > 0) continue;
+      try {
+        await backend.deleteSnapshot(key.pool, key.name, name, options);
+        await this.releaseSnapshot(snapshot);
+        removed++;
+      } catch (err) {
+        if (options.signal?.aborted) throw err;
+        failed.push(name);
+      }
+      options.onProgress?.(removed + failed.length, plan.deleted.length);
+    }
+    if (failed.length > 0) {
+      throw new RpcError('ABORTED', `pruned ${removed} of ${plan.deleted.length} snapshots of ${volumeLabel(key)}; could not delete ${failed.join(', ')}`);
+    }
+    return { kept: plan.kept, deleted: plan.deleted, removed };
+  }
+
+  // ---- RBD templates ---------------------------------------------------------------
+
+  /** Snapshot, then protect; the snapshot is removed again if protecting fails. */
+  async createTemplateSnapshot(pool: string, image: string, name: string, owner: string, options?: CallOptions): Promise<SnapshotInfo> {
+    const rbd = this.rbd();
+    const key: VolumeKey = { backend: 'rbd', pool, name: image };
+    // The proto declares no quota for templates, but a template is a snapshot and DeleteVolume gives its unit back.
+    await this.options.quotas.consume(owner, 'snapshots', 1);
+    let created: SnapshotInfo;
+    try {
+      created = await this.onVolume(key, () => rbd.createSnapshot({ pool, volume: image, name, label: 'template', owner }, options));
+    } catch (err) {
+      await this.options.quotas.release(owner, 'snapshots', 1);
+      throw err;
+    }
+    try {
+      await rbd.protectSnapshot(pool, image, name, options);
+    } catch (err) {
+      await rbd.deleteSnapshot(pool, image, name).catch(() => undefined);
+      await this.options.quotas.release(owner, 'snapshots', 1);
+      throw err;
+    }
+    return { ...created, protected: true };
+  }
+
+  /** Checks a clone can start (template exists and is protected), and what it will cost. */
+  async templateForClone(from: { pool: string; image: string; snapshot: string }, options?: CallOptions): Promise<VolumeInfo> {
+    const template = await this.getVolume({ backend: 'rbd', pool: from.pool, name: from.image }, options);
+    const snapshot = (await this.rbd().listSnapshots(from.pool, from.image, options)).find((s) => s.name === from.snapshot);
+    if (!snapshot) throw new RpcError('NOT_FOUND', `template snapshot rbd:${from.pool}/${from.image}@${from.snapshot} not found`);
+    if (!snapshot.protected) {
+      throw new RpcError('FAILED_PRECONDITION', `snapshot rbd:${from.pool}/${from.image}@${from.snapshot} is not a protected template; create it with CreateRbdTemplateSnapshot`);
+    }
+    return template;
+  }
+
+  /** Clones (and optionally flattens); on failure the half-made clone is removed. The caller holds its storage_gb. */
+  async clone(
+    from: { pool: string; image: string; snapshot: string },
+    to: { pool: string; image: string; owner: string },
+    flatten: boolean,
+    options: CallOptions & { onProgress?: (percent: number, stage: string) => void } = {},
+  ): Promise<VolumeInfo> {
+    const rbd = this.rbd();
+    options.onProgress?.(5, 'cloning');
+    let volume = await rbd.clone(from, to, options);
+    try {
+      if (flatten) {
+        options.onProgress?.(10, 'flattening');
+        await rbd.flatten(to.pool, to.image, { ...options, onProgress: (pct) => options.onProgress?.(10 + pct * 0.89, 'flattening') });
+        volume = await rbd.getVolume(to.pool, to.image, options);
+      }
+    } catch (err) {
+      await rbd.deleteVolume(to.pool, to.image).catch(() => undefined);
+      throw err;
+    }
+    return volume;
+  }
+
+  /** ALREADY_EXISTS naming `field` when the volume exists (checked before an operation starts). */
+  async refuseExisting(key: VolumeKey, field: string, options?: CallOptions): Promise<void> {
+    try {
+      await this.backend(key.backend).getVolume(key.pool, key.name, options);
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw err;
+    }
+    throw new RpcError('ALREADY_EXISTS', `${field}: volume ${volumeLabel(key)} already exists`);
+  }
+
+  /** Takes storage_gb for a volume about to be made; the returned quota goes on its operation (released if it fails). */
+  async chargeStorage(owner: string, sizeBytes: bigint): Promise<{ resource: 'storage_gb'; amount: number } | undefined> {
+    const amount = gibOf(sizeBytes);
+    if (amount <= 0) return undefined;
+    await this.options.quotas.consume(owner, 'storage_gb', amount);
+    return { resource: 'storage_gb', amount };
+  }
+
+  async releaseStorage(owner: string, amount: number): Promise<void> {
+    await this.options.quotas.release(owner, 'storage_gb', amount);
+  }
+
+  // ---- provisioning ----------------------------------------------------------------
+
+  imageTool(): ImageTool {
+    if (!this.options.images) throw new RpcError('FAILED_PRECONDITION', 'qemu-img is not available on this node');
+    return this.options.images;
+  }
+
+  /** Resolves and inspects the image before an operation starts: path and size errors come back at once. */
+  async inspectImage(imagePath: string, sizeBytes: bigint, options?: CallOptions): Promise<{ path: string; info: ImageInfo }> {
+    validateSize(sizeBytes, 'size_bytes');
+    const path = await resolveImagePath(this.options.imagesDir(), imagePath);
+    const info = await this.imageTool().info(path, options);
+    if (sizeBytes < info.virtualSizeBytes) {
+      throw new InvalidArgumentError('size_bytes', `${sizeBytes} is smaller than the image's virtual size of ${info.virtualSizeBytes} bytes`);
+    }
+    return { path, info };
+  }
+
+  /** Creates the volume and writes the image into it; on failure removes only the volume it created. */
+  async provision(
+    key: VolumeKey,
+    spec: { sizeBytes: bigint; tags: Record<string, string>; owner: string; imagePath: string },
+    options: CallOptions & { onProgress?: (percent: number, stage: string) => void } = {},
+  ): Promise<VolumeInfo> {
+    const { path, info } = await this.inspectImage(spec.imagePath, spec.sizeBytes, options);
+    const backend = this.backend(key.backend);
+    options.onProgress?.(2, 'creating volume');
+    // An existing volume fails here (ALREADY_EXISTS) and is never touched by the cleanup below.
+    const volume = await backend.createVolume({ pool: key.pool, name: key.name, sizeBytes: spec.sizeBytes, tags: validateTags(spec.tags), owner: spec.owner }, options);
+    try {
+      options.onProgress?.(5, `writing ${info.format} image`);
+      await this.imageTool().convert(path, info.format, backend.imageTarget(key.pool, key.name), {
+        ...options,
+        onProgress: (pct) => options.onProgress?.(5 + pct * 0.94, `writing ${info.format} image`),
+      });
+    } catch (err) {
+      await backend.deleteVolume(key.pool, key.name).catch(() => undefined);
+      throw err;
+    }
+    await this.settleRounding(spec.owner, spec.sizeBytes, volume.sizeBytes);
+    return volume;
+  }
+
+  // ---- quota recount ---------------------------------------------------------------
+
+  /** GiB of the volumes `principal` owns on every configured pool (RecomputeQuota). */
+  async storageOwnedBy(principal: string): Promise<number> {
+    let total = 0;
+    for (const backend of this.enabled()) {
+      for (const pool of backend.pools) {
+        for (const volume of await backend.listVolumes(pool)) if (volume.owner === principal) total += gibOf(volume.sizeBytes);
+      }
+    }
+    return total;
+  }
+
+  /** Snapshots `principal` created on every configured pool (RecomputeQuota). */
+  async snapshotsOwnedBy(principal: string): Promise<number> {
+    let total = 0;
+    for (const backend of this.enabled()) {
+      for (const pool of backend.pools) {
+        for (const volume of await backend.listVolumes(pool)) {
+          const snapshots = await backend.listSnapshots(pool, volume.name).catch((err: unknown) => {
+            if (isNotFound(err)) return [];
+            throw err;
+          });
+          total += snapshots.filter((s) => s.owner === principal).length;
+        }
+      }
+    }
+    return total;
+  }
+}
