@@ -31,7 +31,7 @@ function exhausted(principal: string, resource: string, limit: number, used: num
 }
 
 export class QuotaManager {
-  private readonly sources = new Map<CountedResource, UsageSource>();
+  private readonly sources = new Map<CountedResource, UsageSource[]>();
 
   constructor(
     private readonly store: Store,
@@ -117,9 +117,12 @@ export class QuotaManager {
     await this.store.delete(this.slotDir(principal) + segment(operationId));
   }
 
-  /** Backends register how to count what exists, so usage can be repaired (RecomputeQuota). */
+  /**
+   * Backends register how to count what exists, so usage can be repaired (RecomputeQuota). Several
+   * may count one resource (VM snapshots and volume snapshots are both `snapshots`): they are summed.
+   */
   registerUsageSource(resource: CountedResource, source: UsageSource): void {
-    this.sources.set(resource, source);
+    this.sources.set(resource, [...(this.sources.get(resource) ?? []), source]);
   }
 
   /** Limits and usage; concurrent operations are counted live from the slots. */
@@ -138,12 +141,13 @@ export class QuotaManager {
     const before = await this.view(principal);
     const notRecounted: QuotaResourceName[] = [];
     for (const resource of ['snapshots', 'storage_gb'] as const) {
-      const source = this.sources.get(resource);
-      if (!source) {
+      const sources = this.sources.get(resource) ?? [];
+      if (sources.length === 0) {
         notRecounted.push(resource);
         continue;
       }
-      const actual = await source(principal);
+      const counts = await Promise.all(sources.map((source) => source(principal)));
+      const actual = counts.reduce((sum, count) => sum + count, 0);
       await this.repos.quotas.mutate([principal, resource], (current) => ({
         ...(current ?? { schema_version: 1 as const, principal, resource }),
         used: actual,

@@ -40,6 +40,7 @@ import { migrationHandlers, registerMigrationOperationKinds } from '../services/
 import { NodeConnections } from '../migration/connections.js';
 import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
+import { VmSnapshotOwners } from '../vms/snapshot-owners.js';
 import { registerTestOperationKind, testingHandlers } from '../services/testing.js';
 import { OperationManager } from '../operations/manager.js';
 import { QuotaManager } from '../quota/manager.js';
@@ -208,6 +209,8 @@ export class Daemon {
         registry: metrics.registry,
       });
       registerShutdownOperationKind(operations, libvirt);
+      const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
+      quotas.registerUsageSource('snapshots', (principal) => snapshotOwners.countOwnedBy(principal));
       const storage = createStorage(config, settings, quotas, metrics.registry);
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
@@ -224,7 +227,7 @@ export class Daemon {
       const implemented: Record<string, Record<string, unknown>> = {
         [AccessService.typeName]: accessHandlers(admin, access),
         [OperationService.typeName]: operationHandlers(operations, access),
-        [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, node: () => config.node.name }),
+        [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),

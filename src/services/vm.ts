@@ -10,6 +10,7 @@ import { validateVmName } from '../backends/validate.js';
 import { globMatches, isValidResourceGlob } from '../authz/decide.js';
 import type { OperationManager } from '../operations/manager.js';
 import type { QuotaManager } from '../quota/manager.js';
+import type { VmSnapshotOwners } from '../vms/snapshot-owners.js';
 import type { HandlersOf } from '../server/adapter.js';
 import type { CallContext } from '../server/context.js';
 import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../server/errors.js';
@@ -105,11 +106,12 @@ export interface VmHandlerDeps {
   readonly libvirt: Libvirt;
   readonly operations: OperationManager;
   readonly quotas: QuotaManager;
+  readonly snapshotOwners: VmSnapshotOwners;
   /** This host's node name (Vm.node). */
   readonly node: () => string;
 }
 
-export function vmHandlers({ libvirt, operations, quotas, node }: VmHandlerDeps): HandlersOf<typeof VmService> {
+export function vmHandlers({ libvirt, operations, quotas, snapshotOwners, node }: VmHandlerDeps): HandlersOf<typeof VmService> {
   const get = async (vmName: string, ctx: CallContext) => vmMessage(await libvirt.getDomain(vmName, { signal: ctx.signal }), node());
 
   return {
@@ -177,9 +179,18 @@ export function vmHandlers({ libvirt, operations, quotas, node }: VmHandlerDeps)
     },
 
     // The snapshots quota unit is taken by the proto option (withDeclaredPolicies) and given back if this fails.
-    createVmSnapshot: async (request, ctx) => ({
-      snapshot: snapshotMessage(await libvirt.snapshotCreate(request.vmName, request.snapshotName, request.description || undefined, { signal: ctx.signal })),
-    }),
+    createVmSnapshot: async (request, ctx) => {
+      const principal = principalOf(ctx);
+      const snapshot = await libvirt.snapshotCreate(request.vmName, request.snapshotName, request.description || undefined, { signal: ctx.signal });
+      try {
+        await snapshotOwners.recordCreated(request.vmName, snapshot.name, principal.id);
+      } catch (err) {
+        // A snapshot nobody owns would keep its quota unit forever: undo it rather than half-do it.
+        await libvirt.snapshotDelete(request.vmName, snapshot.name).catch(() => undefined);
+        throw err;
+      }
+      return { snapshot: snapshotMessage(snapshot) };
+    },
 
     listVmSnapshots: async (request, ctx) => {
       const page = pageByOffset(await libvirt.snapshotList(request.vmName, { signal: ctx.signal }), request);
@@ -195,8 +206,8 @@ export function vmHandlers({ libvirt, operations, quotas, node }: VmHandlerDeps)
     deleteVmSnapshot: async (request, ctx) => {
       const principal = principalOf(ctx);
       const deleted = await libvirt.snapshotDelete(request.vmName, request.snapshotName, { signal: ctx.signal, children: request.deleteChildren });
-      // Snapshot ownership is not recorded: the deleting principal gets the units back (never below zero).
-      await quotas.release(principal.id, 'snapshots', deleted.length);
+      // Units go back to each snapshot's creator (never below zero).
+      for (const [owner, units] of await snapshotOwners.forgetDeleted(request.vmName, deleted, principal.id)) await quotas.release(owner, 'snapshots', units);
       return { deleted };
     },
   };

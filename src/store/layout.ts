@@ -10,6 +10,8 @@
 //   /debvisor/vms/<hostname>/<vm name>             a node's persistent VMs (definition XML, state), published by
 //                                                  that node's daemon with each self heartbeat; no lease, so it
 //                                                  outlives the node: FailoverVM reads it once the node is gone
+//   /debvisor/vm-snapshots/<hostname>/<vm>/<snap>  who created a VM snapshot (libvirt keeps no owner), so its
+//                                                  quota unit goes back to that principal on delete
 //   /debvisor/operations/<operation id>            long-running operations
 //   /debvisor/rpc/slots/<principal>/<operation id> concurrent-operation slots (on a daemon lease)
 //   /debvisor/rpc/idempotency/<principal>/<request id>  request_id → operation id
@@ -25,6 +27,7 @@ export const LAYOUT = {
   nodes: '/debvisor/nodes/',
   nodeLiveness: '/debvisor/liveness/nodes/',
   vmInventory: '/debvisor/vms/',
+  vmSnapshotOwners: '/debvisor/vm-snapshots/',
   operations: '/debvisor/operations/',
   slots: '/debvisor/rpc/slots/',
   idempotency: '/debvisor/rpc/idempotency/',

@@ -139,3 +139,14 @@ export const vmInventoryRecord = z.strictObject({
   published_at: isoTime,
 });
 export type VmInventoryRecord = z.infer<typeof vmInventoryRecord>;
+
+/** The principal that created a VM snapshot; libvirt's snapshot XML has no place for it. */
+export const vmSnapshotOwnerRecord = z.strictObject({
+  schema_version: version1,
+  node: z.string().min(1),
+  vm: z.string().min(1),
+  snapshot: z.string().min(1),
+  owner: z.string().min(1),
+  created_at: isoTime,
+});
+export type VmSnapshotOwnerRecord = z.infer<typeof vmSnapshotOwnerRecord>;

@@ -1,6 +1,6 @@
 // The typed repositories the services use, all on one store.
 import { LAYOUT } from './layout.js';
-import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord, vmInventoryRecord } from './records.js';
+import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord, vmInventoryRecord, vmSnapshotOwnerRecord } from './records.js';
 import { Repository } from './repository.js';
 import type { Store } from './store.js';
 
@@ -15,6 +15,8 @@ export function createRepositories(store: Store) {
     operations: new Repository(store, LAYOUT.operations, operationRecord),
     /** Id: [node hostname, VM name]. */
     vmInventory: new Repository(store, LAYOUT.vmInventory, vmInventoryRecord),
+    /** Id: [node hostname, VM name, snapshot name]. */
+    vmSnapshotOwners: new Repository(store, LAYOUT.vmSnapshotOwners, vmSnapshotOwnerRecord),
   };
 }
 

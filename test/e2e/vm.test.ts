@@ -202,6 +202,32 @@ describe('VmService against a real libvirtd', () => {
     await vms.destroyVm({ vmName: 'vm1' }, T);
   });
 
+  it('gives the unit of a deleted snapshot back to its creator, and RecomputeQuota counts VM snapshots', async () => {
+    const OPERATOR = 'spiffe://debvisor/vm-test/operator';
+    await access.bindRole({ principal: OPERATOR, roleName: 'operator' }, T);
+    const operator = await clientFor(VmService, daemon, await issueClientFor(daemon.pki, OPERATOR));
+    closers.push(operator);
+    const usedBy = async (principal: string) => (await access.getQuota({ principal }, T)).quotas.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used ?? 0n;
+    const adminUsed = await snapshotsUsed();
+
+    await operator.createVmSnapshot({ vmName: 'web-1', snapshotName: 'ops-a' }, T);
+    await operator.createVmSnapshot({ vmName: 'web-1', snapshotName: 'ops-b' }, T);
+    expect(await usedBy(OPERATOR)).toBe(2n);
+    // An admin cleans up one of them: the unit returns to the operator who made it.
+    await vms.deleteVmSnapshot({ vmName: 'web-1', snapshotName: 'ops-a' }, T);
+    expect(await usedBy(OPERATOR)).toBe(1n);
+    expect(await snapshotsUsed()).toBe(adminUsed);
+
+    // A snapshot removed behind the daemon's back is found by the recount.
+    await run(VIRSH, ['-q', '-c', lv.uri, 'snapshot-delete', '--domain', 'web-1', '--snapshotname', 'ops-b'], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } });
+    await operator.createVmSnapshot({ vmName: 'web-1', snapshotName: 'ops-c' }, T);
+    expect(await usedBy(OPERATOR)).toBe(2n);
+    await access.recomputeQuota({ principal: OPERATOR }, T);
+    expect(await usedBy(OPERATOR)).toBe(1n);
+    await operator.deleteVmSnapshot({ vmName: 'web-1', snapshotName: 'ops-c' }, T);
+    expect(await usedBy(OPERATOR)).toBe(0n);
+  });
+
   it('ShutdownVm with wait runs as an Operation of kind SHUTDOWN_VM', async () => {
     await vms.startVm({ vmName: 'web-2' }, T);
     const started = await vms.shutdownVm({ vmName: 'web-2', wait: true, timeout: durationFromMs(5000), forceAfterTimeout: true }, T);
