@@ -187,10 +187,12 @@ describe('LvmBackend snapshots on a real VG', () => {
     expect(await backend.getVolume(vg, 'disk0')).toMatchObject({ sizeBytes: 68n * MiB, owner: 'user:alice@example.com' });
   });
 
-  it('removes an origin together with its snapshots (what callers must check for first)', async () => {
+  it('refuses to delete an origin while it has snapshots (lvremove -f would take them along)', async () => {
     expect(await backend.listSnapshots(vg, 'disk0')).toHaveLength(1);
+    expectExec(await rejection(backend.deleteVolume(vg, 'disk0')), 'busy', Status.ABORTED, 'the volume has snapshots; delete them first');
+    expect((await backend.listSnapshots(vg, 'disk0')).map((s) => s.name)).toEqual(['disk0-b']);
+    await backend.deleteSnapshot(vg, 'disk0', 'disk0-b');
     await backend.deleteVolume(vg, 'disk0');
     expect((await backend.listVolumes(vg)).map((v) => v.name)).toEqual(['disk2']);
-    expectExec(await rejection(backend.deleteSnapshot(vg, 'disk0', 'disk0-b')), 'not_found', Status.NOT_FOUND, 'the snapshot does not exist');
   });
 });

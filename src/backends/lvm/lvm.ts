@@ -5,7 +5,7 @@
 // - Volumes are linear (thick) LVs; snapshots are thick COW snapshots sized as a percentage of
 //   the origin (option snapshotCowPercent; 100 = can never overflow and be invalidated), by explicit size.
 // - LVM_SYSTEM_DIR comes from the options only (a private lvm.conf), never from the daemon's env.
-// - lvremove of an origin also removes its snapshots: the caller checks listSnapshots first.
+// - An origin is never removed with its snapshots (lvremove -f would): deleteVolume refuses it.
 import { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type Executor, type SpawnEvent } from '../exec.js';
 import { validateLvName, validateSnapshotName, validateVgName } from '../validate.js';
@@ -142,11 +142,17 @@ export class LvmBackend implements VolumeBackend {
     return this.getVolume(vg, lv, options);
   }
 
-  /** Removes the LV. LVM removes an origin's snapshots with it: callers refuse first when there are some. */
+  /**
+   * Removes the LV. Refused (`busy`, as rbd refuses an image with snapshots) while it has snapshots:
+   * `lvremove -f` would silently take them along, and with them their owners' quota units.
+   */
   async deleteVolume(pool: string, name: string, options: ProgressOptions = {}): Promise<void> {
     const vg = this.vg(pool);
     const lv = validateLvName(name, 'name');
-    await this.volumeRow(vg, lv, options);
+    const row = await this.volumeRow(vg, lv, options);
+    if (row.lv_role.split(',').includes('origin')) {
+      throw new ExecError({ kind: 'busy', backend: 'lvm', command: 'lvs', publicMessage: 'the volume has snapshots; delete them first' });
+    }
     await this.lvm(['lvremove', '-f', `${vg}/${lv}`], options);
   }
 
