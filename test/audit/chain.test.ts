@@ -17,6 +17,17 @@ function copy(name: string): string {
   return target;
 }
 
+/** Indexes (0-based) of the lines that start a batch, and of those that seal one. */
+function batchLines(lines: string[]): { starts: number[]; seals: number[] } {
+  const starts: number[] = [];
+  const seals: number[] = [];
+  lines.forEach((line, index) => {
+    if (line.includes(',"prev":"')) starts.push(index);
+    if (/,"hmac":"[0-9a-f]{64}"\}$/.test(line)) seals.push(index);
+  });
+  return { starts, seals };
+}
+
 function failure(result: VerifyResult): Extract<VerifyResult, { ok: false }> {
   if (result.ok) throw new Error(`expected a verification failure, got ${JSON.stringify(result)}`);
   return result;
@@ -46,7 +57,16 @@ describe('audit chain', () => {
     expect(entries.map((entry) => entry.seq)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1));
     // File order is the order of the calls.
     expect(entries.map((entry) => entry.trace_id)).toEqual(Array.from({ length: 1000 }, (_, i) => `trace-${i + 1}`));
-    expect(Object.keys(entries[0]!)).toEqual(['time', 'trace_id', 'type', 'principal', 'source', 'method', 'decision', 'code', 'duration_ms', 'request', 'object', 'seq', 'hmac']);
+    const fields = ['time', 'trace_id', 'type', 'principal', 'source', 'method', 'decision', 'code', 'duration_ms', 'request', 'object', 'seq'];
+    // A batch: its first entry links to the previous batch, its last one carries the MAC.
+    const { starts, seals } = batchLines(readLines(file));
+    expect(starts[0]).toBe(0);
+    expect(seals.at(-1)).toBe(999);
+    expect(starts.length).toBe(seals.length);
+    expect(starts.length).toBeGreaterThan(3);
+    expect(Object.keys(entries[0]!)).toEqual(seals[0] === 0 ? [...fields, 'prev', 'hmac'] : [...fields, 'prev']);
+    expect(Object.keys(entries[999]!)).toEqual(starts.at(-1) === 999 ? [...fields, 'prev', 'hmac'] : [...fields, 'hmac']);
+    expect(entries[0]!.prev).toBe('');
     expect(verifyAuditFiles([file], key)).toEqual({ ok: true, entries: 1000, files: 1, firstSeq: 1, lastSeq: 1000, startsMidChain: false });
   });
 
@@ -55,21 +75,52 @@ describe('audit chain', () => {
     const lines = readLines(target);
     lines[499] = lines[499]!.replace('"decision":"allow"', '"decision":"deny"');
     writeLines(target, lines);
-    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
+    // Located to its batch: the one holding line 500.
+    const { starts, seals } = batchLines(lines);
+    const first = starts.filter((start) => start <= 499).at(-1)!;
+    const last = seals.find((seal) => seal >= 499)!;
+    const result = failure(verifyAuditFiles([target], key));
+    expect(result).toMatchObject({ problem: 'modified', line: first + 1, lastLine: last + 1, seq: first + 1, entries: first });
+    expect(result.message).toContain(`seq ${first + 1}–${last + 1}`);
+  });
+
+  it("detects a change in a batch's sealing entry, and a changed link between batches", () => {
+    const target = copy('moved-across.log');
+    const lines = readLines(target);
+    const seal = batchLines(lines).seals[1]!;
+    lines[seal] = lines[seal]!.replace('"object":"vm/web-', '"object":"vm/web-x');
+    writeLines(target, lines);
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', lastLine: seal + 1 });
+
+    const relinked = copy('relinked.log');
+    const lines2 = readLines(relinked);
+    const start = batchLines(lines2).starts[2]!;
+    lines2[start] = lines2[start]!.replace(/"prev":"(.)/, (_, c: string) => `"prev":"${c === '0' ? '1' : '0'}`);
+    writeLines(relinked, lines2);
+    expect(failure(verifyAuditFiles([relinked], key))).toMatchObject({ problem: 'modified', line: start + 1 });
   });
 
   it('detects a changed seq (and a changed hmac) as modified', () => {
     const target = copy('modified-seq.log');
     const lines = readLines(target);
-    lines[499] = lines[499]!.replace('"seq":500,', '"seq":900,');
+    lines[499] = lines[499]!.replace(/"seq":500([,}])/, '"seq":900$1');
+    expect(lines[499]).toContain('"seq":900');
     writeLines(target, lines);
     expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
 
     const target2 = copy('modified-hmac.log');
     const lines2 = readLines(target2);
-    lines2[41] = lines2[41]!.replace(/"hmac":"(.)/, (_, c: string) => `"hmac":"${c === '0' ? '1' : '0'}`);
+    const seal = batchLines(lines2).seals[1]!;
+    lines2[seal] = lines2[seal]!.replace(/"hmac":"(.)/, (_, c: string) => `"hmac":"${c === '0' ? '1' : '0'}`);
     writeLines(target2, lines2);
-    expect(failure(verifyAuditFiles([target2], key))).toMatchObject({ problem: 'modified', line: 42 });
+    expect(failure(verifyAuditFiles([target2], key))).toMatchObject({ problem: 'modified', lastLine: seal + 1 });
+
+    // The MAC member removed altogether: the batch runs into the next one.
+    const target3 = copy('unsealed.log');
+    const lines3 = readLines(target3);
+    lines3[seal] = lines3[seal]!.replace(/,"hmac":"[0-9a-f]{64}"\}$/, '}');
+    writeLines(target3, lines3);
+    expect(failure(verifyAuditFiles([target3], key))).toMatchObject({ problem: 'modified', line: seal + 2 });
   });
 
   it('detects a deleted line 300 at that position', () => {
@@ -78,8 +129,27 @@ describe('audit chain', () => {
     lines.splice(299, 1);
     writeLines(target, lines);
     const result = failure(verifyAuditFiles([target], key));
-    expect(result).toMatchObject({ problem: 'deleted', line: 300, seq: 301, entries: 299 });
+    expect(result).toMatchObject({ problem: 'deleted', line: 300, seq: 301 });
+    expect(result.entries).toBeLessThan(300);
     expect(result.message).toContain('seq 300');
+  });
+
+  it('detects a whole batch deleted, and the last batch cut short', () => {
+    const target = copy('batch-deleted.log');
+    const lines = readLines(target);
+    const { starts } = batchLines(lines);
+    const [from, to] = [starts[2]!, starts[3]!];
+    lines.splice(from, to - from);
+    writeLines(target, lines);
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'deleted', line: from + 1, seq: to + 1 });
+
+    // Lines removed from the end, down to the middle of the last batch: its seal is gone.
+    const cut = copy('cut.log');
+    const lines2 = readLines(cut);
+    const lastStart = batchLines(lines2).starts.at(-1)!;
+    expect(lastStart).toBeLessThan(998);
+    writeLines(cut, lines2.slice(0, 999));
+    expect(failure(verifyAuditFiles([cut], key))).toMatchObject({ problem: 'deleted', line: lastStart + 1, seq: lastStart + 1 });
   });
 
   it('detects swapped lines 10 and 11 as reordered at line 10', () => {
@@ -108,10 +178,24 @@ describe('audit chain', () => {
     expect(failure(verifyAuditFiles([file], Buffer.alloc(32, 7)))).toMatchObject({ problem: 'modified', line: 1 });
   });
 
-  it('accepts a file whose predecessor is gone, and says so', () => {
+  it('accepts a file whose predecessor is gone, and says so; checks its first batch all the same', () => {
     const target = copy('tail.log');
-    writeLines(target, readLines(target).slice(600));
-    expect(verifyAuditFiles([target], key)).toEqual({ ok: true, entries: 400, files: 1, firstSeq: 601, lastSeq: 1000, startsMidChain: true });
+    const lines = readLines(target);
+    const start = batchLines(lines).starts.find((index) => index >= 600)!;
+    writeLines(target, lines.slice(start));
+    expect(verifyAuditFiles([target], key)).toEqual({ ok: true, entries: 1000 - start, files: 1, firstSeq: start + 1, lastSeq: 1000, startsMidChain: true });
+    const changed = lines.slice(start);
+    changed[0] = changed[0]!.replace('"code":"OK"', '"code":"NOT_FOUND"');
+    writeLines(target, changed);
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 1 });
+  });
+
+  it('reports a file that starts in the middle of a batch (its head cut off)', () => {
+    const target = copy('headless.log');
+    const lines = readLines(target);
+    const start = batchLines(lines).starts.find((index) => index >= 600)!;
+    writeLines(target, lines.slice(start + 1));
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'deleted', line: 1, seq: start + 2 });
   });
 });
 

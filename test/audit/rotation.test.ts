@@ -132,6 +132,28 @@ describe('recovery on open', () => {
     expect(verifyAuditFiles([path], keyOf(dir))).toMatchObject({ ok: true, entries: 4 });
   });
 
+  it('removes the entries of a batch whose write was interrupted (no seal) and continues the chain', async () => {
+    let log = await openLog(dir);
+    await log.writeDurable(event(1));
+    for (let i = 2; i <= 5; i++) log.write(event(i));
+    await log.close();
+    const lines = readLines(path);
+    expect(lines).toHaveLength(5);
+    // The crash hit after the batch's first lines were written, before its seal.
+    writeFileSync(path, `${lines.slice(0, 3).join('\n')}\n${lines[3]!.slice(0, 20)}`);
+    const warnings: string[] = [];
+    log = await openLog(dir, { onWarning: (message) => warnings.push(message) });
+    expect(warnings.join()).toContain('2 entries of a batch whose write was interrupted');
+    expect(log.stats.lastSeq).toBe(1);
+    await log.writeDurable(event(6));
+    await log.close();
+    expect(parseLines(path).map((entry) => [entry.seq, entry.trace_id])).toEqual([
+      [1, 'trace-1'],
+      [2, 'trace-6'],
+    ]);
+    expect(verifyAuditFiles([path], keyOf(dir))).toMatchObject({ ok: true, entries: 2 });
+  });
+
   it('keeps a complete last entry that only lacks its newline', async () => {
     let log = await openLog(dir);
     for (let i = 1; i <= 2; i++) await log.writeDurable(event(i));
