@@ -106,7 +106,7 @@ export function identity(deps: IdentityDeps): Step {
         if (err instanceof UnauthenticatedError) fail(state, path, ip, method, err);
         throw err;
       }
-      deps.metrics.authAttempts.inc({ method, result: 'success' });
+      deps.metrics.authSucceeded(method);
       state.principal = principal;
       state.roles = deps.roleNamesOf(principal.id);
       if (deps.guard.noteSource(principal.id, ip)) {

@@ -2,12 +2,12 @@
 // final status for metrics and the access log.
 import { Metadata, status as Status, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
-import type { Counter, Histogram } from 'prom-client';
+import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { attachCallState, type CallState } from '../server/context.js';
 import { TRACE_ID_KEY } from '../server/errors.js';
 import { traceIdFrom, newTraceId } from '../server/trace.js';
-import type { Metrics } from '../observability/metrics.js';
+import type { HistogramCell, Metrics } from '../observability/metrics.js';
 import type { ChainSpec, ObservedCall } from './step.js';
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;
@@ -23,8 +23,9 @@ interface CodeMetrics {
   pending: number;
   readonly requests: Counter.Internal;
   readonly handled: Counter.Internal;
-  readonly duration: Histogram.Internal<string>;
-  readonly handling: Histogram.Internal<string>;
+  /** Histogram cells: plain-number updates, merged into prom-client on collect. */
+  readonly duration: HistogramCell;
+  readonly handling: HistogramCell;
 }
 
 /** The label sets of one method, built once: registered methods only, so this stays small. */
@@ -68,8 +69,8 @@ function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): Co
       pending: 0,
       requests: metrics.rpcRequests.labels({ ...labels.duration, status: code }),
       handled: metrics.grpcHandled.labels({ ...labels.handling, grpc_code: code }),
-      duration: metrics.rpcDuration.labels(labels.duration),
-      handling: metrics.grpcHandling.labels(labels.handling),
+      duration: metrics.rpcDuration.cell(labels.duration),
+      handling: metrics.grpcHandling.cell(labels.handling),
     };
     labels.byCode.set(status, entry);
   }
