@@ -47,46 +47,31 @@ export interface AuditEntry extends AuditEvent {
 }
 
 /**
- * `,"name":<JSON of value>`, or '' where JSON.stringify would leave the member out of
- * an object (undefined, functions, symbols). `name` is one of the fixed keys below.
- */
-function member(name: string, value: unknown): string {
-  if (value === undefined) return '';
-  const json = JSON.stringify(value) as string | undefined;
-  return json === undefined ? '' : `,"${name}":${json}`;
-}
-
-/** `{` + members (each starting with a comma) + `}`. */
-function object(members: string): string {
-  return `{${members.slice(1)}}`;
-}
-
-/**
  * Serializes an event with a fixed key order (the order of AuditEvent above), so the
  * canonical form of a line does not depend on how the caller built the object.
- * Unknown keys on the input are dropped. Written out member by member, with no
- * intermediate object (it runs for every call); every value goes through JSON.stringify,
- * so the output is exactly JSON.stringify of the same object built in this key order.
+ * Unknown keys on the input are dropped.
  */
 export function serializeEvent(event: AuditEventInput, defaultTime: () => string): string {
+  const out: Record<string, unknown> = {
+    time: event.time ?? defaultTime(),
+    trace_id: event.trace_id,
+    type: event.type,
+  };
   const p = event.principal;
-  const principal =
-    p === undefined
-      ? ''
-      : `,"principal":${object(member('id', p.id) + member('kind', p.kind) + member('roles', p.roles) + member('cert_fingerprint', p.cert_fingerprint) + member('key_id', p.key_id))}`;
-  return object(
-    member('time', event.time ?? defaultTime()) +
-      member('trace_id', event.trace_id) +
-      member('type', event.type) +
-      principal +
-      member('source', event.source) +
-      member('method', event.method) +
-      member('decision', event.decision) +
-      member('code', event.code) +
-      member('duration_ms', event.duration_ms) +
-      member('request', event.request) +
-      member('object', event.object) +
-      member('reason', event.reason) +
-      member('details', event.details),
-  );
+  if (p !== undefined) {
+    const principal: Record<string, unknown> = { id: p.id, kind: p.kind, roles: p.roles };
+    if (p.cert_fingerprint !== undefined) principal.cert_fingerprint = p.cert_fingerprint;
+    if (p.key_id !== undefined) principal.key_id = p.key_id;
+    out.principal = principal;
+  }
+  if (event.source !== undefined) out.source = event.source;
+  if (event.method !== undefined) out.method = event.method;
+  if (event.decision !== undefined) out.decision = event.decision;
+  if (event.code !== undefined) out.code = event.code;
+  if (event.duration_ms !== undefined) out.duration_ms = event.duration_ms;
+  if (event.request !== undefined) out.request = event.request;
+  if (event.object !== undefined) out.object = event.object;
+  if (event.reason !== undefined) out.reason = event.reason;
+  if (event.details !== undefined) out.details = event.details;
+  return JSON.stringify(out);
 }
