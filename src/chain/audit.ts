@@ -65,7 +65,7 @@ export function audit(deps: AuditDeps): Step {
       if (state.principal) event.principal = auditPrincipal(state.principal, state.roles ?? []);
       if (state.decision) event.decision = state.decision;
       event.code = CODE_NAMES[status.code] ?? String(status.code);
-      event.duration_ms = Number(process.hrtime.bigint() - state.startedAt) / 1e6;
+      event.duration_ms = performance.now() - state.startedAt;
       if (entry && state.request !== undefined) {
         if (deps.level === 'request') event.request = redactRequest(entry.method.input, state.request as Message, deps.level);
         event.object = objectOf(entry.method, state.request);

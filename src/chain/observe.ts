@@ -79,7 +79,7 @@ function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): Co
 
 /** Step 1 for one call. Built when grpc-js creates the call, so `startedAt` covers the whole chain. */
 class Observation implements ObservedCall {
-  private readonly startedAt = process.hrtime.bigint();
+  private readonly startedAt = performance.now();
   private traceId: string | undefined;
 
   constructor(
@@ -99,7 +99,7 @@ class Observation implements ObservedCall {
 
   end(status: PartialStatusObject): PartialStatusObject {
     const { metrics, labels, log } = this;
-    const seconds = Number(process.hrtime.bigint() - this.startedAt) / 1e9;
+    const seconds = (performance.now() - this.startedAt) / 1000;
     const counts = codeMetrics(metrics, labels, status.code);
     counts.pending++;
     counts.duration.observe(seconds);
@@ -114,7 +114,7 @@ class Observation implements ObservedCall {
         'rpc finished',
       );
     }
-    return { ...status, metadata: trailers };
+    return { code: status.code, details: status.details, metadata: trailers };
   }
 }
 

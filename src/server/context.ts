@@ -7,7 +7,8 @@ import type { Principal } from '../authn/principal.js';
 
 export interface CallState {
   readonly traceId: string;
-  readonly startedAt: bigint;
+  /** performance.now() when grpc-js created the call (a double: no BigInt per call). */
+  readonly startedAt: number;
   /** `/package.Service/Method` */
   readonly path: string;
   readonly peer: string;
