@@ -38,18 +38,23 @@ export function batchMac(key: ChainKey, canonicals: readonly string[]): string {
 
 /**
  * Seals serialized events (JSON objects) as one batch whose first entry gets `firstSeq`:
- * the lines joined by "\n" (no trailing newline) and the batch's hmac.
+ * the lines as UTF-8, each ending with "\n" (after `lead`, e.g. a newline the file still
+ * needs), and the batch's hmac. Encoded once: the MAC is computed over the same bytes
+ * that are written.
  */
-export function sealBatch(key: ChainKey, prevHmac: string, eventJsons: readonly string[], firstSeq: number): { text: string; hmac: string } {
-  let body = '';
+export function sealBatch(key: ChainKey, prevHmac: string, eventJsons: readonly string[], firstSeq: number, lead = ''): { data: Buffer; hmac: string } {
+  const canonicals = new Array<string>(eventJsons.length);
   for (let i = 0; i < eventJsons.length; i++) {
     const json = eventJsons[i] ?? '{}';
-    const link = i === 0 ? `,"prev":"${prevHmac}"` : '';
-    body += `${i === 0 ? '' : '\n'}${json.slice(0, -1)},"seq":${firstSeq + i}${link}}`;
+    canonicals[i] = `${json.slice(0, -1)},"seq":${firstSeq + i}${i === 0 ? `,"prev":"${prevHmac}"` : ''}}`;
   }
-  // The body is canonical_1 "\n" … canonical_k: exactly the MAC input.
-  const hmac = createHmac('sha256', key).update(body).digest('hex');
-  return { text: `${body.slice(0, -1)},"hmac":"${hmac}"}`, hmac };
+  // lead, then canonical_1 "\n" … canonical_k: the part after `lead` is exactly the MAC input.
+  const body = Buffer.from(lead + canonicals.join('\n'));
+  const leadBytes = Buffer.byteLength(lead);
+  const hmac = createHmac('sha256', key).update(body.subarray(leadBytes)).digest('hex');
+  // The seal goes inside the last entry's closing brace.
+  const data = Buffer.concat([body.subarray(0, body.length - 1), Buffer.from(`,"hmac":"${hmac}"}\n`)]);
+  return { data, hmac };
 }
 
 export interface ParsedLine {

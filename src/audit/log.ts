@@ -434,10 +434,10 @@ export class AuditLog {
     try {
       if (this.needsResync) await this.resync();
       await this.maybeRotate();
-      const sealed = sealBatch(this.key, prev, jsons, seq + 1);
+      const sealed = sealBatch(this.key, prev, jsons, seq + 1, this.needsNewline ? '\n' : '');
       seq += jsons.length;
       prev = sealed.hmac;
-      const data = Buffer.from(`${this.needsNewline ? '\n' : ''}${sealed.text}\n`);
+      const data = sealed.data;
       length = data.length;
       await this.writeFully(data);
       operation = 'fsync';
