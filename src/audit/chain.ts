@@ -36,25 +36,34 @@ export function batchMac(key: ChainKey, canonicals: readonly string[]): string {
   return createHmac('sha256', key).update(canonicals.join('\n')).digest('hex');
 }
 
+const NEWLINE = 0x0a;
+const SEAL_BYTES = HMAC_MEMBER_LENGTH + 1; // ,"hmac":"<64 hex>"} and the newline
+
 /**
  * Seals serialized events (JSON objects) as one batch whose first entry gets `firstSeq`:
  * the lines as UTF-8, each ending with "\n" (after `lead`, e.g. a newline the file still
- * needs), and the batch's hmac. Encoded once: the MAC is computed over the same bytes
- * that are written.
+ * needs), and the batch's hmac. Each event is encoded once, straight into the batch's
+ * buffer, and the MAC is computed over the very bytes that are written.
  */
 export function sealBatch(key: ChainKey, prevHmac: string, eventJsons: readonly string[], firstSeq: number, lead = ''): { data: Buffer; hmac: string } {
-  const canonicals = new Array<string>(eventJsons.length);
+  // Exact event sizes, plus per entry at most ,"seq":<16 digits>} and a newline.
+  let capacity = Buffer.byteLength(lead) + ',"prev":""'.length + prevHmac.length + SEAL_BYTES;
+  for (const json of eventJsons) capacity += Buffer.byteLength(json) + 32;
+  const buffer = Buffer.allocUnsafe(capacity);
+  let end = buffer.write(lead, 0);
+  const macFrom = end;
   for (let i = 0; i < eventJsons.length; i++) {
-    const json = eventJsons[i] ?? '{}';
-    canonicals[i] = `${json.slice(0, -1)},"seq":${firstSeq + i}${i === 0 ? `,"prev":"${prevHmac}"` : ''}}`;
+    // The event without its closing brace, then its chain members and the brace again.
+    end += buffer.write(eventJsons[i] ?? '{}', end) - 1;
+    end += buffer.write(i === 0 ? `,"seq":${firstSeq},"prev":"${prevHmac}"}` : `,"seq":${firstSeq + i}}`, end, 'latin1');
+    buffer[end++] = NEWLINE;
   }
-  // lead, then canonical_1 "\n" … canonical_k: the part after `lead` is exactly the MAC input.
-  const body = Buffer.from(lead + canonicals.join('\n'));
-  const leadBytes = Buffer.byteLength(lead);
-  const hmac = createHmac('sha256', key).update(body.subarray(leadBytes)).digest('hex');
+  // canonical_1 "\n" … canonical_k: the bytes before the last newline.
+  const hmac = createHmac('sha256', key).update(buffer.subarray(macFrom, end - 1)).digest('hex');
   // The seal goes inside the last entry's closing brace.
-  const data = Buffer.concat([body.subarray(0, body.length - 1), Buffer.from(`,"hmac":"${hmac}"}\n`)]);
-  return { data, hmac };
+  end -= 2;
+  end += buffer.write(`,"hmac":"${hmac}"}\n`, end, 'latin1');
+  return { data: buffer.subarray(0, end), hmac };
 }
 
 export interface ParsedLine {

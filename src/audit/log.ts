@@ -170,13 +170,23 @@ export class AuditLog {
   private readonly customClock: boolean;
   private lastTimeMs = NaN;
   private lastTimeIso = '';
-  /** The event time: with the real clock, one Date and ISO string per millisecond, not per event. */
+  private lastSecond = NaN;
+  /** "YYYY-MM-DDTHH:MM:SS." of lastSecond. */
+  private lastSecondPrefix = '';
+  /** The event time: with the real clock, one Date and ISO string per second, the milliseconds appended. */
   private readonly defaultTime = (): string => {
     if (this.customClock) return this.now().toISOString();
     const ms = Date.now();
     if (ms !== this.lastTimeMs) {
       this.lastTimeMs = ms;
-      this.lastTimeIso = new Date(ms).toISOString();
+      const second = Math.floor(ms / 1000);
+      if (second !== this.lastSecond) {
+        this.lastSecond = second;
+        const iso = new Date(second * 1000).toISOString();
+        this.lastSecondPrefix = iso.slice(0, iso.length - 4);
+      }
+      const milli = ms - second * 1000;
+      this.lastTimeIso = `${this.lastSecondPrefix}${milli < 10 ? '00' : milli < 100 ? '0' : ''}${milli}Z`;
     }
     return this.lastTimeIso;
   };

@@ -65,7 +65,8 @@ export function audit(deps: AuditDeps): Step {
       if (state.principal) event.principal = auditPrincipal(state.principal, state.roles ?? []);
       if (state.decision) event.decision = state.decision;
       event.code = CODE_NAMES[status.code] ?? String(status.code);
-      event.duration_ms = performance.now() - state.startedAt;
+      // Microsecond resolution: shorter to print (this is per call) and finer than any reader needs.
+      event.duration_ms = Math.round((performance.now() - state.startedAt) * 1000) / 1000;
       if (entry && state.request !== undefined) {
         if (deps.level === 'request') event.request = redactRequest(entry.method.input, state.request as Message, deps.level);
         event.object = objectOf(entry.method, state.request);
