@@ -28,6 +28,20 @@ function batchLines(lines: string[]): { starts: number[]; seals: number[] } {
   return { starts, seals };
 }
 
+/** The line with the first hex digit of its `member` ("prev" or "hmac") changed. */
+function flipFirstHex(line: string, member: 'prev' | 'hmac'): string {
+  return line.replace(new RegExp(`"${member}":"(.)`), (_, c: string) => `"${member}":"${c === '0' ? '1' : '0'}`);
+}
+
+/** Verifies a copy of the log with `edit` applied to its lines (given where its batches start and end); expects a failure. */
+function failureOfEdited(name: string, edit: (lines: string[], batches: { starts: number[]; seals: number[] }) => void): Extract<VerifyResult, { ok: false }> {
+  const target = copy(name);
+  const lines = readLines(target);
+  edit(lines, batchLines(lines));
+  writeLines(target, lines);
+  return failure(verifyAuditFiles([target], key));
+}
+
 function failure(result: VerifyResult): Extract<VerifyResult, { ok: false }> {
   if (result.ok) throw new Error(`expected a verification failure, got ${JSON.stringify(result)}`);
   return result;
@@ -85,42 +99,27 @@ describe('audit chain', () => {
   });
 
   it("detects a change in a batch's sealing entry, and a changed link between batches", () => {
-    const target = copy('moved-across.log');
-    const lines = readLines(target);
-    const seal = batchLines(lines).seals[1]!;
-    lines[seal] = lines[seal]!.replace('"object":"vm/web-', '"object":"vm/web-x');
-    writeLines(target, lines);
-    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', lastLine: seal + 1 });
-
-    const relinked = copy('relinked.log');
-    const lines2 = readLines(relinked);
-    const start = batchLines(lines2).starts[2]!;
-    lines2[start] = lines2[start]!.replace(/"prev":"(.)/, (_, c: string) => `"prev":"${c === '0' ? '1' : '0'}`);
-    writeLines(relinked, lines2);
-    expect(failure(verifyAuditFiles([relinked], key))).toMatchObject({ problem: 'modified', line: start + 1 });
+    const { seals, starts } = batchLines(readLines(file));
+    const seal = seals[1]!;
+    const start = starts[2]!;
+    expect(failureOfEdited('sealing-entry.log', (edited) => (edited[seal] = edited[seal]!.replace('"object":"vm/web-', '"object":"vm/web-x')))).toMatchObject({
+      problem: 'modified',
+      lastLine: seal + 1,
+    });
+    expect(failureOfEdited('relinked.log', (edited) => (edited[start] = flipFirstHex(edited[start]!, 'prev')))).toMatchObject({ problem: 'modified', line: start + 1 });
   });
 
   it('detects a changed seq (and a changed hmac) as modified', () => {
-    const target = copy('modified-seq.log');
-    const lines = readLines(target);
-    lines[499] = lines[499]!.replace(/"seq":500([,}])/, '"seq":900$1');
-    expect(lines[499]).toContain('"seq":900');
-    writeLines(target, lines);
-    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
+    const changedSeq = failureOfEdited('modified-seq.log', (lines) => {
+      lines[499] = lines[499]!.replace(/"seq":500([,}])/, '"seq":900$1');
+      expect(lines[499]).toContain('"seq":900');
+    });
+    expect(changedSeq).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
 
-    const target2 = copy('modified-hmac.log');
-    const lines2 = readLines(target2);
-    const seal = batchLines(lines2).seals[1]!;
-    lines2[seal] = lines2[seal]!.replace(/"hmac":"(.)/, (_, c: string) => `"hmac":"${c === '0' ? '1' : '0'}`);
-    writeLines(target2, lines2);
-    expect(failure(verifyAuditFiles([target2], key))).toMatchObject({ problem: 'modified', lastLine: seal + 1 });
-
+    const seal = batchLines(readLines(file)).seals[1]!;
+    expect(failureOfEdited('modified-hmac.log', (lines) => (lines[seal] = flipFirstHex(lines[seal]!, 'hmac')))).toMatchObject({ problem: 'modified', lastLine: seal + 1 });
     // The MAC member removed altogether: the batch runs into the next one.
-    const target3 = copy('unsealed.log');
-    const lines3 = readLines(target3);
-    lines3[seal] = lines3[seal]!.replace(/,"hmac":"[0-9a-f]{64}"\}$/, '}');
-    writeLines(target3, lines3);
-    expect(failure(verifyAuditFiles([target3], key))).toMatchObject({ problem: 'modified', line: seal + 2 });
+    expect(failureOfEdited('unsealed.log', (lines) => (lines[seal] = lines[seal]!.replace(/,"hmac":"[0-9a-f]{64}"\}$/, '}')))).toMatchObject({ problem: 'modified', line: seal + 2 });
   });
 
   it('detects a deleted line 300 at that position', () => {

@@ -3,7 +3,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ApiKeyAuthenticator } from '../../src/authn/apikey.js';
 import { newToken } from '../../src/authn/apikey-token.js';
-import { UnauthenticatedError } from '../../src/server/errors.js';
+import { reasonOf } from './unauthenticated.js';
 import type { RecordCache } from '../../src/store/cache.js';
 import type { ApiKeyRecord } from '../../src/store/records.js';
 import type { Repository } from '../../src/store/repository.js';
@@ -36,16 +36,6 @@ function keyRecord(keyId: string, secretSha256: string, overrides: Partial<ApiKe
     use_count: 0,
     ...overrides,
   };
-}
-
-function reasonOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(UnauthenticatedError);
-    return (err as UnauthenticatedError).reason;
-  }
-  throw new Error('expected UNAUTHENTICATED');
 }
 
 const open: ApiKeyAuthenticator[] = [];
