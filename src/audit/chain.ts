@@ -36,6 +36,14 @@ export function batchMac(key: ChainKey, canonicals: readonly string[]): string {
   return createHmac('sha256', key).update(canonicals.join('\n')).digest('hex');
 }
 
+/**
+ * The MAC of an entry in the one-MAC-per-entry format of earlier releases (no "prev";
+ * hex HMAC-SHA256(key, prevHmac + "\n" + canonical)): still verified, never written.
+ */
+export function legacyEntryMac(key: ChainKey, prevHmac: string, canonical: string): string {
+  return createHmac('sha256', key).update(`${prevHmac}\n${canonical}`).digest('hex');
+}
+
 const NEWLINE = 0x0a;
 const SEAL_BYTES = HMAC_MEMBER_LENGTH + 1; // ,"hmac":"<64 hex>"} and the newline
 

@@ -1,6 +1,6 @@
 // Offline verification of the audit chain across rotated files.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { CHAIN_GENESIS, batchMac, chainKey, parseLine, type ChainKey, type ParsedLine } from './chain.js';
+import { CHAIN_GENESIS, batchMac, chainKey, legacyEntryMac, parseLine, type ChainKey, type ParsedLine } from './chain.js';
 
 export { auditFilesInOrder } from './files.js';
 
@@ -125,6 +125,8 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
   /** hmac of the last verified batch; undefined before the first. */
   let prevHmac: string | undefined;
   let batch: OpenBatch | undefined;
+  /** Entries of the per-entry format (legacyEntryMac) may only precede the first batch. */
+  let seenBatch = false;
   let firstSeq = 0;
   let entries = 0;
   let startsMidChain = false;
@@ -164,7 +166,20 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
         return problem(item, 'modified', 'this batch does not follow the previous batch (its link does not match)', entry.seq);
       }
       batch = { first: item, firstSeq: entry.seq, canonicals: [] };
+      seenBatch = true;
     } else if (!batch) {
+      if (entry.hmac !== undefined && !seenBatch) {
+        // An entry of the one-MAC-per-entry format of earlier releases (a log they started,
+        // continued by this one): its MAC covers the previous MAC and itself.
+        if (prevHmac === undefined) startsMidChain = entry.seq !== 1;
+        const link = prevHmac ?? CHAIN_GENESIS;
+        if ((prevHmac !== undefined || entry.seq === 1) && legacyEntryMac(mac, link, entry.canonical) !== entry.hmac) {
+          return problem(item, 'modified', 'entry does not match its HMAC', entry.seq);
+        }
+        entries++;
+        prevHmac = entry.hmac;
+        continue;
+      }
       // Files start with a batch, and a batch's first line is the only one without a predecessor in it.
       return problem(item, 'deleted', `the start of this batch is missing (entries before seq ${entry.seq} were removed)`, entry.seq);
     }
