@@ -4,8 +4,9 @@
 //      BENCH_ROUNDS (default 1; with more, the scenarios are interleaved and each
 //      figure is the median over rounds), BENCH_CONNECTIONS (4), BENCH_CONCURRENCY (50),
 //      BENCH_SCENARIOS (comma list of bare,mtls,apikey; default all three),
-//      BENCH_CPU_PROF=<dir> (write .cpuprofiles of the daemon and the bare server there;
-//      summarize with `tsx bench/profile.ts <file> [top] [calls]`).
+//      BENCH_CPU_PROF=<dir> (write .cpuprofiles of the daemon and the bare server to
+//      <dir>/daemon and <dir>/bare, one per thread: the largest is the main thread (tsx's
+//      loader thread writes one too); summarize with `tsx bench/profile.ts <file> [top] [calls]`).
 //
 // Three scenarios, each a unary AccessService/WhoAmI under the same load:
 //   bare      bench/bare-server.ts: grpc-js + the daemon's TLS credentials and the
@@ -119,7 +120,7 @@ const daemon = await startDaemon({
   config: {
     rate_limit: { per_role_per_minute: { admin: 100_000_000 }, global_per_minute: 100_000_000 },
   },
-  env: CPU_PROF_DIR ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR} --cpu-prof-name=daemon.cpuprofile` } : {},
+  env: CPU_PROF_DIR ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${join(CPU_PROF_DIR, 'daemon')}` } : {},
 });
 const { pki } = daemon;
 let bare: ReturnType<typeof spawnTs> | undefined;
@@ -135,7 +136,7 @@ try {
   bare = spawnTs(
     'bare-server.ts',
     JSON.stringify({ caFile: pki.caCert, certFile: pki.serverCert, keyFile: pki.serverKey }),
-    CPU_PROF_DIR ? { ...process.env, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR} --cpu-prof-name=bare.cpuprofile` } : process.env,
+    CPU_PROF_DIR ? { ...process.env, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${join(CPU_PROF_DIR, 'bare')}` } : process.env,
   );
   const barePort = (JSON.parse(await bare.firstLine()) as { port: number }).port;
   const barePid = bare.child.pid!;

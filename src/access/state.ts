@@ -9,6 +9,12 @@ import { RecordCache } from '../store/cache.js';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export class AccessState {
   readonly apiKeys: RecordCache<ApiKeyRecord>;
   readonly principals: RecordCache<PrincipalRecord>;
@@ -24,11 +30,21 @@ export class AccessState {
     this.defaultBindings = auth.default_bindings;
     // Role resolution runs on every call: memoised, and forgotten on any change.
     this.principals.subscribe(() => this.roleNames.clear());
-    this.customRoles.subscribe(() => this.resolvedRoles.clear());
+    this.customRoles.subscribe(() => {
+      this.resolvedRoles.clear();
+      this.rolesByList = new WeakMap();
+    });
   }
 
   private readonly roleNames = new Map<string, string[]>();
   private readonly resolvedRoles = new Map<string, Role[]>();
+  /**
+   * roles() by the names array itself (roleNamesOf hands out one array per principal, and
+   * the chain and handlers pass it back on every call), checked against a copy of its
+   * content, so a caller's later change to its array is never served stale. Replaced
+   * whenever resolvedRoles is cleared for a change.
+   */
+  private rolesByList = new WeakMap<readonly string[], { readonly names: readonly string[]; readonly roles: Role[] }>();
 
   /** Resolves once every cache holds its first full listing. */
   async start(signal: AbortSignal): Promise<void> {
@@ -70,6 +86,14 @@ export class AccessState {
 
   /** The roles that exist among `names` (a binding to a deleted role grants nothing). */
   roles(names: readonly string[]): Role[] {
+    const known = this.rolesByList.get(names);
+    if (known && sameNames(known.names, names)) return known.roles;
+    const roles = this.rolesByName(names);
+    this.rolesByList.set(names, { names: [...names], roles });
+    return roles;
+  }
+
+  private rolesByName(names: readonly string[]): Role[] {
     const key = names.join('\n');
     let cached = this.resolvedRoles.get(key);
     if (!cached) {

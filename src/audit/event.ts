@@ -46,24 +46,29 @@ export interface AuditEntry extends AuditEvent {
   hmac: string;
 }
 
-/**
- * Serializes an event with a fixed key order (the order of AuditEvent above), so the
- * canonical form of a line does not depend on how the caller built the object.
- * Unknown keys on the input are dropped.
- */
-export function serializeEvent(event: AuditEventInput, defaultTime: () => string): string {
-  const out: Record<string, unknown> = {
-    time: event.time ?? defaultTime(),
-    trace_id: event.trace_id,
-    type: event.type,
-  };
-  const p = event.principal;
-  if (p !== undefined) {
-    const principal: Record<string, unknown> = { id: p.id, kind: p.kind, roles: p.roles };
-    if (p.cert_fingerprint !== undefined) principal.cert_fingerprint = p.cert_fingerprint;
-    if (p.key_id !== undefined) principal.key_id = p.key_id;
-    out.principal = principal;
+function principalObject(p: AuditPrincipal): Record<string, unknown> {
+  const principal: Record<string, unknown> = { id: p.id, kind: p.kind, roles: p.roles };
+  if (p.cert_fingerprint !== undefined) principal.cert_fingerprint = p.cert_fingerprint;
+  if (p.key_id !== undefined) principal.key_id = p.key_id;
+  return principal;
+}
+
+// The JSON of frozen principals (shared, per-principal objects: src/chain/audit-principal.ts),
+// made once: the principal with its certificate fingerprint is a third of a call record.
+const principalJsons = new WeakMap<AuditPrincipal, string>();
+
+function cachedPrincipalJson(p: AuditPrincipal): string | undefined {
+  if (!Object.isFrozen(p) || !Object.isFrozen(p.roles)) return undefined;
+  let json = principalJsons.get(p);
+  if (json === undefined) {
+    json = JSON.stringify(principalObject(p));
+    principalJsons.set(p, json);
   }
+  return json;
+}
+
+/** The members after `principal`, in their fixed order. */
+function restOf(event: AuditEventInput, out: Record<string, unknown>): Record<string, unknown> {
   if (event.source !== undefined) out.source = event.source;
   if (event.method !== undefined) out.method = event.method;
   if (event.decision !== undefined) out.decision = event.decision;
@@ -73,5 +78,24 @@ export function serializeEvent(event: AuditEventInput, defaultTime: () => string
   if (event.object !== undefined) out.object = event.object;
   if (event.reason !== undefined) out.reason = event.reason;
   if (event.details !== undefined) out.details = event.details;
-  return JSON.stringify(out);
+  return out;
+}
+
+/**
+ * Serializes an event with a fixed key order (the order of AuditEvent above), so the
+ * canonical form of a line does not depend on how the caller built the object.
+ * Unknown keys on the input are dropped. The output is always JSON.stringify of the
+ * event in that order; a frozen principal's part is stringified once and spliced in.
+ */
+export function serializeEvent(event: AuditEventInput, defaultTime: () => string): string {
+  const head: Record<string, unknown> = { time: event.time ?? defaultTime(), trace_id: event.trace_id, type: event.type };
+  const p = event.principal;
+  const principal = p === undefined ? undefined : cachedPrincipalJson(p);
+  if (principal !== undefined) {
+    const before = JSON.stringify(head);
+    const after = JSON.stringify(restOf(event, {}));
+    if (before.length > 2) return `${before.slice(0, -1)},"principal":${principal}${after.length === 2 ? '}' : `,${after.slice(1)}`}`;
+  }
+  if (p !== undefined) head.principal = principalObject(p);
+  return JSON.stringify(restOf(event, head));
 }

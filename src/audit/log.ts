@@ -1,16 +1,16 @@
 // The audit log writer: one JSON line per event, HMAC-chained, fsynced, rotated daily.
 //
 // All writes go through one queue and one writer loop, so the file order is the chain
-// order. A batch is everything queued when the loop takes it: the lines are sealed
-// (seq + hmac), written with one write(2) where possible, and fdatasync'ed once
-// (group commit). Durable callers are resolved only after that fsync; buffered events
+// order. A batch is everything queued when the loop takes it: the lines get their seq,
+// the batch one MAC (chain.ts), it is written with one write(2) where possible, and
+// fdatasync'ed once (group commit). Durable callers are resolved only after that fsync; buffered events
 // are flushed at least every fsyncIntervalMs. The chain state (seq, prev hmac) only
 // advances once a batch is on disk, so a failed batch leaves no hole in the chain
 // (its bytes are truncated away again).
 import type { FileHandle } from 'node:fs/promises';
 import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { CHAIN_GENESIS, chainKey, parseLine, sealEntry, type ChainKey, type ParsedLine } from './chain.js';
+import { CHAIN_GENESIS, chainKey, isSeal, parseLine, sealBatch, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
 import { serializeEvent, type AuditEventInput } from './event.js';
 import { localDay, rotatedFiles, rotatedName } from './files.js';
 import { loadOrCreateHmacKey } from './key.js';
@@ -82,13 +82,18 @@ interface Waiter {
 const FLUSH_BYTES = 1 << 20;
 const TAIL_CHUNK = 64 * 1024;
 
+/** The end of an audit file, read back to its last sealed entry (the end of its last complete batch). */
 interface Tail {
   size: number;
-  /** Last newline-terminated line, without its newline. */
-  lastLine?: string;
-  /** Offset just after the last newline (0 if none). */
-  lastLineEnd: number;
-  /** Bytes after the last newline: a torn write ('' if the file ends with a newline). */
+  /** The last entry that seals a batch, if any. */
+  seal?: SealLine;
+  /** Offset just after the seal's line (and its newline, if it has one); 0 without a seal. */
+  sealEnd: number;
+  /** False when the seal is the file's last line and lacks its newline. */
+  sealTerminated: boolean;
+  /** Newline-terminated lines after the seal, newest first: an interrupted batch, or damage. */
+  after: string[];
+  /** Bytes after the last newline ('' if the file ends with a newline). */
   torn: string;
 }
 
@@ -96,29 +101,31 @@ async function readTail(path: string): Promise<Tail> {
   const handle = await open(path, 'r');
   try {
     const size = (await handle.stat()).size;
-    let pos = size;
-    let buf = Buffer.alloc(0);
-    for (;;) {
+    // Read a growing window from the end until it holds a seal or the whole file.
+    for (let window = TAIL_CHUNK; ; window *= 2) {
+      const start = Math.max(0, size - window);
+      const buf = Buffer.alloc(size - start);
+      const { bytesRead } = await handle.read(buf, 0, buf.length, start);
+      if (bytesRead !== buf.length) throw new Error(`short read from ${path}`);
       const lastNl = buf.lastIndexOf(10);
-      if (lastNl >= 0) {
-        const prevNl = lastNl === 0 ? -1 : buf.lastIndexOf(10, lastNl - 1);
-        if (prevNl >= 0 || pos === 0) {
-          return {
-            size,
-            lastLine: buf.subarray(prevNl + 1, lastNl).toString('utf8'),
-            lastLineEnd: pos + lastNl + 1,
-            torn: buf.subarray(lastNl + 1).toString('utf8'),
-          };
-        }
-      } else if (pos === 0) {
-        return { size, lastLineEnd: 0, torn: buf.toString('utf8') };
+      const torn = lastNl < 0 ? buf.toString('utf8') : buf.toString('utf8', lastNl + 1);
+      if (lastNl < 0 && start > 0) continue;
+      if (torn !== '' && (lastNl >= 0 || start === 0)) {
+        const parsed = parseLine(torn);
+        if (isSeal(parsed)) return { size, seal: parsed, sealEnd: size, sealTerminated: false, after: [], torn };
       }
-      const length = Math.min(TAIL_CHUNK, pos);
-      pos -= length;
-      const chunk = Buffer.alloc(length);
-      const { bytesRead } = await handle.read(chunk, 0, length, pos);
-      if (bytesRead !== length) throw new Error(`short read from ${path}`);
-      buf = Buffer.concat([chunk, buf]);
+      const after: string[] = [];
+      for (let lineEnd = lastNl; lineEnd >= 0; ) {
+        // (lastIndexOf with a negative offset would search from the end.)
+        const prevNl = lineEnd === 0 ? -1 : buf.lastIndexOf(10, lineEnd - 1);
+        if (prevNl < 0 && start > 0) break; // the window starts mid-line: widen it
+        const line = buf.toString('utf8', prevNl + 1, lineEnd);
+        const parsed = parseLine(line);
+        if (isSeal(parsed)) return { size, seal: parsed, sealEnd: start + lineEnd + 1, sealTerminated: true, after, torn };
+        after.push(line);
+        lineEnd = prevNl;
+      }
+      if (start === 0) return { size, sealEnd: 0, sealTerminated: true, after, torn };
     }
   } finally {
     await handle.close();
@@ -163,13 +170,23 @@ export class AuditLog {
   private readonly customClock: boolean;
   private lastTimeMs = NaN;
   private lastTimeIso = '';
-  /** The event time: with the real clock, one Date and ISO string per millisecond, not per event. */
+  private lastSecond = NaN;
+  /** "YYYY-MM-DDTHH:MM:SS." of lastSecond. */
+  private lastSecondPrefix = '';
+  /** The event time: with the real clock, one Date and ISO string per second, the milliseconds appended. */
   private readonly defaultTime = (): string => {
     if (this.customClock) return this.now().toISOString();
     const ms = Date.now();
     if (ms !== this.lastTimeMs) {
       this.lastTimeMs = ms;
-      this.lastTimeIso = new Date(ms).toISOString();
+      const second = Math.floor(ms / 1000);
+      if (second !== this.lastSecond) {
+        this.lastSecond = second;
+        const iso = new Date(second * 1000).toISOString();
+        this.lastSecondPrefix = iso.slice(0, iso.length - 4);
+      }
+      const milli = ms - second * 1000;
+      this.lastTimeIso = `${this.lastSecondPrefix}${milli < 10 ? '00' : milli < 100 ? '0' : ''}${milli}Z`;
     }
     return this.lastTimeIso;
   };
@@ -232,7 +249,7 @@ export class AuditLog {
       const st = await fd.stat();
       const fileRegular = st.isFile();
       const state: ChainState = { seq: 0, prevHmac: CHAIN_GENESIS, size: fileRegular ? st.size : 0, needsNewline: false, fileDay: localDay(now()) };
-      let last: ParsedLine | undefined;
+      let last: SealLine | undefined;
       if (fileRegular && st.size > 0) {
         const recovered = await recoverCurrentTail(path, fd, warn);
         last = recovered.last;
@@ -427,14 +444,10 @@ export class AuditLog {
     try {
       if (this.needsResync) await this.resync();
       await this.maybeRotate();
-      const lines = new Array<string>(jsons.length);
-      for (let i = 0; i < jsons.length; i++) {
-        seq++;
-        const sealed = sealEntry(this.key, prev, jsons[i] ?? '', seq);
-        prev = sealed.hmac;
-        lines[i] = sealed.line;
-      }
-      const data = Buffer.from(`${this.needsNewline ? '\n' : ''}${lines.join('\n')}\n`);
+      const sealed = sealBatch(this.key, prev, jsons, seq + 1, this.needsNewline ? '\n' : '');
+      seq += jsons.length;
+      prev = sealed.hmac;
+      const data = sealed.data;
       length = data.length;
       await this.writeFully(data);
       operation = 'fsync';
@@ -556,46 +569,44 @@ export class AuditLog {
 }
 
 /**
- * Last entry of the current file, repairing a torn tail (a crash mid-write: those events
- * were never acknowledged): a complete entry lacking only its newline is kept, anything
- * else after the last newline is cut off.
+ * The last sealed entry of the current file, repairing its end after a crash mid-write:
+ * those events were never acknowledged (a batch is acknowledged after its fsync, and it
+ * is sealed by its last line). A sealed entry lacking only its newline is kept; a torn
+ * line or the entries of a batch without its seal are cut off. Anything else after the
+ * last seal is damage: the log refuses to continue the chain over it.
  */
 async function recoverCurrentTail(
   path: string,
   fd: FileHandle,
   warn: (message: string, err?: unknown) => void,
-): Promise<{ last?: ParsedLine; size: number; needsNewline: boolean }> {
+): Promise<{ last?: SealLine; size: number; needsNewline: boolean }> {
   const tail = await readTail(path);
-  let size = tail.size;
-  let needsNewline = false;
-  if (tail.torn !== '') {
-    const complete = parseLine(tail.torn);
-    if (complete) return { last: complete, size, needsNewline: true };
-    try {
-      await fd.truncate(tail.lastLineEnd);
-      size = tail.lastLineEnd;
-      warn(`audit log ${path}: removed ${tail.size - tail.lastLineEnd} bytes of an incomplete last line (interrupted write)`);
-    } catch (err) {
-      needsNewline = true;
-      warn(`audit log ${path}: cannot remove an incomplete last line; it will show as unparseable`, err);
-    }
-  }
-  if (tail.lastLine === undefined) return { size, needsNewline };
-  const last = parseLine(tail.lastLine);
-  if (!last) {
+  if (tail.seal && !tail.sealTerminated) return { last: tail.seal, size: tail.size, needsNewline: true };
+  if (tail.after.some((line) => parseLine(line) === undefined)) {
     throw new AuditOpenError(
       `audit log ${path}: the last line is not a valid audit entry, so the chain cannot be continued; ` +
         'check it with `debvisorctl audit verify` and move the file aside',
     );
   }
-  return { last, size, needsNewline };
+  if (tail.size === tail.sealEnd) return { ...(tail.seal ? { last: tail.seal } : {}), size: tail.size, needsNewline: false };
+  try {
+    await fd.truncate(tail.sealEnd);
+    warn(
+      `audit log ${path}: removed ${tail.size - tail.sealEnd} bytes after the last sealed entry ` +
+        `(an incomplete last line${tail.after.length > 0 ? `, and ${tail.after.length} entries of a batch whose write was interrupted` : ''})`,
+    );
+    return { ...(tail.seal ? { last: tail.seal } : {}), size: tail.sealEnd, needsNewline: false };
+  } catch (err) {
+    warn(`audit log ${path}: cannot remove an incomplete last line or batch; it will show in verification`, err);
+    return { ...(tail.seal ? { last: tail.seal } : {}), size: tail.size, needsNewline: tail.torn !== '' };
+  }
 }
 
-async function lastEntryOf(path: string): Promise<ParsedLine | undefined> {
+async function lastEntryOf(path: string): Promise<SealLine | undefined> {
   const tail = await readTail(path);
-  const last = parseLine(tail.torn) ?? (tail.lastLine === undefined ? undefined : parseLine(tail.lastLine));
-  if (!last && tail.size > 0) {
-    throw new AuditOpenError(`audit log: the last line of ${path} is not a valid audit entry, so the chain cannot be continued; check it with \`debvisorctl audit verify\``);
+  // Rotation happens between batches, so a rotated file ends with a seal.
+  if (tail.size > 0 && (!tail.seal || tail.size !== tail.sealEnd)) {
+    throw new AuditOpenError(`audit log: ${path} does not end with a sealed audit entry, so the chain cannot be continued; check it with \`debvisorctl audit verify\``);
   }
-  return last;
+  return tail.seal;
 }

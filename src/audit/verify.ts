@@ -1,6 +1,6 @@
 // Offline verification of the audit chain across rotated files.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { CHAIN_GENESIS, chainKey, entryMac, parseLine, type ChainKey, type ParsedLine } from './chain.js';
+import { CHAIN_GENESIS, batchMac, chainKey, legacyEntryMac, parseLine, type ChainKey, type ParsedLine } from './chain.js';
 
 export { auditFilesInOrder } from './files.js';
 
@@ -16,7 +16,8 @@ export type VerifyResult =
       lastSeq: number;
       /**
        * The first entry is not seq 1 and its predecessor is not among the files (older
-       * files removed by retention): its link was accepted unchecked.
+       * files removed by retention): the first batch's link to it was accepted unchecked
+       * (its content was checked: the link is inside the batch's MAC).
        */
       startsMidChain: boolean;
     }
@@ -25,6 +26,8 @@ export type VerifyResult =
       file: string;
       /** 1-based line number within `file`. */
       line: number;
+      /** When the problem is a batch that does not match its MAC: the batch's last line (`line` is its first). */
+      lastLine?: number;
       seq?: number;
       problem: VerifyProblem;
       message: string;
@@ -102,23 +105,37 @@ class LineStream {
 /** How far ahead a missing entry is looked for, to tell "moved" from "deleted". */
 const REORDER_WINDOW = 1000;
 
+/** The batch being read: its entries since its first line, up to its seal. */
+interface OpenBatch {
+  readonly first: Item;
+  readonly firstSeq: number;
+  readonly canonicals: string[];
+}
+
 /**
  * Verifies the chain over `files`, oldest first (see auditFilesInOrder). Reports the first
- * problem only. Limits: entries removed from the end of the newest file, and the content
- * of the first entry when the chain starts mid-way, cannot be detected from the files alone.
+ * problem only. A changed entry is located to its batch (one MAC per batch, chain.ts).
+ * Limit: whole batches removed from the end of the newest file cannot be detected from
+ * the files alone.
  */
 export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
   const mac: ChainKey = chainKey(key);
   const stream = new LineStream(files);
-  let prev: ParsedLine | undefined;
+  let lastSeq: number | undefined;
+  /** hmac of the last verified batch; undefined before the first. */
+  let prevHmac: string | undefined;
+  let batch: OpenBatch | undefined;
+  /** Entries of the per-entry format (legacyEntryMac) may only precede the first batch. */
+  let seenBatch = false;
   let firstSeq = 0;
   let entries = 0;
   let startsMidChain = false;
 
-  const problem = (item: Item, kind: VerifyProblem, message: string, seq?: number): VerifyResult => ({
+  const problem = (item: Item, kind: VerifyProblem, message: string, seq?: number, lastLine?: number): VerifyResult => ({
     ok: false,
     file: item.file,
     line: item.line,
+    ...(lastLine === undefined ? {} : { lastLine }),
     ...(seq === undefined ? {} : { seq }),
     problem: kind,
     message,
@@ -131,47 +148,79 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
       const what = item.text === '' ? 'empty line' : item.terminated ? 'not a valid audit entry' : 'incomplete last line (truncated)';
       return problem(item, 'unparseable', what);
     }
-    if (!prev) {
+
+    if (lastSeq === undefined) {
       firstSeq = entry.seq;
-      if (entry.seq === 1) {
-        if (entryMac(mac, CHAIN_GENESIS, entry.canonical) !== entry.hmac) return problem(item, 'modified', 'entry does not match its HMAC', entry.seq);
-      } else {
-        startsMidChain = true;
-      }
-      prev = entry;
-      entries++;
-      continue;
+    } else if (entry.seq !== lastSeq + 1) {
+      const found = outOfSequence(stream, item, entry, lastSeq + 1);
+      return problem(item, found.problem, found.message, found.seq);
     }
+    lastSeq = entry.seq;
 
-    const expected = prev.seq + 1;
-    if (entry.seq === expected && entryMac(mac, prev.hmac, entry.canonical) === entry.hmac) {
-      prev = entry;
-      entries++;
-      continue;
-    }
-
-    // This line is entry `expected` with its content (possibly its seq) changed: the next
-    // entry still chains to the hmac it carries.
-    const after = stream.peek(0)?.parsed;
-    if (after?.seq === expected + 1 && entryMac(mac, entry.hmac, after.canonical) === after.hmac) {
-      return problem(item, 'modified', `entry seq ${expected} was changed (it no longer matches its HMAC)`, expected);
-    }
-    if (entry.seq === expected) return problem(item, 'modified', 'entry does not match its HMAC or does not follow the previous entry', entry.seq);
-    if (entry.seq <= prev.seq) {
-      return problem(item, 'reordered', `seq ${entry.seq} after seq ${prev.seq} (out of order or duplicated)`, entry.seq);
-    }
-    // A gap: the missing entries were either moved further down or removed.
-    for (let k = 0; k < REORDER_WINDOW; k++) {
-      const ahead = stream.peek(k);
-      if (!ahead) break;
-      const seq = ahead.parsed?.seq;
-      if (seq !== undefined && seq >= expected && seq < entry.seq) {
-        return problem(item, 'reordered', `seq ${entry.seq} where seq ${expected} was expected; seq ${seq} appears later at ${ahead.file}:${ahead.line}`, entry.seq);
+    if (entry.prev !== undefined) {
+      if (batch) return problem(item, 'modified', `a new batch starts before the batch from seq ${batch.firstSeq} was sealed (its seal was changed)`, entry.seq);
+      if (prevHmac === undefined) {
+        if (entry.seq === 1 && entry.prev !== CHAIN_GENESIS) return problem(item, 'modified', 'the first entry does not start the chain', entry.seq);
+        startsMidChain = entry.seq !== 1;
+      } else if (entry.prev !== prevHmac) {
+        return problem(item, 'modified', 'this batch does not follow the previous batch (its link does not match)', entry.seq);
       }
+      batch = { first: item, firstSeq: entry.seq, canonicals: [] };
+      seenBatch = true;
+    } else if (!batch) {
+      if (entry.hmac !== undefined && !seenBatch) {
+        // An entry of the one-MAC-per-entry format of earlier releases (a log they started,
+        // continued by this one): its MAC covers the previous MAC and itself.
+        if (prevHmac === undefined) startsMidChain = entry.seq !== 1;
+        const link = prevHmac ?? CHAIN_GENESIS;
+        if ((prevHmac !== undefined || entry.seq === 1) && legacyEntryMac(mac, link, entry.canonical) !== entry.hmac) {
+          return problem(item, 'modified', 'entry does not match its HMAC', entry.seq);
+        }
+        entries++;
+        prevHmac = entry.hmac;
+        continue;
+      }
+      // Files start with a batch, and a batch's first line is the only one without a predecessor in it.
+      return problem(item, 'deleted', `the start of this batch is missing (entries before seq ${entry.seq} were removed)`, entry.seq);
     }
-    const missing = entry.seq - expected === 1 ? `entry seq ${expected} is` : `entries seq ${expected}–${entry.seq - 1} are`;
-    return problem(item, 'deleted', `${missing} missing before this line`, entry.seq);
+    batch.canonicals.push(entry.canonical);
+
+    if (entry.hmac !== undefined) {
+      if (batchMac(mac, batch.canonicals) !== entry.hmac) {
+        const { first, firstSeq: from } = batch;
+        const where = first.file === item.file ? `lines ${first.line}–${item.line}` : `${first.file}:${first.line} to ${item.file}:${item.line}`;
+        return problem(first, 'modified', `an entry of the batch seq ${from}–${entry.seq} (${where}) was changed: the batch does not match its HMAC`, from, item.file === first.file ? item.line : undefined);
+      }
+      entries += batch.canonicals.length;
+      prevHmac = entry.hmac;
+      batch = undefined;
+    }
   }
 
-  return { ok: true, entries, files: files.length, firstSeq, lastSeq: prev?.seq ?? 0, startsMidChain };
+  if (batch) {
+    return problem(batch.first, 'deleted', `the batch from seq ${batch.firstSeq} ends without its seal (its last entries were removed, or it is still being written)`, batch.firstSeq);
+  }
+  return { ok: true, entries, files: files.length, firstSeq, lastSeq: lastSeq ?? 0, startsMidChain };
+}
+
+/** Names what a seq other than `expected` means: a changed seq, moved entries, or removed ones. */
+function outOfSequence(stream: LineStream, item: Item, entry: ParsedLine, expected: number): { problem: VerifyProblem; message: string; seq: number } {
+  // The next entry continues from `expected`: this line is entry `expected` with its seq changed.
+  if (stream.peek(0)?.parsed?.seq === expected + 1) {
+    return { problem: 'modified', message: `entry seq ${expected} was changed (its seq reads ${entry.seq})`, seq: expected };
+  }
+  if (entry.seq <= expected - 1) {
+    return { problem: 'reordered', message: `seq ${entry.seq} after seq ${expected - 1} (out of order or duplicated)`, seq: entry.seq };
+  }
+  // A gap: the missing entries were either moved further down or removed.
+  for (let k = 0; k < REORDER_WINDOW; k++) {
+    const ahead = stream.peek(k);
+    if (!ahead) break;
+    const seq = ahead.parsed?.seq;
+    if (seq !== undefined && seq >= expected && seq < entry.seq) {
+      return { problem: 'reordered', message: `seq ${entry.seq} where seq ${expected} was expected; seq ${seq} appears later at ${ahead.file}:${ahead.line}`, seq: entry.seq };
+    }
+  }
+  const missing = entry.seq - expected === 1 ? `entry seq ${expected} is` : `entries seq ${expected}–${entry.seq - 1} are`;
+  return { problem: 'deleted', message: `${missing} missing before this line`, seq: entry.seq };
 }

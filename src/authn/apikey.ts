@@ -1,6 +1,14 @@
 // API-key authentication: O(1) lookup by key id in an in-memory copy of the keys,
 // constant-time secret comparison, expiry and source-CIDR checks. No store round
 // trip per call; usage statistics are batched to one write per key per second.
+//
+// A key verified on a connection is remembered for that connection (keyed by the
+// connection object in a WeakMap, so it dies with it), together with the exact token
+// and the exact key record it was verified against. A later call on the same
+// connection presenting the same token skips the parse and the SHA-256 only while the
+// key index still holds that very record object: the index is watch-fed and replaces
+// the record on every change (revocation, rotation, deletion), so any change makes the
+// next call verify from scratch. Revocation and expiry are still checked on every call.
 import { BlockList, isIPv6 } from 'node:net';
 import type { ApiKeyRecord } from '../store/records.js';
 import type { RecordCache } from '../store/cache.js';
@@ -33,7 +41,19 @@ export function normalizeIp(ip: string): { address: string; family: 'ipv4' | 'ip
   return { address: ip, family: isIPv6(ip) ? 'ipv6' : 'ipv4' };
 }
 
+/** A token verified on one connection, and what it was verified against. */
+interface VerifiedOnConnection {
+  readonly token: string;
+  readonly keyId: string;
+  readonly sourceIp: string;
+  readonly record: ApiKeyRecord;
+  /** Date.parse(record.expires_at), or Infinity. */
+  readonly expiresAtMs: number;
+  readonly principal: Principal;
+}
+
 export class ApiKeyAuthenticator {
+  private readonly byConnection = new WeakMap<object, VerifiedOnConnection>();
   private readonly usage = new Map<string, { count: number; lastUsed: number }>();
   private readonly flushTimer: NodeJS.Timeout;
 
@@ -47,7 +67,24 @@ export class ApiKeyAuthenticator {
     this.flushTimer.unref();
   }
 
-  authenticate(token: string, sourceIp: string, now = Date.now()): Principal {
+  /**
+   * `connection` (optional) is an object that lives exactly as long as the caller's
+   * connection: the verification is then remembered for later calls on it.
+   */
+  authenticate(token: string, sourceIp: string, now = Date.now(), connection?: object): Principal {
+    if (connection) {
+      const known = this.byConnection.get(connection);
+      if (known && known.token === token && known.sourceIp === sourceIp) {
+        const { record, keyId } = known;
+        if (this.keys.get(keyId) === record) {
+          // Unchanged record, so secret and CIDR still match; time moves, so expiry is re-checked.
+          if (record.revoked_at !== undefined) throw new UnauthenticatedError(`API key ${keyId} is revoked`);
+          if (known.expiresAtMs <= now) throw new UnauthenticatedError(`API key ${keyId} expired`);
+          this.countUse(record.id, now);
+          return known.principal;
+        }
+      }
+    }
     const parsed = parseToken(token);
     if (!parsed) throw new UnauthenticatedError('malformed API key');
     const record = this.keys.get(parsed.keyId);
@@ -60,14 +97,23 @@ export class ApiKeyAuthenticator {
       const { address, family } = normalizeIp(sourceIp);
       if (!allowListOf(record).check(address, family)) throw new UnauthenticatedError(`API key ${parsed.keyId} used from ${sourceIp}, outside its allowed networks`);
     }
-    const used = this.usage.get(record.id);
+    this.countUse(record.id, now);
+    const principal: Principal = { id: record.owner, kind: 'api_key', apiKey: { id: record.id, permissions: record.permissions, resourceGlobs: record.resource_globs } };
+    if (connection) {
+      const expiresAtMs = record.expires_at === undefined ? Infinity : Date.parse(record.expires_at);
+      this.byConnection.set(connection, { token, keyId: parsed.keyId, sourceIp, record, expiresAtMs, principal });
+    }
+    return principal;
+  }
+
+  private countUse(keyId: string, now: number): void {
+    const used = this.usage.get(keyId);
     if (used) {
       used.count++;
       used.lastUsed = now;
     } else {
-      this.usage.set(record.id, { count: 1, lastUsed: now });
+      this.usage.set(keyId, { count: 1, lastUsed: now });
     }
-    return { id: record.owner, kind: 'api_key', apiKey: { id: record.id, permissions: record.permissions, resourceGlobs: record.resource_globs } };
   }
 
   /** Writes the batched use counts: at most one write per key per interval. */

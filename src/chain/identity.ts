@@ -13,7 +13,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../server/context.js';
 import { UnauthenticatedError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
-import { peerCertificateOf } from './peer.js';
+import { peerCertificateOf, sessionOf } from './peer.js';
 import type { Step } from './step.js';
 
 /** Headers a client must not be able to set or have forwarded: stripped before any handler sees the call. */
@@ -84,7 +84,8 @@ export function identity(deps: IdentityDeps): Step {
 
       // grpc-js exposes a peer certificate only when TLS verified it against the CA bundle,
       // so an unverifiable certificate arrives here as none at all.
-      const peer = peerCertificateOf(call);
+      const connection = sessionOf(call);
+      const peer = peerCertificateOf(call, connection);
       let principal: Principal;
       const method = peer ? 'mtls' : token !== undefined ? 'api_key' : 'none';
       try {
@@ -92,7 +93,7 @@ export function identity(deps: IdentityDeps): Step {
           // With both credentials, the certificate decides and the key is ignored.
           principal = deps.certificates.authenticate(peer);
         } else if (token !== undefined) {
-          principal = deps.apiKeys.authenticate(token, ip);
+          principal = deps.apiKeys.authenticate(token, ip, Date.now(), connection);
         } else {
           const refusal = tlsRefusal(call);
           throw new UnauthenticatedError(
@@ -105,7 +106,7 @@ export function identity(deps: IdentityDeps): Step {
         if (err instanceof UnauthenticatedError) fail(state, path, ip, method, err);
         throw err;
       }
-      deps.metrics.authAttempts.inc({ method, result: 'success' });
+      deps.metrics.authSucceeded(method);
       state.principal = principal;
       state.roles = deps.roleNamesOf(principal.id);
       if (deps.guard.noteSource(principal.id, ip)) {

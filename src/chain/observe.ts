@@ -2,12 +2,12 @@
 // final status for metrics and the access log.
 import { Metadata, status as Status, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
-import type { Counter, Histogram } from 'prom-client';
+import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { attachCallState, type CallState } from '../server/context.js';
 import { TRACE_ID_KEY } from '../server/errors.js';
 import { traceIdFrom, newTraceId } from '../server/trace.js';
-import type { Metrics } from '../observability/metrics.js';
+import type { HistogramCell, Metrics } from '../observability/metrics.js';
 import type { ChainSpec, ObservedCall } from './step.js';
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;
@@ -23,8 +23,9 @@ interface CodeMetrics {
   pending: number;
   readonly requests: Counter.Internal;
   readonly handled: Counter.Internal;
-  readonly duration: Histogram.Internal<string>;
-  readonly handling: Histogram.Internal<string>;
+  /** Histogram cells: plain-number updates, merged into prom-client on collect. */
+  readonly duration: HistogramCell;
+  readonly handling: HistogramCell;
 }
 
 /** The label sets of one method, built once: registered methods only, so this stays small. */
@@ -68,8 +69,8 @@ function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): Co
       pending: 0,
       requests: metrics.rpcRequests.labels({ ...labels.duration, status: code }),
       handled: metrics.grpcHandled.labels({ ...labels.handling, grpc_code: code }),
-      duration: metrics.rpcDuration.labels(labels.duration),
-      handling: metrics.grpcHandling.labels(labels.handling),
+      duration: metrics.rpcDuration.cell(labels.duration),
+      handling: metrics.grpcHandling.cell(labels.handling),
     };
     labels.byCode.set(status, entry);
   }
@@ -78,7 +79,7 @@ function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): Co
 
 /** Step 1 for one call. Built when grpc-js creates the call, so `startedAt` covers the whole chain. */
 class Observation implements ObservedCall {
-  private readonly startedAt = process.hrtime.bigint();
+  private readonly startedAt = performance.now();
   private traceId: string | undefined;
 
   constructor(
@@ -98,7 +99,7 @@ class Observation implements ObservedCall {
 
   end(status: PartialStatusObject): PartialStatusObject {
     const { metrics, labels, log } = this;
-    const seconds = Number(process.hrtime.bigint() - this.startedAt) / 1e9;
+    const seconds = (performance.now() - this.startedAt) / 1000;
     const counts = codeMetrics(metrics, labels, status.code);
     counts.pending++;
     counts.duration.observe(seconds);
@@ -113,7 +114,7 @@ class Observation implements ObservedCall {
         'rpc finished',
       );
     }
-    return { ...status, metadata: trailers };
+    return { code: status.code, details: status.details, metadata: trailers };
   }
 }
 

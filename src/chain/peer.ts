@@ -22,7 +22,8 @@ interface Link {
 
 const bySession = new WeakMap<object, PeerCertificate | null>();
 
-function sessionOf(call: unknown): (object & { readonly socket?: unknown }) | undefined {
+/** The HTTP/2 session (one per connection) a call arrived on, if grpc-js's internals are as expected. */
+export function sessionOf(call: unknown): (object & { readonly socket?: unknown }) | undefined {
   let current = call as Link | undefined;
   for (let depth = 0; current && !current.stream && depth < 32; depth++) current = current.nextCall as Link | undefined;
   const session = current?.stream?.session;
@@ -30,8 +31,7 @@ function sessionOf(call: unknown): (object & { readonly socket?: unknown }) | un
 }
 
 /** What `call.getAuthContext().sslPeerCertificate` returns, computed once per connection. */
-export function peerCertificateOf(call: ServerInterceptingCallInterface): PeerCertificate | undefined {
-  const session = sessionOf(call);
+export function peerCertificateOf(call: ServerInterceptingCallInterface, session = sessionOf(call)): PeerCertificate | undefined {
   const socket = session?.socket;
   if (!session || !(socket instanceof TLSSocket)) return call.getAuthContext().sslPeerCertificate;
   // Checked per call, as grpc-js does (it is a plain property, set at the handshake).

@@ -1,5 +1,106 @@
 // Every Prometheus metric the daemon exports, in one registry.
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Histogram, Registry, collectDefaultMetrics, type HistogramConfiguration } from 'prom-client';
+
+/**
+ * One label set of a BatchedHistogram: observe() is a bucket search and three additions,
+ * where prom-client's observe() validates and hashes the label set on every call.
+ */
+export class HistogramCell {
+  /** Observations per bucket since the last merge; the last slot is above the highest bound. */
+  readonly counts: Float64Array;
+  sum = 0;
+  count = 0;
+
+  constructor(
+    readonly labels: Readonly<Record<string, string>>,
+    /** prom-client's key for this label set (see BatchedHistogram.cell). */
+    readonly key: string,
+    private readonly bounds: readonly number[],
+  ) {
+    this.counts = new Float64Array(bounds.length + 1);
+  }
+
+  observe(value: number): void {
+    // prom-client throws on these; a duration is always finite, so drop rather than throw.
+    if (!Number.isFinite(value)) return;
+    const bounds = this.bounds;
+    let bucket = 0;
+    while (bucket < bounds.length && value > (bounds[bucket] as number)) bucket++;
+    (this.counts[bucket] as number)++;
+    this.sum += value;
+    this.count++;
+  }
+}
+
+/** prom-client 15's per-label-set histogram state (lib/histogram.js createBaseValues). */
+interface PromHistogramEntry {
+  bucketValues: Record<number, number>;
+  sum: number;
+  count: number;
+}
+
+/**
+ * A prom-client Histogram (same name, help, buckets, labels and exposition) for hot
+ * paths: observations go to HistogramCells and are added to the histogram's own state
+ * before every read (scrape or get()). Cells are for fixed label sets, made once.
+ */
+class BatchedHistogram<T extends string> extends Histogram<T> {
+  private readonly cells: Map<string, HistogramCell>;
+
+  constructor(config: HistogramConfiguration<T>) {
+    const cells = new Map<string, HistogramCell>();
+    super({
+      ...config,
+      // prom-client calls collect with the metric as `this`, before every read.
+      collect(this: Histogram<T>) {
+        mergeCells(this, cells.values());
+      },
+    });
+    this.cells = cells;
+  }
+
+  cell(labels: Readonly<Record<T, string>>): HistogramCell {
+    // The key prom-client's observe() files a label set under (util.js hashObject with the sorted label names).
+    const key = Object.keys(labels)
+      .sort()
+      .map((name) => `${name}:${labels[name as T]},`)
+      .join('');
+    let cell = this.cells.get(key);
+    if (!cell) {
+      cell = new HistogramCell(labels, key, upperBoundsOf(this));
+      this.cells.set(key, cell);
+    }
+    return cell;
+  }
+}
+
+function upperBoundsOf(histogram: Histogram): readonly number[] {
+  return (histogram as unknown as { upperBounds: readonly number[] }).upperBounds;
+}
+
+/** Adds the cells' observations to the histogram's own state and clears them. */
+function mergeCells<T extends string>(histogram: Histogram<T>, cells: Iterable<HistogramCell>): void {
+  const bounds = upperBoundsOf(histogram);
+  const state = histogram as unknown as { hashMap: Record<string, PromHistogramEntry | undefined> };
+  for (const cell of cells) {
+    if (cell.count === 0) continue;
+    let entry = state.hashMap[cell.key];
+    if (!entry) {
+      histogram.zero(cell.labels as Record<T, string>);
+      entry = state.hashMap[cell.key];
+      if (!entry) throw new Error(`histogram cell ${cell.key}: prom-client's histogram internals changed; update mergeCells`);
+    }
+    for (let bucket = 0; bucket < bounds.length; bucket++) {
+      const bound = bounds[bucket] as number;
+      entry.bucketValues[bound] = (entry.bucketValues[bound] ?? 0) + (cell.counts[bucket] as number);
+    }
+    entry.sum += cell.sum;
+    entry.count += cell.count;
+    cell.counts.fill(0);
+    cell.sum = 0;
+    cell.count = 0;
+  }
+}
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
@@ -14,7 +115,7 @@ export class Metrics {
     collect: () => this.flushPending(),
   });
 
-  readonly rpcDuration = new Histogram({
+  readonly rpcDuration = new BatchedHistogram({
     name: 'rpc_request_duration_seconds',
     help: 'Time from request headers to final status.',
     labelNames: ['service', 'method'] as const,
@@ -31,7 +132,7 @@ export class Metrics {
     collect: () => this.flushPending(),
   });
 
-  readonly grpcHandling = new Histogram({
+  readonly grpcHandling = new BatchedHistogram({
     name: 'grpc_server_handling_seconds',
     help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const,
@@ -44,7 +145,29 @@ export class Metrics {
     help: 'Authentication attempts, by method (mtls, api_key, none) and result (success, failure).',
     labelNames: ['method', 'result'] as const,
     registers: [this.registry],
+    collect: () => this.flushAuthSuccesses(),
   });
+
+  /** Successful authentications not yet added to auth_attempts_total (one per call: a number++, not a labelled inc). */
+  private readonly authSuccesses = new Map<string, { pending: number }>();
+
+  /** auth_attempts_total{method, result="success"} += 1, for the per-call path. */
+  authSucceeded(method: string): void {
+    let count = this.authSuccesses.get(method);
+    if (!count) {
+      count = { pending: 0 };
+      this.authSuccesses.set(method, count);
+    }
+    count.pending++;
+  }
+
+  private flushAuthSuccesses(): void {
+    for (const [method, count] of this.authSuccesses) {
+      if (count.pending === 0) continue;
+      this.authAttempts.inc({ method, result: 'success' }, count.pending);
+      count.pending = 0;
+    }
+  }
 
   readonly authzDenials = new Counter({
     name: 'authz_denials_total',

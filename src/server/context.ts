@@ -7,7 +7,8 @@ import type { Principal } from '../authn/principal.js';
 
 export interface CallState {
   readonly traceId: string;
-  readonly startedAt: bigint;
+  /** performance.now() when grpc-js created the call (a double: no BigInt per call). */
+  readonly startedAt: number;
   /** `/package.Service/Method` */
   readonly path: string;
   readonly peer: string;
@@ -22,14 +23,21 @@ export interface CallState {
   rejected?: boolean;
 }
 
-const states = new WeakMap<Metadata, CallState>();
+// A property under a module-private symbol rather than a WeakMap entry (a WeakMap set
+// costs ~1 µs per call): only code holding the symbol can read or write it, clients only
+// send header strings, and Metadata.clone() does not copy it.
+const CALL_STATE = Symbol('debvisor.callState');
+
+interface WithCallState {
+  [CALL_STATE]?: CallState;
+}
 
 export function attachCallState(metadata: Metadata, state: CallState): void {
-  states.set(metadata, state);
+  (metadata as WithCallState)[CALL_STATE] = state;
 }
 
 export function callStateOf(metadata: Metadata): CallState | undefined {
-  return states.get(metadata);
+  return (metadata as WithCallState)[CALL_STATE];
 }
 
 /** What a handler sees of its call. */

@@ -17,6 +17,31 @@ function copy(name: string): string {
   return target;
 }
 
+/** Indexes (0-based) of the lines that start a batch, and of those that seal one. */
+function batchLines(lines: string[]): { starts: number[]; seals: number[] } {
+  const starts: number[] = [];
+  const seals: number[] = [];
+  lines.forEach((line, index) => {
+    if (line.includes(',"prev":"')) starts.push(index);
+    if (/,"hmac":"[0-9a-f]{64}"\}$/.test(line)) seals.push(index);
+  });
+  return { starts, seals };
+}
+
+/** The line with the first hex digit of its `member` ("prev" or "hmac") changed. */
+function flipFirstHex(line: string, member: 'prev' | 'hmac'): string {
+  return line.replace(new RegExp(`"${member}":"(.)`), (_, c: string) => `"${member}":"${c === '0' ? '1' : '0'}`);
+}
+
+/** Verifies a copy of the log with `edit` applied to its lines (given where its batches start and end); expects a failure. */
+function failureOfEdited(name: string, edit: (lines: string[], batches: { starts: number[]; seals: number[] }) => void): Extract<VerifyResult, { ok: false }> {
+  const target = copy(name);
+  const lines = readLines(target);
+  edit(lines, batchLines(lines));
+  writeLines(target, lines);
+  return failure(verifyAuditFiles([target], key));
+}
+
 function failure(result: VerifyResult): Extract<VerifyResult, { ok: false }> {
   if (result.ok) throw new Error(`expected a verification failure, got ${JSON.stringify(result)}`);
   return result;
@@ -46,7 +71,16 @@ describe('audit chain', () => {
     expect(entries.map((entry) => entry.seq)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1));
     // File order is the order of the calls.
     expect(entries.map((entry) => entry.trace_id)).toEqual(Array.from({ length: 1000 }, (_, i) => `trace-${i + 1}`));
-    expect(Object.keys(entries[0]!)).toEqual(['time', 'trace_id', 'type', 'principal', 'source', 'method', 'decision', 'code', 'duration_ms', 'request', 'object', 'seq', 'hmac']);
+    const fields = ['time', 'trace_id', 'type', 'principal', 'source', 'method', 'decision', 'code', 'duration_ms', 'request', 'object', 'seq'];
+    // A batch: its first entry links to the previous batch, its last one carries the MAC.
+    const { starts, seals } = batchLines(readLines(file));
+    expect(starts[0]).toBe(0);
+    expect(seals.at(-1)).toBe(999);
+    expect(starts.length).toBe(seals.length);
+    expect(starts.length).toBeGreaterThan(3);
+    expect(Object.keys(entries[0]!)).toEqual(seals[0] === 0 ? [...fields, 'prev', 'hmac'] : [...fields, 'prev']);
+    expect(Object.keys(entries[999]!)).toEqual(starts.at(-1) === 999 ? [...fields, 'prev', 'hmac'] : [...fields, 'hmac']);
+    expect(entries[0]!.prev).toBe('');
     expect(verifyAuditFiles([file], key)).toEqual({ ok: true, entries: 1000, files: 1, firstSeq: 1, lastSeq: 1000, startsMidChain: false });
   });
 
@@ -55,21 +89,37 @@ describe('audit chain', () => {
     const lines = readLines(target);
     lines[499] = lines[499]!.replace('"decision":"allow"', '"decision":"deny"');
     writeLines(target, lines);
-    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
+    // Located to its batch: the one holding line 500.
+    const { starts, seals } = batchLines(lines);
+    const first = starts.filter((start) => start <= 499).at(-1)!;
+    const last = seals.find((seal) => seal >= 499)!;
+    const result = failure(verifyAuditFiles([target], key));
+    expect(result).toMatchObject({ problem: 'modified', line: first + 1, lastLine: last + 1, seq: first + 1, entries: first });
+    expect(result.message).toContain(`seq ${first + 1}–${last + 1}`);
+  });
+
+  it("detects a change in a batch's sealing entry, and a changed link between batches", () => {
+    const { seals, starts } = batchLines(readLines(file));
+    const seal = seals[1]!;
+    const start = starts[2]!;
+    expect(failureOfEdited('sealing-entry.log', (edited) => (edited[seal] = edited[seal]!.replace('"object":"vm/web-', '"object":"vm/web-x')))).toMatchObject({
+      problem: 'modified',
+      lastLine: seal + 1,
+    });
+    expect(failureOfEdited('relinked.log', (edited) => (edited[start] = flipFirstHex(edited[start]!, 'prev')))).toMatchObject({ problem: 'modified', line: start + 1 });
   });
 
   it('detects a changed seq (and a changed hmac) as modified', () => {
-    const target = copy('modified-seq.log');
-    const lines = readLines(target);
-    lines[499] = lines[499]!.replace('"seq":500,', '"seq":900,');
-    writeLines(target, lines);
-    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
+    const changedSeq = failureOfEdited('modified-seq.log', (lines) => {
+      lines[499] = lines[499]!.replace(/"seq":500([,}])/, '"seq":900$1');
+      expect(lines[499]).toContain('"seq":900');
+    });
+    expect(changedSeq).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
 
-    const target2 = copy('modified-hmac.log');
-    const lines2 = readLines(target2);
-    lines2[41] = lines2[41]!.replace(/"hmac":"(.)/, (_, c: string) => `"hmac":"${c === '0' ? '1' : '0'}`);
-    writeLines(target2, lines2);
-    expect(failure(verifyAuditFiles([target2], key))).toMatchObject({ problem: 'modified', line: 42 });
+    const seal = batchLines(readLines(file)).seals[1]!;
+    expect(failureOfEdited('modified-hmac.log', (lines) => (lines[seal] = flipFirstHex(lines[seal]!, 'hmac')))).toMatchObject({ problem: 'modified', lastLine: seal + 1 });
+    // The MAC member removed altogether: the batch runs into the next one.
+    expect(failureOfEdited('unsealed.log', (lines) => (lines[seal] = lines[seal]!.replace(/,"hmac":"[0-9a-f]{64}"\}$/, '}')))).toMatchObject({ problem: 'modified', line: seal + 2 });
   });
 
   it('detects a deleted line 300 at that position', () => {
@@ -78,8 +128,27 @@ describe('audit chain', () => {
     lines.splice(299, 1);
     writeLines(target, lines);
     const result = failure(verifyAuditFiles([target], key));
-    expect(result).toMatchObject({ problem: 'deleted', line: 300, seq: 301, entries: 299 });
+    expect(result).toMatchObject({ problem: 'deleted', line: 300, seq: 301 });
+    expect(result.entries).toBeLessThan(300);
     expect(result.message).toContain('seq 300');
+  });
+
+  it('detects a whole batch deleted, and the last batch cut short', () => {
+    const target = copy('batch-deleted.log');
+    const lines = readLines(target);
+    const { starts } = batchLines(lines);
+    const [from, to] = [starts[2]!, starts[3]!];
+    lines.splice(from, to - from);
+    writeLines(target, lines);
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'deleted', line: from + 1, seq: to + 1 });
+
+    // Lines removed from the end, down to the middle of the last batch: its seal is gone.
+    const cut = copy('cut.log');
+    const lines2 = readLines(cut);
+    const lastStart = batchLines(lines2).starts.at(-1)!;
+    expect(lastStart).toBeLessThan(998);
+    writeLines(cut, lines2.slice(0, 999));
+    expect(failure(verifyAuditFiles([cut], key))).toMatchObject({ problem: 'deleted', line: lastStart + 1, seq: lastStart + 1 });
   });
 
   it('detects swapped lines 10 and 11 as reordered at line 10', () => {
@@ -108,10 +177,24 @@ describe('audit chain', () => {
     expect(failure(verifyAuditFiles([file], Buffer.alloc(32, 7)))).toMatchObject({ problem: 'modified', line: 1 });
   });
 
-  it('accepts a file whose predecessor is gone, and says so', () => {
+  it('accepts a file whose predecessor is gone, and says so; checks its first batch all the same', () => {
     const target = copy('tail.log');
-    writeLines(target, readLines(target).slice(600));
-    expect(verifyAuditFiles([target], key)).toEqual({ ok: true, entries: 400, files: 1, firstSeq: 601, lastSeq: 1000, startsMidChain: true });
+    const lines = readLines(target);
+    const start = batchLines(lines).starts.find((index) => index >= 600)!;
+    writeLines(target, lines.slice(start));
+    expect(verifyAuditFiles([target], key)).toEqual({ ok: true, entries: 1000 - start, files: 1, firstSeq: start + 1, lastSeq: 1000, startsMidChain: true });
+    const changed = lines.slice(start);
+    changed[0] = changed[0]!.replace('"code":"OK"', '"code":"NOT_FOUND"');
+    writeLines(target, changed);
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 1 });
+  });
+
+  it('reports a file that starts in the middle of a batch (its head cut off)', () => {
+    const target = copy('headless.log');
+    const lines = readLines(target);
+    const start = batchLines(lines).starts.find((index) => index >= 600)!;
+    writeLines(target, lines.slice(start + 1));
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'deleted', line: 1, seq: start + 2 });
   });
 });
 

@@ -21,6 +21,39 @@ function traceIdsInFile(): string[] {
   return existsSync(path) ? parseLines(path).map((entry) => entry.trace_id as string) : [];
 }
 
+describe('event time', () => {
+  it('stamps events from the real clock as ISO 8601 UTC with milliseconds', async () => {
+    const log = await openLog(dir);
+    const before = Date.now();
+    for (let i = 0; i < 300; i++) {
+      log.write(event(i));
+      if (i % 50 === 0) await new Promise((resolve) => setTimeout(resolve, 3));
+    }
+    await log.close();
+    const after = Date.now();
+    for (const entry of parseLines(path)) {
+      const time = entry.time as string;
+      expect(time).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+      expect(new Date(time).toISOString()).toBe(time);
+      expect(Date.parse(time)).toBeGreaterThanOrEqual(before);
+      expect(Date.parse(time)).toBeLessThanOrEqual(after);
+    }
+  });
+});
+
+describe('batch encoding', () => {
+  it('writes and verifies non-ASCII content (multi-byte UTF-8) in batches', async () => {
+    const log = await openLog(dir);
+    const reasons = ['ünïcødé', '😀 emoji', '中文', 'plain', '\u2028 separator', 'quote " and \\ backslash'];
+    for (let i = 0; i < 60; i++) log.write(event(i, { reason: reasons[i % reasons.length]! }));
+    await log.writeDurable(event(60, { reason: '最後' }));
+    await log.close();
+    const entries = parseLines(path);
+    expect(entries.map((entry) => entry.reason)).toEqual([...Array.from({ length: 60 }, (_, i) => reasons[i % reasons.length]), '最後']);
+    expect(verifyAuditFiles([path], keyOf(dir))).toMatchObject({ ok: true, entries: 61 });
+  });
+});
+
 describe('writeDurable', () => {
   it('resolves only once the line is in the file', async () => {
     const log = await openLog(dir, { fsyncIntervalMs: 10_000 });

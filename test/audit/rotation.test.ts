@@ -1,10 +1,11 @@
 // Daily rotation and retention, driven by an injected clock.
+import { createHmac } from 'node:crypto';
 import { appendFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AuditOpenError } from '../../src/audit/log.js';
 import { auditFilesInOrder, verifyAuditFiles } from '../../src/audit/verify.js';
-import { Clock, event, keyOf, openLog, parseLines, readLines, tempDir } from './helpers.js';
+import { Clock, event, keyOf, openLog, parseLines, readLines, tempDir, writeLines } from './helpers.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -130,6 +131,54 @@ describe('recovery on open', () => {
     await log.close();
     expect(parseLines(path).map((entry) => entry.seq)).toEqual([1, 2, 3, 4]);
     expect(verifyAuditFiles([path], keyOf(dir))).toMatchObject({ ok: true, entries: 4 });
+  });
+
+  it('removes the entries of a batch whose write was interrupted (no seal) and continues the chain', async () => {
+    let log = await openLog(dir);
+    await log.writeDurable(event(1));
+    for (let i = 2; i <= 5; i++) log.write(event(i));
+    await log.close();
+    const lines = readLines(path);
+    expect(lines).toHaveLength(5);
+    // The crash hit after the batch's first lines were written, before its seal.
+    writeFileSync(path, `${lines.slice(0, 3).join('\n')}\n${lines[3]!.slice(0, 20)}`);
+    const warnings: string[] = [];
+    log = await openLog(dir, { onWarning: (message) => warnings.push(message) });
+    expect(warnings.join()).toContain('2 entries of a batch whose write was interrupted');
+    expect(log.stats.lastSeq).toBe(1);
+    await log.writeDurable(event(6));
+    await log.close();
+    expect(parseLines(path).map((entry) => [entry.seq, entry.trace_id])).toEqual([
+      [1, 'trace-1'],
+      [2, 'trace-6'],
+    ]);
+    expect(verifyAuditFiles([path], keyOf(dir))).toMatchObject({ ok: true, entries: 2 });
+  });
+
+  it('continues a log of the per-entry MAC format of earlier releases, and verifies both parts', async () => {
+    // Three entries as earlier releases wrote them: each with its own MAC over the previous one.
+    const key = Buffer.alloc(32, 9);
+    writeFileSync(join(dir, 'audit-hmac.key'), `${key.toString('hex')}\n`, { mode: 0o600 });
+    let prev = '';
+    const legacy: string[] = [];
+    for (let seq = 1; seq <= 3; seq++) {
+      const canonical = `{"time":"2025-06-01T10:00:00.000Z","trace_id":"old-${seq}","type":"CALL","seq":${seq}}`;
+      prev = createHmac('sha256', key).update(`${prev}\n${canonical}`).digest('hex');
+      legacy.push(`${canonical.slice(0, -1)},"hmac":"${prev}"}`);
+    }
+    writeFileSync(path, `${legacy.join('\n')}\n`);
+    expect(verifyAuditFiles([path], key)).toMatchObject({ ok: true, entries: 3, lastSeq: 3 });
+    const log = await openLog(dir, { now: () => new Date(2025, 5, 1, 12) });
+    expect(log.stats.lastSeq).toBe(3);
+    await log.writeDurable(event(4));
+    await log.close();
+    expect(verifyAuditFiles([path], key)).toEqual({ ok: true, entries: 4, files: 1, firstSeq: 1, lastSeq: 4, startsMidChain: false });
+    // A changed old entry is still caught, and per-entry lines are not accepted after a batch.
+    const lines = readLines(path);
+    writeLines(path, [lines[0]!.replace('old-1', 'old-X'), ...lines.slice(1)]);
+    expect(verifyAuditFiles([path], key)).toMatchObject({ ok: false, problem: 'modified', line: 1 });
+    writeLines(path, [...lines, lines[1]!.replace('"seq":2', '"seq":5')]);
+    expect(verifyAuditFiles([path], key)).toMatchObject({ ok: false, line: 5 });
   });
 
   it('keeps a complete last entry that only lacks its newline', async () => {

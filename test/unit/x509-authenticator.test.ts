@@ -9,22 +9,12 @@ import type { PeerCertificate } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateAuthenticator, TrustBundle, parseSubjectAltNames } from '../../src/authn/x509.js';
 import { createCa, issueCertificate, selfSignedCertificate, type PemPair } from '../../src/pki/index.js';
-import { UnauthenticatedError } from '../../src/server/errors.js';
+import { reasonOf } from './unauthenticated.js';
 
 /** What grpc-js hands the identity step: Node's parsed peer certificate. */
 function peerOf(pem: string): PeerCertificate {
   const cert = new X509Certificate(pem);
   return { raw: cert.raw, fingerprint256: cert.fingerprint256 } as PeerCertificate;
-}
-
-function reasonOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(UnauthenticatedError);
-    return (err as UnauthenticatedError).reason;
-  }
-  throw new Error('expected UNAUTHENTICATED');
 }
 
 describe('CertificateAuthenticator', () => {

@@ -1,0 +1,111 @@
+// The event serializer (with its once-per-principal cache) must be exactly JSON.stringify
+// of the event in its fixed key order, for any content: hostile strings included.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { serializeEvent, type AuditEventInput } from '../../src/audit/event.js';
+
+/** The reference: the fixed-order object the serializer used to build, stringified. */
+function reference(event: AuditEventInput, time: string): string {
+  const out: Record<string, unknown> = { time: event.time ?? time, trace_id: event.trace_id, type: event.type };
+  const p = event.principal;
+  if (p !== undefined) {
+    const principal: Record<string, unknown> = { id: p.id, kind: p.kind, roles: p.roles };
+    if (p.cert_fingerprint !== undefined) principal.cert_fingerprint = p.cert_fingerprint;
+    if (p.key_id !== undefined) principal.key_id = p.key_id;
+    out.principal = principal;
+  }
+  for (const key of ['source', 'method', 'decision', 'code', 'duration_ms', 'request', 'object', 'reason', 'details'] as const) {
+    if (event[key] !== undefined) out[key] = event[key];
+  }
+  return JSON.stringify(out);
+}
+
+const HOSTILE = [
+  '"},"type":"AUTH","x":{"',
+  '\\',
+  '\\"',
+  'line\nbreak\r\ttab\u0000nul\u001f',
+  '\u2028\u2029',
+  '\ud800 lone surrogate \udfff',
+  '😀 emoji',
+  '</script><!--',
+  '","hmac":"' + '0'.repeat(64) + '"}',
+  '","seq":1,"prev":"',
+];
+
+const text = fc.oneof(fc.string({ unit: 'binary' }), fc.constantFrom(...HOSTILE));
+const json: fc.Arbitrary<unknown> = fc.jsonValue();
+
+const events: fc.Arbitrary<AuditEventInput> = fc.record(
+  {
+    time: text,
+    trace_id: text,
+    type: fc.constantFrom('CALL', 'AUTH_FAILED', 'SUSPICIOUS'),
+    principal: fc.record(
+      {
+        id: text,
+        kind: fc.constantFrom('certificate', 'api_key'),
+        roles: fc.array(text, { maxLength: 4 }),
+        cert_fingerprint: text,
+        key_id: text,
+      },
+      { requiredKeys: ['id', 'kind', 'roles'] },
+    ),
+    source: text,
+    method: text,
+    decision: fc.constantFrom('allow', 'deny'),
+    code: text,
+    duration_ms: fc.oneof(fc.double(), fc.integer()),
+    request: json,
+    object: text,
+    reason: text,
+    details: fc.dictionary(text, json),
+  },
+  { requiredKeys: ['trace_id', 'type'] },
+);
+
+/** The event with its principal (and role list) frozen, as src/chain/audit-principal.ts hands them out. */
+function withFrozenPrincipal(event: AuditEventInput): AuditEventInput {
+  const p = event.principal;
+  return p === undefined ? event : { ...event, principal: Object.freeze({ ...p, roles: Object.freeze([...p.roles]) }) };
+}
+
+describe('serializeEvent', () => {
+  it('equals JSON.stringify of the fixed-order event, for any content, with a frozen (cached) principal or not', () => {
+    fc.assert(
+      fc.property(events, fc.boolean(), (generated, frozen) => {
+        const event = frozen ? withFrozenPrincipal(generated) : generated;
+        const expected = reference(event, '2026-01-01T00:00:00.000Z');
+        expect(serializeEvent(event, () => '2026-01-01T00:00:00.000Z')).toBe(expected);
+        // A second time: the frozen principal's JSON now comes from the cache.
+        expect(serializeEvent(event, () => '2026-01-01T00:00:00.000Z')).toBe(expected);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('the same frozen principal in different events', () => {
+    const principal = Object.freeze({ id: 'spiffe://x/"quoted"', kind: 'certificate' as const, roles: Object.freeze(['admin', 'ops\n']), cert_fingerprint: 'ab'.repeat(32) });
+    const events: AuditEventInput[] = [
+      { trace_id: 't1', type: 'CALL', principal, source: '1.2.3.4:5', method: '/a/B', decision: 'allow', code: 'OK', duration_ms: 0.123 },
+      { trace_id: 't2', type: 'SUSPICIOUS', principal },
+      { time: 'custom', trace_id: 't3', type: 'AUTHZ_DENIED', principal, reason: 'why "not"', details: { n: 1 } },
+    ];
+    for (const event of events) expect(serializeEvent(event, () => 'now')).toBe(reference(event, 'now'));
+  });
+
+  it('keeps hostile strings inside their member', () => {
+    for (const hostile of HOSTILE) {
+      const event: AuditEventInput = { trace_id: hostile, type: 'CALL', method: hostile, reason: hostile, principal: { id: hostile, kind: 'api_key', roles: [hostile] } };
+      const parsed = JSON.parse(serializeEvent(event, () => 't')) as Record<string, unknown>;
+      expect(parsed).toEqual({ time: 't', trace_id: hostile, type: 'CALL', principal: { id: hostile, kind: 'api_key', roles: [hostile] }, method: hostile, reason: hostile });
+    }
+  });
+
+  it('leaves out members JSON has no form for, and drops unknown keys', () => {
+    const event = { trace_id: 't', type: 'CALL', request: () => 1, details: undefined, extra: 'x', duration_ms: Number.NaN } as unknown as AuditEventInput;
+    expect(serializeEvent(event, () => 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","duration_ms":null}');
+    const principal = Object.freeze({ id: 'p', kind: 'api_key' as const, roles: Object.freeze([]), key_id: 'k' });
+    expect(serializeEvent({ ...event, principal }, () => 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","principal":{"id":"p","kind":"api_key","roles":[],"key_id":"k"},"duration_ms":null}');
+  });
+});
