@@ -3,16 +3,16 @@
 // A grpc-js server with the daemon's own TLS (src/server/tls.ts: the dev PKI server
 // pair, the CA, client certificates requested but not required), the daemon's own
 // grpc-js server options (defaults of src/config/schema.ts), and the project's own
-// protobuf-es adapter (src/server/adapter.ts) serving AccessService, whose WhoAmI
-// returns a fixed, precomputed principal. No interceptors, no store, no audit, no
-// metrics: what remains is grpc-js + TLS + HTTP/2 + protobuf + the adapter.
+// protobuf-es adapter (src/server/adapter.ts) serving TestingService.Echo with the
+// daemon's own handler (src/services/testing.ts). No interceptors, no store, no audit, no
+// metrics: what remains is grpc-js + TLS + HTTP/2 + protobuf + the adapter + the handler.
 // Prints {"port":N} on stdout once bound; exits on SIGTERM.
 import { Server } from '@grpc/grpc-js';
-import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { configSchema } from '../src/config/schema.js';
-import { AccessService, PrincipalKind } from '../src/gen/debvisor/v1/access_pb.js';
+import { TestingService } from '../src/gen/debvisor/testing/v1/testing_pb.js';
 import { toImplementation, toServiceDefinition } from '../src/server/adapter.js';
 import { IdentityProvider, loadIdentity, serverCredentials, type TlsFiles } from '../src/server/tls.js';
+import { echo } from '../src/services/testing.js';
 import { unimplementedHandlers } from '../src/services/unimplemented.js';
 import { grpcOptions } from '../src/server/options.js';
 
@@ -22,24 +22,10 @@ const defaults = configSchema.parse({}).server;
 // The same options Daemon.start passes, at their defaults.
 const server = new Server(grpcOptions(defaults));
 
-// Shaped like the daemon's answer for the dev admin, so both encode a similar message.
-const fixed = {
-  principalId: 'spiffe://debvisor/admin/admin',
-  kind: PrincipalKind.CERTIFICATE,
-  roles: ['admin'],
-  permissions: ['*'],
-  authMethod: 'mtls',
-  certFingerprintSha256: 'ab'.repeat(32),
-  certNotAfter: timestampFromDate(new Date('2030-01-01T00:00:00Z')),
-  apiKeyId: '',
-  sourceAddress: '127.0.0.1:40000',
-  resourceGlobs: [],
-};
-
-const handlers = unimplementedHandlers(AccessService, { whoAmI: () => Promise.resolve(fixed) });
+const handlers = unimplementedHandlers(TestingService, { echo });
 server.addService(
-  toServiceDefinition(AccessService),
-  toImplementation(AccessService, handlers as never, {
+  toServiceDefinition(TestingService),
+  toImplementation(TestingService, handlers as never, {
     maxDeadlineMs: defaults.max_deadline_seconds * 1000,
     onInternalError: (err) => {
       console.error('internal error', err);

@@ -8,7 +8,7 @@
 //      <dir>/daemon and <dir>/bare, one per thread: the largest is the main thread (tsx's
 //      loader thread writes one too); summarize with `tsx bench/profile.ts <file> [top] [calls]`).
 //
-// Three scenarios, each a unary AccessService/WhoAmI under the same load:
+// Three scenarios, each a unary TestingService/Echo (the same tiny handler on both servers) under the same load:
 //   bare      bench/bare-server.ts: grpc-js + the daemon's TLS credentials and the
 //             project's adapter, no interceptors (a child process);
 //   mTLS      the full daemon (`node dist/main.js --config …`: embedded store, audit log
@@ -25,8 +25,10 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { create, toBinary } from '@bufbuild/protobuf';
-import { AccessService, WhoAmIRequestSchema } from '../src/gen/debvisor/v1/access_pb.js';
-import { REPO_ROOT, clientFor, startDaemon } from '../test/support/daemon.js';
+import { EchoRequestSchema } from '../src/gen/debvisor/testing/v1/testing_pb.js';
+import { AccessService } from '../src/gen/debvisor/v1/access_pb.js';
+import { REPO_ROOT, clientFor } from '../test/support/daemon.js';
+import { startTestingDaemon } from '../test/support/testing.js';
 import type { LoadResult, LoadSpec } from './loadgen.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -38,7 +40,7 @@ const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
 const ONLY = new Set((process.env.BENCH_SCENARIOS ?? 'bare,mtls,apikey').split(','));
 const TARGET_QPS_RATIO = 0.85;
 const TARGET_CPU_RATIO = 1.2;
-const WHOAMI = '/debvisor.v1.AccessService/WhoAmI';
+const ECHO = '/debvisor.testing.v1.TestingService/Echo';
 const RESULTS = new URL('results-chain.md', import.meta.url);
 
 /** Runs a TypeScript file of bench/ in a fresh node process (tsx) and returns its stdout lines as they come. */
@@ -60,8 +62,8 @@ function spawnTs(file: string, arg: string, env: NodeJS.ProcessEnv = process.env
 async function load(spec: Omit<LoadSpec, 'connections' | 'concurrency' | 'warmupMs' | 'durationMs' | 'path' | 'requestHex'>): Promise<LoadResult> {
   const full: LoadSpec = {
     ...spec,
-    path: WHOAMI,
-    requestHex: Buffer.from(toBinary(WhoAmIRequestSchema, create(WhoAmIRequestSchema))).toString('hex'),
+    path: ECHO,
+    requestHex: Buffer.from(toBinary(EchoRequestSchema, create(EchoRequestSchema, { text: 'ping' }))).toString('hex'),
     connections: CONNECTIONS,
     concurrency: CONCURRENCY,
     warmupMs: WARMUP_SECONDS * 1000,
@@ -115,8 +117,9 @@ try {
 }
 
 // 2. The full daemon (its temp dir holds the dev PKI, store, audit log and config), with
-//    rate limits far above the offered load so every call is answered OK.
-const daemon = await startDaemon({
+//    rate limits far above the offered load so every call is answered OK, and the test
+//    service, whose Echo is the handler the bare server serves too.
+const daemon = await startTestingDaemon({
   config: {
     rate_limit: { per_role_per_minute: { admin: 100_000_000 }, global_per_minute: 100_000_000 },
   },
@@ -128,7 +131,7 @@ const runs: Record<'bare' | 'mtls' | 'apikey', LoadResult[]> = { bare: [], mtls:
 try {
   // 3. An API key for the third scenario, made with the admin certificate.
   const admin = await clientFor(AccessService, daemon);
-  const created = await admin.createApiKey({ description: 'chain benchmark', permissions: ['access:whoami'] });
+  const created = await admin.createApiKey({ description: 'chain benchmark', permissions: ['testing:echo'] });
   admin.close();
   const token = created.secret;
 
@@ -182,7 +185,7 @@ const lines = [
   '# Chain benchmark',
   '',
   `${new Date().toISOString().slice(0, 10)}, node ${process.version}, ${availableParallelism()} cores (${cpuModel}), shared by the server under test and the load generator.`,
-  `Unary AccessService/WhoAmI, ${CONCURRENCY} calls in flight over ${CONNECTIONS} TLS connections from a raw node:http2 client in its own process;`,
+  `Unary TestingService/Echo (the same handler on both servers), ${CONCURRENCY} calls in flight over ${CONNECTIONS} TLS connections from a raw node:http2 client in its own process;`,
   `${WARMUP_SECONDS} s warm-up, then ${SECONDS} s measured${ROUNDS > 1 ? `, ${ROUNDS} interleaved rounds, medians` : ''}. CPU is the server process's utime+stime over the measured window, per successful call.`,
   `Reproduce: \`npm run bench:chain\`${ROUNDS > 1 ? ` (this table: \`BENCH_ROUNDS=${ROUNDS} npm run bench:chain\`)` : ''}.`,
   '',
@@ -196,10 +199,10 @@ const lines = [
   ),
   '',
   'bare = bench/bare-server.ts: grpc-js with the daemon’s own `serverCredentials`/`IdentityProvider` (dev PKI server pair and CA; client certificates',
-  'requested, not required), the daemon’s default grpc-js options, and the project’s adapter (src/server/adapter.ts) with a WhoAmI handler returning a fixed',
-  'principal; no interceptors. Full daemon = `node dist/main.js --config …` with the embedded store, the audit log on disk (HMAC-chained, fsynced)',
-  'and the default chain (observe, recovery, identity, audit, rate limit, RBAC); rate limits raised so no call is refused. Its WhoAmI handler also',
-  'resolves roles and permissions, which the bare one does not.',
+  'requested, not required), the daemon’s default grpc-js options, and the project’s adapter (src/server/adapter.ts) serving the daemon’s own Echo',
+  'handler; no interceptors. Full daemon = `node dist/main.js --config … --enable-test-service` with the embedded store, the audit log on disk',
+  '(HMAC-chained, fsynced) and the default chain (observe, recovery, identity, audit, rate limit, RBAC) in front of the same Echo handler; rate',
+  'limits raised so no call is refused.',
   ...(rows.some((r) => r.errors > 0) ? ['', `Errors: ${rows.map((r) => `${r.name}: ${JSON.stringify(r.errorKinds)}`).join('; ')}`] : []),
 ];
 const previous = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';

@@ -12,6 +12,9 @@ import { operationMessage } from './operations.js';
 
 export const TEST_OPERATION_KIND = 'TEST';
 
+/** The chain benchmark's tiny handler, served as is by bench/bare-server.ts too. */
+export const echo = (request: { text: string }): Promise<{ text: string }> => Promise.resolve({ text: request.text });
+
 interface TestParams {
   readonly durationMs: number;
   readonly steps: number;
@@ -42,6 +45,7 @@ export function registerTestOperationKind(operations: OperationManager, hostComm
 
 export function testingHandlers(operations: OperationManager, quotas: QuotaManager): HandlersOf<typeof TestingService> {
   return {
+    echo,
     startTestOperation: async (request, ctx) => {
       const ms = (request.duration ? durationMs(request.duration) : 1000);
       if (ms < 0 || ms > 600_000) throw new InvalidArgumentError('duration', 'must be between 0 and 10 minutes');

@@ -41,6 +41,12 @@ describe('operations (embedded store)', () => {
     await daemon.cleanup();
   });
 
+  it('serves Echo, the chain benchmark’s handler, through the whole chain', async () => {
+    const testing = await clientFor(TestingService, daemon);
+    expect((await testing.echo({ text: 'ping' }, { timeoutMs: 5000 })).text).toBe('ping');
+    testing.close();
+  });
+
   it('runs the life cycle PENDING → RUNNING → SUCCEEDED with a progress stream', async () => {
     const testing = await clientFor(TestingService, daemon);
     const ops = await clientFor(OperationService, daemon);

@@ -20,7 +20,49 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/testing/v1/testing.proto.
  */
 export const file_debvisor_testing_v1_testing: GenFile = /*@__PURE__*/
-  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEirgEKGVN0YXJ0VGVzdE9wZXJhdGlvblJlcXVlc3QSKwoIZHVyYXRpb24YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFc3RlcHMYAiABKA0SFAoMZmFpbF9tZXNzYWdlGAMgASgJEhEKCXJlc3VtYWJsZRgEIAEoCBIYChBydW5faG9zdF9jb21tYW5kGAUgASgIEhIKCnJlcXVlc3RfaWQYBiABKAkiRwoaU3RhcnRUZXN0T3BlcmF0aW9uUmVzcG9uc2USKQoJb3BlcmF0aW9uGAEgASgLMhYuZGVidmlzb3IudjEuT3BlcmF0aW9uIi0KF0NvbnN1bWVUZXN0UXVvdGFSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkiKAoYQ29uc3VtZVRlc3RRdW90YVJlc3BvbnNlEgwKBHVzZWQYASABKAQiLQoXUmVsZWFzZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhSZWxlYXNlVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBDLPAwoOVGVzdGluZ1NlcnZpY2USmAEKElN0YXJ0VGVzdE9wZXJhdGlvbhIuLmRlYnZpc29yLnRlc3RpbmcudjEuU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBovLmRlYnZpc29yLnRlc3RpbmcudjEuU3RhcnRUZXN0T3BlcmF0aW9uUmVzcG9uc2UiIcrzGB0KF3Rlc3Rpbmc6b3BlcmF0aW9uOnN0YXJ0EAEwBRKOAQoQUmVsZWFzZVRlc3RRdW90YRIsLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RRdW90YVJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLlJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZSIdyvMYGQoVdGVzdGluZzpxdW90YTpyZWxlYXNlEAESkAEKEENvbnN1bWVUZXN0UXVvdGESLC5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXF1ZXN0Gi0uZGVidmlzb3IudGVzdGluZy52MS5Db25zdW1lVGVzdFF1b3RhUmVzcG9uc2UiH8rzGBsKFXRlc3Rpbmc6cXVvdGE6Y29uc3VtZRABIAFiBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
+  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEiGwoLRWNob1JlcXVlc3QSDAoEdGV4dBgBIAEoCSIcCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCSKuAQoZU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdGVwcxgCIAEoDRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEQoJcmVzdW1hYmxlGAQgASgIEhgKEHJ1bl9ob3N0X2NvbW1hbmQYBSABKAgSEgoKcmVxdWVzdF9pZBgGIAEoCSJHChpTdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iLQoXQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhDb25zdW1lVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBCItChdSZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIigKGFJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZRIMCgR1c2VkGAEgASgEMrAECg5UZXN0aW5nU2VydmljZRKYAQoSU3RhcnRUZXN0T3BlcmF0aW9uEi4uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXF1ZXN0Gi8uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZSIhyvMYHQoXdGVzdGluZzpvcGVyYXRpb246c3RhcnQQATAFEo4BChBSZWxlYXNlVGVzdFF1b3RhEiwuZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RRdW90YVJlc3BvbnNlIh3K8xgZChV0ZXN0aW5nOnF1b3RhOnJlbGVhc2UQARKQAQoQQ29uc3VtZVRlc3RRdW90YRIsLmRlYnZpc29yLnRlc3RpbmcudjEuQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXNwb25zZSIfyvMYGwoVdGVzdGluZzpxdW90YTpjb25zdW1lEAEgARJfCgRFY2hvEiAuZGVidmlzb3IudGVzdGluZy52MS5FY2hvUmVxdWVzdBohLmRlYnZpc29yLnRlc3RpbmcudjEuRWNob1Jlc3BvbnNlIhLK8xgOCgx0ZXN0aW5nOmVjaG9iBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
+
+/**
+ * EchoRequest carries the text to return.
+ *
+ * @generated from message debvisor.testing.v1.EchoRequest
+ */
+export type EchoRequest = Message<"debvisor.testing.v1.EchoRequest"> & {
+  /**
+   * Returned unchanged.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.EchoRequest.
+ * Use `create(EchoRequestSchema)` to create a new message.
+ */
+export const EchoRequestSchema: GenMessage<EchoRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 0);
+
+/**
+ * EchoResponse is the request's text.
+ *
+ * @generated from message debvisor.testing.v1.EchoResponse
+ */
+export type EchoResponse = Message<"debvisor.testing.v1.EchoResponse"> & {
+  /**
+   * The request's text.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.EchoResponse.
+ * Use `create(EchoResponseSchema)` to create a new message.
+ */
+export const EchoResponseSchema: GenMessage<EchoResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 1);
 
 /**
  * StartTestOperationRequest describes the fake work.
@@ -77,7 +119,7 @@ export type StartTestOperationRequest = Message<"debvisor.testing.v1.StartTestOp
  * Use `create(StartTestOperationRequestSchema)` to create a new message.
  */
 export const StartTestOperationRequestSchema: GenMessage<StartTestOperationRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 0);
+  messageDesc(file_debvisor_testing_v1_testing, 2);
 
 /**
  * StartTestOperationResponse returns the started operation.
@@ -98,7 +140,7 @@ export type StartTestOperationResponse = Message<"debvisor.testing.v1.StartTestO
  * Use `create(StartTestOperationResponseSchema)` to create a new message.
  */
 export const StartTestOperationResponseSchema: GenMessage<StartTestOperationResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 1);
+  messageDesc(file_debvisor_testing_v1_testing, 3);
 
 /**
  * ConsumeTestQuotaRequest consumes one snapshots unit.
@@ -119,7 +161,7 @@ export type ConsumeTestQuotaRequest = Message<"debvisor.testing.v1.ConsumeTestQu
  * Use `create(ConsumeTestQuotaRequestSchema)` to create a new message.
  */
 export const ConsumeTestQuotaRequestSchema: GenMessage<ConsumeTestQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 2);
+  messageDesc(file_debvisor_testing_v1_testing, 4);
 
 /**
  * ConsumeTestQuotaResponse reports the usage after consuming.
@@ -140,7 +182,7 @@ export type ConsumeTestQuotaResponse = Message<"debvisor.testing.v1.ConsumeTestQ
  * Use `create(ConsumeTestQuotaResponseSchema)` to create a new message.
  */
 export const ConsumeTestQuotaResponseSchema: GenMessage<ConsumeTestQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 3);
+  messageDesc(file_debvisor_testing_v1_testing, 5);
 
 /**
  * ReleaseTestQuotaRequest gives one snapshots unit back.
@@ -161,7 +203,7 @@ export type ReleaseTestQuotaRequest = Message<"debvisor.testing.v1.ReleaseTestQu
  * Use `create(ReleaseTestQuotaRequestSchema)` to create a new message.
  */
 export const ReleaseTestQuotaRequestSchema: GenMessage<ReleaseTestQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 4);
+  messageDesc(file_debvisor_testing_v1_testing, 6);
 
 /**
  * ReleaseTestQuotaResponse reports the usage after releasing.
@@ -182,7 +224,7 @@ export type ReleaseTestQuotaResponse = Message<"debvisor.testing.v1.ReleaseTestQ
  * Use `create(ReleaseTestQuotaResponseSchema)` to create a new message.
  */
 export const ReleaseTestQuotaResponseSchema: GenMessage<ReleaseTestQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 5);
+  messageDesc(file_debvisor_testing_v1_testing, 7);
 
 /**
  * TestingService starts fake long-running work and consumes quota.
@@ -219,6 +261,18 @@ export const TestingService: GenService<{
     methodKind: "unary";
     input: typeof ConsumeTestQuotaRequestSchema;
     output: typeof ConsumeTestQuotaResponseSchema;
+  },
+  /**
+   * Echo returns its text unchanged: the tiny handler the chain benchmark
+   * serves on both the bare server and the full daemon, so the two differ by
+   * the chain only.
+   *
+   * @generated from rpc debvisor.testing.v1.TestingService.Echo
+   */
+  echo: {
+    methodKind: "unary";
+    input: typeof EchoRequestSchema;
+    output: typeof EchoResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_debvisor_testing_v1_testing, 0);
