@@ -2,27 +2,34 @@
 //
 // The writer commits events in batches (group commit, log.ts), and each batch carries
 // one MAC instead of one per entry: an HMAC per entry was the largest single cost of
-// auditing a call. Every line is still one entry with its own seq:
+// auditing a call. Every line is still one entry with its own seq, and the seal lists a
+// digest per entry, so the verifier still names the exact entry that was changed:
 //
 //   canonical_i = JSON of entry i: the event (fixed key order), then "seq", and on the
 //                 first entry of a batch also "prev": the previous batch's hmac
 //                 (CHAIN_GENESIS before the first batch)
-//   hmac        = hex HMAC-SHA256(key, canonical_1 + "\n" + … + "\n" + canonical_k)
-//   lines       = canonical_1 … canonical_k, the last one with ,"hmac":"<hex>" appended
-//                 before its closing brace (it seals the batch)
+//   digest_i    = the first 16 bytes of SHA-256(canonical_i), hex
+//   digests     = digest_1 + … + digest_k
+//   hmac        = hex HMAC-SHA256(key, digests)
+//   lines       = canonical_1 … canonical_k, the last one with
+//                 ,"digests":"<digests>","hmac":"<hex>" appended before its closing brace
+//                 (it seals the batch)
 //
-// So a batch verifies on its own (its link to the previous batch is inside the MAC),
-// and the batches chain to each other through "prev", across rotated files (a file
-// always starts with a batch). The verifier recomputes the MAC over the exact bytes of
-// the lines (minus the hmac member), so any byte-level change, a removed, added or
-// moved entry, or a batch cut short is detected.
-import { createHmac, createSecretKey, type KeyObject } from 'node:crypto';
+// The MAC authenticates the digest list, and the digests pin each line: a changed line is
+// the one whose digest differs, a changed seal fails the MAC. A batch verifies on its own
+// (its link to the previous batch is inside its first line, so inside the MAC), and the
+// batches chain to each other through "prev", across rotated files (a file always starts
+// with a batch). Removed, added or moved entries break the seq order or the digest count.
+import { createHmac, createSecretKey, hash, type KeyObject } from 'node:crypto';
 
 /** prev of the very first batch (seq 1): independent of any file name. */
 export const CHAIN_GENESIS = '';
 
-const HMAC_MEMBER = /,"hmac":"([0-9a-f]{64})"\}$/;
-const HMAC_MEMBER_LENGTH = ',"hmac":"'.length + 64 + '"}'.length;
+const SEAL_MEMBERS = /,"digests":"((?:[0-9a-f]{32})+)","hmac":"([0-9a-f]{64})"\}$/;
+/** The MAC member of the one-MAC-per-entry format of earlier releases (verified, never written). */
+const LEGACY_HMAC_MEMBER = /,"hmac":"([0-9a-f]{64})"\}$/;
+/** Hex characters of one entry's digest (128 bits: second preimages stay out of reach). */
+export const DIGEST_HEX = 32;
 const PREV = /^(?:[0-9a-f]{64})?$/;
 
 export type ChainKey = KeyObject;
@@ -31,9 +38,14 @@ export function chainKey(key: Buffer): ChainKey {
   return createSecretKey(key);
 }
 
-/** The MAC of a batch, from the canonical forms of its entries in order. */
-export function batchMac(key: ChainKey, canonicals: readonly string[]): string {
-  return createHmac('sha256', key).update(canonicals.join('\n')).digest('hex');
+/** An entry's digest, from its canonical form (as text or as the UTF-8 bytes written). */
+export function entryDigest(canonical: string | Uint8Array): string {
+  return hash('sha256', canonical, 'hex').slice(0, DIGEST_HEX);
+}
+
+/** The MAC of a batch, over its entries' digests in order. */
+export function batchMac(key: ChainKey, digests: string): string {
+  return createHmac('sha256', key).update(digests).digest('hex');
 }
 
 /**
@@ -45,7 +57,8 @@ export function legacyEntryMac(key: ChainKey, prevHmac: string, canonical: strin
 }
 
 const NEWLINE = 0x0a;
-const SEAL_BYTES = HMAC_MEMBER_LENGTH + 1; // ,"hmac":"<64 hex>"} and the newline
+/** ,"digests":"","hmac":"<64 hex>"} and the newline, without the digests themselves. */
+const SEAL_BYTES = ',"digests":"","hmac":"'.length + 64 + '"}'.length + 1;
 
 /**
  * Seals serialized events (JSON objects) as one batch whose first entry gets `firstSeq`:
@@ -56,21 +69,23 @@ const SEAL_BYTES = HMAC_MEMBER_LENGTH + 1; // ,"hmac":"<64 hex>"} and the newlin
 export function sealBatch(key: ChainKey, prevHmac: string, eventJsons: readonly string[], firstSeq: number, lead = ''): { data: Buffer; hmac: string } {
   // Exact event sizes, plus per entry at most ,"seq":<16 digits>} and a newline.
   let capacity = Buffer.byteLength(lead) + ',"prev":""'.length + prevHmac.length + SEAL_BYTES;
-  for (const json of eventJsons) capacity += Buffer.byteLength(json) + 32;
+  for (const json of eventJsons) capacity += Buffer.byteLength(json) + 32 + DIGEST_HEX;
   const buffer = Buffer.allocUnsafe(capacity);
   let end = buffer.write(lead, 0);
-  const macFrom = end;
+  let digests = '';
   for (let i = 0; i < eventJsons.length; i++) {
+    const start = end;
     // The event without its closing brace, then its chain members and the brace again.
     end += buffer.write(eventJsons[i] ?? '{}', end) - 1;
     end += buffer.write(i === 0 ? `,"seq":${firstSeq},"prev":"${prevHmac}"}` : `,"seq":${firstSeq + i}}`, end, 'latin1');
+    // The digest covers the very bytes written for this entry.
+    digests += entryDigest(buffer.subarray(start, end));
     buffer[end++] = NEWLINE;
   }
-  // canonical_1 "\n" … canonical_k: the bytes before the last newline.
-  const hmac = createHmac('sha256', key).update(buffer.subarray(macFrom, end - 1)).digest('hex');
+  const hmac = batchMac(key, digests);
   // The seal goes inside the last entry's closing brace.
   end -= 2;
-  end += buffer.write(`,"hmac":"${hmac}"}\n`, end, 'latin1');
+  end += buffer.write(`,"digests":"${digests}","hmac":"${hmac}"}\n`, end, 'latin1');
   return { data: buffer.subarray(0, end), hmac };
 }
 
@@ -80,6 +95,8 @@ export interface ParsedLine {
   prev?: string;
   /** Set on the last entry of a batch: the batch's MAC. */
   hmac?: string;
+  /** Set on the last entry of a batch: its entries' digests, in order. */
+  digests?: string;
   /** The line without its hmac member: what the MAC covers. */
   canonical: string;
   /** The parsed entry (canonical JSON, i.e. without hmac). */
@@ -95,8 +112,10 @@ export function isSeal(line: ParsedLine | undefined): line is SealLine {
 
 /** Parses one line; undefined if it is not a well-formed entry (sealed or not). */
 export function parseLine(line: string): ParsedLine | undefined {
-  const match = HMAC_MEMBER.exec(line);
-  const canonical = match ? `${line.slice(0, line.length - HMAC_MEMBER_LENGTH)}}` : line;
+  const seal = SEAL_MEMBERS.exec(line);
+  const legacyMac = seal ? undefined : LEGACY_HMAC_MEMBER.exec(line);
+  const match = seal ?? legacyMac;
+  const canonical = match ? `${line.slice(0, line.length - match[0].length)}}` : line;
   let entry: unknown;
   try {
     entry = JSON.parse(canonical);
@@ -112,6 +131,11 @@ export function parseLine(line: string): ParsedLine | undefined {
     if (typeof fields.prev !== 'string' || !PREV.test(fields.prev)) return undefined;
     parsed.prev = fields.prev;
   }
-  if (match?.[1]) parsed.hmac = match[1];
+  if (seal?.[1] && seal[2]) {
+    parsed.digests = seal[1];
+    parsed.hmac = seal[2];
+  } else if (legacyMac?.[1]) {
+    parsed.hmac = legacyMac[1];
+  }
   return parsed;
 }

@@ -1,6 +1,6 @@
 // Offline verification of the audit chain across rotated files.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { CHAIN_GENESIS, batchMac, chainKey, legacyEntryMac, parseLine, type ChainKey, type ParsedLine } from './chain.js';
+import { CHAIN_GENESIS, DIGEST_HEX, batchMac, chainKey, entryDigest, legacyEntryMac, parseLine, type ChainKey, type ParsedLine } from './chain.js';
 
 export { auditFilesInOrder } from './files.js';
 
@@ -26,8 +26,6 @@ export type VerifyResult =
       file: string;
       /** 1-based line number within `file`. */
       line: number;
-      /** When the problem is a batch that does not match its MAC: the batch's last line (`line` is its first). */
-      lastLine?: number;
       seq?: number;
       problem: VerifyProblem;
       message: string;
@@ -109,12 +107,13 @@ const REORDER_WINDOW = 1000;
 interface OpenBatch {
   readonly first: Item;
   readonly firstSeq: number;
-  readonly canonicals: string[];
+  readonly items: Item[];
 }
 
 /**
  * Verifies the chain over `files`, oldest first (see auditFilesInOrder). Reports the first
- * problem only. A changed entry is located to its batch (one MAC per batch, chain.ts).
+ * problem only. A changed entry is named exactly: the batch's MAC authenticates a digest
+ * per entry (chain.ts), and the changed entry is the one whose digest differs.
  * Limit: whole batches removed from the end of the newest file cannot be detected from
  * the files alone.
  */
@@ -131,11 +130,10 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
   let entries = 0;
   let startsMidChain = false;
 
-  const problem = (item: Item, kind: VerifyProblem, message: string, seq?: number, lastLine?: number): VerifyResult => ({
+  const problem = (item: Item, kind: VerifyProblem, message: string, seq?: number): VerifyResult => ({
     ok: false,
     file: item.file,
     line: item.line,
-    ...(lastLine === undefined ? {} : { lastLine }),
     ...(seq === undefined ? {} : { seq }),
     problem: kind,
     message,
@@ -165,7 +163,7 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
       } else if (entry.prev !== prevHmac) {
         return problem(item, 'modified', 'this batch does not follow the previous batch (its link does not match)', entry.seq);
       }
-      batch = { first: item, firstSeq: entry.seq, canonicals: [] };
+      batch = { first: item, firstSeq: entry.seq, items: [] };
       seenBatch = true;
     } else if (!batch) {
       if (entry.hmac !== undefined && !seenBatch) {
@@ -183,15 +181,24 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
       // Files start with a batch, and a batch's first line is the only one without a predecessor in it.
       return problem(item, 'deleted', `the start of this batch is missing (entries before seq ${entry.seq} were removed)`, entry.seq);
     }
-    batch.canonicals.push(entry.canonical);
+    batch.items.push(item);
 
     if (entry.hmac !== undefined) {
-      if (batchMac(mac, batch.canonicals) !== entry.hmac) {
-        const { first, firstSeq: from } = batch;
-        const where = first.file === item.file ? `lines ${first.line}–${item.line}` : `${first.file}:${first.line} to ${item.file}:${item.line}`;
-        return problem(first, 'modified', `an entry of the batch seq ${from}–${entry.seq} (${where}) was changed: the batch does not match its HMAC`, from, item.file === first.file ? item.line : undefined);
+      const { first, firstSeq: from, items } = batch;
+      const digests = entry.digests;
+      if (digests === undefined || batchMac(mac, digests) !== entry.hmac) {
+        return problem(item, 'modified', `the seal of the batch seq ${from}–${entry.seq} was changed: its digests do not match its HMAC`, entry.seq);
       }
-      entries += batch.canonicals.length;
+      for (const [i, member] of items.entries()) {
+        const line = member.parsed;
+        if (line && entryDigest(line.canonical) !== digests.slice(i * DIGEST_HEX, (i + 1) * DIGEST_HEX)) {
+          return problem(member, 'modified', 'entry does not match its digest in the batch seal', line.seq);
+        }
+      }
+      if (digests.length !== items.length * DIGEST_HEX) {
+        return problem(first, 'modified', `the batch seq ${from}–${entry.seq} has ${items.length} entries but its seal lists ${digests.length / DIGEST_HEX}`, from);
+      }
+      entries += items.length;
       prevHmac = entry.hmac;
       batch = undefined;
     }

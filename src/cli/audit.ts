@@ -48,9 +48,7 @@ function runVerify(files: string[], flags: VerifyFlags, io: AuditCliIo): number 
     return AUDIT_EXIT.ERROR;
   }
   if (!result.ok) {
-    // A changed entry is located to its batch: lines `line` to `lastLine`.
-    const lines = result.lastLine === undefined || result.lastLine === result.line ? `${result.line}` : `${result.line}-${result.lastLine}`;
-    io.out(`TAMPERED: ${result.file}:${lines}: ${result.problem}: ${result.message}\n`);
+    io.out(`TAMPERED: ${result.file}:${result.line}: ${result.problem}: ${result.message}\n`);
     io.out(`(${result.entries} entries verified before it)\n`);
     return AUDIT_EXIT.TAMPERED;
   }

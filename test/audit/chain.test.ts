@@ -23,10 +23,12 @@ function batchLines(lines: string[]): { starts: number[]; seals: number[] } {
   const seals: number[] = [];
   lines.forEach((line, index) => {
     if (line.includes(',"prev":"')) starts.push(index);
-    if (/,"hmac":"[0-9a-f]{64}"\}$/.test(line)) seals.push(index);
+    if (SEAL.test(line)) seals.push(index);
   });
   return { starts, seals };
 }
+
+const SEAL = /,"digests":"(?:[0-9a-f]{32})+","hmac":"[0-9a-f]{64}"\}$/;
 
 /** The line with the first hex digit of its `member` ("prev" or "hmac") changed. */
 function flipFirstHex(line: string, member: 'prev' | 'hmac'): string {
@@ -72,14 +74,14 @@ describe('audit chain', () => {
     // File order is the order of the calls.
     expect(entries.map((entry) => entry.trace_id)).toEqual(Array.from({ length: 1000 }, (_, i) => `trace-${i + 1}`));
     const fields = ['time', 'trace_id', 'type', 'principal', 'source', 'method', 'decision', 'code', 'duration_ms', 'request', 'object', 'seq'];
-    // A batch: its first entry links to the previous batch, its last one carries the MAC.
+    // A batch: its first entry links to the previous batch, its last one carries the digests and the MAC.
     const { starts, seals } = batchLines(readLines(file));
     expect(starts[0]).toBe(0);
     expect(seals.at(-1)).toBe(999);
     expect(starts.length).toBe(seals.length);
     expect(starts.length).toBeGreaterThan(3);
-    expect(Object.keys(entries[0]!)).toEqual(seals[0] === 0 ? [...fields, 'prev', 'hmac'] : [...fields, 'prev']);
-    expect(Object.keys(entries[999]!)).toEqual(starts.at(-1) === 999 ? [...fields, 'prev', 'hmac'] : [...fields, 'hmac']);
+    expect(Object.keys(entries[0]!)).toEqual(seals[0] === 0 ? [...fields, 'prev', 'digests', 'hmac'] : [...fields, 'prev']);
+    expect(Object.keys(entries[999]!)).toEqual(starts.at(-1) === 999 ? [...fields, 'prev', 'digests', 'hmac'] : [...fields, 'digests', 'hmac']);
     expect(entries[0]!.prev).toBe('');
     expect(verifyAuditFiles([file], key)).toEqual({ ok: true, entries: 1000, files: 1, firstSeq: 1, lastSeq: 1000, startsMidChain: false });
   });
@@ -89,13 +91,11 @@ describe('audit chain', () => {
     const lines = readLines(target);
     lines[499] = lines[499]!.replace('"decision":"allow"', '"decision":"deny"');
     writeLines(target, lines);
-    // Located to its batch: the one holding line 500.
-    const { starts, seals } = batchLines(lines);
-    const first = starts.filter((start) => start <= 499).at(-1)!;
-    const last = seals.find((seal) => seal >= 499)!;
+    // Named exactly, through its digest in the batch seal; the batches before it verified.
+    const first = batchLines(lines).starts.filter((start) => start <= 499).at(-1)!;
     const result = failure(verifyAuditFiles([target], key));
-    expect(result).toMatchObject({ problem: 'modified', line: first + 1, lastLine: last + 1, seq: first + 1, entries: first });
-    expect(result.message).toContain(`seq ${first + 1}–${last + 1}`);
+    expect(result).toMatchObject({ problem: 'modified', line: 500, seq: 500, entries: first });
+    expect(result.message).toContain('does not match its digest');
   });
 
   it("detects a change in a batch's sealing entry, and a changed link between batches", () => {
@@ -104,7 +104,7 @@ describe('audit chain', () => {
     const start = starts[2]!;
     expect(failureOfEdited('sealing-entry.log', (edited) => (edited[seal] = edited[seal]!.replace('"object":"vm/web-', '"object":"vm/web-x')))).toMatchObject({
       problem: 'modified',
-      lastLine: seal + 1,
+      line: seal + 1,
     });
     expect(failureOfEdited('relinked.log', (edited) => (edited[start] = flipFirstHex(edited[start]!, 'prev')))).toMatchObject({ problem: 'modified', line: start + 1 });
   });
@@ -117,9 +117,14 @@ describe('audit chain', () => {
     expect(changedSeq).toMatchObject({ problem: 'modified', line: 500, seq: 500 });
 
     const seal = batchLines(readLines(file)).seals[1]!;
-    expect(failureOfEdited('modified-hmac.log', (lines) => (lines[seal] = flipFirstHex(lines[seal]!, 'hmac')))).toMatchObject({ problem: 'modified', lastLine: seal + 1 });
-    // The MAC member removed altogether: the batch runs into the next one.
-    expect(failureOfEdited('unsealed.log', (lines) => (lines[seal] = lines[seal]!.replace(/,"hmac":"[0-9a-f]{64}"\}$/, '}')))).toMatchObject({ problem: 'modified', line: seal + 2 });
+    expect(failureOfEdited('modified-hmac.log', (lines) => (lines[seal] = flipFirstHex(lines[seal]!, 'hmac')))).toMatchObject({ problem: 'modified', line: seal + 1 });
+    // A digest changed to hide an edit: the seal no longer matches its MAC.
+    expect(failureOfEdited('modified-digests.log', (lines) => (lines[seal] = lines[seal]!.replace(/"digests":"(.)/, (_, c: string) => `"digests":"${c === '0' ? '1' : '0'}`)))).toMatchObject({
+      problem: 'modified',
+      line: seal + 1,
+    });
+    // The seal removed altogether: the batch runs into the next one.
+    expect(failureOfEdited('unsealed.log', (lines) => (lines[seal] = lines[seal]!.replace(SEAL, '}')))).toMatchObject({ problem: 'modified', line: seal + 2 });
   });
 
   it('detects a deleted line 300 at that position', () => {
@@ -174,7 +179,8 @@ describe('audit chain', () => {
   });
 
   it('rejects entries signed with another key', () => {
-    expect(failure(verifyAuditFiles([file], Buffer.alloc(32, 7)))).toMatchObject({ problem: 'modified', line: 1 });
+    const firstSeal = batchLines(readLines(file)).seals[0]!;
+    expect(failure(verifyAuditFiles([file], Buffer.alloc(32, 7)))).toMatchObject({ problem: 'modified', line: firstSeal + 1 });
   });
 
   it('accepts a file whose predecessor is gone, and says so; checks its first batch all the same', () => {
