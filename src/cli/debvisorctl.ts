@@ -9,6 +9,9 @@ import { resolveConnection, type ConnectionFlags } from './connection.js';
 import { registerAccessCommands } from './access.js';
 import { registerAuditCommands } from './audit.js';
 import { registerPkiCommands } from './pki.js';
+import { registerOperationCommands } from './operation.js';
+import { registerVmCommands } from './vm.js';
+import { registerNodeCommands } from './node.js';
 import { fail, printJson, printRecord, type Output } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
@@ -71,5 +74,8 @@ program
 registerAccessCommands(program);
 registerAuditCommands(program);
 registerPkiCommands(program);
+registerOperationCommands(program);
+registerVmCommands(program);
+registerNodeCommands(program);
 
 await program.parseAsync();

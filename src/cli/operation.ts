@@ -1,0 +1,185 @@
+// debvisorctl operation list|get|wait|cancel over OperationService, and the shared
+// "wait for an operation" used by vm shutdown --wait and snapshot prune.
+import type { Command } from 'commander';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { createClient } from '../client/client.js';
+import {
+  OperationKind,
+  OperationSchema,
+  OperationService,
+  OperationState,
+  ListOperationsResponseSchema,
+  type Operation,
+} from '../gen/debvisor/v1/operation_pb.js';
+import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
+import type { ResolvedConnection } from './connection.js';
+import { enumName, enumParser, when, withService, type GlobalFlags } from './command.js';
+import { printJson, printRecord, printTable } from './output.js';
+
+/** Exit status of the waiting commands: 0 succeeded, 1 failed or cancelled (or an RPC error), 2 still running at the timeout. */
+export const WAIT_EXIT = { SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 2 } as const;
+
+/** Default wait when --timeout is not given: long operations (prune, shutdown) take minutes. */
+const DEFAULT_WAIT_SECONDS = 300;
+
+const TERMINAL = new Set([OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED]);
+
+function progressLine(operation: Operation): string {
+  const stage = operation.stage ? ` ${operation.stage}` : '';
+  return `${enumName(OperationState, operation.state)} ${operation.progressPercent}%${stage}\n`;
+}
+
+function resultRecord(operation: Operation): Record<string, string> {
+  const result = operation.result;
+  switch (result.case) {
+    case 'shutdown':
+      return { vm: result.value.vmName, forced: String(result.value.forced) };
+    case 'prunePlan':
+      return {
+        'dry run': String(result.value.dryRun),
+        kept: result.value.kept.join(', ') || '(none)',
+        deleted: result.value.deleted.join(', ') || '(none)',
+      };
+    case 'migration':
+      return { vm: result.value.vmName, from: result.value.sourceNode, to: result.value.targetNode };
+    case 'provisionedVolume':
+    case 'clonedVolume':
+      return { volume: `${result.value.pool}/${result.value.name}` };
+    default:
+      return {};
+  }
+}
+
+export function operationRecord(operation: Operation): Record<string, string> {
+  return {
+    id: operation.id,
+    kind: enumName(OperationKind, operation.kind),
+    state: enumName(OperationState, operation.state),
+    progress: `${operation.progressPercent}%`,
+    ...(operation.stage ? { stage: operation.stage } : {}),
+    target: `${enumName(ResourceKind, operation.targetKind)} ${operation.target}`,
+    owner: operation.owner,
+    ...(operation.node ? { node: operation.node } : {}),
+    ...(operation.cancelRequested ? { 'cancel requested': 'yes' } : {}),
+    created: when(operation.createTime),
+    updated: when(operation.updateTime),
+    ...(operation.doneTime ? { done: when(operation.doneTime) } : {}),
+    ...(operation.error ? { error: `${operation.error.message} (code ${operation.error.code})` } : {}),
+    ...resultRecord(operation),
+  };
+}
+
+function printOperation(operation: Operation, flags: GlobalFlags): void {
+  if (flags.output === 'json') printJson(OperationSchema, operation);
+  else printRecord(operationRecord(operation));
+}
+
+/** How long a waiting command waits: the global --timeout if given, else DEFAULT_WAIT_SECONDS. */
+export function waitSeconds(call: { readonly flags: GlobalFlags; readonly timeoutGiven: boolean }): number {
+  return call.timeoutGiven ? Number(call.flags.timeout) : DEFAULT_WAIT_SECONDS;
+}
+
+/**
+ * Follows an operation with WatchOperation until it is terminal or `seconds` pass, printing a
+ * progress line per change (to stderr with -o json, so stdout stays one JSON document), then
+ * prints the last state and exits with WAIT_EXIT.
+ */
+export async function waitAndExit(connection: ResolvedConnection, flags: GlobalFlags, operation: Operation, seconds: number): Promise<never> {
+  const operations = createClient(OperationService, connection);
+  const progress = (text: string) => (flags.output === 'json' ? process.stderr : process.stdout).write(text);
+  let last = operation;
+  let timedOut = false;
+  try {
+    if (!TERMINAL.has(last.state)) {
+      const stream = operations.watchOperation({ operationId: operation.id }, { metadata: connection.metadata, timeoutMs: seconds * 1000 });
+      let lastLine = '';
+      for await (const change of stream) {
+        if (!change.operation) continue;
+        last = change.operation;
+        const line = progressLine(last);
+        if (line !== lastLine) progress(line);
+        lastLine = line;
+        if (TERMINAL.has(last.state)) break;
+      }
+    }
+  } catch (err) {
+    if ((err as Partial<ServiceError>).code !== Status.DEADLINE_EXCEEDED) throw err;
+    timedOut = true;
+  } finally {
+    operations.close();
+  }
+  printOperation(last, flags);
+  if (timedOut || !TERMINAL.has(last.state)) {
+    process.stderr.write(`debvisorctl: operation ${last.id} is still ${enumName(OperationState, last.state)} after ${seconds}s\n`);
+    process.exit(WAIT_EXIT.TIMED_OUT);
+  }
+  process.exit(last.state === OperationState.SUCCEEDED ? WAIT_EXIT.SUCCEEDED : WAIT_EXIT.FAILED);
+}
+
+export const WAIT_HELP =
+  `\nThe global --timeout sets how long to wait (default ${DEFAULT_WAIT_SECONDS}s); progress lines are printed as the\n` +
+  'operation changes (to stderr with -o json).\n' +
+  'Exit status: 0 succeeded, 1 failed, cancelled or error, 2 still running at the timeout.';
+
+export function registerOperationCommands(program: Command): void {
+  const withOperations = withService(program, OperationService);
+  const operation = program.command('operation').description('long-running operations (migrations, provisioning, pruning, waiting shutdowns)');
+
+  operation
+    .command('list')
+    .description('list operations visible to you, newest first')
+    .option('--state <state>', 'only operations in this state (pending, running, succeeded, failed, cancelled)', enumParser(OperationState))
+    .option('--kind <kind>', 'only operations of this kind, e.g. prune_snapshots', enumParser(OperationKind))
+    .option('--owner <principal>', 'only operations started by this principal')
+    .action(
+      withOperations(async ({ client, options, flags }, opts: { state?: OperationState; kind?: OperationKind; owner?: string }) => {
+        const response = await client.listOperations(
+          { pageSize: 1000, state: opts.state ?? OperationState.UNSPECIFIED, kind: opts.kind ?? OperationKind.UNSPECIFIED, owner: opts.owner ?? '' },
+          options,
+        );
+        if (flags.output === 'json') {
+          printJson(ListOperationsResponseSchema, response);
+          return;
+        }
+        printTable(
+          ['id', 'kind', 'state', 'progress', 'target', 'owner', 'created'],
+          response.operations.map((op) => [op.id, enumName(OperationKind, op.kind), enumName(OperationState, op.state), `${op.progressPercent}%`, op.target, op.owner, when(op.createTime)]),
+        );
+      }),
+    );
+
+  operation
+    .command('get')
+    .description('show one operation')
+    .argument('<id>', 'operation id')
+    .action(
+      withOperations(async ({ client, options, flags }, id: string) => {
+        const response = await client.getOperation({ operationId: id }, options);
+        if (response.operation) printOperation(response.operation, flags);
+      }),
+    );
+
+  operation
+    .command('wait')
+    .description('wait until an operation finishes, showing its progress')
+    .argument('<id>', 'operation id')
+    .addHelpText('after', WAIT_HELP)
+    .action(
+      withOperations(async (call, id: string) => {
+        const response = await call.client.getOperation({ operationId: id }, call.options);
+        if (!response.operation) throw new Error(`the daemon returned no operation for ${id}`);
+        await waitAndExit(call.connection, call.flags, response.operation, waitSeconds(call));
+      }),
+    );
+
+  operation
+    .command('cancel')
+    .description('request cancellation; the operation stops once its current stage can stop safely')
+    .argument('<id>', 'operation id')
+    .action(
+      withOperations(async ({ client, options, flags }, id: string) => {
+        const response = await client.cancelOperation({ operationId: id }, options);
+        if (response.operation) printOperation(response.operation, flags);
+      }),
+    );
+}

@@ -1,0 +1,195 @@
+// debvisorctl operation, vm, node, volume and snapshot commands end to end: the built CLI
+// (dist/cli/debvisorctl.js) against a real daemon with the test service and a real
+// test-driver libvirtd. Storage runs without Ceph or LVM: bad input and "not configured".
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
+import { NodeHealth, NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
+import { clientFor, daemonEnv, REPO_ROOT, type RunningDaemon } from '../support/daemon.js';
+import { startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
+import { startTestingDaemon } from '../support/testing.js';
+
+const run = promisify(execFile);
+const CTL = join(REPO_ROOT, 'dist', 'cli', 'debvisorctl.js');
+const FIXTURE = join(import.meta.dirname, '..', 'backends', 'fixtures', 'libvirt', 'test-domain.xml');
+const T = { timeoutMs: 5000 };
+
+let lv: TestLibvirt;
+let daemon: RunningDaemon;
+
+interface CtlResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs the built debvisorctl with the daemon's admin credentials from the environment. */
+function ctl(...args: string[]): Promise<CtlResult> {
+  const env = daemonEnv({
+    DEBVISORCTL_SERVER: daemon.grpcAddress,
+    DEBVISORCTL_CA: daemon.pki.caCert,
+    DEBVISORCTL_CERT: daemon.pki.adminCert,
+    DEBVISORCTL_KEY: daemon.pki.adminKey,
+  });
+  return new Promise((resolveRun) => {
+    execFile(process.execPath, [CTL, ...args], { cwd: REPO_ROOT, env, timeout: 20_000 }, (err, stdout, stderr) => {
+      resolveRun({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
+    });
+  });
+}
+
+async function define(name: string, uuidTail: string): Promise<void> {
+  const xml = (await readFile(FIXTURE, 'utf8')).replace('<name>vm1</name>', `<name>${name}</name>`).replace('555555555555', uuidTail);
+  const dir = await mkdtemp(join(tmpdir(), 'debvisor-cli-ops-'));
+  try {
+    const file = join(dir, 'domain.xml');
+    await writeFile(file, xml);
+    await run(VIRSH, ['-q', '-c', lv.uri, 'define', '--file', file], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function startTestOperation(durationMs: number, failMessage = ''): Promise<string> {
+  const testing = await clientFor(TestingService, daemon);
+  try {
+    const started = await testing.startTestOperation({ duration: durationFromMs(durationMs), steps: 4, failMessage }, T);
+    return started.operation!.id;
+  } finally {
+    testing.close();
+  }
+}
+
+beforeAll(async () => {
+  lv = await startLibvirt();
+  await define('vm1', '555555555555');
+  await define('web-1', '000000000001');
+  daemon = await startTestingDaemon({ env: { DEBVISOR_RPCD_LIBVIRT_URI: lv.uri } });
+}, 30_000);
+
+afterAll(async () => {
+  // Undefined when beforeAll failed half-way.
+  await (daemon as RunningDaemon | undefined)?.cleanup();
+  await (lv as TestLibvirt | undefined)?.stop();
+});
+
+describe('debvisorctl operation', () => {
+  it('waits for an operation, printing progress, then its final state: exit 0', async () => {
+    const id = await startTestOperation(1200);
+    const waited = await ctl('operation', 'wait', id);
+    expect(waited.code).toBe(0);
+    expect(waited.stdout).toMatch(/^running \d+%/m);
+    expect(waited.stdout).toMatch(/^state: +succeeded$/m);
+    expect(waited.stdout).toMatch(/^progress: +100%$/m);
+
+    const got = await ctl('-o', 'json', 'operation', 'get', id);
+    expect(got.code).toBe(0);
+    expect(JSON.parse(got.stdout)).toMatchObject({ id, kind: 'OPERATION_KIND_TEST', state: 'OPERATION_STATE_SUCCEEDED' });
+
+    const listed = await ctl('operation', 'list', '--state', 'succeeded', '--kind', 'test');
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toContain(id);
+  });
+
+  it('exits 1 when the operation fails and 2 when it is still running at --timeout', async () => {
+    const failing = await ctl('operation', 'wait', await startTestOperation(300, 'disk on fire'));
+    expect(failing.code).toBe(1);
+    expect(failing.stdout).toMatch(/^state: +failed$/m);
+    expect(failing.stdout).toContain('disk on fire');
+
+    const slow = await startTestOperation(20_000);
+    const timedOut = await ctl('-o', 'json', 'operation', 'wait', slow, '--timeout', '1');
+    expect(timedOut.code).toBe(2);
+    expect(JSON.parse(timedOut.stdout)).toMatchObject({ id: slow, state: 'OPERATION_STATE_RUNNING' });
+    expect(timedOut.stderr).toContain(`operation ${slow} is still running after 1s`);
+
+    const cancelled = await ctl('operation', 'cancel', slow);
+    expect(cancelled.code).toBe(0);
+    expect(cancelled.stdout).toMatch(/^cancel requested: +yes$/m);
+    const after = await ctl('operation', 'wait', slow, '--timeout', '10');
+    expect(after.code).toBe(1);
+    expect(after.stdout).toMatch(/^state: +cancelled$/m);
+  });
+
+  it('prints the gRPC code and the trace id of a failed call, exit 1', async () => {
+    const missing = await ctl('operation', 'get', '00000000-0000-0000-0000-000000000000');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^debvisorctl: NOT_FOUND: .*\(trace_id=[0-9a-f]+\)\n$/);
+    const badState = await ctl('operation', 'list', '--state', 'sleeping');
+    expect(badState.code).not.toBe(0);
+    expect(badState.stderr).toContain('expected one of pending, running, succeeded, failed, cancelled');
+  });
+});
+
+describe('debvisorctl vm', () => {
+  it('lists with state and name filters, and gets one VM', async () => {
+    const all = await ctl('vm', 'list');
+    expect(all.code).toBe(0);
+    expect(all.stdout).toMatch(/vm1 .*shut_off .*256 MiB/);
+    expect(all.stdout).toContain('web-1');
+
+    const web = await ctl('-o', 'json', 'vm', 'list', '--name', 'web-*', '--state', 'shut_off');
+    expect((JSON.parse(web.stdout) as { vms: { name: string }[] }).vms.map((vm) => vm.name)).toEqual(['web-1']);
+
+    const one = await ctl('vm', 'get', 'vm1');
+    expect(one.code).toBe(0);
+    expect(one.stdout).toMatch(/^uuid: +11111111-2222-3333-4444-555555555555$/m);
+    expect(one.stdout).toContain('/var/lib/libvirt/images/vm1.qcow2');
+  });
+
+  it('starts, reboots, destroys, and shuts down with --wait on the operation', async () => {
+    expect((await ctl('vm', 'start', 'vm1')).stdout).toMatch(/^state: +running$/m);
+    expect((await ctl('vm', 'reboot', 'vm1')).stdout).toMatch(/^state: +running$/m);
+    expect((await ctl('vm', 'destroy', 'vm1')).stdout).toMatch(/^state: +shut_off$/m);
+
+    await ctl('vm', 'start', 'vm1');
+    const shutdown = await ctl('vm', 'shutdown', 'vm1', '--wait', '--force', '--timeout', '5');
+    expect(shutdown.code).toBe(0);
+    expect(shutdown.stdout).toMatch(/^kind: +shutdown_vm$/m);
+    expect(shutdown.stdout).toMatch(/^state: +succeeded$/m);
+    expect(shutdown.stdout).toMatch(/^forced: +false$/m);
+  });
+
+  it('reports wrong-state and unknown VMs with their gRPC code; rejects --force without --wait', async () => {
+    const off = await ctl('vm', 'shutdown', 'vm1');
+    expect(off.code).toBe(1);
+    expect(off.stderr).toMatch(/^debvisorctl: FAILED_PRECONDITION: .*shut off/);
+    const missing = await ctl('vm', 'get', 'nosuch');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^debvisorctl: NOT_FOUND: /);
+    const force = await ctl('vm', 'shutdown', 'vm1', '--force');
+    expect(force.code).toBe(1);
+    expect(force.stderr).toBe('debvisorctl: --force needs --wait\n');
+  });
+});
+
+describe('debvisorctl node', () => {
+  it('lists registered nodes and gets one; an unknown one is NOT_FOUND', async () => {
+    const nodes = await clientFor(NodeService, daemon);
+    try {
+      await nodes.registerNode({ hostname: 'hv-cli', ip: '10.0.0.31', zone: 'z1', version: '1.2.3', labels: { gpu: 'no' } }, T);
+      await nodes.heartbeat({ hostname: 'hv-cli', status: NodeHealth.HEALTHY }, T);
+    } finally {
+      nodes.close();
+    }
+    const listed = await ctl('node', 'list');
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toMatch(/hv-cli .*10\.0\.0\.31 .*z1 .*true .*healthy .*1\.2\.3/);
+
+    const one = await ctl('node', 'get', 'hv-cli');
+    expect(one.code).toBe(0);
+    expect(one.stdout).toMatch(/^labels: +gpu=no$/m);
+    expect(one.stdout).toMatch(/^online: +true$/m);
+    const json = await ctl('-o', 'json', 'node', 'get', 'hv-cli');
+    expect(JSON.parse(json.stdout)).toMatchObject({ node: { hostname: 'hv-cli', ip: '10.0.0.31' } });
+
+    const missing = await ctl('node', 'get', 'nosuch');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^debvisorctl: NOT_FOUND: /);
+  });
+});
