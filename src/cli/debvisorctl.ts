@@ -12,6 +12,7 @@ import { registerPkiCommands } from './pki.js';
 import { registerOperationCommands } from './operation.js';
 import { registerVmCommands } from './vm.js';
 import { registerNodeCommands } from './node.js';
+import { registerStorageCommands } from './storage.js';
 import { fail, printJson, printRecord, type Output } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
@@ -77,5 +78,6 @@ registerPkiCommands(program);
 registerOperationCommands(program);
 registerVmCommands(program);
 registerNodeCommands(program);
+registerStorageCommands(program);
 
 await program.parseAsync();

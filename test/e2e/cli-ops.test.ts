@@ -193,3 +193,29 @@ describe('debvisorctl node', () => {
     expect(missing.stderr).toMatch(/^debvisorctl: NOT_FOUND: /);
   });
 });
+
+describe('debvisorctl volume and snapshot without Ceph or LVM', () => {
+  it('refuses bad input before calling the daemon', async () => {
+    const badBackend = await ctl('snapshot', 'list', 'zfs', 'tank', 'data');
+    expect(badBackend.code).not.toBe(0);
+    expect(badBackend.stderr).toContain('expected one of lvm, rbd');
+    const badCount = await ctl('snapshot', 'prune', 'rbd', 'vms', 'disk0', '--keep-last', '-1');
+    expect(badCount.code).not.toBe(0);
+    expect(badCount.stderr).toContain('expected a whole number');
+    const keepsNothing = await ctl('snapshot', 'prune', 'rbd', 'vms', 'disk0');
+    expect(keepsNothing.code).toBe(1);
+    expect(keepsNothing.stderr).toBe('debvisorctl: give at least one of --keep-last, --keep-daily, --keep-weekly\n');
+  });
+
+  it('reports an unconfigured backend with FAILED_PRECONDITION and the trace id', async () => {
+    for (const args of [
+      ['volume', 'list', '--backend', 'rbd'],
+      ['snapshot', 'list', 'rbd', 'vms', 'disk0'],
+      ['snapshot', 'prune', 'rbd', 'vms', 'disk0', '--keep-last', '2', '--dry-run'],
+    ]) {
+      const result = await ctl(...args);
+      expect(result.code, args.join(' ')).toBe(1);
+      expect(result.stderr, args.join(' ')).toMatch(/^debvisorctl: FAILED_PRECONDITION: RBD is not configured on this node .*\(trace_id=[0-9a-f]+\)\n$/);
+    }
+  });
+});
