@@ -2,21 +2,16 @@
 // (dist/cli/debvisorctl.js) against a real daemon with the test service and a real
 // test-driver libvirtd. Storage runs without Ceph or LVM: bad input and "not configured".
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { NodeHealth, NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import { clientFor, daemonEnv, REPO_ROOT, type RunningDaemon } from '../support/daemon.js';
-import { startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
+import { defineTestDomain, startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { startTestingDaemon } from '../support/testing.js';
 
-const run = promisify(execFile);
 const CTL = join(REPO_ROOT, 'dist', 'cli', 'debvisorctl.js');
-const FIXTURE = join(import.meta.dirname, '..', 'backends', 'fixtures', 'libvirt', 'test-domain.xml');
 const T = { timeoutMs: 5000 };
 
 let lv: TestLibvirt;
@@ -43,18 +38,6 @@ function ctl(...args: string[]): Promise<CtlResult> {
   });
 }
 
-async function define(name: string, uuidTail: string): Promise<void> {
-  const xml = (await readFile(FIXTURE, 'utf8')).replace('<name>vm1</name>', `<name>${name}</name>`).replace('555555555555', uuidTail);
-  const dir = await mkdtemp(join(tmpdir(), 'debvisor-cli-ops-'));
-  try {
-    const file = join(dir, 'domain.xml');
-    await writeFile(file, xml);
-    await run(VIRSH, ['-q', '-c', lv.uri, 'define', '--file', file], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } });
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
 async function startTestOperation(durationMs: number, failMessage = ''): Promise<string> {
   const testing = await clientFor(TestingService, daemon);
   try {
@@ -67,8 +50,8 @@ async function startTestOperation(durationMs: number, failMessage = ''): Promise
 
 beforeAll(async () => {
   lv = await startLibvirt();
-  await define('vm1', '555555555555');
-  await define('web-1', '000000000001');
+  await defineTestDomain(lv, 'vm1', '555555555555');
+  await defineTestDomain(lv, 'web-1', '000000000001');
   daemon = await startTestingDaemon({ env: { DEBVISOR_RPCD_LIBVIRT_URI: lv.uri } });
 }, 30_000);
 

@@ -2,9 +2,6 @@
 // unprivileged, see test/support/libvirt.ts): listing, life cycle, snapshots and their
 // quota, ShutdownVm as an Operation, error mapping, permissions, and an unreachable libvirtd.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import type { GenService } from '@bufbuild/protobuf/codegenv2';
@@ -17,13 +14,12 @@ import { OperationKind, OperationService, OperationState } from '../../src/gen/d
 import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { VmService, VmState } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
-import { startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
+import { defineTestDomain, startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
 import { issueClientFor, metricSum, metricsText, rejection } from '../support/security.js';
 
 const run = promisify(execFile);
 const T = { timeoutMs: 15_000 };
 const VIEWER = 'spiffe://debvisor/vm-test/viewer';
-const FIXTURE = join(import.meta.dirname, '..', 'backends', 'fixtures', 'libvirt', 'test-domain.xml');
 
 let lv: TestLibvirt;
 let daemon: RunningDaemon;
@@ -33,27 +29,15 @@ let access: TypedClient<MethodsOf<typeof AccessService>>;
 let ops: TypedClient<MethodsOf<typeof OperationService>>;
 const closers: { close(): void }[] = [];
 
-async function define(name: string, uuidTail: string): Promise<void> {
-  const xml = (await readFile(FIXTURE, 'utf8')).replace('<name>vm1</name>', `<name>${name}</name>`).replace('555555555555', uuidTail);
-  const dir = await mkdtemp(join(tmpdir(), 'debvisor-vm-e2e-'));
-  try {
-    const file = join(dir, 'domain.xml');
-    await writeFile(file, xml);
-    await run(VIRSH, ['-q', '-c', lv.uri, 'define', '--file', file], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } });
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
 async function snapshotsUsed(): Promise<bigint | undefined> {
   return (await access.getQuota({}, T)).quotas.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used;
 }
 
 beforeAll(async () => {
   lv = await startLibvirt();
-  await define('vm1', '555555555555');
-  await define('web-1', '000000000001');
-  await define('web-2', '000000000002');
+  await defineTestDomain(lv, 'vm1', '555555555555');
+  await defineTestDomain(lv, 'web-1', '000000000001');
+  await defineTestDomain(lv, 'web-2', '000000000002');
   daemon = await startDaemon({
     env: { DEBVISOR_RPCD_LIBVIRT_URI: lv.uri },
     config: { rate_limit: { per_role_per_minute: { admin: 1_000_000, viewer: 1_000_000 }, default_per_minute: 1_000_000, global_per_minute: 10_000_000 } },

@@ -9,12 +9,13 @@
 //    processes running).
 // Processes are stopped by PID only (SIGTERM, then SIGKILL after 5 s), and SIGKILLed if the
 // test process exits without calling stop(). Needs Debian libvirt-daemon and libvirt-clients.
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 
 export const LIBVIRTD = '/usr/sbin/libvirtd';
 export const VIRSH = '/usr/bin/virsh';
@@ -193,4 +194,19 @@ export async function startQemuSessions<const N extends string>(names: readonly 
 export function libvirtLog(lv: TestLibvirt): string {
   const file = join(lv.dir, 'libvirtd.log');
   return existsSync(file) ? readFileSync(file, 'utf8').slice(-8192) : '';
+}
+
+const DOMAIN_FIXTURE = join(import.meta.dirname, '..', 'backends', 'fixtures', 'libvirt', 'test-domain.xml');
+
+/** Defines a copy of the fixture domain "vm1" as `name`, its UUID ending in `uuidTail` (12 hex digits). */
+export async function defineTestDomain(lv: TestLibvirt, name: string, uuidTail: string): Promise<void> {
+  const xml = (await readFile(DOMAIN_FIXTURE, 'utf8')).replace('<name>vm1</name>', `<name>${name}</name>`).replace('555555555555', uuidTail);
+  const dir = await mkdtemp(join(tmpdir(), 'debvisor-domain-'));
+  try {
+    const file = join(dir, 'domain.xml');
+    await writeFile(file, xml);
+    await promisify(execFile)(VIRSH, ['-q', '-c', lv.uri, 'define', '--file', file], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
