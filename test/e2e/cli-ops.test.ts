@@ -1,14 +1,19 @@
 // debvisorctl operation, vm, node, volume and snapshot commands end to end: the built CLI
 // (dist/cli/debvisorctl.js) against a real daemon with the test service and a real
-// test-driver libvirtd. Storage runs without Ceph or LVM: bad input and "not configured".
+// test-driver libvirtd. Storage: without a backend (bad input, "RBD is not configured"),
+// then on a real metadata-only LVM volume group (test/support/lvm.ts). No Ceph here.
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { NodeHealth, NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
-import { clientFor, daemonEnv, REPO_ROOT, type RunningDaemon } from '../support/daemon.js';
+import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
+import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
+import { clientFor, daemonEnv, REPO_ROOT, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { defineTestDomain, startLibvirt, type TestLibvirt } from '../support/libvirt.js';
+import { startLvm, writeSnapshotMetadata, type TestLvm } from '../support/lvm.js';
+import { MIB, NO_RATE_LIMITS } from '../support/storage.js';
 import { startTestingDaemon } from '../support/testing.js';
 
 const CTL = join(REPO_ROOT, 'dist', 'cli', 'debvisorctl.js');
@@ -23,13 +28,13 @@ interface CtlResult {
   readonly stderr: string;
 }
 
-/** Runs the built debvisorctl with the daemon's admin credentials from the environment. */
-function ctl(...args: string[]): Promise<CtlResult> {
+/** Runs the built debvisorctl against `target` with its admin credentials from the environment. */
+function ctlOn(target: RunningDaemon, ...args: string[]): Promise<CtlResult> {
   const env = daemonEnv({
-    DEBVISORCTL_SERVER: daemon.grpcAddress,
-    DEBVISORCTL_CA: daemon.pki.caCert,
-    DEBVISORCTL_CERT: daemon.pki.adminCert,
-    DEBVISORCTL_KEY: daemon.pki.adminKey,
+    DEBVISORCTL_SERVER: target.grpcAddress,
+    DEBVISORCTL_CA: target.pki.caCert,
+    DEBVISORCTL_CERT: target.pki.adminCert,
+    DEBVISORCTL_KEY: target.pki.adminKey,
   });
   return new Promise((resolveRun) => {
     execFile(process.execPath, [CTL, ...args], { cwd: REPO_ROOT, env, timeout: 20_000 }, (err, stdout, stderr) => {
@@ -37,6 +42,8 @@ function ctl(...args: string[]): Promise<CtlResult> {
     });
   });
 }
+
+const ctl = (...args: string[]) => ctlOn(daemon, ...args);
 
 async function startTestOperation(durationMs: number, failMessage = ''): Promise<string> {
   const testing = await clientFor(TestingService, daemon);
@@ -200,5 +207,52 @@ describe('debvisorctl volume and snapshot without Ceph or LVM', () => {
       expect(result.code, args.join(' ')).toBe(1);
       expect(result.stderr, args.join(' ')).toMatch(/^debvisorctl: FAILED_PRECONDITION: RBD is not configured on this node .*\(trace_id=[0-9a-f]+\)\n$/);
     }
+  });
+});
+
+describe('debvisorctl volume and snapshot on a real LVM volume group', () => {
+  let lvm: TestLvm;
+  let lvmDaemon: RunningDaemon;
+
+  beforeAll(async () => {
+    lvm = await startLvm({ sizeMiB: 256 });
+    lvmDaemon = await startDaemon({ env: { DEBVISOR_RPCD_LVM_VGS: lvm.vg, DEBVISOR_RPCD_LVM_SYSTEM_DIR: lvm.systemDir }, config: NO_RATE_LIMITS });
+    const storage = await clientFor(StorageService, lvmDaemon);
+    try {
+      await storage.createVolume({ volume: { backend: StorageBackend.LVM, pool: lvm.vg, name: 'db' }, sizeBytes: 8n * MIB }, T);
+    } finally {
+      storage.close();
+    }
+    const hour = 3_600_000;
+    for (const [name, ageHours] of [['db-old', 50], ['db-mid', 26], ['db-new', 1]] as const) {
+      await writeSnapshotMetadata(lvm, { origin: 'db', name, createTime: new Date(Date.now() - ageHours * hour) });
+    }
+  }, 60_000);
+
+  afterAll(async () => {
+    await (lvmDaemon as RunningDaemon | undefined)?.cleanup();
+    await (lvm as TestLvm | undefined)?.stop();
+  });
+
+  it('lists volumes and snapshots, and prunes with --dry-run and for real, printing kept and deleted', async () => {
+    const volumes = await ctlOn(lvmDaemon, 'volume', 'list', '--backend', 'lvm', '--name', 'd*');
+    expect(volumes.code).toBe(0);
+    expect(volumes.stdout).toMatch(new RegExp(`lvm .*${lvm.vg} .*db .*8 MiB`));
+    expect(volumes.stdout).not.toContain('db-old');
+
+    const snapshots = await ctlOn(lvmDaemon, '-o', 'json', 'snapshot', 'list', 'lvm', lvm.vg, 'db');
+    expect((JSON.parse(snapshots.stdout) as { snapshots: { name: string }[] }).snapshots.map((each) => each.name)).toEqual(['db-old', 'db-mid', 'db-new']);
+
+    const dry = await ctlOn(lvmDaemon, 'snapshot', 'prune', 'lvm', lvm.vg, 'db', '--keep-last', '1', '--dry-run');
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toMatch(/^dry run: +true$/m);
+    expect(dry.stdout).toMatch(/^kept: +db-new$/m);
+    expect(dry.stdout).toMatch(/^deleted: +db-mid, db-old$|^deleted: +db-old, db-mid$/m);
+
+    const pruned = await ctlOn(lvmDaemon, 'snapshot', 'prune', 'lvm', lvm.vg, 'db', '--keep-last', '1');
+    expect(pruned.code).toBe(0);
+    expect(pruned.stdout).toMatch(/^state: +succeeded$/m);
+    expect(pruned.stdout).toMatch(/^dry run: +false$/m);
+    expect((await ctlOn(lvmDaemon, 'snapshot', 'list', 'lvm', lvm.vg, 'db')).stdout).not.toContain('db-old');
   });
 });
