@@ -1,7 +1,7 @@
 // debvisorctl apikey | role | quota: access administration over AccessService.
 import { InvalidArgumentError, type Command } from 'commander';
 import ms from 'ms';
-import { durationFromMs, timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { durationFromMs, timestampDate } from '@bufbuild/protobuf/wkt';
 import {
   AccessService,
   CreateApiKeyResponseSchema,
@@ -13,13 +13,10 @@ import {
 } from '../gen/debvisor/v1/access_pb.js';
 import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
 import { createClient, type Connection } from '../client/client.js';
-import { resolveConnection, type ConnectionFlags } from './connection.js';
-import { fail, printJson, printRecord, printTable, type Output } from './output.js';
+import { resolveConnection } from './connection.js';
+import { when, type GlobalFlags } from './command.js';
+import { fail, printJson, printRecord, printTable } from './output.js';
 
-interface GlobalFlags extends ConnectionFlags {
-  output: Output;
-  timeout: string;
-}
 
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -31,9 +28,6 @@ function duration(value: string): number {
   return parsed;
 }
 
-function when(ts: Timestamp | undefined): string {
-  return ts ? timestampDate(ts).toISOString().replace('.000Z', 'Z') : '-';
-}
 
 const KINDS = new Map(
   Object.entries(ResourceKind)

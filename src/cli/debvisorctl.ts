@@ -5,7 +5,8 @@ import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { AccessService, PrincipalKind, WhoAmIResponseSchema } from '../gen/debvisor/v1/access_pb.js';
 import { createClient } from '../client/client.js';
 import { VERSION } from '../version.js';
-import { resolveConnection, type ConnectionFlags } from './connection.js';
+import { resolveConnection } from './connection.js';
+import type { GlobalFlags } from './command.js';
 import { registerAccessCommands } from './access.js';
 import { registerAuditCommands } from './audit.js';
 import { registerPkiCommands } from './pki.js';
@@ -13,7 +14,7 @@ import { registerOperationCommands } from './operation.js';
 import { registerVmCommands } from './vm.js';
 import { registerNodeCommands } from './node.js';
 import { registerStorageCommands } from './storage.js';
-import { fail, printJson, printRecord, type Output } from './output.js';
+import { fail, printJson, printRecord } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
 // (DEP0123) on every run. Certificate checks still use the IP SAN, so hide only that one.
@@ -21,11 +22,6 @@ process.removeAllListeners('warning');
 process.on('warning', (warning: NodeJS.ErrnoException) => {
   if (warning.code !== 'DEP0123') process.stderr.write(`${warning.name}: ${warning.message}\n`);
 });
-
-interface GlobalFlags extends ConnectionFlags {
-  output: Output;
-  timeout: string;
-}
 
 const program = new Command('debvisorctl')
   .description('Command line for the DebVisor control-plane daemon (debvisor-rpcd).')

@@ -68,6 +68,17 @@ afterAll(async () => {
   await (lv as TestLibvirt | undefined)?.stop();
 });
 
+describe('debvisorctl whoami and apikey on the shared global flags', () => {
+  it('still answer with the admin identity', async () => {
+    const me = await ctl('-o', 'json', 'whoami');
+    expect(me.code).toBe(0);
+    expect(JSON.parse(me.stdout)).toMatchObject({ principalId: daemon.pki.adminPrincipal });
+    const keys = await ctl('apikey', 'list');
+    expect(keys.code).toBe(0);
+    expect(keys.stdout).toBe('(none)\n');
+  });
+});
+
 describe('debvisorctl operation', () => {
   it('waits for an operation, printing progress, then its final state: exit 0', async () => {
     const id = await startTestOperation(1200);
