@@ -12,10 +12,8 @@ import {
   type ApiKey,
 } from '../gen/debvisor/v1/access_pb.js';
 import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
-import { createClient, type Connection } from '../client/client.js';
-import { resolveConnection } from './connection.js';
-import { when, type GlobalFlags } from './command.js';
-import { fail, printJson, printRecord, printTable } from './output.js';
+import { when, withService, type CallOf, type GlobalFlags } from './command.js';
+import { printJson, printRecord, printTable } from './output.js';
 
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -49,23 +47,12 @@ const QUOTAS = new Map([
 ]);
 
 export function registerAccessCommands(program: Command): void {
+  // The access commands take (client and options, flags, ...args); connecting, closing and
+  // printing failures is withService's.
+  const withAccess = withService(program, AccessService);
   const withClient =
     <A extends unknown[]>(action: (access: AccessApi, flags: GlobalFlags, ...args: A) => Promise<void>) =>
-    async (...args: A) => {
-      const flags = program.opts<GlobalFlags>();
-      try {
-        const connection = resolveConnection(flags);
-        const client = accessClient(connection);
-        const options = { metadata: connection.metadata, timeoutMs: Number(flags.timeout) * 1000 };
-        try {
-          await action({ client, options }, flags, ...args);
-        } finally {
-          client.close();
-        }
-      } catch (err) {
-        fail(err);
-      }
-    };
+      withAccess((call, ...args: A) => action({ client: call.client, options: call.options }, call.flags, ...args));
 
   const apikey = program.command('apikey').description('API keys for CI pipelines and automation');
   apikey
@@ -228,12 +215,7 @@ export function registerAccessCommands(program: Command): void {
     );
 }
 
-const accessClient = (connection: Connection) => createClient(AccessService, connection);
-
-interface AccessApi {
-  readonly client: ReturnType<typeof accessClient>;
-  readonly options: { metadata: Record<string, string>; timeoutMs: number };
-}
+type AccessApi = Pick<CallOf<typeof AccessService>, 'client' | 'options'>;
 
 function keyState(key: ApiKey): string {
   if (key.revokeTime) return 'revoked';

@@ -23,6 +23,9 @@ export interface ServiceCall<S extends GenServiceMethods> {
   readonly timeoutGiven: boolean;
 }
 
+/** The ServiceCall of a generated service, e.g. CallOf<typeof AccessService>. */
+export type CallOf<T> = T extends GenService<infer S> ? ServiceCall<S> : never;
+
 /**
  * Wraps a command action: connects with the global flags, runs the action with a client of
  * `service`, closes it, and prints any error (gRPC code and details, which carry the trace id)

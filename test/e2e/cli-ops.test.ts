@@ -68,7 +68,7 @@ afterAll(async () => {
   await (lv as TestLibvirt | undefined)?.stop();
 });
 
-describe('debvisorctl whoami and apikey on the shared global flags', () => {
+describe('debvisorctl whoami, apikey and role on the shared command plumbing', () => {
   it('still answer with the admin identity', async () => {
     const me = await ctl('-o', 'json', 'whoami');
     expect(me.code).toBe(0);
@@ -76,6 +76,12 @@ describe('debvisorctl whoami and apikey on the shared global flags', () => {
     const keys = await ctl('apikey', 'list');
     expect(keys.code).toBe(0);
     expect(keys.stdout).toBe('(none)\n');
+    const roles = await ctl('role', 'list');
+    expect(roles.code).toBe(0);
+    expect(roles.stdout).toContain('admin');
+    const revoke = await ctl('apikey', 'revoke', 'no-such-key');
+    expect(revoke.code).toBe(1);
+    expect(revoke.stderr).toMatch(/^debvisorctl: [A-Z_]+: /);
   });
 });
 
