@@ -211,8 +211,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
 
     resizeVolume: async (request, ctx) => {
       const key = keyOf(request.volume, 'volume');
-      const charged = ctx.quota?.resource === 'storage_gb' ? ctx.quota.amount : 0;
-      const volume = await storage.resizeVolume(key, request.newSizeBytes, request.allowShrink, principalOf(ctx).id, charged, { signal: ctx.signal });
+      const volume = await storage.resizeVolume(key, request.newSizeBytes, request.allowShrink, principalOf(ctx).id, { signal: ctx.signal });
       return { volume: volumeMessage(volume) };
     },
 

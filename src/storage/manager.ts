@@ -136,10 +136,11 @@ export class StorageManager {
   }
 
   /**
-   * The proto option took gib(new size) from the caller before this ran (and gives it back if
-   * this throws). Afterwards only the change in size may stay counted, and on the volume's owner.
+   * Only the change in size is counted, and on the volume's owner (who gets it back on delete):
+   * growth is taken before the backend runs, a shrink is given back after it. Not declared in the
+   * proto, because the option would take the whole new size and refuse growth that fits.
    */
-  async resizeVolume(key: VolumeKey, newSizeBytes: bigint, allowShrink: boolean, caller: string, chargedGib: number, options?: CallOptions): Promise<VolumeInfo> {
+  async resizeVolume(key: VolumeKey, newSizeBytes: bigint, allowShrink: boolean, caller: string, options?: CallOptions): Promise<VolumeInfo> {
     validateSize(newSizeBytes, 'new_size_bytes');
     const current = await this.getVolume(key, options);
     if (newSizeBytes < current.sizeBytes && !allowShrink) {
@@ -148,22 +149,15 @@ export class StorageManager {
     const owner = current.owner || caller;
     const delta = gibOf(newSizeBytes) - gibOf(current.sizeBytes);
     const quotas = this.options.quotas;
-    // Someone else's volume: its owner pays for the growth, as the owner gets it back on delete.
-    if (owner !== caller && delta > 0) await quotas.consume(owner, 'storage_gb', delta);
+    if (delta > 0) await quotas.consume(owner, 'storage_gb', delta);
     let resized: VolumeInfo;
     try {
       resized = await this.backend(key.backend).resizeVolume(key.pool, key.name, newSizeBytes, { ...options, shrink: newSizeBytes < current.sizeBytes });
     } catch (err) {
-      if (owner !== caller && delta > 0) await quotas.release(owner, 'storage_gb', delta);
+      if (delta > 0) await quotas.release(owner, 'storage_gb', delta);
       throw err;
     }
-    if (owner === caller) {
-      // Taken: gib(new); should hold: the growth (or give back the shrink).
-      await quotas.release(caller, 'storage_gb', chargedGib - delta);
-    } else {
-      await quotas.release(caller, 'storage_gb', chargedGib);
-      if (delta < 0) await quotas.release(owner, 'storage_gb', -delta);
-    }
+    if (delta < 0) await quotas.release(owner, 'storage_gb', -delta);
     return resized;
   }
 

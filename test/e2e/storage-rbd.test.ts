@@ -144,6 +144,13 @@ describe('RBD volumes', () => {
     await operatorStorage.createVolume({ volume: ref('ci-pool', 'small'), sizeBytes: 2n * GIB }, T);
     const grow = await rejection(operatorStorage.resizeVolume({ volume: ref('ci-pool', 'small'), newSizeBytes: 3n * GIB }, T));
     expect(grow.code).toBe(Status.RESOURCE_EXHAUSTED);
+    // Only the growth counts: with room for 1 GiB more, 2 → 3 GiB fits.
+    await access.setQuota({ principal: OPERATOR, resource: QuotaResource.STORAGE_GB, limit: 3n }, T);
+    await operatorStorage.resizeVolume({ volume: ref('ci-pool', 'small'), newSizeBytes: 3n * GIB }, T);
+    expect(await storageGb(access, OPERATOR)).toBe(3n);
+    await operatorStorage.resizeVolume({ volume: ref('ci-pool', 'small'), newSizeBytes: 2n * GIB, allowShrink: true }, T);
+    expect(await storageGb(access, OPERATOR)).toBe(2n);
+    await access.setQuota({ principal: OPERATOR, resource: QuotaResource.STORAGE_GB, limit: 2n }, T);
     await operatorStorage.createSnapshot({ dataset: ref('ci-pool', 'small'), snapshotName: 's1' }, T);
     const second = await rejection(operatorStorage.createSnapshot({ dataset: ref('ci-pool', 'small'), snapshotName: 's2' }, T));
     expect(second.code).toBe(Status.RESOURCE_EXHAUSTED);

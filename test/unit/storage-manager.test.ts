@@ -133,18 +133,18 @@ describe('StorageManager failure paths', () => {
     expect(ledger).toEqual(['-1 snapshots x', '-1 snapshots x']);
   });
 
-  it('charges only the growth when the caller owns the volume, and the owner when it does not', async () => {
+  it('charges only the change in size, always to the owner of the volume', async () => {
     const { rbd, ledger, manager } = setup();
     const GIB = 1024n * MIB;
     await rbd.createVolume({ pool: 'p', name: 'v', sizeBytes: 2n * GIB, tags: {}, owner: 'owner' });
     const key = { backend: 'rbd' as const, pool: 'p', name: 'v' };
-    // The proto option took gib(new size) = 3 from the caller before each call.
-    await manager.resizeVolume(key, 3n * GIB, false, 'owner', 3);
-    expect(ledger.splice(0)).toEqual(['-2 storage_gb owner']);
-    await manager.resizeVolume(key, 5n * GIB, false, 'admin', 5);
-    expect(ledger.splice(0)).toEqual(['+2 storage_gb owner', '-5 storage_gb admin']);
-    await manager.resizeVolume(key, GIB, true, 'admin', 1);
-    expect(ledger.splice(0)).toEqual(['-1 storage_gb admin', '-4 storage_gb owner']);
-    await expect(manager.resizeVolume(key, GIB / 2n, false, 'owner', 1)).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    await manager.resizeVolume(key, 3n * GIB, false, 'owner');
+    expect(ledger.splice(0)).toEqual(['+1 storage_gb owner']);
+    await manager.resizeVolume(key, 5n * GIB, false, 'admin');
+    expect(ledger.splice(0)).toEqual(['+2 storage_gb owner']);
+    await manager.resizeVolume(key, GIB, true, 'admin');
+    expect(ledger.splice(0)).toEqual(['-4 storage_gb owner']);
+    await expect(manager.resizeVolume(key, GIB / 2n, false, 'owner')).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    expect(ledger).toEqual([]);
   });
 });
