@@ -34,13 +34,18 @@ function quantity(value: string | undefined, perSecond = false): number | undefi
   return scale === undefined ? undefined : Math.round(n * scale);
 }
 
-export function parseDomjobinfo(stdout: string): DomainJobInfo {
-  const fields: Record<string, string> = {};
+/** Parses "Key:   value" lines (dominfo, domjobinfo). */
+export function parseKeyValues(stdout: string): Record<string, string> {
+  const out: Record<string, string> = {};
   for (const line of stdout.split(/\r?\n/)) {
     const i = line.indexOf(':');
-    if (i <= 0) continue;
-    fields[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+    if (i > 0) out[line.slice(0, i).trim()] = line.slice(i + 1).trim();
   }
+  return out;
+}
+
+export function parseDomjobinfo(stdout: string): DomainJobInfo {
+  const fields = parseKeyValues(stdout);
   const dataProcessedBytes = quantity(fields['Data processed']);
   const dataRemainingBytes = quantity(fields['Data remaining']);
   const dataTotalBytes = quantity(fields['Data total']);

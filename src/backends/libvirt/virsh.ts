@@ -11,10 +11,11 @@ import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type Exec
 import { validateSnapshotName, validateVmName } from '../validate.js';
 import { InvalidArgumentError } from '../../server/errors.js';
 import { STATE_CONFLICT, VIRSH_RULES, VmStateError } from './errors.js';
-import { parseDomjobinfo, type DomainJobInfo } from './jobinfo.js';
+import { parseDomjobinfo, parseKeyValues, type DomainJobInfo } from './jobinfo.js';
 import { parseDomainXml, parseSnapshotXml, type DomainDisk, type DomainInterface, type DomainState } from './xml.js';
 
 export type { DomainDisk, DomainInterface, DomainState, DomainJobInfo };
+export { parseKeyValues };
 
 export const DEFAULT_VIRSH = '/usr/bin/virsh';
 
@@ -104,16 +105,6 @@ const DOMSTATE: Record<string, DomainState> = {
 /** Parses `virsh domstate` output ("shut off"). */
 export function parseDomstate(stdout: string): DomainState {
   return DOMSTATE[stdout.trim().toLowerCase()] ?? 'nostate';
-}
-
-/** Parses "Key:   value" lines (dominfo, domjobinfo). */
-export function parseKeyValues(stdout: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of stdout.split(/\r?\n/)) {
-    const i = line.indexOf(':');
-    if (i > 0) out[line.slice(0, i).trim()] = line.slice(i + 1).trim();
-  }
-  return out;
 }
 
 /** Non-empty lines (`list --name`, `snapshot-list --name`). */
