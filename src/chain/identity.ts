@@ -32,16 +32,13 @@ export interface IdentityDeps {
 
 /**
  * Why TLS refused the certificate the peer presented, for the audit reason: grpc-js
- * hides unverified certificates from getAuthContext(), so this asks the call's socket
- * (reached through grpc-js 1.14 internals; undefined if they change or no certificate
- * was presented). The text is the peer's own claim and goes only to the audit log.
+ * hides unverified certificates from getAuthContext(), so this asks the connection's socket
+ * (sessionOf in peer.ts; undefined if grpc-js internals change or no certificate was
+ * presented). The text is the peer's own claim and goes only to the audit log.
  */
-export function tlsRefusal(call: unknown): string | undefined {
-  type Link = { readonly nextCall?: unknown; readonly stream?: { readonly session?: { readonly socket?: unknown } } };
+function tlsRefusal(connection: ReturnType<typeof sessionOf>): string | undefined {
   try {
-    let current = call as Link | undefined;
-    for (let depth = 0; current && !current.stream && depth < 32; depth++) current = current.nextCall as Link | undefined;
-    const socket = current?.stream?.session?.socket;
+    const socket = connection?.socket;
     if (!(socket instanceof TLSSocket) || socket.authorized) return undefined;
     // An empty object when the peer presented no certificate (the typings say otherwise).
     const peer = socket.getPeerCertificate() as Partial<PeerCertificate>;
@@ -95,7 +92,7 @@ export function identity(deps: IdentityDeps): Step {
         } else if (token !== undefined) {
           principal = deps.apiKeys.authenticate(token, ip, Date.now(), connection);
         } else {
-          const refusal = tlsRefusal(call);
+          const refusal = tlsRefusal(connection);
           throw new UnauthenticatedError(
             refusal === undefined
               ? 'no verified client certificate (none presented, or it failed TLS verification) and no API key'
