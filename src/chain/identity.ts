@@ -13,7 +13,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../server/context.js';
 import { UnauthenticatedError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
-import { peerCertificateOf, sessionOf } from './peer.js';
+import type { Connection } from './peer.js';
 import type { Step } from './step.js';
 
 /** Headers a client must not be able to set or have forwarded: stripped before any handler sees the call. */
@@ -33,12 +33,12 @@ export interface IdentityDeps {
 /**
  * Why TLS refused the certificate the peer presented, for the audit reason: grpc-js
  * hides unverified certificates from getAuthContext(), so this asks the connection's socket
- * (sessionOf in peer.ts; undefined if grpc-js internals change or no certificate was
- * presented). The text is the peer's own claim and goes only to the audit log.
+ * (undefined if grpc-js internals change or no certificate was presented). The text is
+ * the peer's own claim and goes only to the audit log.
  */
-function tlsRefusal(connection: ReturnType<typeof sessionOf>): string | undefined {
+function tlsRefusal(connection: Connection): string | undefined {
   try {
-    const socket = connection?.socket;
+    const socket = connection.session?.socket;
     if (!(socket instanceof TLSSocket) || socket.authorized) return undefined;
     // An empty object when the peer presented no certificate (the typings say otherwise).
     const peer = socket.getPeerCertificate() as Partial<PeerCertificate>;
@@ -65,13 +65,13 @@ export function identity(deps: IdentityDeps): Step {
   };
 
   return {
-    onRequest: (state, { path, call, metadata }) => {
+    onRequest: (state, { path, connection, metadata }) => {
       const map = metadata.getMap();
       const token = tokenFromHeaders(map.authorization, map['x-api-key']);
       for (const key of Object.keys(map)) {
         if (key.startsWith(INTERNAL_HEADER_PREFIX) || CREDENTIAL_HEADERS.includes(key)) metadata.remove(key);
       }
-      const ip = call.getConnectionInfo().remoteAddress ?? 'unknown';
+      const ip = connection.ip;
       if (deps.guard.blockedFor(ip) > 0) {
         // Not counted again: a blocked address must not extend its own block by retrying.
         deps.metrics.authAttempts.inc({ method: 'blocked', result: 'failure' });
@@ -81,8 +81,7 @@ export function identity(deps: IdentityDeps): Step {
 
       // grpc-js exposes a peer certificate only when TLS verified it against the CA bundle,
       // so an unverifiable certificate arrives here as none at all.
-      const connection = sessionOf(call);
-      const peer = peerCertificateOf(call, connection);
+      const peer = connection.certificate;
       let principal: Principal;
       const method = peer ? 'mtls' : token !== undefined ? 'api_key' : 'none';
       try {
@@ -90,7 +89,7 @@ export function identity(deps: IdentityDeps): Step {
           // With both credentials, the certificate decides and the key is ignored.
           principal = deps.certificates.authenticate(peer);
         } else if (token !== undefined) {
-          principal = deps.apiKeys.authenticate(token, ip, Date.now(), connection);
+          principal = deps.apiKeys.authenticate(token, ip, Date.now(), connection.session);
         } else {
           const refusal = tlsRefusal(connection);
           throw new UnauthenticatedError(

@@ -1,6 +1,6 @@
 // Step 1, outermost: gives every call its trace id and call state, and sees every
 // final status for metrics and the access log.
-import { Metadata, status as Status, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
+import { Metadata, status as Status } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
@@ -8,6 +8,7 @@ import { attachCallState, type CallState } from '../server/context.js';
 import { TRACE_ID_KEY } from '../server/errors.js';
 import { traceIdFrom, newTraceId } from '../server/trace.js';
 import type { HistogramCell, Metrics } from '../observability/metrics.js';
+import type { Connection } from './peer.js';
 import type { ChainSpec, ObservedCall } from './step.js';
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;
@@ -87,12 +88,12 @@ class Observation implements ObservedCall {
     private readonly log: Logger,
     private readonly labels: MethodLabels,
     private readonly path: string,
-    private readonly call: ServerInterceptingCallInterface,
+    private readonly connection: Connection,
   ) {}
 
   begin(metadata: Metadata): CallState {
     const traceId = (this.traceId = traceIdFrom(metadata.get(TRACE_ID_KEY)[0]));
-    const state: CallState = { traceId, startedAt: this.startedAt, path: this.path, peer: this.call.getPeer() };
+    const state: CallState = { traceId, startedAt: this.startedAt, path: this.path, peer: this.connection.peer };
     attachCallState(metadata, state);
     return state;
   }
@@ -110,7 +111,7 @@ class Observation implements ObservedCall {
     if (trailers.get(TRACE_ID_KEY).length === 0) trailers.set(TRACE_ID_KEY, id);
     if (log.isLevelEnabled('debug') || status.code !== Status.OK) {
       log[status.code === Status.OK ? 'debug' : 'info'](
-        { trace_id: id, method: this.path, code, duration_ms: seconds * 1000, peer: this.call.getPeer() },
+        { trace_id: id, method: this.path, code, duration_ms: seconds * 1000, peer: this.connection.peer },
         'rpc finished',
       );
     }
@@ -131,6 +132,6 @@ export function observe(metrics: Metrics, log: Logger): ChainSpec['observe'] {
       }
     }
   });
-  return (path, requestStream, responseStream, call) =>
-    new Observation(metrics, log, labelsFor(cache, path, requestStream, responseStream), path, call);
+  return (path, requestStream, responseStream, connection) =>
+    new Observation(metrics, log, labelsFor(cache, path, requestStream, responseStream), path, connection);
 }

@@ -1,47 +1,76 @@
-// The verified client certificate of a call's connection, read once per connection.
+// What a call knows about its connection, worked out once per connection.
 //
-// grpc-js's getAuthContext() calls TLSSocket.getPeerCertificate() on every call, which
-// builds the whole certificate object (subject, fingerprints, public key, raw DER) anew:
-// ~70 µs per call, the largest single cost of the chain. A certificate cannot change
-// during a connection: HTTP/2 forbids TLS renegotiation and Node's Http2Session disables
-// it on its socket, and TLS 1.3 has none. So it is cached per HTTP/2 session, keyed by
-// that session object in a WeakMap: the entry dies with the connection, and a call only
-// ever sees the certificate of the connection it arrived on.
+// grpc-js recomputes these on every call: getAuthContext() calls
+// TLSSocket.getPeerCertificate(), which builds the whole certificate object (subject,
+// fingerprints, public key, raw DER) anew, ~70 µs, and getPeer() formats the socket's
+// address, a trip into C++ each time. None of it can change during a connection: HTTP/2
+// forbids TLS renegotiation and Node's Http2Session disables it on its socket, TLS 1.3 has
+// none, and a socket keeps its addresses. So it is kept per HTTP/2 session, keyed by that
+// session object in a WeakMap: the entry dies with the connection, and a call only ever
+// sees the connection it arrived on.
 //
 // The session is reached through grpc-js 1.14 internals (the base call's `stream`), so
-// everything not shaped as expected falls back to getAuthContext(), which is exactly
-// what this replicates: a certificate only if the socket is TLS, `authorized` (verified
-// against the CA bundle at the handshake), and a certificate was presented.
+// anything not shaped as expected falls back to grpc-js's own per-call methods, which is
+// exactly what this replicates: a certificate only if the socket is TLS, `authorized`
+// (verified against the CA bundle at the handshake), and a certificate was presented.
 import { TLSSocket, type PeerCertificate } from 'node:tls';
 import type { ServerInterceptingCallInterface } from '@grpc/grpc-js';
+
+/** One client connection, as the chain sees it. */
+export interface Connection {
+  /** "ip:port", as grpc-js's getPeer() reports it. */
+  readonly peer: string;
+  /** The remote address alone, or "unknown". */
+  readonly ip: string;
+  /** The client certificate TLS verified at the handshake; undefined if none was presented or it failed. */
+  readonly certificate: PeerCertificate | undefined;
+  /** The HTTP/2 session: lives exactly as long as the connection (a WeakMap key). Undefined on the fallback path. */
+  readonly session: (object & { readonly socket?: unknown }) | undefined;
+}
 
 interface Link {
   readonly nextCall?: unknown;
   readonly stream?: { readonly session?: object & { readonly socket?: unknown } };
 }
 
-const bySession = new WeakMap<object, PeerCertificate | null>();
+const bySession = new WeakMap<object, Connection>();
 
 /** The HTTP/2 session (one per connection) a call arrived on, if grpc-js's internals are as expected. */
-export function sessionOf(call: unknown): (object & { readonly socket?: unknown }) | undefined {
+function sessionOf(call: unknown): (object & { readonly socket?: unknown }) | undefined {
   let current = call as Link | undefined;
   for (let depth = 0; current && !current.stream && depth < 32; depth++) current = current.nextCall as Link | undefined;
   const session = current?.stream?.session;
   return typeof session === 'object' ? session : undefined;
 }
 
-/** What `call.getAuthContext().sslPeerCertificate` returns, computed once per connection. */
-export function peerCertificateOf(call: ServerInterceptingCallInterface, session = sessionOf(call)): PeerCertificate | undefined {
-  const socket = session?.socket;
-  if (!session || !(socket instanceof TLSSocket)) return call.getAuthContext().sslPeerCertificate;
-  // Checked per call, as grpc-js does (it is a plain property, set at the handshake).
-  if (!socket.authorized) return undefined;
-  let peer = bySession.get(session);
-  if (peer === undefined) {
+/** Per call, through grpc-js's public methods: only when its internals are not as expected. */
+function uncached(call: ServerInterceptingCallInterface, session: Connection['session']): Connection {
+  return {
+    peer: call.getPeer(),
+    ip: call.getConnectionInfo().remoteAddress ?? 'unknown',
+    certificate: call.getAuthContext().sslPeerCertificate,
+    session,
+  };
+}
+
+/** The connection a call arrived on: computed on its first call, then one WeakMap lookup. */
+export function connectionOf(call: ServerInterceptingCallInterface): Connection {
+  const session = sessionOf(call);
+  if (!session) return uncached(call, undefined);
+  const known = bySession.get(session);
+  if (known) return known;
+  const socket = session.socket;
+  // Only a connected TLS socket past its handshake is worth remembering.
+  // remoteAddress is undefined once the socket is gone (the typings say otherwise).
+  const ip = (socket as { readonly remoteAddress?: string } | undefined)?.remoteAddress;
+  if (!(socket instanceof TLSSocket) || ip === undefined) return uncached(call, session);
+  let certificate: PeerCertificate | undefined;
+  if (socket.authorized) {
     // An empty object when the peer presented no certificate (the typings say otherwise).
-    const certificate = socket.getPeerCertificate() as Partial<PeerCertificate>;
-    peer = certificate.raw ? (certificate as PeerCertificate) : null;
-    bySession.set(session, peer);
+    const presented = socket.getPeerCertificate() as Partial<PeerCertificate>;
+    certificate = presented.raw ? (presented as PeerCertificate) : undefined;
   }
-  return peer ?? undefined;
+  const connection: Connection = { peer: socket.remotePort ? `${ip}:${socket.remotePort}` : ip, ip, certificate, session };
+  bySession.set(session, connection);
+  return connection;
 }

@@ -21,10 +21,13 @@ import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface
 import { toStatus } from '../server/errors.js';
 import type { CallState } from '../server/context.js';
 import { newTraceId } from '../server/trace.js';
+import { connectionOf, type Connection } from './peer.js';
 
 export interface StepCall {
   readonly path: string;
   readonly call: ServerInterceptingCallInterface;
+  /** The call's connection: address and verified client certificate, worked out once per connection. */
+  readonly connection: Connection;
   readonly metadata: Metadata;
 }
 
@@ -47,7 +50,7 @@ export interface ObservedCall {
 
 export interface ChainSpec {
   /** Step 1: called when grpc-js creates the call, before its headers arrive. */
-  readonly observe: (path: string, requestStream: boolean, responseStream: boolean, call: ServerInterceptingCallInterface) => ObservedCall;
+  readonly observe: (path: string, requestStream: boolean, responseStream: boolean, connection: Connection) => ObservedCall;
   /** Step 2: the status for a throw from the handler's synchronous part. */
   readonly recover: (err: unknown, traceId: string, path: string) => PartialStatusObject;
   /** Steps 3 onwards, outermost first. */
@@ -70,6 +73,7 @@ class ChainCall {
   constructor(
     readonly path: string,
     readonly call: ServerInterceptingCallInterface,
+    readonly connection: Connection,
     readonly steps: readonly Step[],
     readonly observed: ObservedCall,
     readonly recover: ChainSpec['recover'],
@@ -182,11 +186,13 @@ export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
       steps = spec.exempt(method.path) ? NO_STEPS : spec.steps;
       stepsByPath.set(method.path, steps);
     }
+    const connection = connectionOf(call);
     const chainCall = new ChainCall(
       method.path,
       call,
+      connection,
       steps,
-      spec.observe(method.path, method.requestStream, method.responseStream, call),
+      spec.observe(method.path, method.requestStream, method.responseStream, connection),
       spec.recover,
     );
     return new ServerInterceptingCall(call, {
