@@ -111,6 +111,27 @@ function denied(roles: readonly Role[], required: string): boolean {
   return roles.some((r) => r.deny.some((d) => permissionMatches(d, required)));
 }
 
+const ALLOWED: AuthorizeResult = Object.freeze({ allowed: true });
+const ROLE_DECISIONS_LIMIT = 1024;
+// Role lists are resolved once per binding and replaced, never changed, when a role or
+// binding changes (src/access/state.ts), so a decision can be kept per list and permission.
+const roleDecisions = new WeakMap<readonly Role[], Map<string, AuthorizeResult>>();
+
+/** What the roles alone decide (deny wins), remembered per role list and permission. */
+function roleDecision(roles: readonly Role[], required: string): AuthorizeResult {
+  let decisions = roleDecisions.get(roles);
+  if (!decisions) roleDecisions.set(roles, (decisions = new Map<string, AuthorizeResult>()));
+  let decision = decisions.get(required);
+  if (!decision) {
+    if (denied(roles, required)) decision = Object.freeze({ allowed: false, missing: required, reason: 'denied_by_role' as const });
+    else if (!granted(roles, required)) decision = Object.freeze({ allowed: false, missing: required, reason: 'not_granted' as const });
+    else decision = ALLOWED;
+    if (decisions.size >= ROLE_DECISIONS_LIMIT) decisions.clear();
+    decisions.set(required, decision);
+  }
+  return decision;
+}
+
 /**
  * Kinds whose resources handlers already restrict to the caller's own (operations:
  * a caller sees its own unless granted `operation:<action>:any`). A scoped key is
@@ -140,8 +161,8 @@ function inKeyScope(globs: readonly ResourceGlob[], resource: ResourceRef): bool
  */
 export function authorize(input: AuthorizeInput): AuthorizeResult {
   const { roles, required, apiKey, resource } = input;
-  if (denied(roles, required)) return { allowed: false, missing: required, reason: 'denied_by_role' };
-  if (!granted(roles, required)) return { allowed: false, missing: required, reason: 'not_granted' };
+  const byRoles = roleDecision(roles, required);
+  if (!byRoles.allowed) return byRoles;
   if (apiKey) {
     if (!apiKey.permissions.some((g) => permissionMatches(g, required))) {
       return { allowed: false, missing: required, reason: 'not_granted_to_key' };
@@ -150,7 +171,7 @@ export function authorize(input: AuthorizeInput): AuthorizeResult {
       return { allowed: false, missing: required, reason: 'outside_key_scope' };
     }
   }
-  return { allowed: true };
+  return ALLOWED;
 }
 
 /**
