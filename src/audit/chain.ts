@@ -57,27 +57,98 @@ export function legacyEntryMac(key: ChainKey, prevHmac: string, canonical: strin
 }
 
 const NEWLINE = 0x0a;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+const ZERO = 0x30;
+const SEQ_MEMBER = Buffer.from(',"seq":', 'latin1');
 /** ,"digests":"","hmac":"<64 hex>"} and the newline, without the digests themselves. */
 const SEAL_BYTES = ',"digests":"","hmac":"'.length + 64 + '"}'.length + 1;
+/** Per entry at most ,"seq":<16 digits>} and a newline (its digest is counted apart). */
+const SEQ_BYTES = SEQ_MEMBER.length + 16 + 2;
+const INITIAL_EVENT_BYTES = 64 * 1024;
 
 /**
- * Seals serialized events (JSON objects) as one batch whose first entry gets `firstSeq`:
- * the lines as UTF-8, each ending with "\n" (after `lead`, e.g. a newline the file still
- * needs), and the batch's hmac. Each event is encoded once, straight into the batch's
- * buffer, and the MAC is computed over the very bytes that are written.
+ * Serialized events (JSON objects) waiting for their batch, encoded to UTF-8 as they
+ * arrive: a read call's entry waits up to the fsync interval, and as bytes outside the
+ * JS heap it costs the garbage collector nothing meanwhile. Reusable (clear()).
  */
-export function sealBatch(key: ChainKey, prevHmac: string, eventJsons: readonly string[], firstSeq: number, lead = ''): { data: Buffer; hmac: string } {
-  // Exact event sizes, plus per entry at most ,"seq":<16 digits>} and a newline.
-  let capacity = Buffer.byteLength(lead) + ',"prev":""'.length + prevHmac.length + SEAL_BYTES;
-  for (const json of eventJsons) capacity += Buffer.byteLength(json) + 32 + DIGEST_HEX;
+export class EventBuffer {
+  private bytes = Buffer.allocUnsafe(INITIAL_EVENT_BYTES);
+  private used = 0;
+  /** The end offset of each event. */
+  private readonly ends: number[] = [];
+
+  get count(): number {
+    return this.ends.length;
+  }
+
+  get byteLength(): number {
+    return this.used;
+  }
+
+  /** Capacity kept after clear(), so one burst of huge events does not pin its memory. */
+  get capacity(): number {
+    return this.bytes.length;
+  }
+
+  push(json: string): void {
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit.
+    const worst = json.length * 3;
+    if (this.used + worst > this.bytes.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.bytes.length * 2, this.used + worst));
+      this.bytes.copy(grown, 0, 0, this.used);
+      this.bytes = grown;
+    }
+    this.used += this.bytes.write(json, this.used);
+    this.ends.push(this.used);
+  }
+
+  clear(): void {
+    this.used = 0;
+    this.ends.length = 0;
+  }
+
+  /** Copies event `index` without its closing brace into `target` at `at`; returns the new end. */
+  copyOpenEvent(index: number, target: Buffer, at: number): number {
+    const start = index === 0 ? 0 : (this.ends[index - 1] ?? 0);
+    const end = this.ends[index] ?? start;
+    return at + this.bytes.copy(target, at, start, Math.max(start, end - 1));
+  }
+}
+
+/** Writes the decimal digits of a non-negative safe integer at `at`; returns the new end. */
+function writeDecimal(target: Buffer, at: number, value: number): number {
+  let digits = 1;
+  for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+  let rest = value;
+  for (let i = at + digits - 1; i >= at; i--) {
+    target[i] = ZERO + (rest % 10);
+    rest = Math.floor(rest / 10);
+  }
+  return at + digits;
+}
+
+/**
+ * Seals waiting events as one batch whose first entry gets `firstSeq`: the lines as
+ * UTF-8, each ending with "\n" (after `lead`, e.g. a newline the file still needs), and
+ * the batch's hmac. Each entry is laid out once, straight into the batch's buffer, and
+ * the digests and MAC are computed over the very bytes that are written.
+ */
+export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, firstSeq: number, lead = ''): { data: Buffer; hmac: string } {
+  const count = events.count;
+  const capacity = Buffer.byteLength(lead) + ',"prev":""'.length + prevHmac.length + SEAL_BYTES + events.byteLength + count * (SEQ_BYTES + DIGEST_HEX);
   const buffer = Buffer.allocUnsafe(capacity);
   let end = buffer.write(lead, 0);
   let digests = '';
-  for (let i = 0; i < eventJsons.length; i++) {
+  for (let i = 0; i < count; i++) {
     const start = end;
     // The event without its closing brace, then its chain members and the brace again.
-    end += buffer.write(eventJsons[i] ?? '{}', end) - 1;
-    end += buffer.write(i === 0 ? `,"seq":${firstSeq},"prev":"${prevHmac}"}` : `,"seq":${firstSeq + i}}`, end, 'latin1');
+    end = events.copyOpenEvent(i, buffer, end);
+    // No comma after the brace of an event without members.
+    end += SEQ_MEMBER.copy(buffer, end, buffer[end - 1] === OPEN_BRACE ? 1 : 0);
+    end = writeDecimal(buffer, end, firstSeq + i);
+    if (i === 0) end += buffer.write(`,"prev":"${prevHmac}"`, end, 'latin1');
+    buffer[end++] = CLOSE_BRACE;
     // The digest covers the very bytes written for this entry.
     digests += entryDigest(buffer.subarray(start, end));
     buffer[end++] = NEWLINE;

@@ -53,17 +53,20 @@ function principalObject(p: AuditPrincipal): Record<string, unknown> {
   return principal;
 }
 
-// The JSON of frozen principals (shared, per-principal objects: src/chain/audit-principal.ts),
-// made once: the principal with its certificate fingerprint is a third of a call record.
-const principalJsons = new WeakMap<AuditPrincipal, string>();
+/** Text that passes through unchanged. */
+const asIs = (json: string): string => json;
 
-function cachedPrincipalJson(p: AuditPrincipal): string | undefined {
-  if (!Object.isFrozen(p) || !Object.isFrozen(p.roles)) return undefined;
-  let json = principalJsons.get(p);
-  if (json === undefined) {
-    json = JSON.stringify(principalObject(p));
-    principalJsons.set(p, json);
-  }
+// The JSON of frozen principals (shared, per-principal objects: src/chain/audit-principal.ts),
+// made once per principal and scrubber: the principal with its certificate fingerprint is a
+// third of a call record.
+const principalJsons = new WeakMap<AuditPrincipal, { readonly scrub: (json: string) => string; readonly json: string }>();
+
+function principalJson(p: AuditPrincipal, scrub: (json: string) => string): string {
+  if (!Object.isFrozen(p) || !Object.isFrozen(p.roles)) return scrub(JSON.stringify(principalObject(p)));
+  const cached = principalJsons.get(p);
+  if (cached?.scrub === scrub) return cached.json;
+  const json = scrub(JSON.stringify(principalObject(p)));
+  principalJsons.set(p, { scrub, json });
   return json;
 }
 
@@ -85,17 +88,16 @@ function restOf(event: AuditEventInput, out: Record<string, unknown>): Record<st
  * Serializes an event with a fixed key order (the order of AuditEvent above), so the
  * canonical form of a line does not depend on how the caller built the object.
  * Unknown keys on the input are dropped. The output is always JSON.stringify of the
- * event in that order; a frozen principal's part is stringified once and spliced in.
+ * event in that order, passed through `scrub` (see scrubSecretsInJson: its replacements
+ * never leave the string they start in, so it may be applied member by member).
+ * A frozen principal's part is stringified and scrubbed once and spliced in (JSON.stringify
+ * of the two plain objects around it is faster on V8 than building the text by hand).
  */
-export function serializeEvent(event: AuditEventInput, defaultTime: () => string): string {
+export function serializeEvent(event: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): string {
   const head: Record<string, unknown> = { time: event.time ?? defaultTime(), trace_id: event.trace_id, type: event.type };
   const p = event.principal;
-  const principal = p === undefined ? undefined : cachedPrincipalJson(p);
-  if (principal !== undefined) {
-    const before = JSON.stringify(head);
-    const after = JSON.stringify(restOf(event, {}));
-    if (before.length > 2) return `${before.slice(0, -1)},"principal":${principal}${after.length === 2 ? '}' : `,${after.slice(1)}`}`;
-  }
-  if (p !== undefined) head.principal = principalObject(p);
-  return JSON.stringify(restOf(event, head));
+  if (p === undefined) return scrub(JSON.stringify(restOf(event, head)));
+  const before = JSON.stringify(head);
+  const after = JSON.stringify(restOf(event, {}));
+  return `${scrub(before.slice(0, -1))},"principal":${principalJson(p, scrub)}${after.length === 2 ? '}' : `,${scrub(after.slice(1))}`}`;
 }

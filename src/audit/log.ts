@@ -10,7 +10,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { CHAIN_GENESIS, chainKey, isSeal, parseLine, sealBatch, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
+import { CHAIN_GENESIS, chainKey, EventBuffer, isSeal, parseLine, sealBatch, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
 import { serializeEvent, type AuditEventInput } from './event.js';
 import { localDay, rotatedFiles, rotatedName } from './files.js';
 import { loadOrCreateHmacKey } from './key.js';
@@ -198,8 +198,9 @@ export class AuditLog {
   private needsResync = false;
   private fileDay: string;
 
-  private pendingJson: string[] = [];
-  private pendingBytes = 0;
+  private pending = new EventBuffer();
+  /** The previous batch's buffer, cleared, for the next swap. */
+  private spare: EventBuffer | undefined;
   private waiters: Waiter[] = [];
   private barriers: Array<() => void> = [];
   private flushRequested = false;
@@ -294,7 +295,7 @@ export class AuditLog {
       return;
     }
     this.enqueue(json);
-    if (this.pendingBytes >= FLUSH_BYTES) this.kick();
+    if (this.pending.byteLength >= FLUSH_BYTES) this.kick();
     else this.schedule();
   }
 
@@ -323,7 +324,7 @@ export class AuditLog {
 
   /** Resolves once everything written so far is on disk, or has failed (and been reported). */
   flush(): Promise<void> {
-    if (this.pendingJson.length > 0) {
+    if (this.pending.count > 0) {
       return new Promise<void>((resolve) => {
         this.barriers.push(resolve);
         this.kick();
@@ -346,7 +347,7 @@ export class AuditLog {
 
   private serializeOrThrow(event: AuditEventInput): string {
     try {
-      return scrubSecretsInJson(serializeEvent(event, this.defaultTime));
+      return serializeEvent(event, this.defaultTime, scrubSecretsInJson);
     } catch (err) {
       throw new AuditWriteError(`audit event cannot be serialized: ${errorMessage(err)}`, 'serialize', 1, { cause: err });
     }
@@ -363,7 +364,7 @@ export class AuditLog {
 
   private refusal(): AuditWriteError | undefined {
     if (this.closed) return new AuditWriteError('audit log is closed', 'closed', 1);
-    if (this.pendingJson.length >= this.maxPending) {
+    if (this.pending.count >= this.maxPending) {
       return new AuditWriteError(`audit log backlog is full (${this.maxPending} events waiting for the disk)`, 'overflow', 1);
     }
     return undefined;
@@ -383,8 +384,7 @@ export class AuditLog {
   }
 
   private enqueue(json: string): void {
-    this.pendingJson.push(json);
-    this.pendingBytes += json.length;
+    this.pending.push(json);
   }
 
   private schedule(): void {
@@ -410,24 +410,26 @@ export class AuditLog {
 
   private async drain(): Promise<void> {
     try {
-      while (this.pendingJson.length > 0 && this.flushRequested) {
+      while (this.pending.count > 0 && this.flushRequested) {
         this.flushRequested = false;
-        const jsons = this.pendingJson;
+        const events = this.pending;
         const waiters = this.waiters;
         const barriers = this.barriers;
-        this.pendingJson = [];
-        this.pendingBytes = 0;
+        this.pending = this.spare ?? new EventBuffer();
+        this.spare = undefined;
         this.waiters = [];
         this.barriers = [];
-        this.inflight = this.commit(jsons, waiters);
+        this.inflight = this.commit(events, waiters);
         await this.inflight;
         this.inflight = undefined;
+        events.clear();
+        if (events.capacity <= 4 * FLUSH_BYTES) this.spare = events;
         for (const resolve of barriers) resolve();
         if (this.waiters.length > 0 || this.barriers.length > 0 || this.closed) this.flushRequested = true;
       }
     } finally {
       this.running = false;
-      if (this.pendingJson.length > 0) {
+      if (this.pending.count > 0) {
         if (this.flushRequested) this.kick();
         else this.schedule();
       }
@@ -435,7 +437,8 @@ export class AuditLog {
   }
 
   /** Writes one batch. Never throws: failures reject the waiters and are reported. */
-  private async commit(jsons: string[], waiters: Waiter[]): Promise<void> {
+  private async commit(events: EventBuffer, waiters: Waiter[]): Promise<void> {
+    const count = events.count;
     this.counters.batches++;
     let operation: 'write' | 'fsync' = 'write';
     let seq = this.seq;
@@ -444,8 +447,8 @@ export class AuditLog {
     try {
       if (this.needsResync) await this.resync();
       await this.maybeRotate();
-      const sealed = sealBatch(this.key, prev, jsons, seq + 1, this.needsNewline ? '\n' : '');
-      seq += jsons.length;
+      const sealed = sealBatch(this.key, prev, events, seq + 1, this.needsNewline ? '\n' : '');
+      seq += count;
       prev = sealed.hmac;
       const data = sealed.data;
       length = data.length;
@@ -455,9 +458,9 @@ export class AuditLog {
       this.counters.fsyncs++;
     } catch (err) {
       await this.rollBack();
-      const error = new AuditWriteError(`audit log ${operation} failed for ${jsons.length} event(s): ${errorMessage(err)}`, operation, jsons.length, { cause: err });
+      const error = new AuditWriteError(`audit log ${operation} failed for ${count} event(s): ${errorMessage(err)}`, operation, count, { cause: err });
       this.counters.failedBatches++;
-      this.counters.lostEvents += jsons.length;
+      this.counters.lostEvents += count;
       for (const waiter of waiters) waiter.reject(error);
       this.report(error);
       return;
@@ -466,7 +469,7 @@ export class AuditLog {
     this.prevHmac = prev;
     this.size += length;
     this.needsNewline = false;
-    this.counters.entries += jsons.length;
+    this.counters.entries += count;
     this.counters.lastSeq = seq;
     for (const waiter of waiters) waiter.resolve();
   }

@@ -3,6 +3,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { serializeEvent, type AuditEventInput } from '../../src/audit/event.js';
+import { scrubSecretsInJson } from '../../src/audit/redact.js';
 
 /** The reference: the fixed-order object the serializer used to build, stringified. */
 function reference(event: AuditEventInput, time: string): string {
@@ -81,6 +82,32 @@ describe('serializeEvent', () => {
         expect(serializeEvent(event, () => '2026-01-01T00:00:00.000Z')).toBe(expected);
       }),
       { numRuns: 2000 },
+    );
+  });
+
+  it('scrubbed member by member equals the whole line scrubbed, for any content', () => {
+    const secretish = fc.constantFrom(
+      'dvk_0123456789abcdef_c2VjcmV0c2VjcmV0c2VjcmV0',
+      'Bearer abcdefgh12345678',
+      'x bearer\tabcdefghijkl y',
+      '-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----',
+      '-----BEGIN RSA PRIVATE KEY-----\nunterminated',
+    );
+    const withSecrets = fc.record({ event: events, secret: secretish, at: fc.constantFrom('id', 'role', 'source', 'method', 'object', 'reason', 'trace_id') });
+    fc.assert(
+      fc.property(withSecrets, fc.boolean(), ({ event: generated, secret, at }, frozen) => {
+        const base: AuditEventInput = { ...generated, principal: generated.principal ?? { id: 'p', kind: 'certificate', roles: [] } };
+        const planted: AuditEventInput =
+          at === 'id' || at === 'role'
+            ? { ...base, principal: { ...base.principal!, ...(at === 'id' ? { id: `a ${secret} b` } : { roles: [secret] }) } }
+            : { ...base, [at]: `a ${secret} b` };
+        const event = frozen ? withFrozenPrincipal(planted) : planted;
+        const expected = scrubSecretsInJson(reference(event, 'now'));
+        expect(serializeEvent(event, () => 'now', scrubSecretsInJson)).toBe(expected);
+        expect(serializeEvent(event, () => 'now', scrubSecretsInJson)).toBe(expected);
+        expect(expected).not.toContain('c2VjcmV0c2VjcmV0c2VjcmV0');
+      }),
+      { numRuns: 1000 },
     );
   });
 
