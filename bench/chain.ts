@@ -1,8 +1,9 @@
 // What the interceptor chain costs: the full daemon against a bare grpc-js server.
 //   npm run bench:chain
 // Env: BENCH_SECONDS (measured window, default 10), BENCH_WARMUP_SECONDS (default 3),
-//      BENCH_ROUNDS (default 1; with more, the scenarios are interleaved and each
-//      figure is the median over rounds), BENCH_CONNECTIONS (4), BENCH_CONCURRENCY (50),
+//      BENCH_ROUNDS (default 5: the scenarios are interleaved, each figure is the median
+//      over rounds and each ratio the median of the rounds' own ratios), BENCH_CONNECTIONS (4),
+//      BENCH_CONCURRENCY (50),
 //      BENCH_SCENARIOS (comma list of bare,mtls,apikey; default all three),
 //      BENCH_CPU_PROF=<dir> (write .cpuprofiles of the daemon and the bare server to
 //      <dir>/daemon and <dir>/bare, one per thread: the largest is the main thread (tsx's
@@ -33,7 +34,7 @@ import type { LoadResult, LoadSpec } from './loadgen.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 1);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 50);
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
@@ -150,9 +151,11 @@ try {
     mtls: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
     apikey: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, headers: { authorization: `Bearer ${token}` } }),
   };
+  const order = (Object.entries(scenarios) as [keyof typeof scenarios, () => Promise<LoadResult>][]).filter(([name]) => ONLY.has(name));
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const [name, run] of Object.entries(scenarios) as [keyof typeof scenarios, () => Promise<LoadResult>][]) {
-      if (!ONLY.has(name)) continue;
+    // Each round starts with another scenario, so a drift in the machine's speed within a round favours none.
+    const rotated = [...order.slice((round - 1) % order.length), ...order.slice(0, (round - 1) % order.length)];
+    for (const [name, run] of rotated) {
       console.error(`round ${round}/${ROUNDS}: ${name} (${WARMUP_SECONDS} s warm-up + ${SECONDS} s) …`);
       const result = await run();
       const split = `user ${((result.serverUserSeconds * 1e6) / result.calls).toFixed(1)} + system ${((result.serverSystemSeconds * 1e6) / result.calls).toFixed(1)}`;
@@ -173,11 +176,31 @@ if (runs.bare.length === 0 || runs.mtls.length === 0 || runs.apikey.length === 0
   process.exit(0);
 }
 const rows = [summarize('bare grpc-js (no interceptors)', runs.bare), summarize('full daemon, mTLS client cert', runs.mtls), summarize('full daemon, API key', runs.apikey)];
-const base = rows[0]!;
+// Ratios are taken within each round (the scenarios of a round ran minutes apart at most)
+// and then their median over rounds: the machine's speed drifts by more than the
+// difference being measured, and a per-round ratio cancels most of that drift.
+interface Ratios {
+  qps: number[];
+  cpu: number[];
+}
+const ratiosOf = (scenario: LoadResult[]): Ratios => ({
+  qps: scenario.map((run, i) => run.qps / runs.bare[i]!.qps),
+  cpu: scenario.map((run, i) => run.serverCpuUsPerCall / runs.bare[i]!.serverCpuUsPerCall),
+});
+const ratios = new Map<Row, Ratios>([
+  [rows[1]!, ratiosOf(runs.mtls)],
+  [rows[2]!, ratiosOf(runs.apikey)],
+]);
+const ratio = (values: number[] | undefined) => {
+  if (!values) return '1.00×';
+  const spread = values.length > 1 ? ` (${Math.min(...values).toFixed(2)}–${Math.max(...values).toFixed(2)})` : '';
+  return `${median(values).toFixed(2)}×${spread}`;
+};
 const verdict = (row: Row) => {
-  if (row === base) return '';
-  const qpsOk = row.qps / base.qps >= TARGET_QPS_RATIO;
-  const cpuOk = row.cpuUsPerCall / base.cpuUsPerCall <= TARGET_CPU_RATIO;
+  const own = ratios.get(row);
+  if (!own) return '';
+  const qpsOk = median(own.qps) >= TARGET_QPS_RATIO;
+  const cpuOk = median(own.cpu) <= TARGET_CPU_RATIO;
   return qpsOk && cpuOk && row.errors === 0 ? 'yes' : `**no**${qpsOk ? '' : ' (QPS)'}${cpuOk ? '' : ' (CPU)'}${row.errors ? ' (errors)' : ''}`;
 };
 const cpuModel = cpus()[0]?.model ?? 'unknown CPU';
@@ -186,8 +209,8 @@ const lines = [
   '',
   `${new Date().toISOString().slice(0, 10)}, node ${process.version}, ${availableParallelism()} cores (${cpuModel}), shared by the server under test and the load generator.`,
   `Unary TestingService/Echo (the same handler on both servers), ${CONCURRENCY} calls in flight over ${CONNECTIONS} TLS connections from a raw node:http2 client in its own process;`,
-  `${WARMUP_SECONDS} s warm-up, then ${SECONDS} s measured${ROUNDS > 1 ? `, ${ROUNDS} interleaved rounds, medians` : ''}. CPU is the server process's utime+stime over the measured window, per successful call.`,
-  `Reproduce: \`npm run bench:chain\`${ROUNDS > 1 ? ` (this table: \`BENCH_ROUNDS=${ROUNDS} npm run bench:chain\`)` : ''}.`,
+  `${WARMUP_SECONDS} s warm-up, then ${SECONDS} s measured${ROUNDS > 1 ? `, ${ROUNDS} interleaved rounds (each starting with the next scenario); figures are medians over rounds, ratios the median of each round's own ratio (range in brackets)` : ''}. CPU is the server process's utime+stime over the measured window, per successful call.`,
+  `Reproduce: \`npm run bench:chain\`${ROUNDS !== 5 ? ` (this table: \`BENCH_ROUNDS=${ROUNDS} npm run bench:chain\`)` : ''}.`,
   '',
   `Targets: full chain ≥ ${TARGET_QPS_RATIO}× bare QPS and ≤ ${TARGET_CPU_RATIO}× bare CPU per call, 0 errors.`,
   '',
@@ -195,7 +218,7 @@ const lines = [
   '|---|---:|---:|---:|---:|---:|---:|---:|---|',
   ...rows.map(
     (r) =>
-      `| ${r.name} | ${Math.round(r.qps)} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} | ${r.cpuUsPerCall.toFixed(1)} | ${(r.qps / base.qps).toFixed(2)}× | ${(r.cpuUsPerCall / base.cpuUsPerCall).toFixed(2)}× | ${r.errors} | ${verdict(r)} |`,
+      `| ${r.name} | ${Math.round(r.qps)} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} | ${r.cpuUsPerCall.toFixed(1)} | ${ratio(ratios.get(r)?.qps)} | ${ratio(ratios.get(r)?.cpu)} | ${r.errors} | ${verdict(r)} |`,
   ),
   '',
   'bare = bench/bare-server.ts: grpc-js with the daemon’s own `serverCredentials`/`IdentityProvider` (dev PKI server pair and CA; client certificates',
