@@ -4,6 +4,7 @@ export interface Principal {
   readonly id: string;
   readonly kind: 'certificate' | 'api_key';
   readonly certificate?: {
+    /** SHA-256 of the DER certificate, lowercase hex without colons (as audit records and WhoAmI show it). */
     readonly fingerprintSha256: string;
     readonly serialNumber: string;
     readonly notAfter: Date;

@@ -148,7 +148,7 @@ export class CertificateAuthenticator {
       principal: {
         id,
         kind: 'certificate',
-        certificate: { fingerprintSha256: leaf.fingerprint256, serialNumber: leaf.serialNumber, notAfter },
+        certificate: { fingerprintSha256: leaf.fingerprint256.replaceAll(':', '').toLowerCase(), serialNumber: leaf.serialNumber, notAfter },
       },
       serial: normalizeSerialHex(leaf.serialNumber),
       notBefore: leaf.validFromDate.getTime(),

@@ -66,18 +66,6 @@ function grantedBy(roles: readonly Role[]): readonly string[] {
   return granted;
 }
 
-const fingerprints = new Map<string, string>();
-
-function fingerprintHex(fingerprintSha256: string): string {
-  let hex = fingerprints.get(fingerprintSha256);
-  if (hex === undefined) {
-    hex = fingerprintSha256.replaceAll(':', '').toLowerCase();
-    if (fingerprints.size > 10_000) fingerprints.clear();
-    fingerprints.set(fingerprintSha256, hex);
-  }
-  return hex;
-}
-
 export function accessHandlers(admin: AccessAdmin, state: AccessState): HandlersOf<typeof AccessService> {
   return {
     whoAmI: (_request, ctx) => {
@@ -90,7 +78,7 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState): Handlers
         roles,
         permissions: principal.apiKey ? [...principal.apiKey.permissions] : [...grantedBy(state.roles(roles))],
         authMethod: principal.kind === 'certificate' ? 'mtls' : 'api_key',
-        certFingerprintSha256: certificate ? fingerprintHex(certificate.fingerprintSha256) : '',
+        certFingerprintSha256: certificate?.fingerprintSha256 ?? '',
         certNotAfter: certificate ? timestampFromDate(certificate.notAfter) : undefined,
         apiKeyId: principal.apiKey?.id ?? '',
         sourceAddress: ctx.peer,

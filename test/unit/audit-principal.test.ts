@@ -6,7 +6,7 @@ import { auditPrincipal } from '../../src/chain/audit-principal.js';
 const certificate: Principal = {
   id: 'spiffe://debvisor/admin/alice',
   kind: 'certificate',
-  certificate: { fingerprintSha256: 'AB:CD:EF', serialNumber: '01', notAfter: new Date('2030-01-01T00:00:00Z') },
+  certificate: { fingerprintSha256: 'abcdef', serialNumber: '01', notAfter: new Date('2030-01-01T00:00:00Z') },
 };
 
 describe('auditPrincipal', () => {
