@@ -9,7 +9,7 @@ import { AuditWriteError, type AuditLog } from '../audit/log.js';
 import type { AuditEventInput } from '../audit/event.js';
 import { resourceOf } from '../authz/decide.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
-import type { CallState } from '../server/context.js';
+import type { AuditedRequest, CallState } from '../server/context.js';
 import { RpcError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
 import type { Step } from './step.js';
@@ -36,27 +36,27 @@ function objectOf(deps: AuditDeps, path: string, method: DescMethod, request: un
 }
 
 export function audit(deps: AuditDeps): Step {
-  const common = (state: CallState) => ({
-    trace_id: state.traceId,
-    source: state.peer,
-    method: state.path,
-    ...(state.principal ? { principal: auditPrincipal(state.principal, state.roles ?? []) } : {}),
-  });
-  const requestOf = (method: DescMethod, message: unknown) =>
-    deps.level === 'request' ? { request: redactRequest(method.input, message as Message, deps.level) } : {};
+  /** What the records of a call say about its request: worked out once (a mutation has two records). */
+  const describe = (state: CallState, method: DescMethod, request: unknown): AuditedRequest => {
+    state.audited ??= {
+      object: objectOf(deps, state.path, method, request),
+      request: deps.level === 'request' ? redactRequest(method.input, request as Message, deps.level) : undefined,
+    };
+    return state.audited;
+  };
 
-  const writeStarted = async (state: CallState, path: string, method: DescMethod, message: unknown): Promise<void> => {
+  const writeStarted = async (state: CallState, method: DescMethod, message: unknown): Promise<void> => {
+    const { object, request } = describe(state, method, message);
+    const event: AuditEventInput = { type: 'CALL', trace_id: state.traceId, source: state.peer, method: state.path };
+    if (state.principal) event.principal = auditPrincipal(state.principal, state.roles ?? []);
+    if (request !== undefined) event.request = request;
+    if (object !== undefined) event.object = object;
+    event.details = { stage: 'started' };
     try {
-      await deps.audit.writeDurable({
-        type: 'CALL',
-        ...common(state),
-        ...requestOf(method, message),
-        object: objectOf(deps, path, method, message),
-        details: { stage: 'started' },
-      });
+      await deps.audit.writeDurable(event);
     } catch (err) {
       if (!(err instanceof AuditWriteError)) throw err;
-      deps.log.error({ err: err.message, trace_id: state.traceId, method: path }, 'audit write failed; refusing mutating call');
+      deps.log.error({ err: err.message, trace_id: state.traceId, method: state.path }, 'audit write failed; refusing mutating call');
       throw new RpcError('UNAVAILABLE', 'the audit log cannot be written, so this change was not made; retry later', { cause: err });
     }
   };
@@ -68,7 +68,7 @@ export function audit(deps: AuditDeps): Step {
       state.request = message;
       const entry = deps.methods.get(path);
       if (!entry?.policy.mutates) return undefined;
-      return writeStarted(state, path, entry.method, message);
+      return writeStarted(state, entry.method, message);
     },
     onStatus: (status, state) => {
       if (!state) return;
@@ -81,8 +81,9 @@ export function audit(deps: AuditDeps): Step {
       // Microsecond resolution: shorter to print (this is per call) and finer than any reader needs.
       event.duration_ms = Math.round((performance.now() - state.startedAt) * 1000) / 1000;
       if (entry && state.request !== undefined) {
-        if (deps.level === 'request') event.request = redactRequest(entry.method.input, state.request as Message, deps.level);
-        event.object = objectOf(deps, state.path, entry.method, state.request);
+        const { object, request } = describe(state, entry.method, state.request);
+        if (request !== undefined) event.request = request;
+        if (object !== undefined) event.object = object;
       }
       if (status.code !== Status.OK) event.reason = status.details;
       deps.audit.write(event);

@@ -21,6 +21,16 @@ export interface CallState {
   request?: unknown;
   /** Set when a step ended the call: nothing after it may run. */
   rejected?: boolean;
+  /** What the audit step made of the request, kept for the call's second record. */
+  audited?: AuditedRequest;
+}
+
+/** The request as audit records show it. */
+export interface AuditedRequest {
+  /** The object acted on, e.g. `pool:ci/vol1@snap`. */
+  readonly object: string | undefined;
+  /** The redacted request, at audit level `request` only. */
+  readonly request: unknown;
 }
 
 // A property under a module-private symbol rather than a WeakMap entry (a WeakMap set
