@@ -31,20 +31,19 @@ export class AccessState {
     // Role resolution runs on every call: memoised, and forgotten on any change.
     this.principals.subscribe(() => this.roleNames.clear());
     this.customRoles.subscribe(() => {
-      this.resolvedRoles.clear();
       this.rolesByList = new WeakMap();
     });
   }
 
   private readonly roleNames = new Map<string, string[]>();
-  private readonly resolvedRoles = new Map<string, Role[]>();
   /**
    * roles() by the names array itself (roleNamesOf hands out one array per principal, and
    * the chain and handlers pass it back on every call), checked against a copy of its
    * content, so a caller's later change to its array is never served stale. Replaced
-   * whenever resolvedRoles is cleared for a change.
+   * whenever a custom role changes. Each entry's Role[] is never changed afterwards
+   * (src/authz/decide.ts remembers decisions per Role[]).
    */
-  private rolesByList = new WeakMap<readonly string[], { readonly names: readonly string[]; readonly roles: Role[] }>();
+  private rolesByList = new WeakMap<readonly string[], { readonly names: readonly string[]; readonly roles: readonly Role[] }>();
 
   /** Resolves once every cache holds its first full listing. */
   async start(signal: AbortSignal): Promise<void> {
@@ -85,23 +84,12 @@ export class AccessState {
   }
 
   /** The roles that exist among `names` (a binding to a deleted role grants nothing). */
-  roles(names: readonly string[]): Role[] {
+  roles(names: readonly string[]): readonly Role[] {
     const known = this.rolesByList.get(names);
     if (known && sameNames(known.names, names)) return known.roles;
-    const roles = this.rolesByName(names);
+    const roles = names.flatMap((name) => this.role(name) ?? []);
     this.rolesByList.set(names, { names: [...names], roles });
     return roles;
-  }
-
-  private rolesByName(names: readonly string[]): Role[] {
-    const key = names.join('\n');
-    let cached = this.resolvedRoles.get(key);
-    if (!cached) {
-      cached = names.flatMap((name) => this.role(name) ?? []);
-      if (this.resolvedRoles.size > 10_000) this.resolvedRoles.clear();
-      this.resolvedRoles.set(key, cached);
-    }
-    return cached;
   }
 
   /** Whether the principal (through its key, if it used one) holds `permission` right now. */

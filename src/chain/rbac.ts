@@ -13,7 +13,7 @@ import type { Step } from './step.js';
 
 export interface RbacDeps {
   readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
-  readonly roles: (names: readonly string[]) => Role[];
+  readonly roles: (names: readonly string[]) => readonly Role[];
   readonly audit: AuditLog;
   readonly metrics: Metrics;
 }
