@@ -54,6 +54,10 @@ function tlsRefusal(connection: Connection): string | undefined {
 }
 
 export function identity(deps: IdentityDeps): Step {
+  const authSucceeded = {
+    mtls: deps.metrics.authAttempts.cell({ method: 'mtls', result: 'success' }),
+    apiKey: deps.metrics.authAttempts.cell({ method: 'api_key', result: 'success' }),
+  };
   const fail = (state: CallState, path: string, ip: string, method: string, err: UnauthenticatedError): never => {
     deps.metrics.authAttempts.inc({ method, result: 'failure' });
     deps.audit.write({ type: 'AUTH_FAILED', trace_id: state.traceId, source: state.peer, method: path, decision: 'deny', reason: err.reason });
@@ -102,7 +106,7 @@ export function identity(deps: IdentityDeps): Step {
         if (err instanceof UnauthenticatedError) fail(state, path, ip, method, err);
         throw err;
       }
-      deps.metrics.authSucceeded(method);
+      (method === 'mtls' ? authSucceeded.mtls : authSucceeded.apiKey).inc();
       state.principal = principal;
       state.roles = deps.roleNamesOf(principal.id);
       if (deps.guard.noteSource(principal.id, ip)) {

@@ -2,12 +2,11 @@
 // final status for metrics and the access log.
 import { Metadata, status as Status } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
-import type { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { attachCallState, type CallState } from '../server/context.js';
 import { TRACE_ID_KEY } from '../server/errors.js';
 import { traceIdFrom, newTraceId } from '../server/trace.js';
-import type { HistogramCell, Metrics } from '../observability/metrics.js';
+import type { CounterCell, HistogramCell, Metrics } from '../observability/metrics.js';
 import type { Connection } from './peer.js';
 import type { ChainSpec, ObservedCall } from './step.js';
 
@@ -20,11 +19,9 @@ function splitPath(path: string): { service: string; method: string } {
 
 interface CodeMetrics {
   readonly code: string;
-  /** Calls not yet added to `requests` and `handled` (flushed on collect: a number++ per call, not two prom-client updates). */
-  pending: number;
-  readonly requests: Counter.Internal;
-  readonly handled: Counter.Internal;
-  /** Histogram cells: plain-number updates, merged into prom-client on collect. */
+  /** Metric cells: plain-number updates, merged into prom-client before every read. */
+  readonly requests: CounterCell;
+  readonly handled: CounterCell;
   readonly duration: HistogramCell;
   readonly handling: HistogramCell;
 }
@@ -35,7 +32,7 @@ interface MethodLabels {
   readonly responseStream: boolean;
   readonly duration: { service: string; method: string };
   readonly handling: { grpc_type: string; grpc_service: string; grpc_method: string };
-  /** The metric children of each final code, resolved once (prom-client's `.labels()`). */
+  /** The metric cells of each final code, made once. */
   readonly byCode: Map<number, CodeMetrics>;
 }
 
@@ -67,9 +64,8 @@ function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): Co
     const code = CODE_NAMES[status] ?? String(status);
     entry = {
       code,
-      pending: 0,
-      requests: metrics.rpcRequests.labels({ ...labels.duration, status: code }),
-      handled: metrics.grpcHandled.labels({ ...labels.handling, grpc_code: code }),
+      requests: metrics.rpcRequests.cell({ ...labels.duration, status: code }),
+      handled: metrics.grpcHandled.cell({ ...labels.handling, grpc_code: code }),
       duration: metrics.rpcDuration.cell(labels.duration),
       handling: metrics.grpcHandling.cell(labels.handling),
     };
@@ -102,7 +98,8 @@ class Observation implements ObservedCall {
     const { metrics, labels, log } = this;
     const seconds = (performance.now() - this.startedAt) / 1000;
     const counts = codeMetrics(metrics, labels, status.code);
-    counts.pending++;
+    counts.requests.inc();
+    counts.handled.inc();
     counts.duration.observe(seconds);
     counts.handling.observe(seconds);
     const code = counts.code;
@@ -121,17 +118,6 @@ class Observation implements ObservedCall {
 
 export function observe(metrics: Metrics, log: Logger): ChainSpec['observe'] {
   const cache = new Map<string, MethodLabels>();
-  metrics.onCollect(() => {
-    for (const labels of cache.values()) {
-      for (const counts of labels.byCode.values()) {
-        if (counts.pending === 0) continue;
-        const calls = counts.pending;
-        counts.pending = 0;
-        counts.requests.inc(calls);
-        counts.handled.inc(calls);
-      }
-    }
-  });
   return (path, requestStream, responseStream, connection) =>
     new Observation(metrics, log, labelsFor(cache, path, requestStream, responseStream), path, connection);
 }

@@ -1,5 +1,5 @@
 // Every Prometheus metric the daemon exports, in one registry.
-import { Counter, Histogram, Registry, collectDefaultMetrics, type HistogramConfiguration } from 'prom-client';
+import { Counter, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from 'prom-client';
 
 /**
  * One label set of a BatchedHistogram: observe() is a bucket search and three additions,
@@ -32,6 +32,61 @@ export class HistogramCell {
   }
 }
 
+/** The key prom-client files a label set under (util.js hashObject: the sorted label names). */
+function labelKey(labels: Readonly<Record<string, string>>): string {
+  return Object.keys(labels)
+    .sort()
+    .map((name) => `${name}:${labels[name]},`)
+    .join('');
+}
+
+/** One label set of a BatchedCounter: inc() is one addition, where prom-client's validates and hashes the labels. */
+export class CounterCell {
+  pending = 0;
+
+  constructor(readonly labels: Readonly<Record<string, string>>) {}
+
+  inc(): void {
+    this.pending++;
+  }
+}
+
+/**
+ * A prom-client Counter (same name, help, labels and exposition) for hot paths: counts go
+ * to CounterCells and are added to the counter before every read (scrape or get()).
+ * Cells are for fixed label sets, made once.
+ */
+class BatchedCounter<T extends string> extends Counter<T> {
+  private readonly cells: Map<string, CounterCell>;
+
+  constructor(config: CounterConfiguration<T>) {
+    const cells = new Map<string, CounterCell>();
+    super({
+      ...config,
+      // prom-client calls collect with the metric as `this`, before every read.
+      collect(this: Counter<T>) {
+        for (const cell of cells.values()) {
+          if (cell.pending === 0) continue;
+          const count = cell.pending;
+          cell.pending = 0;
+          this.inc(cell.labels as Record<T, string>, count);
+        }
+      },
+    });
+    this.cells = cells;
+  }
+
+  cell(labels: Readonly<Record<T, string>>): CounterCell {
+    const key = labelKey(labels);
+    let cell = this.cells.get(key);
+    if (!cell) {
+      cell = new CounterCell(labels);
+      this.cells.set(key, cell);
+    }
+    return cell;
+  }
+}
+
 /** prom-client 15's per-label-set histogram state (lib/histogram.js createBaseValues). */
 interface PromHistogramEntry {
   bucketValues: Record<number, number>;
@@ -60,11 +115,7 @@ class BatchedHistogram<T extends string> extends Histogram<T> {
   }
 
   cell(labels: Readonly<Record<T, string>>): HistogramCell {
-    // The key prom-client's observe() files a label set under (util.js hashObject with the sorted label names).
-    const key = Object.keys(labels)
-      .sort()
-      .map((name) => `${name}:${labels[name as T]},`)
-      .join('');
+    const key = labelKey(labels);
     let cell = this.cells.get(key);
     if (!cell) {
       cell = new HistogramCell(labels, key, upperBoundsOf(this));
@@ -107,12 +158,11 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 export class Metrics {
   readonly registry = new Registry();
 
-  readonly rpcRequests = new Counter({
+  readonly rpcRequests = new BatchedCounter({
     name: 'rpc_requests_total',
     help: 'RPCs completed, by service, method and final gRPC status.',
     labelNames: ['service', 'method', 'status'] as const,
     registers: [this.registry],
-    collect: () => this.flushPending(),
   });
 
   readonly rpcDuration = new BatchedHistogram({
@@ -124,12 +174,11 @@ export class Metrics {
   });
 
   // The go-grpc-middleware names, so existing Grafana dashboards work unchanged.
-  readonly grpcHandled = new Counter({
+  readonly grpcHandled = new BatchedCounter({
     name: 'grpc_server_handled_total',
     help: 'Total number of RPCs completed on the server, regardless of success or failure.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method', 'grpc_code'] as const,
     registers: [this.registry],
-    collect: () => this.flushPending(),
   });
 
   readonly grpcHandling = new BatchedHistogram({
@@ -140,34 +189,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly authAttempts = new Counter({
+  readonly authAttempts = new BatchedCounter({
     name: 'auth_attempts_total',
     help: 'Authentication attempts, by method (mtls, api_key, none) and result (success, failure).',
     labelNames: ['method', 'result'] as const,
     registers: [this.registry],
-    collect: () => this.flushAuthSuccesses(),
   });
-
-  /** Successful authentications not yet added to auth_attempts_total (one per call: a number++, not a labelled inc). */
-  private readonly authSuccesses = new Map<string, { pending: number }>();
-
-  /** auth_attempts_total{method, result="success"} += 1, for the per-call path. */
-  authSucceeded(method: string): void {
-    let count = this.authSuccesses.get(method);
-    if (!count) {
-      count = { pending: 0 };
-      this.authSuccesses.set(method, count);
-    }
-    count.pending++;
-  }
-
-  private flushAuthSuccesses(): void {
-    for (const [method, count] of this.authSuccesses) {
-      if (count.pending === 0) continue;
-      this.authAttempts.inc({ method, result: 'success' }, count.pending);
-      count.pending = 0;
-    }
-  }
 
   readonly authzDenials = new Counter({
     name: 'authz_denials_total',
@@ -190,20 +217,6 @@ export class Metrics {
   });
 
   private readonly principals = new Set<string>();
-  private readonly flushers: Array<() => void> = [];
-
-  /**
-   * For counts kept outside prom-client on the hot path (the chain counts calls per method
-   * and code in plain numbers): `flush` adds them to rpc_requests_total and
-   * grpc_server_handled_total, and runs before every read of either (scrape or get()).
-   */
-  onCollect(flush: () => void): void {
-    this.flushers.push(flush);
-  }
-
-  private flushPending(): void {
-    for (const flush of this.flushers) flush();
-  }
 
   constructor(private readonly maxPrincipalLabels = 200) {
     collectDefaultMetrics({ register: this.registry });

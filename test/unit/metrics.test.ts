@@ -44,18 +44,21 @@ describe('Metrics', () => {
     expect((await metrics.grpcHandling.get()).values).toEqual([]);
   });
 
-  it('batched successful authentications show in auth_attempts_total on every read', async () => {
+  it('counter cells show in their counter on every read, next to plain inc()', async () => {
     const metrics = new Metrics();
     const reference = new Registry();
     const plain = new Counter({ name: 'auth_attempts_total', help: 'x', labelNames: ['method', 'result'] as const, registers: [reference] });
-    for (let i = 0; i < 3; i++) metrics.authSucceeded('mtls');
-    metrics.authSucceeded('api_key');
+    const mtls = metrics.authAttempts.cell({ method: 'mtls', result: 'success' });
+    for (let i = 0; i < 3; i++) mtls.inc();
+    metrics.authAttempts.cell({ method: 'api_key', result: 'success' }).inc();
+    // The same label set in another order is the same cell.
+    expect(metrics.authAttempts.cell({ result: 'success', method: 'mtls' })).toBe(mtls);
     metrics.authAttempts.inc({ method: 'none', result: 'failure' });
     plain.inc({ method: 'mtls', result: 'success' }, 3);
     plain.inc({ method: 'api_key', result: 'success' });
     plain.inc({ method: 'none', result: 'failure' });
     expect(family(await metrics.registry.metrics(), 'auth_attempts_total')).toEqual(family(await reference.metrics(), 'auth_attempts_total'));
-    metrics.authSucceeded('mtls');
+    mtls.inc();
     expect((await metrics.authAttempts.get()).values.find((v) => v.labels.method === 'mtls')?.value).toBe(4);
   });
 });
