@@ -53,7 +53,7 @@ export function validateTags(tags: Readonly<Record<string, string>>, field = 'ta
   return { ...tags };
 }
 
-/** Storage quota units: GiB, rounded up (as src/quota/guard.ts charges them). */
+/** Storage quota units: GiB, rounded up (also what src/quota/guard.ts charges for a proto quota option). */
 export function gibOf(bytes: bigint): number {
   return Number((bytes + GIB - 1n) / GIB);
 }
