@@ -1,6 +1,6 @@
 // Request validation shared by the storage handlers and the manager: names per backend
 // (each error names the request field), tags, sizes, and the time a snapshot stands for.
-import { validateImageName, validateLvName, validatePoolName, validateSnapshotName, validateVgName } from '../backends/validate.js';
+import { validateImageName, validateLvName, validatePoolName, validateVgName } from '../backends/validate.js';
 import { InvalidArgumentError } from '../server/errors.js';
 import type { BackendKind } from './backend.js';
 
@@ -29,10 +29,6 @@ export function validatePool(backend: BackendKind, value: unknown, field: string
 
 export function validateVolumeName(backend: BackendKind, value: unknown, field: string): string {
   return backend === 'rbd' ? validateImageName(value, field) : validateLvName(value, field);
-}
-
-export function validateSnapshot(value: unknown, field: string): string {
-  return validateSnapshotName(value, field);
 }
 
 export function validateSize(bytes: bigint, field: string): bigint {
