@@ -2,12 +2,11 @@
 // (each error names the request field), tags, sizes, and the time a snapshot stands for.
 import { validateImageName, validateLvName, validatePoolName, validateVgName } from '../backends/validate.js';
 import { InvalidArgumentError } from '../server/errors.js';
-import type { BackendKind } from './backend.js';
+import { MAX_USER_TAGS, type BackendKind } from './backend.js';
 
 export const GIB = 1024n ** 3n;
 /** 64 PiB: above what either backend accepts, and far below uint64 overflow in any sum. */
 export const MAX_VOLUME_BYTES = 64n * 1024n ** 5n;
-const MAX_TAGS = 32;
 const TAG_KEY = /^[A-Za-z0-9_.-]{1,64}$/;
 // Both RBD image-meta values and LVM tags (lvm(8): A-Z a-z 0-9 _ + . - / = ! : # &) hold these.
 const TAG_VALUE = /^[A-Za-z0-9_+.\-/=:]{0,128}$/;
@@ -39,7 +38,7 @@ export function validateSize(bytes: bigint, field: string): bigint {
 
 export function validateTags(tags: Readonly<Record<string, string>>, field = 'tags'): Record<string, string> {
   const entries = Object.entries(tags);
-  if (entries.length > MAX_TAGS) throw new InvalidArgumentError(field, `at most ${MAX_TAGS} tags`);
+  if (entries.length > MAX_USER_TAGS) throw new InvalidArgumentError(field, `at most ${MAX_USER_TAGS} tags`);
   for (const [key, value] of entries) {
     if (!TAG_KEY.test(key)) throw new InvalidArgumentError(field, 'keys are 1–64 letters, digits and _ . -');
     // Keys starting with "debvisor" hold ownership and bookkeeping; a user must not forge them.

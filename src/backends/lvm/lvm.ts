@@ -10,10 +10,10 @@ import { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type Executor, type SpawnEvent } from '../exec.js';
 import { validateLvName, validateSnapshotName, validateVgName } from '../validate.js';
 import { InvalidArgumentError } from '../../server/errors.js';
-import type { CallOptions, CreateSnapshotSpec, CreateVolumeSpec, ProgressOptions, SnapshotInfo, VolumeBackend, VolumeInfo } from '../../storage/backend.js';
+import { MAX_USER_TAGS, type CallOptions, type CreateSnapshotSpec, type CreateVolumeSpec, type ProgressOptions, type SnapshotInfo, type VolumeBackend, type VolumeInfo } from '../../storage/backend.js';
 import { LVM_RULES, SAME_SIZE } from './errors.js';
 import { isSnapshot, isVolume, LV_FIELDS, parseLvsReport, toSnapshotInfo, toVolumeInfo, type LvRow } from './report.js';
-import { encodeTags, MAX_USER_TAGS, rawUserTags, userTag } from './tags.js';
+import { encodeTags, rawUserTags, userTag } from './tags.js';
 
 export const DEFAULT_LVM = '/sbin/lvm';
 /** lvm needs nothing of the daemon's environment but PATH (for helpers like blkid it execs). */
