@@ -115,8 +115,3 @@ export function decodeTags(lvTags: string): DecodedTags {
   // fromEntries defines own properties: a key "__proto__" stays a plain key, not a prototype.
   return { owner, label, tags: Object.fromEntries(user) };
 }
-
-/** The raw user tags (debvisor.tag.*) in an `lv_tags` column, for --deltag. */
-export function rawUserTags(lvTags: string): string[] {
-  return lvTags.split(',').filter((t) => t.startsWith(USER_TAG_PREFIX));
-}
