@@ -12,7 +12,7 @@ import {
   type ApiKey,
 } from '../gen/debvisor/v1/access_pb.js';
 import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
-import { when, withService, type CallOf, type GlobalFlags } from './command.js';
+import { when, withService } from './command.js';
 import { printJson, printRecord, printTable } from './output.js';
 
 
@@ -47,12 +47,8 @@ const QUOTAS = new Map([
 ]);
 
 export function registerAccessCommands(program: Command): void {
-  // The access commands take (client and options, flags, ...args); connecting, closing and
-  // printing failures is withService's.
+  // Connecting, closing and printing failures is withService's.
   const withAccess = withService(program, AccessService);
-  const withClient =
-    <A extends unknown[]>(action: (access: AccessApi, flags: GlobalFlags, ...args: A) => Promise<void>) =>
-      withAccess((call, ...args: A) => action({ client: call.client, options: call.options }, call.flags, ...args));
 
   const apikey = program.command('apikey').description('API keys for CI pipelines and automation');
   apikey
@@ -65,7 +61,7 @@ export function registerAccessCommands(program: Command): void {
     .option('-d, --description <text>', 'what the key is for', '')
     .option('--owner <principal>', 'create for another principal (administrators)')
     .action(
-      withClient(async ({ client, options }, flags, opts: { permission: string[]; glob?: { kind: ResourceKind; glob: string }[]; cidr?: string[]; ttl?: number; description: string; owner?: string }) => {
+      withAccess(async ({ client, options, flags }, opts: { permission: string[]; glob?: { kind: ResourceKind; glob: string }[]; cidr?: string[]; ttl?: number; description: string; owner?: string }) => {
         const response = await client.createApiKey(
           {
             permissions: opts.permission,
@@ -88,7 +84,7 @@ export function registerAccessCommands(program: Command): void {
     .option('--principal <id>', 'keys of this principal')
     .option('-a, --all', 'include revoked and expired keys')
     .action(
-      withClient(async ({ client, options }, flags, opts: { principal?: string; all?: boolean }) => {
+      withAccess(async ({ client, options, flags }, opts: { principal?: string; all?: boolean }) => {
         const response = await client.listApiKeys({ principal: opts.principal ?? '', includeInactive: opts.all ?? false, pageSize: 1000 }, options);
         if (flags.output === 'json') { printJson(ListApiKeysResponseSchema, response); return; }
         printTable(
@@ -101,7 +97,7 @@ export function registerAccessCommands(program: Command): void {
     .command('revoke <key-id>')
     .description('revoke an API key at once')
     .action(
-      withClient(async ({ client, options }, _flags, keyId: string) => {
+      withAccess(async ({ client, options }, keyId: string) => {
         await client.revokeApiKey({ keyId }, options);
         process.stdout.write(`revoked ${keyId}\n`);
       }),
@@ -111,7 +107,7 @@ export function registerAccessCommands(program: Command): void {
     .description('issue a replacement key; the old one keeps working for the overlap')
     .option('--overlap <duration>', 'how long the old key keeps working, e.g. 1h', duration)
     .action(
-      withClient(async ({ client, options }, flags, keyId: string, opts: { overlap?: number }) => {
+      withAccess(async ({ client, options, flags }, keyId: string, opts: { overlap?: number }) => {
         const response = await client.rotateApiKey({ keyId, ...(opts.overlap ? { overlap: durationFromMs(opts.overlap) } : {}) }, options);
         if (flags.output === 'json') { printJson(RotateApiKeyResponseSchema, response); return; }
         printRecord({ ...keyRecord(response.apiKey), 'old key expires': when(response.oldApiKey?.expireTime) });
@@ -124,7 +120,7 @@ export function registerAccessCommands(program: Command): void {
     .command('list')
     .description('list built-in and custom roles')
     .action(
-      withClient(async ({ client, options }, flags) => {
+      withAccess(async ({ client, options, flags }) => {
         const response = await client.listRoles({ pageSize: 1000 }, options);
         if (flags.output === 'json') { printJson(ListRolesResponseSchema, response); return; }
         printTable(
@@ -140,7 +136,7 @@ export function registerAccessCommands(program: Command): void {
     .option('--deny <perm>', 'permission denied even if another role grants it (repeatable)', collect)
     .option('-d, --description <text>', 'what the role is for', '')
     .action(
-      withClient(async ({ client, options }, _flags, name: string, opts: { permission: string[]; deny?: string[]; description: string }) => {
+      withAccess(async ({ client, options }, name: string, opts: { permission: string[]; deny?: string[]; description: string }) => {
         const response = await client.putRole({ role: { name, description: opts.description, permissions: opts.permission, denyPermissions: opts.deny ?? [] } }, options);
         process.stdout.write(`${response.created ? 'created' : 'updated'} role ${name}\n`);
       }),
@@ -149,7 +145,7 @@ export function registerAccessCommands(program: Command): void {
     .command('delete <name>')
     .description('delete a custom role and its bindings')
     .action(
-      withClient(async ({ client, options }, _flags, name: string) => {
+      withAccess(async ({ client, options }, name: string) => {
         const response = await client.deleteRole({ roleName: name }, options);
         process.stdout.write(`deleted role ${name} (${response.removedBindings} bindings removed)\n`);
       }),
@@ -158,7 +154,7 @@ export function registerAccessCommands(program: Command): void {
     .command('bind <principal> <role>')
     .description('grant a role to a principal (certificate identity or key owner)')
     .action(
-      withClient(async ({ client, options }, _flags, principal: string, roleName: string) => {
+      withAccess(async ({ client, options }, principal: string, roleName: string) => {
         await client.bindRole({ principal, roleName }, options);
         process.stdout.write(`bound ${roleName} to ${principal}\n`);
       }),
@@ -167,7 +163,7 @@ export function registerAccessCommands(program: Command): void {
     .command('unbind <principal> <role>')
     .description('take a role away from a principal')
     .action(
-      withClient(async ({ client, options }, _flags, principal: string, roleName: string) => {
+      withAccess(async ({ client, options }, principal: string, roleName: string) => {
         const response = await client.unbindRole({ principal, roleName }, options);
         process.stdout.write(response.removed ? `unbound ${roleName} from ${principal}\n` : `${principal} did not have ${roleName}\n`);
       }),
@@ -178,7 +174,7 @@ export function registerAccessCommands(program: Command): void {
     .command('get [principal]')
     .description('limits and usage (default: your own)')
     .action(
-      withClient(async ({ client, options }, flags, principal?: string) => {
+      withAccess(async ({ client, options, flags }, principal?: string) => {
         const response = await client.getQuota({ principal: principal ?? '' }, options);
         if (flags.output === 'json') { printJson(GetQuotaResponseSchema, response); return; }
         printTable(
@@ -191,7 +187,7 @@ export function registerAccessCommands(program: Command): void {
     .command('recompute <principal>')
     .description('recount usage from what exists (repair); prints usage before and after')
     .action(
-      withClient(async ({ client, options }, _flags, principal: string) => {
+      withAccess(async ({ client, options }, principal: string) => {
         const response = await client.recomputeQuota({ principal }, options);
         const used = (list: typeof response.before, resource: QuotaResource) => String(list.find((q) => q.resource === resource)?.used ?? 0n);
         printTable(
@@ -204,7 +200,7 @@ export function registerAccessCommands(program: Command): void {
     .command('set <principal> <resource> <limit>')
     .description(`set a limit; resource is one of ${[...QUOTAS.keys()].join(', ')}; limit a number or "unlimited"`)
     .action(
-      withClient(async ({ client, options }, _flags, principal: string, resource: string, limit: string) => {
+      withAccess(async ({ client, options }, principal: string, resource: string, limit: string) => {
         const resourceValue = QUOTAS.get(resource);
         if (resourceValue === undefined) throw new Error(`unknown quota resource "${resource}"; one of ${[...QUOTAS.keys()].join(', ')}`);
         const unlimited = limit === 'unlimited';
@@ -214,8 +210,6 @@ export function registerAccessCommands(program: Command): void {
       }),
     );
 }
-
-type AccessApi = Pick<CallOf<typeof AccessService>, 'client' | 'options'>;
 
 function keyState(key: ApiKey): string {
   if (key.revokeTime) return 'revoked';

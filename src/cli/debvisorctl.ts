@@ -3,10 +3,8 @@
 import { Command, Option } from 'commander';
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { AccessService, PrincipalKind, WhoAmIResponseSchema } from '../gen/debvisor/v1/access_pb.js';
-import { createClient } from '../client/client.js';
 import { VERSION } from '../version.js';
-import { resolveConnection } from './connection.js';
-import type { GlobalFlags } from './command.js';
+import { withService } from './command.js';
 import { registerAccessCommands } from './access.js';
 import { registerAuditCommands } from './audit.js';
 import { registerPkiCommands } from './pki.js';
@@ -14,7 +12,7 @@ import { registerOperationCommands } from './operation.js';
 import { registerVmCommands } from './vm.js';
 import { registerNodeCommands } from './node.js';
 import { registerStorageCommands } from './storage.js';
-import { fail, printJson, printRecord } from './output.js';
+import { printJson, printRecord } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
 // (DEP0123) on every run. Certificate checks still use the IP SAN, so hide only that one.
@@ -42,13 +40,9 @@ const program = new Command('debvisorctl')
 program
   .command('whoami')
   .description('show the identity the daemon sees for these credentials')
-  .action(async () => {
-    const flags = program.opts<GlobalFlags>();
-    try {
-      const connection = resolveConnection(flags);
-      const access = createClient(AccessService, connection);
-      const me = await access.whoAmI({}, { metadata: connection.metadata, timeoutMs: Number(flags.timeout) * 1000 });
-      access.close();
+  .action(
+    withService(program, AccessService)(async ({ client, options, flags }) => {
+      const me = await client.whoAmI({}, options);
       if (flags.output === 'json') {
         printJson(WhoAmIResponseSchema, me);
         return;
@@ -63,10 +57,8 @@ program
         ...(me.roles.length ? { roles: me.roles.join(', ') } : {}),
         'source address': me.sourceAddress,
       });
-    } catch (err) {
-      fail(err);
-    }
-  });
+    }),
+  );
 
 registerAccessCommands(program);
 registerAuditCommands(program);

@@ -69,19 +69,21 @@ export async function planFailover(input: { vmName: string; failedNode: string; 
   if (record.state !== 'running') {
     throw new RpcError('FAILED_PRECONDITION', `VM ${JSON.stringify(vmName)} was ${record.state} on ${failedNode} at its last report; failover restarts only VMs that were running`);
   }
-  const targetNode = requested || chooseTarget(await deps.nodes.all(), failedNode, record);
-  const fitness = targetReasons(await deps.nodes.get(targetNode), targetNode, record.memory_bytes);
+  // The requested node is read once; a chosen one comes with its view from the listing.
+  const chosen = requested ? undefined : chooseTarget(await deps.nodes.all(), failedNode, record);
+  const targetNode = chosen?.record.hostname ?? requested;
+  const fitness = targetReasons(chosen ?? (await deps.nodes.get(requested)), targetNode, record.memory_bytes);
   if (fitness.reasons.length > 0) throw new RpcError('FAILED_PRECONDITION', `cannot fail over to ${targetNode}: ${fitness.reasons.join('; ')}`);
   return { vmName, failedNode, targetNode };
 }
 
-function chooseTarget(all: readonly NodeView[], failedNode: string, record: VmInventoryRecord): string {
+function chooseTarget(all: readonly NodeView[], failedNode: string, record: VmInventoryRecord): NodeView {
   const candidates = all
     .filter((n) => n.online && n.record.hostname !== failedNode && (n.record.health?.memory_free_bytes ?? 0) >= record.memory_bytes)
     .sort((a, b) => (b.record.health?.memory_free_bytes ?? 0) - (a.record.health?.memory_free_bytes ?? 0));
   const best = candidates[0];
   if (!best) throw new RpcError('FAILED_PRECONDITION', `no online node has the ${Math.ceil(record.memory_bytes / 1024 / 1024)} MiB of free memory VM ${JSON.stringify(record.name)} needs`);
-  return best.record.hostname;
+  return best;
 }
 
 export async function runFailover(op: OperationHandle, deps: FailoverDeps): Promise<MigrationResultJson> {

@@ -21,30 +21,33 @@ export class VmInventory {
   /**
    * Makes the store's list of `node`'s VMs match its libvirt: every persistent domain with its
    * inactive XML and state; records of domains that are gone are deleted. Unchanged records are not rewritten.
+   * virsh runs 1 + N times for N persistent domains: one listing (names and states), one
+   * `dumpxml --inactive` each (the definition FailoverVM defines elsewhere; uuid and memory come from it).
    */
   async publish(node: string, libvirt: Libvirt, signal?: AbortSignal): Promise<void> {
     const call = signal ? { signal } : {};
-    const domains = (await libvirt.listDomains(call)).filter((d) => d.persistent);
+    const domains = await libvirt.persistentDomainStates(call);
     const stored = new Map((await this.repo.list({ pageSize: 10_000, under: node })).items.map((r) => [r.value.name, r]));
-    for (const domain of domains) {
+    for (const [name, state] of domains) {
       let xml: string;
       try {
-        xml = await libvirt.dumpXml(domain.name, { ...call, inactive: true });
+        xml = await libvirt.dumpXml(name, { ...call, inactive: true });
       } catch (err) {
         // Undefined since the listing: the next round deletes its record.
         if (err instanceof ExecError && err.kind === 'not_found') continue;
         throw err;
       }
-      const current = stored.get(domain.name)?.value;
-      stored.delete(domain.name);
-      if (current && current.xml === xml && current.state === domain.state) continue;
-      await this.repo.put([node, domain.name], {
+      const current = stored.get(name)?.value;
+      stored.delete(name);
+      if (current && current.xml === xml && current.state === state) continue;
+      const definition = parseDomainXml(xml);
+      await this.repo.put([node, name], {
         schema_version: 1,
         node,
-        name: domain.name,
-        uuid: domain.uuid,
-        state: domain.state,
-        memory_bytes: parseDomainXml(xml).maxMemoryBytes,
+        name,
+        uuid: definition.uuid,
+        state,
+        memory_bytes: definition.maxMemoryBytes,
         xml,
         published_at: this.now().toISOString(),
       });

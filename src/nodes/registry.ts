@@ -8,6 +8,7 @@ import { LAYOUT, segment } from '../store/layout.js';
 import { NotFoundError } from '../store/errors.js';
 import type { NodeRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
+import { retryOnConflict } from '../store/repository.js';
 import type { Store } from '../store/store.js';
 
 /** A node's lease lasts this many heartbeat intervals. */
@@ -89,17 +90,20 @@ export class NodeRegistry {
    * expired). Returns the lease's expiry.
    */
   async heartbeat(hostname: string, nodeId: string, health: NodeHealthRecord): Promise<{ record: NodeRecord; leaseExpiresAt: Date }> {
-    const existing = await this.repos.nodes.get(hostname);
-    if (!existing) throw new UnknownNodeError(hostname);
-    if (nodeId && nodeId !== existing.value.id) throw new NodeIdMismatchError(hostname);
-    const ttl = await this.renewLease(hostname, existing.value.id);
+    let read = await this.repos.nodes.get(hostname);
+    if (!read) throw new UnknownNodeError(hostname);
+    if (nodeId && nodeId !== read.value.id) throw new NodeIdMismatchError(hostname);
+    const ttl = await this.renewLease(hostname, read.value.id);
     const at = this.now();
     const leaseExpiresAt = new Date(at.getTime() + ttl * 1000);
-    const saved = await this.repos.nodes.mutate(hostname, (current) => {
-      if (!current) return undefined;
-      return { ...current, health: { ...health }, last_heartbeat_at: at.toISOString(), lease_expires_at: leaseExpiresAt.toISOString() };
+    // Compare-and-swap against the record read above; only a conflict reads it again.
+    const saved = await retryOnConflict(async () => {
+      const current = read ?? (await this.repos.nodes.get(hostname));
+      read = undefined;
+      if (!current) throw new UnknownNodeError(hostname);
+      const next = { ...current.value, health: { ...health }, last_heartbeat_at: at.toISOString(), lease_expires_at: leaseExpiresAt.toISOString() };
+      return this.repos.nodes.update(hostname, next, current.modRevision);
     });
-    if (!saved) throw new UnknownNodeError(hostname);
     return { record: saved.value, leaseExpiresAt };
   }
 

@@ -5,9 +5,8 @@ import type { DescMethod, Message } from '@bufbuild/protobuf';
 import { QuotaResource, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { CallContext } from '../server/context.js';
 import { RpcError } from '../server/errors.js';
+import { gibOf } from '../storage/names.js';
 import type { CountedResource, QuotaManager } from './manager.js';
-
-const GIB = 1024n ** 3n;
 
 const COUNTED: ReadonlyMap<QuotaResource, CountedResource> = new Map([
   [QuotaResource.SNAPSHOTS, 'snapshots'],
@@ -23,8 +22,7 @@ function amountOf(method: DescMethod, policy: RpcPolicy, resource: CountedResour
     value = field ? (value as Record<string, unknown> | undefined)?.[field.localName] : undefined;
   }
   const raw = typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : 0n;
-  const amount = resource === 'storage_gb' ? (raw + GIB - 1n) / GIB : raw;
-  return Number(amount);
+  return resource === 'storage_gb' ? gibOf(raw) : Number(raw);
 }
 
 type Handler = (request: Message, ctx: CallContext) => Promise<unknown>;

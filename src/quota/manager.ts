@@ -48,25 +48,22 @@ export class QuotaManager {
 
   /** Takes `amount` units or throws RESOURCE_EXHAUSTED with google.rpc.QuotaFailure. Atomic across daemons. */
   async consume(principal: string, resource: CountedResource, amount: number): Promise<number> {
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const current = await this.repos.quotas.get([principal, resource]);
-      const used = current?.value.used ?? 0;
-      const limit = this.limitOf(current?.value, resource);
-      if (used + amount > limit) throw exhausted(principal, resource, limit, used, amount);
-      const next: QuotaRecord = {
-        ...(current?.value ?? { schema_version: 1, principal, resource }),
-        used: used + amount,
-        updated_at: new Date().toISOString(),
-      };
-      try {
-        if (current) await this.repos.quotas.update([principal, resource], next, current.modRevision);
-        else await this.repos.quotas.create([principal, resource], next);
-        return used + amount;
-      } catch (err) {
-        if (!(err instanceof ConflictError)) throw err;
-      }
+    try {
+      const saved = await this.repos.quotas.mutate(
+        [principal, resource],
+        (current) => {
+          const used = current?.used ?? 0;
+          const limit = this.limitOf(current, resource);
+          if (used + amount > limit) throw exhausted(principal, resource, limit, used, amount);
+          return { ...(current ?? { schema_version: 1 as const, principal, resource }), used: used + amount, updated_at: new Date().toISOString() };
+        },
+        MAX_ATTEMPTS,
+      );
+      return saved?.value.used ?? amount;
+    } catch (err) {
+      if (err instanceof ConflictError) throw new RpcError('ABORTED', `quota ${resource} of ${principal} is under heavy contention; retry`, { cause: err });
+      throw err;
     }
-    throw new RpcError('ABORTED', `quota ${resource} of ${principal} is under heavy contention; retry`);
   }
 
   async usage(principal: string, resource: CountedResource): Promise<number> {

@@ -14,9 +14,9 @@ import { InvalidArgumentError, itemStatus, UnauthenticatedError } from '../serve
 import { pageByKey, pageByOffset } from '../server/paging.js';
 import type { BackendKind, SnapshotInfo, VolumeInfo } from '../storage/backend.js';
 import { snapshotTime, StorageManager } from '../storage/manager.js';
-import { validateSnapshot, volumeLabel, type VolumeKey } from '../storage/names.js';
+import { volumeLabel, type VolumeKey } from '../storage/names.js';
 import type { RetentionRules } from '../storage/retention.js';
-import { validateImageName } from '../backends/validate.js';
+import { validateImageName, validateSnapshotName } from '../backends/validate.js';
 import { operationMessage } from './operations.js';
 
 export const PRUNE_SNAPSHOTS_OPERATION_KIND = 'PRUNE_SNAPSHOTS';
@@ -240,7 +240,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
 
     createSnapshot: async (request, ctx) => {
       const key = keyOf(request.dataset, 'dataset');
-      const name = validateSnapshot(request.snapshotName, 'snapshot_name');
+      const name = validateSnapshotName(request.snapshotName, 'snapshot_name');
       const snapshot = await storage.createSnapshot(key, name, request.label, principalOf(ctx).id, { signal: ctx.signal });
       return { snapshot: snapshotMessage(key.backend, snapshot) };
     },
@@ -272,7 +272,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
     createRbdTemplateSnapshot: async (request, ctx) => {
       const pool = storage.pool('rbd', request.pool, 'pool');
       const image = validateImageName(request.image, 'image');
-      const name = validateSnapshot(request.snapshot, 'snapshot');
+      const name = validateSnapshotName(request.snapshot, 'snapshot');
       const snapshot = await storage.createTemplateSnapshot(pool, image, name, principalOf(ctx).id, { signal: ctx.signal });
       return { snapshot: snapshotMessage('rbd', snapshot) };
     },
@@ -281,7 +281,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
       const from = {
         pool: storage.pool('rbd', request.templatePool, 'template_pool'),
         image: validateImageName(request.templateImage, 'template_image'),
-        snapshot: validateSnapshot(request.templateSnapshot, 'template_snapshot'),
+        snapshot: validateSnapshotName(request.templateSnapshot, 'template_snapshot'),
       };
       const to = { pool: storage.pool('rbd', request.targetPool, 'target_pool'), image: validateImageName(request.targetImage, 'target_image'), owner: principalOf(ctx).id };
       const template = await storage.templateForClone(from, { signal: ctx.signal });

@@ -6,6 +6,12 @@
 
 export type BackendKind = 'rbd' | 'lvm';
 
+/**
+ * Most user tags per volume: what the API accepts (src/storage/names.ts) and what the LVM backend
+ * stores (every LVM tag lives in the VG's shared metadata area, see src/backends/lvm/tags.ts).
+ */
+export const MAX_USER_TAGS = 32;
+
 /** Progress of a long host command, 0–100, from the tool's own output. */
 export type ProgressFn = (percent: number) => void;
 

@@ -3,11 +3,12 @@
 // the snapshots and storage_gb quotas in step with what exists (released to the owner on
 // delete), and runs the long work of prune, clone and provisioning.
 import { ExecError } from '../backends/exec.js';
+import { validateSnapshotName } from '../backends/validate.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { BackendKind, CallOptions, ProgressFn, RbdTemplateBackend, SnapshotInfo, VolumeBackend, VolumeInfo } from './backend.js';
 import { resolveImagePath } from './images.js';
-import { gibOf, timeFromName, validatePool, validateSize, validateSnapshot, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
+import { gibOf, timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
 import { isEmptyPolicy, planRetention, type RetentionRules } from './retention.js';
 
 export interface ImageInfo {
@@ -213,7 +214,7 @@ export class StorageManager {
     for (const [index, raw] of names.entries()) {
       const field = `snapshot_names[${index}]`;
       try {
-        const name = validateSnapshot(raw, field);
+        const name = validateSnapshotName(raw, field);
         if (seen.has(name)) throw new InvalidArgumentError(field, `"${name}" is listed twice`);
         seen.add(name);
         const snapshot = existing.get(name);

@@ -1,13 +1,12 @@
 // Request validation shared by the storage handlers and the manager: names per backend
 // (each error names the request field), tags, sizes, and the time a snapshot stands for.
-import { validateImageName, validateLvName, validatePoolName, validateSnapshotName, validateVgName } from '../backends/validate.js';
+import { validateImageName, validateLvName, validatePoolName, validateVgName } from '../backends/validate.js';
 import { InvalidArgumentError } from '../server/errors.js';
-import type { BackendKind } from './backend.js';
+import { MAX_USER_TAGS, type BackendKind } from './backend.js';
 
 export const GIB = 1024n ** 3n;
 /** 64 PiB: above what either backend accepts, and far below uint64 overflow in any sum. */
 export const MAX_VOLUME_BYTES = 64n * 1024n ** 5n;
-const MAX_TAGS = 32;
 const TAG_KEY = /^[A-Za-z0-9_.-]{1,64}$/;
 // Both RBD image-meta values and LVM tags (lvm(8): A-Z a-z 0-9 _ + . - / = ! : # &) hold these.
 const TAG_VALUE = /^[A-Za-z0-9_+.\-/=:]{0,128}$/;
@@ -31,10 +30,6 @@ export function validateVolumeName(backend: BackendKind, value: unknown, field: 
   return backend === 'rbd' ? validateImageName(value, field) : validateLvName(value, field);
 }
 
-export function validateSnapshot(value: unknown, field: string): string {
-  return validateSnapshotName(value, field);
-}
-
 export function validateSize(bytes: bigint, field: string): bigint {
   if (bytes <= 0n) throw new InvalidArgumentError(field, 'must be greater than 0');
   if (bytes > MAX_VOLUME_BYTES) throw new InvalidArgumentError(field, 'must be at most 64 PiB');
@@ -43,7 +38,7 @@ export function validateSize(bytes: bigint, field: string): bigint {
 
 export function validateTags(tags: Readonly<Record<string, string>>, field = 'tags'): Record<string, string> {
   const entries = Object.entries(tags);
-  if (entries.length > MAX_TAGS) throw new InvalidArgumentError(field, `at most ${MAX_TAGS} tags`);
+  if (entries.length > MAX_USER_TAGS) throw new InvalidArgumentError(field, `at most ${MAX_USER_TAGS} tags`);
   for (const [key, value] of entries) {
     if (!TAG_KEY.test(key)) throw new InvalidArgumentError(field, 'keys are 1–64 letters, digits and _ . -');
     // Keys starting with "debvisor" hold ownership and bookkeeping; a user must not forge them.
@@ -53,7 +48,7 @@ export function validateTags(tags: Readonly<Record<string, string>>, field = 'ta
   return { ...tags };
 }
 
-/** Storage quota units: GiB, rounded up (as src/quota/guard.ts charges them). */
+/** Storage quota units: GiB, rounded up (also what src/quota/guard.ts charges for a proto quota option). */
 export function gibOf(bytes: bigint): number {
   return Number((bytes + GIB - 1n) / GIB);
 }

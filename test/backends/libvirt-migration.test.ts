@@ -111,7 +111,13 @@ describe('against a real libvirtd (test driver)', () => {
     try {
       const repos = createRepositories(store);
       const inventory = new VmInventory(repos.vmInventory);
+      spawned.length = 0;
       await inventory.publish('node-a', libvirt);
+      // One listing, then one inactive definition per persistent domain: 1 + N virsh processes.
+      expect(spawned.map((s) => s.args.slice(2))).toEqual([
+        ['domstats', '--state', '--list-persistent'],
+        ['dumpxml', '--domain', 'vm1', '--inactive'],
+      ]);
       const first = await inventory.get('node-a', 'vm1');
       expect(first?.value).toMatchObject({ node: 'node-a', name: 'vm1', uuid: '11111111-2222-3333-4444-555555555555', state: 'running', memory_bytes: 256 * 1024 * 1024 });
       expect(first?.value.xml).toContain('<name>vm1</name>');

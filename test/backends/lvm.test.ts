@@ -92,17 +92,6 @@ describe('LvmBackend volumes on a real VG', () => {
     expectExec(await rejection(backend.resizeVolume(vg, 'nosuch', 8n * MiB, { shrink: false })), 'not_found', Status.NOT_FOUND, 'the logical volume does not exist');
   });
 
-  it('replaces user tags in one lvchange, keeping the owner', async () => {
-    const updated = await backend.setTags(vg, 'disk0', { env: 'prod', 'new key': 'v/=' });
-    expect(updated.tags).toEqual({ env: 'prod', 'new key': 'v/=' });
-    expect(updated.owner).toBe('user:alice@example.com');
-    const before = spawned;
-    expect((await backend.setTags(vg, 'disk0', { env: 'prod', 'new key': 'v/=' })).tags).toEqual({ env: 'prod', 'new key': 'v/=' });
-    // Unchanged tags: read, nothing to change, read back (no lvchange).
-    expect(spawned - before).toBe(2);
-    expect((await backend.setTags(vg, 'disk0', {})).tags).toEqual({});
-  });
-
   it('deletes, then reports not found', async () => {
     await backend.deleteVolume(vg, 'disk1');
     expectExec(await rejection(backend.getVolume(vg, 'disk1')), 'not_found', Status.NOT_FOUND, 'the logical volume does not exist');

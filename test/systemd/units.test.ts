@@ -137,14 +137,19 @@ describe('sdNotify (Type=notify readiness)', () => {
     const bin = join(dir, 'bin');
     const record = join(dir, 'notify-args');
     await mkdir(bin, { recursive: true });
-    await writeFile(join(bin, 'systemd-notify'), `#!/bin/sh\nprintf '%s|' "$@" > '${record}'\nprintf '%s' "$NOTIFY_SOCKET" >> '${record}'\n`);
+    await writeFile(join(bin, 'systemd-notify'), `#!/bin/sh\nprintf '%s|' "$@" > '${record}'\nprintf '%s' "$NOTIFY_SOCKET" >> '${record}'\nprintf '%s' "$SECRET" >> '${record}'\n`);
     await chmod(join(bin, 'systemd-notify'), 0o755);
-    const env = { PATH: `${bin}:/usr/bin:/bin` };
+    const helper = join(bin, 'systemd-notify');
+    // Nothing of the daemon's environment but NOTIFY_SOCKET reaches the helper.
+    const env = { SECRET: 'not for systemd-notify' };
 
-    expect(await sdNotify(['--ready'], log, env)).toBe(false);
+    expect(await sdNotify(['--ready'], log, env, helper)).toBe(false);
     expect(existsSync(record)).toBe(false);
-    expect(await sdNotify(['--ready', '--status=serving'], log, { ...env, NOTIFY_SOCKET: '/run/systemd/notify' })).toBe(true);
+    expect(await sdNotify(['--ready', '--status=serving'], log, { ...env, NOTIFY_SOCKET: '/run/systemd/notify' }, helper)).toBe(true);
     expect(await readFile(record, 'utf8')).toBe('--ready|--status=serving|/run/systemd/notify');
     expect(warnings).toEqual([]);
+    // A failing helper is a warning, not an error.
+    expect(await sdNotify(['--ready'], log, { NOTIFY_SOCKET: '/run/systemd/notify' }, join(bin, 'missing'))).toBe(false);
+    expect(warnings).toHaveLength(1);
   });
 });

@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveImagePath } from '../../src/storage/images.js';
+import { encodeTags } from '../../src/backends/lvm/tags.js';
+import { MAX_USER_TAGS } from '../../src/storage/backend.js';
 import { gibOf, timeFromName, validateSize, validateTags } from '../../src/storage/names.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'debvisor-images-'));
@@ -53,6 +55,11 @@ describe('storage request fields', () => {
     expect(() => validateTags({ 'debvisor.owner': 'x' })).toThrow(/^tags\[debvisor.owner\]: .*reserved/);
     expect(() => validateTags({ 'bad key': 'x' })).toThrow(/^tags: keys/);
     expect(() => validateTags({ k: 'sp ace' })).toThrow(/^tags\[k\]: values/);
+    // One limit for the API and the LVM backend (MAX_USER_TAGS): the API takes no more than LVM stores.
+    const tags = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, 'v']));
+    expect(Object.keys(validateTags(tags(MAX_USER_TAGS)))).toHaveLength(MAX_USER_TAGS);
+    expect(() => validateTags(tags(MAX_USER_TAGS + 1))).toThrow(`tags: at most ${MAX_USER_TAGS} tags`);
+    expect(() => encodeTags({ tags: tags(MAX_USER_TAGS + 1) })).toThrow(`at most ${MAX_USER_TAGS} tags`);
     expect(() => validateSize(0n, 'size_bytes')).toThrow(/^size_bytes: must be greater than 0/);
     expect(() => validateSize(2n ** 63n, 'new_size_bytes')).toThrow(/^new_size_bytes: must be at most/);
     expect(gibOf(1n)).toBe(1);

@@ -314,6 +314,14 @@ export class Libvirt {
     return domains.filter((d): d is DomainSummary => d !== undefined).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
+  /**
+   * Every persistent (defined) domain's name and state, from one `virsh domstats --state
+   * --list-persistent` (transient domains are left out). The VM inventory's listing.
+   */
+  async persistentDomainStates(opts: CallOptions = {}): Promise<Map<string, DomainState>> {
+    return parseDomstatsState(await this.virsh(['domstats', '--state', '--list-persistent'], opts));
+  }
+
   // ------------------------------------------------------------------ definition
 
   /** `virsh define` from XML text (via a private temp file); returns the domain name. */

@@ -13,7 +13,7 @@ import { InvalidArgumentError } from '../../server/errors.js';
 import type { CallOptions, CreateSnapshotSpec, CreateVolumeSpec, ProgressOptions, SnapshotInfo, VolumeBackend, VolumeInfo } from '../../storage/backend.js';
 import { LVM_RULES, SAME_SIZE } from './errors.js';
 import { isSnapshot, isVolume, LV_FIELDS, parseLvsReport, toSnapshotInfo, toVolumeInfo, type LvRow } from './report.js';
-import { encodeTags, MAX_USER_TAGS, rawUserTags, userTag } from './tags.js';
+import { encodeTags } from './tags.js';
 
 export const DEFAULT_LVM = '/sbin/lvm';
 /** lvm needs nothing of the daemon's environment but PATH (for helpers like blkid it execs). */
@@ -37,9 +37,6 @@ export interface LvmBackendOptions {
   readonly registry?: Registry;
   readonly onSpawn?: (event: SpawnEvent) => void;
 }
-
-/** The complete set of user tags for setTags. */
-export type UserTags = Readonly<Record<string, string>>;
 
 function notFound(what: 'volume' | 'snapshot'): ExecError {
   const publicMessage = what === 'volume' ? 'the logical volume does not exist' : 'the snapshot does not exist';
@@ -154,22 +151,6 @@ export class LvmBackend implements VolumeBackend {
       throw new ExecError({ kind: 'busy', backend: 'lvm', command: 'lvs', publicMessage: 'the volume has snapshots; delete them first' });
     }
     await this.lvm(['lvremove', '-f', `${vg}/${lv}`], options);
-  }
-
-  /** Replaces the LV's user tags with `tags` (owner and label stay) in one lvchange, so one metadata commit. */
-  async setTags(pool: string, name: string, tags: UserTags, options: CallOptions = {}): Promise<VolumeInfo> {
-    const vg = this.vg(pool);
-    const lv = validateLvName(name, 'name');
-    const entries = Object.entries(tags);
-    if (entries.length > MAX_USER_TAGS) throw new InvalidArgumentError('tags', `at most ${MAX_USER_TAGS} tags per volume`);
-    const wanted = new Set(entries.map(([k, v]) => userTag(k, v)));
-    const current = rawUserTags((await this.volumeRow(vg, lv, options)).lv_tags);
-    const remove = current.filter((t) => !wanted.has(t));
-    const add = [...wanted].filter((t) => !current.includes(t));
-    if (remove.length > 0 || add.length > 0) {
-      await this.lvm(['lvchange', ...remove.flatMap((t) => ['--deltag', t]), ...add.flatMap((t) => ['--addtag', t]), `${vg}/${lv}`], options);
-    }
-    return this.getVolume(vg, lv, options);
   }
 
   // ------------------------------------------------------------------ snapshots

@@ -8,6 +8,7 @@
 //   debvisor.tag.<key>=<value>    one user tag
 // Tags not starting with "debvisor." were set outside DebVisor and are left alone.
 import { InvalidArgumentError } from '../../server/errors.js';
+import { MAX_USER_TAGS } from '../../storage/backend.js';
 
 export const OWNER_TAG = 'debvisor.owner=';
 export const LABEL_TAG = 'debvisor.label=';
@@ -18,8 +19,7 @@ export const USER_TAG_PREFIX = 'debvisor.tag.';
  * metadata area (1 MiB by default, shared by all LVs): unbounded tags could fill it for everyone.
  */
 export const MAX_ENCODED_TAG_LENGTH = 1024;
-/** Most user tags per LV, for the same reason. */
-export const MAX_USER_TAGS = 64;
+// Most user tags per LV, for the same reason: MAX_USER_TAGS, shared with the API's limit.
 
 const PLAIN = /^[A-Za-z0-9_+./!:&-]$/;
 
@@ -114,9 +114,4 @@ export function decodeTags(lvTags: string): DecodedTags {
   }
   // fromEntries defines own properties: a key "__proto__" stays a plain key, not a prototype.
   return { owner, label, tags: Object.fromEntries(user) };
-}
-
-/** The raw user tags (debvisor.tag.*) in an `lv_tags` column, for --deltag. */
-export function rawUserTags(lvTags: string): string[] {
-  return lvTags.split(',').filter((t) => t.startsWith(USER_TAG_PREFIX));
 }

@@ -24,7 +24,7 @@ export interface QemuImgOptions {
   readonly qemuImgPath?: string;
   /** qemu-img processes at once (conversions are I/O heavy); default 2. */
   readonly maxConcurrent?: number;
-  /** Limit for info and measure; default 30 s. */
+  /** Limit for info; default 30 s. */
   readonly defaultTimeoutMs?: number;
   /** Limit for one convert; default 24 h (callers cancel through the operation's signal). */
   readonly convertTimeoutMs?: number;
@@ -65,12 +65,6 @@ export interface ConvertRequest extends CallOptions {
   /** Throttle in bytes per second (`-r`), to spare other guests' I/O. */
   readonly rateLimitBytesPerSecond?: number;
   readonly timeoutMs?: number;
-}
-
-export interface ImageMeasure {
-  /** Bytes a new target needs for this image in the target format. */
-  readonly requiredBytes: bigint;
-  readonly fullyAllocatedBytes: bigint;
 }
 
 /** Why an image was refused. */
@@ -267,15 +261,6 @@ export class QemuImg {
     const oldest = this.approved.keys().next();
     if (this.approved.size > MAX_APPROVED && oldest.done !== true) this.approved.delete(oldest.value);
     return info;
-  }
-
-  /** What a target in `targetFormat` needs for this image (`qemu-img measure`). */
-  async measure(path: string, format: string, targetFormat: 'raw' | 'qcow2', options: CallOptions = {}): Promise<ImageMeasure> {
-    const file = checkSourcePath(path, 'image path');
-    if (!this.allowedFormats.includes(format)) throw new ExecUsageError('format must be one info() returned');
-    const result = await this.executor.run('qemu-img', ['measure', '--output=json', '-f', format, '-O', targetFormat, file], { signal: options.signal });
-    const doc = jsonObject(this.executor.check(result, QEMU_IMG_RULES).stdout, 'measure');
-    return { requiredBytes: byteCount(doc.required, 'required', 'measure'), fullyAllocatedBytes: byteCount(doc['fully-allocated'], 'fully-allocated', 'measure') };
   }
 
   /**
