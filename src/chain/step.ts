@@ -1,9 +1,13 @@
 // The small shape every chain step is written in, so each step file holds only its
 // own concern, and the one grpc-js interceptor that runs them all (chain.ts lists them).
 //
-// The steps share one interceptor instead of one each: every grpc-js interceptor layer
-// costs a ServerInterceptingCall, a listener and their closures per call. The order and
-// semantics are those of one interceptor per step, outermost first:
+// The steps share one interceptor instead of one each, and that interceptor is one object
+// per call (ChainCall) that is both the call grpc-js's handler side drives and the listener
+// of the call beneath it: grpc-js's generic ServerInterceptingCall would cost a responder,
+// two listeners and a closure per event on every call. ChainCall keeps its ordering rules:
+// a message waits while the headers' steps run, the half-close while either's do, and
+// nothing is delivered after a cancel. The order and semantics are those of one
+// interceptor per step, outermost first:
 //   - headers: observe, then each step's onRequest in order;
 //   - request message: each step's onMessage in order, then the handler;
 //   - final status: each step's onStatus in reverse order, then observe (always last).
@@ -11,13 +15,9 @@
 // status it produced is seen by the steps before it and by observe, not by itself or
 // later ones (as if it had been sent from its own layer). A throw from the handler's
 // synchronous part (recovery) is seen by observe only. Exempt calls run no step.
-import {
-  ServerInterceptingCall,
-  type Metadata,
-  type ServerInterceptor,
-  type ServerInterceptingCallInterface,
-} from '@grpc/grpc-js';
+import { ServerInterceptingCall, type Metadata, type ServerInterceptor, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
+import type { InterceptingServerListener } from '@grpc/grpc-js/build/src/server-interceptors.js';
 import { toStatus } from '../server/errors.js';
 import type { CallState } from '../server/context.js';
 import { newTraceId } from '../server/trace.js';
@@ -61,14 +61,28 @@ export interface ChainSpec {
 
 const NO_STEPS: readonly Step[] = [];
 
-/** The per-call part of the chain. A class, so a call costs one object rather than a closure per event. */
-class ChainCall {
+/**
+ * One call through the chain: the call grpc-js's handler side sees (it forwards to `call`,
+ * the call grpc-js made for the stream) and the listener of `call`. It is also the steps'
+ * StepCall. A class, so a call costs one object rather than a closure per event. It extends
+ * ServerInterceptingCall only because grpc-js's ServerInterceptor type asks for one; every
+ * method grpc-js calls is overridden.
+ */
+class ChainCall extends ServerInterceptingCall implements InterceptingServerListener, StepCall {
   state: CallState | undefined;
-  /** Set with the headers; from then on this object is also the steps' StepCall (no extra object per call). */
-  metadata: Metadata | undefined;
+  /** Set with the headers. */
+  metadata!: Metadata;
   message: unknown;
-  forwardMetadata: ((metadata: Metadata) => void) | undefined;
-  forwardMessage: ((message: unknown) => void) | undefined;
+  /** The handler side's listener, from start(). */
+  private listener: InterceptingServerListener | undefined;
+  private cancelled = false;
+  /** The headers' steps are running: a message and the half-close wait. */
+  private headersInSteps = false;
+  /** A message's steps are running: the half-close waits. */
+  private messageInSteps = false;
+  private hasQueuedMessage = false;
+  private queuedMessage: unknown;
+  private hasQueuedHalfClose = false;
 
   constructor(
     readonly path: string,
@@ -77,17 +91,97 @@ class ChainCall {
     readonly steps: readonly Step[],
     readonly observed: ObservedCall,
     readonly recover: ChainSpec['recover'],
-  ) {}
+  ) {
+    super(call);
+  }
 
-  onReceiveMetadata(metadata: Metadata, forward: (metadata: Metadata) => void): void {
+  // The call, as grpc-js's handler side drives it.
+
+  override start(listener: InterceptingServerListener): void {
+    this.listener = listener;
+    this.call.start(this);
+  }
+
+  override sendMetadata(metadata: Metadata): void {
+    this.call.sendMetadata(metadata);
+  }
+
+  override sendMessage(message: unknown, callback: () => void): void {
+    this.call.sendMessage(message, callback);
+  }
+
+  override sendStatus(status: PartialStatusObject): void {
+    this.statusThrough(status, this.steps.length);
+    this.call.sendStatus(this.observed.end(status));
+  }
+
+  override startRead(): void {
+    this.call.startRead();
+  }
+
+  override getPeer(): string {
+    return this.connection.peer;
+  }
+
+  override getDeadline(): ReturnType<ServerInterceptingCallInterface['getDeadline']> {
+    return this.call.getDeadline();
+  }
+
+  override getHost(): string {
+    return this.call.getHost();
+  }
+
+  override getAuthContext(): ReturnType<ServerInterceptingCallInterface['getAuthContext']> {
+    return this.call.getAuthContext();
+  }
+
+  override getConnectionInfo(): ReturnType<ServerInterceptingCallInterface['getConnectionInfo']> {
+    return this.call.getConnectionInfo();
+  }
+
+  override getMetricsRecorder(): ReturnType<ServerInterceptingCallInterface['getMetricsRecorder']> {
+    return this.call.getMetricsRecorder();
+  }
+
+  // The listener, as the call beneath drives it.
+
+  onReceiveMetadata(metadata: Metadata): void {
+    if (this.cancelled) return;
     const state = (this.state = this.observed.begin(metadata));
     this.metadata = metadata;
-    this.forwardMetadata = forward;
-    if (this.steps.length === 0) {
-      this.guard(forward, metadata);
+    this.headersInSteps = true;
+    this.runFrom('request', 0, state);
+  }
+
+  onReceiveMessage(message: unknown): void {
+    if (this.cancelled || this.state?.rejected) return;
+    if (this.headersInSteps) {
+      this.queuedMessage = message;
+      this.hasQueuedMessage = true;
       return;
     }
-    this.runFrom('request', 0, state);
+    this.message = message;
+    const state = this.state;
+    if (!state) {
+      this.deliverMessage();
+      return;
+    }
+    this.messageInSteps = true;
+    this.runFrom('message', 0, state);
+  }
+
+  onReceiveHalfClose(): void {
+    if (this.cancelled || this.state?.rejected) return;
+    if (this.headersInSteps || this.messageInSteps) {
+      this.hasQueuedHalfClose = true;
+      return;
+    }
+    this.guard(() => this.listener?.onReceiveHalfClose());
+  }
+
+  onCancel(): void {
+    this.cancelled = true;
+    this.listener?.onCancel();
   }
 
   /**
@@ -95,22 +189,20 @@ class ChainCall {
    * step `index` on, in order; an async hook resumes the loop when it settles. Then the
    * headers or the message go on to the handler.
    */
-  runFrom(phase: 'request' | 'message', index: number, state: CallState): void {
+  private runFrom(phase: 'request' | 'message', index: number, state: CallState): void {
     const steps = this.steps;
-    const stepCall = this as StepCall;
     for (; index < steps.length; index++) {
-      // Later messages of a rejected call must not reach any step or the handler.
-      if (phase === 'message' && state.rejected) return;
+      if (this.cancelled || state.rejected) return;
       const step = steps[index];
       if (!step) continue;
       let pending: void | Promise<void>;
       try {
         if (phase === 'request') {
           if (!step.onRequest) continue;
-          pending = step.onRequest(state, stepCall);
+          pending = step.onRequest(state, this);
         } else {
           if (!step.onMessage) continue;
-          pending = step.onMessage(state, stepCall, this.message);
+          pending = step.onMessage(state, this, this.message);
         }
       } catch (err) {
         this.reject(err, index);
@@ -125,27 +217,38 @@ class ChainCall {
         return;
       }
     }
-    if (phase === 'request') this.guard(this.forwardMetadata as (metadata: Metadata) => void, this.metadata as Metadata);
-    else if (!state.rejected) this.guard(this.forwardMessage as (message: unknown) => void, this.message);
+    if (this.cancelled || state.rejected) return;
+    if (phase === 'request') this.deliverMetadata();
+    else this.deliverMessage();
   }
 
-  onReceiveMessage(message: unknown, forward: (message: unknown) => void): void {
-    const state = this.state;
-    if (state?.rejected) return;
-    this.message = message;
-    this.forwardMessage = forward;
-    if (this.steps.length === 0 || !state || !this.metadata) {
-      this.guard(forward, message);
-      return;
+  private deliverMetadata(): void {
+    this.headersInSteps = false;
+    this.guard(() => this.listener?.onReceiveMetadata(this.metadata));
+    if (this.hasQueuedMessage) {
+      const message = this.queuedMessage;
+      this.hasQueuedMessage = false;
+      this.queuedMessage = undefined;
+      this.onReceiveMessage(message);
+    } else if (this.hasQueuedHalfClose) {
+      this.hasQueuedHalfClose = false;
+      this.onReceiveHalfClose();
     }
-    this.runFrom('message', 0, state);
   }
 
+  private deliverMessage(): void {
+    this.messageInSteps = false;
+    this.guard(() => this.listener?.onReceiveMessage(this.message));
+    if (this.hasQueuedHalfClose) {
+      this.hasQueuedHalfClose = false;
+      this.onReceiveHalfClose();
+    }
+  }
 
   /** Step 2: a throw from the handler's synchronous part becomes a status seen by observe only. */
-  guard<T>(forward: (value: T) => void, value: T): void {
+  private guard(deliver: () => void): void {
     try {
-      forward(value);
+      deliver();
     } catch (err) {
       const status = this.recover(err, this.state?.traceId ?? newTraceId(), this.path);
       this.call.sendStatus(this.observed.end(status));
@@ -153,16 +256,18 @@ class ChainCall {
   }
 
   /** Step `index` refused the call: the steps before it and observe see the status. */
-  reject(err: unknown, index: number): void {
+  private reject(err: unknown, index: number): void {
     const state = this.state;
     if (state) state.rejected = true;
+    this.headersInSteps = false;
+    this.messageInSteps = false;
     const status = toStatus(err, state?.traceId ?? newTraceId());
     this.statusThrough(status, index);
     this.call.sendStatus(this.observed.end(status));
   }
 
   /** onStatus of steps[0 .. end-1], innermost first. An observer must never change the outcome. */
-  statusThrough(status: PartialStatusObject, end: number): void {
+  private statusThrough(status: PartialStatusObject, end: number): void {
     const steps = this.steps;
     for (let index = end - 1; index >= 0; index--) {
       const onStatus = steps[index]?.onStatus;
@@ -187,25 +292,6 @@ export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
       stepsByPath.set(method.path, steps);
     }
     const connection = connectionOf(call);
-    const chainCall = new ChainCall(
-      method.path,
-      call,
-      connection,
-      steps,
-      spec.observe(method.path, method.requestStream, method.responseStream, connection),
-      spec.recover,
-    );
-    return new ServerInterceptingCall(call, {
-      start: (next) =>
-        next({
-          onReceiveMetadata: (metadata, forward) => chainCall.onReceiveMetadata(metadata, forward),
-          onReceiveMessage: (message, forward) => chainCall.onReceiveMessage(message, forward),
-          onReceiveHalfClose: (forward) => chainCall.guard(forward, undefined),
-        }),
-      sendStatus: (status, forward) => {
-        chainCall.statusThrough(status, chainCall.steps.length);
-        forward(chainCall.observed.end(status));
-      },
-    });
+    return new ChainCall(method.path, call, connection, steps, spec.observe(method.path, method.requestStream, method.responseStream, connection), spec.recover);
   };
 }
