@@ -111,6 +111,27 @@ describe('serializeEvent', () => {
     );
   });
 
+  it('takes the cached path for the chain records (plain time, trace id and type; frozen principal) with the same result, hostile members included', () => {
+    const traceId = fc.oneof(fc.stringMatching(/^[0-9a-f]{32}$/), fc.constant('client-trace.id:1'));
+    const plainEvents = fc.record({ event: events, traceId, frozen: fc.constant(true) });
+    fc.assert(
+      fc.property(plainEvents, fc.boolean(), ({ event: generated, traceId: id }, scrubbed) => {
+        const base: AuditEventInput = { ...generated, trace_id: id, principal: generated.principal ?? { id: 'p', kind: 'certificate', roles: ['admin'] } };
+        const event = withFrozenPrincipal(base);
+        const time = '2026-01-01T00:00:00.000Z';
+        const expected = scrubbed ? scrubSecretsInJson(reference(event, time)) : reference(event, time);
+        const scrub = scrubbed ? scrubSecretsInJson : undefined;
+        // Twice, and again with another duration: the second time the principal's segment comes from the cache.
+        expect(serializeEvent(event, () => time, scrub)).toBe(expected);
+        expect(serializeEvent(event, () => time, scrub)).toBe(expected);
+        const later = { ...event, duration_ms: 1.5 };
+        const expectedLater = scrubbed ? scrubSecretsInJson(reference(later, time)) : reference(later, time);
+        expect(serializeEvent(later, () => time, scrub)).toBe(expectedLater);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
   it('the same frozen principal in different events', () => {
     const principal = Object.freeze({ id: 'spiffe://x/"quoted"', kind: 'certificate' as const, roles: Object.freeze(['admin', 'ops\n']), cert_fingerprint: 'ab'.repeat(32) });
     const events: AuditEventInput[] = [
