@@ -5,6 +5,8 @@
 //      over rounds and each ratio the median of the rounds' own ratios), BENCH_CONNECTIONS (4),
 //      BENCH_CONCURRENCY (50),
 //      BENCH_SCENARIOS (comma list of bare,mtls,apikey; default all three),
+//      BENCH_PIN=1 (diagnostics: servers on CPU 0, the load generator on CPU 1, via taskset;
+//      less contention noise, but not the shared-cores set-up the reported table uses),
 //      BENCH_CPU_PROF=<dir> (write .cpuprofiles of the daemon and the bare server to
 //      <dir>/daemon and <dir>/bare, one per thread: the largest is the main thread (tsx's
 //      loader thread writes one too); summarize with `tsx bench/profile.ts <file> [top] [calls]`).
@@ -71,6 +73,7 @@ async function load(spec: Omit<LoadSpec, 'connections' | 'concurrency' | 'warmup
     durationMs: SECONDS * 1000,
   };
   const { child, firstLine } = spawnTs('loadgen.ts', JSON.stringify(full));
+  if (process.env.BENCH_PIN) execFileSync('taskset', ['-a', '-p', '-c', '1', String(child.pid)], { stdio: 'ignore' });
   const line = await firstLine();
   await new Promise((resolve) => child.once('close', resolve));
   return JSON.parse(line) as LoadResult;
@@ -145,6 +148,7 @@ try {
   const barePort = (JSON.parse(await bare.firstLine()) as { port: number }).port;
   const barePid = bare.child.pid!;
 
+  if (process.env.BENCH_PIN) for (const pid of [barePid, daemon.pid]) execFileSync('taskset', ['-a', '-p', '-c', '0', String(pid)], { stdio: 'ignore' });
   const host = '127.0.0.1';
   const scenarios = {
     bare: () => load({ host, port: barePort, serverPid: barePid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
