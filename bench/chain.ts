@@ -7,6 +7,10 @@
 //      BENCH_SCENARIOS (comma list of bare,mtls,apikey; default all three),
 //      BENCH_PIN=1 (diagnostics: servers on CPU 0, the load generator on CPU 1, via taskset;
 //      less contention noise, but not the shared-cores set-up the reported table uses),
+//      BENCH_SIMULTANEOUS=1 (diagnostics: each round loads the bare server and one daemon
+//      scenario at the same time, each from its own load generator, and prints the pair's
+//      CPU-per-call ratio: both see the same machine, so the ratio is far steadier than
+//      between runs; no report is written),
 //      BENCH_CPU_PROF=<dir> (write .cpuprofiles of the daemon and the bare server to
 //      <dir>/daemon and <dir>/bare, one per thread: the largest is the main thread (tsx's
 //      loader thread writes one too); summarize with `tsx bench/profile.ts <file> [top] [calls]`).
@@ -155,8 +159,23 @@ try {
     mtls: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
     apikey: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, headers: { authorization: `Bearer ${token}` } }),
   };
+  if (process.env.BENCH_SIMULTANEOUS) {
+    // Diagnostics: the bare server and one daemon scenario under load at the same time, each
+    // with its own load generator, so both see the same machine (its speed drifts by more
+    // than the difference measured). Prints each pair's CPU-per-call ratio; writes no report.
+    const ratios: Record<string, number[]> = { mtls: [], apikey: [] };
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const name of ['mtls', 'apikey'] as const) {
+        if (!ONLY.has(name)) continue;
+        const [plain, full] = await Promise.all([scenarios.bare(), scenarios[name]()]);
+        ratios[name]!.push(full.serverCpuUsPerCall / plain.serverCpuUsPerCall);
+        console.error(`round ${round}: bare ${plain.serverCpuUsPerCall.toFixed(1)} µs/call, ${name} ${full.serverCpuUsPerCall.toFixed(1)} µs/call: ${(full.serverCpuUsPerCall / plain.serverCpuUsPerCall).toFixed(3)}×`);
+      }
+    }
+    for (const [name, values] of Object.entries(ratios)) if (values.length > 0) console.error(`${name}: median ${median(values).toFixed(3)}× CPU per call (${values.map((v) => v.toFixed(2)).join(' ')})`);
+  }
   const order = (Object.entries(scenarios) as [keyof typeof scenarios, () => Promise<LoadResult>][]).filter(([name]) => ONLY.has(name));
-  for (let round = 1; round <= ROUNDS; round++) {
+  for (let round = 1; round <= (process.env.BENCH_SIMULTANEOUS ? 0 : ROUNDS); round++) {
     // Each round starts with another scenario, so a drift in the machine's speed within a round favours none.
     const rotated = [...order.slice((round - 1) % order.length), ...order.slice(0, (round - 1) % order.length)];
     for (const [name, run] of rotated) {
