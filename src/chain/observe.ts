@@ -78,6 +78,8 @@ function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): Co
 class Observation implements ObservedCall {
   private readonly startedAt = performance.now();
   private traceId: string | undefined;
+  /** The client sent the trace id (a valid x-request-id): it gets it back on every status. */
+  private clientTraceId = false;
 
   constructor(
     private readonly metrics: Metrics,
@@ -88,7 +90,9 @@ class Observation implements ObservedCall {
   ) {}
 
   begin(metadata: Metadata): CallState {
-    const traceId = (this.traceId = traceIdFrom(metadata.get(TRACE_ID_KEY)[0]));
+    const sent = metadata.get(TRACE_ID_KEY)[0];
+    const traceId = (this.traceId = traceIdFrom(sent));
+    this.clientTraceId = traceId === sent;
     const state: CallState = { traceId, startedAt: this.startedAt, path: this.path, peer: this.connection.peer };
     attachCallState(metadata, state);
     return state;
@@ -104,15 +108,20 @@ class Observation implements ObservedCall {
     counts.handling.observe(seconds);
     const code = counts.code;
     const id = this.traceId ?? newTraceId();
-    const trailers = status.metadata ?? new Metadata();
-    if (trailers.get(TRACE_ID_KEY).length === 0) trailers.set(TRACE_ID_KEY, id);
+    // A failure always names its trace id (the one to quote, and to find in the audit log);
+    // a success only echoes the client's own: one header less on every ordinary call.
+    let trailers = status.metadata ?? undefined;
+    if (status.code !== Status.OK || this.clientTraceId) {
+      trailers ??= new Metadata();
+      if (trailers.get(TRACE_ID_KEY).length === 0) trailers.set(TRACE_ID_KEY, id);
+    }
     if (log.isLevelEnabled('debug') || status.code !== Status.OK) {
       log[status.code === Status.OK ? 'debug' : 'info'](
         { trace_id: id, method: this.path, code, duration_ms: seconds * 1000, peer: this.connection.peer },
         'rpc finished',
       );
     }
-    return { code: status.code, details: status.details, metadata: trailers };
+    return { code: status.code, details: status.details, metadata: trailers ?? null };
   }
 }
 

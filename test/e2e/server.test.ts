@@ -150,12 +150,15 @@ describe('authentication', () => {
     expect(trailer(err, 'x-request-id')).toBe(match![1]);
   });
 
-  it('echoes a client-sent x-request-id in the trailers', async () => {
+  it('echoes a client-sent x-request-id in the trailers; a success without one carries none', async () => {
     const id = 'test-trace-12345678';
     const ok = await rawUnary(await raw(), WHOAMI, Buffer.alloc(0), { 'x-request-id': id });
     expect(ok.error).toBeUndefined();
     expect(ok.status.code).toBe(Status.OK);
     expect(ok.status.metadata.get('x-request-id')).toEqual([id]);
+    const plain = await rawUnary(await raw(), WHOAMI, Buffer.alloc(0));
+    expect(plain.status.code).toBe(Status.OK);
+    expect(plain.status.metadata.get('x-request-id')).toEqual([]);
 
     const failed = await rejection((await access(null)).whoAmI({}, { timeoutMs: 5000, metadata: { 'x-request-id': id } }));
     expect(failed.code).toBe(Status.UNAUTHENTICATED);
