@@ -40,6 +40,17 @@ function labelKey(labels: Readonly<Record<string, string>>): string {
     .join('');
 }
 
+/** The cell of a label set: made on first use, then the same one (cells are for fixed label sets). */
+function cellOf<C>(cells: Map<string, C>, labels: Readonly<Record<string, string>>, make: (key: string) => C): C {
+  const key = labelKey(labels);
+  let cell = cells.get(key);
+  if (cell === undefined) {
+    cell = make(key);
+    cells.set(key, cell);
+  }
+  return cell;
+}
+
 /** One label set of a BatchedCounter: inc() is one addition, where prom-client's validates and hashes the labels. */
 export class CounterCell {
   pending = 0;
@@ -77,13 +88,7 @@ class BatchedCounter<T extends string> extends Counter<T> {
   }
 
   cell(labels: Readonly<Record<T, string>>): CounterCell {
-    const key = labelKey(labels);
-    let cell = this.cells.get(key);
-    if (!cell) {
-      cell = new CounterCell(labels);
-      this.cells.set(key, cell);
-    }
-    return cell;
+    return cellOf(this.cells, labels, () => new CounterCell(labels));
   }
 }
 
@@ -115,13 +120,7 @@ class BatchedHistogram<T extends string> extends Histogram<T> {
   }
 
   cell(labels: Readonly<Record<T, string>>): HistogramCell {
-    const key = labelKey(labels);
-    let cell = this.cells.get(key);
-    if (!cell) {
-      cell = new HistogramCell(labels, key, upperBoundsOf(this));
-      this.cells.set(key, cell);
-    }
-    return cell;
+    return cellOf(this.cells, labels, (key) => new HistogramCell(labels, key, upperBoundsOf(this)));
   }
 }
 
