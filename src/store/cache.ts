@@ -38,15 +38,27 @@ export class RecordCache<T extends { readonly schema_version: number }> {
         this.repository.prefix,
         {
           onReset: (kvs) => {
-            const next = new Map<string, Entry<T>>();
-            for (const kv of kvs) {
-              const value = this.decodeOrReport(kv.key, kv.value);
-              if (value) next.set(this.repository.idOfKey(kv.key), { value, modRevision: kv.modRevision });
-            }
+            // A resync keeps the very object of every record it finds unchanged (same
+            // revision) and tells listeners only about what changed: caches keyed by a
+            // record (the API key verified per connection) stay valid across it.
             const previous = this.entries;
+            const next = new Map<string, Entry<T>>();
+            const changed: string[] = [];
+            for (const kv of kvs) {
+              const id = this.repository.idOfKey(kv.key);
+              const known = previous.get(id);
+              if (known?.value !== undefined && known.modRevision === kv.modRevision) {
+                next.set(id, known);
+                continue;
+              }
+              const value = this.decodeOrReport(kv.key, kv.value);
+              if (!value) continue;
+              next.set(id, { value, modRevision: kv.modRevision });
+              changed.push(id);
+            }
             this.entries = next;
-            for (const [id, entry] of next) this.emit(id, entry.value);
-            for (const id of previous.keys()) if (!next.has(id)) this.emit(id, undefined);
+            for (const id of changed) this.emit(id, next.get(id)?.value);
+            for (const [id, entry] of previous) if (entry.value !== undefined && !next.has(id)) this.emit(id, undefined);
             resolve();
           },
           onEvent: (event) => {
