@@ -51,13 +51,12 @@ export function startSelfRegistration(registry: NodeRegistry, name: string, log:
     return () => undefined;
   }
   let registered = false;
-  let running = false;
   let publishing = false;
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
+  // One tick at a time: the next is scheduled only once this one has settled.
   const tick = async () => {
-    if (running || stopped) return;
-    running = true;
+    if (stopped) return;
     try {
       if (!registered) {
         await registry.register({ hostname, ip: primaryAddress(), rack: '', zone: '', version: VERSION, labels: {} });
@@ -77,8 +76,6 @@ export function startSelfRegistration(registry: NodeRegistry, name: string, log:
       // Deleted from the store meanwhile: register again on the next tick.
       if (err instanceof UnknownNodeError) registered = false;
       log.warn({ err: err instanceof Error ? err.message : String(err), hostname }, 'self heartbeat failed');
-    } finally {
-      running = false;
     }
   };
   const schedule = () => {
