@@ -12,7 +12,7 @@ const schema = z.object({ schema_version: z.literal(1), name: z.string() });
 type Item = z.infer<typeof schema>;
 const PREFIX = '/items/';
 const encode = (name: string) => new TextEncoder().encode(JSON.stringify({ schema_version: 1, name }));
-const kv = (id: string, name: string, modRevision: number): KeyValue => ({ key: PREFIX + id, value: encode(name), createRevision: 1, modRevision, version: 1 });
+const kv = (id: string, name: string, modRevision: number): KeyValue => ({ key: PREFIX + id, value: encode(name), createRevision: 1, modRevision, version: 1, lease: undefined });
 
 /** Lists whatever `listing` holds; its first watch reports a compaction, later ones wait for the signal. */
 class ResyncingStore {
