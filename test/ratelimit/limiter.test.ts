@@ -42,14 +42,14 @@ function acceptedPerMinute(rate: number, cost: number, factor: number, minutes: 
 describe('RateLimiter accuracy', () => {
   const cases = [100, 500, 1000].flatMap((rate) => [1, 2, 5].map((cost) => [rate, cost] as const));
 
-  it.each(cases)('steady 2× load over 3 minutes: %i/min, cost %i → within ±5%% of the limit', (rate, cost) => {
+  it.each(cases)('steady 2× load over 3 minutes: %i/min, cost %i → accepted rate within ±5 percent of the limit', (rate, cost) => {
     const accepted = acceptedPerMinute(rate, cost, 2, 3, (mean) => mean);
     const error = (accepted - rate) / rate;
     console.log(`rate ${rate}/min cost ${cost}: steady 2x → ${accepted.toFixed(1)}/min (${(error * 100).toFixed(2)}%)`);
     expect(Math.abs(error)).toBeLessThanOrEqual(0.05);
   });
 
-  it.each(cases)('Poisson 2× load over 3 minutes: %i/min, cost %i → within ±5%% of the limit', (rate, cost) => {
+  it.each(cases)('Poisson 2× load over 3 minutes: %i/min, cost %i → accepted rate within ±5 percent of the limit', (rate, cost) => {
     const random = rng(rate * 31 + cost);
     const accepted = acceptedPerMinute(rate, cost, 2, 3, (mean) => -mean * Math.log(1 - random()));
     const error = (accepted - rate) / rate;
