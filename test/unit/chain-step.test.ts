@@ -1,0 +1,119 @@
+// The chain driver (src/chain/step.ts) on a real grpc-js server: steps run in order on the
+// way in and in reverse on the way out, a message waits for the headers' (async) steps, a
+// refusing step stops everything after it, and every final status passes the steps and observe.
+import { Metadata as GrpcMetadata, Server, ServerCredentials, credentials, makeGenericClientConstructor, status as Status, type Metadata, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
+import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chainInterceptor, type Step } from '../../src/chain/step.js';
+import { attachCallState, type CallState } from '../../src/server/context.js';
+import { RpcError } from '../../src/server/errors.js';
+
+const identity = (value: Buffer) => value;
+const definition: ServiceDefinition = {
+  echo: { path: '/test.Chain/Echo', requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
+};
+
+const events: string[] = [];
+let handlerThrows = false;
+
+const step = (name: string, hooks: { request?: 'async' | 'refuse'; message?: 'async' | 'refuse' }): Step => ({
+  onRequest: (_state, call) => {
+    if (hooks.request === 'refuse' || call.metadata.get('refuse')[0] === `${name}.request`) throw new RpcError('PERMISSION_DENIED', `${name} refused`);
+    if (hooks.request !== 'async') {
+      events.push(`${name}.request`);
+      return undefined;
+    }
+    return new Promise((resolve) => setTimeout(resolve, 30)).then(() => {
+      events.push(`${name}.request`);
+    });
+  },
+  onMessage: (_state, call, message) => {
+    if (call.metadata.get('refuse')[0] === `${name}.message`) throw new RpcError('PERMISSION_DENIED', `${name} refused`);
+    events.push(`${name}.message:${String(message)}`);
+  },
+  onStatus: (status: PartialStatusObject) => {
+    events.push(`${name}.status:${status.code}`);
+  },
+});
+
+let server: Server;
+let client: InstanceType<ReturnType<typeof makeGenericClientConstructor>>;
+
+beforeAll(async () => {
+  server = new Server({
+    interceptors: [
+      chainInterceptor({
+        observe: (path, _requestStream, _responseStream, connection) => ({
+          begin: (metadata: Metadata) => {
+            const state: CallState = { traceId: 'trace-0001', startedAt: performance.now(), path, peer: connection.peer };
+            attachCallState(metadata, state);
+            return state;
+          },
+          end: (status) => {
+            events.push(`observe.end:${status.code}`);
+            return status;
+          },
+        }),
+        recover: (err) => ({ code: Status.INTERNAL, details: `recovered: ${err instanceof Error ? err.message : String(err)}` }),
+        steps: [step('A', { request: 'async' }), step('B', {})],
+        exempt: () => false,
+      }),
+    ],
+  });
+  server.addService(definition, {
+    echo: (call: { request: Buffer }, callback: (err: Error | null, value?: Buffer) => void) => {
+      events.push(`handler:${call.request.toString()}`);
+      if (handlerThrows) throw new Error('handler bug');
+      callback(null, call.request);
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+  });
+  const Client = makeGenericClientConstructor(definition, 'Chain');
+  client = new Client(`127.0.0.1:${port}`, credentials.createInsecure());
+});
+
+afterAll(() => {
+  client.close();
+  server.forceShutdown();
+});
+
+function call(text: string, metadata: Record<string, string> = {}): Promise<{ value?: Buffer; err?: ServiceError }> {
+  events.length = 0;
+  return new Promise((resolve) => {
+    const md = new GrpcMetadata();
+    for (const [key, value] of Object.entries(metadata)) md.set(key, value);
+    (client as unknown as { echo: (r: Buffer, m: Metadata, cb: (err: ServiceError | null, v?: Buffer) => void) => void }).echo(Buffer.from(text), md, (err, value) =>
+      resolve(err ? { err } : { value }),
+    );
+  });
+}
+
+describe('chain driver', () => {
+  it('runs the headers steps (waiting for an async one) before any message step, then the handler; statuses in reverse', async () => {
+    const { value } = await call('hi');
+    expect(value?.toString()).toBe('hi');
+    expect(events).toEqual(['A.request', 'B.request', 'A.message:hi', 'B.message:hi', 'handler:hi', 'B.status:0', 'A.status:0', 'observe.end:0']);
+  });
+
+  it('a step that refuses stops every later step and the handler; only the steps before it see the status', async () => {
+    const { err } = await call('x', { refuse: 'B.message' });
+    expect(err?.code).toBe(Status.PERMISSION_DENIED);
+    expect(events).toEqual(['A.request', 'B.request', 'A.message:x', 'A.status:7', 'observe.end:7']);
+    const early = await call('y', { refuse: 'B.request' });
+    expect(early.err?.code).toBe(Status.PERMISSION_DENIED);
+    expect(events).toEqual(['A.request', 'A.status:7', 'observe.end:7']);
+  });
+
+  it('a throw from a grpc-js handler (grpc-js answers UNKNOWN) still passes every step and observe on its way out', async () => {
+    handlerThrows = true;
+    try {
+      const { err } = await call('boom');
+      expect(err?.code).toBe(Status.UNKNOWN);
+      expect(events).toEqual(['A.request', 'B.request', 'A.message:boom', 'B.message:boom', 'handler:boom', 'B.status:2', 'A.status:2', 'observe.end:2']);
+    } finally {
+      handlerThrows = false;
+    }
+  });
+});
