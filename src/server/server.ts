@@ -30,6 +30,7 @@ import { registerShutdownOperationKind, vmHandlers } from '../services/vm.js';
 import { VmService } from '../gen/debvisor/v1/vm_pb.js';
 import { StorageService } from '../gen/debvisor/v1/storage_pb.js';
 import { registerStorageOperationKinds, storageAuditObjects, storageHandlers } from '../services/storage.js';
+import { libvirtAttachments } from '../storage/attachments.js';
 import { createStorage } from '../storage/setup.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { nodeHandlers } from '../services/node.js';
@@ -211,7 +212,7 @@ export class Daemon {
       registerShutdownOperationKind(operations, libvirt);
       const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
       quotas.registerUsageSource('snapshots', (principal) => snapshotOwners.countOwnedBy(principal));
-      const storage = createStorage(config, settings, quotas, metrics.registry);
+      const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt));
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
       const inventory = new VmInventory(repos.vmInventory);

@@ -217,7 +217,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
 
     deleteVolume: async (request, ctx) => {
       const key = keyOf(request.volume, 'volume');
-      return { deletedSnapshots: await storage.deleteVolume(key, request.deleteSnapshots, { signal: ctx.signal }) };
+      return { deletedSnapshots: await storage.deleteVolume(key, request.deleteSnapshots, { signal: ctx.signal, force: request.force }) };
     },
 
     provisionVolume: async (request, ctx) => {

@@ -6,6 +6,7 @@ import { ExecError } from '../backends/exec.js';
 import { validateSnapshotName } from '../backends/validate.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
 import type { QuotaManager } from '../quota/manager.js';
+import type { AttachmentFinder } from './attachments.js';
 import type { BackendKind, CallOptions, ProgressFn, RbdTemplateBackend, SnapshotInfo, VolumeBackend, VolumeInfo } from './backend.js';
 import { resolveImagePath } from './images.js';
 import { gibOf, timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
@@ -34,6 +35,8 @@ export interface StorageManagerOptions {
   readonly quotas: QuotaManager;
   readonly images?: ImageTool | undefined;
   readonly imagesDir: () => string;
+  /** The VMs using a volume as a disk; without it (tests of the manager alone) nothing is checked. */
+  readonly attachments?: AttachmentFinder | undefined;
 }
 
 const LABEL: Record<BackendKind, string> = { rbd: 'RBD', lvm: 'LVM' };
@@ -162,9 +165,22 @@ export class StorageManager {
     return resized;
   }
 
-  /** Deletes a volume; with `deleteSnapshots` its snapshots first. Snapshots with clones always refuse it. */
-  async deleteVolume(key: VolumeKey, deleteSnapshots: boolean, options?: CallOptions): Promise<string[]> {
+  /**
+   * Deletes a volume; with `deleteSnapshots` its snapshots first. Snapshots with clones
+   * always refuse it; a VM on this host using it as a disk refuses it unless `force`.
+   * Every check runs before anything is deleted.
+   */
+  async deleteVolume(key: VolumeKey, deleteSnapshots: boolean, options?: CallOptions & { force?: boolean }): Promise<string[]> {
     const volume = await this.getVolume(key, options);
+    if (options?.force !== true && this.options.attachments) {
+      const vms = await this.options.attachments(key, options);
+      if (vms.length > 0) {
+        throw new RpcError(
+          'FAILED_PRECONDITION',
+          `volume ${volumeLabel(key)} is a disk of VM ${vms.map((vm) => JSON.stringify(vm)).join(', ')} on this host; remove it from the VM first, or set force`,
+        );
+      }
+    }
     const backend = this.backend(key.backend);
     const snapshots = await backend.listSnapshots(key.pool, key.name, options);
     const cloned = snapshots.filter((s) => s.clones.length > 0);

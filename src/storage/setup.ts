@@ -2,6 +2,7 @@
 // is set, the LVM backend when volume groups are listed, qemu-img for provisioning, and
 // the usage sources RecomputeQuota recounts from.
 import type { Registry } from 'prom-client';
+import type { AttachmentFinder } from './attachments.js';
 import type { Config } from '../config/schema.js';
 import { LvmBackend } from '../backends/lvm/lvm.js';
 import { QemuImg } from '../backends/qemu-img/qemu-img.js';
@@ -32,7 +33,8 @@ function imageTool(config: Config, registry: Registry): ImageTool {
   };
 }
 
-export function createStorage(config: Config, settings: () => Config, quotas: QuotaManager, registry: Registry, images: ImageTool = imageTool(config, registry)): StorageManager {
+export function createStorage(config: Config, settings: () => Config, quotas: QuotaManager, registry: Registry, attachments: AttachmentFinder): StorageManager {
+  const images = imageTool(config, registry);
   const rbd =
     config.rbd.ceph_conf === ''
       ? undefined
@@ -59,7 +61,7 @@ export function createStorage(config: Config, settings: () => Config, quotas: Qu
           snapshotCowPercent: config.lvm.snapshot_cow_percent,
           registry,
         });
-  const storage = new StorageManager({ backends: { rbd, lvm }, quotas, images, imagesDir: () => settings().images_dir });
+  const storage = new StorageManager({ backends: { rbd, lvm }, quotas, images, imagesDir: () => settings().images_dir, attachments });
   // Only a node with storage can recount it; VM snapshots carry no owner and are not recounted.
   if (storage.enabled().length > 0) {
     quotas.registerUsageSource('storage_gb', (principal) => storage.storageOwnedBy(principal));

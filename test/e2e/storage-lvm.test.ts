@@ -12,6 +12,7 @@ import { OperationService, OperationState } from '../../src/gen/debvisor/v1/oper
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { defineTestDomain, startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { encodeTags } from '../../src/backends/lvm/tags.js';
 import { lvmEnv, startLvm, writeSnapshotMetadata, type TestLvm } from '../support/lvm.js';
 import { auditRecord, rejection } from '../support/security.js';
@@ -23,6 +24,7 @@ const CI = 'spiffe://debvisor/lvm-test/ci';
 const LVM = StorageBackend.LVM;
 
 let lvm: TestLvm;
+let libvirt: TestLibvirt;
 let daemon: RunningDaemon;
 let storage: Client<typeof StorageService>;
 let access: Client<typeof AccessService>;
@@ -36,8 +38,11 @@ async function lvs(): Promise<{ lv_name: string; lv_size: string; lv_tags: strin
 const ref = (name: string) => ({ backend: LVM, pool: lvm.vg, name });
 
 beforeAll(async () => {
-  lvm = await startLvm({ sizeMiB: 512 });
-  daemon = await startDaemon({ env: { DEBVISOR_RPCD_LVM_VGS: lvm.vg, DEBVISOR_RPCD_LVM_SYSTEM_DIR: lvm.systemDir }, config: NO_RATE_LIMITS });
+  [lvm, libvirt] = await Promise.all([startLvm({ sizeMiB: 512 }), startLibvirt()]);
+  daemon = await startDaemon({
+    env: { DEBVISOR_RPCD_LVM_VGS: lvm.vg, DEBVISOR_RPCD_LVM_SYSTEM_DIR: lvm.systemDir, DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri },
+    config: NO_RATE_LIMITS,
+  });
   storage = await clientFor(StorageService, daemon);
   access = await clientFor(AccessService, daemon);
   ops = await clientFor(OperationService, daemon);
@@ -46,7 +51,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of [storage, access, ops] as ({ close(): void } | undefined)[]) c?.close();
   await (daemon as RunningDaemon | undefined)?.cleanup();
-  await (lvm as TestLvm | undefined)?.stop();
+  await Promise.all([(lvm as TestLvm | undefined)?.stop(), (libvirt as TestLibvirt | undefined)?.stop()]);
 });
 
 describe('LVM volumes', () => {
@@ -164,5 +169,18 @@ describe('LVM volumes', () => {
     }
     expect(await storageGb(access)).toBe(0n);
     expect(daemon.logs()).not.toContain('internal error in handler');
+  });
+});
+
+describe('LVM volumes in use by a VM', () => {
+  it('refuses to delete an LV that a VM on this host has as a disk, naming the VM; force deletes it', async () => {
+    await storage.createVolume({ volume: ref('inuse'), sizeBytes: 8n * MIB }, T);
+    await defineTestDomain(libvirt, 'db-vm', '0000000000a1', `<disk type='block' device='disk'><source dev='/dev/${lvm.vg}/inuse'/><target dev='vdb' bus='virtio'/></disk>`);
+    const refused = await rejection(storage.deleteVolume({ volume: ref('inuse') }, T));
+    expect(refused.code).toBe(Status.FAILED_PRECONDITION);
+    expect(refused.details).toContain('"db-vm"');
+    expect((await lvs()).map((lv) => lv.lv_name)).toContain('inuse');
+    await storage.deleteVolume({ volume: ref('inuse'), force: true }, T);
+    expect((await lvs()).map((lv) => lv.lv_name)).not.toContain('inuse');
   });
 });

@@ -23,6 +23,7 @@ import type { QuotaManager } from '../../src/quota/manager.js';
 import { StorageManager } from '../../src/storage/manager.js';
 import { RBD, startCeph, type TestCeph } from '../support/ceph.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { lvmEnv, startLvm, type TestLvm } from '../support/lvm.js';
 import { rejection } from '../support/security.js';
 import { finished, MIB, NO_RATE_LIMITS, storageGb, T, type Client } from '../support/storage.js';
@@ -34,6 +35,7 @@ const RAW_BYTES = 4 * 1024 * 1024;
 
 let ceph: TestCeph;
 let lvm: TestLvm;
+let libvirt: TestLibvirt;
 let dir: string;
 let images: string;
 let daemon: RunningDaemon;
@@ -43,7 +45,7 @@ let ops: Client<typeof OperationService>;
 let pattern: Buffer;
 
 beforeAll(async () => {
-  [ceph, lvm] = await Promise.all([startCeph({ pools: [POOL] }), startLvm({ sizeMiB: 256 })]);
+  [ceph, lvm, libvirt] = await Promise.all([startCeph({ pools: [POOL] }), startLvm({ sizeMiB: 256 }), startLibvirt()]);
   dir = await mkdtemp(join(tmpdir(), 'debvisor-provision-'));
   images = join(dir, 'images');
   await mkdir(join(images, 'linux'), { recursive: true });
@@ -63,6 +65,7 @@ beforeAll(async () => {
       DEBVISOR_RPCD_LVM_VGS: lvm.vg,
       DEBVISOR_RPCD_LVM_SYSTEM_DIR: lvm.systemDir,
       DEBVISOR_RPCD_IMAGES_DIR: images,
+      DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri,
     },
     config: NO_RATE_LIMITS,
   });
@@ -74,7 +77,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of [storage, access, ops] as ({ close(): void } | undefined)[]) c?.close();
   await (daemon as RunningDaemon | undefined)?.cleanup();
-  await Promise.all([(ceph as TestCeph | undefined)?.stop(), (lvm as TestLvm | undefined)?.stop()]);
+  await Promise.all([(ceph as TestCeph | undefined)?.stop(), (lvm as TestLvm | undefined)?.stop(), (libvirt as TestLibvirt | undefined)?.stop()]);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 

@@ -13,6 +13,7 @@ import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { RBD, startCeph, type TestCeph } from '../support/ceph.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { defineTestDomain, startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { auditRecord, issueClientFor, rejection } from '../support/security.js';
 import { finished, GIB, MIB, NO_RATE_LIMITS, snapshotsUsed, storageGb, T, type Client } from '../support/storage.js';
 
@@ -23,6 +24,7 @@ const POOLS = ['ci-pool', 'tpl-pool', 'prune-pool', 'prod-pool'];
 const RBD_ = StorageBackend.RBD;
 
 let ceph: TestCeph;
+let libvirt: TestLibvirt;
 let daemon: RunningDaemon;
 let storage: Client<typeof StorageService>;
 let access: Client<typeof AccessService>;
@@ -37,9 +39,9 @@ async function rbd(...args: string[]): Promise<string> {
 const ref = (pool: string, name: string) => ({ backend: RBD_, pool, name });
 
 beforeAll(async () => {
-  ceph = await startCeph({ pools: POOLS });
+  [ceph, libvirt] = await Promise.all([startCeph({ pools: POOLS }), startLibvirt()]);
   daemon = await startDaemon({
-    env: { DEBVISOR_RPCD_RBD_CEPH_CONF: ceph.conf, DEBVISOR_RPCD_RBD_POOLS: POOLS.join(',') },
+    env: { DEBVISOR_RPCD_RBD_CEPH_CONF: ceph.conf, DEBVISOR_RPCD_RBD_POOLS: POOLS.join(','), DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri },
     config: NO_RATE_LIMITS,
   });
   storage = await clientFor(StorageService, daemon);
@@ -53,7 +55,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of closers) c.close();
   await (daemon as RunningDaemon | undefined)?.cleanup();
-  await (ceph as TestCeph | undefined)?.stop();
+  await Promise.all([(ceph as TestCeph | undefined)?.stop(), (libvirt as TestLibvirt | undefined)?.stop()]);
 });
 
 describe('RBD volumes', () => {
@@ -344,5 +346,25 @@ describe('PruneSnapshots', () => {
 
     const unknown = await rejection(storage.pruneSnapshots({ dataset: ref('prune-pool', 'ghost'), retention }, T));
     expect(unknown.code).toBe(Status.NOT_FOUND);
+  });
+});
+
+describe('RBD volumes in use by a VM', () => {
+  it('refuses to delete an image that a VM on this host has as an RBD disk (also at a snapshot), naming the VM; force deletes it', async () => {
+    await storage.createVolume({ volume: ref('ci-pool', 'vm-root'), sizeBytes: GIB }, T);
+    await defineTestDomain(
+      libvirt,
+      'web-vm',
+      '0000000000b1',
+      `<disk type='network' device='disk'><source protocol='rbd' name='ci-pool/vm-root'><host name='127.0.0.1' port='6789'/></source><target dev='vdb' bus='virtio'/></disk>`,
+    );
+    const refused = await rejection(storage.deleteVolume({ volume: ref('ci-pool', 'vm-root') }, T));
+    expect(refused.code).toBe(Status.FAILED_PRECONDITION);
+    expect(refused.details).toContain('"web-vm"');
+    // Another image whose name merely starts the same is not in use.
+    await storage.createVolume({ volume: ref('ci-pool', 'vm-root-2'), sizeBytes: GIB }, T);
+    await storage.deleteVolume({ volume: ref('ci-pool', 'vm-root-2') }, T);
+    await storage.deleteVolume({ volume: ref('ci-pool', 'vm-root'), force: true }, T);
+    expect((await rejection(storage.deleteVolume({ volume: ref('ci-pool', 'vm-root'), force: true }, T))).code).toBe(Status.NOT_FOUND);
   });
 });

@@ -198,9 +198,15 @@ export function libvirtLog(lv: TestLibvirt): string {
 
 const DOMAIN_FIXTURE = join(import.meta.dirname, '..', 'backends', 'fixtures', 'libvirt', 'test-domain.xml');
 
-/** Defines a copy of the fixture domain "vm1" as `name`, its UUID ending in `uuidTail` (12 hex digits). */
-export async function defineTestDomain(lv: TestLibvirt, name: string, uuidTail: string): Promise<void> {
-  const xml = (await readFile(DOMAIN_FIXTURE, 'utf8')).replace('<name>vm1</name>', `<name>${name}</name>`).replace('555555555555', uuidTail);
+/**
+ * Defines a copy of the fixture domain "vm1" as `name`, its UUID ending in `uuidTail` (12 hex
+ * digits); `extraDisk` (a <disk> element) is added next to the fixture's own disk.
+ */
+export async function defineTestDomain(lv: TestLibvirt, name: string, uuidTail: string, extraDisk = ''): Promise<void> {
+  const xml = (await readFile(DOMAIN_FIXTURE, 'utf8'))
+    .replace('<name>vm1</name>', `<name>${name}</name>`)
+    .replace('555555555555', uuidTail)
+    .replace('<interface ', `${extraDisk}<interface `);
   const dir = await mkdtemp(join(tmpdir(), 'debvisor-domain-'));
   try {
     const file = join(dir, 'domain.xml');

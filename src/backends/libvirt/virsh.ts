@@ -315,6 +315,25 @@ export class Libvirt {
   }
 
   /**
+   * The disks of every domain, defined or transient (running domains as they run now), for
+   * whoever must know what uses a volume. A domain undefined meanwhile is left out.
+   */
+  async domainDisks(opts: CallOptions = {}): Promise<{ readonly name: string; readonly disks: readonly DomainDisk[] }[]> {
+    const names = lines(await this.virsh(['list', '--all', '--name'], opts));
+    const domains = await Promise.all(
+      names.map(async (name) => {
+        try {
+          return { name, disks: parseDomainXml(await this.virsh(['dumpxml', '--domain', name], opts)).disks };
+        } catch (err) {
+          if (err instanceof ExecError && err.kind === 'not_found') return undefined;
+          throw err;
+        }
+      }),
+    );
+    return domains.filter((d) => d !== undefined);
+  }
+
+  /**
    * Every persistent (defined) domain's name and state, from one `virsh domstats --state
    * --list-persistent` (transient domains are left out). The VM inventory's listing.
    */
