@@ -1,12 +1,52 @@
-// debvisorctl volume list, snapshot list|prune over StorageService (RBD and LVM).
-import type { Command } from 'commander';
-import { ListSnapshotsResponseSchema, ListVolumesResponseSchema, StorageService } from '../gen/debvisor/v1/storage_pb.js';
+// debvisorctl volume list|create|resize|delete, snapshot list|prune over StorageService (RBD and LVM).
+import { InvalidArgumentError, type Command } from 'commander';
+import bytesIec from 'bytes-iec';
+import {
+  CreateVolumeResponseSchema,
+  DeleteVolumeResponseSchema,
+  ListSnapshotsResponseSchema,
+  ListVolumesResponseSchema,
+  ResizeVolumeResponseSchema,
+  StorageService,
+  type Volume,
+} from '../gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
 import { bytes, count, enumName, enumParser, when, withService } from './command.js';
 import { waitAndExit, waitSeconds, WAIT_HELP } from './operation.js';
-import { printJson, printTable } from './output.js';
+import { printJson, printRecord, printTable } from './output.js';
 
 const backend = enumParser(StorageBackend);
+
+const SIZE_HELP = 'a size such as 512MiB, 10GiB or 1.5TiB (KB, MB, GB: powers of 1000)';
+
+/** A commander parser for a size: "10GiB" → 10737418240n; whole bytes, more than zero. */
+function size(value: string): bigint {
+  const parsed = bytesIec.parse(value);
+  if (parsed === null || !Number.isSafeInteger(parsed) || parsed <= 0) throw new InvalidArgumentError(`expected ${SIZE_HELP}`);
+  return BigInt(parsed);
+}
+
+/** A commander parser for repeated `--tag key=value`. */
+function tag(value: string, previous: Record<string, string> = {}): Record<string, string> {
+  const at = value.indexOf('=');
+  if (at <= 0) throw new InvalidArgumentError('expected key=value');
+  return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
+}
+
+function printVolume(each: Volume | undefined): void {
+  if (!each) throw new Error('the daemon returned no volume');
+  printRecord({
+    backend: enumName(StorageBackend, each.ref?.backend ?? StorageBackend.UNSPECIFIED),
+    pool: each.ref?.pool ?? '',
+    name: each.ref?.name ?? '',
+    size: bytes(each.sizeBytes),
+    owner: each.owner,
+    tags: Object.entries(each.tags)
+      .map(([key, value]) => `${key}=${value}`)
+      .join(', '),
+    created: when(each.createTime),
+  });
+}
 
 interface PruneFlags {
   keepLast: number;
@@ -47,6 +87,55 @@ export function registerStorageCommands(program: Command): void {
             when(each.createTime),
           ]),
         );
+      }),
+    );
+
+  volume
+    .command('create')
+    .description('create a volume (an RBD image or an LVM logical volume)')
+    .argument('<backend>', 'rbd or lvm', backend)
+    .argument('<pool>', 'RBD pool or LVM volume group')
+    .argument('<volume>', 'volume name')
+    .requiredOption('--size <size>', SIZE_HELP, size)
+    .option('--tag <key=value>', 'a free-form tag (repeatable)', tag)
+    .action(
+      withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string, opts: { size: bigint; tag?: Record<string, string> }) => {
+        const response = await client.createVolume({ volume: { backend: backendValue, pool, name }, sizeBytes: opts.size, tags: opts.tag ?? {} }, options);
+        if (flags.output === 'json') printJson(CreateVolumeResponseSchema, response);
+        else printVolume(response.volume);
+      }),
+    );
+  volume
+    .command('resize')
+    .description('grow a volume (shrinking destroys data beyond the new size and needs --allow-shrink)')
+    .argument('<backend>', 'rbd or lvm', backend)
+    .argument('<pool>', 'RBD pool or LVM volume group')
+    .argument('<volume>', 'volume name')
+    .requiredOption('--size <size>', `the new size: ${SIZE_HELP}`, size)
+    .option('--allow-shrink', 'permit a size smaller than the current one')
+    .action(
+      withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string, opts: { size: bigint; allowShrink?: boolean }) => {
+        const response = await client.resizeVolume({ volume: { backend: backendValue, pool, name }, newSizeBytes: opts.size, allowShrink: opts.allowShrink ?? false }, options);
+        if (flags.output === 'json') printJson(ResizeVolumeResponseSchema, response);
+        else printVolume(response.volume);
+      }),
+    );
+  volume
+    .command('delete')
+    .description('delete a volume; refused while it has snapshots, clones, or a VM on this host uses it as a disk')
+    .argument('<backend>', 'rbd or lvm', backend)
+    .argument('<pool>', 'RBD pool or LVM volume group')
+    .argument('<volume>', 'volume name')
+    .option('--delete-snapshots', 'delete its snapshots first (never those with clones)')
+    .option('--force', 'delete it even if a VM on this host uses it as a disk, or libvirt cannot tell')
+    .action(
+      withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string, opts: { deleteSnapshots?: boolean; force?: boolean }) => {
+        const response = await client.deleteVolume(
+          { volume: { backend: backendValue, pool, name }, deleteSnapshots: opts.deleteSnapshots ?? false, force: opts.force ?? false },
+          options,
+        );
+        if (flags.output === 'json') printJson(DeleteVolumeResponseSchema, response);
+        else printRecord({ deleted: `${pool}/${name}`, 'deleted snapshots': response.deletedSnapshots.join(', ') || '-' });
       }),
     );
 

@@ -272,4 +272,28 @@ describe('debvisorctl volume and snapshot on a real LVM volume group', () => {
     expect(pruned.stdout).toMatch(/^dry run: +false$/m);
     expect((await ctlOn(lvmDaemon, 'snapshot', 'list', 'lvm', lvm.vg, 'db')).stdout).not.toContain('db-old');
   });
+
+  it('creates, resizes and deletes a volume; refuses a bad size; a delete libvirt cannot vouch for needs --force', async () => {
+    const created = await ctlOn(lvmDaemon, 'volume', 'create', 'lvm', lvm.vg, 'web', '--size', '16MiB', '--tag', 'team=ci', '--tag', 'tier=web');
+    expect(created.code, created.stderr).toBe(0);
+    expect(created.stdout).toMatch(/^size: +16 MiB$/m);
+    expect(created.stdout).toMatch(/^tags: +team=ci, tier=web$/m);
+
+    const resized = await ctlOn(lvmDaemon, 'volume', 'resize', 'lvm', lvm.vg, 'web', '--size', '24MiB');
+    expect(resized.code, resized.stderr).toBe(0);
+    expect(resized.stdout).toMatch(/^size: +24 MiB$/m);
+
+    const badSize = await ctlOn(lvmDaemon, 'volume', 'create', 'lvm', lvm.vg, 'web2', '--size', '10G');
+    expect(badSize.code).not.toBe(0);
+    expect(badSize.stderr).toContain('expected a size such as 512MiB');
+
+    // This daemon has no libvirtd to ask, so whether a VM uses the volume is unknown.
+    const unknown = await ctlOn(lvmDaemon, 'volume', 'delete', 'lvm', lvm.vg, 'web');
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^debvisorctl: UNAVAILABLE: cannot tell whether a VM on this host uses lvm:.*set force to delete it anyway.*\(trace_id=[0-9a-f]+\)\n$/);
+    const deleted = await ctlOn(lvmDaemon, 'volume', 'delete', 'lvm', lvm.vg, 'web', '--force');
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(deleted.stdout).toMatch(new RegExp(`^deleted: +${lvm.vg}/web$`, 'm'));
+    expect((await ctlOn(lvmDaemon, 'volume', 'list', '--backend', 'lvm')).stdout).not.toMatch(/ web /);
+  });
 });
