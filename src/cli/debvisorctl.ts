@@ -12,6 +12,7 @@ import { registerOperationCommands } from './operation.js';
 import { registerVmCommands } from './vm.js';
 import { registerNodeCommands } from './node.js';
 import { registerStorageCommands } from './storage.js';
+import { registerMigrationCommands } from './migration.js';
 import { printJson, printRecord } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
@@ -67,5 +68,6 @@ registerOperationCommands(program);
 registerVmCommands(program);
 registerNodeCommands(program);
 registerStorageCommands(program);
+registerMigrationCommands(program);
 
 await program.parseAsync();

@@ -1,4 +1,4 @@
-// debvisorctl operation, vm, node, volume and snapshot commands end to end: the built CLI
+// debvisorctl operation, vm, node, migration, volume and snapshot commands end to end: the built CLI
 // (dist/cli/debvisorctl.js) against a real daemon with the test service and a real
 // test-driver libvirtd. Storage: without a backend (bad input, "RBD is not configured"),
 // then on a real metadata-only LVM volume group (test/support/lvm.ts). No Ceph here.
@@ -172,6 +172,27 @@ describe('debvisorctl vm', () => {
     const force = await ctl('vm', 'shutdown', 'vm1', '--force');
     expect(force.code).toBe(1);
     expect(force.stderr).toBe('debvisorctl: --force needs --wait\n');
+  });
+});
+
+describe('debvisorctl migration', () => {
+  it('check explains a refusal (exit 1); start and failover report the daemon refusal; a bad bandwidth is refused locally', async () => {
+    const checked = await ctl('migration', 'check', 'vm1', '--to', 'ghost-node');
+    expect(checked.code).toBe(1);
+    expect(checked.stdout).toMatch(/^allowed: +false$/m);
+    expect(checked.stdout).toMatch(/^reasons: .*ghost-node is not registered/m);
+
+    const started = await ctl('migration', 'start', 'vm1', '--to', 'ghost-node');
+    expect(started.code).toBe(1);
+    expect(started.stderr).toMatch(/^debvisorctl: [A-Z_]+: .*\(trace_id=[0-9a-f]+\)\n$/);
+
+    const failover = await ctl('migration', 'failover', 'vm1', '--from', 'ghost-node');
+    expect(failover.code).toBe(1);
+    expect(failover.stderr).toMatch(/^debvisorctl: [A-Z_]+: .*ghost-node.*\(trace_id=[0-9a-f]+\)\n$/);
+
+    const bandwidth = await ctl('migration', 'start', 'vm1', '--to', 'hv-2', '--bandwidth', 'fast');
+    expect(bandwidth.code).not.toBe(0);
+    expect(bandwidth.stderr).toContain('expected a whole number of MiB/s');
   });
 });
 
