@@ -56,20 +56,6 @@ function principalObject(p: AuditPrincipal): Record<string, unknown> {
 /** Text that passes through unchanged. */
 const asIs = (json: string): string => json;
 
-// The JSON of frozen principals (shared, per-principal objects: src/chain/audit-principal.ts),
-// made once per principal and scrubber: the principal with its certificate fingerprint is a
-// third of a call record.
-const principalJsons = new WeakMap<AuditPrincipal, { readonly scrub: (json: string) => string; readonly json: string }>();
-
-function principalJson(p: AuditPrincipal, scrub: (json: string) => string): string {
-  if (!Object.isFrozen(p) || !Object.isFrozen(p.roles)) return scrub(JSON.stringify(principalObject(p)));
-  const cached = principalJsons.get(p);
-  if (cached?.scrub === scrub) return cached.json;
-  const json = scrub(JSON.stringify(principalObject(p)));
-  principalJsons.set(p, { scrub, json });
-  return json;
-}
-
 /**
  * Text that needs no JSON escaping and that no secret pattern can match: trace ids
  * (src/server/trace.ts admits only these characters), ISO times, type names.
@@ -83,13 +69,31 @@ function isPlain(value: unknown): value is string {
 /** Most member segments kept per principal; beyond it they are dropped and rebuilt as needed. */
 const SEGMENTS_PER_PRINCIPAL = 4096;
 
-interface Segments {
+/**
+ * What is kept per frozen principal (shared, per-principal objects: src/chain/audit-principal.ts)
+ * and scrubber: its JSON (a third of a call record), and the scrubbed text from `"principal"`
+ * through `"code"` by source, method, decision and code. Those members are contiguous in the
+ * fixed key order and repeat from call to call.
+ */
+interface PrincipalCache {
   readonly scrub: (json: string) => string;
-  readonly bySource: Map<unknown, Map<unknown, Map<unknown, Map<unknown, string>>>>;
+  readonly json: string;
+  readonly segments: Map<unknown, Map<unknown, Map<unknown, Map<unknown, string>>>>;
   size: number;
 }
 
-const segmentCaches = new WeakMap<AuditPrincipal, Segments>();
+const principalCaches = new WeakMap<AuditPrincipal, PrincipalCache>();
+
+/** The cache of a frozen principal; undefined for one that may still change. */
+function principalCache(p: AuditPrincipal, scrub: (json: string) => string): PrincipalCache | undefined {
+  if (!Object.isFrozen(p) || !Object.isFrozen(p.roles)) return undefined;
+  let cache = principalCaches.get(p);
+  if (cache?.scrub !== scrub) {
+    cache = { scrub, json: scrub(JSON.stringify(principalObject(p))), segments: new Map(), size: 0 };
+    principalCaches.set(p, cache);
+  }
+  return cache;
+}
 
 function child<V>(map: Map<unknown, V>, key: unknown, make: () => V): V {
   let value = map.get(key);
@@ -97,25 +101,17 @@ function child<V>(map: Map<unknown, V>, key: unknown, make: () => V): V {
   return value;
 }
 
-/** `,"principal":…` through `"code"`, scrubbed, for a frozen principal: made once per source, method, decision and code. */
-function segmentOf(p: AuditPrincipal, event: AuditEventInput, scrub: (json: string) => string): string {
-  let cache = segmentCaches.get(p);
-  if (cache?.scrub !== scrub) segmentCaches.set(p, (cache = { scrub, bySource: new Map(), size: 0 }));
-  const byCode = child(
-    child(
-      child(cache.bySource, event.source, () => new Map<unknown, Map<unknown, Map<unknown, string>>>()),
-      event.method,
-      () => new Map<unknown, Map<unknown, string>>(),
-    ),
-    event.decision,
-    () => new Map<unknown, string>(),
-  );
+/** `,"principal":…` through `"code"`, scrubbed: from the cache, or made and remembered. */
+function segmentOf(cache: PrincipalCache, event: AuditEventInput): string {
+  const byMethod = child(cache.segments, event.source, () => new Map<unknown, Map<unknown, Map<unknown, string>>>());
+  const byDecision = child(byMethod, event.method, () => new Map<unknown, Map<unknown, string>>());
+  const byCode = child(byDecision, event.decision, () => new Map<unknown, string>());
   let segment = byCode.get(event.code);
   if (segment === undefined) {
-    const members = JSON.stringify(restOf(event, {}, false));
-    segment = `,"principal":${principalJson(p, scrub)}${members.length === 2 ? '' : `,${scrub(members.slice(1, -1))}`}`;
+    const members = JSON.stringify(leadOf(event, {}));
+    segment = `,"principal":${cache.json}${members.length === 2 ? '' : `,${cache.scrub(members.slice(1, -1))}`}`;
     if (++cache.size > SEGMENTS_PER_PRINCIPAL) {
-      cache.bySource.clear();
+      cache.segments.clear();
       cache.size = 1;
     }
     byCode.set(event.code, segment);
@@ -123,21 +119,28 @@ function segmentOf(p: AuditPrincipal, event: AuditEventInput, scrub: (json: stri
   return segment;
 }
 
-/** The members after `principal`, in their fixed order: up to `code`, or (tail) the ones after it. */
-function restOf(event: AuditEventInput, out: Record<string, unknown>, tail?: boolean): Record<string, unknown> {
-  if (tail !== true) {
-    if (event.source !== undefined) out.source = event.source;
-    if (event.method !== undefined) out.method = event.method;
-    if (event.decision !== undefined) out.decision = event.decision;
-    if (event.code !== undefined) out.code = event.code;
-    if (tail === false) return out;
-  }
+/** The members from `source` through `code`, in their fixed order. */
+function leadOf(event: AuditEventInput, out: Record<string, unknown>): Record<string, unknown> {
+  if (event.source !== undefined) out.source = event.source;
+  if (event.method !== undefined) out.method = event.method;
+  if (event.decision !== undefined) out.decision = event.decision;
+  if (event.code !== undefined) out.code = event.code;
+  return out;
+}
+
+/** The members after `code`, in their fixed order. */
+function tailOf(event: AuditEventInput, out: Record<string, unknown>): Record<string, unknown> {
   if (event.duration_ms !== undefined) out.duration_ms = event.duration_ms;
   if (event.request !== undefined) out.request = event.request;
   if (event.object !== undefined) out.object = event.object;
   if (event.reason !== undefined) out.reason = event.reason;
   if (event.details !== undefined) out.details = event.details;
   return out;
+}
+
+/** `}`, or `,` + the members of an object's JSON + `}`. */
+function closing(json: string, scrub: (json: string) => string): string {
+  return json.length === 2 ? '}' : `,${scrub(json.slice(1))}`;
 }
 
 /**
@@ -148,26 +151,18 @@ function restOf(event: AuditEventInput, out: Record<string, unknown>, tail?: boo
  * never leave the string they start in, so it may be applied member by member).
  *
  * Once per call: with a frozen principal and a plain time, trace id and type (the chain's
- * records), the text from "principal" through "code" comes from a per-principal cache and
+ * records), the text from "principal" through "code" comes from the principal's cache and
  * only the members after it are stringified.
  */
 export function serializeEvent(event: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): string {
   const time = event.time ?? defaultTime();
   const p = event.principal;
-  if (p !== undefined && Object.isFrozen(p) && Object.isFrozen(p.roles) && isPlain(time) && isPlain(event.trace_id) && isPlain(event.type)) {
-    const tail = duration(event) ?? JSON.stringify(restOf(event, {}, true));
-    return `{"time":"${time}","trace_id":"${event.trace_id}","type":"${event.type}"${segmentOf(p, event, scrub)}${tail.length === 2 ? '}' : `,${scrub(tail.slice(1))}`}`;
+  const cache = p === undefined ? undefined : principalCache(p, scrub);
+  if (cache && isPlain(time) && isPlain(event.trace_id) && isPlain(event.type)) {
+    return `{"time":"${time}","trace_id":"${event.trace_id}","type":"${event.type}"${segmentOf(cache, event)}${closing(JSON.stringify(tailOf(event, {})), scrub)}`;
   }
   const head: Record<string, unknown> = { time, trace_id: event.trace_id, type: event.type };
-  if (p === undefined) return scrub(JSON.stringify(restOf(event, head)));
-  const before = JSON.stringify(head);
-  const after = JSON.stringify(restOf(event, {}));
-  return `${scrub(before.slice(0, -1))},"principal":${principalJson(p, scrub)}${after.length === 2 ? '}' : `,${scrub(after.slice(1))}`}`;
-}
-
-/** The tail of a call record that has only a finite duration after its code (the common case), without JSON.stringify. */
-function duration(event: AuditEventInput): string | undefined {
-  const ms = event.duration_ms;
-  if (typeof ms !== 'number' || !Number.isFinite(ms) || event.request !== undefined || event.object !== undefined || event.reason !== undefined || event.details !== undefined) return undefined;
-  return `{"duration_ms":${ms}}`;
+  if (p === undefined) return scrub(JSON.stringify(tailOf(event, leadOf(event, head))));
+  const principal = cache?.json ?? scrub(JSON.stringify(principalObject(p)));
+  return `${scrub(JSON.stringify(head).slice(0, -1))},"principal":${principal}${closing(JSON.stringify(tailOf(event, leadOf(event, {}))), scrub)}`;
 }
