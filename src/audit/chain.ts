@@ -59,12 +59,10 @@ export function legacyEntryMac(key: ChainKey, prevHmac: string, canonical: strin
 const NEWLINE = 0x0a;
 const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
-const ZERO = 0x30;
-const SEQ_MEMBER = Buffer.from(',"seq":', 'latin1');
 /** ,"digests":"","hmac":"<64 hex>"} and the newline, without the digests themselves. */
 const SEAL_BYTES = ',"digests":"","hmac":"'.length + 64 + '"}'.length + 1;
 /** Per entry at most ,"seq":<16 digits>} and a newline (its digest is counted apart). */
-const SEQ_BYTES = SEQ_MEMBER.length + 16 + 2;
+const SEQ_BYTES = ',"seq":'.length + 16 + 2;
 const INITIAL_EVENT_BYTES = 64 * 1024;
 
 /**
@@ -116,18 +114,6 @@ export class EventBuffer {
   }
 }
 
-/** Writes the decimal digits of a non-negative safe integer at `at`; returns the new end. */
-function writeDecimal(target: Buffer, at: number, value: number): number {
-  let digits = 1;
-  for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
-  let rest = value;
-  for (let i = at + digits - 1; i >= at; i--) {
-    target[i] = ZERO + (rest % 10);
-    rest = Math.floor(rest / 10);
-  }
-  return at + digits;
-}
-
 /**
  * Seals waiting events as one batch whose first entry gets `firstSeq`: the lines as
  * UTF-8, each ending with "\n" (after `lead`, e.g. a newline the file still needs), and
@@ -145,9 +131,8 @@ export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, 
     // The event without its closing brace, then its chain members and the brace again.
     end = events.copyOpenEvent(i, buffer, end);
     // No comma after the brace of an event without members.
-    end += SEQ_MEMBER.copy(buffer, end, buffer[end - 1] === OPEN_BRACE ? 1 : 0);
-    end = writeDecimal(buffer, end, firstSeq + i);
-    if (i === 0) end += buffer.write(`,"prev":"${prevHmac}"`, end, 'latin1');
+    const comma = buffer[end - 1] === OPEN_BRACE ? '' : ',';
+    end += buffer.write(i === 0 ? `${comma}"seq":${firstSeq},"prev":"${prevHmac}"` : `${comma}"seq":${firstSeq + i}`, end, 'latin1');
     buffer[end++] = CLOSE_BRACE;
     // The digest covers the very bytes written for this entry.
     digests += entryDigest(buffer.subarray(start, end));
