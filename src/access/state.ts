@@ -9,12 +9,6 @@ import { RecordCache } from '../store/cache.js';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 
-function sameNames(a: readonly string[], b: readonly string[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
 export class AccessState {
   readonly apiKeys: RecordCache<ApiKeyRecord>;
   readonly principals: RecordCache<PrincipalRecord>;
@@ -35,15 +29,13 @@ export class AccessState {
     });
   }
 
-  private readonly roleNames = new Map<string, string[]>();
+  private readonly roleNames = new Map<string, readonly string[]>();
   /**
-   * roles() by the names array itself (roleNamesOf hands out one array per principal, and
-   * the chain and handlers pass it back on every call), checked against a copy of its
-   * content, so a caller's later change to its array is never served stale. Replaced
-   * whenever a custom role changes. Each entry's Role[] is never changed afterwards
-   * (src/authz/decide.ts remembers decisions per Role[]).
+   * roles() by the names list itself: roleNamesOf hands out one frozen list per principal,
+   * and the chain and handlers pass it back on every call. Replaced whenever a custom role
+   * changes. The Role lists are frozen too (src/authz/decide.ts remembers decisions per list).
    */
-  private rolesByList = new WeakMap<readonly string[], { readonly names: readonly string[]; readonly roles: readonly Role[] }>();
+  private rolesByList = new WeakMap<readonly string[], readonly Role[]>();
 
   /** Resolves once every cache holds its first full listing. */
   async start(signal: AbortSignal): Promise<void> {
@@ -61,14 +53,14 @@ export class AccessState {
     return this.bootstrapAdmins.has(principal);
   }
 
-  /** Bound role names: bootstrap admin, config bindings and store bindings, sorted. */
-  roleNamesOf(principal: string): string[] {
+  /** Bound role names: bootstrap admin, config bindings and store bindings, sorted; one frozen list until they change. */
+  roleNamesOf(principal: string): readonly string[] {
     let cached = this.roleNames.get(principal);
     if (!cached) {
       const names = new Set<string>(this.principals.get(principal)?.roles ?? []);
       for (const name of this.defaultBindings[principal] ?? []) names.add(name);
       if (this.bootstrapAdmins.has(principal)) names.add('admin');
-      cached = [...names].sort();
+      cached = Object.freeze([...names].sort());
       if (this.roleNames.size > 10_000) this.roleNames.clear();
       this.roleNames.set(principal, cached);
     }
@@ -86,9 +78,10 @@ export class AccessState {
   /** The roles that exist among `names` (a binding to a deleted role grants nothing). */
   roles(names: readonly string[]): readonly Role[] {
     const known = this.rolesByList.get(names);
-    if (known && sameNames(known.names, names)) return known.roles;
-    const roles = names.flatMap((name) => this.role(name) ?? []);
-    this.rolesByList.set(names, { names: [...names], roles });
+    if (known) return known;
+    const roles = Object.freeze(names.flatMap((name) => this.role(name) ?? []));
+    // Only a frozen list can be remembered by identity: another may change under the cache.
+    if (Object.isFrozen(names)) this.rolesByList.set(names, roles);
     return roles;
   }
 

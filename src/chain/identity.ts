@@ -27,7 +27,7 @@ export interface IdentityDeps {
   readonly audit: AuditLog;
   readonly metrics: Metrics;
   readonly log: Logger;
-  readonly roleNamesOf: (principal: string) => string[];
+  readonly roleNamesOf: (principal: string) => readonly string[];
 }
 
 /**

@@ -75,7 +75,7 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState): Handlers
       return Promise.resolve({
         principalId: principal.id,
         kind: principal.kind === 'certificate' ? PrincipalKind.CERTIFICATE : PrincipalKind.API_KEY,
-        roles,
+        roles: [...roles],
         permissions: principal.apiKey ? [...principal.apiKey.permissions] : [...grantedBy(state.roles(roles))],
         authMethod: principal.kind === 'certificate' ? 'mtls' : 'api_key',
         certFingerprintSha256: certificate?.fingerprintSha256 ?? '',
