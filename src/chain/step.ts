@@ -161,11 +161,8 @@ class ChainCall extends ServerInterceptingCall implements InterceptingServerList
       return;
     }
     this.message = message;
-    const state = this.state;
-    if (!state) {
-      this.deliverMessage();
-      return;
-    }
+    // The headers always come first, so the state exists (their steps set it up).
+    const state = this.state as CallState;
     this.messageInSteps = true;
     this.runFrom('message', 0, state);
   }
