@@ -1,16 +1,10 @@
 // debvisorctl migration check|start|failover over MigrationService. A migration is started
 // on the daemon of the node the VM runs on (the one debvisorctl talks to).
-import { InvalidArgumentError, type Command } from 'commander';
+import type { Command } from 'commander';
 import { MigrationService, PrepareMigrationResponseSchema } from '../gen/debvisor/v1/migration_pb.js';
-import { bytes, withService } from './command.js';
+import { bytes, count, withService } from './command.js';
 import { waitAndExit, waitSeconds, WAIT_HELP } from './operation.js';
 import { printJson, printRecord } from './output.js';
-
-/** A commander parser for a bandwidth in MiB/s: a whole number, 0 = unlimited. */
-function mibPerSecond(value: string): number {
-  if (!/^\d{1,9}$/.test(value)) throw new InvalidArgumentError('expected a whole number of MiB/s');
-  return Number(value);
-}
 
 export function registerMigrationCommands(program: Command): void {
   const withMigration = withService(program, MigrationService);
@@ -43,7 +37,7 @@ export function registerMigrationCommands(program: Command): void {
     .argument('<vm>', 'VM name')
     .requiredOption('--to <node>', 'target node (hostname)')
     .option('--compressed', 'compress migration traffic')
-    .option('--bandwidth <MiB/s>', 'bandwidth limit in MiB/s (0: unlimited)', mibPerSecond, 0)
+    .option('--bandwidth <MiB/s>', 'bandwidth limit in MiB/s (0: unlimited)', count, 0)
     .addHelpText('after', WAIT_HELP)
     .action(
       withMigration(async (call, vmName: string, opts: { to: string; compressed?: boolean; bandwidth: number }) => {

@@ -33,6 +33,11 @@ function tag(value: string, previous: Record<string, string> = {}): Record<strin
   return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
 }
 
+/** The `<backend> <pool> <volume>` arguments every per-volume command takes. */
+function volumeArguments(command: Command): Command {
+  return command.argument('<backend>', 'rbd or lvm', backend).argument('<pool>', 'RBD pool or LVM volume group').argument('<volume>', 'volume name');
+}
+
 function printVolume(each: Volume | undefined): void {
   if (!each) throw new Error('the daemon returned no volume');
   printRecord({
@@ -90,12 +95,8 @@ export function registerStorageCommands(program: Command): void {
       }),
     );
 
-  volume
-    .command('create')
+  volumeArguments(volume.command('create'))
     .description('create a volume (an RBD image or an LVM logical volume)')
-    .argument('<backend>', 'rbd or lvm', backend)
-    .argument('<pool>', 'RBD pool or LVM volume group')
-    .argument('<volume>', 'volume name')
     .requiredOption('--size <size>', SIZE_HELP, size)
     .option('--tag <key=value>', 'a free-form tag (repeatable)', tag)
     .action(
@@ -105,12 +106,8 @@ export function registerStorageCommands(program: Command): void {
         else printVolume(response.volume);
       }),
     );
-  volume
-    .command('resize')
+  volumeArguments(volume.command('resize'))
     .description('grow a volume (shrinking destroys data beyond the new size and needs --allow-shrink)')
-    .argument('<backend>', 'rbd or lvm', backend)
-    .argument('<pool>', 'RBD pool or LVM volume group')
-    .argument('<volume>', 'volume name')
     .requiredOption('--size <size>', `the new size: ${SIZE_HELP}`, size)
     .option('--allow-shrink', 'permit a size smaller than the current one')
     .action(
@@ -120,12 +117,8 @@ export function registerStorageCommands(program: Command): void {
         else printVolume(response.volume);
       }),
     );
-  volume
-    .command('delete')
+  volumeArguments(volume.command('delete'))
     .description('delete a volume; refused while it has snapshots, clones, or a VM on this host uses it as a disk')
-    .argument('<backend>', 'rbd or lvm', backend)
-    .argument('<pool>', 'RBD pool or LVM volume group')
-    .argument('<volume>', 'volume name')
     .option('--delete-snapshots', 'delete its snapshots first (never those with clones)')
     .option('--force', 'delete it even if a VM on this host uses it as a disk, or libvirt cannot tell')
     .action(
@@ -140,12 +133,8 @@ export function registerStorageCommands(program: Command): void {
     );
 
   const snapshot = program.command('snapshot').description('snapshots of storage volumes');
-  snapshot
-    .command('list')
+  volumeArguments(snapshot.command('list'))
     .description('list the snapshots of a volume, oldest first')
-    .argument('<backend>', 'rbd or lvm', backend)
-    .argument('<pool>', 'RBD pool or LVM volume group')
-    .argument('<volume>', 'volume name')
     .action(
       withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string) => {
         const response = await client.listSnapshots({ dataset: { backend: backendValue, pool, name }, pageSize: 1000 }, options);
@@ -159,12 +148,8 @@ export function registerStorageCommands(program: Command): void {
         );
       }),
     );
-  snapshot
-    .command('prune')
+  volumeArguments(snapshot.command('prune'))
     .description('delete the snapshots a retention policy does not keep, wait, and print what was kept and deleted')
-    .argument('<backend>', 'rbd or lvm', backend)
-    .argument('<pool>', 'RBD pool or LVM volume group')
-    .argument('<volume>', 'volume name')
     .option('--keep-last <n>', 'keep the newest N snapshots', count, 0)
     .option('--keep-daily <days>', 'keep the newest snapshot of each of the last D days', count, 0)
     .option('--keep-weekly <weeks>', 'keep the newest snapshot of each of the last W weeks', count, 0)
