@@ -284,46 +284,41 @@ export class Libvirt {
 
   /** ListVms: every domain (defined or transient), ordered by name. Paging and filters are the caller's. */
   async listDomains(opts: CallOptions = {}): Promise<DomainSummary[]> {
-    const [names, autostart, persistent, stats] = await Promise.all([
-      this.virsh(['list', '--all', '--name'], opts).then(lines),
+    const [domains, autostart, persistent, stats] = await Promise.all([
+      this.domainXmls(opts),
       this.virsh(['list', '--all', '--name', '--autostart'], opts).then((s) => new Set(lines(s))),
       this.virsh(['list', '--all', '--name', '--persistent'], opts).then((s) => new Set(lines(s))),
       this.virsh(['domstats', '--state'], opts).then(parseDomstatsState),
     ]);
-    const domains = await Promise.all(
-      names.map(async (name): Promise<DomainSummary | undefined> => {
-        try {
-          // Names come from libvirt, not a client; `--domain NAME` keeps even odd ones a value.
-          const xml = parseDomainXml(await this.virsh(['dumpxml', '--domain', name], opts));
-          return {
-            name: xml.name,
-            uuid: xml.uuid,
-            state: stats.get(name) ?? 'nostate',
-            vcpus: xml.vcpus,
-            memoryBytes: xml.memoryBytes,
-            autostart: autostart.has(name),
-            persistent: persistent.has(name),
-          };
-        } catch (err) {
-          // Undefined between the listing and the dumpxml: it is simply gone.
-          if (err instanceof ExecError && err.kind === 'not_found') return undefined;
-          throw err;
-        }
-      }),
-    );
-    return domains.filter((d): d is DomainSummary => d !== undefined).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return domains
+      .map(({ name, xml }) => ({
+        name: xml.name,
+        uuid: xml.uuid,
+        state: stats.get(name) ?? 'nostate',
+        vcpus: xml.vcpus,
+        memoryBytes: xml.memoryBytes,
+        autostart: autostart.has(name),
+        persistent: persistent.has(name),
+      }))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /**
    * The disks of every domain, defined or transient (running domains as they run now), for
-   * whoever must know what uses a volume. A domain undefined meanwhile is left out.
+   * whoever must know what uses a volume.
    */
   async domainDisks(opts: CallOptions = {}): Promise<{ readonly name: string; readonly disks: readonly DomainDisk[] }[]> {
+    return (await this.domainXmls(opts)).map(({ name, xml }) => ({ name, disks: xml.disks }));
+  }
+
+  /** Every domain's (live) XML, by the name it was listed under; one undefined meanwhile is simply gone. */
+  private async domainXmls(opts: CallOptions): Promise<{ readonly name: string; readonly xml: ReturnType<typeof parseDomainXml> }[]> {
     const names = lines(await this.virsh(['list', '--all', '--name'], opts));
     const domains = await Promise.all(
       names.map(async (name) => {
         try {
-          return { name, disks: parseDomainXml(await this.virsh(['dumpxml', '--domain', name], opts)).disks };
+          // Names come from libvirt, not a client; `--domain NAME` keeps even odd ones a value.
+          return { name, xml: parseDomainXml(await this.virsh(['dumpxml', '--domain', name], opts)) };
         } catch (err) {
           if (err instanceof ExecError && err.kind === 'not_found') return undefined;
           throw err;
