@@ -218,7 +218,9 @@ export class Metrics {
   private readonly principals = new Set<string>();
 
   constructor(private readonly maxPrincipalLabels = 200) {
-    collectDefaultMetrics({ register: this.registry });
+    // Event-loop lag sampled every 100 ms, not prom-client's 10 ms: the 10 ms timer alone
+    // kept an idle daemon at ~1% of a core (11 ms of CPU per second; 2 ms with 100 ms).
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 100 });
   }
 
   /** Keeps principal label cardinality bounded: principals beyond the cap are counted as "other". */
