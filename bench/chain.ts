@@ -1,10 +1,12 @@
 // What the interceptor chain costs: the full daemon against a bare grpc-js server.
 //   npm run bench:chain
 // Env: BENCH_SECONDS (measured window, default 10), BENCH_WARMUP_SECONDS (default 3),
-//      BENCH_ROUNDS (default 5: the scenarios are interleaved, each figure is the median
-//      over rounds and each ratio the median of the rounds' own ratios), BENCH_CONNECTIONS (4),
+//      BENCH_ROUNDS (default 5: each round runs every daemon scenario right next to its
+//      baseline, in mirrored order from one round to the next; each figure is the median
+//      over rounds and each ratio the median of the pairs' own ratios), BENCH_CONNECTIONS (4),
 //      BENCH_CONCURRENCY (50),
-//      BENCH_SCENARIOS (comma list of bare,mtls,apikey; default all three),
+//      BENCH_SCENARIOS (the daemon scenarios, comma list of mtls,apikey; default both, each
+//      with its baseline),
 //      BENCH_PIN=1 (diagnostics: servers on CPU 0, the load generator on CPU 1, via taskset;
 //      less contention noise, but not the shared-cores set-up the reported table uses),
 //      BENCH_SIMULTANEOUS=1 (diagnostics: each round loads the bare server and one daemon
@@ -15,9 +17,13 @@
 //      <dir>/daemon and <dir>/bare, one per thread: the largest is the main thread (tsx's
 //      loader thread writes one too); summarize with `tsx bench/profile.ts <file> [top] [calls]`).
 //
-// Three scenarios, each a unary TestingService/Echo (the same tiny handler on both servers) under the same load:
+// Four scenarios, each a unary TestingService/Echo (the same tiny handler on both servers) under the same load:
 //   bare      bench/bare-server.ts: grpc-js + the daemon's TLS credentials and the
-//             project's adapter, no interceptors (a child process);
+//             project's adapter, no interceptors (a child process), called with the
+//             dev admin client certificate: the baseline of the mTLS scenario;
+//   bare-key  the same bare server sent exactly the API key scenario's requests (CA-only
+//             TLS and the authorization header, which it ignores): the baseline of the
+//             API key scenario, so both ratios compare identical traffic;
 //   mTLS      the full daemon (`node dist/main.js --config …`: embedded store, audit log
 //             on disk, the default chain) called with the dev admin client certificate;
 //   API key   the same daemon, CA-only TLS and `authorization: Bearer <key>` (a key
@@ -44,15 +50,19 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 50);
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
-const ONLY = new Set((process.env.BENCH_SCENARIOS ?? 'bare,mtls,apikey').split(','));
+const ONLY = new Set((process.env.BENCH_SCENARIOS ?? 'mtls,apikey').split(','));
 const TARGET_QPS_RATIO = 0.85;
 const TARGET_CPU_RATIO = 1.2;
 const ECHO = '/debvisor.testing.v1.TestingService/Echo';
 const RESULTS = new URL('results-chain.md', import.meta.url);
 
-/** Runs a TypeScript file of bench/ in a fresh node process (tsx) and returns its stdout lines as they come. */
-function spawnTs(file: string, arg: string, env: NodeJS.ProcessEnv = process.env) {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'bench', file), arg], {
+/**
+ * Runs a TypeScript file of bench/ in a fresh node process and returns its stdout lines as
+ * they come: through tsx, or with `plain` on node's own type stripping (no loader hooks in
+ * the process: for the bare server, which is measured like the daemon's `node dist/main.js`).
+ */
+function spawnTs(file: string, arg: string, env: NodeJS.ProcessEnv = process.env, plain = false) {
+  const child = spawn(process.execPath, [...(plain ? [] : ['--import', 'tsx']), join(REPO_ROOT, 'bench', file), arg], {
     cwd: REPO_ROOT,
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -135,7 +145,10 @@ const daemon = await startTestingDaemon({
 });
 const { pki } = daemon;
 let bare: ReturnType<typeof spawnTs> | undefined;
-const runs: Record<'bare' | 'mtls' | 'apikey', LoadResult[]> = { bare: [], mtls: [], apikey: [] };
+type Scenario = 'bare' | 'bare-key' | 'mtls' | 'apikey';
+/** Each daemon scenario's baseline: the bare server under the very same requests. */
+const BASELINE = { mtls: 'bare', apikey: 'bare-key' } as const;
+const runs: Record<Scenario, LoadResult[]> = { bare: [], 'bare-key': [], mtls: [], apikey: [] };
 try {
   // 3. An API key for the third scenario, made with the admin certificate.
   const admin = await clientFor(AccessService, daemon);
@@ -148,16 +161,19 @@ try {
     'bare-server.ts',
     JSON.stringify({ caFile: pki.caCert, certFile: pki.serverCert, keyFile: pki.serverKey }),
     CPU_PROF_DIR ? { ...process.env, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${join(CPU_PROF_DIR, 'bare')}` } : process.env,
+    true,
   );
   const barePort = (JSON.parse(await bare.firstLine()) as { port: number }).port;
   const barePid = bare.child.pid!;
 
   if (process.env.BENCH_PIN) for (const pid of [barePid, daemon.pid]) execFileSync('taskset', ['-a', '-p', '-c', '0', String(pid)], { stdio: 'ignore' });
   const host = '127.0.0.1';
-  const scenarios = {
+  const apiKeyHeaders = { authorization: `Bearer ${token}` };
+  const scenarios: Record<Scenario, () => Promise<LoadResult>> = {
     bare: () => load({ host, port: barePort, serverPid: barePid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
+    'bare-key': () => load({ host, port: barePort, serverPid: barePid, caFile: pki.caCert, headers: apiKeyHeaders }),
     mtls: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
-    apikey: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, headers: { authorization: `Bearer ${token}` } }),
+    apikey: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, headers: apiKeyHeaders }),
   };
   if (process.env.BENCH_SIMULTANEOUS) {
     // Diagnostics: the bare server and one daemon scenario under load at the same time, each
@@ -167,18 +183,22 @@ try {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const name of ['mtls', 'apikey'] as const) {
         if (!ONLY.has(name)) continue;
-        const [plain, full] = await Promise.all([scenarios.bare(), scenarios[name]()]);
+        const [plain, full] = await Promise.all([scenarios[BASELINE[name]](), scenarios[name]()]);
         ratios[name]!.push(full.serverCpuUsPerCall / plain.serverCpuUsPerCall);
         console.error(`round ${round}: bare ${plain.serverCpuUsPerCall.toFixed(1)} µs/call, ${name} ${full.serverCpuUsPerCall.toFixed(1)} µs/call: ${(full.serverCpuUsPerCall / plain.serverCpuUsPerCall).toFixed(3)}×`);
       }
     }
     for (const [name, values] of Object.entries(ratios)) if (values.length > 0) console.error(`${name}: median ${median(values).toFixed(3)}× CPU per call (${values.map((v) => v.toFixed(2)).join(' ')})`);
   }
-  const order = (Object.entries(scenarios) as [keyof typeof scenarios, () => Promise<LoadResult>][]).filter(([name]) => ONLY.has(name));
+  // Each daemon scenario runs right next to its baseline, and the order is mirrored from
+  // one round to the next (A B C D, then D C B A): the machine's speed drifts by more than
+  // the difference measured, and a pair 13 s apart, in both orders, cancels most of it.
+  const pairs = (Object.entries(BASELINE) as [keyof typeof BASELINE, Scenario][])
+    .filter(([name]) => ONLY.has(name))
+    .flatMap(([name, baseline]): Scenario[] => [baseline, name]);
   for (let round = 1; round <= (process.env.BENCH_SIMULTANEOUS ? 0 : ROUNDS); round++) {
-    // Each round starts with another scenario, so a drift in the machine's speed within a round favours none.
-    const rotated = [...order.slice((round - 1) % order.length), ...order.slice(0, (round - 1) % order.length)];
-    for (const [name, run] of rotated) {
+    for (const name of round % 2 === 1 ? pairs : pairs.toReversed()) {
+      const run = scenarios[name];
       console.error(`round ${round}/${ROUNDS}: ${name} (${WARMUP_SECONDS} s warm-up + ${SECONDS} s) …`);
       const result = await run();
       const split = `user ${((result.serverUserSeconds * 1e6) / result.calls).toFixed(1)} + system ${((result.serverSystemSeconds * 1e6) / result.calls).toFixed(1)}`;
@@ -194,11 +214,16 @@ try {
 }
 
 // 5. The report.
-if (runs.bare.length === 0 || runs.mtls.length === 0 || runs.apikey.length === 0) {
+if (Object.values(runs).some((scenario) => scenario.length === 0)) {
   console.error('not all scenarios ran: no report written');
   process.exit(0);
 }
-const rows = [summarize('bare grpc-js (no interceptors)', runs.bare), summarize('full daemon, mTLS client cert', runs.mtls), summarize('full daemon, API key', runs.apikey)];
+const rows = [
+  summarize('bare grpc-js (no interceptors), client cert', runs.bare),
+  summarize('bare grpc-js, API key header (ignored)', runs['bare-key']),
+  summarize('full daemon, mTLS client cert', runs.mtls),
+  summarize('full daemon, API key', runs.apikey),
+];
 // Ratios are taken within each round (the scenarios of a round ran minutes apart at most)
 // and then their median over rounds: the machine's speed drifts by more than the
 // difference being measured, and a per-round ratio cancels most of that drift.
@@ -206,14 +231,16 @@ interface Ratios {
   qps: number[];
   cpu: number[];
 }
-const ratiosOf = (scenario: LoadResult[]): Ratios => ({
-  qps: scenario.map((run, i) => run.qps / runs.bare[i]!.qps),
-  cpu: scenario.map((run, i) => run.serverCpuUsPerCall / runs.bare[i]!.serverCpuUsPerCall),
+const ratiosOf = (scenario: LoadResult[], baseline: LoadResult[]): Ratios => ({
+  qps: scenario.map((run, i) => run.qps / baseline[i]!.qps),
+  cpu: scenario.map((run, i) => run.serverCpuUsPerCall / baseline[i]!.serverCpuUsPerCall),
 });
 const ratios = new Map<Row, Ratios>([
-  [rows[1]!, ratiosOf(runs.mtls)],
-  [rows[2]!, ratiosOf(runs.apikey)],
+  [rows[2]!, ratiosOf(runs.mtls, runs[BASELINE.mtls])],
+  [rows[3]!, ratiosOf(runs.apikey, runs[BASELINE.apikey])],
 ]);
+// For comparison with earlier reports, which measured both daemon scenarios against the client-cert baseline.
+const apiKeyAgainstCertBaseline = ratiosOf(runs.apikey, runs.bare);
 const ratio = (values: number[] | undefined) => {
   if (!values) return '1.00×';
   const spread = values.length > 1 ? ` (${Math.min(...values).toFixed(2)}–${Math.max(...values).toFixed(2)})` : '';
@@ -232,23 +259,27 @@ const lines = [
   '',
   `${new Date().toISOString().slice(0, 10)}, node ${process.version}, ${availableParallelism()} cores (${cpuModel}), shared by the server under test and the load generator.`,
   `Unary TestingService/Echo (the same handler on both servers), ${CONCURRENCY} calls in flight over ${CONNECTIONS} TLS connections from a raw node:http2 client in its own process;`,
-  `${WARMUP_SECONDS} s warm-up, then ${SECONDS} s measured${ROUNDS > 1 ? `, ${ROUNDS} interleaved rounds (each starting with the next scenario); figures are medians over rounds, ratios the median of each round's own ratio (range in brackets)` : ''}. CPU is the server process's utime+stime over the measured window, per successful call.`,
+  `${WARMUP_SECONDS} s warm-up, then ${SECONDS} s measured${ROUNDS > 1 ? `, ${ROUNDS} rounds, each running every daemon scenario right after or before its own baseline (mirrored order from round to round); figures are medians over rounds, ratios the median of each adjacent pair's own ratio (range in brackets)` : ''}. CPU is the server process's utime+stime over the measured window, per successful call.`,
   `Reproduce: \`npm run bench:chain\`${ROUNDS !== 5 ? ` (this table: \`BENCH_ROUNDS=${ROUNDS} npm run bench:chain\`)` : ''}.`,
   '',
-  `Targets: full chain ≥ ${TARGET_QPS_RATIO}× bare QPS and ≤ ${TARGET_CPU_RATIO}× bare CPU per call, 0 errors.`,
+  `Targets: full chain ≥ ${TARGET_QPS_RATIO}× its bare QPS and ≤ ${TARGET_CPU_RATIO}× its bare CPU per call, 0 errors.`,
   '',
-  '| scenario | calls/s | p50 ms | p99 ms | server CPU µs/call | QPS vs bare | CPU/call vs bare | errors | target met |',
+  '| scenario | calls/s | p50 ms | p99 ms | server CPU µs/call | QPS vs its bare | CPU/call vs its bare | errors | target met |',
   '|---|---:|---:|---:|---:|---:|---:|---:|---|',
   ...rows.map(
     (r) =>
       `| ${r.name} | ${Math.round(r.qps)} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} | ${r.cpuUsPerCall.toFixed(1)} | ${ratio(ratios.get(r)?.qps)} | ${ratio(ratios.get(r)?.cpu)} | ${r.errors} | ${verdict(r)} |`,
   ),
   '',
+  'Each daemon scenario is compared with the bare server under the very same requests, in the same round: mTLS with the client-cert bare row,',
+  'the API key with the API-key-header bare row (CA-only TLS; the bare server ignores the header, but grpc-js and HTTP/2 still receive and',
+  `validate it). Against the client-cert baseline, as reported before this split, the API key scenario is ${ratio(apiKeyAgainstCertBaseline.cpu)} CPU/call and ${ratio(apiKeyAgainstCertBaseline.qps)} QPS.`,
+  '',
   'bare = bench/bare-server.ts: grpc-js with the daemon’s own `serverCredentials`/`IdentityProvider` (dev PKI server pair and CA; client certificates',
   'requested, not required), the daemon’s default grpc-js options, and the project’s adapter (src/server/adapter.ts) serving the daemon’s own Echo',
-  'handler; no interceptors. Full daemon = `node dist/main.js --config … --enable-test-service` with the embedded store, the audit log on disk',
-  '(HMAC-chained, fsynced) and the default chain (observe, recovery, identity, audit, rate limit, RBAC) in front of the same Echo handler; rate',
-  'limits raised so no call is refused.',
+  'handler, all loaded from the same compiled dist/ the daemon runs (node without tsx); no interceptors. Full daemon = `node dist/main.js',
+  '--config … --enable-test-service` with the embedded store, the audit log on disk (HMAC-chained, fsynced) and the default chain (observe,',
+  'recovery, identity, audit, rate limit, RBAC) in front of the same Echo handler; rate limits raised so no call is refused.',
   ...(rows.some((r) => r.errors > 0) ? ['', `Errors: ${rows.map((r) => `${r.name}: ${JSON.stringify(r.errorKinds)}`).join('; ')}`] : []),
 ];
 const previous = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';
