@@ -66,6 +66,9 @@ function isPlain(value: unknown): value is string {
   return typeof value === 'string' && PLAIN.test(value);
 }
 
+/** The event types: plain text, known without a pattern test. */
+const PLAIN_TYPES: ReadonlySet<unknown> = new Set<unknown>(AUDIT_EVENT_TYPES);
+
 /** Most member segments kept per principal; beyond it they are dropped and rebuilt as needed. */
 const SEGMENTS_PER_PRINCIPAL = 4096;
 
@@ -153,12 +156,15 @@ function closing(json: string, scrub: (json: string) => string): string {
  * Once per call: with a frozen principal and a plain time, trace id and type (the chain's
  * records), the text from "principal" through "code" comes from the principal's cache and
  * only the members after it are stringified.
+ *
+ * `defaultTime` is the log's own clock: an ISO 8601 time, trusted to be plain text.
  */
 export function serializeEvent(event: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): string {
-  const time = event.time ?? defaultTime();
+  const given = event.time;
+  const time = given ?? defaultTime();
   const p = event.principal;
   const cache = p === undefined ? undefined : principalCache(p, scrub);
-  if (cache && isPlain(time) && isPlain(event.trace_id) && isPlain(event.type)) {
+  if (cache && (given === undefined || isPlain(given)) && isPlain(event.trace_id) && PLAIN_TYPES.has(event.type)) {
     return `{"time":"${time}","trace_id":"${event.trace_id}","type":"${event.type}"${segmentOf(cache, event)}${closing(JSON.stringify(tailOf(event, {})), scrub)}`;
   }
   const head: Record<string, unknown> = { time, trace_id: event.trace_id, type: event.type };
