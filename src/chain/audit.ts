@@ -73,20 +73,23 @@ export function audit(deps: AuditDeps): Step {
     onStatus: (status, state) => {
       if (!state) return;
       const entry = deps.methods.get(state.path);
-      // Built field by field (no spreads): this runs once per call. serializeEvent fixes the key order.
-      const event: AuditEventInput = { type: 'CALL', trace_id: state.traceId, source: state.peer, method: state.path };
-      if (state.principal) event.principal = auditPrincipal(state.principal, state.roles ?? []);
-      if (state.decision) event.decision = state.decision;
-      event.code = CODE_NAMES[status.code] ?? String(status.code);
-      // Microsecond resolution: shorter to print (this is per call) and finer than any reader needs.
-      event.duration_ms = Math.round((performance.now() - state.startedAt) * 1000) / 1000;
-      if (entry && state.request !== undefined) {
-        const { object, request } = describe(state, entry.method, state.request);
-        if (request !== undefined) event.request = request;
-        if (object !== undefined) event.object = object;
-      }
-      if (status.code !== Status.OK) event.reason = status.details;
-      deps.audit.write(event);
+      const described = entry && state.request !== undefined ? describe(state, entry.method, state.request) : undefined;
+      // One literal with every member (no spreads, nothing added later): this runs once per
+      // call. Absent members are undefined, which serializeEvent leaves out; it also fixes the key order.
+      deps.audit.write({
+        type: 'CALL',
+        trace_id: state.traceId,
+        principal: state.principal && auditPrincipal(state.principal, state.roles ?? []),
+        source: state.peer,
+        method: state.path,
+        decision: state.decision,
+        code: CODE_NAMES[status.code] ?? String(status.code),
+        // Microsecond resolution: shorter to print (this is per call) and finer than any reader needs.
+        duration_ms: Math.round((performance.now() - state.startedAt) * 1000) / 1000,
+        request: described?.request,
+        object: described?.object,
+        reason: status.code === Status.OK ? undefined : status.details,
+      });
     },
   };
 }

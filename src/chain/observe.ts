@@ -93,7 +93,21 @@ class Observation implements ObservedCall {
     const sent = metadata.get(TRACE_ID_KEY)[0];
     const traceId = (this.traceId = traceIdFrom(sent));
     this.clientTraceId = traceId === sent;
-    const state: CallState = { traceId, startedAt: this.startedAt, path: this.path, peer: this.connection.peer };
+    // Every member the later steps set is there from the start: the object keeps one shape
+    // and its members in the object itself (added later, they would each call allocate a
+    // separate property store).
+    const state: CallState = {
+      traceId,
+      startedAt: this.startedAt,
+      path: this.path,
+      peer: this.connection.peer,
+      principal: undefined,
+      roles: undefined,
+      decision: undefined,
+      request: undefined,
+      rejected: undefined,
+      audited: undefined,
+    };
     attachCallState(metadata, state);
     return state;
   }
