@@ -192,7 +192,8 @@ try {
   }
   // Each daemon scenario runs right next to its baseline, and the order is mirrored from
   // one round to the next (A B C D, then D C B A): the machine's speed drifts by more than
-  // the difference measured, and a pair 13 s apart, in both orders, cancels most of it.
+  // the difference measured, and a pair 13 s apart, in both orders, is less exposed to it than
+  // scenarios up to 40 s apart were.
   const pairs = (Object.entries(BASELINE) as [keyof typeof BASELINE, Scenario][])
     .filter(([name]) => ONLY.has(name))
     .flatMap(([name, baseline]): Scenario[] => [baseline, name]);
