@@ -3,7 +3,7 @@
 import type { Command } from 'commander';
 import { MigrationService, PrepareMigrationResponseSchema } from '../gen/debvisor/v1/migration_pb.js';
 import { bytes, count, withService } from './command.js';
-import { waitAndExit, waitSeconds, WAIT_HELP } from './operation.js';
+import { waitAndExit, WAIT_HELP } from './operation.js';
 import { printJson, printRecord } from './output.js';
 
 export function registerMigrationCommands(program: Command): void {
@@ -42,8 +42,7 @@ export function registerMigrationCommands(program: Command): void {
     .action(
       withMigration(async (call, vmName: string, opts: { to: string; compressed?: boolean; bandwidth: number }) => {
         const response = await call.client.migrateVM({ vmName, targetNode: opts.to, compressed: opts.compressed ?? false, bandwidthMibS: opts.bandwidth }, call.options);
-        if (!response.operation) throw new Error(`the daemon returned no migration operation for ${vmName}`);
-        await waitAndExit(call.connection, call.flags, response.operation, waitSeconds(call));
+        await waitAndExit(call, response.operation, `migration operation for ${vmName}`);
       }),
     );
 
@@ -57,8 +56,7 @@ export function registerMigrationCommands(program: Command): void {
     .action(
       withMigration(async (call, vmName: string, opts: { from: string; to?: string }) => {
         const response = await call.client.failoverVM({ vmName, failedNode: opts.from, targetNode: opts.to ?? '' }, call.options);
-        if (!response.operation) throw new Error(`the daemon returned no failover operation for ${vmName}`);
-        await waitAndExit(call.connection, call.flags, response.operation, waitSeconds(call));
+        await waitAndExit(call, response.operation, `failover operation for ${vmName}`);
       }),
     );
 }

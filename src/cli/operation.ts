@@ -79,12 +79,22 @@ export function waitSeconds(call: { readonly flags: GlobalFlags; readonly timeou
   return call.timeoutGiven ? Number(call.flags.timeout) : DEFAULT_WAIT_SECONDS;
 }
 
+/** What a waiting command knows of its invocation (a withService call has it all). */
+export interface WaitingCall {
+  readonly connection: ResolvedConnection;
+  readonly flags: GlobalFlags;
+  readonly timeoutGiven: boolean;
+}
+
 /**
- * Follows an operation with WatchOperation until it is terminal or `seconds` pass, printing a
+ * Follows the operation an RPC answered with (`what` names it if the answer has none) with
+ * WatchOperation until it is terminal or `seconds` pass (default: waitSeconds), printing a
  * progress line per change (to stderr with -o json, so stdout stays one JSON document), then
  * prints the last state and exits with WAIT_EXIT.
  */
-export async function waitAndExit(connection: ResolvedConnection, flags: GlobalFlags, operation: Operation, seconds: number): Promise<never> {
+export async function waitAndExit(call: WaitingCall, operation: Operation | undefined, what: string, seconds = waitSeconds(call)): Promise<never> {
+  if (!operation) throw new Error(`the daemon returned no ${what}`);
+  const { connection, flags } = call;
   const operations = createClient(OperationService, connection);
   const progress = (text: string) => (flags.output === 'json' ? process.stderr : process.stdout).write(text);
   let last = operation;
@@ -167,8 +177,7 @@ export function registerOperationCommands(program: Command): void {
     .action(
       withOperations(async (call, id: string) => {
         const response = await call.client.getOperation({ operationId: id }, call.options);
-        if (!response.operation) throw new Error(`the daemon returned no operation for ${id}`);
-        await waitAndExit(call.connection, call.flags, response.operation, waitSeconds(call));
+        await waitAndExit(call, response.operation, `operation for ${id}`);
       }),
     );
 

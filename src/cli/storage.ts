@@ -12,7 +12,7 @@ import {
 } from '../gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
 import { bytes, count, enumName, enumParser, when, withService } from './command.js';
-import { waitAndExit, waitSeconds, WAIT_HELP } from './operation.js';
+import { waitAndExit, WAIT_HELP } from './operation.js';
 import { printJson, printRecord, printTable } from './output.js';
 
 const backend = enumParser(StorageBackend);
@@ -167,8 +167,7 @@ export function registerStorageCommands(program: Command): void {
           },
           call.options,
         );
-        if (!response.operation) throw new Error(`the daemon returned no prune operation for ${pool}/${name}`);
-        await waitAndExit(call.connection, call.flags, response.operation, waitSeconds(call));
+        await waitAndExit(call, response.operation, `prune operation for ${pool}/${name}`);
       }),
     );
 }

@@ -94,9 +94,8 @@ export function registerVmCommands(program: Command): void {
           { vmName: name, wait: true, forceAfterTimeout: opts.force ?? false, ...(call.timeoutGiven ? { timeout: durationFromMs(seconds * 1000) } : {}) },
           call.options,
         );
-        if (!response.operation) throw new Error(`the daemon returned no shutdown operation for ${name}`);
         // The forced power-off happens at the graceful timeout; give it a little longer to report.
-        await waitAndExit(call.connection, call.flags, response.operation, seconds + (opts.force ? 15 : 0));
+        await waitAndExit(call, response.operation, `shutdown operation for ${name}`, seconds + (opts.force ? 15 : 0));
       }),
     );
 }
