@@ -222,21 +222,23 @@ class ChainCall extends ServerInterceptingCall implements InterceptingServerList
   private deliverMetadata(): void {
     this.headersInSteps = false;
     this.guard(() => this.listener?.onReceiveMetadata(this.metadata));
+    this.deliverQueued();
+  }
+
+  private deliverMessage(): void {
+    this.messageInSteps = false;
+    this.guard(() => this.listener?.onReceiveMessage(this.message));
+    this.deliverQueued();
+  }
+
+  /** What arrived while steps ran, in order: the message (which then takes its own turn), else the half-close. */
+  private deliverQueued(): void {
     if (this.hasQueuedMessage) {
       const message = this.queuedMessage;
       this.hasQueuedMessage = false;
       this.queuedMessage = undefined;
       this.onReceiveMessage(message);
     } else if (this.hasQueuedHalfClose) {
-      this.hasQueuedHalfClose = false;
-      this.onReceiveHalfClose();
-    }
-  }
-
-  private deliverMessage(): void {
-    this.messageInSteps = false;
-    this.guard(() => this.listener?.onReceiveMessage(this.message));
-    if (this.hasQueuedHalfClose) {
       this.hasQueuedHalfClose = false;
       this.onReceiveHalfClose();
     }
