@@ -98,17 +98,16 @@ function principalCache(p: AuditPrincipal, scrub: (json: string) => string): Pri
   return cache;
 }
 
-function child<V>(map: Map<unknown, V>, key: unknown, make: () => V): V {
+/** The map under `key`, made empty on first use (no factory closure: this runs per call). */
+function child<V>(map: Map<unknown, Map<unknown, V>>, key: unknown): Map<unknown, V> {
   let value = map.get(key);
-  if (value === undefined) map.set(key, (value = make()));
+  if (value === undefined) map.set(key, (value = new Map<unknown, V>()));
   return value;
 }
 
 /** `,"principal":…` through `"code"`, scrubbed: from the cache, or made and remembered. */
 function segmentOf(cache: PrincipalCache, event: AuditEventInput): string {
-  const byMethod = child(cache.segments, event.source, () => new Map<unknown, Map<unknown, Map<unknown, string>>>());
-  const byDecision = child(byMethod, event.method, () => new Map<unknown, Map<unknown, string>>());
-  const byCode = child(byDecision, event.decision, () => new Map<unknown, string>());
+  const byCode = child(child(child(cache.segments, event.source), event.method), event.decision);
   let segment = byCode.get(event.code);
   if (segment === undefined) {
     const members = JSON.stringify(leadOf(event, {}));
