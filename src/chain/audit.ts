@@ -6,7 +6,6 @@ import type { DescMethod, Message } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { redactRequest } from '../audit/redact.js';
 import { AuditWriteError, type AuditLog } from '../audit/log.js';
-import type { AuditEventInput } from '../audit/event.js';
 import { resourceOf } from '../authz/decide.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { AuditedRequest, CallState } from '../server/context.js';
@@ -47,13 +46,18 @@ export function audit(deps: AuditDeps): Step {
 
   const writeStarted = async (state: CallState, method: DescMethod, message: unknown): Promise<void> => {
     const { object, request } = describe(state, method, message);
-    const event: AuditEventInput = { type: 'CALL', trace_id: state.traceId, source: state.peer, method: state.path };
-    if (state.principal) event.principal = auditPrincipal(state.principal, state.roles ?? []);
-    if (request !== undefined) event.request = request;
-    if (object !== undefined) event.object = object;
-    event.details = { stage: 'started' };
     try {
-      await deps.audit.writeDurable(event);
+      // Built like the finishing record below; absent members are undefined.
+      await deps.audit.writeDurable({
+        type: 'CALL',
+        trace_id: state.traceId,
+        principal: state.principal && auditPrincipal(state.principal, state.roles ?? []),
+        source: state.peer,
+        method: state.path,
+        request,
+        object,
+        details: { stage: 'started' },
+      });
     } catch (err) {
       if (!(err instanceof AuditWriteError)) throw err;
       deps.log.error({ err: err.message, trace_id: state.traceId, method: state.path }, 'audit write failed; refusing mutating call');
