@@ -3,8 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseDomjobinfo } from '../../src/backends/libvirt/jobinfo.js';
-import { parseDomstate, parseDomstatsState, parseKeyValues } from '../../src/backends/libvirt/virsh.js';
+import { parseDomjobinfo, parseKeyValues } from '../../src/backends/libvirt/jobinfo.js';
+import { parseDomstate, parseDomstatsState } from '../../src/backends/libvirt/virsh.js';
 import { LibvirtParseError, parseDomainXml, parseSnapshotXml } from '../../src/backends/libvirt/xml.js';
 import { STATE_CONFLICT, VIRSH_RULES } from '../../src/backends/libvirt/errors.js';
 import { classify, type ExecResult } from '../../src/backends/exec.js';

@@ -15,7 +15,6 @@ import { parseDomjobinfo, parseKeyValues, type DomainJobInfo } from './jobinfo.j
 import { parseDomainXml, parseSnapshotXml, type DomainDisk, type DomainInterface, type DomainState } from './xml.js';
 
 export type { DomainDisk, DomainInterface, DomainState, DomainJobInfo };
-export { parseKeyValues };
 
 export const DEFAULT_VIRSH = '/usr/bin/virsh';
 
