@@ -17,9 +17,9 @@ export const USER_TAG_PREFIX = 'debvisor.tag.';
 /**
  * Longest encoded tag we write. LVM itself accepts longer ones, but every tag lives in the VG's
  * metadata area (1 MiB by default, shared by all LVs): unbounded tags could fill it for everyone.
+ * The number of user tags per LV is capped for the same reason (MAX_USER_TAGS, the API's limit too).
  */
 export const MAX_ENCODED_TAG_LENGTH = 1024;
-// Most user tags per LV, for the same reason: MAX_USER_TAGS, shared with the API's limit.
 
 const PLAIN = /^[A-Za-z0-9_+./!:&-]$/;
 
