@@ -202,7 +202,12 @@ try {
       const run = scenarios[name];
       console.error(`round ${round}/${ROUNDS}: ${name} (${WARMUP_SECONDS} s warm-up + ${SECONDS} s) …`);
       const result = await run();
-      const split = `user ${((result.serverUserSeconds * 1e6) / result.calls).toFixed(1)} + system ${((result.serverSystemSeconds * 1e6) / result.calls).toFixed(1)}`;
+      const perCall = (seconds: number) => ((seconds * 1e6) / result.calls).toFixed(1);
+      const threads = Object.entries(result.serverThreadSeconds)
+        .filter(([, seconds]) => seconds > 0)
+        .map(([thread, seconds]) => `${thread} ${perCall(seconds)}`)
+        .join(', ');
+      const split = `user ${perCall(result.serverUserSeconds)} + system ${perCall(result.serverSystemSeconds)}; ${threads}`;
       console.error(
         `  ${Math.round(result.qps)} calls/s, ${result.serverCpuUsPerCall.toFixed(1)} µs CPU/call (${split}), p50 ${result.p50ms.toFixed(2)} ms, ${result.errors} errors, ${result.totalCalls} calls in all`,
       );

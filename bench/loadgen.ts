@@ -11,7 +11,7 @@
 // /proc/<serverPid>/stat at its start and end, and only calls that complete inside it
 // are counted. Prints one LoadResult JSON line on stdout.
 import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 
@@ -57,6 +57,8 @@ export interface LoadResult {
   readonly serverCpuUsPerCall: number;
   /** This load generator's own CPU over the window, for context. */
   readonly clientCpuSeconds: number;
+  /** Server CPU seconds over the window by thread name (MainThread, V8Worker, libuv-worker, …). */
+  readonly serverThreadSeconds: Record<string, number>;
 }
 
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
@@ -70,6 +72,27 @@ export function processCpuSeconds(pid: number): { user: number; system: number; 
   const user = Number(rest[11]) / CLOCK_TICKS;
   const system = Number(rest[12]) / CLOCK_TICKS;
   return { user, system, total: user + system };
+}
+
+/**
+ * CPU seconds of a process's threads, summed by thread name (/proc/<pid>/task/<tid>/stat):
+ * where the time goes beyond the main thread, i.e. V8's GC workers and libuv's pool.
+ * A thread that exits inside the window takes its time out of the sum.
+ */
+export function threadCpuSeconds(pid: number): Map<string, number> {
+  const byName = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    byName.set(name, (byName.get(name) ?? 0) + (Number(rest[11]) + Number(rest[12])) / CLOCK_TICKS);
+  }
+  return byName;
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -174,12 +197,14 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   await new Promise((resolve) => setTimeout(resolve, spec.warmupMs));
   measuring = true;
   const cpu0 = processCpuSeconds(spec.serverPid);
+  const threads0 = threadCpuSeconds(spec.serverPid);
   const client0 = process.cpuUsage();
   const t0 = performance.now();
   await new Promise((resolve) => setTimeout(resolve, spec.durationMs));
   measuring = false;
   const seconds = (performance.now() - t0) / 1000;
   const cpu1 = processCpuSeconds(spec.serverPid);
+  const threads1 = threadCpuSeconds(spec.serverPid);
   const client1 = process.cpuUsage(client0);
   stopping = true;
   await Promise.all(workers);
@@ -201,6 +226,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     serverCpuSeconds,
     serverCpuUsPerCall: calls > 0 ? (serverCpuSeconds * 1e6) / calls : NaN,
     clientCpuSeconds: (client1.user + client1.system) / 1e6,
+    serverThreadSeconds: Object.fromEntries([...threads1].map(([name, total]) => [name, total - (threads0.get(name) ?? 0)])),
   };
 }
 
