@@ -2,7 +2,6 @@
 import { readFileSync } from 'node:fs';
 import type { Config } from '../config/schema.js';
 import { openEmbeddedStore } from './embedded.js';
-import { openEtcdStore } from './etcd.js';
 import type { Store } from './store.js';
 
 export async function openStore(config: Config['store'], onBackgroundError: (err: unknown) => void): Promise<Store> {
@@ -14,6 +13,9 @@ export async function openStore(config: Config['store'], onBackgroundError: (err
       onBackgroundError,
     });
   }
+  // Loaded only for this backend: the etcd client and its protobuf runtime hold several MB
+  // of heap, which a single-host daemon would otherwise carry (and mark on every full GC).
+  const { openEtcdStore } = await import('./etcd.js');
   const etcd = config.etcd;
   return openEtcdStore({
     endpoints: etcd.endpoints,
