@@ -114,6 +114,25 @@ export class EventBuffer {
   }
 }
 
+const SEQ_MEMBER = Buffer.from(',"seq":', 'latin1');
+
+/**
+ * `,"seq":<n>` (without the comma when `comma` is false) at `at`; returns the new end.
+ * Byte stores rather than a string and a native write: this runs once per entry.
+ */
+function writeSeq(buffer: Buffer, at: number, comma: boolean, seq: number): number {
+  let end = at;
+  for (let k = comma ? 0 : 1; k < SEQ_MEMBER.length; k++) buffer[end++] = SEQ_MEMBER[k] ?? 0;
+  let width = 1;
+  for (let power = 10; power <= seq; power *= 10) width++;
+  let rest = seq;
+  for (let d = end + width - 1; d >= end; d--) {
+    buffer[d] = 0x30 + (rest % 10);
+    rest = Math.floor(rest / 10);
+  }
+  return end + width;
+}
+
 /**
  * Seals waiting events as one batch whose first entry gets `firstSeq`: the lines as
  * UTF-8, each ending with "\n" (after `lead`, e.g. a newline the file still needs), and
@@ -132,7 +151,8 @@ export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, 
     end = events.copyOpenEvent(i, buffer, end);
     // No comma after the brace of an event without members.
     const comma = buffer[end - 1] === OPEN_BRACE ? '' : ',';
-    end += buffer.write(i === 0 ? `${comma}"seq":${firstSeq},"prev":"${prevHmac}"` : `${comma}"seq":${firstSeq + i}`, end, 'latin1');
+    if (i === 0) end += buffer.write(`${comma}"seq":${firstSeq},"prev":"${prevHmac}"`, end, 'latin1');
+    else end = writeSeq(buffer, end, comma !== '', firstSeq + i);
     buffer[end++] = CLOSE_BRACE;
     // The digest covers the very bytes written for this entry.
     digests += entryDigest(buffer.subarray(start, end));

@@ -34,14 +34,16 @@ function objectOf(deps: AuditDeps, path: string, method: DescMethod, request: un
   return resource && `${resource.kind}:${resource.name}`;
 }
 
+const NOTHING_TO_DESCRIBE: AuditedRequest = Object.freeze({ object: undefined, request: undefined });
+
 export function audit(deps: AuditDeps): Step {
   /** What the records of a call say about its request: worked out once (a mutation has two records). */
   const describe = (state: CallState, method: DescMethod, request: unknown): AuditedRequest => {
-    state.audited ??= {
-      object: objectOf(deps, state.path, method, request),
-      request: deps.level === 'request' ? redactRequest(method.input, request as Message, deps.level) : undefined,
-    };
-    return state.audited;
+    if (state.audited) return state.audited;
+    const object = objectOf(deps, state.path, method, request);
+    const redacted = deps.level === 'request' ? redactRequest(method.input, request as Message, deps.level) : undefined;
+    // Most reads name no object and log no request: they share one answer instead of an object each.
+    return (state.audited = object === undefined && redacted === undefined ? NOTHING_TO_DESCRIBE : { object, request: redacted });
   };
 
   const writeStarted = async (state: CallState, method: DescMethod, message: unknown): Promise<void> => {

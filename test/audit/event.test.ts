@@ -132,6 +132,15 @@ describe('serializeEvent', () => {
     );
   });
 
+  it("writes a read call's duration-only tail as the number's own text, odd numbers included", () => {
+    const principal = Object.freeze({ id: 'admin', kind: 'certificate' as const, roles: Object.freeze(['admin']), cert_fingerprint: 'ab'.repeat(32) });
+    const durations = [0, -0, 0.001, 1.5, 123456.789, 1e21, 5e-7, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, undefined];
+    for (const duration_ms of durations) {
+      const event: AuditEventInput = { trace_id: '0123456789abcdef0123456789abcdef', type: 'CALL', principal, source: '127.0.0.1:1', method: '/a/B', decision: 'allow', code: 'OK', duration_ms };
+      expect(serializeEvent(event, () => 'now', scrubSecretsInJson)).toBe(reference(event, 'now'));
+    }
+  });
+
   it('the same frozen principal in different events', () => {
     const principal = Object.freeze({ id: 'spiffe://x/"quoted"', kind: 'certificate' as const, roles: Object.freeze(['admin', 'ops\n']), cert_fingerprint: 'ab'.repeat(32) });
     const events: AuditEventInput[] = [
