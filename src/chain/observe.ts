@@ -135,7 +135,8 @@ class Observation implements ObservedCall {
         'rpc finished',
       );
     }
-    return { code: status.code, details: status.details, metadata: trailers ?? null };
+    // Unchanged trailers (a success without a client trace id): the status goes on as it came.
+    return trailers === (status.metadata ?? undefined) ? status : { code: status.code, details: status.details, metadata: trailers ?? null };
   }
 }
 

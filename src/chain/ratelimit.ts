@@ -6,10 +6,11 @@ import { RateLimiter } from '../ratelimit/limiter.js';
 import { RpcError } from '../server/errors.js';
 import type { Step } from './step.js';
 
+/** The config's `rate_limit` section, as it is (no per-call copy). */
 export interface RateLimitSettings {
-  readonly perRolePerMinute: Readonly<Record<string, number>>;
-  readonly defaultPerMinute: number;
-  readonly globalPerMinute: number;
+  readonly per_role_per_minute: Readonly<Record<string, number>>;
+  readonly default_per_minute: number;
+  readonly global_per_minute: number;
 }
 
 export interface RateLimitDeps {
@@ -30,8 +31,8 @@ export function rateLimit(deps: RateLimitDeps): Step {
       const settings = deps.settings();
       const cost = Math.max(1, deps.policies.get(path)?.rateCost ?? 1);
       // The most generous of the default and the principal's roles (a loop: no arrays per call).
-      let perMinute = settings.defaultPerMinute;
-      for (const role of state.roles ?? []) perMinute = Math.max(perMinute, settings.perRolePerMinute[role] ?? 0);
+      let perMinute = settings.default_per_minute;
+      for (const role of state.roles ?? []) perMinute = Math.max(perMinute, settings.per_role_per_minute[role] ?? 0);
       const own = limiter.take(principal.id, perMinute, cost);
       if (!own.allowed) {
         deps.metrics.rateLimitViolations.inc({ principal: deps.metrics.principalLabel(principal.id) });
@@ -39,7 +40,7 @@ export function rateLimit(deps: RateLimitDeps): Step {
           details: { retryAfterMs: own.retryAfterMs },
         });
       }
-      const global = limiter.take(GLOBAL_KEY, settings.globalPerMinute, cost);
+      const global = limiter.take(GLOBAL_KEY, settings.global_per_minute, cost);
       if (!global.allowed) {
         deps.metrics.rateLimitViolations.inc({ principal: 'global' });
         throw new RpcError('RESOURCE_EXHAUSTED', 'the daemon is at its global request limit', { details: { retryAfterMs: global.retryAfterMs } });

@@ -188,11 +188,7 @@ export class Daemon {
           rateLimit: {
             policies: new Map([...methods].map(([path, entry]) => [path, entry.policy])),
             metrics,
-            settings: () => ({
-              perRolePerMinute: settings().rate_limit.per_role_per_minute,
-              defaultPerMinute: settings().rate_limit.default_per_minute,
-              globalPerMinute: settings().rate_limit.global_per_minute,
-            }),
+            settings: () => settings().rate_limit,
           },
           rbac: { methods, roles: (names) => access.roles(names), audit, metrics },
         }),
