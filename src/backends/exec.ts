@@ -176,6 +176,20 @@ export interface Executor {
   readonly stats: ExecutorStats;
 }
 
+/**
+ * The environment a host command gets: the allow-listed variables of the daemon's own
+ * (when set), then `extra`. Nothing else of the daemon's environment (credentials a unit
+ * file or an operator put there) reaches a child.
+ */
+export function childEnvironment(allowList: readonly string[], extra: Readonly<Record<string, string>>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const name of allowList) {
+    const value = process.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  return Object.assign(env, extra);
+}
+
 let totalSpawned = 0;
 
 /** Processes spawned by all executors in this process: a test spy that nothing ran. */
@@ -372,14 +386,7 @@ export function createExecutor(options: ExecutorOptions): Executor {
   const slots = new Semaphore(options.maxConcurrent);
   let spawned = 0;
 
-  function buildEnv(): NodeJS.ProcessEnv {
-    const env: NodeJS.ProcessEnv = {};
-    for (const name of options.envAllowList) {
-      const value = process.env[name];
-      if (value !== undefined) env[name] = value;
-    }
-    return Object.assign(env, extraEnv);
-  }
+  const buildEnv = (): NodeJS.ProcessEnv => childEnvironment(options.envAllowList, extraEnv);
 
   function observe(command: string, result: string, startedAt: number): void {
     metrics.duration.observe({ backend, command, result }, (performance.now() - startedAt) / 1000);

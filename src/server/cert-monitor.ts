@@ -21,6 +21,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Config } from '../config/schema.js';
 import { chainProblem, TrustBundle } from '../authn/x509.js';
+import { childEnvironment } from '../backends/exec.js';
 import { describeCertificate, formatSans, issuerForKey, parseSanList, renewCertificate, splitPemCertificates, writeLeafFiles } from '../pki/index.js';
 import { loadIdentity, TlsConfigError, type IdentityProvider, type LoadedIdentity, type TlsFiles } from './tls.js';
 
@@ -37,6 +38,9 @@ const SETTLE_DELAYS_MS = [250, 500, 1000, 2000];
 const RETRY_BASE_MS = 10_000;
 /** Never re-check sooner than this (a renewal falling due "now" in a loop). */
 const MIN_CHECK_DELAY_MS = 200;
+/** What the renewal command sees of the daemon's environment: enough to find and run its tools, no more. */
+const RENEWAL_COMMAND_ENV = ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR'];
+
 /** setTimeout's limit. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -171,7 +175,7 @@ async function renewFiles(tls: TlsSettings, currentCert: Buffer | undefined): Pr
         timeout: renewal.command_timeout_seconds * 1000,
         killSignal: 'SIGKILL',
         maxBuffer: 1024 * 1024,
-        env: { ...process.env, DEBVISOR_TLS_CERT_FILE: tls.cert_file, DEBVISOR_TLS_KEY_FILE: tls.key_file, DEBVISOR_TLS_CA_FILE: tls.ca_file },
+        env: childEnvironment(RENEWAL_COMMAND_ENV, { DEBVISOR_TLS_CERT_FILE: tls.cert_file, DEBVISOR_TLS_KEY_FILE: tls.key_file, DEBVISOR_TLS_CA_FILE: tls.ca_file }),
       });
     } catch (err) {
       const e = err as NodeJS.ErrnoException & { stderr?: string; killed?: boolean; code?: number | string };

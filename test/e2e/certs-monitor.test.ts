@@ -209,9 +209,18 @@ describe('renewal thresholds and modes at start-up', () => {
     });
     const caPem = await readFile(join(certs, 'ca-cert.pem'));
 
-    const failing = await startDaemon({ config: { tls: tls(['/bin/sh', '-c', 'echo "no CA key here" >&2; exit 3']) } });
+    // The command also records the environment it got: the daemon's own secrets must not be in it.
+    const seen = join(dir, 'command-env');
+    const failing = await startDaemon({
+      config: { tls: tls(['/bin/sh', '-c', `env > ${seen}; echo "no CA key here" >&2; exit 3`]) },
+      env: { DEBVISOR_TEST_UNRELATED_SECRET: 'do-not-pass-on' },
+    });
     daemons.push(failing);
     await vi.waitFor(async () => expect(await metricValue(failing, 'tls_certificate_renewals_total', { result: 'failure' })).toBe(1), { timeout: 5000 });
+    const commandEnv = await readFile(seen, 'utf8');
+    expect(commandEnv).not.toContain('do-not-pass-on');
+    expect(commandEnv).toContain(`DEBVISOR_TLS_CERT_FILE=${join(certs, 'server-cert.pem')}`);
+    expect(commandEnv).toMatch(/^PATH=/m);
     expect(await servedSerial(failing.grpcAddress, caPem)).toBe(before);
     await vi.waitFor(() => {
       const audit = auditRecords(failing).find((r) => r.type === 'SECURITY' && r.reason === 'TLS certificate renewal failed; keeping the current certificate');
