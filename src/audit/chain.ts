@@ -138,11 +138,14 @@ function writeSeq(buffer: Buffer, at: number, comma: boolean, seq: number): numb
  * UTF-8, each ending with "\n" (after `lead`, e.g. a newline the file still needs), and
  * the batch's hmac. Each entry is laid out once, straight into the batch's buffer, and
  * the digests and MAC are computed over the very bytes that are written.
+ *
+ * The batch is laid out in `scratch` when it is large enough (the returned data is then a
+ * view of it, valid until scratch is reused), else in a new buffer.
  */
-export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, firstSeq: number, lead = ''): { data: Buffer; hmac: string } {
+export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, firstSeq: number, lead = '', scratch?: Buffer): { data: Buffer; hmac: string } {
   const count = events.count;
-  const capacity = Buffer.byteLength(lead) + ',"prev":""'.length + prevHmac.length + SEAL_BYTES + events.byteLength + count * (SEQ_BYTES + DIGEST_HEX);
-  const buffer = Buffer.allocUnsafe(capacity);
+  const capacity = sealCapacity(prevHmac, events, lead);
+  const buffer = scratch && scratch.length >= capacity ? scratch : Buffer.allocUnsafe(capacity);
   let end = buffer.write(lead, 0);
   let digests = '';
   for (let i = 0; i < count; i++) {
@@ -163,6 +166,11 @@ export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, 
   end -= 2;
   end += buffer.write(`,"digests":"${digests}","hmac":"${hmac}"}\n`, end, 'latin1');
   return { data: buffer.subarray(0, end), hmac };
+}
+
+/** The most bytes sealBatch may need for these events. */
+export function sealCapacity(prevHmac: string, events: EventBuffer, lead = ''): number {
+  return Buffer.byteLength(lead) + ',"prev":""'.length + prevHmac.length + SEAL_BYTES + events.byteLength + events.count * (SEQ_BYTES + DIGEST_HEX);
 }
 
 export interface ParsedLine {

@@ -10,7 +10,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { CHAIN_GENESIS, chainKey, EventBuffer, isSeal, parseLine, sealBatch, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
+import { CHAIN_GENESIS, chainKey, EventBuffer, isSeal, parseLine, sealBatch, sealCapacity, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
 import { serializeEvent, type AuditEventInput } from './event.js';
 import { localDay, rotatedFiles, rotatedName } from './files.js';
 import { loadOrCreateHmacKey } from './key.js';
@@ -80,6 +80,8 @@ interface Waiter {
 
 // Flush early when this much is buffered, instead of waiting for the timer.
 const FLUSH_BYTES = 1 << 20;
+/** Largest batch laid out in the reused seal buffer; a bigger one (a burst) gets its own. */
+const SEAL_SCRATCH_LIMIT = 4 * FLUSH_BYTES;
 const TAIL_CHUNK = 64 * 1024;
 
 /** The end of an audit file, read back to its last sealed entry (the end of its last complete batch). */
@@ -201,6 +203,8 @@ export class AuditLog {
   private pending = new EventBuffer();
   /** The previous batch's buffer, cleared, for the next swap. */
   private spare: EventBuffer | undefined;
+  /** Where batches are laid out for writing (see commit). */
+  private sealScratch: Buffer | undefined;
   private waiters: Waiter[] = [];
   private barriers: Array<() => void> = [];
   private flushRequested = false;
@@ -447,7 +451,12 @@ export class AuditLog {
     try {
       if (this.needsResync) await this.resync();
       await this.maybeRotate();
-      const sealed = sealBatch(this.key, prev, events, seq + 1, this.needsNewline ? '\n' : '');
+      const lead = this.needsNewline ? '\n' : '';
+      // One buffer reused from batch to batch (batches are written one at a time): a fresh
+      // half-megabyte per batch is a malloc, page faults and an external-memory hint to V8 each time.
+      const needed = sealCapacity(prev, events, lead);
+      if (needed <= SEAL_SCRATCH_LIMIT && (this.sealScratch?.length ?? 0) < needed) this.sealScratch = Buffer.allocUnsafe(Math.max(needed, FLUSH_BYTES + FLUSH_BYTES / 2));
+      const sealed = sealBatch(this.key, prev, events, seq + 1, lead, this.sealScratch);
       seq += count;
       prev = sealed.hmac;
       const data = sealed.data;

@@ -3,7 +3,7 @@
 // chain members, with the seal's digests and MAC over exactly those bytes.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { batchMac, chainKey, entryDigest, EventBuffer, parseLine, sealBatch } from '../../src/audit/chain.js';
+import { batchMac, chainKey, entryDigest, EventBuffer, parseLine, sealBatch, sealCapacity } from '../../src/audit/chain.js';
 
 const key = chainKey(Buffer.alloc(32, 7));
 
@@ -49,6 +49,19 @@ describe('sealBatch', () => {
       expect(lines.map((line) => parseLine(line)?.seq)).toEqual([power - 2, power - 1, power]);
       expect(lines[1]).toBe(`{"seq":${power - 1}}`);
     }
+  });
+
+  it('lays a batch out in a scratch buffer that is large enough, with the same bytes, and in a new one otherwise', () => {
+    const buffer = new EventBuffer();
+    for (let i = 0; i < 5; i++) buffer.push(JSON.stringify({ i, text: 'é'.repeat(i * 10) }));
+    const plain = sealBatch(key, 'ab'.repeat(32), buffer, 7, '\n');
+    const scratch = Buffer.alloc(sealCapacity('ab'.repeat(32), buffer, '\n'), 0xff);
+    const reused = sealBatch(key, 'ab'.repeat(32), buffer, 7, '\n', scratch);
+    expect(reused.data.buffer).toBe(scratch.buffer);
+    expect(reused.data).toEqual(plain.data);
+    expect(reused.hmac).toBe(plain.hmac);
+    const small = Buffer.alloc(16);
+    expect(sealBatch(key, '', buffer, 1, '', small).data.buffer).not.toBe(small.buffer);
   });
 
   it('grows for events larger than its buffer and is reusable after clear()', () => {
