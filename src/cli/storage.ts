@@ -1,13 +1,19 @@
-// debvisorctl volume list|create|resize|delete, snapshot list|prune over StorageService (RBD and LVM).
+// debvisorctl volume list|create|resize|delete|provision, snapshot list|create|delete|prune and
+// template snapshot|clone over StorageService (RBD and LVM; templates are RBD).
+import { status as Status } from '@grpc/grpc-js';
 import { InvalidArgumentError, type Command } from 'commander';
 import bytesIec from 'bytes-iec';
 import {
+  CreateRbdTemplateSnapshotResponseSchema,
+  CreateSnapshotResponseSchema,
   CreateVolumeResponseSchema,
+  DeleteSnapshotResponseSchema,
   DeleteVolumeResponseSchema,
   ListSnapshotsResponseSchema,
   ListVolumesResponseSchema,
   ResizeVolumeResponseSchema,
   StorageService,
+  type Snapshot,
   type Volume,
 } from '../gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
@@ -16,6 +22,9 @@ import { waitAndExit, WAIT_HELP } from './operation.js';
 import { printJson, printRecord, printTable } from './output.js';
 
 const backend = enumParser(StorageBackend);
+
+/** A per-item RpcStatus code is a plain number. */
+const OK: number = Status.OK;
 
 const SIZE_HELP = 'a size such as 512MiB, 10GiB or 1.5TiB (KB, MB, GB: powers of 1000)';
 
@@ -50,6 +59,18 @@ function printVolume(each: Volume | undefined): void {
       .map(([key, value]) => `${key}=${value}`)
       .join(', '),
     created: when(each.createTime),
+  });
+}
+
+function printSnapshot(each: Snapshot | undefined): void {
+  if (!each) throw new Error('the daemon returned no snapshot');
+  printRecord({
+    volume: `${each.dataset?.pool ?? ''}/${each.dataset?.name ?? ''}`,
+    name: each.name,
+    label: each.label || '-',
+    created: when(each.createTime),
+    size: bytes(each.sizeBytes),
+    protected: String(each.protected),
   });
 }
 
@@ -132,7 +153,53 @@ export function registerStorageCommands(program: Command): void {
       }),
     );
 
+  volumeArguments(volume.command('provision'))
+    .description('create a volume and write an image into it (qcow2 or raw, detected), wait, and print the operation')
+    .requiredOption('--image <path>', "the image, relative to the daemon's images directory")
+    .requiredOption('--size <size>', `at least the image's virtual size: ${SIZE_HELP}`, size)
+    .option('--tag <key=value>', 'a free-form tag (repeatable)', tag)
+    .addHelpText('after', WAIT_HELP)
+    .action(
+      withStorage(async (call, backendValue: StorageBackend, pool: string, name: string, opts: { image: string; size: bigint; tag?: Record<string, string> }) => {
+        const response = await call.client.provisionVolume(
+          { volume: { backend: backendValue, pool, name }, sizeBytes: opts.size, imagePath: opts.image, tags: opts.tag ?? {} },
+          call.options,
+        );
+        await waitAndExit(call, response.operation, `provisioning operation for ${pool}/${name}`);
+      }),
+    );
+
   const snapshot = program.command('snapshot').description('snapshots of storage volumes');
+  volumeArguments(snapshot.command('create'))
+    .argument('<snapshot>', 'name of the new snapshot')
+    .description('snapshot a volume')
+    .option('--label <text>', 'a free-form label')
+    .action(
+      withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string, snapshotName: string, opts: { label?: string }) => {
+        const response = await client.createSnapshot({ dataset: { backend: backendValue, pool, name }, snapshotName, label: opts.label ?? '' }, options);
+        if (flags.output === 'json') printJson(CreateSnapshotResponseSchema, response);
+        else printSnapshot(response.snapshot);
+      }),
+    );
+  volumeArguments(snapshot.command('delete'))
+    .argument('<snapshot...>', 'snapshots to delete')
+    .description('delete snapshots of a volume, each on its own (exit 1 if any of them was not deleted)')
+    .action(
+      withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string, snapshotNames: string[]) => {
+        const response = await client.deleteSnapshot({ dataset: { backend: backendValue, pool, name }, snapshotNames }, options);
+        if (flags.output === 'json') printJson(DeleteSnapshotResponseSchema, response);
+        else {
+          printTable(
+            ['snapshot', 'result'],
+            response.results.map((each) => {
+              const code = each.status?.code ?? OK;
+              return [each.snapshotName, code === OK ? 'deleted' : `${Status[code] ?? code}: ${each.status?.message ?? ''}`];
+            }),
+          );
+        }
+        if (response.results.some((each) => (each.status?.code ?? OK) !== OK)) process.exitCode = 1;
+      }),
+    );
   volumeArguments(snapshot.command('list'))
     .description('list the snapshots of a volume, oldest first')
     .action(
@@ -168,6 +235,40 @@ export function registerStorageCommands(program: Command): void {
           call.options,
         );
         await waitAndExit(call, response.operation, `prune operation for ${pool}/${name}`);
+      }),
+    );
+
+  const template = program.command('template').description('RBD templates: protected snapshots that volumes are cloned from');
+  template
+    .command('snapshot')
+    .argument('<pool>', 'RBD pool of the template image')
+    .argument('<image>', 'template image')
+    .argument('<snapshot>', 'name of the new, protected snapshot')
+    .description('snapshot an RBD image and protect the snapshot, so volumes can be cloned from it')
+    .action(
+      withStorage(async ({ client, options, flags }, pool: string, image: string, snapshotName: string) => {
+        const response = await client.createRbdTemplateSnapshot({ pool, image, snapshot: snapshotName }, options);
+        if (flags.output === 'json') printJson(CreateRbdTemplateSnapshotResponseSchema, response);
+        else printSnapshot(response.snapshot);
+      }),
+    );
+  template
+    .command('clone')
+    .argument('<pool>', 'RBD pool of the template image')
+    .argument('<image>', 'template image')
+    .argument('<snapshot>', "the template's protected snapshot")
+    .argument('<target-pool>', 'RBD pool of the new volume')
+    .argument('<target-image>', 'name of the new volume')
+    .description('clone a volume from a template snapshot, wait, and print the operation')
+    .option('--flatten', 'copy all data into the clone, so it no longer depends on the template')
+    .addHelpText('after', WAIT_HELP)
+    .action(
+      withStorage(async (call, pool: string, image: string, snapshotName: string, targetPool: string, targetImage: string, opts: { flatten?: boolean }) => {
+        const response = await call.client.cloneRbdFromTemplate(
+          { templatePool: pool, templateImage: image, templateSnapshot: snapshotName, targetPool, targetImage, flatten: opts.flatten ?? false },
+          call.options,
+        );
+        await waitAndExit(call, response.operation, `clone operation for ${targetPool}/${targetImage}`);
       }),
     );
 }

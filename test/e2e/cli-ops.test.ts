@@ -2,46 +2,23 @@
 // (dist/cli/debvisorctl.js) against a real daemon with the test service and a real
 // test-driver libvirtd. Storage: without a backend (bad input, "RBD is not configured"),
 // then on a real metadata-only LVM volume group (test/support/lvm.ts). No Ceph here.
-import { execFile } from 'node:child_process';
-import { join } from 'node:path';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { NodeHealth, NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
-import { clientFor, daemonEnv, REPO_ROOT, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { ctlOn } from '../support/ctl.js';
+import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { defineTestDomain, startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { startLvm, writeSnapshotMetadata, type TestLvm } from '../support/lvm.js';
 import { MIB, NO_RATE_LIMITS } from '../support/storage.js';
 import { startTestingDaemon } from '../support/testing.js';
 
-const CTL = join(REPO_ROOT, 'dist', 'cli', 'debvisorctl.js');
 const T = { timeoutMs: 5000 };
 
 let lv: TestLibvirt;
 let daemon: RunningDaemon;
-
-interface CtlResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Runs the built debvisorctl against `target` with its admin credentials from the environment. */
-function ctlOn(target: RunningDaemon, ...args: string[]): Promise<CtlResult> {
-  const env = daemonEnv({
-    DEBVISORCTL_SERVER: target.grpcAddress,
-    DEBVISORCTL_CA: target.pki.caCert,
-    DEBVISORCTL_CERT: target.pki.adminCert,
-    DEBVISORCTL_KEY: target.pki.adminKey,
-  });
-  return new Promise((resolveRun) => {
-    execFile(process.execPath, [CTL, ...args], { cwd: REPO_ROOT, env, timeout: 20_000 }, (err, stdout, stderr) => {
-      resolveRun({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
-    });
-  });
-}
 
 const ctl = (...args: string[]) => ctlOn(daemon, ...args);
 
@@ -224,12 +201,17 @@ describe('debvisorctl node', () => {
 
 describe('debvisorctl volume and snapshot without Ceph or LVM', () => {
   it('refuses bad input before calling the daemon', async () => {
-    const badBackend = await ctl('snapshot', 'list', 'zfs', 'tank', 'data');
-    expect(badBackend.code).not.toBe(0);
-    expect(badBackend.stderr).toContain('expected one of lvm, rbd');
-    const badCount = await ctl('snapshot', 'prune', 'rbd', 'vms', 'disk0', '--keep-last', '-1');
-    expect(badCount.code).not.toBe(0);
-    expect(badCount.stderr).toContain('expected a whole number');
+    const refusals: [string[], string][] = [
+      [['snapshot', 'list', 'zfs', 'tank', 'data'], 'expected one of lvm, rbd'],
+      [['snapshot', 'prune', 'rbd', 'vms', 'disk0', '--keep-last', '-1'], 'expected a whole number'],
+      [['snapshot', 'delete', 'rbd', 'vms', 'disk0'], "missing required argument 'snapshot'"],
+      [['volume', 'provision', 'rbd', 'vms', 'disk1', '--size', '1GiB'], "required option '--image <path>' not specified"],
+    ];
+    for (const [args, problem] of refusals) {
+      const refused = await ctl(...args);
+      expect(refused.code, args.join(' ')).not.toBe(0);
+      expect(refused.stderr, args.join(' ')).toContain(problem);
+    }
     const keepsNothing = await ctl('snapshot', 'prune', 'rbd', 'vms', 'disk0');
     expect(keepsNothing.code).toBe(1);
     expect(keepsNothing.stderr).toBe('debvisorctl: give at least one of --keep-last, --keep-daily, --keep-weekly\n');
@@ -240,6 +222,11 @@ describe('debvisorctl volume and snapshot without Ceph or LVM', () => {
       ['volume', 'list', '--backend', 'rbd'],
       ['snapshot', 'list', 'rbd', 'vms', 'disk0'],
       ['snapshot', 'prune', 'rbd', 'vms', 'disk0', '--keep-last', '2', '--dry-run'],
+      ['snapshot', 'create', 'rbd', 'vms', 'disk0', 's1'],
+      ['snapshot', 'delete', 'rbd', 'vms', 'disk0', 's1'],
+      ['volume', 'provision', 'rbd', 'vms', 'disk1', '--image', 'linux.qcow2', '--size', '1GiB'],
+      ['template', 'snapshot', 'vms', 'golden', 'v1'],
+      ['template', 'clone', 'vms', 'golden', 'v1', 'vms', 'disk2'],
     ]) {
       const result = await ctl(...args);
       expect(result.code, args.join(' ')).toBe(1);

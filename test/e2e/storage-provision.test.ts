@@ -22,6 +22,7 @@ import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import type { QuotaManager } from '../../src/quota/manager.js';
 import { StorageManager } from '../../src/storage/manager.js';
 import { RBD, startCeph, type TestCeph } from '../support/ceph.js';
+import { ctlOn } from '../support/ctl.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { lvmEnv, startLvm, type TestLvm } from '../support/lvm.js';
@@ -137,6 +138,22 @@ describe('ProvisionVolume', () => {
     expect(taken.details).toContain('volume.name: volume rbd:images-pool/vm-disk already exists');
     expect((await storage.listVolumes({ pool: POOL }, T)).volumes).toHaveLength(1);
     await storage.deleteVolume({ volume: rbdRef('vm-disk') }, T);
+    expect(await storageGb(access)).toBe(0n);
+  });
+
+  it('debvisorctl volume provision waits for the operation and prints it: exit 0 when it succeeds, 1 when it fails or is refused', async () => {
+    const ok = await ctlOn(daemon, 'volume', 'provision', 'rbd', POOL, 'cli-disk', '--image', 'linux/disk.qcow2', '--size', '8MiB', '--tag', 'os=linux');
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/^state: +succeeded$/m);
+    expect((await storage.listVolumes({ pool: POOL }, T)).volumes).toMatchObject([{ ref: { name: 'cli-disk' }, sizeBytes: 8n * MIB, tags: { os: 'linux' } }]);
+    // Into LVM the write cannot run on this kernel (see below): the operation fails.
+    const failed = await ctlOn(daemon, 'volume', 'provision', 'lvm', lvm.vg, 'cli-lv', '--image', 'disk.raw', '--size', '8MiB');
+    expect(failed.code).toBe(1);
+    expect(failed.stdout).toMatch(/^state: +failed$/m);
+    const escape = await ctlOn(daemon, 'volume', 'provision', 'rbd', POOL, 'cli-escape', '--image', '../outside.raw', '--size', '8MiB');
+    expect(escape.code).toBe(1);
+    expect(escape.stderr).toMatch(/^debvisorctl: INVALID_ARGUMENT: image_path: .*\(trace_id=[0-9a-f]+\)\n$/);
+    await storage.deleteVolume({ volume: rbdRef('cli-disk') }, T);
     expect(await storageGb(access)).toBe(0n);
   });
 

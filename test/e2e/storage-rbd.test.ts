@@ -12,6 +12,7 @@ import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_p
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { RBD, startCeph, type TestCeph } from '../support/ceph.js';
+import { ctlOn } from '../support/ctl.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { defineTestDomain, startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { auditRecord, issueClientFor, rejection } from '../support/security.js';
@@ -303,6 +304,46 @@ describe('RBD templates and clones', () => {
     expect((await storage.deleteVolume({ volume: ref('tpl-pool', 'golden'), deleteSnapshots: true }, T)).deletedSnapshots).toEqual(['v1']);
     expect(await snapshotsUsed(access)).toBe(snapsBefore);
     expect(await storageGb(access)).toBe(gbBefore - 1n);
+  });
+});
+
+describe('debvisorctl on RBD', () => {
+  it('creates and deletes snapshots (per-item results, exit 1 if any failed), makes a template and clones it, waiting on the operation', async () => {
+    const ctl = (...args: string[]) => ctlOn(daemon, ...args);
+    await storage.createVolume({ volume: ref('ci-pool', 'cli-src'), sizeBytes: 16n * MIB }, T);
+    const created = await ctl('snapshot', 'create', 'rbd', 'ci-pool', 'cli-src', 's1', '--label', 'before upgrade');
+    expect(created.code, created.stderr).toBe(0);
+    expect(created.stdout).toMatch(/^name: +s1$/m);
+    expect(created.stdout).toMatch(/^label: +before upgrade$/m);
+    expect((await ctl('snapshot', 'create', 'rbd', 'ci-pool', 'cli-src', 's2')).code).toBe(0);
+    const deleted = await ctl('-o', 'json', 'snapshot', 'delete', 'rbd', 'ci-pool', 'cli-src', 's1', 'nope');
+    expect(deleted.code).toBe(1);
+    const results = (JSON.parse(deleted.stdout) as { results: { snapshotName: string; status?: { code?: number } }[] }).results;
+    expect(results.map((each) => [each.snapshotName, each.status?.code ?? 0])).toEqual([
+      ['s1', Status.OK],
+      ['nope', Status.NOT_FOUND],
+    ]);
+    const table = await ctl('snapshot', 'delete', 'rbd', 'ci-pool', 'cli-src', 's2');
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/s2 +│ deleted/);
+    expect(JSON.parse(await rbd('snap', 'ls', 'ci-pool/cli-src', '--format', 'json'))).toEqual([]);
+
+    const templated = await ctl('template', 'snapshot', 'ci-pool', 'cli-src', 'v1');
+    expect(templated.code, templated.stderr).toBe(0);
+    expect(templated.stdout).toMatch(/^protected: +true$/m);
+    const refused = await ctl('snapshot', 'delete', 'rbd', 'ci-pool', 'cli-src', 'v1');
+    expect(refused.code).toBe(1);
+    expect(refused.stdout).toContain('FAILED_PRECONDITION');
+    const cloned = await ctl('template', 'clone', 'ci-pool', 'cli-src', 'v1', 'ci-pool', 'cli-clone', '--flatten');
+    expect(cloned.code, cloned.stderr).toBe(0);
+    expect(cloned.stdout).toMatch(/^state: +succeeded$/m);
+    expect(JSON.parse(await rbd('info', 'ci-pool/cli-clone', '--format', 'json'))).not.toHaveProperty('parent');
+    const unknown = await ctl('template', 'clone', 'ci-pool', 'cli-src', 'v9', 'ci-pool', 'cli-clone2');
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^debvisorctl: NOT_FOUND: .*\(trace_id=[0-9a-f]+\)\n$/);
+
+    await storage.deleteVolume({ volume: ref('ci-pool', 'cli-clone') }, T);
+    await storage.deleteVolume({ volume: ref('ci-pool', 'cli-src'), deleteSnapshots: true }, T);
   });
 });
 
