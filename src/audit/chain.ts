@@ -59,10 +59,12 @@ export function legacyEntryMac(key: ChainKey, prevHmac: string, canonical: strin
 const NEWLINE = 0x0a;
 const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
+const ZERO = 0x30;
+const SEQ_MEMBER = Buffer.from(',"seq":', 'latin1');
 /** ,"digests":"","hmac":"<64 hex>"} and the newline, without the digests themselves. */
 const SEAL_BYTES = ',"digests":"","hmac":"'.length + 64 + '"}'.length + 1;
 /** Per entry at most ,"seq":<16 digits>} and a newline (its digest is counted apart). */
-const SEQ_BYTES = ',"seq":'.length + 16 + 2;
+const SEQ_BYTES = SEQ_MEMBER.length + 16 + 2;
 const INITIAL_EVENT_BYTES = 64 * 1024;
 
 /**
@@ -114,23 +116,16 @@ export class EventBuffer {
   }
 }
 
-const SEQ_MEMBER = Buffer.from(',"seq":', 'latin1');
-
-/**
- * `,"seq":<n>` (without the comma when `comma` is false) at `at`; returns the new end.
- * Byte stores rather than a string and a native write: this runs once per entry.
- */
-function writeSeq(buffer: Buffer, at: number, comma: boolean, seq: number): number {
-  let end = at;
-  for (let k = comma ? 0 : 1; k < SEQ_MEMBER.length; k++) buffer[end++] = SEQ_MEMBER[k] ?? 0;
-  let width = 1;
-  for (let power = 10; power <= seq; power *= 10) width++;
-  let rest = seq;
-  for (let d = end + width - 1; d >= end; d--) {
-    buffer[d] = 0x30 + (rest % 10);
+/** Writes the decimal digits of a non-negative safe integer at `at`; returns the new end. */
+function writeDecimal(target: Buffer, at: number, value: number): number {
+  let digits = 1;
+  for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+  let rest = value;
+  for (let i = at + digits - 1; i >= at; i--) {
+    target[i] = ZERO + (rest % 10);
     rest = Math.floor(rest / 10);
   }
-  return end + width;
+  return at + digits;
 }
 
 /**
@@ -153,9 +148,9 @@ export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, 
     // The event without its closing brace, then its chain members and the brace again.
     end = events.copyOpenEvent(i, buffer, end);
     // No comma after the brace of an event without members.
-    const comma = buffer[end - 1] === OPEN_BRACE ? '' : ',';
-    if (i === 0) end += buffer.write(`${comma}"seq":${firstSeq},"prev":"${prevHmac}"`, end, 'latin1');
-    else end = writeSeq(buffer, end, comma !== '', firstSeq + i);
+    end += SEQ_MEMBER.copy(buffer, end, buffer[end - 1] === OPEN_BRACE ? 1 : 0);
+    end = writeDecimal(buffer, end, firstSeq + i);
+    if (i === 0) end += buffer.write(`,"prev":"${prevHmac}"`, end, 'latin1');
     buffer[end++] = CLOSE_BRACE;
     // The digest covers the very bytes written for this entry.
     digests += entryDigest(buffer.subarray(start, end));
