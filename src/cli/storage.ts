@@ -16,6 +16,7 @@ import {
   type Snapshot,
   type Volume,
 } from '../gen/debvisor/v1/storage_pb.js';
+import type { RpcStatus } from '../gen/debvisor/v1/common_pb.js';
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
 import { bytes, count, enumName, enumParser, when, withService } from './command.js';
 import { waitAndExit, WAIT_HELP } from './operation.js';
@@ -23,8 +24,11 @@ import { printJson, printRecord, printTable } from './output.js';
 
 const backend = enumParser(StorageBackend);
 
-/** A per-item RpcStatus code is a plain number. */
-const OK: number = Status.OK;
+/** A per-item status as `CODE: message`; undefined for OK (or none). */
+function problemOf(status: RpcStatus | undefined): string | undefined {
+  const code = status?.code ?? 0;
+  return code === 0 ? undefined : `${Status[code] ?? code}: ${status?.message ?? ''}`;
+}
 
 const SIZE_HELP = 'a size such as 512MiB, 10GiB or 1.5TiB (KB, MB, GB: powers of 1000)';
 
@@ -188,16 +192,8 @@ export function registerStorageCommands(program: Command): void {
       withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string, snapshotNames: string[]) => {
         const response = await client.deleteSnapshot({ dataset: { backend: backendValue, pool, name }, snapshotNames }, options);
         if (flags.output === 'json') printJson(DeleteSnapshotResponseSchema, response);
-        else {
-          printTable(
-            ['snapshot', 'result'],
-            response.results.map((each) => {
-              const code = each.status?.code ?? OK;
-              return [each.snapshotName, code === OK ? 'deleted' : `${Status[code] ?? code}: ${each.status?.message ?? ''}`];
-            }),
-          );
-        }
-        if (response.results.some((each) => (each.status?.code ?? OK) !== OK)) process.exitCode = 1;
+        else printTable(['snapshot', 'result'], response.results.map((each) => [each.snapshotName, problemOf(each.status) ?? 'deleted']));
+        if (response.results.some((each) => problemOf(each.status) !== undefined)) process.exitCode = 1;
       }),
     );
   volumeArguments(snapshot.command('list'))

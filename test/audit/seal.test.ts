@@ -44,7 +44,7 @@ describe('sealBatch', () => {
     for (let power = 10; power <= 1e15; power *= 10) {
       const buffer = new EventBuffer();
       for (let i = 0; i < 3; i++) buffer.push(i === 1 ? '{}' : '{"a":1}');
-      // The entries after the first get their seq from the byte writer: power - 1 → power → power + 1 after a first at power - 2.
+      // Three entries across the power of ten (power - 2, power - 1, power); the middle one has no members of its own, so no comma.
       const lines = sealBatch(key, '', buffer, power - 2).data.toString('utf8').split('\n').slice(0, -1);
       expect(lines.map((line) => parseLine(line)?.seq)).toEqual([power - 2, power - 1, power]);
       expect(lines[1]).toBe(`{"seq":${power - 1}}`);
