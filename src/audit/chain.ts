@@ -93,14 +93,32 @@ export class EventBuffer {
 
   push(json: string): void {
     // UTF-8 takes at most 3 bytes per UTF-16 code unit.
-    const worst = json.length * 3;
-    if (this.used + worst > this.bytes.length) {
-      const grown = Buffer.allocUnsafe(Math.max(this.bytes.length * 2, this.used + worst));
+    const target = this.reserve(json.length * 3);
+    this.end(this.used + target.write(json, this.used));
+  }
+
+  /**
+   * Room for `bytes` more bytes: the buffer to write the next event into, from
+   * `byteLength` on. Nothing counts as written until end().
+   */
+  reserve(bytes: number): Buffer {
+    if (this.used + bytes > this.bytes.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.bytes.length * 2, this.used + bytes));
       this.bytes.copy(grown, 0, 0, this.used);
       this.bytes = grown;
     }
-    this.used += this.bytes.write(json, this.used);
-    this.ends.push(this.used);
+    return this.bytes;
+  }
+
+  /** Ends the event written after reserve() at offset `end`. */
+  end(end: number): void {
+    this.used = end;
+    this.ends.push(end);
+  }
+
+  /** Event `index`, as written (a view, valid until the buffer is written to or cleared). */
+  event(index: number): Buffer {
+    return this.bytes.subarray(index === 0 ? 0 : (this.ends[index - 1] ?? 0), this.ends[index] ?? 0);
   }
 
   clear(): void {
@@ -117,7 +135,7 @@ export class EventBuffer {
 }
 
 /** Writes the decimal digits of a non-negative safe integer at `at`; returns the new end. */
-function writeDecimal(target: Buffer, at: number, value: number): number {
+export function writeDecimal(target: Uint8Array, at: number, value: number): number {
   let digits = 1;
   for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
   let rest = value;

@@ -1,5 +1,6 @@
 // The audit event model: one JSON object per line of the audit log.
 // The log adds `seq` and `hmac` (see log.ts); everything else comes from the caller.
+import { writeDecimal, type EventBuffer } from './chain.js';
 
 export type AuditEventType = 'CALL' | 'AUTH' | 'AUTH_FAILED' | 'AUTHZ_DENIED' | 'SECURITY' | 'SUSPICIOUS' | 'ERROR';
 
@@ -81,8 +82,14 @@ const SEGMENTS_PER_PRINCIPAL = 4096;
 interface PrincipalCache {
   readonly scrub: (json: string) => string;
   readonly json: string;
-  readonly segments: Map<unknown, Map<unknown, Map<unknown, Map<unknown, string>>>>;
+  readonly segments: Map<unknown, Map<unknown, Map<unknown, Map<unknown, Segment>>>>;
   size: number;
+}
+
+/** `,"principal":…` through `"code"`, scrubbed: as text, and as the UTF-8 bytes appendEvent copies. */
+interface Segment {
+  readonly text: string;
+  readonly bytes: Uint8Array;
 }
 
 const principalCaches = new WeakMap<AuditPrincipal, PrincipalCache>();
@@ -106,12 +113,13 @@ function child<V>(map: Map<unknown, Map<unknown, V>>, key: unknown): Map<unknown
 }
 
 /** `,"principal":…` through `"code"`, scrubbed: from the cache, or made and remembered. */
-function segmentOf(cache: PrincipalCache, event: AuditEventInput): string {
+function segmentOf(cache: PrincipalCache, event: AuditEventInput): Segment {
   const byCode = child(child(child(cache.segments, event.source), event.method), event.decision);
   let segment = byCode.get(event.code);
   if (segment === undefined) {
     const members = JSON.stringify(leadOf(event, {}));
-    segment = `,"principal":${cache.json}${members.length === 2 ? '' : `,${cache.scrub(members.slice(1, -1))}`}`;
+    const text = `,"principal":${cache.json}${members.length === 2 ? '' : `,${cache.scrub(members.slice(1, -1))}`}`;
+    segment = { text, bytes: Buffer.from(text, 'utf8') };
     if (++cache.size > SEGMENTS_PER_PRINCIPAL) {
       cache.segments.clear();
       cache.size = 1;
@@ -178,10 +186,110 @@ export function serializeEvent(event: AuditEventInput, defaultTime: () => string
   const p = event.principal;
   const cache = p === undefined ? undefined : principalCache(p, scrub);
   if (cache && (given === undefined || isPlain(given)) && isPlain(event.trace_id) && PLAIN_TYPES.has(event.type)) {
-    return `{"time":"${time}","trace_id":"${event.trace_id}","type":"${event.type}"${segmentOf(cache, event)}${tailText(event, scrub)}`;
+    return `{"time":"${time}","trace_id":"${event.trace_id}","type":"${event.type}"${segmentOf(cache, event).text}${tailText(event, scrub)}`;
   }
   const head: Record<string, unknown> = { time, trace_id: event.trace_id, type: event.type };
   if (p === undefined) return scrub(JSON.stringify(tailOf(event, leadOf(event, head))));
   const principal = cache?.json ?? scrub(JSON.stringify(principalObject(p)));
   return `${scrub(JSON.stringify(head).slice(0, -1))},"principal":${principal}${closing(JSON.stringify(tailOf(event, leadOf(event, {}))), scrub)}`;
+}
+
+const ascii = (text: string): Uint8Array => Uint8Array.from(text, (c) => c.charCodeAt(0));
+const TIME_OPEN = ascii('{"time":"');
+const TRACE_ID_OPEN = ascii('","trace_id":"');
+/** `","type":"<type>"` of each event type. */
+const TYPE_MEMBERS: ReadonlyMap<unknown, Uint8Array> = new Map(AUDIT_EVENT_TYPES.map((type) => [type, ascii(`","type":"${type}"`)]));
+const LONGEST_TYPE_MEMBER = Math.max(...[...TYPE_MEMBERS.values()].map((bytes) => bytes.length));
+const DURATION_OPEN = ascii(',"duration_ms":');
+const CLOSE_BRACE = 0x7d;
+const DOT = 0x2e;
+const ZERO = 0x30;
+/** The bytes of the constant parts of a chain record, and the most a duration takes. */
+const RECORD_BYTES = TIME_OPEN.length + TRACE_ID_OPEN.length + LONGEST_TYPE_MEMBER + DURATION_OPEN.length + 16 + 1;
+
+/** PLAIN's characters, by character code. */
+const PLAIN_CODES = new Uint8Array(128);
+for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.:-') PLAIN_CODES[c.charCodeAt(0)] = 1;
+
+/** Writes plain text (see PLAIN) as its bytes at `at`; returns the new end, or -1 if a character is not plain. */
+function writePlain(target: Uint8Array, at: number, text: string): number {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code >= 128 || PLAIN_CODES[code] === 0) return -1;
+    target[at++] = code;
+  }
+  return at;
+}
+
+/**
+ * Writes a duration's JSON at `at` when it is a whole number of microseconds below 10^9 ms
+ * (what the chain records); returns the new end, or -1 for any other number. Such a number's
+ * shortest round-trip text (JSON.stringify's) is its microseconds with the point put back
+ * and trailing zeros dropped: the double is the one nearest that decimal, and every other
+ * decimal of at most three places is too far from it to round to the same double.
+ */
+function writeMillis(target: Uint8Array, at: number, ms: number): number {
+  if (!(ms >= 0 && ms < 1e9)) return -1;
+  const micros = Math.round(ms * 1000);
+  if (micros / 1000 !== ms) return -1;
+  const whole = Math.floor(micros / 1000);
+  let fraction = micros - whole * 1000;
+  at = writeDecimal(target, at, whole);
+  if (fraction === 0) return at;
+  target[at++] = DOT;
+  for (let unit = 100; fraction > 0; unit /= 10) {
+    const digit = Math.floor(fraction / unit);
+    target[at++] = ZERO + digit;
+    fraction -= digit * unit;
+  }
+  return at;
+}
+
+/** A chain record's line at `at`: -1 unless its time and trace id are plain, its type known and its duration writable. */
+function writeRecord(target: Uint8Array, at: number, time: string, event: AuditEventInput, segment: Segment): number {
+  const type = TYPE_MEMBERS.get(event.type);
+  if (type === undefined) return -1;
+  target.set(TIME_OPEN, at);
+  at = writePlain(target, at + TIME_OPEN.length, time);
+  if (at < 0) return -1;
+  target.set(TRACE_ID_OPEN, at);
+  at = writePlain(target, at + TRACE_ID_OPEN.length, event.trace_id);
+  if (at < 0) return -1;
+  target.set(type, at);
+  at += type.length;
+  target.set(segment.bytes, at);
+  at += segment.bytes.length;
+  const duration = event.duration_ms;
+  if (duration !== undefined) {
+    target.set(DURATION_OPEN, at);
+    at = writeMillis(target, at + DURATION_OPEN.length, duration);
+    if (at < 0) return -1;
+  }
+  target[at++] = CLOSE_BRACE;
+  return at;
+}
+
+/**
+ * Appends an event's line to `events` as UTF-8: the bytes of serializeEvent's text.
+ *
+ * Once per call: a chain record of a read (a frozen principal; plain time, trace id and
+ * type; nothing after the code but its duration) is written straight into the buffer's
+ * bytes, with its principal's segment copied as bytes: no string is built per call.
+ */
+export function appendEvent(events: EventBuffer, event: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): void {
+  const p = event.principal;
+  const cache = p === undefined ? undefined : principalCache(p, scrub);
+  if (cache && event.request === undefined && event.object === undefined && event.reason === undefined && event.details === undefined) {
+    const time = event.time ?? defaultTime();
+    const segment = segmentOf(cache, event);
+    const target = events.reserve(RECORD_BYTES + time.length + event.trace_id.length + segment.bytes.length);
+    const end = writeRecord(target, events.byteLength, time, event, segment);
+    if (end >= 0) {
+      events.end(end);
+      return;
+    }
+    events.push(serializeEvent(event, () => time, scrub));
+    return;
+  }
+  events.push(serializeEvent(event, defaultTime, scrub));
 }

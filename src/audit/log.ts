@@ -11,7 +11,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { CHAIN_GENESIS, chainKey, EventBuffer, isSeal, parseLine, sealBatch, sealCapacity, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
-import { serializeEvent, type AuditEventInput } from './event.js';
+import { appendEvent, type AuditEventInput } from './event.js';
 import { localDay, rotatedFiles, rotatedName } from './files.js';
 import { loadOrCreateHmacKey } from './key.js';
 import { scrubSecretsInJson } from './redact.js';
@@ -291,14 +291,11 @@ export class AuditLog {
    * failures go to onWriteFailure.
    */
   write(event: AuditEventInput): void {
-    const json = this.serialize(event);
-    if (json === undefined) return;
-    const refused = this.refusal();
+    const refused = this.refusal() ?? this.append(event);
     if (refused) {
       this.fail(refused);
       return;
     }
-    this.enqueue(json);
     if (this.pending.byteLength >= FLUSH_BYTES) this.kick();
     else this.schedule();
   }
@@ -308,19 +305,12 @@ export class AuditLog {
    * calls share one write and one fsync. Rejects with AuditWriteError otherwise.
    */
   writeDurable(event: AuditEventInput): Promise<void> {
-    let json: string;
-    try {
-      json = this.serializeOrThrow(event);
-    } catch (err) {
-      return Promise.reject(err instanceof AuditWriteError ? err : new AuditWriteError(errorMessage(err), 'serialize', 1, { cause: err }));
-    }
-    const refused = this.refusal();
+    const refused = this.refusal() ?? this.append(event);
     if (refused) {
       this.counters.lostEvents++;
       return Promise.reject(refused);
     }
     return new Promise<void>((resolve, reject) => {
-      this.enqueue(json);
       this.waiters.push({ resolve, reject });
       this.kick();
     });
@@ -349,20 +339,13 @@ export class AuditLog {
     return this.closing;
   }
 
-  private serializeOrThrow(event: AuditEventInput): string {
+  /** Queues the event's line; the error if it cannot be serialized (nothing is queued then). */
+  private append(event: AuditEventInput): AuditWriteError | undefined {
     try {
-      return serializeEvent(event, this.defaultTime, scrubSecretsInJson);
-    } catch (err) {
-      throw new AuditWriteError(`audit event cannot be serialized: ${errorMessage(err)}`, 'serialize', 1, { cause: err });
-    }
-  }
-
-  private serialize(event: AuditEventInput): string | undefined {
-    try {
-      return this.serializeOrThrow(event);
-    } catch (err) {
-      this.fail(err as AuditWriteError);
+      appendEvent(this.pending, event, this.defaultTime, scrubSecretsInJson);
       return undefined;
+    } catch (err) {
+      return new AuditWriteError(`audit event cannot be serialized: ${errorMessage(err)}`, 'serialize', 1, { cause: err });
     }
   }
 
@@ -385,10 +368,6 @@ export class AuditLog {
     } catch {
       // A failing failure handler must not break the writer.
     }
-  }
-
-  private enqueue(json: string): void {
-    this.pending.push(json);
   }
 
   private schedule(): void {

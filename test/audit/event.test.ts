@@ -2,7 +2,8 @@
 // of the event in its fixed key order, for any content: hostile strings included.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { serializeEvent, type AuditEventInput } from '../../src/audit/event.js';
+import { EventBuffer } from '../../src/audit/chain.js';
+import { appendEvent, serializeEvent, type AuditEventInput } from '../../src/audit/event.js';
 import { scrubSecretsInJson } from '../../src/audit/redact.js';
 
 /** The reference: the fixed-order object the serializer used to build, stringified. */
@@ -71,15 +72,29 @@ function withFrozenPrincipal(event: AuditEventInput): AuditEventInput {
   return p === undefined ? event : { ...event, principal: Object.freeze({ ...p, roles: Object.freeze([...p.roles]) }) };
 }
 
-describe('serializeEvent', () => {
+/**
+ * serializeEvent's text, checked against what appendEvent writes for the same event (its
+ * bytes must be that text's UTF-8): the line as the log queues it.
+ */
+function serialized(event: AuditEventInput, time: string, scrub?: (json: string) => string): string {
+  const text = serializeEvent(event, () => time, scrub);
+  const events = new EventBuffer();
+  events.push('{"before":1}');
+  appendEvent(events, event, () => time, scrub);
+  expect(events.count).toBe(2);
+  expect(events.event(1).equals(Buffer.from(text, 'utf8'))).toBe(true);
+  return text;
+}
+
+describe('serializeEvent and appendEvent', () => {
   it('equals JSON.stringify of the fixed-order event, for any content, with a frozen (cached) principal or not', () => {
     fc.assert(
       fc.property(events, fc.boolean(), (generated, frozen) => {
         const event = frozen ? withFrozenPrincipal(generated) : generated;
         const expected = reference(event, '2026-01-01T00:00:00.000Z');
-        expect(serializeEvent(event, () => '2026-01-01T00:00:00.000Z')).toBe(expected);
+        expect(serialized(event, '2026-01-01T00:00:00.000Z')).toBe(expected);
         // A second time: the frozen principal's JSON now comes from the cache.
-        expect(serializeEvent(event, () => '2026-01-01T00:00:00.000Z')).toBe(expected);
+        expect(serialized(event, '2026-01-01T00:00:00.000Z')).toBe(expected);
       }),
       { numRuns: 2000 },
     );
@@ -103,8 +118,8 @@ describe('serializeEvent', () => {
             : { ...base, [at]: `a ${secret} b` };
         const event = frozen ? withFrozenPrincipal(planted) : planted;
         const expected = scrubSecretsInJson(reference(event, 'now'));
-        expect(serializeEvent(event, () => 'now', scrubSecretsInJson)).toBe(expected);
-        expect(serializeEvent(event, () => 'now', scrubSecretsInJson)).toBe(expected);
+        expect(serialized(event, 'now', scrubSecretsInJson)).toBe(expected);
+        expect(serialized(event, 'now', scrubSecretsInJson)).toBe(expected);
         expect(expected).not.toContain('c2VjcmV0c2VjcmV0c2VjcmV0');
       }),
       { numRuns: 1000 },
@@ -122,11 +137,11 @@ describe('serializeEvent', () => {
         const expected = scrubbed ? scrubSecretsInJson(reference(event, time)) : reference(event, time);
         const scrub = scrubbed ? scrubSecretsInJson : undefined;
         // Twice, and again with another duration: the second time the principal's segment comes from the cache.
-        expect(serializeEvent(event, () => time, scrub)).toBe(expected);
-        expect(serializeEvent(event, () => time, scrub)).toBe(expected);
+        expect(serialized(event, time, scrub)).toBe(expected);
+        expect(serialized(event, time, scrub)).toBe(expected);
         const later = { ...event, duration_ms: 1.5 };
         const expectedLater = scrubbed ? scrubSecretsInJson(reference(later, time)) : reference(later, time);
-        expect(serializeEvent(later, () => time, scrub)).toBe(expectedLater);
+        expect(serialized(later, time, scrub)).toBe(expectedLater);
       }),
       { numRuns: 2000 },
     );
@@ -137,8 +152,22 @@ describe('serializeEvent', () => {
     const durations = [0, -0, 0.001, 1.5, 123456.789, 1e21, 5e-7, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, undefined];
     for (const duration_ms of durations) {
       const event: AuditEventInput = { trace_id: '0123456789abcdef0123456789abcdef', type: 'CALL', principal, source: '127.0.0.1:1', method: '/a/B', decision: 'allow', code: 'OK', duration_ms };
-      expect(serializeEvent(event, () => 'now', scrubSecretsInJson)).toBe(reference(event, 'now'));
+      expect(serialized(event, 'now', scrubSecretsInJson)).toBe(reference(event, 'now'));
     }
+  });
+
+  it('writes any whole number of microseconds (what the chain records) as JSON does, and the numbers either side', () => {
+    const principal = Object.freeze({ id: 'admin', kind: 'certificate' as const, roles: Object.freeze(['admin']) });
+    const micros = fc.oneof(fc.integer({ min: 0, max: 1e12 + 10 }), fc.integer({ min: 0, max: 100_000 }));
+    fc.assert(
+      fc.property(micros, fc.constantFrom(0, 1, -1), (n, nudge) => {
+        const exact = n / 1000;
+        const duration_ms = nudge === 0 ? exact : exact + nudge * Number.EPSILON * Math.max(1, exact);
+        const event: AuditEventInput = { trace_id: '0123456789abcdef0123456789abcdef', type: 'CALL', principal, source: '127.0.0.1:1', method: '/a/B', decision: 'allow', code: 'OK', duration_ms };
+        expect(serialized(event, '2026-01-01T00:00:00.000Z')).toBe(reference(event, '2026-01-01T00:00:00.000Z'));
+      }),
+      { numRuns: 5000 },
+    );
   });
 
   it('the same frozen principal in different events', () => {
@@ -148,21 +177,21 @@ describe('serializeEvent', () => {
       { trace_id: 't2', type: 'SUSPICIOUS', principal },
       { time: 'custom', trace_id: 't3', type: 'AUTHZ_DENIED', principal, reason: 'why "not"', details: { n: 1 } },
     ];
-    for (const event of events) expect(serializeEvent(event, () => 'now')).toBe(reference(event, 'now'));
+    for (const event of events) expect(serialized(event, 'now')).toBe(reference(event, 'now'));
   });
 
   it('keeps hostile strings inside their member', () => {
     for (const hostile of HOSTILE) {
       const event: AuditEventInput = { trace_id: hostile, type: 'CALL', method: hostile, reason: hostile, principal: { id: hostile, kind: 'api_key', roles: [hostile] } };
-      const parsed = JSON.parse(serializeEvent(event, () => 't')) as Record<string, unknown>;
+      const parsed = JSON.parse(serialized(event, 't')) as Record<string, unknown>;
       expect(parsed).toEqual({ time: 't', trace_id: hostile, type: 'CALL', principal: { id: hostile, kind: 'api_key', roles: [hostile] }, method: hostile, reason: hostile });
     }
   });
 
   it('leaves out members JSON has no form for, and drops unknown keys', () => {
     const event = { trace_id: 't', type: 'CALL', request: () => 1, details: undefined, extra: 'x', duration_ms: Number.NaN } as unknown as AuditEventInput;
-    expect(serializeEvent(event, () => 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","duration_ms":null}');
+    expect(serialized(event, 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","duration_ms":null}');
     const principal = Object.freeze({ id: 'p', kind: 'api_key' as const, roles: Object.freeze([]), key_id: 'k' });
-    expect(serializeEvent({ ...event, principal }, () => 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","principal":{"id":"p","kind":"api_key","roles":[],"key_id":"k"},"duration_ms":null}');
+    expect(serialized({ ...event, principal }, 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","principal":{"id":"p","kind":"api_key","roles":[],"key_id":"k"},"duration_ms":null}');
   });
 });
