@@ -58,8 +58,9 @@ function principalObject(p: AuditPrincipal): Record<string, unknown> {
 const asIs = (json: string): string => json;
 
 /**
- * Text that needs no JSON escaping and that no secret pattern can match: trace ids
- * (src/server/trace.ts admits only these characters), ISO times, type names.
+ * Text that needs no JSON escaping and that no secret pattern can match: the daemon's own
+ * trace ids (hex; a client's may also hold "_" and then takes the general path), ISO
+ * times, type names.
  */
 const PLAIN = /^[A-Za-z0-9.:-]*$/;
 
@@ -67,8 +68,12 @@ function isPlain(value: unknown): value is string {
   return typeof value === 'string' && PLAIN.test(value);
 }
 
-/** The event types: plain text, known without a pattern test. */
-const PLAIN_TYPES: ReadonlySet<unknown> = new Set<unknown>(AUDIT_EVENT_TYPES);
+/** PLAIN's characters, by character code (for writing plain text byte by byte). */
+const PLAIN_CODES = Uint8Array.from({ length: 128 }, (_, code) => (PLAIN.test(String.fromCharCode(code)) ? 1 : 0));
+
+const ascii = (text: string): Uint8Array => Uint8Array.from(text, (c) => c.charCodeAt(0));
+/** The event types (plain text, known without a pattern test), each with its `","type":"<type>"` bytes. */
+const TYPE_MEMBERS: ReadonlyMap<unknown, Uint8Array> = new Map(AUDIT_EVENT_TYPES.map((type) => [type, ascii(`","type":"${type}"`)]));
 
 /** Most member segments kept per principal; beyond it they are dropped and rebuilt as needed. */
 const SEGMENTS_PER_PRINCIPAL = 4096;
@@ -148,6 +153,11 @@ function tailOf(event: AuditEventInput, out: Record<string, unknown>): Record<st
   return out;
 }
 
+/** Nothing after `code` but (perhaps) the duration: a read call's record. */
+function hasDurationOnly(event: AuditEventInput): boolean {
+  return event.request === undefined && event.object === undefined && event.reason === undefined && event.details === undefined;
+}
+
 /**
  * The closing text of the members after `code`: a read call's record has only its
  * duration there, whose JSON is the number's own text (no scrub pattern matches digits),
@@ -155,7 +165,7 @@ function tailOf(event: AuditEventInput, out: Record<string, unknown>): Record<st
  */
 function tailText(event: AuditEventInput, scrub: (json: string) => string): string {
   const duration = event.duration_ms;
-  if (event.request === undefined && event.object === undefined && event.reason === undefined && event.details === undefined) {
+  if (hasDurationOnly(event)) {
     if (duration === undefined) return '}';
     if (Number.isFinite(duration)) return `,"duration_ms":${duration}}`;
   }
@@ -185,7 +195,7 @@ export function serializeEvent(event: AuditEventInput, defaultTime: () => string
   const time = given ?? defaultTime();
   const p = event.principal;
   const cache = p === undefined ? undefined : principalCache(p, scrub);
-  if (cache && (given === undefined || isPlain(given)) && isPlain(event.trace_id) && PLAIN_TYPES.has(event.type)) {
+  if (cache && (given === undefined || isPlain(given)) && isPlain(event.trace_id) && TYPE_MEMBERS.has(event.type)) {
     return `{"time":"${time}","trace_id":"${event.trace_id}","type":"${event.type}"${segmentOf(cache, event).text}${tailText(event, scrub)}`;
   }
   const head: Record<string, unknown> = { time, trace_id: event.trace_id, type: event.type };
@@ -194,11 +204,8 @@ export function serializeEvent(event: AuditEventInput, defaultTime: () => string
   return `${scrub(JSON.stringify(head).slice(0, -1))},"principal":${principal}${closing(JSON.stringify(tailOf(event, leadOf(event, {}))), scrub)}`;
 }
 
-const ascii = (text: string): Uint8Array => Uint8Array.from(text, (c) => c.charCodeAt(0));
 const TIME_OPEN = ascii('{"time":"');
 const TRACE_ID_OPEN = ascii('","trace_id":"');
-/** `","type":"<type>"` of each event type. */
-const TYPE_MEMBERS: ReadonlyMap<unknown, Uint8Array> = new Map(AUDIT_EVENT_TYPES.map((type) => [type, ascii(`","type":"${type}"`)]));
 const LONGEST_TYPE_MEMBER = Math.max(...[...TYPE_MEMBERS.values()].map((bytes) => bytes.length));
 const DURATION_OPEN = ascii(',"duration_ms":');
 const CLOSE_BRACE = 0x7d;
@@ -206,10 +213,6 @@ const DOT = 0x2e;
 const ZERO = 0x30;
 /** The bytes of the constant parts of a chain record, and the most a duration takes. */
 const RECORD_BYTES = TIME_OPEN.length + TRACE_ID_OPEN.length + LONGEST_TYPE_MEMBER + DURATION_OPEN.length + 16 + 1;
-
-/** PLAIN's characters, by character code. */
-const PLAIN_CODES = new Uint8Array(128);
-for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.:-') PLAIN_CODES[c.charCodeAt(0)] = 1;
 
 /** Writes plain text (see PLAIN) as its bytes at `at`; returns the new end, or -1 if a character is not plain. */
 function writePlain(target: Uint8Array, at: number, text: string): number {
@@ -279,7 +282,8 @@ function writeRecord(target: Uint8Array, at: number, time: string, event: AuditE
 export function appendEvent(events: EventBuffer, event: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): void {
   const p = event.principal;
   const cache = p === undefined ? undefined : principalCache(p, scrub);
-  if (cache && event.request === undefined && event.object === undefined && event.reason === undefined && event.details === undefined) {
+  let clock = defaultTime;
+  if (cache && hasDurationOnly(event)) {
     const time = event.time ?? defaultTime();
     const segment = segmentOf(cache, event);
     const target = events.reserve(RECORD_BYTES + time.length + event.trace_id.length + segment.bytes.length);
@@ -288,8 +292,8 @@ export function appendEvent(events: EventBuffer, event: AuditEventInput, default
       events.end(end);
       return;
     }
-    events.push(serializeEvent(event, () => time, scrub));
-    return;
+    // Not writable as bytes after all: the text, with the time already taken.
+    clock = () => time;
   }
-  events.push(serializeEvent(event, defaultTime, scrub));
+  events.push(serializeEvent(event, clock, scrub));
 }

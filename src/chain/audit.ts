@@ -5,6 +5,7 @@ import { status as Status } from '@grpc/grpc-js';
 import type { DescMethod, Message } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { redactRequest } from '../audit/redact.js';
+import type { AuditPrincipal } from '../audit/event.js';
 import { AuditWriteError, type AuditLog } from '../audit/log.js';
 import { resourceOf } from '../authz/decide.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
@@ -34,6 +35,11 @@ function objectOf(deps: AuditDeps, path: string, method: DescMethod, request: un
   return resource && `${resource.kind}:${resource.name}`;
 }
 
+/** The caller as its audit records name it (unset before identity ran, or when it refused). */
+function principalOf(state: CallState): AuditPrincipal | undefined {
+  return state.principal && auditPrincipal(state.principal, state.roles ?? []);
+}
+
 const NOTHING_TO_DESCRIBE: AuditedRequest = Object.freeze({ object: undefined, request: undefined });
 
 export function audit(deps: AuditDeps): Step {
@@ -53,7 +59,7 @@ export function audit(deps: AuditDeps): Step {
       await deps.audit.writeDurable({
         type: 'CALL',
         trace_id: state.traceId,
-        principal: state.principal && auditPrincipal(state.principal, state.roles ?? []),
+        principal: principalOf(state),
         source: state.peer,
         method: state.path,
         request,
@@ -85,7 +91,7 @@ export function audit(deps: AuditDeps): Step {
       deps.audit.write({
         type: 'CALL',
         trace_id: state.traceId,
-        principal: state.principal && auditPrincipal(state.principal, state.roles ?? []),
+        principal: principalOf(state),
         source: state.peer,
         method: state.path,
         decision: state.decision,
