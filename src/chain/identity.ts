@@ -13,6 +13,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../server/context.js';
 import { UnauthenticatedError } from '../server/errors.js';
 import { auditPrincipal } from './audit-principal.js';
+import { firstHeader, headerMap } from './headers.js';
 import type { Connection } from './peer.js';
 import type { Step } from './step.js';
 
@@ -70,10 +71,11 @@ export function identity(deps: IdentityDeps): Step {
 
   return {
     onRequest: (state, { path, connection, metadata }) => {
-      const map = metadata.getMap();
-      const token = tokenFromHeaders(map.authorization, map['x-api-key']);
-      for (const key of Object.keys(map)) {
-        if (key.startsWith(INTERNAL_HEADER_PREFIX) || CREDENTIAL_HEADERS.includes(key)) metadata.remove(key);
+      const headers = headerMap(metadata);
+      const token = tokenFromHeaders(firstHeader(headers, 'authorization'), firstHeader(headers, 'x-api-key'));
+      // Removing the entry the iteration is at is safe for a Map.
+      for (const name of headers.keys()) {
+        if (name.startsWith(INTERNAL_HEADER_PREFIX) || CREDENTIAL_HEADERS.includes(name)) metadata.remove(name);
       }
       const ip = connection.ip;
       if (deps.guard.blockedFor(ip) > 0) {

@@ -7,6 +7,7 @@ import { attachCallState, type CallState } from '../server/context.js';
 import { TRACE_ID_KEY } from '../server/errors.js';
 import { traceIdFrom, newTraceId } from '../server/trace.js';
 import type { CounterCell, HistogramCell, Metrics } from '../observability/metrics.js';
+import { firstHeader, headerMap } from './headers.js';
 import type { Connection } from './peer.js';
 import type { ChainSpec, ObservedCall } from './step.js';
 
@@ -90,7 +91,7 @@ class Observation implements ObservedCall {
   ) {}
 
   begin(metadata: Metadata): CallState {
-    const sent = metadata.get(TRACE_ID_KEY)[0];
+    const sent = firstHeader(headerMap(metadata), TRACE_ID_KEY);
     const traceId = (this.traceId = traceIdFrom(sent));
     this.clientTraceId = traceId === sent;
     // Every member the later steps set is there from the start: the object keeps one shape
