@@ -61,6 +61,12 @@ export interface ChainSpec {
 
 const NO_STEPS: readonly Step[] = [];
 
+/** What ChainCall hands on to the handler side. */
+const METADATA = 0;
+const MESSAGE = 1;
+const HALF_CLOSE = 2;
+type HandlerEvent = typeof METADATA | typeof MESSAGE | typeof HALF_CLOSE;
+
 /**
  * One call through the chain: the call grpc-js's handler side sees (it forwards to `call`,
  * the call grpc-js made for the stream) and the listener of `call`. It is also the steps'
@@ -173,7 +179,7 @@ class ChainCall extends ServerInterceptingCall implements InterceptingServerList
       this.hasQueuedHalfClose = true;
       return;
     }
-    this.guard(() => this.listener?.onReceiveHalfClose());
+    this.deliver(HALF_CLOSE);
   }
 
   onCancel(): void {
@@ -221,13 +227,13 @@ class ChainCall extends ServerInterceptingCall implements InterceptingServerList
 
   private deliverMetadata(): void {
     this.headersInSteps = false;
-    this.guard(() => this.listener?.onReceiveMetadata(this.metadata));
+    this.deliver(METADATA);
     this.deliverQueued();
   }
 
   private deliverMessage(): void {
     this.messageInSteps = false;
-    this.guard(() => this.listener?.onReceiveMessage(this.message));
+    this.deliver(MESSAGE);
     this.deliverQueued();
   }
 
@@ -244,10 +250,16 @@ class ChainCall extends ServerInterceptingCall implements InterceptingServerList
     }
   }
 
-  /** Step 2: a throw from the handler's synchronous part becomes a status seen by observe only. */
-  private guard(deliver: () => void): void {
+  /**
+   * Hands one event to the handler side. Step 2: a throw from the handler's synchronous
+   * part becomes a status seen by observe only. (An event code, not a closure per event.)
+   */
+  private deliver(event: HandlerEvent): void {
+    const listener = this.listener;
     try {
-      deliver();
+      if (event === METADATA) listener?.onReceiveMetadata(this.metadata);
+      else if (event === MESSAGE) listener?.onReceiveMessage(this.message);
+      else listener?.onReceiveHalfClose();
     } catch (err) {
       const status = this.recover(err, this.state?.traceId ?? newTraceId(), this.path);
       this.call.sendStatus(this.observed.end(status));
