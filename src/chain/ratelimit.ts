@@ -33,17 +33,17 @@ export function rateLimit(deps: RateLimitDeps): Step {
       // The most generous of the default and the principal's roles (a loop: no arrays per call).
       let perMinute = settings.default_per_minute;
       for (const role of state.roles ?? []) perMinute = Math.max(perMinute, settings.per_role_per_minute[role] ?? 0);
-      const own = limiter.take(principal.id, perMinute, cost);
-      if (!own.allowed) {
+      const ownWaitMs = limiter.take(principal.id, perMinute, cost);
+      if (ownWaitMs > 0) {
         deps.metrics.rateLimitViolations.inc({ principal: deps.metrics.principalLabel(principal.id) });
         throw new RpcError('RESOURCE_EXHAUSTED', `rate limit of ${perMinute} requests per minute exceeded for ${principal.id}`, {
-          details: { retryAfterMs: own.retryAfterMs },
+          details: { retryAfterMs: ownWaitMs },
         });
       }
-      const global = limiter.take(GLOBAL_KEY, settings.global_per_minute, cost);
-      if (!global.allowed) {
+      const globalWaitMs = limiter.take(GLOBAL_KEY, settings.global_per_minute, cost);
+      if (globalWaitMs > 0) {
         deps.metrics.rateLimitViolations.inc({ principal: 'global' });
-        throw new RpcError('RESOURCE_EXHAUSTED', 'the daemon is at its global request limit', { details: { retryAfterMs: global.retryAfterMs } });
+        throw new RpcError('RESOURCE_EXHAUSTED', 'the daemon is at its global request limit', { details: { retryAfterMs: globalWaitMs } });
       }
     },
   };

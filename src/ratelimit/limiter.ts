@@ -50,15 +50,18 @@ export interface RateLimiterOptions {
   readonly burstFraction?: number;
 }
 
-export type TakeResult = { allowed: true; remaining: number } | { allowed: false; retryAfterMs: number };
+/** A key's state: its TAT, updated in place (a double in a Map value is a new heap number per write). */
+interface Bucket {
+  tat: number;
+}
 
 export class RateLimiter {
-  private readonly tats = new Map<string, number>();
+  private readonly buckets = new Map<string, Bucket>();
   private readonly now: () => number;
   private readonly maxKeys: number;
   private readonly burstFraction: number;
   private untilSweep = SWEEP_EVERY;
-  private cursor: MapIterator<[string, number]> | undefined;
+  private cursor: MapIterator<[string, Bucket]> | undefined;
 
   constructor(opts: RateLimiterOptions = {}) {
     this.now = opts.now ?? (() => performance.now());
@@ -75,44 +78,57 @@ export class RateLimiter {
 
   /**
    * Takes `cost` cells (default 1; values below 1 count as 1) from `key`'s bucket
-   * limited to `ratePerMinute`. On success, `remaining` is how many more cost-1
-   * calls would be allowed right now; on refusal, `retryAfterMs` is the exact wait
-   * (rounded up to the millisecond) after which the same call will be allowed.
+   * limited to `ratePerMinute`. Returns 0 when they were taken; else nothing is taken
+   * and the result is the exact wait in ms (rounded up, at least 1) after which the same
+   * call will be allowed. A number rather than an object: every call takes twice.
    */
-  take(key: string, ratePerMinute: number, cost = 1): TakeResult {
-    if (!(ratePerMinute > 0)) throw new RangeError(`ratePerMinute must be positive, got ${ratePerMinute}`);
+  take(key: string, ratePerMinute: number, cost = 1): number {
+    checkLimit(ratePerMinute);
     if (!Number.isFinite(cost)) throw new RangeError(`cost must be finite, got ${cost}`);
-    if (ratePerMinute === Infinity) return { allowed: true, remaining: Number.MAX_SAFE_INTEGER };
+    if (ratePerMinute === Infinity) return 0;
     const cells = cost < 1 ? 1 : cost;
     const now = this.now();
     if (--this.untilSweep <= 0) this.sweep(now);
 
     const interval = MINUTE_MS / ratePerMinute;
-    const burst = this.burstFor(ratePerMinute);
-    const previous = this.tats.get(key);
-    const tat = previous !== undefined && previous > now ? previous : now;
+    const bucket = this.buckets.get(key);
+    const tat = bucket !== undefined && bucket.tat > now ? bucket.tat : now;
     const newTat = tat + cells * interval;
-    const tolerance = (burst + cells - 1) * interval;
+    const tolerance = (this.burstFor(ratePerMinute) + cells - 1) * interval;
     const wait = newTat - tolerance - now;
-    if (wait > EPS) return { allowed: false, retryAfterMs: Math.ceil(wait - EPS) };
-    if (previous === undefined && this.tats.size >= this.maxKeys) this.evict();
-    this.tats.set(key, newTat);
-    const headroom = burst * interval - (newTat - now);
-    return { allowed: true, remaining: headroom > 0 ? Math.floor(headroom / interval + EPS) : 0 };
+    if (wait > EPS) return Math.ceil(wait - EPS);
+    if (bucket !== undefined) {
+      bucket.tat = newTat;
+    } else {
+      if (this.buckets.size >= this.maxKeys) this.evict();
+      this.buckets.set(key, { tat: newTat });
+    }
+    return 0;
+  }
+
+  /** How many more cost-1 calls `key` would be allowed right now under `ratePerMinute`. */
+  remaining(key: string, ratePerMinute: number): number {
+    checkLimit(ratePerMinute);
+    if (ratePerMinute === Infinity) return Number.MAX_SAFE_INTEGER;
+    const now = this.now();
+    const interval = MINUTE_MS / ratePerMinute;
+    const tat = Math.max(this.buckets.get(key)?.tat ?? now, now);
+    const headroom = this.burstFor(ratePerMinute) * interval - (tat - now);
+    return headroom > 0 ? Math.floor(headroom / interval + EPS) : 0;
   }
 
   /** Keys currently holding state. */
   size(): number {
-    return this.tats.size;
+    return this.buckets.size;
   }
 
   /** Deletes every idle key now (O(n)); take() already does this incrementally. Returns how many were deleted. */
   prune(): number {
     const now = this.now();
     let deleted = 0;
-    for (const [key, tat] of this.tats) {
-      if (tat <= now) {
-        this.tats.delete(key);
+    for (const [key, bucket] of this.buckets) {
+      if (bucket.tat <= now) {
+        this.buckets.delete(key);
         deleted++;
       }
     }
@@ -121,16 +137,16 @@ export class RateLimiter {
 
   /** Forgets all state. */
   clear(): void {
-    this.tats.clear();
+    this.buckets.clear();
     this.cursor = undefined;
   }
 
   /** Next entry at the cursor, wrapping around once at the end; undefined if the Map is empty. */
-  private next(): [string, number] | undefined {
-    this.cursor ??= this.tats.entries();
+  private next(): [string, Bucket] | undefined {
+    this.cursor ??= this.buckets.entries();
     let r = this.cursor.next();
     if (r.done === true) {
-      this.cursor = this.tats.entries();
+      this.cursor = this.buckets.entries();
       r = this.cursor.next();
     }
     return r.done === true ? undefined : r.value;
@@ -138,23 +154,30 @@ export class RateLimiter {
 
   private sweep(now: number): void {
     this.untilSweep = SWEEP_EVERY;
-    const budget = Math.min(SWEEP_BATCH, this.tats.size);
+    const budget = Math.min(SWEEP_BATCH, this.buckets.size);
     for (let i = 0; i < budget; i++) {
       const entry = this.next();
       if (!entry) return;
-      if (entry[1] <= now) this.tats.delete(entry[0]);
+      if (entry[1].tat <= now) this.buckets.delete(entry[0]);
     }
   }
 
   private evict(): void {
     let victim: string | undefined;
     let oldest = Infinity;
-    const sample = Math.min(EVICT_SAMPLE, this.tats.size);
+    const sample = Math.min(EVICT_SAMPLE, this.buckets.size);
     for (let i = 0; i < sample; i++) {
       const entry = this.next();
       if (!entry) break;
-      if (entry[1] < oldest) [victim, oldest] = entry;
+      if (entry[1].tat < oldest) {
+        victim = entry[0];
+        oldest = entry[1].tat;
+      }
     }
-    if (victim !== undefined) this.tats.delete(victim);
+    if (victim !== undefined) this.buckets.delete(victim);
   }
+}
+
+function checkLimit(ratePerMinute: number): void {
+  if (!(ratePerMinute > 0)) throw new RangeError(`ratePerMinute must be positive, got ${ratePerMinute}`);
 }

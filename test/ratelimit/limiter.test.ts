@@ -25,6 +25,12 @@ function rng(seed: number): () => number {
 
 const MINUTE = 60_000;
 
+/** take() as an outcome to compare: the cost-1 calls left after a successful take, or the wait. */
+function outcome(limiter: RateLimiter, key: string, rate: number, cost?: number) {
+  const waitMs = limiter.take(key, rate, cost);
+  return waitMs === 0 ? { allowed: true, remaining: limiter.remaining(key, rate) } : { allowed: false, retryAfterMs: waitMs };
+}
+
 /** Offers `factor`× the limit (in cells) for `minutes`, spaced by `gap()`, and returns accepted cells per minute. */
 function acceptedPerMinute(rate: number, cost: number, factor: number, minutes: number, gap: (mean: number) => number): number {
   const clock = new Clock();
@@ -33,7 +39,7 @@ function acceptedPerMinute(rate: number, cost: number, factor: number, minutes: 
   const end = clock.t + minutes * MINUTE;
   let cells = 0;
   while (clock.t < end) {
-    if (limiter.take('k', rate, cost).allowed) cells += cost;
+    if (limiter.take('k', rate, cost) === 0) cells += cost;
     clock.advance(gap(mean));
   }
   return cells / minutes;
@@ -80,34 +86,34 @@ describe('RateLimiter semantics', () => {
     expect(limiter.burstFor(1000)).toBe(100);
     expect(limiter.burstFor(5)).toBe(1);
     expect(new RateLimiter({ burstFraction: 0.05 }).burstFor(100)).toBe(5);
-    const results = Array.from({ length: 10 }, () => limiter.take('a', 100));
+    const results = Array.from({ length: 10 }, () => outcome(limiter, 'a', 100));
     expect(results).toEqual([9, 8, 7, 6, 5, 4, 3, 2, 1, 0].map((r) => ({ allowed: true, remaining: r })));
-    expect(limiter.take('a', 100)).toEqual({ allowed: false, retryAfterMs: 600 });
+    expect(outcome(limiter, 'a', 100)).toEqual({ allowed: false, retryAfterMs: 600 });
     clock.advance(599);
-    expect(limiter.take('a', 100).allowed).toBe(false);
+    expect(outcome(limiter, 'a', 100).allowed).toBe(false);
     clock.advance(1);
-    expect(limiter.take('a', 100)).toEqual({ allowed: true, remaining: 0 });
+    expect(outcome(limiter, 'a', 100)).toEqual({ allowed: true, remaining: 0 });
     clock.advance(6000); // idle for a burst's worth: full again
-    expect(limiter.take('a', 100)).toEqual({ allowed: true, remaining: 9 });
+    expect(outcome(limiter, 'a', 100)).toEqual({ allowed: true, remaining: 9 });
   });
 
   it('cost > 1 consumes cost cells; an expensive call needs a full bucket plus its own cells', () => {
     const clock = new Clock();
     const limiter = new RateLimiter({ now: clock.now }); // 100/min: T = 600 ms, burst 10
-    expect(limiter.take('a', 100, 2)).toEqual({ allowed: true, remaining: 8 });
-    expect(limiter.take('a', 100, 5)).toEqual({ allowed: true, remaining: 3 });
-    expect(limiter.take('a', 100, 5)).toEqual({ allowed: true, remaining: 0 }); // borrows 2 cells (τ = 14 cells)
-    expect(limiter.take('a', 100, 1)).toEqual({ allowed: false, retryAfterMs: 3 * 600 });
-    expect(limiter.take('a', 100, 5)).toEqual({ allowed: false, retryAfterMs: 3 * 600 });
+    expect(outcome(limiter, 'a', 100, 2)).toEqual({ allowed: true, remaining: 8 });
+    expect(outcome(limiter, 'a', 100, 5)).toEqual({ allowed: true, remaining: 3 });
+    expect(outcome(limiter, 'a', 100, 5)).toEqual({ allowed: true, remaining: 0 }); // borrows 2 cells (τ = 14 cells)
+    expect(outcome(limiter, 'a', 100, 1)).toEqual({ allowed: false, retryAfterMs: 3 * 600 });
+    expect(outcome(limiter, 'a', 100, 5)).toEqual({ allowed: false, retryAfterMs: 3 * 600 });
     clock.advance(1800);
-    expect(limiter.take('a', 100, 1)).toEqual({ allowed: true, remaining: 0 });
+    expect(outcome(limiter, 'a', 100, 1)).toEqual({ allowed: true, remaining: 0 });
     // 5/min (burst 1 cell = 12 s): a cost-5 call is allowed from a full bucket, then the key owes 4 cells
-    expect(limiter.take('b', 5, 5)).toEqual({ allowed: true, remaining: 0 });
-    expect(limiter.take('b', 5, 1)).toEqual({ allowed: false, retryAfterMs: 60_000 });
-    expect(limiter.take('b', 5, 5)).toEqual({ allowed: false, retryAfterMs: 60_000 });
+    expect(outcome(limiter, 'b', 5, 5)).toEqual({ allowed: true, remaining: 0 });
+    expect(outcome(limiter, 'b', 5, 1)).toEqual({ allowed: false, retryAfterMs: 60_000 });
+    expect(outcome(limiter, 'b', 5, 5)).toEqual({ allowed: false, retryAfterMs: 60_000 });
     clock.advance(60_000);
-    expect(limiter.take('b', 5, 5).allowed).toBe(true);
-    expect(limiter.take('c', 100, 0)).toEqual({ allowed: true, remaining: 9 }); // 0 means 1
+    expect(outcome(limiter, 'b', 5, 5).allowed).toBe(true);
+    expect(outcome(limiter, 'c', 100, 0)).toEqual({ allowed: true, remaining: 9 }); // 0 means 1
   });
 
   it('retryAfterMs is exact: denied 1 ms before, allowed at it (random rates, costs and gaps)', () => {
@@ -118,16 +124,15 @@ describe('RateLimiter semantics', () => {
       let denials = 0;
       for (let i = 0; i < 2000; i++) {
         const cost = 1 + Math.floor(random() * 4);
-        const result = limiter.take('k', rate, cost);
-        if (!result.allowed) {
+        const r = limiter.take('k', rate, cost);
+        if (r > 0) {
           denials++;
-          const r = result.retryAfterMs;
           expect(r).toBeGreaterThanOrEqual(1);
           expect(Number.isInteger(r)).toBe(true);
           clock.advance(r - 1);
-          expect(limiter.take('k', rate, cost).allowed, `rate ${rate} cost ${cost} retry ${r}: early`).toBe(false);
+          expect(outcome(limiter, 'k', rate, cost).allowed, `rate ${rate} cost ${cost} retry ${r}: early`).toBe(false);
           clock.advance(1);
-          expect(limiter.take('k', rate, cost).allowed, `rate ${rate} cost ${cost} retry ${r}: on time`).toBe(true);
+          expect(outcome(limiter, 'k', rate, cost).allowed, `rate ${rate} cost ${cost} retry ${r}: on time`).toBe(true);
         }
         clock.advance(Math.floor(random() * ((60_000 / rate) * 1.5)));
       }
@@ -141,7 +146,7 @@ describe('RateLimiter semantics', () => {
     expect(() => limiter.take('k', -1)).toThrow(RangeError);
     expect(() => limiter.take('k', Number.NaN)).toThrow(RangeError);
     expect(() => limiter.take('k', 10, Number.NaN)).toThrow(RangeError);
-    expect(limiter.take('k', Infinity).allowed).toBe(true);
+    expect(outcome(limiter, 'k', Infinity).allowed).toBe(true);
     expect(limiter.size()).toBe(0);
     expect(() => new RateLimiter({ maxKeys: 0 })).toThrow(RangeError);
   });
@@ -156,10 +161,10 @@ describe('RateLimiter fairness', () => {
     let light = 0;
     let lightOffered = 0;
     for (let ms = 0; ms < 3 * MINUTE; ms += 50) {
-      if (limiter.take('heavy', rate).allowed) heavy++; // 10× the limit
+      if (limiter.take('heavy', rate) === 0) heavy++; // 10× the limit
       if (ms % 1000 === 0) {
         lightOffered++; // half the limit
-        if (limiter.take('light', rate).allowed) light++;
+        if (limiter.take('light', rate) === 0) light++;
       }
       clock.advance(50);
     }
@@ -170,10 +175,10 @@ describe('RateLimiter fairness', () => {
   it('different keys are independent; different limits per key apply', () => {
     const clock = new Clock();
     const limiter = new RateLimiter({ now: clock.now });
-    for (let i = 0; i < 100; i++) expect(limiter.take('admin', 1000).allowed).toBe(true);
-    expect(limiter.take('admin', 1000).allowed).toBe(false);
-    for (let i = 0; i < 10; i++) expect(limiter.take('viewer', 100).allowed).toBe(true);
-    expect(limiter.take('viewer', 100).allowed).toBe(false);
+    for (let i = 0; i < 100; i++) expect(outcome(limiter, 'admin', 1000).allowed).toBe(true);
+    expect(outcome(limiter, 'admin', 1000).allowed).toBe(false);
+    for (let i = 0; i < 10; i++) expect(outcome(limiter, 'viewer', 100).allowed).toBe(true);
+    expect(outcome(limiter, 'viewer', 100).allowed).toBe(false);
   });
 });
 
@@ -223,10 +228,10 @@ describe('RateLimiter memory', () => {
   it('eviction at maxKeys drops the key with the least debt, never an abuser being throttled', () => {
     const clock = new Clock();
     const limiter = new RateLimiter({ now: clock.now, maxKeys: 100 });
-    while (limiter.take('abuser', 60).allowed); // exhausted: next cell in 60 s
+    while (limiter.take('abuser', 60) === 0); // exhausted: next cell in 60 s
     for (let i = 0; i < 10_000; i++) {
       limiter.take(`spray${i}`, 60);
-      expect(limiter.take('abuser', 60).allowed).toBe(false);
+      expect(outcome(limiter, 'abuser', 60).allowed).toBe(false);
     }
     expect(limiter.size()).toBeLessThanOrEqual(100);
   });
