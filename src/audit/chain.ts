@@ -43,8 +43,8 @@ export function entryDigest(canonical: string | Uint8Array): string {
   return hash('sha256', canonical, 'hex').slice(0, DIGEST_HEX);
 }
 
-/** The MAC of a batch, over its entries' digests in order. */
-export function batchMac(key: ChainKey, digests: string): string {
+/** The MAC of a batch, over its entries' digests in order (hex, as text or as its bytes). */
+export function batchMac(key: ChainKey, digests: string | Uint8Array): string {
   return createHmac('sha256', key).update(digests).digest('hex');
 }
 
@@ -61,6 +61,7 @@ const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
 const ZERO = 0x30;
 const SEQ_MEMBER = Buffer.from(',"seq":', 'latin1');
+const DIGESTS_OPEN = ',"digests":"';
 /** ,"digests":"","hmac":"<64 hex>"} and the newline, without the digests themselves. */
 const SEAL_BYTES = ',"digests":"","hmac":"'.length + 64 + '"}'.length + 1;
 /** Per entry at most ,"seq":<16 digits>} and a newline (its digest is counted apart). */
@@ -159,8 +160,11 @@ export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, 
   const count = events.count;
   const capacity = sealCapacity(prevHmac, events, lead);
   const buffer = scratch && scratch.length >= capacity ? scratch : Buffer.allocUnsafe(capacity);
+  // The digests wait at the buffer's tail, as hex, until the seal takes them: the lines
+  // never reach it (sealCapacity), and no string is built per entry.
+  const digestBytes = count * DIGEST_HEX;
+  const digestsAt = capacity - digestBytes;
   let end = buffer.write(lead, 0);
-  let digests = '';
   for (let i = 0; i < count; i++) {
     const start = end;
     // The event without its closing brace, then its chain members and the brace again.
@@ -171,13 +175,16 @@ export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, 
     if (i === 0) end += buffer.write(`,"prev":"${prevHmac}"`, end, 'latin1');
     buffer[end++] = CLOSE_BRACE;
     // The digest covers the very bytes written for this entry.
-    digests += entryDigest(buffer.subarray(start, end));
+    buffer.write(hash('sha256', buffer.subarray(start, end), 'hex'), digestsAt + i * DIGEST_HEX, DIGEST_HEX, 'latin1');
     buffer[end++] = NEWLINE;
   }
-  const hmac = batchMac(key, digests);
+  const hmac = batchMac(key, buffer.subarray(digestsAt, capacity));
   // The seal goes inside the last entry's closing brace.
   end -= 2;
-  end += buffer.write(`,"digests":"${digests}","hmac":"${hmac}"}\n`, end, 'latin1');
+  end += buffer.write(DIGESTS_OPEN, end, 'latin1');
+  buffer.copyWithin(end, digestsAt, capacity);
+  end += digestBytes;
+  end += buffer.write(`","hmac":"${hmac}"}\n`, end, 'latin1');
   return { data: buffer.subarray(0, end), hmac };
 }
 
