@@ -15,7 +15,7 @@
 // status it produced is seen by the steps before it and by observe, not by itself or
 // later ones (as if it had been sent from its own layer). A throw from the handler's
 // synchronous part (recovery) is seen by observe only. Exempt calls run no step.
-import { ServerInterceptingCall, type Metadata, type ServerInterceptor, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
+import type { Metadata, ServerInterceptingCall, ServerInterceptor, ServerInterceptingCallInterface } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import type { InterceptingServerListener } from '@grpc/grpc-js/build/src/server-interceptors.js';
 import { toStatus } from '../server/errors.js';
@@ -70,11 +70,9 @@ type HandlerEvent = typeof METADATA | typeof MESSAGE | typeof HALF_CLOSE;
 /**
  * One call through the chain: the call grpc-js's handler side sees (it forwards to `call`,
  * the call grpc-js made for the stream) and the listener of `call`. It is also the steps'
- * StepCall. A class, so a call costs one object rather than a closure per event. It extends
- * ServerInterceptingCall only because grpc-js's ServerInterceptor type asks for one; every
- * method grpc-js calls is overridden.
+ * StepCall. A class, so a call costs one object rather than a closure per event.
  */
-class ChainCall extends ServerInterceptingCall implements InterceptingServerListener, StepCall {
+class ChainCall implements ServerInterceptingCallInterface, InterceptingServerListener, StepCall {
   state: CallState | undefined;
   /** Set with the headers. */
   metadata!: Metadata;
@@ -97,55 +95,53 @@ class ChainCall extends ServerInterceptingCall implements InterceptingServerList
     readonly steps: readonly Step[],
     readonly observed: ObservedCall,
     readonly recover: ChainSpec['recover'],
-  ) {
-    super(call);
-  }
+  ) {}
 
   // The call, as grpc-js's handler side drives it.
 
-  override start(listener: InterceptingServerListener): void {
+  start(listener: InterceptingServerListener): void {
     this.listener = listener;
     this.call.start(this);
   }
 
-  override sendMetadata(metadata: Metadata): void {
+  sendMetadata(metadata: Metadata): void {
     this.call.sendMetadata(metadata);
   }
 
-  override sendMessage(message: unknown, callback: () => void): void {
+  sendMessage(message: unknown, callback: () => void): void {
     this.call.sendMessage(message, callback);
   }
 
-  override sendStatus(status: PartialStatusObject): void {
+  sendStatus(status: PartialStatusObject): void {
     this.statusThrough(status, this.steps.length);
     this.call.sendStatus(this.observed.end(status));
   }
 
-  override startRead(): void {
+  startRead(): void {
     this.call.startRead();
   }
 
-  override getPeer(): string {
+  getPeer(): string {
     return this.connection.peer;
   }
 
-  override getDeadline(): ReturnType<ServerInterceptingCallInterface['getDeadline']> {
+  getDeadline(): ReturnType<ServerInterceptingCallInterface['getDeadline']> {
     return this.call.getDeadline();
   }
 
-  override getHost(): string {
+  getHost(): string {
     return this.call.getHost();
   }
 
-  override getAuthContext(): ReturnType<ServerInterceptingCallInterface['getAuthContext']> {
+  getAuthContext(): ReturnType<ServerInterceptingCallInterface['getAuthContext']> {
     return this.call.getAuthContext();
   }
 
-  override getConnectionInfo(): ReturnType<ServerInterceptingCallInterface['getConnectionInfo']> {
+  getConnectionInfo(): ReturnType<ServerInterceptingCallInterface['getConnectionInfo']> {
     return this.call.getConnectionInfo();
   }
 
-  override getMetricsRecorder(): ReturnType<ServerInterceptingCallInterface['getMetricsRecorder']> {
+  getMetricsRecorder(): ReturnType<ServerInterceptingCallInterface['getMetricsRecorder']> {
     return this.call.getMetricsRecorder();
   }
 
@@ -303,6 +299,10 @@ export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
       stepsByPath.set(method.path, steps);
     }
     const connection = connectionOf(call);
-    return new ChainCall(method.path, call, connection, steps, spec.observe(method.path, method.requestStream, method.responseStream, connection), spec.recover);
+    // grpc-js's ServerInterceptor type names its generic ServerInterceptingCall class, but
+    // grpc-js only drives the returned call through ServerInterceptingCallInterface, all of
+    // which ChainCall implements; extending that class would cost every call its
+    // constructor's fields and responder object, none of which ChainCall uses.
+    return new ChainCall(method.path, call, connection, steps, spec.observe(method.path, method.requestStream, method.responseStream, connection), spec.recover) as unknown as ServerInterceptingCall;
   };
 }
