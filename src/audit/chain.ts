@@ -43,6 +43,11 @@ export function entryDigest(canonical: string | Uint8Array): string {
   return hash('sha256', canonical, 'hex').slice(0, DIGEST_HEX);
 }
 
+/** Writes entryDigest(canonical) at `at` as its DIGEST_HEX bytes, without slicing a string. */
+function writeEntryDigest(target: Buffer, at: number, canonical: Uint8Array): void {
+  target.write(hash('sha256', canonical, 'hex'), at, DIGEST_HEX, 'latin1');
+}
+
 /** The MAC of a batch, over its entries' digests in order (hex, as text or as its bytes). */
 export function batchMac(key: ChainKey, digests: string | Uint8Array): string {
   return createHmac('sha256', key).update(digests).digest('hex');
@@ -175,7 +180,7 @@ export function sealBatch(key: ChainKey, prevHmac: string, events: EventBuffer, 
     if (i === 0) end += buffer.write(`,"prev":"${prevHmac}"`, end, 'latin1');
     buffer[end++] = CLOSE_BRACE;
     // The digest covers the very bytes written for this entry.
-    buffer.write(hash('sha256', buffer.subarray(start, end), 'hex'), digestsAt + i * DIGEST_HEX, DIGEST_HEX, 'latin1');
+    writeEntryDigest(buffer, digestsAt + i * DIGEST_HEX, buffer.subarray(start, end));
     buffer[end++] = NEWLINE;
   }
   const hmac = batchMac(key, buffer.subarray(digestsAt, capacity));
