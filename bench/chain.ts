@@ -1,9 +1,11 @@
 // What the interceptor chain costs: the full daemon against a bare grpc-js server.
 //   npm run bench:chain
 // Env: BENCH_SECONDS (measured window, default 10), BENCH_WARMUP_SECONDS (default 3),
-//      BENCH_ROUNDS (default 5: each round runs every daemon scenario right next to its
-//      baseline, in mirrored order from one round to the next; each figure is the median
-//      over rounds and each ratio the median of the pairs' own ratios), BENCH_CONNECTIONS (4),
+//      BENCH_ROUNDS (default 15, about 14 minutes: each round runs every daemon scenario right
+//      next to its baseline, in mirrored order from one round to the next; each figure is the
+//      median over rounds and each ratio the median of the pairs' own ratios; on a shared
+//      2-core VM single pairs spread by ±0.15, and 5 or 9 rounds still land either side of a
+//      target 0.02 away), BENCH_CONNECTIONS (4),
 //      BENCH_CONCURRENCY (50),
 //      BENCH_SCENARIOS (the daemon scenarios, comma list of mtls,apikey; default both, each
 //      with its baseline),
@@ -46,7 +48,8 @@ import type { LoadResult, LoadSpec } from './loadgen.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const DEFAULT_ROUNDS = 15;
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? DEFAULT_ROUNDS);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 50);
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
@@ -266,7 +269,7 @@ const lines = [
   `${new Date().toISOString().slice(0, 10)}, node ${process.version}, ${availableParallelism()} cores (${cpuModel}), shared by the server under test and the load generator.`,
   `Unary TestingService/Echo (the same handler on both servers), ${CONCURRENCY} calls in flight over ${CONNECTIONS} TLS connections from a raw node:http2 client in its own process;`,
   `${WARMUP_SECONDS} s warm-up, then ${SECONDS} s measured${ROUNDS > 1 ? `, ${ROUNDS} rounds, each running every daemon scenario right after or before its own baseline (mirrored order from round to round); figures are medians over rounds, ratios the median of each adjacent pair's own ratio (range in brackets)` : ''}. CPU is the server process's utime+stime over the measured window, per successful call.`,
-  `Reproduce: \`npm run bench:chain\`${ROUNDS !== 5 ? ` (this table: \`BENCH_ROUNDS=${ROUNDS} npm run bench:chain\`)` : ''}.`,
+  `Reproduce: \`npm run bench:chain\`${ROUNDS !== DEFAULT_ROUNDS ? ` (this table: \`BENCH_ROUNDS=${ROUNDS} npm run bench:chain\`)` : ''}.`,
   '',
   `Targets: full chain ≥ ${TARGET_QPS_RATIO}× its bare QPS and ≤ ${TARGET_CPU_RATIO}× its bare CPU per call, 0 errors.`,
   '',
