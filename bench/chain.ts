@@ -5,7 +5,7 @@
 //      next to its baseline, in mirrored order from one round to the next; each figure is the
 //      median over rounds and each ratio the median of the pairs' own ratios; on a shared
 //      2-core VM single pairs spread by ±0.15, and 5 or 9 rounds still land either side of a
-//      target 0.02 away), BENCH_CONNECTIONS (4),
+//      target 0.02 away; bench/pool.ts pools the pairs of several runs), BENCH_CONNECTIONS (4),
 //      BENCH_CONCURRENCY (50),
 //      BENCH_SCENARIOS (the daemon scenarios, comma list of mtls,apikey; default both, each
 //      with its baseline),

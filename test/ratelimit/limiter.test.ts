@@ -2,6 +2,7 @@
 // bounded memory, fairness between keys, and the per-call cost of take().
 import { describe, expect, it } from 'vitest';
 import { RateLimiter } from '../../src/ratelimit/limiter.js';
+import { seededRandom as rng } from '../support/random.js';
 
 class Clock {
   t = 1_000_000;
@@ -9,18 +10,6 @@ class Clock {
   advance(ms: number): void {
     this.t += ms;
   }
-}
-
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const MINUTE = 60_000;
