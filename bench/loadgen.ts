@@ -63,14 +63,18 @@ export interface LoadResult {
 
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
-/** utime + stime of a process in seconds (/proc/<pid>/stat fields 14 and 15). */
-export function processCpuSeconds(pid: number): { user: number; system: number; total: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/** A /proc stat line's command name and its utime and stime (fields 14 and 15) in seconds. */
+function parseStat(stat: string): { name: string; user: number; system: number } {
   // Field 2 (comm) may contain spaces and parentheses: count fields after the last ')'.
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const close = stat.lastIndexOf(')');
+  const rest = stat.slice(close + 2).split(' ');
   // rest[0] is field 3 (state), so field n is rest[n - 3].
-  const user = Number(rest[11]) / CLOCK_TICKS;
-  const system = Number(rest[12]) / CLOCK_TICKS;
+  return { name: stat.slice(stat.indexOf('(') + 1, close), user: Number(rest[11]) / CLOCK_TICKS, system: Number(rest[12]) / CLOCK_TICKS };
+}
+
+/** utime + stime of a process in seconds (/proc/<pid>/stat). */
+export function processCpuSeconds(pid: number): { user: number; system: number; total: number } {
+  const { user, system } = parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   return { user, system, total: user + system };
 }
 
@@ -88,9 +92,8 @@ export function threadCpuSeconds(pid: number): Map<string, number> {
     } catch {
       continue; // exited meanwhile
     }
-    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    byName.set(name, (byName.get(name) ?? 0) + (Number(rest[11]) + Number(rest[12])) / CLOCK_TICKS);
+    const { name, user, system } = parseStat(stat);
+    byName.set(name, (byName.get(name) ?? 0) + user + system);
   }
   return byName;
 }

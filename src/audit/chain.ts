@@ -124,7 +124,7 @@ export class EventBuffer {
 
   /** Event `index`, as written (a view, valid until the buffer is written to or cleared). */
   event(index: number): Buffer {
-    return this.bytes.subarray(index === 0 ? 0 : (this.ends[index - 1] ?? 0), this.ends[index] ?? 0);
+    return this.bytes.subarray(this.startOf(index), this.ends[index] ?? 0);
   }
 
   clear(): void {
@@ -134,9 +134,14 @@ export class EventBuffer {
 
   /** Copies event `index` without its closing brace into `target` at `at`; returns the new end. */
   copyOpenEvent(index: number, target: Buffer, at: number): number {
-    const start = index === 0 ? 0 : (this.ends[index - 1] ?? 0);
+    const start = this.startOf(index);
     const end = this.ends[index] ?? start;
     return at + this.bytes.copy(target, at, start, Math.max(start, end - 1));
+  }
+
+  /** Where event `index` starts: where the one before it ends. */
+  private startOf(index: number): number {
+    return index === 0 ? 0 : (this.ends[index - 1] ?? 0);
   }
 }
 

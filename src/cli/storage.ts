@@ -191,9 +191,10 @@ export function registerStorageCommands(program: Command): void {
     .action(
       withStorage(async ({ client, options, flags }, backendValue: StorageBackend, pool: string, name: string, snapshotNames: string[]) => {
         const response = await client.deleteSnapshot({ dataset: { backend: backendValue, pool, name }, snapshotNames }, options);
+        const problems = response.results.map((each) => problemOf(each.status));
         if (flags.output === 'json') printJson(DeleteSnapshotResponseSchema, response);
-        else printTable(['snapshot', 'result'], response.results.map((each) => [each.snapshotName, problemOf(each.status) ?? 'deleted']));
-        if (response.results.some((each) => problemOf(each.status) !== undefined)) process.exitCode = 1;
+        else printTable(['snapshot', 'result'], response.results.map((each, i) => [each.snapshotName, problems[i] ?? 'deleted']));
+        if (problems.some((problem) => problem !== undefined)) process.exitCode = 1;
       }),
     );
   volumeArguments(snapshot.command('list'))

@@ -10,11 +10,11 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { createClient, tlsCredentials } from '../../src/client/client.js';
-import { CLIENT_OPTIONS, REPO_ROOT, auditRecords, daemonEnv, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { CTL } from '../support/ctl.js';
+import { CLIENT_OPTIONS, auditRecords, daemonEnv, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { serialOfFile, servedSerial } from './certs-support.js';
 
 const run = promisify(execFile);
-const CTL = join(REPO_ROOT, 'dist', 'cli', 'debvisorctl.js');
 const ADMIN = 'spiffe://debvisor/admin/admin';
 const PANEL = 'spiffe://debvisor/panel/web-panel';
 

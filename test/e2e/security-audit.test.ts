@@ -14,10 +14,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerAuditCommands } from '../../src/cli/audit.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
+import { CTL } from '../support/ctl.js';
 import { REPO_ROOT, auditRecords, clientFor, daemonEnv, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { auditRecord, issueClientFor, metricSum, metricsText, rejection } from '../support/security.js';
 
-const CTL = join(REPO_ROOT, 'dist', 'cli', 'debvisorctl.js');
 const T = { timeoutMs: 5000 };
 
 interface CliRun {
