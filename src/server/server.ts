@@ -42,7 +42,7 @@ import { NodeConnections } from '../migration/connections.js';
 import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
 import { VmSnapshotOwners } from '../vms/snapshot-owners.js';
-import { registerTestOperationKind, testingHandlers } from '../services/testing.js';
+import { registerTestOperationKind, TestLatches, testingHandlers } from '../services/testing.js';
 import { OperationManager } from '../operations/manager.js';
 import { QuotaManager } from '../quota/manager.js';
 import { withQuota } from '../quota/guard.js';
@@ -237,8 +237,9 @@ export class Daemon {
       if (options.enableTestService) {
         log.warn('test service enabled: this daemon accepts debvisor.testing.v1 calls; never do this in production');
         const testing = createExecutor({ backend: 'testing', binaries: { sleep: '/bin/sleep' }, envAllowList: ['PATH'], maxConcurrent: 16, defaultTimeoutMs: 600_000, maxOutputBytes: 65_536, killGraceMs: 2000, registry: metrics.registry });
-        registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }));
-        implemented[TestingService.typeName] = testingHandlers(operations, quotas);
+        const latches = new TestLatches();
+        registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }), latches);
+        implemented[TestingService.typeName] = testingHandlers(operations, quotas, latches);
       }
       for (const service of services) {
         const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store);

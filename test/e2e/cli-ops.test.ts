@@ -3,12 +3,12 @@
 // test-driver libvirtd. Storage: without a backend (bad input, "RBD is not configured"),
 // then on a real metadata-only LVM volume group (test/support/lvm.ts). No Ceph here.
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { NodeHealth, NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
-import { ctlOn } from '../support/ctl.js';
+import { ctlOn, ctlProcess } from '../support/ctl.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { defineTestDomain, startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { startLvm, writeSnapshotMetadata, type TestLvm } from '../support/lvm.js';
@@ -22,11 +22,20 @@ let daemon: RunningDaemon;
 
 const ctl = (...args: string[]) => ctlOn(daemon, ...args);
 
-async function startTestOperation(durationMs: number, failMessage = ''): Promise<string> {
+async function startTestOperation(durationMs: number, failMessage = '', hold = false): Promise<string> {
   const testing = await clientFor(TestingService, daemon);
   try {
-    const started = await testing.startTestOperation({ duration: durationFromMs(durationMs), steps: 4, failMessage }, T);
+    const started = await testing.startTestOperation({ duration: durationFromMs(durationMs), steps: 4, failMessage, hold }, T);
     return started.operation!.id;
+  } finally {
+    testing.close();
+  }
+}
+
+async function releaseTestOperation(id: string): Promise<void> {
+  const testing = await clientFor(TestingService, daemon);
+  try {
+    expect((await testing.releaseTestOperation({ operationId: id }, T)).released).toBe(true);
   } finally {
     testing.close();
   }
@@ -37,7 +46,7 @@ beforeAll(async () => {
   await defineTestDomain(lv, 'vm1', '555555555555');
   await defineTestDomain(lv, 'web-1', '000000000001');
   daemon = await startTestingDaemon({ env: { DEBVISOR_RPCD_LIBVIRT_URI: lv.uri } });
-}, 30_000);
+});
 
 afterAll(async () => {
   // Undefined when beforeAll failed half-way.
@@ -64,8 +73,14 @@ describe('debvisorctl whoami, apikey and role on the shared command plumbing', (
 
 describe('debvisorctl operation', () => {
   it('waits for an operation, printing progress, then its final state: exit 0', async () => {
-    const id = await startTestOperation(1200);
-    const waited = await ctl('operation', 'wait', id);
+    // Held after its first step until the CLI has printed a progress line: no race with the clock.
+    const id = await startTestOperation(400, '', true);
+    const waiting = ctlProcess(daemon, 'operation', 'wait', id);
+    await vi.waitFor(() => {
+      expect(waiting.stdout()).toMatch(/^running \d+%/m);
+    }, { timeout: 120_000, interval: 100 });
+    await releaseTestOperation(id);
+    const waited = await waiting.done;
     expect(waited.code).toBe(0);
     expect(waited.stdout).toMatch(/^running \d+%/m);
     expect(waited.stdout).toMatch(/^state: +succeeded$/m);
@@ -86,7 +101,11 @@ describe('debvisorctl operation', () => {
     expect(failing.stdout).toMatch(/^state: +failed$/m);
     expect(failing.stdout).toContain('disk on fire');
 
-    const slow = await startTestOperation(20_000);
+    // Held after its first step: it stays running until cancelled, however slow the machine.
+    const slow = await startTestOperation(400, '', true);
+    await vi.waitFor(async () => {
+      expect(JSON.parse((await ctl('-o', 'json', 'operation', 'get', slow)).stdout)).toMatchObject({ state: 'OPERATION_STATE_RUNNING' });
+    }, { timeout: 120_000, interval: 200 });
     const timedOut = await ctl('-o', 'json', 'operation', 'wait', slow, '--timeout', '1');
     expect(timedOut.code).toBe(2);
     expect(JSON.parse(timedOut.stdout)).toMatchObject({ id: slow, state: 'OPERATION_STATE_RUNNING' });
@@ -95,7 +114,7 @@ describe('debvisorctl operation', () => {
     const cancelled = await ctl('operation', 'cancel', slow);
     expect(cancelled.code).toBe(0);
     expect(cancelled.stdout).toMatch(/^cancel requested: +yes$/m);
-    const after = await ctl('operation', 'wait', slow, '--timeout', '10');
+    const after = await ctl('operation', 'wait', slow, '--timeout', '120');
     expect(after.code).toBe(1);
     expect(after.stdout).toMatch(/^state: +cancelled$/m);
   });
@@ -252,7 +271,7 @@ describe('debvisorctl volume and snapshot on a real LVM volume group', () => {
     for (const [name, ageHours] of [['db-old', 50], ['db-mid', 26], ['db-new', 1]] as const) {
       await writeSnapshotMetadata(lvm, { origin: 'db', name, createTime: new Date(Date.now() - ageHours * hour) });
     }
-  }, 60_000);
+  });
 
   afterAll(async () => {
     await (lvmDaemon as RunningDaemon | undefined)?.cleanup();

@@ -117,7 +117,7 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     // fo1 runs on node-a from the start, so node-a's daemon has published it long before the failover test.
     await Promise.all([defineVm('node-a', 'fo1', { start: true }), defineVm('node-a', 'fo-disk', { devices: "<disk type='file' device='disk'><source file='/var/lib/libvirt/images/fo-disk.qcow2'/><target dev='vda' bus='virtio'/></disk>" })]);
     await Promise.all([untilOnline(daemonA, 'node-a', true, 10_000), untilOnline(daemonA, 'node-b', true, 10_000)]);
-  }, 90_000);
+  });
 
   afterAll(async () => {
     for (const c of closers) c.close();
@@ -205,7 +205,7 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     expect(await virsh('node-b', 'dominfo', '--domain', 'mig1')).toMatch(/Persistent:\s+yes/);
     expect(await stateOn('node-a', 'mig1')).toBe('undefined');
     // mig1 stays running on node-b: the next two tests move it back from there, through node-b's daemon.
-  }, 60_000);
+  });
 
   it('CancelOperation aborts the job (domjobabort) and the VM keeps running on the source', async () => {
     // Back from node-b to node-a, through node-b's daemon (the source's daemon runs a migration).
@@ -231,7 +231,7 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     expect(await virsh('node-b', 'dominfo', '--domain', 'mig1')).toMatch(/Persistent:\s+yes/);
     expect(await stateOn('node-a', 'mig1')).toBe('undefined');
     expect(await virsh('node-b', 'domjobinfo', '--domain', 'mig1')).toMatch(/Job type:\s+None/);
-  }, 60_000);
+  });
 
   it('a migration the target refuses fails, and the VM is left running on the source', async () => {
     // The same name with another UUID on the target: libvirt refuses the incoming domain.
@@ -246,7 +246,7 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     expect(await stateOn('node-b', 'mig1')).toBe('running');
     expect(await stateOn('node-a', 'mig1')).toBe('shut off');
     await virsh('node-b', 'destroy', '--domain', 'mig1');
-  }, 60_000);
+  });
 
   it('virsh migrate to an unreachable target fails as UNAVAILABLE, naming the target', async () => {
     // The operation never gets here (PrepareMigration's reachability check refuses first), so the
@@ -295,5 +295,5 @@ describe.skipIf(skipLocally)('MigrationService with two real QEMU session libvir
     expect(await stateOn('node-b', 'fo1')).toBe('running');
     // The record was claimed: a second failover cannot start another copy.
     expect((await rejection(migrationB.failoverVM({ vmName: 'fo1', failedNode: 'node-a' }, T))).code).toBe(Status.NOT_FOUND);
-  }, 60_000);
+  });
 });

@@ -30,7 +30,7 @@ describe('NodeService on etcd', () => {
     });
     daemon = await startDaemon({ env: env('daemon-a') });
     self = await startDaemon({ env: env('self-host', { DEBVISOR_RPCD_NODES_SELF_REGISTER: 'true' }), pkiDir: daemon.pki.dir });
-  }, 60_000);
+  });
 
   afterAll(async () => {
     for (const client of closers) client.close();
@@ -134,7 +134,7 @@ describe('NodeService on etcd', () => {
     await client.heartbeat({ hostname: 'hv-2', status: NodeHealth.HEALTHY }, { timeoutMs: 5000 });
     expect((await client.getNode({ hostname: 'hv-2' }, { timeoutMs: 5000 })).node?.online).toBe(true);
     expect((await client.listNodes({ onlineOnly: true }, { timeoutMs: 5000 })).nodes.map((n) => n.hostname)).toContain('hv-2');
-  }, 20_000);
+  });
 
   it('keeps a node online while it heartbeats within the interval', async () => {
     const client = await nodes();
@@ -144,7 +144,7 @@ describe('NodeService on etcd', () => {
       expect((await client.getNode({ hostname: 'hv-3' }, { timeoutMs: 5000 })).node?.online).toBe(true);
       await sleep(1000);
     }
-  }, 20_000);
+  });
 
   it('pages ListNodes by hostname and filters by zone', async () => {
     const client = await nodes();

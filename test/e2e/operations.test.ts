@@ -1,9 +1,10 @@
 // Long-running operations end to end, with the test-only operation kind: life cycle
 // with a progress stream, cancel (killing its host command), idempotent retries,
 // restart recovery, and the test service's double switch.
+import { execFileSync } from 'node:child_process';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { OperationService, OperationState } from '../../src/gen/debvisor/v1/operation_pb.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
@@ -50,15 +51,21 @@ describe('operations (embedded store)', () => {
   it('runs the life cycle PENDING → RUNNING → SUCCEEDED with a progress stream', async () => {
     const testing = await clientFor(TestingService, daemon);
     const ops = await clientFor(OperationService, daemon);
-    const started = await testing.startTestOperation({ duration: durationFromMs(1500), steps: 5 }, { timeoutMs: 5000 });
+    // Held after its first step until the watch has seen it, so the stream sees the steps after it.
+    const started = await testing.startTestOperation({ duration: durationFromMs(1500), steps: 5, hold: true }, { timeoutMs: 5000 });
     const id = started.operation!.id;
     expect(started.operation?.state).toBe(OperationState.PENDING);
     const seen: number[] = [];
     const states = new Set<OperationState>();
-    for await (const update of ops.watchOperation({ operationId: id }, { timeoutMs: 15_000 })) {
+    let released = false;
+    for await (const update of ops.watchOperation({ operationId: id }, { timeoutMs: 120_000 })) {
       seen.push(update.operation!.progressPercent);
       states.add(update.operation!.state);
+      if (!released && update.operation!.progressPercent > 0) {
+        released = (await testing.releaseTestOperation({ operationId: id }, { timeoutMs: 5000 })).released;
+      }
     }
+    expect(released).toBe(true);
     expect(states).toContain(OperationState.SUCCEEDED);
     expect(seen[seen.length - 1]).toBe(100);
     expect(new Set(seen).size).toBeGreaterThanOrEqual(3);
@@ -77,20 +84,19 @@ describe('operations (embedded store)', () => {
     const started = await testing.startTestOperation({ duration: durationFromMs(30_000), steps: 30, runHostCommand: true }, { timeoutMs: 5000 });
     const id = started.operation!.id;
     // Find the host command: a /bin/sleep child of the daemon.
-    let sleeper: number | undefined;
-    for (let i = 0; i < 50 && sleeper === undefined; i++) {
-      const { execFileSync } = await import('node:child_process');
+    const sleeper = await vi.waitFor(() => {
       const out = execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(daemon.pid)], { encoding: 'utf8' });
-      sleeper = out.split('\n').map((l) => l.trim()).filter((l) => l.includes('/bin/sleep 30')).map((l) => Number(l.split(/\s+/)[0]))[0];
-      if (sleeper === undefined) await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(sleeper).toBeDefined();
+      const pid = out.split('\n').map((l) => l.trim()).filter((l) => l.includes('/bin/sleep 30')).map((l) => Number(l.split(/\s+/)[0]))[0];
+      if (pid === undefined) throw new Error('no /bin/sleep child of the daemon yet');
+      return pid;
+    }, { timeout: 60_000, interval: 100 });
     const cancelled = await ops.cancelOperation({ operationId: id }, { timeoutMs: 5000 });
     expect(cancelled.operation?.cancelRequested).toBe(true);
     const final = await ops.waitOperation({ operationId: id, timeout: durationFromMs(10_000) }, { timeoutMs: 15_000 });
     expect(final.operation?.state).toBe(OperationState.CANCELLED);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(processAlive(sleeper!)).toBe(false);
+    await vi.waitFor(() => {
+      expect(processAlive(sleeper)).toBe(false);
+    }, { timeout: 60_000, interval: 100 });
     testing.close();
     ops.close();
   });
@@ -204,7 +210,7 @@ describe('retention', () => {
     await ops.cancelOperation({ operationId: long.operation!.id }, { timeoutMs: 5000 });
     testing.close();
     ops.close();
-  }, 30_000);
+  });
 });
 
 describe('test service switch', () => {
@@ -219,7 +225,7 @@ describe('restart recovery (etcd)', () => {
   let etcd: EtcdCluster;
   beforeAll(async () => {
     etcd = await startEtcd();
-  }, 60_000);
+  });
   afterAll(() => etcd.stop());
 
   it('resumes a resumable operation left RUNNING by a killed daemon when it restarts', async () => {
@@ -241,7 +247,7 @@ describe('restart recovery (etcd)', () => {
       await second.cleanup();
       await first.cleanup();
     }
-  }, 60_000);
+  });
 
   it('marks an operation left RUNNING by a killed daemon FAILED when it restarts', async () => {
     const env = { DEBVISOR_RPCD_STORE_BACKEND: 'etcd', DEBVISOR_RPCD_STORE_ETCD_ENDPOINTS: etcd.endpoints.join(','), DEBVISOR_RPCD_NODE_NAME: 'node-restart' };
@@ -261,5 +267,5 @@ describe('restart recovery (etcd)', () => {
       await second.cleanup();
       await first.cleanup();
     }
-  }, 60_000);
+  });
 });

@@ -32,7 +32,7 @@ describe('quotas on a shared etcd', () => {
     });
     a = await startTestingDaemon({ env: env('node-a') });
     b = await startTestingDaemon({ env: env('node-b'), pkiDir: a.pki.dir });
-  }, 60_000);
+  });
 
   afterAll(async () => {
     await a.cleanup();
@@ -66,7 +66,7 @@ describe('quotas on a shared etcd', () => {
     expect((await clients[1]!.consumeTestQuota({}, { timeoutMs: 5000 })).used).toBe(10n);
     for (const client of clients) client.close();
     access.close();
-  }, 60_000);
+  });
 
   it('counts running operations live in GetQuota, and RecomputeQuota says what it cannot recount', async () => {
     const access = await clientFor(AccessService, a);
@@ -113,5 +113,5 @@ describe('quotas on a shared etcd', () => {
     expect(freedAfter).toBeLessThan(3000 + 1500);
     onB.close();
     access.close();
-  }, 60_000);
+  });
 });

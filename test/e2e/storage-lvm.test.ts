@@ -46,7 +46,7 @@ beforeAll(async () => {
   storage = await clientFor(StorageService, daemon);
   access = await clientFor(AccessService, daemon);
   ops = await clientFor(OperationService, daemon);
-}, 60_000);
+});
 
 afterAll(async () => {
   for (const c of [storage, access, ops] as ({ close(): void } | undefined)[]) c?.close();

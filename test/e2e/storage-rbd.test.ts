@@ -51,7 +51,7 @@ beforeAll(async () => {
   await access.bindRole({ principal: OPERATOR, roleName: 'operator' }, T);
   operatorStorage = await clientFor(StorageService, daemon, await issueClientFor(daemon.pki, OPERATOR));
   closers.push(storage, access, ops, operatorStorage);
-}, 120_000);
+});
 
 afterAll(async () => {
   for (const c of closers) c.close();

@@ -25,7 +25,7 @@ describe('daemon on etcd, selected by environment only', () => {
     daemon = await startDaemon({
       env: { DEBVISOR_RPCD_STORE_BACKEND: 'etcd', DEBVISOR_RPCD_STORE_ETCD_ENDPOINTS: etcd.endpoints.join(','), DEBVISOR_RPCD_STORE_ETCD_REQUEST_TIMEOUT_MS: '1500' },
     });
-  }, 60_000);
+  });
 
   afterAll(async () => {
     await daemon.cleanup();
@@ -50,7 +50,7 @@ describe('daemon on etcd, selected by environment only', () => {
     const access = await clientFor(AccessService, daemon);
     expect((await access.whoAmI({}, { timeoutMs: 5000 })).principalId).toBe('spiffe://debvisor/admin/admin');
     access.close();
-  }, 40_000);
+  });
 });
 
 describe('embedded data directory', () => {

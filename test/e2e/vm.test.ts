@@ -46,7 +46,7 @@ beforeAll(async () => {
   access = await clientFor(AccessService, daemon);
   ops = await clientFor(OperationService, daemon);
   closers.push(vms, access, ops);
-}, 30_000);
+});
 
 afterAll(async () => {
   for (const c of closers) c.close();

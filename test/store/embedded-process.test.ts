@@ -10,8 +10,10 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { openEmbeddedStore } from '../../src/store/embedded.js';
 import type { Store } from '../../src/store/store.js';
+import { requireBuiltDist } from '../support/built.js';
 
 const root = mkdtempSync(join(tmpdir(), 'debvisor-embedded-proc-'));
+requireBuiltDist();
 const moduleUrl = pathToFileURL(resolve('dist/store/embedded.js')).href;
 const dec = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
 

@@ -21,6 +21,7 @@ import { stringify } from 'yaml';
 import { ensureDevPki, type DevPkiPaths } from '../../src/pki/index.js';
 import { createClient, tlsCredentials, type TypedClient } from '../../src/client/client.js';
 import { freePort } from './ports.js';
+import { requireBuiltDist } from './built.js';
 
 export { freePort };
 
@@ -162,6 +163,7 @@ interface Spawned {
 }
 
 function spawnMain(args: string[], env: NodeJS.ProcessEnv): Spawned {
+  requireBuiltDist();
   const child = spawn(process.execPath, [MAIN_JS, ...args], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const spawned: Spawned = { child, exited: Promise.resolve({ code: null, signal: null }), chunks: [], exit: undefined };
   running.add(child);
@@ -322,6 +324,7 @@ export interface CliResult {
 
 /** Runs `node dist/main.js ...args` to completion (for --check-config and config errors). */
 export function runMain(args: string[], env: Record<string, string> = {}, timeoutMs = 15_000): Promise<CliResult> {
+  requireBuiltDist();
   return new Promise((resolveRun) => {
     execFile(process.execPath, [MAIN_JS, ...args], { cwd: REPO_ROOT, env: daemonEnv(env), timeout: timeoutMs }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;

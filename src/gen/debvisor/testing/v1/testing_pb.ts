@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/testing/v1/testing.proto.
  */
 export const file_debvisor_testing_v1_testing: GenFile = /*@__PURE__*/
-  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEiGwoLRWNob1JlcXVlc3QSDAoEdGV4dBgBIAEoCSIcCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCSKuAQoZU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdGVwcxgCIAEoDRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEQoJcmVzdW1hYmxlGAQgASgIEhgKEHJ1bl9ob3N0X2NvbW1hbmQYBSABKAgSEgoKcmVxdWVzdF9pZBgGIAEoCSJHChpTdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iLQoXQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhDb25zdW1lVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBCItChdSZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIigKGFJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZRIMCgR1c2VkGAEgASgEMrAECg5UZXN0aW5nU2VydmljZRKYAQoSU3RhcnRUZXN0T3BlcmF0aW9uEi4uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXF1ZXN0Gi8uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZSIhyvMYHQoXdGVzdGluZzpvcGVyYXRpb246c3RhcnQQATAFEo4BChBSZWxlYXNlVGVzdFF1b3RhEiwuZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RRdW90YVJlc3BvbnNlIh3K8xgZChV0ZXN0aW5nOnF1b3RhOnJlbGVhc2UQARKQAQoQQ29uc3VtZVRlc3RRdW90YRIsLmRlYnZpc29yLnRlc3RpbmcudjEuQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXNwb25zZSIfyvMYGwoVdGVzdGluZzpxdW90YTpjb25zdW1lEAEgARJfCgRFY2hvEiAuZGVidmlzb3IudGVzdGluZy52MS5FY2hvUmVxdWVzdBohLmRlYnZpc29yLnRlc3RpbmcudjEuRWNob1Jlc3BvbnNlIhLK8xgOCgx0ZXN0aW5nOmVjaG9iBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
+  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEiGwoLRWNob1JlcXVlc3QSDAoEdGV4dBgBIAEoCSIcCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCSK8AQoZU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdGVwcxgCIAEoDRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEQoJcmVzdW1hYmxlGAQgASgIEhgKEHJ1bl9ob3N0X2NvbW1hbmQYBSABKAgSEgoKcmVxdWVzdF9pZBgGIAEoCRIMCgRob2xkGAcgASgIIjMKG1JlbGVhc2VUZXN0T3BlcmF0aW9uUmVxdWVzdBIUCgxvcGVyYXRpb25faWQYASABKAkiMAocUmVsZWFzZVRlc3RPcGVyYXRpb25SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCJHChpTdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iLQoXQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhDb25zdW1lVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBCItChdSZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIigKGFJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZRIMCgR1c2VkGAEgASgEMuEFCg5UZXN0aW5nU2VydmljZRKYAQoSU3RhcnRUZXN0T3BlcmF0aW9uEi4uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXF1ZXN0Gi8uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZSIhyvMYHQoXdGVzdGluZzpvcGVyYXRpb246c3RhcnQQATAFEq4BChRSZWxlYXNlVGVzdE9wZXJhdGlvbhIwLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RPcGVyYXRpb25SZXF1ZXN0GjEuZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdE9wZXJhdGlvblJlc3BvbnNlIjHK8xgtChl0ZXN0aW5nOm9wZXJhdGlvbjpyZWxlYXNlEAEwBToMb3BlcmF0aW9uX2lkEo4BChBSZWxlYXNlVGVzdFF1b3RhEiwuZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RRdW90YVJlc3BvbnNlIh3K8xgZChV0ZXN0aW5nOnF1b3RhOnJlbGVhc2UQARKQAQoQQ29uc3VtZVRlc3RRdW90YRIsLmRlYnZpc29yLnRlc3RpbmcudjEuQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXNwb25zZSIfyvMYGwoVdGVzdGluZzpxdW90YTpjb25zdW1lEAEgARJfCgRFY2hvEiAuZGVidmlzb3IudGVzdGluZy52MS5FY2hvUmVxdWVzdBohLmRlYnZpc29yLnRlc3RpbmcudjEuRWNob1Jlc3BvbnNlIhLK8xgOCgx0ZXN0aW5nOmVjaG9iBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
 
 /**
  * EchoRequest carries the text to return.
@@ -112,6 +112,14 @@ export type StartTestOperationRequest = Message<"debvisor.testing.v1.StartTestOp
    * @generated from field: string request_id = 6;
    */
   requestId: string;
+
+  /**
+   * When set, the work reports its first step and then waits until
+   * ReleaseTestOperation releases it (or it is cancelled).
+   *
+   * @generated from field: bool hold = 7;
+   */
+  hold: boolean;
 };
 
 /**
@@ -120,6 +128,48 @@ export type StartTestOperationRequest = Message<"debvisor.testing.v1.StartTestOp
  */
 export const StartTestOperationRequestSchema: GenMessage<StartTestOperationRequest> = /*@__PURE__*/
   messageDesc(file_debvisor_testing_v1_testing, 2);
+
+/**
+ * ReleaseTestOperationRequest names the held operation.
+ *
+ * @generated from message debvisor.testing.v1.ReleaseTestOperationRequest
+ */
+export type ReleaseTestOperationRequest = Message<"debvisor.testing.v1.ReleaseTestOperationRequest"> & {
+  /**
+   * The operation to release.
+   *
+   * @generated from field: string operation_id = 1;
+   */
+  operationId: string;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.ReleaseTestOperationRequest.
+ * Use `create(ReleaseTestOperationRequestSchema)` to create a new message.
+ */
+export const ReleaseTestOperationRequestSchema: GenMessage<ReleaseTestOperationRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 3);
+
+/**
+ * ReleaseTestOperationResponse says whether the operation was held here.
+ *
+ * @generated from message debvisor.testing.v1.ReleaseTestOperationResponse
+ */
+export type ReleaseTestOperationResponse = Message<"debvisor.testing.v1.ReleaseTestOperationResponse"> & {
+  /**
+   * False when no operation with that id was waiting on this daemon.
+   *
+   * @generated from field: bool released = 1;
+   */
+  released: boolean;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.ReleaseTestOperationResponse.
+ * Use `create(ReleaseTestOperationResponseSchema)` to create a new message.
+ */
+export const ReleaseTestOperationResponseSchema: GenMessage<ReleaseTestOperationResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 4);
 
 /**
  * StartTestOperationResponse returns the started operation.
@@ -140,7 +190,7 @@ export type StartTestOperationResponse = Message<"debvisor.testing.v1.StartTestO
  * Use `create(StartTestOperationResponseSchema)` to create a new message.
  */
 export const StartTestOperationResponseSchema: GenMessage<StartTestOperationResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 3);
+  messageDesc(file_debvisor_testing_v1_testing, 5);
 
 /**
  * ConsumeTestQuotaRequest consumes one snapshots unit.
@@ -161,7 +211,7 @@ export type ConsumeTestQuotaRequest = Message<"debvisor.testing.v1.ConsumeTestQu
  * Use `create(ConsumeTestQuotaRequestSchema)` to create a new message.
  */
 export const ConsumeTestQuotaRequestSchema: GenMessage<ConsumeTestQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 4);
+  messageDesc(file_debvisor_testing_v1_testing, 6);
 
 /**
  * ConsumeTestQuotaResponse reports the usage after consuming.
@@ -182,7 +232,7 @@ export type ConsumeTestQuotaResponse = Message<"debvisor.testing.v1.ConsumeTestQ
  * Use `create(ConsumeTestQuotaResponseSchema)` to create a new message.
  */
 export const ConsumeTestQuotaResponseSchema: GenMessage<ConsumeTestQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 5);
+  messageDesc(file_debvisor_testing_v1_testing, 7);
 
 /**
  * ReleaseTestQuotaRequest gives one snapshots unit back.
@@ -203,7 +253,7 @@ export type ReleaseTestQuotaRequest = Message<"debvisor.testing.v1.ReleaseTestQu
  * Use `create(ReleaseTestQuotaRequestSchema)` to create a new message.
  */
 export const ReleaseTestQuotaRequestSchema: GenMessage<ReleaseTestQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 6);
+  messageDesc(file_debvisor_testing_v1_testing, 8);
 
 /**
  * ReleaseTestQuotaResponse reports the usage after releasing.
@@ -224,7 +274,7 @@ export type ReleaseTestQuotaResponse = Message<"debvisor.testing.v1.ReleaseTestQ
  * Use `create(ReleaseTestQuotaResponseSchema)` to create a new message.
  */
 export const ReleaseTestQuotaResponseSchema: GenMessage<ReleaseTestQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 7);
+  messageDesc(file_debvisor_testing_v1_testing, 9);
 
 /**
  * TestingService starts fake long-running work and consumes quota.
@@ -241,6 +291,18 @@ export const TestingService: GenService<{
     methodKind: "unary";
     input: typeof StartTestOperationRequestSchema;
     output: typeof StartTestOperationResponseSchema;
+  },
+  /**
+   * ReleaseTestOperation lets a held test operation (hold = true) go on past
+   * its first step: tests observe work mid-flight on this latch, never on
+   * timing.
+   *
+   * @generated from rpc debvisor.testing.v1.TestingService.ReleaseTestOperation
+   */
+  releaseTestOperation: {
+    methodKind: "unary";
+    input: typeof ReleaseTestOperationRequestSchema;
+    output: typeof ReleaseTestOperationResponseSchema;
   },
   /**
    * ReleaseTestQuota gives one snapshots unit back, like deleting a snapshot.
