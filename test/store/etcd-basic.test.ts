@@ -200,25 +200,4 @@ describe('etcd store (single member)', () => {
     await expect(pending).rejects.toBeInstanceOf(StoreUnavailableError);
     await expect(other.get('/x')).rejects.toBeInstanceOf(StoreUnavailableError);
   });
-
-  it('throughput (informational)', async () => {
-    const n = 500;
-    let t = performance.now();
-    for (let i = 0; i < n; i++) await store.put(`/bench/${i}`, enc('x'.repeat(100)));
-    const seqPuts = n / ((performance.now() - t) / 1000);
-    t = performance.now();
-    for (let i = 0; i < n; i++) await store.get(`/bench/${i}`);
-    const seqGets = n / ((performance.now() - t) / 1000);
-    t = performance.now();
-    await Promise.all(Array.from({ length: n }, (_, i) => store.put(`/bench/p${i}`, enc('x'.repeat(100)))));
-    const parPuts = n / ((performance.now() - t) / 1000);
-    t = performance.now();
-    await Promise.all(Array.from({ length: n }, (_, i) => store.get(`/bench/p${i}`)));
-    const parGets = n / ((performance.now() - t) / 1000);
-    console.log(
-      `etcd throughput: sequential ${seqPuts.toFixed(0)} puts/s, ${seqGets.toFixed(0)} gets/s; ` +
-        `${n} concurrent: ${parPuts.toFixed(0)} puts/s, ${parGets.toFixed(0)} gets/s`,
-    );
-    expect(seqPuts).toBeGreaterThan(0);
-  });
 });

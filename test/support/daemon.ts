@@ -29,7 +29,8 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..
 export const MAIN_JS = join(REPO_ROOT, 'dist', 'main.js');
 
 const READY_POLL_MS = 50;
-const READY_TIMEOUT_MS = 15_000;
+// Generous: these are deadlines for conditions, and a loaded 2-core CI machine can take this long.
+const READY_TIMEOUT_MS = 90_000;
 const KILL_AFTER_MS = 10_000;
 const MAX_BIND_ATTEMPTS = 5;
 
@@ -323,7 +324,7 @@ export interface CliResult {
 }
 
 /** Runs `node dist/main.js ...args` to completion (for --check-config and config errors). */
-export function runMain(args: string[], env: Record<string, string> = {}, timeoutMs = 15_000): Promise<CliResult> {
+export function runMain(args: string[], env: Record<string, string> = {}, timeoutMs = 90_000): Promise<CliResult> {
   requireBuiltDist();
   return new Promise((resolveRun) => {
     execFile(process.execPath, [MAIN_JS, ...args], { cwd: REPO_ROOT, env: daemonEnv(env), timeout: timeoutMs }, (err, stdout, stderr) => {
