@@ -15,9 +15,10 @@
 // status it produced is seen by the steps before it and by observe, not by itself or
 // later ones (as if it had been sent from its own layer). A throw from the handler's
 // synchronous part (recovery) is seen by observe only. Exempt calls run no step.
-import type { Metadata, ServerInterceptingCall, ServerInterceptor, ServerInterceptingCallInterface } from '@grpc/grpc-js';
+import { status as Status, type Metadata, type ServerInterceptingCall, type ServerInterceptor, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import type { InterceptingServerListener } from '@grpc/grpc-js/build/src/server-interceptors.js';
+import { undecodableError } from '../server/adapter.js';
 import { toStatus } from '../server/errors.js';
 import type { CallState } from '../server/context.js';
 import { newTraceId } from '../server/trace.js';
@@ -162,9 +163,15 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
       this.hasQueuedMessage = true;
       return;
     }
-    this.message = message;
     // The headers always come first, so the state exists (their steps set it up).
     const state = this.state as CallState;
+    // Bytes that did not decode are the client's fault: no step reads fields of a placeholder.
+    const undecodable = undecodableError(message);
+    if (undecodable) {
+      this.reject(undecodable, this.steps.length);
+      return;
+    }
+    this.message = message;
     this.messageInSteps = true;
     this.runFrom('message', 0, state);
   }
@@ -262,13 +269,18 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
     }
   }
 
-  /** Step `index` refused the call: the steps before it and observe see the status. */
+  /**
+   * Step `index` refused the call: the steps before it and observe see the status. A throw
+   * that is no domain error goes through recovery, which logs its cause with the trace id.
+   */
   private reject(err: unknown, index: number): void {
     const state = this.state;
     if (state) state.rejected = true;
     this.headersInSteps = false;
     this.messageInSteps = false;
-    const status = toStatus(err, state?.traceId ?? newTraceId());
+    const traceId = state?.traceId ?? newTraceId();
+    let status: PartialStatusObject = toStatus(err, traceId);
+    if (status.code === Status.INTERNAL) status = this.recover(err, traceId, this.path);
     this.statusThrough(status, index);
     this.call.sendStatus(this.observed.end(status));
   }

@@ -151,10 +151,15 @@ function aborted(signal: AbortSignal): Promise<never> {
   });
 }
 
+/** The INVALID_ARGUMENT for a request that did not decode, or undefined for a decoded one. */
+export function undecodableError(request: unknown): InvalidArgumentError | undefined {
+  if (!(request instanceof UndecodableRequest)) return undefined;
+  return new InvalidArgumentError('request', `not a valid protobuf message (${request.reason.slice(0, 200)})`);
+}
+
 function decoded(request: unknown): MessageShape<DescMessage> {
-  if (request instanceof UndecodableRequest) {
-    throw new InvalidArgumentError('request', `not a valid protobuf message (${request.reason})`);
-  }
+  const undecodable = undecodableError(request);
+  if (undecodable) throw undecodable;
   return request as MessageShape<DescMessage>;
 }
 

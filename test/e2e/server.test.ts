@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import {
   status as Status,
+  Metadata,
   type Client,
   type ClientDuplexStream,
   type ServiceError,
@@ -195,6 +196,42 @@ describe('request handling', () => {
     expect(result.error?.code).toBe(Status.INVALID_ARGUMENT);
     expect(result.error?.details).toContain('not a valid protobuf message');
     expect(daemon.logs()).not.toContain('internal error in handler');
+  });
+
+  it('answers INVALID_ARGUMENT to an undecodable body on every RPC, also those naming a target resource', async () => {
+    const client = await raw();
+    // Field 1, length 5, but only two bytes follow: a truncated string.
+    const truncated = Buffer.from([0x0a, 0x05, 0x61, 0x62]);
+    const streamCode = (path: string) =>
+      new Promise<number>((resolveCode) => {
+        const call = client.makeServerStreamRequest<Buffer, Buffer>(path, (v) => v, (v) => v, truncated, new Metadata(), { deadline: Date.now() + 30_000 });
+        call.on('data', () => undefined);
+        call.on('error', (err: ServiceError) => {
+          resolveCode(err.code);
+        });
+        call.on('end', () => {
+          resolveCode(Status.OK);
+        });
+      });
+    const unaryCode = async (path: string) => (await rawUnary(client, path, truncated)).error?.code;
+    // The suite's earlier calls may have spent the admin's rate budget: a refused call waits its turn.
+    const codeOf = (path: string, call: (path: string) => Promise<number | undefined>) =>
+      vi.waitFor(async () => {
+        const code = await call(path);
+        if (code === Status.RESOURCE_EXHAUSTED) throw new Error(`${path}: rate limited, retrying`);
+        return code;
+      }, { timeout: 120_000, interval: 250 });
+    const results: (readonly [string, number | undefined])[] = [];
+    for (const service of API_SERVICES) {
+      for (const method of service.methods) {
+        const path = `/${service.typeName}/${method.name}`;
+        if (method.methodKind === 'unary') results.push([path, await codeOf(path, unaryCode)]);
+        else if (method.methodKind === 'server_streaming') results.push([path, await codeOf(path, streamCode)]);
+      }
+    }
+    expect(results.filter(([, code]) => code !== Status.INVALID_ARGUMENT)).toEqual([]);
+    expect(results.map(([path]) => path)).toEqual(expect.arrayContaining(['/debvisor.v1.VmService/GetVm', '/debvisor.v1.OperationService/WatchOperation']));
+    expect(daemon.logs()).not.toContain('panic in call');
   });
 });
 

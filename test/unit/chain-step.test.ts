@@ -29,6 +29,7 @@ const step = (name: string, hooks: { request?: 'async' | 'refuse'; message?: 'as
   },
   onMessage: (_state, call, message) => {
     if (call.metadata.get('refuse')[0] === `${name}.message`) throw new RpcError('PERMISSION_DENIED', `${name} refused`);
+    if (call.metadata.get('bug')[0] === `${name}.message`) throw new TypeError(`${name} bug`);
     events.push(`${name}.message:${String(message)}`);
   },
   onStatus: (status: PartialStatusObject) => {
@@ -54,7 +55,10 @@ beforeAll(async () => {
             return status;
           },
         }),
-        recover: (err) => ({ code: Status.INTERNAL, details: `recovered: ${err instanceof Error ? err.message : String(err)}` }),
+        recover: (err, traceId) => {
+          events.push(`recover:${traceId}:${err instanceof Error ? err.message : String(err)}`);
+          return { code: Status.INTERNAL, details: `recovered: ${err instanceof Error ? err.message : String(err)}` };
+        },
         steps: [step('A', { request: 'async' }), step('B', {})],
         exempt: () => false,
       }),
@@ -104,6 +108,12 @@ describe('chain driver', () => {
     const early = await call('y', { refuse: 'B.request' });
     expect(early.err?.code).toBe(Status.PERMISSION_DENIED);
     expect(events).toEqual(['A.request', 'A.status:7', 'observe.end:7']);
+  });
+
+  it('a step that throws something other than a domain error goes through recovery (logged with its trace id) as INTERNAL', async () => {
+    const { err } = await call('z', { bug: 'B.message' });
+    expect(err?.code).toBe(Status.INTERNAL);
+    expect(events).toEqual(['A.request', 'B.request', 'A.message:z', 'recover:trace-0001:B bug', 'A.status:13', 'observe.end:13']);
   });
 
   it('a throw from a grpc-js handler (grpc-js answers UNKNOWN) still passes every step and observe on its way out', async () => {
