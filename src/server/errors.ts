@@ -128,6 +128,19 @@ function fromExecError(err: unknown): RpcError | undefined {
 }
 
 /**
+ * The longest message a status carries before its trace id. A message that echoes a huge
+ * request value would exceed the client's metadata limit (about 8 KB) and fail every call
+ * in flight on that channel; validators bound fields, and this bounds whatever slips by.
+ */
+export const MAX_STATUS_MESSAGE_CHARS = 512;
+
+/** `message` cut to {@link MAX_STATUS_MESSAGE_CHARS}, marked where it was cut. */
+export function boundedMessage(message: string): string {
+  if (message.length <= MAX_STATUS_MESSAGE_CHARS) return message;
+  return `${message.slice(0, MAX_STATUS_MESSAGE_CHARS)}… [${message.length - MAX_STATUS_MESSAGE_CHARS} more characters]`;
+}
+
+/**
  * Maps any thrown value to a gRPC status. Unknown errors become INTERNAL with a
  * generic message: no stack, no internals. The trace id goes in the message and
  * the trailers so a client can quote it to an operator.
@@ -138,7 +151,7 @@ export function toStatus(err: unknown, traceId: string): StatusObject {
   err = fromStoreError(err) ?? fromExecError(err) ?? err;
   if (err instanceof RpcError) {
     const code = GRPC_CODE[err.code];
-    const details = `${err.message} (trace_id=${traceId})`;
+    const details = `${boundedMessage(err.message)} (trace_id=${traceId})`;
     if (err.details) addErrorDetails(metadata, code, details, err.details);
     return { code, details, metadata };
   }

@@ -15,6 +15,7 @@ import {
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessService, PrincipalKind } from '../../src/gen/debvisor/v1/access_pb.js';
+import { OperationService } from '../../src/gen/debvisor/v1/operation_pb.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import {
   REPO_ROOT,
@@ -196,6 +197,24 @@ describe('request handling', () => {
     expect(result.error?.code).toBe(Status.INVALID_ARGUMENT);
     expect(result.error?.details).toContain('not a valid protobuf message');
     expect(daemon.logs()).not.toContain('internal error in handler');
+  });
+
+  it('bounds an error that echoes a 64 KiB request value; the other calls on the channel are unaffected', async () => {
+    const operations = await clientFor(OperationService, daemon);
+    const access = await clientFor(AccessService, daemon);
+    const huge = operations.getOperation({ operationId: 'o'.repeat(65_536) }, { timeoutMs: 30_000 }).then(
+      () => undefined,
+      (err: unknown) => err as ServiceError,
+    );
+    const others = Array.from({ length: 10 }, () => access.whoAmI({}, { timeoutMs: 30_000 }));
+    const err = await huge;
+    expect(err).toBeDefined();
+    expect(err?.code).not.toBe(Status.INTERNAL);
+    expect(err?.details.length).toBeLessThan(1024);
+    expect(err?.details).toMatch(/trace_id=/);
+    expect((await Promise.all(others)).every((me) => me.principalId === daemon.pki.adminPrincipal)).toBe(true);
+    operations.close();
+    access.close();
   });
 
   it('answers INVALID_ARGUMENT to an undecodable body on every RPC, also those naming a target resource', async () => {
