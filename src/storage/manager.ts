@@ -3,7 +3,7 @@
 // the snapshots and storage_gb quotas in step with what exists (released to the owner on
 // delete), and runs the long work of prune, clone and provisioning.
 import { ExecError } from '../backends/exec.js';
-import { validateSnapshotName } from '../backends/validate.js';
+import { validateSnapshotName, validateText } from '../backends/validate.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { AttachmentFinder } from './attachments.js';
@@ -215,7 +215,7 @@ export class StorageManager {
 
   /** The snapshots unit was taken by the proto option (or by the caller, for templates). */
   async createSnapshot(key: VolumeKey, name: string, label: string, owner: string, options?: CallOptions): Promise<SnapshotInfo> {
-    if (label.length > 256) throw new InvalidArgumentError('label', 'must be at most 256 characters');
+    validateText(label, 'label', 256);
     return this.onVolume(key, (backend) => backend.createSnapshot({ pool: key.pool, volume: key.name, name, label, owner }, options));
   }
 

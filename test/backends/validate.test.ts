@@ -3,6 +3,7 @@
 // validates first never spawns a process for a bad name.
 import { status as Status } from '@grpc/grpc-js';
 import { Registry } from 'prom-client';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createExecutor, spawnCount, type Executor, type SpawnEvent } from '../../src/backends/exec.js';
 import {
@@ -12,6 +13,7 @@ import {
   validateLvName,
   validatePoolName,
   validateSnapshotName,
+  validateText,
   validateVgName,
   validateVmName,
 } from '../../src/backends/validate.js';
@@ -192,5 +194,44 @@ describe('a caller that validates first never spawns for a bad name', () => {
     await expect(describeVolume(exec, 'rbd', 'disk0')).resolves.toBe('rbd/disk0');
     expect(spawns).toEqual([{ backend: 'test', command: 'echo', path: '/bin/echo', args: ['rbd/disk0'] }]);
     expect(spawnCount()).toBe(before + 1);
+  });
+});
+
+describe('validateText (descriptions, labels, owners)', () => {
+  const forbidden = ['\u0000', '\u001b', '\t', '\n', '\u007f', '\u0085', '\u009b', '\u2028', '\u2029', '\u202e', '\u2066', '\u200f', '\ud800'];
+  const refusal = (value: string) => {
+    try {
+      validateText(value, 'spec.description', 1024);
+      return undefined;
+    } catch (err) {
+      return err;
+    }
+  };
+
+  it('accepts printable text in any script, emoji included', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme', maxLength: 100 }), (text) => {
+        fc.pre(!/[\p{Cc}\p{Zl}\p{Zp}\p{Cs}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/u.test(text));
+        expect(validateText(text, 'spec.description', 1024)).toBe(text);
+      }),
+    );
+  });
+
+  it('refuses a forbidden character anywhere in the text, naming the field, never echoing the value', () => {
+    fc.assert(
+      fc.property(fc.string({ maxLength: 50 }), fc.constantFrom(...forbidden), fc.string({ maxLength: 50 }), (before, bad, after) => {
+        const err = refusal(before + bad + after);
+        expect(err).toBeInstanceOf(InvalidArgumentError);
+        const status = toStatus(err, 't');
+        expect(status.code).toBe(Status.INVALID_ARGUMENT);
+        expect(status.details).toContain('spec.description');
+        expect(status.details).not.toContain(bad);
+      }),
+    );
+  });
+
+  it('refuses text over its limit', () => {
+    expect(refusal('x'.repeat(1025))).toBeInstanceOf(InvalidArgumentError);
+    expect(refusal('x'.repeat(1024))).toBeUndefined();
   });
 });

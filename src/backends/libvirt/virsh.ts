@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
-import { validateSnapshotName, validateVmName } from '../validate.js';
+import { validateSnapshotName, validateText, validateVmName } from '../validate.js';
 import { InvalidArgumentError } from '../../server/errors.js';
 import { STATE_CONFLICT, VIRSH_RULES, VmStateError } from './errors.js';
 import { parseDomjobinfo, parseKeyValues, type DomainJobInfo } from './jobinfo.js';
@@ -126,11 +126,7 @@ export function parseDomstatsState(stdout: string): Map<string, DomainState> {
 
 function validateDescription(value: unknown): string {
   if (value === undefined) return '';
-  if (typeof value !== 'string') throw new InvalidArgumentError('description', 'must be a string');
-  if (value.length > MAX_DESCRIPTION_LENGTH) throw new InvalidArgumentError('description', `must be at most ${MAX_DESCRIPTION_LENGTH} characters`);
-  // Control characters (newlines included) would forge lines in virsh's and our logs.
-  if (/\p{Cc}/u.test(value)) throw new InvalidArgumentError('description', 'must not contain control characters');
-  return value;
+  return validateText(value, 'description', MAX_DESCRIPTION_LENGTH);
 }
 
 function validateUri(uri: string): string {
