@@ -4,6 +4,7 @@
 // we refuse costs a user a rename; a name we wrongly accept can become an option,
 // a path or a second object reference in someone else's argv.
 import { isIPv4, isIPv6 } from 'node:net';
+import { UNSAFE_TEXT } from '../rpc/text.js';
 import { InvalidArgumentError } from '../server/errors.js';
 
 /** Our cap for pool, VG, LV, image, snapshot and VM names: LVM's own limit (NAME_LEN 128 with NUL), short enough for device paths and metric labels. */
@@ -131,21 +132,13 @@ export function validateIpAddress(value: unknown, field: string): string {
 }
 
 /**
- * Characters no free text may carry: C0 and C1 controls and DEL (they forge log lines and drive
- * terminals), line and paragraph separators (JSON and JavaScript treat them as line breaks),
- * bidirectional embeddings, overrides and isolates (they make text read differently from what
- * it is), and lone surrogates (not valid UTF-8).
- */
-const FORBIDDEN_IN_TEXT = /[\p{Cc}\p{Zl}\p{Zp}\p{Cs}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/u;
-
-/**
  * Free text a person wrote (descriptions, labels, owners, reasons): any printable Unicode, at
  * most `max` characters. The one validator for such text everywhere, never echoing the value.
  */
 export function validateText(value: unknown, field: string, max: number): string {
   if (typeof value !== 'string') throw new InvalidArgumentError(field, 'must be a string');
   if (value.length > max) throw new InvalidArgumentError(field, `must be at most ${max} characters`);
-  if (FORBIDDEN_IN_TEXT.test(value)) {
+  if (UNSAFE_TEXT.test(value)) {
     throw new InvalidArgumentError(field, 'must not contain control, line-separator or bidirectional-override characters');
   }
   return value;

@@ -2,16 +2,22 @@
 import Table from 'cli-table3';
 import { toJson, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { escapeUnsafe, escapeUnsafeJson } from '../rpc/text.js';
 
 export type Output = 'text' | 'json';
 
+// Whatever the server sends, nothing printed can drive the terminal (ESC[2J in an API key's
+// owner would clear the operator's screen) or hide what it says: unsafe characters are escaped.
+
 export function printJson<D extends DescMessage>(schema: D, message: MessageShape<D>): void {
-  process.stdout.write(`${JSON.stringify(toJson(schema, message), null, 2)}\n`);
+  // JSON.stringify escapes C0 controls but not C1, separators or bidi overrides.
+  const json = escapeUnsafeJson(JSON.stringify(toJson(schema, message), null, 2));
+  process.stdout.write(`${json}\n`);
 }
 
 export function printRecord(record: Record<string, string>): void {
   const width = Math.max(...Object.keys(record).map((key) => key.length));
-  for (const [key, value] of Object.entries(record)) process.stdout.write(`${`${key}:`.padEnd(width + 2)}${value}\n`);
+  for (const [key, value] of Object.entries(record)) process.stdout.write(`${`${key}:`.padEnd(width + 2)}${escapeUnsafe(value)}\n`);
 }
 
 export function printTable(head: string[], rows: string[][]): void {
@@ -20,7 +26,7 @@ export function printTable(head: string[], rows: string[][]): void {
     return;
   }
   const table = new Table({ head, style: { head: [], border: [] } });
-  table.push(...rows);
+  table.push(...rows.map((row) => row.map((cell) => escapeUnsafe(cell))));
   process.stdout.write(`${table.toString()}\n`);
 }
 
@@ -28,9 +34,9 @@ export function printTable(head: string[], rows: string[][]): void {
 export function fail(err: unknown): never {
   const grpcError = err as Partial<ServiceError>;
   if (typeof grpcError.code === 'number') {
-    process.stderr.write(`debvisorctl: ${Status[grpcError.code]}: ${grpcError.details ?? ''}\n`);
+    process.stderr.write(`debvisorctl: ${Status[grpcError.code]}: ${escapeUnsafe(grpcError.details ?? '')}\n`);
   } else {
-    process.stderr.write(`debvisorctl: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`debvisorctl: ${escapeUnsafe(err instanceof Error ? err.message : String(err))}\n`);
   }
   process.exit(1);
 }
