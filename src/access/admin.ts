@@ -4,9 +4,9 @@ import { BlockList, isIP } from 'node:net';
 import type { AuditLog } from '../audit/log.js';
 import { newToken } from '../authn/apikey-token.js';
 import type { Principal } from '../authn/principal.js';
-import { isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
+import { denyChange, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
 import { wideningsOf, type KeyBounds } from '../authz/narrowing.js';
-import { crossPrincipal, isValidPermission, patternCovers } from '../authz/permission.js';
+import { crossPrincipal, isValidPermission } from '../authz/permission.js';
 import { isBuiltinRole, type Role } from '../authz/roles.js';
 import type { Config } from '../config/schema.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
@@ -297,9 +297,9 @@ export class AccessAdmin {
     const record = await this.repos.roles.mutate(role.name, (current) => {
       outcome.created = current === undefined;
       // Checked against the version being replaced: a deny dropped or narrowed is lifted, a new one imposed.
-      const before = current?.deny_permissions ?? [];
-      this.checkDenyLift(ctx, before.filter((d) => !role.denyPermissions.some((n) => patternCovers(n, d))), 'role.deny_permissions');
-      this.checkDenyImposed(ctx, role.denyPermissions.filter((d) => !before.some((o) => patternCovers(o, d))), 'role.deny_permissions');
+      const { lifted, imposed } = denyChange(current?.deny_permissions ?? [], role.denyPermissions);
+      this.checkDenyLift(ctx, lifted, 'role.deny_permissions');
+      this.checkDenyImposed(ctx, imposed, 'role.deny_permissions');
       const next: RoleRecord = {
         schema_version: 1,
         name: role.name,

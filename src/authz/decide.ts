@@ -170,6 +170,19 @@ export function canGrant(
   return excess.length === 0 ? { ok: true } : { ok: false, excess };
 }
 
+/**
+ * How a role's deny list changes from `before` to `after`: `lifted` holds the old
+ * patterns no new one covers (every permission no longer denied matches one of them,
+ * so the writer must hold them all); `imposed` the new patterns no old one covers.
+ * Conservative: narrowing `vm:*` to `vm:start` lifts all of `vm:*`.
+ */
+export function denyChange(before: readonly string[], after: readonly string[]): { lifted: string[]; imposed: string[] } {
+  return {
+    lifted: before.filter((d) => !after.some((n) => patternCovers(n, d))),
+    imposed: after.filter((d) => !before.some((o) => patternCovers(o, d))),
+  };
+}
+
 // ---------------------------------------------------------------------------
 // Target resource of a request
 

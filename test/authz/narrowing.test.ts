@@ -3,7 +3,9 @@
 import { BlockList } from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { denyChange } from '../../src/authz/decide.js';
 import { globMatches, globWithin } from '../../src/authz/globs.js';
+import { permissionMatches } from '../../src/authz/permission.js';
 import { cidrWithin, wideningsOf, type KeyBounds } from '../../src/authz/narrowing.js';
 
 const CHARS = ['a', 'b', 'c', '-', '.', '/', '1', '@', ':'];
@@ -151,5 +153,32 @@ describe('wideningsOf', () => {
   it('an unrestricted holder bounds nothing but expiry', () => {
     const open: KeyBounds = { resourceGlobs: [], allowedCidrs: [], expiresAtMs: undefined };
     expect(wideningsOf(open, { resourceGlobs: [], allowedCidrs: [], expiresAtMs: undefined })).toEqual([]);
+  });
+});
+
+describe('denyChange (what a role write lifts and imposes)', () => {
+  const segment = fc.constantFrom('vm', 'storage', 'start', 'destroy', 'snapshot', '*');
+  const pattern = fc.array(segment, { minLength: 1, maxLength: 3 }).map((s) => s.join(':'));
+  const concrete = fc.array(fc.constantFrom('vm', 'storage', 'start', 'destroy', 'snapshot'), { minLength: 1, maxLength: 4 }).map((s) => s.join(':'));
+  const deniedBy = (denies: readonly string[], p: string) => denies.some((d) => permissionMatches(d, p));
+
+  it('every permission no longer denied is under a lifted pattern; every newly denied one under an imposed one', () => {
+    fc.assert(
+      fc.property(fc.array(pattern, { maxLength: 4 }), fc.array(pattern, { maxLength: 4 }), fc.array(concrete, { minLength: 1, maxLength: 10 }), (before, after, permissions) => {
+        const { lifted, imposed } = denyChange(before, after);
+        for (const p of permissions) {
+          if (deniedBy(before, p) && !deniedBy(after, p)) expect(deniedBy(lifted, p)).toBe(true);
+          if (deniedBy(after, p) && !deniedBy(before, p)) expect(deniedBy(imposed, p)).toBe(true);
+        }
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('keeping a deny lifts nothing; dropping or narrowing one lifts it', () => {
+    expect(denyChange(['vm:destroy'], ['vm:destroy'])).toEqual({ lifted: [], imposed: [] });
+    expect(denyChange(['vm:destroy'], ['vm:*'])).toEqual({ lifted: [], imposed: ['vm:*'] });
+    expect(denyChange(['vm:*'], ['vm:destroy'])).toEqual({ lifted: ['vm:*'], imposed: [] });
+    expect(denyChange(['vm:destroy', 'vm:reboot'], [])).toEqual({ lifted: ['vm:destroy', 'vm:reboot'], imposed: [] });
   });
 });
