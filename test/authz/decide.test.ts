@@ -22,7 +22,8 @@ import { BUILTIN_ROLES, type Role } from '../../src/authz/roles.js';
 import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { StorageService, CreateSnapshotRequestSchema, ListVolumesRequestSchema, CloneRbdFromTemplateRequestSchema } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { VmService, StartVmRequestSchema } from '../../src/gen/debvisor/v1/vm_pb.js';
-import { AccessService, PutRoleRequestSchema, WhoAmIRequestSchema, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
+import { AccessService, BindRoleRequestSchema, PutRoleRequestSchema, WhoAmIRequestSchema, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
+import { MigrationService, MigrateVMRequestSchema } from '../../src/gen/debvisor/v1/migration_pb.js';
 
 const role = (name: string, permissions: string[], deny: string[] = []): Role => ({ name, description: '', permissions, deny, builtin: false });
 const builtin = (name: string) => BUILTIN_ROLES.get(name)!;
@@ -177,6 +178,19 @@ describe('resourcesOf (every resource an RPC names)', () => {
     expect(resourcesOf(clone, create(CloneRbdFromTemplateRequestSchema, { targetPool: 'ci-1' }))).toEqual([
       { kind: 'pool', name: 'ci-1' },
       { kind: 'pool', name: '' },
+    ]);
+  });
+
+  it('migrations name their nodes, bindings their role', () => {
+    const migrate = method(MigrationService, 'MigrateVM');
+    expect(resourcesOf(migrate, create(MigrateVMRequestSchema, { vmName: 'ci-1', sourceNode: 'n1', targetNode: 'n2' }))).toEqual([
+      { kind: 'vm', name: 'ci-1' },
+      { kind: 'node', name: 'n1' },
+      { kind: 'node', name: 'n2' },
+    ]);
+    expect(resourcesOf(method(AccessService, 'BindRole'), create(BindRoleRequestSchema, { principal: 'p', roleName: 'r' }))).toEqual([
+      { kind: 'principal', name: 'p' },
+      { kind: 'role', name: 'r' },
     ]);
   });
 
