@@ -78,7 +78,7 @@ describe('one daemon, principals with partial rights', () => {
   const closers: { close(): void }[] = [];
 
   beforeAll(async () => {
-    daemon = await startDaemon({ config: limits });
+    daemon = await startDaemon({ config: limits, readyTimeoutMs: 60_000 });
     admin = await clientFor(AccessService, daemon);
     roleAdmin = await clientFor(AccessService, daemon, await issueClientFor(daemon.pki, ROLE_ADMIN));
     operator = await clientFor(AccessService, daemon, await issueClientFor(daemon.pki, OPERATOR));
@@ -318,7 +318,7 @@ describe('a bootstrap admin under deny `*`, across a restart', () => {
     await rm(stateDir, { recursive: true, force: true });
   });
 
-  const start = () => startDaemon({ pkiDir, config: { ...limits, store: { embedded: { dir: stateDir } } } });
+  const start = () => startDaemon({ pkiDir, readyTimeoutMs: 60_000, config: { ...limits, store: { embedded: { dir: stateDir } } } });
 
   it('is never locked out, and can undo the binding after the restart', async () => {
     daemon = await start();
