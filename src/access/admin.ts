@@ -4,7 +4,8 @@ import { BlockList, isIP } from 'node:net';
 import type { AuditLog } from '../audit/log.js';
 import { newToken } from '../authn/apikey-token.js';
 import type { Principal } from '../authn/principal.js';
-import { canGrant, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
+import { denyChange, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
+import { wideningsOf, type KeyBounds } from '../authz/narrowing.js';
 import { crossPrincipal, isValidPermission } from '../authz/permission.js';
 import { isBuiltinRole, type Role } from '../authz/roles.js';
 import type { Config } from '../config/schema.js';
@@ -19,6 +20,8 @@ import { pageByKey } from '../server/paging.js';
 import type { QuotaManager, QuotaResourceName, QuotaView } from '../quota/manager.js';
 
 const DAY_MS = 86_400_000;
+/** Lets an API key rotate and revoke keys other than itself (with no resource globs). */
+const KEY_ADMINISTRATION = 'access:apikey:*';
 const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 /** Ids become store key segments (src/store/layout.ts), which refuse empty and over-long values. */
 const MAX_ID_LENGTH = 512;
@@ -76,11 +79,48 @@ export class AccessAdmin {
     });
   }
 
-  /** A creator may hand out only what it holds itself (and, through a key, only what the key holds). */
-  private checkEscalation(ctx: CallContext, permissions: readonly string[], field: string): void {
+  /**
+   * A creator may hand out only what it holds itself, free of denies (and, through a key,
+   * only what the key holds). Lifting a deny hands out what it denied; imposing one
+   * needs the same (so nobody can deny what they could not grant, e.g. `*` on an admin).
+   */
+  private checkEscalation(ctx: CallContext, permissions: readonly string[], field: string, what = 'cannot grant permissions you do not hold'): void {
+    const result = this.state.mayGrant(this.caller(ctx), permissions);
+    if (!result.ok) throw new RpcError('PERMISSION_DENIED', `${field}: ${what}: ${result.excess.join(', ')}`);
+  }
+
+  /** Removing denies grants what they denied. */
+  private checkDenyLift(ctx: CallContext, lifted: readonly string[], field: string): void {
+    this.checkEscalation(ctx, lifted, field, 'lifting a deny grants what it denies, and you do not hold');
+  }
+
+  private checkDenyImposed(ctx: CallContext, denied: readonly string[], field: string): void {
+    this.checkEscalation(ctx, denied, field, 'cannot deny permissions you do not hold');
+  }
+
+  /** The globs, networks and expiry of the API key making this call. */
+  private callerKeyBounds(ctx: CallContext): KeyBounds | undefined {
+    const key = this.caller(ctx).apiKey;
+    if (!key) return undefined;
+    const record = this.state.apiKeys.get(key.id);
+    if (!record) throw new RpcError('PERMISSION_DENIED', `permission denied: API key ${key.id} is gone`);
+    return {
+      resourceGlobs: record.resource_globs,
+      allowedCidrs: record.allowed_cidrs,
+      expiresAtMs: record.expires_at === undefined ? undefined : Date.parse(record.expires_at),
+    };
+  }
+
+  /**
+   * Rotate and revoke made with an API key act only on that same key, unless the key
+   * holds key administration (`access:apikey:*`) without resource globs.
+   */
+  private requireSameKeyOrKeyAdmin(ctx: CallContext, keyId: string, action: string): void {
     const caller = this.caller(ctx);
-    const result = canGrant(this.state.roles(this.state.roleNamesOf(caller.id)), permissions, caller.apiKey?.permissions);
-    if (!result.ok) throw new RpcError('PERMISSION_DENIED', `${field}: cannot grant permissions you do not hold: ${result.excess.join(', ')}`);
+    const key = caller.apiKey;
+    if (!key || key.id === keyId) return;
+    if (key.resourceGlobs.length === 0 && this.state.mayGrant(caller, [KEY_ADMINISTRATION]).ok) return;
+    throw new RpcError('PERMISSION_DENIED', `permission denied: an API key may ${action} only itself, unless it holds ${KEY_ADMINISTRATION} without resource globs`);
   }
 
   private validatePermissions(permissions: readonly string[], field: string): void {
@@ -110,11 +150,21 @@ export class AccessAdmin {
     if (request.description.length > 512) throw new InvalidArgumentError('description', 'at most 512 characters');
     this.checkEscalation(ctx, request.permissions, 'permissions');
     const auth = this.settings().auth;
-    const ttlMs = request.ttlMs ?? auth.api_key_default_ttl_days * DAY_MS;
+    const now = new Date();
+    const holder = this.callerKeyBounds(ctx);
+    // Without an explicit ttl, a key made through a key ends when that key does.
+    const defaultTtlMs = Math.min(auth.api_key_default_ttl_days * DAY_MS, (holder?.expiresAtMs ?? Infinity) - now.getTime());
+    const ttlMs = request.ttlMs ?? defaultTtlMs;
     if (ttlMs <= 0 || ttlMs > auth.api_key_max_ttl_days * DAY_MS) throw new InvalidArgumentError('ttl', `must be between 1 s and ${auth.api_key_max_ttl_days} days`);
+    if (holder) {
+      const widenings = wideningsOf(holder, { resourceGlobs: request.resourceGlobs, allowedCidrs: request.allowedCidrs, expiresAtMs: now.getTime() + ttlMs });
+      const first = widenings[0];
+      if (first) {
+        throw new RpcError('PERMISSION_DENIED', `${first.field}: a key made with an API key must be no wider than it: ${widenings.map((w) => `${w.field}: ${w.reason}`).join('; ')}`);
+      }
+    }
 
     const { token, keyId, secretSha256 } = newToken();
-    const now = new Date();
     const record: ApiKeyRecord = {
       schema_version: 1,
       id: keyId,
@@ -163,6 +213,7 @@ export class AccessAdmin {
 
   async revokeApiKey(ctx: CallContext, keyId: string): Promise<ApiKeyRecord> {
     requireId(keyId, 'key_id');
+    this.requireSameKeyOrKeyAdmin(ctx, keyId, 'revoke');
     const revoked = await retryOnConflict(async () => {
       const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:revoke');
       const next: ApiKeyRecord = { ...record, revoked_at: record.revoked_at ?? new Date().toISOString() };
@@ -176,6 +227,7 @@ export class AccessAdmin {
 
   async rotateApiKey(ctx: CallContext, keyId: string, overlapMs: number | undefined): Promise<{ record: ApiKeyRecord; token: string; old: ApiKeyRecord }> {
     requireId(keyId, 'key_id');
+    this.requireSameKeyOrKeyAdmin(ctx, keyId, 'rotate');
     return retryOnConflict(() => this.rotateOnce(ctx, keyId, overlapMs));
   }
 
@@ -187,13 +239,15 @@ export class AccessAdmin {
     const { token, keyId: newId, secretSha256 } = newToken();
     const now = new Date();
     const lifetime = record.expires_at ? Date.parse(record.expires_at) - Date.parse(record.created_at) : this.settings().auth.api_key_default_ttl_days * DAY_MS;
+    // Through an API key, the new key ends no later than the calling key: no endless self-renewal.
+    const expiresAtMs = Math.min(now.getTime() + lifetime, this.callerKeyBounds(ctx)?.expiresAtMs ?? Infinity);
     const fresh: ApiKeyRecord = {
       ...record,
       id: newId,
       created_by: this.caller(ctx).id,
       secret_sha256: secretSha256,
       created_at: now.toISOString(),
-      expires_at: new Date(now.getTime() + lifetime).toISOString(),
+      expires_at: new Date(expiresAtMs).toISOString(),
       rotated_from: keyId,
       use_count: 0,
       last_used_at: undefined,
@@ -242,6 +296,10 @@ export class AccessAdmin {
     const outcome = { created: false };
     const record = await this.repos.roles.mutate(role.name, (current) => {
       outcome.created = current === undefined;
+      // Checked against the version being replaced: a deny dropped or narrowed is lifted, a new one imposed.
+      const { lifted, imposed } = denyChange(current?.deny_permissions ?? [], role.denyPermissions);
+      this.checkDenyLift(ctx, lifted, 'role.deny_permissions');
+      this.checkDenyImposed(ctx, imposed, 'role.deny_permissions');
       const next: RoleRecord = {
         schema_version: 1,
         name: role.name,
@@ -262,13 +320,15 @@ export class AccessAdmin {
     if (isBuiltinRole(name)) throw new RpcError('FAILED_PRECONDITION', `role ${name} is built in and cannot be deleted`);
     const found = await this.repos.roles.get(name);
     if (!found) throw new NotFoundError(`role ${name} not found`);
+    this.checkDenyLift(ctx, found.value.deny_permissions, 'role_name');
+    // Only the version checked goes; its bindings then name nothing, and are removed after.
+    await this.repos.roles.delete(name, found.modRevision);
+    this.state.customRoles.remember(name, undefined, await this.repos.roles.store.revision());
     let removed = 0;
     for (const principal of this.state.principals.values().filter((p) => p.roles.includes(name))) {
       await this.unbind(principal.id, name);
       removed++;
     }
-    await this.repos.roles.delete(name);
-    this.state.customRoles.remember(name, undefined, await this.repos.roles.store.revision());
     this.security(ctx, 'role deleted', `role:${name}`, { removed_bindings: removed });
     return removed;
   }
@@ -278,6 +338,7 @@ export class AccessAdmin {
     const role = this.state.role(roleName);
     if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"`);
     this.checkEscalation(ctx, role.permissions, 'role_name');
+    this.checkDenyImposed(ctx, role.deny, 'role_name');
     const now = new Date().toISOString();
     const record = await this.repos.principals.mutate(principal, (current) =>
       current?.roles.includes(roleName) ? undefined : { schema_version: 1, id: principal, roles: [...(current?.roles ?? []), roleName].sort(), updated_at: now },
@@ -289,6 +350,7 @@ export class AccessAdmin {
 
   async unbindRole(ctx: CallContext, principal: string, roleName: string): Promise<boolean> {
     requireId(principal, 'principal');
+    this.checkDenyLift(ctx, this.state.role(roleName)?.deny ?? [], 'role_name');
     const removed = await this.unbind(principal, roleName);
     this.security(ctx, 'role unbound', `principal:${principal}`, { role: roleName, removed });
     return removed;

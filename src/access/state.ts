@@ -2,7 +2,7 @@
 // custom roles and API keys. The chain reads it on every call without a store round trip.
 import type { Config } from '../config/schema.js';
 import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
-import { authorize } from '../authz/decide.js';
+import { authorize, canGrant } from '../authz/decide.js';
 import { crossPrincipal } from '../authz/permission.js';
 import type { Principal } from '../authn/principal.js';
 import { RecordCache } from '../store/cache.js';
@@ -90,8 +90,18 @@ export class AccessState {
     return authorize({
       roles: this.roles(this.roleNamesOf(principal.id)),
       required: permission,
+      exemptFromDeny: this.isBootstrapAdmin(principal.id),
       ...(principal.apiKey ? { apiKey: principal.apiKey } : {}),
     }).allowed;
+  }
+
+  /**
+   * Whether the principal (through its key, if it used one) holds every one of the
+   * permission patterns `requested` right now, free of any deny, so it may hand them out:
+   * in a key, a role, a binding, or by lifting a deny.
+   */
+  mayGrant(principal: Principal, requested: readonly string[]): ReturnType<typeof canGrant> {
+    return canGrant(this.roles(this.roleNamesOf(principal.id)), requested, principal.apiKey?.permissions, this.isBootstrapAdmin(principal.id));
   }
 
   /** Acting on objects owned by someone else needs the `:any` form of the permission. */

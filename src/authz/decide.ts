@@ -2,11 +2,13 @@
 // resource-glob scoping, plus the escalation check for issuing keys.
 import { ScalarType, type DescField, type DescMethod, type Message } from '@bufbuild/protobuf';
 import { reflect, type ReflectMessage } from '@bufbuild/protobuf/reflect';
-import picomatch from 'picomatch';
 import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
 import { policyOf } from '../server/policy.js';
 import { isValidPermission, patternCovers, patternsIntersect, permissionMatches } from './permission.js';
+import { globMatches } from './globs.js';
 import type { Role } from './roles.js';
+
+export { globMatches, isValidResourceGlob } from './globs.js';
 
 /** A (kind, glob) restriction of a scoped API key; `kind` is a {@link RESOURCE_KIND_NAMES} value. */
 export interface ResourceGlob {
@@ -25,16 +27,23 @@ export interface AuthorizeInput {
   readonly roles: readonly Role[];
   /** The concrete permission the RPC requires. */
   readonly required: string;
+  /**
+   * True for a bootstrap admin from the config (or its keys): no deny applies to it, so a
+   * deny written into the store can never lock out the operator's way to recover.
+   */
+  readonly exemptFromDeny?: boolean;
   /** Present when the caller authenticated with an API key. */
   readonly apiKey?: { readonly permissions: readonly string[]; readonly resourceGlobs: readonly ResourceGlob[] };
-  /** The RPC's target resource, if it names one ({@link resourceOf}). */
-  readonly resource?: ResourceRef;
+  /** Every resource the RPC names ({@link resourcesOf}); a scoped key must cover each one. */
+  readonly resources?: readonly ResourceRef[];
 }
 
 /** Why a request was refused; for logs and audit, not for the client. */
 export type DenyReason = 'not_granted' | 'denied_by_role' | 'not_granted_to_key' | 'outside_key_scope';
 
-export type AuthorizeResult = { allowed: true } | { allowed: false; missing: string; reason: DenyReason };
+export type AuthorizeResult =
+  | { allowed: true }
+  | { allowed: false; missing: string; reason: DenyReason; /** The resource outside the key's scope. */ resource?: ResourceRef };
 
 /** ResourceKind enum value → the lower-case kind name used in resource globs: RESOURCE_KIND_API_KEY → `api_key`. */
 export const RESOURCE_KIND_NAMES: ReadonlyMap<ResourceKind, string> = new Map(
@@ -56,51 +65,6 @@ export function resourceKindFromName(name: string): ResourceKind | undefined {
 }
 
 // ---------------------------------------------------------------------------
-// Resource globs
-
-/**
- * picomatch with everything but `*`, `?` and `\` escapes switched off: no braces,
- * extglobs, brackets, negation or globstar, and `*`/`?` never cross `/`. Dots are
- * ordinary characters.
- */
-const GLOB_OPTIONS: picomatch.PicomatchOptions = {
-  dot: true,
-  nobrace: true,
-  noextglob: true,
-  nobracket: true,
-  noglobstar: true,
-  nonegate: true,
-  windows: false,
-  maxLength: 256,
-};
-
-const GLOB = /^[A-Za-z0-9._\-*?/@:]{1,256}$/;
-
-/** True for a resource glob a key may carry: names' characters plus `*` and `?`, 1–256 characters. */
-export function isValidResourceGlob(glob: string): boolean {
-  return GLOB.test(glob);
-}
-
-const MATCHER_CACHE_LIMIT = 4096;
-const matchers = new Map<string, (name: string) => boolean>();
-
-function globMatcher(glob: string): (name: string) => boolean {
-  let m = matchers.get(glob);
-  if (!m) {
-    const re = isValidResourceGlob(glob) ? picomatch.makeRe(glob, GLOB_OPTIONS) : undefined;
-    m = re ? (name: string) => re.test(name) : () => false; // an invalid stored glob matches nothing
-    if (matchers.size >= MATCHER_CACHE_LIMIT) matchers.clear();
-    matchers.set(glob, m);
-  }
-  return m;
-}
-
-/** True if a resource glob matches a resource name (`ci-*` matches `ci-42`, not `prod-1` or `ci-1/x`). */
-export function globMatches(glob: string, name: string): boolean {
-  return name.length > 0 && globMatcher(glob)(name);
-}
-
-// ---------------------------------------------------------------------------
 // Decisions
 
 function granted(roles: readonly Role[], required: string): boolean {
@@ -114,16 +78,19 @@ function denied(roles: readonly Role[], required: string): boolean {
 const ALLOWED: AuthorizeResult = Object.freeze({ allowed: true });
 const ROLE_DECISIONS_LIMIT = 1024;
 // Role lists are resolved once per binding and replaced, never changed, when a role or
-// binding changes (src/access/state.ts), so a decision can be kept per list and permission.
+// binding changes (src/access/state.ts), so a decision can be kept per list and permission
+// (separately for principals no deny applies to).
 const roleDecisions = new WeakMap<readonly Role[], Map<string, AuthorizeResult>>();
+const exemptRoleDecisions = new WeakMap<readonly Role[], Map<string, AuthorizeResult>>();
 
-/** What the roles alone decide (deny wins), remembered per role list and permission. */
-function roleDecision(roles: readonly Role[], required: string): AuthorizeResult {
-  let decisions = roleDecisions.get(roles);
-  if (!decisions) roleDecisions.set(roles, (decisions = new Map<string, AuthorizeResult>()));
+/** What the roles alone decide (deny wins, unless exempt), remembered per role list and permission. */
+function roleDecision(roles: readonly Role[], required: string, exemptFromDeny: boolean): AuthorizeResult {
+  const cache = exemptFromDeny ? exemptRoleDecisions : roleDecisions;
+  let decisions = cache.get(roles);
+  if (!decisions) cache.set(roles, (decisions = new Map<string, AuthorizeResult>()));
   let decision = decisions.get(required);
   if (!decision) {
-    if (denied(roles, required)) decision = Object.freeze({ allowed: false, missing: required, reason: 'denied_by_role' as const });
+    if (!exemptFromDeny && denied(roles, required)) decision = Object.freeze({ allowed: false, missing: required, reason: 'denied_by_role' as const });
     else if (!granted(roles, required)) decision = Object.freeze({ allowed: false, missing: required, reason: 'not_granted' as const });
     else decision = ALLOWED;
     if (decisions.size >= ROLE_DECISIONS_LIMIT) decisions.clear();
@@ -152,41 +119,47 @@ function inKeyScope(globs: readonly ResourceGlob[], resource: ResourceRef): bool
 
 /**
  * Decides one call. A principal is allowed if some role grants `required` and no
- * role denies it (deny wins). An API key's rights are the intersection of its own
- * permissions and its owner's current roles, so a key loses what its owner loses.
- * A key with any resource globs may only address a named target resource if one of
- * its globs has that resource's kind and matches its name (except
- * {@link OWNER_FILTERED_KINDS} when it has no glob of that kind); RPCs without a target
- * (lists, the caller itself) are not restricted here — their handlers filter.
+ * role denies it (deny wins, except for bootstrap admins: `exemptFromDeny`). An API
+ * key's rights are the intersection of its own permissions and its owner's current
+ * roles, so a key loses what its owner loses. A key with any resource globs may only
+ * address a named resource if one of its globs has that resource's kind and matches
+ * its name (except {@link OWNER_FILTERED_KINDS} when it has no glob of that kind), and
+ * this holds for EVERY resource the RPC names (a clone's template pool as well as its
+ * target pool). RPCs without a target (lists, the caller itself) are not restricted
+ * here — their handlers filter.
  */
 export function authorize(input: AuthorizeInput): AuthorizeResult {
-  const { roles, required, apiKey, resource } = input;
-  const byRoles = roleDecision(roles, required);
+  const { roles, required, apiKey, resources } = input;
+  const byRoles = roleDecision(roles, required, input.exemptFromDeny === true);
   if (!byRoles.allowed) return byRoles;
   if (apiKey) {
     if (!apiKey.permissions.some((g) => permissionMatches(g, required))) {
       return { allowed: false, missing: required, reason: 'not_granted_to_key' };
     }
-    if (resource && apiKey.resourceGlobs.length > 0 && !inKeyScope(apiKey.resourceGlobs, resource)) {
-      return { allowed: false, missing: required, reason: 'outside_key_scope' };
+    if (apiKey.resourceGlobs.length > 0) {
+      const outside = resources?.find((resource) => !inKeyScope(apiKey.resourceGlobs, resource));
+      if (outside) return { allowed: false, missing: required, reason: 'outside_key_scope', resource: outside };
     }
   }
   return ALLOWED;
 }
 
 /**
- * Escalation check for issuing an API key (and for custom roles a non-admin may
- * write): every requested pattern must be valid, covered by a single grant the
- * holder has, intersect none of the holder's denies, and — when the holder is
- * itself acting through an API key — be covered by one of that key's permissions.
+ * Escalation check for issuing an API key, writing a role or binding one, and for
+ * lifting a deny (which grants what it denied): every requested pattern must be
+ * valid, covered by a single grant the holder has, intersect none of the holder's
+ * denies (unless the holder is exempt from denies: a bootstrap admin), and — when the
+ * holder is itself acting through an API key — be covered by one of that key's
+ * permissions.
  */
 export function canGrant(
   holderRoles: readonly Role[],
   requested: readonly string[],
   holderKeyPermissions?: readonly string[],
+  exemptFromDeny = false,
 ): { ok: true } | { ok: false; excess: string[] } {
   const grants = holderRoles.flatMap((r) => r.permissions);
-  const denies = holderRoles.flatMap((r) => r.deny);
+  const denies = exemptFromDeny ? [] : holderRoles.flatMap((r) => r.deny);
   const excess = requested.filter(
     (p) =>
       !isValidPermission(p) ||
@@ -197,71 +170,101 @@ export function canGrant(
   return excess.length === 0 ? { ok: true } : { ok: false, excess };
 }
 
+/**
+ * How a role's deny list changes from `before` to `after`: `lifted` holds the old
+ * patterns no new one covers (every permission no longer denied matches one of them,
+ * so the writer must hold them all); `imposed` the new patterns no old one covers.
+ * Conservative: narrowing `vm:*` to `vm:start` lifts all of `vm:*`.
+ */
+export function denyChange(before: readonly string[], after: readonly string[]): { lifted: string[]; imposed: string[] } {
+  return {
+    lifted: before.filter((d) => !after.some((n) => patternCovers(n, d))),
+    imposed: after.filter((d) => !before.some((o) => patternCovers(o, d))),
+  };
+}
+
 // ---------------------------------------------------------------------------
 // Target resource of a request
 
 interface ResourcePath {
   readonly kind: string;
   readonly fields: readonly DescField[];
+  /** From `other_resources`: an empty value is checked too (the handler would pick a default). */
+  readonly checkEmpty: boolean;
 }
 
-const pathCache = new WeakMap<DescMethod, ResourcePath | null>();
+const pathCache = new WeakMap<DescMethod, readonly ResourcePath[]>();
+
+/** Compiles one dotted request-field path of a policy; throws if it is not a singular string. */
+function compilePath(method: DescMethod, kindValue: ResourceKind, dotted: string, option: string, checkEmpty: boolean): ResourcePath {
+  const where = `${method.parent.typeName}.${method.name}: ${option} "${dotted}"`;
+  const kind = resourceKindName(kindValue);
+  if (kind === undefined) throw new Error(`${where}: no resource kind`);
+  const fields: DescField[] = [];
+  let message = method.input;
+  const names = dotted.split('.');
+  names.forEach((name, i) => {
+    const field = message.fields.find((f) => f.name === name);
+    if (!field) throw new Error(`${where}: no field "${name}" in ${message.typeName}`);
+    if (i < names.length - 1) {
+      if (field.fieldKind !== 'message') throw new Error(`${where}: "${name}" is not a singular message`);
+      message = field.message;
+    } else if (field.fieldKind !== 'scalar' || field.scalar !== ScalarType.STRING) {
+      throw new Error(`${where}: "${name}" is not a singular string`);
+    }
+    fields.push(field);
+  });
+  return { kind, fields, checkEmpty };
+}
 
 /**
- * The compiled `resource_field` path of a method, or undefined if the RPC names no
- * target resource. Throws if the policy points at a field that is missing, or is
- * not a singular string reached through singular message fields — call it for
- * every method at start-up to fail fast.
+ * The compiled target paths of a method: its `resource_field` first (if any), then
+ * each of its `other_resources`. The one place the daemon reads a policy's targets.
+ * Throws if the policy points at a field that is missing, or is not a singular string
+ * reached through singular message fields — call it for every method at start-up to
+ * fail fast.
  */
-export function resourcePathOf(method: DescMethod): ResourcePath | undefined {
+export function resourcePathsOf(method: DescMethod): readonly ResourcePath[] {
   const cached = pathCache.get(method);
-  if (cached !== undefined) return cached ?? undefined;
+  if (cached) return cached;
   const policy = policyOf(method);
-  let path: ResourcePath | null = null;
-  if (policy && policy.resourceField !== '') {
-    const kind = resourceKindName(policy.resourceKind);
-    if (kind === undefined) throw new Error(`${method.parent.typeName}.${method.name}: resource_field without resource_kind`);
-    const fields: DescField[] = [];
-    let message = method.input;
-    const names = policy.resourceField.split('.');
-    names.forEach((name, i) => {
-      const field = message.fields.find((f) => f.name === name);
-      const where = `${method.parent.typeName}.${method.name}: resource_field "${policy.resourceField}"`;
-      if (!field) throw new Error(`${where}: no field "${name}" in ${message.typeName}`);
-      if (i < names.length - 1) {
-        if (field.fieldKind !== 'message') throw new Error(`${where}: "${name}" is not a singular message`);
-        message = field.message;
-      } else if (field.fieldKind !== 'scalar' || field.scalar !== ScalarType.STRING) {
-        throw new Error(`${where}: "${name}" is not a singular string`);
-      }
-      fields.push(field);
-    });
-    path = { kind, fields };
-  }
-  pathCache.set(method, path);
-  return path ?? undefined;
+  const paths: ResourcePath[] = [];
+  if (policy && policy.resourceField !== '') paths.push(compilePath(method, policy.resourceKind, policy.resourceField, 'resource_field', false));
+  for (const other of policy?.otherResources ?? []) paths.push(compilePath(method, other.kind, other.field, 'other_resources', true));
+  const frozen = Object.freeze(paths);
+  pathCache.set(method, frozen);
+  return frozen;
 }
 
-/**
- * The resource a request targets, read from its policy's `resource_field`
- * (e.g. `dataset.pool` → `{ kind: 'pool', name: request.dataset.pool }`).
- * Undefined when the RPC has no resource field, or the field is unset/empty — an
- * empty value means "the collection" or "the caller" (e.g. ListVolumes without a
- * pool filter, CreateApiKey for oneself); handlers filter such results by scope,
- * and request validation rejects empty names where a target is required.
- */
-export function resourceOf(method: DescMethod, request: Message): ResourceRef | undefined {
-  const path = resourcePathOf(method);
-  if (!path) return undefined;
+function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
   let r: ReflectMessage = reflect(method.input, request);
   const last = path.fields.length - 1;
   for (let i = 0; i < last; i++) {
     const field = path.fields[i];
-    if (field?.fieldKind !== 'message' || !r.isSet(field)) return undefined;
+    if (field?.fieldKind !== 'message' || !r.isSet(field)) return '';
     r = r.get(field);
   }
   const leaf = path.fields[last];
-  if (leaf?.fieldKind !== 'scalar') return undefined;
+  if (leaf?.fieldKind !== 'scalar') return '';
   const name = r.get(leaf);
-  return typeof name === 'string' && name !== '' ? { kind: path.kind, name } : undefined;
+  return typeof name === 'string' ? name : '';
+}
+
+/**
+ * Every resource a request names, for RBAC: its `resource_field` (e.g. `dataset.pool`
+ * → `{ kind: 'pool', name: request.dataset.pool }`) unless unset or empty — an empty
+ * value there means "the collection" or "the caller" (ListVolumes without a pool
+ * filter, CreateApiKey for oneself), which handlers filter by scope — and each of its
+ * `other_resources`, empty or not.
+ */
+export function resourcesOf(method: DescMethod, request: Message): ResourceRef[] {
+  return resourcePathsOf(method).flatMap((path) => {
+    const name = valueAt(method, request, path);
+    return name !== '' || path.checkEmpty ? [{ kind: path.kind, name }] : [];
+  });
+}
+
+/** The first resource a request names (for audit records), if any. */
+export function resourceOf(method: DescMethod, request: Message): ResourceRef | undefined {
+  return resourcesOf(method, request).find((resource) => resource.name !== '');
 }

@@ -3,7 +3,7 @@
 // permissions and their owner's current roles, within their resource globs.
 import type { DescMethod, Message } from '@bufbuild/protobuf';
 import type { AuditLog } from '../audit/log.js';
-import { authorize, resourceOf, type AuthorizeInput } from '../authz/decide.js';
+import { authorize, resourcesOf, type AuthorizeInput } from '../authz/decide.js';
 import type { Role } from '../authz/roles.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -14,6 +14,8 @@ import type { Step } from './step.js';
 export interface RbacDeps {
   readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
   readonly roles: (names: readonly string[]) => readonly Role[];
+  /** Bootstrap admins from the config: no deny applies to them (src/authz/decide.ts). */
+  readonly isBootstrapAdmin: (principal: string) => boolean;
   readonly audit: AuditLog;
   readonly metrics: Metrics;
 }
@@ -27,16 +29,22 @@ export function rbac(deps: RbacDeps): Step {
         state.decision = 'deny';
         throw new RpcError('PERMISSION_DENIED', `permission denied: ${path} declares no permission`);
       }
-      const resource = resourceOf(entry.method, message as Message);
-      const input: { -readonly [K in keyof AuthorizeInput]: AuthorizeInput[K] } = { roles: deps.roles(state.roles ?? []), required: entry.policy.permission };
+      const resources = resourcesOf(entry.method, message as Message);
+      const input: { -readonly [K in keyof AuthorizeInput]: AuthorizeInput[K] } = {
+        roles: deps.roles(state.roles ?? []),
+        required: entry.policy.permission,
+        exemptFromDeny: deps.isBootstrapAdmin(principal.id),
+        resources,
+      };
       if (principal.apiKey) input.apiKey = principal.apiKey;
-      if (resource) input.resource = resource;
       const result = authorize(input);
       if (result.allowed) {
         state.decision = 'allow';
         return;
       }
       state.decision = 'deny';
+      // The resource outside the key's scope, else the first one the call names.
+      const resource = result.resource ?? resources.find((r) => r.name !== '');
       deps.metrics.authzDenials.inc({ principal: deps.metrics.principalLabel(principal.id), permission: result.missing });
       deps.audit.write({
         type: 'AUTHZ_DENIED',
@@ -49,8 +57,10 @@ export function rbac(deps: RbacDeps): Step {
         ...(resource ? { object: `${resource.kind}:${resource.name}` } : {}),
       });
       const message_ =
-        result.reason === 'outside_key_scope' && resource
-          ? `permission denied: this API key is not scoped to ${resource.kind} "${resource.name}"`
+        result.reason === 'outside_key_scope' && result.resource
+          ? result.resource.name === ''
+            ? `permission denied: this API key must name the ${result.resource.kind} explicitly`
+            : `permission denied: this API key is not scoped to ${result.resource.kind} "${result.resource.name}"`
           : `permission denied: ${path} requires ${result.missing}`;
       throw new RpcError('PERMISSION_DENIED', message_);
     },

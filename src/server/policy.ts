@@ -3,7 +3,7 @@
 import { getOption, hasOption, type DescMethod, type DescService } from '@bufbuild/protobuf';
 import { rpc_policy, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import { methodPath } from './adapter.js';
-import { resourcePathOf } from '../authz/decide.js';
+import { resourcePathsOf } from '../authz/decide.js';
 
 export function policyOf(method: DescMethod): RpcPolicy | undefined {
   if (!hasOption(method, rpc_policy)) return undefined;
@@ -27,7 +27,7 @@ export function methodIndex(services: readonly DescService[]): Map<string, Metho
     for (const method of service.methods) {
       const policy = policyOf(method);
       if (!policy) continue;
-      resourcePathOf(method);
+      resourcePathsOf(method);
       index.set(methodPath(method), { method, policy });
     }
   }

@@ -190,7 +190,7 @@ export class Daemon {
             metrics,
             settings: () => settings().rate_limit,
           },
-          rbac: { methods, roles: (names) => access.roles(names), audit, metrics },
+          rbac: { methods, roles: (names) => access.roles(names), isBootstrapAdmin: (id) => access.isBootstrapAdmin(id), audit, metrics },
         }),
       });
       const adapterOptions: AdapterOptions = {

@@ -14,14 +14,16 @@ import {
   resourceKindFromName,
   resourceKindName,
   resourceOf,
-  resourcePathOf,
+  resourcePathsOf,
+  resourcesOf,
   type ResourceGlob,
 } from '../../src/authz/decide.js';
 import { BUILTIN_ROLES, type Role } from '../../src/authz/roles.js';
 import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { StorageService, CreateSnapshotRequestSchema, ListVolumesRequestSchema, CloneRbdFromTemplateRequestSchema } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { VmService, StartVmRequestSchema } from '../../src/gen/debvisor/v1/vm_pb.js';
-import { AccessService, PutRoleRequestSchema, WhoAmIRequestSchema, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
+import { AccessService, BindRoleRequestSchema, PutRoleRequestSchema, WhoAmIRequestSchema, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
+import { MigrationService, MigrateVMRequestSchema } from '../../src/gen/debvisor/v1/migration_pb.js';
 
 const role = (name: string, permissions: string[], deny: string[] = []): Role => ({ name, description: '', permissions, deny, builtin: false });
 const builtin = (name: string) => BUILTIN_ROLES.get(name)!;
@@ -96,32 +98,32 @@ describe('authorize: API keys', () => {
   it('resource globs restrict a scoped key to matching targets of the right kind', () => {
     const apiKey = key(['storage:*', 'vm:*'], [{ kind: 'pool', glob: 'ci-*' }]);
     const roles = [builtin('operator')];
-    const at = (kind: string, name: string) => authorize({ roles, required: 'storage:snapshot:create', apiKey, resource: { kind, name } });
+    const at = (kind: string, name: string) => authorize({ roles, required: 'storage:snapshot:create', apiKey, resources: [{ kind, name }] });
     expect(at('pool', 'ci-42').allowed).toBe(true);
-    expect(at('pool', 'prod-1')).toEqual({ allowed: false, missing: 'storage:snapshot:create', reason: 'outside_key_scope' });
+    expect(at('pool', 'prod-1')).toEqual({ allowed: false, missing: 'storage:snapshot:create', reason: 'outside_key_scope', resource: { kind: 'pool', name: 'prod-1' } });
     expect(at('pool', 'ci-1/x').allowed).toBe(false);
     expect(at('pool', 'xci-1').allowed).toBe(false);
     // a target of a kind the key has no glob for is out of scope
-    expect(authorize({ roles, required: 'vm:start', apiKey, resource: { kind: 'vm', name: 'ci-42' } }).allowed).toBe(false);
+    expect(authorize({ roles, required: 'vm:start', apiKey, resources: [{ kind: 'vm', name: 'ci-42' }] }).allowed).toBe(false);
     // no target (lists, the caller itself): globs do not restrict; handlers filter
     expect(authorize({ roles, required: 'storage:volume:list', apiKey }).allowed).toBe(true);
     // an unscoped key is not restricted
-    expect(authorize({ roles, required: 'vm:start', apiKey: key(['vm:*']), resource: { kind: 'vm', name: 'prod-db' } }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'vm:start', apiKey: key(['vm:*']), resources: [{ kind: 'vm', name: 'prod-db' }] }).allowed).toBe(true);
     // several globs: any may match
     const multi = key(['vm:*'], [{ kind: 'vm', glob: 'web-?' }, { kind: 'vm', glob: 'ci-*' }]);
-    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resource: { kind: 'vm', name: 'web-1' } }).allowed).toBe(true);
-    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resource: { kind: 'vm', name: 'web-10' } }).allowed).toBe(false);
-    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resource: { kind: 'vm', name: 'ci-7' } }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resources: [{ kind: 'vm', name: 'web-1' }] }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resources: [{ kind: 'vm', name: 'web-10' }] }).allowed).toBe(false);
+    expect(authorize({ roles, required: 'vm:start', apiKey: multi, resources: [{ kind: 'vm', name: 'ci-7' }] }).allowed).toBe(true);
   });
 
   it('operations are owner-filtered: a pool-scoped key can still wait on its operations, unless it scopes operations too', () => {
     expect(OWNER_FILTERED_KINDS.has('operation')).toBe(true);
     const roles = [builtin('developer')];
     const poolOnly = key(['storage:clone:*', 'operation:wait'], [{ kind: 'pool', glob: 'ci-*' }]);
-    expect(authorize({ roles, required: 'operation:wait', apiKey: poolOnly, resource: { kind: 'operation', name: 'op-1' } }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'operation:wait', apiKey: poolOnly, resources: [{ kind: 'operation', name: 'op-1' }] }).allowed).toBe(true);
     const opScoped = key(['operation:wait'], [{ kind: 'operation', glob: 'ci-*' }]);
-    expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resource: { kind: 'operation', name: 'op-1' } }).allowed).toBe(false);
-    expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resource: { kind: 'operation', name: 'ci-1' } }).allowed).toBe(true);
+    expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resources: [{ kind: 'operation', name: 'op-1' }] }).allowed).toBe(false);
+    expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resources: [{ kind: 'operation', name: 'ci-1' }] }).allowed).toBe(true);
   });
 });
 
@@ -166,6 +168,54 @@ describe('resource globs', () => {
   });
 });
 
+describe('resourcesOf (every resource an RPC names)', () => {
+  it('a clone names its target pool and its template pool; an empty template pool is still checked', () => {
+    const clone = method(StorageService, 'CloneRbdFromTemplate');
+    expect(resourcesOf(clone, create(CloneRbdFromTemplateRequestSchema, { targetPool: 'ci-1', templatePool: 'prod' }))).toEqual([
+      { kind: 'pool', name: 'ci-1' },
+      { kind: 'pool', name: 'prod' },
+    ]);
+    expect(resourcesOf(clone, create(CloneRbdFromTemplateRequestSchema, { targetPool: 'ci-1' }))).toEqual([
+      { kind: 'pool', name: 'ci-1' },
+      { kind: 'pool', name: '' },
+    ]);
+  });
+
+  it('migrations name their nodes, bindings their role', () => {
+    const migrate = method(MigrationService, 'MigrateVM');
+    expect(resourcesOf(migrate, create(MigrateVMRequestSchema, { vmName: 'ci-1', sourceNode: 'n1', targetNode: 'n2' }))).toEqual([
+      { kind: 'vm', name: 'ci-1' },
+      { kind: 'node', name: 'n1' },
+      { kind: 'node', name: 'n2' },
+    ]);
+    expect(resourcesOf(method(AccessService, 'BindRole'), create(BindRoleRequestSchema, { principal: 'p', roleName: 'r' }))).toEqual([
+      { kind: 'principal', name: 'p' },
+      { kind: 'role', name: 'r' },
+    ]);
+  });
+
+  it('a scoped key must cover every one of them', () => {
+    const roles = [builtin('developer')];
+    const apiKey = { permissions: ['storage:clone:*'], resourceGlobs: [{ kind: 'pool', glob: 'ci-*' }] };
+    const clone = (templatePool: string) =>
+      authorize({ roles, required: 'storage:clone:create', apiKey, resources: resourcesOf(method(StorageService, 'CloneRbdFromTemplate'), create(CloneRbdFromTemplateRequestSchema, { targetPool: 'ci-1', templatePool })) });
+    expect(clone('ci-templates')).toEqual({ allowed: true });
+    expect(clone('prod')).toEqual({ allowed: false, missing: 'storage:clone:create', reason: 'outside_key_scope', resource: { kind: 'pool', name: 'prod' } });
+    expect(clone('')).toMatchObject({ allowed: false, reason: 'outside_key_scope' });
+  });
+});
+
+describe('bootstrap admins (exemptFromDeny)', () => {
+  it('no deny applies to them, but grants still must exist', () => {
+    const roles = [builtin('admin'), role('lockout', [], ['*'])];
+    expect(authorize({ roles, required: 'access:role:put' })).toMatchObject({ allowed: false, reason: 'denied_by_role' });
+    expect(authorize({ roles, required: 'access:role:put', exemptFromDeny: true })).toEqual({ allowed: true });
+    expect(authorize({ roles: [role('lockout', [], ['*'])], required: 'vm:list', exemptFromDeny: true }).allowed).toBe(false);
+    expect(canGrant(roles, ['vm:*'])).toEqual({ ok: false, excess: ['vm:*'] });
+    expect(canGrant(roles, ['vm:*'], undefined, true)).toEqual({ ok: true });
+  });
+});
+
 describe('resourceOf', () => {
   it('reads dotted resource fields from requests', () => {
     const createSnapshot = method(StorageService, 'CreateSnapshot');
@@ -187,12 +237,12 @@ describe('resourceOf', () => {
     expect(resourceOf(method(AccessService, 'CreateApiKey'), create(CreateApiKeyRequestSchema, {}))).toBeUndefined();
   });
 
-  it('compiles every RPC’s resource_field at start-up (a bad path would throw)', () => {
+  it('compiles every RPC’s resource_field and other_resources at start-up (a bad path would throw)', () => {
     for (const m of API_SERVICES.flatMap((s) => s.methods)) {
       const policy = policyOf(m)!;
-      const path = resourcePathOf(m);
-      expect(path === undefined, m.name).toBe(policy.resourceField === '');
-      if (path) expect(path.kind).toBe(resourceKindName(policy.resourceKind));
+      const paths = resourcePathsOf(m);
+      const declared = [...(policy.resourceField === '' ? [] : [policy.resourceKind]), ...policy.otherResources.map((o) => o.kind)];
+      expect(paths.map((p) => p.kind), m.name).toEqual(declared.map((k) => resourceKindName(k)));
     }
   });
 });

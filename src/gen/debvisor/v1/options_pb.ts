@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/options.proto.
  */
 export const file_debvisor_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSLdAQoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJKpYBCg1RdW90YVJlc291cmNlEh4KGlFVT1RBX1JFU09VUkNFX1VOU1BFQ0lGSUVEEAASHAoYUVVPVEFfUkVTT1VSQ0VfU05BUFNIT1RTEAESHQoZUVVPVEFfUkVTT1VSQ0VfU1RPUkFHRV9HQhACEigKJFFVT1RBX1JFU09VUkNFX0NPTkNVUlJFTlRfT1BFUkFUSU9OUxADKvoBCgxSZXNvdXJjZUtpbmQSHQoZUkVTT1VSQ0VfS0lORF9VTlNQRUNJRklFRBAAEhQKEFJFU09VUkNFX0tJTkRfVk0QARIWChJSRVNPVVJDRV9LSU5EX1BPT0wQAhIYChRSRVNPVVJDRV9LSU5EX1ZPTFVNRRADEhYKElJFU09VUkNFX0tJTkRfTk9ERRAEEhsKF1JFU09VUkNFX0tJTkRfT1BFUkFUSU9OEAUSGQoVUkVTT1VSQ0VfS0lORF9BUElfS0VZEAYSFgoSUkVTT1VSQ0VfS0lORF9ST0xFEAcSGwoXUkVTT1VSQ0VfS0lORF9QUklOQ0lQQUwQCDpXCgpycGNfcG9saWN5Eh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuY4DIAEoCzIWLmRlYnZpc29yLnYxLlJwY1BvbGljeVIJcnBjUG9saWN5OjcKBnNlY3JldBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYuo4DIAEoCFIGc2VjcmV0YgZwcm90bzM", [file_google_protobuf_descriptor]);
+  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSKTAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEjQKD290aGVyX3Jlc291cmNlcxgIIAMoCzIbLmRlYnZpc29yLnYxLlJlc291cmNlVGFyZ2V0IkgKDlJlc291cmNlVGFyZ2V0EicKBGtpbmQYASABKA4yGS5kZWJ2aXNvci52MS5SZXNvdXJjZUtpbmQSDQoFZmllbGQYAiABKAkqlgEKDVF1b3RhUmVzb3VyY2USHgoaUVVPVEFfUkVTT1VSQ0VfVU5TUEVDSUZJRUQQABIcChhRVU9UQV9SRVNPVVJDRV9TTkFQU0hPVFMQARIdChlRVU9UQV9SRVNPVVJDRV9TVE9SQUdFX0dCEAISKAokUVVPVEFfUkVTT1VSQ0VfQ09OQ1VSUkVOVF9PUEVSQVRJT05TEAMq+gEKDFJlc291cmNlS2luZBIdChlSRVNPVVJDRV9LSU5EX1VOU1BFQ0lGSUVEEAASFAoQUkVTT1VSQ0VfS0lORF9WTRABEhYKElJFU09VUkNFX0tJTkRfUE9PTBACEhgKFFJFU09VUkNFX0tJTkRfVk9MVU1FEAMSFgoSUkVTT1VSQ0VfS0lORF9OT0RFEAQSGwoXUkVTT1VSQ0VfS0lORF9PUEVSQVRJT04QBRIZChVSRVNPVVJDRV9LSU5EX0FQSV9LRVkQBhIWChJSRVNPVVJDRV9LSU5EX1JPTEUQBxIbChdSRVNPVVJDRV9LSU5EX1BSSU5DSVBBTBAIOlcKCnJwY19wb2xpY3kSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi5jgMgASgLMhYuZGVidmlzb3IudjEuUnBjUG9saWN5UglycGNQb2xpY3k6NwoGc2VjcmV0Eh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxi6jgMgASgIUgZzZWNyZXRiBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * RpcPolicy is how the daemon's interceptor chain treats one RPC.
@@ -86,6 +86,18 @@ export type RpcPolicy = Message<"debvisor.v1.RpcPolicy"> & {
    * @generated from field: string resource_field = 7;
    */
   resourceField: string;
+
+  /**
+   * Further resources the RPC names besides resource_field, e.g. the template
+   * pool a clone reads from, or the nodes a migration moves a VM between. A
+   * scoped API key must cover every one of them, as it must resource_field.
+   * Unlike resource_field, an empty value is checked too (and is in no key's
+   * scope): the handler would pick a default, e.g. this node, that the key
+   * was never checked against.
+   *
+   * @generated from field: repeated debvisor.v1.ResourceTarget other_resources = 8;
+   */
+  otherResources: ResourceTarget[];
 };
 
 /**
@@ -94,6 +106,35 @@ export type RpcPolicy = Message<"debvisor.v1.RpcPolicy"> & {
  */
 export const RpcPolicySchema: GenMessage<RpcPolicy> = /*@__PURE__*/
   messageDesc(file_debvisor_v1_options, 0);
+
+/**
+ * ResourceTarget is one more resource an RPC names: its kind and the dotted
+ * path of the request field holding its name (same rules as resource_field).
+ *
+ * @generated from message debvisor.v1.ResourceTarget
+ */
+export type ResourceTarget = Message<"debvisor.v1.ResourceTarget"> & {
+  /**
+   * Kind of the resource, matched against the globs of scoped API keys.
+   *
+   * @generated from field: debvisor.v1.ResourceKind kind = 1;
+   */
+  kind: ResourceKind;
+
+  /**
+   * Dotted path of the request field naming the resource, e.g. "template_pool".
+   *
+   * @generated from field: string field = 2;
+   */
+  field: string;
+};
+
+/**
+ * Describes the message debvisor.v1.ResourceTarget.
+ * Use `create(ResourceTargetSchema)` to create a new message.
+ */
+export const ResourceTargetSchema: GenMessage<ResourceTarget> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_options, 1);
 
 /**
  * QuotaResource is a per-principal quota dimension.
