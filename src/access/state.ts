@@ -9,6 +9,15 @@ import { RecordCache } from '../store/cache.js';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 
+/** Where a role binding comes from: the store (BindRole), or the config file. */
+export type BindingSource = 'store' | 'bootstrap_admin' | 'config';
+
+export interface RoleBindingEntry {
+  readonly principal: string;
+  readonly role: string;
+  readonly source: BindingSource;
+}
+
 export class AccessState {
   readonly apiKeys: RecordCache<ApiKeyRecord>;
   readonly principals: RecordCache<PrincipalRecord>;
@@ -65,6 +74,15 @@ export class AccessState {
       this.roleNames.set(principal, cached);
     }
     return cached;
+  }
+
+  /** Every binding, from the config file (bootstrap admins, default bindings) and from the store. */
+  bindings(): RoleBindingEntry[] {
+    return [
+      ...[...this.bootstrapAdmins].map((principal) => ({ principal, role: 'admin', source: 'bootstrap_admin' as const })),
+      ...Object.entries(this.defaultBindings).flatMap(([principal, roles]) => roles.map((role) => ({ principal, role, source: 'config' as const }))),
+      ...this.principals.values().flatMap((record) => record.roles.map((role) => ({ principal: record.id, role, source: 'store' as const }))),
+    ];
   }
 
   /** A role by name: built-in first (immutable), then custom. */

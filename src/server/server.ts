@@ -21,6 +21,7 @@ import { loadRevokedSerials } from '../authn/crl.js';
 import { SourceGuard } from '../authn/source-guard.js';
 import { createRepositories } from '../store/repositories.js';
 import { methodIndex, type MethodEntry } from './policy.js';
+import { PermissionCatalogue } from '../authz/catalogue.js';
 import { methodPath } from './adapter.js';
 import type { DescService } from '@bufbuild/protobuf';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
@@ -197,7 +198,7 @@ export class Daemon {
         maxDeadlineMs: config.server.max_deadline_seconds * 1000,
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
       };
-      const admin = new AccessAdmin(repos, access, audit, settings, quotas);
+      const admin = new AccessAdmin(repos, access, audit, settings, quotas, PermissionCatalogue.of(services));
       const libvirt = new Libvirt({
         uri: config.libvirt.uri,
         virshPath: config.libvirt.virsh_path,

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/options.proto.
  */
 export const file_debvisor_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSLdAQoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJKpYBCg1RdW90YVJlc291cmNlEh4KGlFVT1RBX1JFU09VUkNFX1VOU1BFQ0lGSUVEEAASHAoYUVVPVEFfUkVTT1VSQ0VfU05BUFNIT1RTEAESHQoZUVVPVEFfUkVTT1VSQ0VfU1RPUkFHRV9HQhACEigKJFFVT1RBX1JFU09VUkNFX0NPTkNVUlJFTlRfT1BFUkFUSU9OUxADKvoBCgxSZXNvdXJjZUtpbmQSHQoZUkVTT1VSQ0VfS0lORF9VTlNQRUNJRklFRBAAEhQKEFJFU09VUkNFX0tJTkRfVk0QARIWChJSRVNPVVJDRV9LSU5EX1BPT0wQAhIYChRSRVNPVVJDRV9LSU5EX1ZPTFVNRRADEhYKElJFU09VUkNFX0tJTkRfTk9ERRAEEhsKF1JFU09VUkNFX0tJTkRfT1BFUkFUSU9OEAUSGQoVUkVTT1VSQ0VfS0lORF9BUElfS0VZEAYSFgoSUkVTT1VSQ0VfS0lORF9ST0xFEAcSGwoXUkVTT1VSQ0VfS0lORF9QUklOQ0lQQUwQCDpXCgpycGNfcG9saWN5Eh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuY4DIAEoCzIWLmRlYnZpc29yLnYxLlJwY1BvbGljeVIJcnBjUG9saWN5OjcKBnNlY3JldBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYuo4DIAEoCFIGc2VjcmV0YgZwcm90bzM", [file_google_protobuf_descriptor]);
+  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSKOAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEhkKEWFueV9hdXRoZW50aWNhdGVkGBQgASgIEhQKDG93bmVyX3Njb3BlZBgVIAEoCCqWAQoNUXVvdGFSZXNvdXJjZRIeChpRVU9UQV9SRVNPVVJDRV9VTlNQRUNJRklFRBAAEhwKGFFVT1RBX1JFU09VUkNFX1NOQVBTSE9UUxABEh0KGVFVT1RBX1JFU09VUkNFX1NUT1JBR0VfR0IQAhIoCiRRVU9UQV9SRVNPVVJDRV9DT05DVVJSRU5UX09QRVJBVElPTlMQAyr6AQoMUmVzb3VyY2VLaW5kEh0KGVJFU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBSRVNPVVJDRV9LSU5EX1ZNEAESFgoSUkVTT1VSQ0VfS0lORF9QT09MEAISGAoUUkVTT1VSQ0VfS0lORF9WT0xVTUUQAxIWChJSRVNPVVJDRV9LSU5EX05PREUQBBIbChdSRVNPVVJDRV9LSU5EX09QRVJBVElPThAFEhkKFVJFU09VUkNFX0tJTkRfQVBJX0tFWRAGEhYKElJFU09VUkNFX0tJTkRfUk9MRRAHEhsKF1JFU09VUkNFX0tJTkRfUFJJTkNJUEFMEAg6VwoKcnBjX3BvbGljeRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGLmOAyABKAsyFi5kZWJ2aXNvci52MS5ScGNQb2xpY3lSCXJwY1BvbGljeTo3CgZzZWNyZXQSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGLqOAyABKAhSBnNlY3JldGIGcHJvdG8z", [file_google_protobuf_descriptor]);
 
 /**
  * RpcPolicy is how the daemon's interceptor chain treats one RPC.
@@ -86,6 +86,25 @@ export type RpcPolicy = Message<"debvisor.v1.RpcPolicy"> & {
    * @generated from field: string resource_field = 7;
    */
   resourceField: string;
+
+  /**
+   * True if every authenticated caller may call the RPC, whatever its roles,
+   * API key permissions or denies, as Kubernetes allows SelfSubjectReview.
+   * Such an RPC declares no permission. Unauthenticated callers are still
+   * refused by the identity step.
+   *
+   * @generated from field: bool any_authenticated = 20;
+   */
+  anyAuthenticated: boolean;
+
+  /**
+   * True if the handler acts only on the caller's own objects (API keys,
+   * quotas, operations) unless the caller holds "<permission>:any". This
+   * declares that ":any" permission.
+   *
+   * @generated from field: bool owner_scoped = 21;
+   */
+  ownerScoped: boolean;
 };
 
 /**
