@@ -1,13 +1,12 @@
 // API keys, roles, bindings and quotas: the rules behind AccessService, apart from
 // the protobuf mapping in src/services/access.ts. Every change is audited as SECURITY.
 import { BlockList, isIP } from 'node:net';
-import { closest } from 'fastest-levenshtein';
 import type { AuditLog } from '../audit/log.js';
 import { newToken } from '../authn/apikey-token.js';
 import type { Principal } from '../authn/principal.js';
 import { canGrant, globMatches, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
 import { crossPrincipal, isValidPermission } from '../authz/permission.js';
-import { isBuiltinRole, type Role } from '../authz/roles.js';
+import { isBuiltinRole, ROLE_NAME, type Role } from '../authz/roles.js';
 import type { PermissionCatalogue } from '../authz/catalogue.js';
 import type { Config } from '../config/schema.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
@@ -21,7 +20,6 @@ import { pageByKey } from '../server/paging.js';
 import type { QuotaManager, QuotaResourceName, QuotaView } from '../quota/manager.js';
 
 const DAY_MS = 86_400_000;
-const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 /** Ids become store key segments (src/store/layout.ts), which refuse empty and over-long values. */
 const MAX_ID_LENGTH = 512;
 
@@ -288,7 +286,7 @@ export class AccessAdmin {
   async bindRole(ctx: CallContext, principal: string, roleName: string): Promise<{ createdAt: string }> {
     requireId(principal, 'principal');
     const role = this.state.role(roleName);
-    if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"${this.closestRole(roleName)}`);
+    if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"; did you mean ${this.state.closestRoleName(roleName)}?`);
     this.checkEscalation(ctx, role.permissions, 'role_name');
     const now = new Date().toISOString();
     const record = await this.repos.principals.mutate(principal, (current) =>
@@ -297,11 +295,6 @@ export class AccessAdmin {
     if (record) this.state.principals.remember(principal, record.value, record.modRevision);
     this.security(ctx, 'role bound', `principal:${principal}`, { role: roleName });
     return { createdAt: now };
-  }
-
-  private closestRole(name: string): string {
-    const names = [...this.builtinRoles(), ...this.state.customRoles.values()].map((role) => role.name);
-    return names.length > 0 ? `; did you mean ${closest(name, names)}?` : '';
   }
 
   async unbindRole(ctx: CallContext, principal: string, roleName: string): Promise<boolean> {

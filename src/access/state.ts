@@ -6,6 +6,7 @@ import { authorize } from '../authz/decide.js';
 import { crossPrincipal } from '../authz/permission.js';
 import type { Principal } from '../authn/principal.js';
 import { RecordCache } from '../store/cache.js';
+import { closest } from 'fastest-levenshtein';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 
@@ -83,6 +84,16 @@ export class AccessState {
       ...Object.entries(this.defaultBindings).flatMap(([principal, roles]) => roles.map((role) => ({ principal, role, source: 'config' as const }))),
       ...this.principals.values().flatMap((record) => record.roles.map((role) => ({ principal: record.id, role, source: 'store' as const }))),
     ];
+  }
+
+  /** The existing role whose name is closest to `name` (a hint for a typo). */
+  closestRoleName(name: string): string {
+    return closest(name, [...BUILTIN_ROLES.keys(), ...this.customRoles.values().map((role) => role.name)]);
+  }
+
+  /** Config bindings (auth.default_bindings) to roles that do not exist: they grant nothing. */
+  configBindingsToUnknownRoles(): RoleBindingEntry[] {
+    return this.bindings().filter((binding) => binding.source === 'config' && !this.role(binding.role));
   }
 
   /** A role by name: built-in first (immutable), then custom. */

@@ -15,6 +15,9 @@ export interface Role {
   readonly builtin: boolean;
 }
 
+/** What a role may be called (built-in and custom roles, config bindings). */
+export const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+
 /** Reads of the caller's own operations (handlers filter by owner). */
 const OWN_OPERATION_READS = ['operation:get', 'operation:list', 'operation:wait', 'operation:watch'] as const;
 
