@@ -3,6 +3,8 @@
 // ListRoleBindings answers "who is admin?" including the config file's bindings, and
 // WhoAmI is open to every authenticated caller, a narrow CI key included.
 import { readdirSync, readFileSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { parse, stringify } from 'yaml';
 import { join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import type { GenService } from '@bufbuild/protobuf/codegenv2';
@@ -11,7 +13,7 @@ import type { TypedClient } from '../../src/client/client.js';
 import { AccessService, PrincipalKind, RoleBindingSource, type RoleBinding } from '../../src/gen/debvisor/v1/access_pb.js';
 import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { ctlOn } from '../support/ctl.js';
-import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { clientFor, deepMerge, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { issueClientFor, rejection } from '../support/security.js';
 
 type MethodsOf<T> = T extends GenService<infer S> ? S : never;
@@ -167,6 +169,32 @@ describe('ListRoleBindings: who holds which role', () => {
     const warning = daemon.logRecords().find((r) => r.principal === GHOST && r.role === 'operater');
     expect(warning).toMatchObject({ closest_role: 'operator' });
     expect(String(warning?.msg)).toContain('does not exist');
+  });
+
+  it('follows the config file on SIGHUP, warning again about missing roles; a name that is no role name is refused', async () => {
+    const config = parse(await readFile(daemon.configFile, 'utf8')) as Record<string, unknown>;
+    const rewrite = async (bindings: Record<string, string[]>) => {
+      await writeFile(daemon.configFile, stringify(deepMerge(config, { auth: { default_bindings: bindings } })), { mode: 0o600 });
+      const seen = daemon.logRecords().length;
+      daemon.process.kill('SIGHUP');
+      return vi.waitFor(
+        () => {
+          const done = daemon.logRecords().slice(seen).find((r) => /^reload(ed configuration| refused)/.test(String(r.msg)));
+          expect(done).toBeDefined();
+          return { outcome: String(done?.msg), records: daemon.logRecords().slice(seen) };
+        },
+        { timeout: 15_000, interval: 50 },
+      );
+    };
+    const reloaded = await rewrite({ [PANEL]: ['operator'], [GHOST]: ['viewr'] });
+    expect(reloaded.outcome).toMatch(/^reloaded/);
+    expect(reloaded.records.find((r) => r.principal === GHOST && r.role === 'viewr')).toMatchObject({ closest_role: 'viewer' });
+    expect(brief(await list({ principal: GHOST }))).toEqual([{ principal: GHOST, role: 'viewr', source: RoleBindingSource.CONFIG }]);
+
+    const refused = await rewrite({ [PANEL]: ['operator'], [GHOST]: ['vm:list'] });
+    expect(refused.outcome).toMatch(/^reload refused/);
+    expect(String(refused.records.find((r) => String(r.msg).startsWith('reload refused'))?.problem)).toContain('auth.default_bindings');
+    expect(brief(await list({ principal: GHOST }))).toEqual([{ principal: GHOST, role: 'viewr', source: RoleBindingSource.CONFIG }]);
   });
 
   it('pages like the other list RPCs: every binding exactly once', async () => {
