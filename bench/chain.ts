@@ -29,7 +29,7 @@
 //   mTLS      the full daemon (`node dist/main.js --config …`: embedded store, audit log
 //             on disk, the default chain) called with the dev admin client certificate;
 //   API key   the same daemon, CA-only TLS and `authorization: Bearer <key>` (a key
-//             created first with CreateApiKey, permission access:whoami).
+//             created first with CreateApiKey, permission testing:echo).
 // The load comes from bench/loadgen.ts, a raw node:http2 gRPC client in its own process.
 // Client and servers share the machine's cores, so the comparable figure is the
 // server's CPU time per call (from /proc/<pid>/stat over the measured window).

@@ -4,10 +4,11 @@ import { BlockList, isIP } from 'node:net';
 import type { AuditLog } from '../audit/log.js';
 import { newToken } from '../authn/apikey-token.js';
 import type { Principal } from '../authn/principal.js';
-import { denyChange, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
+import { denyChange, globMatches, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
 import { wideningsOf, type KeyBounds } from '../authz/narrowing.js';
 import { crossPrincipal, isValidPermission } from '../authz/permission.js';
-import { isBuiltinRole, type Role } from '../authz/roles.js';
+import { isBuiltinRole, ROLE_NAME, type Role } from '../authz/roles.js';
+import type { PermissionCatalogue } from '../authz/catalogue.js';
 import type { Config } from '../config/schema.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
 import type { CallContext } from '../server/context.js';
@@ -15,14 +16,13 @@ import { ConflictError, NotFoundError } from '../store/errors.js';
 import { retryOnConflict } from '../store/repository.js';
 import type { ApiKeyRecord, QuotaRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
-import type { AccessState } from './state.js';
+import type { AccessState, RoleBindingEntry } from './state.js';
 import { pageByKey } from '../server/paging.js';
 import type { QuotaManager, QuotaResourceName, QuotaView } from '../quota/manager.js';
 
 const DAY_MS = 86_400_000;
 /** Lets an API key rotate and revoke keys other than itself (with no resource globs). */
 const KEY_ADMINISTRATION = 'access:apikey:*';
-const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 /** Ids become store key segments (src/store/layout.ts), which refuse empty and over-long values. */
 const MAX_ID_LENGTH = 512;
 
@@ -41,6 +41,7 @@ export class AccessAdmin {
     private readonly audit: AuditLog,
     private readonly settings: () => Config,
     private readonly quotas: QuotaManager,
+    private readonly catalogue: PermissionCatalogue,
   ) {}
 
   // ---- who may act on whom --------------------------------------------------
@@ -126,6 +127,15 @@ export class AccessAdmin {
   private validatePermissions(permissions: readonly string[], field: string): void {
     permissions.forEach((permission, index) => {
       if (!isValidPermission(permission)) throw new InvalidArgumentError(`${field}[${index}]`, `"${permission}" is not a permission (service:resource:action, * wildcards)`);
+    });
+    this.requireDeclared(permissions, field);
+  }
+
+  /** Each permission must match one the API declares: a mistyped deny would deny nothing. */
+  private requireDeclared(permissions: readonly string[], field: string): void {
+    permissions.forEach((permission, index) => {
+      const unknown = this.catalogue.check(permission);
+      if (unknown) throw new InvalidArgumentError(`${field}[${index}]`, `"${permission}" matches no permission the API declares; did you mean ${unknown.hint}?`);
     });
   }
 
@@ -336,7 +346,7 @@ export class AccessAdmin {
   async bindRole(ctx: CallContext, principal: string, roleName: string): Promise<{ createdAt: string }> {
     requireId(principal, 'principal');
     const role = this.state.role(roleName);
-    if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"`);
+    if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"; did you mean ${this.state.closestRoleName(roleName)}?`);
     this.checkEscalation(ctx, role.permissions, 'role_name');
     this.checkDenyImposed(ctx, role.deny, 'role_name');
     const now = new Date().toISOString();
@@ -364,6 +374,25 @@ export class AccessAdmin {
     });
     if (record && outcome.removed) this.state.principals.remember(principal, record.value, record.modRevision);
     return outcome.removed;
+  }
+
+  /** Who holds which role, filtered; a key scoped to principal globs sees only those principals. */
+  listRoleBindings(ctx: CallContext, request: { principal: string; roleName: string; pageSize: number; pageToken: string }): { bindings: RoleBindingEntry[]; nextPageToken: string } {
+    if (request.principal.length > MAX_ID_LENGTH) throw new InvalidArgumentError('principal', `at most ${MAX_ID_LENGTH} characters`);
+    if (request.roleName.length > MAX_ID_LENGTH) throw new InvalidArgumentError('role_name', `at most ${MAX_ID_LENGTH} characters`);
+    const principalGlobs = (this.caller(ctx).apiKey?.resourceGlobs ?? []).filter((glob) => glob.kind === 'principal');
+    const keyOf = (b: RoleBindingEntry) => `${b.principal}\u0000${b.role}\u0000${b.source}`;
+    const bindings = this.state
+      .bindings()
+      .filter(
+        (b) =>
+          (!request.principal || b.principal === request.principal) &&
+          (!request.roleName || b.role === request.roleName) &&
+          (principalGlobs.length === 0 || principalGlobs.some((glob) => globMatches(glob.glob, b.principal))),
+      )
+      .sort((a, b) => (keyOf(a) < keyOf(b) ? -1 : keyOf(a) > keyOf(b) ? 1 : 0));
+    const page = pageByKey(bindings, keyOf, request);
+    return { bindings: page.items, nextPageToken: page.nextPageToken };
   }
 
   // ---- quotas -------------------------------------------------------------------

@@ -6,8 +6,18 @@ import { authorize, canGrant } from '../authz/decide.js';
 import { crossPrincipal } from '../authz/permission.js';
 import type { Principal } from '../authn/principal.js';
 import { RecordCache } from '../store/cache.js';
+import { closest } from 'fastest-levenshtein';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
+
+/** Where a role binding comes from: the store (BindRole), or the config file. */
+export type BindingSource = 'store' | 'bootstrap_admin' | 'config';
+
+export interface RoleBindingEntry {
+  readonly principal: string;
+  readonly role: string;
+  readonly source: BindingSource;
+}
 
 export class AccessState {
   readonly apiKeys: RecordCache<ApiKeyRecord>;
@@ -65,6 +75,25 @@ export class AccessState {
       this.roleNames.set(principal, cached);
     }
     return cached;
+  }
+
+  /** Every binding, from the config file (bootstrap admins, default bindings) and from the store. */
+  bindings(): RoleBindingEntry[] {
+    return [
+      ...[...this.bootstrapAdmins].map((principal) => ({ principal, role: 'admin', source: 'bootstrap_admin' as const })),
+      ...Object.entries(this.defaultBindings).flatMap(([principal, roles]) => roles.map((role) => ({ principal, role, source: 'config' as const }))),
+      ...this.principals.values().flatMap((record) => record.roles.map((role) => ({ principal: record.id, role, source: 'store' as const }))),
+    ];
+  }
+
+  /** The existing role whose name is closest to `name` (a hint for a typo). */
+  closestRoleName(name: string): string {
+    return closest(name, [...BUILTIN_ROLES.keys(), ...this.customRoles.values().map((role) => role.name)]);
+  }
+
+  /** Config bindings (auth.default_bindings) to roles that do not exist: they grant nothing. */
+  configBindingsToUnknownRoles(): RoleBindingEntry[] {
+    return this.bindings().filter((binding) => binding.source === 'config' && !this.role(binding.role));
   }
 
   /** A role by name: built-in first (immutable), then custom. */

@@ -15,6 +15,9 @@ export interface Role {
   readonly builtin: boolean;
 }
 
+/** What a role may be called (built-in and custom roles, config bindings). */
+export const ROLE_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+
 /** Reads of the caller's own operations (handlers filter by owner). */
 const OWN_OPERATION_READS = ['operation:get', 'operation:list', 'operation:wait', 'operation:watch'] as const;
 
@@ -34,7 +37,6 @@ const ROLES: readonly Role[] = [
     'migration:*',
     'operation:*',
     ...OWN_API_KEYS,
-    'access:whoami',
   ]),
   builtin('developer', 'Snapshots and template clones, read-only views of nodes, volumes and VMs; own operations and API keys.', [
     'node:list',
@@ -46,9 +48,8 @@ const ROLES: readonly Role[] = [
     'vm:get',
     ...OWN_OPERATION_READS,
     ...OWN_API_KEYS,
-    'access:whoami',
   ]),
-  builtin('monitor', 'Node agents and monitoring: node reads and heartbeats.', ['node:list', 'node:get', 'node:heartbeat', 'access:whoami']),
+  builtin('monitor', 'Node agents and monitoring: node reads and heartbeats.', ['node:list', 'node:get', 'node:heartbeat']),
   builtin('viewer', 'Read-only: every list and get (own API keys only), and every operation.', [
     '*:list',
     '*:*:list',
@@ -61,7 +62,6 @@ const ROLES: readonly Role[] = [
     'operation:list:any',
     'operation:wait:any',
     'operation:watch:any',
-    'access:whoami',
   ]),
 ];
 

@@ -29,6 +29,11 @@ export function rbac(deps: RbacDeps): Step {
         state.decision = 'deny';
         throw new RpcError('PERMISSION_DENIED', `permission denied: ${path} declares no permission`);
       }
+      // Declared in the proto (e.g. WhoAmI): the identity step has already refused the unauthenticated.
+      if (entry.policy.anyAuthenticated) {
+        state.decision = 'allow';
+        return;
+      }
       const resources = resourcesOf(entry.method, message as Message);
       const input: { -readonly [K in keyof AuthorizeInput]: AuthorizeInput[K] } = {
         roles: deps.roles(state.roles ?? []),

@@ -7,10 +7,14 @@ import {
   CreateApiKeyResponseSchema,
   GetQuotaResponseSchema,
   ListApiKeysResponseSchema,
+  ListRoleBindingsResponseSchema,
   ListRolesResponseSchema,
+  RoleBindingSource,
   RotateApiKeyResponseSchema,
   type ApiKey,
+  type RoleBinding,
 } from '../gen/debvisor/v1/access_pb.js';
+import { create } from '@bufbuild/protobuf';
 import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
 import { when, withService } from './command.js';
 import { printJson, printRecord, printTable } from './output.js';
@@ -39,6 +43,14 @@ function glob(value: string, previous: { kind: ResourceKind; glob: string }[] = 
   if (!kindValue || !pattern) throw new InvalidArgumentError(`expected KIND=GLOB with KIND one of ${[...KINDS.keys()].join(', ')}`);
   return [...previous, { kind: kindValue, glob: pattern }];
 }
+
+/** How `role bindings` names where a binding comes from. */
+const BINDING_SOURCE_NAMES: Record<RoleBindingSource, string> = {
+  [RoleBindingSource.UNSPECIFIED]: 'unknown',
+  [RoleBindingSource.STORE]: 'store (role bind)',
+  [RoleBindingSource.BOOTSTRAP_ADMIN]: 'config (auth.bootstrap_admins)',
+  [RoleBindingSource.CONFIG]: 'config (auth.default_bindings)',
+};
 
 const QUOTAS = new Map([
   ['snapshots', QuotaResource.SNAPSHOTS],
@@ -166,6 +178,26 @@ export function registerAccessCommands(program: Command): void {
       withAccess(async ({ client, options }, principal: string, roleName: string) => {
         const response = await client.unbindRole({ principal, roleName }, options);
         process.stdout.write(response.removed ? `unbound ${roleName} from ${principal}\n` : `${principal} did not have ${roleName}\n`);
+      }),
+    );
+
+  role
+    .command('bindings')
+    .description('who holds which role, from the config file and from the store (e.g. --role admin: who is admin?)')
+    .option('--principal <id>', 'only bindings of this principal')
+    .option('--role <name>', 'only bindings of this role')
+    .action(
+      withAccess(async ({ client, options, flags }, opts: { principal?: string; role?: string }) => {
+        const filter = { principal: opts.principal ?? '', roleName: opts.role ?? '', pageSize: 1000 };
+        const bindings: RoleBinding[] = [];
+        let pageToken = '';
+        do {
+          const response = await client.listRoleBindings({ ...filter, pageToken }, options);
+          bindings.push(...response.bindings);
+          pageToken = response.nextPageToken;
+        } while (pageToken);
+        if (flags.output === 'json') { printJson(ListRoleBindingsResponseSchema, create(ListRoleBindingsResponseSchema, { bindings })); return; }
+        printTable(['principal', 'role', 'source'], bindings.map((b) => [b.principal, b.roleName, BINDING_SOURCE_NAMES[b.source]]));
       }),
     );
 

@@ -2,6 +2,7 @@
 // keys, types, defaults and the DEBVISOR_RPCD_* environment overrides.
 import { hostname } from 'node:os';
 import { z } from 'zod';
+import { ROLE_NAME } from '../authz/roles.js';
 
 const hostPort = z
   .string()
@@ -209,7 +210,7 @@ export const configSchema = z.strictObject({
       /** Certificate principals that are always admin: how the first administrator exists. */
       bootstrap_admins: z.array(z.string().min(1)).default([]),
       /** Roles bound to certificate principals by config (reloadable), e.g. the panel's → operator. Not settable by environment. */
-      default_bindings: z.record(z.string().min(1), z.array(z.string().min(1))).default({}),
+      default_bindings: z.record(z.string().min(1), z.array(z.string().regex(ROLE_NAME, 'a role name: lower-case letters, digits, _ and -, starting with a letter'))).default({}),
       /** CRL (PEM) of the client CA: certificates listed are refused. Empty: none. */
       crl_file: z.string().default(''),
       /** Authentication failures per source address per minute before it is blocked. */

@@ -21,6 +21,7 @@ import { loadRevokedSerials } from '../authn/crl.js';
 import { SourceGuard } from '../authn/source-guard.js';
 import { createRepositories } from '../store/repositories.js';
 import { methodIndex, type MethodEntry } from './policy.js';
+import { PermissionCatalogue } from '../authz/catalogue.js';
 import { methodPath } from './adapter.js';
 import type { DescService } from '@bufbuild/protobuf';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
@@ -169,6 +170,7 @@ export class Daemon {
       // Until keys, bindings and operations are loaded, only bootstrap admins would be recognised: stay NOT_SERVING.
       void Promise.all([access.start(stopping.signal), operationsCache.start(stopping.signal)])
         .then(() => operations.recover())
+        .then(() => warnUnknownConfigRoles(access, log))
         .then(() => readiness.set('access', true))
         .catch((err: unknown) => log.error({ err }, 'could not load access state and operations'));
       const apiKeys = new ApiKeyAuthenticator(access.apiKeys, repos.apiKeys, onAccessProblem);
@@ -197,7 +199,7 @@ export class Daemon {
         maxDeadlineMs: config.server.max_deadline_seconds * 1000,
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
       };
-      const admin = new AccessAdmin(repos, access, audit, settings, quotas);
+      const admin = new AccessAdmin(repos, access, audit, settings, quotas, PermissionCatalogue.of(services));
       const libvirt = new Libvirt({
         uri: config.libvirt.uri,
         virshPath: config.libvirt.virsh_path,
@@ -299,6 +301,7 @@ export class Daemon {
       this.live.config = next;
       this.certMonitor.reloaded();
       this.access.reconfigure(next.auth);
+      warnUnknownConfigRoles(this.access, this.log);
       this.log.level = next.log.level;
       if (needsRestart.length > 0) this.log.warn({ settings: needsRestart }, 'changed settings take effect only after a restart');
       this.log.info({ trace_id: traceId }, 'reloaded configuration, certificates and CRL');
@@ -326,5 +329,15 @@ export class Daemon {
     if (!clean) this.log.warn({ grace_ms: graceMs }, 'grace period over; cancelling remaining calls');
     await this.resources.disposeAsync();
     return { forced: !clean };
+  }
+}
+
+/** A config binding to a role that does not exist grants nothing; custom roles may come later, so warn rather than refuse. */
+function warnUnknownConfigRoles(access: AccessState, log: Logger): void {
+  for (const binding of access.configBindingsToUnknownRoles()) {
+    log.warn(
+      { principal: binding.principal, role: binding.role, closest_role: access.closestRoleName(binding.role) },
+      `auth.default_bindings: role "${binding.role}" does not exist; this binding grants nothing until it does`,
+    );
   }
 }

@@ -1,10 +1,10 @@
 // AccessService: thin protobuf mapping over src/access/admin.ts.
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import { PrincipalKind, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage } from '../gen/debvisor/v1/access_pb.js';
+import { PrincipalKind, RoleBindingSource, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage } from '../gen/debvisor/v1/access_pb.js';
 import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
 import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.js';
-import type { AccessState } from '../access/state.js';
+import type { AccessState, BindingSource } from '../access/state.js';
 import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../authz/decide.js';
 import type { HandlersOf } from '../server/adapter.js';
@@ -18,6 +18,12 @@ const QUOTA_NAMES: ReadonlyMap<QuotaResource, QuotaResourceName> = new Map([
   [QuotaResource.CONCURRENT_OPERATIONS, 'concurrent_operations'],
 ]);
 const QUOTA_ENUMS = new Map([...QUOTA_NAMES].map(([value, name]) => [name, value]));
+
+const BINDING_SOURCES: Record<BindingSource, RoleBindingSource> = {
+  store: RoleBindingSource.STORE,
+  bootstrap_admin: RoleBindingSource.BOOTSTRAP_ADMIN,
+  config: RoleBindingSource.CONFIG,
+};
 
 function timestamp(iso: string | undefined) {
   return iso === undefined ? undefined : timestampFromDate(new Date(iso));
@@ -130,9 +136,13 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState): Handlers
     deleteRole: async (request, ctx) => ({ removedBindings: await admin.deleteRole(ctx, request.roleName) }),
     bindRole: async (request, ctx) => {
       const { createdAt } = await admin.bindRole(ctx, request.principal, request.roleName);
-      return { binding: { principal: request.principal, roleName: request.roleName, createdBy: principalOf(ctx).id, createTime: timestampFromDate(new Date(createdAt)) } };
+      return { binding: { principal: request.principal, roleName: request.roleName, createdBy: principalOf(ctx).id, createTime: timestampFromDate(new Date(createdAt)), source: RoleBindingSource.STORE } };
     },
     unbindRole: async (request, ctx) => ({ removed: await admin.unbindRole(ctx, request.principal, request.roleName) }),
+    listRoleBindings: (request, ctx) => {
+      const { bindings, nextPageToken } = admin.listRoleBindings(ctx, { principal: request.principal, roleName: request.roleName, pageSize: request.pageSize, pageToken: request.pageToken });
+      return Promise.resolve({ bindings: bindings.map((b) => ({ principal: b.principal, roleName: b.role, source: BINDING_SOURCES[b.source] })), nextPageToken });
+    },
     getQuota: async (request, ctx) => {
       const { principal, quotas } = await admin.getQuota(ctx, request.principal);
       return {

@@ -26,10 +26,33 @@ describe('RPC policy options', () => {
     );
   });
 
-  it.each(methods.map((m) => [methodPath(m), m] as const))('%s declares a well-formed permission', (_path, method) => {
+  // Default deny: a permission, or the explicit any_authenticated flag instead of one.
+  it.each(methods.map((m) => [methodPath(m), m] as const))('%s declares a well-formed permission or any_authenticated', (_path, method) => {
     const policy = policyOf(method);
     expect(policy, 'missing (debvisor.v1.rpc_policy) option').toBeDefined();
-    expect(policy!.permission).toMatch(PERMISSION);
+    if (policy!.anyAuthenticated) expect(policy!.permission).toBe('');
+    else expect(policy!.permission).toMatch(PERMISSION);
+  });
+
+  it('opens exactly WhoAmI to every authenticated caller', () => {
+    expect(methods.filter((m) => policyOf(m)!.anyAuthenticated).map(methodPath)).toEqual(['/debvisor.v1.AccessService/WhoAmI']);
+  });
+
+  it('declares owner_scoped exactly where handlers check the ":any" permission', () => {
+    expect(methods.filter((m) => policyOf(m)!.ownerScoped).map((m) => policyOf(m)!.permission).sort()).toEqual(
+      [
+        'access:apikey:create',
+        'access:apikey:list',
+        'access:apikey:revoke',
+        'access:apikey:rotate',
+        'access:quota:get',
+        'operation:cancel',
+        'operation:get',
+        'operation:list',
+        'operation:wait',
+        'operation:watch',
+      ],
+    );
   });
 
   it('indexes every method by path', () => {

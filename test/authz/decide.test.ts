@@ -37,7 +37,7 @@ describe('authorize: roles', () => {
       missing: 'storage:snapshot:delete',
       reason: 'not_granted',
     });
-    expect(authorize({ roles: [], required: 'access:whoami' }).allowed).toBe(false);
+    expect(authorize({ roles: [], required: 'vm:list' }).allowed).toBe(false);
   });
 
   it('grants are the union over roles', () => {

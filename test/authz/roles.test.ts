@@ -5,7 +5,8 @@ import type { DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { policyOf } from '../../src/server/policy.js';
 import { authorize } from '../../src/authz/decide.js';
-import { crossPrincipal, isValidPermission, permissionMatches } from '../../src/authz/permission.js';
+import { crossPrincipal, isValidPermission } from '../../src/authz/permission.js';
+import { PermissionCatalogue } from '../../src/authz/catalogue.js';
 import { BUILTIN_ROLES, isBuiltinRole, type Role } from '../../src/authz/roles.js';
 
 interface Rpc {
@@ -14,10 +15,13 @@ interface Rpc {
   readonly mutates: boolean;
 }
 
-const RPCS: Rpc[] = API_SERVICES.flatMap((s) => s.methods).map((m: DescMethod) => {
-  const policy = policyOf(m)!;
-  return { path: `${m.parent.name}.${m.name}`, permission: policy.permission, mutates: policy.mutates };
-});
+// RPCs open to every authenticated caller (WhoAmI) need no grant: not in the table.
+const RPCS: Rpc[] = API_SERVICES.flatMap((s) => s.methods)
+  .filter((m: DescMethod) => !policyOf(m)!.anyAuthenticated)
+  .map((m: DescMethod) => {
+    const policy = policyOf(m)!;
+    return { path: `${m.parent.name}.${m.name}`, permission: policy.permission, mutates: policy.mutates };
+  });
 
 const service = (p: string) => p.split(':')[0]!;
 
@@ -26,7 +30,6 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
   admin: () => true,
   operator: (r) =>
     ['node', 'vm', 'storage', 'migration', 'operation'].includes(service(r.permission)) ||
-    r.permission === 'access:whoami' ||
     r.permission.startsWith('access:apikey:'),
   developer: (r) =>
     [
@@ -45,9 +48,8 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
       'access:apikey:list',
       'access:apikey:revoke',
       'access:apikey:rotate',
-      'access:whoami',
     ].includes(r.permission),
-  monitor: (r) => ['node:list', 'node:get', 'node:heartbeat', 'access:whoami'].includes(r.permission),
+  monitor: (r) => ['node:list', 'node:get', 'node:heartbeat'].includes(r.permission),
   // Every read, except PrepareMigration: a dry run of an operator action, not a read of state.
   viewer: (r) => !r.mutates && r.permission !== 'migration:plan',
 };
@@ -71,12 +73,10 @@ describe('built-in roles', () => {
     for (const role of BUILTIN_ROLES.values()) for (const p of role.permissions) expect(isValidPermission(p), `${role.name}: ${p}`).toBe(true);
   });
 
-  it('have no dead grants: each pattern matches some RPC or is a cross-principal permission', () => {
+  it('have no dead grants: each pattern matches a permission the API declares', () => {
+    const catalogue = PermissionCatalogue.of(API_SERVICES);
     for (const role of BUILTIN_ROLES.values()) {
-      for (const p of role.permissions) {
-        const live = RPCS.some((r) => permissionMatches(p, r.permission) || permissionMatches(p, crossPrincipal(r.permission)));
-        expect(live, `${role.name}: ${p}`).toBe(true);
-      }
+      for (const p of role.permissions) expect(catalogue.check(p), `${role.name}: ${p}`).toBeUndefined();
     }
   });
 
@@ -90,8 +90,9 @@ describe('built-in roles', () => {
     expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'operation']));
   });
 
-  it('every role can WhoAmI', () => {
-    for (const role of BUILTIN_ROLES.values()) expect(allows(role, 'access:whoami'), role.name).toBe(true);
+  it('no role grants WhoAmI: it is open to every authenticated caller by its policy', () => {
+    const whoAmI = API_SERVICES.flatMap((s) => s.methods).find((m) => m.name === 'WhoAmI')!;
+    expect(policyOf(whoAmI)).toMatchObject({ anyAuthenticated: true, permission: '' });
   });
 
   it('viewer never mutates; monitor mutates only by heartbeat', () => {

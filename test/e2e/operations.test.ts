@@ -122,8 +122,8 @@ describe('operations (embedded store)', () => {
     expect(again.used).toBe(first.used);
     const quota = await access.getQuota({}, { timeoutMs: 5000 });
     expect(quota.quotas.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used).toBe(first.used);
-    const created = await access.createApiKey({ permissions: ['access:whoami'], requestId: 'key-1' }, { timeoutMs: 5000 });
-    const retried = await access.createApiKey({ permissions: ['access:whoami'], requestId: 'key-1' }, { timeoutMs: 5000 });
+    const created = await access.createApiKey({ permissions: ['vm:list'], requestId: 'key-1' }, { timeoutMs: 5000 });
+    const retried = await access.createApiKey({ permissions: ['vm:list'], requestId: 'key-1' }, { timeoutMs: 5000 });
     expect(retried.apiKey?.keyId).toBe(created.apiKey?.keyId);
     expect(created.secret).toMatch(/^dvk_/);
     expect(retried.secret).toBe('');

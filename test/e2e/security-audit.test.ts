@@ -76,7 +76,7 @@ describe('tamper evidence', () => {
     work = await mkdtemp(join(tmpdir(), 'rpcd-audit-copies-'));
     const admin = await clientFor(AccessService, daemon);
     for (let i = 0; i < 3; i++) {
-      const key = await admin.createApiKey({ description: `k${i}`, permissions: ['access:whoami'] }, T);
+      const key = await admin.createApiKey({ description: `k${i}`, permissions: ['vm:list'] }, T);
       await admin.revokeApiKey({ keyId: key.apiKey!.keyId }, T);
     }
     await admin.whoAmI({}, T);
@@ -167,7 +167,7 @@ describe('an audit log that cannot be written', () => {
     const admin = await clientFor(AccessService, daemon);
     try {
       expect((await admin.whoAmI({}, T)).principalId).toBe(daemon.pki.adminPrincipal);
-      const err = await rejection(admin.createApiKey({ description: 'must not exist', permissions: ['access:whoami'] }, T));
+      const err = await rejection(admin.createApiKey({ description: 'must not exist', permissions: ['vm:list'] }, T));
       expect(err.code).toBe(Status.UNAVAILABLE);
       expect(err.details).toContain('the audit log cannot be written, so this change was not made');
       const bind = await rejection(admin.bindRole({ principal: 'spiffe://debvisor/test/x', roleName: 'viewer' }, T));
@@ -209,7 +209,7 @@ describe('secrets never reach the audit log or the daemon output', () => {
       for (let i = 0; i < 3; i++) {
         const created = await (i === 0 ? admin : operator).createApiKey(
           // A careless description quoting an earlier secret must be scrubbed too.
-          { description: i === 2 ? `replaces ${tokens[0]}` : `key ${i}`, permissions: ['access:whoami', 'vm:list'], ttl: durationFromMs(3_600_000) },
+          { description: i === 2 ? `replaces ${tokens[0]}` : `key ${i}`, permissions: ['vm:get', 'vm:list'], ttl: durationFromMs(3_600_000) },
           T,
         );
         tokens.push(created.secret);

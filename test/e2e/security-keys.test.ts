@@ -74,7 +74,7 @@ describe('on the embedded store', () => {
   }
 
   it('CreateApiKey shows the secret once; ListApiKeys never returns it or its hash', async () => {
-    const created = await admin.createApiKey({ description: 'shown once', permissions: ['access:whoami'] }, T);
+    const created = await admin.createApiKey({ description: 'shown once', permissions: ['vm:list'] }, T);
     const secret = created.secret;
     expect(secret).toMatch(/^dvk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
     const secretPart = secret.slice(-43);
@@ -91,14 +91,14 @@ describe('on the embedded store', () => {
   });
 
   it('a key authenticates as its owner: WhoAmI shows API_KEY, the key id and the owner', async () => {
-    const created = await operator.createApiKey({ description: 'whoami', permissions: ['access:whoami', 'vm:list'] }, T);
+    const created = await operator.createApiKey({ description: 'whoami', permissions: ['vm:get', 'vm:list'] }, T);
     const me = await anonymous.whoAmI({}, { ...T, metadata: bearer(created.secret) });
     expect(me.kind).toBe(PrincipalKind.API_KEY);
     expect(me.authMethod).toBe('api_key');
     expect(me.apiKeyId).toBe(created.apiKey!.keyId);
     expect(me.principalId).toBe(OPERATOR);
     expect(me.roles).toEqual(['operator']);
-    expect(me.permissions).toEqual(['access:whoami', 'vm:list']);
+    expect(me.permissions).toEqual(['vm:get', 'vm:list']);
     expect(me.certFingerprintSha256).toBe('');
   });
 
@@ -160,7 +160,7 @@ describe('on the embedded store', () => {
   });
 
   it('RevokeApiKey: the very next call with the key is UNAUTHENTICATED', async () => {
-    const key = await developer.createApiKey({ description: 'revoke me', permissions: ['access:whoami'] }, T);
+    const key = await developer.createApiKey({ description: 'revoke me', permissions: ['vm:list'] }, T);
     const keyId = key.apiKey!.keyId;
     expect((await anonymous.whoAmI({}, { ...T, metadata: bearer(key.secret) })).apiKeyId).toBe(keyId);
     const revoked = await developer.revokeApiKey({ keyId }, T);
@@ -169,13 +169,13 @@ describe('on the embedded store', () => {
     expect(err.code).toBe(Status.UNAUTHENTICATED);
     expect((await auditOf(daemon, 'AUTH_FAILED', traceIdOf(err))).reason).toBe(`API key ${keyId} is revoked`);
     // Another principal's key looks absent, not forbidden.
-    const foreign = await admin.createApiKey({ description: 'admin key', permissions: ['access:whoami'] }, T);
+    const foreign = await admin.createApiKey({ description: 'admin key', permissions: ['vm:list'] }, T);
     const probe = await rejection(developer.revokeApiKey({ keyId: foreign.apiKey!.keyId }, T));
     expect(probe.code).toBe(Status.NOT_FOUND);
   });
 
   it('RotateApiKey with a 2 s overlap: both keys work, then only the new one', async () => {
-    const key = await developer.createApiKey({ description: 'rotate me', permissions: ['access:whoami'] }, T);
+    const key = await developer.createApiKey({ description: 'rotate me', permissions: ['vm:list'] }, T);
     const rotated = await developer.rotateApiKey({ keyId: key.apiKey!.keyId, overlap: durationFromMs(2000) }, T);
     expect(rotated.apiKey?.rotatedFrom).toBe(key.apiKey!.keyId);
     expect(rotated.secret).not.toBe(key.secret);
@@ -238,7 +238,7 @@ describe('revocation across two daemons on one etcd', () => {
     const adminA = await clientFor(AccessService, a);
     const onB = await clientFor(AccessService, b, null);
     try {
-      const key = await adminA.createApiKey({ description: 'shared', permissions: ['access:whoami'] }, T);
+      const key = await adminA.createApiKey({ description: 'shared', permissions: ['vm:list'] }, T);
       const keyId = key.apiKey!.keyId;
       // B learns of the key through its etcd watch.
       const createdAt = Date.now();

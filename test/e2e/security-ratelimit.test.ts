@@ -12,6 +12,7 @@ import { auditOf, issueClientFor, metricSum, metricsText, traceIdOf } from '../s
 
 const ADMIN = 'spiffe://debvisor/admin/admin';
 const WHOAMI = '/debvisor.v1.AccessService/WhoAmI';
+const LIST_ROLES = '/debvisor.v1.AccessService/ListRoles';
 const METRICS = [
   'rpc_requests_total',
   'rpc_request_duration_seconds',
@@ -85,7 +86,7 @@ it('exports every security metric after traffic', async () => {
   const nobody = await rawClientFor(daemon, await issueClientFor(daemon.pki, 'spiffe://debvisor/test/nobody'));
   try {
     expect((await rawUnary(anonymous, WHOAMI, Buffer.alloc(0))).status.code).toBe(Status.UNAUTHENTICATED);
-    expect((await rawUnary(nobody, WHOAMI, Buffer.alloc(0))).status.code).toBe(Status.PERMISSION_DENIED);
+    expect((await rawUnary(nobody, LIST_ROLES, Buffer.alloc(0))).status.code).toBe(Status.PERMISSION_DENIED);
   } finally {
     anonymous.close();
     nobody.close();
@@ -95,7 +96,7 @@ it('exports every security metric after traffic', async () => {
     expect(text, name).toMatch(new RegExp(`^# TYPE ${name} `, 'm'));
   }
   expect(metricSum(text, 'auth_attempts_total', { method: 'none', result: 'failure' })).toBe(1);
-  expect(metricSum(text, 'authz_denials_total', { principal: 'spiffe://debvisor/test/nobody', permission: 'access:whoami' })).toBe(1);
+  expect(metricSum(text, 'authz_denials_total', { principal: 'spiffe://debvisor/test/nobody', permission: 'access:role:list' })).toBe(1);
   expect(text).toMatch(/^audit_write_failures_total 0$/m);
   expect(metricSum(text, 'grpc_server_handled_total', { grpc_method: 'WhoAmI', grpc_code: 'RESOURCE_EXHAUSTED' })).toBeGreaterThanOrEqual(1);
   expect(metricSum(text, 'rpc_requests_total', { method: 'WhoAmI', status: 'OK' })).toBeGreaterThanOrEqual(1);

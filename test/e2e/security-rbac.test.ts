@@ -19,6 +19,8 @@ const principalOf = (role: string) => `spiffe://debvisor/rbac/${role}`;
 interface Rpc {
   readonly path: string;
   readonly permission: string;
+  /** Declared open to every authenticated caller (WhoAmI): no permission. */
+  readonly anyAuthenticated: boolean;
   readonly streaming: boolean;
 }
 
@@ -26,14 +28,14 @@ const RPCS: Rpc[] = API_SERVICES.flatMap((service) =>
   service.methods.map((method) => {
     const policy = policyOf(method);
     if (!policy) throw new Error(`${methodPath(method)} has no rpc_policy`);
-    return { path: methodPath(method), permission: policy.permission, streaming: method.methodKind === 'server_streaming' };
+    return { path: methodPath(method), permission: policy.permission, anyAuthenticated: policy.anyAuthenticated, streaming: method.methodKind === 'server_streaming' };
   }),
 );
 
 function allowedFor(role: string, rpc: Rpc): boolean {
   const definition = BUILTIN_ROLES.get(role);
   if (!definition) throw new Error(`no role ${role}`);
-  return authorize({ roles: [definition], required: rpc.permission }).allowed;
+  return rpc.anyAuthenticated || authorize({ roles: [definition], required: rpc.permission }).allowed;
 }
 
 let daemon: RunningDaemon;
@@ -91,8 +93,12 @@ describe.each(ROLES)('role %s', (role) => {
 });
 
 describe('a principal with a valid certificate but no roles', () => {
-  it.each(RPCS.map((rpc) => [rpc.path, rpc] as const))('is denied %s', async (_path, rpc) => {
-    // Even WhoAmI: it needs access:whoami, which only roles grant.
+  it.each(RPCS.filter((rpc) => rpc.anyAuthenticated).map((rpc) => [rpc.path, rpc] as const))('may call %s, declared open to every authenticated caller', async (_path, rpc) => {
+    const result = await call('nobody', rpc);
+    expect(result.code, result.details).toBe(Status.OK);
+  });
+
+  it.each(RPCS.filter((rpc) => !rpc.anyAuthenticated).map((rpc) => [rpc.path, rpc] as const))('is denied %s', async (_path, rpc) => {
     const result = await call('nobody', rpc);
     expect(result.code).toBe(Status.PERMISSION_DENIED);
     expect(result.details).toContain(`requires ${rpc.permission}`);
@@ -120,6 +126,6 @@ describe('audit and metrics', () => {
   it('counts the denials in authz_denials_total', async () => {
     const metrics = await metricsText(daemon);
     expect(metricSum(metrics, 'authz_denials_total')).toBe(denials.length);
-    expect(metricSum(metrics, 'authz_denials_total', { principal: NOBODY, permission: 'access:whoami' })).toBe(1);
+    expect(metricSum(metrics, 'authz_denials_total', { principal: NOBODY, permission: 'access:role:list' })).toBe(1);
   });
 });

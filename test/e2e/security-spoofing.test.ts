@@ -128,8 +128,8 @@ describe('API keys', () => {
   let other: { id: string; token: string };
 
   beforeAll(async () => {
-    valid = await createKey({ description: 'spoof test', permissions: ['access:whoami'] });
-    other = await createKey({ description: 'spoof test 2', permissions: ['access:whoami'] });
+    valid = await createKey({ description: 'spoof test', permissions: ['vm:list'] });
+    other = await createKey({ description: 'spoof test 2', permissions: ['vm:list'] });
   });
 
   it('a valid key works through both headers', async () => {
@@ -162,18 +162,18 @@ describe('API keys', () => {
   });
 
   it('refuses an expired key', async () => {
-    const short = await createKey({ description: 'short', permissions: ['access:whoami'], ttl: durationFromMs(1000) });
+    const short = await createKey({ description: 'short', permissions: ['vm:list'], ttl: durationFromMs(1000) });
     await (await access(null)).whoAmI({}, { timeoutMs: 5000, metadata: { authorization: `Bearer ${short.token}` } });
     await sleep(1200);
     expect(await refusedReason(null, { authorization: `Bearer ${short.token}` })).toBe(`API key ${short.id} expired`);
   });
 
   it('refuses a key used from outside its allowed networks', async () => {
-    const fenced = await createKey({ description: 'fenced', permissions: ['access:whoami'], allowedCidrs: ['10.0.0.0/8'] });
+    const fenced = await createKey({ description: 'fenced', permissions: ['vm:list'], allowedCidrs: ['10.0.0.0/8'] });
     expect(await refusedReason(null, { authorization: `Bearer ${fenced.token}` })).toMatch(
       new RegExp(`^API key ${fenced.id} used from (::ffff:)?127\\.0\\.0\\.1, outside its allowed networks$`),
     );
-    const inside = await createKey({ description: 'loopback', permissions: ['access:whoami'], allowedCidrs: ['127.0.0.0/8'] });
+    const inside = await createKey({ description: 'loopback', permissions: ['vm:list'], allowedCidrs: ['127.0.0.0/8'] });
     expect((await (await access(null)).whoAmI({}, { timeoutMs: 5000, metadata: { authorization: `Bearer ${inside.token}` } })).apiKeyId).toBe(inside.id);
   });
 

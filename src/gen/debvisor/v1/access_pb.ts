@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/access.proto.
  */
 export const file_debvisor_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChhkZWJ2aXNvci92MS9hY2Nlc3MucHJvdG8SC2RlYnZpc29yLnYxIkUKDFJlc291cmNlR2xvYhInCgRraW5kGAEgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEgwKBGdsb2IYAiABKAkijAMKBkFwaUtleRIOCgZrZXlfaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDQoFb3duZXIYAyABKAkSEwoLcGVybWlzc2lvbnMYBCADKAkSMQoOcmVzb3VyY2VfZ2xvYnMYBSADKAsyGS5kZWJ2aXNvci52MS5SZXNvdXJjZUdsb2ISFQoNYWxsb3dlZF9jaWRycxgGIAMoCRISCgpjcmVhdGVkX2J5GAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3RhdGVkX2Zyb20YDCABKAkiaQoEUm9sZRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhMKC3Blcm1pc3Npb25zGAMgAygJEhgKEGRlbnlfcGVybWlzc2lvbnMYBCADKAkSDwoHYnVpbHRpbhgFIAEoCCJ4CgtSb2xlQmluZGluZxIRCglwcmluY2lwYWwYASABKAkSEQoJcm9sZV9uYW1lGAIgASgJEhIKCmNyZWF0ZWRfYnkYAyABKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImoKClF1b3RhVXNhZ2USLAoIcmVzb3VyY2UYASABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEg0KBWxpbWl0GAIgASgEEgwKBHVzZWQYAyABKAQSEQoJdW5saW1pdGVkGAQgASgIIg8KDVdob0FtSVJlcXVlc3QivQIKDldob0FtSVJlc3BvbnNlEhQKDHByaW5jaXBhbF9pZBgBIAEoCRIoCgRraW5kGAIgASgOMhouZGVidmlzb3IudjEuUHJpbmNpcGFsS2luZBINCgVyb2xlcxgDIAMoCRITCgtwZXJtaXNzaW9ucxgEIAMoCRITCgthdXRoX21ldGhvZBgFIAEoCRIfChdjZXJ0X2ZpbmdlcnByaW50X3NoYTI1NhgGIAEoCRIyCg5jZXJ0X25vdF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKYXBpX2tleV9pZBgIIAEoCRIWCg5zb3VyY2VfYWRkcmVzcxgJIAEoCRIxCg5yZXNvdXJjZV9nbG9icxgKIAMoCzIZLmRlYnZpc29yLnYxLlJlc291cmNlR2xvYiLUAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBITCgtkZXNjcmlwdGlvbhgBIAEoCRITCgtwZXJtaXNzaW9ucxgCIAMoCRIxCg5yZXNvdXJjZV9nbG9icxgDIAMoCzIZLmRlYnZpc29yLnYxLlJlc291cmNlR2xvYhImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNYWxsb3dlZF9jaWRycxgFIAMoCRINCgVvd25lchgGIAEoCRISCgpyZXF1ZXN0X2lkGAcgASgJIlIKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiQKB2FwaV9rZXkYASABKAsyEy5kZWJ2aXNvci52MS5BcGlLZXkSFAoGc2VjcmV0GAIgASgJQgTQ8xgBImgKEkxpc3RBcGlLZXlzUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSGAoQaW5jbHVkZV9pbmFjdGl2ZRgEIAEoCCJVChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiUKCGFwaV9rZXlzGAEgAygLMhMuZGVidmlzb3IudjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI5ChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjwKFFJldm9rZUFwaUtleVJlc3BvbnNlEiQKB2FwaV9rZXkYASABKAsyEy5kZWJ2aXNvci52MS5BcGlLZXkiZQoTUm90YXRlQXBpS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSKgoHb3ZlcmxhcBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZXF1ZXN0X2lkGAMgASgJInwKFFJvdGF0ZUFwaUtleVJlc3BvbnNlEiQKB2FwaV9rZXkYASABKAsyEy5kZWJ2aXNvci52MS5BcGlLZXkSFAoGc2VjcmV0GAIgASgJQgTQ8xgBEigKC29sZF9hcGlfa2V5GAMgASgLMhMuZGVidmlzb3IudjEuQXBpS2V5IjkKEExpc3RSb2xlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiTgoRTGlzdFJvbGVzUmVzcG9uc2USIAoFcm9sZXMYASADKAsyES5kZWJ2aXNvci52MS5Sb2xlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJFCg5QdXRSb2xlUmVxdWVzdBIfCgRyb2xlGAEgASgLMhEuZGVidmlzb3IudjEuUm9sZRISCgpyZXF1ZXN0X2lkGAIgASgJIkMKD1B1dFJvbGVSZXNwb25zZRIfCgRyb2xlGAEgASgLMhEuZGVidmlzb3IudjEuUm9sZRIPCgdjcmVhdGVkGAIgASgIIjoKEURlbGV0ZVJvbGVSZXF1ZXN0EhEKCXJvbGVfbmFtZRgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIi4KEkRlbGV0ZVJvbGVSZXNwb25zZRIYChByZW1vdmVkX2JpbmRpbmdzGAEgASgNIksKD0JpbmRSb2xlUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEQoJcm9sZV9uYW1lGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkiPQoQQmluZFJvbGVSZXNwb25zZRIpCgdiaW5kaW5nGAEgASgLMhguZGVidmlzb3IudjEuUm9sZUJpbmRpbmciTQoRVW5iaW5kUm9sZVJlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJEhEKCXJvbGVfbmFtZRgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIiUKElVuYmluZFJvbGVSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIIiQKD0dldFF1b3RhUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkiTgoQR2V0UXVvdGFSZXNwb25zZRIRCglwcmluY2lwYWwYASABKAkSJwoGcXVvdGFzGAIgAygLMhcuZGVidmlzb3IudjEuUXVvdGFVc2FnZSKIAQoPU2V0UXVvdGFSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCRIsCghyZXNvdXJjZRgCIAEoDjIaLmRlYnZpc29yLnYxLlF1b3RhUmVzb3VyY2USDQoFbGltaXQYAyABKAQSEQoJdW5saW1pdGVkGAQgASgIEhIKCnJlcXVlc3RfaWQYBSABKAkiOgoQU2V0UXVvdGFSZXNwb25zZRImCgVxdW90YRgBIAEoCzIXLmRlYnZpc29yLnYxLlF1b3RhVXNhZ2UiPgoVUmVjb21wdXRlUXVvdGFSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIpwBChZSZWNvbXB1dGVRdW90YVJlc3BvbnNlEicKBmJlZm9yZRgBIAMoCzIXLmRlYnZpc29yLnYxLlF1b3RhVXNhZ2USJgoFYWZ0ZXIYAiADKAsyFy5kZWJ2aXNvci52MS5RdW90YVVzYWdlEjEKDW5vdF9yZWNvdW50ZWQYAyADKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlKmsKDVByaW5jaXBhbEtpbmQSHgoaUFJJTkNJUEFMX0tJTkRfVU5TUEVDSUZJRUQQABIeChpQUklOQ0lQQUxfS0lORF9DRVJUSUZJQ0FURRABEhoKFlBSSU5DSVBBTF9LSU5EX0FQSV9LRVkQAjKdDAoNQWNjZXNzU2VydmljZRJWCgZXaG9BbUkSGi5kZWJ2aXNvci52MS5XaG9BbUlSZXF1ZXN0GhsuZGVidmlzb3IudjEuV2hvQW1JUmVzcG9uc2UiE8rzGA8KDWFjY2Vzczp3aG9hbWkSfAoMQ3JlYXRlQXBpS2V5EiAuZGVidmlzb3IudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBohLmRlYnZpc29yLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlIifK8xgjChRhY2Nlc3M6YXBpa2V5OmNyZWF0ZRABGAUwCDoFb3duZXISdwoLTGlzdEFwaUtleXMSHy5kZWJ2aXNvci52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIC5kZWJ2aXNvci52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlIiXK8xghChJhY2Nlc3M6YXBpa2V5Omxpc3QwCDoJcHJpbmNpcGFsEnsKDFJldm9rZUFwaUtleRIgLmRlYnZpc29yLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIS5kZWJ2aXNvci52MS5SZXZva2VBcGlLZXlSZXNwb25zZSImyvMYIgoUYWNjZXNzOmFwaWtleTpyZXZva2UQATAGOgZrZXlfaWQSfQoMUm90YXRlQXBpS2V5EiAuZGVidmlzb3IudjEuUm90YXRlQXBpS2V5UmVxdWVzdBohLmRlYnZpc29yLnYxLlJvdGF0ZUFwaUtleVJlc3BvbnNlIijK8xgkChRhY2Nlc3M6YXBpa2V5OnJvdGF0ZRABGAUwBjoGa2V5X2lkEmQKCUxpc3RSb2xlcxIdLmRlYnZpc29yLnYxLkxpc3RSb2xlc1JlcXVlc3QaHi5kZWJ2aXNvci52MS5MaXN0Um9sZXNSZXNwb25zZSIYyvMYFAoQYWNjZXNzOnJvbGU6bGlzdDAHEmoKB1B1dFJvbGUSGy5kZWJ2aXNvci52MS5QdXRSb2xlUmVxdWVzdBocLmRlYnZpc29yLnYxLlB1dFJvbGVSZXNwb25zZSIkyvMYIAoPYWNjZXNzOnJvbGU6cHV0EAEwBzoJcm9sZS5uYW1lEnYKCkRlbGV0ZVJvbGUSHi5kZWJ2aXNvci52MS5EZWxldGVSb2xlUmVxdWVzdBofLmRlYnZpc29yLnYxLkRlbGV0ZVJvbGVSZXNwb25zZSInyvMYIwoSYWNjZXNzOnJvbGU6ZGVsZXRlEAEwBzoJcm9sZV9uYW1lEoIBCghCaW5kUm9sZRIcLmRlYnZpc29yLnYxLkJpbmRSb2xlUmVxdWVzdBodLmRlYnZpc29yLnYxLkJpbmRSb2xlUmVzcG9uc2UiOcrzGDUKFWFjY2VzczpiaW5kaW5nOmNyZWF0ZRABMAg6CXByaW5jaXBhbEINCAcSCXJvbGVfbmFtZRKIAQoKVW5iaW5kUm9sZRIeLmRlYnZpc29yLnYxLlVuYmluZFJvbGVSZXF1ZXN0Gh8uZGVidmlzb3IudjEuVW5iaW5kUm9sZVJlc3BvbnNlIjnK8xg1ChVhY2Nlc3M6YmluZGluZzpkZWxldGUQATAIOglwcmluY2lwYWxCDQgHEglyb2xlX25hbWUSbAoIR2V0UXVvdGESHC5kZWJ2aXNvci52MS5HZXRRdW90YVJlcXVlc3QaHS5kZWJ2aXNvci52MS5HZXRRdW90YVJlc3BvbnNlIiPK8xgfChBhY2Nlc3M6cXVvdGE6Z2V0MAg6CXByaW5jaXBhbBJuCghTZXRRdW90YRIcLmRlYnZpc29yLnYxLlNldFF1b3RhUmVxdWVzdBodLmRlYnZpc29yLnYxLlNldFF1b3RhUmVzcG9uc2UiJcrzGCEKEGFjY2VzczpxdW90YTpzZXQQATAIOglwcmluY2lwYWwSiAEKDlJlY29tcHV0ZVF1b3RhEiIuZGVidmlzb3IudjEuUmVjb21wdXRlUXVvdGFSZXF1ZXN0GiMuZGVidmlzb3IudjEuUmVjb21wdXRlUXVvdGFSZXNwb25zZSItyvMYKQoWYWNjZXNzOnF1b3RhOnJlY29tcHV0ZRABGAUwCDoJcHJpbmNpcGFsYgZwcm90bzM", [file_debvisor_v1_options, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhkZWJ2aXNvci92MS9hY2Nlc3MucHJvdG8SC2RlYnZpc29yLnYxIkUKDFJlc291cmNlR2xvYhInCgRraW5kGAEgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEgwKBGdsb2IYAiABKAkijAMKBkFwaUtleRIOCgZrZXlfaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDQoFb3duZXIYAyABKAkSEwoLcGVybWlzc2lvbnMYBCADKAkSMQoOcmVzb3VyY2VfZ2xvYnMYBSADKAsyGS5kZWJ2aXNvci52MS5SZXNvdXJjZUdsb2ISFQoNYWxsb3dlZF9jaWRycxgGIAMoCRISCgpjcmVhdGVkX2J5GAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3RhdGVkX2Zyb20YDCABKAkiaQoEUm9sZRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhMKC3Blcm1pc3Npb25zGAMgAygJEhgKEGRlbnlfcGVybWlzc2lvbnMYBCADKAkSDwoHYnVpbHRpbhgFIAEoCCKoAQoLUm9sZUJpbmRpbmcSEQoJcHJpbmNpcGFsGAEgASgJEhEKCXJvbGVfbmFtZRgCIAEoCRISCgpjcmVhdGVkX2J5GAMgASgJEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzb3VyY2UYBSABKA4yHi5kZWJ2aXNvci52MS5Sb2xlQmluZGluZ1NvdXJjZSJqCgpRdW90YVVzYWdlEiwKCHJlc291cmNlGAEgASgOMhouZGVidmlzb3IudjEuUXVvdGFSZXNvdXJjZRINCgVsaW1pdBgCIAEoBBIMCgR1c2VkGAMgASgEEhEKCXVubGltaXRlZBgEIAEoCCIPCg1XaG9BbUlSZXF1ZXN0Ir0CCg5XaG9BbUlSZXNwb25zZRIUCgxwcmluY2lwYWxfaWQYASABKAkSKAoEa2luZBgCIAEoDjIaLmRlYnZpc29yLnYxLlByaW5jaXBhbEtpbmQSDQoFcm9sZXMYAyADKAkSEwoLcGVybWlzc2lvbnMYBCADKAkSEwoLYXV0aF9tZXRob2QYBSABKAkSHwoXY2VydF9maW5nZXJwcmludF9zaGEyNTYYBiABKAkSMgoOY2VydF9ub3RfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmFwaV9rZXlfaWQYCCABKAkSFgoOc291cmNlX2FkZHJlc3MYCSABKAkSMQoOcmVzb3VyY2VfZ2xvYnMYCiADKAsyGS5kZWJ2aXNvci52MS5SZXNvdXJjZUdsb2Ii1AEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSEwoLZGVzY3JpcHRpb24YASABKAkSEwoLcGVybWlzc2lvbnMYAiADKAkSMQoOcmVzb3VyY2VfZ2xvYnMYAyADKAsyGS5kZWJ2aXNvci52MS5SZXNvdXJjZUdsb2ISJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWFsbG93ZWRfY2lkcnMYBSADKAkSDQoFb3duZXIYBiABKAkSEgoKcmVxdWVzdF9pZBgHIAEoCSJSChRDcmVhdGVBcGlLZXlSZXNwb25zZRIkCgdhcGlfa2V5GAEgASgLMhMuZGVidmlzb3IudjEuQXBpS2V5EhQKBnNlY3JldBgCIAEoCUIE0PMYASJoChJMaXN0QXBpS2V5c1JlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhgKEGluY2x1ZGVfaW5hY3RpdmUYBCABKAgiVQoTTGlzdEFwaUtleXNSZXNwb25zZRIlCghhcGlfa2V5cxgBIAMoCzITLmRlYnZpc29yLnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI8ChRSZXZva2VBcGlLZXlSZXNwb25zZRIkCgdhcGlfa2V5GAEgASgLMhMuZGVidmlzb3IudjEuQXBpS2V5ImUKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgDIAEoCSJ8ChRSb3RhdGVBcGlLZXlSZXNwb25zZRIkCgdhcGlfa2V5GAEgASgLMhMuZGVidmlzb3IudjEuQXBpS2V5EhQKBnNlY3JldBgCIAEoCUIE0PMYARIoCgtvbGRfYXBpX2tleRgDIAEoCzITLmRlYnZpc29yLnYxLkFwaUtleSI5ChBMaXN0Um9sZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIk4KEUxpc3RSb2xlc1Jlc3BvbnNlEiAKBXJvbGVzGAEgAygLMhEuZGVidmlzb3IudjEuUm9sZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRQoOUHV0Um9sZVJlcXVlc3QSHwoEcm9sZRgBIAEoCzIRLmRlYnZpc29yLnYxLlJvbGUSEgoKcmVxdWVzdF9pZBgCIAEoCSJDCg9QdXRSb2xlUmVzcG9uc2USHwoEcm9sZRgBIAEoCzIRLmRlYnZpc29yLnYxLlJvbGUSDwoHY3JlYXRlZBgCIAEoCCI6ChFEZWxldGVSb2xlUmVxdWVzdBIRCglyb2xlX25hbWUYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSIuChJEZWxldGVSb2xlUmVzcG9uc2USGAoQcmVtb3ZlZF9iaW5kaW5ncxgBIAEoDSJLCg9CaW5kUm9sZVJlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJEhEKCXJvbGVfbmFtZRgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIj0KEEJpbmRSb2xlUmVzcG9uc2USKQoHYmluZGluZxgBIAEoCzIYLmRlYnZpc29yLnYxLlJvbGVCaW5kaW5nIk0KEVVuYmluZFJvbGVSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCRIRCglyb2xlX25hbWUYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIlChJVbmJpbmRSb2xlUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoCCJmChdMaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEQoJcm9sZV9uYW1lGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIl8KGExpc3RSb2xlQmluZGluZ3NSZXNwb25zZRIqCghiaW5kaW5ncxgBIAMoCzIYLmRlYnZpc29yLnYxLlJvbGVCaW5kaW5nEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkCg9HZXRRdW90YVJlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJIk4KEEdldFF1b3RhUmVzcG9uc2USEQoJcHJpbmNpcGFsGAEgASgJEicKBnF1b3RhcxgCIAMoCzIXLmRlYnZpc29yLnYxLlF1b3RhVXNhZ2UiiAEKD1NldFF1b3RhUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSLAoIcmVzb3VyY2UYAiABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEg0KBWxpbWl0GAMgASgEEhEKCXVubGltaXRlZBgEIAEoCBISCgpyZXF1ZXN0X2lkGAUgASgJIjoKEFNldFF1b3RhUmVzcG9uc2USJgoFcXVvdGEYASABKAsyFy5kZWJ2aXNvci52MS5RdW90YVVzYWdlIj4KFVJlY29tcHV0ZVF1b3RhUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSKcAQoWUmVjb21wdXRlUXVvdGFSZXNwb25zZRInCgZiZWZvcmUYASADKAsyFy5kZWJ2aXNvci52MS5RdW90YVVzYWdlEiYKBWFmdGVyGAIgAygLMhcuZGVidmlzb3IudjEuUXVvdGFVc2FnZRIxCg1ub3RfcmVjb3VudGVkGAMgAygOMhouZGVidmlzb3IudjEuUXVvdGFSZXNvdXJjZSprCg1QcmluY2lwYWxLaW5kEh4KGlBSSU5DSVBBTF9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaUFJJTkNJUEFMX0tJTkRfQ0VSVElGSUNBVEUQARIaChZQUklOQ0lQQUxfS0lORF9BUElfS0VZEAIqoAEKEVJvbGVCaW5kaW5nU291cmNlEiMKH1JPTEVfQklORElOR19TT1VSQ0VfVU5TUEVDSUZJRUQQABIdChlST0xFX0JJTkRJTkdfU09VUkNFX1NUT1JFEAESJwojUk9MRV9CSU5ESU5HX1NPVVJDRV9CT09UU1RSQVBfQURNSU4QAhIeChpST0xFX0JJTkRJTkdfU09VUkNFX0NPTkZJRxADMqsNCg1BY2Nlc3NTZXJ2aWNlEkoKBldob0FtSRIaLmRlYnZpc29yLnYxLldob0FtSVJlcXVlc3QaGy5kZWJ2aXNvci52MS5XaG9BbUlSZXNwb25zZSIHyvMYA6ABARJ/CgxDcmVhdGVBcGlLZXkSIC5kZWJ2aXNvci52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiEuZGVidmlzb3IudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2UiKsrzGCYKFGFjY2VzczphcGlrZXk6Y3JlYXRlEAEYBTAIOgVvd25lcqgBARJ6CgtMaXN0QXBpS2V5cxIfLmRlYnZpc29yLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBogLmRlYnZpc29yLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiKMrzGCQKEmFjY2VzczphcGlrZXk6bGlzdDAIOglwcmluY2lwYWyoAQESfgoMUmV2b2tlQXBpS2V5EiAuZGVidmlzb3IudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBohLmRlYnZpc29yLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIinK8xglChRhY2Nlc3M6YXBpa2V5OnJldm9rZRABMAY6BmtleV9pZKgBARKAAQoMUm90YXRlQXBpS2V5EiAuZGVidmlzb3IudjEuUm90YXRlQXBpS2V5UmVxdWVzdBohLmRlYnZpc29yLnYxLlJvdGF0ZUFwaUtleVJlc3BvbnNlIivK8xgnChRhY2Nlc3M6YXBpa2V5OnJvdGF0ZRABGAUwBjoGa2V5X2lkqAEBEmQKCUxpc3RSb2xlcxIdLmRlYnZpc29yLnYxLkxpc3RSb2xlc1JlcXVlc3QaHi5kZWJ2aXNvci52MS5MaXN0Um9sZXNSZXNwb25zZSIYyvMYFAoQYWNjZXNzOnJvbGU6bGlzdDAHEmoKB1B1dFJvbGUSGy5kZWJ2aXNvci52MS5QdXRSb2xlUmVxdWVzdBocLmRlYnZpc29yLnYxLlB1dFJvbGVSZXNwb25zZSIkyvMYIAoPYWNjZXNzOnJvbGU6cHV0EAEwBzoJcm9sZS5uYW1lEnYKCkRlbGV0ZVJvbGUSHi5kZWJ2aXNvci52MS5EZWxldGVSb2xlUmVxdWVzdBofLmRlYnZpc29yLnYxLkRlbGV0ZVJvbGVSZXNwb25zZSInyvMYIwoSYWNjZXNzOnJvbGU6ZGVsZXRlEAEwBzoJcm9sZV9uYW1lEoIBCghCaW5kUm9sZRIcLmRlYnZpc29yLnYxLkJpbmRSb2xlUmVxdWVzdBodLmRlYnZpc29yLnYxLkJpbmRSb2xlUmVzcG9uc2UiOcrzGDUKFWFjY2VzczpiaW5kaW5nOmNyZWF0ZRABMAg6CXByaW5jaXBhbEINCAcSCXJvbGVfbmFtZRKIAQoKVW5iaW5kUm9sZRIeLmRlYnZpc29yLnYxLlVuYmluZFJvbGVSZXF1ZXN0Gh8uZGVidmlzb3IudjEuVW5iaW5kUm9sZVJlc3BvbnNlIjnK8xg1ChVhY2Nlc3M6YmluZGluZzpkZWxldGUQATAIOglwcmluY2lwYWxCDQgHEglyb2xlX25hbWUShwEKEExpc3RSb2xlQmluZGluZ3MSJC5kZWJ2aXNvci52MS5MaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBolLmRlYnZpc29yLnYxLkxpc3RSb2xlQmluZGluZ3NSZXNwb25zZSImyvMYIgoTYWNjZXNzOmJpbmRpbmc6bGlzdDAIOglwcmluY2lwYWwSbwoIR2V0UXVvdGESHC5kZWJ2aXNvci52MS5HZXRRdW90YVJlcXVlc3QaHS5kZWJ2aXNvci52MS5HZXRRdW90YVJlc3BvbnNlIibK8xgiChBhY2Nlc3M6cXVvdGE6Z2V0MAg6CXByaW5jaXBhbKgBARJuCghTZXRRdW90YRIcLmRlYnZpc29yLnYxLlNldFF1b3RhUmVxdWVzdBodLmRlYnZpc29yLnYxLlNldFF1b3RhUmVzcG9uc2UiJcrzGCEKEGFjY2VzczpxdW90YTpzZXQQATAIOglwcmluY2lwYWwSiAEKDlJlY29tcHV0ZVF1b3RhEiIuZGVidmlzb3IudjEuUmVjb21wdXRlUXVvdGFSZXF1ZXN0GiMuZGVidmlzb3IudjEuUmVjb21wdXRlUXVvdGFSZXNwb25zZSItyvMYKQoWYWNjZXNzOnF1b3RhOnJlY29tcHV0ZRABGAUwCDoJcHJpbmNpcGFsYgZwcm90bzM", [file_debvisor_v1_options, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ResourceGlob restricts an API key to resources of one kind whose names
@@ -225,11 +225,20 @@ export type RoleBinding = Message<"debvisor.v1.RoleBinding"> & {
   createdBy: string;
 
   /**
-   * Time the binding was created.
+   * Time the binding was created; unset for bindings from the config file
+   * and for bindings listed by ListRoleBindings (the store keeps no per-binding
+   * time).
    *
    * @generated from field: google.protobuf.Timestamp create_time = 4;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Where the binding comes from.
+   *
+   * @generated from field: debvisor.v1.RoleBindingSource source = 5;
+   */
+  source: RoleBindingSource;
 };
 
 /**
@@ -938,6 +947,77 @@ export const UnbindRoleResponseSchema: GenMessage<UnbindRoleResponse> = /*@__PUR
   messageDesc(file_debvisor_v1_access, 24);
 
 /**
+ * ListRoleBindingsRequest is the request of AccessService.ListRoleBindings.
+ *
+ * @generated from message debvisor.v1.ListRoleBindingsRequest
+ */
+export type ListRoleBindingsRequest = Message<"debvisor.v1.ListRoleBindingsRequest"> & {
+  /**
+   * Only bindings of this principal id; empty = every principal.
+   *
+   * @generated from field: string principal = 1;
+   */
+  principal: string;
+
+  /**
+   * Only bindings of this role; empty = every role.
+   *
+   * @generated from field: string role_name = 2;
+   */
+  roleName: string;
+
+  /**
+   * Maximum number of bindings to return; 0 = server default.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * Page token from a previous response; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message debvisor.v1.ListRoleBindingsRequest.
+ * Use `create(ListRoleBindingsRequestSchema)` to create a new message.
+ */
+export const ListRoleBindingsRequestSchema: GenMessage<ListRoleBindingsRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 25);
+
+/**
+ * ListRoleBindingsResponse is the response of AccessService.ListRoleBindings.
+ *
+ * @generated from message debvisor.v1.ListRoleBindingsResponse
+ */
+export type ListRoleBindingsResponse = Message<"debvisor.v1.ListRoleBindingsResponse"> & {
+  /**
+   * Bindings ordered by principal, role and source. A principal bound to a
+   * role both in the config file and in the store appears once per source.
+   *
+   * @generated from field: repeated debvisor.v1.RoleBinding bindings = 1;
+   */
+  bindings: RoleBinding[];
+
+  /**
+   * Token for the next page; empty if this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message debvisor.v1.ListRoleBindingsResponse.
+ * Use `create(ListRoleBindingsResponseSchema)` to create a new message.
+ */
+export const ListRoleBindingsResponseSchema: GenMessage<ListRoleBindingsResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 26);
+
+/**
  * GetQuotaRequest is the request of AccessService.GetQuota.
  *
  * @generated from message debvisor.v1.GetQuotaRequest
@@ -956,7 +1036,7 @@ export type GetQuotaRequest = Message<"debvisor.v1.GetQuotaRequest"> & {
  * Use `create(GetQuotaRequestSchema)` to create a new message.
  */
 export const GetQuotaRequestSchema: GenMessage<GetQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_access, 25);
+  messageDesc(file_debvisor_v1_access, 27);
 
 /**
  * GetQuotaResponse is the response of AccessService.GetQuota.
@@ -984,7 +1064,7 @@ export type GetQuotaResponse = Message<"debvisor.v1.GetQuotaResponse"> & {
  * Use `create(GetQuotaResponseSchema)` to create a new message.
  */
 export const GetQuotaResponseSchema: GenMessage<GetQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_access, 26);
+  messageDesc(file_debvisor_v1_access, 28);
 
 /**
  * SetQuotaRequest is the request of AccessService.SetQuota.
@@ -1033,7 +1113,7 @@ export type SetQuotaRequest = Message<"debvisor.v1.SetQuotaRequest"> & {
  * Use `create(SetQuotaRequestSchema)` to create a new message.
  */
 export const SetQuotaRequestSchema: GenMessage<SetQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_access, 27);
+  messageDesc(file_debvisor_v1_access, 29);
 
 /**
  * SetQuotaResponse is the response of AccessService.SetQuota.
@@ -1054,7 +1134,7 @@ export type SetQuotaResponse = Message<"debvisor.v1.SetQuotaResponse"> & {
  * Use `create(SetQuotaResponseSchema)` to create a new message.
  */
 export const SetQuotaResponseSchema: GenMessage<SetQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_access, 28);
+  messageDesc(file_debvisor_v1_access, 30);
 
 /**
  * RecomputeQuotaRequest is the request of AccessService.RecomputeQuota.
@@ -1082,7 +1162,7 @@ export type RecomputeQuotaRequest = Message<"debvisor.v1.RecomputeQuotaRequest">
  * Use `create(RecomputeQuotaRequestSchema)` to create a new message.
  */
 export const RecomputeQuotaRequestSchema: GenMessage<RecomputeQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_access, 29);
+  messageDesc(file_debvisor_v1_access, 31);
 
 /**
  * RecomputeQuotaResponse is the response of AccessService.RecomputeQuota.
@@ -1117,7 +1197,7 @@ export type RecomputeQuotaResponse = Message<"debvisor.v1.RecomputeQuotaResponse
  * Use `create(RecomputeQuotaResponseSchema)` to create a new message.
  */
 export const RecomputeQuotaResponseSchema: GenMessage<RecomputeQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_access, 30);
+  messageDesc(file_debvisor_v1_access, 32);
 
 /**
  * PrincipalKind is how a principal authenticates.
@@ -1154,6 +1234,49 @@ export const PrincipalKindSchema: GenEnum<PrincipalKind> = /*@__PURE__*/
   enumDesc(file_debvisor_v1_access, 0);
 
 /**
+ * RoleBindingSource is where a role binding comes from.
+ *
+ * @generated from enum debvisor.v1.RoleBindingSource
+ */
+export enum RoleBindingSource {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: ROLE_BINDING_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Made by BindRole and kept in the store; UnbindRole removes it.
+   *
+   * @generated from enum value: ROLE_BINDING_SOURCE_STORE = 1;
+   */
+  STORE = 1,
+
+  /**
+   * auth.bootstrap_admins in the config file: always admin, never removable
+   * through the API.
+   *
+   * @generated from enum value: ROLE_BINDING_SOURCE_BOOTSTRAP_ADMIN = 2;
+   */
+  BOOTSTRAP_ADMIN = 2,
+
+  /**
+   * auth.default_bindings in the config file; changed by editing the file
+   * (reloaded on SIGHUP).
+   *
+   * @generated from enum value: ROLE_BINDING_SOURCE_CONFIG = 3;
+   */
+  CONFIG = 3,
+}
+
+/**
+ * Describes the enum debvisor.v1.RoleBindingSource.
+ */
+export const RoleBindingSourceSchema: GenEnum<RoleBindingSource> = /*@__PURE__*/
+  enumDesc(file_debvisor_v1_access, 1);
+
+/**
  * AccessService manages who may do what. Principals are client certificates
  * (mutual TLS) and API keys; roles grant permissions to principals.
  *
@@ -1161,7 +1284,8 @@ export const PrincipalKindSchema: GenEnum<PrincipalKind> = /*@__PURE__*/
  */
 export const AccessService: GenService<{
   /**
-   * WhoAmI describes the calling principal. Granted to every role.
+   * WhoAmI describes the calling principal. Every authenticated caller may
+   * ask, whatever its roles or key permissions (no permission needed).
    *
    * @generated from rpc debvisor.v1.AccessService.WhoAmI
    */
@@ -1263,6 +1387,18 @@ export const AccessService: GenService<{
     methodKind: "unary";
     input: typeof UnbindRoleRequestSchema;
     output: typeof UnbindRoleResponseSchema;
+  },
+  /**
+   * ListRoleBindings lists who holds which role ("who is admin?"): the
+   * bindings from the config file (bootstrap admins, default bindings) as
+   * well as those in the store, each saying where it comes from.
+   *
+   * @generated from rpc debvisor.v1.AccessService.ListRoleBindings
+   */
+  listRoleBindings: {
+    methodKind: "unary";
+    input: typeof ListRoleBindingsRequestSchema;
+    output: typeof ListRoleBindingsResponseSchema;
   },
   /**
    * GetQuota returns a principal's quota limits and current usage.

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/options.proto.
  */
 export const file_debvisor_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSKTAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEjQKD290aGVyX3Jlc291cmNlcxgIIAMoCzIbLmRlYnZpc29yLnYxLlJlc291cmNlVGFyZ2V0IkgKDlJlc291cmNlVGFyZ2V0EicKBGtpbmQYASABKA4yGS5kZWJ2aXNvci52MS5SZXNvdXJjZUtpbmQSDQoFZmllbGQYAiABKAkqlgEKDVF1b3RhUmVzb3VyY2USHgoaUVVPVEFfUkVTT1VSQ0VfVU5TUEVDSUZJRUQQABIcChhRVU9UQV9SRVNPVVJDRV9TTkFQU0hPVFMQARIdChlRVU9UQV9SRVNPVVJDRV9TVE9SQUdFX0dCEAISKAokUVVPVEFfUkVTT1VSQ0VfQ09OQ1VSUkVOVF9PUEVSQVRJT05TEAMq+gEKDFJlc291cmNlS2luZBIdChlSRVNPVVJDRV9LSU5EX1VOU1BFQ0lGSUVEEAASFAoQUkVTT1VSQ0VfS0lORF9WTRABEhYKElJFU09VUkNFX0tJTkRfUE9PTBACEhgKFFJFU09VUkNFX0tJTkRfVk9MVU1FEAMSFgoSUkVTT1VSQ0VfS0lORF9OT0RFEAQSGwoXUkVTT1VSQ0VfS0lORF9PUEVSQVRJT04QBRIZChVSRVNPVVJDRV9LSU5EX0FQSV9LRVkQBhIWChJSRVNPVVJDRV9LSU5EX1JPTEUQBxIbChdSRVNPVVJDRV9LSU5EX1BSSU5DSVBBTBAIOlcKCnJwY19wb2xpY3kSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi5jgMgASgLMhYuZGVidmlzb3IudjEuUnBjUG9saWN5UglycGNQb2xpY3k6NwoGc2VjcmV0Eh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxi6jgMgASgIUgZzZWNyZXRiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSLEAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEjQKD290aGVyX3Jlc291cmNlcxgIIAMoCzIbLmRlYnZpc29yLnYxLlJlc291cmNlVGFyZ2V0EhkKEWFueV9hdXRoZW50aWNhdGVkGBQgASgIEhQKDG93bmVyX3Njb3BlZBgVIAEoCCJICg5SZXNvdXJjZVRhcmdldBInCgRraW5kGAEgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEg0KBWZpZWxkGAIgASgJKpYBCg1RdW90YVJlc291cmNlEh4KGlFVT1RBX1JFU09VUkNFX1VOU1BFQ0lGSUVEEAASHAoYUVVPVEFfUkVTT1VSQ0VfU05BUFNIT1RTEAESHQoZUVVPVEFfUkVTT1VSQ0VfU1RPUkFHRV9HQhACEigKJFFVT1RBX1JFU09VUkNFX0NPTkNVUlJFTlRfT1BFUkFUSU9OUxADKvoBCgxSZXNvdXJjZUtpbmQSHQoZUkVTT1VSQ0VfS0lORF9VTlNQRUNJRklFRBAAEhQKEFJFU09VUkNFX0tJTkRfVk0QARIWChJSRVNPVVJDRV9LSU5EX1BPT0wQAhIYChRSRVNPVVJDRV9LSU5EX1ZPTFVNRRADEhYKElJFU09VUkNFX0tJTkRfTk9ERRAEEhsKF1JFU09VUkNFX0tJTkRfT1BFUkFUSU9OEAUSGQoVUkVTT1VSQ0VfS0lORF9BUElfS0VZEAYSFgoSUkVTT1VSQ0VfS0lORF9ST0xFEAcSGwoXUkVTT1VSQ0VfS0lORF9QUklOQ0lQQUwQCDpXCgpycGNfcG9saWN5Eh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuY4DIAEoCzIWLmRlYnZpc29yLnYxLlJwY1BvbGljeVIJcnBjUG9saWN5OjcKBnNlY3JldBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYuo4DIAEoCFIGc2VjcmV0YgZwcm90bzM", [file_google_protobuf_descriptor]);
 
 /**
  * RpcPolicy is how the daemon's interceptor chain treats one RPC.
@@ -98,6 +98,25 @@ export type RpcPolicy = Message<"debvisor.v1.RpcPolicy"> & {
    * @generated from field: repeated debvisor.v1.ResourceTarget other_resources = 8;
    */
   otherResources: ResourceTarget[];
+
+  /**
+   * True if every authenticated caller may call the RPC, whatever its roles,
+   * API key permissions or denies, as Kubernetes allows SelfSubjectReview.
+   * Such an RPC declares no permission. Unauthenticated callers are still
+   * refused by the identity step.
+   *
+   * @generated from field: bool any_authenticated = 20;
+   */
+  anyAuthenticated: boolean;
+
+  /**
+   * True if the handler acts only on the caller's own objects (API keys,
+   * quotas, operations) unless the caller holds "<permission>:any". This
+   * declares that ":any" permission.
+   *
+   * @generated from field: bool owner_scoped = 21;
+   */
+  ownerScoped: boolean;
 };
 
 /**
