@@ -177,7 +177,7 @@ describe('one daemon, principals with partial rights', () => {
         await operator.createApiKey(
           {
             description: 'ci: pool ci-*, loopback, one hour',
-            permissions: ['storage:*', 'access:apikey:create', 'access:whoami'],
+            permissions: ['storage:*', 'access:apikey:create'],
             resourceGlobs: [{ kind: ResourceKind.POOL, glob: 'ci-*' }],
             allowedCidrs: ['127.0.0.0/8'],
             ttl: durationFromMs(HOUR),
