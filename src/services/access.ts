@@ -5,6 +5,7 @@ import { PrincipalKind, type AccessService, type ApiKeySchema, type ResourceGlob
 import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
 import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.js';
 import type { AccessState } from '../access/state.js';
+import type { BlockHandlers } from './access-blocks.js';
 import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../authz/decide.js';
 import type { HandlersOf } from '../server/adapter.js';
@@ -66,8 +67,9 @@ function grantedBy(roles: readonly Role[]): readonly string[] {
   return granted;
 }
 
-export function accessHandlers(admin: AccessAdmin, state: AccessState): HandlersOf<typeof AccessService> {
+export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: BlockHandlers): HandlersOf<typeof AccessService> {
   return {
+    ...blocks,
     whoAmI: (_request, ctx) => {
       const principal = principalOf(ctx);
       const roles = state.roleNamesOf(principal.id);
