@@ -2,6 +2,7 @@
 // debvisor-rpcd: the DebVisor control-plane daemon.
 import { Command, Option } from 'commander';
 import { ConfigError, DEFAULT_CONFIG_PATH, ENV_PREFIX, loadConfig } from './config/load.js';
+import { routeGrpcLogs } from './observability/grpc-logging.js';
 import { createLogger } from './observability/logger.js';
 import { Daemon } from './server/server.js';
 import { TlsConfigError } from './server/tls.js';
@@ -50,6 +51,7 @@ if (options.checkConfig) {
 }
 
 const log = createLogger(config.log.level);
+routeGrpcLogs(log);
 log.info({ version: VERSION, config_file: file ?? null, node: process.version }, 'starting');
 
 let daemon: Daemon;

@@ -21,8 +21,10 @@ const PEM_TEXT = /-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----[\s\S]*?(?:-----EN
 // At least 8 token characters, so that prose ("bearer of news") is left alone.
 const BEARER_TEXT = /\b(Bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*/gi;
 // dvk_<16 hex id>_<base64url secret> (src/authn/apikey-token.ts); ids contain no
-// underscore, so the first `_` after the id starts the secret.
-const API_KEY = /(?<![A-Za-z0-9])dvk_([A-Za-z0-9-]+)_[A-Za-z0-9_-]+/g;
+// underscore, so the first `_` after the id starts the secret. Matched wherever it starts,
+// even glued to a letter or digit before it: the secret class covers every character of a
+// token, so a match that starts earlier runs through the whole token.
+const API_KEY = /dvk_([A-Za-z0-9-]+)_[A-Za-z0-9_-]+/g;
 
 // The same over serialized JSON: never match across a string's closing quote, and
 // treat the JSON escapes \n \r \t as the whitespace they stand for.

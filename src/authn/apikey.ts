@@ -19,6 +19,13 @@ import type { Principal } from './principal.js';
 
 const allowLists = new WeakMap<ApiKeyRecord, BlockList>();
 
+/** A known key id presented with a wrong secret: counted against that key id too (source-guard.ts). */
+export class WrongSecretError extends UnauthenticatedError {
+  constructor(readonly keyId: string) {
+    super(`wrong secret for API key ${keyId}`);
+  }
+}
+
 /** The key's CIDR allow-list, parsed once per record version. */
 function allowListOf(record: ApiKeyRecord): BlockList {
   let list = allowLists.get(record);
@@ -90,7 +97,7 @@ export class ApiKeyAuthenticator {
     const record = this.keys.get(parsed.keyId);
     if (!record) throw new UnauthenticatedError(`unknown API key id ${parsed.keyId}`);
     // Check the secret before revealing anything else about the key's state in the audit reason.
-    if (!secretMatches(parsed.secret, record.secret_sha256)) throw new UnauthenticatedError(`wrong secret for API key ${parsed.keyId}`);
+    if (!secretMatches(parsed.secret, record.secret_sha256)) throw new WrongSecretError(parsed.keyId);
     if (record.revoked_at !== undefined) throw new UnauthenticatedError(`API key ${parsed.keyId} is revoked`);
     if (record.expires_at !== undefined && Date.parse(record.expires_at) <= now) throw new UnauthenticatedError(`API key ${parsed.keyId} expired`);
     if (record.allowed_cidrs.length > 0) {

@@ -1,11 +1,13 @@
 // Step 3: who is calling. A verified client certificate decides; without one, an
 // API key. Headers never name a principal. Failures are generic to the client,
-// precise in the audit log, and counted per source address.
+// precise in the audit log, and counted per source address (and per key id for a
+// known key with a wrong secret). Blocks refuse API-key and anonymous calls only:
+// a call whose certificate verifies never sees them.
 import { TLSSocket, type PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/log.js';
-import type { ApiKeyAuthenticator } from '../authn/apikey.js';
-import { tokenFromHeaders } from '../authn/apikey-token.js';
+import { WrongSecretError, type ApiKeyAuthenticator } from '../authn/apikey.js';
+import { parseToken, tokenFromHeaders } from '../authn/apikey-token.js';
 import type { Principal } from '../authn/principal.js';
 import type { SourceGuard } from '../authn/source-guard.js';
 import type { CertificateAuthenticator } from '../authn/x509.js';
@@ -62,11 +64,30 @@ export function identity(deps: IdentityDeps): Step {
   const fail = (state: CallState, path: string, ip: string, method: string, err: UnauthenticatedError): never => {
     deps.metrics.authAttempts.inc({ method, result: 'failure' });
     deps.audit.write({ type: 'AUTH_FAILED', trace_id: state.traceId, source: state.peer, method: path, decision: 'deny', reason: err.reason });
-    if (deps.guard.recordFailure(ip)) {
-      deps.audit.write({ type: 'SUSPICIOUS', trace_id: state.traceId, source: state.peer, reason: `too many authentication failures from ${ip}; blocked` });
-      deps.log.warn({ source: ip }, 'source address blocked after repeated authentication failures');
+    for (const block of deps.guard.recordFailure(ip, err instanceof WrongSecretError ? err.keyId : undefined)) {
+      const what = block.kind === 'address' ? `from ${ip}` : `for API key ${block.subject} (from ${ip})`;
+      deps.audit.write({ type: 'SUSPICIOUS', trace_id: state.traceId, source: state.peer, reason: `too many authentication failures ${what}; blocked` });
+      deps.log.warn(
+        block.kind === 'address' ? { source: ip } : { key_id: block.subject, source: ip },
+        `${block.kind === 'address' ? 'source address' : 'API key id'} blocked after repeated authentication failures`,
+      );
     }
     throw err;
+  };
+  /** Refuses an API-key or anonymous call while its address or key id is blocked. */
+  const refuseIfBlocked = (state: CallState, path: string, ip: string, token: string | undefined): void => {
+    let reason: string | undefined;
+    if (deps.guard.addressBlockedFor(ip) > 0) {
+      reason = 'source address is blocked';
+    } else if (token !== undefined && deps.guard.anyKeyBlocked) {
+      const keyId = parseToken(token)?.keyId;
+      if (keyId !== undefined && deps.guard.keyBlockedFor(keyId) > 0) reason = `API key ${keyId} is blocked`;
+    }
+    if (reason === undefined) return;
+    // Not counted again: a blocked address or key must not extend its own block by retrying.
+    deps.metrics.authAttempts.inc({ method: 'blocked', result: 'failure' });
+    deps.audit.write({ type: 'AUTH_FAILED', trace_id: state.traceId, source: state.peer, method: path, decision: 'deny', reason });
+    throw new UnauthenticatedError(reason);
   };
 
   return {
@@ -78,16 +99,10 @@ export function identity(deps: IdentityDeps): Step {
         if (name.startsWith(INTERNAL_HEADER_PREFIX) || CREDENTIAL_HEADERS.includes(name)) metadata.remove(name);
       }
       const ip = connection.ip;
-      if (deps.guard.blockedFor(ip) > 0) {
-        // Not counted again: a blocked address must not extend its own block by retrying.
-        deps.metrics.authAttempts.inc({ method: 'blocked', result: 'failure' });
-        deps.audit.write({ type: 'AUTH_FAILED', trace_id: state.traceId, source: state.peer, method: path, decision: 'deny', reason: 'source address is blocked' });
-        throw new UnauthenticatedError('source address is blocked');
-      }
-
       // grpc-js exposes a peer certificate only when TLS verified it against the CA bundle,
       // so an unverifiable certificate arrives here as none at all.
       const peer = connection.certificate;
+      if (!peer) refuseIfBlocked(state, path, ip, token);
       let principal: Principal;
       const method = peer ? 'mtls' : token !== undefined ? 'api_key' : 'none';
       try {

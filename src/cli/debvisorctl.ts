@@ -6,6 +6,7 @@ import { AccessService, PrincipalKind, WhoAmIResponseSchema } from '../gen/debvi
 import { VERSION } from '../version.js';
 import { withService } from './command.js';
 import { registerAccessCommands } from './access.js';
+import { registerAccessBlockCommands } from './access-blocks.js';
 import { registerAuditCommands } from './audit.js';
 import { registerPkiCommands } from './pki.js';
 import { registerOperationCommands } from './operation.js';
@@ -62,6 +63,7 @@ program
   );
 
 registerAccessCommands(program);
+registerAccessBlockCommands(program);
 registerAuditCommands(program);
 registerPkiCommands(program);
 registerOperationCommands(program);

@@ -213,8 +213,12 @@ export const configSchema = z.strictObject({
       default_bindings: z.record(z.string().min(1), z.array(z.string().regex(ROLE_NAME, 'a role name: lower-case letters, digits, _ and -, starting with a letter'))).default({}),
       /** CRL (PEM) of the client CA: certificates listed are refused. Empty: none. */
       crl_file: z.string().default(''),
-      /** Authentication failures per source address per minute before it is blocked. */
+      /** Authentication failures per source address per window before it is blocked (API-key and anonymous calls only). */
       max_failures_per_minute: z.number().int().positive().default(5),
+      /** Wrong secrets for one known API key id per window before that key id is blocked; capped below max_failures_per_minute. */
+      max_key_failures_per_minute: z.number().int().nonnegative().default(3),
+      /** The window both limits count in. */
+      failure_window_seconds: z.number().positive().default(60),
       block_minutes: z.number().positive().default(5),
       /** API key lifetime when CreateApiKey gives none, and the longest allowed. */
       api_key_default_ttl_days: z.number().positive().default(90),

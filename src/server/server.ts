@@ -12,6 +12,7 @@ import { Metrics } from '../observability/metrics.js';
 import { createHttpServer, splitHostPort } from '../observability/http.js';
 import { API_SERVICES } from '../services/registry.js';
 import { accessHandlers } from '../services/access.js';
+import { blockHandlers } from '../services/access-blocks.js';
 import { AccessService } from '../gen/debvisor/v1/access_pb.js';
 import { AccessAdmin } from '../access/admin.js';
 import { AccessState } from '../access/state.js';
@@ -175,7 +176,13 @@ export class Daemon {
         .catch((err: unknown) => log.error({ err }, 'could not load access state and operations'));
       const apiKeys = new ApiKeyAuthenticator(access.apiKeys, repos.apiKeys, onAccessProblem);
       resources.defer(() => apiKeys.close());
-      const guard = new SourceGuard({ maxFailures: config.auth.max_failures_per_minute, blockMs: config.auth.block_minutes * 60_000 });
+      const guard = new SourceGuard({
+        maxFailures: config.auth.max_failures_per_minute,
+        maxKeyFailures: config.auth.max_key_failures_per_minute,
+        windowMs: config.auth.failure_window_seconds * 1000,
+        blockMs: config.auth.block_minutes * 60_000,
+        registry: metrics.registry,
+      });
 
       // The test service exists only when asked for twice: a flag and an environment variable.
       const services = options.enableTestService ? [...API_SERVICES, TestingService] : API_SERVICES;
@@ -224,7 +231,7 @@ export class Daemon {
       };
       registerMigrationOperationKinds(operations, migration);
       const implemented: Record<string, Record<string, unknown>> = {
-        [AccessService.typeName]: accessHandlers(admin, access),
+        [AccessService.typeName]: accessHandlers(admin, access, blockHandlers({ guard, audit, roleNamesOf: (principal) => access.roleNamesOf(principal) })),
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),

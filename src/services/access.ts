@@ -5,6 +5,7 @@ import { PrincipalKind, RoleBindingSource, type AccessService, type ApiKeySchema
 import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
 import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.js';
 import type { AccessState, BindingSource } from '../access/state.js';
+import type { BlockHandlers } from './access-blocks.js';
 import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../authz/decide.js';
 import type { HandlersOf } from '../server/adapter.js';
@@ -72,8 +73,9 @@ function grantedBy(roles: readonly Role[]): readonly string[] {
   return granted;
 }
 
-export function accessHandlers(admin: AccessAdmin, state: AccessState): HandlersOf<typeof AccessService> {
+export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: BlockHandlers): HandlersOf<typeof AccessService> {
   return {
+    ...blocks,
     whoAmI: (_request, ctx) => {
       const principal = principalOf(ctx);
       const roles = state.roleNamesOf(principal.id);

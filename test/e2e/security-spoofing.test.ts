@@ -211,36 +211,3 @@ describe('source tracking', () => {
     expect(metricSum(metrics, 'auth_attempts_total', { method: 'none', result: 'failure' })).toBeGreaterThanOrEqual(5);
   });
 });
-
-describe('brute-force blocking', () => {
-  let strict: RunningDaemon;
-
-  beforeAll(async () => {
-    strict = await startDaemon({ config: { auth: { max_failures_per_minute: 3, block_minutes: 1 } } });
-  });
-
-  afterAll(async () => {
-    await strict.cleanup();
-  });
-
-  it('after 4 failures from 127.0.0.1 even a valid certificate is refused, and the block is SUSPICIOUS', async () => {
-    const admin = await clientFor(AccessService, strict);
-    const anonymous = await clientFor(AccessService, strict, null);
-    clients.push(admin, anonymous);
-    expect((await admin.whoAmI({}, { timeoutMs: 5000 })).principalId).toBe(ADMIN);
-    for (let i = 0; i < 4; i++) {
-      const err = await rejection(anonymous.whoAmI({}, { timeoutMs: 5000, metadata: { authorization: 'Bearer dvk_guess' } }));
-      expect(err.code).toBe(Status.UNAUTHENTICATED);
-    }
-    const blocked = await rejection(admin.whoAmI({}, { timeoutMs: 5000 }));
-    expect(blocked.code).toBe(Status.UNAUTHENTICATED);
-    expect((await auditOf(strict, 'AUTH_FAILED', traceIdOf(blocked))).reason).toBe('source address is blocked');
-    const suspicious = await auditRecord(strict, (r) => r.type === 'SUSPICIOUS');
-    expect(suspicious.reason).toBe('too many authentication failures from 127.0.0.1; blocked');
-    expect(strict.logs()).toContain('source address blocked after repeated authentication failures');
-
-    // Only that address: the admin from 127.0.0.3 still gets in.
-    const { ca, cert, key } = await adminPem(strict.pki);
-    expect((await grpcFrom(strict, '127.0.0.3', WHOAMI, { ca, cert, key })).status).toBe(Status.OK);
-  });
-});

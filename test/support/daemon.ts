@@ -131,7 +131,7 @@ export function baseConfig(pki: DevPkiPaths, grpcPort: number, httpPort: number,
     store: { backend: 'embedded', embedded: { dir: join(dir, 'state') } },
     audit: { path: join(dir, 'audit', 'rpc-audit.log'), hmac_key_file: join(dir, 'audit', 'hmac.key') },
     // Suites make many deliberate failures from 127.0.0.1; the blocking test lowers this.
-    auth: { bootstrap_admins: [pki.adminPrincipal], max_failures_per_minute: 100_000 },
+    auth: { bootstrap_admins: [pki.adminPrincipal], max_failures_per_minute: 100_000, max_key_failures_per_minute: 100_000 },
     log: { level: 'info' },
   };
 }

@@ -131,12 +131,15 @@ export interface Http2GrpcResult {
 /**
  * One unary gRPC call over a hand-made TLS + HTTP/2 connection from `localAddress`
  * (grpc-js cannot bind the client side of a connection). The body is an empty message.
+ * Without cert and key the call is anonymous; `headers` are sent as given, so they may
+ * carry bytes a grpc-js client refuses to send.
  */
 export async function grpcFrom(
   daemon: Pick<RunningDaemon, 'grpcAddress'>,
   localAddress: string,
   path: string,
-  pem: { ca: Buffer | string; cert: Buffer | string; key: Buffer | string },
+  pem: { ca: Buffer | string; cert?: Buffer | string; key?: Buffer | string },
+  headers: Readonly<Record<string, string>> = {},
 ): Promise<Http2GrpcResult> {
   const [host = '127.0.0.1', port = '0'] = daemon.grpcAddress.split(':');
   const session = http2Connect(`https://${host}:${port}`, {
@@ -158,19 +161,20 @@ export async function grpcFrom(
         [h2.HTTP2_HEADER_PATH]: path,
         [h2.HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc',
         te: 'trailers',
+        ...headers,
       });
-      let headers: Record<string, string | string[] | undefined> = {};
+      let received: Record<string, string | string[] | undefined> = {};
       stream.on('response', (h: Record<string, string | string[] | undefined>) => {
-        headers = { ...h };
+        received = { ...h };
       });
       stream.on('trailers', (t: Record<string, string | string[] | undefined>) => {
-        headers = { ...headers, ...t };
+        received = { ...received, ...t };
       });
       stream.on('data', () => undefined);
       stream.once('error', reject);
       stream.on('close', () => {
-        const message = headers['grpc-message'];
-        resolveCall({ status: Number(headers['grpc-status'] ?? -1), message: decodeURIComponent(typeof message === 'string' ? message : '') });
+        const message = received['grpc-message'];
+        resolveCall({ status: Number(received['grpc-status'] ?? -1), message: decodeURIComponent(typeof message === 'string' ? message : '') });
       });
       stream.end(Buffer.alloc(5)); // uncompressed, zero-length message
     });
