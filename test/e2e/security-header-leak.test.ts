@@ -41,7 +41,7 @@ it('no token from a malformed credential header reaches stdout or stderr', async
   const admin = await clientFor(AccessService, daemon);
   let token: string;
   try {
-    token = (await admin.createApiKey({ description: 'leak probe', permissions: ['access:whoami'] }, { timeoutMs: 10_000 })).secret;
+    token = (await admin.createApiKey({ description: 'leak probe', permissions: ['vm:list'] }, { timeoutMs: 10_000 })).secret;
   } finally {
     admin.close();
   }

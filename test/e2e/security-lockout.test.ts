@@ -49,7 +49,7 @@ async function access(identity?: null) {
 
 async function newKey(description: string): Promise<{ keyId: string; token: string }> {
   const admin = await access();
-  const created = await admin.createApiKey({ description, permissions: ['access:whoami'] }, T);
+  const created = await admin.createApiKey({ description, permissions: ['vm:list'] }, T);
   secrets.push(created.secret);
   return { keyId: created.apiKey!.keyId, token: created.secret };
 }
