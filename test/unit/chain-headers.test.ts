@@ -39,7 +39,7 @@ describe('headerMap', () => {
 
 describe('identity step', () => {
   const deps = {
-    guard: { blockedFor: () => 0, recordFailure: () => false },
+    guard: { addressBlockedFor: () => 0, keyBlockedFor: () => 0, anyKeyBlocked: false, recordFailure: () => [] },
     metrics: { authAttempts: { cell: () => ({ inc: () => undefined }), inc: () => undefined } },
     audit: { write: () => undefined },
     apiKeys: {
