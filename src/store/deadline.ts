@@ -23,14 +23,6 @@ export function runInCallScope<T>(scope: CallScope, fn: () => T): T {
   return scopes.run(scope, fn);
 }
 
-/**
- * Runs `fn` outside any call scope: for work that must outlive the call that started it
- * (an operation's background task, a reply kept for retries).
- */
-export function runDetached<T>(fn: () => T): T {
-  return scopes.exit(fn);
-}
-
 /** The scope of the call this code runs for, if that call is still in flight. */
 export function currentCallScope(): CallScope | undefined {
   const scope = scopes.getStore();

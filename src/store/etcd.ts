@@ -207,7 +207,7 @@ class EtcdStore implements Store {
       // repeats once it may have been applied, waits for its member up to the deadline.
       const attemptEnd = idempotent ? Math.min(deadline, Date.now() + this.attemptTimeoutMs) : deadline;
       try {
-        const result = await attemptOn(member, fn(member, { deadline: new Date(attemptEnd) }), attemptEnd + SAFETY_MARGIN_MS, what, scope?.signal);
+        const result = await attemptOn(member, fn(member, { deadline: new Date(attemptEnd) }), idempotent, attemptEnd + SAFETY_MARGIN_MS, what, scope?.signal);
         member.answered();
         return result;
       } catch (error) {
@@ -493,10 +493,11 @@ function isUnanswered(error: unknown): boolean {
 }
 
 /**
- * One attempt's answer, or NoAnswerError at `endMs` or as soon as the member is found
- * hung; the call's abort ends the wait too.
+ * One attempt's answer, or NoAnswerError at `endMs` or, for a read (`movable`), as soon
+ * as the member is found hung; the call's abort ends the wait too. A write keeps waiting
+ * for its member: a probe that merely ran slow on a busy host must not fail it.
  */
-function attemptOn<T>(member: Member, attempt: Promise<T>, endMs: number, what: string, signal: AbortSignal | undefined): Promise<T> {
+function attemptOn<T>(member: Member, attempt: Promise<T>, movable: boolean, endMs: number, what: string, signal: AbortSignal | undefined): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   let unsubscribe: (() => void) | undefined;
   let onAbort: (() => void) | undefined;
@@ -504,9 +505,11 @@ function attemptOn<T>(member: Member, attempt: Promise<T>, endMs: number, what: 
     timer = setTimeout(() => {
       reject(new NoAnswerError(`etcd ${what}: no answer from ${member.endpoint} in time`, false));
     }, Math.max(0, endMs - Date.now()));
-    unsubscribe = member.onHung(() => {
-      reject(new NoAnswerError(`etcd ${what}: ${member.endpoint} stopped answering`, true));
-    });
+    if (movable) {
+      unsubscribe = member.onHung(() => {
+        reject(new NoAnswerError(`etcd ${what}: ${member.endpoint} stopped answering`, true));
+      });
+    }
     onAbort = () => {
       reject(new StoreUnavailableError(`etcd ${what}: the call ended (deadline or cancellation) before etcd answered`));
     };

@@ -26,7 +26,7 @@ import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
 import type { TypedClient } from '../../src/client/client.js';
 import { ensureDevPki } from '../../src/pki/index.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
-import { startEtcd, type EtcdCluster } from '../support/etcd.js';
+import { leaderIndex, startEtcd, type EtcdCluster } from '../support/etcd.js';
 import { readyz } from '../support/health.js';
 
 const skip = process.env.DEBVISOR_SKIP_SLOW === '1' && process.env.CI !== 'true';
@@ -110,20 +110,17 @@ class Load {
 /** Total time covered by the intervals of failed samples (their union). */
 function failedCoverage(samples: readonly Sample[]): number {
   const failed = samples.filter((s) => s.code !== Status.OK).sort((a, b) => a.start - b.start);
-  if (failed.length === 0) return 0;
   let total = 0;
-  let from = -Infinity;
-  let to = -Infinity;
+  let current: { from: number; to: number } | undefined;
   for (const s of failed) {
-    if (s.start > to) {
-      total += Math.max(0, to - from);
-      from = s.start;
-      to = s.end;
-    } else {
-      to = Math.max(to, s.end);
+    if (current !== undefined && s.start <= current.to) {
+      current.to = Math.max(current.to, s.end);
+      continue;
     }
+    if (current !== undefined) total += current.to - current.from;
+    current = { from: s.start, to: s.end };
   }
-  return total + Math.max(0, to - from);
+  return current === undefined ? total : total + current.to - current.from;
 }
 
 /** From the start of the first failed sample to the end of the last. */
@@ -145,28 +142,6 @@ function describeFailures(samples: readonly Sample[]): string {
     `coverage ${failedCoverage(samples).toFixed(0)} ms, span ${failedSpan(samples).toFixed(0)} ms; ` +
     `read median ${median.toFixed(0)} ms, slowest ${slowest.toFixed(0)} ms`
   );
-}
-
-/** The index of the etcd leader, from each member's status (grpc-gateway JSON). */
-async function leaderOf(etcd: EtcdCluster, among: readonly number[] = [0, 1, 2]): Promise<number> {
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const statuses = await Promise.all(
-      among.map(async (i) => {
-        try {
-          const response = await fetch(`${etcd.endpoints[i]!}/v3/maintenance/status`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(1_000) });
-          const body = (await response.json()) as { header?: { member_id?: string }; leader?: string };
-          return { i, self: body.header?.member_id, leader: body.leader };
-        } catch {
-          return { i, self: undefined, leader: undefined };
-        }
-      }),
-    );
-    const leader = statuses.find((s) => s.self !== undefined && s.self === s.leader);
-    if (leader !== undefined) return leader.i;
-    if (Date.now() > deadline) throw new Error(`no etcd leader among members ${among.join(', ')}`);
-    await sleep(50);
-  }
 }
 
 async function killMember(etcd: EtcdCluster, i: number): Promise<void> {
@@ -255,10 +230,10 @@ describe.skipIf(skip)('three daemons on a three-member etcd under faults', () =>
   }
 
   it('leader SIGKILL: failed reads confined to a window of at most 2 s', async () => {
-    const leader = await leaderOf(etcd);
+    const leader = await leaderIndex(etcd);
     const killedAt = performance.now();
     await killMember(etcd, leader);
-    await leaderOf(
+    await leaderIndex(
       etcd,
       [0, 1, 2].filter((i) => i !== leader),
     );
@@ -272,7 +247,7 @@ describe.skipIf(skip)('three daemons on a three-member etcd under faults', () =>
   }, 120_000);
 
   it('one member frozen 20 s: at most 1 s of failed reads per daemon, readiness holds, revocation under 1 s everywhere', async () => {
-    const leader = await leaderOf(etcd);
+    const leader = await leaderIndex(etcd);
     const frozen = (leader + 1) % 3;
     const readiness: { daemon: number; status: number | string }[] = [];
     let watching = true;
