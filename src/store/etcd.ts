@@ -203,9 +203,12 @@ class EtcdStore implements Store {
       }
       const member = pinned ?? this.members.pick(tried);
       tried.add(member);
-      // A read gets its share of the budget per member; a write, which the store never
-      // repeats once it may have been applied, waits for its member up to the deadline.
-      const attemptEnd = idempotent ? Math.min(deadline, Date.now() + this.attemptTimeoutMs) : deadline;
+      // A read gets attemptTimeoutMs while another member is left to ask, the last one
+      // the rest of the budget (a lone member is never cut short on a busy host); a
+      // write, which the store never repeats once it may have been applied, waits for
+      // its member up to the deadline.
+      const othersLeft = pinned === undefined && tried.size < this.members.all.length;
+      const attemptEnd = idempotent && othersLeft ? Math.min(deadline, Date.now() + this.attemptTimeoutMs) : deadline;
       try {
         const result = await attemptOn(member, fn(member, { deadline: new Date(attemptEnd) }), idempotent, attemptEnd + SAFETY_MARGIN_MS, what, scope?.signal);
         member.answered();
