@@ -209,6 +209,8 @@ class EtcdStore implements Store {
       // its member up to the deadline.
       const othersLeft = pinned === undefined && tried.size < this.members.all.length;
       const attemptEnd = idempotent && othersLeft ? Math.min(deadline, Date.now() + this.attemptTimeoutMs) : deadline;
+      // Silence counts against the member only when it had a whole attempt's time to answer.
+      const fullAttempt = attemptEnd - Date.now() >= this.attemptTimeoutMs;
       try {
         const result = await attemptOn(member, fn(member, { deadline: new Date(attemptEnd) }), idempotent, attemptEnd + SAFETY_MARGIN_MS, what, scope?.signal);
         member.answered();
@@ -226,7 +228,7 @@ class EtcdStore implements Store {
           throw mapError(error, what);
         }
         const clusterBusy = isClusterBusy(error);
-        member.failed(!clusterBusy && isUnanswered(error));
+        member.failed(!clusterBusy && fullAttempt && isUnanswered(error));
         busy ||= clusterBusy;
         if (!(idempotent || notSent(error)) || ended()) throw mapError(error, what);
         if (pinned !== undefined || tried.size >= this.members.all.length) {
