@@ -195,7 +195,10 @@ export const configSchema = z.strictObject({
           username: z.string().default(''),
           password_file: z.string().default(''),
           dial_timeout_ms: z.number().int().positive().default(3000),
+          /** Budget of one store call (capped by the deadline of the RPC it serves). */
           request_timeout_ms: z.number().int().positive().default(5000),
+          /** How long one member may take to answer a read before the next member is asked (at most half request_timeout_ms). */
+          attempt_timeout_ms: z.number().int().positive().default(1000),
         })
         .prefault({}),
       /** History older than the newest retain_revisions is compacted this often (both backends). */

@@ -24,6 +24,7 @@ import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2
 import { InvalidArgumentError, RpcError, toStatus } from './errors.js';
 import { callStateOf, type CallContext } from './context.js';
 import { newTraceId } from './trace.js';
+import { runInCallScope, type CallScope } from '../store/deadline.js';
 
 type UnaryHandler<I extends DescMessage, O extends DescMessage> = (
   request: MessageShape<I>,
@@ -109,7 +110,7 @@ interface GrpcCallLike {
   on(event: 'cancelled', listener: () => void): unknown;
 }
 
-function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallContext; dispose: () => void } {
+function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallContext; scope: CallScope; dispose: () => void } {
   const state = callStateOf(call.metadata);
   const controller = new AbortController();
   const requested = call.getDeadline();
@@ -134,10 +135,14 @@ function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallCon
     signal: controller.signal,
     peer: state?.peer ?? call.getPeer(),
   };
+  // Store operations the handler makes share this one deadline (src/store/deadline.ts).
+  const scope: CallScope = { deadline: deadlineMs, signal: controller.signal, ended: false };
   return {
     ctx,
+    scope,
     dispose: () => {
       finished = true;
+      scope.ended = true;
       clearTimeout(timer);
     },
   };
@@ -185,9 +190,9 @@ export function toImplementation<S extends GenServiceMethods>(
     if (method.methodKind === 'unary') {
       const unary = handler as UnaryHandler<DescMessage, DescMessage>;
       implementation[method.name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
-        const { ctx, dispose } = contextFor(call, options);
+        const { ctx, scope, dispose } = contextFor(call, options);
         Promise.resolve()
-          .then(() => Promise.race([unary(decoded(call.request), ctx), aborted(ctx.signal)]))
+          .then(() => runInCallScope(scope, () => Promise.race([unary(decoded(call.request), ctx), aborted(ctx.signal)])))
           .then(
             (response) => callback(null, create(method.output, response)),
             (err: unknown) => callback(fail(err, ctx.traceId)),
@@ -197,8 +202,8 @@ export function toImplementation<S extends GenServiceMethods>(
     } else {
       const streaming = handler as ServerStreamingHandler<DescMessage, DescMessage>;
       implementation[method.name] = (call: ServerWritableStream<unknown, unknown>) => {
-        const { ctx, dispose } = contextFor(call, options);
-        void (async () => {
+        const { ctx, scope, dispose } = contextFor(call, options);
+        void runInCallScope(scope, async () => {
           try {
             for await (const message of streaming(decoded(call.request), ctx)) {
               if (call.cancelled) return;
@@ -214,7 +219,7 @@ export function toImplementation<S extends GenServiceMethods>(
           } finally {
             dispose();
           }
-        })();
+        });
       };
     }
   }

@@ -1,20 +1,27 @@
-// The etcd backend of the Store: etcd v3 over the `etcd3` client's connection pool
-// and its low-level RPC clients (the builder API hides revisions and limits).
+// The etcd backend of the Store: etcd v3 over one `etcd3` client per member and its
+// low-level RPC clients (the builder API hides revisions and limits).
 //
-// Every call carries one deadline (requestTimeoutMs from the call's start). Fault
-// handling is ours, not cockatiel's defaults (3 retries, then a 5 s open circuit):
-// no global retry; with several endpoints each host gets a circuit breaker that
-// skips it for a second after a failure, and a call is retried on another host
-// when it is a read or when it provably never reached a server. Connection
-// failures, deadlines and unavailability become StoreUnavailableError.
+// Fault handling is ours, not cockatiel's defaults (3 retries, then a 5 s open circuit):
+// - one budget per call: requestTimeoutMs, capped by the deadline of the RPC the call
+//   runs for (src/store/deadline.ts), so a handler's sequential store calls never
+//   outlive its client's deadline;
+// - members are ranked, never refused (src/store/etcd/members.ts): a frozen or dead
+//   member is found by the first call or probe that goes unanswered, and later calls
+//   go elsewhere;
+// - a read (or a write that provably never reached a server) gets attemptTimeoutMs per
+//   member, then moves to the next one; a write that may have been applied is never
+//   repeated by the store, it fails with StoreUnavailableError (outcome unknown);
+// - when every member has been tried and one of them said the cluster itself is busy
+//   (electing a leader), reads try again with a short backoff while the budget lasts;
+//   when every member is unreachable, calls fail at once.
 import { readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { CallOptions } from '@grpc/grpc-js';
-import { ConsecutiveBreaker, circuitBreaker, handleWhen, noop } from 'cockatiel';
+import { noop } from 'cockatiel';
 import {
   CompareResult,
   CompareTarget,
-  isRecoverableError,
-  type ICallable,
+  GRPCDeadlineExceededError,
   type ICompare,
   type ILeaseKeepAliveRequest,
   type ILeaseKeepAliveResponse,
@@ -24,12 +31,14 @@ import {
 } from 'etcd3';
 import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from './errors.js';
 import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, TxnRequest, TxnResult, WatchEvent, WatchOptions } from './store.js';
+import { currentCallScope } from './deadline.js';
+import { Members, PROBE_KEY, type Member } from './etcd/members.js';
 import {
-  EtcdClient,
   discardStream,
   invalidateAuthToken,
   isInvalidAuthToken,
   isCompactedMessage,
+  isClusterBusy,
   isLeaseNotFound,
   isTransient,
   mapError,
@@ -56,20 +65,31 @@ export interface EtcdStoreOptions {
    * it starts NOT_SERVING and follows the store's readiness instead of exiting.
    */
   readonly waitForCluster?: boolean;
-  /** Deadline of every call; also how long a watch may stay disconnected (default 5000). */
+  /**
+   * Budget of every call (capped by the deadline of the RPC it runs for); also how long
+   * a watch may stay disconnected (default 5000).
+   */
   readonly requestTimeoutMs?: number;
-  /** A watch silent (no event, no progress) this long is re-created (default 15000). */
+  /**
+   * How long one member may take to answer a read, or a liveness probe, before the next
+   * member is asked (default 1000, at most half the request timeout).
+   */
+  readonly attemptTimeoutMs?: number;
+  /**
+   * A watch silent (no event, no answer to a progress request) this long moves to
+   * another member (default 1000).
+   */
   readonly watchProgressTimeoutMs?: number;
 }
 
 const DEFAULT_DIAL_TIMEOUT_MS = 3_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 5_000;
-const DEFAULT_WATCH_PROGRESS_TIMEOUT_MS = 15_000;
+const DEFAULT_ATTEMPT_TIMEOUT_MS = 1_000;
+const DEFAULT_WATCH_PROGRESS_TIMEOUT_MS = 1_000;
 /** Grace beyond the gRPC deadline before our own timer gives up on a call. */
-const SAFETY_MARGIN_MS = 250;
-const HOST_HALF_OPEN_AFTER_MS = 1_000;
-/** A key no one writes: the cheap linearizable read behind ping() and revision(). */
-const PROBE_KEY = Buffer.from('/debvisor/.probe');
+const SAFETY_MARGIN_MS = 100;
+/** First pause before asking the members again while the cluster elects a leader. */
+const BUSY_RETRY_DELAY_MS = 25;
 
 /**
  * Opens the etcd store and waits (up to dialTimeoutMs) for a first answer from the
@@ -77,7 +97,8 @@ const PROBE_KEY = Buffer.from('/debvisor/.probe');
  * returned store recovers by itself when etcd comes back later.
  */
 export async function openEtcdStore(options: EtcdStoreOptions): Promise<Store> {
-  const store = new EtcdStore(await clientOptions(options), options);
+  const { hosts, clientOpts } = await clientOptions(options);
+  const store = new EtcdStore(hosts, clientOpts, options);
   if (options.waitForCluster === false) return store;
   try {
     await store.ping(options.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
@@ -99,7 +120,8 @@ function normalizeEndpoint(endpoint: string): string {
   return `${url.protocol}//${url.hostname.includes(':') ? `[${url.hostname.replace(/^\[|\]$/g, '')}]` : url.hostname}:${url.port || '2379'}`;
 }
 
-async function clientOptions(options: EtcdStoreOptions): Promise<IOptions> {
+/** The members' URLs and the options of each member's etcd3 client. */
+async function clientOptions(options: EtcdStoreOptions): Promise<{ hosts: string[]; clientOpts: IOptions }> {
   if (options.endpoints.length === 0) throw new StoreError('etcd: no endpoints configured');
   const hosts = options.endpoints.map(normalizeEndpoint);
   const secure = hosts.filter((h) => h.startsWith('https:')).length;
@@ -108,7 +130,7 @@ async function clientOptions(options: EtcdStoreOptions): Promise<IOptions> {
   const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const deadline = (): CallOptions => ({ deadline: new Date(Date.now() + requestTimeoutMs) });
   const tls = options.tls;
-  return {
+  const clientOpts: IOptions = {
     hosts,
     ...(tls !== undefined
       ? {
@@ -136,59 +158,93 @@ async function clientOptions(options: EtcdStoreOptions): Promise<IOptions> {
       // reusing a half-dead connection from grpc-js's global subchannel pool.
       'grpc.use_local_subchannel_pool': 1,
     },
-    faultHandling: {
-      global: noop,
-      host: () =>
-        hosts.length > 1
-          ? circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: HOST_HALF_OPEN_AFTER_MS, breaker: new ConsecutiveBreaker(1) })
-          : noop,
-    },
+    // Each member has its own client with one host: EtcdStore.call picks the member.
+    faultHandling: { global: noop, host: () => noop },
   };
+  return { hosts, clientOpts };
 }
 
 class EtcdStore implements Store {
   readonly backend = 'etcd' as const;
-  private readonly client: EtcdClient;
-  private readonly pool: ICallable<unknown>;
-  private readonly hostCount: number;
+  private readonly members: Members;
   private readonly requestTimeoutMs: number;
+  private readonly attemptTimeoutMs: number;
   private readonly watchProgressTimeoutMs: number;
   private readonly feeds = new Set<WatchFeed>();
   private closed = false;
 
-  constructor(clientOpts: IOptions, options: EtcdStoreOptions) {
-    this.client = new EtcdClient(clientOpts);
-    this.pool = this.client.connectionPool;
-    this.hostCount = Array.isArray(clientOpts.hosts) ? clientOpts.hosts.length : 1;
+  constructor(hosts: readonly string[], clientOpts: IOptions, options: EtcdStoreOptions) {
     this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.attemptTimeoutMs = Math.min(options.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS, Math.max(1, Math.floor(this.requestTimeoutMs / 2)));
     this.watchProgressTimeoutMs = options.watchProgressTimeoutMs ?? DEFAULT_WATCH_PROGRESS_TIMEOUT_MS;
+    this.members = new Members(hosts, clientOpts, this.attemptTimeoutMs);
   }
 
   /**
-   * Runs one RPC under a single deadline. Retries on another host (there is one more
-   * per endpoint) when the call is a read, or a write that never reached a server.
+   * Runs one RPC within the call's budget, on the best member; see the header for when
+   * it moves to another member. `fn` gets the member and the gRPC deadline of the attempt.
    */
-  private async call<T>(what: string, idempotent: boolean, fn: (options: CallOptions) => Promise<T>, timeoutMs = this.requestTimeoutMs): Promise<T> {
+  private async call<T>(
+    what: string,
+    idempotent: boolean,
+    fn: (member: Member, options: CallOptions) => Promise<T>,
+    { budgetMs = this.requestTimeoutMs, pinned }: { budgetMs?: number; pinned?: Member } = {},
+  ): Promise<T> {
     if (this.closed) throw new StoreUnavailableError('etcd store is closed');
-    const deadline = Date.now() + timeoutMs;
-    for (let attempt = 1; ; attempt++) {
+    const scope = currentCallScope();
+    const deadline = Math.min(Date.now() + budgetMs, scope?.deadline ?? Infinity);
+    const ended = (): boolean => scope?.signal.aborted === true;
+    const tried = new Set<Member>();
+    let busy = false;
+    let authRenewed = false;
+    for (let round = 0; ; ) {
+      if (ended() || Date.now() >= deadline) {
+        throw new StoreUnavailableError(`etcd ${what}: the call's deadline passed before etcd answered`);
+      }
+      const member = pinned ?? this.members.pick(tried);
+      tried.add(member);
+      // A read gets attemptTimeoutMs while another member is left to ask, the last one
+      // the rest of the budget (a lone member is never cut short on a busy host); a
+      // write, which the store never repeats once it may have been applied, waits for
+      // its member up to the deadline.
+      const othersLeft = pinned === undefined && tried.size < this.members.all.length;
+      const attemptEnd = idempotent && othersLeft ? Math.min(deadline, Date.now() + this.attemptTimeoutMs) : deadline;
+      // Silence counts against the member only when it had a whole attempt's time to answer.
+      const fullAttempt = attemptEnd - Date.now() >= this.attemptTimeoutMs;
       try {
-        return await withTimer(fn({ deadline: new Date(deadline) }), deadline + SAFETY_MARGIN_MS - Date.now(), what);
+        const result = await attemptOn(member, fn(member, { deadline: new Date(attemptEnd) }), idempotent, attemptEnd + SAFETY_MARGIN_MS, what, scope?.signal);
+        member.answered();
+        return result;
       } catch (error) {
-        if (isInvalidAuthToken(error) && attempt === 1) {
+        if (isInvalidAuthToken(error) && !authRenewed) {
           // Streams (keepalive) are not covered by etcd3's token renewal; the request was rejected, so retry is safe.
-          invalidateAuthToken(this.pool);
+          authRenewed = true;
+          invalidateAuthToken(member.pool);
+          tried.delete(member);
           continue;
         }
-        const retry =
-          attempt < this.hostCount && Date.now() < deadline && isTransient(error) && (idempotent || notSent(error));
-        if (!retry) throw mapError(error, what);
+        if (!isTransient(error)) {
+          member.answered();
+          throw mapError(error, what);
+        }
+        const clusterBusy = isClusterBusy(error);
+        member.failed(!clusterBusy && fullAttempt && isUnanswered(error));
+        busy ||= clusterBusy;
+        if (!(idempotent || notSent(error)) || ended()) throw mapError(error, what);
+        if (pinned !== undefined || tried.size >= this.members.all.length) {
+          // Every member tried: ask again only if the cluster, not the members, was the problem.
+          if (!busy || Date.now() + BUSY_RETRY_DELAY_MS >= deadline) throw mapError(error, what);
+          await sleep(Math.min(BUSY_RETRY_DELAY_MS * 2 ** round, deadline - Date.now()));
+          round++;
+          tried.clear();
+          busy = false;
+        }
       }
     }
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
-    const res = await this.call('get', true, (o) => this.client.kv.range({ key: Buffer.from(key, 'utf8') }, o));
+    const res = await this.call('get', true, (m, o) => m.client.kv.range({ key: Buffer.from(key, 'utf8') }, o));
     const kv = res.kvs[0];
     return kv === undefined ? undefined : toKeyValue(kv);
   }
@@ -204,8 +260,8 @@ class EtcdStore implements Store {
     const limit = options.limit !== undefined && options.limit > 0 ? options.limit : undefined;
     let res;
     try {
-      res = await this.call('list', true, (o) =>
-        this.client.kv.range(
+      res = await this.call('list', true, (m, o) =>
+        m.client.kv.range(
           {
             key: start,
             range_end: prefixEndBytes(prefixBytes),
@@ -227,8 +283,8 @@ class EtcdStore implements Store {
   }
 
   async put(key: string, value: Uint8Array, options: { lease?: LeaseId } = {}): Promise<{ revision: number }> {
-    const res = await this.call('put', false, (o) =>
-      this.client.kv.put(
+    const res = await this.call('put', false, (m, o) =>
+      m.client.kv.put(
         { key: Buffer.from(key, 'utf8'), value: toBuffer(value), ...(options.lease !== undefined ? { lease: options.lease } : {}) },
         o,
       ),
@@ -238,8 +294,8 @@ class EtcdStore implements Store {
 
   async delete(key: string, options: { prefix?: boolean } = {}): Promise<{ deleted: number; revision: number }> {
     const keyBytes = Buffer.from(key, 'utf8');
-    const res = await this.call('delete', false, (o) =>
-      this.client.kv.deleteRange(
+    const res = await this.call('delete', false, (m, o) =>
+      m.client.kv.deleteRange(
         options.prefix === true ? { key: prefixStart(keyBytes), range_end: prefixEndBytes(keyBytes) } : { key: keyBytes },
         o,
       ),
@@ -248,8 +304,8 @@ class EtcdStore implements Store {
   }
 
   async txn(request: TxnRequest): Promise<TxnResult> {
-    const res = await this.call('txn', false, (o) =>
-      this.client.kv.txn(
+    const res = await this.call('txn', false, (m, o) =>
+      m.client.kv.txn(
         {
           compare: request.compare.map(toCompare),
           success: request.success.map(toRequestOp),
@@ -265,7 +321,7 @@ class EtcdStore implements Store {
     if (this.closed) throw new StoreUnavailableError('etcd store is closed');
     const prefixBytes = Buffer.from(prefix, 'utf8');
     const feed = new WatchFeed({
-      pool: this.pool,
+      members: this.members,
       key: prefixStart(prefixBytes),
       rangeEnd: prefixEndBytes(prefixBytes),
       fromRevision: options.fromRevision,
@@ -287,20 +343,20 @@ class EtcdStore implements Store {
   }
 
   async grantLease(ttlSeconds: number): Promise<LeaseId> {
-    const res = await this.call('grant lease', false, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }, o));
+    const res = await this.call('grant lease', false, (m, o) => m.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }, o));
     if (res.error) throw new StoreError(`etcd grant lease: ${res.error}`);
     return res.ID;
   }
 
   async keepAliveOnce(lease: LeaseId): Promise<number> {
-    const ttl = await this.call('keep lease alive', true, (o) => this.keepAliveRpc(lease, o));
+    const ttl = await this.call('keep lease alive', true, (m, o) => this.keepAliveRpc(m, lease, o));
     if (ttl <= 0) throw new NotFoundError(`lease ${lease} expired or was revoked`);
     return ttl;
   }
 
   /** One LeaseKeepAlive round trip on a short-lived stream; resolves with the TTL granted (<= 0: lease gone). */
-  private async keepAliveRpc(lease: LeaseId, options: CallOptions): Promise<number> {
-    const stream = await openRawStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>(this.pool, 'Lease', 'leaseKeepAlive', options);
+  private async keepAliveRpc(member: Member, lease: LeaseId, options: CallOptions): Promise<number> {
+    const stream = await openRawStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>(member.pool, 'Lease', 'leaseKeepAlive', options);
     try {
       return await new Promise<number>((resolve, reject) => {
         stream.on('data', (res) => {
@@ -319,7 +375,7 @@ class EtcdStore implements Store {
 
   async revokeLease(lease: LeaseId): Promise<void> {
     try {
-      await this.call('revoke lease', false, (o) => this.client.leaseClient.leaseRevoke({ ID: lease }, o));
+      await this.call('revoke lease', false, (m, o) => m.client.leaseClient.leaseRevoke({ ID: lease }, o));
     } catch (error) {
       if (isLeaseNotFound(error) || isLeaseNotFound((error as { cause?: unknown }).cause)) return;
       throw error;
@@ -328,7 +384,7 @@ class EtcdStore implements Store {
 
   async compact(revision: number): Promise<void> {
     try {
-      await this.call('compact', false, (o) => this.client.kv.compact({ revision, physical: true }, o));
+      await this.call('compact', false, (m, o) => m.client.kv.compact({ revision, physical: true }, o));
     } catch (error) {
       // Compacting at or below the current compaction point is a no-op.
       if (isCompactedMessage(error)) return;
@@ -337,12 +393,25 @@ class EtcdStore implements Store {
   }
 
   async revision(): Promise<number> {
-    const res = await this.call('revision', true, (o) => this.client.kv.range({ key: PROBE_KEY, count_only: true }, o));
+    const res = await this.call('revision', true, (m, o) => m.client.kv.range({ key: PROBE_KEY, count_only: true }, o));
     return headerRevision(res.header);
   }
 
+  /**
+   * Answers when any member answers a linearizable read, that is when a quorum is
+   * reachable: all members are asked at once, so one slow member costs nothing.
+   */
   async ping(timeoutMs = this.requestTimeoutMs): Promise<void> {
-    await this.call('ping', true, (o) => this.client.kv.range({ key: PROBE_KEY, count_only: true }, o), timeoutMs);
+    const read = (m: Member, o: CallOptions) => m.client.kv.range({ key: PROBE_KEY, count_only: true }, o);
+    if (this.members.all.length === 1) {
+      await this.call('ping', true, read, { budgetMs: timeoutMs });
+      return;
+    }
+    try {
+      await Promise.any(this.members.all.map((member) => this.call('ping', true, read, { budgetMs: timeoutMs, pinned: member })));
+    } catch (error) {
+      throw error instanceof AggregateError ? mapError(error.errors[0], 'ping') : error;
+    }
   }
 
   async close(): Promise<void> {
@@ -350,7 +419,7 @@ class EtcdStore implements Store {
     this.closed = true;
     for (const feed of [...this.feeds]) feed.fail(new StoreUnavailableError('etcd store is closed'));
     this.feeds.clear();
-    this.client.close();
+    this.members.close();
     await Promise.resolve();
   }
 
@@ -361,9 +430,9 @@ class EtcdStore implements Store {
   private async compactRevisionHint(requested: number): Promise<number> {
     const fallback = requested + 1;
     try {
-      return await this.call('compact revision', true, async (o) => {
+      return await this.call('compact revision', true, async (m, o) => {
         const stream = await openRawStream<unknown, { canceled: boolean; created: boolean; compact_revision: string }>(
-          this.pool,
+          m.pool,
           'Watch',
           'watch',
           o,
@@ -412,15 +481,48 @@ function toRequestOp(op: Op): IRequestOp {
   };
 }
 
-function withTimer<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      reject(new StoreUnavailableError(`etcd ${what}: no answer within the request timeout`));
-    }, Math.max(0, ms));
-  });
-  return Promise.race([promise, timeout]).finally(() => {
-    clearTimeout(timer);
-  });
+/** A member did not answer in time; `reported`: the member was already found hung. */
+class NoAnswerError extends StoreUnavailableError {
+  constructor(
+    message: string,
+    readonly reported: boolean,
+  ) {
+    super(message);
+  }
 }
 
+/** Whether the member said nothing at all (as opposed to answering with an error). */
+function isUnanswered(error: unknown): boolean {
+  if (error instanceof NoAnswerError) return !error.reported;
+  return error instanceof GRPCDeadlineExceededError || (typeof error === 'object' && error !== null && 'code' in error && error.code === 4);
+}
+
+/**
+ * One attempt's answer, or NoAnswerError at `endMs` or, for a read (`movable`), as soon
+ * as the member is found hung; the call's abort ends the wait too. A write keeps waiting
+ * for its member: a probe that merely ran slow on a busy host must not fail it.
+ */
+function attemptOn<T>(member: Member, attempt: Promise<T>, movable: boolean, endMs: number, what: string, signal: AbortSignal | undefined): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let unsubscribe: (() => void) | undefined;
+  let onAbort: (() => void) | undefined;
+  const stop = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new NoAnswerError(`etcd ${what}: no answer from ${member.endpoint} in time`, false));
+    }, Math.max(0, endMs - Date.now()));
+    if (movable) {
+      unsubscribe = member.onHung(() => {
+        reject(new NoAnswerError(`etcd ${what}: ${member.endpoint} stopped answering`, true));
+      });
+    }
+    onAbort = () => {
+      reject(new StoreUnavailableError(`etcd ${what}: the call ended (deadline or cancellation) before etcd answered`));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+  return Promise.race([attempt, stop]).finally(() => {
+    clearTimeout(timer);
+    unsubscribe?.();
+    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+  });
+}

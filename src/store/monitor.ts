@@ -1,6 +1,11 @@
 // Probes the store on a timer so readiness follows it: NOT_SERVING soon after it
 // becomes unreachable, SERVING again once it answers. The daemon stays up throughout.
+// On etcd a probe fails only when no member gives a linearizable answer (no quorum
+// reachable): one slow member does not count. It takes two failed probes in a row to
+// turn NOT_SERVING, so a leader election does not flap readiness.
 import type { Store } from './store.js';
+
+const FAILURES_BEFORE_UNREACHABLE = 2;
 
 export interface StoreMonitor {
   stop(): void;
@@ -9,6 +14,7 @@ export interface StoreMonitor {
 export function monitorStore(store: Store, intervalMs: number, onChange: (reachable: boolean, err?: unknown) => void): StoreMonitor {
   let reachable: boolean | undefined;
   let inFlight = false;
+  let failures = 0;
   const report = (now: boolean, err?: unknown) => {
     if (now !== reachable) {
       reachable = now;
@@ -24,7 +30,17 @@ export function monitorStore(store: Store, intervalMs: number, onChange: (reacha
       timer = setTimeout(() => reject(new Error(`store did not answer within ${intervalMs * 1.5} ms`)), intervalMs * 1.5);
     });
     Promise.race([store.ping(), timeout])
-      .then(() => report(true), (err: unknown) => report(false, err))
+      .then(
+        () => {
+          failures = 0;
+          report(true);
+        },
+        (err: unknown) => {
+          failures++;
+          // Before the first answer there is nothing to hold on to.
+          if (failures >= FAILURES_BEFORE_UNREACHABLE || reachable !== true) report(false, err);
+        },
+      )
       .finally(() => {
         clearTimeout(timer);
         inFlight = false;

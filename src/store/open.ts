@@ -24,5 +24,6 @@ export async function openStore(config: Config['store'], onBackgroundError: (err
     dialTimeoutMs: etcd.dial_timeout_ms,
     waitForCluster: false,
     requestTimeoutMs: etcd.request_timeout_ms,
+    attemptTimeoutMs: etcd.attempt_timeout_ms,
   });
 }

@@ -70,6 +70,32 @@ export async function startEtcd(options: StartEtcdOptions = {}): Promise<EtcdClu
   return startBinaries(members, options.tls === true, options.extraArgs ?? []);
 }
 
+/**
+ * The index of the member that is leader, asked of `among` (default: every member)
+ * through etcd's JSON gateway; waits up to `timeoutMs` for one to be elected.
+ */
+export async function leaderIndex(cluster: Pick<EtcdCluster, 'endpoints'>, among?: readonly number[], timeoutMs = 20_000): Promise<number> {
+  const members = among ?? cluster.endpoints.map((_, i) => i);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const statuses = await Promise.all(
+      members.map(async (i) => {
+        try {
+          const response = await fetch(`${cluster.endpoints[i]!}/v3/maintenance/status`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(1_000) });
+          const body = (await response.json()) as { header?: { member_id?: string }; leader?: string };
+          return { i, leads: body.header?.member_id !== undefined && body.header.member_id === body.leader };
+        } catch {
+          return { i, leads: false };
+        }
+      }),
+    );
+    const leader = statuses.find((s) => s.leads);
+    if (leader !== undefined) return leader.i;
+    if (Date.now() > deadline) throw new Error(`no etcd leader among members ${members.join(', ')}`);
+    await sleep(50);
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // Shared helpers
 

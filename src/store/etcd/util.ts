@@ -174,6 +174,11 @@ export function notSent(error: unknown): boolean {
   return /No connection established|ECONNREFUSED|Connection refused|etcdserver: no leader/i.test(message);
 }
 
+/** The cluster, not the member asked, is the problem: it is electing a leader. */
+export function isClusterBusy(error: unknown): boolean {
+  return /etcdserver: (no leader|leader changed|request timed out)/i.test(errorMessage(error));
+}
+
 /** Transient by nature: the store was unreachable, overloaded, or electing a leader. */
 export function isTransient(error: unknown): boolean {
   if (error instanceof StoreUnavailableError) return true;

@@ -7,7 +7,11 @@
 // is still catching up, are ahead of the events it delivered), backs off up to
 // 30 s, reports a server-side cancel (compaction) only as a bare `error`, and
 // throws an uncaught exception on a response for an unknown watch id.
-import type { IWatchRequest, IWatchResponse, ICallable } from 'etcd3';
+//
+// A stream whose member stops answering (no event and no answer to a progress request
+// within progressTimeoutMs, or the member found hung by a call or probe) moves to
+// another member from the next undelivered revision.
+import type { IWatchRequest, IWatchResponse } from 'etcd3';
 import { CompactedError, StoreError, StoreUnavailableError } from '../errors.js';
 import type { WatchEvent } from '../store.js';
 import {
@@ -22,12 +26,13 @@ import {
   toBytes,
   type RawDuplex,
 } from './util.js';
+import type { Member, Members } from './members.js';
 
 const MAX_RETRY_DELAY_MS = 1_000;
 const FIRST_RETRY_DELAY_MS = 50;
 
 export interface WatchFeedOptions {
-  readonly pool: ICallable<unknown>;
+  readonly members: Members;
   readonly key: Buffer;
   readonly rangeEnd: Buffer;
   /** First revision to deliver; 0: from the store's current revision + 1. */
@@ -51,6 +56,9 @@ export class WatchFeed {
   private nextRevision: number;
   private stream: RawDuplex<IWatchRequest, IWatchResponse> | undefined;
   private markHostFailed: ((reason: string) => void) | undefined;
+  /** The member of the current stream, and the unsubscribe from its "hung" signal. */
+  private member: Member | undefined;
+  private unsubscribeHung: (() => void) | undefined;
   /** Bumped per stream: callbacks of an older stream are ignored. */
   private generation = 0;
   private lastActivity = Date.now();
@@ -132,6 +140,8 @@ export class WatchFeed {
     clearTimeout(this.connectTimer);
     clearInterval(this.watchdog);
     this.retryTimer = this.connectTimer = this.watchdog = undefined;
+    this.unsubscribeHung?.();
+    this.unsubscribeHung = undefined;
     if (this.stream !== undefined) discardStream(this.stream);
     this.stream = undefined;
   }
@@ -146,8 +156,10 @@ export class WatchFeed {
       this.stalled(generation, `watch not established within ${this.options.requestTimeoutMs} ms`);
     }, Math.max(0, budgetEnd - Date.now()));
     let stream: RawDuplex<IWatchRequest, IWatchResponse>;
+    const member = this.options.members.pick();
+    this.member = member;
     try {
-      const opened = await openTrackedStream<IWatchRequest, IWatchResponse>(this.options.pool, 'Watch', 'watch', {});
+      const opened = await openTrackedStream<IWatchRequest, IWatchResponse>(member.pool, 'Watch', 'watch', {});
       stream = opened.stream;
       this.markHostFailed = opened.markHostFailed;
     } catch (error) {
@@ -159,6 +171,12 @@ export class WatchFeed {
       return;
     }
     this.stream = stream;
+    this.unsubscribeHung = member.onHung(() => {
+      this.stalled(generation, `watch moved: ${member.endpoint} stopped answering`, false);
+    });
+    // Until etcd confirms the watch, silence counts as for an established one.
+    this.lastActivity = Date.now();
+    this.startWatchdog(generation);
     stream.on('data', (response) => {
       this.onResponse(generation, response);
     });
@@ -203,7 +221,7 @@ export class WatchFeed {
       this.lastError = undefined;
       // Watching "from now": pin the revision so a re-created stream misses nothing.
       if (this.nextRevision === 0) this.nextRevision = rev(response.header.revision) + 1;
-      this.startWatchdog(generation);
+      this.member?.answered();
     }
     if (response.events.length === 0) return;
     // etcd never splits one revision across responses (without `fragment`), so
@@ -255,10 +273,13 @@ export class WatchFeed {
    * The stream (or its connection) went silent: a half-dead TCP connection looks
    * exactly like this, so have etcd3 rebuild the host's channels before re-creating.
    */
-  private stalled(generation: number, reason: string): void {
+  private stalled(generation: number, reason: string, report = true): void {
     if (generation !== this.generation || !this.active()) return;
+    const member = this.member;
     this.markHostFailed?.(reason);
     this.lost(generation, new StoreUnavailableError(reason));
+    // After lost(): its teardown unsubscribed this feed from the member's signal.
+    if (report) member?.failed(true);
   }
 
   /** The stream broke: reconnect with backoff while the outage budget lasts, else fail. */
@@ -266,7 +287,7 @@ export class WatchFeed {
     if (generation !== this.generation || !this.active()) return;
     this.teardown();
     if (isInvalidAuthToken(error)) {
-      invalidateAuthToken(this.options.pool);
+      if (this.member !== undefined) invalidateAuthToken(this.member.pool);
     } else if (!isTransient(error)) {
       this.fail(mapError(error, 'watch'));
       return;
