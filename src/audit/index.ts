@@ -1,4 +1,5 @@
 export * from './event.js';
+export { AUDIT_CAPS, capString } from './caps.js';
 export * from './redact.js';
 export * from './log.js';
 export * from './verify.js';
