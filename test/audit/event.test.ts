@@ -204,7 +204,10 @@ describe('serializeEvent and appendEvent', () => {
 
 const utf8Bytes = (value: string): number => Buffer.byteLength(value, 'utf8');
 /** A request or details member's size as capped: a string's bytes, else its JSON's. */
-const memberBytes = (value: unknown): number => utf8Bytes(typeof value === 'string' ? value : (JSON.stringify(value) ?? ''));
+const memberBytes = (value: unknown): number => {
+  const json: string | undefined = typeof value === 'string' ? value : JSON.stringify(value);
+  return utf8Bytes(json ?? '');
+};
 
 describe('audit caps', () => {
   it('cuts a string over its cap on a UTF-8 boundary, with a marker naming the bytes cut, and leaves the rest alone', () => {
@@ -225,7 +228,7 @@ describe('audit caps', () => {
         expect(Buffer.from(value, 'utf8').subarray(0, utf8Bytes(kept)).equals(Buffer.from(kept, 'utf8'))).toBe(true);
         expect(utf8Bytes(kept) + Number(marker?.[1])).toBe(bytes);
         // As much as fits is kept: the next character would not have.
-        const next = value.codePointAt(kept.length);
+        const next = value.codePointAt(kept.length) ?? 0;
         expect(utf8Bytes(kept) + utf8Bytes(String.fromCodePoint(next))).toBeGreaterThan(cap - utf8Bytes(`…[truncated ${bytes} bytes]`));
       }),
       { numRuns: 3000 },
