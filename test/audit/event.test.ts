@@ -204,10 +204,7 @@ describe('serializeEvent and appendEvent', () => {
 
 const utf8Bytes = (value: string): number => Buffer.byteLength(value, 'utf8');
 /** A request or details member's size as capped: a string's bytes, else its JSON's. */
-const memberBytes = (value: unknown): number => {
-  const json: string | undefined = typeof value === 'string' ? value : JSON.stringify(value);
-  return utf8Bytes(json ?? '');
-};
+const memberBytes = (value: unknown): number => utf8Bytes(typeof value === 'string' ? value : JSON.stringify(value));
 
 describe('audit caps', () => {
   it('cuts a string over its cap on a UTF-8 boundary, with a marker naming the bytes cut, and leaves the rest alone', () => {
