@@ -145,6 +145,18 @@ export class Daemon {
           log.error({ err: err.message }, 'audit write failed');
         },
         onWarning: (message, err) => log.warn({ err }, message),
+        reserveBytes: config.audit.reserve_free_bytes,
+        floodLimits: {
+          recordsPerSource: config.audit.unauthenticated_records_per_source,
+          intervalMs: config.audit.unauthenticated_interval_seconds * 1000,
+          maxSources: 10_000,
+        },
+        onDropped: (count) => metrics.auditRecordsDropped.inc(count),
+        onFreeSpace: (free, low) => {
+          metrics.auditFreeBytes.set(free);
+          metrics.auditLowSpace.set(low ? 1 : 0);
+        },
+        onReopen: () => metrics.auditReopens.inc(),
       });
       resources.defer(() => audit.close());
       const certMonitor = new CertMonitor({
