@@ -11,7 +11,8 @@ export interface FloodLimits {
   maxSources: number;
 }
 
-export const DEFAULT_FLOOD_LIMITS: FloodLimits = { recordsPerSource: 20, intervalMs: 10_000, maxSources: 10_000 };
+/** 20 records per source per 10 s; past 1,000 sources, one shared budget (so at most ~21,000 records per interval, summaries included). */
+export const DEFAULT_FLOOD_LIMITS: FloodLimits = { recordsPerSource: 20, intervalMs: 10_000, maxSources: 1_000 };
 
 /** The shared budget of sources beyond maxSources. */
 export const OTHER_SOURCES = 'other';

@@ -682,7 +682,7 @@ export class AuditLog {
     } catch {
       // An observer must not break the writer.
     }
-    if (low === this.counters.lowSpace) return;
+    if (low === this.counters.lowSpace || this.closed) return;
     this.counters.lowSpace = low;
     const reason = low
       ? `audit filesystem low on space: ${free} bytes free, below the reserve of ${this.reserveBytes}; records of unauthenticated calls are counted instead of written, and mutating calls will be refused once it is full`

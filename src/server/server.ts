@@ -15,6 +15,7 @@ import { accessHandlers } from '../services/access.js';
 import { AccessService } from '../gen/debvisor/v1/access_pb.js';
 import { AccessAdmin } from '../access/admin.js';
 import { AccessState } from '../access/state.js';
+import { DEFAULT_FLOOD_LIMITS } from '../audit/flood.js';
 import { AuditLog } from '../audit/log.js';
 import { ApiKeyAuthenticator } from '../authn/apikey.js';
 import { loadRevokedSerials } from '../authn/crl.js';
@@ -149,7 +150,7 @@ export class Daemon {
         floodLimits: {
           recordsPerSource: config.audit.unauthenticated_records_per_source,
           intervalMs: config.audit.unauthenticated_interval_seconds * 1000,
-          maxSources: 10_000,
+          maxSources: DEFAULT_FLOOD_LIMITS.maxSources,
         },
         onDropped: (count) => metrics.auditRecordsDropped.inc(count),
         onFreeSpace: (free, low) => {
