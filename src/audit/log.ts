@@ -81,10 +81,9 @@ export interface AuditLogOptions {
   onDropped?: (count: number) => void;
   /** Free bytes of the audit filesystem, at every check; `low` when below reserveBytes. */
   onFreeSpace?: (freeBytes: number, low: boolean) => void;
-  /** The file was renamed, removed or replaced by another program, and reopened. */
+  /** The file was renamed, removed or truncated by another program, and reopened. */
   onReopen?: () => void;
 }
-
 
 export interface AuditLogStats {
   /** Entries on disk written by this instance. */
@@ -95,7 +94,7 @@ export interface AuditLogStats {
   /** Events that never reached the disk (failed batches, overflow, serialization). */
   lostEvents: number;
   rotations: number;
-  /** Times the file was found renamed, removed or replaced by another program, and reopened. */
+  /** Times the file was found renamed, removed or truncated by another program, and reopened. */
   reopens: number;
   /** Records of unauthenticated callers dropped (rate limit, low space). */
   droppedUnauthenticated: number;
