@@ -20,6 +20,12 @@ export const AUDIT_CAPS = {
 
 export const TRUNCATED_MARKER = /…\[truncated (\d+) bytes\]$/;
 
+/** A character's UTF-8 bytes and UTF-16 units. */
+const ONE = { bytes: 1, units: 1 };
+const TWO = { bytes: 2, units: 1 };
+const THREE = { bytes: 3, units: 1 };
+const PAIR = { bytes: 4, units: 2 };
+
 /** UTF-8 bytes of the character starting at `i` of `text`, and its UTF-16 units (2 for a surrogate pair). */
 function charAt(text: string, i: number): { bytes: number; units: number } {
   const code = text.charCodeAt(i);
@@ -32,11 +38,6 @@ function charAt(text: string, i: number): { bytes: number; units: number } {
   // A lone surrogate is written as U+FFFD (3 bytes) by Buffer; JSON escapes it instead.
   return THREE;
 }
-
-const ONE = { bytes: 1, units: 1 };
-const TWO = { bytes: 2, units: 1 };
-const THREE = { bytes: 3, units: 1 };
-const PAIR = { bytes: 4, units: 2 };
 
 function marker(cut: number): string {
   return `…[truncated ${cut} bytes]`;
