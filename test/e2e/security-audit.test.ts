@@ -256,6 +256,22 @@ describe('secrets never reach the audit log or the daemon output', () => {
     }
     expect(leaks).toEqual([]);
   });
+
+  it('at audit level request, each request field is capped at 4 KiB with a marker', async () => {
+    const admin = await clientFor(AccessService, daemon);
+    const description = `long-${'é'.repeat(100_000)}`;
+    try {
+      // Refused or not, a mutation's request is audited before it runs.
+      await admin.createApiKey({ description, permissions: ['access:whoami'] }, T).catch(() => undefined);
+    } finally {
+      admin.close();
+    }
+    const record = await auditRecord(daemon, (r) => JSON.stringify(r.request ?? null).includes('long-éé'));
+    const logged = (record.request as { description: string }).description;
+    expect(Buffer.byteLength(logged)).toBeLessThanOrEqual(4096);
+    expect(logged).toMatch(/^long-é+…\[truncated \d+ bytes\]$/);
+    expect(description.startsWith(logged.replace(/…\[truncated \d+ bytes\]$/, ''))).toBe(true);
+  });
 });
 
 /** The lines of an audit file, parsed. */
