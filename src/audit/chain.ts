@@ -25,6 +25,30 @@ import { createHmac, createSecretKey, hash, type KeyObject } from 'node:crypto';
 /** prev of the very first batch (seq 1): independent of any file name. */
 export const CHAIN_GENESIS = '';
 
+/**
+ * Key in `details` of a link record: the first record of a file that does not start the
+ * chain (a SECURITY event, written by the log when it starts such a file). A chain may
+ * start mid-way only at one (older files removed by retention); anything else is a file
+ * whose start was cut.
+ */
+export const CHAIN_LINK = 'audit_chain';
+
+/** What a link record says (details[CHAIN_LINK]). */
+export interface ChainLinkDetails {
+  /** seq of the last entry before this file (this record's seq − 1). */
+  continues_from_seq: number;
+  cause: 'rotation' | 'start' | 'renamed' | 'removed' | 'truncated';
+  /** Where the previous entries are, when known. */
+  previous_file?: string;
+}
+
+/** The link a parsed entry carries, if it is a link record for its own seq. */
+export function chainLinkOf(entry: Record<string, unknown>, seq: number): ChainLinkDetails | undefined {
+  if (entry.type !== 'SECURITY' || entry.details === null || typeof entry.details !== 'object') return undefined;
+  const link = (entry.details as Record<string, unknown>)[CHAIN_LINK] as Partial<ChainLinkDetails> | undefined;
+  return link?.continues_from_seq === seq - 1 ? (link as ChainLinkDetails) : undefined;
+}
+
 const SEAL_MEMBERS = /,"digests":"((?:[0-9a-f]{32})+)","hmac":"([0-9a-f]{64})"\}$/;
 /** The MAC member of the one-MAC-per-entry format of earlier releases (verified, never written). */
 const LEGACY_HMAC_MEMBER = /,"hmac":"([0-9a-f]{64})"\}$/;

@@ -1,5 +1,6 @@
 // The audit event model: one JSON object per line of the audit log.
 // The log adds `seq` and `hmac` (see log.ts); everything else comes from the caller.
+import { capEvent, capPrincipal } from './caps.js';
 import { writeDecimal, type EventBuffer } from './chain.js';
 
 export type AuditEventType = 'CALL' | 'AUTH' | 'AUTH_FAILED' | 'AUTHZ_DENIED' | 'SECURITY' | 'SUSPICIOUS' | 'ERROR';
@@ -47,7 +48,8 @@ export interface AuditEntry extends AuditEvent {
   hmac: string;
 }
 
-function principalObject(p: AuditPrincipal): Record<string, unknown> {
+function principalObject(given: AuditPrincipal): Record<string, unknown> {
+  const p = capPrincipal(given);
   const principal: Record<string, unknown> = { id: p.id, kind: p.kind, roles: p.roles };
   if (p.cert_fingerprint !== undefined) principal.cert_fingerprint = p.cert_fingerprint;
   if (p.key_id !== undefined) principal.key_id = p.key_id;
@@ -180,8 +182,9 @@ function closing(json: string, scrub: (json: string) => string): string {
 /**
  * Serializes an event with a fixed key order (the order of AuditEvent above), so the
  * canonical form of a line does not depend on how the caller built the object.
- * Unknown keys on the input are dropped. The output is always JSON.stringify of the
- * event in that order, passed through `scrub` (see scrubSecretsInJson: its replacements
+ * Unknown keys on the input are dropped, and every string is within its cap (caps.ts: cut
+ * strings end with a `…[truncated N bytes]` marker). The output is always JSON.stringify of the
+ * capped event in that order, passed through `scrub` (see scrubSecretsInJson: its replacements
  * never leave the string they start in, so it may be applied member by member).
  *
  * Once per call: with a frozen principal and a plain time, trace id and type (the chain's
@@ -190,7 +193,8 @@ function closing(json: string, scrub: (json: string) => string): string {
  *
  * `defaultTime` is the log's own clock: an ISO 8601 time, trusted to be plain text.
  */
-export function serializeEvent(event: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): string {
+export function serializeEvent(uncapped: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): string {
+  const event = capEvent(uncapped);
   const given = event.time;
   const time = given ?? defaultTime();
   const p = event.principal;
@@ -279,7 +283,8 @@ function writeRecord(target: Uint8Array, at: number, time: string, event: AuditE
  * type; nothing after the code but its duration) is written straight into the buffer's
  * bytes, with its principal's segment copied as bytes: no string is built per call.
  */
-export function appendEvent(events: EventBuffer, event: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): void {
+export function appendEvent(events: EventBuffer, uncapped: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = asIs): void {
+  const event = capEvent(uncapped);
   const p = event.principal;
   const cache = p === undefined ? undefined : principalCache(p, scrub);
   let clock = defaultTime;

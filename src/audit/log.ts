@@ -7,12 +7,25 @@
 // are flushed at least every fsyncIntervalMs. The chain state (seq, prev hmac) only
 // advances once a batch is on disk, so a failed batch leaves no hole in the chain
 // (its bytes are truncated away again).
+//
+// Every file that does not start the chain (seq 1) starts with a link record: a SECURITY
+// event naming the seq it continues from (CHAIN_LINK), written by this log when it starts
+// a file (its own rotation, a start on an empty file, or a reopen after another program
+// renamed or removed the file). `audit verify` accepts a chain that starts mid-way only
+// at such a record.
+//
+// Once per checkIntervalMs, and before every batch with a durable write, the log checks
+// that its path still names the file it writes (logrotate may have renamed or removed
+// it) and reopens it if not; and it watches the free space of the audit filesystem.
+import { randomBytes } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
-import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
-import { dirname } from 'node:path';
-import { CHAIN_GENESIS, chainKey, EventBuffer, isSeal, parseLine, sealBatch, sealCapacity, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
+import { constants } from 'node:fs';
+import { lstat, mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { CHAIN_GENESIS, CHAIN_LINK, chainKey, type ChainLinkDetails, EventBuffer, isSeal, parseLine, sealBatch, sealCapacity, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
 import { appendEvent, type AuditEventInput } from './event.js';
 import { localDay, rotatedFiles, rotatedName } from './files.js';
+import { DEFAULT_FLOOD_LIMITS, FloodLimiter, isUnauthenticated, type FloodLimits } from './flood.js';
 import { loadOrCreateHmacKey } from './key.js';
 import { scrubSecretsInJson } from './redact.js';
 
@@ -58,6 +71,18 @@ export interface AuditLogOptions {
   onWarning?: (message: string, err?: unknown) => void;
   /** Queue bound (default 100000): beyond it events are refused with operation 'overflow'. */
   maxPendingEvents?: number;
+  /** Per-source limit on records of unauthenticated calls and AUTH_FAILED (default DEFAULT_FLOOD_LIMITS). */
+  floodLimits?: FloodLimits;
+  /** Free bytes on the audit filesystem below which it counts as low on space (default 0: never; the daemon's config: 1 GiB). */
+  reserveBytes?: number;
+  /** How often the file's identity and the free space are checked (default 1000). */
+  checkIntervalMs?: number;
+  /** Records of unauthenticated callers dropped (rate limit or low space); each is also in a summary record. */
+  onDropped?: (count: number) => void;
+  /** Free bytes of the audit filesystem, at every check; `low` when below reserveBytes. */
+  onFreeSpace?: (freeBytes: number, low: boolean) => void;
+  /** The file was renamed, removed or truncated by another program, and reopened. */
+  onReopen?: () => void;
 }
 
 export interface AuditLogStats {
@@ -69,6 +94,13 @@ export interface AuditLogStats {
   /** Events that never reached the disk (failed batches, overflow, serialization). */
   lostEvents: number;
   rotations: number;
+  /** Times the file was found renamed, removed or truncated by another program, and reopened. */
+  reopens: number;
+  /** Records of unauthenticated callers dropped (rate limit, low space). */
+  droppedUnauthenticated: number;
+  /** Free bytes at the last check (NaN before the first, or when reserveBytes is 0). */
+  freeBytes: number;
+  lowSpace: boolean;
   /** seq of the last entry on disk (0 if none). */
   lastSeq: number;
 }
@@ -132,6 +164,39 @@ async function readTail(path: string): Promise<Tail> {
   } finally {
     await handle.close();
   }
+}
+
+function randomTraceId(): string {
+  return randomBytes(16).toString('hex');
+}
+
+function linkReason(link: ChainLinkDetails): string {
+  const from = `the chain continues from seq ${link.continues_from_seq}${link.previous_file === undefined ? '' : ` in ${link.previous_file}`}`;
+  switch (link.cause) {
+    case 'rotation':
+      return `audit log rotated; ${from}`;
+    case 'start':
+      return `audit log file started; ${from}`;
+    case 'truncated':
+      return `audit log file was truncated by another program; ${from}`;
+    default:
+      return `audit log file was ${link.cause} by another program and reopened; ${from}`;
+  }
+}
+
+/** The name of the file in `dir` with this inode, if any (where a renamed log went). */
+async function findByInode(dir: string, ino: number, dev: number): Promise<string | undefined> {
+  for (const name of await readdir(dir)) {
+    const st = await lstat(join(dir, name)).catch(() => undefined);
+    if (st?.ino === ino && st.dev === dev) return name;
+  }
+  return undefined;
+}
+
+async function lastByte(handle: FileHandle, size: number): Promise<number> {
+  const byte = Buffer.alloc(1);
+  await handle.read(byte, 0, 1, size - 1);
+  return byte[0] ?? 0;
 }
 
 async function syncDir(dir: string): Promise<void> {
@@ -199,6 +264,19 @@ export class AuditLog {
   private needsNewline: boolean;
   private needsResync = false;
   private fileDay: string;
+  /** Set when the next batch starts a file that does not start the chain: it gets a link record first. */
+  private link: Omit<ChainLinkDetails, 'continues_from_seq'> | undefined;
+  private lastFileCheck = 0;
+  private readonly checkIntervalMs: number;
+  private readonly reserveBytes: number;
+  private readonly flood: FloodLimiter;
+  private readonly onDropped: (count: number) => void;
+  private readonly onFreeSpace: (freeBytes: number, low: boolean) => void;
+  private readonly onReopen: () => void;
+  private checkTimer: NodeJS.Timeout | undefined;
+  /** Inode of a non-file found at the path, already warned about. */
+  private refusedPath: number | undefined;
+  private floodTimer: NodeJS.Timeout | undefined;
 
   private pending = new EventBuffer();
   /** The previous batch's buffer, cleared, for the next swap. */
@@ -235,7 +313,35 @@ export class AuditLog {
     this.size = state.size;
     this.needsNewline = state.needsNewline;
     this.fileDay = state.fileDay;
-    this.counters = { entries: 0, batches: 0, fsyncs: 0, failedBatches: 0, lostEvents: 0, rotations: 0, lastSeq: state.seq };
+    this.checkIntervalMs = options.checkIntervalMs ?? 1000;
+    this.reserveBytes = options.reserveBytes ?? 0;
+    this.flood = new FloodLimiter(options.floodLimits ?? DEFAULT_FLOOD_LIMITS);
+    this.onDropped = options.onDropped ?? (() => undefined);
+    this.onFreeSpace = options.onFreeSpace ?? (() => undefined);
+    this.onReopen = options.onReopen ?? (() => undefined);
+    // A file that does not start the chain starts with a link record.
+    if (fileRegular && state.size === 0 && state.seq > 0) this.link = { cause: 'start' };
+    this.counters = {
+      entries: 0,
+      batches: 0,
+      fsyncs: 0,
+      failedBatches: 0,
+      lostEvents: 0,
+      rotations: 0,
+      reopens: 0,
+      droppedUnauthenticated: 0,
+      freeBytes: Number.NaN,
+      lowSpace: false,
+      lastSeq: state.seq,
+    };
+  }
+
+  /** The timers of the file check and of the flood summaries; unref'ed, stopped by close(). */
+  private startTimers(): void {
+    this.checkTimer = setInterval(() => void this.checkWhileIdle(), this.checkIntervalMs);
+    this.checkTimer.unref();
+    this.floodTimer = setInterval(() => this.summarizeDropped(), this.flood.limits.intervalMs);
+    this.floodTimer.unref();
   }
 
   static async open(options: AuditLogOptions): Promise<AuditLog> {
@@ -244,6 +350,10 @@ export class AuditLog {
     if (!Number.isInteger(retain) || retain < 0) throw new RangeError('retainFiles must be an integer >= 0');
     const interval = options.fsyncIntervalMs ?? 100;
     if (!Number.isFinite(interval) || interval < 0) throw new RangeError('fsyncIntervalMs must be >= 0');
+    const check = options.checkIntervalMs ?? 1000;
+    if (!Number.isFinite(check) || check <= 0) throw new RangeError('checkIntervalMs must be > 0');
+    const flood = options.floodLimits ?? DEFAULT_FLOOD_LIMITS;
+    if (!(flood.recordsPerSource >= 0 && flood.intervalMs > 0 && flood.maxSources >= 1)) throw new RangeError('floodLimits: recordsPerSource >= 0, intervalMs > 0, maxSources >= 1');
     const now = options.now ?? (() => new Date());
     const warn = options.onWarning ?? (() => undefined);
 
@@ -274,6 +384,8 @@ export class AuditLog {
       }
       const log = new AuditLog(path, key, fd, fileRegular, state, options);
       await log.applyRetention();
+      await log.checkSpace();
+      log.startTimers();
       return log;
     } catch (err) {
       await fd.close().catch(() => undefined);
@@ -291,6 +403,16 @@ export class AuditLog {
    * failures go to onWriteFailure.
    */
   write(event: AuditEventInput): void {
+    if (isUnauthenticated(event) && !this.flood.admit(event.source, this.counters.lowSpace)) {
+      this.counters.droppedUnauthenticated++;
+      this.onDropped(1);
+      return;
+    }
+    this.writeBuffered(event);
+  }
+
+  /** write() without the flood limit. */
+  private writeBuffered(event: AuditEventInput): void {
     const refused = this.refusal() ?? this.append(event);
     if (refused) {
       this.fail(refused);
@@ -330,6 +452,9 @@ export class AuditLog {
   /** Flushes, fsyncs and closes. Later writes fail with operation 'closed'. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      clearInterval(this.checkTimer);
+      clearInterval(this.floodTimer);
+      this.summarizeDropped();
       this.closed = true;
       await this.flush();
       if (this.timer) clearTimeout(this.timer);
@@ -411,11 +536,171 @@ export class AuditLog {
         if (this.waiters.length > 0 || this.barriers.length > 0 || this.closed) this.flushRequested = true;
       }
     } finally {
-      this.running = false;
-      if (this.pending.count > 0) {
-        if (this.flushRequested) this.kick();
-        else this.schedule();
+      this.release();
+    }
+  }
+
+  /** Ends a turn of the writer (drain or an idle check): the next batch is started or scheduled. */
+  private release(): void {
+    this.running = false;
+    if (this.pending.count > 0) {
+      if (this.flushRequested) this.kick();
+      else this.schedule();
+    }
+  }
+
+  /** The timer's check: free space always; the file when the writer is idle (else commit checks it). */
+  private async checkWhileIdle(): Promise<void> {
+    await this.checkSpace();
+    if (this.running || this.closed) return;
+    this.running = true;
+    try {
+      this.inflight = this.checkFile();
+      await this.inflight;
+      if (this.link) {
+        // Written at once: the SECURITY event of a reopen must not wait for the next call.
+        this.inflight = this.writeLink().catch((err: unknown) => this.onWarning(`audit log ${this.path}: cannot write the chain link record yet; the next batch retries`, err));
+        await this.inflight;
       }
+    } finally {
+      this.inflight = undefined;
+      this.release();
+    }
+  }
+
+  /**
+   * Reopens the file when its path no longer names it, or when it was truncated: another
+   * program (logrotate) renamed, removed or truncated it. The chain continues in the file
+   * now at the path, from a link record (a SECURITY event). Runs only while no batch is
+   * being written. Never throws: problems are warnings, and the writes go on where they can.
+   */
+  private async checkFile(): Promise<void> {
+    this.lastFileCheck = Date.now();
+    if (!this.fileRegular) return;
+    try {
+      const own = await this.fd.stat();
+      const onDisk = await lstat(this.path).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (onDisk?.ino === own.ino && onDisk.dev === own.dev) {
+        if (own.size >= this.size) return;
+        // Truncated in place (logrotate copytruncate): the file no longer starts the chain where it did.
+        this.size = own.size;
+        this.needsNewline = own.size > 0;
+        this.link = { cause: 'truncated' };
+        this.noteReopen(`audit log ${this.path} was truncated by another program; the chain continues from a link record`);
+        return;
+      }
+      if (onDisk && !onDisk.isFile()) {
+        // Never follow what replaced it (a symlink could point anywhere): stay in the old file.
+        if (this.refusedPath !== onDisk.ino) this.onWarning(`audit log ${this.path} was replaced by something that is not a regular file; still writing to the old file`);
+        this.refusedPath = onDisk.ino;
+        return;
+      }
+      const cause: ChainLinkDetails['cause'] = own.nlink === 0 ? 'removed' : 'renamed';
+      const previous = cause === 'renamed' ? await findByInode(dirname(this.path), own.ino, own.dev) : undefined;
+      const fresh = await open(this.path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+      let size: number;
+      let needsNewline: boolean;
+      try {
+        size = (await fresh.stat()).size;
+        needsNewline = size > 0 && (await lastByte(fresh, size)) !== 0x0a;
+      } catch (err) {
+        await fresh.close().catch(() => undefined);
+        throw err;
+      }
+      const old = this.fd;
+      this.fd = fresh;
+      this.size = size;
+      this.needsNewline = needsNewline;
+      this.link = { cause, ...(previous === undefined ? {} : { previous_file: previous }) };
+      await old.close().catch((err: unknown) => this.onWarning('audit log: closing the old file failed', err));
+      await syncDir(dirname(this.path)).catch((err: unknown) => this.onWarning('audit log: fsync of the log directory failed', err));
+      this.noteReopen(
+        `audit log ${this.path} was ${cause} by another program${previous === undefined ? '' : ` (now ${previous})`}; reopened it, the chain continues from a link record`,
+      );
+    } catch (err) {
+      this.onWarning(`audit log ${this.path}: cannot check or reopen the file; still writing to the open one`, err);
+    }
+  }
+
+  private noteReopen(message: string): void {
+    this.counters.reopens++;
+    this.onWarning(message);
+    try {
+      this.onReopen();
+    } catch {
+      // An observer must not break the writer.
+    }
+  }
+
+  /**
+   * Writes the link record as a batch of its own when the file does not start the chain
+   * (see CHAIN_LINK). Throws when the write fails; the link is then still due.
+   */
+  private async writeLink(): Promise<void> {
+    const link = this.link;
+    if (!link) return;
+    const details: ChainLinkDetails = { continues_from_seq: this.seq, ...link };
+    const events = new EventBuffer();
+    appendEvent(events, { type: 'SECURITY', trace_id: randomTraceId(), reason: linkReason(details), details: { [CHAIN_LINK]: details } }, this.defaultTime, scrubSecretsInJson);
+    const sealed = sealBatch(this.key, this.prevHmac, events, this.seq + 1, this.needsNewline ? '\n' : '');
+    try {
+      await this.writeFully(sealed.data);
+      await this.fd.datasync();
+    } catch (err) {
+      await this.rollBack();
+      throw err;
+    }
+    this.counters.fsyncs++;
+    this.counters.entries++;
+    this.seq++;
+    this.prevHmac = sealed.hmac;
+    this.size += sealed.data.length;
+    this.needsNewline = false;
+    this.counters.lastSeq = this.seq;
+    this.link = undefined;
+  }
+
+  /** Free space of the audit filesystem: the gauge, and a SECURITY event when it crosses the reserve. */
+  private async checkSpace(): Promise<void> {
+    if (this.reserveBytes <= 0) return;
+    let free: number;
+    try {
+      const fs = await statfs(dirname(this.path));
+      free = fs.bavail * fs.bsize;
+    } catch (err) {
+      this.onWarning(`audit log ${this.path}: cannot read the free space of its filesystem`, err);
+      return;
+    }
+    const low = free < this.reserveBytes;
+    this.counters.freeBytes = free;
+    try {
+      this.onFreeSpace(free, low);
+    } catch {
+      // An observer must not break the writer.
+    }
+    if (low === this.counters.lowSpace || this.closed) return;
+    this.counters.lowSpace = low;
+    const reason = low
+      ? `audit filesystem low on space: ${free} bytes free, below the reserve of ${this.reserveBytes}; records of unauthenticated calls are counted instead of written, and mutating calls will be refused once it is full`
+      : `audit filesystem has space again: ${free} bytes free, at least the reserve of ${this.reserveBytes}`;
+    this.onWarning(reason);
+    this.writeBuffered({ type: 'SECURITY', trace_id: randomTraceId(), reason, details: { free_bytes: free, reserve_bytes: this.reserveBytes } });
+  }
+
+  /** One summary record per source whose unauthenticated records were dropped in the interval that ends. */
+  private summarizeDropped(): void {
+    const { recordsPerSource, intervalMs } = this.flood.limits;
+    for (const { source, dropped } of this.flood.endInterval()) {
+      this.writeBuffered({
+        type: 'SUSPICIOUS',
+        trace_id: randomTraceId(),
+        source,
+        reason: `${dropped} audit records of unauthenticated calls from ${source} were not written: over ${recordsPerSource} per ${intervalMs / 1000} s, or the audit filesystem is low on space`,
+        details: { dropped_records: dropped, interval_seconds: intervalMs / 1000, limit_per_source: recordsPerSource },
+      });
     }
   }
 
@@ -424,12 +709,17 @@ export class AuditLog {
     const count = events.count;
     this.counters.batches++;
     let operation: 'write' | 'fsync' = 'write';
-    let seq = this.seq;
-    let prev = this.prevHmac;
+    let seq: number;
+    let prev: string;
     let length: number;
     try {
       if (this.needsResync) await this.resync();
+      // Before every durable write, and at least once per interval.
+      if (waiters.length > 0 || Date.now() - this.lastFileCheck >= this.checkIntervalMs) await this.checkFile();
       await this.maybeRotate();
+      await this.writeLink();
+      seq = this.seq;
+      prev = this.prevHmac;
       const lead = this.needsNewline ? '\n' : '';
       // One buffer reused from batch to batch (batches are written one at a time): a fresh
       // half-megabyte per batch is a malloc, page faults and an external-memory hint to V8 each time.
@@ -503,6 +793,7 @@ export class AuditLog {
     const fileDay = this.fileDay;
     this.fileDay = today;
     if (!this.fileRegular || (this.size === 0 && !this.needsNewline)) return;
+    let target: string;
     try {
       // Only ever rename a regular file, and only the one we are writing to.
       const [onDisk, own] = await Promise.all([lstat(this.path), this.fd.stat()]);
@@ -511,7 +802,7 @@ export class AuditLog {
         this.onWarning(`audit log ${this.path} was replaced by another file; not rotating it`);
         return;
       }
-      const target = await this.freeRotatedName(fileDay);
+      target = await this.freeRotatedName(fileDay);
       await rename(this.path, target);
     } catch (err) {
       this.onWarning(`audit log ${this.path}: rotation failed; continuing in the same file`, err);
@@ -528,6 +819,7 @@ export class AuditLog {
     this.fd = fresh;
     this.size = 0;
     this.needsNewline = false;
+    this.link = { cause: 'rotation', previous_file: basename(target) };
     this.counters.rotations++;
     await old.close().catch((err: unknown) => this.onWarning('audit log: closing the rotated file failed', err));
     await syncDir(dirname(this.path)).catch((err: unknown) => this.onWarning('audit log: fsync of the log directory failed', err));

@@ -1,10 +1,23 @@
 // Offline verification of the audit chain across rotated files.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { CHAIN_GENESIS, DIGEST_HEX, batchMac, chainKey, entryDigest, legacyEntryMac, parseLine, type ChainKey, type ParsedLine } from './chain.js';
+import { CHAIN_GENESIS, DIGEST_HEX, batchMac, chainKey, chainLinkOf, entryDigest, legacyEntryMac, parseLine, type ChainKey, type ChainLinkDetails, type ParsedLine } from './chain.js';
 
 export { auditFilesInOrder } from './files.js';
 
-export type VerifyProblem = 'modified' | 'deleted' | 'reordered' | 'unparseable';
+/**
+ * empty: no entry at all (a log the daemon writes is never empty for long: its first call is audited).
+ * unlinked: the chain starts mid-way at an entry that is not a link record (the start was cut).
+ * legacy: an entry in the one-MAC-per-entry format of earlier releases, without `legacy`.
+ */
+export type VerifyProblem = 'modified' | 'deleted' | 'reordered' | 'unparseable' | 'empty' | 'unlinked' | 'legacy';
+
+export interface VerifyOptions {
+  /**
+   * Accept logs written by earlier releases: entries in the one-MAC-per-entry format, and
+   * a chain that starts mid-way without a link record (they wrote none).
+   */
+  legacy?: boolean;
+}
 
 export type VerifyResult =
   | {
@@ -20,6 +33,8 @@ export type VerifyResult =
        * (its content was checked: the link is inside the batch's MAC).
        */
       startsMidChain: boolean;
+      /** When it starts mid-way: the link record it starts at (none only with `legacy`). */
+      startLink?: ChainLinkDetails;
     }
   | {
       ok: false;
@@ -117,7 +132,7 @@ interface OpenBatch {
  * Limit: whole batches removed from the end of the newest file cannot be detected from
  * the files alone.
  */
-export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
+export function verifyAuditFiles(files: string[], key: Buffer, options: VerifyOptions = {}): VerifyResult {
   const mac: ChainKey = chainKey(key);
   const stream = new LineStream(files);
   let lastSeq: number | undefined;
@@ -129,6 +144,7 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
   let firstSeq = 0;
   let entries = 0;
   let startsMidChain = false;
+  let startLink: ChainLinkDetails | undefined;
 
   const problem = (item: Item, kind: VerifyProblem, message: string, seq?: number): VerifyResult => ({
     ok: false,
@@ -160,6 +176,15 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
       if (prevHmac === undefined) {
         if (entry.seq === 1 && entry.prev !== CHAIN_GENESIS) return problem(item, 'modified', 'the first entry does not start the chain', entry.seq);
         startsMidChain = entry.seq !== 1;
+        startLink = startsMidChain ? chainLinkOf(entry.entry, entry.seq) : undefined;
+        if (startsMidChain && !startLink && !options.legacy) {
+          return problem(
+            item,
+            'unlinked',
+            `the chain starts mid-way at seq ${entry.seq} without a link record: the entries before it were removed from this file (or it was written by an earlier release: --legacy)`,
+            entry.seq,
+          );
+        }
       } else if (entry.prev !== prevHmac) {
         return problem(item, 'modified', 'this batch does not follow the previous batch (its link does not match)', entry.seq);
       }
@@ -167,6 +192,9 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
       seenBatch = true;
     } else if (!batch) {
       if (entry.hmac !== undefined && !seenBatch) {
+        if (!options.legacy) {
+          return problem(item, 'legacy', 'entry in the one-MAC-per-entry format of earlier releases, which this daemon never writes (accepted only with --legacy)', entry.seq);
+        }
         // An entry of the one-MAC-per-entry format of earlier releases (a log they started,
         // continued by this one): its MAC covers the previous MAC and itself.
         if (prevHmac === undefined) startsMidChain = entry.seq !== 1;
@@ -207,7 +235,11 @@ export function verifyAuditFiles(files: string[], key: Buffer): VerifyResult {
   if (batch) {
     return problem(batch.first, 'deleted', `the batch from seq ${batch.firstSeq} ends without its seal (its last entries were removed, or it is still being written)`, batch.firstSeq);
   }
-  return { ok: true, entries, files: files.length, firstSeq, lastSeq: lastSeq ?? 0, startsMidChain };
+  if (entries === 0) {
+    const last = files.at(-1) ?? '';
+    return { ok: false, file: last, line: 0, problem: 'empty', message: `no audit entries in ${files.length === 1 ? last : `${files.length} files`}: the log was emptied, or the daemon writes elsewhere (a renamed file)`, entries };
+  }
+  return { ok: true, entries, files: files.length, firstSeq, lastSeq: lastSeq ?? 0, startsMidChain, ...(startLink ? { startLink } : {}) };
 }
 
 /** Names what a seq other than `expected` means: a changed seq, moved entries, or removed ones. */

@@ -23,7 +23,11 @@ export const AUDIT_EXIT = { OK: 0, TAMPERED: 1, ERROR: 2 } as const;
 interface VerifyFlags {
   keyFile: string;
   log: string;
+  legacy?: boolean;
 }
+
+/** The first word of a failed verification, by problem. */
+const VERDICTS: Record<string, string> = { empty: 'EMPTY', legacy: 'UNVERIFIED' };
 
 function runVerify(files: string[], flags: VerifyFlags, io: AuditCliIo): number {
   let key: Buffer;
@@ -42,20 +46,25 @@ function runVerify(files: string[], flags: VerifyFlags, io: AuditCliIo): number 
   }
   let result;
   try {
-    result = verifyAuditFiles(targets, key);
+    result = verifyAuditFiles(targets, key, { legacy: flags.legacy === true });
   } catch (err) {
     io.err(`debvisorctl: ${err instanceof Error ? err.message : String(err)}\n`);
     return AUDIT_EXIT.ERROR;
   }
   if (!result.ok) {
-    io.out(`TAMPERED: ${result.file}:${result.line}: ${result.problem}: ${result.message}\n`);
+    const where = result.line > 0 ? `${result.file}:${result.line}: ` : '';
+    io.out(`${VERDICTS[result.problem] ?? 'TAMPERED'}: ${where}${result.problem}: ${result.message}\n`);
     io.out(`(${result.entries} entries verified before it)\n`);
     return AUDIT_EXIT.TAMPERED;
   }
   const seqs = result.entries > 0 ? ` (seq ${result.firstSeq}–${result.lastSeq})` : '';
   io.out(`OK: ${result.entries} entries${seqs} in ${result.files} file${result.files === 1 ? '' : 's'}\n`);
-  if (result.startsMidChain) {
-    io.out(`note: the chain starts mid-way at seq ${result.firstSeq} (older files removed by retention); the first entry's link was not checked\n`);
+  const link = result.startLink;
+  if (link) {
+    const previous = link.previous_file === undefined ? '' : `, previously ${link.previous_file}`;
+    io.out(`note: the chain starts mid-way at seq ${result.firstSeq}, at a link record (${link.cause}${previous}); the entries before it are not among these files\n`);
+  } else if (result.startsMidChain) {
+    io.out(`note: the chain starts mid-way at seq ${result.firstSeq} without a link record (accepted with --legacy); the first entry's link was not checked\n`);
   }
   return AUDIT_EXIT.OK;
 }
@@ -69,7 +78,12 @@ export function registerAuditCommands(program: Command, io: AuditCliIo = process
     .argument('[files...]', 'audit files, oldest first (default: all rotated files of --log, then --log)')
     .option('--key-file <path>', 'audit HMAC key', DEFAULT_AUDIT_KEY_PATH)
     .option('--log <path>', 'current audit log file, used when no FILES are given', DEFAULT_AUDIT_LOG_PATH)
-    .addHelpText('after', '\nExit status: 0 intact, 1 tampered or damaged, 2 usage or I/O error.')
+    .option('--legacy', 'also accept logs of earlier releases: one-MAC-per-entry entries, and a chain starting mid-way without a link record')
+    .addHelpText(
+      'after',
+      '\nExit status: 0 intact, 1 tampered, damaged, empty, or starting mid-way without a link record, 2 usage or I/O error.\n' +
+        'Files renamed by another program (e.g. rpc-audit.log.1) are not found by name: list them, oldest first.',
+    )
     .action((files: string[], flags: VerifyFlags) => {
       io.exit(runVerify(files, flags, io));
     });

@@ -263,6 +263,11 @@ export const configSchema = z.strictObject({
       /** metadata: who, what, outcome. request: also the request fields (secrets redacted). */
       level: z.enum(['metadata', 'request']).default('metadata'),
       retain_files: z.number().int().positive().default(30),
+      /** Free bytes on the audit filesystem below which a SECURITY event and audit_low_space say so (0: never). */
+      reserve_free_bytes: z.number().int().nonnegative().default(1024 ** 3),
+      /** Per source address: records of unauthenticated calls and AUTH_FAILED kept per interval; the rest are counted. */
+      unauthenticated_records_per_source: z.number().int().nonnegative().default(20),
+      unauthenticated_interval_seconds: z.number().positive().default(10),
     })
     .prefault({}),
 });

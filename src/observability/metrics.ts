@@ -1,5 +1,5 @@
 // Every Prometheus metric the daemon exports, in one registry.
-import { Counter, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from 'prom-client';
 
 /**
  * One label set of a BatchedHistogram: observe() is a bucket search and three additions,
@@ -212,6 +212,30 @@ export class Metrics {
   readonly auditWriteFailures = new Counter({
     name: 'audit_write_failures_total',
     help: 'Audit records that could not be written.',
+    registers: [this.registry],
+  });
+
+  readonly auditRecordsDropped = new Counter({
+    name: 'audit_records_dropped_total',
+    help: 'Audit records of unauthenticated calls not written (per-source limit or low space); each source gets a summary record.',
+    registers: [this.registry],
+  });
+
+  readonly auditFreeBytes = new Gauge({
+    name: 'audit_free_bytes',
+    help: 'Free bytes on the audit log filesystem (for unprivileged writers).',
+    registers: [this.registry],
+  });
+
+  readonly auditLowSpace = new Gauge({
+    name: 'audit_low_space',
+    help: '1 while the audit filesystem has less free space than audit.reserve_free_bytes.',
+    registers: [this.registry],
+  });
+
+  readonly auditReopens = new Counter({
+    name: 'audit_file_reopens_total',
+    help: 'Times the audit file was renamed, removed or truncated by another program and reopened.',
     registers: [this.registry],
   });
 

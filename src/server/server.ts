@@ -16,6 +16,7 @@ import { blockHandlers } from '../services/access-blocks.js';
 import { AccessService } from '../gen/debvisor/v1/access_pb.js';
 import { AccessAdmin } from '../access/admin.js';
 import { AccessState } from '../access/state.js';
+import { DEFAULT_FLOOD_LIMITS } from '../audit/flood.js';
 import { AuditLog } from '../audit/log.js';
 import { ApiKeyAuthenticator } from '../authn/apikey.js';
 import { loadRevokedSerials } from '../authn/crl.js';
@@ -147,6 +148,18 @@ export class Daemon {
           log.error({ err: err.message }, 'audit write failed');
         },
         onWarning: (message, err) => log.warn({ err }, message),
+        reserveBytes: config.audit.reserve_free_bytes,
+        floodLimits: {
+          recordsPerSource: config.audit.unauthenticated_records_per_source,
+          intervalMs: config.audit.unauthenticated_interval_seconds * 1000,
+          maxSources: DEFAULT_FLOOD_LIMITS.maxSources,
+        },
+        onDropped: (count) => metrics.auditRecordsDropped.inc(count),
+        onFreeSpace: (free, low) => {
+          metrics.auditFreeBytes.set(free);
+          metrics.auditLowSpace.set(low ? 1 : 0);
+        },
+        onReopen: () => metrics.auditReopens.inc(),
       });
       resources.defer(() => audit.close());
       const certMonitor = new CertMonitor({

@@ -183,16 +183,24 @@ describe('audit chain', () => {
     expect(failure(verifyAuditFiles([file], Buffer.alloc(32, 7)))).toMatchObject({ problem: 'modified', line: firstSeal + 1 });
   });
 
-  it('accepts a file whose predecessor is gone, and says so; checks its first batch all the same', () => {
+  it('refuses a file whose start was cut at a batch boundary (no link record); --legacy accepts it, checking its first batch all the same', () => {
     const target = copy('tail.log');
     const lines = readLines(target);
     const start = batchLines(lines).starts.find((index) => index >= 600)!;
     writeLines(target, lines.slice(start));
-    expect(verifyAuditFiles([target], key)).toEqual({ ok: true, entries: 1000 - start, files: 1, firstSeq: start + 1, lastSeq: 1000, startsMidChain: true });
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'unlinked', line: 1, seq: start + 1 });
+    expect(verifyAuditFiles([target], key, { legacy: true })).toEqual({ ok: true, entries: 1000 - start, files: 1, firstSeq: start + 1, lastSeq: 1000, startsMidChain: true });
     const changed = lines.slice(start);
     changed[0] = changed[0]!.replace('"code":"OK"', '"code":"NOT_FOUND"');
     writeLines(target, changed);
-    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'modified', line: 1 });
+    expect(failure(verifyAuditFiles([target], key, { legacy: true }))).toMatchObject({ problem: 'modified', line: 1 });
+  });
+
+  it('refuses an empty log', () => {
+    const target = copy('empty.log');
+    writeLines(target, []);
+    truncateSync(target, 0);
+    expect(failure(verifyAuditFiles([target], key))).toMatchObject({ problem: 'empty', file: target });
   });
 
   it('reports a file that starts in the middle of a batch (its head cut off)', () => {
@@ -230,12 +238,14 @@ describe('audit chain across rotated files', () => {
       'rpc-audit-2025-03-03.log',
       'rpc-audit.log',
     ]);
-    expect(verifyAuditFiles(files, keyOf(rdir))).toMatchObject({ ok: true, entries: 200, files: 4, firstSeq: 1, lastSeq: 200 });
+    // 200 events, and a link record at the start of each file after the first.
+    expect(verifyAuditFiles(files, keyOf(rdir))).toMatchObject({ ok: true, entries: 203, files: 4, firstSeq: 1, lastSeq: 203 });
+    expect(parseLines(files[1]!)[0]).toMatchObject({ seq: 51, type: 'SECURITY', details: { audit_chain: { continues_from_seq: 50, cause: 'rotation', previous_file: 'rpc-audit-2025-03-01.log' } } });
   });
 
   it('detects a whole middle file deleted', () => {
     const remaining = files.filter((f) => !f.endsWith('2025-03-02.log'));
-    expect(failure(verifyAuditFiles(remaining, keyOf(rdir)))).toMatchObject({ problem: 'deleted', file: remaining[1], line: 1, seq: 101 });
+    expect(failure(verifyAuditFiles(remaining, keyOf(rdir)))).toMatchObject({ problem: 'deleted', file: remaining[1], line: 1, seq: 102 });
   });
 
   it('detects files given out of order', () => {
@@ -249,6 +259,13 @@ describe('audit chain across rotated files', () => {
   it('stays intact when the oldest file is removed (retention)', () => {
     rmSync(files[0]!);
     expect(existsSync(files[0]!)).toBe(false);
-    expect(verifyAuditFiles(auditFilesInOrder(join(rdir, 'rpc-audit.log')), keyOf(rdir))).toMatchObject({ ok: true, entries: 150, firstSeq: 51, startsMidChain: true });
+    // The day-2 file starts with its link record: a mid-chain start verify accepts.
+    expect(verifyAuditFiles(auditFilesInOrder(join(rdir, 'rpc-audit.log')), keyOf(rdir))).toMatchObject({
+      ok: true,
+      entries: 153,
+      firstSeq: 51,
+      startsMidChain: true,
+      startLink: { cause: 'rotation', continues_from_seq: 50 },
+    });
   });
 });

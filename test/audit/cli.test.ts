@@ -1,4 +1,5 @@
 // `debvisorctl audit verify`, run in-process through a commander program.
+import { createHmac } from 'node:crypto';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
@@ -56,14 +57,47 @@ afterAll(() => cleanup());
 describe('audit verify', () => {
   it('verifies the rotated files and the current one in order: exit 0', async () => {
     const result = await run('verify', '--key-file', keyFile, '--log', log);
-    expect(result).toEqual({ code: 0, out: 'OK: 30 entries (seq 1–30) in 3 files\n', err: '' });
+    // 30 events and the link records that start the two later files.
+    expect(result).toEqual({ code: 0, out: 'OK: 32 entries (seq 1–32) in 3 files\n', err: '' });
   });
 
   it('verifies explicit files, noting a mid-chain start', async () => {
     const result = await run('verify', '--key-file', keyFile, join(dir, 'rpc-audit-2025-04-02.log'), log);
     expect(result.code).toBe(0);
-    expect(result.out).toContain('OK: 20 entries (seq 11–30) in 2 files');
-    expect(result.out).toContain('starts mid-way at seq 11');
+    expect(result.out).toContain('OK: 22 entries (seq 11–32) in 2 files');
+    expect(result.out).toContain('starts mid-way at seq 11, at a link record (rotation, previously rpc-audit-2025-04-01.log)');
+  });
+
+  it('exits 1 on an empty log: an emptied or abandoned file is not "OK: 0 entries"', async () => {
+    const empty = join(dir, 'empty.log');
+    writeFileSync(empty, '');
+    const result = await run('verify', '--key-file', keyFile, empty);
+    expect(result.code).toBe(1);
+    expect(result.out).toMatch(/^EMPTY: empty: no audit entries in /);
+    expect((await run('verify', '--key-file', keyFile, '--log', empty)).code).toBe(1);
+  });
+
+  it('exits 1 on a chain that starts mid-way without a link record (its start cut off); --legacy accepts it', async () => {
+    const cut = join(dir, 'cut.log');
+    // The second file without its link record: it now starts at the batch of seq 12.
+    writeLines(cut, readLines(join(dir, 'rpc-audit-2025-04-02.log')).slice(1));
+    const result = await run('verify', '--key-file', keyFile, cut);
+    expect(result.code).toBe(1);
+    expect(result.out).toContain(`TAMPERED: ${cut}:1: unlinked: the chain starts mid-way at seq 12 without a link record`);
+    const legacy = await run('verify', '--legacy', '--key-file', keyFile, cut);
+    expect(legacy.code).toBe(0);
+    expect(legacy.out).toContain('starts mid-way at seq 12 without a link record (accepted with --legacy)');
+  });
+
+  it('exits 1 on a first entry in the one-MAC-per-entry format of earlier releases; --legacy accepts it', async () => {
+    const key = Buffer.from(readFileSync(keyFile, 'utf8').trim(), 'hex');
+    const canonical = '{"time":"2025-04-01T09:00:00.000Z","trace_id":"old-1","type":"CALL","seq":1}';
+    const old = join(dir, 'legacy.log');
+    writeFileSync(old, `${canonical.slice(0, -1)},"hmac":"${createHmac('sha256', key).update(`\n${canonical}`).digest('hex')}"}\n`);
+    const result = await run('verify', '--key-file', keyFile, old);
+    expect(result.code).toBe(1);
+    expect(result.out).toContain(`UNVERIFIED: ${old}:1: legacy: `);
+    expect(await run('verify', '--legacy', '--key-file', keyFile, old)).toMatchObject({ code: 0, out: expect.stringContaining('OK: 1 entries') as unknown });
   });
 
   it('reports tampering with file and line: exit 1', async () => {

@@ -2,14 +2,16 @@
 // of the event in its fixed key order, for any content: hostile strings included.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { AUDIT_CAPS, capEvent, capPrincipal, capString, TRUNCATED_MARKER } from '../../src/audit/caps.js';
 import { EventBuffer } from '../../src/audit/chain.js';
 import { appendEvent, serializeEvent, type AuditEventInput } from '../../src/audit/event.js';
 import { scrubSecretsInJson } from '../../src/audit/redact.js';
 
-/** The reference: the fixed-order object the serializer used to build, stringified. */
-function reference(event: AuditEventInput, time: string): string {
+/** The reference: the fixed-order object of the capped event (caps.ts), stringified. */
+function reference(uncapped: AuditEventInput, time: string): string {
+  const event = capEvent(uncapped);
   const out: Record<string, unknown> = { time: event.time ?? time, trace_id: event.trace_id, type: event.type };
-  const p = event.principal;
+  const p = event.principal && capPrincipal(event.principal);
   if (p !== undefined) {
     const principal: Record<string, unknown> = { id: p.id, kind: p.kind, roles: p.roles };
     if (p.cert_fingerprint !== undefined) principal.cert_fingerprint = p.cert_fingerprint;
@@ -35,8 +37,12 @@ const HOSTILE = [
   '","seq":1,"prev":"',
 ];
 
-const text = fc.oneof(fc.string({ unit: 'binary' }), fc.constantFrom(...HOSTILE));
-const json: fc.Arbitrary<unknown> = fc.jsonValue();
+/** Text over every cap (up to 3 bytes per unit, so 1,500 units pass the 4 KiB field cap). */
+const long = fc
+  .tuple(fc.oneof(fc.string({ unit: 'binary', minLength: 1 }), fc.constantFrom(...HOSTILE)), fc.integer({ min: 80, max: 1500 }))
+  .map(([unit, length]) => unit.repeat(Math.ceil(length / unit.length)).slice(0, length));
+const text = fc.oneof({ arbitrary: fc.string({ unit: 'binary' }), weight: 4 }, { arbitrary: fc.constantFrom(...HOSTILE), weight: 2 }, { arbitrary: long, weight: 1 });
+const json: fc.Arbitrary<unknown> = fc.oneof({ arbitrary: fc.jsonValue(), weight: 4 }, { arbitrary: fc.dictionary(text, fc.oneof(text, fc.array(text))), weight: 1 });
 
 const events: fc.Arbitrary<AuditEventInput> = fc.record(
   {
@@ -193,5 +199,74 @@ describe('serializeEvent and appendEvent', () => {
     expect(serialized(event, 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","duration_ms":null}');
     const principal = Object.freeze({ id: 'p', kind: 'api_key' as const, roles: Object.freeze([]), key_id: 'k' });
     expect(serialized({ ...event, principal }, 'now')).toBe('{"time":"now","trace_id":"t","type":"CALL","principal":{"id":"p","kind":"api_key","roles":[],"key_id":"k"},"duration_ms":null}');
+  });
+});
+
+const utf8Bytes = (value: string): number => Buffer.byteLength(value, 'utf8');
+/** A request or details member's size as capped: a string's bytes, else its JSON's. */
+const memberBytes = (value: unknown): number => utf8Bytes(typeof value === 'string' ? value : JSON.stringify(value));
+
+describe('audit caps', () => {
+  it('cuts a string over its cap on a UTF-8 boundary, with a marker naming the bytes cut, and leaves the rest alone', () => {
+    fc.assert(
+      fc.property(fc.oneof(text, long), fc.constantFrom(AUDIT_CAPS.resource, AUDIT_CAPS.reason, AUDIT_CAPS.field, 40), (value, cap) => {
+        const capped = capString(value, cap);
+        const bytes = utf8Bytes(value);
+        if (bytes <= cap) {
+          expect(capped).toBe(value);
+          return;
+        }
+        expect(utf8Bytes(capped)).toBeLessThanOrEqual(cap);
+        const marker = TRUNCATED_MARKER.exec(capped);
+        expect(marker).not.toBeNull();
+        const kept = capped.slice(0, capped.length - (marker?.[0].length ?? 0));
+        // The prefix is the original's first bytes (no character split), and N is the rest.
+        expect(value.startsWith(kept)).toBe(true);
+        expect(Buffer.from(value, 'utf8').subarray(0, utf8Bytes(kept)).equals(Buffer.from(kept, 'utf8'))).toBe(true);
+        expect(utf8Bytes(kept) + Number(marker?.[1])).toBe(bytes);
+        // As much as fits is kept: the next character would not have.
+        const next = value.codePointAt(kept.length) ?? 0;
+        expect(utf8Bytes(kept) + utf8Bytes(String.fromCodePoint(next))).toBeGreaterThan(cap - utf8Bytes(`…[truncated ${bytes} bytes]`));
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('bounds every member of a serialized record, on the byte path and the text path alike', () => {
+    fc.assert(
+      fc.property(events, fc.boolean(), (generated, frozen) => {
+        const event = frozen ? withFrozenPrincipal(generated) : generated;
+        const line = JSON.parse(serialized(event, 'now', scrubSecretsInJson)) as Record<string, unknown>;
+        for (const key of ['time', 'trace_id', 'source', 'method', 'code', 'object'] as const) {
+          if (typeof line[key] === 'string') expect(utf8Bytes(line[key])).toBeLessThanOrEqual(AUDIT_CAPS.other);
+        }
+        if (typeof line.reason === 'string') expect(utf8Bytes(line.reason)).toBeLessThanOrEqual(AUDIT_CAPS.reason);
+        const principal = line.principal as { id: string; roles: string[] } | undefined;
+        for (const value of principal ? [principal.id, ...principal.roles] : []) expect(utf8Bytes(value)).toBeLessThanOrEqual(AUDIT_CAPS.resource);
+        for (const bag of [line.request, line.details]) {
+          if (bag !== null && typeof bag === 'object' && !Array.isArray(bag)) {
+            for (const member of Object.values(bag)) expect(memberBytes(member)).toBeLessThanOrEqual(AUDIT_CAPS.field);
+          } else if (bag !== undefined) {
+            expect(memberBytes(bag)).toBeLessThanOrEqual(AUDIT_CAPS.field);
+          }
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it("caps a chain record's members on the byte path (a read's record) exactly as on the text path", () => {
+    const principal = Object.freeze({ id: 'admin', kind: 'certificate' as const, roles: Object.freeze(['admin']) });
+    const huge = 'x'.repeat(2_000_000);
+    const event: AuditEventInput = { trace_id: huge, type: 'CALL', principal, source: huge, method: `/${huge}`, decision: 'deny', code: 'OK', duration_ms: 1.5 };
+    const line = serialized(event, '2026-01-01T00:00:00.000Z');
+    expect(line).toBe(reference(event, '2026-01-01T00:00:00.000Z'));
+    expect(line.length).toBeLessThan(1000);
+    expect(JSON.parse(line)).toMatchObject({ method: expect.stringMatching(/^\/x+…\[truncated 1999\d{3} bytes\]$/) as unknown });
+  });
+
+  it('leaves an event with nothing over its caps the same object (no copy per call)', () => {
+    const event: AuditEventInput = { trace_id: 't', type: 'CALL', source: '127.0.0.1:1', method: '/a/B', object: 'pool:ci', reason: 'no', request: { name: 'vm1' }, details: { stage: 'started' } };
+    expect(capEvent(event)).toBe(event);
   });
 });

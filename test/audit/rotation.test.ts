@@ -46,18 +46,31 @@ describe('daily rotation', () => {
     const files = auditFilesInOrder(path);
     expect(files).toEqual([join(dir, 'rpc-audit-2025-06-01.log'), join(dir, 'rpc-audit-2025-06-02.log'), path]);
     const perFile = files.map((file) => parseLines(file));
-    expect(perFile.map((entries) => entries.length)).toEqual([41, 41, 41]);
+    // Each file after the first starts with a link record (a SECURITY event naming the seq it continues from).
+    expect(perFile.map((entries) => entries.length)).toEqual([41, 42, 42]);
+    expect(perFile.slice(1).map((entries) => entries[0]?.details)).toEqual([
+      { audit_chain: { continues_from_seq: 41, cause: 'rotation', previous_file: 'rpc-audit-2025-06-01.log' } },
+      { audit_chain: { continues_from_seq: 83, cause: 'rotation', previous_file: 'rpc-audit-2025-06-02.log' } },
+    ]);
     const seqs = perFile.flat().map((entry) => entry.seq);
-    expect(seqs).toEqual(Array.from({ length: 123 }, (_, k) => k + 1));
+    expect(seqs).toEqual(Array.from({ length: 125 }, (_, k) => k + 1));
     // Each file holds exactly its day's events.
     expect(perFile.map((entries) => new Set(entries.map((entry) => new Date(entry.time as string).getDate())))).toEqual([new Set([1]), new Set([2]), new Set([3])]);
-    expect(verifyAuditFiles(files, keyOf(dir))).toEqual({ ok: true, entries: 123, files: 3, firstSeq: 1, lastSeq: 123, startsMidChain: false });
+    expect(verifyAuditFiles(files, keyOf(dir))).toEqual({ ok: true, entries: 125, files: 3, firstSeq: 1, lastSeq: 125, startsMidChain: false });
   });
 
   it('with retainFiles 1 deletes the oldest rotated file; verify reports startsMidChain', async () => {
     await threeDays(new Clock(new Date(2025, 5, 1, 10)), 1);
     expect(names()).toEqual(['rpc-audit-2025-06-02.log', 'rpc-audit.log']);
-    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toEqual({ ok: true, entries: 82, files: 2, firstSeq: 42, lastSeq: 123, startsMidChain: true });
+    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toEqual({
+      ok: true,
+      entries: 84,
+      files: 2,
+      firstSeq: 42,
+      lastSeq: 125,
+      startsMidChain: true,
+      startLink: { continues_from_seq: 41, cause: 'rotation', previous_file: 'rpc-audit-2025-06-01.log' },
+    });
   });
 
   it('does not rotate an empty file, nor when the clock goes back', async () => {
@@ -73,7 +86,7 @@ describe('daily rotation', () => {
     await log.writeDurable(event(3));
     expect(names()).toEqual(['rpc-audit-2025-06-03.log', 'rpc-audit.log']);
     await log.close();
-    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toMatchObject({ ok: true, entries: 3 });
+    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toMatchObject({ ok: true, entries: 4 });
   });
 
   it('continues the chain after a restart, from the current file or from the newest rotated file', async () => {
@@ -99,10 +112,11 @@ describe('daily rotation', () => {
     // Put it back and continue normally.
     writeFileSync(path, `${current.join('\n')}\n`);
     log = await openLog(dir, { now: clock.now });
-    expect(log.stats.lastSeq).toBe(4);
+    // Event 4 follows the rotation's link record (seq 4).
+    expect(log.stats.lastSeq).toBe(5);
     await log.writeDurable(event(5));
     await log.close();
-    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toMatchObject({ ok: true, entries: 5, lastSeq: 5 });
+    expect(verifyAuditFiles(auditFilesInOrder(path), keyOf(dir))).toMatchObject({ ok: true, entries: 6, lastSeq: 6 });
   });
 
   it('uses a numbered name if the day file exists already', async () => {
@@ -167,18 +181,20 @@ describe('recovery on open', () => {
       legacy.push(`${canonical.slice(0, -1)},"hmac":"${prev}"}`);
     }
     writeFileSync(path, `${legacy.join('\n')}\n`);
-    expect(verifyAuditFiles([path], key)).toMatchObject({ ok: true, entries: 3, lastSeq: 3 });
+    // Only with --legacy: the current code never writes that format.
+    expect(verifyAuditFiles([path], key)).toMatchObject({ ok: false, problem: 'legacy', line: 1 });
+    expect(verifyAuditFiles([path], key, { legacy: true })).toMatchObject({ ok: true, entries: 3, lastSeq: 3 });
     const log = await openLog(dir, { now: () => new Date(2025, 5, 1, 12) });
     expect(log.stats.lastSeq).toBe(3);
     await log.writeDurable(event(4));
     await log.close();
-    expect(verifyAuditFiles([path], key)).toEqual({ ok: true, entries: 4, files: 1, firstSeq: 1, lastSeq: 4, startsMidChain: false });
+    expect(verifyAuditFiles([path], key, { legacy: true })).toEqual({ ok: true, entries: 4, files: 1, firstSeq: 1, lastSeq: 4, startsMidChain: false });
     // A changed old entry is still caught, and per-entry lines are not accepted after a batch.
     const lines = readLines(path);
     writeLines(path, [lines[0]!.replace('old-1', 'old-X'), ...lines.slice(1)]);
-    expect(verifyAuditFiles([path], key)).toMatchObject({ ok: false, problem: 'modified', line: 1 });
+    expect(verifyAuditFiles([path], key, { legacy: true })).toMatchObject({ ok: false, problem: 'modified', line: 1 });
     writeLines(path, [...lines, lines[1]!.replace('"seq":2', '"seq":5')]);
-    expect(verifyAuditFiles([path], key)).toMatchObject({ ok: false, line: 5 });
+    expect(verifyAuditFiles([path], key, { legacy: true })).toMatchObject({ ok: false, line: 5 });
   });
 
   it('keeps a complete last entry that only lacks its newline', async () => {

@@ -2,7 +2,7 @@
 // tampering is found; a log that cannot be written blocks changes but not reads;
 // no API key secret ever reaches the audit log or the daemon's output.
 import { execFile } from 'node:child_process';
-import { copyFileSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { status as Status } from '@grpc/grpc-js';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { Command } from 'commander';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { registerAuditCommands } from '../../src/cli/audit.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
@@ -255,5 +255,203 @@ describe('secrets never reach the audit log or the daemon output', () => {
       }
     }
     expect(leaks).toEqual([]);
+  });
+
+  it('at audit level request, each request field is capped at 4 KiB with a marker', async () => {
+    const admin = await clientFor(AccessService, daemon);
+    const description = `long-${'é'.repeat(100_000)}`;
+    try {
+      // Refused or not, a mutation's request is audited before it runs.
+      await admin.createApiKey({ description, permissions: ['access:whoami'] }, T).catch(() => undefined);
+    } finally {
+      admin.close();
+    }
+    const record = await auditRecord(daemon, (r) => JSON.stringify(r.request ?? null).includes('long-éé'));
+    const logged = (record.request as { description: string }).description;
+    expect(Buffer.byteLength(logged)).toBeLessThanOrEqual(4096);
+    expect(logged).toMatch(/^long-é+…\[truncated \d+ bytes\]$/);
+    expect(description.startsWith(logged.replace(/…\[truncated \d+ bytes\]$/, ''))).toBe(true);
+  });
+});
+
+/** The lines of an audit file, parsed. */
+function recordsOf(file: string): Record<string, unknown>[] {
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+}
+
+const WAIT = { timeout: 20_000, interval: 50 };
+
+describe('the audit log cannot be flooded', () => {
+  let daemon: RunningDaemon;
+
+  beforeAll(async () => {
+    daemon = await startDaemon({ config: { audit: { unauthenticated_records_per_source: 5, unauthenticated_interval_seconds: 1 } } });
+  });
+
+  afterAll(async () => {
+    await daemon.cleanup();
+  });
+
+  it('a principal with no roles naming a 1 MB resource: its denial records stay bounded', async () => {
+    const nobody = await clientFor(VmService, daemon, await issueClientFor(daemon.pki, 'spiffe://debvisor/test/no-roles'));
+    const huge = `vm-${'x'.repeat(1_000_000)}`;
+    try {
+      const err = await rejection(nobody.getVm({ vmName: huge }, T));
+      expect(err.code).toBe(Status.PERMISSION_DENIED);
+    } finally {
+      nobody.close();
+    }
+    const denied = await auditRecord(daemon, (r) => r.type === 'AUTHZ_DENIED' && (r.principal as { id?: string } | undefined)?.id === 'spiffe://debvisor/test/no-roles');
+    const call = await auditRecord(daemon, (r) => r.type === 'CALL' && r.code === 'PERMISSION_DENIED' && r.method === '/debvisor.v1.VmService/GetVm');
+    for (const record of [denied, call]) {
+      expect(record.object).toMatch(/^vm:vm-x+…\[truncated \d+ bytes\]$/);
+      expect(Buffer.byteLength(record.object as string)).toBeLessThanOrEqual(256);
+      expect(Buffer.byteLength(JSON.stringify(record))).toBeLessThan(4096);
+    }
+    // The whole file, not just the records found: no line anywhere near the request's size.
+    const longest = Math.max(...readFileSync(join(daemon.dir, 'audit', 'rpc-audit.log'), 'utf8').split('\n').map((line) => line.length));
+    expect(longest).toBeLessThan(8192);
+  });
+
+  it('unauthenticated calls from one address: bounded records, a summary record with the count, and a metric', async () => {
+    const anonymous = await clientFor(AccessService, daemon, null);
+    const calls = 60;
+    const started = Date.now();
+    try {
+      for (let i = 0; i < calls; i++) expect((await rejection(anonymous.whoAmI({}, T))).code).toBe(Status.UNAUTHENTICATED);
+    } finally {
+      anonymous.close();
+    }
+    const elapsedIntervals = Math.ceil((Date.now() - started) / 1000) + 1;
+    // The summaries of every interval the flood spanned, once the last one has ended.
+    const summaries = await vi.waitFor(() => {
+      const found = auditRecords(daemon).filter((r) => r.type === 'SUSPICIOUS' && r.source === '127.0.0.1');
+      const dropped = found.reduce((sum, r) => sum + (r.details as { dropped_records: number }).dropped_records, 0);
+      const kept = auditRecords(daemon).filter((r) => r.type === 'AUTH_FAILED' || (r.type === 'CALL' && r.principal === undefined)).length;
+      // Each refused call makes one AUTH_FAILED record: every one is written or counted.
+      expect(kept + dropped).toBe(calls);
+      return { found, dropped, kept };
+    }, WAIT);
+    expect(summaries.kept).toBeLessThanOrEqual(5 * (elapsedIntervals + 1));
+    expect(summaries.dropped).toBeGreaterThan(0);
+    expect(summaries.found[0]!.reason).toMatch(/^\d+ audit records of unauthenticated calls from 127\.0\.0\.1 were not written: over 5 per 1 s/);
+    expect(metricSum(await metricsText(daemon), 'audit_records_dropped_total')).toBe(summaries.dropped);
+    expect((await auditVerify('--key-file', join(daemon.dir, 'audit', 'hmac.key'), '--log', join(daemon.dir, 'audit', 'rpc-audit.log'))).code).toBe(0);
+  });
+});
+
+describe('an audit filesystem below its reserve', () => {
+  let daemon: RunningDaemon;
+
+  beforeAll(async () => {
+    // A floor above the free space of any disk here: the daemon starts below it.
+    daemon = await startDaemon({ config: { audit: { reserve_free_bytes: 2 ** 52 } } });
+  });
+
+  afterAll(async () => {
+    await daemon.cleanup();
+  });
+
+  it('says so in a SECURITY event and the metrics, and still audits reads', async () => {
+    const event = await auditRecord(daemon, (r) => r.type === 'SECURITY' && String(r.reason).startsWith('audit filesystem low on space'));
+    expect(event.details).toMatchObject({ reserve_bytes: 2 ** 52 });
+    const metrics = await metricsText(daemon);
+    expect(metricSum(metrics, 'audit_low_space')).toBe(1);
+    expect(metricSum(metrics, 'audit_free_bytes')).toBeGreaterThan(0);
+    const admin = await clientFor(AccessService, daemon);
+    try {
+      await admin.whoAmI({}, T);
+      const created = await admin.createApiKey({ description: 'still works', permissions: ['access:whoami'] }, T);
+      expect(created.secret).not.toBe('');
+      await auditRecord(daemon, (r) => r.type === 'CALL' && r.method === '/debvisor.v1.AccessService/WhoAmI' && r.code === 'OK');
+    } finally {
+      admin.close();
+    }
+    expect(daemon.logs()).toContain('audit filesystem low on space');
+  });
+});
+
+describe('rotation by another program', () => {
+  let daemon: RunningDaemon;
+  const audit = () => join(daemon.dir, 'audit');
+  const current = () => join(audit(), 'rpc-audit.log');
+  const key = () => join(audit(), 'hmac.key');
+
+  beforeAll(async () => {
+    daemon = await startDaemon();
+  });
+
+  afterAll(async () => {
+    await daemon.cleanup();
+  });
+
+  it('mv as logrotate does: the daemon reopens the path, records a SECURITY event, and the chain verifies across both files', async () => {
+    const admin = await clientFor(AccessService, daemon);
+    try {
+      await admin.createApiKey({ description: 'before', permissions: ['access:whoami'] }, T);
+      await admin.whoAmI({}, T);
+      await auditRecord(daemon, (r) => r.method === '/debvisor.v1.AccessService/WhoAmI');
+      const inode = statSync(current()).ino;
+      renameSync(current(), `${current()}.1`);
+      // A mutation checks the file before its durable write: its records land in the new file.
+      await admin.createApiKey({ description: 'after', permissions: ['access:whoami'] }, T);
+      await vi.waitFor(() => expect(statSync(current()).ino).not.toBe(inode), WAIT);
+      const link = await auditRecord(daemon, (r) => r.type === 'SECURITY' && (r.details as Record<string, unknown> | undefined)?.audit_chain !== undefined);
+      expect(link.details).toMatchObject({ audit_chain: { cause: 'renamed', previous_file: 'rpc-audit.log.1' } });
+      expect(recordsOf(current())[0]).toEqual(link);
+      await auditRecord(daemon, (r) => r.type === 'CALL' && r.method === '/debvisor.v1.AccessService/CreateApiKey' && r.code === 'OK');
+      expect(recordsOf(`${current()}.1`).some((r) => r.type === 'CALL' && r.method === '/debvisor.v1.AccessService/CreateApiKey' && r.code === 'OK')).toBe(true);
+    } finally {
+      admin.close();
+    }
+    expect(metricSum(await metricsText(daemon), 'audit_file_reopens_total')).toBe(1);
+    expect(daemon.logs()).toContain('was renamed by another program (now rpc-audit.log.1)');
+    const both = await auditVerify('--key-file', key(), `${current()}.1`, current());
+    expect(both.out).toMatch(/^OK: \d+ entries \(seq 1–\d+\) in 2 files/);
+    expect(both.code).toBe(0);
+    // The current file alone starts at its link record: accepted, and said.
+    const alone = await auditVerify('--key-file', key(), '--log', current());
+    expect(alone.out).toContain('at a link record (renamed, previously rpc-audit.log.1)');
+    expect(alone.code).toBe(0);
+  });
+
+  it('rm: the daemon notices within a second even when idle, starts a new file from a link record, and it verifies', async () => {
+    const before = recordsOf(current()).length;
+    expect(before).toBeGreaterThan(0);
+    rmSync(current());
+    const link = await vi.waitFor(() => {
+      const first = recordsOf(current())[0];
+      expect(first).toMatchObject({ type: 'SECURITY', details: { audit_chain: { cause: 'removed' } } });
+      return first!;
+    }, WAIT);
+    expect(String(link.reason)).toContain('was removed by another program and reopened');
+    const result = await auditVerify('--key-file', key(), '--log', current());
+    expect(result.out).toContain('at a link record (removed)');
+    expect(result.code).toBe(0);
+  });
+
+  it('audit verify exits non-zero on an empty log, and on a chain cut at its start', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'rpcd-audit-verify-'));
+    try {
+      const empty = join(work, 'rpc-audit.log');
+      writeFileSync(empty, '');
+      const result = await auditVerify('--key-file', key(), '--log', empty);
+      expect(result.out).toMatch(/^EMPTY: /);
+      expect(result.code).toBe(1);
+      // The renamed file without its first batch: it starts mid-way with no link record.
+      const lines = readFileSync(`${current()}.1`, 'utf8').split('\n').filter((line) => line !== '');
+      const secondBatch = lines.findIndex((line, index) => index > 0 && line.includes('"prev":"'));
+      expect(secondBatch).toBeGreaterThan(0);
+      const cut = join(work, 'cut.log');
+      writeFileSync(cut, `${lines.slice(secondBatch).join('\n')}\n`);
+      const cutResult = await auditVerify('--key-file', key(), cut);
+      expect(cutResult.out).toContain('unlinked: the chain starts mid-way');
+      expect(cutResult.code).toBe(1);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
   });
 });

@@ -129,7 +129,8 @@ export function baseConfig(pki: DevPkiPaths, grpcPort: number, httpPort: number,
     http: { listen: `127.0.0.1:${httpPort}` },
     tls: { ca_file: pki.caCert, cert_file: pki.serverCert, key_file: pki.serverKey },
     store: { backend: 'embedded', embedded: { dir: join(dir, 'state') } },
-    audit: { path: join(dir, 'audit', 'rpc-audit.log'), hmac_key_file: join(dir, 'audit', 'hmac.key') },
+    // Suites look up the AUTH_FAILED records of their deliberate failures; the flood tests lower this.
+    audit: { path: join(dir, 'audit', 'rpc-audit.log'), hmac_key_file: join(dir, 'audit', 'hmac.key'), unauthenticated_records_per_source: 100_000 },
     // Suites make many deliberate failures from 127.0.0.1; the blocking test lowers this.
     auth: { bootstrap_admins: [pki.adminPrincipal], max_failures_per_minute: 100_000, max_key_failures_per_minute: 100_000 },
     log: { level: 'info' },
