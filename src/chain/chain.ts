@@ -5,6 +5,7 @@ import type { ServerInterceptor } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
 import { audit, type AuditDeps } from './audit.js';
+import { bounds, type BoundsDeps } from './bounds.js';
 import { isExempt } from './exempt.js';
 import { identity, type IdentityDeps } from './identity.js';
 import { observe } from './observe.js';
@@ -18,6 +19,7 @@ export interface ChainDeps {
   readonly log: Logger;
   readonly identity: IdentityDeps;
   readonly audit: AuditDeps;
+  readonly bounds: BoundsDeps;
   readonly rateLimit: RateLimitDeps;
   readonly rbac: RbacDeps;
 }
@@ -29,6 +31,7 @@ export function buildChain(deps: ChainDeps): ServerInterceptor[] {
     steps: [
       identity(deps.identity), //                 3. who is calling
       audit(deps.audit), //                       4. one record per call; durable before mutations
+      bounds(deps.bounds), //                     4b. oversize request text refused (and audited)
       rateLimit(deps.rateLimit), //               5. per principal, per role, global
       rbac(deps.rbac), //                         6. default deny, from the proto's permission option
     ],

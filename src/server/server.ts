@@ -207,6 +207,7 @@ export class Daemon {
           log,
           identity: { certificates, apiKeys, guard, audit, metrics, log, roleNamesOf: (principal) => access.roleNamesOf(principal) },
           audit: { audit, level: config.audit.level, methods, log, objectNames: storageAuditObjects() },
+          bounds: { methods },
           rateLimit: {
             policies: new Map([...methods].map(([path, entry]) => [path, entry.policy])),
             metrics,
