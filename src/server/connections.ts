@@ -58,6 +58,8 @@ export function secureContextOptions(identity: LoadedIdentity): SecureContextOpt
 
 /** One secured connection that has not yet completed an authenticated call. */
 interface Pending {
+  /** The accepted TCP socket: the one that can still be closed (reset) once HTTP/2 has taken the TLS socket over. */
+  readonly raw: Socket;
   readonly socket: TLSSocket;
   timer: NodeJS.Timeout | undefined;
   inFlight: number;
@@ -75,7 +77,8 @@ export class ConnectionListener {
   private readonly net: NetServer;
   private readonly tls: TlsServer;
   private readonly perSource = new Map<string, number>();
-  private readonly open = new Set<Socket>();
+  /** Accepted TCP sockets, by peer "ip:port". */
+  private readonly open = new Map<string, Socket>();
   /** Secured connections still on probation, by peer "ip:port". */
   private readonly pending = new Map<string, Pending>();
   private readonly refused: Counter<'reason'>;
@@ -90,8 +93,10 @@ export class ConnectionListener {
       handshakeTimeout: options.handshakeTimeoutMs,
     });
     this.tls.on('secureConnection', (socket: TLSSocket) => this.secured(socket));
-    this.tls.on('tlsClientError', (err: NodeJS.ErrnoException) => {
+    this.tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
       this.closed.inc({ reason: err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : 'handshake_failed' });
+      // With a listener, closing is ours: Node leaves the socket open.
+      socket.destroy();
     });
     this.onIdentity = () => this.tls.setSecureContext(secureContextOptions(provider.identity));
     // Every publish ends with the identity listeners (after the CA ones): one update per renewal.
@@ -148,7 +153,7 @@ export class ConnectionListener {
   destroyAll(): void {
     for (const entry of this.pending.values()) clearTimeout(entry.timer);
     this.pending.clear();
-    for (const socket of this.open) socket.destroy();
+    for (const socket of this.open.values()) socket.destroy();
   }
 
   /** A call started on the connection `peer`: its idle clock stops while the call runs. */
@@ -176,7 +181,8 @@ export class ConnectionListener {
   private accepted(socket: Socket): void {
     const limits = this.options.limits();
     const ip = socket.remoteAddress;
-    if (ip === undefined) {
+    const key = peerKey(ip, socket.remotePort);
+    if (ip === undefined || key === undefined) {
       socket.destroy();
       return;
     }
@@ -189,11 +195,11 @@ export class ConnectionListener {
       socket.destroy();
       return;
     }
-    this.open.add(socket);
+    this.open.set(key, socket);
     this.perSource.set(ip, fromSource + 1);
     socket.on('error', () => undefined);
     socket.once('close', () => {
-      this.open.delete(socket);
+      if (this.open.get(key) === socket) this.open.delete(key);
       const left = (this.perSource.get(ip) ?? 1) - 1;
       if (left > 0) this.perSource.set(ip, left);
       else this.perSource.delete(ip);
@@ -206,11 +212,12 @@ export class ConnectionListener {
     // grpc-js adds its own handler for a secure server's sockets; this one is ours.
     socket.on('error', () => undefined);
     const key = peerKey(socket.remoteAddress, socket.remotePort);
-    if (key === undefined) {
+    const raw = key === undefined ? undefined : this.open.get(key);
+    if (key === undefined || raw === undefined) {
       socket.destroy();
       return;
     }
-    const entry: Pending = { socket, timer: undefined, inFlight: 0 };
+    const entry: Pending = { raw, socket, timer: undefined, inFlight: 0 };
     this.pending.set(key, entry);
     socket.once('close', () => {
       const current = this.pending.get(key);
@@ -229,6 +236,8 @@ export class ConnectionListener {
       if (this.pending.get(key) !== entry || entry.inFlight > 0) return;
       this.pending.delete(key);
       this.closed.inc({ reason: 'idle_before_first_call' });
+      // A reset: once an HTTP/2 session has taken the socket over, neither socket's destroy() closes it.
+      entry.raw.resetAndDestroy();
       entry.socket.destroy();
     }, this.options.limits().firstCallTimeoutMs);
     entry.timer.unref();

@@ -116,15 +116,18 @@ function openStream(session: ClientHttp2Session, path: string): ClientHttp2Strea
   });
 }
 
-/** The grpc-status the stream ends with (-1 if none). */
+/** The grpc-status the stream ends with (-1 if none): at the trailers, even while our side is still open. */
 function statusOf(stream: ClientHttp2Stream): Promise<number> {
   return new Promise((resolve) => {
     let code = -1;
     stream.on('response', (headers: Headers) => {
-      if (headers['grpc-status'] !== undefined) code = Number(headers['grpc-status']);
+      if (headers['grpc-status'] === undefined) return;
+      code = Number(headers['grpc-status']);
+      resolve(code); // a trailers-only answer
     });
     stream.on('trailers', (trailers: Headers) => {
       if (trailers['grpc-status'] !== undefined) code = Number(trailers['grpc-status']);
+      resolve(code);
     });
     stream.on('data', () => undefined);
     stream.on('error', () => undefined);
@@ -163,6 +166,10 @@ async function flood(session: ClientHttp2Session, path: string, count: number, b
   return codes;
 }
 
+/** A busy 2-core machine can take well over 15 s to start a daemon. */
+const READY_MS = 90_000;
+// Tests here start daemons, wait on the daemon's timeouts and run bounded loads.
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 const CALLS = 200;
 const P99_BOUND_MS = 200;
 
@@ -173,7 +180,7 @@ describe('reflection access (server.reflection)', () => {
   let daemon: RunningDaemon;
   let admin: PemFiles;
   beforeAll(async () => {
-    daemon = await startDaemon();
+    daemon = await startDaemon({ readyTimeoutMs: READY_MS });
     admin = await adminPem(daemon.pki);
   });
   afterAll(async () => {
@@ -190,7 +197,7 @@ describe('reflection access (server.reflection)', () => {
   });
 
   it('serves anyone with server.reflection: anonymous (set by environment)', async () => {
-    const open = await startDaemon({ env: { DEBVISOR_RPCD_SERVER_REFLECTION: 'anonymous' } });
+    const open = await startDaemon({ readyTimeoutMs: READY_MS, env: { DEBVISOR_RPCD_SERVER_REFLECTION: 'anonymous' } });
     try {
       expect(await listServices(open, null)).toContain('debvisor.v1.VmService');
     } finally {
@@ -199,7 +206,7 @@ describe('reflection access (server.reflection)', () => {
   });
 
   it('does not serve reflection at all with server.reflection: off (UNIMPLEMENTED, even for an admin)', async () => {
-    const off = await startDaemon({ config: { server: { reflection: 'off' } } });
+    const off = await startDaemon({ readyTimeoutMs: READY_MS, config: { server: { reflection: 'off' } } });
     try {
       const err = await listServices(off, await adminPem(off.pki)).then(
         () => undefined,
@@ -216,7 +223,7 @@ describe('per-source rate limit of health and reflection', () => {
   let daemon: RunningDaemon;
   let admin: PemFiles;
   beforeAll(async () => {
-    daemon = await startDaemon({ config: { server: { reflection: 'anonymous' }, rate_limit: { anonymous_per_source_per_minute: 60 } } });
+    daemon = await startDaemon({ readyTimeoutMs: READY_MS, config: { server: { reflection: 'anonymous' }, rate_limit: { anonymous_per_source_per_minute: 60 } } });
     admin = await adminPem(daemon.pki);
   });
   afterAll(async () => {
@@ -260,6 +267,7 @@ describe('connection caps and timeouts', () => {
   beforeAll(async () => {
     // Generous timeouts here, so the caps are tested with every connection surely still open.
     daemon = await startDaemon({
+      readyTimeoutMs: READY_MS,
       config: { server: { max_connections_per_source: PER_SOURCE, max_connections: GLOBAL, handshake_timeout_seconds: 600, first_call_timeout_seconds: 600 } },
     });
     admin = await adminPem(daemon.pki);
@@ -309,7 +317,7 @@ describe('handshake and idle timeouts', () => {
   let daemon: RunningDaemon;
   let admin: PemFiles;
   beforeAll(async () => {
-    daemon = await startDaemon({ config: { server: { handshake_timeout_seconds: 1, first_call_timeout_seconds: 2 } } });
+    daemon = await startDaemon({ readyTimeoutMs: READY_MS, config: { server: { handshake_timeout_seconds: 1, first_call_timeout_seconds: 2 } } });
     admin = await adminPem(daemon.pki);
   });
   afterAll(async () => {
@@ -356,7 +364,7 @@ describe('a legitimate mTLS client under unauthenticated load', () => {
   let client: Client;
   beforeAll(async () => {
     // The shipped defaults: reflection authenticated, caps and timeouts as documented.
-    daemon = await startDaemon();
+    daemon = await startDaemon({ readyTimeoutMs: READY_MS });
     client = await legitClient(daemon);
   });
   afterAll(async () => {
