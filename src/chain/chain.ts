@@ -38,7 +38,8 @@ export function buildChain(deps: ChainDeps): ServerInterceptor[] {
   const health: readonly Step[] = [steps.perSource];
   // Reflection describes the API, it acts on nothing: no RBAC permission, but a known caller,
   // audited and under its own rate limit (when `off`, the service is not registered at all).
-  const reflection: readonly Step[] = deps.exempt.reflection === 'anonymous' ? health : [steps.identity, steps.audit, steps.rateLimit, steps.perSource];
+  // The per-source limit goes first, so a flood is refused before any identity or audit work.
+  const reflection: readonly Step[] = deps.exempt.reflection === 'anonymous' ? health : [steps.perSource, steps.identity, steps.audit, steps.rateLimit];
   const chain = chainInterceptor({
     observe: observe(deps.metrics, deps.log, deps.calls), //   1. trace id, metrics, access log: sees every final status
     recover: recovery((err, traceId, path) => deps.log.error({ err, trace_id: traceId, method: path }, 'panic in call')), // 2.
