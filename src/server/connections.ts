@@ -84,6 +84,10 @@ export class ConnectionListener {
   private readonly refused: Counter<'reason'>;
   private readonly closed: Counter<'reason'>;
   private readonly onIdentity: () => void;
+  /** Connections handed to grpc-js, by peer "ip:port". */
+  private readonly injected = new Set<string>();
+  private closing = false;
+  private onEmpty: (() => void) | undefined;
 
   constructor(private readonly options: ConnectionListenerOptions) {
     const { provider, registry } = options;
@@ -143,10 +147,31 @@ export class ConnectionListener {
     return typeof address === 'object' && address ? address.port : this.options.port;
   }
 
-  /** Stops accepting; open connections stay (grpc-js drains the secured ones). */
+  /** Stops accepting; open connections stay until drain() or destroyAll(). */
   close(): void {
+    this.closing = true;
     this.options.provider.removeIdentityCertificateListener(this.onIdentity);
     this.net.close();
+  }
+
+  /**
+   * Graceful end: connections still in their handshake are closed, grpc-js's sessions get a
+   * GOAWAY and finish their calls; after `graceMs` grpc-js cancels what is left. Resolves
+   * true when every connection closed within the grace period. (grpc-js's tryShutdown does
+   * not wait for injected connections, so the listener, which owns them, does.)
+   */
+  drain(graceMs: number): Promise<boolean> {
+    this.close();
+    for (const [key, raw] of this.open) if (!this.injected.has(key)) raw.destroy();
+    this.options.injector.drain(graceMs);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), graceMs);
+      this.onEmpty = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      if (this.open.size === 0) this.onEmpty();
+    });
   }
 
   /** Closes every connection still open: the end of a shutdown. */
@@ -199,10 +224,13 @@ export class ConnectionListener {
     this.perSource.set(ip, fromSource + 1);
     socket.on('error', () => undefined);
     socket.once('close', () => {
-      if (this.open.get(key) === socket) this.open.delete(key);
+      if (this.open.get(key) !== socket) return;
+      this.open.delete(key);
+      this.injected.delete(key);
       const left = (this.perSource.get(ip) ?? 1) - 1;
       if (left > 0) this.perSource.set(ip, left);
       else this.perSource.delete(ip);
+      if (this.open.size === 0) this.onEmpty?.();
     });
     // The documented way to hand a socket to a server that does not listen itself.
     this.tls.emit('connection', socket);
@@ -213,7 +241,7 @@ export class ConnectionListener {
     socket.on('error', () => undefined);
     const key = peerKey(socket.remoteAddress, socket.remotePort);
     const raw = key === undefined ? undefined : this.open.get(key);
-    if (key === undefined || raw === undefined) {
+    if (key === undefined || raw === undefined || this.closing) {
       socket.destroy();
       return;
     }
@@ -227,6 +255,7 @@ export class ConnectionListener {
       }
     });
     this.arm(key, entry);
+    this.injected.add(key);
     this.options.injector.injectConnection(socket);
   }
 

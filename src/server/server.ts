@@ -345,14 +345,9 @@ export class Daemon {
    */
   async stop(graceMs = this.live.config.server.shutdown_grace_seconds * 1000): Promise<{ forced: boolean }> {
     this.readiness.drain();
-    this.listener.close();
-    const drained = new Promise<boolean>((resolve) => this.grpc.tryShutdown(() => resolve(true)));
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), graceMs);
-    });
-    const clean = await Promise.race([drained, expired]);
-    clearTimeout(timer);
+    // The listener owns the connections (grpc-js's tryShutdown does not wait for injected ones).
+    const clean = await this.listener.drain(graceMs);
+    this.grpc.tryShutdown(() => undefined);
     if (!clean) this.log.warn({ grace_ms: graceMs }, 'grace period over; cancelling remaining calls');
     await this.resources.disposeAsync();
     return { forced: !clean };
