@@ -75,12 +75,21 @@ function codeMetrics(metrics: Metrics, labels: MethodLabels, status: number): Co
   return entry;
 }
 
+/** Told when a call starts and when it ends on a connection (ConnectionListener's idle clock). */
+export interface CallTracker {
+  callStarted(peer: string): void;
+  /** Once per call: at its final status, or at its cancellation, whichever comes first. */
+  callEnded(peer: string, authenticated: boolean): void;
+}
+
 /** Step 1 for one call. Built when grpc-js creates the call, so `startedAt` covers the whole chain. */
 class Observation implements ObservedCall {
   private readonly startedAt = performance.now();
   private traceId: string | undefined;
   /** The client sent the trace id (a valid x-request-id): it gets it back on every status. */
   private clientTraceId = false;
+  private state: CallState | undefined;
+  private ended = false;
 
   constructor(
     private readonly metrics: Metrics,
@@ -88,7 +97,20 @@ class Observation implements ObservedCall {
     private readonly labels: MethodLabels,
     private readonly path: string,
     private readonly connection: Connection,
-  ) {}
+    private readonly tracker: CallTracker | undefined,
+  ) {
+    tracker?.callStarted(connection.peer);
+  }
+
+  cancelled(): void {
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.tracker?.callEnded(this.connection.peer, this.state?.principal !== undefined);
+  }
 
   begin(metadata: Metadata): CallState {
     const sent = firstHeader(headerMap(metadata), TRACE_ID_KEY);
@@ -110,11 +132,13 @@ class Observation implements ObservedCall {
       audited: undefined,
     };
     attachCallState(metadata, state);
+    this.state = state;
     return state;
   }
 
   end(status: PartialStatusObject): PartialStatusObject {
     const { metrics, labels, log } = this;
+    this.finish();
     const seconds = (performance.now() - this.startedAt) / 1000;
     const counts = codeMetrics(metrics, labels, status.code);
     counts.requests.inc();
@@ -141,8 +165,8 @@ class Observation implements ObservedCall {
   }
 }
 
-export function observe(metrics: Metrics, log: Logger): ChainSpec['observe'] {
+export function observe(metrics: Metrics, log: Logger, tracker?: CallTracker): ChainSpec['observe'] {
   const cache = new Map<string, MethodLabels>();
   return (path, requestStream, responseStream, connection) =>
-    new Observation(metrics, log, labelsFor(cache, path, requestStream, responseStream), path, connection);
+    new Observation(metrics, log, labelsFor(cache, path, requestStream, responseStream), path, connection, tracker);
 }

@@ -14,7 +14,7 @@
 // A step that throws or rejects ends the call: no later step and no handler runs, and the
 // status it produced is seen by the steps before it and by observe, not by itself or
 // later ones (as if it had been sent from its own layer). A throw from the handler's
-// synchronous part (recovery) is seen by observe only. Exempt calls run no step.
+// synchronous part (recovery) is seen by observe only. Exempt calls run only their own steps.
 import { status as Status, type Metadata, type ServerInterceptingCall, type ServerInterceptor, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import type { InterceptingServerListener } from '@grpc/grpc-js/build/src/server-interceptors.js';
@@ -47,6 +47,8 @@ export interface ObservedCall {
   begin(metadata: Metadata): CallState;
   /** Every final status passes here last; returns the status to send. */
   end(status: PartialStatusObject): PartialStatusObject;
+  /** The client cancelled the call (end may or may not follow). */
+  cancelled?(): void;
 }
 
 export interface ChainSpec {
@@ -58,6 +60,8 @@ export interface ChainSpec {
   readonly steps: readonly Step[];
   /** Paths that run none of `steps`. */
   readonly exempt: (path: string) => boolean;
+  /** What an exempt path runs instead (default: nothing). */
+  readonly exemptSteps?: (path: string) => readonly Step[];
 }
 
 const NO_STEPS: readonly Step[] = [];
@@ -187,6 +191,7 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
 
   onCancel(): void {
     this.cancelled = true;
+    this.observed.cancelled?.();
     this.listener?.onCancel();
   }
 
@@ -307,7 +312,7 @@ export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
   return (method, call) => {
     let steps = stepsByPath.get(method.path);
     if (steps === undefined) {
-      steps = spec.exempt(method.path) ? NO_STEPS : spec.steps;
+      steps = spec.exempt(method.path) ? (spec.exemptSteps?.(method.path) ?? NO_STEPS) : spec.steps;
       stepsByPath.set(method.path, steps);
     }
     const connection = connectionOf(call);

@@ -24,6 +24,16 @@ export const configSchema = z.strictObject({
       max_connection_age_seconds: seconds.default(1800),
       max_connection_age_grace_seconds: seconds.default(60),
       shutdown_grace_seconds: z.number().nonnegative().default(15),
+      /** Server reflection: for authenticated callers only, for anyone, or not served. Not reloadable. */
+      reflection: z.enum(['authenticated', 'anonymous', 'off']).default('authenticated'),
+      /** Open connections across all sources; more are closed at accept. */
+      max_connections: z.number().int().positive().default(4096),
+      /** Open connections from one remote address; more are closed at accept. */
+      max_connections_per_source: z.number().int().positive().default(128),
+      /** A TLS handshake not finished by then is aborted. Not reloadable. */
+      handshake_timeout_seconds: seconds.default(10),
+      /** A connection idle this long without having completed an authenticated call is closed. */
+      first_call_timeout_seconds: seconds.default(30),
     })
     .prefault({}),
   tls: z
@@ -252,6 +262,8 @@ export const configSchema = z.strictObject({
       default_per_minute: z.number().int().positive().default(100),
       /** All principals together. */
       global_per_minute: z.number().int().positive().default(30_000),
+      /** Health and reflection messages per source address (they may come before, or without, authentication). */
+      anonymous_per_source_per_minute: z.number().int().positive().default(600),
     })
     .prefault({}),
   audit: z

@@ -1,7 +1,7 @@
 // Assembles the daemon: TLS identity, the interceptor chain, the services,
 // health, reflection and the HTTP side; and takes it down gracefully.
 import { once } from 'node:events';
-import { Server } from '@grpc/grpc-js';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { grpcOptions } from './options.js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
@@ -60,7 +60,8 @@ import { unimplementedHandlers } from '../services/unimplemented.js';
 import { toImplementation, toServiceDefinition, type AdapterOptions } from './adapter.js';
 import { Readiness } from './readiness.js';
 import { reflectionService } from './reflection.js';
-import { IdentityProvider, serverCredentials } from './tls.js';
+import { IdentityProvider } from './tls.js';
+import { ConnectionListener } from './connections.js';
 import { CertMonitor, initialIdentity } from './cert-monitor.js';
 import { openStore } from '../store/open.js';
 import { monitorStore } from '../store/monitor.js';
@@ -100,6 +101,7 @@ export class Daemon {
     private readonly access: AccessState,
     private readonly audit: AuditLog,
     private readonly certMonitor: CertMonitor,
+    private readonly listener: ConnectionListener,
     /** Everything acquired at start, released in reverse order at stop. */
     private readonly resources: AsyncDisposableStack,
     readonly readiness: Readiness,
@@ -200,6 +202,13 @@ export class Daemon {
       // The test service exists only when asked for twice: a flag and an environment variable.
       const services = options.enableTestService ? [...API_SERVICES, TestingService] : API_SERVICES;
       const methods = methodIndex(services);
+      // The listener is ours (caps and timeouts, connections.ts); grpc-js gets secured sockets.
+      // The chain reports calls to it, and it is made from the server the chain goes into.
+      const late: { listener?: ConnectionListener } = {};
+      const calls = {
+        callStarted: (peer: string) => late.listener?.callStarted(peer),
+        callEnded: (peer: string, authenticated: boolean) => late.listener?.callEnded(peer, authenticated),
+      };
       const grpc = new Server({
         ...grpcOptions(config.server),
         interceptors: buildChain({
@@ -214,6 +223,8 @@ export class Daemon {
             settings: () => settings().rate_limit,
           },
           rbac: { methods, roles: (names) => access.roles(names), isBootstrapAdmin: (id) => access.isBootstrapAdmin(id), audit, metrics },
+          exempt: { metrics, reflection: config.server.reflection, perMinute: () => settings().rate_limit.anonymous_per_source_per_minute },
+          calls,
         }),
       });
       const adapterOptions: AdapterOptions = {
@@ -269,12 +280,29 @@ export class Daemon {
         grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
       }
       health.addToServer(grpc);
-      reflectionService(services).addToServer(grpc);
-      const grpcPort = await new Promise<number>((resolve, reject) => {
-        grpc.bindAsync(config.server.listen, serverCredentials(provider), (err, port) => (err ? reject(err) : resolve(port)));
-      });
-      // Only reached on a failed start; a normal stop drains first (see stop()).
+      if (config.server.reflection !== 'off') reflectionService(services).addToServer(grpc);
+      // TLS is done by the listener, so grpc-js's side of the injected connections is plain HTTP/2.
+      const injector = grpc.createConnectionInjector(ServerCredentials.createInsecure());
+      const grpcAddress = splitHostPort(config.server.listen);
+      const listener = (late.listener = new ConnectionListener({
+        host: grpcAddress.host,
+        port: grpcAddress.port,
+        provider,
+        injector,
+        handshakeTimeoutMs: config.server.handshake_timeout_seconds * 1000,
+        limits: () => ({
+          maxConnections: settings().server.max_connections,
+          maxConnectionsPerSource: settings().server.max_connections_per_source,
+          firstCallTimeoutMs: settings().server.first_call_timeout_seconds * 1000,
+        }),
+        registry: metrics.registry,
+        log,
+      }));
+      // Disposed in reverse: the listener stops accepting, grpc-js closes its sessions, then what is left goes.
+      resources.defer(() => listener.destroyAll());
       resources.defer(() => grpc.forceShutdown());
+      resources.defer(() => listener.close());
+      const grpcPort = await listener.listen();
 
       const http = createHttpServer(metrics, readiness);
       const { host, port } = splitHostPort(config.http.listen);
@@ -292,7 +320,7 @@ export class Daemon {
 
       certMonitor.start();
       readiness.set('tls', true);
-      return new Daemon(live, log, grpc, provider, certificates, access, audit, certMonitor, resources, readiness, grpcPort, httpPort);
+      return new Daemon(live, log, grpc, provider, certificates, access, audit, certMonitor, listener, resources, readiness, grpcPort, httpPort);
     } catch (err) {
       await resources.disposeAsync();
       throw err;
@@ -313,6 +341,8 @@ export class Daemon {
       const current = this.live.config;
       const needsRestart = [
         ...(next.server.listen !== current.server.listen ? ['server.listen'] : []),
+        ...(next.server.reflection !== current.server.reflection ? ['server.reflection'] : []),
+        ...(next.server.handshake_timeout_seconds !== current.server.handshake_timeout_seconds ? ['server.handshake_timeout_seconds'] : []),
         ...(next.http.listen !== current.http.listen ? ['http.listen'] : []),
         ...(JSON.stringify(next.store) !== JSON.stringify(current.store) ? ['store'] : []),
         ...(JSON.stringify(next.audit) !== JSON.stringify(current.audit) ? ['audit'] : []),
@@ -340,13 +370,9 @@ export class Daemon {
    */
   async stop(graceMs = this.live.config.server.shutdown_grace_seconds * 1000): Promise<{ forced: boolean }> {
     this.readiness.drain();
-    const drained = new Promise<boolean>((resolve) => this.grpc.tryShutdown(() => resolve(true)));
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), graceMs);
-    });
-    const clean = await Promise.race([drained, expired]);
-    clearTimeout(timer);
+    // The listener owns the connections (grpc-js's tryShutdown does not wait for injected ones).
+    const clean = await this.listener.drain(graceMs);
+    this.grpc.tryShutdown(() => undefined);
     if (!clean) this.log.warn({ grace_ms: graceMs }, 'grace period over; cancelling remaining calls');
     await this.resources.disposeAsync();
     return { forced: !clean };
