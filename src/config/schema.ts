@@ -212,6 +212,11 @@ export const configSchema = z.strictObject({
       default_bindings: z.record(z.string().min(1), z.array(z.string().min(1))).default({}),
       /** CRL (PEM) of the client CA: certificates listed are refused. Empty: none. */
       crl_file: z.string().default(''),
+      /**
+       * How long past its nextUpdate the CRL is still believed (late refresh, clock skew). After that
+       * every client certificate is refused and the daemon is NOT_SERVING until a current CRL is loaded.
+       */
+      crl_grace_seconds: z.number().nonnegative().default(3600),
       /** Authentication failures per source address per minute before it is blocked. */
       max_failures_per_minute: z.number().int().positive().default(5),
       block_minutes: z.number().positive().default(5),

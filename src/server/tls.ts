@@ -2,6 +2,7 @@
 // credentials so a renewed pair can be published without rebinding the port.
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
 import { experimental, type ServerCredentials } from '@grpc/grpc-js';
 import type {
   CaCertificateUpdateListener,
@@ -118,7 +119,35 @@ export class IdentityProvider implements CertificateProvider {
   }
 }
 
+/**
+ * What the daemon offers: the TLS 1.3 suites (all AEAD) and, for TLS 1.2, only ECDHE with
+ * AES-GCM or ChaCha20-Poly1305. Node's default list also offers CBC suites, which HTTP/2
+ * forbids (RFC 9113 §9.2.2 / appendix A) and which have a history of padding-oracle attacks.
+ */
+export const AEAD_CIPHERS = [
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'TLS_AES_128_GCM_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+/**
+ * grpc-js passes no cipher list when a certificate provider publishes a pair (it calls
+ * setSecureContext with ca/cert/key only, and GRPC_SSL_CIPHER_SUITES reaches only the
+ * first context), so every context it builds takes Node's default: the documented, mutable
+ * `tls.DEFAULT_CIPHERS`. Setting it is the one public knob that covers reloads too.
+ */
+function offerOnlyAeadCiphers(): void {
+  tls.DEFAULT_CIPHERS = AEAD_CIPHERS;
+}
+
 /** Requests, but does not require, a client certificate: API-key clients use the same port. */
 export function serverCredentials(provider: IdentityProvider): ServerCredentials {
+  offerOnlyAeadCiphers();
   return experimental.createCertificateProviderServerCredentials(provider, provider, false);
 }
