@@ -89,7 +89,7 @@ export class Revocation implements RevocationCheck {
     const inForce = () => this.current;
     new Gauge({
       name: 'crl_next_update_timestamp_seconds',
-      help: 'nextUpdate of the CRL in force (unix seconds); absent without a CRL',
+      help: 'nextUpdate of the CRL in force (unix seconds); 0 without a CRL',
       registers: [options.registry],
       collect() {
         this.reset();
@@ -99,7 +99,7 @@ export class Revocation implements RevocationCheck {
     });
     new Gauge({
       name: 'crl_number',
-      help: 'CRL number of the CRL in force; absent without a CRL or number',
+      help: 'CRL number of the CRL in force; 0 without a CRL or number',
       registers: [options.registry],
       collect() {
         this.reset();

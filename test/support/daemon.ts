@@ -28,7 +28,8 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..
 export const MAIN_JS = join(REPO_ROOT, 'dist', 'main.js');
 
 const READY_POLL_MS = 50;
-const READY_TIMEOUT_MS = 15_000;
+// Generous: on a loaded 2-core CI machine a start takes 10 s and more (hooks time out at 60 s).
+const READY_TIMEOUT_MS = 45_000;
 const KILL_AFTER_MS = 10_000;
 const MAX_BIND_ATTEMPTS = 5;
 
@@ -39,7 +40,7 @@ export interface StartDaemonOptions {
   readonly config?: ConfigOverrides;
   /** Extra environment for the daemon, e.g. DEBVISOR_RPCD_* overrides. */
   readonly env?: Record<string, string>;
-  /** Default 15 s. */
+  /** Default 45 s. */
   readonly readyTimeoutMs?: number;
   /** Extra command-line arguments after `--config FILE`. */
   readonly args?: readonly string[];
