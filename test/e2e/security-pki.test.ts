@@ -102,7 +102,8 @@ describe('pki sign-csr takes the identity from the operator, never from the CSR'
   it('without --principal nothing is signed: the CSR names nobody (the old attack gave an admin certificate)', async () => {
     for (const extra of [['--san', 'IP:10.0.0.5'], []]) {
       const out = join(work, `no-principal-${extra.length}.pem`);
-      const run = await ctl('pki', 'sign-csr', 'client', '--csr', csrFile, '--out', out, '--dir', pki.dir, '--config', daemon.configFile, ...extra);
+      // Exactly the reported attack: no flag but --san (and the daemon config at its default path, absent here).
+      const run = await ctl('pki', 'sign-csr', 'client', '--csr', csrFile, '--out', out, '--dir', pki.dir, ...extra);
       expect(run.code).toBe(2);
       expect(run.stderr).toMatch(/--principal is required/);
       expect(existsSync(out)).toBe(false);
