@@ -6,6 +6,7 @@ import { routeGrpcLogs } from './observability/grpc-logging.js';
 import { createLogger } from './observability/logger.js';
 import { Daemon } from './server/server.js';
 import { TlsConfigError } from './server/tls.js';
+import { FilePermissionError, assertSafeFiles } from './server/file-permissions.js';
 import { sdNotify } from './server/sd-notify.js';
 import { VERSION } from './version.js';
 
@@ -44,6 +45,14 @@ try {
   throw err;
 }
 const { config, file } = loaded;
+
+try {
+  assertSafeFiles(config, file);
+} catch (err) {
+  if (!(err instanceof FilePermissionError)) throw err;
+  process.stderr.write(`debvisor-rpcd: refusing to start: unsafe file permissions:\n${err.problems.map((p) => `  ${p}`).join('\n')}\n`);
+  process.exit(EXIT_CONFIG);
+}
 
 if (options.checkConfig) {
   process.stdout.write(`configuration OK (${file ?? 'built-in defaults'} + ${ENV_PREFIX}* environment)\n`);
@@ -88,7 +97,11 @@ process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
 // systemctl reload. The process must never die on HUP.
 process.on('SIGHUP', () => {
-  void daemon.reload(() => loadConfig({ path: options.config }).config);
+  void daemon.reload(() => {
+    const next = loadConfig({ path: options.config });
+    assertSafeFiles(next.config, next.file);
+    return next.config;
+  });
 });
 // A stray rejection is a bug to fix, not a reason to drop every caller's connection.
 process.on('unhandledRejection', (reason) => {

@@ -8,6 +8,7 @@ import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { UnauthenticatedError } from '../server/errors.js';
 import type { Principal } from './principal.js';
+import type { RevocationCheck } from './crl.js';
 import { normalizeSerialHex } from '../pki/index.js';
 
 const EKU_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
@@ -76,10 +77,17 @@ function commonName(subject: string): string | undefined {
   return undefined;
 }
 
-/** Principal precedence: URI SAN (spiffe://…), then DNS SAN, then CN. */
-export function principalIdOf(cert: X509Certificate): string | undefined {
-  const san = parseSubjectAltNames(cert.subjectAltName);
-  return san.uri[0] ?? san.dns[0] ?? commonName(cert.subject);
+/**
+ * Principal precedence: the URI SAN (spiffe://…), then the first DNS SAN, then the CN.
+ * Shared with `debvisorctl pki sign-csr`, which must predict the principal it signs.
+ */
+export function principalOfNames(names: { readonly uris: readonly string[]; readonly dnsNames: readonly string[]; readonly commonName: string | undefined }): string | undefined {
+  return names.uris[0] ?? names.dnsNames[0] ?? names.commonName;
+}
+
+/** Several URI SANs would make the identity ambiguous; SPIFFE allows exactly one per certificate. */
+export function uriSanProblem(uris: readonly string[]): string | undefined {
+  return uris.length > 1 ? `client certificate has ${uris.length} URI SANs; exactly one is allowed (SPIFFE): ${uris.join(', ').slice(0, 300)}` : undefined;
 }
 
 interface Verified {
@@ -95,19 +103,16 @@ export class CertificateAuthenticator {
   // the validity dates are checked per call.
   private readonly verified = new Map<string, Verified>();
 
-  private revoked: ReadonlySet<string> = new Set();
-
-  constructor(private trust: TrustBundle) {}
+  constructor(
+    private trust: TrustBundle,
+    /** The CRL in force (see crl.ts): revoked serials, and a stale CRL refuses everyone. */
+    private readonly revocation?: RevocationCheck,
+  ) {}
 
   /** Swaps the CA bundle (SIGHUP or rollover); cached results of the old bundle die with it. */
   setTrust(trust: TrustBundle): void {
     this.trust = trust;
     this.verified.clear();
-  }
-
-  /** Serials (normalised, see crl.ts) that are refused even though they chain and are in date. */
-  setRevoked(serials: ReadonlySet<string>): void {
-    this.revoked = serials;
   }
 
   authenticate(peer: PeerCertificate, now = Date.now()): Principal {
@@ -121,9 +126,8 @@ export class CertificateAuthenticator {
     if (now < entry.notBefore || now > entry.notAfter) {
       throw new UnauthenticatedError('client certificate is outside its validity period');
     }
-    if (this.revoked.size > 0 && this.revoked.has(entry.serial)) {
-      throw new UnauthenticatedError(`client certificate serial ${entry.serial} is revoked (CRL)`);
-    }
+    const refusal = this.revocation?.refusal(entry.serial, now);
+    if (refusal !== undefined) throw new UnauthenticatedError(refusal);
     return entry.principal;
   }
 
@@ -141,7 +145,10 @@ export class CertificateAuthenticator {
     }
     const problem = chainProblem(leaf, this.trust, now);
     if (problem) throw new UnauthenticatedError(problem);
-    const id = principalIdOf(leaf);
+    const san = parseSubjectAltNames(leaf.subjectAltName);
+    const ambiguous = uriSanProblem(san.uri);
+    if (ambiguous) throw new UnauthenticatedError(ambiguous);
+    const id = principalOfNames({ uris: san.uri, dnsNames: san.dns, commonName: commonName(leaf.subject) });
     if (!id) throw new UnauthenticatedError('client certificate names no principal (no URI SAN, DNS SAN or CN)');
     const notAfter = leaf.validToDate;
     return {

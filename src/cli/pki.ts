@@ -3,9 +3,11 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline/promises';
 import { InvalidArgumentError, Option, type Command, type CommanderError } from 'commander';
 import Table from 'cli-table3';
 import { loadConfig } from '../config/load.js';
+import { principalOfNames } from '../authn/x509.js';
 import {
   CERTIFICATE_MODE,
   PRIVATE_KEY_MODE,
@@ -13,7 +15,9 @@ import {
   caDirectory,
   describeCertificate,
   exportPkcs12,
+  formatSans,
   initCa,
+  inspectCsr,
   issueCertificate,
   loadCa,
   parseCrl,
@@ -28,6 +32,8 @@ import {
   writeLeafFiles,
   type CaKeyAlgorithm,
   type CertificateInfo,
+  type CertificateProfile,
+  type SanLists,
   type RevocationReason,
 } from '../pki/index.js';
 
@@ -44,6 +50,17 @@ export interface PkiCliIo {
   exit: (code: number) => never;
   env: NodeJS.ProcessEnv;
   now: () => Date;
+  /** Asks a yes/no question on a terminal; absent when there is none to ask on. */
+  confirm?: (question: string) => Promise<boolean>;
+}
+
+async function confirmOnTerminal(question: string): Promise<boolean> {
+  const prompt = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^y(es)?$/i.test((await prompt.question(question)).trim());
+  } finally {
+    prompt.close();
+  }
 }
 
 const processIo: PkiCliIo = {
@@ -52,6 +69,7 @@ const processIo: PkiCliIo = {
   exit: (code) => process.exit(code),
   env: process.env,
   now: () => new Date(),
+  ...(process.stdin.isTTY && { confirm: confirmOnTerminal }),
 };
 
 /** 0 done; 1 failed (or, for status, something expired or due); 2 usage error. */
@@ -240,6 +258,100 @@ function runStatus(flags: StatusFlags, io: PkiCliIo): number {
   return results.some(({ state }) => state !== 'ok') ? PKI_EXIT.FAILED : PKI_EXIT.OK;
 }
 
+// ---- sign-csr ----------------------------------------------------------------------
+
+interface SignCsrFlags extends DirFlags {
+  csr: string;
+  principal?: string;
+  san: string[];
+  cn?: string;
+  days: number;
+  out: string;
+  yes?: boolean;
+  allowAdmin?: boolean;
+  config?: string;
+}
+
+interface SigningPlan {
+  commonName: string;
+  sans: SanLists;
+  principal: string;
+}
+
+/** Subject and SANs from the operator's flags alone; the principal is what the daemon will see. */
+function signingPlan(profile: CertificateProfile, flags: SignCsrFlags): SigningPlan {
+  let sans: SanLists;
+  try {
+    sans = parseSanList(flags.san);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (profile === 'server') {
+    if (flags.principal !== undefined) throw new UsageError('--principal is for client certificates; a server is named by its --san DNS:/IP: names');
+    if (sans.dnsNames.length + sans.ipAddresses.length + sans.uris.length === 0) throw new UsageError('a server certificate needs at least one --san (DNS:host or IP:address)');
+    const commonName = flags.cn ?? sans.dnsNames[0] ?? sans.ipAddresses[0] ?? '';
+    return { commonName, sans, principal: principalOfNames({ ...sans, commonName }) ?? commonName };
+  }
+  const principal = flags.principal?.trim();
+  if (!principal) throw new UsageError('--principal is required: the identity the certificate authenticates as (the CSR does not choose it)');
+  if (sans.uris.length > 0) throw new UsageError('a client certificate carries exactly one URI SAN, the --principal; drop the --san URI: names');
+  const isUri = URL.canParse(principal) && principal.includes('://');
+  if (isUri) sans.uris.push(principal);
+  const commonName = flags.cn ?? (isUri ? (new URL(principal).pathname.split('/').filter(Boolean).pop() ?? principal) : principal);
+  if (!isUri && commonName !== principal) throw new UsageError(`a non-URI principal is the certificate's CN: --cn ${commonName} would name someone else`);
+  const effective = principalOfNames({ ...sans, commonName });
+  if (effective !== principal) {
+    throw new UsageError(`with these names the daemon would see principal "${String(effective)}", not "${principal}" (a DNS SAN takes precedence over the CN): use a URI principal or drop the DNS names`);
+  }
+  return { commonName, sans, principal };
+}
+
+/** Principals the daemon treats as admin by config: bootstrap admins and default bindings to the admin role. */
+function configuredAdmins(flags: SignCsrFlags, io: PkiCliIo): { admins: Set<string>; source: string } {
+  const { config, file } = loadConfig({ path: flags.config, env: io.env });
+  const admins = new Set(config.auth.bootstrap_admins);
+  for (const [principal, roles] of Object.entries(config.auth.default_bindings)) if (roles.includes('admin')) admins.add(principal);
+  return { admins, source: file ?? 'built-in defaults and environment (no config file found)' };
+}
+
+async function runSignCsr(profileArg: string, flags: SignCsrFlags, io: PkiCliIo): Promise<number> {
+  if (profileArg !== 'server' && profileArg !== 'client') throw new UsageError(`profile must be "server" or "client", got "${profileArg}"`);
+  const profile: CertificateProfile = profileArg;
+  const plan = signingPlan(profile, flags);
+  const csrPem = await readText(flags.csr, 'CSR');
+  const { info: requested } = await inspectCsr(csrPem);
+  const { admins, source } = configuredAdmins(flags, io);
+  if (profile === 'client' && admins.has(plan.principal) && !flags.allowAdmin) {
+    throw new Error(`refusing to sign ${plan.principal}: it is an admin in ${source}; pass --allow-admin if that is really meant`);
+  }
+  const paths = caDirectory(flags.dir);
+  const ca = await loadCa(paths.caCert, paths.caKey);
+  const notAfter = new Date(Math.min(io.now().getTime() + flags.days * DAY_MS, describeCertificate(ca.certPem).notAfter.getTime()));
+
+  io.out('about to sign:\n');
+  printRecord(io, {
+    subject: `CN=${plan.commonName}`,
+    sans: formatSans(plan.sans).join(', ') || '-',
+    eku: profile === 'client' ? 'clientAuth' : 'serverAuth',
+    principal: `${plan.principal}${admins.has(plan.principal) ? ' (ADMIN)' : ''}`,
+    'admins from': source,
+    lifetime: `${flags.days} days, until ${notAfter.toISOString()}`,
+    'requested (ignored)': [requested.commonName !== undefined ? `CN=${requested.commonName}` : '', ...formatSans(requested.sans)].filter((n) => n !== '').join(', ') || '-',
+  });
+  if (!flags.yes) {
+    if (!io.confirm) throw new Error('refusing to sign without confirmation: stdin is not a terminal; review the above and pass --yes');
+    if (!(await io.confirm('sign this certificate? [y/N] '))) {
+      io.err('not signed\n');
+      return PKI_EXIT.FAILED;
+    }
+  }
+  const certPem = await signCsr({ ca, csrPem, profile, commonName: plan.commonName, ...plan.sans, validityDays: flags.days });
+  await writeFileAtomic(resolve(flags.out), certPem, CERTIFICATE_MODE);
+  io.out(`signed ${profile} certificate ${resolve(flags.out)}\n`);
+  printRecord(io, formatInfo(describeCertificate(certPem), io.now()));
+  return PKI_EXIT.OK;
+}
+
 // ---- registration -----------------------------------------------------------------
 
 /** Adds `pki init-ca|issue|renew|revoke|crl|sign-csr|export-p12|status` to a debvisorctl-style program. */
@@ -317,6 +429,7 @@ export function registerPkiCommands(program: Command, io: PkiCliIo = processIo):
             } catch (err) {
               throw new UsageError((err as Error).message);
             }
+            if (profile === 'client' && sans.uris.length > 1) throw new UsageError('a client certificate carries exactly one URI SAN, its principal (SPIFFE); the daemon refuses more');
             const password = flags.p12 ? await p12Password(flags.passwordFile, io) : undefined;
             const paths = caDirectory(flags.dir);
             const outDir = resolve(flags.outDir ?? paths.dir);
@@ -441,33 +554,24 @@ export function registerPkiCommands(program: Command, io: PkiCliIo = processIo):
   commands.push(
     pki
       .command('sign-csr')
-      .description('sign a PKCS#10 request (the requester keeps its key); our profile decides the extensions')
-      .requiredOption('--csr <file>', 'the request (PEM)')
+      .description('sign a PKCS#10 request for an identity YOU name: only the CSR\'s public key is used, never its subject or SANs')
       .argument('<profile>', 'server or client')
-      .option('--cn <name>', 'override the requested common name')
-      .option('--san <san>', 'replace the requested SANs, repeatable: DNS:, IP:, URI:', collect, [])
+      .requiredOption('--csr <file>', 'the request (PEM); its signature proves the requester holds the key')
+      .option('--principal <id>', 'client: the identity the certificate authenticates as, e.g. spiffe://debvisor/ci/runner (becomes the one URI SAN; a non-URI id becomes the CN)')
+      .option('--san <san>', 'DNS:, IP: (and, for a server, URI:) names, repeatable; server: at least one', collect, [])
+      .option('--cn <name>', 'subject common name (default: the principal\'s last path segment, or the first DNS SAN)')
       .option('--days <n>', 'validity in days', positiveNumber('--days'), 365)
       .requiredOption('--out <file>', 'where to write the certificate')
+      .option('-y, --yes', 'sign without asking (needed when stdin is not a terminal)')
+      .option('--allow-admin', 'allow signing a bootstrap admin (auth.bootstrap_admins or a default admin binding)')
+      .option('-c, --config <file>', 'daemon config naming the bootstrap admins (default: /etc/debvisor/rpcd.yaml if present)')
       .addOption(dirOption())
-      .action(
-        action(async (profile: string, flags: DirFlags & { csr: string; cn?: string; san: string[]; days: number; out: string }) => {
-          if (profile !== 'server' && profile !== 'client') throw new UsageError(`profile must be "server" or "client", got "${profile}"`);
-          const paths = caDirectory(flags.dir);
-          const ca = await loadCa(paths.caCert, paths.caKey);
-          const certPem = await signCsr({
-            ca,
-            csrPem: await readText(flags.csr, 'CSR'),
-            profile,
-            validityDays: flags.days,
-            ...(flags.cn !== undefined && { commonName: flags.cn }),
-            ...(flags.san.length > 0 && parseSanList(flags.san)),
-          });
-          await writeFileAtomic(resolve(flags.out), certPem, CERTIFICATE_MODE);
-          io.out(`signed ${profile} certificate ${resolve(flags.out)}\n`);
-          printRecord(io, formatInfo(describeCertificate(certPem), io.now()));
-          return PKI_EXIT.OK;
-        }),
-      ),
+      .addHelpText(
+        'after',
+        '\nThe request\'s subject and SANs are shown but ignored: a requester must not choose its own identity.\n' +
+          'Example: debvisorctl pki sign-csr client --csr runner.csr --principal spiffe://debvisor/ci/runner --out runner-cert.pem',
+      )
+      .action(action(async (profile: string, flags: SignCsrFlags) => runSignCsr(profile, flags, io))),
   );
 
   commands.push(

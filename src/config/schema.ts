@@ -226,6 +226,11 @@ export const configSchema = z.strictObject({
       default_bindings: z.record(z.string().min(1), z.array(z.string().regex(ROLE_NAME, 'a role name: lower-case letters, digits, _ and -, starting with a letter'))).default({}),
       /** CRL (PEM) of the client CA: certificates listed are refused. Empty: none. */
       crl_file: z.string().default(''),
+      /**
+       * How long past its nextUpdate the CRL is still believed (late refresh, clock skew). After that
+       * every client certificate is refused and the daemon is NOT_SERVING until a current CRL is loaded.
+       */
+      crl_grace_seconds: z.number().nonnegative().default(3600),
       /** Authentication failures per source address per window before it is blocked (API-key and anonymous calls only). */
       max_failures_per_minute: z.number().int().positive().default(5),
       /** Wrong secrets for one known API key id per window before that key id is blocked; capped below max_failures_per_minute. */

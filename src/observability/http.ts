@@ -22,8 +22,11 @@ export function createHttpServer(metrics: Metrics, readiness: Readiness): Server
         res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
         return;
       case '/readyz':
-        if (readiness.ready) res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n');
-        else res.writeHead(503, { 'content-type': 'text/plain' }).end(`not ready: ${readiness.notReady.join(', ') || 'draining'}\n`);
+        {
+          const details = readiness.detailLines.map((line) => `${line}\n`).join('');
+          if (readiness.ready) res.writeHead(200, { 'content-type': 'text/plain' }).end(`ready\n${details}`);
+          else res.writeHead(503, { 'content-type': 'text/plain' }).end(`not ready: ${readiness.notReady.join(', ') || 'draining'}\n${details}`);
+        }
         return;
       default:
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');

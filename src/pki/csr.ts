@@ -1,6 +1,8 @@
 // PKCS#10 certificate signing requests: a host keeps its private key and sends
-// only a CSR; we sign it with our own profile (the CSR cannot ask for CA:true,
-// other key usages or extra subject attributes).
+// only a CSR. Of the CSR we use its public key and its self-signature (proof of
+// possession), nothing else: the subject and SANs come from the signer, never from
+// the requester, who could otherwise ask for any identity (an admin's, say). Our own
+// profile decides the extensions (no CA:true, no other key usages).
 import type { webcrypto } from 'node:crypto';
 import { x509, nodeCrypto } from './x509.js';
 import { generateKeyPair } from './keys.js';
@@ -17,8 +19,8 @@ export interface SignCsrOptions extends SubjectAltNames {
   ca: PemPair;
   csrPem: string;
   profile: CertificateProfile;
-  /** Default: the CSR's CommonName. */
-  commonName?: string;
+  /** The subject CN: the signer's choice (the CSR's subject is ignored). */
+  commonName: string;
   /** Default 365. */
   validityDays?: number;
 }
@@ -28,7 +30,7 @@ export interface CsrInfo {
   sans: SanLists;
 }
 
-/** Parse and verify a CSR; returns its CommonName and requested SANs. */
+/** Parse and verify a CSR; returns what it asks for (shown to the signer, never signed as such). */
 export async function inspectCsr(csrPem: string): Promise<{ csr: x509.Pkcs10CertificateRequest; info: CsrInfo }> {
   let csr: x509.Pkcs10CertificateRequest;
   try {
@@ -44,18 +46,22 @@ export async function inspectCsr(csrPem: string): Promise<{ csr: x509.Pkcs10Cert
 }
 
 /**
- * Sign a CSR. SANs given in `opts` replace the requested ones; otherwise the
- * CSR's DNS/IP/URI SANs are copied. Returns the certificate PEM.
+ * Sign a CSR's public key with the subject CN and SANs in `opts` only: the CSR's
+ * own subject and SANs are ignored. Returns the certificate PEM.
  */
 export async function signCsr(opts: SignCsrOptions): Promise<string> {
-  const { csr, info } = await inspectCsr(opts.csrPem);
-  const commonName = opts.commonName ?? info.commonName;
-  if (!commonName) throw new Error('the CSR has no CommonName; give one explicitly');
-  const override = opts.dnsNames !== undefined || opts.ipAddresses !== undefined || opts.uris !== undefined;
-  const sans = override ? { dnsNames: opts.dnsNames ?? [], ipAddresses: opts.ipAddresses ?? [], uris: opts.uris ?? [] } : info.sans;
+  const { csr } = await inspectCsr(opts.csrPem);
   const publicKey = (await csr.publicKey.export(nodeCrypto)) as unknown as webcrypto.CryptoKey;
   return signLeaf(
-    { ca: opts.ca, profile: opts.profile, commonName, ...sans, ...(opts.validityDays !== undefined && { validityDays: opts.validityDays }) },
+    {
+      ca: opts.ca,
+      profile: opts.profile,
+      commonName: opts.commonName,
+      dnsNames: opts.dnsNames ?? [],
+      ipAddresses: opts.ipAddresses ?? [],
+      uris: opts.uris ?? [],
+      ...(opts.validityDays !== undefined && { validityDays: opts.validityDays }),
+    },
     publicKey,
   );
 }

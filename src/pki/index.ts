@@ -20,7 +20,7 @@ export {
 } from './dev.js';
 export { randomSerialHex } from './serial.js';
 export { signLeaf } from './issue.js';
-export { parseSanList, formatSans, type SanKind } from './san.js';
+export { parseSanList, formatSans, type SanKind, type SanLists } from './san.js';
 export {
   describeCertificate,
   keyMatchesCertificate,

@@ -20,7 +20,7 @@ import { once } from 'node:events';
 import type { ConnectionInjector } from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
-import type { IdentityProvider, LoadedIdentity } from './tls.js';
+import { AEAD_CIPHERS, type IdentityProvider, type LoadedIdentity } from './tls.js';
 
 export interface ConnectionLimits {
   /** Open connections (handshaking or secured) across all sources. */
@@ -49,6 +49,7 @@ export function secureContextOptions(identity: LoadedIdentity): SecureContextOpt
     ca: identity.ca,
     cert: identity.cert,
     key: identity.key,
+    ciphers: AEAD_CIPHERS,
     // Requested but not required: API-key clients use the same port. Verification against
     // `ca` still runs, and only a verified certificate reaches the chain (socket.authorized).
     requestCert: true,

@@ -2,10 +2,12 @@
 // and grpc health and /readyz both read this one state.
 import type { HealthImplementation } from 'grpc-health-check';
 
-export type Component = 'tls' | 'store' | 'access';
+export type Component = 'tls' | 'store' | 'access' | 'crl';
 
 export class Readiness {
   private readonly pending = new Set<Component>();
+  /** Why a component is not ready, or a warning about one that is; shown by /readyz. */
+  private readonly details = new Map<Component, string>();
   private draining = false;
 
   constructor(
@@ -17,10 +19,22 @@ export class Readiness {
     this.publish();
   }
 
-  set(component: Component, ready: boolean): void {
+  set(component: Component, ready: boolean, detail?: string): void {
     if (ready) this.pending.delete(component);
     else this.pending.add(component);
+    this.note(component, detail);
     this.publish();
+  }
+
+  /** A detail for /readyz that does not change readiness (e.g. a refused CRL while the old one holds). */
+  note(component: Component, detail: string | undefined): void {
+    if (detail === undefined) this.details.delete(component);
+    else this.details.set(component, detail);
+  }
+
+  /** "component: detail" lines for /readyz. */
+  get detailLines(): string[] {
+    return [...this.details].map(([component, detail]) => `${component}: ${detail}`);
   }
 
   /** Shutdown: report NOT_SERVING so load balancers stop sending new calls. */

@@ -19,7 +19,7 @@ import { AccessState } from '../access/state.js';
 import { DEFAULT_FLOOD_LIMITS } from '../audit/flood.js';
 import { AuditLog } from '../audit/log.js';
 import { ApiKeyAuthenticator } from '../authn/apikey.js';
-import { loadRevokedSerials } from '../authn/crl.js';
+import { Revocation } from '../authn/crl.js';
 import { SourceGuard } from '../authn/source-guard.js';
 import { createRepositories } from '../store/repositories.js';
 import { methodIndex, type MethodEntry } from './policy.js';
@@ -98,6 +98,7 @@ export class Daemon {
     private readonly grpc: Server,
     private readonly provider: IdentityProvider,
     private readonly certificates: CertificateAuthenticator,
+    private readonly revocation: Revocation,
     private readonly access: AccessState,
     private readonly audit: AuditLog,
     private readonly certMonitor: CertMonitor,
@@ -119,11 +120,21 @@ export class Daemon {
       // Loaded before binding: grpc-js drops every connection until it has an identity.
       const identity = await initialIdentity(config.tls, log);
       const provider = new IdentityProvider(identity);
-      const certificates = new CertificateAuthenticator(identity.trust);
-      if (config.auth.crl_file) certificates.setRevoked(await loadRevokedSerials(config.auth.crl_file, identity.trust));
       const metrics = new Metrics();
       const health = new HealthImplementation();
       const readiness = new Readiness(['tls', 'store', 'access'], health, API_SERVICES.map((service) => service.typeName));
+      const revocation = new Revocation({
+        registry: metrics.registry,
+        onStale: (reason) => {
+          readiness.set('crl', reason === undefined, reason);
+          if (reason !== undefined) log.error({ problem: reason }, 'CRL is stale; refusing every client certificate');
+        },
+        onRejected: (reason) => readiness.note('crl', reason && `refused: ${reason}`),
+      });
+      resources.defer(() => revocation.stop());
+      const graceMs = config.auth.crl_grace_seconds * 1000;
+      revocation.install(config.auth.crl_file ? await revocation.admit(config.auth.crl_file, identity.trust, graceMs) : undefined, graceMs);
+      const certificates = new CertificateAuthenticator(identity.trust, revocation);
 
       // An unreachable etcd does not stop the start: the daemon comes up NOT_SERVING and follows the store.
       const store = await openStore(config.store, (err) => log.error({ err }, 'store background task failed'));
@@ -320,7 +331,7 @@ export class Daemon {
 
       certMonitor.start();
       readiness.set('tls', true);
-      return new Daemon(live, log, grpc, provider, certificates, access, audit, certMonitor, listener, resources, readiness, grpcPort, httpPort);
+      return new Daemon(live, log, grpc, provider, certificates, revocation, access, audit, certMonitor, listener, resources, readiness, grpcPort, httpPort);
     } catch (err) {
       await resources.disposeAsync();
       throw err;
@@ -337,7 +348,8 @@ export class Daemon {
     try {
       const next = readConfig();
       const identity = this.certMonitor.validate(next.tls);
-      const revoked = next.auth.crl_file ? await loadRevokedSerials(next.auth.crl_file, identity.trust) : new Set<string>();
+      const graceMs = next.auth.crl_grace_seconds * 1000;
+      const crl = next.auth.crl_file ? await this.revocation.admit(next.auth.crl_file, identity.trust, graceMs) : undefined;
       const current = this.live.config;
       const needsRestart = [
         ...(next.server.listen !== current.server.listen ? ['server.listen'] : []),
@@ -348,7 +360,7 @@ export class Daemon {
         ...(JSON.stringify(next.audit) !== JSON.stringify(current.audit) ? ['audit'] : []),
       ];
       await this.certMonitor.publishFromReload(identity);
-      this.certificates.setRevoked(revoked);
+      this.revocation.install(crl, graceMs);
       this.live.config = next;
       this.certMonitor.reloaded();
       this.access.reconfigure(next.auth);

@@ -118,7 +118,28 @@ export class IdentityProvider implements CertificateProvider {
   }
 }
 
-/** Requests, but does not require, a client certificate: API-key clients use the same port. */
+/**
+ * What the daemon offers: the TLS 1.3 suites (all AEAD) and, for TLS 1.2, only ECDHE with
+ * AES-GCM or ChaCha20-Poly1305. Node's default list also offers CBC suites, which HTTP/2
+ * forbids (RFC 9113 §9.2.2 / appendix A) and which have a history of padding-oracle attacks.
+ */
+export const AEAD_CIPHERS = [
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'TLS_AES_128_GCM_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+/**
+ * grpc-js's own TLS over the provider, requesting but not requiring a client certificate. The
+ * daemon terminates TLS itself (src/server/connections.ts); the chain benchmark's bare server
+ * (bench/bare-server.ts) serves through this.
+ */
 export function serverCredentials(provider: IdentityProvider): ServerCredentials {
   return experimental.createCertificateProviderServerCredentials(provider, provider, false);
 }

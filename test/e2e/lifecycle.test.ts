@@ -32,7 +32,8 @@ describe('configuration', () => {
 
   async function configFile(name: string, overrides: Record<string, unknown> = {}): Promise<string> {
     const file = join(dir, name);
-    await writeFile(file, stringify(deepMerge(baseConfig(pki, 7443, 9464), overrides)));
+    // 0600 whatever the umask: the daemon refuses a config file others could write.
+    await writeFile(file, stringify(deepMerge(baseConfig(pki, 7443, 9464), overrides)), { mode: 0o600 });
     return file;
   }
 

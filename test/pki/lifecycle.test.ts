@@ -29,7 +29,7 @@ import {
   verifyCrl,
   type PemPair,
 } from '../../src/pki/index.js';
-import { loadRevokedSerials } from '../../src/authn/crl.js';
+import { readCrl } from '../../src/authn/crl.js';
 import { TrustBundle } from '../../src/authn/x509.js';
 import { renewalDueAt } from '../../src/server/cert-monitor.js';
 import { registerPkiCommands, type PkiCliIo } from '../../src/cli/pki.js';
@@ -78,7 +78,7 @@ describe('CRL', () => {
     const text = (await run(OPENSSL, ['crl', '-in', crlFile, '-CAfile', caFile, '-noout', '-text'])).stdout;
     expect(text).toContain(`Serial Number: ${normalizeSerialHex(serial)}`);
     expect(text).toMatch(/X509v3 CRL Number:\s+2/);
-    const revoked = await loadRevokedSerials(crlFile, TrustBundle.fromPem(ca.certPem));
+    const { revoked } = await readCrl(crlFile, TrustBundle.fromPem(ca.certPem));
     expect([...revoked].sort()).toEqual([normalizeSerialHex(serial), 'ABCDEF'].sort());
 
     const refreshed = await refreshCrl({ ca, crlPem: second.crlPem, validityDays: 7 });
@@ -94,7 +94,7 @@ describe('CRL', () => {
     expect(await verifyCrl(foreign, other.certPem)).toBe(true);
     expect(await verifyCrl(foreign, ca.certPem)).toBe(false);
     await expect(revokeSerials({ ca, crlPem: foreign, serials: ['02'] })).rejects.toThrow(/not signed by this CA/);
-    await expect(loadRevokedSerials(await file(foreign), TrustBundle.fromPem(ca.certPem))).rejects.toThrow(/not signed/);
+    await expect(readCrl(await file(foreign), TrustBundle.fromPem(ca.certPem))).rejects.toThrow(/not signed/);
   });
 
   it('works with an RSA CA too', async () => {
@@ -111,25 +111,29 @@ describe('CRL', () => {
 });
 
 describe('CSR signing', () => {
-  it('signs our own CSR with the requested SANs and the profile EKU', async () => {
-    const { csrPem, keyPem } = await createCsr({ commonName: 'node7', dnsNames: ['node7.example'], ipAddresses: ['10.1.2.3'] });
-    const certPem = await signCsr({ ca, csrPem, profile: 'server', validityDays: 30 });
+  it('signs the CSR key with the names the signer gives (never the requested ones) and the profile EKU', async () => {
+    const { csrPem, keyPem } = await createCsr({ commonName: 'spiffe://debvisor/admin/admin', dnsNames: ['evil.example'], uris: ['spiffe://debvisor/admin/admin'] });
+    const certPem = await signCsr({ ca, csrPem, profile: 'server', commonName: 'node7', ...parseSanList(['DNS:node7.example', 'IP:10.1.2.3']), validityDays: 30 });
     const info = describeCertificate(certPem);
     expect(info.commonName).toBe('node7');
     expect(info.sanStrings).toEqual(['DNS:node7.example', 'IP:10.1.2.3']);
+    // Without names from the signer the certificate names nothing the CSR asked for.
+    const bare = describeCertificate(await signCsr({ ca, csrPem, profile: 'client', commonName: 'runner' }));
+    expect(bare.subject).toBe('CN=runner');
+    expect(bare.sanStrings).toEqual([]);
     expect(info.profile).toBe('server');
     expect(new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem))).toBe(true);
     await run(OPENSSL, ['verify', '-CAfile', await file(ca.certPem), await file(certPem)]);
   });
 
-  it('signs an OpenSSL CSR, keeps our profile over what it asks for, and can override SANs', async () => {
+  it('signs an OpenSSL CSR with our profile and names, whatever it asks for', async () => {
     const key = join(work, 'openssl-csr-key.pem');
     const csr = join(work, 'openssl.csr');
     await run(OPENSSL, [
       'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr,
       '-subj', '/CN=panel/O=Evil Corp', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'subjectAltName=DNS:asked.example',
     ]);
-    const certPem = await signCsr({ ca, csrPem: await readFile(csr, 'utf8'), profile: 'client', ...parseSanList(['URI:spiffe://debvisor/panel/web-panel']) });
+    const certPem = await signCsr({ ca, csrPem: await readFile(csr, 'utf8'), profile: 'client', commonName: 'panel', ...parseSanList(['URI:spiffe://debvisor/panel/web-panel']) });
     const info = describeCertificate(certPem);
     expect(info.isCa).toBe(false);
     expect(info.subject).toBe('CN=panel');
@@ -142,7 +146,7 @@ describe('CSR signing', () => {
     const der = Buffer.from(csrPem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
     der[der.length - 5]! ^= 0xff; // inside the signature
     const tampered = `-----BEGIN CERTIFICATE REQUEST-----\n${der.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
-    await expect(signCsr({ ca, csrPem: tampered, profile: 'client' })).rejects.toThrow(/signature|PKCS#10/);
+    await expect(signCsr({ ca, csrPem: tampered, profile: 'client', commonName: 'x' })).rejects.toThrow(/signature|PKCS#10/);
   });
 });
 

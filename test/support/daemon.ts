@@ -41,7 +41,7 @@ export interface StartDaemonOptions {
   readonly config?: ConfigOverrides;
   /** Extra environment for the daemon, e.g. DEBVISOR_RPCD_* overrides. */
   readonly env?: Record<string, string>;
-  /** Default 15 s. */
+  /** Default 45 s. */
   readonly readyTimeoutMs?: number;
   /** Extra command-line arguments after `--config FILE`. */
   readonly args?: readonly string[];

@@ -37,6 +37,13 @@ describe('CertificateAuthenticator', () => {
     expect(auth.authenticate(peerOf(cn.certPem)).id).toBe('web-panel');
   });
 
+  it('refuses a certificate with several URI SANs (SPIFFE: exactly one), even one that is the admin', async () => {
+    const two = await issueCertificate({ ca, profile: 'client', commonName: 'cn', uris: ['spiffe://debvisor/ci/runner', 'spiffe://debvisor/admin/admin'] });
+    expect(reasonOf(() => auth.authenticate(peerOf(two.certPem)))).toBe(
+      'client certificate has 2 URI SANs; exactly one is allowed (SPIFFE): spiffe://debvisor/ci/runner, spiffe://debvisor/admin/admin',
+    );
+  });
+
   it('refuses a self-signed certificate naming a real principal', async () => {
     const forged = await selfSignedCertificate({ commonName: 'admin', uris: ['spiffe://debvisor/admin/admin'], profile: 'client' });
     expect(reasonOf(() => auth.authenticate(peerOf(forged.certPem)))).toMatch(/not issued by a trusted CA/);
