@@ -364,7 +364,7 @@ describe('an audit filesystem below its reserve', () => {
     const admin = await clientFor(AccessService, daemon);
     try {
       await admin.whoAmI({}, T);
-      const created = await admin.createApiKey({ description: 'still works', permissions: ['access:whoami'] }, T);
+      const created = await admin.createApiKey({ description: 'still works', permissions: ['vm:list'] }, T);
       expect(created.secret).not.toBe('');
       await auditRecord(daemon, (r) => r.type === 'CALL' && r.method === '/debvisor.v1.AccessService/WhoAmI' && r.code === 'OK');
     } finally {
@@ -391,13 +391,13 @@ describe('rotation by another program', () => {
   it('mv as logrotate does: the daemon reopens the path, records a SECURITY event, and the chain verifies across both files', async () => {
     const admin = await clientFor(AccessService, daemon);
     try {
-      await admin.createApiKey({ description: 'before', permissions: ['access:whoami'] }, T);
+      await admin.createApiKey({ description: 'before', permissions: ['vm:list'] }, T);
       await admin.whoAmI({}, T);
       await auditRecord(daemon, (r) => r.method === '/debvisor.v1.AccessService/WhoAmI');
       const inode = statSync(current()).ino;
       renameSync(current(), `${current()}.1`);
       // A mutation checks the file before its durable write: its records land in the new file.
-      await admin.createApiKey({ description: 'after', permissions: ['access:whoami'] }, T);
+      await admin.createApiKey({ description: 'after', permissions: ['vm:list'] }, T);
       await vi.waitFor(() => expect(statSync(current()).ino).not.toBe(inode), WAIT);
       const link = await auditRecord(daemon, (r) => r.type === 'SECURITY' && (r.details as Record<string, unknown> | undefined)?.audit_chain !== undefined);
       expect(link.details).toMatchObject({ audit_chain: { cause: 'renamed', previous_file: 'rpc-audit.log.1' } });

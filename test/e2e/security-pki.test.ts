@@ -246,7 +246,7 @@ describe('CRL freshness and rollback', { timeout: 180_000 }, () => {
     entries = [{ serialNumber: revoked.serial.toUpperCase().replace(/^0+/, ''), revocationDate: new Date(Date.now() - 60_000) }];
     await writeCrl(5n, 1);
     daemon = await startDaemon({ readyTimeoutMs: START_MS, pkiDir: pki.dir, config: { auth: { crl_file: crlFile } } });
-    const created = await (await access(daemon)).createApiKey({ description: 'crl test', permissions: ['access:whoami'] }, { timeoutMs: 30_000 });
+    const created = await (await access(daemon)).createApiKey({ description: 'crl test', permissions: ['vm:list'] }, { timeoutMs: 30_000 });
     apiKey = created.secret;
   }, 2 * START_MS);
 
