@@ -73,14 +73,14 @@ export interface StartOptions {
  * What the proto declares around every handler: a retried request_id gets the first
  * reply, and a declared quota is consumed before the handler runs (retries consume nothing).
  */
-function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager, store: Store): Record<string, unknown> {
+function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager, store: Store, log: Logger): Record<string, unknown> {
   const wrapped = { ...handlers };
   for (const method of service.methods) {
     const entry = methods.get(methodPath(method));
     const handler = wrapped[method.localName];
     if (entry && typeof handler === 'function') {
       const guarded = withQuota(quotas, method, entry.policy, handler as Parameters<typeof withQuota>[3]);
-      wrapped[method.localName] = entry.policy.mutates ? withIdempotency(store, method, guarded) : guarded;
+      wrapped[method.localName] = entry.policy.mutates ? withIdempotency(store, method, guarded, { log }) : guarded;
     }
   }
   return wrapped;
@@ -241,7 +241,7 @@ export class Daemon {
         implemented[TestingService.typeName] = testingHandlers(operations, quotas);
       }
       for (const service of services) {
-        const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store);
+        const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store, log);
         grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
       }
       health.addToServer(grpc);
