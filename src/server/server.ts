@@ -238,7 +238,7 @@ export class Daemon {
         log.warn('test service enabled: this daemon accepts debvisor.testing.v1 calls; never do this in production');
         const testing = createExecutor({ backend: 'testing', binaries: { sleep: '/bin/sleep' }, envAllowList: ['PATH'], maxConcurrent: 16, defaultTimeoutMs: 600_000, maxOutputBytes: 65_536, killGraceMs: 2000, registry: metrics.registry });
         registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }));
-        implemented[TestingService.typeName] = testingHandlers(operations, quotas);
+        implemented[TestingService.typeName] = testingHandlers(operations, quotas, store);
       }
       for (const service of services) {
         const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store, log);

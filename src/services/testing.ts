@@ -1,6 +1,7 @@
 // debvisor.testing.v1.TestingService: fake long-running work and quota use, to
 // exercise operations and quotas end to end before real backends exist. Registered
 // only by `--enable-test-service` together with DEBVISOR_ALLOW_TEST_SERVICE=1.
+import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { durationMs } from '@bufbuild/protobuf/wkt';
 import type { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
@@ -8,6 +9,7 @@ import type { OperationManager } from '../operations/manager.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { HandlersOf } from '../server/adapter.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import type { Store } from '../store/store.js';
 import { operationMessage } from './operations.js';
 
 export const TEST_OPERATION_KIND = 'TEST';
@@ -43,8 +45,58 @@ export function registerTestOperationKind(operations: OperationManager, hostComm
   });
 }
 
-export function testingHandlers(operations: OperationManager, quotas: QuotaManager): HandlersOf<typeof TestingService> {
+/** Where HoldTestMutation records its runs, so tests can count them on any daemon. */
+export const TEST_RUNS_PREFIX = '/debvisor/testing/runs/';
+const LATCH_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** Named latches of this daemon: closed until opened, then open for good. */
+class Latches {
+  private readonly latches = new Map<string, { opened: Promise<void>; open: () => void; waiting: number }>();
+
+  private of(name: string) {
+    let latch = this.latches.get(name);
+    if (!latch) {
+      let open!: () => void;
+      const opened = new Promise<void>((resolve) => (open = resolve));
+      latch = { opened, open, waiting: 0 };
+      this.latches.set(name, latch);
+    }
+    return latch;
+  }
+
+  async wait(name: string, signal: AbortSignal): Promise<void> {
+    const latch = this.of(name);
+    latch.waiting++;
+    try {
+      await Promise.race([latch.opened, new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true }))]);
+    } finally {
+      latch.waiting--;
+    }
+  }
+
+  open(name: string): number {
+    const latch = this.of(name);
+    latch.open();
+    return latch.waiting;
+  }
+}
+
+function latchName(value: string): string {
+  if (!LATCH_NAME.test(value)) throw new InvalidArgumentError('latch', 'at most 64 letters, digits and . _ -');
+  return value;
+}
+
+export function testingHandlers(operations: OperationManager, quotas: QuotaManager, store: Store): HandlersOf<typeof TestingService> {
+  const latches = new Latches();
   return {
+    holdTestMutation: async (request, ctx) => {
+      const latch = latchName(request.latch);
+      await latches.wait(latch, ctx.signal);
+      const runId = randomUUID();
+      await store.put(`${TEST_RUNS_PREFIX}${latch}/${runId}`, new TextEncoder().encode(request.requestId));
+      return { runId };
+    },
+    openTestLatch: (request) => Promise.resolve({ released: latches.open(latchName(request.latch)) }),
     echo,
     startTestOperation: async (request, ctx) => {
       const ms = (request.duration ? durationMs(request.duration) : 1000);
