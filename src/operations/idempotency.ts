@@ -119,8 +119,10 @@ function reusedError(): InvalidArgumentError {
   return new InvalidArgumentError('request_id', 'request_id reused with different parameters');
 }
 
+/** Time left before this call must answer: its deadline less a margin (at most a tenth of the time left). */
 function remainingMs(ctx: CallContext): number {
-  return ctx.deadline.getTime() - Date.now() - DEADLINE_MARGIN_MS;
+  const left = ctx.deadline.getTime() - Date.now();
+  return left - Math.min(DEADLINE_MARGIN_MS, left / 10);
 }
 
 /** Resolves with `work`'s value, or with `undefined` once the call's budget is spent (work keeps running). */
