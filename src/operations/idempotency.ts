@@ -108,9 +108,13 @@ function withoutSecrets(schema: DescMessage, message: Message): Message {
   return message;
 }
 
-/** SHA-256 of the request without its request_id (see the file comment on how canonical that is). */
+/**
+ * SHA-256 of the request without its request_id (see the file comment on how canonical
+ * that is) and without secret fields, so the store never holds a hash a secret could be
+ * guessed from.
+ */
 export function fingerprintOf(schema: DescMessage, requestIdField: DescField, request: Message): Buffer {
-  const copy = clone(schema, request);
+  const copy = withoutSecrets(schema, clone(schema, request));
   clearField(copy, requestIdField);
   return createHash('sha256').update(toBinary(schema, copy)).digest();
 }
@@ -177,7 +181,7 @@ export function withIdempotency(store: Store, method: DescMethod, handler: Handl
     }
   };
 
-  /** Replaces our claim by the reply on the long lease. True once stored; false if another call took the id over. */
+  /** Replaces our claim by the reply on the long lease. True once the id has a kept reply; false if another call took it over. */
   const saveReply = async (key: string, held: Claim, entry: Uint8Array): Promise<boolean> => {
     const policy = retry(handleAll, { maxAttempts: Number.MAX_SAFE_INTEGER, backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 2000 }) });
     const giveUpAt = Date.now() + BACKGROUND_SAVE_MS;
