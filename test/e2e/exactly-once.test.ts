@@ -133,9 +133,19 @@ describe('request_id exactly-once on a 3-member etcd', () => {
     const [a, b] = daemons as [RunningDaemon, RunningDaemon];
     const onA = await clientFor(TestingService, a);
     const onB = await clientFor(TestingService, b);
-    const held = onA.holdTestMutation({ latch: 'killed', requestId: 'eo-killed' }, { timeoutMs: 120_000 }).catch((err: unknown) => err);
+    // A may still be recovering from the previous test's leader kill: a call it refuses is made again.
+    let refused: unknown;
+    const hold = () => onA.holdTestMutation({ latch: 'killed', requestId: 'eo-killed' }, { timeoutMs: 120_000 }).catch((err: unknown) => (refused = err));
+    let held = hold();
     // The claim is in the store: A is mid-mutation.
-    await until(async () => ((await store.list(LAYOUT.replies)).kvs.some((kv) => kv.key.endsWith('/eo-killed') && kv.value[0] === 2) ? true : undefined), 'the claim of A');
+    await until(async () => {
+      if ((await store.list(LAYOUT.replies)).kvs.some((kv) => kv.key.endsWith('/eo-killed') && kv.value[0] === 2)) return true;
+      if (refused !== undefined) {
+        refused = undefined;
+        held = hold();
+      }
+      return undefined;
+    }, 'the claim of A');
     await a.stop('SIGKILL');
     expect(await held).toBeInstanceOf(Error);
     await onB.openTestLatch({ latch: 'killed' }, { timeoutMs: 10_000 });
