@@ -7,7 +7,7 @@ import { ConflictError } from '../store/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import { quotaResources, type QuotaRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
-import type { LeaseId, Store } from '../store/store.js';
+import type { KeyValue, LeaseId, Store } from '../store/store.js';
 
 export type CountedResource = 'snapshots' | 'storage_gb';
 export type QuotaResourceName = (typeof quotaResources)[number];
@@ -85,17 +85,16 @@ export class QuotaManager {
    * Takes a concurrent-operation slot. Slots are keys on the daemon's lease; every
    * acquire bumps a marker key, and the compare on that marker makes count-then-add
    * atomic across daemons. Expired slots only lower the count, so they never break it.
+   * The marker is read at the very revision the slots were listed at: read separately,
+   * an acquire committing between the two reads would be missing from the count while
+   * the compare still passed.
    */
   async acquireSlot(principal: string, operationId: string): Promise<void> {
     const dir = this.slotDir(principal);
     const marker = `${dir.slice(0, -1)}.marker`;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const [slots, markerKv, record, lease] = await Promise.all([
-        this.store.list(dir),
-        this.store.get(marker),
-        this.repos.quotas.get([principal, 'concurrent_operations']),
-        this.lease(),
-      ]);
+      const [slots, record, lease] = await Promise.all([this.store.list(dir), this.repos.quotas.get([principal, 'concurrent_operations']), this.lease()]);
+      const markerKv = await this.keyAt(marker, slots.revision);
       const limit = this.limitOf(record?.value, 'concurrent_operations');
       if (slots.kvs.length + 1 > limit) throw exhausted(principal, 'concurrent_operations', limit, slots.kvs.length, 1);
       const result = await this.store.txn({
@@ -108,6 +107,12 @@ export class QuotaManager {
       if (result.succeeded) return;
     }
     throw new RpcError('ABORTED', `concurrent operations of ${principal} are under heavy contention; retry`);
+  }
+
+  /** One key as it was at `revision` (the marker sorts first among keys it prefixes). */
+  private async keyAt(key: string, revision: number): Promise<KeyValue | undefined> {
+    const [first] = (await this.store.list(key, { revision, limit: 1 })).kvs;
+    return first?.key === key ? first : undefined;
   }
 
   async releaseSlot(principal: string, operationId: string): Promise<void> {

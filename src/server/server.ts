@@ -77,14 +77,14 @@ export interface StartOptions {
  * What the proto declares around every handler: a retried request_id gets the first
  * reply, and a declared quota is consumed before the handler runs (retries consume nothing).
  */
-function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager, store: Store): Record<string, unknown> {
+function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager, store: Store, log: Logger): Record<string, unknown> {
   const wrapped = { ...handlers };
   for (const method of service.methods) {
     const entry = methods.get(methodPath(method));
     const handler = wrapped[method.localName];
     if (entry && typeof handler === 'function') {
       const guarded = withQuota(quotas, method, entry.policy, handler as Parameters<typeof withQuota>[3]);
-      wrapped[method.localName] = entry.policy.mutates ? withIdempotency(store, method, guarded) : guarded;
+      wrapped[method.localName] = entry.policy.mutates ? withIdempotency(store, method, guarded, { log }) : guarded;
     }
   }
   return wrapped;
@@ -284,10 +284,10 @@ export class Daemon {
         const testing = createExecutor({ backend: 'testing', binaries: { sleep: '/bin/sleep' }, envAllowList: ['PATH'], maxConcurrent: 16, defaultTimeoutMs: 600_000, maxOutputBytes: 65_536, killGraceMs: 2000, registry: metrics.registry });
         const latches = new TestLatches();
         registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }), latches);
-        implemented[TestingService.typeName] = testingHandlers(operations, quotas, latches);
+        implemented[TestingService.typeName] = testingHandlers(operations, quotas, store, latches);
       }
       for (const service of services) {
-        const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store);
+        const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store, log);
         grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
       }
       health.addToServer(grpc);

@@ -1,6 +1,7 @@
 // debvisor.testing.v1.TestingService: fake long-running work and quota use, to
 // exercise operations and quotas end to end before real backends exist. Registered
 // only by `--enable-test-service` together with DEBVISOR_ALLOW_TEST_SERVICE=1.
+import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { durationMs } from '@bufbuild/protobuf/wkt';
 import type { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
@@ -8,6 +9,7 @@ import type { OperationManager } from '../operations/manager.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { HandlersOf } from '../server/adapter.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import type { Store } from '../store/store.js';
 import { operationMessage } from './operations.js';
 
 export const TEST_OPERATION_KIND = 'TEST';
@@ -20,35 +22,67 @@ interface TestParams {
   readonly steps: number;
   readonly failMessage: string;
   readonly runHostCommand: boolean;
-  readonly hold?: boolean;
+  /** After its first step, the work waits until this latch opens. */
+  readonly latch?: string;
 }
 
+/** Where HoldTestMutation records its runs, so tests can count them on any daemon. */
+export const TEST_RUNS_PREFIX = '/debvisor/testing/runs/';
+const LATCH_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+
 /**
- * Latches of held test operations by operation id. Whichever of the work and its launching
- * handler comes first makes the latch, so a release can never arrive before it exists.
+ * Named latches of this daemon, closed until OpenTestLatch opens them, then open for good: a
+ * test holds work mid-flight on one (a held mutation, a test operation after its first step)
+ * and opens it when it has seen what it must, so no test depends on timing.
  */
 export class TestLatches {
-  private readonly latches = new Map<string, { promise: Promise<undefined>; release: () => void }>();
+  private readonly latches = new Map<string, { opened: Promise<undefined>; open: () => void; waiting: number }>();
 
-  /** The latch of `id`, made on first use. */
-  latch(id: string): Promise<undefined> {
-    let entry = this.latches.get(id);
-    if (!entry) {
+  private of(name: string) {
+    let latch = this.latches.get(name);
+    if (!latch) {
       const { promise, resolve } = Promise.withResolvers<undefined>();
-      entry = { promise, release: () => { resolve(undefined); } };
-      this.latches.set(id, entry);
+      latch = {
+        opened: promise,
+        open: () => {
+          resolve(undefined);
+        },
+        waiting: 0,
+      };
+      this.latches.set(name, latch);
     }
-    return entry.promise;
+    return latch;
   }
 
-  /** Releases `id`'s latch; false when no operation is held under that id. */
-  release(id: string): boolean {
-    const entry = this.latches.get(id);
-    if (!entry) return false;
-    this.latches.delete(id);
-    entry.release();
-    return true;
+  /** Waits until `name` is open, or until `signal` aborts. */
+  async wait(name: string, signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    const latch = this.of(name);
+    const { promise: aborted, reject } = Promise.withResolvers<never>();
+    const onAbort = () => {
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    latch.waiting++;
+    try {
+      await Promise.race([latch.opened, aborted]);
+    } finally {
+      latch.waiting--;
+      signal.removeEventListener('abort', onAbort);
+    }
   }
+
+  /** Opens `name` for good; returns how many were waiting on it. */
+  open(name: string): number {
+    const latch = this.of(name);
+    latch.open();
+    return latch.waiting;
+  }
+}
+
+function latchName(value: string): string {
+  if (!LATCH_NAME.test(value)) throw new InvalidArgumentError('latch', 'at most 64 letters, digits and . _ -');
+  return value;
 }
 
 /** Runs a host command for the given time until the signal aborts it. */
@@ -63,7 +97,7 @@ export function registerTestOperationKind(operations: OperationManager, hostComm
         for (let step = 1; step <= params.steps; step++) {
           await sleep(params.durationMs / params.steps, undefined, { signal: op.signal });
           op.progress((step / params.steps) * 100, `step ${step} of ${params.steps}`);
-          if (step === 1 && params.hold) await abortable(latches.latch(op.id), op.signal);
+          if (step === 1 && params.latch) await latches.wait(params.latch, op.signal);
         }
       };
       await Promise.all([steps(), params.runHostCommand ? hostCommand(params.durationMs / 1000, op.signal) : undefined]);
@@ -73,23 +107,16 @@ export function registerTestOperationKind(operations: OperationManager, hostComm
   });
 }
 
-/** Waits for `promise` unless `signal` aborts first (a cancelled held operation ends). */
-async function abortable(promise: Promise<undefined>, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted();
-  const { promise: aborted, reject } = Promise.withResolvers<never>();
-  const onAbort = () => {
-    reject(signal.reason);
-  };
-  signal.addEventListener('abort', onAbort, { once: true });
-  try {
-    await Promise.race([promise, aborted]);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
-}
-
-export function testingHandlers(operations: OperationManager, quotas: QuotaManager, latches: TestLatches): HandlersOf<typeof TestingService> {
+export function testingHandlers(operations: OperationManager, quotas: QuotaManager, store: Store, latches: TestLatches): HandlersOf<typeof TestingService> {
   return {
+    holdTestMutation: async (request, ctx) => {
+      const latch = latchName(request.latch);
+      await latches.wait(latch, ctx.signal);
+      const runId = randomUUID();
+      await store.put(`${TEST_RUNS_PREFIX}${latch}/${runId}`, new TextEncoder().encode(request.requestId));
+      return { runId };
+    },
+    openTestLatch: (request) => Promise.resolve({ released: latches.open(latchName(request.latch)) }),
     echo,
     startTestOperation: async (request, ctx) => {
       const ms = (request.duration ? durationMs(request.duration) : 1000);
@@ -99,7 +126,7 @@ export function testingHandlers(operations: OperationManager, quotas: QuotaManag
         steps: Math.max(1, Math.min(request.steps || 10, 1000)),
         failMessage: request.failMessage,
         runHostCommand: request.runHostCommand,
-        hold: request.hold,
+        ...(request.latch ? { latch: latchName(request.latch) } : {}),
       };
       const record = await operations.launch(ctx, {
         kind: TEST_OPERATION_KIND,
@@ -109,10 +136,8 @@ export function testingHandlers(operations: OperationManager, quotas: QuotaManag
         ...(request.requestId ? { requestId: request.requestId } : {}),
         ...(ctx.quota ? { quota: ctx.quota } : {}),
       });
-      if (request.hold) void latches.latch(record.id);
       return { operation: operationMessage(record) };
     },
-    releaseTestOperation: (request) => Promise.resolve({ released: latches.release(request.operationId) }),
     releaseTestQuota: async (_request, ctx) => {
       // What a delete handler does with the quota its object took.
       const principal = ctx.principal?.id ?? '';

@@ -22,20 +22,20 @@ let daemon: RunningDaemon;
 
 const ctl = (...args: string[]) => ctlOn(daemon, ...args);
 
-async function startTestOperation(durationMs: number, failMessage = '', hold = false): Promise<string> {
+async function startTestOperation(durationMs: number, failMessage = '', latch = ''): Promise<string> {
   const testing = await clientFor(TestingService, daemon);
   try {
-    const started = await testing.startTestOperation({ duration: durationFromMs(durationMs), steps: 4, failMessage, hold }, T);
+    const started = await testing.startTestOperation({ duration: durationFromMs(durationMs), steps: 4, failMessage, latch }, T);
     return started.operation!.id;
   } finally {
     testing.close();
   }
 }
 
-async function releaseTestOperation(id: string): Promise<void> {
+async function openTestLatch(latch: string): Promise<void> {
   const testing = await clientFor(TestingService, daemon);
   try {
-    expect((await testing.releaseTestOperation({ operationId: id }, T)).released).toBe(true);
+    await testing.openTestLatch({ latch }, T);
   } finally {
     testing.close();
   }
@@ -74,12 +74,12 @@ describe('debvisorctl whoami, apikey and role on the shared command plumbing', (
 describe('debvisorctl operation', () => {
   it('waits for an operation, printing progress, then its final state: exit 0', async () => {
     // Held after its first step until the CLI has printed a progress line: no race with the clock.
-    const id = await startTestOperation(400, '', true);
+    const id = await startTestOperation(400, '', 'cli-wait');
     const waiting = ctlProcess(daemon, 'operation', 'wait', id);
     await vi.waitFor(() => {
       expect(waiting.stdout()).toMatch(/^running \d+%/m);
     }, { timeout: 120_000, interval: 100 });
-    await releaseTestOperation(id);
+    await openTestLatch('cli-wait');
     const waited = await waiting.done;
     expect(waited.code).toBe(0);
     expect(waited.stdout).toMatch(/^running \d+%/m);
@@ -102,7 +102,7 @@ describe('debvisorctl operation', () => {
     expect(failing.stdout).toContain('disk on fire');
 
     // Held after its first step: it stays running until cancelled, however slow the machine.
-    const slow = await startTestOperation(400, '', true);
+    const slow = await startTestOperation(400, '', 'cli-timeout');
     await vi.waitFor(async () => {
       expect(JSON.parse((await ctl('-o', 'json', 'operation', 'get', slow)).stdout)).toMatchObject({ state: 'OPERATION_STATE_RUNNING' });
     }, { timeout: 120_000, interval: 200 });

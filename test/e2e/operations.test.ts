@@ -52,7 +52,7 @@ describe('operations (embedded store)', () => {
     const testing = await clientFor(TestingService, daemon);
     const ops = await clientFor(OperationService, daemon);
     // Held after its first step until the watch has seen it, so the stream sees the steps after it.
-    const started = await testing.startTestOperation({ duration: durationFromMs(1500), steps: 5, hold: true }, { timeoutMs: 5000 });
+    const started = await testing.startTestOperation({ duration: durationFromMs(1500), steps: 5, latch: 'progress-stream' }, { timeoutMs: 5000 });
     const id = started.operation!.id;
     expect(started.operation?.state).toBe(OperationState.PENDING);
     const seen: number[] = [];
@@ -62,7 +62,8 @@ describe('operations (embedded store)', () => {
       seen.push(update.operation!.progressPercent);
       states.add(update.operation!.state);
       if (!released && update.operation!.progressPercent > 0) {
-        released = (await testing.releaseTestOperation({ operationId: id }, { timeoutMs: 5000 })).released;
+        await testing.openTestLatch({ latch: 'progress-stream' }, { timeoutMs: 5000 });
+        released = true;
       }
     }
     expect(released).toBe(true);

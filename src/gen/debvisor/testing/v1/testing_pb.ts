@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/testing/v1/testing.proto.
  */
 export const file_debvisor_testing_v1_testing: GenFile = /*@__PURE__*/
-  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEiGwoLRWNob1JlcXVlc3QSDAoEdGV4dBgBIAEoCSIcCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCSK8AQoZU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdGVwcxgCIAEoDRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEQoJcmVzdW1hYmxlGAQgASgIEhgKEHJ1bl9ob3N0X2NvbW1hbmQYBSABKAgSEgoKcmVxdWVzdF9pZBgGIAEoCRIMCgRob2xkGAcgASgIIjMKG1JlbGVhc2VUZXN0T3BlcmF0aW9uUmVxdWVzdBIUCgxvcGVyYXRpb25faWQYASABKAkiMAocUmVsZWFzZVRlc3RPcGVyYXRpb25SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCJHChpTdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iLQoXQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhDb25zdW1lVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBCItChdSZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIigKGFJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZRIMCgR1c2VkGAEgASgEMuEFCg5UZXN0aW5nU2VydmljZRKYAQoSU3RhcnRUZXN0T3BlcmF0aW9uEi4uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXF1ZXN0Gi8uZGVidmlzb3IudGVzdGluZy52MS5TdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZSIhyvMYHQoXdGVzdGluZzpvcGVyYXRpb246c3RhcnQQATAFEq4BChRSZWxlYXNlVGVzdE9wZXJhdGlvbhIwLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RPcGVyYXRpb25SZXF1ZXN0GjEuZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdE9wZXJhdGlvblJlc3BvbnNlIjHK8xgtChl0ZXN0aW5nOm9wZXJhdGlvbjpyZWxlYXNlEAEwBToMb3BlcmF0aW9uX2lkEo4BChBSZWxlYXNlVGVzdFF1b3RhEiwuZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RRdW90YVJlc3BvbnNlIh3K8xgZChV0ZXN0aW5nOnF1b3RhOnJlbGVhc2UQARKQAQoQQ29uc3VtZVRlc3RRdW90YRIsLmRlYnZpc29yLnRlc3RpbmcudjEuQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXNwb25zZSIfyvMYGwoVdGVzdGluZzpxdW90YTpjb25zdW1lEAEgARJfCgRFY2hvEiAuZGVidmlzb3IudGVzdGluZy52MS5FY2hvUmVxdWVzdBohLmRlYnZpc29yLnRlc3RpbmcudjEuRWNob1Jlc3BvbnNlIhLK8xgOCgx0ZXN0aW5nOmVjaG9iBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
+  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEiGwoLRWNob1JlcXVlc3QSDAoEdGV4dBgBIAEoCSIcCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCSK9AQoZU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdGVwcxgCIAEoDRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEQoJcmVzdW1hYmxlGAQgASgIEhgKEHJ1bl9ob3N0X2NvbW1hbmQYBSABKAgSEgoKcmVxdWVzdF9pZBgGIAEoCRINCgVsYXRjaBgHIAEoCSJHChpTdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iLQoXQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhDb25zdW1lVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBCItChdSZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIigKGFJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZRIMCgR1c2VkGAEgASgEIjwKF0hvbGRUZXN0TXV0YXRpb25SZXF1ZXN0Eg0KBWxhdGNoGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiKgoYSG9sZFRlc3RNdXRhdGlvblJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSIlChRPcGVuVGVzdExhdGNoUmVxdWVzdBINCgVsYXRjaBgBIAEoCSIpChVPcGVuVGVzdExhdGNoUmVzcG9uc2USEAoIcmVsZWFzZWQYASABKA0ywQYKDlRlc3RpbmdTZXJ2aWNlEpgBChJTdGFydFRlc3RPcGVyYXRpb24SLi5kZWJ2aXNvci50ZXN0aW5nLnYxLlN0YXJ0VGVzdE9wZXJhdGlvblJlcXVlc3QaLy5kZWJ2aXNvci50ZXN0aW5nLnYxLlN0YXJ0VGVzdE9wZXJhdGlvblJlc3BvbnNlIiHK8xgdChd0ZXN0aW5nOm9wZXJhdGlvbjpzdGFydBABMAUSjgEKEFJlbGVhc2VUZXN0UXVvdGESLC5kZWJ2aXNvci50ZXN0aW5nLnYxLlJlbGVhc2VUZXN0UXVvdGFSZXF1ZXN0Gi0uZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdFF1b3RhUmVzcG9uc2UiHcrzGBkKFXRlc3Rpbmc6cXVvdGE6cmVsZWFzZRABEpABChBDb25zdW1lVGVzdFF1b3RhEiwuZGVidmlzb3IudGVzdGluZy52MS5Db25zdW1lVGVzdFF1b3RhUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuQ29uc3VtZVRlc3RRdW90YVJlc3BvbnNlIh/K8xgbChV0ZXN0aW5nOnF1b3RhOmNvbnN1bWUQASABEosBChBIb2xkVGVzdE11dGF0aW9uEiwuZGVidmlzb3IudGVzdGluZy52MS5Ib2xkVGVzdE11dGF0aW9uUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuSG9sZFRlc3RNdXRhdGlvblJlc3BvbnNlIhrK8xgWChJ0ZXN0aW5nOmxhdGNoOmhvbGQQARKAAQoNT3BlblRlc3RMYXRjaBIpLmRlYnZpc29yLnRlc3RpbmcudjEuT3BlblRlc3RMYXRjaFJlcXVlc3QaKi5kZWJ2aXNvci50ZXN0aW5nLnYxLk9wZW5UZXN0TGF0Y2hSZXNwb25zZSIYyvMYFAoSdGVzdGluZzpsYXRjaDpvcGVuEl8KBEVjaG8SIC5kZWJ2aXNvci50ZXN0aW5nLnYxLkVjaG9SZXF1ZXN0GiEuZGVidmlzb3IudGVzdGluZy52MS5FY2hvUmVzcG9uc2UiEsrzGA4KDHRlc3Rpbmc6ZWNob2IGcHJvdG8z", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
 
 /**
  * EchoRequest carries the text to return.
@@ -115,11 +115,12 @@ export type StartTestOperationRequest = Message<"debvisor.testing.v1.StartTestOp
 
   /**
    * When set, the work reports its first step and then waits until
-   * ReleaseTestOperation releases it (or it is cancelled).
+   * OpenTestLatch opens this latch on the same daemon (or it is cancelled):
+   * tests observe work mid-flight on a latch, never on timing.
    *
-   * @generated from field: bool hold = 7;
+   * @generated from field: string latch = 7;
    */
-  hold: boolean;
+  latch: string;
 };
 
 /**
@@ -128,48 +129,6 @@ export type StartTestOperationRequest = Message<"debvisor.testing.v1.StartTestOp
  */
 export const StartTestOperationRequestSchema: GenMessage<StartTestOperationRequest> = /*@__PURE__*/
   messageDesc(file_debvisor_testing_v1_testing, 2);
-
-/**
- * ReleaseTestOperationRequest names the held operation.
- *
- * @generated from message debvisor.testing.v1.ReleaseTestOperationRequest
- */
-export type ReleaseTestOperationRequest = Message<"debvisor.testing.v1.ReleaseTestOperationRequest"> & {
-  /**
-   * The operation to release.
-   *
-   * @generated from field: string operation_id = 1;
-   */
-  operationId: string;
-};
-
-/**
- * Describes the message debvisor.testing.v1.ReleaseTestOperationRequest.
- * Use `create(ReleaseTestOperationRequestSchema)` to create a new message.
- */
-export const ReleaseTestOperationRequestSchema: GenMessage<ReleaseTestOperationRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 3);
-
-/**
- * ReleaseTestOperationResponse says whether the operation was held here.
- *
- * @generated from message debvisor.testing.v1.ReleaseTestOperationResponse
- */
-export type ReleaseTestOperationResponse = Message<"debvisor.testing.v1.ReleaseTestOperationResponse"> & {
-  /**
-   * False when no operation with that id was waiting on this daemon.
-   *
-   * @generated from field: bool released = 1;
-   */
-  released: boolean;
-};
-
-/**
- * Describes the message debvisor.testing.v1.ReleaseTestOperationResponse.
- * Use `create(ReleaseTestOperationResponseSchema)` to create a new message.
- */
-export const ReleaseTestOperationResponseSchema: GenMessage<ReleaseTestOperationResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 4);
 
 /**
  * StartTestOperationResponse returns the started operation.
@@ -190,7 +149,7 @@ export type StartTestOperationResponse = Message<"debvisor.testing.v1.StartTestO
  * Use `create(StartTestOperationResponseSchema)` to create a new message.
  */
 export const StartTestOperationResponseSchema: GenMessage<StartTestOperationResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 5);
+  messageDesc(file_debvisor_testing_v1_testing, 3);
 
 /**
  * ConsumeTestQuotaRequest consumes one snapshots unit.
@@ -211,7 +170,7 @@ export type ConsumeTestQuotaRequest = Message<"debvisor.testing.v1.ConsumeTestQu
  * Use `create(ConsumeTestQuotaRequestSchema)` to create a new message.
  */
 export const ConsumeTestQuotaRequestSchema: GenMessage<ConsumeTestQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 6);
+  messageDesc(file_debvisor_testing_v1_testing, 4);
 
 /**
  * ConsumeTestQuotaResponse reports the usage after consuming.
@@ -232,7 +191,7 @@ export type ConsumeTestQuotaResponse = Message<"debvisor.testing.v1.ConsumeTestQ
  * Use `create(ConsumeTestQuotaResponseSchema)` to create a new message.
  */
 export const ConsumeTestQuotaResponseSchema: GenMessage<ConsumeTestQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 7);
+  messageDesc(file_debvisor_testing_v1_testing, 5);
 
 /**
  * ReleaseTestQuotaRequest gives one snapshots unit back.
@@ -253,7 +212,7 @@ export type ReleaseTestQuotaRequest = Message<"debvisor.testing.v1.ReleaseTestQu
  * Use `create(ReleaseTestQuotaRequestSchema)` to create a new message.
  */
 export const ReleaseTestQuotaRequestSchema: GenMessage<ReleaseTestQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_testing_v1_testing, 8);
+  messageDesc(file_debvisor_testing_v1_testing, 6);
 
 /**
  * ReleaseTestQuotaResponse reports the usage after releasing.
@@ -274,7 +233,98 @@ export type ReleaseTestQuotaResponse = Message<"debvisor.testing.v1.ReleaseTestQ
  * Use `create(ReleaseTestQuotaResponseSchema)` to create a new message.
  */
 export const ReleaseTestQuotaResponseSchema: GenMessage<ReleaseTestQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 7);
+
+/**
+ * HoldTestMutationRequest names the latch the mutation waits on.
+ *
+ * @generated from message debvisor.testing.v1.HoldTestMutationRequest
+ */
+export type HoldTestMutationRequest = Message<"debvisor.testing.v1.HoldTestMutationRequest"> & {
+  /**
+   * The latch; runs are recorded under it.
+   *
+   * @generated from field: string latch = 1;
+   */
+  latch: string;
+
+  /**
+   * Optional idempotency key; see common.proto.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.HoldTestMutationRequest.
+ * Use `create(HoldTestMutationRequestSchema)` to create a new message.
+ */
+export const HoldTestMutationRequestSchema: GenMessage<HoldTestMutationRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 8);
+
+/**
+ * HoldTestMutationResponse identifies the run that did the work.
+ *
+ * @generated from message debvisor.testing.v1.HoldTestMutationResponse
+ */
+export type HoldTestMutationResponse = Message<"debvisor.testing.v1.HoldTestMutationResponse"> & {
+  /**
+   * A fresh id per run of the handler.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.HoldTestMutationResponse.
+ * Use `create(HoldTestMutationResponseSchema)` to create a new message.
+ */
+export const HoldTestMutationResponseSchema: GenMessage<HoldTestMutationResponse> = /*@__PURE__*/
   messageDesc(file_debvisor_testing_v1_testing, 9);
+
+/**
+ * OpenTestLatchRequest names the latch to open.
+ *
+ * @generated from message debvisor.testing.v1.OpenTestLatchRequest
+ */
+export type OpenTestLatchRequest = Message<"debvisor.testing.v1.OpenTestLatchRequest"> & {
+  /**
+   * The latch.
+   *
+   * @generated from field: string latch = 1;
+   */
+  latch: string;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.OpenTestLatchRequest.
+ * Use `create(OpenTestLatchRequestSchema)` to create a new message.
+ */
+export const OpenTestLatchRequestSchema: GenMessage<OpenTestLatchRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 10);
+
+/**
+ * OpenTestLatchResponse reports how many held calls were waiting.
+ *
+ * @generated from message debvisor.testing.v1.OpenTestLatchResponse
+ */
+export type OpenTestLatchResponse = Message<"debvisor.testing.v1.OpenTestLatchResponse"> & {
+  /**
+   * Held calls released.
+   *
+   * @generated from field: uint32 released = 1;
+   */
+  released: number;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.OpenTestLatchResponse.
+ * Use `create(OpenTestLatchResponseSchema)` to create a new message.
+ */
+export const OpenTestLatchResponseSchema: GenMessage<OpenTestLatchResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 11);
 
 /**
  * TestingService starts fake long-running work and consumes quota.
@@ -291,18 +341,6 @@ export const TestingService: GenService<{
     methodKind: "unary";
     input: typeof StartTestOperationRequestSchema;
     output: typeof StartTestOperationResponseSchema;
-  },
-  /**
-   * ReleaseTestOperation lets a held test operation (hold = true) go on past
-   * its first step: tests observe work mid-flight on this latch, never on
-   * timing.
-   *
-   * @generated from rpc debvisor.testing.v1.TestingService.ReleaseTestOperation
-   */
-  releaseTestOperation: {
-    methodKind: "unary";
-    input: typeof ReleaseTestOperationRequestSchema;
-    output: typeof ReleaseTestOperationResponseSchema;
   },
   /**
    * ReleaseTestQuota gives one snapshots unit back, like deleting a snapshot.
@@ -323,6 +361,28 @@ export const TestingService: GenService<{
     methodKind: "unary";
     input: typeof ConsumeTestQuotaRequestSchema;
     output: typeof ConsumeTestQuotaResponseSchema;
+  },
+  /**
+   * HoldTestMutation is a mutation held mid-flight: its handler waits until
+   * OpenTestLatch opens the named latch on the same daemon, then records one
+   * run in the store. Tests kill or starve a daemon while it is held.
+   *
+   * @generated from rpc debvisor.testing.v1.TestingService.HoldTestMutation
+   */
+  holdTestMutation: {
+    methodKind: "unary";
+    input: typeof HoldTestMutationRequestSchema;
+    output: typeof HoldTestMutationResponseSchema;
+  },
+  /**
+   * OpenTestLatch releases every HoldTestMutation waiting on a latch on this daemon.
+   *
+   * @generated from rpc debvisor.testing.v1.TestingService.OpenTestLatch
+   */
+  openTestLatch: {
+    methodKind: "unary";
+    input: typeof OpenTestLatchRequestSchema;
+    output: typeof OpenTestLatchResponseSchema;
   },
   /**
    * Echo returns its text unchanged: the tiny handler the chain benchmark
