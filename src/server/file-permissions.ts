@@ -48,6 +48,8 @@ export function filePermissionProblem(file: SensitiveFile, uid = process.geteuid
   } catch {
     return undefined;
   }
+  // Only a regular file's contents can be rewritten: a device's mode is the kernel's (/dev/full is 0666).
+  if (!st.isFile()) return undefined;
   if (st.uid !== 0 && st.uid !== uid) {
     return `${file.what} ${file.path} is owned by uid ${st.uid}, neither root nor the daemon's user (uid ${uid}); run chown ${uid === 0 ? 'root' : uid} ${file.path}`;
   }

@@ -100,7 +100,7 @@ describe('request_id exactly-once on a 3-member etcd', () => {
       }),
       ...Array.from({ length: KEYS }, (_, i) => async () => {
         const client = access[i % 2]!;
-        await retried(() => client.createApiKey({ description: `${tag}-key-${i}`, permissions: ['access:whoami'], requestId: `${tag}-key-${i}` }, { timeoutMs: 5000 }));
+        await retried(() => client.createApiKey({ description: `${tag}-key-${i}`, permissions: ['vm:list'], requestId: `${tag}-key-${i}` }, { timeoutMs: 5000 }));
       }),
     ];
     try {
