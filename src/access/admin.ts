@@ -10,6 +10,7 @@ import { crossPrincipal, isValidPermission } from '../authz/permission.js';
 import { isBuiltinRole, ROLE_NAME, type Role } from '../authz/roles.js';
 import type { PermissionCatalogue } from '../authz/catalogue.js';
 import type { Config } from '../config/schema.js';
+import { validateText } from '../backends/validate.js';
 import { InvalidArgumentError, RpcError } from '../server/errors.js';
 import type { CallContext } from '../server/context.js';
 import { ConflictError, NotFoundError } from '../store/errors.js';
@@ -26,10 +27,16 @@ const KEY_ADMINISTRATION = 'access:apikey:*';
 /** Ids become store key segments (src/store/layout.ts), which refuse empty and over-long values. */
 const MAX_ID_LENGTH = 512;
 
-/** An id the store can key by, or INVALID_ARGUMENT (instead of INTERNAL from the store). */
+/** The longest description of a key or a role. */
+const MAX_DESCRIPTION_LENGTH = 512;
+
+/**
+ * An id the store can key by (instead of INTERNAL from the store), and text that cannot forge
+ * log lines or drive an operator's terminal; else INVALID_ARGUMENT.
+ */
 function requireId(value: string, field: string): void {
   if (!value) throw new InvalidArgumentError(field, 'required');
-  if (value.length > MAX_ID_LENGTH) throw new InvalidArgumentError(field, `at most ${MAX_ID_LENGTH} characters`);
+  validateText(value, field, MAX_ID_LENGTH);
 }
 
 export type { QuotaResourceName, QuotaView };
@@ -146,6 +153,7 @@ export class AccessAdmin {
     request: { description: string; permissions: string[]; resourceGlobs: ResourceGlob[]; ttlMs: number | undefined; allowedCidrs: string[]; owner: string },
   ): Promise<{ record: ApiKeyRecord; token: string }> {
     const caller = this.caller(ctx);
+    if (request.owner) requireId(request.owner, 'owner');
     const owner = request.owner || caller.id;
     this.requireCrossPrincipal(ctx, 'access:apikey:create', owner);
     if (request.permissions.length === 0) throw new InvalidArgumentError('permissions', 'a key needs at least one permission');
@@ -157,7 +165,7 @@ export class AccessAdmin {
     request.allowedCidrs.forEach((cidr, index) => {
       if (!validCidr(cidr)) throw new InvalidArgumentError(`allowed_cidrs[${index}]`, `"${cidr}" is not an IPv4 or IPv6 network (address/prefix)`);
     });
-    if (request.description.length > 512) throw new InvalidArgumentError('description', 'at most 512 characters');
+    validateText(request.description, 'description', MAX_DESCRIPTION_LENGTH);
     this.checkEscalation(ctx, request.permissions, 'permissions');
     const auth = this.settings().auth;
     const now = new Date();
@@ -300,6 +308,7 @@ export class AccessAdmin {
   async putRole(ctx: CallContext, role: { name: string; description: string; permissions: string[]; denyPermissions: string[] }): Promise<{ role: Role; created: boolean }> {
     if (!ROLE_NAME.test(role.name)) throw new InvalidArgumentError('role.name', 'lower-case letters, digits, _ and -, starting with a letter, at most 63');
     if (isBuiltinRole(role.name)) throw new RpcError('FAILED_PRECONDITION', `role ${role.name} is built in and cannot be changed`);
+    validateText(role.description, 'role.description', MAX_DESCRIPTION_LENGTH);
     this.validatePermissions(role.permissions, 'role.permissions');
     this.validatePermissions(role.denyPermissions, 'role.deny_permissions');
     this.checkEscalation(ctx, role.permissions, 'role.permissions');
@@ -378,7 +387,7 @@ export class AccessAdmin {
 
   /** Who holds which role, filtered; a key scoped to principal globs sees only those principals. */
   listRoleBindings(ctx: CallContext, request: { principal: string; roleName: string; pageSize: number; pageToken: string }): { bindings: RoleBindingEntry[]; nextPageToken: string } {
-    if (request.principal.length > MAX_ID_LENGTH) throw new InvalidArgumentError('principal', `at most ${MAX_ID_LENGTH} characters`);
+    if (request.principal) requireId(request.principal, 'principal');
     if (request.roleName.length > MAX_ID_LENGTH) throw new InvalidArgumentError('role_name', `at most ${MAX_ID_LENGTH} characters`);
     const principalGlobs = (this.caller(ctx).apiKey?.resourceGlobs ?? []).filter((glob) => glob.kind === 'principal');
     const keyOf = (b: RoleBindingEntry) => `${b.principal}\u0000${b.role}\u0000${b.source}`;

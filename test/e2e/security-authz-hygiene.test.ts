@@ -11,7 +11,7 @@ import type { GenService } from '@bufbuild/protobuf/codegenv2';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { TypedClient } from '../../src/client/client.js';
 import { AccessService, PrincipalKind, RoleBindingSource, type RoleBinding } from '../../src/gen/debvisor/v1/access_pb.js';
-import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
+import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { ctlOn } from '../support/ctl.js';
 import { clientFor, deepMerge, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { issueClientFor, rejection } from '../support/security.js';
@@ -307,5 +307,33 @@ describe('secrets', () => {
     const auditDir = join(daemon.dir, 'audit');
     const texts = [daemon.logs(), ...readdirSync(auditDir).map((name) => readFileSync(join(auditDir, name), 'utf8'))];
     for (const secret of secrets) for (const text of texts) expect(text.includes(secret)).toBe(false);
+  });
+});
+
+describe('text in access records', () => {
+  // Control characters, separators and bidi overrides forge log lines and drive terminals.
+  const hostile = ['ci\u001b[2J', 'a\u0000b', 'line\nbreak', 'x\u2028y', 'admin\u202e', 'tab\there', 'c1\u009b'];
+
+  it('refuses unsafe characters in owners, principals and descriptions with INVALID_ARGUMENT naming the field', async () => {
+    for (const text of hostile) {
+      const cases: [Promise<unknown>, string][] = [
+        [admin.createApiKey({ permissions: ['vm:list'], owner: text }, T), 'owner'],
+        [admin.createApiKey({ permissions: ['vm:list'], description: text }, T), 'description'],
+        [admin.bindRole({ principal: text, roleName: 'viewer' }, T), 'principal'],
+        [admin.setQuota({ principal: text, resource: QuotaResource.SNAPSHOTS, limit: 5n }, T), 'principal'],
+        [admin.putRole({ role: { name: 'texty', description: text, permissions: ['vm:list'] } }, T), 'role.description'],
+      ];
+      for (const [call, field] of cases) {
+        const err = await rejection(call);
+        expect([JSON.stringify(text), field, err.code]).toEqual([JSON.stringify(text), field, Status.INVALID_ARGUMENT]);
+        expect(err.details.startsWith(`${field}: `)).toBe(true);
+      }
+    }
+  });
+
+  it('takes printable text in any script', async () => {
+    const created = await admin.createApiKey({ permissions: ['vm:list'], description: 'Überprüfung – テスト 🙂' }, T);
+    expect(created.apiKey?.description).toBe('Überprüfung – テスト 🙂');
+    await admin.revokeApiKey({ keyId: created.apiKey!.keyId }, T);
   });
 });
