@@ -52,7 +52,8 @@ let fixturesDir: string;
 const clients: { close(): void }[] = [];
 
 beforeAll(async () => {
-  daemon = await startDaemon();
+  // Generous per-principal limits: several tests fire every RPC at once, and a fast machine refills little in between.
+  daemon = await startDaemon({ config: { rate_limit: { per_role_per_minute: { admin: 100_000 } } } });
   admin = await adminPem(daemon.pki);
   fixturesDir = await mkdtemp(join(tmpdir(), 'rpcd-e2e-fixtures-'));
   refused = await writeRefusedCertificates(daemon.pki, fixturesDir);
