@@ -1,4 +1,4 @@
-// The deadline of the RPC a store operation runs for. The adapter runs each handler
+// The deadline of the RPC a store operation runs for (shared RPC base: the adapter sets it, the store reads it). The adapter runs each handler
 // inside a call scope; the etcd store caps every operation's own timeout by it, so a
 // handler's sequential store calls share one budget that never exceeds the client's
 // deadline. Work with no call scope (background tasks) keeps the store's own timeout.

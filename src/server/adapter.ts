@@ -24,7 +24,7 @@ import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2
 import { InvalidArgumentError, RpcError, toStatus } from './errors.js';
 import { callStateOf, type CallContext } from './context.js';
 import { newTraceId } from './trace.js';
-import { runInCallScope, type CallScope } from '../store/deadline.js';
+import { runInCallScope, type CallScope } from '../rpc/call-scope.js';
 
 type UnaryHandler<I extends DescMessage, O extends DescMessage> = (
   request: MessageShape<I>,
@@ -135,7 +135,7 @@ function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallCon
     signal: controller.signal,
     peer: state?.peer ?? call.getPeer(),
   };
-  // Store operations the handler makes share this one deadline (src/store/deadline.ts).
+  // Store operations the handler makes share this one deadline (src/rpc/call-scope.ts).
   const scope: CallScope = { deadline: deadlineMs, signal: controller.signal, ended: false };
   return {
     ctx,

@@ -3,7 +3,7 @@
 //
 // Fault handling is ours, not cockatiel's defaults (3 retries, then a 5 s open circuit):
 // - one budget per call: requestTimeoutMs, capped by the deadline of the RPC the call
-//   runs for (src/store/deadline.ts), so a handler's sequential store calls never
+//   runs for (src/rpc/call-scope.ts), so a handler's sequential store calls never
 //   outlive its client's deadline;
 // - members are ranked, never refused (src/store/etcd/members.ts): a frozen or dead
 //   member is found by the first call or probe that goes unanswered, and later calls
@@ -31,7 +31,7 @@ import {
 } from 'etcd3';
 import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from './errors.js';
 import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, TxnRequest, TxnResult, WatchEvent, WatchOptions } from './store.js';
-import { currentCallScope } from './deadline.js';
+import { currentCallScope } from '../rpc/call-scope.js';
 import { Members, PROBE_KEY, type Member } from './etcd/members.js';
 import {
   discardStream,

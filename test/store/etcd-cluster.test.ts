@@ -4,7 +4,7 @@
 // about a second, ping keeps answering), a cluster without quorum fails fast with
 // StoreUnavailableError, and a call scope's deadline caps every store call.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runInCallScope } from '../../src/store/deadline.js';
+import { runInCallScope } from '../../src/rpc/call-scope.js';
 import { openEtcdStore } from '../../src/store/etcd.js';
 import { StoreUnavailableError } from '../../src/store/errors.js';
 import type { Store, WatchEvent } from '../../src/store/store.js';

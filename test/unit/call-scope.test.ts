@@ -1,11 +1,11 @@
-// The adapter runs each handler inside a call scope (src/store/deadline.ts) carrying
+// The adapter runs each handler inside a call scope (src/rpc/call-scope.ts) carrying
 // the call's deadline, which the etcd store caps its calls by: the scope is the
 // handler's, capped by the server's maximum, and ends when the call answers.
 import { Metadata, type sendUnaryData } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { toImplementation, type HandlersOf } from '../../src/server/adapter.js';
-import { currentCallScope, type CallScope } from '../../src/store/deadline.js';
+import { currentCallScope, type CallScope } from '../../src/rpc/call-scope.js';
 
 function fakeCall(deadline: Date | number) {
   return {
