@@ -154,8 +154,11 @@ class Observation implements ObservedCall {
       trailers ??= new Metadata();
       if (trailers.get(TRACE_ID_KEY).length === 0) trailers.set(TRACE_ID_KEY, id);
     }
-    if (log.isLevelEnabled('debug') || status.code !== Status.OK) {
-      log[status.code === Status.OK ? 'debug' : 'info'](
+    // A refusal of an anonymous caller (a flood is refused thousands of times a second) is
+    // counted in the metrics and, rate-limited, in the audit log; here only at debug.
+    const quiet = status.code === Status.OK || (status.code === Status.RESOURCE_EXHAUSTED && this.state?.principal === undefined);
+    if (!quiet || log.isLevelEnabled('debug')) {
+      log[quiet ? 'debug' : 'info'](
         { trace_id: id, method: this.path, code, duration_ms: seconds * 1000, peer: this.connection.peer },
         'rpc finished',
       );

@@ -14,6 +14,8 @@ export interface SourceLimitDeps {
   readonly metrics: Metrics;
   /** Calls and stream messages per minute per source address; read each time, so SIGHUP can change it. */
   readonly perMinute: () => number;
+  /** Told of every refusal, by the connection's peer "ip:port" (the listener closes a connection that keeps flooding). */
+  readonly onRefused?: (peer: string) => void;
 }
 
 /** Labels the violation metric: one series for all sources (addresses are unbounded). */
@@ -29,6 +31,7 @@ export function sourceLimit(deps: SourceLimitDeps): Step {
     const waitMs = limiter.take(connection.ip, perMinute);
     if (waitMs > 0) {
       deps.metrics.rateLimitViolations.inc({ principal: LABEL });
+      deps.onRefused?.(connection.peer);
       throw new RpcError('RESOURCE_EXHAUSTED', `rate limit of ${perMinute} health and reflection requests per minute exceeded for source ${connection.ip}`, {
         details: { retryAfterMs: waitMs },
       });

@@ -85,6 +85,8 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
   /** The handler side's listener, from start(). */
   private listener: InterceptingServerListener | undefined;
   private cancelled = false;
+  /** A final status went out (a step's refusal, the handler's status, or recovery's): nothing more is sent. */
+  private finished = false;
   /** The headers' steps are running: a message and the half-close wait. */
   private headersInSteps = false;
   /** A message's steps are running: the half-close waits. */
@@ -114,10 +116,18 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
   }
 
   sendMessage(message: unknown, callback: () => void): void {
+    // A stream refused mid-way (a step refused a later message) may still have the handler
+    // answering earlier ones: a write after the status would break the stream before its trailers.
+    if (this.finished) {
+      callback();
+      return;
+    }
     this.call.sendMessage(message, callback);
   }
 
   sendStatus(status: PartialStatusObject): void {
+    if (this.finished) return;
+    this.finished = true;
     this.statusThrough(status, this.steps.length);
     this.call.sendStatus(this.observed.end(status));
   }
@@ -270,6 +280,8 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
       else listener?.onReceiveHalfClose();
     } catch (err) {
       const status = this.recover(err, this.state?.traceId ?? newTraceId(), this.path);
+      if (this.finished) return;
+      this.finished = true;
       this.call.sendStatus(this.observed.end(status));
     }
   }
@@ -286,6 +298,8 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
     const traceId = state?.traceId ?? newTraceId();
     let status: PartialStatusObject = toStatus(err, traceId);
     if (status.code === Status.INTERNAL) status = this.recover(err, traceId, this.path);
+    if (this.finished) return;
+    this.finished = true;
     this.statusThrough(status, index);
     this.call.sendStatus(this.observed.end(status));
   }

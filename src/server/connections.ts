@@ -10,6 +10,10 @@
 // - A secured connection must complete a call by an authenticated principal: while it has
 //   not, and no call is in flight on it, it is closed after `firstCallTimeoutMs` of idleness.
 //   Anonymous health checks keep it only while they run.
+// - Such a connection is also closed once its calls have been refused by the per-source rate
+//   limit REFUSALS_BEFORE_CLOSE times: a flood then pays a new TLS handshake for every few
+//   refusals instead of streaming them over one connection (measured: bench/unauth-load.ts).
+//   A connection that completed an authenticated call is never closed for this.
 //
 // The TLS identity comes from the IdentityProvider, and a published renewal is applied with
 // tls.Server#setSecureContext: existing connections keep their handshake, new ones get the
@@ -64,10 +68,15 @@ interface Pending {
   readonly socket: TLSSocket;
   timer: NodeJS.Timeout | undefined;
   inFlight: number;
+  /** Calls and messages refused by the per-source rate limit. */
+  refusals: number;
 }
 
+/** Per-source rate-limit refusals a connection on probation may collect before it is closed. */
+export const REFUSALS_BEFORE_CLOSE = 10;
+
 type RefusedReason = 'global_cap' | 'source_cap';
-type ClosedReason = 'handshake_timeout' | 'handshake_failed' | 'idle_before_first_call';
+type ClosedReason = 'handshake_timeout' | 'handshake_failed' | 'idle_before_first_call' | 'source_rate_limited';
 
 /** "ip:port", as the chain's Connection.peer names the same connection (see src/chain/peer.ts). */
 function peerKey(address: string | undefined, port: number | undefined): string | undefined {
@@ -127,12 +136,12 @@ export class ConnectionListener {
     });
     this.closed = new Counter({
       name: 'rpc_connections_closed_total',
-      help: 'Connections the daemon closed: TLS handshake timed out or failed, or idle before completing an authenticated call.',
+      help: 'Connections the daemon closed: TLS handshake timed out or failed, idle before completing an authenticated call, or flooding past the per-source rate limit before one.',
       labelNames: ['reason'] as const,
       registers: [registry],
     });
     for (const reason of ['global_cap', 'source_cap'] satisfies RefusedReason[]) this.refused.inc({ reason }, 0);
-    for (const reason of ['handshake_timeout', 'handshake_failed', 'idle_before_first_call'] satisfies ClosedReason[]) this.closed.inc({ reason }, 0);
+    for (const reason of ['handshake_timeout', 'handshake_failed', 'idle_before_first_call', 'source_rate_limited'] satisfies ClosedReason[]) this.closed.inc({ reason }, 0);
   }
 
   /** Starts listening; resolves with the bound port. */
@@ -204,6 +213,23 @@ export class ConnectionListener {
     }
   }
 
+  /** A call or message on `peer` was refused by the per-source rate limit. */
+  sourceLimited(peer: string): void {
+    const entry = this.pending.get(peer);
+    if (!entry || ++entry.refusals < REFUSALS_BEFORE_CLOSE) return;
+    this.pending.delete(peer);
+    clearTimeout(entry.timer);
+    this.closed.inc({ reason: 'source_rate_limited' });
+    // After this turn, so the refusal being answered is written first.
+    setImmediate(() => this.reset(entry));
+  }
+
+  private reset(entry: Pending): void {
+    // A reset: once an HTTP/2 session has taken the socket over, neither socket's destroy() closes it.
+    entry.raw.resetAndDestroy();
+    entry.socket.destroy();
+  }
+
   private accepted(socket: Socket): void {
     const limits = this.options.limits();
     const ip = socket.remoteAddress;
@@ -246,7 +272,7 @@ export class ConnectionListener {
       socket.destroy();
       return;
     }
-    const entry: Pending = { raw, socket, timer: undefined, inFlight: 0 };
+    const entry: Pending = { raw, socket, timer: undefined, inFlight: 0, refusals: 0 };
     this.pending.set(key, entry);
     socket.once('close', () => {
       const current = this.pending.get(key);
@@ -266,9 +292,7 @@ export class ConnectionListener {
       if (this.pending.get(key) !== entry || entry.inFlight > 0) return;
       this.pending.delete(key);
       this.closed.inc({ reason: 'idle_before_first_call' });
-      // A reset: once an HTTP/2 session has taken the socket over, neither socket's destroy() closes it.
-      entry.raw.resetAndDestroy();
-      entry.socket.destroy();
+      this.reset(entry);
     }, this.options.limits().firstCallTimeoutMs);
     entry.timer.unref();
   }

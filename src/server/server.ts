@@ -234,7 +234,9 @@ export class Daemon {
             settings: () => settings().rate_limit,
           },
           rbac: { methods, roles: (names) => access.roles(names), isBootstrapAdmin: (id) => access.isBootstrapAdmin(id), audit, metrics },
-          exempt: { metrics, reflection: config.server.reflection, perMinute: () => settings().rate_limit.anonymous_per_source_per_minute },
+          exempt: { metrics, reflection: config.server.reflection, perMinute: () => settings().rate_limit.anonymous_per_source_per_minute,
+            onRefused: (peer) => late.listener?.sourceLimited(peer),
+          },
           calls,
         }),
       });

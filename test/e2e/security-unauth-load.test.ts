@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { REPO_ROOT, adminPem, credentialsFor, startDaemon, type PemFiles, type RunningDaemon } from '../support/daemon.js';
 import { serviceConstructor } from '../support/health.js';
 import { metricSum, metricsText } from '../support/security.js';
+import { REFUSALS_BEFORE_CLOSE } from '../../src/server/connections.js';
 import { LEGIT_CONFIG, legitClient, legitLatencies, underLoad } from '../support/unauth-load.js';
 
 const REFLECTION_PROTO = join(REPO_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');
@@ -237,24 +238,44 @@ describe('per-source rate limit of health and reflection', () => {
     await daemon.cleanup();
   });
 
-  it('a health flood from one source gets RESOURCE_EXHAUSTED while another source is still served', async () => {
+  /** What a flood may see: served, refused, or cut off (no status) when the daemon resets the connection. */
+  const ALLOWED_FLOOD_CODES = new Set<number>([Status.OK, Status.RESOURCE_EXHAUSTED, -1]);
+
+  /** Waits until `session` is closed by the daemon. */
+  function closedSession(session: ClientHttp2Session): Promise<void> {
+    if (session.closed || session.destroyed) return Promise.resolve();
+    return new Promise((resolve) => session.once('close', () => resolve()));
+  }
+
+  it('a health flood from one source gets RESOURCE_EXHAUSTED, its connection is closed, and another source is still served', async () => {
     const attacker = await sessionFrom(daemon, '127.0.0.2', { ca: admin.ca });
+    const closed = closedSession(attacker);
     const codes = await flood(attacker, HEALTH_CHECK, 200);
-    // 60 per minute with a 6-call burst: nearly all of the 200 are refused, and none fails otherwise.
-    expect(codes.get(Status.RESOURCE_EXHAUSTED) ?? 0).toBeGreaterThan(150);
-    expect([...codes.keys()].sort()).toEqual([Status.OK, Status.RESOURCE_EXHAUSTED].filter((code) => codes.has(code)).sort());
+    // 60 per minute with a 6-call burst: a few pass, then refusals; after REFUSALS_BEFORE_CLOSE
+    // the daemon resets the connection, and what was still in flight gets no status (-1).
+    expect(codes.get(Status.RESOURCE_EXHAUSTED) ?? 0).toBeGreaterThan(0);
+    expect([...codes.keys()].every((code) => ALLOWED_FLOOD_CODES.has(code))).toBe(true);
+    await closed;
+    const metrics = await metricsText(daemon);
+    expect(metricSum(metrics, 'rpc_connections_closed_total', { reason: 'source_rate_limited' })).toBeGreaterThanOrEqual(1);
+    expect(metricSum(metrics, 'rate_limit_violations_total', { principal: 'anonymous_per_source' })).toBeGreaterThanOrEqual(REFUSALS_BEFORE_CLOSE);
+    // The limit is the source's, not the connection's: a new connection is refused as well.
+    const again = await sessionFrom(daemon, '127.0.0.2', { ca: admin.ca });
+    expect(await grpcCall(again, HEALTH_CHECK)).toBe(Status.RESOURCE_EXHAUSTED);
     const bystander = await sessionFrom(daemon, '127.0.0.3', { ca: admin.ca });
     expect(await grpcCall(bystander, HEALTH_CHECK)).toBe(Status.OK);
-    expect(metricSum(await metricsText(daemon), 'rate_limit_violations_total', { principal: 'anonymous_per_source' })).toBeGreaterThan(150);
   });
 
   it('a reflection flood, even inside one stream, gets RESOURCE_EXHAUSTED while another source is still served', async () => {
     const attacker = await sessionFrom(daemon, '127.0.0.4', { ca: admin.ca });
     const codes = await flood(attacker, REFLECTION_INFO, 200, LIST_SERVICES);
-    expect(codes.get(Status.RESOURCE_EXHAUSTED) ?? 0).toBeGreaterThan(150);
+    expect(codes.get(Status.RESOURCE_EXHAUSTED) ?? 0).toBeGreaterThan(0);
+    expect([...codes.keys()].every((code) => ALLOWED_FLOOD_CODES.has(code))).toBe(true);
+    await closedSession(attacker);
 
-    // Many requests in one bidi stream: each message costs a cell, so the stream is ended.
-    const stream = openStream(attacker, REFLECTION_INFO);
+    // Many requests in one bidi stream (a new connection): each message costs a cell, so the stream is ended.
+    const again = await sessionFrom(daemon, '127.0.0.16', { ca: admin.ca });
+    const stream = openStream(again, REFLECTION_INFO);
     const status = statusOf(stream);
     const message = frame(LIST_SERVICES);
     for (let i = 0; i < 100; i++) stream.write(message);
@@ -263,6 +284,16 @@ describe('per-source rate limit of health and reflection', () => {
 
     const bystander = await sessionFrom(daemon, '127.0.0.5', { ca: admin.ca });
     expect(await grpcCall(bystander, REFLECTION_INFO, LIST_SERVICES)).toBe(Status.OK);
+  });
+
+  it('never closes a connection that completed an authenticated call, however much it is refused', async () => {
+    const panel = await sessionFrom(daemon, '127.0.0.17', admin);
+    expect(await grpcCall(panel, '/debvisor.v1.AccessService/WhoAmI')).toBe(Status.OK);
+    const codes = await flood(panel, HEALTH_CHECK, 200);
+    expect(codes.get(Status.RESOURCE_EXHAUSTED) ?? 0).toBeGreaterThan(150);
+    expect(codes.has(-1)).toBe(false);
+    expect(panel.closed || panel.destroyed).toBe(false);
+    expect(await grpcCall(panel, '/debvisor.v1.AccessService/WhoAmI')).toBe(Status.OK);
   });
 });
 

@@ -1,7 +1,7 @@
 // The chain driver (src/chain/step.ts) on a real grpc-js server: steps run in order on the
 // way in and in reverse on the way out, a message waits for the headers' (async) steps, a
 // refusing step stops everything after it, and every final status passes the steps and observe.
-import { Metadata as GrpcMetadata, Server, ServerCredentials, credentials, makeGenericClientConstructor, status as Status, type Metadata, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
+import { Metadata as GrpcMetadata, Server, ServerCredentials, credentials, makeGenericClientConstructor, status as Status, type ClientDuplexStream, type Metadata, type ServerDuplexStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chainInterceptor, type Step } from '../../src/chain/step.js';
@@ -11,6 +11,7 @@ import { RpcError } from '../../src/server/errors.js';
 const identity = (value: Buffer) => value;
 const definition: ServiceDefinition = {
   echo: { path: '/test.Chain/Echo', requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
+  chat: { path: '/test.Chain/Chat', requestStream: true, responseStream: true, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
 };
 
 const events: string[] = [];
@@ -28,6 +29,7 @@ const step = (name: string, hooks: { request?: 'async' | 'refuse'; message?: 'as
     });
   },
   onMessage: (_state, call, message) => {
+    if (String(message) === `${name}.stop`) throw new RpcError('RESOURCE_EXHAUSTED', `${name} refused a later message`);
     if (call.metadata.get('refuse')[0] === `${name}.message`) throw new RpcError('PERMISSION_DENIED', `${name} refused`);
     if (call.metadata.get('bug')[0] === `${name}.message`) throw new TypeError(`${name} bug`);
     events.push(`${name}.message:${String(message)}`);
@@ -69,6 +71,12 @@ beforeAll(async () => {
       events.push(`handler:${call.request.toString()}`);
       if (handlerThrows) throw new Error('handler bug');
       callback(null, call.request);
+    },
+    // Answers each message a turn later, as a handler doing work would: some answers come after a refusal.
+    chat: (stream: ServerDuplexStream<Buffer, Buffer>) => {
+      stream.on('data', (message: Buffer) => stream.write(message));
+      stream.on('error', () => undefined);
+      stream.on('end', () => stream.end());
     },
   });
   const port = await new Promise<number>((resolve, reject) => {
@@ -125,5 +133,27 @@ describe('chain driver', () => {
     } finally {
       handlerThrows = false;
     }
+  });
+
+  it('a stream refused mid-way ends with the refusal, although the handler still answers earlier messages', async () => {
+    events.length = 0;
+    const stream = (client as unknown as { chat: () => ClientDuplexStream<Buffer, Buffer> }).chat();
+    const answers: string[] = [];
+    stream.on('data', (message: Buffer) => answers.push(message.toString()));
+    const ended = new Promise<ServiceError | undefined>((resolve) => {
+      stream.on('error', (err: ServiceError) => resolve(err));
+      stream.on('status', (status: { code: number }) => {
+        if (status.code === (Status.OK as number)) resolve(undefined);
+      });
+    });
+    for (const text of ['one', 'two', 'three', 'B.stop']) stream.write(Buffer.from(text));
+    for (let i = 0; i < 100; i++) stream.write(Buffer.from('more'));
+    const err = await ended;
+    expect(err?.code).toBe(Status.RESOURCE_EXHAUSTED);
+    expect(err?.details).toContain('B refused a later message');
+    // One final status, seen once by the steps before B and by observe.
+    expect(events.filter((event) => event === 'observe.end:8')).toEqual(['observe.end:8']);
+    expect(events.filter((event) => event.startsWith('observe.end'))).toHaveLength(1);
+    expect(answers.every((answer) => ['one', 'two', 'three', 'more'].includes(answer))).toBe(true);
   });
 });
