@@ -7,6 +7,7 @@
 // loaded p99 to the baseline p99. The target is a loaded p99 under 200 ms.
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { DIST_BUILT_ENV } from '../test/support/built.js';
 import { REPO_ROOT, startDaemon } from '../test/support/daemon.js';
 import { LEGIT_CONFIG, legitClient, legitLatencies, underLoad, type Latencies, type LoadKind } from '../test/support/unauth-load.js';
 
@@ -15,6 +16,7 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 
 console.error('building dist/ …');
 execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
+process.env[DIST_BUILT_ENV] = '1';
 
 const daemon = await startDaemon({ config: LEGIT_CONFIG, readyTimeoutMs: 90_000 });
 const client = await legitClient(daemon);

@@ -10,8 +10,12 @@ declare module 'vitest' {
   }
 }
 
+/** Set by a bench script (outside vitest) once it has built dist/ itself. */
+export const DIST_BUILT_ENV = 'DEBVISOR_DIST_BUILT';
+
 /** Throws unless this test run built dist/ (the suite is in the daemon project). */
 export function requireBuiltDist(): void {
+  if (process.env[DIST_BUILT_ENV] === '1') return;
   if (!inject('distBuilt')) {
     throw new Error('this suite runs the built daemon or CLI (dist/): add its path to DAEMON_SUITES in vitest.config.ts');
   }
