@@ -285,7 +285,7 @@ const lines = [
   `validate it). Against the client-cert baseline, as reported before this split, the API key scenario is ${ratio(apiKeyAgainstCertBaseline.cpu)} CPU/call and ${ratio(apiKeyAgainstCertBaseline.qps)} QPS.`,
   '',
   'bare = bench/bare-server.ts: grpc-js with the daemon’s own `serverCredentials`/`IdentityProvider` (dev PKI server pair and CA; client certificates',
-  'requested, not required), the daemon’s default grpc-js options, and the project’s adapter (src/server/adapter.ts) serving the daemon’s own Echo',
+  'requested, not required), the daemon’s default grpc-js options, and the project’s adapter (src/rpc/adapter.ts) serving the daemon’s own Echo',
   'handler, all loaded from the same compiled dist/ the daemon runs (node without tsx); no interceptors. Full daemon = `node dist/main.js',
   '--config … --enable-test-service` with the embedded store, the audit log on disk (HMAC-chained, fsynced) and the default chain (observe,',
   'recovery, identity, audit, rate limit, RBAC) in front of the same Echo handler; rate limits raised so no call is refused.',

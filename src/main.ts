@@ -4,10 +4,10 @@ import { Command, Option } from 'commander';
 import { ConfigError, DEFAULT_CONFIG_PATH, ENV_PREFIX, loadConfig } from './config/load.js';
 import { routeGrpcLogs } from './observability/grpc-logging.js';
 import { createLogger } from './observability/logger.js';
-import { Daemon } from './server/server.js';
-import { TlsConfigError } from './server/tls.js';
-import { FilePermissionError, assertSafeFiles } from './server/file-permissions.js';
-import { sdNotify } from './server/sd-notify.js';
+import { Daemon } from './daemon/server.js';
+import { TlsConfigError } from './pki/identity.js';
+import { FilePermissionError, assertSafeFiles } from './daemon/file-permissions.js';
+import { sdNotify } from './daemon/sd-notify.js';
 import { VERSION } from './version.js';
 
 const EXIT_CONFIG = 2;

@@ -3,22 +3,23 @@
 import { BlockList, isIP } from 'node:net';
 import type { AuditLog } from '../audit/log.js';
 import { newToken } from '../authn/apikey-token.js';
-import type { Principal } from '../authn/principal.js';
-import { denyChange, globMatches, isValidResourceGlob, resourceKindFromName, type ResourceGlob } from '../authz/decide.js';
+import type { Principal } from '../rpc/principal.js';
+import { denyChange, globMatches, isValidResourceGlob, type ResourceGlob } from '../authz/decide.js';
+import { resourceKindFromName } from '../rpc/policy.js';
 import { wideningsOf, type KeyBounds } from '../authz/narrowing.js';
 import { crossPrincipal, isValidPermission } from '../authz/permission.js';
 import { isBuiltinRole, ROLE_NAME, type Role } from '../authz/roles.js';
 import type { PermissionCatalogue } from '../authz/catalogue.js';
 import type { Config } from '../config/schema.js';
 import { validateText } from '../backends/validate.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
-import type { CallContext } from '../server/context.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import type { CallContext } from '../rpc/context.js';
 import { ConflictError, NotFoundError } from '../store/errors.js';
 import { retryOnConflict } from '../store/repository.js';
 import type { ApiKeyRecord, QuotaRecord, RoleRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { AccessState, RoleBindingEntry } from './state.js';
-import { pageByKey } from '../server/paging.js';
+import { pageByKey } from '../rpc/paging.js';
 import type { QuotaManager, QuotaResourceName, QuotaView } from '../quota/manager.js';
 
 const DAY_MS = 86_400_000;

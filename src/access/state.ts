@@ -4,7 +4,7 @@ import type { Config } from '../config/schema.js';
 import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
 import { authorize, canGrant } from '../authz/decide.js';
 import { crossPrincipal } from '../authz/permission.js';
-import type { Principal } from '../authn/principal.js';
+import type { Principal } from '../rpc/principal.js';
 import { RecordCache } from '../store/cache.js';
 import { closest } from 'fastest-levenshtein';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';

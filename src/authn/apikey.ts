@@ -13,9 +13,9 @@ import { BlockList, isIPv6 } from 'node:net';
 import type { ApiKeyRecord } from '../store/records.js';
 import type { RecordCache } from '../store/cache.js';
 import type { Repository } from '../store/repository.js';
-import { UnauthenticatedError } from '../server/errors.js';
+import { UnauthenticatedError } from '../rpc/errors.js';
 import { parseToken, secretMatches } from './apikey-token.js';
-import type { Principal } from './principal.js';
+import type { Principal } from '../rpc/principal.js';
 
 const allowLists = new WeakMap<ApiKeyRecord, BlockList>();
 

@@ -15,7 +15,7 @@
 import { readFileSync } from 'node:fs';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { parseCrl, verifyCrl } from '../pki/index.js';
-import type { TrustBundle } from './x509.js';
+import type { TrustBundle } from '../pki/trust.js';
 
 export type CrlRejection = 'unreadable' | 'signature' | 'no_next_update' | 'expired' | 'rollback';
 

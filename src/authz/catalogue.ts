@@ -4,7 +4,7 @@
 // stored and match nothing, and a mistyped deny would deny nothing.
 import type { DescService } from '@bufbuild/protobuf';
 import { closest } from 'fastest-levenshtein';
-import { policyOf } from '../server/policy.js';
+import { policyOf } from '../rpc/policy.js';
 import { crossPrincipal, isValidPermission, permissionMatches } from './permission.js';
 
 /** Why a permission pattern is refused, with the closest declared one as a hint. */

@@ -4,9 +4,10 @@
 // - each call is bounded: a timeout, output caps, a per-backend concurrency limit;
 // - cancellation (the gRPC call's or operation's AbortSignal) kills the whole process group:
 //   SIGTERM, then SIGKILL after a grace period;
-// - failures are typed (ExecError); src/server/errors.ts maps them to gRPC codes.
+// - failures are typed domain errors (ExecError); src/rpc/errors.ts maps them to gRPC codes.
 // Names that reach an argv must have passed src/backends/validate.ts first: exec only refuses
 // NUL and newlines as a last line of defence.
+import { DomainError, type DomainErrorKind } from '../errors/domain.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { isAbsolute } from 'node:path';
@@ -18,6 +19,30 @@ import { Counter, Histogram, type Registry } from 'prom-client';
  * all (e.g. LVM snapshots on a kernel without device-mapper): retrying will not help.
  */
 export type ExecErrorKind = 'not_found' | 'exists' | 'busy' | 'no_space' | 'unsupported' | 'unavailable' | 'timeout' | 'cancelled' | 'failed';
+
+/** What a client is told of a failed host command when the caller chose no message: never stderr. */
+function genericExecMessage(kind: ExecErrorKind, backend: string): string {
+  switch (kind) {
+    case 'not_found':
+      return 'the backend object does not exist';
+    case 'exists':
+      return 'the backend object already exists';
+    case 'busy':
+      return 'the backend object is busy; retry later';
+    case 'no_space':
+      return `the ${backend} backend has not enough free space`;
+    case 'unsupported':
+      return `this host's ${backend} backend does not support the operation`;
+    case 'unavailable':
+      return `the ${backend} backend is unavailable; retry later`;
+    case 'timeout':
+      return 'the backend command timed out';
+    case 'cancelled':
+      return 'the backend command was cancelled';
+    case 'failed':
+      return 'internal error';
+  }
+}
 
 export interface ExecResult {
   /** The command's key in `binaries`. */
@@ -36,10 +61,10 @@ export interface ExecResult {
 /**
  * A host command that failed, timed out, was cancelled or could not run.
  * `message`, `stderr` and `args` are for logs and audit only: clients see the
- * generic text chosen in src/server/errors.ts, or `publicMessage` when the
+ * generic text of its kind (safeMessage), or `publicMessage` when the
  * caller supplied one (and it must not contain stderr).
  */
-export class ExecError extends Error {
+export class ExecError extends DomainError {
   readonly kind: ExecErrorKind;
   readonly backend: string;
   readonly command: string;
@@ -71,6 +96,14 @@ export class ExecError extends Error {
     this.stderr = init.stderr ?? '';
     this.publicMessage = init.publicMessage;
   }
+  get meaning(): DomainErrorKind {
+    return this.kind === 'exists' ? 'already_exists' : this.kind;
+  }
+
+  get safeMessage(): string {
+    return this.publicMessage ?? genericExecMessage(this.kind, this.backend);
+  }
+
 }
 
 /** Programming errors: a caller passed an argv exec will never run. Not a client error (maps to INTERNAL). */

@@ -5,7 +5,7 @@
 // a path or a second object reference in someone else's argv.
 import { isIPv4, isIPv6 } from 'node:net';
 import { UNSAFE_TEXT } from '../rpc/text.js';
-import { InvalidArgumentError } from '../server/errors.js';
+import { InvalidArgumentError } from '../rpc/errors.js';
 
 /** Our cap for pool, VG, LV, image, snapshot and VM names: LVM's own limit (NAME_LEN 128 with NUL), short enough for device paths and metric labels. */
 export const MAX_NAME_LENGTH = 127;

@@ -1,6 +1,6 @@
 // How a principal appears in audit records.
 import type { AuditPrincipal } from '../audit/event.js';
-import type { Principal } from '../authn/principal.js';
+import type { Principal } from '../rpc/principal.js';
 
 // One frozen AuditPrincipal per principal object and role list: built once, not per call,
 // and frozen so the audit log may serialize it once (src/audit/event.ts).

@@ -7,10 +7,10 @@ import type { Logger } from 'pino';
 import { redactRequest } from '../audit/redact.js';
 import type { AuditPrincipal } from '../audit/event.js';
 import { AuditWriteError, type AuditLog } from '../audit/log.js';
-import { resourceOf } from '../authz/decide.js';
+import { resourceOf } from '../rpc/policy.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
-import type { AuditedRequest, CallState } from '../server/context.js';
-import { RpcError } from '../server/errors.js';
+import type { AuditedRequest, CallState } from '../rpc/context.js';
+import { RpcError } from '../rpc/errors.js';
 import { auditPrincipal } from './audit-principal.js';
 import type { Step } from './step.js';
 

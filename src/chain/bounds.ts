@@ -4,8 +4,8 @@
 // (src/audit/caps.ts), but refusing here keeps oversize values out of every later step.
 import { ScalarType, type DescField, type DescMessage, type DescMethod, type Message } from '@bufbuild/protobuf';
 import { reflect, type ReflectMessage } from '@bufbuild/protobuf/reflect';
-import { resourcePathsOf } from '../authz/decide.js';
-import { InvalidArgumentError } from '../server/errors.js';
+import { resourcePathsOf } from '../rpc/policy.js';
+import { InvalidArgumentError } from '../rpc/errors.js';
 import type { Step } from './step.js';
 
 /** The audit log's caps (src/audit/caps.ts): a resource name, and any other request field. */

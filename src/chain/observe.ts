@@ -3,9 +3,9 @@
 import { Metadata, status as Status } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import type { Logger } from 'pino';
-import { attachCallState, type CallState } from '../server/context.js';
-import { TRACE_ID_KEY } from '../server/errors.js';
-import { traceIdFrom, newTraceId } from '../server/trace.js';
+import { attachCallState, type CallState } from '../rpc/context.js';
+import { TRACE_ID_KEY } from '../rpc/errors.js';
+import { traceIdFrom, newTraceId } from '../rpc/trace.js';
 import type { CounterCell, HistogramCell, Metrics } from '../observability/metrics.js';
 import { firstHeader, headerMap } from './headers.js';
 import type { Connection } from './peer.js';

@@ -3,7 +3,7 @@
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { Metrics } from '../observability/metrics.js';
 import { RateLimiter } from '../ratelimit/limiter.js';
-import { RpcError } from '../server/errors.js';
+import { RpcError } from '../rpc/errors.js';
 import type { Step } from './step.js';
 
 /** The config's `rate_limit` section, as it is (no per-call copy). */

@@ -3,11 +3,12 @@
 // permissions and their owner's current roles, within their resource globs.
 import type { DescMethod, Message } from '@bufbuild/protobuf';
 import type { AuditLog } from '../audit/log.js';
-import { authorize, resourcesOf, type AuthorizeInput } from '../authz/decide.js';
+import { authorize, type AuthorizeInput } from '../authz/decide.js';
+import { resourcesOf } from '../rpc/policy.js';
 import type { Role } from '../authz/roles.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { Metrics } from '../observability/metrics.js';
-import { RpcError } from '../server/errors.js';
+import { RpcError } from '../rpc/errors.js';
 import { auditPrincipal } from './audit-principal.js';
 import type { Step } from './step.js';
 

@@ -2,7 +2,7 @@
 // instead of an uncaught exception that kills the daemon (step.ts catches it; the inner
 // steps turn their own throws into statuses). The status is seen by observe only.
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
-import { toStatus } from '../server/errors.js';
+import { toStatus } from '../rpc/errors.js';
 
 export function recovery(onPanic: (err: unknown, traceId: string, path: string) => void) {
   return (err: unknown, traceId: string, path: string): PartialStatusObject => {

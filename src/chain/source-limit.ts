@@ -6,8 +6,8 @@
 // per-principal limit (ratelimit.ts).
 import type { Metrics } from '../observability/metrics.js';
 import { RateLimiter } from '../ratelimit/limiter.js';
-import type { CallState } from '../server/context.js';
-import { RpcError } from '../server/errors.js';
+import type { CallState } from '../rpc/context.js';
+import { RpcError } from '../rpc/errors.js';
 import type { Step, StepCall } from './step.js';
 
 export interface SourceLimitDeps {

@@ -18,10 +18,10 @@
 import { status as Status, type Metadata, type ServerInterceptingCall, type ServerInterceptor, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import type { InterceptingServerListener } from '@grpc/grpc-js/build/src/server-interceptors.js';
-import { undecodableError } from '../server/adapter.js';
-import { toStatus } from '../server/errors.js';
-import type { CallState } from '../server/context.js';
-import { newTraceId } from '../server/trace.js';
+import { undecodableError } from '../rpc/adapter.js';
+import { toStatus } from '../rpc/errors.js';
+import type { CallState } from '../rpc/context.js';
+import { newTraceId } from '../rpc/trace.js';
 import { connectionOf, type Connection } from './peer.js';
 
 export interface StepCall {

@@ -3,7 +3,7 @@
 import { credentials, makeGenericClientConstructor, Metadata, type Client, type ChannelCredentials, type ClientOptions, type ServiceError } from '@grpc/grpc-js';
 import { create, type DescMessage, type DescService, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
-import { toServiceDefinition } from '../server/adapter.js';
+import { toServiceDefinition } from '../rpc/adapter.js';
 
 export interface CallOptions {
   readonly metadata?: Record<string, string>;

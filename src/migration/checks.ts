@@ -5,7 +5,7 @@ import { parseDomainXml } from '../backends/libvirt/xml.js';
 import { STATE_TEXT } from '../backends/libvirt/errors.js';
 import { validateHostname, validateVmName } from '../backends/validate.js';
 import type { NodeRegistry, NodeView } from '../nodes/registry.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import type { NodeConnections } from './connections.js';
 
 /** How long the target's libvirt gets to answer `virsh uri` before it counts as unreachable. */

@@ -9,7 +9,7 @@ import { parseDomainXml } from '../backends/libvirt/xml.js';
 import { validateHostname, validateVmName } from '../backends/validate.js';
 import type { NodeRegistry, NodeView } from '../nodes/registry.js';
 import type { OperationHandle } from '../operations/manager.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import type { VmInventoryRecord } from '../store/records.js';
 import type { NodeConnections } from './connections.js';
 import { targetReasons } from './checks.js';

@@ -4,7 +4,7 @@
 import { ExecError } from '../backends/exec.js';
 import type { Libvirt } from '../backends/libvirt/virsh.js';
 import { parseDomainXml } from '../backends/libvirt/xml.js';
-import { RpcError } from '../server/errors.js';
+import { RpcError } from '../rpc/errors.js';
 import { ConflictError } from '../store/errors.js';
 import type { VmInventoryRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';

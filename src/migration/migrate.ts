@@ -9,7 +9,7 @@ import { ExecError } from '../backends/exec.js';
 import { STATE_TEXT } from '../backends/libvirt/errors.js';
 import type { DomainJobInfo, Libvirt } from '../backends/libvirt/virsh.js';
 import type { OperationHandle } from '../operations/manager.js';
-import { RpcError } from '../server/errors.js';
+import { RpcError } from '../rpc/errors.js';
 import type { NodeConnections } from './connections.js';
 
 export const MIGRATE_VM_OPERATION_KIND = 'MIGRATE_VM';

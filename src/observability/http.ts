@@ -2,7 +2,7 @@
 // It carries no API and no secrets, so it needs no TLS on loopback.
 import { createServer, type Server } from 'node:http';
 import type { Metrics } from './metrics.js';
-import type { Readiness } from '../server/readiness.js';
+import type { Readiness } from './readiness.js';
 
 export function createHttpServer(metrics: Metrics, readiness: Readiness): Server {
   return createServer((req, res) => {

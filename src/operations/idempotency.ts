@@ -22,8 +22,8 @@ import { clearField, clone, create, fromBinary, getOption, toBinary, type DescFi
 import { ExponentialBackoff, handleAll, retry } from 'cockatiel';
 import type { Logger } from 'pino';
 import { secret } from '../gen/debvisor/v1/options_pb.js';
-import type { CallContext } from '../server/context.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import type { CallContext } from '../rpc/context.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import { keepLeaseAlive, type LeaseKeeper } from '../store/lease-keeper.js';
 import type { Compare, KeyValue, LeaseId, Store } from '../store/store.js';

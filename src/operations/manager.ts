@@ -4,8 +4,8 @@
 import { randomUUID } from 'node:crypto';
 import { status as Status } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import type { CallContext } from '../server/context.js';
-import { InvalidArgumentError, RpcError, toStatus } from '../server/errors.js';
+import type { CallContext } from '../rpc/context.js';
+import { InvalidArgumentError, RpcError, toStatus } from '../rpc/errors.js';
 import { ConflictError } from '../store/errors.js';
 import type { RecordCache } from '../store/cache.js';
 import { LAYOUT, segment } from '../store/layout.js';

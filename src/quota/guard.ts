@@ -3,9 +3,9 @@
 // never from a table here.
 import type { DescMethod, Message } from '@bufbuild/protobuf';
 import { QuotaResource, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
-import type { CallContext } from '../server/context.js';
-import { RpcError } from '../server/errors.js';
-import { gibOf } from '../storage/names.js';
+import type { CallContext } from '../rpc/context.js';
+import { RpcError } from '../rpc/errors.js';
+import { gibOf } from './units.js';
 import type { CountedResource, QuotaManager } from './manager.js';
 
 const COUNTED: ReadonlyMap<QuotaResource, CountedResource> = new Map([

@@ -2,7 +2,7 @@
 // compare-and-swap on the usage record, and concurrent operations hold slot keys
 // attached to the daemon's lease. Both stay exact with several daemons on one etcd.
 import type { Config } from '../config/schema.js';
-import { RpcError } from '../server/errors.js';
+import { RpcError } from '../rpc/errors.js';
 import { ConflictError } from '../store/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import { quotaResources, type QuotaRecord } from '../store/records.js';

@@ -7,8 +7,8 @@ import { BlockKind, type AccessService, type AuthBlockSchema } from '../gen/debv
 import type { AuditLog } from '../audit/log.js';
 import type { Block, SourceGuard } from '../authn/source-guard.js';
 import { auditPrincipal } from '../chain/audit-principal.js';
-import type { HandlersOf } from '../server/adapter.js';
-import { InvalidArgumentError, UnauthenticatedError } from '../server/errors.js';
+import type { HandlersOf } from '../rpc/adapter.js';
+import { InvalidArgumentError, UnauthenticatedError } from '../rpc/errors.js';
 
 /** API key ids as src/authn/apikey-token.ts makes them. */
 const KEY_ID = /^[0-9a-f]{16}$/;

@@ -7,10 +7,10 @@ import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.
 import type { AccessState, BindingSource } from '../access/state.js';
 import type { BlockHandlers } from './access-blocks.js';
 import type { Role } from '../authz/roles.js';
-import { resourceKindFromName, resourceKindName } from '../authz/decide.js';
-import type { HandlersOf } from '../server/adapter.js';
-import type { CallContext } from '../server/context.js';
-import { InvalidArgumentError, UnauthenticatedError } from '../server/errors.js';
+import { resourceKindFromName, resourceKindName } from '../rpc/policy.js';
+import type { HandlersOf } from '../rpc/adapter.js';
+import type { CallContext } from '../rpc/context.js';
+import { InvalidArgumentError, UnauthenticatedError } from '../rpc/errors.js';
 import type { ApiKeyRecord } from '../store/records.js';
 
 const QUOTA_NAMES: ReadonlyMap<QuotaResource, QuotaResourceName> = new Map([

@@ -3,8 +3,8 @@
 import type { MigrationService } from '../gen/debvisor/v1/migration_pb.js';
 import type { NodeRegistry } from '../nodes/registry.js';
 import type { OperationManager } from '../operations/manager.js';
-import type { HandlersOf } from '../server/adapter.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import type { HandlersOf } from '../rpc/adapter.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import { checkMigration, migrationRequest } from '../migration/checks.js';
 import type { NodeConnections } from '../migration/connections.js';
 import { FAILOVER_VM_OPERATION_KIND, planFailover, runFailover, type FailoverDeps } from '../migration/failover.js';

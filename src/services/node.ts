@@ -5,9 +5,9 @@ import { durationFromMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { CephStatus, NodeHealth, type NodeSchema, type NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { validateHostname, validateIpAddress } from '../backends/validate.js';
 import { NodeIdMismatchError, UnknownNodeError, type NodeHealthRecord, type NodeRegistry, type NodeView } from '../nodes/registry.js';
-import type { HandlersOf } from '../server/adapter.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
-import { pageByKey } from '../server/paging.js';
+import type { HandlersOf } from '../rpc/adapter.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import { pageByKey } from '../rpc/paging.js';
 
 const MAX_TEXT = 255;
 const MAX_LABELS = 64;

@@ -5,10 +5,10 @@ import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { OperationKind, OperationSchema, OperationState, type OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import type { AccessState } from '../access/state.js';
 import type { OperationManager } from '../operations/manager.js';
-import type { HandlersOf } from '../server/adapter.js';
-import { pageByOffset } from '../server/paging.js';
-import type { CallContext } from '../server/context.js';
-import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../server/errors.js';
+import type { HandlersOf } from '../rpc/adapter.js';
+import { pageByOffset } from '../rpc/paging.js';
+import type { CallContext } from '../rpc/context.js';
+import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
 import type { OperationRecord } from '../store/records.js';
 
 const DEFAULT_WAIT_MS = 30_000;

@@ -7,8 +7,8 @@ import { durationMs } from '@bufbuild/protobuf/wkt';
 import type { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
 import type { OperationManager } from '../operations/manager.js';
 import type { QuotaManager } from '../quota/manager.js';
-import type { HandlersOf } from '../server/adapter.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import type { HandlersOf } from '../rpc/adapter.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import type { Store } from '../store/store.js';
 import { operationMessage } from './operations.js';
 

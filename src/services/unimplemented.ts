@@ -1,7 +1,7 @@
 // Answers for services whose handlers have not landed yet: a clear UNIMPLEMENTED
 // naming the area, instead of grpc-js's bare "method not implemented".
 import type { DescService } from '@bufbuild/protobuf';
-import { UnimplementedError } from '../server/errors.js';
+import { UnimplementedError } from '../rpc/errors.js';
 
 const AREA: Record<string, string> = {
   'debvisor.v1.NodeService': 'Node management is',

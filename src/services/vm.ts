@@ -11,11 +11,11 @@ import { globMatches, isValidResourceGlob } from '../authz/decide.js';
 import type { OperationManager } from '../operations/manager.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { VmSnapshotOwners } from '../vms/snapshot-owners.js';
-import type { HandlersOf } from '../server/adapter.js';
-import type { CallContext } from '../server/context.js';
-import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../server/errors.js';
+import type { HandlersOf } from '../rpc/adapter.js';
+import type { CallContext } from '../rpc/context.js';
+import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
 import { operationMessage } from './operations.js';
-import { pageByKey, pageByOffset } from '../server/paging.js';
+import { pageByKey, pageByOffset } from '../rpc/paging.js';
 
 export const SHUTDOWN_VM_OPERATION_KIND = 'SHUTDOWN_VM';
 

@@ -2,8 +2,8 @@
 // from under a defined or running VM unless the caller says force.
 import type { Libvirt } from '../backends/libvirt/virsh.js';
 import type { DomainDisk } from '../backends/libvirt/xml.js';
-import { RpcError } from '../server/errors.js';
-import type { CallOptions } from './backend.js';
+import { RpcError } from '../rpc/errors.js';
+import type { CallOptions } from '../backends/storage-backend.js';
 import { volumeLabel, type VolumeKey } from './names.js';
 
 /** The names of the VMs on this host with a disk on the volume. */

@@ -2,7 +2,7 @@
 // directory that stays inside it, also after symlinks are resolved.
 import { realpath, stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve, sep } from 'node:path';
-import { InvalidArgumentError } from '../server/errors.js';
+import { InvalidArgumentError } from '../rpc/errors.js';
 
 const FIELD = 'image_path';
 const MAX_PATH = 1024;

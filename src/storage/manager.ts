@@ -4,12 +4,13 @@
 // delete), and runs the long work of prune, clone and provisioning.
 import { ExecError } from '../backends/exec.js';
 import { validateSnapshotName, validateText } from '../backends/validate.js';
-import { InvalidArgumentError, RpcError } from '../server/errors.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { AttachmentFinder } from './attachments.js';
-import type { BackendKind, CallOptions, ProgressFn, RbdTemplateBackend, SnapshotInfo, VolumeBackend, VolumeInfo } from './backend.js';
+import type { BackendKind, CallOptions, ProgressFn, RbdTemplateBackend, SnapshotInfo, VolumeBackend, VolumeInfo } from '../backends/storage-backend.js';
 import { resolveImagePath } from './images.js';
-import { gibOf, timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
+import { gibOf } from '../quota/units.js';
+import { timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
 import { isEmptyPolicy, planRetention, type RetentionRules } from './retention.js';
 
 export interface ImageInfo {
@@ -44,7 +45,7 @@ const POOL_SETTING: Record<BackendKind, string> = { rbd: 'rbd.pools', lvm: 'lvm.
 
 export interface DeleteResult {
   readonly name: string;
-  /** Undefined when deleted; mapped to a status by src/server/errors.ts. */
+  /** Undefined when deleted; mapped to a status by src/rpc/errors.ts. */
   readonly error?: unknown;
 }
 

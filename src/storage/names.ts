@@ -1,10 +1,9 @@
 // Request validation shared by the storage handlers and the manager: names per backend
 // (each error names the request field), tags, sizes, and the time a snapshot stands for.
 import { validateImageName, validateLvName, validatePoolName, validateVgName } from '../backends/validate.js';
-import { InvalidArgumentError } from '../server/errors.js';
-import { MAX_USER_TAGS, type BackendKind } from './backend.js';
+import { InvalidArgumentError } from '../rpc/errors.js';
+import { MAX_USER_TAGS, type BackendKind } from '../backends/storage-backend.js';
 
-export const GIB = 1024n ** 3n;
 /** 64 PiB: above what either backend accepts, and far below uint64 overflow in any sum. */
 export const MAX_VOLUME_BYTES = 64n * 1024n ** 5n;
 const TAG_KEY = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -46,11 +45,6 @@ export function validateTags(tags: Readonly<Record<string, string>>, field = 'ta
     if (!TAG_VALUE.test(value)) throw new InvalidArgumentError(`${field}[${key}]`, 'values are at most 128 letters, digits and _ + . - / = :');
   }
   return { ...tags };
-}
-
-/** Storage quota units: GiB, rounded up (also what src/quota/guard.ts charges for a proto quota option). */
-export function gibOf(bytes: bigint): number {
-  return Number((bytes + GIB - 1n) / GIB);
 }
 
 // 2026-01-15, 20260115, 2026-01-15T03-00-00Z, 20260115T030000Z, 20260115T0300 (ISO-ish, no colons: snapshot names have none).

@@ -1,9 +1,17 @@
-// Store errors are typed; src/server/errors.ts maps them to gRPC codes.
+// Store errors are typed domain errors; src/rpc/errors.ts maps their meaning to gRPC codes.
+import { DomainError, type DomainErrorKind } from '../errors/domain.js';
 
-export class StoreError extends Error {}
+/** A store failure with no more specific meaning: the caller sees a generic internal error. */
+export class StoreError extends DomainError {
+  readonly meaning: DomainErrorKind = 'failed';
+  readonly safeMessage: string = 'internal error';
+}
 
 /** The store cannot be reached or did not answer in time. Retry later. */
 export class StoreUnavailableError extends StoreError {
+  override readonly meaning: DomainErrorKind = 'unavailable';
+  override readonly safeMessage = 'the state store is unavailable; retry later';
+
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'StoreUnavailableError';
@@ -12,6 +20,9 @@ export class StoreUnavailableError extends StoreError {
 
 /** A compare-and-swap lost a race, or a key that must not exist does. */
 export class ConflictError extends StoreError {
+  override readonly meaning: DomainErrorKind = 'conflict';
+  override readonly safeMessage = 'concurrent modification; retry';
+
   constructor(message: string) {
     super(message);
     this.name = 'ConflictError';
@@ -19,14 +30,21 @@ export class ConflictError extends StoreError {
 }
 
 export class NotFoundError extends StoreError {
+  override readonly meaning: DomainErrorKind = 'not_found';
+  override readonly safeMessage: string;
+
   constructor(message: string) {
     super(message);
     this.name = 'NotFoundError';
+    this.safeMessage = message;
   }
 }
 
 /** The watch asked for history that was compacted away: re-list, then watch from the list's revision. */
 export class CompactedError extends StoreError {
+  override readonly meaning: DomainErrorKind = 'expired';
+  override readonly safeMessage = 'the listing expired; start again';
+
   constructor(readonly compactRevision: number) {
     super(`revision compacted (oldest kept: ${compactRevision}); re-list and re-watch`);
     this.name = 'CompactedError';

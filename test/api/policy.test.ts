@@ -3,8 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { getOption, type DescField, type DescMessage, type DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { methodIndex, policyOf } from '../../src/server/policy.js';
-import { methodPath } from '../../src/server/adapter.js';
+import { methodIndex, policyOf } from '../../src/rpc/policy.js';
+import { methodPath } from '../../src/rpc/adapter.js';
 import { EXEMPT_SERVICES, isExempt } from '../../src/chain/exempt.js';
 import { QuotaResource, ResourceKind, secret } from '../../src/gen/debvisor/v1/options_pb.js';
 

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { PermissionCatalogue } from '../../src/authz/catalogue.js';
 import { isValidPermission, permissionMatches } from '../../src/authz/permission.js';
-import { policyOf } from '../../src/server/policy.js';
+import { policyOf } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { seededRandom } from '../support/random.js';
 

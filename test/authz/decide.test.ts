@@ -3,21 +3,9 @@
 import { describe, expect, it } from 'vitest';
 import { create, type DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { policyOf } from '../../src/server/policy.js';
-import {
-  OWNER_FILTERED_KINDS,
-  RESOURCE_KIND_NAMES,
-  authorize,
-  canGrant,
-  globMatches,
-  isValidResourceGlob,
-  resourceKindFromName,
-  resourceKindName,
-  resourceOf,
-  resourcePathsOf,
-  resourcesOf,
-  type ResourceGlob,
-} from '../../src/authz/decide.js';
+import { policyOf } from '../../src/rpc/policy.js';
+import { OWNER_FILTERED_KINDS, authorize, canGrant, globMatches, isValidResourceGlob, type ResourceGlob } from '../../src/authz/decide.js';
+import { RESOURCE_KIND_NAMES, resourceKindFromName, resourceKindName, resourceOf, resourcePathsOf, resourcesOf } from '../../src/rpc/policy.js';
 import { BUILTIN_ROLES, type Role } from '../../src/authz/roles.js';
 import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { StorageService, CreateSnapshotRequestSchema, ListVolumesRequestSchema, CloneRbdFromTemplateRequestSchema } from '../../src/gen/debvisor/v1/storage_pb.js';

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import type { DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { policyOf } from '../../src/server/policy.js';
+import { policyOf } from '../../src/rpc/policy.js';
 import { authorize } from '../../src/authz/decide.js';
 import { crossPrincipal, isValidPermission } from '../../src/authz/permission.js';
 import { PermissionCatalogue } from '../../src/authz/catalogue.js';

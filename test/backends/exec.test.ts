@@ -16,7 +16,7 @@ import {
   type ExecutorOptions,
   type SpawnEvent,
 } from '../../src/backends/exec.js';
-import { RpcError, toStatus } from '../../src/server/errors.js';
+import { RpcError, toStatus } from '../../src/rpc/errors.js';
 
 /** A file without any execute bit: spawning it fails with EACCES, even for root. */
 const SCRATCH = mkdtempSync(join(tmpdir(), 'debvisor-exec-'));

@@ -13,7 +13,7 @@ import { Libvirt, MIGRATE_RULES } from '../../src/backends/libvirt/virsh.js';
 import { nodeUri } from '../../src/migration/connections.js';
 import { unsharedDisks } from '../../src/migration/failover.js';
 import { ensureRunning } from '../../src/migration/migrate.js';
-import { InvalidArgumentError } from '../../src/server/errors.js';
+import { InvalidArgumentError } from '../../src/rpc/errors.js';
 import { VmInventory } from '../../src/migration/inventory.js';
 import { createRepositories } from '../../src/store/repositories.js';
 import type { Store } from '../../src/store/store.js';

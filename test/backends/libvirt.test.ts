@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecError, spawnCount } from '../../src/backends/exec.js';
 import { VmStateError } from '../../src/backends/libvirt/errors.js';
 import { Libvirt } from '../../src/backends/libvirt/virsh.js';
-import { InvalidArgumentError, toStatus } from '../../src/server/errors.js';
+import { InvalidArgumentError, toStatus } from '../../src/rpc/errors.js';
 import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 
 const DOMAIN_XML = readFileSync(join(import.meta.dirname, 'fixtures', 'libvirt', 'test-domain.xml'), 'utf8');

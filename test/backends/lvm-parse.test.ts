@@ -13,7 +13,7 @@ import { LVM_RULES } from '../../src/backends/lvm/errors.js';
 import { cowBytes, sizeArg, snapshotArgs } from '../../src/backends/lvm/lvm.js';
 import { isSnapshot, isVolume, parseLvsReport, parseLvTime, toSnapshotInfo, toVolumeInfo } from '../../src/backends/lvm/report.js';
 import { decodeTags, decodeTagText, encodeTags, encodeTagText, userTag } from '../../src/backends/lvm/tags.js';
-import { InvalidArgumentError, toStatus } from '../../src/server/errors.js';
+import { InvalidArgumentError, toStatus } from '../../src/rpc/errors.js';
 
 const fixture = (name: string) => readFileSync(join(import.meta.dirname, 'fixtures', 'lvm', name), 'utf8');
 

@@ -14,7 +14,7 @@ import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LvmBackend } from '../../src/backends/lvm/lvm.js';
 import { QemuImg } from '../../src/backends/qemu-img/qemu-img.js';
-import { toStatus } from '../../src/server/errors.js';
+import { toStatus } from '../../src/rpc/errors.js';
 import { lvmVmAvailable, startLvmVm, type LvmVm } from '../support/lvm-vm.js';
 import { rejection } from '../support/rejection.js';
 

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/backends/exec.js';
 import { LvmBackend } from '../../src/backends/lvm/lvm.js';
 import { encodeTags } from '../../src/backends/lvm/tags.js';
-import { InvalidArgumentError, toStatus } from '../../src/server/errors.js';
+import { InvalidArgumentError, toStatus } from '../../src/rpc/errors.js';
 import { startLvm, writeSnapshotMetadata, type TestLvm } from '../support/lvm.js';
 import { rejection } from '../support/rejection.js';
 

@@ -11,7 +11,7 @@ import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecUsageError, type ExecError } from '../../src/backends/exec.js';
 import { ImageChangedError, ImageRejectedError, QemuImg } from '../../src/backends/qemu-img/qemu-img.js';
-import { toStatus } from '../../src/server/errors.js';
+import { toStatus } from '../../src/rpc/errors.js';
 import { rejection } from '../support/rejection.js';
 
 const QEMU_IMG = '/usr/bin/qemu-img';

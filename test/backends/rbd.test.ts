@@ -12,7 +12,7 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/backends/exec.js';
 import { RbdBackend, type RbdBackendOptions } from '../../src/backends/rbd/rbd.js';
-import { InvalidArgumentError, toStatus } from '../../src/server/errors.js';
+import { InvalidArgumentError, toStatus } from '../../src/rpc/errors.js';
 import { RBD, startCeph, type TestCeph } from '../support/ceph.js';
 import { freePort } from '../support/ports.js';
 
@@ -68,7 +68,7 @@ async function rbdCli(...args: string[]): Promise<string> {
   return stdout;
 }
 
-/** The ExecError kind and the gRPC code src/server/errors.ts gives it. */
+/** The ExecError kind and the gRPC code src/rpc/errors.ts gives it. */
 async function failure(p: Promise<unknown>): Promise<{ kind: string; code: Status }> {
   const err = await p.then(
     () => {

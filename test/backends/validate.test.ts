@@ -17,7 +17,7 @@ import {
   validateVgName,
   validateVmName,
 } from '../../src/backends/validate.js';
-import { InvalidArgumentError, toStatus } from '../../src/server/errors.js';
+import { InvalidArgumentError, toStatus } from '../../src/rpc/errors.js';
 
 type Validator = (value: unknown, field: string) => string;
 

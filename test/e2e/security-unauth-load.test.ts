@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { REPO_ROOT, adminPem, credentialsFor, startDaemon, type PemFiles, type RunningDaemon } from '../support/daemon.js';
 import { serviceConstructor } from '../support/health.js';
 import { metricSum, metricsText } from '../support/security.js';
-import { REFUSALS_BEFORE_CLOSE } from '../../src/server/connections.js';
+import { REFUSALS_BEFORE_CLOSE } from '../../src/daemon/connections.js';
 import { LEGIT_CONFIG, legitClient, legitLatencies, underLoad } from '../support/unauth-load.js';
 
 const REFLECTION_PROTO = join(REPO_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');

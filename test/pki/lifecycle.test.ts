@@ -30,8 +30,8 @@ import {
   type PemPair,
 } from '../../src/pki/index.js';
 import { readCrl } from '../../src/authn/crl.js';
-import { TrustBundle } from '../../src/authn/x509.js';
-import { renewalDueAt } from '../../src/server/cert-monitor.js';
+import { TrustBundle } from '../../src/pki/trust.js';
+import { renewalDueAt } from '../../src/pki/monitor.js';
 import { registerPkiCommands, type PkiCliIo } from '../../src/cli/pki.js';
 import { REPO_ROOT } from '../support/daemon.js';
 

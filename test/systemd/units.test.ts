@@ -131,7 +131,7 @@ describe('debvisor-rpcd.env', () => {
 
 describe('sdNotify (Type=notify readiness)', () => {
   it('does nothing without NOTIFY_SOCKET, and runs systemd-notify with the given arguments under systemd', async () => {
-    const { sdNotify } = await import('../../src/server/sd-notify.js');
+    const { sdNotify } = await import('../../src/daemon/sd-notify.js');
     const warnings: unknown[] = [];
     const log = { warn: (...args: unknown[]) => void warnings.push(args) } as unknown as Parameters<typeof sdNotify>[1];
     const bin = join(dir, 'bin');

@@ -1,6 +1,6 @@
 // How a principal appears in audit records: built once per principal and role list, frozen.
 import { describe, expect, it } from 'vitest';
-import type { Principal } from '../../src/authn/principal.js';
+import type { Principal } from '../../src/rpc/principal.js';
 import { auditPrincipal } from '../../src/chain/audit-principal.js';
 
 const certificate: Principal = {

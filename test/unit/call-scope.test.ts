@@ -4,7 +4,7 @@
 import { Metadata, type sendUnaryData } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
-import { toImplementation, type HandlersOf } from '../../src/server/adapter.js';
+import { toImplementation, type HandlersOf } from '../../src/rpc/adapter.js';
 import { currentCallScope, type CallScope } from '../../src/rpc/call-scope.js';
 
 function fakeCall(deadline: Date | number) {

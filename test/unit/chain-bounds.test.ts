@@ -5,8 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { bounds } from '../../src/chain/bounds.js';
 import { AccessService, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
 import { CreateSnapshotRequestSchema, StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
-import { methodIndex } from '../../src/server/policy.js';
-import type { CallState } from '../../src/server/context.js';
+import { methodIndex } from '../../src/rpc/policy.js';
+import type { CallState } from '../../src/rpc/context.js';
 import type { StepCall } from '../../src/chain/step.js';
 
 const step = bounds({ methods: methodIndex([AccessService, StorageService]) });

@@ -6,8 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { firstHeader, headerMap } from '../../src/chain/headers.js';
 import { identity, type IdentityDeps } from '../../src/chain/identity.js';
 import type { StepCall } from '../../src/chain/step.js';
-import type { CallState } from '../../src/server/context.js';
-import { UnauthenticatedError } from '../../src/server/errors.js';
+import type { CallState } from '../../src/rpc/context.js';
+import { UnauthenticatedError } from '../../src/rpc/errors.js';
 
 function sent(headers: Record<string, string>): Metadata {
   const metadata = new Metadata();

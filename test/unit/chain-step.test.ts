@@ -5,8 +5,8 @@ import { Metadata as GrpcMetadata, Server, ServerCredentials, credentials, makeG
 import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chainInterceptor, type Step } from '../../src/chain/step.js';
-import { attachCallState, type CallState } from '../../src/server/context.js';
-import { RpcError } from '../../src/server/errors.js';
+import { attachCallState, type CallState } from '../../src/rpc/context.js';
+import { RpcError } from '../../src/rpc/errors.js';
 
 const identity = (value: Buffer) => value;
 const definition: ServiceDefinition = {

@@ -2,7 +2,7 @@
 // push a status past the client's metadata limit.
 import { status as Status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { MAX_STATUS_MESSAGE_CHARS, RpcError, toStatus } from '../../src/server/errors.js';
+import { MAX_STATUS_MESSAGE_CHARS, RpcError, toStatus } from '../../src/rpc/errors.js';
 
 describe('toStatus', () => {
   it('cuts a long message to a marked prefix and keeps the trace id', () => {

@@ -7,11 +7,11 @@
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { create, type Message } from '@bufbuild/protobuf';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Principal } from '../../src/authn/principal.js';
+import type { Principal } from '../../src/rpc/principal.js';
 import { StartTestOperationRequestSchema, TestingService, type StartTestOperationRequest } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { CLAIM_TTL_SECONDS, fingerprintOf, withIdempotency } from '../../src/operations/idempotency.js';
-import type { CallContext } from '../../src/server/context.js';
-import { RpcError } from '../../src/server/errors.js';
+import type { CallContext } from '../../src/rpc/context.js';
+import { RpcError } from '../../src/rpc/errors.js';
 import { StoreUnavailableError } from '../../src/store/errors.js';
 import { LAYOUT } from '../../src/store/layout.js';
 import type { Store, TxnRequest, TxnResult } from '../../src/store/store.js';

@@ -3,7 +3,7 @@ import { status as Status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import type { Libvirt } from '../../src/backends/libvirt/virsh.js';
 import type { DomainDisk } from '../../src/backends/libvirt/xml.js';
-import { RpcError } from '../../src/server/errors.js';
+import { RpcError } from '../../src/rpc/errors.js';
 import { diskUsesVolume, libvirtAttachments } from '../../src/storage/attachments.js';
 
 const disk = (sourceType: string, sourcePath: string, protocol = ''): DomainDisk => ({ targetDev: 'vda', sourcePath, format: 'raw', device: 'disk', sourceType, protocol });

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/backends/exec.js';
 import type { QuotaManager } from '../../src/quota/manager.js';
-import type { CreateSnapshotSpec, CreateVolumeSpec, RbdTemplateBackend, SnapshotInfo, VolumeInfo } from '../../src/storage/backend.js';
+import type { CreateSnapshotSpec, CreateVolumeSpec, RbdTemplateBackend, SnapshotInfo, VolumeInfo } from '../../src/backends/storage-backend.js';
 import { StorageManager } from '../../src/storage/manager.js';
 
 const MIB = 1024n * 1024n;

@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveImagePath } from '../../src/storage/images.js';
 import { encodeTags } from '../../src/backends/lvm/tags.js';
-import { MAX_USER_TAGS } from '../../src/storage/backend.js';
-import { gibOf, timeFromName, validateSize, validateTags } from '../../src/storage/names.js';
+import { MAX_USER_TAGS } from '../../src/backends/storage-backend.js';
+import { gibOf } from '../../src/quota/units.js';
+import { timeFromName, validateSize, validateTags } from '../../src/storage/names.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'debvisor-images-'));
 const images = join(dir, 'images');

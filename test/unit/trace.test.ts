@@ -1,6 +1,6 @@
 // Trace ids: 128 random bits as 32 hex digits, unique, across pool refills.
 import { describe, expect, it } from 'vitest';
-import { newTraceId, traceIdFrom } from '../../src/server/trace.js';
+import { newTraceId, traceIdFrom } from '../../src/rpc/trace.js';
 
 describe('trace ids', () => {
   it('are 32 lowercase hex digits and do not repeat across several pool refills', () => {

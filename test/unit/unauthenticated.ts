@@ -1,6 +1,6 @@
 // Shared by the authenticator suites: the audit reason of an expected UNAUTHENTICATED.
 import { expect } from 'vitest';
-import { UnauthenticatedError } from '../../src/server/errors.js';
+import { UnauthenticatedError } from '../../src/rpc/errors.js';
 
 export function reasonOf(fn: () => unknown): string {
   try {

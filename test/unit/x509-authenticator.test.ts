@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CertificateAuthenticator, TrustBundle, parseSubjectAltNames } from '../../src/authn/x509.js';
+import { CertificateAuthenticator, parseSubjectAltNames } from '../../src/authn/x509.js';
+import { TrustBundle } from '../../src/pki/trust.js';
 import { createCa, issueCertificate, selfSignedCertificate, type PemPair } from '../../src/pki/index.js';
 import { reasonOf } from './unauthenticated.js';
 

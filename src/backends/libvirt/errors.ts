@@ -1,12 +1,12 @@
 // How virsh failures become typed errors. The stderr texts are the ones libvirt 9.0 prints
 // (captured from the real test driver and QEMU driver into test/backends/fixtures/libvirt/).
 import type { ClassifyRule } from '../exec.js';
-import { RpcError } from '../../server/errors.js';
+import { RpcError } from '../../rpc/errors.js';
 import type { DomainState } from './xml.js';
 
 /**
  * The VM is in the wrong state for the request (start on a running VM, shutdown on a stopped one).
- * An RpcError with code FAILED_PRECONDITION, so src/server/errors.ts maps it as is; the message
+ * An RpcError with code FAILED_PRECONDITION, so src/rpc/errors.ts maps it as is; the message
  * names the VM and its current state and never contains stderr (that is on `cause`).
  */
 export class VmStateError extends RpcError {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
 import { validateSnapshotName, validateText, validateVmName } from '../validate.js';
-import { InvalidArgumentError } from '../../server/errors.js';
+import { InvalidArgumentError } from '../../rpc/errors.js';
 import { STATE_CONFLICT, VIRSH_RULES, VmStateError } from './errors.js';
 import { parseDomjobinfo, parseKeyValues, type DomainJobInfo } from './jobinfo.js';
 import { parseDomainXml, parseSnapshotXml, type DomainDisk, type DomainInterface, type DomainState } from './xml.js';

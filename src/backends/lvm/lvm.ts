@@ -9,8 +9,8 @@
 import { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type Executor, type SpawnEvent } from '../exec.js';
 import { validateLvName, validateSnapshotName, validateVgName } from '../validate.js';
-import { InvalidArgumentError } from '../../server/errors.js';
-import type { CallOptions, CreateSnapshotSpec, CreateVolumeSpec, ProgressOptions, SnapshotInfo, VolumeBackend, VolumeInfo } from '../../storage/backend.js';
+import { InvalidArgumentError } from '../../rpc/errors.js';
+import type { CallOptions, CreateSnapshotSpec, CreateVolumeSpec, ProgressOptions, SnapshotInfo, VolumeBackend, VolumeInfo } from '../storage-backend.js';
 import { LVM_RULES, SAME_SIZE } from './errors.js';
 import { isSnapshot, isVolume, LV_FIELDS, parseLvsReport, toSnapshotInfo, toVolumeInfo, type LvRow } from './report.js';
 import { encodeTags } from './tags.js';

@@ -3,7 +3,7 @@
 //   {"report": [{"lv": [{"lv_name":"disk0", "lv_size":"67108864", "lv_tags":"a,b", ...}]}]}
 // Every value is a string; sizes are bytes; empty string means "not applicable".
 import { ExecError } from '../exec.js';
-import type { SnapshotInfo, VolumeInfo } from '../../storage/backend.js';
+import type { SnapshotInfo, VolumeInfo } from '../storage-backend.js';
 import { decodeTags } from './tags.js';
 
 /** The columns we ask lvs for, in this order. */

@@ -7,8 +7,8 @@
 //   debvisor.label=<label>        a snapshot's label
 //   debvisor.tag.<key>=<value>    one user tag
 // Tags not starting with "debvisor." were set outside DebVisor and are left alone.
-import { InvalidArgumentError } from '../../server/errors.js';
-import { MAX_USER_TAGS } from '../../storage/backend.js';
+import { InvalidArgumentError } from '../../rpc/errors.js';
+import { MAX_USER_TAGS } from '../storage-backend.js';
 
 export const OWNER_TAG = 'debvisor.owner=';
 export const LABEL_TAG = 'debvisor.label=';

@@ -13,8 +13,8 @@ import { isAbsolute } from 'node:path';
 import { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type Executor, type SpawnEvent } from '../exec.js';
 import { progressParser } from '../progress.js';
-import { RpcError } from '../../server/errors.js';
-import type { CallOptions, ProgressFn } from '../../storage/backend.js';
+import { RpcError } from '../../rpc/errors.js';
+import type { CallOptions, ProgressFn } from '../storage-backend.js';
 
 export const DEFAULT_QEMU_IMG = '/usr/bin/qemu-img';
 export const DEFAULT_IMAGE_FORMATS = ['raw', 'qcow2'] as const;

@@ -19,7 +19,7 @@ import { Registry } from 'prom-client';
 import { createExecutor, ExecError, type ClassifyRule, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
 import { progressParser } from '../progress.js';
 import { validateImageName, validatePoolName, validateSnapshotName } from '../validate.js';
-import { InvalidArgumentError } from '../../server/errors.js';
+import { InvalidArgumentError } from '../../rpc/errors.js';
 import type {
   CallOptions,
   CreateSnapshotSpec,
@@ -28,7 +28,7 @@ import type {
   RbdTemplateBackend,
   SnapshotInfo,
   VolumeInfo,
-} from '../../storage/backend.js';
+} from '../storage-backend.js';
 import { ALREADY_PROTECTED, ALREADY_UNPROTECTED, NOT_A_CLONE, RBD_IMAGE_RULES, RBD_SNAPSHOT_RULES } from './errors.js';
 import { parseChildren, parseDu, parseImageMeta, parseInfo, parseLs, parseSnapLs, type RbdDiskUsage, type RbdImageInfo } from './parse.js';
 

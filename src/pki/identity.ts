@@ -8,7 +8,7 @@ import type {
   CertificateProvider,
   IdentityCertificateUpdateListener,
 } from '@grpc/grpc-js/build/src/certificate-provider.js';
-import { TrustBundle } from '../authn/x509.js';
+import { TrustBundle } from './trust.js';
 
 export interface TlsFiles {
   readonly caFile: string;
@@ -137,7 +137,7 @@ export const AEAD_CIPHERS = [
 
 /**
  * grpc-js's own TLS over the provider, requesting but not requiring a client certificate. The
- * daemon terminates TLS itself (src/server/connections.ts); the chain benchmark's bare server
+ * daemon terminates TLS itself (src/daemon/connections.ts); the chain benchmark's bare server
  * (bench/bare-server.ts) serves through this.
  */
 export function serverCredentials(provider: IdentityProvider): ServerCredentials {

@@ -5,8 +5,7 @@ import { create, toBinary } from '@bufbuild/protobuf';
 import { anyPack, durationFromMs, type Any } from '@bufbuild/protobuf/wkt';
 import { RetryInfoSchema, QuotaFailureSchema } from '../gen/google/rpc/error_details_pb.js';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
-import { CompactedError, ConflictError, NotFoundError, StoreUnavailableError } from '../store/errors.js';
-import { ExecError, type ExecErrorKind } from '../backends/exec.js';
+import { DomainError, type DomainErrorKind } from '../errors/domain.js';
 
 export type ErrorCode =
   | 'INVALID_ARGUMENT'
@@ -90,20 +89,17 @@ export class UnimplementedError extends RpcError {
 export const TRACE_ID_KEY = 'x-request-id';
 const GENERIC_INTERNAL = 'internal error';
 
-/** Store errors as the client sees them: no store internals, just what to do. */
-function fromStoreError(err: unknown): RpcError | undefined {
-  if (err instanceof StoreUnavailableError) return new RpcError('UNAVAILABLE', 'the state store is unavailable; retry later', { cause: err });
-  if (err instanceof ConflictError) return new RpcError('ABORTED', 'concurrent modification; retry', { cause: err });
-  if (err instanceof NotFoundError) return new RpcError('NOT_FOUND', err.message, { cause: err });
-  if (err instanceof CompactedError) return new RpcError('ABORTED', 'the listing expired; start again', { cause: err });
-  return undefined;
-}
-
-/** Host command errors (src/backends/exec.ts): never raw stderr, only the caller's safe message or a generic one. */
-const EXEC_STATUS: Record<ExecErrorKind, ErrorCode> = {
+/**
+ * The one table from a domain error's meaning (src/errors/domain.ts: the store, host
+ * commands) to a gRPC code. The message is the error's own safe one, or the generic
+ * internal one for a failure: never stderr or store internals.
+ */
+const DOMAIN_STATUS: Record<DomainErrorKind, ErrorCode> = {
   not_found: 'NOT_FOUND',
-  exists: 'ALREADY_EXISTS',
+  already_exists: 'ALREADY_EXISTS',
+  conflict: 'ABORTED',
   busy: 'ABORTED',
+  expired: 'ABORTED',
   no_space: 'RESOURCE_EXHAUSTED',
   unsupported: 'FAILED_PRECONDITION',
   unavailable: 'UNAVAILABLE',
@@ -111,20 +107,10 @@ const EXEC_STATUS: Record<ExecErrorKind, ErrorCode> = {
   cancelled: 'CANCELLED',
   failed: 'INTERNAL',
 };
-function fromExecError(err: unknown): RpcError | undefined {
-  if (!(err instanceof ExecError)) return undefined;
-  const generic: Record<ExecErrorKind, string> = {
-    not_found: 'the backend object does not exist',
-    exists: 'the backend object already exists',
-    busy: 'the backend object is busy; retry later',
-    no_space: `the ${err.backend} backend has not enough free space`,
-    unsupported: `this host's ${err.backend} backend does not support the operation`,
-    unavailable: `the ${err.backend} backend is unavailable; retry later`,
-    timeout: 'the backend command timed out',
-    cancelled: 'the backend command was cancelled',
-    failed: GENERIC_INTERNAL,
-  };
-  return new RpcError(EXEC_STATUS[err.kind], err.publicMessage ?? generic[err.kind], { cause: err });
+
+function fromDomainError(err: unknown): RpcError | undefined {
+  if (!(err instanceof DomainError)) return undefined;
+  return new RpcError(DOMAIN_STATUS[err.meaning], err.safeMessage, { cause: err });
 }
 
 /**
@@ -148,7 +134,7 @@ export function boundedMessage(message: string): string {
 export function toStatus(err: unknown, traceId: string): StatusObject {
   const metadata = new Metadata();
   metadata.set(TRACE_ID_KEY, traceId);
-  err = fromStoreError(err) ?? fromExecError(err) ?? err;
+  err = fromDomainError(err) ?? err;
   if (err instanceof RpcError) {
     const code = GRPC_CODE[err.code];
     const details = `${boundedMessage(err.message)} (trace_id=${traceId})`;

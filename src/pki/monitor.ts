@@ -20,10 +20,10 @@ import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Config } from '../config/schema.js';
-import { chainProblem, TrustBundle } from '../authn/x509.js';
+import { chainProblem, TrustBundle } from './trust.js';
 import { childEnvironment } from '../backends/exec.js';
-import { describeCertificate, formatSans, issuerForKey, parseSanList, renewCertificate, splitPemCertificates, writeLeafFiles } from '../pki/index.js';
-import { loadIdentity, TlsConfigError, type IdentityProvider, type LoadedIdentity, type TlsFiles } from './tls.js';
+import { describeCertificate, formatSans, issuerForKey, parseSanList, renewCertificate, splitPemCertificates, writeLeafFiles } from './index.js';
+import { loadIdentity, TlsConfigError, type IdentityProvider, type LoadedIdentity, type TlsFiles } from './identity.js';
 
 const run = promisify(execFile);
 const DAY_MS = 86_400_000;

@@ -24,7 +24,7 @@ import { once } from 'node:events';
 import type { ConnectionInjector } from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
-import { AEAD_CIPHERS, type IdentityProvider, type LoadedIdentity } from './tls.js';
+import { AEAD_CIPHERS, type IdentityProvider, type LoadedIdentity } from '../pki/identity.js';
 
 export interface ConnectionLimits {
   /** Open connections (handshaking or secured) across all sources. */

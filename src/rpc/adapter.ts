@@ -24,7 +24,7 @@ import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2
 import { InvalidArgumentError, RpcError, toStatus } from './errors.js';
 import { callStateOf, type CallContext } from './context.js';
 import { newTraceId } from './trace.js';
-import { runInCallScope, type CallScope } from '../rpc/call-scope.js';
+import { runInCallScope, type CallScope } from './call-scope.js';
 
 type UnaryHandler<I extends DescMessage, O extends DescMessage> = (
   request: MessageShape<I>,

@@ -2,7 +2,7 @@
 // src/backends/lvm (lvm tools). Names reaching a backend are already validated
 // (src/backends/validate.ts); backends still pass them only as argv, never through a shell.
 // Failures are ExecError (src/backends/exec.ts, classified per tool) or RpcError; both are
-// mapped to gRPC codes in src/server/errors.ts only.
+// mapped to gRPC codes in src/rpc/errors.ts only.
 
 export type BackendKind = 'rbd' | 'lvm';
 

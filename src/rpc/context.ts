@@ -3,7 +3,7 @@
 // interceptors to the handler, and no client can forge an object reference,
 // so identity never travels in a header.
 import type { Metadata } from '@grpc/grpc-js';
-import type { Principal } from '../authn/principal.js';
+import type { Principal } from './principal.js';
 
 export interface CallState {
   readonly traceId: string;

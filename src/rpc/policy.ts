@@ -1,0 +1,156 @@
+// Reads each RPC's policy from its proto method option: the API is the one
+// place that says what an RPC needs.
+import { ScalarType, getOption, hasOption, type DescField, type DescMethod, type DescService, type Message } from '@bufbuild/protobuf';
+import { reflect, type ReflectMessage } from '@bufbuild/protobuf/reflect';
+import { ResourceKind, rpc_policy, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import { methodPath } from './adapter.js';
+
+/** The method's policy; undefined (refused to every caller) unless it declares a permission or `any_authenticated`. */
+export function policyOf(method: DescMethod): RpcPolicy | undefined {
+  if (!hasOption(method, rpc_policy)) return undefined;
+  const policy = getOption(method, rpc_policy);
+  return policy.permission === '' && !policy.anyAuthenticated ? undefined : policy;
+}
+
+/** A policy that says two things at once fails at start-up instead of meaning one of them. */
+function checkPolicy(method: DescMethod, policy: RpcPolicy): void {
+  const where = `${method.parent.typeName}.${method.name}`;
+  if (policy.anyAuthenticated && policy.permission !== '') throw new Error(`${where}: any_authenticated RPCs declare no permission`);
+  if (policy.anyAuthenticated && policy.ownerScoped) throw new Error(`${where}: owner_scoped needs a permission`);
+}
+
+export interface MethodEntry {
+  readonly method: DescMethod;
+  readonly policy: RpcPolicy;
+}
+
+/**
+ * Method and policy by path, for the chain's per-call lookups. Unannotated methods are
+ * absent, so the RBAC step denies them. A policy naming a request field that does not
+ * exist fails here, at start-up, rather than on a call.
+ */
+export function methodIndex(services: readonly DescService[]): Map<string, MethodEntry> {
+  const index = new Map<string, MethodEntry>();
+  for (const service of services) {
+    for (const method of service.methods) {
+      const policy = policyOf(method);
+      if (!policy) continue;
+      checkPolicy(method, policy);
+      resourcePathsOf(method);
+      index.set(methodPath(method), { method, policy });
+    }
+  }
+  return index;
+}
+
+// ---------------------------------------------------------------------------
+// The target resources of a request (`resource_field`, `other_resources`): compiled once
+// per method, then read by RBAC, audit and the bounds step.
+
+/** The resource an RPC targets, e.g. `{ kind: 'pool', name: 'rbd' }`. */
+export interface ResourceRef {
+  readonly kind: string;
+  readonly name: string;
+}
+
+/** ResourceKind enum value → the lower-case kind name used in resource globs: RESOURCE_KIND_API_KEY → `api_key`. */
+export const RESOURCE_KIND_NAMES: ReadonlyMap<ResourceKind, string> = new Map(
+  Object.values(ResourceKind)
+    .filter((v): v is ResourceKind => typeof v === 'number' && v !== ResourceKind.UNSPECIFIED)
+    .map((v) => [v, ResourceKind[v].toLowerCase()]),
+);
+
+const KIND_BY_NAME: ReadonlyMap<string, ResourceKind> = new Map([...RESOURCE_KIND_NAMES].map(([k, n]) => [n, k]));
+
+/** The kind name of a ResourceKind (undefined for UNSPECIFIED). */
+export function resourceKindName(kind: ResourceKind): string | undefined {
+  return RESOURCE_KIND_NAMES.get(kind);
+}
+
+/** The ResourceKind of a kind name (`pool` → RESOURCE_KIND_POOL), for decoding stored globs. */
+export function resourceKindFromName(name: string): ResourceKind | undefined {
+  return KIND_BY_NAME.get(name);
+}
+
+interface ResourcePath {
+  readonly kind: string;
+  readonly fields: readonly DescField[];
+  /** From `other_resources`: an empty value is checked too (the handler would pick a default). */
+  readonly checkEmpty: boolean;
+}
+
+const pathCache = new WeakMap<DescMethod, readonly ResourcePath[]>();
+
+/** Compiles one dotted request-field path of a policy; throws if it is not a singular string. */
+function compilePath(method: DescMethod, kindValue: ResourceKind, dotted: string, option: string, checkEmpty: boolean): ResourcePath {
+  const where = `${method.parent.typeName}.${method.name}: ${option} "${dotted}"`;
+  const kind = resourceKindName(kindValue);
+  if (kind === undefined) throw new Error(`${where}: no resource kind`);
+  const fields: DescField[] = [];
+  let message = method.input;
+  const names = dotted.split('.');
+  names.forEach((name, i) => {
+    const field = message.fields.find((f) => f.name === name);
+    if (!field) throw new Error(`${where}: no field "${name}" in ${message.typeName}`);
+    if (i < names.length - 1) {
+      if (field.fieldKind !== 'message') throw new Error(`${where}: "${name}" is not a singular message`);
+      message = field.message;
+    } else if (field.fieldKind !== 'scalar' || field.scalar !== ScalarType.STRING) {
+      throw new Error(`${where}: "${name}" is not a singular string`);
+    }
+    fields.push(field);
+  });
+  return { kind, fields, checkEmpty };
+}
+
+/**
+ * The compiled target paths of a method: its `resource_field` first (if any), then
+ * each of its `other_resources`. The one place the daemon reads a policy's targets.
+ * Throws if the policy points at a field that is missing, or is not a singular string
+ * reached through singular message fields — call it for every method at start-up to
+ * fail fast.
+ */
+export function resourcePathsOf(method: DescMethod): readonly ResourcePath[] {
+  const cached = pathCache.get(method);
+  if (cached) return cached;
+  const policy = policyOf(method);
+  const paths: ResourcePath[] = [];
+  if (policy && policy.resourceField !== '') paths.push(compilePath(method, policy.resourceKind, policy.resourceField, 'resource_field', false));
+  for (const other of policy?.otherResources ?? []) paths.push(compilePath(method, other.kind, other.field, 'other_resources', true));
+  const frozen = Object.freeze(paths);
+  pathCache.set(method, frozen);
+  return frozen;
+}
+
+function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
+  let r: ReflectMessage = reflect(method.input, request);
+  const last = path.fields.length - 1;
+  for (let i = 0; i < last; i++) {
+    const field = path.fields[i];
+    if (field?.fieldKind !== 'message' || !r.isSet(field)) return '';
+    r = r.get(field);
+  }
+  const leaf = path.fields[last];
+  if (leaf?.fieldKind !== 'scalar') return '';
+  const name = r.get(leaf);
+  return typeof name === 'string' ? name : '';
+}
+
+/**
+ * Every resource a request names, for RBAC: its `resource_field` (e.g. `dataset.pool`
+ * → `{ kind: 'pool', name: request.dataset.pool }`) unless unset or empty — an empty
+ * value there means "the collection" or "the caller" (ListVolumes without a pool
+ * filter, CreateApiKey for oneself), which handlers filter by scope — and each of its
+ * `other_resources`, empty or not.
+ */
+export function resourcesOf(method: DescMethod, request: Message): ResourceRef[] {
+  return resourcePathsOf(method).flatMap((path) => {
+    const name = valueAt(method, request, path);
+    return name !== '' || path.checkEmpty ? [{ kind: path.kind, name }] : [];
+  });
+}
+
+/** The first resource a request names (for audit records), if any. */
+export function resourceOf(method: DescMethod, request: Message): ResourceRef | undefined {
+  return resourcesOf(method, request).find((resource) => resource.name !== '');
+}
