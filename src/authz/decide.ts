@@ -186,7 +186,7 @@ export function denyChange(before: readonly string[], after: readonly string[]):
 // ---------------------------------------------------------------------------
 // Target resource of a request
 
-interface ResourcePath {
+export interface ResourcePath {
   readonly kind: string;
   readonly fields: readonly DescField[];
   /** From `other_resources`: an empty value is checked too (the handler would pick a default). */
@@ -236,7 +236,8 @@ export function resourcePathsOf(method: DescMethod): readonly ResourcePath[] {
   return frozen;
 }
 
-function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
+/** The name at `path` in `request`; '' when unset. */
+export function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
   let r: ReflectMessage = reflect(method.input, request);
   const last = path.fields.length - 1;
   for (let i = 0; i < last; i++) {
