@@ -79,7 +79,7 @@ function planOf(message: DescMessage, targets: ReadonlySet<DescField>, plans: Ma
 }
 
 /** The checks of a method's request: the resource-naming fields get their cap, every other string its declared one. */
-export function requestPlan(method: DescMethod): MessagePlan | undefined {
+function requestPlan(method: DescMethod): MessagePlan | undefined {
   const targets = new Set<DescField>();
   for (const path of resourcePathsOf(method)) {
     const leaf = path.fields[path.fields.length - 1];
@@ -129,7 +129,7 @@ function checkMessage(r: ReflectMessage, prefix: string, plan: MessagePlan): voi
 }
 
 /** Throws INVALID_ARGUMENT naming the first field of `request` over its bound. */
-export function checkBounds(method: DescMethod, plan: MessagePlan, request: Message): void {
+function checkBounds(method: DescMethod, plan: MessagePlan, request: Message): void {
   checkMessage(reflect(method.input, request), '', plan);
 }
 
