@@ -26,6 +26,7 @@ import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import { keepLeaseAlive, type LeaseKeeper } from '../store/lease-keeper.js';
+import { validateTargetNames } from './target-names.js';
 import type { Compare, KeyValue, LeaseId, Store } from '../store/store.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -246,6 +247,8 @@ export function withIdempotency(store: Store, method: DescMethod, handler: Handl
   return async (request, ctx) => {
     const requestId = (request as unknown as Record<string, unknown>)[requestIdField.localName];
     if (typeof requestId !== 'string' || requestId === '') return handler(request, ctx);
+    // Validation first: a request that names an invalid resource never meets a kept reply.
+    validateTargetNames(method, request);
     if (!REQUEST_ID.test(requestId)) throw new InvalidArgumentError('request_id', 'at most 128 characters of letters, digits and . _ : -');
     const principal = ctx.principal?.id;
     if (!principal) throw new RpcError('UNAUTHENTICATED', 'no principal');

@@ -72,7 +72,7 @@ export function resourceKindFromName(name: string): ResourceKind | undefined {
   return KIND_BY_NAME.get(name);
 }
 
-interface ResourcePath {
+export interface ResourcePath {
   readonly kind: string;
   readonly fields: readonly DescField[];
   /** From `other_resources`: an empty value is checked too (the handler would pick a default). */
@@ -122,7 +122,7 @@ export function resourcePathsOf(method: DescMethod): readonly ResourcePath[] {
   return frozen;
 }
 
-function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
+export function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
   let r: ReflectMessage = reflect(method.input, request);
   const last = path.fields.length - 1;
   for (let i = 0; i < last; i++) {

@@ -261,10 +261,10 @@ describe('secrets never reach the audit log or the daemon output', () => {
     const admin = await clientFor(AccessService, daemon);
     const description = `long-${'é'.repeat(100_000)}`;
     try {
-      // Refused (over 4 KiB), yet audited: a mutation's request is recorded before anything else reads it.
+      // Refused (over its declared 2 KiB), yet audited: a mutation's request is recorded before anything else reads it.
       const err = await rejection(admin.createApiKey({ description, permissions: ['vm:list'] }, T));
       expect(err.code).toBe(Status.INVALID_ARGUMENT);
-      expect(err.details).toMatch(/^description: must be at most 4096 bytes/);
+      expect(err.details).toMatch(/^description: must be at most 2048 bytes/);
     } finally {
       admin.close();
     }
