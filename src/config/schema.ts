@@ -149,6 +149,8 @@ export const configSchema = z.strictObject({
       keyring: z.string().default(''),
       /** Absolute path of rbd. */
       rbd_path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/rbd'),
+      /** Absolute path of a python3 with python3-rbd (ceph-common's dependency): RecomputeQuota reads every image's owner through librbd in one process. */
+      python_path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/python3'),
       /** rbd processes run at once; more calls wait their turn. */
       max_concurrent: z.number().int().positive().default(4),
       /** An rbd call still running after this is killed (flatten and delete of large images take long). */
@@ -255,6 +257,8 @@ export const configSchema = z.strictObject({
           concurrent_operations: z.number().int().nonnegative().default(5),
         })
         .prefault({}),
+      /** RecomputeQuota (which lists every pool and VG): one at a time, and the next no sooner than this after the last ended. */
+      recompute_min_interval_seconds: z.number().nonnegative().default(10),
     })
     .prefault({}),
   rate_limit: z

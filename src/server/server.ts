@@ -252,7 +252,7 @@ export class Daemon {
       });
       registerShutdownOperationKind(operations, libvirt);
       const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
-      quotas.registerUsageSource('snapshots', (principal) => snapshotOwners.countOwnedBy(principal));
+      quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt));
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
