@@ -1,8 +1,9 @@
-// Connections the daemon closes for their age: calls in flight finish. grpc-js sends GOAWAY at
-// max_connection_age_seconds and force-closes the connection max_connection_age_grace_seconds later;
-// a call still running then is reset (C-core clients: `UNKNOWN: Stream removed`, the unexplained
-// drops of issue 19). Calls are capped at max_deadline_seconds, so a grace that covers it lets every
-// call end on its own; the config refuses a shorter one.
+// Connections the daemon closes for their age: calls in flight finish. The listener sends GOAWAY at
+// max_connection_age_seconds (logged) and force-closes the connection max_connection_age_grace_seconds
+// later; a call still running then is reset (C-core clients: `UNKNOWN: Stream removed`, the
+// unexplained drops of issue 19, when grpc-js did this with a 60 s grace). Calls are capped at
+// max_deadline_seconds, so a grace that covers it lets every call end on its own; the config refuses
+// a shorter one.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,6 +54,11 @@ describe('a connection closed for its age', () => {
     expect(released).toBe(HELD);
     const replies = await Promise.allSettled(held);
     expect(replies.map((r) => (r.status === 'fulfilled' ? 'OK' : String((r.reason as { code?: number; details?: string }).details)))).toEqual(Array(HELD).fill('OK'));
+    // The daemon says why it closed the connection; nothing was cut off at the end of the grace.
+    const aged = daemon.logRecords().filter((r) => String(r.msg).startsWith('connection reached server.max_connection_age_seconds'));
+    expect(aged.length).toBeGreaterThan(0);
+    expect(aged[0]).toMatchObject({ level: 'info', grace_seconds: 60 });
+    expect(daemon.logRecords().filter((r) => String(r.msg).startsWith('calls still running after'))).toEqual([]);
   });
 });
 
