@@ -416,7 +416,7 @@ export class AccessAdmin {
 
   async recomputeQuota(ctx: CallContext, principal: string): Promise<Awaited<ReturnType<QuotaManager['recompute']>>> {
     requireId(principal, 'principal');
-    const result = await this.quotas.recompute(principal);
+    const result = await this.quotas.recompute(principal, { signal: ctx.signal });
     this.security(ctx, 'quota usage recomputed', `principal:${principal}`, { not_recounted: result.notRecounted });
     return result;
   }

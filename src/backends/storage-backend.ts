@@ -70,6 +70,12 @@ export interface CreateSnapshotSpec {
   owner: string;
 }
 
+/** The owners of a pool's volumes (with their sizes) and of its snapshots. */
+export interface PoolOwnership {
+  volumes: { owner: string; sizeBytes: bigint }[];
+  snapshotOwners: string[];
+}
+
 export interface VolumeBackend {
   readonly kind: BackendKind;
   /** The pools / VGs this daemon may use (from config); anything else is refused before a command runs. */
@@ -86,6 +92,12 @@ export interface VolumeBackend {
   listSnapshots(pool: string, volume: string, options?: CallOptions): Promise<SnapshotInfo[]>;
   createSnapshot(spec: CreateSnapshotSpec, options?: CallOptions): Promise<SnapshotInfo>;
   deleteSnapshot(pool: string, volume: string, name: string, options?: CallOptions): Promise<void>;
+
+  /**
+   * Who owns what in one pool (RecomputeQuota): a single listing, so its cost in host commands does
+   * not grow with the number of volumes or snapshots.
+   */
+  ownership(pool: string, options?: CallOptions): Promise<PoolOwnership>;
 
   /**
    * Where qemu-img writes a raw image for this volume: an LVM device path (`/dev/VG/LV`) or

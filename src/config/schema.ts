@@ -22,7 +22,12 @@ export const configSchema = z.strictObject({
       keepalive_time_seconds: seconds.default(60),
       keepalive_timeout_seconds: seconds.default(20),
       max_connection_age_seconds: seconds.default(1800),
-      max_connection_age_grace_seconds: seconds.default(60),
+      /**
+       * After its max age a connection gets GOAWAY; calls on it may run until their deadline, so this
+       * grace must cover max_deadline_seconds: a shorter one resets calls in flight (C-core clients
+       * report `UNKNOWN: Stream removed`). Default: max_deadline_seconds' default plus 10 s.
+       */
+      max_connection_age_grace_seconds: seconds.default(310),
       shutdown_grace_seconds: z.number().nonnegative().default(15),
       /** Server reflection: for authenticated callers only, for anyone, or not served. Not reloadable. */
       reflection: z.enum(['authenticated', 'anonymous', 'off']).default('authenticated'),
@@ -34,6 +39,10 @@ export const configSchema = z.strictObject({
       handshake_timeout_seconds: seconds.default(10),
       /** A connection idle this long without having completed an authenticated call is closed. */
       first_call_timeout_seconds: seconds.default(30),
+    })
+    .refine((server) => server.max_connection_age_grace_seconds >= server.max_deadline_seconds, {
+      path: ['max_connection_age_grace_seconds'],
+      message: 'must be at least server.max_deadline_seconds: a call still running when its connection reaches max_connection_age_seconds would be reset',
     })
     .prefault({}),
   tls: z
@@ -149,6 +158,8 @@ export const configSchema = z.strictObject({
       keyring: z.string().default(''),
       /** Absolute path of rbd. */
       rbd_path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/rbd'),
+      /** Absolute path of a python3 with python3-rbd (ceph-common's dependency): RecomputeQuota reads every image's owner through librbd in one process. */
+      python_path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/python3'),
       /** rbd processes run at once; more calls wait their turn. */
       max_concurrent: z.number().int().positive().default(4),
       /** An rbd call still running after this is killed (flatten and delete of large images take long). */
@@ -255,6 +266,8 @@ export const configSchema = z.strictObject({
           concurrent_operations: z.number().int().nonnegative().default(5),
         })
         .prefault({}),
+      /** RecomputeQuota (which lists every pool and VG): one at a time, and the next no sooner than this after the last ended. */
+      recompute_min_interval_seconds: z.number().nonnegative().default(10),
     })
     .prefault({}),
   rate_limit: z

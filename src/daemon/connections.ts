@@ -14,6 +14,10 @@
 //   limit REFUSALS_BEFORE_CLOSE times: a flood then pays a new TLS handshake for every few
 //   refusals instead of streaming them over one connection (measured: bench/unauth-load.ts).
 //   A connection that completed an authenticated call is never closed for this.
+// - A connection older than `maxConnectionAgeMs` (±10 %) gets GOAWAY and its calls have
+//   `maxConnectionAgeGraceMs` to finish (the config makes that cover the longest call). The
+//   listener does this, not grpc-js's max_connection_age, so that it is logged: each connection
+//   gets its own injector, whose drain() is grpc-js's public per-connection GOAWAY.
 //
 // The TLS identity comes from the IdentityProvider, and a published renewal is applied with
 // tls.Server#setSecureContext: existing connections keep their handshake, new ones get the
@@ -33,13 +37,18 @@ export interface ConnectionLimits {
   readonly maxConnectionsPerSource: number;
   /** Idle time allowed to a secured connection that has not yet completed an authenticated call. */
   readonly firstCallTimeoutMs: number;
+  /** Age (±10 %, so that connections opened together do not all go at once) at which a connection gets GOAWAY. */
+  readonly maxConnectionAgeMs: number;
+  /** Then its calls have this long to finish; what is left is cancelled. */
+  readonly maxConnectionAgeGraceMs: number;
 }
 
 export interface ConnectionListenerOptions {
   readonly host: string;
   readonly port: number;
   readonly provider: IdentityProvider;
-  readonly injector: ConnectionInjector;
+  /** A grpc-js connection injector (Server.createConnectionInjector) for one connection. */
+  readonly newInjector: () => ConnectionInjector;
   readonly handshakeTimeoutMs: number;
   /** Read for every new connection, so a reload changes the caps. */
   readonly limits: () => ConnectionLimits;
@@ -76,7 +85,7 @@ interface Pending {
 export const REFUSALS_BEFORE_CLOSE = 10;
 
 type RefusedReason = 'global_cap' | 'source_cap';
-type ClosedReason = 'handshake_timeout' | 'handshake_failed' | 'idle_before_first_call' | 'source_rate_limited';
+type ClosedReason = 'handshake_timeout' | 'handshake_failed' | 'idle_before_first_call' | 'source_rate_limited' | 'max_age';
 
 /** "ip:port", as the chain's Connection.peer names the same connection (see src/chain/peer.ts). */
 function peerKey(address: string | undefined, port: number | undefined): string | undefined {
@@ -94,8 +103,8 @@ export class ConnectionListener {
   private readonly refused: Counter<'reason'>;
   private readonly closed: Counter<'reason'>;
   private readonly onIdentity: () => void;
-  /** Connections handed to grpc-js, by peer "ip:port". */
-  private readonly injected = new Set<string>();
+  /** Connections handed to grpc-js, by peer "ip:port", with their injectors. */
+  private readonly injected = new Map<string, ConnectionInjector>();
   private closing = false;
   private onEmpty: (() => void) | undefined;
 
@@ -136,12 +145,12 @@ export class ConnectionListener {
     });
     this.closed = new Counter({
       name: 'rpc_connections_closed_total',
-      help: 'Connections the daemon closed: TLS handshake timed out or failed, idle before completing an authenticated call, or flooding past the per-source rate limit before one.',
+      help: 'Connections the daemon closed: TLS handshake timed out or failed, idle before completing an authenticated call, flooding past the per-source rate limit before one, or at their maximum age (GOAWAY).',
       labelNames: ['reason'] as const,
       registers: [registry],
     });
     for (const reason of ['global_cap', 'source_cap'] satisfies RefusedReason[]) this.refused.inc({ reason }, 0);
-    for (const reason of ['handshake_timeout', 'handshake_failed', 'idle_before_first_call', 'source_rate_limited'] satisfies ClosedReason[]) this.closed.inc({ reason }, 0);
+    for (const reason of ['handshake_timeout', 'handshake_failed', 'idle_before_first_call', 'source_rate_limited', 'max_age'] satisfies ClosedReason[]) this.closed.inc({ reason }, 0);
   }
 
   /** Starts listening; resolves with the bound port. */
@@ -173,7 +182,7 @@ export class ConnectionListener {
   drain(graceMs: number): Promise<boolean> {
     this.close();
     for (const [key, raw] of this.open) if (!this.injected.has(key)) raw.destroy();
-    this.options.injector.drain(graceMs);
+    for (const injector of this.injected.values()) injector.drain(graceMs);
     return new Promise((resolve) => {
       const timer = setTimeout(() => resolve(false), graceMs);
       this.onEmpty = () => {
@@ -253,6 +262,7 @@ export class ConnectionListener {
     socket.once('close', () => {
       if (this.open.get(key) !== socket) return;
       this.open.delete(key);
+      this.injected.get(key)?.destroy();
       this.injected.delete(key);
       const left = (this.perSource.get(ip) ?? 1) - 1;
       if (left > 0) this.perSource.set(ip, left);
@@ -282,8 +292,32 @@ export class ConnectionListener {
       }
     });
     this.arm(key, entry);
-    this.injected.add(key);
-    this.options.injector.injectConnection(socket);
+    const injector = this.options.newInjector();
+    this.injected.set(key, injector);
+    this.retireAtAge(key, socket, injector);
+    injector.injectConnection(socket);
+  }
+
+  /** GOAWAY at the connection's age, then its calls have the grace to finish: both logged. */
+  private retireAtAge(key: string, socket: TLSSocket, injector: ConnectionInjector): void {
+    const { maxConnectionAgeMs, maxConnectionAgeGraceMs: graceMs } = this.options.limits();
+    const ageMs = maxConnectionAgeMs * (0.9 + Math.random() * 0.2);
+    let grace: NodeJS.Timeout | undefined;
+    const age = setTimeout(() => {
+      this.closed.inc({ reason: 'max_age' });
+      this.options.log.info({ peer: key, age_seconds: Math.round(ageMs / 1000), grace_seconds: graceMs / 1000 }, 'connection reached server.max_connection_age_seconds: GOAWAY sent, its calls may finish');
+      // Set before drain()'s own timer, so it runs first: the connection is still open only if calls are left.
+      grace = setTimeout(() => {
+        if (!socket.destroyed) this.options.log.warn({ peer: key }, 'calls still running after server.max_connection_age_grace_seconds: cancelled');
+      }, graceMs);
+      grace.unref();
+      injector.drain(graceMs);
+    }, ageMs);
+    age.unref();
+    socket.once('close', () => {
+      clearTimeout(age);
+      clearTimeout(grace);
+    });
   }
 
   private arm(key: string, entry: Pending): void {

@@ -1,4 +1,5 @@
-// grpc-js server options from the config: message limits, keepalive, connection age.
+// grpc-js server options from the config: message limits, keepalive. (The connection listener
+// enforces the connection age itself, so that it is logged: src/daemon/connections.ts.)
 import type { ServerOptions } from '@grpc/grpc-js';
 import type { Config } from '../config/schema.js';
 
@@ -9,8 +10,5 @@ export function grpcOptions(server: Config['server']): ServerOptions {
     'grpc.max_concurrent_streams': server.max_concurrent_streams,
     'grpc.keepalive_time_ms': server.keepalive_time_seconds * 1000,
     'grpc.keepalive_timeout_ms': server.keepalive_timeout_seconds * 1000,
-    // Bounds how long a connection keeps an old TLS handshake after a certificate rotation.
-    'grpc.max_connection_age_ms': server.max_connection_age_seconds * 1000,
-    'grpc.max_connection_age_grace_ms': server.max_connection_age_grace_seconds * 1000,
   };
 }

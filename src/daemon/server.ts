@@ -254,7 +254,7 @@ export class Daemon {
       });
       registerShutdownOperationKind(operations, libvirt);
       const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
-      quotas.registerUsageSource('snapshots', (principal) => snapshotOwners.countOwnedBy(principal));
+      quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt));
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
@@ -295,18 +295,19 @@ export class Daemon {
       health.addToServer(grpc);
       if (config.server.reflection !== 'off') reflectionService(services).addToServer(grpc);
       // TLS is done by the listener, so grpc-js's side of the injected connections is plain HTTP/2.
-      const injector = grpc.createConnectionInjector(ServerCredentials.createInsecure());
       const grpcAddress = splitHostPort(config.server.listen);
       const listener = (late.listener = new ConnectionListener({
         host: grpcAddress.host,
         port: grpcAddress.port,
         provider,
-        injector,
+        newInjector: () => grpc.createConnectionInjector(ServerCredentials.createInsecure()),
         handshakeTimeoutMs: config.server.handshake_timeout_seconds * 1000,
         limits: () => ({
           maxConnections: settings().server.max_connections,
           maxConnectionsPerSource: settings().server.max_connections_per_source,
           firstCallTimeoutMs: settings().server.first_call_timeout_seconds * 1000,
+          maxConnectionAgeMs: settings().server.max_connection_age_seconds * 1000,
+          maxConnectionAgeGraceMs: settings().server.max_connection_age_grace_seconds * 1000,
         }),
         registry: metrics.registry,
         log,

@@ -5,6 +5,7 @@ import type { Config } from '../config/schema.js';
 import { RpcError } from '../rpc/errors.js';
 import { ConflictError } from '../store/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
+import { RecomputeGate } from './recompute-gate.js';
 import { quotaResources, type QuotaRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { KeyValue, LeaseId, Store } from '../store/store.js';
@@ -19,8 +20,11 @@ export interface QuotaView {
   readonly unlimited: boolean;
 }
 
-/** Counts what a principal really holds of a resource (e.g. its snapshots on the storage backends). */
-export type UsageSource = (principal: string) => Promise<number>;
+/**
+ * Counts what a principal really holds of some resources (e.g. its volumes' GiB and its snapshots on
+ * the storage backends, from one listing). Aborts with the call when `signal` does.
+ */
+export type UsageSource = (principal: string, options: { signal?: AbortSignal }) => Promise<Partial<Record<CountedResource, number>>>;
 
 const MAX_ATTEMPTS = 64;
 
@@ -31,7 +35,8 @@ function exhausted(principal: string, resource: string, limit: number, used: num
 }
 
 export class QuotaManager {
-  private readonly sources = new Map<CountedResource, UsageSource[]>();
+  private readonly sources: { resources: readonly CountedResource[]; count: UsageSource }[] = [];
+  private readonly recomputeGate = new RecomputeGate(() => this.settings().quota.recompute_min_interval_seconds * 1000);
 
   constructor(
     private readonly store: Store,
@@ -123,8 +128,8 @@ export class QuotaManager {
    * Backends register how to count what exists, so usage can be repaired (RecomputeQuota). Several
    * may count one resource (VM snapshots and volume snapshots are both `snapshots`): they are summed.
    */
-  registerUsageSource(resource: CountedResource, source: UsageSource): void {
-    this.sources.set(resource, [...(this.sources.get(resource) ?? []), source]);
+  registerUsageSource(resources: readonly CountedResource[], count: UsageSource): void {
+    this.sources.push({ resources, count });
   }
 
   /** Limits and usage; concurrent operations are counted live from the slots. */
@@ -138,25 +143,29 @@ export class QuotaManager {
     );
   }
 
-  /** Admin repair: recounts counted resources from their sources. Those without a source stay as they are. */
-  async recompute(principal: string): Promise<{ before: QuotaView[]; after: QuotaView[]; notRecounted: QuotaResourceName[] }> {
-    const before = await this.view(principal);
-    const notRecounted: QuotaResourceName[] = [];
-    for (const resource of ['snapshots', 'storage_gb'] as const) {
-      const sources = this.sources.get(resource) ?? [];
-      if (sources.length === 0) {
-        notRecounted.push(resource);
-        continue;
+  /**
+   * Admin repair: recounts counted resources from their sources, each asked once. Those without a source
+   * stay as they are. Rate-limited (RecomputeGate); the sources' host commands end with `signal`.
+   */
+  async recompute(principal: string, options: { signal?: AbortSignal } = {}): Promise<{ before: QuotaView[]; after: QuotaView[]; notRecounted: QuotaResourceName[] }> {
+    return this.recomputeGate.run(async () => {
+      const before = await this.view(principal);
+      const counts = await Promise.all(this.sources.map(async ({ resources, count }) => ({ resources, counted: await count(principal, options) })));
+      const notRecounted: QuotaResourceName[] = [];
+      for (const resource of ['snapshots', 'storage_gb'] as const) {
+        const counting = counts.filter(({ resources }) => resources.includes(resource));
+        if (counting.length === 0) {
+          notRecounted.push(resource);
+          continue;
+        }
+        const actual = counting.reduce((sum, { counted }) => sum + (counted[resource] ?? 0), 0);
+        await this.repos.quotas.mutate([principal, resource], (current) => ({
+          ...(current ?? { schema_version: 1 as const, principal, resource }),
+          used: actual,
+          updated_at: new Date().toISOString(),
+        }));
       }
-      const counts = await Promise.all(sources.map((source) => source(principal)));
-      const actual = counts.reduce((sum, count) => sum + count, 0);
-      await this.repos.quotas.mutate([principal, resource], (current) => ({
-        ...(current ?? { schema_version: 1 as const, principal, resource }),
-        used: actual,
-        updated_at: new Date().toISOString(),
-      }));
-    }
-    return { before, after: await this.view(principal), notRecounted };
+      return { before, after: await this.view(principal), notRecounted };
+    });
   }
-
 }

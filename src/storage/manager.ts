@@ -427,31 +427,18 @@ export class StorageManager {
 
   // ---- quota recount ---------------------------------------------------------------
 
-  /** GiB of the volumes `principal` owns on every configured pool (RecomputeQuota). */
-  async storageOwnedBy(principal: string): Promise<number> {
-    let total = 0;
-    for (const backend of this.enabled()) {
-      for (const pool of backend.pools) {
-        for (const volume of await backend.listVolumes(pool)) if (volume.owner === principal) total += gibOf(volume.sizeBytes);
-      }
+  /**
+   * What `principal` owns on every configured pool (RecomputeQuota): GiB of its volumes and the number of
+   * snapshots it created. One listing per pool, so the host commands do not grow with volumes or snapshots.
+   */
+  async usageOwnedBy(principal: string, options: CallOptions = {}): Promise<{ storage_gb: number; snapshots: number }> {
+    const listings = await Promise.all(this.enabled().flatMap((backend) => backend.pools.map((pool) => backend.ownership(pool, options))));
+    let storageGb = 0;
+    let snapshots = 0;
+    for (const { volumes, snapshotOwners } of listings) {
+      for (const volume of volumes) if (volume.owner === principal) storageGb += gibOf(volume.sizeBytes);
+      snapshots += snapshotOwners.filter((owner) => owner === principal).length;
     }
-    return total;
-  }
-
-  /** Snapshots `principal` created on every configured pool (RecomputeQuota). */
-  async snapshotsOwnedBy(principal: string): Promise<number> {
-    let total = 0;
-    for (const backend of this.enabled()) {
-      for (const pool of backend.pools) {
-        for (const volume of await backend.listVolumes(pool)) {
-          const snapshots = await backend.listSnapshots(pool, volume.name).catch((err: unknown) => {
-            if (isNotFound(err)) return [];
-            throw err;
-          });
-          total += snapshots.filter((s) => s.owner === principal).length;
-        }
-      }
-    }
-    return total;
+    return { storage_gb: storageGb, snapshots };
   }
 }

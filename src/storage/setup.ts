@@ -44,6 +44,7 @@ export function createStorage(config: Config, settings: () => Config, quotas: Qu
           id: config.rbd.id,
           keyring: config.rbd.keyring,
           rbdPath: config.rbd.rbd_path,
+          pythonPath: config.rbd.python_path,
           maxConcurrent: config.rbd.max_concurrent,
           defaultTimeoutMs: config.rbd.command_timeout_seconds * 1000,
           clusterTimeoutMs: config.rbd.cluster_timeout_seconds * 1000,
@@ -64,8 +65,7 @@ export function createStorage(config: Config, settings: () => Config, quotas: Qu
   const storage = new StorageManager({ backends: { rbd, lvm }, quotas, images, imagesDir: () => settings().images_dir, attachments });
   // Only a node with storage can recount it; VM snapshots carry no owner and are not recounted.
   if (storage.enabled().length > 0) {
-    quotas.registerUsageSource('storage_gb', (principal) => storage.storageOwnedBy(principal));
-    quotas.registerUsageSource('snapshots', (principal) => storage.snapshotsOwnedBy(principal));
+    quotas.registerUsageSource(['storage_gb', 'snapshots'], (principal, options) => storage.usageOwnedBy(principal, options));
   }
   return storage;
 }

@@ -34,7 +34,7 @@ export class VmSnapshotOwners {
   }
 
   /** RecomputeQuota's count: this node's VM snapshots the principal created that libvirt still has. */
-  async countOwnedBy(principal: string): Promise<number> {
+  async countOwnedBy(principal: string, options: { signal?: AbortSignal } = {}): Promise<number> {
     const node = this.node();
     const byVm = new Map<string, Set<string>>();
     for (const { value } of await this.repos.vmSnapshotOwners.all()) {
@@ -43,7 +43,7 @@ export class VmSnapshotOwners {
     }
     let count = 0;
     for (const [vm, recorded] of byVm) {
-      const existing = await this.libvirt.snapshotNames(vm).catch((err: unknown) => {
+      const existing = await this.libvirt.snapshotNames(vm, options).catch((err: unknown) => {
         // A VM that no longer exists has no snapshots left; anything else (libvirt down) must not undercount.
         if (err instanceof ExecError && err.kind === 'not_found') return [];
         throw err;

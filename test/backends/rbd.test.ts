@@ -246,6 +246,58 @@ describe('RbdBackend templates and clones', () => {
   });
 });
 
+describe('RbdBackend ownership (RecomputeQuota)', () => {
+  it('reads owners and sizes of every image and owners of their snapshots in one process, however many images', async () => {
+    const spawned: string[] = [];
+    const { rbd, pool } = await freshBackend({ onSpawn: (event) => spawned.push(event.command) });
+    for (const [name, owner] of [['a1', 'alice'], ['a2', 'alice'], ['b1', 'bob'], ['none', '']] as const) {
+      await rbd.createVolume({ pool, name, sizeBytes: 8n * MiB, tags: {}, owner });
+    }
+    await rbd.createSnapshot({ pool, volume: 'a1', name: 's1', label: '', owner: 'alice' });
+    await rbd.createSnapshot({ pool, volume: 'a1', name: 's2', label: 'l', owner: 'bob' });
+    await rbd.createSnapshot({ pool, volume: 'b1', name: 's1', label: '', owner: 'bob' });
+    // Made outside DebVisor: a snapshot without an owner key.
+    await rbdCli('snap', 'create', `${pool}/none@foreign`);
+
+    spawned.length = 0;
+    const owned = await rbd.ownership(pool);
+    expect(spawned).toEqual(['python3']);
+    expect(owned.volumes.map((v) => [v.owner, v.sizeBytes]).sort()).toEqual([
+      ['', 8n * MiB],
+      ['alice', 8n * MiB],
+      ['alice', 8n * MiB],
+      ['bob', 8n * MiB],
+    ]);
+    expect(owned.snapshotOwners.sort()).toEqual(['', 'alice', 'bob', 'bob']);
+  });
+
+  it('is FAILED_PRECONDITION, naming python3-rbd, when the python has no librbd bindings', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'debvisor-rbd-python-'));
+    try {
+      // -S: without site, Debian's dist-packages (python3-rbd) are not on the path, as on a host without the package.
+      const python = join(dir, 'python3');
+      writeFileSync(python, '#!/bin/sh\nexec /usr/bin/python3 -S "$@"\n', { mode: 0o755 });
+      const { rbd, pool } = await freshBackend({ pythonPath: python });
+      const err = await rbd.ownership(pool).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(ExecError);
+      expect((err as ExecError).kind).toBe('unsupported');
+      const status = toStatus(err, 't');
+      expect(status.code).toBe(Status.FAILED_PRECONDITION);
+      expect(status.details).toContain('python3-rbd');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reports a pool that does not exist as not_found', async () => {
+    const { rbd } = await freshBackend({ pools: ['no-such-pool'] });
+    expect(await failure(rbd.ownership('no-such-pool'))).toEqual({ kind: 'not_found', code: Status.NOT_FOUND });
+  });
+});
+
 describe('RbdBackend refusals and an unreachable cluster', () => {
   it('refuses pools outside its list and invalid names before anything runs', async () => {
     let spawned = 0;
@@ -296,6 +348,7 @@ describe('RbdBackend refusals and an unreachable cluster', () => {
     it('is unavailable (UNAVAILABLE) within the cluster timeout, as is a missing ceph.conf', async () => {
       const started = Date.now();
       expect(await failure(backend({ clusterTimeoutMs: 1000 }).listVolumes('rbd'))).toEqual({ kind: 'unavailable', code: Status.UNAVAILABLE });
+      expect(await failure(backend({ clusterTimeoutMs: 1000 }).ownership('rbd'))).toEqual({ kind: 'unavailable', code: Status.UNAVAILABLE });
       expect(Date.now() - started).toBeLessThan(10_000);
       expect((await failure(backend({ cephConf: join(dir, 'missing.conf') }).getVolume('rbd', 'x'))).kind).toBe('unavailable');
     });

@@ -71,7 +71,8 @@ describe('certificate rotation under load', () => {
           jitter_fraction: 0,
         }),
         // Connections are recycled (GOAWAY) during the test as well.
-        server: { max_connection_age_seconds: 2, max_connection_age_grace_seconds: 10 },
+        // (The grace covers the longest call: max_deadline_seconds.)
+        server: { max_connection_age_seconds: 2, max_connection_age_grace_seconds: 10, max_deadline_seconds: 10 },
         rate_limit: NO_RATE_LIMITS,
         audit: { level: 'metadata' },
       },

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/backends/exec.js';
 import type { QuotaManager } from '../../src/quota/manager.js';
-import type { CreateSnapshotSpec, CreateVolumeSpec, RbdTemplateBackend, SnapshotInfo, VolumeInfo } from '../../src/backends/storage-backend.js';
+import type { CreateSnapshotSpec, CreateVolumeSpec, PoolOwnership, RbdTemplateBackend, SnapshotInfo, VolumeInfo } from '../../src/backends/storage-backend.js';
 import { StorageManager } from '../../src/storage/manager.js';
 
 const MIB = 1024n * 1024n;
@@ -55,6 +55,9 @@ class FakeRbd implements RbdTemplateBackend {
     if (this.fail.deleteSnapshot === name) return Promise.reject(new ExecError({ kind: 'busy', backend: 'rbd', command: 'rbd' }));
     this.snapshots.delete(`${volume}@${name}`);
     return Promise.resolve();
+  }
+  ownership(): Promise<PoolOwnership> {
+    return Promise.resolve({ volumes: [...this.volumes.values()], snapshotOwners: [...this.snapshots.values()].map((s) => s.owner) });
   }
   imageTarget(pool: string, name: string): string {
     return `rbd:${pool}/${name}`;

@@ -10,7 +10,7 @@ import { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type Executor, type SpawnEvent } from '../exec.js';
 import { validateLvName, validateSnapshotName, validateVgName } from '../validate.js';
 import { InvalidArgumentError } from '../../rpc/errors.js';
-import type { CallOptions, CreateSnapshotSpec, CreateVolumeSpec, ProgressOptions, SnapshotInfo, VolumeBackend, VolumeInfo } from '../storage-backend.js';
+import type { CallOptions, CreateSnapshotSpec, CreateVolumeSpec, PoolOwnership, ProgressOptions, SnapshotInfo, VolumeBackend, VolumeInfo } from '../storage-backend.js';
 import { LVM_RULES, SAME_SIZE } from './errors.js';
 import { isSnapshot, isVolume, LV_FIELDS, parseLvsReport, toSnapshotInfo, toVolumeInfo, type LvRow } from './report.js';
 import { encodeTags } from './tags.js';
@@ -197,6 +197,15 @@ export class LvmBackend implements VolumeBackend {
     // Only a snapshot of this very volume: never a volume, never another volume's snapshot.
     if (!isSnapshot(row) || row.origin !== origin) throw notFound('snapshot');
     await this.lvm(['lvremove', '-f', `${vg}/${snap}`], options);
+  }
+
+  /** One `lvs` of the VG: owners and sizes are LV tags and columns. */
+  async ownership(pool: string, options: CallOptions = {}): Promise<PoolOwnership> {
+    const rows = await this.lvs(this.vg(pool), options);
+    return {
+      volumes: rows.filter(isVolume).map(toVolumeInfo),
+      snapshotOwners: rows.filter(isSnapshot).map((row) => toSnapshotInfo(row).owner),
+    };
   }
 
   imageTarget(pool: string, name: string): string {

@@ -169,3 +169,22 @@ export function parseChildren(text: string): string[] {
 export function parseImageMeta(text: string): Record<string, string> {
   return parseWith(z.record(z.string(), z.string()).optional(), text, 'image-meta list') ?? {};
 }
+
+export interface RbdImageOwnership {
+  readonly name: string;
+  readonly sizeBytes: bigint;
+  readonly owner: string;
+  readonly snapshotOwners: string[];
+}
+
+const ownershipSchema = z.array(z.object({ name: z.string(), size: bytes, owner: z.string(), snapshot_owners: z.array(z.string()) }));
+
+/** The ownership script's output (src/backends/rbd/ownership.ts): one entry per image. */
+export function parseOwnership(text: string): RbdImageOwnership[] {
+  return (parseWith(ownershipSchema.optional(), text, 'ownership') ?? []).map((image) => ({
+    name: image.name,
+    sizeBytes: image.size,
+    owner: image.owner,
+    snapshotOwners: image.snapshot_owners,
+  }));
+}
