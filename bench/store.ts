@@ -5,8 +5,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openEmbeddedStore } from '../src/store/embedded.js';
-import { openEtcdStore } from '../src/store/etcd.js';
+import { openEmbeddedStore } from '../src/store/embedded/store.js';
+import { openEtcdStore } from '../src/store/etcd/store.js';
 import type { Store } from '../src/store/store.js';
 import { startEtcd } from '../test/support/etcd.js';
 

@@ -1,7 +1,7 @@
 // Opens the configured backend.
 import { readFileSync } from 'node:fs';
 import type { Config } from '../config/schema.js';
-import { openEmbeddedStore } from './embedded.js';
+import { openEmbeddedStore } from './embedded/store.js';
 import type { Store } from './store.js';
 
 export async function openStore(config: Config['store'], onBackgroundError: (err: unknown) => void): Promise<Store> {
@@ -15,7 +15,7 @@ export async function openStore(config: Config['store'], onBackgroundError: (err
   }
   // Loaded only for this backend: the etcd client and its protobuf runtime hold several MB
   // of heap, which a single-host daemon would otherwise carry (and mark on every full GC).
-  const { openEtcdStore } = await import('./etcd.js');
+  const { openEtcdStore } = await import('./etcd/store.js');
   const etcd = config.etcd;
   return openEtcdStore({
     endpoints: etcd.endpoints,

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { TEST_RUNS_PREFIX } from '../../src/services/testing.js';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { LAYOUT } from '../../src/store/layout.js';
 import type { Store } from '../../src/store/store.js';
 import { clientFor, type RunningDaemon } from '../support/daemon.js';

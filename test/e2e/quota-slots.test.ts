@@ -7,7 +7,7 @@ import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { OperationService } from '../../src/gen/debvisor/v1/operation_pb.js';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { LAYOUT } from '../../src/store/layout.js';
 import type { Store } from '../../src/store/store.js';
 import { clientFor, type RunningDaemon } from '../support/daemon.js';

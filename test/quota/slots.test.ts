@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config/schema.js';
 import { QuotaManager } from '../../src/quota/manager.js';
 import { RpcError } from '../../src/rpc/errors.js';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { LeaseHolder } from '../../src/store/lease-holder.js';
 import { createRepositories } from '../../src/store/repositories.js';
 import type { Store } from '../../src/store/store.js';

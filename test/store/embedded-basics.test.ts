@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openEmbeddedStore } from '../../src/store/embedded.js';
+import { openEmbeddedStore } from '../../src/store/embedded/store.js';
 import { rangeEnd } from '../../src/store/embedded/keys.js';
 import { CompactedError, NotFoundError, StoreUnavailableError } from '../../src/store/errors.js';
 import type { Store, WatchEvent } from '../../src/store/store.js';

@@ -1,7 +1,7 @@
 // etcd backend specifics against one real member: revisions, paging, txn compares,
 // leases, compaction and watches as etcd reports them.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { CompactedError, NotFoundError, StoreUnavailableError } from '../../src/store/errors.js';
 import type { Store, WatchEvent } from '../../src/store/store.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';

@@ -5,7 +5,7 @@
 // StoreUnavailableError, and a call scope's deadline caps every store call.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runInCallScope } from '../../src/rpc/call-scope.js';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { StoreUnavailableError } from '../../src/store/errors.js';
 import type { Store, WatchEvent } from '../../src/store/store.js';
 import { leaderIndex, startEtcd, type EtcdCluster } from '../support/etcd.js';

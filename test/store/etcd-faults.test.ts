@@ -3,7 +3,7 @@
 // watch, a frozen process and a half-dead connection (the watch watchdog).
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { StoreUnavailableError } from '../../src/store/errors.js';
 import type { Store, WatchEvent } from '../../src/store/store.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';

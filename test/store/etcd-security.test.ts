@@ -1,7 +1,7 @@
 // etcd backend over mutual TLS, and with etcd user authentication.
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { StoreError, StoreUnavailableError } from '../../src/store/errors.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
 

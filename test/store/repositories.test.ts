@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openEmbeddedStore } from '../../src/store/embedded.js';
+import { openEmbeddedStore } from '../../src/store/embedded/store.js';
 import { ConflictError, NotFoundError } from '../../src/store/errors.js';
 import { keepLeaseAlive } from '../../src/store/lease-keeper.js';
 import type { PrincipalRecord, QuotaRecord } from '../../src/store/records.js';

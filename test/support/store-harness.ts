@@ -3,8 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Store } from '../../src/store/store.js';
-import { openEmbeddedStore } from '../../src/store/embedded.js';
-import { openEtcdStore } from '../../src/store/etcd.js';
+import { openEmbeddedStore } from '../../src/store/embedded/store.js';
+import { openEtcdStore } from '../../src/store/etcd/store.js';
 import { startEtcd } from './etcd.js';
 
 export interface StoreHarness {

@@ -14,10 +14,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
-import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from './errors.js';
-import { WatchHub } from './embedded/hub.js';
-import { bytesEqual, compareKeys, rangeEnd } from './embedded/keys.js';
-import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, TxnRequest, TxnResult, WatchEvent, WatchOptions } from './store.js';
+import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from '../errors.js';
+import { WatchHub } from './hub.js';
+import { bytesEqual, compareKeys, rangeEnd } from './keys.js';
+import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, TxnRequest, TxnResult, WatchEvent, WatchOptions } from '../store.js';
 
 export interface EmbeddedStoreOptions {
   /** Data directory; created (mode 0700) if missing. Holds store.sqlite and LOCK. */

@@ -29,10 +29,10 @@ import {
   type IRequestOp,
   type IResponseHeader,
 } from 'etcd3';
-import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from './errors.js';
-import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, TxnRequest, TxnResult, WatchEvent, WatchOptions } from './store.js';
-import { currentCallScope } from '../rpc/call-scope.js';
-import { Members, PROBE_KEY, type Member } from './etcd/members.js';
+import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from '../errors.js';
+import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, TxnRequest, TxnResult, WatchEvent, WatchOptions } from '../store.js';
+import { currentCallScope } from '../../rpc/call-scope.js';
+import { Members, PROBE_KEY, type Member } from './members.js';
 import {
   discardStream,
   invalidateAuthToken,
@@ -49,8 +49,8 @@ import {
   rev,
   toBuffer,
   toKeyValue,
-} from './etcd/util.js';
-import { WatchFeed } from './etcd/watch.js';
+} from './util.js';
+import { WatchFeed } from './watch.js';
 
 export interface EtcdStoreOptions {
   /** Client URLs, all http:// or all https://. */
