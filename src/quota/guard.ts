@@ -5,6 +5,7 @@ import type { DescMethod, Message } from '@bufbuild/protobuf';
 import { QuotaResource, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { CallContext } from '../rpc/context.js';
 import { RpcError } from '../rpc/errors.js';
+import { quotaAmountOf } from '../rpc/policy.js';
 import { gibOf } from './units.js';
 import type { CountedResource, QuotaManager } from './manager.js';
 
@@ -13,15 +14,10 @@ const COUNTED: ReadonlyMap<QuotaResource, CountedResource> = new Map([
   [QuotaResource.STORAGE_GB, 'storage_gb'],
 ]);
 
-/** The amount a request consumes: 1 unit, or the named field (bytes → GiB, rounded up, for storage). */
-function amountOf(method: DescMethod, policy: RpcPolicy, resource: CountedResource, request: Message): number {
-  if (!policy.quotaAmountField) return 1;
-  let value: unknown = request;
-  for (const part of policy.quotaAmountField.split('.')) {
-    const field = method.input.fields.find((f) => f.name === part);
-    value = field ? (value as Record<string, unknown> | undefined)?.[field.localName] : undefined;
-  }
-  const raw = typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : 0n;
+/** The amount a request consumes: 1 unit, or its declared amount field (bytes → GiB, rounded up, for storage). */
+function amountOf(method: DescMethod, resource: CountedResource, request: Message): number {
+  const raw = quotaAmountOf(method, request);
+  if (raw === undefined) return 1;
   return resource === 'storage_gb' ? gibOf(raw) : Number(raw);
 }
 
@@ -33,7 +29,7 @@ export function withQuota(quotas: QuotaManager, method: DescMethod, policy: RpcP
   return async (request, ctx) => {
     const principal = ctx.principal?.id;
     if (!principal) throw new RpcError('UNAUTHENTICATED', 'no principal');
-    const amount = amountOf(method, policy, resource, request);
+    const amount = amountOf(method, resource, request);
     if (amount <= 0) return handler(request, ctx);
     await quotas.consume(principal, resource, amount);
     try {

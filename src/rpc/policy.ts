@@ -37,6 +37,7 @@ export function methodIndex(services: readonly DescService[]): Map<string, Metho
       if (!policy) continue;
       checkPolicy(method, policy);
       resourcePathsOf(method);
+      quotaAmountPathOf(method);
       index.set(methodPath(method), { method, policy });
     }
   }
@@ -81,11 +82,11 @@ export interface ResourcePath {
 
 const pathCache = new WeakMap<DescMethod, readonly ResourcePath[]>();
 
-/** Compiles one dotted request-field path of a policy; throws if it is not a singular string. */
-function compilePath(method: DescMethod, kindValue: ResourceKind, dotted: string, option: string, checkEmpty: boolean): ResourcePath {
-  const where = `${method.parent.typeName}.${method.name}: ${option} "${dotted}"`;
-  const kind = resourceKindName(kindValue);
-  if (kind === undefined) throw new Error(`${where}: no resource kind`);
+/**
+ * Compiles one dotted request-field path of a policy option: singular message fields down to
+ * a singular scalar leaf of one of `leafTypes`. Throws naming `where` otherwise.
+ */
+function compileFieldPath(method: DescMethod, dotted: string, where: string, leafTypes: readonly ScalarType[], leafWhat: string): readonly DescField[] {
   const fields: DescField[] = [];
   let message = method.input;
   const names = dotted.split('.');
@@ -95,12 +96,55 @@ function compilePath(method: DescMethod, kindValue: ResourceKind, dotted: string
     if (i < names.length - 1) {
       if (field.fieldKind !== 'message') throw new Error(`${where}: "${name}" is not a singular message`);
       message = field.message;
-    } else if (field.fieldKind !== 'scalar' || field.scalar !== ScalarType.STRING) {
-      throw new Error(`${where}: "${name}" is not a singular string`);
+    } else if (field.fieldKind !== 'scalar' || !leafTypes.includes(field.scalar)) {
+      throw new Error(`${where}: "${name}" is not a singular ${leafWhat}`);
     }
     fields.push(field);
   });
-  return { kind, fields, checkEmpty };
+  return fields;
+}
+
+/** The value at a compiled path of `request`; undefined where a message on the way is unset. */
+function leafValue(method: DescMethod, request: Message, fields: readonly DescField[]): unknown {
+  let r: ReflectMessage = reflect(method.input, request);
+  const last = fields.length - 1;
+  for (let i = 0; i < last; i++) {
+    const field = fields[i];
+    if (field?.fieldKind !== 'message' || !r.isSet(field)) return undefined;
+    r = r.get(field);
+  }
+  const leaf = fields[last];
+  return leaf?.fieldKind === 'scalar' ? r.get(leaf) : undefined;
+}
+
+/** Compiles one target path of a policy; throws if it is not a singular string. */
+function compilePath(method: DescMethod, kindValue: ResourceKind, dotted: string, option: string, checkEmpty: boolean): ResourcePath {
+  const where = `${method.parent.typeName}.${method.name}: ${option} "${dotted}"`;
+  const kind = resourceKindName(kindValue);
+  if (kind === undefined) throw new Error(`${where}: no resource kind`);
+  return { kind, fields: compileFieldPath(method, dotted, where, [ScalarType.STRING], 'string'), checkEmpty };
+}
+
+const INTEGER_TYPES = [ScalarType.UINT64, ScalarType.INT64, ScalarType.UINT32, ScalarType.INT32, ScalarType.FIXED64, ScalarType.FIXED32, ScalarType.SFIXED64, ScalarType.SFIXED32, ScalarType.SINT64, ScalarType.SINT32];
+const amountCache = new WeakMap<DescMethod, readonly DescField[] | null>();
+
+/** The compiled `quota_amount_field` of a method (nested paths work), or undefined if it declares none. Throws if the field is missing or no integer. */
+function quotaAmountPathOf(method: DescMethod): readonly DescField[] | undefined {
+  let cached = amountCache.get(method);
+  if (cached === undefined) {
+    const dotted = policyOf(method)?.quotaAmountField ?? '';
+    cached = dotted === '' ? null : compileFieldPath(method, dotted, `${method.parent.typeName}.${method.name}: quota_amount_field "${dotted}"`, INTEGER_TYPES, 'integer');
+    amountCache.set(method, cached);
+  }
+  return cached ?? undefined;
+}
+
+/** The quota amount a request declares through `quota_amount_field` (0 where unset), or undefined if the RPC declares none. */
+export function quotaAmountOf(method: DescMethod, request: Message): bigint | undefined {
+  const path = quotaAmountPathOf(method);
+  if (!path) return undefined;
+  const value = leafValue(method, request, path);
+  return typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : typeof value === 'string' && /^-?\d+$/.test(value) ? BigInt(value) : 0n;
 }
 
 /**
@@ -123,16 +167,7 @@ export function resourcePathsOf(method: DescMethod): readonly ResourcePath[] {
 }
 
 export function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
-  let r: ReflectMessage = reflect(method.input, request);
-  const last = path.fields.length - 1;
-  for (let i = 0; i < last; i++) {
-    const field = path.fields[i];
-    if (field?.fieldKind !== 'message' || !r.isSet(field)) return '';
-    r = r.get(field);
-  }
-  const leaf = path.fields[last];
-  if (leaf?.fieldKind !== 'scalar') return '';
-  const name = r.get(leaf);
+  const name = leafValue(method, request, path.fields);
   return typeof name === 'string' ? name : '';
 }
 

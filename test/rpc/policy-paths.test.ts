@@ -1,0 +1,60 @@
+// Dotted request-field paths of a policy (src/rpc/policy.ts) are compiled once and read
+// through nested messages: a nested `quota_amount_field` consumes its amount (issue 20: the
+// old walker looked every segment up among the top-level fields and consumed nothing).
+import { create, createFileRegistry, setExtension, type DescMethod } from '@bufbuild/protobuf';
+import { FieldDescriptorProto_Label, FieldDescriptorProto_Type, FileDescriptorProtoSchema, MethodOptionsSchema, file_google_protobuf_descriptor } from '@bufbuild/protobuf/wkt';
+import { describe, expect, it } from 'vitest';
+import { QuotaResource, RpcPolicySchema, file_debvisor_v1_options, rpc_policy } from '../../src/gen/debvisor/v1/options_pb.js';
+import { methodIndex, quotaAmountOf } from '../../src/rpc/policy.js';
+
+const { OPTIONAL: LABEL_OPTIONAL } = FieldDescriptorProto_Label;
+const { MESSAGE: TYPE_MESSAGE, UINT64: TYPE_UINT64, STRING: TYPE_STRING } = FieldDescriptorProto_Type;
+
+/** A service with one method whose policy declares `amountField` over a request with a nested `spec.size_bytes`. */
+function methodWith(amountField: string): DescMethod {
+  const options = create(MethodOptionsSchema);
+  setExtension(options, rpc_policy, create(RpcPolicySchema, { permission: 'storage:volume:create', mutates: true, quotaResource: QuotaResource.STORAGE_GB, quotaAmountField: amountField }));
+  const file = create(FileDescriptorProtoSchema, {
+    name: 'test/paths.proto',
+    package: 'test.paths',
+    syntax: 'proto3',
+    dependency: ['debvisor/v1/options.proto'],
+    messageType: [
+      { name: 'Spec', field: [{ name: 'size_bytes', number: 1, type: TYPE_UINT64, label: LABEL_OPTIONAL, jsonName: 'sizeBytes' }] },
+      {
+        name: 'CreateRequest',
+        field: [
+          { name: 'name', number: 1, type: TYPE_STRING, label: LABEL_OPTIONAL, jsonName: 'name' },
+          { name: 'spec', number: 2, type: TYPE_MESSAGE, typeName: '.test.paths.Spec', label: LABEL_OPTIONAL, jsonName: 'spec' },
+        ],
+      },
+      { name: 'CreateResponse' },
+    ],
+    service: [{ name: 'Paths', method: [{ name: 'Create', inputType: '.test.paths.CreateRequest', outputType: '.test.paths.CreateResponse', options }] }],
+  });
+  const registry = createFileRegistry(file, (name) => ({ 'debvisor/v1/options.proto': file_debvisor_v1_options, 'google/protobuf/descriptor.proto': file_google_protobuf_descriptor })[name]);
+  const service = registry.getService('test.paths.Paths');
+  if (!service) throw new Error('no service');
+  return service.methods[0] as DescMethod;
+}
+
+describe('policy field paths', () => {
+  it('reads a nested quota_amount_field', () => {
+    const method = methodWith('spec.size_bytes');
+    const request = create(method.input, { spec: { sizeBytes: 3n * 1024n ** 3n } });
+    expect(quotaAmountOf(method, request)).toBe(3n * 1024n ** 3n);
+    // Unset on the way: nothing declared to consume.
+    expect(quotaAmountOf(method, create(method.input))).toBe(0n);
+  });
+
+  it('answers undefined for an RPC that declares no amount field', () => {
+    const method = methodWith('');
+    expect(quotaAmountOf(method, create(method.input))).toBeUndefined();
+  });
+
+  it('fails at start-up on an amount field that is missing or not an integer', () => {
+    expect(() => methodIndex([methodWith('spec.nothing').parent])).toThrow(/quota_amount_field "spec.nothing": no field "nothing"/);
+    expect(() => methodIndex([methodWith('name').parent])).toThrow(/quota_amount_field "name": "name" is not a singular integer/);
+    expect(methodIndex([methodWith('spec.size_bytes').parent]).size).toBe(1);
+  });
+});
