@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { redactRequest } from '../audit/redact.js';
 import type { AuditPrincipal } from '../audit/event.js';
 import { AuditWriteError, type AuditLog } from '../audit/log.js';
-import { resourceOf } from '../rpc/policy.js';
+import { auditObjectOf } from '../rpc/policy.js';
 import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { AuditedRequest, CallState } from '../rpc/context.js';
 import { RpcError } from '../rpc/errors.js';
@@ -21,19 +21,8 @@ export interface AuditDeps {
   readonly level: 'metadata' | 'request';
   readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
   readonly log: Logger;
-  /**
-   * Finer object names by method path, for services whose RBAC resource (e.g. a pool) is
-   * coarser than what a call acts on (a volume, a snapshot): `pool:ci/vol1@snap`.
-   */
-  readonly objectNames?: ReadonlyMap<string, (request: unknown) => string | undefined>;
 }
 
-function objectOf(deps: AuditDeps, path: string, method: DescMethod, request: unknown): string | undefined {
-  const named = deps.objectNames?.get(path)?.(request);
-  if (named !== undefined) return named;
-  const resource = resourceOf(method, request as Message);
-  return resource && `${resource.kind}:${resource.name}`;
-}
 
 /** The caller as its audit records name it (unset before identity ran, or when it refused). */
 function principalOf(state: CallState): AuditPrincipal | undefined {
@@ -46,7 +35,7 @@ export function audit(deps: AuditDeps): Step {
   /** What the records of a call say about its request: worked out once (a mutation has two records). */
   const describe = (state: CallState, method: DescMethod, request: unknown): AuditedRequest => {
     if (state.audited) return state.audited;
-    const object = objectOf(deps, state.path, method, request);
+    const object = auditObjectOf(method, request as Message);
     const redacted = deps.level === 'request' ? redactRequest(method.input, request as Message, deps.level) : undefined;
     // Most reads name no object and log no request: they share one answer instead of an object each.
     return (state.audited = object === undefined && redacted === undefined ? NOTHING_TO_DESCRIBE : { object, request: redacted });

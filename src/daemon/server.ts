@@ -32,7 +32,7 @@ import { operationHandlers } from '../services/operations.js';
 import { registerShutdownOperationKind, vmHandlers } from '../services/vm.js';
 import { VmService } from '../gen/debvisor/v1/vm_pb.js';
 import { StorageService } from '../gen/debvisor/v1/storage_pb.js';
-import { registerStorageOperationKinds, storageAuditObjects, storageHandlers } from '../services/storage.js';
+import { registerStorageOperationKinds, storageHandlers } from '../services/storage.js';
 import { libvirtAttachments } from '../storage/attachments.js';
 import { createStorage } from '../storage/setup.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
@@ -226,7 +226,7 @@ export class Daemon {
           metrics,
           log,
           identity: { certificates, apiKeys, guard, audit, metrics, log, roleNamesOf: (principal) => access.roleNamesOf(principal) },
-          audit: { audit, level: config.audit.level, methods, log, objectNames: storageAuditObjects() },
+          audit: { audit, level: config.audit.level, methods, log },
           bounds: { methods },
           rateLimit: {
             policies: new Map([...methods].map(([path, entry]) => [path, entry.policy])),

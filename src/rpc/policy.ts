@@ -38,6 +38,7 @@ export function methodIndex(services: readonly DescService[]): Map<string, Metho
       checkPolicy(method, policy);
       resourcePathsOf(method);
       quotaAmountPathOf(method);
+      auditObjectTemplateOf(method);
       index.set(methodPath(method), { method, policy });
     }
   }
@@ -86,7 +87,7 @@ const pathCache = new WeakMap<DescMethod, readonly ResourcePath[]>();
  * Compiles one dotted request-field path of a policy option: singular message fields down to
  * a singular scalar leaf of one of `leafTypes`. Throws naming `where` otherwise.
  */
-function compileFieldPath(method: DescMethod, dotted: string, where: string, leafTypes: readonly ScalarType[], leafWhat: string): readonly DescField[] {
+function compileFieldPath(method: DescMethod, dotted: string, where: string, leafTypes: readonly ScalarType[], leafWhat: string, repeatedLeaf = false): readonly DescField[] {
   const fields: DescField[] = [];
   let message = method.input;
   const names = dotted.split('.');
@@ -96,7 +97,7 @@ function compileFieldPath(method: DescMethod, dotted: string, where: string, lea
     if (i < names.length - 1) {
       if (field.fieldKind !== 'message') throw new Error(`${where}: "${name}" is not a singular message`);
       message = field.message;
-    } else if (field.fieldKind !== 'scalar' || !leafTypes.includes(field.scalar)) {
+    } else if (!((field.fieldKind === 'scalar' || (repeatedLeaf && field.fieldKind === 'list' && field.listKind === 'scalar')) && leafTypes.includes(field.scalar))) {
       throw new Error(`${where}: "${name}" is not a singular ${leafWhat}`);
     }
     fields.push(field);
@@ -114,7 +115,9 @@ function leafValue(method: DescMethod, request: Message, fields: readonly DescFi
     r = r.get(field);
   }
   const leaf = fields[last];
-  return leaf?.fieldKind === 'scalar' ? r.get(leaf) : undefined;
+  if (leaf?.fieldKind === 'scalar') return r.get(leaf);
+  if (leaf?.fieldKind === 'list' && leaf.listKind === 'scalar') return [...r.get(leaf)];
+  return undefined;
 }
 
 /** Compiles one target path of a policy; throws if it is not a singular string. */
@@ -188,4 +191,57 @@ export function resourcesOf(method: DescMethod, request: Message): ResourceRef[]
 /** The first resource a request names (for audit records), if any. */
 export function resourceOf(method: DescMethod, request: Message): ResourceRef | undefined {
   return resourcesOf(method, request).find((resource) => resource.name !== '');
+}
+
+// ---------------------------------------------------------------------------
+// The audit object (`audit_object`): a template of request-field paths, compiled once.
+
+type AuditObjectPart = string | readonly DescField[];
+const auditObjectCache = new WeakMap<DescMethod, readonly AuditObjectPart[] | null>();
+const PLACEHOLDER = /\{([a-z0-9_.]+)\}/g;
+
+function auditObjectTemplateOf(method: DescMethod): readonly AuditObjectPart[] | undefined {
+  let cached = auditObjectCache.get(method);
+  if (cached === undefined) {
+    const policy = policyOf(method);
+    const template = policy?.auditObject ?? '';
+    const where = `${method.parent.typeName}.${method.name}: audit_object "${template}"`;
+    if (template !== '' && policy?.resourceField === '') throw new Error(`${where}: needs a resource_field`);
+    const parts: AuditObjectPart[] = [];
+    let at = 0;
+    for (const match of template.matchAll(PLACEHOLDER)) {
+      if (match.index > at) parts.push(template.slice(at, match.index));
+      parts.push(compileFieldPath(method, match[1] ?? '', where, [ScalarType.STRING], 'string or repeated string', true));
+      at = match.index + match[0].length;
+    }
+    if (at < template.length) parts.push(template.slice(at));
+    if (template !== '' && (template.includes('{') || template.includes('}')) && !parts.some((part) => typeof part !== 'string')) {
+      throw new Error(`${where}: a placeholder is not a dotted field path in braces`);
+    }
+    cached = template === '' ? null : parts;
+    auditObjectCache.set(method, cached);
+  }
+  return cached ?? undefined;
+}
+
+/**
+ * What the audit record names as the call's object: the RPC's `audit_object` template
+ * rendered from the request when it declares one and its target resource is set, else the
+ * target resource as "kind:name", else undefined.
+ */
+export function auditObjectOf(method: DescMethod, request: Message): string | undefined {
+  const template = auditObjectTemplateOf(method);
+  // A template implies a resource_field, whose compiled path comes first.
+  const target = template && resourcePathsOf(method)[0];
+  if (template && target && valueAt(method, request, target) !== '') {
+    return template
+      .map((part) => {
+        if (typeof part === 'string') return part;
+        const value = leafValue(method, request, part);
+        return Array.isArray(value) ? value.join(',') : typeof value === 'string' ? value : '';
+      })
+      .join('');
+  }
+  const resource = resourceOf(method, request);
+  return resource && `${resource.kind}:${resource.name}`;
 }

@@ -4,8 +4,7 @@
 import { create, toJson, type MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { globMatches, isValidResourceGlob } from '../authz/decide.js';
-import { StorageService, type SnapshotSchema, type VolumeSchema } from '../gen/debvisor/v1/storage_pb.js';
-import { methodPath } from '../rpc/adapter.js';
+import type { StorageService, SnapshotSchema, VolumeSchema } from '../gen/debvisor/v1/storage_pb.js';
 import { PrunePlanSchema, StorageBackend, VolumeRefSchema } from '../gen/debvisor/v1/storage_types_pb.js';
 import type { OperationManager } from '../operations/manager.js';
 import type { HandlersOf } from '../rpc/adapter.js';
@@ -84,40 +83,6 @@ function snapshotMessage(backend: BackendKind, s: SnapshotInfo): MessageInitShap
   };
 }
 
-const MAX_AUDIT_OBJECT = 512;
-
-function refText(ref: { pool: string; name: string } | undefined): string | undefined {
-  return ref && ref.pool !== '' ? `pool:${ref.pool}/${ref.name}` : undefined;
-}
-
-function bounded(text: string | undefined): string | undefined {
-  return text === undefined || text.length <= MAX_AUDIT_OBJECT ? text : `${text.slice(0, MAX_AUDIT_OBJECT)}…`;
-}
-
-/**
- * What each StorageService call acts on, for the audit record: RBAC scopes by pool, but an
- * auditor needs the volume and snapshot ("pool:ci/vol1@before-test").
- */
-export function storageAuditObjects(): ReadonlyMap<string, (request: unknown) => string | undefined> {
-  const m = StorageService.method;
-  const entries: [string, (request: never) => string | undefined][] = [
-    [methodPath(m.createVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
-    [methodPath(m.resizeVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
-    [methodPath(m.deleteVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
-    [methodPath(m.provisionVolume), (r: { volume?: { pool: string; name: string } }) => refText(r.volume)],
-    [methodPath(m.listSnapshots), (r: { dataset?: { pool: string; name: string } }) => refText(r.dataset)],
-    [methodPath(m.pruneSnapshots), (r: { dataset?: { pool: string; name: string } }) => refText(r.dataset)],
-    [methodPath(m.createSnapshot), (r: { dataset?: { pool: string; name: string }; snapshotName: string }) => refText(r.dataset) && `${refText(r.dataset)}@${r.snapshotName}`],
-    [methodPath(m.deleteSnapshot), (r: { dataset?: { pool: string; name: string }; snapshotNames: string[] }) => refText(r.dataset) && `${refText(r.dataset)}@${r.snapshotNames.join(',')}`],
-    [methodPath(m.createRbdTemplateSnapshot), (r: { pool: string; image: string; snapshot: string }) => (r.pool ? `pool:${r.pool}/${r.image}@${r.snapshot}` : undefined)],
-    [
-      methodPath(m.cloneRbdFromTemplate),
-      (r: { targetPool: string; targetImage: string; templatePool: string; templateImage: string; templateSnapshot: string }) =>
-        r.targetPool ? `pool:${r.targetPool}/${r.targetImage} from pool:${r.templatePool}/${r.templateImage}@${r.templateSnapshot}` : undefined,
-    ],
-  ];
-  return new Map(entries.map(([path, describe]) => [path, (request: unknown) => bounded(describe(request as never))]));
-}
 
 /** Registers the runners of PruneSnapshots, CloneRbdFromTemplate and ProvisionVolume. */
 export function registerStorageOperationKinds(operations: OperationManager, storage: StorageManager): void {

@@ -5,7 +5,10 @@ import { create, createFileRegistry, setExtension, type DescMethod } from '@bufb
 import { FieldDescriptorProto_Label, FieldDescriptorProto_Type, FileDescriptorProtoSchema, MethodOptionsSchema, file_google_protobuf_descriptor } from '@bufbuild/protobuf/wkt';
 import { describe, expect, it } from 'vitest';
 import { QuotaResource, RpcPolicySchema, file_debvisor_v1_options, rpc_policy } from '../../src/gen/debvisor/v1/options_pb.js';
-import { methodIndex, quotaAmountOf } from '../../src/rpc/policy.js';
+import { auditObjectOf, methodIndex, quotaAmountOf } from '../../src/rpc/policy.js';
+import { API_SERVICES } from '../../src/services/registry.js';
+import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
+import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 
 const { OPTIONAL: LABEL_OPTIONAL } = FieldDescriptorProto_Label;
 const { MESSAGE: TYPE_MESSAGE, UINT64: TYPE_UINT64, STRING: TYPE_STRING } = FieldDescriptorProto_Type;
@@ -56,5 +59,27 @@ describe('policy field paths', () => {
     expect(() => methodIndex([methodWith('spec.nothing').parent])).toThrow(/quota_amount_field "spec.nothing": no field "nothing"/);
     expect(() => methodIndex([methodWith('name').parent])).toThrow(/quota_amount_field "name": "name" is not a singular integer/);
     expect(methodIndex([methodWith('spec.size_bytes').parent]).size).toBe(1);
+  });
+});
+
+describe('audit_object', () => {
+  const m = StorageService.method;
+
+  it('renders the template from the request, a repeated field comma-joined', () => {
+    expect(auditObjectOf(m.deleteSnapshot, create(m.deleteSnapshot.input, { dataset: { pool: 'ci', name: 'data' }, snapshotNames: ['s1', 's2'] }))).toBe('pool:ci/data@s1,s2');
+    expect(auditObjectOf(m.createVolume, create(m.createVolume.input, { volume: { pool: 'ci', name: 'vol1' }, sizeBytes: 1n }))).toBe('pool:ci/vol1');
+    expect(
+      auditObjectOf(m.cloneRbdFromTemplate, create(m.cloneRbdFromTemplate.input, { targetPool: 'ci', targetImage: 'vm1', templatePool: 'tpl', templateImage: 'deb', templateSnapshot: 'v1' })),
+    ).toBe('pool:ci/vm1 from pool:tpl/deb@v1');
+  });
+
+  it('names the target resource when the resource field is empty, or the RPC declares no template', () => {
+    expect(auditObjectOf(m.cloneRbdFromTemplate, create(m.cloneRbdFromTemplate.input, { templatePool: 'tpl', templateImage: 'deb' }))).toBe('pool:tpl');
+    expect(auditObjectOf(m.createVolume, create(m.createVolume.input, {}))).toBeUndefined();
+    expect(auditObjectOf(VmService.method.startVm, create(VmService.method.startVm.input, { vmName: 'vm1' }))).toBe('vm:vm1');
+  });
+
+  it('every declared template compiles at start-up', () => {
+    expect(() => methodIndex(API_SERVICES)).not.toThrow();
   });
 });
