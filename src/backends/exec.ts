@@ -9,6 +9,7 @@
 // NUL and newlines as a last line of defence.
 import { DomainError, type DomainErrorKind } from '../errors/domain.js';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { isAbsolute } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
@@ -224,6 +225,23 @@ export function childEnvironment(allowList: readonly string[], extra: Readonly<R
 }
 
 let totalSpawned = 0;
+
+/**
+ * A test and debugging aid: with DEBVISOR_EXEC_TRACE=<file> set in the daemon's environment, every
+ * host command is appended to that file as one JSON line ({backend, command, args}) before it is
+ * spawned (the fuzz suite checks each argv against the validators). Arguments never hold secrets:
+ * credentials reach tools as file paths (ceph keyring) or config, never as argv text.
+ */
+function traceSpawn(event: SpawnEvent): void {
+  const file = process.env.DEBVISOR_EXEC_TRACE;
+  if (!file) return;
+  try {
+    // Synchronous: each line is written whole, in spawn order, even if the daemon dies next.
+    appendFileSync(file, `${JSON.stringify({ backend: event.backend, command: event.command, args: event.args })}\n`, { mode: 0o600 });
+  } catch {
+    // A trace that cannot be written must not stop the command.
+  }
+}
 
 /** Processes spawned by all executors in this process: a test spy that nothing ran. */
 export function spawnCount(): number {
@@ -465,6 +483,7 @@ export function createExecutor(options: ExecutorOptions): Executor {
         if (signal) terminate(abortKind(signal));
       };
 
+      traceSpawn({ backend, command, path, args });
       options.onSpawn?.({ backend, command, path, args });
       spawned++;
       totalSpawned++;

@@ -306,6 +306,27 @@ describe('environment', () => {
   });
 });
 
+describe('DEBVISOR_EXEC_TRACE (a test and debugging aid)', () => {
+  it('appends each argv as a JSON line before spawning, and nothing when unset', async () => {
+    const file = join(SCRATCH, 'exec-trace.jsonl');
+    const { exec } = executor();
+    await exec.run('echo', ['untraced']);
+    process.env.DEBVISOR_EXEC_TRACE = file;
+    try {
+      await exec.run('echo', ['a b', '-n', 'ü']);
+      await exec.run('missing', ['x']).catch(() => undefined);
+    } finally {
+      delete process.env.DEBVISOR_EXEC_TRACE;
+    }
+    await exec.run('echo', ['untraced']);
+    const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as unknown);
+    expect(lines).toEqual([
+      { backend: 'test', command: 'echo', args: ['a b', '-n', 'ü'] },
+      { backend: 'test', command: 'missing', args: ['x'] },
+    ]);
+  });
+});
+
 describe('concurrency limit', () => {
   it('runs one at a time with maxConcurrent 1', async () => {
     const { exec } = executor({ maxConcurrent: 1 });

@@ -127,6 +127,8 @@ describe('RbdBackend volumes', () => {
     const { rbd, pool } = await freshBackend();
     await rbd.createVolume({ pool, name: 'r', sizeBytes: 8n * MiB, tags: {}, owner: 'a' });
     expect((await rbd.resizeVolume(pool, 'r', 32n * MiB, { shrink: false })).sizeBytes).toBe(32n * MiB);
+    // The same size again (a retried request): a no-op, not rbd's exit 22 "new size is equal to original size".
+    expect((await rbd.resizeVolume(pool, 'r', 32n * MiB, { shrink: false })).sizeBytes).toBe(32n * MiB);
     expect((await failure(rbd.resizeVolume(pool, 'r', 16n * MiB, { shrink: false }))).kind).toBe('failed');
     expect((await rbd.resizeVolume(pool, 'r', 16n * MiB, { shrink: true })).sizeBytes).toBe(16n * MiB);
   });

@@ -27,7 +27,7 @@ import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js
 import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { lvmEnv, startLvm, type TestLvm } from '../support/lvm.js';
 import { rejection } from '../support/security.js';
-import { finished, MIB, NO_RATE_LIMITS, storageGb, T, type Client } from '../support/storage.js';
+import { finished, MIB, NO_RATE_LIMITS, storageBackendsEnv, storageGb, T, type Client } from '../support/storage.js';
 
 const run = promisify(execFile);
 const QEMU_IMG = '/usr/bin/qemu-img';
@@ -60,14 +60,7 @@ beforeAll(async () => {
   await writeFile(join(dir, 'outside.raw'), pattern);
   await symlink(join(dir, 'outside.raw'), join(images, 'escape.raw'));
   daemon = await startDaemon({
-    env: {
-      DEBVISOR_RPCD_RBD_CEPH_CONF: ceph.conf,
-      DEBVISOR_RPCD_RBD_POOLS: POOL,
-      DEBVISOR_RPCD_LVM_VGS: lvm.vg,
-      DEBVISOR_RPCD_LVM_SYSTEM_DIR: lvm.systemDir,
-      DEBVISOR_RPCD_IMAGES_DIR: images,
-      DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri,
-    },
+    env: storageBackendsEnv({ cephConf: ceph.conf, pools: [POOL], lvm, imagesDir: images, libvirtUri: libvirt.uri }),
     config: NO_RATE_LIMITS,
   });
   storage = await clientFor(StorageService, daemon);

@@ -81,6 +81,8 @@ describe('RBD volumes', () => {
 
     // Grow: only the growth stays counted.
     const grown = await storage.resizeVolume({ volume: ref('ci-pool', 'vol-a'), newSizeBytes: 3n * GIB }, T);
+    // The same size again is a no-op that answers OK (it was INTERNAL: rbd exits 22 for it).
+    expect((await storage.resizeVolume({ volume: ref('ci-pool', 'vol-a'), newSizeBytes: 3n * GIB }, T)).volume?.sizeBytes).toBe(3n * GIB);
     expect(grown.volume?.sizeBytes).toBe(3n * GIB);
     expect(await storageGb(access)).toBe(before + 5n);
     const shrink = await rejection(storage.resizeVolume({ volume: ref('ci-pool', 'vol-a'), newSizeBytes: GIB }, T));

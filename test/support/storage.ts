@@ -34,3 +34,15 @@ export async function finished(ops: Client<typeof OperationService>, operation: 
   }
   return current;
 }
+
+/** The daemon environment for all storage backends at once: Ceph pools, an LVM VG, an images directory and libvirt. */
+export function storageBackendsEnv(b: { cephConf: string; pools: readonly string[]; lvm: { vg: string; systemDir: string }; imagesDir: string; libvirtUri: string }): Record<string, string> {
+  return {
+    DEBVISOR_RPCD_RBD_CEPH_CONF: b.cephConf,
+    DEBVISOR_RPCD_RBD_POOLS: b.pools.join(','),
+    DEBVISOR_RPCD_LVM_VGS: b.lvm.vg,
+    DEBVISOR_RPCD_LVM_SYSTEM_DIR: b.lvm.systemDir,
+    DEBVISOR_RPCD_IMAGES_DIR: b.imagesDir,
+    DEBVISOR_RPCD_LIBVIRT_URI: b.libvirtUri,
+  };
+}

@@ -47,6 +47,8 @@ const USAGE_TIMEOUT_MS = 30_000;
 export const META_PREFIX = 'debvisor.';
 export const OWNER_KEY = 'debvisor.owner';
 export const TAG_PREFIX = 'debvisor.tag.';
+/** `rbd resize` to the image's current size: "rbd: new size is equal to original size", exit 22. */
+const RBD_SAME_SIZE = /new size is equal to original size/;
 /** rbd refuses an empty metadata value: a tag whose value is "" is kept as this prefix + key = "1". */
 export const EMPTY_TAG_PREFIX = 'debvisor.tag-empty.';
 export const SNAP_PREFIX = 'debvisor.snap.';
@@ -176,7 +178,9 @@ export class RbdBackend implements RbdTemplateBackend {
   async resizeVolume(pool: string, name: string, sizeBytes: bigint, options: CallOptions & { shrink: boolean } = { shrink: false }): Promise<VolumeInfo> {
     const image = this.imageSpec(pool, name);
     if (sizeBytes <= 0n) throw new InvalidArgumentError('size_bytes', 'must be positive');
-    await this.rbd(['resize', image, '--size', `${sizeBytes}B`, ...(options.shrink ? ['--allow-shrink'] : [])], RBD_IMAGE_RULES, options);
+    const result = await this.run(['resize', image, '--size', `${sizeBytes}B`, ...(options.shrink ? ['--allow-shrink'] : [])], options);
+    // Already that size: a no-op, not an error (a retried request), as for LVM. rbd exits 22 for it.
+    if (!(result.code !== 0 && RBD_SAME_SIZE.test(result.stderr))) this.executor.check(result, RBD_IMAGE_RULES);
     return this.getVolume(pool, name, options);
   }
 
