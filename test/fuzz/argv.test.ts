@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { argvProblems } from './argv.js';
 
-const sent = new Set(['vm1', 'fuzz-pool', 'vol-a', '-x;id', '--help', '-zq', '../../etc/passwd', 'a b', '--all', '-n', 'vm1\u202e', 'nightly\u2028', 'x:conf=/etc/ceph', '..']);
+const sent = new Set(['vm1', 'fuzz-pool', 'vol-a', '-x;id', '--help', '-zq', '../../etc/passwd', 'a b', '--all', '-n', 'vm1\u202e', 'nightly\u2028', 'x:conf=/etc/ceph', '..', '-']);
 const cmd = (...args: string[]) => ({ backend: 'test', command: 'tool', args });
 
 describe('argvProblems', () => {
@@ -15,6 +15,8 @@ describe('argvProblems', () => {
       ['lvcreate', '--yes', '-n', 'vol-a', '-L', '8m', '--addtag', 'debvisor.label=a#20b', 'vg0'],
       ['snapshot-create-as', '--domain', 'vm1', '--name', 's', '--description=-x;id a b ../../etc/passwd'],
       ['image-meta', 'set', 'fuzz-pool/vol-a', 'debvisor.snap.s.label', '--', '-x;id'],
+      // The bare '-' is the daemon's own stdin marker, even if a request happened to send '-'.
+      ['-I', '-', '/etc/ceph/ceph.conf', 'fuzz-pool'],
     ]) {
       expect(argvProblems(cmd(...args), sent)).toEqual([]);
     }

@@ -32,7 +32,8 @@ function passesSomeValidator(value: string): boolean {
 
 /** Option-shaped text the daemon itself never passes, sent by the fuzzer: seen in an argv, it came from a request. */
 const FUZZ_OPTIONS = new Set(OPTION_LIKE.filter((s) => /^-[^-]|^--./.test(s)));
-const OPTION_SHAPE = /^--?[A-Za-z][A-Za-z0-9-]*$/;
+/** An option, or the bare `-` (stdin, e.g. `python3 -I -` of the RBD ownership listing). */
+const OPTION_SHAPE = /^(?:-|--?[A-Za-z][A-Za-z0-9-]*)$/;
 
 /** The problems in one traced command; `sent` holds every string the requests carried. */
 export function argvProblems(traced: TracedCommand, sent: ReadonlySet<string>): string[] {
