@@ -14,7 +14,7 @@ import { requireBuiltDist } from '../support/built.js';
 
 const root = mkdtempSync(join(tmpdir(), 'debvisor-embedded-proc-'));
 requireBuiltDist();
-const moduleUrl = pathToFileURL(resolve('dist/store/embedded.js')).href;
+const moduleUrl = pathToFileURL(resolve('dist/store/embedded/store.js')).href;
 const dec = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
 
 // argv: dir, mode ('hold': open and wait; 'write': put forever, printing each acknowledged key).
