@@ -147,7 +147,7 @@ export function quotaAmountOf(method: DescMethod, request: Message): bigint | un
   const path = quotaAmountPathOf(method);
   if (!path) return undefined;
   const value = leafValue(method, request, path);
-  return typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : typeof value === 'string' && /^-?\d+$/.test(value) ? BigInt(value) : 0n;
+  return typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : 0n;
 }
 
 /**
@@ -215,7 +215,8 @@ function auditObjectTemplateOf(method: DescMethod): readonly AuditObjectPart[] |
       at = match.index + match[0].length;
     }
     if (at < template.length) parts.push(template.slice(at));
-    if (template !== '' && (template.includes('{') || template.includes('}')) && !parts.some((part) => typeof part !== 'string')) {
+    // A brace left in the text is a placeholder that is not a dotted field path.
+    if (parts.some((part) => typeof part === 'string' && /[{}]/.test(part))) {
       throw new Error(`${where}: a placeholder is not a dotted field path in braces`);
     }
     cached = template === '' ? null : parts;

@@ -4,7 +4,7 @@
 import { create, createFileRegistry, setExtension, type DescMethod } from '@bufbuild/protobuf';
 import { FieldDescriptorProto_Label, FieldDescriptorProto_Type, FileDescriptorProtoSchema, MethodOptionsSchema, file_google_protobuf_descriptor } from '@bufbuild/protobuf/wkt';
 import { describe, expect, it } from 'vitest';
-import { QuotaResource, RpcPolicySchema, file_debvisor_v1_options, rpc_policy } from '../../src/gen/debvisor/v1/options_pb.js';
+import { QuotaResource, ResourceKind, RpcPolicySchema, file_debvisor_v1_options, rpc_policy } from '../../src/gen/debvisor/v1/options_pb.js';
 import { auditObjectOf, methodIndex, quotaAmountOf } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
@@ -14,9 +14,9 @@ const { OPTIONAL: LABEL_OPTIONAL } = FieldDescriptorProto_Label;
 const { MESSAGE: TYPE_MESSAGE, UINT64: TYPE_UINT64, STRING: TYPE_STRING } = FieldDescriptorProto_Type;
 
 /** A service with one method whose policy declares `amountField` over a request with a nested `spec.size_bytes`. */
-function methodWith(amountField: string): DescMethod {
+function methodWith(amountField: string, auditObject = ''): DescMethod {
   const options = create(MethodOptionsSchema);
-  setExtension(options, rpc_policy, create(RpcPolicySchema, { permission: 'storage:volume:create', mutates: true, quotaResource: QuotaResource.STORAGE_GB, quotaAmountField: amountField }));
+  setExtension(options, rpc_policy, create(RpcPolicySchema, { permission: 'storage:volume:create', mutates: true, quotaResource: QuotaResource.STORAGE_GB, quotaAmountField: amountField, resourceKind: ResourceKind.POOL, resourceField: 'name', auditObject }));
   const file = create(FileDescriptorProtoSchema, {
     name: 'test/paths.proto',
     package: 'test.paths',
@@ -81,5 +81,11 @@ describe('audit_object', () => {
 
   it('every declared template compiles at start-up', () => {
     expect(() => methodIndex(API_SERVICES)).not.toThrow();
+  });
+
+  it('refuses at start-up a template with a brace that is no field path', () => {
+    expect(() => methodIndex([methodWith('', 'pool:{name}/{Spec}').parent])).toThrow(/audit_object .*not a dotted field path/);
+    expect(() => methodIndex([methodWith('', 'pool:{name}/{spec.size_bytes').parent])).toThrow(/audit_object .*not a dotted field path/);
+    expect(() => methodIndex([methodWith('', 'pool:{name}').parent])).not.toThrow();
   });
 });
