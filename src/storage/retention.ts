@@ -1,5 +1,5 @@
 // Which snapshots a retention policy keeps. Pure: PruneSnapshots plans with it (dry run or not),
-// and the property tests in test/unit/retention.test.ts pin down what "keeps" means.
+// and the property tests in test/storage/retention.test.ts pin down what "keeps" means.
 
 export interface RetentionRules {
   /** Keep the N most recent snapshots. */
