@@ -2,6 +2,7 @@
 // failing after the snapshot exists, flatten failing after the clone exists, a write failing after
 // the volume exists, one snapshot of a prune refusing to go. The backend is an in-memory stand-in
 // for the VolumeBackend contract; the e2e suites run the same code against real Ceph and LVM.
+import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ExecError } from '../../src/backends/exec.js';
@@ -118,7 +119,7 @@ describe('StorageManager failure paths', () => {
     const { rbd, manager } = setup();
     await rbd.createVolume({ pool: 'p', name: 'other', sizeBytes: MIB, tags: {}, owner: 'a' });
     const key = { backend: 'rbd' as const, pool: 'p', name: 'new' };
-    await expect(manager.provision(key, { sizeBytes: MIB, tags: {}, owner: 'a', imagePath: fileURLToPath(import.meta.url) })).rejects.toBeInstanceOf(ExecError);
+    await expect(manager.provision(key, { sizeBytes: MIB, tags: {}, owner: 'a', imagePath: basename(fileURLToPath(import.meta.url)) })).rejects.toBeInstanceOf(ExecError);
     expect([...rbd.volumes.keys()]).toEqual(['other']);
   });
 
