@@ -122,7 +122,7 @@ export class Daemon {
       const provider = new IdentityProvider(identity);
       const metrics = new Metrics();
       const health = new HealthImplementation();
-      const readiness = new Readiness(['tls', 'store', 'access'], health, API_SERVICES.map((service) => service.typeName));
+      const readiness = new Readiness(['tls', 'store', 'access'], health, API_SERVICES.map((service) => service.typeName), metrics.registry);
       const revocation = new Revocation({
         registry: metrics.registry,
         onStale: (reason) => {

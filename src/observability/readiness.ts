@@ -1,21 +1,34 @@
 // What must be true before the daemon says SERVING: each component reports in,
 // and grpc health and /readyz both read this one state.
 import type { HealthImplementation } from 'grpc-health-check';
+import { Gauge, type Registry } from 'prom-client';
 
-export type Component = 'tls' | 'store' | 'access' | 'crl';
+export const COMPONENTS = ['tls', 'store', 'access', 'crl'] as const;
+export type Component = (typeof COMPONENTS)[number];
 
 export class Readiness {
   private readonly pending = new Set<Component>();
   /** Why a component is not ready, or a warning about one that is; shown by /readyz. */
   private readonly details = new Map<Component, string>();
   private draining = false;
+  private readonly gauge: Gauge<'component'> | undefined;
 
   constructor(
     required: readonly Component[],
     private readonly health: HealthImplementation,
     private readonly services: readonly string[],
+    registry?: Registry,
   ) {
     for (const component of required) this.pending.add(component);
+    // Every component is exported from the start, so an alert sees a store that was never reachable.
+    this.gauge =
+      registry &&
+      new Gauge({
+        name: 'component_ready',
+        help: 'Whether each component the daemon needs is ready (1) or not (0): tls, store, access, crl.',
+        labelNames: ['component'] as const,
+        registers: [registry],
+      });
     this.publish();
   }
 
@@ -54,5 +67,6 @@ export class Readiness {
   private publish(): void {
     const status = this.ready ? 'SERVING' : 'NOT_SERVING';
     for (const service of ['', ...this.services]) this.health.setStatus(service, status);
+    for (const component of COMPONENTS) this.gauge?.set({ component }, this.pending.has(component) ? 0 : 1);
   }
 }

@@ -29,6 +29,7 @@ import { ensureDevPki } from '../../src/pki/index.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { leaderIndex, startEtcd, type EtcdCluster } from '../support/etcd.js';
 import { readyz } from '../support/health.js';
+import { metricsText } from '../support/security.js';
 
 const skip = process.env.DEBVISOR_SKIP_SLOW === '1' && process.env.CI !== 'true';
 
@@ -320,6 +321,8 @@ describe.skipIf(skip)('three daemons on a three-member etcd under faults', () =>
         expect(elapsed, 'a store call with etcd down (ms)').toBeLessThan(2_000);
       }
       for (const daemon of daemons) await until('readiness turns 503', async () => (await readyz(daemon)) === 503, 10_000);
+      // What the DebvisorStoreUnavailable alert reads.
+      for (const daemon of daemons) expect(await metricsText(daemon)).toMatch(/^component_ready\{component="store"\} 0$/m);
       await sleep(Math.max(0, 30_000 - (Date.now() - downAt)));
       for (const daemon of daemons) expect(daemon.alive()).toBe(true);
     } finally {
@@ -327,6 +330,7 @@ describe.skipIf(skip)('three daemons on a three-member etcd under faults', () =>
     }
     const upAt = performance.now();
     for (const daemon of daemons) await until('readiness back to 200', async () => (await readyz(daemon)) === 200, 30_000);
+    for (const daemon of daemons) expect(await metricsText(daemon)).toMatch(/^component_ready\{component="store"\} 1$/m);
     await load.successesAfter(upAt, 10);
     const delays = await revocationDelays(0);
     console.log(`revocation after recovery, ms per daemon: ${JSON.stringify(delays.map(Math.round))}`);
