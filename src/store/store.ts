@@ -102,6 +102,11 @@ export interface Store {
   revision(): Promise<number>;
   /** A cheap round trip, for readiness: throws StoreUnavailableError when unreachable. */
   ping(): Promise<void>;
+  /**
+   * A consistent copy of the whole store, taken online, as the backend's own format
+   * (an SQLite database file; an etcd snapshot), in chunks. Ends early through `signal`.
+   */
+  snapshot(signal?: AbortSignal): AsyncIterable<Uint8Array>;
   close(): Promise<void>;
 }
 

@@ -11,9 +11,10 @@
 // node:sqlite is synchronous: every method runs to completion before the next starts,
 // so the in-memory revision and lease table need no further locking.
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { createReadStream, mkdirSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
+import { DatabaseSync, backup, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from '../errors.js';
 import { WatchHub } from './hub.js';
 import { bytesEqual, compareKeys, rangeEnd } from './keys.js';
@@ -112,6 +113,9 @@ function inUseError(dir: string, cause?: unknown): StoreUnavailableError {
   return new StoreUnavailableError(`data directory ${dir} is in use by ${holder}`, { cause });
 }
 
+const SNAPSHOT_CHUNK_BYTES = 64 * 1024;
+const SNAPSHOT_FILE = /^snapshot-[0-9a-f]{16}\.sqlite\.tmp$/;
+
 class EmbeddedStore implements Store {
   readonly backend = 'embedded' as const;
   private readonly dir: string;
@@ -152,6 +156,8 @@ class EmbeddedStore implements Store {
       this.db.exec('PRAGMA synchronous = FULL');
       this.db.exec(SCHEMA);
       writeFileSync(join(this.dir, 'LOCK'), `${process.pid}\n`, { mode: 0o600 });
+      // A backup cut short by a crash leaves its copy behind.
+      for (const name of readdirSync(this.dir)) if (SNAPSHOT_FILE.test(name)) rmSync(join(this.dir, name), { force: true });
       this.s = prepare(this.db);
     } catch (err) {
       this.db.close();
@@ -469,6 +475,28 @@ class EmbeddedStore implements Store {
       throw err;
     }
     this.compactRev = revision;
+  }
+
+  // ---- backup ----
+
+  /**
+   * SQLite's online backup through the daemon's own connection (the database is opened
+   * with an exclusive lock, so no other process could read it), into a temporary file in
+   * the data directory: writes made during the copy are carried into it.
+   */
+  async *snapshot(signal?: AbortSignal): AsyncIterable<Uint8Array> {
+    this.assertOpen();
+    const path = join(this.dir, `snapshot-${randomBytes(8).toString('hex')}.sqlite.tmp`);
+    try {
+      try {
+        await backup(this.db, path);
+      } catch (err) {
+        throw new StoreUnavailableError(`embedded store: backup failed: ${asError(err).message}`, { cause: err });
+      }
+      for await (const chunk of createReadStream(path, { highWaterMark: SNAPSHOT_CHUNK_BYTES, signal })) yield chunk as Buffer;
+    } finally {
+      await rm(path, { force: true });
+    }
   }
 
   // ---- lifecycle ----

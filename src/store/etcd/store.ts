@@ -14,6 +14,7 @@
 // - when every member has been tried and one of them said the cluster itself is busy
 //   (electing a leader), reads try again with a short backoff while the budget lasts;
 //   when every member is unreachable, calls fail at once.
+import { EventEmitter, on } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CallOptions } from '@grpc/grpc-js';
@@ -28,6 +29,8 @@ import {
   type IOptions,
   type IRequestOp,
   type IResponseHeader,
+  type IResponseStream,
+  type ISnapshotResponse,
 } from 'etcd3';
 import { CompactedError, NotFoundError, StoreError, StoreUnavailableError } from '../errors.js';
 import type { Compare, KeyValue, LeaseId, ListOptions, ListResult, Op, Store, TxnRequest, TxnResult, WatchEvent, WatchOptions } from '../store.js';
@@ -51,6 +54,22 @@ import {
   toKeyValue,
 } from './util.js';
 import { WatchFeed } from './watch.js';
+
+/** The chunks of an etcd snapshot stream in order; the call is cancelled if `signal` aborts or the reader stops early. */
+async function* snapshotChunks(stream: IResponseStream<ISnapshotResponse>, signal?: AbortSignal): AsyncIterable<Uint8Array> {
+  // etcd3 types the stream by its events only; it is grpc-js's client stream, an EventEmitter with cancel().
+  if (!(stream instanceof EventEmitter)) throw new StoreUnavailableError('etcd snapshot: unexpected stream object from the etcd client');
+  const progress = { ended: false };
+  stream.once('end', () => (progress.ended = true));
+  try {
+    for await (const [response] of on(stream, 'data', { close: ['end'], signal })) {
+      const { blob } = response as ISnapshotResponse;
+      if (blob.length > 0) yield blob;
+    }
+  } finally {
+    if (!progress.ended && 'cancel' in stream && typeof stream.cancel === 'function') Reflect.apply(stream.cancel, stream, []);
+  }
+}
 
 export interface EtcdStoreOptions {
   /** Client URLs, all http:// or all https://. */
@@ -411,6 +430,17 @@ class EtcdStore implements Store {
       await Promise.any(this.members.all.map((member) => this.call('ping', true, read, { budgetMs: timeoutMs, pinned: member })));
     } catch (error) {
       throw error instanceof AggregateError ? mapError(error.errors[0], 'ping') : error;
+    }
+  }
+
+  /** An etcd snapshot (what `etcdctl snapshot save` writes) from one answering member. */
+  async *snapshot(signal?: AbortSignal): AsyncIterable<Uint8Array> {
+    if (this.closed) throw new StoreUnavailableError('etcd store is closed');
+    const member = this.members.pick();
+    try {
+      yield* snapshotChunks(await member.client.maintenance.snapshot(), signal);
+    } catch (error) {
+      throw signal?.aborted ? error : mapError(error, 'snapshot');
     }
   }
 
