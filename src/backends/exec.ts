@@ -249,7 +249,7 @@ export function spawnCount(): number {
 }
 
 interface ExecMetrics {
-  readonly duration: Histogram<'backend' | 'command' | 'result'>;
+  readonly duration: Histogram<'backend_service' | 'command' | 'result'>;
   readonly connectionErrors: Counter<'backend_service'>;
 }
 
@@ -270,7 +270,7 @@ function execMetrics(registry: Registry): ExecMetrics {
         : new Histogram({
             name: 'backend_command_duration_seconds',
             help: 'Host commands run by a backend, by command and result (ok, error, timeout, cancelled, unavailable).',
-            labelNames: ['backend', 'command', 'result'] as const,
+            labelNames: ['backend_service', 'command', 'result'] as const,
             buckets: COMMAND_BUCKETS,
             registers: [registry],
           }),
@@ -434,13 +434,15 @@ export function createExecutor(options: ExecutorOptions): Executor {
   }
 
   const metrics = execMetrics(options.registry);
+  // Exported at 0 from the start, so an alert's increase() sees the first error.
+  metrics.connectionErrors.inc({ backend_service: backend }, 0);
   const slots = new Semaphore(options.maxConcurrent);
   let spawned = 0;
 
   const buildEnv = (): NodeJS.ProcessEnv => childEnvironment(options.envAllowList, extraEnv);
 
   function observe(command: string, result: string, startedAt: number): void {
-    metrics.duration.observe({ backend, command, result }, (performance.now() - startedAt) / 1000);
+    metrics.duration.observe({ backend_service: backend, command, result }, (performance.now() - startedAt) / 1000);
   }
 
   async function run(command: string, args: readonly string[], opts: RunOptions = {}): Promise<ExecResult> {

@@ -215,7 +215,7 @@ describe('cancellation and timeouts kill the whole process group', () => {
     expect(st.code).toBe(Status.DEADLINE_EXCEEDED);
     expect(st.details).not.toContain('secret');
     expect(await waitUntilDead([shPid, sleepPid])).toBe(true);
-    expect(await registry.metrics()).toMatch(/backend_command_duration_seconds_count\{backend="test",command="sh",result="timeout"\} 1/);
+    expect(await registry.metrics()).toMatch(/backend_command_duration_seconds_count\{backend_service="test",command="sh",result="timeout"\} 1/);
   });
 
   it('the call deadline as abort reason counts as a timeout', async () => {
@@ -447,8 +447,8 @@ describe('metrics', () => {
     await a.run('echo', ['x']);
     await b.run('sh', ['-c', 'exit 1']);
     const text = await registry.metrics();
-    expect(text).toMatch(/backend_command_duration_seconds_count\{backend="lvm",command="echo",result="ok"\} 1/);
-    expect(text).toMatch(/backend_command_duration_seconds_count\{backend="rbd",command="sh",result="error"\} 1/);
+    expect(text).toMatch(/backend_command_duration_seconds_count\{backend_service="lvm",command="echo",result="ok"\} 1/);
+    expect(text).toMatch(/backend_command_duration_seconds_count\{backend_service="rbd",command="sh",result="error"\} 1/);
     expect(text).toContain('# TYPE backend_connection_errors_total counter');
   });
 });

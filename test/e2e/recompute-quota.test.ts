@@ -35,7 +35,7 @@ async function hostCommands(backend: string): Promise<Record<string, number>> {
   for (const m of text.matchAll(/^backend_command_duration_seconds_count\{([^}]*)\} (\d+)$/gm)) {
     const labels = new Map([...(m[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l): [string, string] => [l[1] ?? '', l[2] ?? '']));
     const command = labels.get('command') ?? '';
-    if (labels.get('backend') === backend) counts[command] = (counts[command] ?? 0) + Number(m[2]);
+    if (labels.get('backend_service') === backend) counts[command] = (counts[command] ?? 0) + Number(m[2]);
   }
   return counts;
 }

@@ -128,7 +128,7 @@ describe('VmService against a real libvirtd', () => {
   });
 
   it('refuses injection names with INVALID_ARGUMENT naming vm_name, spawning nothing', async () => {
-    const count = async () => metricSum(await metricsText(daemon), 'backend_command_duration_seconds_count', { backend: 'libvirt' });
+    const count = async () => metricSum(await metricsText(daemon), 'backend_command_duration_seconds_count', { backend_service: 'libvirt' });
     // Calls of earlier tests that lost a Promise.all race may still be finishing: wait for a stable count.
     let before = await count();
     for (;;) {

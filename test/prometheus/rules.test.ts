@@ -45,13 +45,13 @@ describe('alert rules', () => {
   });
 
   it('every alert has a summary, a description and a runbook section that exists', () => {
-    const runbooks = readFileSync(join(ROOT, 'docs', 'runbooks.md'), 'utf8');
+    const runbooks = readFileSync(join(ROOT, 'docs', 'runbooks', 'alerts.md'), 'utf8');
     for (const { alert, annotations } of alerts) {
       expect(annotations?.summary, alert).toBeTruthy();
       expect(annotations?.description, alert).toBeTruthy();
       const anchor = annotations?.runbook_url?.split('#')[1];
       expect(anchor, alert).toBe(alert?.toLowerCase());
-      expect(runbooks, `docs/runbooks.md has no section for ${alert}`).toMatch(new RegExp(`^## ${alert}$`, 'm'));
+      expect(runbooks, `docs/runbooks/alerts.md has no section for ${alert}`).toMatch(new RegExp(`^## ${alert}$`, 'm'));
     }
   });
 
