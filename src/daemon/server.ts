@@ -287,6 +287,10 @@ export class Daemon {
         registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }), latches);
         implemented[TestingService.typeName] = testingHandlers(operations, quotas, store, latches);
       }
+      // An RPC that declares an operation kind with no runner would fail every call it starts: refuse to start instead.
+      for (const policy of methods.values()) {
+        if (policy.operationKind !== undefined && !operations.has(policy.operationKind)) throw new Error(`${policy.path}: no runner is registered for its operation_kind`);
+      }
       for (const service of services) {
         const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store, log);
         grpc.addService(toServiceDefinition(service), toImplementation(service, handlers as never, adapterOptions));
