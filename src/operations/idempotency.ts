@@ -19,6 +19,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { clearField, clone, create, fromBinary, getOption, toBinary, type DescField, type DescMessage, type Message } from '@bufbuild/protobuf';
+import { reflect } from '@bufbuild/protobuf/reflect';
 import { ExponentialBackoff, handleAll, retry } from 'cockatiel';
 import type { Logger } from 'pino';
 import { secret } from '../gen/debvisor/v1/options_pb.js';
@@ -100,12 +101,10 @@ const replyLeasesByStore = new WeakMap<Store, ReplyLeases>();
 
 /** Clears fields marked (debvisor.v1.secret), recursively through singular sub-messages. */
 function withoutSecrets(schema: DescMessage, message: Message): Message {
+  const r = reflect(schema, message);
   for (const field of schema.fields) {
-    if (getOption(field, secret)) clearField(message, field);
-    else if (field.fieldKind === 'message') {
-      const value = (message as unknown as Record<string, unknown>)[field.localName];
-      if (value && typeof value === 'object') withoutSecrets(field.message, value as Message);
-    }
+    if (getOption(field, secret)) r.clear(field);
+    else if (field.fieldKind === 'message' && r.isSet(field)) withoutSecrets(field.message, r.get(field).message);
   }
   return message;
 }
