@@ -2,9 +2,8 @@
 // plus `<permission>:any` for owner-scoped RPCs. Roles and API keys may name only these,
 // or wildcards matching at least one of them: a mistyped permission would otherwise be
 // stored and match nothing, and a mistyped deny would deny nothing.
-import type { DescService } from '@bufbuild/protobuf';
 import { closest } from 'fastest-levenshtein';
-import { policyOf } from '../rpc/policy.js';
+import type { CompiledPolicy } from '../rpc/policy.js';
 import { crossPrincipal, isValidPermission, permissionMatches } from './permission.js';
 
 /** Why a permission pattern is refused, with the closest declared one as a hint. */
@@ -22,16 +21,13 @@ export class PermissionCatalogue {
     this.permissions = Object.freeze([...new Set(permissions)].sort());
   }
 
-  /** The catalogue of the given services, read from their generated descriptors. */
-  static of(services: readonly DescService[]): PermissionCatalogue {
+  /** The catalogue of the given compiled policies (those of every served RPC). */
+  static of(policies: Iterable<CompiledPolicy>): PermissionCatalogue {
     return new PermissionCatalogue(
-      services.flatMap((service) =>
-        service.methods.flatMap((method) => {
-          const policy = policyOf(method);
-          if (!policy?.permission) return [];
-          return policy.ownerScoped ? [policy.permission, crossPrincipal(policy.permission)] : [policy.permission];
-        }),
-      ),
+      [...policies].flatMap((policy) => {
+        if (!policy.permission) return [];
+        return policy.ownerScoped ? [policy.permission, crossPrincipal(policy.permission)] : [policy.permission];
+      }),
     );
   }
 

@@ -7,7 +7,7 @@
 // - failures are typed domain errors (ExecError); src/rpc/errors.ts maps them to gRPC codes.
 // Names that reach an argv must have passed src/backends/validate.ts first: exec only refuses
 // NUL and newlines as a last line of defence.
-import { DomainError, type DomainErrorKind } from '../errors/domain.js';
+import { DomainError, GENERIC_INTERNAL_MESSAGE, type DomainErrorKind } from '../errors/domain.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
@@ -41,7 +41,7 @@ function genericExecMessage(kind: ExecErrorKind, backend: string): string {
     case 'cancelled':
       return 'the backend command was cancelled';
     case 'failed':
-      return 'internal error';
+      return GENERIC_INTERNAL_MESSAGE;
   }
 }
 

@@ -2,13 +2,12 @@
 // before anything else runs (blocking-strict): if that fails the call is refused
 // UNAVAILABLE and nothing runs. Reads are logged when they finish, batched.
 import { status as Status } from '@grpc/grpc-js';
-import type { DescMethod, Message } from '@bufbuild/protobuf';
+import type { Message } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { redactRequest } from '../audit/redact.js';
 import type { AuditPrincipal } from '../audit/event.js';
 import { AuditWriteError, type AuditLog } from '../audit/log.js';
-import { auditObjectOf } from '../rpc/policy.js';
-import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import type { CompiledPolicy, PolicyIndex } from '../rpc/policy.js';
 import type { AuditedRequest, CallState } from '../rpc/context.js';
 import { RpcError } from '../rpc/errors.js';
 import { auditPrincipal } from './audit-principal.js';
@@ -19,7 +18,7 @@ const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) 
 export interface AuditDeps {
   readonly audit: AuditLog;
   readonly level: 'metadata' | 'request';
-  readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
+  readonly methods: PolicyIndex;
   readonly log: Logger;
 }
 
@@ -33,16 +32,16 @@ const NOTHING_TO_DESCRIBE: AuditedRequest = Object.freeze({ object: undefined, r
 
 export function audit(deps: AuditDeps): Step {
   /** What the records of a call say about its request: worked out once (a mutation has two records). */
-  const describe = (state: CallState, method: DescMethod, request: unknown): AuditedRequest => {
+  const describe = (state: CallState, policy: CompiledPolicy, request: unknown): AuditedRequest => {
     if (state.audited) return state.audited;
-    const object = auditObjectOf(method, request as Message);
-    const redacted = deps.level === 'request' ? redactRequest(method.input, request as Message, deps.level) : undefined;
+    const object = policy.auditObjectOf(request as Message);
+    const redacted = deps.level === 'request' ? redactRequest(policy.method.input, request as Message, deps.level) : undefined;
     // Most reads name no object and log no request: they share one answer instead of an object each.
     return (state.audited = object === undefined && redacted === undefined ? NOTHING_TO_DESCRIBE : { object, request: redacted });
   };
 
-  const writeStarted = async (state: CallState, method: DescMethod, message: unknown): Promise<void> => {
-    const { object, request } = describe(state, method, message);
+  const writeStarted = async (state: CallState, policy: CompiledPolicy, message: unknown): Promise<void> => {
+    const { object, request } = describe(state, policy, message);
     try {
       // Built like the finishing record below; absent members are undefined.
       await deps.audit.writeDurable({
@@ -67,14 +66,14 @@ export function audit(deps: AuditDeps): Step {
     // costs every call a promise and a microtask hop); only a mutation waits for the disk.
     onMessage: (state, { path }, message) => {
       state.request = message;
-      const entry = deps.methods.get(path);
-      if (!entry?.policy.mutates) return undefined;
-      return writeStarted(state, entry.method, message);
+      const policy = deps.methods.get(path);
+      if (!policy?.mutates) return undefined;
+      return writeStarted(state, policy, message);
     },
     onStatus: (status, state) => {
       if (!state) return;
-      const entry = deps.methods.get(state.path);
-      const described = entry && state.request !== undefined ? describe(state, entry.method, state.request) : undefined;
+      const policy = deps.methods.get(state.path);
+      const described = policy && state.request !== undefined ? describe(state, policy, state.request) : undefined;
       // One literal with every member (no spreads, nothing added later): this runs once per
       // call. Absent members are undefined, which serializeEvent leaves out; it also fixes the key order.
       deps.audit.write({

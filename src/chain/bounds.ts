@@ -8,7 +8,7 @@
 // rate limiting, RBAC, request_id lookups and handlers.
 import { getOption, hasOption, ScalarType, type DescField, type DescMessage, type DescMethod, type Message } from '@bufbuild/protobuf';
 import { reflect, type ReflectList, type ReflectMap, type ReflectMessage } from '@bufbuild/protobuf/reflect';
-import { resourcePathsOf } from '../rpc/policy.js';
+import type { CompiledPolicy, PolicyIndex } from '../rpc/policy.js';
 import { max_bytes } from '../gen/debvisor/v1/options_pb.js';
 import { InvalidArgumentError } from '../rpc/errors.js';
 import type { Step } from './step.js';
@@ -21,7 +21,7 @@ export const MAX_RESOURCE_NAME_BYTES = 256;
 export const MAX_DECLARED_BYTES = 4096;
 
 export interface BoundsDeps {
-  readonly methods: ReadonlyMap<string, { readonly method: DescMethod }>;
+  readonly methods: PolicyIndex;
 }
 
 /** One field of a message to check: its byte bound if it holds strings, its plan if it holds messages. */
@@ -79,13 +79,13 @@ function planOf(message: DescMessage, targets: ReadonlySet<DescField>, plans: Ma
 }
 
 /** The checks of a method's request: the resource-naming fields get their cap, every other string its declared one. */
-function requestPlan(method: DescMethod): MessagePlan | undefined {
+function requestPlan(policy: CompiledPolicy): MessagePlan | undefined {
   const targets = new Set<DescField>();
-  for (const path of resourcePathsOf(method)) {
-    const leaf = path.fields[path.fields.length - 1];
+  for (const target of policy.targets) {
+    const leaf = target.fields[target.fields.length - 1];
     if (leaf) targets.add(leaf);
   }
-  return planOf(method.input, targets, new Map());
+  return planOf(policy.method.input, targets, new Map());
 }
 
 /** A map key in a field path: quoted when short and plain, else elided (the message never echoes a value). */
@@ -136,9 +136,9 @@ function checkBounds(method: DescMethod, plan: MessagePlan, request: Message): v
 export function bounds(deps: BoundsDeps): Step {
   // Worked out once: the checks of each method's request (none for those that hold no strings).
   const plans = new Map<string, { method: DescMethod; plan: MessagePlan }>();
-  for (const [path, { method }] of deps.methods) {
-    const plan = requestPlan(method);
-    if (plan) plans.set(path, { method, plan });
+  for (const [path, policy] of deps.methods) {
+    const plan = requestPlan(policy);
+    if (plan) plans.set(path, { method: policy.method, plan });
   }
   return {
     onMessage: (_state, { path }, message) => {

@@ -1,9 +1,9 @@
 // Step 5: per-principal limits by role, a global limit, and per-method costs from the
 // proto option. Over the limit: RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
-import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { Metrics } from '../observability/metrics.js';
 import { RateLimiter } from '../ratelimit/limiter.js';
 import { RpcError } from '../rpc/errors.js';
+import type { PolicyIndex } from '../rpc/policy.js';
 import type { Step } from './step.js';
 
 /** The config's `rate_limit` section, as it is (no per-call copy). */
@@ -14,7 +14,7 @@ export interface RateLimitSettings {
 }
 
 export interface RateLimitDeps {
-  readonly policies: ReadonlyMap<string, RpcPolicy>;
+  readonly methods: PolicyIndex;
   readonly metrics: Metrics;
   /** Read per call, so SIGHUP can change limits. */
   readonly settings: () => RateLimitSettings;
@@ -29,7 +29,7 @@ export function rateLimit(deps: RateLimitDeps): Step {
       const principal = state.principal;
       if (!principal) return;
       const settings = deps.settings();
-      const cost = Math.max(1, deps.policies.get(path)?.rateCost ?? 1);
+      const cost = deps.methods.get(path)?.rateCost ?? 1;
       // The most generous of the default and the principal's roles (a loop: no arrays per call).
       let perMinute = settings.default_per_minute;
       for (const role of state.roles ?? []) perMinute = Math.max(perMinute, settings.per_role_per_minute[role] ?? 0);

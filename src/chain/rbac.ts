@@ -1,19 +1,18 @@
 // Step 6: default deny. Each RPC's required permission comes from its proto option;
 // an unannotated method is refused. API keys get the intersection of their own
 // permissions and their owner's current roles, within their resource globs.
-import type { DescMethod, Message } from '@bufbuild/protobuf';
+import type { Message } from '@bufbuild/protobuf';
 import type { AuditLog } from '../audit/log.js';
 import { authorize, type AuthorizeInput } from '../authz/decide.js';
-import { resourcesOf } from '../rpc/policy.js';
+import type { PolicyIndex } from '../rpc/policy.js';
 import type { Role } from '../authz/roles.js';
-import type { RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import type { Metrics } from '../observability/metrics.js';
 import { RpcError } from '../rpc/errors.js';
 import { auditPrincipal } from './audit-principal.js';
 import type { Step } from './step.js';
 
 export interface RbacDeps {
-  readonly methods: ReadonlyMap<string, { readonly method: DescMethod; readonly policy: RpcPolicy }>;
+  readonly methods: PolicyIndex;
   readonly roles: (names: readonly string[]) => readonly Role[];
   /** Bootstrap admins from the config: no deny applies to them (src/authz/decide.ts). */
   readonly isBootstrapAdmin: (principal: string) => boolean;
@@ -25,20 +24,20 @@ export function rbac(deps: RbacDeps): Step {
   return {
     onMessage: (state, { path }, message) => {
       const principal = state.principal;
-      const entry = deps.methods.get(path);
-      if (!principal || !entry) {
+      const policy = deps.methods.get(path);
+      if (!principal || !policy) {
         state.decision = 'deny';
         throw new RpcError('PERMISSION_DENIED', `permission denied: ${path} declares no permission`);
       }
       // Declared in the proto (e.g. WhoAmI): the identity step has already refused the unauthenticated.
-      if (entry.policy.anyAuthenticated) {
+      if (policy.anyAuthenticated) {
         state.decision = 'allow';
         return;
       }
-      const resources = resourcesOf(entry.method, message as Message);
+      const resources = policy.resourcesOf(message as Message);
       const input: { -readonly [K in keyof AuthorizeInput]: AuthorizeInput[K] } = {
         roles: deps.roles(state.roles ?? []),
-        required: entry.policy.permission,
+        required: policy.permission,
         exemptFromDeny: deps.isBootstrapAdmin(principal.id),
         resources,
       };

@@ -22,7 +22,7 @@ import { ApiKeyAuthenticator } from '../authn/apikey.js';
 import { Revocation } from '../authn/crl.js';
 import { SourceGuard } from '../authn/source-guard.js';
 import { createRepositories } from '../store/repositories.js';
-import { methodIndex, type MethodEntry } from '../rpc/policy.js';
+import { methodIndex, type PolicyIndex } from '../rpc/policy.js';
 import { PermissionCatalogue } from '../authz/catalogue.js';
 import { methodPath } from '../rpc/adapter.js';
 import type { DescService } from '@bufbuild/protobuf';
@@ -77,14 +77,13 @@ export interface StartOptions {
  * What the proto declares around every handler: a retried request_id gets the first
  * reply, and a declared quota is consumed before the handler runs (retries consume nothing).
  */
-function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: ReadonlyMap<string, MethodEntry>, quotas: QuotaManager, store: Store, log: Logger): Record<string, unknown> {
+function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: PolicyIndex, quotas: QuotaManager, store: Store, log: Logger): Record<string, unknown> {
   const wrapped = { ...handlers };
   for (const method of service.methods) {
-    const entry = methods.get(methodPath(method));
+    const policy = methods.get(methodPath(method));
     const handler = wrapped[method.localName];
-    if (entry && typeof handler === 'function') {
-      const guarded = withQuota(quotas, method, entry.policy, handler as Parameters<typeof withQuota>[3]);
-      wrapped[method.localName] = entry.policy.mutates ? withIdempotency(store, method, guarded, { log }) : guarded;
+    if (policy && typeof handler === 'function') {
+      wrapped[method.localName] = withIdempotency(store, policy, withQuota(quotas, policy, handler as Parameters<typeof withQuota>[2]), { log });
     }
   }
   return wrapped;
@@ -229,7 +228,7 @@ export class Daemon {
           audit: { audit, level: config.audit.level, methods, log },
           bounds: { methods },
           rateLimit: {
-            policies: new Map([...methods].map(([path, entry]) => [path, entry.policy])),
+            methods,
             metrics,
             settings: () => settings().rate_limit,
           },
@@ -244,7 +243,7 @@ export class Daemon {
         maxDeadlineMs: config.server.max_deadline_seconds * 1000,
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
       };
-      const admin = new AccessAdmin(repos, access, audit, settings, quotas, PermissionCatalogue.of(services));
+      const admin = new AccessAdmin(repos, access, audit, settings, quotas, PermissionCatalogue.of(methods.values()));
       const libvirt = new Libvirt({
         uri: config.libvirt.uri,
         virshPath: config.libvirt.virsh_path,
@@ -287,6 +286,10 @@ export class Daemon {
         const latches = new TestLatches();
         registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }), latches);
         implemented[TestingService.typeName] = testingHandlers(operations, quotas, store, latches);
+      }
+      // An RPC that declares an operation kind with no runner would fail every call it starts: refuse to start instead.
+      for (const policy of methods.values()) {
+        if (policy.operationKind !== undefined && !operations.has(policy.operationKind)) throw new Error(`${policy.path}: no runner is registered for its operation_kind`);
       }
       for (const service of services) {
         const handlers = withDeclaredPolicies(service, unimplementedHandlers(service, implemented[service.typeName]), methods, quotas, store, log);

@@ -19,6 +19,9 @@ export type DomainErrorKind =
   /** Anything else: the caller sees a generic message. */
   | 'failed';
 
+/** What a caller is told of a failure whose details are internal (stderr, store keys). */
+export const GENERIC_INTERNAL_MESSAGE = 'internal error';
+
 export abstract class DomainError extends Error {
   /** What the failure means to a caller. */
   abstract readonly meaning: DomainErrorKind;

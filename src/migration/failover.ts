@@ -8,21 +8,20 @@ import { ExecError } from '../backends/exec.js';
 import { parseDomainXml } from '../backends/libvirt/xml.js';
 import { validateHostname, validateVmName } from '../backends/validate.js';
 import type { NodeRegistry, NodeView } from '../nodes/registry.js';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
+import { z } from 'zod';
+import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
+import { defineOperationKind, type ResultOf } from '../operations/kinds.js';
 import type { OperationHandle } from '../operations/manager.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import type { VmInventoryRecord } from '../store/records.js';
 import type { NodeConnections } from './connections.js';
 import { targetReasons } from './checks.js';
-import type { MigrationResultJson } from './migrate.js';
 import type { VmInventory } from './inventory.js';
 
-export const FAILOVER_VM_OPERATION_KIND = 'FAILOVER_VM';
-
-export interface FailoverParams {
-  readonly vmName: string;
-  readonly failedNode: string;
-  readonly targetNode: string;
-}
+/** FailoverVM: its params (the target chosen), and the MigrationResult it gives. */
+export const FAILOVER_VM = defineOperationKind(OperationKind.FAILOVER_VM, z.object({ vmName: z.string(), failedNode: z.string(), targetNode: z.string() }), 'migration');
+export type FailoverParams = z.infer<typeof FAILOVER_VM.params>;
 
 export interface FailoverDeps {
   readonly nodes: NodeRegistry;
@@ -86,8 +85,8 @@ function chooseTarget(all: readonly NodeView[], failedNode: string, record: VmIn
   return best;
 }
 
-export async function runFailover(op: OperationHandle, deps: FailoverDeps): Promise<MigrationResultJson> {
-  const { vmName, failedNode, targetNode } = op.params as FailoverParams;
+export async function runFailover(op: OperationHandle<FailoverParams>, deps: FailoverDeps): Promise<ResultOf<'migration'>> {
+  const { vmName, failedNode, targetNode } = op.params;
   // The lease may have come back (the node was only partitioned) since the request was accepted.
   if (await deps.nodes.isOnline(failedNode)) throw splitBrain(failedNode);
   op.progress(10, 'claiming the VM record');
@@ -112,5 +111,5 @@ export async function runFailover(op: OperationHandle, deps: FailoverDeps): Prom
     if (err instanceof ExecError || err instanceof RpcError) throw err;
     throw new RpcError('INTERNAL', `failover of VM ${JSON.stringify(vmName)} to ${targetNode} failed`, { cause: err });
   }
-  return { case: 'migration', value: { vmName, sourceNode: failedNode, targetNode, downtime: '0s', transferredBytes: '0' } };
+  return { case: 'migration', value: { vmName, sourceNode: failedNode, targetNode, downtime: durationFromMs(0), transferredBytes: 0n } };
 }

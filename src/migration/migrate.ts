@@ -8,11 +8,13 @@ import type { Logger } from 'pino';
 import { ExecError } from '../backends/exec.js';
 import { STATE_TEXT } from '../backends/libvirt/errors.js';
 import type { DomainJobInfo, Libvirt } from '../backends/libvirt/virsh.js';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
+import { z } from 'zod';
+import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
+import { defineOperationKind, type ResultOf } from '../operations/kinds.js';
 import type { OperationHandle } from '../operations/manager.js';
 import { RpcError } from '../rpc/errors.js';
 import type { NodeConnections } from './connections.js';
-
-export const MIGRATE_VM_OPERATION_KIND = 'MIGRATE_VM';
 
 /** After domjobabort, virsh gets this long to report the aborted job before it is killed. */
 const ABORT_GRACE_MS = 30_000;
@@ -20,13 +22,13 @@ const ABORT_RETRY_MS = 200;
 /** Progress share of the memory copy; the rest is the hand-over and the verification. */
 const COPY_SHARE = 95;
 
-export interface MigrateParams {
-  readonly vmName: string;
-  readonly sourceNode: string;
-  readonly targetNode: string;
-  readonly compressed: boolean;
-  readonly bandwidthMiBs: number;
-}
+/** MigrateVM: its params, and the MigrationResult it gives. */
+export const MIGRATE_VM = defineOperationKind(
+  OperationKind.MIGRATE_VM,
+  z.object({ vmName: z.string(), sourceNode: z.string(), targetNode: z.string(), compressed: z.boolean(), bandwidthMiBs: z.number() }),
+  'migration',
+);
+export type MigrateParams = z.infer<typeof MIGRATE_VM.params>;
 
 export interface MigrateDeps {
   readonly connections: NodeConnections;
@@ -34,11 +36,6 @@ export interface MigrateDeps {
   readonly settings: () => { readonly progressPollMs: number; readonly timeoutMs: number };
 }
 
-/** Stored as the Operation.result oneof (protobuf JSON of MigrationResult). */
-export interface MigrationResultJson {
-  readonly case: 'migration';
-  readonly value: { vmName: string; sourceNode: string; targetNode: string; downtime?: string; transferredBytes?: string };
-}
 
 function stageOf(info: DomainJobInfo): string {
   if (info.dataTotalBytes === undefined) return 'migrating: preparing the target';
@@ -78,8 +75,8 @@ export async function ensureRunning(libvirt: Libvirt, vmName: string, node: stri
   }
 }
 
-export async function runMigration(op: OperationHandle, deps: MigrateDeps): Promise<MigrationResultJson> {
-  const params = op.params as MigrateParams;
+export async function runMigration(op: OperationHandle<MigrateParams>, deps: MigrateDeps): Promise<ResultOf<'migration'>> {
+  const params = op.params;
   const { vmName, sourceNode, targetNode } = params;
   const source = deps.connections.localLibvirt;
   const target = deps.connections.of(targetNode);
@@ -173,8 +170,8 @@ export async function runMigration(op: OperationHandle, deps: MigrateDeps): Prom
       vmName,
       sourceNode,
       targetNode,
-      ...(Number.isFinite(downtimeMs) ? { downtime: `${(downtimeMs / 1000).toFixed(3)}s` } : {}),
-      transferredBytes: String(transferredBytes),
+      ...(Number.isFinite(downtimeMs) ? { downtime: durationFromMs(Math.round(downtimeMs)) } : {}),
+      transferredBytes: BigInt(transferredBytes),
     },
   };
 }

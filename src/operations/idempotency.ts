@@ -18,12 +18,14 @@
 // (INVALID_ARGUMENT), never replayed wrongly.
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { clearField, clone, create, fromBinary, getOption, toBinary, type DescField, type DescMessage, type DescMethod, type Message } from '@bufbuild/protobuf';
+import { clearField, clone, create, fromBinary, getOption, toBinary, type DescField, type DescMessage, type Message } from '@bufbuild/protobuf';
+import { reflect } from '@bufbuild/protobuf/reflect';
 import { ExponentialBackoff, handleAll, retry } from 'cockatiel';
 import type { Logger } from 'pino';
 import { secret } from '../gen/debvisor/v1/options_pb.js';
 import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import type { CompiledPolicy } from '../rpc/policy.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import { keepLeaseAlive, type LeaseKeeper } from '../store/lease-keeper.js';
 import { validateTargetNames } from './target-names.js';
@@ -99,12 +101,10 @@ const replyLeasesByStore = new WeakMap<Store, ReplyLeases>();
 
 /** Clears fields marked (debvisor.v1.secret), recursively through singular sub-messages. */
 function withoutSecrets(schema: DescMessage, message: Message): Message {
+  const r = reflect(schema, message);
   for (const field of schema.fields) {
-    if (getOption(field, secret)) clearField(message, field);
-    else if (field.fieldKind === 'message') {
-      const value = (message as unknown as Record<string, unknown>)[field.localName];
-      if (value && typeof value === 'object') withoutSecrets(field.message, value as Message);
-    }
+    if (getOption(field, secret)) r.clear(field);
+    else if (field.fieldKind === 'message' && r.isSet(field)) withoutSecrets(field.message, r.get(field).message);
   }
   return message;
 }
@@ -151,9 +151,11 @@ export interface IdempotencyOptions {
   readonly log?: Logger;
 }
 
-export function withIdempotency(store: Store, method: DescMethod, handler: Handler, options: IdempotencyOptions = {}): Handler {
-  const requestIdField = method.input.fields.find((field) => field.name === 'request_id');
-  if (!requestIdField || method.methodKind !== 'unary') return handler;
+/** Wraps the handler of an RPC whose policy sets `idempotency` (every mutating unary RPC); returns any other as it is. */
+export function withIdempotency(store: Store, policy: CompiledPolicy, handler: Handler, options: IdempotencyOptions = {}): Handler {
+  if (!policy.idempotency) return handler;
+  const { requestIdField } = policy.idempotency;
+  const method = policy.method;
   const log = options.log;
   const replyLeases = replyLeasesByStore.get(store) ?? new ReplyLeases(store);
   replyLeasesByStore.set(store, replyLeases);
@@ -245,10 +247,10 @@ export function withIdempotency(store: Store, method: DescMethod, handler: Handl
   };
 
   return async (request, ctx) => {
-    const requestId = (request as unknown as Record<string, unknown>)[requestIdField.localName];
-    if (typeof requestId !== 'string' || requestId === '') return handler(request, ctx);
+    const requestId = policy.requestIdOf(request);
+    if (requestId === '') return handler(request, ctx);
     // Validation first: a request that names an invalid resource never meets a kept reply.
-    validateTargetNames(method, request);
+    validateTargetNames(policy, request);
     if (!REQUEST_ID.test(requestId)) throw new InvalidArgumentError('request_id', 'at most 128 characters of letters, digits and . _ : -');
     const principal = ctx.principal?.id;
     if (!principal) throw new RpcError('UNAUTHENTICATED', 'no principal');

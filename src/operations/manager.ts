@@ -12,6 +12,8 @@ import { LAYOUT, segment } from '../store/layout.js';
 import type { OperationRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { QuotaManager } from '../quota/manager.js';
+import { encodeResult, kindOfStored, storedKindName, type OperationKindDefinition, type ResultCase, type ResultOf, type StoredResult } from './kinds.js';
+import type { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
 
 export type OperationState = OperationRecord['state'];
 const TERMINAL: ReadonlySet<OperationState> = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
@@ -22,34 +24,40 @@ export function isTerminal(record: OperationRecord): boolean {
   return TERMINAL.has(record.state);
 }
 
-/** What a running operation's work sees. */
-export interface OperationHandle {
+/** What a running operation's work sees: `params` as its kind's schema parsed them. */
+export interface OperationHandle<P> {
   readonly id: string;
-  readonly params: unknown;
+  readonly params: P;
   /** Aborted when the operation is cancelled or the daemon stops. */
   readonly signal: AbortSignal;
   /** Reports progress; writes to the store are throttled. */
   progress(percent: number, stage: string): void;
 }
 
-export interface OperationKindSpec {
+export interface OperationKindSpec<P, C extends ResultCase> {
   /** Does the work; its resolved value is stored as the result. Throw to fail. */
-  readonly run: (operation: OperationHandle) => Promise<unknown>;
+  readonly run: (operation: OperationHandle<P>) => Promise<ResultOf<C>>;
   /** Whether a restarted daemon resumes this kind instead of failing it. */
   readonly resumable?: boolean;
 }
 
-export interface LaunchRequest {
-  readonly kind: string;
+/** A registered kind, its types checked at registration and erased here. */
+interface Runner {
+  readonly resumable: boolean;
+  readonly run: (operation: OperationHandle<unknown>) => Promise<StoredResult | undefined>;
+}
+
+export interface LaunchRequest<P> {
   readonly target: string;
-  readonly params?: unknown;
+  /** Stored as JSON: plain data only (a bigint as a decimal string). */
+  readonly params: P;
   readonly requestId?: string;
   readonly resumable?: boolean;
   readonly quota?: OperationRecord['quota'];
 }
 
 export class OperationManager {
-  private readonly kinds = new Map<string, OperationKindSpec>();
+  private readonly kinds = new Map<OperationKind, Runner>();
   private readonly running = new Map<string, AbortController>();
   private retention: NodeJS.Timeout | undefined;
 
@@ -67,15 +75,34 @@ export class OperationManager {
     });
   }
 
-  register(kind: string, spec: OperationKindSpec): void {
-    this.kinds.set(kind, spec);
+  register<P, C extends ResultCase>(definition: OperationKindDefinition<P, C>, spec: OperationKindSpec<P, C>): void {
+    if (this.kinds.has(definition.kind)) throw new Error(`operation kind ${storedKindName(definition.kind)} is registered twice`);
+    this.kinds.set(definition.kind, {
+      resumable: spec.resumable ?? false,
+      run: async (operation) => {
+        const params = definition.params.safeParse(operation.params);
+        if (!params.success) throw new RpcError('INTERNAL', `the stored params of this ${storedKindName(definition.kind)} operation are not what its kind takes`);
+        return encodeResult(await spec.run({ ...operation, params: params.data }));
+      },
+    });
+  }
+
+  /** Whether a runner is registered for `kind` (every kind an RPC declares needs one). */
+  has(kind: OperationKind): boolean {
+    return this.kinds.has(kind);
+  }
+
+  /** The runner of a stored kind; undefined for a kind this daemon does not know or run. */
+  private runnerOf(record: OperationRecord): Runner | undefined {
+    const kind = kindOfStored(record.kind);
+    return kind === undefined ? undefined : this.kinds.get(kind);
   }
 
   /** After the cache has loaded: fail or resume this node's unfinished operations, and start retention. */
   async recover(): Promise<void> {
     for (const record of this.cache.values()) {
       if (record.node !== this.node || isTerminal(record)) continue;
-      const spec = this.kinds.get(record.kind);
+      const spec = this.runnerOf(record);
       if (record.resumable && spec?.resumable) {
         this.log.info({ operation: record.id, kind: record.kind }, 'resuming operation after restart');
         this.execute(record);
@@ -97,10 +124,10 @@ export class OperationManager {
   }
 
   /** Starts an operation, or returns the one already started with the same request_id by the same principal. */
-  async launch(ctx: CallContext, request: LaunchRequest): Promise<OperationRecord> {
+  async launch<P, C extends ResultCase>(ctx: CallContext, definition: OperationKindDefinition<P, C>, request: LaunchRequest<P>): Promise<OperationRecord> {
     const owner = ctx.principal?.id;
     if (!owner) throw new RpcError('UNAUTHENTICATED', 'no principal');
-    if (!this.kinds.has(request.kind)) throw new RpcError('INTERNAL', `no runner for operation kind ${request.kind}`);
+    if (!this.kinds.has(definition.kind)) throw new RpcError('INTERNAL', `no runner for operation kind ${storedKindName(definition.kind)}`);
     if (request.requestId !== undefined && !REQUEST_ID.test(request.requestId)) {
       throw new InvalidArgumentError('request_id', 'at most 128 characters of letters, digits and . _ : -');
     }
@@ -113,7 +140,7 @@ export class OperationManager {
     const record: OperationRecord = {
       schema_version: 1,
       id,
-      kind: request.kind,
+      kind: storedKindName(definition.kind),
       owner,
       target: request.target,
       node: this.node,
@@ -155,12 +182,12 @@ export class OperationManager {
   }
 
   private execute(record: OperationRecord): void {
-    const spec = this.kinds.get(record.kind);
+    const spec = this.runnerOf(record);
     const controller = new AbortController();
     this.running.set(record.id, controller);
     let lastWrite = 0;
     let pending: { percent: number; stage: string } | undefined;
-    const handle: OperationHandle = {
+    const handle: OperationHandle<unknown> = {
       id: record.id,
       params: record.params,
       signal: controller.signal,
@@ -174,7 +201,7 @@ export class OperationManager {
     };
     void (async () => {
       try {
-        if (!spec) throw new RpcError('INTERNAL', `no runner for operation kind ${record.kind}`);
+        if (!spec) throw new RpcError('INTERNAL', `this daemon has no runner for operation kind ${JSON.stringify(record.kind)}`);
         await this.update(record.id, (current) => ({ ...current, state: 'RUNNING', stage: current.stage === 'queued' ? 'running' : current.stage }));
         if (record.cancel_requested) throw new RpcError('CANCELLED', 'operation cancelled');
         const result = await spec.run(handle);
@@ -208,7 +235,7 @@ export class OperationManager {
     }
   }
 
-  private async finish(id: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', outcome: { result?: unknown; error?: { code: number; message: string }; progress?: number }): Promise<void> {
+  private async finish(id: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', outcome: { result?: StoredResult | undefined; error?: { code: number; message: string }; progress?: number }): Promise<void> {
     const done = await this.update(id, (current) =>
       isTerminal(current)
         ? undefined
@@ -234,10 +261,11 @@ export class OperationManager {
     return this.cache.get(id);
   }
 
-  list(filter: { owner?: string; state?: OperationState; kind?: string }): OperationRecord[] {
+  list(filter: { owner?: string; state?: OperationState; kind?: OperationKind }): OperationRecord[] {
+    const kind = filter.kind === undefined ? undefined : storedKindName(filter.kind);
     return this.cache
       .values()
-      .filter((op) => (filter.owner === undefined || op.owner === filter.owner) && (filter.state === undefined || op.state === filter.state) && (filter.kind === undefined || op.kind === filter.kind))
+      .filter((op) => (filter.owner === undefined || op.owner === filter.owner) && (filter.state === undefined || op.state === filter.state) && (kind === undefined || op.kind === kind))
       .sort((a, b) => (a.created_at === b.created_at ? a.id.localeCompare(b.id) : a.created_at < b.created_at ? 1 : -1));
   }
 

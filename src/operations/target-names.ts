@@ -3,8 +3,8 @@
 // ("validation always runs first"), and an invalid one is refused naming its field, not the
 // request_id. These checks are the handlers' own validators, or looser ones where the handler
 // picks a stricter rule per backend; the handler still applies its own after this.
-import type { DescMethod, Message } from '@bufbuild/protobuf';
-import { resourcePathsOf, valueAt } from '../rpc/policy.js';
+import type { Message } from '@bufbuild/protobuf';
+import type { CompiledPolicy } from '../rpc/policy.js';
 import { validateHostname, validateText, validateVgName, validateVmName } from '../backends/validate.js';
 import { MAX_RESOURCE_NAME_BYTES } from '../chain/bounds.js';
 
@@ -22,10 +22,10 @@ const CHECKS: Readonly<Record<string, NameCheck>> = {
 };
 
 /** Throws INVALID_ARGUMENT naming the first target field whose (non-empty) name is invalid. */
-export function validateTargetNames(method: DescMethod, request: Message): void {
-  for (const path of resourcePathsOf(method)) {
-    const name = valueAt(method, request, path);
+export function validateTargetNames(policy: CompiledPolicy, request: Message): void {
+  for (const target of policy.targets) {
+    const name = policy.targetName(request, target);
     if (name === '') continue;
-    (CHECKS[path.kind] ?? anyName)(name, path.fields.map((field) => field.name).join('.'));
+    (CHECKS[target.kind] ?? anyName)(name, target.path);
   }
 }

@@ -5,7 +5,7 @@ import { create, toBinary } from '@bufbuild/protobuf';
 import { anyPack, durationFromMs, type Any } from '@bufbuild/protobuf/wkt';
 import { RetryInfoSchema, QuotaFailureSchema } from '../gen/google/rpc/error_details_pb.js';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
-import { DomainError, type DomainErrorKind } from '../errors/domain.js';
+import { DomainError, GENERIC_INTERNAL_MESSAGE, type DomainErrorKind } from '../errors/domain.js';
 
 export type ErrorCode =
   | 'INVALID_ARGUMENT'
@@ -87,7 +87,6 @@ export class UnimplementedError extends RpcError {
 }
 
 export const TRACE_ID_KEY = 'x-request-id';
-const GENERIC_INTERNAL = 'internal error';
 
 /**
  * The one table from a domain error's meaning (src/errors/domain.ts: the store, host
@@ -141,7 +140,7 @@ export function toStatus(err: unknown, traceId: string): StatusObject {
     if (err.details) addErrorDetails(metadata, code, details, err.details);
     return { code, details, metadata };
   }
-  return { code: Status.INTERNAL, details: `${GENERIC_INTERNAL} (trace_id=${traceId})`, metadata };
+  return { code: Status.INTERNAL, details: `${GENERIC_INTERNAL_MESSAGE} (trace_id=${traceId})`, metadata };
 }
 
 function addErrorDetails(metadata: Metadata, code: Status, message: string, details: ErrorDetails): void {

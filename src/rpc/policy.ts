@@ -1,53 +1,12 @@
-// Reads each RPC's policy from its proto method option: the API is the one
-// place that says what an RPC needs.
+// Each RPC's policy, compiled once at start-up from its proto method options: the API is
+// the one place that says what an RPC needs. RBAC, rate limiting, bounds, audit, quota,
+// idempotency and the handlers all read the one CompiledPolicy of a method; nothing else
+// walks the options or the request's fields by name.
 import { ScalarType, getOption, hasOption, type DescField, type DescMethod, type DescService, type Message } from '@bufbuild/protobuf';
 import { reflect, type ReflectMessage } from '@bufbuild/protobuf/reflect';
-import { ResourceKind, rpc_policy, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import { QuotaResource, ResourceKind, rpc_policy, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
+import { OperationKind, operation_kind } from '../gen/debvisor/v1/operation_pb.js';
 import { methodPath } from './adapter.js';
-
-/** The method's policy; undefined (refused to every caller) unless it declares a permission or `any_authenticated`. */
-export function policyOf(method: DescMethod): RpcPolicy | undefined {
-  if (!hasOption(method, rpc_policy)) return undefined;
-  const policy = getOption(method, rpc_policy);
-  return policy.permission === '' && !policy.anyAuthenticated ? undefined : policy;
-}
-
-/** A policy that says two things at once fails at start-up instead of meaning one of them. */
-function checkPolicy(method: DescMethod, policy: RpcPolicy): void {
-  const where = `${method.parent.typeName}.${method.name}`;
-  if (policy.anyAuthenticated && policy.permission !== '') throw new Error(`${where}: any_authenticated RPCs declare no permission`);
-  if (policy.anyAuthenticated && policy.ownerScoped) throw new Error(`${where}: owner_scoped needs a permission`);
-}
-
-export interface MethodEntry {
-  readonly method: DescMethod;
-  readonly policy: RpcPolicy;
-}
-
-/**
- * Method and policy by path, for the chain's per-call lookups. Unannotated methods are
- * absent, so the RBAC step denies them. A policy naming a request field that does not
- * exist fails here, at start-up, rather than on a call.
- */
-export function methodIndex(services: readonly DescService[]): Map<string, MethodEntry> {
-  const index = new Map<string, MethodEntry>();
-  for (const service of services) {
-    for (const method of service.methods) {
-      const policy = policyOf(method);
-      if (!policy) continue;
-      checkPolicy(method, policy);
-      resourcePathsOf(method);
-      quotaAmountPathOf(method);
-      auditObjectTemplateOf(method);
-      index.set(methodPath(method), { method, policy });
-    }
-  }
-  return index;
-}
-
-// ---------------------------------------------------------------------------
-// The target resources of a request (`resource_field`, `other_resources`): compiled once
-// per method, then read by RBAC, audit and the bounds step.
 
 /** The resource an RPC targets, e.g. `{ kind: 'pool', name: 'rbd' }`. */
 export interface ResourceRef {
@@ -74,14 +33,36 @@ export function resourceKindFromName(name: string): ResourceKind | undefined {
   return KIND_BY_NAME.get(name);
 }
 
-export interface ResourcePath {
+/** One request field naming a target resource (`resource_field` or one of `other_resources`). */
+export interface ResourceTarget {
   readonly kind: string;
+  /** The singular message fields down to the string leaf. */
   readonly fields: readonly DescField[];
+  /** The dotted path as declared, e.g. `dataset.pool`. */
+  readonly path: string;
   /** From `other_resources`: an empty value is checked too (the handler would pick a default). */
   readonly checkEmpty: boolean;
 }
 
-const pathCache = new WeakMap<DescMethod, readonly ResourcePath[]>();
+/** The quota a successful call consumes. */
+export interface QuotaSpec {
+  readonly resource: Exclude<QuotaResource, QuotaResource.UNSPECIFIED>;
+  /** The compiled `quota_amount_field`; undefined: one unit per call. */
+  readonly amountField: readonly DescField[] | undefined;
+}
+
+/** How a mutating RPC is made exactly-once under retries. */
+export interface IdempotencySpec {
+  /** The request's `request_id` string field (its key of kept replies). */
+  readonly requestIdField: DescField;
+}
+
+type AuditObjectPart = string | readonly DescField[];
+
+/** The field every mutating RPC's request carries as its idempotency key. */
+const REQUEST_ID_FIELD = 'request_id';
+const INTEGER_TYPES = [ScalarType.UINT64, ScalarType.INT64, ScalarType.UINT32, ScalarType.INT32, ScalarType.FIXED64, ScalarType.FIXED32, ScalarType.SFIXED64, ScalarType.SFIXED32, ScalarType.SINT64, ScalarType.SINT32];
+const PLACEHOLDER = /\{([a-z0-9_.]+)\}/g;
 
 /**
  * Compiles one dotted request-field path of a policy option: singular message fields down to
@@ -102,7 +83,7 @@ function compileFieldPath(method: DescMethod, dotted: string, where: string, lea
     }
     fields.push(field);
   });
-  return fields;
+  return Object.freeze(fields);
 }
 
 /** The value at a compiled path of `request`; undefined where a message on the way is unset. */
@@ -120,129 +101,196 @@ function leafValue(method: DescMethod, request: Message, fields: readonly DescFi
   return undefined;
 }
 
-/** Compiles one target path of a policy; throws if it is not a singular string. */
-function compilePath(method: DescMethod, kindValue: ResourceKind, dotted: string, option: string, checkEmpty: boolean): ResourcePath {
-  const where = `${method.parent.typeName}.${method.name}: ${option} "${dotted}"`;
-  const kind = resourceKindName(kindValue);
-  if (kind === undefined) throw new Error(`${where}: no resource kind`);
-  return { kind, fields: compileFieldPath(method, dotted, where, [ScalarType.STRING], 'string'), checkEmpty };
-}
+/**
+ * One RPC's policy, compiled from its options: every field path resolved, every declaration
+ * checked. Built only by {@link compilePolicy}, at start-up.
+ */
+export class CompiledPolicy {
+  /** `/package.Service/Method`, as the chain sees the call. */
+  readonly path: string;
+  /** Required permission; empty for `any_authenticated` RPCs. */
+  readonly permission: string;
+  readonly anyAuthenticated: boolean;
+  /** The handler acts on the caller's own objects unless the caller holds `<permission>:any`. */
+  readonly ownerScoped: boolean;
+  readonly mutates: boolean;
+  /** Rate-limit tokens one call costs (at least 1). */
+  readonly rateCost: number;
+  readonly quota: QuotaSpec | undefined;
+  /** `resource_field` first (if declared), then each of `other_resources`. */
+  readonly targets: readonly ResourceTarget[];
+  /** The operation kind the RPC may start (`(debvisor.v1.operation_kind)`). */
+  readonly operationKind: OperationKind | undefined;
+  /** Set for every mutating unary RPC. */
+  readonly idempotency: IdempotencySpec | undefined;
+  private readonly auditTemplate: readonly AuditObjectPart[] | undefined;
 
-const INTEGER_TYPES = [ScalarType.UINT64, ScalarType.INT64, ScalarType.UINT32, ScalarType.INT32, ScalarType.FIXED64, ScalarType.FIXED32, ScalarType.SFIXED64, ScalarType.SFIXED32, ScalarType.SINT64, ScalarType.SINT32];
-const amountCache = new WeakMap<DescMethod, readonly DescField[] | null>();
-
-/** The compiled `quota_amount_field` of a method (nested paths work), or undefined if it declares none. Throws if the field is missing or no integer. */
-function quotaAmountPathOf(method: DescMethod): readonly DescField[] | undefined {
-  let cached = amountCache.get(method);
-  if (cached === undefined) {
-    const dotted = policyOf(method)?.quotaAmountField ?? '';
-    cached = dotted === '' ? null : compileFieldPath(method, dotted, `${method.parent.typeName}.${method.name}: quota_amount_field "${dotted}"`, INTEGER_TYPES, 'integer');
-    amountCache.set(method, cached);
+  /** Prefer {@link compilePolicy}, which also reads the declaration from the method. */
+  constructor(
+    readonly method: DescMethod,
+    declared: RpcPolicy,
+  ) {
+    const where = `${method.parent.typeName}.${method.name}`;
+    if (declared.anyAuthenticated && declared.permission !== '') throw new Error(`${where}: any_authenticated RPCs declare no permission`);
+    if (declared.anyAuthenticated && declared.ownerScoped) throw new Error(`${where}: owner_scoped needs a permission`);
+    this.path = methodPath(method);
+    this.permission = declared.permission;
+    this.anyAuthenticated = declared.anyAuthenticated;
+    this.ownerScoped = declared.ownerScoped;
+    this.mutates = declared.mutates;
+    this.rateCost = Math.max(1, declared.rateCost);
+    this.quota = compileQuota(method, where, declared);
+    this.targets = compileTargets(method, where, declared);
+    this.operationKind = compileOperationKind(method, where);
+    this.idempotency = compileIdempotency(method, where, declared);
+    this.auditTemplate = compileAuditObject(method, where, declared);
+    Object.freeze(this);
   }
-  return cached ?? undefined;
-}
 
-/** The quota amount a request declares through `quota_amount_field` (0 where unset), or undefined if the RPC declares none. */
-export function quotaAmountOf(method: DescMethod, request: Message): bigint | undefined {
-  const path = quotaAmountPathOf(method);
-  if (!path) return undefined;
-  const value = leafValue(method, request, path);
-  return typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : 0n;
-}
+  /** The name at a target of `request` ('' where unset). */
+  targetName(request: Message, target: ResourceTarget): string {
+    const name = leafValue(this.method, request, target.fields);
+    return typeof name === 'string' ? name : '';
+  }
 
-/**
- * The compiled target paths of a method: its `resource_field` first (if any), then
- * each of its `other_resources`. The one place the daemon reads a policy's targets.
- * Throws if the policy points at a field that is missing, or is not a singular string
- * reached through singular message fields — call it for every method at start-up to
- * fail fast.
- */
-export function resourcePathsOf(method: DescMethod): readonly ResourcePath[] {
-  const cached = pathCache.get(method);
-  if (cached) return cached;
-  const policy = policyOf(method);
-  const paths: ResourcePath[] = [];
-  if (policy && policy.resourceField !== '') paths.push(compilePath(method, policy.resourceKind, policy.resourceField, 'resource_field', false));
-  for (const other of policy?.otherResources ?? []) paths.push(compilePath(method, other.kind, other.field, 'other_resources', true));
-  const frozen = Object.freeze(paths);
-  pathCache.set(method, frozen);
-  return frozen;
-}
+  /**
+   * Every resource a request names, for RBAC: its `resource_field` (e.g. `dataset.pool`
+   * → `{ kind: 'pool', name: request.dataset.pool }`) unless unset or empty — an empty
+   * value there means "the collection" or "the caller" (ListVolumes without a pool
+   * filter, CreateApiKey for oneself), which handlers filter by scope — and each of its
+   * `other_resources`, empty or not.
+   */
+  resourcesOf(request: Message): ResourceRef[] {
+    return this.targets.flatMap((target) => {
+      const name = this.targetName(request, target);
+      return name !== '' || target.checkEmpty ? [{ kind: target.kind, name }] : [];
+    });
+  }
 
-export function valueAt(method: DescMethod, request: Message, path: ResourcePath): string {
-  const name = leafValue(method, request, path.fields);
-  return typeof name === 'string' ? name : '';
-}
+  /** The first resource a request names (for audit records), if any. */
+  resourceOf(request: Message): ResourceRef | undefined {
+    return this.resourcesOf(request).find((resource) => resource.name !== '');
+  }
 
-/**
- * Every resource a request names, for RBAC: its `resource_field` (e.g. `dataset.pool`
- * → `{ kind: 'pool', name: request.dataset.pool }`) unless unset or empty — an empty
- * value there means "the collection" or "the caller" (ListVolumes without a pool
- * filter, CreateApiKey for oneself), which handlers filter by scope — and each of its
- * `other_resources`, empty or not.
- */
-export function resourcesOf(method: DescMethod, request: Message): ResourceRef[] {
-  return resourcePathsOf(method).flatMap((path) => {
-    const name = valueAt(method, request, path);
-    return name !== '' || path.checkEmpty ? [{ kind: path.kind, name }] : [];
-  });
-}
+  /** The quota amount a request declares through `quota_amount_field` (0 where unset), or undefined if the RPC declares none. */
+  quotaAmountOf(request: Message): bigint | undefined {
+    const field = this.quota?.amountField;
+    if (!field) return undefined;
+    const value = leafValue(this.method, request, field);
+    return typeof value === 'bigint' ? value : typeof value === 'number' ? BigInt(Math.trunc(value)) : 0n;
+  }
 
-/** The first resource a request names (for audit records), if any. */
-export function resourceOf(method: DescMethod, request: Message): ResourceRef | undefined {
-  return resourcesOf(method, request).find((resource) => resource.name !== '');
-}
+  /** The request's idempotency key ('' when absent or the RPC takes none). */
+  requestIdOf(request: Message): string {
+    if (!this.idempotency) return '';
+    const value: unknown = reflect(this.method.input, request).get(this.idempotency.requestIdField);
+    return typeof value === 'string' ? value : '';
+  }
 
-// ---------------------------------------------------------------------------
-// The audit object (`audit_object`): a template of request-field paths, compiled once.
-
-type AuditObjectPart = string | readonly DescField[];
-const auditObjectCache = new WeakMap<DescMethod, readonly AuditObjectPart[] | null>();
-const PLACEHOLDER = /\{([a-z0-9_.]+)\}/g;
-
-function auditObjectTemplateOf(method: DescMethod): readonly AuditObjectPart[] | undefined {
-  let cached = auditObjectCache.get(method);
-  if (cached === undefined) {
-    const policy = policyOf(method);
-    const template = policy?.auditObject ?? '';
-    const where = `${method.parent.typeName}.${method.name}: audit_object "${template}"`;
-    if (template !== '' && policy?.resourceField === '') throw new Error(`${where}: needs a resource_field`);
-    const parts: AuditObjectPart[] = [];
-    let at = 0;
-    for (const match of template.matchAll(PLACEHOLDER)) {
-      if (match.index > at) parts.push(template.slice(at, match.index));
-      parts.push(compileFieldPath(method, match[1] ?? '', where, [ScalarType.STRING], 'string or repeated string', true));
-      at = match.index + match[0].length;
+  /**
+   * What the audit record names as the call's object: the RPC's `audit_object` template
+   * rendered from the request when it declares one and its target resource is set, else the
+   * target resource as "kind:name", else undefined.
+   */
+  auditObjectOf(request: Message): string | undefined {
+    // A template implies a resource_field, whose target comes first.
+    const target = this.auditTemplate && this.targets[0];
+    if (this.auditTemplate && target && this.targetName(request, target) !== '') {
+      return this.auditTemplate
+        .map((part) => {
+          if (typeof part === 'string') return part;
+          const value = leafValue(this.method, request, part);
+          return Array.isArray(value) ? value.join(',') : typeof value === 'string' ? value : '';
+        })
+        .join('');
     }
-    if (at < template.length) parts.push(template.slice(at));
-    // A brace left in the text is a placeholder that is not a dotted field path.
-    if (parts.some((part) => typeof part === 'string' && /[{}]/.test(part))) {
-      throw new Error(`${where}: a placeholder is not a dotted field path in braces`);
-    }
-    cached = template === '' ? null : parts;
-    auditObjectCache.set(method, cached);
+    const resource = this.resourceOf(request);
+    return resource && `${resource.kind}:${resource.name}`;
   }
-  return cached ?? undefined;
+}
+
+function compileQuota(method: DescMethod, where: string, declared: RpcPolicy): QuotaSpec | undefined {
+  const dotted = declared.quotaAmountField;
+  if (declared.quotaResource === QuotaResource.UNSPECIFIED) {
+    if (dotted !== '') throw new Error(`${where}: quota_amount_field "${dotted}" needs a quota_resource`);
+    return undefined;
+  }
+  const amountField = dotted === '' ? undefined : compileFieldPath(method, dotted, `${where}: quota_amount_field "${dotted}"`, INTEGER_TYPES, 'integer');
+  return Object.freeze({ resource: declared.quotaResource, amountField });
+}
+
+function compileTargets(method: DescMethod, where: string, declared: RpcPolicy): readonly ResourceTarget[] {
+  const target = (kindValue: ResourceKind, dotted: string, option: string, checkEmpty: boolean): ResourceTarget => {
+    const at = `${where}: ${option} "${dotted}"`;
+    const kind = resourceKindName(kindValue);
+    if (kind === undefined) throw new Error(`${at}: no resource kind`);
+    return Object.freeze({ kind, fields: compileFieldPath(method, dotted, at, [ScalarType.STRING], 'string'), path: dotted, checkEmpty });
+  };
+  const targets: ResourceTarget[] = [];
+  if (declared.resourceField !== '') targets.push(target(declared.resourceKind, declared.resourceField, 'resource_field', false));
+  for (const other of declared.otherResources) targets.push(target(other.kind, other.field, 'other_resources', true));
+  return Object.freeze(targets);
+}
+
+function compileOperationKind(method: DescMethod, where: string): OperationKind | undefined {
+  if (!hasOption(method, operation_kind)) return undefined;
+  const kind = getOption(method, operation_kind);
+  if (kind === OperationKind.UNSPECIFIED || !(kind in OperationKind)) throw new Error(`${where}: operation_kind must name a kind`);
+  return kind;
+}
+
+/** A mutating unary RPC takes a `request_id` string; no other RPC does, so a retried read never waits on a key. */
+function compileIdempotency(method: DescMethod, where: string, declared: RpcPolicy): IdempotencySpec | undefined {
+  const field = method.input.fields.find((f) => f.name === REQUEST_ID_FIELD);
+  if (!declared.mutates || method.methodKind !== 'unary') {
+    if (field) throw new Error(`${where}: only a mutating unary RPC takes a ${REQUEST_ID_FIELD}`);
+    return undefined;
+  }
+  if (field?.fieldKind !== 'scalar' || field.scalar !== ScalarType.STRING) throw new Error(`${where}: a mutating RPC takes a string ${REQUEST_ID_FIELD}`);
+  return Object.freeze({ requestIdField: field });
+}
+
+function compileAuditObject(method: DescMethod, where: string, declared: RpcPolicy): readonly AuditObjectPart[] | undefined {
+  const template = declared.auditObject;
+  if (template === '') return undefined;
+  const at = `${where}: audit_object "${template}"`;
+  if (declared.resourceField === '') throw new Error(`${at}: needs a resource_field`);
+  const parts: AuditObjectPart[] = [];
+  let from = 0;
+  for (const match of template.matchAll(PLACEHOLDER)) {
+    if (match.index > from) parts.push(template.slice(from, match.index));
+    parts.push(compileFieldPath(method, match[1] ?? '', at, [ScalarType.STRING], 'string or repeated string', true));
+    from = match.index + match[0].length;
+  }
+  if (from < template.length) parts.push(template.slice(from));
+  // A brace left in the text is a placeholder that is not a dotted field path.
+  if (parts.some((part) => typeof part === 'string' && /[{}]/.test(part))) throw new Error(`${at}: a placeholder is not a dotted field path in braces`);
+  return Object.freeze(parts);
 }
 
 /**
- * What the audit record names as the call's object: the RPC's `audit_object` template
- * rendered from the request when it declares one and its target resource is set, else the
- * target resource as "kind:name", else undefined.
+ * The compiled policy of a method; undefined (refused to every caller) unless it declares a
+ * permission or `any_authenticated`. Throws, naming the RPC and the option, on a declaration
+ * that is contradictory or names a request field that does not exist or has the wrong type.
  */
-export function auditObjectOf(method: DescMethod, request: Message): string | undefined {
-  const template = auditObjectTemplateOf(method);
-  // A template implies a resource_field, whose compiled path comes first.
-  const target = template && resourcePathsOf(method)[0];
-  if (template && target && valueAt(method, request, target) !== '') {
-    return template
-      .map((part) => {
-        if (typeof part === 'string') return part;
-        const value = leafValue(method, request, part);
-        return Array.isArray(value) ? value.join(',') : typeof value === 'string' ? value : '';
-      })
-      .join('');
+export function compilePolicy(method: DescMethod): CompiledPolicy | undefined {
+  if (!hasOption(method, rpc_policy)) return undefined;
+  const declared = getOption(method, rpc_policy);
+  if (declared.permission === '' && !declared.anyAuthenticated) return undefined;
+  return new CompiledPolicy(method, declared);
+}
+
+/** Compiled policies by method path. Unannotated methods are absent, so the RBAC step denies them. */
+export type PolicyIndex = ReadonlyMap<string, CompiledPolicy>;
+
+/** Compiles every method's policy, once, at start-up: a bad declaration fails here rather than on a call. */
+export function methodIndex(services: readonly DescService[]): PolicyIndex {
+  const index = new Map<string, CompiledPolicy>();
+  for (const service of services) {
+    for (const method of service.methods) {
+      const policy = compilePolicy(method);
+      if (policy) index.set(policy.path, policy);
+    }
   }
-  const resource = resourceOf(method, request);
-  return resource && `${resource.kind}:${resource.name}`;
+  return index;
 }

@@ -7,8 +7,8 @@ import type { HandlersOf } from '../rpc/adapter.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import { checkMigration, migrationRequest } from '../migration/checks.js';
 import type { NodeConnections } from '../migration/connections.js';
-import { FAILOVER_VM_OPERATION_KIND, planFailover, runFailover, type FailoverDeps } from '../migration/failover.js';
-import { MIGRATE_VM_OPERATION_KIND, runMigration, type MigrateDeps, type MigrateParams } from '../migration/migrate.js';
+import { FAILOVER_VM, planFailover, runFailover, type FailoverDeps } from '../migration/failover.js';
+import { MIGRATE_VM, runMigration, type MigrateDeps } from '../migration/migrate.js';
 import { operationMessage } from './operations.js';
 
 /** Largest --bandwidth accepted (MiB/s): 1 TiB/s is beyond any link, and keeps the value an int32 for libvirt. */
@@ -21,8 +21,8 @@ export interface MigrationHandlerDeps extends MigrateDeps, FailoverDeps {
 }
 
 export function registerMigrationOperationKinds(operations: OperationManager, deps: MigrateDeps & FailoverDeps): void {
-  operations.register(MIGRATE_VM_OPERATION_KIND, { run: (op) => runMigration(op, deps) });
-  operations.register(FAILOVER_VM_OPERATION_KIND, { run: (op) => runFailover(op, deps) });
+  operations.register(MIGRATE_VM, { run: (op) => runMigration(op, deps) });
+  operations.register(FAILOVER_VM, { run: (op) => runFailover(op, deps) });
 }
 
 export function migrationHandlers(deps: MigrationHandlerDeps): HandlersOf<typeof MigrationService> {
@@ -40,11 +40,9 @@ export function migrationHandlers(deps: MigrationHandlerDeps): HandlersOf<typeof
       // Refuse up front what the migration would only fail on.
       const checked = await checkMigration(target, nodes, connections, ctx.signal);
       if (!checked.allowed) throw new RpcError('FAILED_PRECONDITION', `cannot migrate VM ${JSON.stringify(target.vmName)}: ${checked.reasons.join('; ')}`);
-      const params: MigrateParams = { ...target, compressed: request.compressed, bandwidthMiBs: request.bandwidthMibS };
-      const record = await operations.launch(ctx, {
-        kind: MIGRATE_VM_OPERATION_KIND,
+      const record = await operations.launch(ctx, MIGRATE_VM, {
         target: `vm:${target.vmName}`,
-        params,
+        params: { vmName: target.vmName, sourceNode: target.sourceNode, targetNode: target.targetNode, compressed: request.compressed, bandwidthMiBs: request.bandwidthMibS },
         ...(request.requestId ? { requestId: request.requestId } : {}),
       });
       return { operation: operationMessage(record) };
@@ -52,8 +50,7 @@ export function migrationHandlers(deps: MigrationHandlerDeps): HandlersOf<typeof
 
     failoverVM: async (request, ctx) => {
       const params = await planFailover(request, deps);
-      const record = await operations.launch(ctx, {
-        kind: FAILOVER_VM_OPERATION_KIND,
+      const record = await operations.launch(ctx, FAILOVER_VM, {
         target: `vm:${params.vmName}`,
         params,
         ...(request.requestId ? { requestId: request.requestId } : {}),

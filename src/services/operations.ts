@@ -1,10 +1,11 @@
 // OperationService: reads and cancels long-running operations. Callers see their own;
 // the `:any` form of each permission (admin, operator, viewer) sees everyone's.
-import { fromJson, type JsonValue, type MessageInitShape } from '@bufbuild/protobuf';
+import type { MessageInitShape } from '@bufbuild/protobuf';
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { OperationKind, OperationSchema, OperationState, type OperationService } from '../gen/debvisor/v1/operation_pb.js';
+import { OperationKind, OperationState, type OperationSchema, type OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import type { AccessState } from '../access/state.js';
 import type { OperationManager } from '../operations/manager.js';
+import { decodeResult, kindOfStored } from '../operations/kinds.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import { pageByOffset } from '../rpc/paging.js';
 import type { CallContext } from '../rpc/context.js';
@@ -18,18 +19,11 @@ function timestamp(iso: string | undefined) {
   return iso === undefined ? undefined : timestampFromDate(new Date(iso));
 }
 
-/** The stored result is `{ case, value }`: the Operation.result oneof member and its protobuf JSON. */
-function resultOf(record: OperationRecord): MessageInitShape<typeof OperationSchema>['result'] {
-  const stored = record.result as { case?: string; value?: JsonValue } | undefined;
-  const field = stored?.case ? OperationSchema.fields.find((f) => f.oneof?.name === 'result' && f.localName === stored.case) : undefined;
-  if (!stored || !field || field.fieldKind !== 'message') return undefined;
-  return { case: field.localName, value: fromJson(field.message, stored.value ?? {}) } as MessageInitShape<typeof OperationSchema>['result'];
-}
-
 export function operationMessage(record: OperationRecord): MessageInitShape<typeof OperationSchema> {
   return {
     id: record.id,
-    kind: record.kind in OperationKind ? OperationKind[record.kind as keyof typeof OperationKind] : OperationKind.UNSPECIFIED,
+    // A kind this daemon does not know (a newer daemon wrote it) is shown as unspecified.
+    kind: kindOfStored(record.kind) ?? OperationKind.UNSPECIFIED,
     owner: record.owner,
     target: record.target,
     node: record.node,
@@ -42,7 +36,7 @@ export function operationMessage(record: OperationRecord): MessageInitShape<type
     createTime: timestamp(record.created_at),
     updateTime: timestamp(record.updated_at),
     doneTime: timestamp(record.done_at),
-    result: resultOf(record),
+    result: decodeResult(record.result),
   };
 }
 
@@ -70,7 +64,7 @@ export function operationHandlers(operations: OperationManager, access: AccessSt
       }
       if (!request.owner && access.allows(principal, 'operation:list:any')) owner = undefined;
       const state = request.state === OperationState.UNSPECIFIED ? undefined : (OperationState[request.state] as OperationRecord['state']);
-      const kind = request.kind === OperationKind.UNSPECIFIED ? undefined : OperationKind[request.kind];
+      const kind = request.kind === OperationKind.UNSPECIFIED ? undefined : request.kind;
       const all = operations.list({ ...(owner !== undefined ? { owner } : {}), ...(state ? { state } : {}), ...(kind ? { kind } : {}) });
       const page = pageByOffset(all, request);
       return Promise.resolve({ operations: page.items.map(operationMessage), nextPageToken: page.nextPageToken });

@@ -1,12 +1,15 @@
 // StorageService: thin protobuf mapping over src/storage/manager.ts (RBD and LVM behind
 // one VolumeBackend shape). Quotas declared in the proto are taken before these handlers
 // run (withDeclaredPolicies); the manager keeps them in step and releases them to owners.
-import { create, toJson, type MessageInitShape } from '@bufbuild/protobuf';
+import type { MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { globMatches, isValidResourceGlob } from '../authz/decide.js';
 import type { StorageService, SnapshotSchema, VolumeSchema } from '../gen/debvisor/v1/storage_pb.js';
-import { PrunePlanSchema, StorageBackend, VolumeRefSchema } from '../gen/debvisor/v1/storage_types_pb.js';
+import { StorageBackend, type VolumeRefSchema } from '../gen/debvisor/v1/storage_types_pb.js';
+import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
+import { z } from 'zod';
 import type { OperationManager } from '../operations/manager.js';
+import { defineOperationKind } from '../operations/kinds.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, itemStatus, UnauthenticatedError } from '../rpc/errors.js';
@@ -18,33 +21,40 @@ import type { RetentionRules } from '../storage/retention.js';
 import { validateImageName, validateSnapshotName } from '../backends/validate.js';
 import { operationMessage } from './operations.js';
 
-export const PRUNE_SNAPSHOTS_OPERATION_KIND = 'PRUNE_SNAPSHOTS';
-export const CLONE_RBD_OPERATION_KIND = 'CLONE_RBD_FROM_TEMPLATE';
-export const PROVISION_VOLUME_OPERATION_KIND = 'PROVISION_VOLUME';
 
 const KIND_OF: Partial<Record<StorageBackend, BackendKind>> = { [StorageBackend.RBD]: 'rbd', [StorageBackend.LVM]: 'lvm' };
 const ENUM_OF: Record<BackendKind, StorageBackend> = { rbd: StorageBackend.RBD, lvm: StorageBackend.LVM };
 
-interface PruneParams {
-  readonly volume: VolumeKey;
-  readonly rules: RetentionRules;
-  readonly dryRun: boolean;
-}
+const volumeKey = z.object({ backend: z.enum(['rbd', 'lvm']), pool: z.string(), name: z.string() }) satisfies z.ZodType<VolumeKey>;
+const retentionRules = z.object({ keepLast: z.number(), keepDailyDays: z.number(), keepWeeklyWeeks: z.number() }) satisfies z.ZodType<RetentionRules>;
 
-interface CloneParams {
-  readonly from: { pool: string; image: string; snapshot: string };
-  readonly to: { pool: string; image: string; owner: string };
-  readonly flatten: boolean;
-}
+/** PruneSnapshots: the PrunePlan it carried out (or, dry, would have). */
+export const PRUNE_SNAPSHOTS = defineOperationKind(OperationKind.PRUNE_SNAPSHOTS, z.object({ volume: volumeKey, rules: retentionRules, dryRun: z.boolean() }), 'prunePlan');
 
-interface ProvisionParams {
-  readonly volume: VolumeKey;
-  /** Decimal string: operation params are JSON. */
-  readonly sizeBytes: string;
-  readonly tags: Record<string, string>;
-  readonly owner: string;
-  readonly imagePath: string;
-}
+/** CloneRbdFromTemplate: the new RBD image. */
+export const CLONE_RBD_FROM_TEMPLATE = defineOperationKind(
+  OperationKind.CLONE_RBD_FROM_TEMPLATE,
+  z.object({
+    from: z.object({ pool: z.string(), image: z.string(), snapshot: z.string() }),
+    to: z.object({ pool: z.string(), image: z.string(), owner: z.string() }),
+    flatten: z.boolean(),
+  }),
+  'clonedVolume',
+);
+
+/** ProvisionVolume: the provisioned volume. */
+export const PROVISION_VOLUME = defineOperationKind(
+  OperationKind.PROVISION_VOLUME,
+  z.object({
+    volume: volumeKey,
+    /** Decimal string: operation params are JSON. */
+    sizeBytes: z.string().regex(/^\d+$/),
+    tags: z.record(z.string(), z.string()),
+    owner: z.string(),
+    imagePath: z.string(),
+  }),
+  'provisionedVolume',
+);
 
 function principalOf(ctx: CallContext) {
   if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
@@ -57,8 +67,8 @@ function kindOf(backend: StorageBackend, field: string): BackendKind {
   return kind;
 }
 
-function refJson(key: VolumeKey) {
-  return toJson(VolumeRefSchema, create(VolumeRefSchema, { backend: ENUM_OF[key.backend], pool: key.pool, name: key.name }));
+function refOf(key: VolumeKey): MessageInitShape<typeof VolumeRefSchema> {
+  return { backend: ENUM_OF[key.backend], pool: key.pool, name: key.name };
 }
 
 function volumeMessage(v: VolumeInfo): MessageInitShape<typeof VolumeSchema> {
@@ -86,40 +96,36 @@ function snapshotMessage(backend: BackendKind, s: SnapshotInfo): MessageInitShap
 
 /** Registers the runners of PruneSnapshots, CloneRbdFromTemplate and ProvisionVolume. */
 export function registerStorageOperationKinds(operations: OperationManager, storage: StorageManager): void {
-  operations.register(PRUNE_SNAPSHOTS_OPERATION_KIND, {
+  operations.register(PRUNE_SNAPSHOTS, {
     run: async (op) => {
-      const params = op.params as PruneParams;
+      const params = op.params;
       op.progress(0, params.dryRun ? 'planning (dry run)' : 'planning');
       const result = await storage.prune(params.volume, params.rules, params.dryRun, {
         signal: op.signal,
         onProgress: (done, total) => op.progress((done / Math.max(1, total)) * 99, `deleted ${done} of ${total}`),
       });
-      const plan = create(PrunePlanSchema, {
-        dataset: { backend: ENUM_OF[params.volume.backend], pool: params.volume.pool, name: params.volume.name },
-        kept: result.kept,
-        deleted: result.deleted,
-        removedCount: result.removed,
-        dryRun: params.dryRun,
-      });
-      return { case: 'prunePlan', value: toJson(PrunePlanSchema, plan) };
+      return {
+        case: 'prunePlan',
+        value: { dataset: refOf(params.volume), kept: result.kept, deleted: result.deleted, removedCount: result.removed, dryRun: params.dryRun },
+      };
     },
   });
-  operations.register(CLONE_RBD_OPERATION_KIND, {
+  operations.register(CLONE_RBD_FROM_TEMPLATE, {
     run: async (op) => {
-      const params = op.params as CloneParams;
+      const params = op.params;
       await storage.clone(params.from, params.to, params.flatten, { signal: op.signal, onProgress: (pct, stage) => op.progress(pct, stage) });
-      return { case: 'clonedVolume', value: refJson({ backend: 'rbd', pool: params.to.pool, name: params.to.image }) };
+      return { case: 'clonedVolume', value: refOf({ backend: 'rbd', pool: params.to.pool, name: params.to.image }) };
     },
   });
-  operations.register(PROVISION_VOLUME_OPERATION_KIND, {
+  operations.register(PROVISION_VOLUME, {
     run: async (op) => {
-      const params = op.params as ProvisionParams;
+      const params = op.params;
       await storage.provision(
         params.volume,
         { sizeBytes: BigInt(params.sizeBytes), tags: params.tags, owner: params.owner, imagePath: params.imagePath },
         { signal: op.signal, onProgress: (pct, stage) => op.progress(pct, stage) },
       );
-      return { case: 'provisionedVolume', value: refJson(params.volume) };
+      return { case: 'provisionedVolume', value: refOf(params.volume) };
     },
   });
 }
@@ -191,11 +197,9 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
       // Path, format and size problems are answered now, not as a failed operation.
       await storage.inspectImage(request.imagePath, request.sizeBytes, { signal: ctx.signal });
       await storage.refuseExisting(key, 'volume.name', { signal: ctx.signal });
-      const params: ProvisionParams = { volume: key, sizeBytes: request.sizeBytes.toString(), tags: request.tags, owner, imagePath: request.imagePath };
-      const record = await operations.launch(ctx, {
-        kind: PROVISION_VOLUME_OPERATION_KIND,
+      const record = await operations.launch(ctx, PROVISION_VOLUME, {
         target: volumeLabel(key),
-        params,
+        params: { volume: key, sizeBytes: request.sizeBytes.toString(), tags: request.tags, owner, imagePath: request.imagePath },
         // The operation owns the storage_gb the proto option took: a failed provisioning gives it back.
         ...(ctx.quota ? { quota: ctx.quota } : {}),
         ...requestIdOf(request.requestId),
@@ -229,8 +233,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
       const rules = StorageManager.retentionRules(request.retention);
       // An unknown volume is answered now, not as a failed operation.
       await storage.getVolume(key, { signal: ctx.signal });
-      const params: PruneParams = { volume: key, rules, dryRun: request.dryRun };
-      const record = await operations.launch(ctx, { kind: PRUNE_SNAPSHOTS_OPERATION_KIND, target: volumeLabel(key), params, ...requestIdOf(request.requestId) });
+      const record = await operations.launch(ctx, PRUNE_SNAPSHOTS, { target: volumeLabel(key), params: { volume: key, rules, dryRun: request.dryRun }, ...requestIdOf(request.requestId) });
       return { operation: operationMessage(record) };
     },
 
@@ -253,12 +256,10 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
       await storage.refuseExisting({ backend: 'rbd', pool: to.pool, name: to.image }, 'target_image', { signal: ctx.signal });
       // The clone is a volume its creator owns: it counts against storage_gb like CreateVolume (the proto only declares the operation slot).
       const quota = await storage.chargeStorage(to.owner, template.sizeBytes);
-      const params: CloneParams = { from, to, flatten: request.flatten };
       try {
-        const record = await operations.launch(ctx, {
-          kind: CLONE_RBD_OPERATION_KIND,
+        const record = await operations.launch(ctx, CLONE_RBD_FROM_TEMPLATE, {
           target: volumeLabel({ backend: 'rbd', pool: to.pool, name: to.image }),
-          params,
+          params: { from, to, flatten: request.flatten },
           ...(quota ? { quota } : {}),
           ...requestIdOf(request.requestId),
         });

@@ -5,26 +5,33 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { durationMs } from '@bufbuild/protobuf/wkt';
 import type { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
+import { z } from 'zod';
+import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
 import type { OperationManager } from '../operations/manager.js';
+import { defineOperationKind } from '../operations/kinds.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import type { Store } from '../store/store.js';
 import { operationMessage } from './operations.js';
 
-export const TEST_OPERATION_KIND = 'TEST';
 
 /** The chain benchmark's tiny handler, served as is by bench/bare-server.ts too. */
 export const echo = (request: { text: string }): Promise<{ text: string }> => Promise.resolve({ text: request.text });
 
-interface TestParams {
-  readonly durationMs: number;
-  readonly steps: number;
-  readonly failMessage: string;
-  readonly runHostCommand: boolean;
-  /** After its first step, the work waits until this latch opens. */
-  readonly latch?: string;
-}
+/** StartTestOperation's timed work; it gives no result. */
+export const TEST_OPERATION = defineOperationKind(
+  OperationKind.TEST,
+  z.object({
+    durationMs: z.number(),
+    steps: z.number(),
+    failMessage: z.string(),
+    runHostCommand: z.boolean(),
+    /** After its first step, the work waits until this latch opens. */
+    latch: z.string().optional(),
+  }),
+  undefined,
+);
 
 /** Where HoldTestMutation records its runs, so tests can count them on any daemon. */
 export const TEST_RUNS_PREFIX = '/debvisor/testing/runs/';
@@ -89,10 +96,10 @@ function latchName(value: string): string {
 export type HostCommand = (seconds: number, signal: AbortSignal) => Promise<unknown>;
 
 export function registerTestOperationKind(operations: OperationManager, hostCommand: HostCommand, latches: TestLatches): void {
-  operations.register(TEST_OPERATION_KIND, {
+  operations.register(TEST_OPERATION, {
     resumable: true,
     run: async (op) => {
-      const params = op.params as TestParams;
+      const params = op.params;
       const steps = async () => {
         for (let step = 1; step <= params.steps; step++) {
           await sleep(params.durationMs / params.steps, undefined, { signal: op.signal });
@@ -102,7 +109,7 @@ export function registerTestOperationKind(operations: OperationManager, hostComm
       };
       await Promise.all([steps(), params.runHostCommand ? hostCommand(params.durationMs / 1000, op.signal) : undefined]);
       if (params.failMessage) throw new RpcError('FAILED_PRECONDITION', params.failMessage);
-      return undefined;
+      return { case: undefined };
     },
   });
 }
@@ -121,15 +128,14 @@ export function testingHandlers(operations: OperationManager, quotas: QuotaManag
     startTestOperation: async (request, ctx) => {
       const ms = (request.duration ? durationMs(request.duration) : 1000);
       if (ms < 0 || ms > 600_000) throw new InvalidArgumentError('duration', 'must be between 0 and 10 minutes');
-      const params: TestParams = {
+      const params = {
         durationMs: ms,
         steps: Math.max(1, Math.min(request.steps || 10, 1000)),
         failMessage: request.failMessage,
         runHostCommand: request.runHostCommand,
         ...(request.latch ? { latch: latchName(request.latch) } : {}),
       };
-      const record = await operations.launch(ctx, {
-        kind: TEST_OPERATION_KIND,
+      const record = await operations.launch(ctx, TEST_OPERATION, {
         target: 'test',
         params,
         resumable: request.resumable,

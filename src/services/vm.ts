@@ -8,7 +8,10 @@ import { VmStateError } from '../backends/libvirt/errors.js';
 import type { Domain, DomainSnapshot, DomainState, DomainSummary, Libvirt } from '../backends/libvirt/virsh.js';
 import { validateVmName } from '../backends/validate.js';
 import { globMatches, isValidResourceGlob } from '../authz/decide.js';
+import { z } from 'zod';
+import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
 import type { OperationManager } from '../operations/manager.js';
+import { defineOperationKind } from '../operations/kinds.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { VmSnapshotOwners } from '../vms/snapshot-owners.js';
 import type { HandlersOf } from '../rpc/adapter.js';
@@ -16,8 +19,6 @@ import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
 import { operationMessage } from './operations.js';
 import { pageByKey, pageByOffset } from '../rpc/paging.js';
-
-export const SHUTDOWN_VM_OPERATION_KIND = 'SHUTDOWN_VM';
 
 const DEFAULT_SHUTDOWN_WAIT_MS = 60_000;
 const MAX_SHUTDOWN_WAIT_MS = 3_600_000;
@@ -33,11 +34,8 @@ const STATES: Record<DomainState, VmState> = {
   pmsuspended: VmState.PM_SUSPENDED,
 };
 
-interface ShutdownParams {
-  readonly vmName: string;
-  readonly waitMs: number;
-  readonly force: boolean;
-}
+/** ShutdownVm with wait = true: its params, and the ShutdownResult it gives. */
+export const SHUTDOWN_VM = defineOperationKind(OperationKind.SHUTDOWN_VM, z.object({ vmName: z.string(), waitMs: z.number(), force: z.boolean() }), 'shutdown');
 
 function principalOf(ctx: CallContext) {
   if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
@@ -84,9 +82,9 @@ function snapshotMessage(s: DomainSnapshot): MessageInitShape<typeof VmSnapshotS
 
 /** Registers the runner of ShutdownVm with wait = true. */
 export function registerShutdownOperationKind(operations: OperationManager, libvirt: Libvirt): void {
-  operations.register(SHUTDOWN_VM_OPERATION_KIND, {
+  operations.register(SHUTDOWN_VM, {
     run: async (op) => {
-      const params = op.params as ShutdownParams;
+      const params = op.params;
       op.progress(0, 'shutdown requested');
       const outcome = await libvirt.shutdownAndWait(params.vmName, {
         waitMs: params.waitMs,
@@ -156,11 +154,9 @@ export function vmHandlers({ libvirt, operations, quotas, snapshotOwners, node }
       // Refuse up front what the operation could only fail on: an unknown VM, a VM already off.
       const state = await libvirt.state(vm, { signal: ctx.signal });
       if (state === 'shutoff' || state === 'crashed') throw new VmStateError(vm, state, 'shut down');
-      const params: ShutdownParams = { vmName: vm, waitMs, force: request.forceAfterTimeout };
-      const record = await operations.launch(ctx, {
-        kind: SHUTDOWN_VM_OPERATION_KIND,
+      const record = await operations.launch(ctx, SHUTDOWN_VM, {
         target: `vm:${vm}`,
-        params,
+        params: { vmName: vm, waitMs, force: request.forceAfterTimeout },
         ...(request.requestId ? { requestId: request.requestId } : {}),
       });
       return { vm: await get(vm, ctx), operation: operationMessage(record) };

@@ -1,10 +1,10 @@
 // Store errors are typed domain errors; src/rpc/errors.ts maps their meaning to gRPC codes.
-import { DomainError, type DomainErrorKind } from '../errors/domain.js';
+import { DomainError, GENERIC_INTERNAL_MESSAGE, type DomainErrorKind } from '../errors/domain.js';
 
 /** A store failure with no more specific meaning: the caller sees a generic internal error. */
 export class StoreError extends DomainError {
   readonly meaning: DomainErrorKind = 'failed';
-  readonly safeMessage: string = 'internal error';
+  readonly safeMessage: string = GENERIC_INTERNAL_MESSAGE;
 }
 
 /** The store cannot be reached or did not answer in time. Retry later. */

@@ -98,6 +98,7 @@ export const operationStates = ['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CA
 export const operationRecord = z.strictObject({
   schema_version: version1,
   id: z.string().min(1),
+  /** The OperationKind's name, e.g. SHUTDOWN_VM (src/operations/kinds.ts); a name this daemon does not know still loads. */
   kind: z.string().min(1),
   owner: z.string().min(1),
   target: z.string(),
@@ -106,11 +107,11 @@ export const operationRecord = z.strictObject({
   progress_percent: z.number().min(0).max(100),
   stage: z.string(),
   error: z.strictObject({ code: z.number().int(), message: z.string() }).optional(),
-  /** The typed result message, protobuf JSON. */
+  /** `{ case, value }`: the Operation.result member and its message's protobuf JSON (src/operations/kinds.ts). */
   result: z.unknown().optional(),
   request_id: z.string().optional(),
   cancel_requested: z.boolean(),
-  /** What the kind's runner needs to start (or resume) the work. */
+  /** What the kind's runner needs to start (or resume) the work; its kind's schema parses it. */
   params: z.unknown().optional(),
   /** Whether a restarted daemon resumes this operation instead of failing it. */
   resumable: z.boolean(),

@@ -3,12 +3,12 @@
 import { describe, expect, it } from 'vitest';
 import { PermissionCatalogue } from '../../src/authz/catalogue.js';
 import { isValidPermission, permissionMatches } from '../../src/authz/permission.js';
-import { policyOf } from '../../src/rpc/policy.js';
+import { compilePolicy, methodIndex } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { seededRandom } from '../support/random.js';
 
-const catalogue = PermissionCatalogue.of(API_SERVICES);
-const declared = API_SERVICES.flatMap((s) => s.methods).flatMap((m) => policyOf(m)?.permission || []);
+const catalogue = PermissionCatalogue.of(methodIndex(API_SERVICES).values());
+const declared = API_SERVICES.flatMap((s) => s.methods).flatMap((m) => compilePolicy(m)?.permission || []);
 
 describe('PermissionCatalogue.of', () => {
   it('holds every permission an RPC declares, and nothing that is not derived from one', () => {

@@ -1,11 +1,15 @@
 // Decisions: deny wins, API keys get the intersection with their owner's current
 // roles, resource globs scope keys, and keys cannot be issued beyond the issuer.
 import { describe, expect, it } from 'vitest';
-import { create, type DescMethod } from '@bufbuild/protobuf';
+import { create, getOption, type DescMethod, type Message } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { policyOf } from '../../src/rpc/policy.js';
 import { OWNER_FILTERED_KINDS, authorize, canGrant, globMatches, isValidResourceGlob, type ResourceGlob } from '../../src/authz/decide.js';
-import { RESOURCE_KIND_NAMES, resourceKindFromName, resourceKindName, resourceOf, resourcePathsOf, resourcesOf } from '../../src/rpc/policy.js';
+import { compilePolicy, RESOURCE_KIND_NAMES, resourceKindFromName, resourceKindName, type CompiledPolicy } from '../../src/rpc/policy.js';
+import { rpc_policy } from '../../src/gen/debvisor/v1/options_pb.js';
+
+const policy = (m: DescMethod): CompiledPolicy => compilePolicy(m)!;
+const resourcesOf = (m: DescMethod, request: Message) => policy(m).resourcesOf(request);
+const resourceOf = (m: DescMethod, request: Message) => policy(m).resourceOf(request);
 import { BUILTIN_ROLES, type Role } from '../../src/authz/roles.js';
 import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { StorageService, CreateSnapshotRequestSchema, ListVolumesRequestSchema, CloneRbdFromTemplateRequestSchema } from '../../src/gen/debvisor/v1/storage_pb.js';
@@ -227,10 +231,9 @@ describe('resourceOf', () => {
 
   it('compiles every RPC’s resource_field and other_resources at start-up (a bad path would throw)', () => {
     for (const m of API_SERVICES.flatMap((s) => s.methods)) {
-      const policy = policyOf(m)!;
-      const paths = resourcePathsOf(m);
-      const declared = [...(policy.resourceField === '' ? [] : [policy.resourceKind]), ...policy.otherResources.map((o) => o.kind)];
-      expect(paths.map((p) => p.kind), m.name).toEqual(declared.map((k) => resourceKindName(k)));
+      const options = getOption(m, rpc_policy);
+      const declared = [...(options.resourceField === '' ? [] : [options.resourceKind]), ...options.otherResources.map((o) => o.kind)];
+      expect(policy(m).targets.map((t) => t.kind), m.name).toEqual(declared.map((k) => resourceKindName(k)));
     }
   });
 });

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import type { DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { policyOf } from '../../src/rpc/policy.js';
+import { compilePolicy, methodIndex } from '../../src/rpc/policy.js';
 import { authorize } from '../../src/authz/decide.js';
 import { crossPrincipal, isValidPermission } from '../../src/authz/permission.js';
 import { PermissionCatalogue } from '../../src/authz/catalogue.js';
@@ -17,9 +17,9 @@ interface Rpc {
 
 // RPCs open to every authenticated caller (WhoAmI) need no grant: not in the table.
 const RPCS: Rpc[] = API_SERVICES.flatMap((s) => s.methods)
-  .filter((m: DescMethod) => !policyOf(m)!.anyAuthenticated)
+  .filter((m: DescMethod) => !compilePolicy(m)!.anyAuthenticated)
   .map((m: DescMethod) => {
-    const policy = policyOf(m)!;
+    const policy = compilePolicy(m)!;
     return { path: `${m.parent.name}.${m.name}`, permission: policy.permission, mutates: policy.mutates };
   });
 
@@ -74,7 +74,7 @@ describe('built-in roles', () => {
   });
 
   it('have no dead grants: each pattern matches a permission the API declares', () => {
-    const catalogue = PermissionCatalogue.of(API_SERVICES);
+    const catalogue = PermissionCatalogue.of(methodIndex(API_SERVICES).values());
     for (const role of BUILTIN_ROLES.values()) {
       for (const p of role.permissions) expect(catalogue.check(p), `${role.name}: ${p}`).toBeUndefined();
     }
@@ -92,7 +92,7 @@ describe('built-in roles', () => {
 
   it('no role grants WhoAmI: it is open to every authenticated caller by its policy', () => {
     const whoAmI = API_SERVICES.flatMap((s) => s.methods).find((m) => m.name === 'WhoAmI')!;
-    expect(policyOf(whoAmI)).toMatchObject({ anyAuthenticated: true, permission: '' });
+    expect(compilePolicy(whoAmI)).toMatchObject({ anyAuthenticated: true, permission: '' });
   });
 
   it('viewer never mutates; monitor mutates only by heartbeat', () => {

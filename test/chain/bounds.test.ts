@@ -6,11 +6,10 @@ import { FieldOptionsSchema } from '@bufbuild/protobuf/wkt';
 import { max_bytes } from '../../src/gen/debvisor/v1/options_pb.js';
 import { describe, expect, it } from 'vitest';
 import { bounds, declaredMaxBytes, DEFAULT_MAX_BYTES, MAX_DECLARED_BYTES, MAX_RESOURCE_NAME_BYTES } from '../../src/chain/bounds.js';
-import { resourcePathsOf } from '../../src/rpc/policy.js';
 import { AccessService, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
 import { NodeService, RegisterNodeRequestSchema } from '../../src/gen/debvisor/v1/node_pb.js';
 import { CreateSnapshotRequestSchema, ProvisionVolumeRequestSchema, StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
-import { methodIndex } from '../../src/rpc/policy.js';
+import { compilePolicy, methodIndex } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import type { CallState } from '../../src/rpc/context.js';
 import type { StepCall } from '../../src/chain/step.js';
@@ -36,7 +35,7 @@ describe('declared string bounds (from the descriptors)', () => {
   it('every string field of every request, nested, repeated and map ones included, has a bound of at most 4 KiB', () => {
     const seen: string[] = [];
     for (const method of methods) {
-      const targets = new Set(resourcePathsOf(method).map((path) => path.fields[path.fields.length - 1]));
+      const targets = new Set((compilePolicy(method)?.targets ?? []).map((target) => target.fields[target.fields.length - 1]));
       for (const { path, field } of stringFields(method.input)) {
         const max = declaredMaxBytes(field);
         seen.push(`${method.name}.${path}`);

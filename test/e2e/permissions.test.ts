@@ -11,13 +11,13 @@ import { MigrationService } from '../../src/gen/debvisor/v1/migration_pb.js';
 import { NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { methodPath } from '../../src/rpc/adapter.js';
-import { policyOf } from '../../src/rpc/policy.js';
+import { compilePolicy } from '../../src/rpc/policy.js';
 import { clientFor, rawClientFor, rawUnary, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { rawServerStream } from '../support/security.js';
 
 const RPCS = [VmService, NodeService, MigrationService].flatMap((service) =>
   service.methods.map((method) => {
-    const policy = policyOf(method);
+    const policy = compilePolicy(method);
     if (!policy) throw new Error(`${methodPath(method)} has no rpc_policy`);
     return { path: methodPath(method), permission: policy.permission, streaming: method.methodKind === 'server_streaming' };
   }),

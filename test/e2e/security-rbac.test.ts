@@ -7,7 +7,7 @@ import { authorize } from '../../src/authz/decide.js';
 import { BUILTIN_ROLES } from '../../src/authz/roles.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { methodPath } from '../../src/rpc/adapter.js';
-import { policyOf } from '../../src/rpc/policy.js';
+import { compilePolicy } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { auditRecords, clientFor, rawClientFor, rawUnary, startDaemon, type ClientPem, type RunningDaemon } from '../support/daemon.js';
 import { auditRecord, issueClientFor, metricSum, metricsText, rawServerStream, traceIdOf } from '../support/security.js';
@@ -26,7 +26,7 @@ interface Rpc {
 
 const RPCS: Rpc[] = API_SERVICES.flatMap((service) =>
   service.methods.map((method) => {
-    const policy = policyOf(method);
+    const policy = compilePolicy(method);
     if (!policy) throw new Error(`${methodPath(method)} has no rpc_policy`);
     return { path: methodPath(method), permission: policy.permission, anyAuthenticated: policy.anyAuthenticated, streaming: method.methodKind === 'server_streaming' };
   }),

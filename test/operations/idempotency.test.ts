@@ -12,6 +12,7 @@ import { StartTestOperationRequestSchema, TestingService, type StartTestOperatio
 import { CLAIM_TTL_SECONDS, fingerprintOf, withIdempotency } from '../../src/operations/idempotency.js';
 import type { CallContext } from '../../src/rpc/context.js';
 import { RpcError } from '../../src/rpc/errors.js';
+import { compilePolicy } from '../../src/rpc/policy.js';
 import { StoreUnavailableError } from '../../src/store/errors.js';
 import { LAYOUT } from '../../src/store/layout.js';
 import type { Store, TxnRequest, TxnResult } from '../../src/store/store.js';
@@ -102,7 +103,7 @@ describe('request_id exactly-once', () => {
       if (fail) throw fail;
       return { operation: { id: `op-${run}` } };
     };
-    const wrapped = withIdempotency(faulty.store, method, handler);
+    const wrapped = withIdempotency(faulty.store, compilePolicy(method)!, handler);
     call = (request, ctx = contextFor()) => wrapped(request, ctx) as Promise<Message>;
   });
   afterEach(async () => {

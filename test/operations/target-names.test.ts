@@ -1,12 +1,15 @@
 // The target names a mutating request carries are checked before its request_id is looked up
 // (src/operations/target-names.ts): with the handlers' validators, naming the field.
-import { create } from '@bufbuild/protobuf';
+import { create, type DescMethod, type Message } from '@bufbuild/protobuf';
 import { describe, expect, it } from 'vitest';
 import { AccessService, BindRoleRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
 import { MigrateVMRequestSchema, MigrationService } from '../../src/gen/debvisor/v1/migration_pb.js';
 import { CreateSnapshotRequestSchema, StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StartVmRequestSchema, VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
-import { validateTargetNames } from '../../src/operations/target-names.js';
+import { validateTargetNames as validateNames } from '../../src/operations/target-names.js';
+import { compilePolicy } from '../../src/rpc/policy.js';
+
+const validateTargetNames = (method: DescMethod, request: Message) => validateNames(compilePolicy(method)!, request);
 
 describe('validateTargetNames', () => {
   it('refuses an invalid VM, node, pool or principal name, naming the field', () => {

@@ -1,11 +1,11 @@
 // Dotted request-field paths of a policy (src/rpc/policy.ts) are compiled once and read
 // through nested messages: a nested `quota_amount_field` consumes its amount (issue 20: the
 // old walker looked every segment up among the top-level fields and consumed nothing).
-import { create, createFileRegistry, setExtension, type DescMethod } from '@bufbuild/protobuf';
+import { create, createFileRegistry, setExtension, type DescMethod, type Message } from '@bufbuild/protobuf';
 import { FieldDescriptorProto_Label, FieldDescriptorProto_Type, FileDescriptorProtoSchema, MethodOptionsSchema, file_google_protobuf_descriptor } from '@bufbuild/protobuf/wkt';
 import { describe, expect, it } from 'vitest';
 import { QuotaResource, ResourceKind, RpcPolicySchema, file_debvisor_v1_options, rpc_policy } from '../../src/gen/debvisor/v1/options_pb.js';
-import { auditObjectOf, methodIndex, quotaAmountOf } from '../../src/rpc/policy.js';
+import { compilePolicy, methodIndex, type CompiledPolicy } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
@@ -13,10 +13,32 @@ import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 const { OPTIONAL: LABEL_OPTIONAL } = FieldDescriptorProto_Label;
 const { MESSAGE: TYPE_MESSAGE, UINT64: TYPE_UINT64, STRING: TYPE_STRING } = FieldDescriptorProto_Type;
 
-/** A service with one method whose policy declares `amountField` over a request with a nested `spec.size_bytes`. */
-function methodWith(amountField: string, auditObject = ''): DescMethod {
+interface Declared {
+  readonly amountField?: string;
+  readonly auditObject?: string;
+  readonly resourceField?: string;
+  readonly mutates?: boolean;
+  /** Leave `request_id` out of the request. */
+  readonly noRequestId?: boolean;
+}
+
+/** A service with one method whose policy declares `declared` over a request with `name`, a nested `spec.size_bytes` and `request_id`. */
+function methodWith(amountField: string, auditObject = '', more: Declared = {}): DescMethod {
+  const declared = { amountField, auditObject, resourceField: 'name', mutates: true, ...more };
   const options = create(MethodOptionsSchema);
-  setExtension(options, rpc_policy, create(RpcPolicySchema, { permission: 'storage:volume:create', mutates: true, quotaResource: QuotaResource.STORAGE_GB, quotaAmountField: amountField, resourceKind: ResourceKind.POOL, resourceField: 'name', auditObject }));
+  setExtension(
+    options,
+    rpc_policy,
+    create(RpcPolicySchema, {
+      permission: 'storage:volume:create',
+      mutates: declared.mutates,
+      quotaResource: QuotaResource.STORAGE_GB,
+      quotaAmountField: declared.amountField,
+      resourceKind: ResourceKind.POOL,
+      resourceField: declared.resourceField,
+      auditObject: declared.auditObject,
+    }),
+  );
   const file = create(FileDescriptorProtoSchema, {
     name: 'test/paths.proto',
     package: 'test.paths',
@@ -29,6 +51,7 @@ function methodWith(amountField: string, auditObject = ''): DescMethod {
         field: [
           { name: 'name', number: 1, type: TYPE_STRING, label: LABEL_OPTIONAL, jsonName: 'name' },
           { name: 'spec', number: 2, type: TYPE_MESSAGE, typeName: '.test.paths.Spec', label: LABEL_OPTIONAL, jsonName: 'spec' },
+          ...(declared.noRequestId ? [] : [{ name: 'request_id', number: 3, type: TYPE_STRING, label: LABEL_OPTIONAL, jsonName: 'requestId' }]),
         ],
       },
       { name: 'CreateResponse' },
@@ -40,6 +63,14 @@ function methodWith(amountField: string, auditObject = ''): DescMethod {
   if (!service) throw new Error('no service');
   return service.methods[0] as DescMethod;
 }
+
+const policyOf = (method: DescMethod): CompiledPolicy => {
+  const policy = compilePolicy(method);
+  if (!policy) throw new Error('no policy');
+  return policy;
+};
+const quotaAmountOf = (method: DescMethod, request: Message) => policyOf(method).quotaAmountOf(request);
+const auditObjectOf = (method: DescMethod, request: Message) => policyOf(method).auditObjectOf(request);
 
 describe('policy field paths', () => {
   it('reads a nested quota_amount_field', () => {
@@ -59,6 +90,27 @@ describe('policy field paths', () => {
     expect(() => methodIndex([methodWith('spec.nothing').parent])).toThrow(/quota_amount_field "spec.nothing": no field "nothing"/);
     expect(() => methodIndex([methodWith('name').parent])).toThrow(/quota_amount_field "name": "name" is not a singular integer/);
     expect(methodIndex([methodWith('spec.size_bytes').parent]).size).toBe(1);
+  });
+});
+
+describe('declared fields that the request lacks fail the start, naming the RPC and the option', () => {
+  it('a missing or non-string resource_field', () => {
+    expect(() => compilePolicy(methodWith('', '', { resourceField: 'pool' }))).toThrow(/^test\.paths\.Paths\.Create: resource_field "pool": no field "pool" in test\.paths\.CreateRequest/);
+    expect(() => compilePolicy(methodWith('', '', { resourceField: 'spec.size_bytes' }))).toThrow(/resource_field "spec\.size_bytes": "size_bytes" is not a singular string/);
+  });
+
+  it('a mutating RPC without a string request_id, and a read with one', () => {
+    expect(() => compilePolicy(methodWith('', '', { noRequestId: true }))).toThrow(/^test\.paths\.Paths\.Create: a mutating RPC takes a string request_id/);
+    expect(() => compilePolicy(methodWith('', '', { mutates: false }))).toThrow(/only a mutating unary RPC takes a request_id/);
+    expect(compilePolicy(methodWith('', '', { mutates: false, noRequestId: true }))?.idempotency).toBeUndefined();
+  });
+
+  it('compiles the idempotency key, read from the request without a cast', () => {
+    const method = methodWith('');
+    const policy = policyOf(method);
+    expect(policy.idempotency?.requestIdField.name).toBe('request_id');
+    expect(policy.requestIdOf(create(method.input, { requestId: 'r-1' }))).toBe('r-1');
+    expect(policy.requestIdOf(create(method.input))).toBe('');
   });
 });
 

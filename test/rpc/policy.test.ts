@@ -1,12 +1,14 @@
 // The API is the policy: every RPC must declare its permission in proto/, and the
 // declarations must point at fields that exist.
 import { describe, expect, it } from 'vitest';
-import { getOption, type DescField, type DescMessage, type DescMethod } from '@bufbuild/protobuf';
+import { getOption, hasOption, type DescField, type DescMessage, type DescMethod } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { methodIndex, policyOf } from '../../src/rpc/policy.js';
+import { compilePolicy, methodIndex } from '../../src/rpc/policy.js';
+import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
+import { OperationKind } from '../../src/gen/debvisor/v1/operation_pb.js';
 import { methodPath } from '../../src/rpc/adapter.js';
 import { EXEMPT_SERVICES, isExempt } from '../../src/chain/exempt.js';
-import { QuotaResource, ResourceKind, secret } from '../../src/gen/debvisor/v1/options_pb.js';
+import { QuotaResource, ResourceKind, rpc_policy, secret } from '../../src/gen/debvisor/v1/options_pb.js';
 
 const methods: DescMethod[] = API_SERVICES.flatMap((service) => service.methods);
 const PERMISSION = /^(\*|[a-z]+(:[a-z]+){1,2})$/;
@@ -28,18 +30,18 @@ describe('RPC policy options', () => {
 
   // Default deny: a permission, or the explicit any_authenticated flag instead of one.
   it.each(methods.map((m) => [methodPath(m), m] as const))('%s declares a well-formed permission or any_authenticated', (_path, method) => {
-    const policy = policyOf(method);
-    expect(policy, 'missing (debvisor.v1.rpc_policy) option').toBeDefined();
+    expect(hasOption(method, rpc_policy), 'missing (debvisor.v1.rpc_policy) option').toBe(true);
+    const policy = compilePolicy(method);
     if (policy!.anyAuthenticated) expect(policy!.permission).toBe('');
     else expect(policy!.permission).toMatch(PERMISSION);
   });
 
   it('opens exactly WhoAmI to every authenticated caller', () => {
-    expect(methods.filter((m) => policyOf(m)!.anyAuthenticated).map(methodPath)).toEqual(['/debvisor.v1.AccessService/WhoAmI']);
+    expect(methods.filter((m) => compilePolicy(m)!.anyAuthenticated).map(methodPath)).toEqual(['/debvisor.v1.AccessService/WhoAmI']);
   });
 
   it('declares owner_scoped exactly where handlers check the ":any" permission', () => {
-    expect(methods.filter((m) => policyOf(m)!.ownerScoped).map((m) => policyOf(m)!.permission).sort()).toEqual(
+    expect(methods.filter((m) => compilePolicy(m)!.ownerScoped).map((m) => compilePolicy(m)!.permission).sort()).toEqual(
       [
         'access:apikey:create',
         'access:apikey:list',
@@ -55,20 +57,37 @@ describe('RPC policy options', () => {
     );
   });
 
-  it('indexes every method by path', () => {
-    expect(methodIndex(API_SERVICES).size).toBe(methods.length);
+  it('compiles every registered RPC’s policy, the test service’s too, and indexes it by path', () => {
+    const index = methodIndex([...API_SERVICES, TestingService]);
+    expect(index.size).toBe(methods.length + TestingService.methods.length);
+    for (const [path, policy] of index) expect(policy.path).toBe(path);
   });
 
-  it('marks exactly the requests that carry request_id as mutating', () => {
+  it('marks exactly the requests that carry request_id as mutating, and compiles their idempotency', () => {
     for (const method of methods) {
       const hasRequestId = method.input.fields.some((f) => f.name === 'request_id');
-      expect(policyOf(method)!.mutates, methodPath(method)).toBe(hasRequestId);
+      const policy = compilePolicy(method)!;
+      expect(policy.mutates, methodPath(method)).toBe(hasRequestId);
+      expect(policy.idempotency?.requestIdField.name, methodPath(method)).toBe(hasRequestId ? 'request_id' : undefined);
     }
+  });
+
+  it('declares the operation kind of every RPC that starts an operation', () => {
+    const kinds = [...methodIndex([...API_SERVICES, TestingService]).values()].flatMap((p) => (p.operationKind === undefined ? [] : [[p.method.name, OperationKind[p.operationKind]]]));
+    expect(Object.fromEntries(kinds)).toEqual({
+      ShutdownVm: 'SHUTDOWN_VM',
+      MigrateVM: 'MIGRATE_VM',
+      FailoverVM: 'FAILOVER_VM',
+      ProvisionVolume: 'PROVISION_VOLUME',
+      PruneSnapshots: 'PRUNE_SNAPSHOTS',
+      CloneRbdFromTemplate: 'CLONE_RBD_FROM_TEMPLATE',
+      StartTestOperation: 'TEST',
+    });
   });
 
   it('points resource_field and quota_amount_field at real request fields', () => {
     for (const method of methods) {
-      const policy = policyOf(method)!;
+      const policy = getOption(method, rpc_policy);
       if (policy.resourceField) expect(fieldAt(method.input, policy.resourceField), `${methodPath(method)} ${policy.resourceField}`).toBe(true);
       if (policy.resourceField) expect(policy.resourceKind, methodPath(method)).not.toBe(ResourceKind.UNSPECIFIED);
       if (policy.quotaAmountField) {
