@@ -14,6 +14,7 @@ import { registerVmCommands } from './vm.js';
 import { registerNodeCommands } from './node.js';
 import { registerStorageCommands } from './storage.js';
 import { registerMigrationCommands } from './migration.js';
+import { registerStoreCommands } from './store.js';
 import { printJson, printRecord } from './output.js';
 
 // grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
@@ -71,5 +72,6 @@ registerVmCommands(program);
 registerNodeCommands(program);
 registerStorageCommands(program);
 registerMigrationCommands(program);
+registerStoreCommands(program);
 
 await program.parseAsync();

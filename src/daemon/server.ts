@@ -12,7 +12,9 @@ import { Metrics } from '../observability/metrics.js';
 import { createHttpServer, splitHostPort } from '../observability/http.js';
 import { API_SERVICES } from '../services/registry.js';
 import { accessHandlers } from '../services/access.js';
+import { VERSION } from '../version.js';
 import { blockHandlers } from '../services/access-blocks.js';
+import { backupHandlers } from '../services/store-backup.js';
 import { AccessService } from '../gen/debvisor/v1/access_pb.js';
 import { AccessAdmin } from '../access/admin.js';
 import { AccessState } from '../access/state.js';
@@ -268,7 +270,12 @@ export class Daemon {
       };
       registerMigrationOperationKinds(operations, migration);
       const implemented: Record<string, Record<string, unknown>> = {
-        [AccessService.typeName]: accessHandlers(admin, access, blockHandlers({ guard, audit, roleNamesOf: (principal) => access.roleNamesOf(principal) })),
+        [AccessService.typeName]: accessHandlers(
+          admin,
+          access,
+          blockHandlers({ guard, audit, roleNamesOf: (principal) => access.roleNamesOf(principal) }),
+          backupHandlers(store, `debvisor-rpcd ${VERSION} on ${config.node.name}`),
+        ),
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),

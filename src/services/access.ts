@@ -6,6 +6,7 @@ import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
 import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.js';
 import type { AccessState, BindingSource } from '../access/state.js';
 import type { BlockHandlers } from './access-blocks.js';
+import type { BackupHandlers } from './store-backup.js';
 import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../rpc/policy.js';
 import type { HandlersOf } from '../rpc/adapter.js';
@@ -73,9 +74,10 @@ function grantedBy(roles: readonly Role[]): readonly string[] {
   return granted;
 }
 
-export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: BlockHandlers): HandlersOf<typeof AccessService> {
+export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: BlockHandlers, backup: BackupHandlers): HandlersOf<typeof AccessService> {
   return {
     ...blocks,
+    ...backup,
     whoAmI: (_request, ctx) => {
       const principal = principalOf(ctx);
       const roles = state.roleNamesOf(principal.id);

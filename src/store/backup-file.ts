@@ -72,20 +72,28 @@ export async function writeBackupFile(path: string, header: BackupHeader, payloa
   }
 }
 
-export interface SnapshotSource {
+/** Who took a snapshot and what they sent, known once its chunks have ended. */
+export interface SnapshotSummary {
   readonly backend: BackupHeader['backend'];
-  /** Who took it, e.g. "debvisor-rpcd 0.1.0 on host-a". */
+  /** e.g. "debvisor-rpcd 0.1.0 on host-a". */
   readonly takenBy: string;
+  /** When it was taken (default: when saving began). */
+  readonly created?: Date;
+  /** What the sender says it sent: checked against what arrived before the file is kept. */
+  readonly sent?: { readonly bytes: number; readonly sha256: string };
+}
+
+export interface SnapshotSource {
   readonly chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
-  /** What the sender says it sent, once the chunks have ended: checked before the file is kept. */
-  readonly sent?: () => { readonly bytes: number; readonly sha256: string } | undefined;
+  /** Asked once, after the last chunk. */
+  readonly summary: () => SnapshotSummary;
 }
 
 /** Saves a snapshot as a backup file at `path` (which must not exist yet); returns its header. */
 export async function saveBackup(path: string, source: SnapshotSource): Promise<BackupHeader> {
   const payload = `${path}.payload`;
   const digest = new SnapshotDigest();
-  const created = new Date().toISOString();
+  const started = new Date();
   try {
     await pipeline(
       async function* () {
@@ -96,18 +104,25 @@ export async function saveBackup(path: string, source: SnapshotSource): Promise<
       },
       createWriteStream(payload, { mode: 0o600, flags: 'wx' }),
     );
-  } catch (err) {
+    const summary = source.summary();
+    const header: BackupHeader = {
+      format: BACKUP_FORMAT,
+      version: 1,
+      backend: summary.backend,
+      created: (summary.created ?? started).toISOString(),
+      taken_by: summary.takenBy,
+      bytes: digest.bytes,
+      sha256: digest.hex(),
+    };
+    const { sent } = summary;
+    if (sent && (sent.bytes !== header.bytes || sent.sha256 !== header.sha256)) {
+      throw new BackupFileError(`the snapshot received (${header.bytes} bytes) differs from the one sent (${sent.bytes} bytes): nothing was written`);
+    }
+    await writeBackupFile(path, header, payload);
+    return header;
+  } finally {
     await rm(payload, { force: true });
-    throw err;
   }
-  const header: BackupHeader = { format: BACKUP_FORMAT, version: 1, backend: source.backend, created, taken_by: source.takenBy, bytes: digest.bytes, sha256: digest.hex() };
-  const sent = source.sent?.();
-  if (sent && (sent.bytes !== header.bytes || sent.sha256 !== header.sha256)) {
-    await rm(payload, { force: true });
-    throw new BackupFileError(`the snapshot received (${header.bytes} bytes) differs from the one sent (${sent.bytes} bytes): nothing was written`);
-  }
-  await writeBackupFile(path, header, payload);
-  return header;
 }
 
 /** Reads and checks a backup's header; the snapshot starts at `offset`. */

@@ -50,8 +50,9 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
       'access:apikey:rotate',
     ].includes(r.permission),
   monitor: (r) => ['node:list', 'node:get', 'node:heartbeat'].includes(r.permission),
-  // Every read, except PrepareMigration: a dry run of an operator action, not a read of state.
-  viewer: (r) => !r.mutates && r.permission !== 'migration:plan',
+  // Every read, except PrepareMigration (a dry run of an operator action, not a read of state)
+  // and BackupStore (a copy of the whole store, API key hashes included: for admins only).
+  viewer: (r) => !r.mutates && r.permission !== 'migration:plan' && r.permission !== 'store:backup',
 };
 
 const allows = (role: Role, permission: string) => authorize({ roles: [role], required: permission }).allowed;
@@ -87,7 +88,7 @@ describe('built-in roles', () => {
 
   it('the table covers the whole API', () => {
     expect(RPCS.length).toBeGreaterThanOrEqual(45);
-    expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'operation']));
+    expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'operation', 'store']));
   });
 
   it('no role grants WhoAmI: it is open to every authenticated caller by its policy', () => {

@@ -20,7 +20,7 @@ beforeEach(() => {
 afterEach(() => rmSync(root, { recursive: true, force: true }));
 
 async function backupOf(store: Store, path: string) {
-  return saveBackup(path, { backend: store.backend, takenBy: 'test', chunks: store.snapshot() });
+  return saveBackup(path, { chunks: store.snapshot(), summary: () => ({ backend: store.backend, takenBy: 'test' }) });
 }
 
 async function allKeys(store: Store): Promise<Map<string, string>> {
@@ -79,7 +79,7 @@ describe('embedded store backup', () => {
     writeFileSync(join(root, 'junk'), 'hello\n');
     await expect(verifyBackupFile(join(root, 'junk'))).rejects.toThrow(BackupFileError);
 
-    const etcd = await saveBackup(join(root, 'etcd.backup'), { backend: 'etcd', takenBy: 'test', chunks: [enc('snapshot bytes')].values() });
+    const etcd = await saveBackup(join(root, 'etcd.backup'), { chunks: [enc('snapshot bytes')].values(), summary: () => ({ backend: 'etcd', takenBy: 'test' }) });
     expect(etcd.backend).toBe('etcd');
     await expect(restoreEmbedded({ from: join(root, 'etcd.backup'), dataDir: join(root, 'r2'), force: false })).rejects.toThrow(/etcd snapshot/);
     await extractEtcdSnapshot(join(root, 'etcd.backup'), join(root, 'etcd.db'));
@@ -103,7 +103,7 @@ describe('embedded store backup', () => {
 
   it('refuses to save when what arrived differs from what was sent', async () => {
     const chunks = [enc('abc')].values();
-    await expect(saveBackup(join(root, 'x.backup'), { backend: 'embedded', takenBy: 'test', chunks, sent: () => ({ bytes: 4, sha256: '0'.repeat(64) }) })).rejects.toThrow(/differs/);
+    await expect(saveBackup(join(root, 'x.backup'), { chunks, summary: () => ({ backend: 'embedded', takenBy: 'test', sent: { bytes: 4, sha256: '0'.repeat(64) } }) })).rejects.toThrow(/differs/);
     expect(() => statSync(join(root, 'x.backup'))).toThrow();
   });
 });

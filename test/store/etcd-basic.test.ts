@@ -201,7 +201,7 @@ describe('etcd store (single member)', () => {
     const revision = await store.revision();
     const dir = mkdtempSync(join(tmpdir(), 'debvisor-etcd-backup-'));
     try {
-      await saveBackup(join(dir, 'b.backup'), { backend: 'etcd', takenBy: 'test', chunks: store.snapshot() });
+      await saveBackup(join(dir, 'b.backup'), { chunks: store.snapshot(), summary: () => ({ backend: 'etcd', takenBy: 'test' }) });
       await extractEtcdSnapshot(join(dir, 'b.backup'), join(dir, 'snapshot.db'));
       const env = { ...process.env, ETCDCTL_API: '3' };
       const status = JSON.parse(execFileSync('etcdctl', ['snapshot', 'status', join(dir, 'snapshot.db'), '-w', 'json'], { env, encoding: 'utf8' })) as { revision: number; totalKey: number };
