@@ -1,11 +1,21 @@
 // Every Prometheus metric the daemon exports, in one registry.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from 'prom-client';
 
+/** A counter of one fixed label set, for the chain's per-call counts. */
+export interface CounterCell {
+  inc(): void;
+}
+
+/** A histogram of one fixed label set, for the chain's per-call durations. */
+export interface HistogramCell {
+  observe(value: number): void;
+}
+
 /**
  * One label set of a BatchedHistogram: observe() is a bucket search and three additions,
  * where prom-client's observe() validates and hashes the label set on every call.
  */
-export class HistogramCell {
+class BatchedHistogramCell implements HistogramCell {
   /** Observations per bucket since the last merge; the last slot is above the highest bound. */
   readonly counts: Float64Array;
   sum = 0;
@@ -52,7 +62,7 @@ function cellOf<C>(cells: Map<string, C>, labels: Readonly<Record<string, string
 }
 
 /** One label set of a BatchedCounter: inc() is one addition, where prom-client's validates and hashes the labels. */
-export class CounterCell {
+class BatchedCounterCell implements CounterCell {
   pending = 0;
 
   constructor(readonly labels: Readonly<Record<string, string>>) {}
@@ -68,10 +78,10 @@ export class CounterCell {
  * Cells are for fixed label sets, made once.
  */
 class BatchedCounter<T extends string> extends Counter<T> {
-  private readonly cells: Map<string, CounterCell>;
+  private readonly cells: Map<string, BatchedCounterCell>;
 
   constructor(config: CounterConfiguration<T>) {
-    const cells = new Map<string, CounterCell>();
+    const cells = new Map<string, BatchedCounterCell>();
     super({
       ...config,
       // prom-client calls collect with the metric as `this`, before every read.
@@ -88,7 +98,7 @@ class BatchedCounter<T extends string> extends Counter<T> {
   }
 
   cell(labels: Readonly<Record<T, string>>): CounterCell {
-    return cellOf(this.cells, labels, () => new CounterCell(labels));
+    return cellOf(this.cells, labels, () => new BatchedCounterCell(labels));
   }
 }
 
@@ -105,10 +115,10 @@ interface PromHistogramEntry {
  * before every read (scrape or get()). Cells are for fixed label sets, made once.
  */
 class BatchedHistogram<T extends string> extends Histogram<T> {
-  private readonly cells: Map<string, HistogramCell>;
+  private readonly cells: Map<string, BatchedHistogramCell>;
 
   constructor(config: HistogramConfiguration<T>) {
-    const cells = new Map<string, HistogramCell>();
+    const cells = new Map<string, BatchedHistogramCell>();
     super({
       ...config,
       // prom-client calls collect with the metric as `this`, before every read.
@@ -120,7 +130,7 @@ class BatchedHistogram<T extends string> extends Histogram<T> {
   }
 
   cell(labels: Readonly<Record<T, string>>): HistogramCell {
-    return cellOf(this.cells, labels, (key) => new HistogramCell(labels, key, upperBoundsOf(this)));
+    return cellOf(this.cells, labels, (key) => new BatchedHistogramCell(labels, key, upperBoundsOf(this)));
   }
 }
 
@@ -129,7 +139,7 @@ function upperBoundsOf(histogram: Histogram): readonly number[] {
 }
 
 /** Adds the cells' observations to the histogram's own state and clears them. */
-function mergeCells<T extends string>(histogram: Histogram<T>, cells: Iterable<HistogramCell>): void {
+function mergeCells<T extends string>(histogram: Histogram<T>, cells: Iterable<BatchedHistogramCell>): void {
   const bounds = upperBoundsOf(histogram);
   const state = histogram as unknown as { hashMap: Record<string, PromHistogramEntry | undefined> };
   for (const cell of cells) {
@@ -152,19 +162,38 @@ function mergeCells<T extends string>(histogram: Histogram<T>, cells: Iterable<H
   }
 }
 
+/** A counter cell that is prom-client's own inc() with its label set (no batching). */
+class LabelledCounter<T extends string> extends Counter<T> {
+  cell(labels: Readonly<Record<T, string>>): CounterCell {
+    return { inc: () => this.inc(labels as Record<T, string>) };
+  }
+}
+
+/** A histogram cell that is prom-client's own observe() with its label set (no batching). */
+class LabelledHistogram<T extends string> extends Histogram<T> {
+  cell(labels: Readonly<Record<T, string>>): HistogramCell {
+    return { observe: (value: number) => this.observe(labels as Record<T, string>, value) };
+  }
+}
+
+/** Benchmark switch, read once at start-up: DEBVISOR_METRICS_BATCHING=off uses prom-client's public API per call. */
+const BATCHING = process.env.DEBVISOR_METRICS_BATCHING !== 'off';
+const HotCounter = BATCHING ? BatchedCounter : LabelledCounter;
+const HotHistogram = BATCHING ? BatchedHistogram : LabelledHistogram;
+
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
 export class Metrics {
   readonly registry = new Registry();
 
-  readonly rpcRequests = new BatchedCounter({
+  readonly rpcRequests = new HotCounter({
     name: 'rpc_requests_total',
     help: 'RPCs completed, by service, method and final gRPC status.',
     labelNames: ['service', 'method', 'status'] as const,
     registers: [this.registry],
   });
 
-  readonly rpcDuration = new BatchedHistogram({
+  readonly rpcDuration = new HotHistogram({
     name: 'rpc_request_duration_seconds',
     help: 'Time from request headers to final status.',
     labelNames: ['service', 'method'] as const,
@@ -173,14 +202,14 @@ export class Metrics {
   });
 
   // The go-grpc-middleware names, so existing Grafana dashboards work unchanged.
-  readonly grpcHandled = new BatchedCounter({
+  readonly grpcHandled = new HotCounter({
     name: 'grpc_server_handled_total',
     help: 'Total number of RPCs completed on the server, regardless of success or failure.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method', 'grpc_code'] as const,
     registers: [this.registry],
   });
 
-  readonly grpcHandling = new BatchedHistogram({
+  readonly grpcHandling = new HotHistogram({
     name: 'grpc_server_handling_seconds',
     help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const,
@@ -188,7 +217,7 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly authAttempts = new BatchedCounter({
+  readonly authAttempts = new HotCounter({
     name: 'auth_attempts_total',
     help: 'Authentication attempts, by method (mtls, api_key, none) and result (success, failure).',
     labelNames: ['method', 'result'] as const,
