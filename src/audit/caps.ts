@@ -4,7 +4,7 @@
 // the cap (in UTF-8 bytes, never splitting a character), and ends with the marker
 // `…[truncated N bytes]`, N being the UTF-8 bytes cut off. A request or details member
 // that is not a string and whose JSON is over the cap becomes that JSON, cut the same way.
-import type { AuditEventInput, AuditPrincipal } from './event.js';
+import type { AuditEventInput, AuditPrincipal } from './types.js';
 
 /** Caps in UTF-8 bytes of the value (JSON escaping may lengthen it on disk, at most 6×). */
 export const AUDIT_CAPS = {
@@ -90,7 +90,7 @@ function capOptional(text: string | undefined, cap: number): string | undefined 
   return text === undefined ? undefined : capString(text, cap);
 }
 
-/** A principal's strings capped; the same object when none is over (so its caches still apply). */
+/** A principal's strings capped; the same object when none is over. */
 export function capPrincipal(p: AuditPrincipal): AuditPrincipal {
   const cap = AUDIT_CAPS.resource;
   const id = capString(p.id, cap);
@@ -112,7 +112,7 @@ function mayBeLong(text: string | undefined, cap: number): boolean {
 /**
  * The event with every string within its cap (AUDIT_CAPS); the same object when nothing
  * is over, which is what almost every call is. The principal is capped where it is
- * serialized (event.ts, once per frozen principal).
+ * serialized (event.ts).
  */
 export function capEvent<E extends AuditEventInput>(event: E): E {
   const { other } = AUDIT_CAPS;

@@ -1,154 +1,32 @@
 // Every Prometheus metric the daemon exports, in one registry.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
-/**
- * One label set of a BatchedHistogram: observe() is a bucket search and three additions,
- * where prom-client's observe() validates and hashes the label set on every call.
- */
-export class HistogramCell {
-  /** Observations per bucket since the last merge; the last slot is above the highest bound. */
-  readonly counts: Float64Array;
-  sum = 0;
-  count = 0;
-
-  constructor(
-    readonly labels: Readonly<Record<string, string>>,
-    /** prom-client's key for this label set (see BatchedHistogram.cell). */
-    readonly key: string,
-    private readonly bounds: readonly number[],
-  ) {
-    this.counts = new Float64Array(bounds.length + 1);
-  }
-
-  observe(value: number): void {
-    // prom-client throws on these; a duration is always finite, so drop rather than throw.
-    if (!Number.isFinite(value)) return;
-    const bounds = this.bounds;
-    let bucket = 0;
-    while (bucket < bounds.length && value > (bounds[bucket] as number)) bucket++;
-    (this.counts[bucket] as number)++;
-    this.sum += value;
-    this.count++;
-  }
+/** A counter of one fixed label set, for the chain's per-call counts. */
+export interface CounterCell {
+  inc(): void;
 }
 
-/** The key prom-client files a label set under (util.js hashObject: the sorted label names). */
-function labelKey(labels: Readonly<Record<string, string>>): string {
-  return Object.keys(labels)
-    .sort()
-    .map((name) => `${name}:${labels[name]},`)
-    .join('');
+/** A histogram of one fixed label set, for the chain's per-call durations. */
+export interface HistogramCell {
+  observe(value: number): void;
 }
 
-/** The cell of a label set: made on first use, then the same one (cells are for fixed label sets). */
-function cellOf<C>(cells: Map<string, C>, labels: Readonly<Record<string, string>>, make: (key: string) => C): C {
-  const key = labelKey(labels);
-  let cell = cells.get(key);
-  if (cell === undefined) {
-    cell = make(key);
-    cells.set(key, cell);
-  }
-  return cell;
-}
-
-/** One label set of a BatchedCounter: inc() is one addition, where prom-client's validates and hashes the labels. */
-export class CounterCell {
-  pending = 0;
-
-  constructor(readonly labels: Readonly<Record<string, string>>) {}
-
-  inc(): void {
-    this.pending++;
-  }
-}
-
-/**
- * A prom-client Counter (same name, help, labels and exposition) for hot paths: counts go
- * to CounterCells and are added to the counter before every read (scrape or get()).
- * Cells are for fixed label sets, made once.
- */
-class BatchedCounter<T extends string> extends Counter<T> {
-  private readonly cells: Map<string, CounterCell>;
-
-  constructor(config: CounterConfiguration<T>) {
-    const cells = new Map<string, CounterCell>();
-    super({
-      ...config,
-      // prom-client calls collect with the metric as `this`, before every read.
-      collect(this: Counter<T>) {
-        for (const cell of cells.values()) {
-          if (cell.pending === 0) continue;
-          const count = cell.pending;
-          cell.pending = 0;
-          this.inc(cell.labels as Record<T, string>, count);
-        }
-      },
-    });
-    this.cells = cells;
-  }
-
+/** A Counter whose label sets the chain binds once per method and code (cell). */
+class CellCounter<T extends string> extends Counter<T> {
   cell(labels: Readonly<Record<T, string>>): CounterCell {
-    return cellOf(this.cells, labels, () => new CounterCell(labels));
+    return { inc: () => this.inc(labels as Record<T, string>) };
   }
 }
 
-/** prom-client 15's per-label-set histogram state (lib/histogram.js createBaseValues). */
-interface PromHistogramEntry {
-  bucketValues: Record<number, number>;
-  sum: number;
-  count: number;
-}
-
-/**
- * A prom-client Histogram (same name, help, buckets, labels and exposition) for hot
- * paths: observations go to HistogramCells and are added to the histogram's own state
- * before every read (scrape or get()). Cells are for fixed label sets, made once.
- */
-class BatchedHistogram<T extends string> extends Histogram<T> {
-  private readonly cells: Map<string, HistogramCell>;
-
-  constructor(config: HistogramConfiguration<T>) {
-    const cells = new Map<string, HistogramCell>();
-    super({
-      ...config,
-      // prom-client calls collect with the metric as `this`, before every read.
-      collect(this: Histogram<T>) {
-        mergeCells(this, cells.values());
-      },
-    });
-    this.cells = cells;
-  }
-
+/** A Histogram whose label sets the chain binds once per method (cell). */
+class CellHistogram<T extends string> extends Histogram<T> {
   cell(labels: Readonly<Record<T, string>>): HistogramCell {
-    return cellOf(this.cells, labels, (key) => new HistogramCell(labels, key, upperBoundsOf(this)));
-  }
-}
-
-function upperBoundsOf(histogram: Histogram): readonly number[] {
-  return (histogram as unknown as { upperBounds: readonly number[] }).upperBounds;
-}
-
-/** Adds the cells' observations to the histogram's own state and clears them. */
-function mergeCells<T extends string>(histogram: Histogram<T>, cells: Iterable<HistogramCell>): void {
-  const bounds = upperBoundsOf(histogram);
-  const state = histogram as unknown as { hashMap: Record<string, PromHistogramEntry | undefined> };
-  for (const cell of cells) {
-    if (cell.count === 0) continue;
-    let entry = state.hashMap[cell.key];
-    if (!entry) {
-      histogram.zero(cell.labels as Record<T, string>);
-      entry = state.hashMap[cell.key];
-      if (!entry) throw new Error(`histogram cell ${cell.key}: prom-client's histogram internals changed; update mergeCells`);
-    }
-    for (let bucket = 0; bucket < bounds.length; bucket++) {
-      const bound = bounds[bucket] as number;
-      entry.bucketValues[bound] = (entry.bucketValues[bound] ?? 0) + (cell.counts[bucket] as number);
-    }
-    entry.sum += cell.sum;
-    entry.count += cell.count;
-    cell.counts.fill(0);
-    cell.sum = 0;
-    cell.count = 0;
+    return {
+      observe: (value) => {
+        // prom-client throws on a value that is not finite; a duration always is, so drop rather than throw.
+        if (Number.isFinite(value)) this.observe(labels as Record<T, string>, value);
+      },
+    };
   }
 }
 
@@ -157,14 +35,14 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 export class Metrics {
   readonly registry = new Registry();
 
-  readonly rpcRequests = new BatchedCounter({
+  readonly rpcRequests = new CellCounter({
     name: 'rpc_requests_total',
     help: 'RPCs completed, by service, method and final gRPC status.',
     labelNames: ['service', 'method', 'status'] as const,
     registers: [this.registry],
   });
 
-  readonly rpcDuration = new BatchedHistogram({
+  readonly rpcDuration = new CellHistogram({
     name: 'rpc_request_duration_seconds',
     help: 'Time from request headers to final status.',
     labelNames: ['service', 'method'] as const,
@@ -173,14 +51,14 @@ export class Metrics {
   });
 
   // The go-grpc-middleware names, so existing Grafana dashboards work unchanged.
-  readonly grpcHandled = new BatchedCounter({
+  readonly grpcHandled = new CellCounter({
     name: 'grpc_server_handled_total',
     help: 'Total number of RPCs completed on the server, regardless of success or failure.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method', 'grpc_code'] as const,
     registers: [this.registry],
   });
 
-  readonly grpcHandling = new BatchedHistogram({
+  readonly grpcHandling = new CellHistogram({
     name: 'grpc_server_handling_seconds',
     help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const,
@@ -188,7 +66,7 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly authAttempts = new BatchedCounter({
+  readonly authAttempts = new CellCounter({
     name: 'auth_attempts_total',
     help: 'Authentication attempts, by method (mtls, api_key, none) and result (success, failure).',
     labelNames: ['method', 'result'] as const,

@@ -1,5 +1,5 @@
-// The chain's per-call metric paths (histogram cells, batched auth counts) must expose
-// exactly what prom-client's own observe()/inc() would.
+// The chain's per-call metric paths (cells bound once to a label set) must expose exactly
+// what prom-client's own observe()/inc() would.
 import { Counter, Histogram, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/observability/metrics.js';
@@ -44,21 +44,21 @@ describe('Metrics', () => {
     expect((await metrics.grpcHandling.get()).values).toEqual([]);
   });
 
-  it('counter cells show in their counter on every read, next to plain inc()', async () => {
+  it('counter cells count in their counter, next to plain inc()', async () => {
     const metrics = new Metrics();
     const reference = new Registry();
     const plain = new Counter({ name: 'auth_attempts_total', help: 'x', labelNames: ['method', 'result'] as const, registers: [reference] });
     const mtls = metrics.authAttempts.cell({ method: 'mtls', result: 'success' });
     for (let i = 0; i < 3; i++) mtls.inc();
     metrics.authAttempts.cell({ method: 'api_key', result: 'success' }).inc();
-    // The same label set in another order is the same cell.
-    expect(metrics.authAttempts.cell({ result: 'success', method: 'mtls' })).toBe(mtls);
+    // The same label set in another order counts in the same series.
+    metrics.authAttempts.cell({ result: 'success', method: 'mtls' }).inc();
     metrics.authAttempts.inc({ method: 'none', result: 'failure' });
-    plain.inc({ method: 'mtls', result: 'success' }, 3);
+    plain.inc({ method: 'mtls', result: 'success' }, 4);
     plain.inc({ method: 'api_key', result: 'success' });
     plain.inc({ method: 'none', result: 'failure' });
     expect(family(await metrics.registry.metrics(), 'auth_attempts_total')).toEqual(family(await reference.metrics(), 'auth_attempts_total'));
     mtls.inc();
-    expect((await metrics.authAttempts.get()).values.find((v) => v.labels.method === 'mtls')?.value).toBe(4);
+    expect((await metrics.authAttempts.get()).values.find((v) => v.labels.method === 'mtls')?.value).toBe(5);
   });
 });
