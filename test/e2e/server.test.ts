@@ -1,6 +1,6 @@
 // End-to-end: the real daemon (dist/main.js) over mutual TLS, one daemon for the file.
 import { X509Certificate } from 'node:crypto';
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -313,6 +313,18 @@ describe('health, reflection and HTTP', () => {
     const readyz = await fetch(`${base}/readyz`);
     expect(readyz.status).toBe(200);
     await readyz.text();
+  });
+
+  it('/metrics passes promtool check metrics, with the alerts\' series present from the start', async () => {
+    const body = await (await fetch(`http://${daemon.httpAddress}/metrics`)).text();
+    const check = spawnSync('promtool', ['check', 'metrics'], { input: body, encoding: 'utf8' });
+    expect(check.error).toBeUndefined();
+    expect(`${check.stdout}${check.stderr}`.trim()).toBe('');
+    expect(check.status).toBe(0);
+    expect(body).toMatch(/^auth_attempts_total\{method="api_key",result="failure"\} \d+$/m);
+    expect(body).toMatch(/^rate_limit_violations_total\{principal="global"\} \d+$/m);
+    expect(body).toMatch(/^component_ready\{component="store"\} 1$/m);
+    expect(body).toMatch(/^debvisor_build_info\{version="\d+\.\d+\.\d+[^"]*",node_version="[\d.]+"\} 1$/m);
   });
 });
 

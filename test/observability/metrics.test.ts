@@ -1,5 +1,6 @@
 // The chain's per-call metric paths (cells bound once to a label set) must expose exactly
 // what prom-client's own observe()/inc() would.
+import { spawnSync } from 'node:child_process';
 import { Counter, Histogram, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/observability/metrics.js';
@@ -48,6 +49,10 @@ describe('Metrics', () => {
     const metrics = new Metrics();
     const reference = new Registry();
     const plain = new Counter({ name: 'auth_attempts_total', help: 'x', labelNames: ['method', 'result'] as const, registers: [reference] });
+    // Metrics exports every outcome at 0 from the start, in this order.
+    for (const [method, result] of [['mtls', 'success'], ['mtls', 'failure'], ['api_key', 'success'], ['api_key', 'failure'], ['none', 'failure'], ['blocked', 'failure']]) {
+      plain.inc({ method, result }, 0);
+    }
     const mtls = metrics.authAttempts.cell({ method: 'mtls', result: 'success' });
     for (let i = 0; i < 3; i++) mtls.inc();
     metrics.authAttempts.cell({ method: 'api_key', result: 'success' }).inc();
@@ -60,5 +65,17 @@ describe('Metrics', () => {
     expect(family(await metrics.registry.metrics(), 'auth_attempts_total')).toEqual(family(await reference.metrics(), 'auth_attempts_total'));
     mtls.inc();
     expect((await metrics.authAttempts.get()).values.find((v) => v.labels.method === 'mtls')?.value).toBe(5);
+  });
+
+  it('passes promtool check metrics, and exports the alerts\' counters at 0 from the start', async () => {
+    const text = await new Metrics().registry.metrics();
+    const check = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+    expect(`${check.stdout}${check.stderr}`.trim()).toBe('');
+    expect(check.status).toBe(0);
+    expect(text).not.toMatch(/^nodejs_active_\w+_total/m);
+    for (const line of ['auth_attempts_total{method="mtls",result="failure"} 0', 'auth_attempts_total{method="none",result="failure"} 0', 'rate_limit_violations_total{principal="global"} 0']) {
+      expect(text.split('\n')).toContain(line);
+    }
+    expect(text).toMatch(/^debvisor_build_info\{version="[^"]+",node_version="[^"]+"\} 1$/m);
   });
 });
