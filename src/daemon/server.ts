@@ -26,7 +26,7 @@ import { SourceGuard } from '../authn/source-guard.js';
 import { createRepositories } from '../store/repositories.js';
 import { methodIndex, type PolicyIndex } from '../rpc/policy.js';
 import { PermissionCatalogue } from '../authz/catalogue.js';
-import { methodPath } from '../rpc/adapter.js';
+import { methodPath } from '../rpc/policy.js';
 import type { DescService } from '@bufbuild/protobuf';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
@@ -76,8 +76,9 @@ export interface StartOptions {
 }
 
 /**
- * What the proto declares around every handler: a retried request_id gets the first
- * reply, and a declared quota is consumed before the handler runs (retries consume nothing).
+ * What the proto declares around every handler: the compiled policy on its context, a
+ * retried request_id gets the first reply, and a declared quota is consumed before the
+ * handler runs (retries consume nothing).
  */
 function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: PolicyIndex, quotas: QuotaManager, store: Store, log: Logger): Record<string, unknown> {
   const wrapped = { ...handlers };
@@ -85,7 +86,9 @@ function withDeclaredPolicies(service: DescService, handlers: Record<string, unk
     const policy = methods.get(methodPath(method));
     const handler = wrapped[method.localName];
     if (policy && typeof handler === 'function') {
-      wrapped[method.localName] = withIdempotency(store, policy, withQuota(quotas, policy, handler as Parameters<typeof withQuota>[2]), { log });
+      const declared = withIdempotency(store, policy, withQuota(quotas, policy, handler as Parameters<typeof withQuota>[2]), { log });
+      // The handler (and what it calls, such as OperationManager.launch) reads its RPC's policy from the context.
+      wrapped[method.localName] = (request: Parameters<typeof declared>[0], ctx: Parameters<typeof declared>[1]) => declared(request, { ...ctx, policy });
     }
   }
   return wrapped;

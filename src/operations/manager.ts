@@ -128,6 +128,10 @@ export class OperationManager {
     const owner = ctx.principal?.id;
     if (!owner) throw new RpcError('UNAUTHENTICATED', 'no principal');
     if (!this.kinds.has(definition.kind)) throw new RpcError('INTERNAL', `no runner for operation kind ${storedKindName(definition.kind)}`);
+    // The RPC declares what it starts (operation_kind); a handler launching another kind is a bug.
+    if (ctx.policy && ctx.policy.operationKind !== definition.kind) {
+      throw new RpcError('INTERNAL', `${ctx.policy.path} declares operation kind ${ctx.policy.operationKind === undefined ? 'none' : storedKindName(ctx.policy.operationKind)} but launched ${storedKindName(definition.kind)}`);
+    }
     if (request.requestId !== undefined && !REQUEST_ID.test(request.requestId)) {
       throw new InvalidArgumentError('request_id', 'at most 128 characters of letters, digits and . _ : -');
     }

@@ -15,7 +15,6 @@ import {
   fromBinary,
   toBinary,
   type DescMessage,
-  type DescMethod,
   type DescService,
   type MessageInitShape,
   type MessageShape,
@@ -23,6 +22,7 @@ import {
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { InvalidArgumentError, RpcError, toStatus } from './errors.js';
 import { callStateOf, type CallContext } from './context.js';
+import { methodPath } from './policy.js';
 import { newTraceId } from './trace.js';
 import { runInCallScope, type CallScope } from './call-scope.js';
 
@@ -78,9 +78,6 @@ function deserializer(schema: DescMessage) {
   };
 }
 
-export function methodPath(method: DescMethod): string {
-  return `/${method.parent.typeName}/${method.name}`;
-}
 
 export function toServiceDefinition(service: DescService): ServiceDefinition {
   const definition: Record<string, MethodDefinition<unknown, unknown>> = {};

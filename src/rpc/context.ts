@@ -3,6 +3,7 @@
 // interceptors to the handler, and no client can forge an object reference,
 // so identity never travels in a header.
 import type { Metadata } from '@grpc/grpc-js';
+import type { CompiledPolicy } from './policy.js';
 import type { Principal } from './principal.js';
 
 export interface CallState {
@@ -59,6 +60,8 @@ export interface CallContext {
   /** Aborted when the client cancels or the deadline passes. */
   readonly signal: AbortSignal;
   readonly peer: string;
+  /** What the proto declares for this RPC, compiled at start-up (set around every handler that has a policy). */
+  readonly policy?: CompiledPolicy;
   /** Quota this call consumed (from the proto option), for work that must give it back if it fails later. */
   readonly quota?: { readonly resource: 'snapshots' | 'storage_gb'; readonly amount: number };
 }

@@ -6,7 +6,11 @@ import { ScalarType, getOption, hasOption, type DescField, type DescMethod, type
 import { reflect, type ReflectMessage } from '@bufbuild/protobuf/reflect';
 import { QuotaResource, ResourceKind, rpc_policy, type RpcPolicy } from '../gen/debvisor/v1/options_pb.js';
 import { OperationKind, operation_kind } from '../gen/debvisor/v1/operation_pb.js';
-import { methodPath } from './adapter.js';
+
+/** The gRPC path of a method, `/package.Service/Method`: the key every per-RPC table uses. */
+export function methodPath(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
 
 /** The resource an RPC targets, e.g. `{ kind: 'pool', name: 'rbd' }`. */
 export interface ResourceRef {

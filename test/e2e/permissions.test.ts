@@ -10,7 +10,7 @@ import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { MigrationService } from '../../src/gen/debvisor/v1/migration_pb.js';
 import { NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
-import { methodPath } from '../../src/rpc/adapter.js';
+import { methodPath } from '../../src/rpc/policy.js';
 import { compilePolicy } from '../../src/rpc/policy.js';
 import { clientFor, rawClientFor, rawUnary, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { rawServerStream } from '../support/security.js';

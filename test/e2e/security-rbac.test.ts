@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { authorize } from '../../src/authz/decide.js';
 import { BUILTIN_ROLES } from '../../src/authz/roles.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
-import { methodPath } from '../../src/rpc/adapter.js';
+import { methodPath } from '../../src/rpc/policy.js';
 import { compilePolicy } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { auditRecords, clientFor, rawClientFor, rawUnary, startDaemon, type ClientPem, type RunningDaemon } from '../support/daemon.js';

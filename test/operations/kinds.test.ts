@@ -12,6 +12,8 @@ import { decodeResult, defineOperationKind, encodeResult, kindOfStored, storedKi
 import { OperationManager } from '../../src/operations/manager.js';
 import { QuotaManager } from '../../src/quota/manager.js';
 import type { CallContext } from '../../src/rpc/context.js';
+import { compilePolicy } from '../../src/rpc/policy.js';
+import { API_SERVICES } from '../../src/services/registry.js';
 import type { Principal } from '../../src/rpc/principal.js';
 import { operationMessage } from '../../src/services/operations.js';
 import { RecordCache } from '../../src/store/cache.js';
@@ -116,6 +118,14 @@ describe('OperationManager with a typed kind', () => {
     if (message.result?.case === 'shutdown') expect(message.result.value).toMatchObject({ vmName: 'web-1', forced: true });
     expect(operations.list({ kind: OperationKind.SHUTDOWN_VM }).map((op) => op.id)).toEqual([started.id]);
     expect(operations.list({ kind: OperationKind.TEST })).toEqual([]);
+
+    // A handler reads its RPC's compiled policy: launching a kind its RPC does not declare is refused.
+    const method = (name: string) => API_SERVICES.flatMap((service) => service.methods).find((m) => m.name === name)!;
+    const shutdownVm = { ...ctx, policy: compilePolicy(method('ShutdownVm')) };
+    await expect(operations.launch({ ...ctx, policy: compilePolicy(method('PruneSnapshots')) }, shutdown, { target: 'vm:web-2', params: { vmName: 'web-2', force: false } })).rejects.toThrow(
+      /PruneSnapshots declares operation kind PRUNE_SNAPSHOTS but launched SHUTDOWN_VM/,
+    );
+    await expect(operations.launch(shutdownVm, shutdown, { target: 'vm:web-2', params: { vmName: 'web-2', force: false } })).resolves.toMatchObject({ kind: 'SHUTDOWN_VM' });
     operations.stop();
   });
 });

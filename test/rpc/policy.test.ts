@@ -6,7 +6,7 @@ import { API_SERVICES } from '../../src/services/registry.js';
 import { compilePolicy, methodIndex } from '../../src/rpc/policy.js';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { OperationKind } from '../../src/gen/debvisor/v1/operation_pb.js';
-import { methodPath } from '../../src/rpc/adapter.js';
+import { methodPath } from '../../src/rpc/policy.js';
 import { EXEMPT_SERVICES, isExempt } from '../../src/chain/exempt.js';
 import { QuotaResource, ResourceKind, rpc_policy, secret } from '../../src/gen/debvisor/v1/options_pb.js';
 
