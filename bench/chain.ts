@@ -42,6 +42,7 @@ import { createInterface } from 'node:readline';
 import { create, toBinary } from '@bufbuild/protobuf';
 import { EchoRequestSchema } from '../src/gen/debvisor/testing/v1/testing_pb.js';
 import { AccessService } from '../src/gen/debvisor/v1/access_pb.js';
+import { DIST_BUILT_ENV } from '../test/support/built.js';
 import { REPO_ROOT, clientFor } from '../test/support/daemon.js';
 import { startTestingDaemon } from '../test/support/testing.js';
 import type { LoadResult, LoadSpec } from './loadgen.js';
@@ -136,6 +137,7 @@ try {
   // tsc still emits on type errors; a broken emit shows up as a daemon that does not start.
   console.error('warning: tsc reported errors (above); benchmarking what it emitted');
 }
+process.env[DIST_BUILT_ENV] = '1';
 
 // 2. The full daemon (its temp dir holds the dev PKI, store, audit log and config), with
 //    rate limits far above the offered load so every call is answered OK, and the test

@@ -1,6 +1,6 @@
-// The services that skip the API's chain (identity, audit, rate limit, RBAC) and what runs
-// for them instead (chain.ts). Health must answer load balancers and systemd probes without
-// a credential; reflection only describes the API. Both are limited per source address,
+// The services that skip the API's chain (identity, audit, bounds, rate limit, RBAC); chain.ts
+// selects what runs for them instead. Health must answer load balancers and systemd probes
+// without a credential; reflection only describes the API. Both are limited per source address,
 // and reflection requires an authenticated caller unless `server.reflection` says otherwise.
 export const HEALTH_SERVICE = 'grpc.health.v1.Health';
 export const REFLECTION_SERVICES: readonly string[] = ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'];

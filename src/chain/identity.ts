@@ -15,7 +15,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../rpc/context.js';
 import { UnauthenticatedError } from '../rpc/errors.js';
 import { auditPrincipal } from './audit-principal.js';
-import { firstHeader, headerMap } from './headers.js';
+import { firstHeader, headerNames } from './headers.js';
 import type { Connection } from './peer.js';
 import type { Step } from './step.js';
 
@@ -92,10 +92,8 @@ export function identity(deps: IdentityDeps): Step {
 
   return {
     onRequest: (state, { path, connection, metadata }) => {
-      const headers = headerMap(metadata);
-      const token = tokenFromHeaders(firstHeader(headers, 'authorization'), firstHeader(headers, 'x-api-key'));
-      // Removing the entry the iteration is at is safe for a Map.
-      for (const name of headers.keys()) {
+      const token = tokenFromHeaders(firstHeader(metadata, 'authorization'), firstHeader(metadata, 'x-api-key'));
+      for (const name of headerNames(metadata)) {
         if (name.startsWith(INTERNAL_HEADER_PREFIX) || CREDENTIAL_HEADERS.includes(name)) metadata.remove(name);
       }
       const ip = connection.ip;

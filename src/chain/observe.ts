@@ -1,15 +1,14 @@
-// Step 1, outermost: gives every call its trace id and call state, and sees every
+// Wrapper 1, outermost: gives every call its trace id and call state, and sees every
 // final status for metrics and the access log.
 import { Metadata, status as Status } from '@grpc/grpc-js';
-import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import type { Logger } from 'pino';
 import { attachCallState, type CallState } from '../rpc/context.js';
 import { TRACE_ID_KEY } from '../rpc/errors.js';
 import { traceIdFrom, newTraceId } from '../rpc/trace.js';
 import type { CounterCell, HistogramCell, Metrics } from '../observability/metrics.js';
-import { firstHeader, headerMap } from './headers.js';
+import { firstHeader } from './headers.js';
 import type { Connection } from './peer.js';
-import type { ChainSpec, ObservedCall } from './step.js';
+import type { ChainSpec, ObservedCall, PartialStatusObject } from './step.js';
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;
 
@@ -82,7 +81,7 @@ export interface CallTracker {
   callEnded(peer: string, authenticated: boolean): void;
 }
 
-/** Step 1 for one call. Built when grpc-js creates the call, so `startedAt` covers the whole chain. */
+/** Wrapper 1 for one call. Built when grpc-js creates the call, so `startedAt` covers the whole chain. */
 class Observation implements ObservedCall {
   private readonly startedAt = performance.now();
   private traceId: string | undefined;
@@ -113,7 +112,7 @@ class Observation implements ObservedCall {
   }
 
   begin(metadata: Metadata): CallState {
-    const sent = firstHeader(headerMap(metadata), TRACE_ID_KEY);
+    const sent = firstHeader(metadata, TRACE_ID_KEY);
     const traceId = (this.traceId = traceIdFrom(sent));
     this.clientTraceId = traceId === sent;
     // Every member the later steps set is there from the start: the object keeps one shape

@@ -9,10 +9,13 @@
 // session object in a WeakMap: the entry dies with the connection, and a call only ever
 // sees the connection it arrived on.
 //
-// The session is reached through grpc-js 1.14 internals (the base call's `stream`), so
-// anything not shaped as expected falls back to grpc-js's own per-call methods, which is
-// exactly what this replicates: a certificate only if the socket is TLS, `authorized`
-// (verified against the CA bundle at the handshake), and a certificate was presented.
+// The session is reached through grpc-js 1.14 internals (the private `nextCall` links down to
+// the base call and its private `stream`): the one place the daemon reads grpc-js internals,
+// because the public getAuthContext() costs every call ~70 µs. Anything not shaped as
+// expected falls back to grpc-js's own per-call methods, which is exactly what this
+// replicates: a certificate only if the socket is TLS, `authorized` (verified against the CA
+// bundle at the handshake), and a certificate was presented. The fallback is correct but
+// slow, so test/chain/peer.test.ts fails if a real TLS call does not take the fast path.
 import { TLSSocket, type PeerCertificate } from 'node:tls';
 import type { ServerInterceptingCallInterface } from '@grpc/grpc-js';
 
@@ -73,4 +76,9 @@ export function connectionOf(call: ServerInterceptingCallInterface): Connection 
   const connection: Connection = { peer: socket.remotePort ? `${ip}:${socket.remotePort}` : ip, ip, certificate, session };
   bySession.set(session, connection);
   return connection;
+}
+
+/** Whether `connection` came from the per-session cache (the fast path), not from the per-call fallback. */
+export function isCachedConnection(connection: Connection): boolean {
+  return connection.session !== undefined && bySession.get(connection.session) === connection;
 }

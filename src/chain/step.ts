@@ -1,31 +1,39 @@
 // The small shape every chain step is written in, so each step file holds only its
 // own concern, and the one grpc-js interceptor that runs them all (chain.ts lists them).
 //
-// The steps share one interceptor instead of one each, and that interceptor is one object
-// per call (ChainCall) that is both the call grpc-js's handler side drives and the listener
-// of the call beneath it: grpc-js's generic ServerInterceptingCall would cost a responder,
-// two listeners and a closure per event on every call. ChainCall keeps its ordering rules:
-// a message waits while the headers' steps run, the half-close while either's do, and
-// nothing is delivered after a cancel. The order and semantics are those of one
-// interceptor per step, outermost first:
+// The steps share one interceptor instead of one each: per call, one grpc-js
+// ServerInterceptingCall (its public class) over one ChainCall, which is both that call's
+// responder and its listener (grpc-js's ServerListenerBuilder and ResponderBuilder only
+// assemble these same public shapes, at two more objects a call). ChainCall keeps its
+// ordering rules: a message waits while the headers' steps run, the half-close while
+// either's do, and nothing is delivered after a cancel. The order and semantics are those
+// of one interceptor per step, outermost first:
 //   - headers: observe, then each step's onRequest in order;
 //   - request message: each step's onMessage in order, then the handler;
 //   - final status: each step's onStatus in reverse order, then observe (always last).
 // A step that throws or rejects ends the call: no later step and no handler runs, and the
 // status it produced is seen by the steps before it and by observe, not by itself or
 // later ones (as if it had been sent from its own layer). A throw from the handler's
-// synchronous part (recovery) is seen by observe only. Exempt calls run only their own steps.
-import { status as Status, type Metadata, type ServerInterceptingCall, type ServerInterceptor, type ServerInterceptingCallInterface } from '@grpc/grpc-js';
-import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
-import type { InterceptingServerListener } from '@grpc/grpc-js/build/src/server-interceptors.js';
+// synchronous part (recovery) is seen by observe only. Exactly one final status leaves a
+// call; a handler's writes after it are dropped. A step limited by a selector runs only
+// for the methods it selects (decided once per method path).
+//
+// observe (1) and recovery (2) are the chain's two wrappers rather than steps: observe
+// makes the call's state before any step and sees every status after all of them, and
+// recovery wraps the handler, which no step does.
+import { ServerInterceptingCall, status as Status, type Metadata, type ServerInterceptor, type ServerInterceptingCallInterface, type ServerListener } from '@grpc/grpc-js';
 import { undecodableError } from '../rpc/adapter.js';
 import { toStatus } from '../rpc/errors.js';
 import type { CallState } from '../rpc/context.js';
 import { newTraceId } from '../rpc/trace.js';
 import { connectionOf, type Connection } from './peer.js';
 
+/** A status on its way out (code and details; trailers optional), as grpc-js's sendStatus takes it. */
+export type PartialStatusObject = Parameters<ServerInterceptingCallInterface['sendStatus']>[0];
+
 export interface StepCall {
   readonly path: string;
+  /** The call beneath the chain, as grpc-js made it for the stream. */
   readonly call: ServerInterceptingCallInterface;
   /** The call's connection: address and verified client certificate, worked out once per connection. */
   readonly connection: Connection;
@@ -39,9 +47,17 @@ export interface Step {
   readonly onMessage?: (state: CallState, call: StepCall, message: unknown) => void | Promise<void>;
   /** Sees the final status on its way out. */
   readonly onStatus?: (status: PartialStatusObject, state: CallState | undefined) => void;
+  /** The method paths the step runs for (asked once per path); every method when absent. */
+  readonly methods?: (path: string) => boolean;
 }
 
-/** One call as the outermost step (observe.ts) sees it. */
+/** `step`, run only for the method paths `match` selects (and that it selected already, if limited). */
+export function selector(match: (path: string) => boolean, step: Step): Step {
+  const own = step.methods;
+  return { ...step, methods: own ? (path) => own(path) && match(path) : match };
+}
+
+/** One call as the outermost wrapper (observe.ts) sees it. */
 export interface ObservedCall {
   /** The request headers arrived: creates the call's state and attaches it to `metadata`. */
   begin(metadata: Metadata): CallState;
@@ -52,38 +68,28 @@ export interface ObservedCall {
 }
 
 export interface ChainSpec {
-  /** Step 1: called when grpc-js creates the call, before its headers arrive. */
+  /** Wrapper 1: called when grpc-js creates the call, before its headers arrive. */
   readonly observe: (path: string, requestStream: boolean, responseStream: boolean, connection: Connection) => ObservedCall;
-  /** Step 2: the status for a throw from the handler's synchronous part. */
+  /** Wrapper 2: the status for a throw from the handler's synchronous part. */
   readonly recover: (err: unknown, traceId: string, path: string) => PartialStatusObject;
-  /** Steps 3 onwards, outermost first. */
+  /** Steps 3 onwards, outermost first; each runs for the methods its selector allows. */
   readonly steps: readonly Step[];
-  /** Paths that run none of `steps`. */
-  readonly exempt: (path: string) => boolean;
-  /** What an exempt path runs instead (default: nothing). */
-  readonly exemptSteps?: (path: string) => readonly Step[];
 }
 
-const NO_STEPS: readonly Step[] = [];
-
-/** What ChainCall hands on to the handler side. */
-const METADATA = 0;
+const REQUEST = 0;
 const MESSAGE = 1;
-const HALF_CLOSE = 2;
-type HandlerEvent = typeof METADATA | typeof MESSAGE | typeof HALF_CLOSE;
+type Phase = typeof REQUEST | typeof MESSAGE;
 
 /**
- * One call through the chain: the call grpc-js's handler side sees (it forwards to `call`,
- * the call grpc-js made for the stream) and the listener of `call`. It is also the steps'
- * StepCall. A class, so a call costs one object rather than a closure per event.
+ * One call through the chain: the responder and the listener of its ServerInterceptingCall,
+ * and the steps' StepCall. The grpc-js hooks are arrow fields (grpc-js calls them detached
+ * from their object), so a call costs this object and its seven hooks.
  */
-class ChainCall implements ServerInterceptingCallInterface, InterceptingServerListener, StepCall {
+class ChainCall implements StepCall {
   state: CallState | undefined;
   /** Set with the headers. */
   metadata!: Metadata;
   message: unknown;
-  /** The handler side's listener, from start(). */
-  private listener: InterceptingServerListener | undefined;
   private cancelled = false;
   /** A final status went out (a step's refusal, the handler's status, or recovery's): nothing more is sent. */
   private finished = false;
@@ -91,9 +97,14 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
   private headersInSteps = false;
   /** A message's steps are running: the half-close waits. */
   private messageInSteps = false;
-  private hasQueuedMessage = false;
+  /** What passes the headers, the message and the half-close on to the handler (grpc-js's `next`). */
+  private nextMetadata: ((metadata: Metadata) => void) | undefined;
+  private nextMessage: ((message: unknown) => void) | undefined;
+  /** A message that arrived while the headers' steps ran, with its `next`. */
   private queuedMessage: unknown;
-  private hasQueuedHalfClose = false;
+  private queuedNext: ((message: unknown) => void) | undefined;
+  /** The half-close's `next`, when it arrived while steps ran. */
+  private queuedHalfClose: (() => void) | undefined;
 
   constructor(
     readonly path: string,
@@ -104,77 +115,41 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
     readonly recover: ChainSpec['recover'],
   ) {}
 
-  // The call, as grpc-js's handler side drives it.
+  // The responder: what the handler side sends.
 
-  start(listener: InterceptingServerListener): void {
-    this.listener = listener;
-    this.call.start(this);
-  }
+  readonly start = (next: (listener?: ServerListener) => void): void => {
+    next(this);
+  };
 
-  sendMetadata(metadata: Metadata): void {
-    this.call.sendMetadata(metadata);
-  }
-
-  sendMessage(message: unknown, callback: () => void): void {
+  readonly sendMessage = (message: unknown, next: (message: unknown) => void): void => {
     // A stream refused mid-way (a step refused a later message) may still have the handler
-    // answering earlier ones: a write after the status would break the stream before its trailers.
-    if (this.finished) {
-      callback();
-      return;
-    }
-    this.call.sendMessage(message, callback);
-  }
+    // answering earlier ones: a write after the status would break the stream before its
+    // trailers. Its callback is dropped with it, as grpc-js drops a write on an ended call;
+    // the handler learns of the end from the cancel that follows the status.
+    if (!this.finished) next(message);
+  };
 
-  sendStatus(status: PartialStatusObject): void {
-    if (this.finished) return;
-    this.finished = true;
-    this.statusThrough(status, this.steps.length);
-    this.call.sendStatus(this.observed.end(status));
-  }
+  readonly sendStatus = (status: PartialStatusObject, next: (status: PartialStatusObject) => void): void => {
+    const final = this.finish(status, this.steps.length);
+    if (final) next(final);
+  };
 
-  startRead(): void {
-    this.call.startRead();
-  }
+  // The listener: what the call beneath receives.
 
-  getPeer(): string {
-    return this.connection.peer;
-  }
-
-  getDeadline(): ReturnType<ServerInterceptingCallInterface['getDeadline']> {
-    return this.call.getDeadline();
-  }
-
-  getHost(): string {
-    return this.call.getHost();
-  }
-
-  getAuthContext(): ReturnType<ServerInterceptingCallInterface['getAuthContext']> {
-    return this.call.getAuthContext();
-  }
-
-  getConnectionInfo(): ReturnType<ServerInterceptingCallInterface['getConnectionInfo']> {
-    return this.call.getConnectionInfo();
-  }
-
-  getMetricsRecorder(): ReturnType<ServerInterceptingCallInterface['getMetricsRecorder']> {
-    return this.call.getMetricsRecorder();
-  }
-
-  // The listener, as the call beneath drives it.
-
-  onReceiveMetadata(metadata: Metadata): void {
+  readonly onReceiveMetadata = (metadata: Metadata, next: (metadata: Metadata) => void): void => {
     if (this.cancelled) return;
     const state = (this.state = this.observed.begin(metadata));
     this.metadata = metadata;
+    this.nextMetadata = next;
     this.headersInSteps = true;
-    this.runFrom('request', 0, state);
-  }
+    this.runFrom(REQUEST, 0, state);
+  };
 
-  onReceiveMessage(message: unknown): void {
+  readonly onReceiveMessage = (message: unknown, next: (message: unknown) => void): void => {
     if (this.cancelled || this.state?.rejected) return;
     if (this.headersInSteps) {
       this.queuedMessage = message;
-      this.hasQueuedMessage = true;
+      this.queuedNext = next;
       return;
     }
     // The headers always come first, so the state exists (their steps set it up).
@@ -186,31 +161,34 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
       return;
     }
     this.message = message;
+    this.nextMessage = next;
     this.messageInSteps = true;
-    this.runFrom('message', 0, state);
-  }
+    this.runFrom(MESSAGE, 0, state);
+  };
 
-  onReceiveHalfClose(): void {
+  readonly onReceiveHalfClose = (next: () => void): void => {
     if (this.cancelled || this.state?.rejected) return;
+    // grpc-js holds a half-close only while a `next` of ours is outstanding, and it would
+    // release it with the headers even though a message is still ahead of it here.
     if (this.headersInSteps || this.messageInSteps) {
-      this.hasQueuedHalfClose = true;
+      this.queuedHalfClose = next;
       return;
     }
-    this.deliver(HALF_CLOSE);
-  }
+    this.pass(next, undefined);
+  };
 
-  onCancel(): void {
+  readonly onCancel = (): void => {
+    // grpc-js delivers nothing more and tells the handler side itself.
     this.cancelled = true;
     this.observed.cancelled?.();
-    this.listener?.onCancel();
-  }
+  };
 
   /**
    * Runs one phase's hooks (onRequest on the headers, onMessage on the request) from
    * step `index` on, in order; an async hook resumes the loop when it settles. Then the
    * headers or the message go on to the handler.
    */
-  private runFrom(phase: 'request' | 'message', index: number, state: CallState): void {
+  private runFrom(phase: Phase, index: number, state: CallState): void {
     const steps = this.steps;
     for (; index < steps.length; index++) {
       if (this.cancelled || state.rejected) return;
@@ -218,7 +196,7 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
       if (!step) continue;
       let pending: void | Promise<void>;
       try {
-        if (phase === 'request') {
+        if (phase === REQUEST) {
           if (!step.onRequest) continue;
           pending = step.onRequest(state, this);
         } else {
@@ -239,50 +217,43 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
       }
     }
     if (this.cancelled || state.rejected) return;
-    if (phase === 'request') this.deliverMetadata();
-    else this.deliverMessage();
-  }
-
-  private deliverMetadata(): void {
-    this.headersInSteps = false;
-    this.deliver(METADATA);
-    this.deliverQueued();
-  }
-
-  private deliverMessage(): void {
-    this.messageInSteps = false;
-    this.deliver(MESSAGE);
-    this.deliverQueued();
+    if (phase === REQUEST) {
+      this.headersInSteps = false;
+      this.pass(this.nextMetadata as (metadata: Metadata) => void, this.metadata);
+    } else {
+      this.messageInSteps = false;
+      this.pass(this.nextMessage as (message: unknown) => void, this.message);
+    }
+    this.passQueued();
   }
 
   /** What arrived while steps ran, in order: the message (which then takes its own turn), else the half-close. */
-  private deliverQueued(): void {
-    if (this.hasQueuedMessage) {
+  private passQueued(): void {
+    const next = this.queuedNext;
+    if (next) {
       const message = this.queuedMessage;
-      this.hasQueuedMessage = false;
+      this.queuedNext = undefined;
       this.queuedMessage = undefined;
-      this.onReceiveMessage(message);
-    } else if (this.hasQueuedHalfClose) {
-      this.hasQueuedHalfClose = false;
-      this.onReceiveHalfClose();
+      this.onReceiveMessage(message, next);
+      return;
+    }
+    const halfClose = this.queuedHalfClose;
+    if (halfClose) {
+      this.queuedHalfClose = undefined;
+      this.onReceiveHalfClose(halfClose);
     }
   }
 
   /**
-   * Hands one event to the handler side. Step 2: a throw from the handler's synchronous
-   * part becomes a status seen by observe only. (An event code, not a closure per event.)
+   * Hands one event on to the handler side. Wrapper 2: a throw from the handler's
+   * synchronous part becomes a status seen by observe only.
    */
-  private deliver(event: HandlerEvent): void {
-    const listener = this.listener;
+  private pass<T>(next: (value: T) => void, value: T): void {
     try {
-      if (event === METADATA) listener?.onReceiveMetadata(this.metadata);
-      else if (event === MESSAGE) listener?.onReceiveMessage(this.message);
-      else listener?.onReceiveHalfClose();
+      next(value);
     } catch (err) {
-      const status = this.recover(err, this.state?.traceId ?? newTraceId(), this.path);
-      if (this.finished) return;
-      this.finished = true;
-      this.call.sendStatus(this.observed.end(status));
+      const final = this.finish(this.recover(err, this.state?.traceId ?? newTraceId(), this.path), 0);
+      if (final) this.call.sendStatus(final);
     }
   }
 
@@ -298,16 +269,20 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
     const traceId = state?.traceId ?? newTraceId();
     let status: PartialStatusObject = toStatus(err, traceId);
     if (status.code === Status.INTERNAL) status = this.recover(err, traceId, this.path);
-    if (this.finished) return;
-    this.finished = true;
-    this.statusThrough(status, index);
-    this.call.sendStatus(this.observed.end(status));
+    // Straight to the call beneath: this status was never the handler's to send.
+    const final = this.finish(status, index);
+    if (final) this.call.sendStatus(final);
   }
 
-  /** onStatus of steps[0 .. end-1], innermost first. An observer must never change the outcome. */
-  private statusThrough(status: PartialStatusObject, end: number): void {
+  /**
+   * The one final status: onStatus of steps[0 .. through-1], innermost first, then observe's
+   * end, which gives the status to send. Undefined once a status went out.
+   */
+  private finish(status: PartialStatusObject, through: number): PartialStatusObject | undefined {
+    if (this.finished) return undefined;
+    this.finished = true;
     const steps = this.steps;
-    for (let index = end - 1; index >= 0; index--) {
+    for (let index = through - 1; index >= 0; index--) {
       const onStatus = steps[index]?.onStatus;
       if (!onStatus) continue;
       try {
@@ -316,6 +291,7 @@ class ChainCall implements ServerInterceptingCallInterface, InterceptingServerLi
         // An observer must never change the outcome of a call.
       }
     }
+    return this.observed.end(status);
   }
 }
 
@@ -324,16 +300,14 @@ export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
   // Decided once per method path (only registered methods reach interceptors, so this stays small).
   const stepsByPath = new Map<string, readonly Step[]>();
   return (method, call) => {
-    let steps = stepsByPath.get(method.path);
+    const path = method.path;
+    let steps = stepsByPath.get(path);
     if (steps === undefined) {
-      steps = spec.exempt(method.path) ? (spec.exemptSteps?.(method.path) ?? NO_STEPS) : spec.steps;
-      stepsByPath.set(method.path, steps);
+      steps = spec.steps.filter((step) => step.methods === undefined || step.methods(path));
+      stepsByPath.set(path, steps);
     }
     const connection = connectionOf(call);
-    // grpc-js's ServerInterceptor type names its generic ServerInterceptingCall class, but
-    // grpc-js only drives the returned call through ServerInterceptingCallInterface, all of
-    // which ChainCall implements; extending that class would cost every call its
-    // constructor's fields and responder object, none of which ChainCall uses.
-    return new ChainCall(method.path, call, connection, steps, spec.observe(method.path, method.requestStream, method.responseStream, connection), spec.recover) as unknown as ServerInterceptingCall;
+    const chainCall = new ChainCall(path, call, connection, steps, spec.observe(path, method.requestStream, method.responseStream, connection), spec.recover);
+    return new ServerInterceptingCall(call, chainCall);
   };
 }

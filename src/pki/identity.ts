@@ -3,11 +3,6 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { experimental, type ServerCredentials } from '@grpc/grpc-js';
-import type {
-  CaCertificateUpdateListener,
-  CertificateProvider,
-  IdentityCertificateUpdateListener,
-} from '@grpc/grpc-js/build/src/certificate-provider.js';
 import { TrustBundle } from './trust.js';
 
 export interface TlsFiles {
@@ -74,10 +69,10 @@ export function loadIdentity(files: TlsFiles, now = Date.now()): LoadedIdentity 
  * Serves one identity and CA bundle to grpc-js. It is passed as both the CA and
  * the identity provider because grpc-js swaps the two arguments internally.
  */
-export class IdentityProvider implements CertificateProvider {
+export class IdentityProvider implements experimental.CertificateProvider {
   private current: LoadedIdentity;
-  private readonly caListeners = new Set<CaCertificateUpdateListener>();
-  private readonly identityListeners = new Set<IdentityCertificateUpdateListener>();
+  private readonly caListeners = new Set<experimental.CaCertificateUpdateListener>();
+  private readonly identityListeners = new Set<experimental.IdentityCertificateUpdateListener>();
 
   constructor(initial: LoadedIdentity) {
     this.current = initial;
@@ -97,23 +92,23 @@ export class IdentityProvider implements CertificateProvider {
     return true;
   }
 
-  addCaCertificateListener(listener: CaCertificateUpdateListener): void {
+  addCaCertificateListener(listener: experimental.CaCertificateUpdateListener): void {
     this.caListeners.add(listener);
     // Deliver asynchronously: grpc-js subscribes before it registers the watcher that
     // applies updates, so a synchronous first update would be lost.
     queueMicrotask(() => listener({ caCertificate: this.current.ca }));
   }
 
-  removeCaCertificateListener(listener: CaCertificateUpdateListener): void {
+  removeCaCertificateListener(listener: experimental.CaCertificateUpdateListener): void {
     this.caListeners.delete(listener);
   }
 
-  addIdentityCertificateListener(listener: IdentityCertificateUpdateListener): void {
+  addIdentityCertificateListener(listener: experimental.IdentityCertificateUpdateListener): void {
     this.identityListeners.add(listener);
     queueMicrotask(() => listener({ certificate: this.current.cert, privateKey: this.current.key }));
   }
 
-  removeIdentityCertificateListener(listener: IdentityCertificateUpdateListener): void {
+  removeIdentityCertificateListener(listener: experimental.IdentityCertificateUpdateListener): void {
     this.identityListeners.delete(listener);
   }
 }

@@ -1,10 +1,10 @@
 // The chain driver (src/chain/step.ts) on a real grpc-js server: steps run in order on the
 // way in and in reverse on the way out, a message waits for the headers' (async) steps, a
-// refusing step stops everything after it, and every final status passes the steps and observe.
+// refusing step stops everything after it, every final status passes the steps and observe,
+// and a step limited by a selector runs only for the methods it selects.
 import { Metadata as GrpcMetadata, Server, ServerCredentials, credentials, makeGenericClientConstructor, status as Status, type ClientDuplexStream, type Metadata, type ServerDuplexStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
-import type { PartialStatusObject } from '@grpc/grpc-js/build/src/call-interface.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chainInterceptor, type Step } from '../../src/chain/step.js';
+import { chainInterceptor, selector, type PartialStatusObject, type Step } from '../../src/chain/step.js';
 import { attachCallState, type CallState } from '../../src/rpc/context.js';
 import { RpcError } from '../../src/rpc/errors.js';
 
@@ -16,6 +16,12 @@ const definition: ServiceDefinition = {
 
 const events: string[] = [];
 let handlerThrows = false;
+/** The paths step C's selector was asked about, each time it was asked. */
+const selectorAsked: string[] = [];
+const onlyChat = (path: string) => {
+  selectorAsked.push(path);
+  return path === '/test.Chain/Chat';
+};
 
 const step = (name: string, hooks: { request?: 'async' | 'refuse'; message?: 'async' | 'refuse' }): Step => ({
   onRequest: (_state, call) => {
@@ -61,8 +67,7 @@ beforeAll(async () => {
           events.push(`recover:${traceId}:${err instanceof Error ? err.message : String(err)}`);
           return { code: Status.INTERNAL, details: `recovered: ${err instanceof Error ? err.message : String(err)}` };
         },
-        steps: [step('A', { request: 'async' }), step('B', {})],
-        exempt: () => false,
+        steps: [step('A', { request: 'async' }), step('B', {}), selector(onlyChat, step('C', {}))],
       }),
     ],
   });
@@ -155,5 +160,33 @@ describe('chain driver', () => {
     expect(events.filter((event) => event === 'observe.end:8')).toEqual(['observe.end:8']);
     expect(events.filter((event) => event.startsWith('observe.end'))).toHaveLength(1);
     expect(answers.every((answer) => ['one', 'two', 'three', 'more'].includes(answer))).toBe(true);
+  });
+});
+
+describe('selector', () => {
+  it('runs a step only for the methods it selects, asking once per method path', async () => {
+    await call('one');
+    await call('two');
+    expect(events).toEqual(['A.request', 'B.request', 'A.message:two', 'B.message:two', 'handler:two', 'B.status:0', 'A.status:0', 'observe.end:0']);
+    events.length = 0;
+    const stream = (client as unknown as { chat: () => ClientDuplexStream<Buffer, Buffer> }).chat();
+    stream.on('data', () => undefined);
+    const ended = new Promise<void>((resolve) => stream.on('status', () => resolve()));
+    stream.write(Buffer.from('hello'));
+    stream.end();
+    await ended;
+    expect(events).toEqual(['A.request', 'B.request', 'C.request', 'A.message:hello', 'B.message:hello', 'C.message:hello', 'C.status:0', 'B.status:0', 'A.status:0', 'observe.end:0']);
+    expect(selectorAsked.filter((path) => path === '/test.Chain/Echo')).toHaveLength(1);
+    expect(selectorAsked.filter((path) => path === '/test.Chain/Chat')).toHaveLength(1);
+  });
+
+  it('narrows a step already limited: both selectors must select the method', () => {
+    const hooks: Step = { onStatus: () => undefined };
+    const both = selector((path) => path.startsWith('/a.'), selector((path) => path.endsWith('/Get'), hooks));
+    expect(both.onStatus).toBe(hooks.onStatus);
+    expect(both.methods?.('/a.S/Get')).toBe(true);
+    expect(both.methods?.('/a.S/Put')).toBe(false);
+    expect(both.methods?.('/b.S/Get')).toBe(false);
+    expect(hooks.methods).toBeUndefined();
   });
 });
