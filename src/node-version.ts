@@ -18,6 +18,6 @@ export function isUnsupportedNode(version: string): boolean {
  */
 export function exitOnUnsupportedNode(program: string, version: string = process.versions.node): void {
   if (!isUnsupportedNode(version)) return;
-  process.stderr.write(`${program}: Node.js ${version} is not supported; it needs Node.js ${SUPPORTED_NODE} (node:sqlite without a flag)\n`);
+  process.stderr.write(`${program}: Node.js ${version} is too old: it needs Node.js 22.13 or later (23.4 on the 23 line) for node:sqlite without a flag\n`);
   process.exit(1);
 }

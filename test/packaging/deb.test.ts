@@ -219,3 +219,26 @@ describe.skipIf(!isRoot)('the Debian package', () => {
     expect((await tryRun('getent', ['passwd', 'debvisor'])).code).toBe(0);
   });
 });
+
+// The machine's own node is older than 22.13 on the CI image (Node 20): the built entries must
+// stop with the reason, before anything imports node:sqlite.
+const systemNode = ['/usr/bin/node', '/usr/local/bin/node'].find((path) => existsSync(path));
+describe('on an unsupported Node.js', () => {
+  it.skipIf(!systemNode)('the built daemon and CLI stop at once and say which Node they need', async () => {
+    const { stdout } = await run(systemNode!, ['-p', 'process.versions.node']);
+    const { isUnsupportedNode } = await import('../../src/node-version.js');
+    if (!isUnsupportedNode(stdout.trim())) {
+      console.warn(`test/packaging: ${systemNode} is Node ${stdout.trim()}, which is supported; nothing to check`);
+      return;
+    }
+    requireBuiltDist();
+    for (const [name, entry] of [
+      ['debvisor-rpcd', 'dist/main.js'],
+      ['debvisorctl', 'dist/cli/debvisorctl.js'],
+    ] as const) {
+      const result = await tryRun(systemNode!, [join(REPO_ROOT, entry), '--version']);
+      expect(result.code, name).toBe(1);
+      expect(result.stderr, name).toBe(`${name}: Node.js ${stdout.trim()} is too old: it needs Node.js 22.13 or later (23.4 on the 23 line) for node:sqlite without a flag\n`);
+    }
+  });
+});
