@@ -5,7 +5,7 @@ import { defineConfig } from 'vitest/config';
  * suite runs straight from the TypeScript sources, so `npx vitest run test/authz/decide.test.ts`
  * takes seconds. test/support/built.ts fails a suite that needs dist/ but is not listed here.
  */
-const DAEMON_SUITES = ['test/e2e/**/*.test.ts', 'test/fuzz/rpc-*.test.ts', 'test/store/embedded-process.test.ts'];
+const DAEMON_SUITES = ['test/e2e/**/*.test.ts', 'test/fuzz/rpc-*.test.ts', 'test/store/embedded-process.test.ts', 'test/packaging/deb.test.ts'];
 
 export default defineConfig({
   test: {

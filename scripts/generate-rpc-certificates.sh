@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# generate-rpc-certificates.sh [--renew server|client|all] CERT_DIR [VALIDITY_DAYS]
+# generate-rpc-certificates.sh [--renew server|client|all] [--owner USER[:GROUP]] CERT_DIR [VALIDITY_DAYS]
 #
 # The openssl-only way to set up debvisor-rpcd's certificates (debvisorctl pki does
 # the same and more). Writes into CERT_DIR:
@@ -11,6 +11,9 @@
 #   client-cert.pem / client-key.pem  the web panel (CN web-panel, SAN
 #                                     URI:spiffe://debvisor/panel/web-panel; EKU clientAuth)
 # Keys are 0600, certificates 0644. It finishes with `openssl verify`.
+# --owner USER[:GROUP] (e.g. debvisor, the daemon's user; run as root) hands the server
+# key and certificate to that user so the daemon can read its key; the CA and the client
+# pair stay with whoever ran the script. Without it, the server pair is owned by the caller.
 #
 # Idempotent: a run re-issues a leaf only if it is missing, does not match its key,
 # does not verify against the CA, or expires within RENEW_BEFORE_DAYS (default 30).
@@ -22,11 +25,12 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [--renew server|client|all] CERT_DIR [VALIDITY_DAYS]" >&2
+  echo "usage: $0 [--renew server|client|all] [--owner USER[:GROUP]] CERT_DIR [VALIDITY_DAYS]" >&2
   exit 2
 }
 
 renew=""
+owner=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --renew)
@@ -36,6 +40,15 @@ while [ $# -gt 0 ]; do
       ;;
     --renew=*)
       renew="${1#--renew=}"
+      shift
+      ;;
+    --owner)
+      [ $# -ge 2 ] || usage
+      owner="$2"
+      shift 2
+      ;;
+    --owner=*)
+      owner="${1#--owner=}"
       shift
       ;;
     -h | --help) usage ;;
@@ -54,6 +67,11 @@ RENEW_BEFORE_DAYS="${RENEW_BEFORE_DAYS:-30}"
 case "$VALIDITY_DAYS" in '' | *[!0-9]* | 0) echo "VALIDITY_DAYS must be a positive integer" >&2; exit 2 ;; esac
 
 OPENSSL="${OPENSSL:-openssl}"
+if [ -n "$owner" ]; then
+  # USER alone means USER:USER's primary group, as chown "USER:" does.
+  case "$owner" in *:*) ;; *) owner="$owner:" ;; esac
+  id -u "${owner%%:*}" >/dev/null 2>&1 || { echo "--owner: no user ${owner%%:*} on this host" >&2; exit 2; }
+fi
 command -v "$OPENSSL" >/dev/null || { echo "openssl not found" >&2; exit 1; }
 
 umask 077
@@ -152,5 +170,9 @@ fi
 
 chmod 0644 ca-cert.pem server-cert.pem client-cert.pem
 chmod 0600 ca-key.pem server-key.pem client-key.pem
+if [ -n "$owner" ]; then
+  chown "$owner" server-key.pem server-cert.pem
+  echo "server-key.pem and server-cert.pem are owned by ${owner%:}"
+fi
 
 "$OPENSSL" verify -CAfile ca-cert.pem server-cert.pem client-cert.pem

@@ -1,77 +1,8 @@
 #!/usr/bin/env node
-// debvisorctl: the operator's command line for debvisor-rpcd.
-import { Command, Option } from 'commander';
-import { timestampDate } from '@bufbuild/protobuf/wkt';
-import { AccessService, PrincipalKind, WhoAmIResponseSchema } from '../gen/debvisor/v1/access_pb.js';
-import { VERSION } from '../version.js';
-import { withService } from './command.js';
-import { registerAccessCommands } from './access.js';
-import { registerAccessBlockCommands } from './access-blocks.js';
-import { registerAuditCommands } from './audit.js';
-import { registerPkiCommands } from './pki.js';
-import { registerOperationCommands } from './operation.js';
-import { registerVmCommands } from './vm.js';
-import { registerNodeCommands } from './node.js';
-import { registerStorageCommands } from './storage.js';
-import { registerMigrationCommands } from './migration.js';
-import { registerStoreCommands } from './store.js';
-import { printJson, printRecord } from './output.js';
+// debvisorctl: the operator's command line for debvisor-rpcd. This entry only checks the
+// Node version; the commands are imported after it (see src/node-version.ts).
+import { exitOnUnsupportedNode } from '../node-version.js';
 
-// grpc-js sends the address as TLS SNI even when it is an IP; Node warns about it
-// (DEP0123) on every run. Certificate checks still use the IP SAN, so hide only that one.
-process.removeAllListeners('warning');
-process.on('warning', (warning: NodeJS.ErrnoException) => {
-  if (warning.code !== 'DEP0123') process.stderr.write(`${warning.name}: ${warning.message}\n`);
-});
-
-const program = new Command('debvisorctl')
-  .description('Command line for the DebVisor control-plane daemon (debvisor-rpcd).')
-  .version(VERSION)
-  .option('-s, --server <host:port>', 'daemon address (env DEBVISORCTL_SERVER)', undefined)
-  .option('--ca <file>', 'CA bundle that signed the daemon certificate (env DEBVISORCTL_CA)')
-  .option('--cert <file>', 'client certificate (env DEBVISORCTL_CERT)')
-  .option('--key <file>', 'client private key (env DEBVISORCTL_KEY)')
-  .option('--api-key <token>', 'API key instead of a client certificate (env DEBVISORCTL_API_KEY)')
-  .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
-  .option('--timeout <seconds>', 'call deadline', '30')
-  .addHelpText(
-    'after',
-    '\nWithout flags, credentials come from the environment, then the dev PKI when run from a\n' +
-      'checkout after ./scripts/dev, then /etc/debvisor/rpc/{ca-cert,client-cert,client-key}.pem.',
-  );
-
-program
-  .command('whoami')
-  .description('show the identity the daemon sees for these credentials')
-  .action(
-    withService(program, AccessService)(async ({ client, options, flags }) => {
-      const me = await client.whoAmI({}, options);
-      if (flags.output === 'json') {
-        printJson(WhoAmIResponseSchema, me);
-        return;
-      }
-      printRecord({
-        principal: me.principalId,
-        kind: PrincipalKind[me.kind].toLowerCase(),
-        'auth method': me.authMethod,
-        ...(me.certFingerprintSha256 ? { 'certificate sha256': me.certFingerprintSha256 } : {}),
-        ...(me.certNotAfter ? { 'certificate expires': timestampDate(me.certNotAfter).toISOString() } : {}),
-        ...(me.apiKeyId ? { 'api key': me.apiKeyId } : {}),
-        ...(me.roles.length ? { roles: me.roles.join(', ') } : {}),
-        'source address': me.sourceAddress,
-      });
-    }),
-  );
-
-registerAccessCommands(program);
-registerAccessBlockCommands(program);
-registerAuditCommands(program);
-registerPkiCommands(program);
-registerOperationCommands(program);
-registerVmCommands(program);
-registerNodeCommands(program);
-registerStorageCommands(program);
-registerMigrationCommands(program);
-registerStoreCommands(program);
-
-await program.parseAsync();
+exitOnUnsupportedNode('debvisorctl');
+const { runDebvisorctl } = await import('./program.js');
+await runDebvisorctl();

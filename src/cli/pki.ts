@@ -1,7 +1,9 @@
 // `debvisorctl pki ...`: run the internal CA offline. Nothing here talks to the
 // daemon; it reads and writes files (keys 0600, atomically; a CA is never overwritten).
 import { readdirSync, readFileSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chown, readFile, stat } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { basename, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { InvalidArgumentError, Option, type Command, type CommanderError } from 'commander';
@@ -104,6 +106,36 @@ async function exists(file: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+export interface FileOwner {
+  readonly uid: number;
+  readonly gid: number;
+}
+
+/** A numeric id from `getent DATABASE NAME` (0-based field: passwd 2 uid, 3 gid; group 2 gid); digits pass through. */
+async function getentId(database: 'passwd' | 'group', name: string, field: 2 | 3): Promise<number> {
+  if (/^\d+$/.test(name)) return Number(name);
+  let stdout: string;
+  try {
+    ({ stdout } = await promisify(execFile)('getent', [database, name]));
+  } catch {
+    throw new UsageError(`--owner: no ${database === 'passwd' ? 'user' : 'group'} "${name}" on this host`);
+  }
+  return Number(stdout.split(':')[field]);
+}
+
+/**
+ * `--owner user[:group]`: the daemon runs as its own user (debvisor) and must read the key it
+ * serves with, so the operator, usually root, hands the written files over. The group defaults
+ * to the user's primary group.
+ */
+export async function resolveOwner(spec: string): Promise<FileOwner> {
+  const [user = '', group] = spec.split(':');
+  if (user === '') throw new UsageError('--owner takes user[:group], e.g. debvisor');
+  const uid = await getentId('passwd', user, 2);
+  const gid = group !== undefined && group !== '' ? await getentId('group', group, 2) : await getentId('passwd', user, 3);
+  return { uid, gid };
 }
 
 /** The p12 password: from a file (first line) or DEBVISORCTL_P12_PASSWORD; never a flag value. */
@@ -413,12 +445,23 @@ export function registerPkiCommands(program: Command, io: PkiCliIo = processIo):
       .option('--force', 'replace existing files of that name')
       .option('--p12', 'also write <name>.p12 (PKCS#12 for browsers; password from --password-file or DEBVISORCTL_P12_PASSWORD)')
       .option('--password-file <file>', 'PKCS#12 password (first line)')
+      .option('--owner <user[:group]>', 'chown the written files to this user (the daemon\'s: debvisor), so it can read its key')
       .addHelpText('after', '\nExample: debvisorctl pki issue client --cn web-panel --san URI:spiffe://debvisor/panel/web-panel --name web-panel')
       .action(
         action(
           async (
             profile: string,
-            flags: DirFlags & { cn: string; san: string[]; days: number; outDir?: string; name?: string; force?: boolean; p12?: boolean; passwordFile?: string },
+            flags: DirFlags & {
+              cn: string;
+              san: string[];
+              days: number;
+              outDir?: string;
+              name?: string;
+              force?: boolean;
+              p12?: boolean;
+              passwordFile?: string;
+              owner?: string;
+            },
           ) => {
             if (profile !== 'server' && profile !== 'client') throw new UsageError(`profile must be "server" or "client", got "${profile}"`);
             const name = flags.name ?? profile;
@@ -431,6 +474,7 @@ export function registerPkiCommands(program: Command, io: PkiCliIo = processIo):
             }
             if (profile === 'client' && sans.uris.length > 1) throw new UsageError('a client certificate carries exactly one URI SAN, its principal (SPIFFE); the daemon refuses more');
             const password = flags.p12 ? await p12Password(flags.passwordFile, io) : undefined;
+            const owner = flags.owner !== undefined ? await resolveOwner(flags.owner) : undefined;
             const paths = caDirectory(flags.dir);
             const outDir = resolve(flags.outDir ?? paths.dir);
             const certFile = join(outDir, `${name}-cert.pem`);
@@ -441,11 +485,13 @@ export function registerPkiCommands(program: Command, io: PkiCliIo = processIo):
             const ca = await loadCa(paths.caCert, paths.caKey);
             const pair = await issueCertificate({ ca, profile, commonName: flags.cn, ...sans, validityDays: flags.days });
             await writeLeafFiles(certFile, keyFile, pair);
+            if (owner) for (const file of [keyFile, certFile]) await chown(file, owner.uid, owner.gid);
             io.out(`issued ${profile} certificate\n`);
             printRecord(io, { cert: certFile, key: `${keyFile} (0600)`, ...formatInfo(describeCertificate(pair.certPem), io.now()) });
             if (password !== undefined) {
               const p12File = join(outDir, `${name}.p12`);
               await writeFileAtomic(p12File, exportPkcs12({ ...pair, caPem: ca.certPem, password }), PRIVATE_KEY_MODE);
+              if (owner) await chown(p12File, owner.uid, owner.gid);
               io.out(`pkcs12:     ${p12File} (0600)\n`);
             }
             return PKI_EXIT.OK;
