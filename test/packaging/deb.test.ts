@@ -122,6 +122,9 @@ describe.skipIf(!isRoot)('the Debian package', () => {
       ['/var/log/debvisor', '750 debvisor adm'],
       ['/usr/share/man/man8/debvisor-rpcd.8.gz', '644 root root'],
       ['/usr/share/man/man1/debvisorctl.1.gz', '644 root root'],
+      ['/usr/share/debvisor-rpcd/prometheus/debvisor-rpcd.rules.yml', '644 root root'],
+      ['/usr/share/doc/debvisor-rpcd/runbooks/alerts.md', '644 root root'],
+      ['/usr/share/doc/debvisor-rpcd/runbooks/backup-and-restore.md', '644 root root'],
     ] as const) {
       expect(await owner(path), path).toBe(expected);
     }
