@@ -123,6 +123,7 @@ describe.skipIf(!isRoot)('the Debian package', () => {
       ['/usr/share/man/man8/debvisor-rpcd.8.gz', '644 root root'],
       ['/usr/share/man/man1/debvisorctl.1.gz', '644 root root'],
       ['/usr/share/debvisor-rpcd/prometheus/debvisor-rpcd.rules.yml', '644 root root'],
+      ['/usr/lib/debvisor-rpcd/generate-rpc-certificates.sh', '755 root root'],
       ['/usr/share/doc/debvisor-rpcd/runbooks/alerts.md', '644 root root'],
       ['/usr/share/doc/debvisor-rpcd/runbooks/backup-and-restore.md', '644 root root'],
     ] as const) {
