@@ -2,9 +2,8 @@
 // own concern, and the one grpc-js interceptor that runs them all (chain.ts lists them).
 //
 // The steps share one interceptor instead of one each: per call, one grpc-js
-// ServerInterceptingCall (its public class) over one ChainCall, which is both that call's
-// responder and its listener (grpc-js's ServerListenerBuilder and ResponderBuilder only
-// assemble these same public shapes, at two more objects a call). ChainCall keeps its
+// ServerInterceptingCall over a responder and a listener built with grpc-js's public
+// ResponderBuilder and ServerListenerBuilder from the hooks of one ChainCall. ChainCall keeps its
 // ordering rules: a message waits while the headers' steps run, the half-close while
 // either's do, and nothing is delivered after a cancel. The order and semantics are those
 // of one interceptor per step, outermost first:
@@ -21,7 +20,7 @@
 // observe (1) and recovery (2) are the chain's two wrappers rather than steps: observe
 // makes the call's state before any step and sees every status after all of them, and
 // recovery wraps the handler, which no step does.
-import { ServerInterceptingCall, status as Status, type Metadata, type ServerInterceptor, type ServerInterceptingCallInterface, type ServerListener } from '@grpc/grpc-js';
+import { ResponderBuilder, ServerInterceptingCall, ServerListenerBuilder, status as Status, type Metadata, type ServerInterceptor, type ServerInterceptingCallInterface, type ServerListener } from '@grpc/grpc-js';
 import { undecodableError } from '../rpc/adapter.js';
 import { toStatus } from '../rpc/errors.js';
 import type { CallState } from '../rpc/context.js';
@@ -81,9 +80,9 @@ const MESSAGE = 1;
 type Phase = typeof REQUEST | typeof MESSAGE;
 
 /**
- * One call through the chain: the responder and the listener of its ServerInterceptingCall,
- * and the steps' StepCall. The grpc-js hooks are arrow fields (grpc-js calls them detached
- * from their object), so a call costs this object and its seven hooks.
+ * One call through the chain: the hooks of its ServerInterceptingCall's responder and
+ * listener, and the steps' StepCall. The hooks are arrow fields (grpc-js calls them
+ * detached from their object).
  */
 class ChainCall implements StepCall {
   state: CallState | undefined;
@@ -118,7 +117,14 @@ class ChainCall implements StepCall {
   // The responder: what the handler side sends.
 
   readonly start = (next: (listener?: ServerListener) => void): void => {
-    next(this);
+    next(
+      new ServerListenerBuilder()
+        .withOnReceiveMetadata(this.onReceiveMetadata)
+        .withOnReceiveMessage(this.onReceiveMessage)
+        .withOnReceiveHalfClose(this.onReceiveHalfClose)
+        .withOnCancel(this.onCancel)
+        .build(),
+    );
   };
 
   readonly sendMessage = (message: unknown, next: (message: unknown) => void): void => {
@@ -308,6 +314,7 @@ export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
     }
     const connection = connectionOf(call);
     const chainCall = new ChainCall(path, call, connection, steps, spec.observe(path, method.requestStream, method.responseStream, connection), spec.recover);
-    return new ServerInterceptingCall(call, chainCall);
+    const responder = new ResponderBuilder().withStart(chainCall.start).withSendMessage(chainCall.sendMessage).withSendStatus(chainCall.sendStatus).build();
+    return new ServerInterceptingCall(call, responder);
   };
 }
