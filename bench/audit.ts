@@ -1,8 +1,15 @@
 // Rough throughput of the audit log on the local disk: `npm run bench:audit -- [dir]`.
+// First the record writer alone, reference (event.ts) against fast path (event-fast.ts),
+// in alternating rounds so both see the same machine; then the log as configured
+// (DEBVISOR_AUDIT_SERIALIZER=reference|fast picks its writer, read once at start-up).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { EventBuffer } from '../src/audit/chain.js';
+import { appendEvent, type AuditEventInput } from '../src/audit/event.js';
+import { appendEventFast } from '../src/audit/event-fast.js';
 import { AuditLog } from '../src/audit/log.js';
+import { scrubSecretsInJson } from '../src/audit/redact.js';
 import { verifyAuditFiles } from '../src/audit/verify.js';
 import { event, keyOf } from '../test/audit/helpers.js';
 
@@ -21,6 +28,53 @@ async function withLog<T>(fn: (log: AuditLog, dir: string) => Promise<T>): Promi
 
 function rate(n: number, ms: number): string {
   return `${Math.round((n / ms) * 1000).toLocaleString('en')} events/s`;
+}
+
+/** A read call's record as the chain writes it: frozen principal (src/chain/audit-principal.ts), hex trace id, no request. */
+function readRecord(i: number): AuditEventInput {
+  const principal = Object.freeze({ id: 'admin', kind: 'certificate' as const, roles: Object.freeze(['admin']), cert_fingerprint: 'ab'.repeat(32) });
+  return { type: 'CALL', trace_id: i.toString(16).padStart(32, '0'), principal, source: '127.0.0.1:51514', method: '/debvisor.testing.v1.TestingService/Echo', decision: 'allow', code: 'OK', duration_ms: (i % 5000) / 1000 };
+}
+
+/** A mutation's record: the same principal, with its request and object. */
+function mutationRecord(i: number): AuditEventInput {
+  return { ...readRecord(i), method: '/debvisor.v1.VmService/StartVm', request: { vmName: `web-${i % 100}` }, object: `vm/web-${i % 100}` };
+}
+
+type Append = typeof appendEvent;
+const writers: [string, Append][] = [
+  ['reference', appendEvent],
+  ['fast', appendEventFast],
+];
+
+/** ns per record of `append` over `records`, batches of 500 into one reused buffer (as the log's pending batch). */
+function serializerCost(append: Append, records: readonly AuditEventInput[]): number {
+  const buffer = new EventBuffer();
+  const time = (): string => '2026-12-07T12:00:00.000Z';
+  const start = performance.now();
+  for (let i = 0; i < records.length; i++) {
+    append(buffer, records[i]!, time, scrubSecretsInJson);
+    if (buffer.count === 500) buffer.clear();
+  }
+  return ((performance.now() - start) * 1e6) / records.length;
+}
+
+const ROUNDS = 7;
+for (const [kind, make] of [['read record', readRecord], ['mutation record', mutationRecord]] as const) {
+  const records = Array.from({ length: 200_000 }, (_, i) => make(i));
+  const costs = new Map<string, number[]>(writers.map(([name]) => [name, []]));
+  for (let round = 0; round < ROUNDS; round++) {
+    // Mirrored order from round to round; the first round of each is warm-up.
+    for (const [name, append] of round % 2 === 0 ? writers : [...writers].reverse()) {
+      const cost = serializerCost(append, records);
+      if (round > 0) costs.get(name)!.push(cost);
+    }
+  }
+  const summary = [...costs].map(([name, values]) => {
+    values.sort((a, b) => a - b);
+    return `${name} median ${values[values.length >> 1]!.toFixed(0)} ns (${values[0]!.toFixed(0)}–${values.at(-1)!.toFixed(0)})`;
+  });
+  console.log(`serializer, ${kind.padEnd(15)}: ${summary.join('; ')}`);
 }
 
 await withLog(async (log, dir) => {

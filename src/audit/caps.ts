@@ -90,7 +90,7 @@ function capOptional(text: string | undefined, cap: number): string | undefined 
   return text === undefined ? undefined : capString(text, cap);
 }
 
-/** A principal's strings capped; the same object when none is over. */
+/** A principal's strings capped; the same object when none is over (so its caches still apply). */
 export function capPrincipal(p: AuditPrincipal): AuditPrincipal {
   const cap = AUDIT_CAPS.resource;
   const id = capString(p.id, cap);
@@ -112,7 +112,7 @@ function mayBeLong(text: string | undefined, cap: number): boolean {
 /**
  * The event with every string within its cap (AUDIT_CAPS); the same object when nothing
  * is over, which is what almost every call is. The principal is capped where it is
- * serialized (event.ts).
+ * serialized (event.ts, event-fast.ts).
  */
 export function capEvent<E extends AuditEventInput>(event: E): E {
   const { other } = AUDIT_CAPS;

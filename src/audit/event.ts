@@ -1,6 +1,5 @@
-// The audit record writer: one event as one line of JSON. A byte-level writer with
-// per-principal caches was measured against this one and removed: the chain benchmark
-// could not tell them apart (bench/results-audit.md).
+// The audit record writer: one event as one line of JSON. This is the reference; the log
+// may use the byte-level fast path (event-fast.ts), which must write exactly these bytes.
 import { capEvent, capPrincipal } from './caps.js';
 import type { EventBuffer } from './chain.js';
 import type { AuditEventInput, AuditPrincipal } from './types.js';

@@ -24,6 +24,7 @@ import { lstat, mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/pro
 import { basename, dirname, join } from 'node:path';
 import { CHAIN_GENESIS, CHAIN_LINK, chainKey, type ChainLinkDetails, EventBuffer, isSeal, parseLine, sealBatch, sealCapacity, type ChainKey, type ParsedLine, type SealLine } from './chain.js';
 import { appendEvent, type AuditEventInput } from './event.js';
+import { appendEventFast } from './event-fast.js';
 import { localDay, rotatedFiles, rotatedName } from './files.js';
 import { DEFAULT_FLOOD_LIMITS, FloodLimiter, isUnauthenticated, type FloodLimits } from './flood.js';
 import { loadOrCreateHmacKey } from './key.js';
@@ -109,6 +110,13 @@ interface Waiter {
   resolve: () => void;
   reject: (err: AuditWriteError) => void;
 }
+
+/**
+ * Benchmark switch, read once at start-up: DEBVISOR_AUDIT_SERIALIZER=reference writes every
+ * line with the reference serializer, anything else with its byte-level fast path (the
+ * same bytes; bench/results-audit.md has the measured difference).
+ */
+const appendLine = process.env.DEBVISOR_AUDIT_SERIALIZER === 'reference' ? appendEvent : appendEventFast;
 
 // Flush early when this much is buffered, instead of waiting for the timer.
 const FLUSH_BYTES = 1 << 20;
@@ -467,7 +475,7 @@ export class AuditLog {
   /** Queues the event's line; the error if it cannot be serialized (nothing is queued then). */
   private append(event: AuditEventInput): AuditWriteError | undefined {
     try {
-      appendEvent(this.pending, event, this.defaultTime, scrubSecretsInJson);
+      appendLine(this.pending, event, this.defaultTime, scrubSecretsInJson);
       return undefined;
     } catch (err) {
       return new AuditWriteError(`audit event cannot be serialized: ${errorMessage(err)}`, 'serialize', 1, { cause: err });
@@ -644,7 +652,7 @@ export class AuditLog {
     if (!link) return;
     const details: ChainLinkDetails = { continues_from_seq: this.seq, ...link };
     const events = new EventBuffer();
-    appendEvent(events, { type: 'SECURITY', trace_id: randomTraceId(), reason: linkReason(details), details: { [CHAIN_LINK]: details } }, this.defaultTime, scrubSecretsInJson);
+    appendLine(events, { type: 'SECURITY', trace_id: randomTraceId(), reason: linkReason(details), details: { [CHAIN_LINK]: details } }, this.defaultTime, scrubSecretsInJson);
     const sealed = sealBatch(this.key, this.prevHmac, events, this.seq + 1, this.needsNewline ? '\n' : '');
     try {
       await this.writeFully(sealed.data);

@@ -1,5 +1,5 @@
 // Every Prometheus metric the daemon exports, in one registry.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from 'prom-client';
 import { VERSION } from '../version.js';
 
 /** A counter of one fixed label set, for the chain's per-call counts. */
@@ -12,22 +12,168 @@ export interface HistogramCell {
   observe(value: number): void;
 }
 
-/** A Counter whose label sets the chain binds once per method and code (cell). */
-class CellCounter<T extends string> extends Counter<T> {
+/**
+ * One label set of a BatchedHistogram: observe() is a bucket search and three additions,
+ * where prom-client's observe() validates and hashes the label set on every call.
+ */
+class BatchedHistogramCell implements HistogramCell {
+  /** Observations per bucket since the last merge; the last slot is above the highest bound. */
+  readonly counts: Float64Array;
+  sum = 0;
+  count = 0;
+
+  constructor(
+    readonly labels: Readonly<Record<string, string>>,
+    /** prom-client's key for this label set (see BatchedHistogram.cell). */
+    readonly key: string,
+    private readonly bounds: readonly number[],
+  ) {
+    this.counts = new Float64Array(bounds.length + 1);
+  }
+
+  observe(value: number): void {
+    // prom-client throws on these; a duration is always finite, so drop rather than throw.
+    if (!Number.isFinite(value)) return;
+    const bounds = this.bounds;
+    let bucket = 0;
+    while (bucket < bounds.length && value > (bounds[bucket] as number)) bucket++;
+    (this.counts[bucket] as number)++;
+    this.sum += value;
+    this.count++;
+  }
+}
+
+/** The key prom-client files a label set under (util.js hashObject: the sorted label names). */
+function labelKey(labels: Readonly<Record<string, string>>): string {
+  return Object.keys(labels)
+    .sort()
+    .map((name) => `${name}:${labels[name]},`)
+    .join('');
+}
+
+/** The cell of a label set: made on first use, then the same one (cells are for fixed label sets). */
+function cellOf<C>(cells: Map<string, C>, labels: Readonly<Record<string, string>>, make: (key: string) => C): C {
+  const key = labelKey(labels);
+  let cell = cells.get(key);
+  if (cell === undefined) {
+    cell = make(key);
+    cells.set(key, cell);
+  }
+  return cell;
+}
+
+/** One label set of a BatchedCounter: inc() is one addition, where prom-client's validates and hashes the labels. */
+class BatchedCounterCell implements CounterCell {
+  pending = 0;
+
+  constructor(readonly labels: Readonly<Record<string, string>>) {}
+
+  inc(): void {
+    this.pending++;
+  }
+}
+
+/**
+ * A prom-client Counter (same name, help, labels and exposition) for hot paths: counts go
+ * to CounterCells and are added to the counter before every read (scrape or get()).
+ * Cells are for fixed label sets, made once.
+ */
+class BatchedCounter<T extends string> extends Counter<T> {
+  private readonly cells: Map<string, BatchedCounterCell>;
+
+  constructor(config: CounterConfiguration<T>) {
+    const cells = new Map<string, BatchedCounterCell>();
+    super({
+      ...config,
+      // prom-client calls collect with the metric as `this`, before every read.
+      collect(this: Counter<T>) {
+        for (const cell of cells.values()) {
+          if (cell.pending === 0) continue;
+          const count = cell.pending;
+          cell.pending = 0;
+          this.inc(cell.labels as Record<T, string>, count);
+        }
+      },
+    });
+    this.cells = cells;
+  }
+
+  cell(labels: Readonly<Record<T, string>>): CounterCell {
+    return cellOf(this.cells, labels, () => new BatchedCounterCell(labels));
+  }
+}
+
+/** prom-client 15's per-label-set histogram state (lib/histogram.js createBaseValues). */
+interface PromHistogramEntry {
+  bucketValues: Record<number, number>;
+  sum: number;
+  count: number;
+}
+
+/**
+ * A prom-client Histogram (same name, help, buckets, labels and exposition) for hot
+ * paths: observations go to HistogramCells and are added to the histogram's own state
+ * before every read (scrape or get()). Cells are for fixed label sets, made once.
+ */
+class BatchedHistogram<T extends string> extends Histogram<T> {
+  private readonly cells: Map<string, BatchedHistogramCell>;
+
+  constructor(config: HistogramConfiguration<T>) {
+    const cells = new Map<string, BatchedHistogramCell>();
+    super({
+      ...config,
+      // prom-client calls collect with the metric as `this`, before every read.
+      collect(this: Histogram<T>) {
+        mergeCells(this, cells.values());
+      },
+    });
+    this.cells = cells;
+  }
+
+  cell(labels: Readonly<Record<T, string>>): HistogramCell {
+    return cellOf(this.cells, labels, (key) => new BatchedHistogramCell(labels, key, upperBoundsOf(this)));
+  }
+}
+
+function upperBoundsOf(histogram: Histogram): readonly number[] {
+  return (histogram as unknown as { upperBounds: readonly number[] }).upperBounds;
+}
+
+/** Adds the cells' observations to the histogram's own state and clears them. */
+function mergeCells<T extends string>(histogram: Histogram<T>, cells: Iterable<BatchedHistogramCell>): void {
+  const bounds = upperBoundsOf(histogram);
+  const state = histogram as unknown as { hashMap: Record<string, PromHistogramEntry | undefined> };
+  for (const cell of cells) {
+    if (cell.count === 0) continue;
+    let entry = state.hashMap[cell.key];
+    if (!entry) {
+      histogram.zero(cell.labels as Record<T, string>);
+      entry = state.hashMap[cell.key];
+      if (!entry) throw new Error(`histogram cell ${cell.key}: prom-client's histogram internals changed; update mergeCells`);
+    }
+    for (let bucket = 0; bucket < bounds.length; bucket++) {
+      const bound = bounds[bucket] as number;
+      entry.bucketValues[bound] = (entry.bucketValues[bound] ?? 0) + (cell.counts[bucket] as number);
+    }
+    entry.sum += cell.sum;
+    entry.count += cell.count;
+    cell.counts.fill(0);
+    cell.sum = 0;
+    cell.count = 0;
+  }
+}
+
+/** A counter cell that is prom-client's own inc() with its label set (no batching). */
+class LabelledCounter<T extends string> extends Counter<T> {
   cell(labels: Readonly<Record<T, string>>): CounterCell {
     return { inc: () => this.inc(labels as Record<T, string>) };
   }
 }
 
-/** A Histogram whose label sets the chain binds once per method (cell). */
-class CellHistogram<T extends string> extends Histogram<T> {
+/** A histogram cell that is prom-client's own observe() with its label set (no batching). */
+class LabelledHistogram<T extends string> extends Histogram<T> {
   cell(labels: Readonly<Record<T, string>>): HistogramCell {
-    return {
-      observe: (value) => {
-        // prom-client throws on a value that is not finite; a duration always is, so drop rather than throw.
-        if (Number.isFinite(value)) this.observe(labels as Record<T, string>, value);
-      },
-    };
+    return { observe: (value: number) => this.observe(labels as Record<T, string>, value) };
   }
 }
 
@@ -41,19 +187,24 @@ const AUTH_OUTCOMES = [
   ['blocked', 'failure'],
 ] as const;
 
+/** Benchmark switch, read once at start-up: DEBVISOR_METRICS_BATCHING=off uses prom-client's public API per call. */
+const BATCHING = process.env.DEBVISOR_METRICS_BATCHING !== 'off';
+const HotCounter = BATCHING ? BatchedCounter : LabelledCounter;
+const HotHistogram = BATCHING ? BatchedHistogram : LabelledHistogram;
+
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
 export class Metrics {
   readonly registry = new Registry();
 
-  readonly rpcRequests = new CellCounter({
+  readonly rpcRequests = new HotCounter({
     name: 'rpc_requests_total',
     help: 'RPCs completed, by service, method and final gRPC status.',
     labelNames: ['service', 'method', 'status'] as const,
     registers: [this.registry],
   });
 
-  readonly rpcDuration = new CellHistogram({
+  readonly rpcDuration = new HotHistogram({
     name: 'rpc_request_duration_seconds',
     help: 'Time from request headers to final status.',
     labelNames: ['service', 'method'] as const,
@@ -62,14 +213,14 @@ export class Metrics {
   });
 
   // The go-grpc-middleware names, so existing Grafana dashboards work unchanged.
-  readonly grpcHandled = new CellCounter({
+  readonly grpcHandled = new HotCounter({
     name: 'grpc_server_handled_total',
     help: 'Total number of RPCs completed on the server, regardless of success or failure.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method', 'grpc_code'] as const,
     registers: [this.registry],
   });
 
-  readonly grpcHandling = new CellHistogram({
+  readonly grpcHandling = new HotHistogram({
     name: 'grpc_server_handling_seconds',
     help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const,
@@ -77,7 +228,7 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly authAttempts = new CellCounter({
+  readonly authAttempts = new HotCounter({
     name: 'auth_attempts_total',
     help: 'Authentication attempts, by method (mtls, api_key, none, blocked) and result (success, failure).',
     labelNames: ['method', 'result'] as const,

@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { AUDIT_CAPS, capEvent, capPrincipal, capString, TRUNCATED_MARKER } from '../../src/audit/caps.js';
 import { EventBuffer } from '../../src/audit/chain.js';
 import { appendEvent, serializeEvent, type AuditEventInput } from '../../src/audit/event.js';
+import { appendEventFast, serializeEventFast } from '../../src/audit/event-fast.js';
 import { scrubSecretsInJson } from '../../src/audit/redact.js';
 
 /** The reference: the fixed-order object of the capped event (caps.ts), stringified. */
@@ -84,11 +85,15 @@ function withFrozenPrincipal(event: AuditEventInput): AuditEventInput {
  */
 function serialized(event: AuditEventInput, time: string, scrub?: (json: string) => string): string {
   const text = serializeEvent(event, () => time, scrub);
-  const events = new EventBuffer();
-  events.push('{"before":1}');
-  appendEvent(events, event, () => time, scrub);
-  expect(events.count).toBe(2);
-  expect(events.event(1).equals(Buffer.from(text, 'utf8'))).toBe(true);
+  // The byte-level path the log writes with must give exactly the reference's line.
+  expect(serializeEventFast(event, () => time, scrub)).toBe(text);
+  for (const append of [appendEvent, appendEventFast]) {
+    const events = new EventBuffer();
+    events.push('{"before":1}');
+    append(events, event, () => time, scrub);
+    expect(events.count).toBe(2);
+    expect(events.event(1).equals(Buffer.from(text, 'utf8'))).toBe(true);
+  }
   return text;
 }
 
