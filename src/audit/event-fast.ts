@@ -3,17 +3,10 @@
 // buffer for a read call's record. Kept because the chain benchmark separates its gain from
 // noise on a quiet machine (bench/results-audit.md); the property tests of
 // test/audit/event.test.ts hold it to the reference, byte for byte.
-import { capEvent, capPrincipal } from './caps.js';
+import { capEvent } from './caps.js';
+import { inOrder, LEAD_KEYS, principalMembers, TAIL_KEYS } from './event.js';
 import { writeDecimal, type EventBuffer } from './chain.js';
 import { AUDIT_EVENT_TYPES, type AuditEventInput, type AuditPrincipal } from './types.js';
-
-function principalObject(given: AuditPrincipal): Record<string, unknown> {
-  const p = capPrincipal(given);
-  const principal: Record<string, unknown> = { id: p.id, kind: p.kind, roles: p.roles };
-  if (p.cert_fingerprint !== undefined) principal.cert_fingerprint = p.cert_fingerprint;
-  if (p.key_id !== undefined) principal.key_id = p.key_id;
-  return principal;
-}
 
 /** Text that passes through unchanged. */
 const asIs = (json: string): string => json;
@@ -65,7 +58,7 @@ function principalCache(p: AuditPrincipal, scrub: (json: string) => string): Pri
   if (!Object.isFrozen(p) || !Object.isFrozen(p.roles)) return undefined;
   let cache = principalCaches.get(p);
   if (cache?.scrub !== scrub) {
-    cache = { scrub, json: scrub(JSON.stringify(principalObject(p))), segments: new Map(), size: 0 };
+    cache = { scrub, json: scrub(JSON.stringify(principalMembers(p))), segments: new Map(), size: 0 };
     principalCaches.set(p, cache);
   }
   return cache;
@@ -96,23 +89,9 @@ function segmentOf(cache: PrincipalCache, event: AuditEventInput): Segment {
 }
 
 /** The members from `source` through `code`, in their fixed order. */
-function leadOf(event: AuditEventInput, out: Record<string, unknown>): Record<string, unknown> {
-  if (event.source !== undefined) out.source = event.source;
-  if (event.method !== undefined) out.method = event.method;
-  if (event.decision !== undefined) out.decision = event.decision;
-  if (event.code !== undefined) out.code = event.code;
-  return out;
-}
-
+const leadOf = (event: AuditEventInput, out: Record<string, unknown>): Record<string, unknown> => inOrder(event, LEAD_KEYS, out);
 /** The members after `code`, in their fixed order. */
-function tailOf(event: AuditEventInput, out: Record<string, unknown>): Record<string, unknown> {
-  if (event.duration_ms !== undefined) out.duration_ms = event.duration_ms;
-  if (event.request !== undefined) out.request = event.request;
-  if (event.object !== undefined) out.object = event.object;
-  if (event.reason !== undefined) out.reason = event.reason;
-  if (event.details !== undefined) out.details = event.details;
-  return out;
-}
+const tailOf = (event: AuditEventInput, out: Record<string, unknown>): Record<string, unknown> => inOrder(event, TAIL_KEYS, out);
 
 /** Nothing after `code` but (perhaps) the duration: a read call's record. */
 function hasDurationOnly(event: AuditEventInput): boolean {
@@ -163,7 +142,7 @@ export function serializeEventFast(uncapped: AuditEventInput, defaultTime: () =>
   }
   const head: Record<string, unknown> = { time, trace_id: event.trace_id, type: event.type };
   if (p === undefined) return scrub(JSON.stringify(tailOf(event, leadOf(event, head))));
-  const principal = cache?.json ?? scrub(JSON.stringify(principalObject(p)));
+  const principal = cache?.json ?? scrub(JSON.stringify(principalMembers(p)));
   return `${scrub(JSON.stringify(head).slice(0, -1))},"principal":${principal}${closing(JSON.stringify(tailOf(event, leadOf(event, {}))), scrub)}`;
 }
 

@@ -9,12 +9,19 @@ export { AUDIT_EVENT_TYPES } from './types.js';
 
 /** The fixed key order of a line (the order of AuditEvent); `principal` comes after `type`. */
 const PRINCIPAL_KEYS = ['id', 'kind', 'roles', 'cert_fingerprint', 'key_id'] as const satisfies readonly (keyof AuditPrincipal)[];
-const EVENT_KEYS = ['source', 'method', 'decision', 'code', 'duration_ms', 'request', 'object', 'reason', 'details'] as const satisfies readonly (keyof AuditEventInput)[];
+/** The members after `principal` up to `code`, then the rest. */
+export const LEAD_KEYS = ['source', 'method', 'decision', 'code'] as const satisfies readonly (keyof AuditEventInput)[];
+export const TAIL_KEYS = ['duration_ms', 'request', 'object', 'reason', 'details'] as const satisfies readonly (keyof AuditEventInput)[];
 
 /** The members of `from` named in `keys`, in that order; undefined ones (and unknown keys) left out. */
-function inOrder<T extends object>(from: T, keys: readonly (keyof T)[], out: Record<string, unknown> = {}): Record<string, unknown> {
+export function inOrder<T extends object>(from: T, keys: readonly (keyof T)[], out: Record<string, unknown> = {}): Record<string, unknown> {
   for (const key of keys) if (from[key] !== undefined) out[key as string] = from[key];
   return out;
+}
+
+/** The capped principal's members, in their fixed order. */
+export function principalMembers(principal: AuditPrincipal): Record<string, unknown> {
+  return inOrder(capPrincipal(principal), PRINCIPAL_KEYS);
 }
 
 /**
@@ -25,8 +32,8 @@ function inOrder<T extends object>(from: T, keys: readonly (keyof T)[], out: Rec
 export function serializeEvent(uncapped: AuditEventInput, defaultTime: () => string, scrub: (json: string) => string = (json) => json): string {
   const event = capEvent(uncapped);
   const line: Record<string, unknown> = { time: event.time ?? defaultTime(), trace_id: event.trace_id, type: event.type };
-  if (event.principal !== undefined) line.principal = inOrder(capPrincipal(event.principal), PRINCIPAL_KEYS);
-  return scrub(JSON.stringify(inOrder(event, EVENT_KEYS, line)));
+  if (event.principal !== undefined) line.principal = principalMembers(event.principal);
+  return scrub(JSON.stringify(inOrder(event, TAIL_KEYS, inOrder(event, LEAD_KEYS, line))));
 }
 
 /** Appends the event's line to `events` (as UTF-8). */
