@@ -76,9 +76,8 @@ export interface StartOptions {
 }
 
 /**
- * What the proto declares around every handler: the compiled policy on its context, a
- * retried request_id gets the first reply, and a declared quota is consumed before the
- * handler runs (retries consume nothing).
+ * What the proto declares around every handler: a retried request_id gets the first
+ * reply, and a declared quota is consumed before the handler runs (retries consume nothing).
  */
 function withDeclaredPolicies(service: DescService, handlers: Record<string, unknown>, methods: PolicyIndex, quotas: QuotaManager, store: Store, log: Logger): Record<string, unknown> {
   const wrapped = { ...handlers };
@@ -86,9 +85,7 @@ function withDeclaredPolicies(service: DescService, handlers: Record<string, unk
     const policy = methods.get(methodPath(method));
     const handler = wrapped[method.localName];
     if (policy && typeof handler === 'function') {
-      const declared = withIdempotency(store, policy, withQuota(quotas, policy, handler as Parameters<typeof withQuota>[2]), { log });
-      // The handler (and what it calls, such as OperationManager.launch) reads its RPC's policy from the context.
-      wrapped[method.localName] = (request: Parameters<typeof declared>[0], ctx: Parameters<typeof declared>[1]) => declared(request, { ...ctx, policy });
+      wrapped[method.localName] = withIdempotency(store, policy, withQuota(quotas, policy, handler as Parameters<typeof withQuota>[2]), { log });
     }
   }
   return wrapped;
@@ -247,6 +244,7 @@ export class Daemon {
       const adapterOptions: AdapterOptions = {
         maxDeadlineMs: config.server.max_deadline_seconds * 1000,
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
+        policies: methods,
       };
       const admin = new AccessAdmin(repos, access, audit, settings, quotas, PermissionCatalogue.of(methods.values()));
       const libvirt = new Libvirt({

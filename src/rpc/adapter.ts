@@ -22,7 +22,7 @@ import {
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { InvalidArgumentError, RpcError, toStatus } from './errors.js';
 import { callStateOf, type CallContext } from './context.js';
-import { methodPath } from './policy.js';
+import { methodPath, type CompiledPolicy } from './policy.js';
 import { newTraceId } from './trace.js';
 import { runInCallScope, type CallScope } from './call-scope.js';
 
@@ -52,6 +52,8 @@ export interface AdapterOptions {
   readonly maxDeadlineMs: number;
   /** Called with errors that became INTERNAL, so they are logged with their trace id. */
   readonly onInternalError: (err: unknown, traceId: string, path: string) => void;
+  /** The compiled policies, by method path: each handler's context carries its own. */
+  readonly policies?: ReadonlyMap<string, CompiledPolicy>;
 }
 
 /** Marks a request that failed to decode, so the handler wrapper can answer INVALID_ARGUMENT. */
@@ -107,7 +109,7 @@ interface GrpcCallLike {
   on(event: 'cancelled', listener: () => void): unknown;
 }
 
-function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallContext; scope: CallScope; dispose: () => void } {
+function contextFor(call: GrpcCallLike, options: AdapterOptions, policy: CompiledPolicy | undefined): { ctx: CallContext; scope: CallScope; dispose: () => void } {
   const state = callStateOf(call.metadata);
   const controller = new AbortController();
   const requested = call.getDeadline();
@@ -131,6 +133,7 @@ function contextFor(call: GrpcCallLike, options: AdapterOptions): { ctx: CallCon
     deadline: new Date(deadlineMs),
     signal: controller.signal,
     peer: state?.peer ?? call.getPeer(),
+    policy,
   };
   // Store operations the handler makes share this one deadline (src/rpc/call-scope.ts).
   const scope: CallScope = { deadline: deadlineMs, signal: controller.signal, ended: false };
@@ -179,6 +182,7 @@ export function toImplementation<S extends GenServiceMethods>(
       throw new Error(`${methodPath(method)} has no handler`);
     }
     const path = methodPath(method);
+    const policy = options.policies?.get(path);
     const fail = (err: unknown, traceId: string) => {
       const status = toStatus(err, traceId);
       if (status.code === Status.INTERNAL) options.onInternalError(err, traceId, path);
@@ -187,7 +191,7 @@ export function toImplementation<S extends GenServiceMethods>(
     if (method.methodKind === 'unary') {
       const unary = handler as UnaryHandler<DescMessage, DescMessage>;
       implementation[method.name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
-        const { ctx, scope, dispose } = contextFor(call, options);
+        const { ctx, scope, dispose } = contextFor(call, options, policy);
         Promise.resolve()
           .then(() => runInCallScope(scope, () => Promise.race([unary(decoded(call.request), ctx), aborted(ctx.signal)])))
           .then(
@@ -199,7 +203,7 @@ export function toImplementation<S extends GenServiceMethods>(
     } else {
       const streaming = handler as ServerStreamingHandler<DescMessage, DescMessage>;
       implementation[method.name] = (call: ServerWritableStream<unknown, unknown>) => {
-        const { ctx, scope, dispose } = contextFor(call, options);
+        const { ctx, scope, dispose } = contextFor(call, options, policy);
         void runInCallScope(scope, async () => {
           try {
             for await (const message of streaming(decoded(call.request), ctx)) {

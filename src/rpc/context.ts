@@ -60,7 +60,7 @@ export interface CallContext {
   /** Aborted when the client cancels or the deadline passes. */
   readonly signal: AbortSignal;
   readonly peer: string;
-  /** What the proto declares for this RPC, compiled at start-up (set around every handler that has a policy). */
+  /** What the proto declares for this RPC, compiled at start-up (set by the adapter for every RPC that has a policy). */
   readonly policy?: CompiledPolicy;
   /** Quota this call consumed (from the proto option), for work that must give it back if it fails later. */
   readonly quota?: { readonly resource: 'snapshots' | 'storage_gb'; readonly amount: number };
