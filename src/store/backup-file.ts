@@ -29,6 +29,16 @@ export class BackupFileError extends Error {
   override readonly name = 'BackupFileError';
 }
 
+/** Flushes a file (or a directory's entries) to disk. */
+export async function syncPath(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Size and SHA-256 of a stream of chunks, as they pass. */
 export class SnapshotDigest {
   private readonly hash = createHash('sha256');
@@ -59,12 +69,7 @@ export async function writeBackupFile(path: string, header: BackupHeader, payloa
       },
       createWriteStream(partial, { mode: 0o600, flags: 'wx' }),
     );
-    const handle = await open(partial, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await syncPath(partial);
     await rename(partial, path);
   } finally {
     await rm(partial, { force: true });
@@ -162,11 +167,6 @@ export async function extractEtcdSnapshot(from: string, out: string): Promise<Ba
   const { header, offset } = await verifyBackupFile(from);
   if (header.backend !== 'etcd') throw new BackupFileError(`${from} is an embedded-store backup, not an etcd snapshot: restore it with --data-dir`);
   await pipeline(createReadStream(from, { start: offset }), createWriteStream(out, { mode: 0o600, flags: 'wx' }));
-  const handle = await open(out, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  await syncPath(out);
   return header;
 }

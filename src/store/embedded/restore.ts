@@ -2,11 +2,11 @@
 // be running on it; the snapshot is checked (size, SHA-256, SQLite's integrity check, the
 // store's own tables) before it replaces anything.
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chown, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chown, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pipeline } from 'node:stream/promises';
-import { BackupFileError, verifyBackupFile, type BackupHeader } from '../backup-file.js';
+import { BackupFileError, syncPath, verifyBackupFile, type BackupHeader } from '../backup-file.js';
 
 const STORE_FILE = 'store.sqlite';
 /** What an embedded store keeps in its directory besides the database. */
@@ -53,15 +53,6 @@ function checkDatabase(path: string): void {
     throw new BackupFileError(`the snapshot is not a readable debvisor embedded store: ${(err as Error).message}`);
   } finally {
     db?.close();
-  }
-}
-
-async function syncPath(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 
