@@ -30,7 +30,7 @@ function rate(n: number, ms: number): string {
   return `${Math.round((n / ms) * 1000).toLocaleString('en')} events/s`;
 }
 
-/** A read call's record as the chain writes it: frozen principal (src/chain/audit-principal.ts), hex trace id, no request. */
+/** A read call's record as the chain writes it: frozen principal (src/audit/principal.ts), hex trace id, no request. */
 function readRecord(i: number): AuditEventInput {
   const principal = Object.freeze({ id: 'admin', kind: 'certificate' as const, roles: Object.freeze(['admin']), cert_fingerprint: 'ab'.repeat(32) });
   return { type: 'CALL', trace_id: i.toString(16).padStart(32, '0'), principal, source: '127.0.0.1:51514', method: '/debvisor.testing.v1.TestingService/Echo', decision: 'allow', code: 'OK', duration_ms: (i % 5000) / 1000 };

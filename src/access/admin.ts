@@ -75,12 +75,7 @@ export class AccessAdmin {
     this.audit.write({
       type: 'SECURITY',
       trace_id: ctx.traceId,
-      principal: {
-        id: caller.id,
-        kind: caller.kind,
-        roles: this.state.roleNamesOf(caller.id),
-        ...(caller.apiKey ? { key_id: caller.apiKey.id } : {}),
-      },
+      principal: this.state.auditPrincipalOf(caller),
       source: ctx.peer,
       object,
       reason,

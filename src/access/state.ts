@@ -5,6 +5,8 @@ import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
 import { authorize, canGrant } from '../authz/decide.js';
 import { crossPrincipal } from '../authz/permission.js';
 import type { Principal } from '../rpc/principal.js';
+import { auditPrincipal } from '../audit/principal.js';
+import type { AuditPrincipal } from '../audit/types.js';
 import { RecordCache } from '../store/cache.js';
 import { closest } from 'fastest-levenshtein';
 import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
@@ -33,13 +35,15 @@ export class AccessState {
     this.bootstrapAdmins = new Set(auth.bootstrap_admins);
     this.defaultBindings = auth.default_bindings;
     // Role resolution runs on every call: memoised, and forgotten on any change.
-    this.principals.subscribe(() => this.roleNames.clear());
+    this.principals.subscribe(() => this.forgetRoleNames());
     this.customRoles.subscribe(() => {
       this.rolesByList = new WeakMap();
     });
   }
 
   private readonly roleNames = new Map<string, readonly string[]>();
+  /** A user's role names with its groups', by user and group list. */
+  private readonly userRoleNames = new Map<string, readonly string[]>();
   /**
    * roles() by the names list itself: roleNamesOf hands out one frozen list per principal,
    * and the chain and handlers pass it back on every call. Replaced whenever a custom role
@@ -56,7 +60,12 @@ export class AccessState {
   reconfigure(auth: Config['auth']): void {
     this.bootstrapAdmins = new Set(auth.bootstrap_admins);
     this.defaultBindings = auth.default_bindings;
+    this.forgetRoleNames();
+  }
+
+  private forgetRoleNames(): void {
     this.roleNames.clear();
+    this.userRoleNames.clear();
   }
 
   isBootstrapAdmin(principal: string): boolean {
@@ -75,6 +84,31 @@ export class AccessState {
       this.roleNames.set(principal, cached);
     }
     return cached;
+  }
+
+  /**
+   * The role names a principal acts with: its own bindings, and for a user acted for
+   * (impersonation) those of each of its groups too. One frozen list per user and groups.
+   */
+  roleNamesOfPrincipal(principal: Principal): readonly string[] {
+    const groups = principal.delegation?.groups;
+    if (!groups || groups.length === 0) return this.roleNamesOf(principal.id);
+    const key = `${principal.id}\0${groups.join('\0')}`;
+    let cached = this.userRoleNames.get(key);
+    if (!cached) {
+      const names = new Set<string>(this.roleNamesOf(principal.id));
+      for (const group of groups) for (const name of this.roleNamesOf(group)) names.add(name);
+      cached = Object.freeze([...names].sort());
+      if (this.userRoleNames.size > 10_000) this.userRoleNames.clear();
+      this.userRoleNames.set(key, cached);
+    }
+    return cached;
+  }
+
+  /** How the principal appears in audit records, with the certificate acting for it if it is a user. */
+  auditPrincipalOf(principal: Principal): AuditPrincipal {
+    const by = principal.delegation?.by;
+    return auditPrincipal(principal, this.roleNamesOfPrincipal(principal), by && this.roleNamesOf(by.id));
   }
 
   /** Every binding, from the config file (bootstrap admins, default bindings) and from the store. */
@@ -114,23 +148,35 @@ export class AccessState {
     return roles;
   }
 
-  /** Whether the principal (through its key, if it used one) holds `permission` right now. */
+  /**
+   * Whether the principal (through its key, if it used one) holds `permission` right now.
+   * A user acted for holds it only if the certificate acting for it does too.
+   */
   allows(principal: Principal, permission: string): boolean {
-    return authorize({
-      roles: this.roles(this.roleNamesOf(principal.id)),
+    const own = authorize({
+      roles: this.roles(this.roleNamesOfPrincipal(principal)),
       required: permission,
       exemptFromDeny: this.isBootstrapAdmin(principal.id),
       ...(principal.apiKey ? { apiKey: principal.apiKey } : {}),
     }).allowed;
+    const by = principal.delegation?.by;
+    return own && (by === undefined || this.allows(by, permission));
   }
 
   /**
    * Whether the principal (through its key, if it used one) holds every one of the
    * permission patterns `requested` right now, free of any deny, so it may hand them out:
-   * in a key, a role, a binding, or by lifting a deny.
+   * in a key, a role, a binding, or by lifting a deny. A user acted for may hand out only
+   * what both it and the certificate acting for it may.
    */
   mayGrant(principal: Principal, requested: readonly string[]): ReturnType<typeof canGrant> {
-    return canGrant(this.roles(this.roleNamesOf(principal.id)), requested, principal.apiKey?.permissions, this.isBootstrapAdmin(principal.id));
+    const own = canGrant(this.roles(this.roleNamesOfPrincipal(principal)), requested, principal.apiKey?.permissions, this.isBootstrapAdmin(principal.id));
+    const by = principal.delegation?.by;
+    if (by === undefined) return own;
+    const theirs = this.mayGrant(by, requested);
+    if (own.ok && theirs.ok) return own;
+    const excess = new Set([...(own.ok ? [] : own.excess), ...(theirs.ok ? [] : theirs.excess)]);
+    return { ok: false, excess: requested.filter((p) => excess.has(p)) };
   }
 
   /** Acting on objects owned by someone else needs the `:any` form of the permission. */

@@ -97,10 +97,13 @@ export function capPrincipal(p: AuditPrincipal): AuditPrincipal {
   const roles = p.roles.some((role) => capString(role, cap) !== role) ? p.roles.map((role) => capString(role, cap)) : p.roles;
   const fingerprint = capOptional(p.cert_fingerprint, cap);
   const keyId = capOptional(p.key_id, cap);
-  if (id === p.id && roles === p.roles && fingerprint === p.cert_fingerprint && keyId === p.key_id) return p;
-  const out: AuditPrincipal = { id, kind: p.kind, roles };
+  const reason = capOptional(p.impersonation_reason, AUDIT_CAPS.reason);
+  if (id === p.id && roles === p.roles && fingerprint === p.cert_fingerprint && keyId === p.key_id && reason === p.impersonation_reason) return p;
+  // The impersonation members are validated at the edge (src/chain/impersonation.ts): only the reason is free text.
+  const out: AuditPrincipal = { ...p, id, roles };
   if (fingerprint !== undefined) out.cert_fingerprint = fingerprint;
   if (keyId !== undefined) out.key_id = keyId;
+  if (reason !== undefined) out.impersonation_reason = reason;
   return out;
 }
 

@@ -33,7 +33,7 @@ const TYPE_MEMBERS: ReadonlyMap<unknown, Uint8Array> = new Map(AUDIT_EVENT_TYPES
 const SEGMENTS_PER_PRINCIPAL = 4096;
 
 /**
- * What is kept per frozen principal (shared, per-principal objects: src/chain/audit-principal.ts)
+ * What is kept per frozen principal (shared, per-principal objects: src/audit/principal.ts)
  * and scrubber: its JSON (a third of a call record), and the scrubbed text from `"principal"`
  * through `"code"` by source, method, decision and code. Those members are contiguous in the
  * fixed key order and repeat from call to call.

@@ -8,7 +8,7 @@ export type { AuditEntry, AuditEvent, AuditEventInput, AuditEventType, AuditPrin
 export { AUDIT_EVENT_TYPES } from './types.js';
 
 /** The fixed key order of a line (the order of AuditEvent); `principal` comes after `type`. */
-const PRINCIPAL_KEYS = ['id', 'kind', 'roles', 'cert_fingerprint', 'key_id'] as const satisfies readonly (keyof AuditPrincipal)[];
+const PRINCIPAL_KEYS = ['id', 'kind', 'roles', 'cert_fingerprint', 'key_id', 'groups', 'impersonated_by', 'impersonation_reason', 'session_id'] as const satisfies readonly (keyof AuditPrincipal)[];
 /** The members after `principal` up to `code`, then the rest. */
 export const LEAD_KEYS = ['source', 'method', 'decision', 'code'] as const satisfies readonly (keyof AuditEventInput)[];
 export const TAIL_KEYS = ['duration_ms', 'request', 'object', 'reason', 'details'] as const satisfies readonly (keyof AuditEventInput)[];

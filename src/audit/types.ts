@@ -5,14 +5,30 @@ export type AuditEventType = 'CALL' | 'AUTH' | 'AUTH_FAILED' | 'AUTHZ_DENIED' | 
 
 export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = ['CALL', 'AUTH', 'AUTH_FAILED', 'AUTHZ_DENIED', 'SECURITY', 'SUSPICIOUS', 'ERROR'];
 
+/** The certificate acting for a user, in an impersonated call's record. */
+export interface AuditImpersonator {
+  id: string;
+  /** SHA-256 of its client certificate, lowercase hex. */
+  cert_fingerprint?: string;
+  roles: readonly string[];
+}
+
 export interface AuditPrincipal {
   id: string;
-  kind: 'certificate' | 'api_key';
+  kind: 'certificate' | 'api_key' | 'user';
   roles: readonly string[];
   /** SHA-256 of the client certificate, lowercase hex. */
   cert_fingerprint?: string;
   /** Public id of the API key used (never its secret). */
   key_id?: string;
+  /** A user's groups (`group:<name>`), as the impersonating call named them. */
+  groups?: readonly string[];
+  /** Set for a user: the certificate principal acting for it. */
+  impersonated_by?: AuditImpersonator;
+  /** The impersonate-reason header of the call. */
+  impersonation_reason?: string;
+  /** The user session the call presented (its id, never its token). */
+  session_id?: string;
 }
 
 export interface AuditEvent {

@@ -24,21 +24,25 @@ const OWN_OPERATION_READS = ['operation:get', 'operation:list', 'operation:wait'
 /** Self-service API keys: the handler restricts these to the caller's own keys, and CreateApiKey refuses escalation (canGrant). */
 const OWN_API_KEYS = ['access:apikey:create', 'access:apikey:list', 'access:apikey:revoke', 'access:apikey:rotate'] as const;
 
+/** A user's own sessions (CreateUserSession needs no permission, only an impersonated call): list them, log out. */
+const OWN_SESSIONS = ['access:session:list', 'access:session:revoke'] as const;
+
 function builtin(name: string, description: string, permissions: readonly string[]): Role {
   return Object.freeze({ name, description, permissions: Object.freeze([...permissions]), deny: Object.freeze([]), builtin: true });
 }
 
 const ROLES: readonly Role[] = [
   builtin('admin', 'Everything, including access control and other principals’ keys and operations.', ['*']),
-  builtin('operator', 'Runs the cluster: nodes, VMs, storage, migrations and everyone’s operations; own API keys.', [
+  builtin('operator', 'Runs the cluster: nodes, VMs, storage, migrations and everyone’s operations; own API keys and sessions.', [
     'node:*',
     'vm:*',
     'storage:*',
     'migration:*',
     'operation:*',
     ...OWN_API_KEYS,
+    ...OWN_SESSIONS,
   ]),
-  builtin('developer', 'Snapshots and template clones, read-only views of nodes, volumes and VMs; own operations and API keys.', [
+  builtin('developer', 'Snapshots and template clones, read-only views of nodes, volumes and VMs; own operations, API keys and sessions.', [
     'node:list',
     'storage:volume:list',
     'storage:snapshot:create',
@@ -48,15 +52,17 @@ const ROLES: readonly Role[] = [
     'vm:get',
     ...OWN_OPERATION_READS,
     ...OWN_API_KEYS,
+    ...OWN_SESSIONS,
   ]),
   builtin('monitor', 'Node agents and monitoring: node reads and heartbeats.', ['node:list', 'node:get', 'node:heartbeat']),
-  builtin('viewer', 'Read-only: every list and get (own API keys only), and every operation.', [
+  builtin('viewer', 'Read-only: every list and get (own API keys only), and every operation; own sessions.', [
     '*:list',
     '*:*:list',
     '*:get',
     '*:*:get',
     'operation:wait',
     'operation:watch',
+    ...OWN_SESSIONS,
     // Reads of other principals' operations (see crossPrincipal()).
     'operation:get:any',
     'operation:list:any',

@@ -10,7 +10,7 @@ import { AuditWriteError, type AuditLog } from '../audit/log.js';
 import type { CompiledPolicy, PolicyIndex } from '../rpc/policy.js';
 import type { AuditedRequest, CallState } from '../rpc/context.js';
 import { RpcError } from '../rpc/errors.js';
-import { auditPrincipal } from './audit-principal.js';
+import { auditPrincipal } from '../audit/principal.js';
 import type { Step } from './step.js';
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name])) as Record<number, string>;

@@ -14,7 +14,7 @@ import type { CertificateAuthenticator } from '../authn/x509.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../rpc/context.js';
 import { UnauthenticatedError } from '../rpc/errors.js';
-import { auditPrincipal } from './audit-principal.js';
+import { auditPrincipal } from '../audit/principal.js';
 import { firstHeader, headerNames } from './headers.js';
 import type { Connection } from './peer.js';
 import type { Step } from './step.js';

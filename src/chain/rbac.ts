@@ -8,7 +8,7 @@ import type { PolicyIndex } from '../rpc/policy.js';
 import type { Role } from '../authz/roles.js';
 import type { Metrics } from '../observability/metrics.js';
 import { RpcError } from '../rpc/errors.js';
-import { auditPrincipal } from './audit-principal.js';
+import { auditPrincipal } from '../audit/principal.js';
 import type { Step } from './step.js';
 
 export interface RbacDeps {

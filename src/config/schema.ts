@@ -254,6 +254,22 @@ export const configSchema = z.strictObject({
       api_key_max_ttl_days: z.number().positive().default(365),
       /** How long a rotated-out key keeps working when RotateApiKey gives no overlap. */
       api_key_rotation_overlap_seconds: z.number().nonnegative().default(3600),
+      /**
+       * Certificates holding access:impersonate acting for users (impersonate-user/-group headers).
+       * Off by default: the headers are then refused.
+       */
+      impersonation: z
+        .strictObject({
+          enabled: z.boolean().default(false),
+          /** Impersonated calls must also carry a live session token (impersonate-session), from CreateUserSession. */
+          require_session: z.boolean().default(false),
+          /** A session's lifetime when CreateUserSession gives none. */
+          session_ttl_seconds: z.number().int().positive().default(12 * 3600),
+          /** The longest session CreateUserSession may ask for. */
+          max_session_ttl_seconds: z.number().int().positive().default(7 * 24 * 3600),
+        })
+        .refine((s) => s.session_ttl_seconds <= s.max_session_ttl_seconds, { message: 'session_ttl_seconds must not exceed max_session_ttl_seconds', path: ['session_ttl_seconds'] })
+        .prefault({}),
     })
     .prefault({}),
   quota: z

@@ -6,7 +6,7 @@ import { isIP } from 'node:net';
 import { BlockKind, type AccessService, type AuthBlockSchema } from '../gen/debvisor/v1/access_pb.js';
 import type { AuditLog } from '../audit/log.js';
 import type { Block, SourceGuard } from '../authn/source-guard.js';
-import { auditPrincipal } from '../chain/audit-principal.js';
+import { auditPrincipal } from '../audit/principal.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import { InvalidArgumentError, UnauthenticatedError } from '../rpc/errors.js';
 

@@ -11,7 +11,7 @@ import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../rpc/policy.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import type { CallContext } from '../rpc/context.js';
-import { InvalidArgumentError, UnauthenticatedError } from '../rpc/errors.js';
+import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
 import type { ApiKeyRecord } from '../store/records.js';
 
 const QUOTA_NAMES: ReadonlyMap<QuotaResource, QuotaResourceName> = new Map([
@@ -61,6 +61,8 @@ function principalOf(ctx: CallContext) {
   return ctx.principal;
 }
 
+const PRINCIPAL_KINDS = { certificate: PrincipalKind.CERTIFICATE, api_key: PrincipalKind.API_KEY, user: PrincipalKind.USER } as const;
+
 // WhoAmI runs per call: its permission list is built once per resolved role list.
 // AccessState memoises roles(), and replaces the array when roles change.
 const grantedByRoles = new WeakMap<readonly Role[], readonly string[]>();
@@ -78,13 +80,16 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: B
   return {
     ...blocks,
     ...backup,
+    createUserSession: () => Promise.reject(new RpcError('UNIMPLEMENTED', 'user sessions are not implemented yet')),
+    listUserSessions: () => Promise.reject(new RpcError('UNIMPLEMENTED', 'user sessions are not implemented yet')),
+    revokeUserSession: () => Promise.reject(new RpcError('UNIMPLEMENTED', 'user sessions are not implemented yet')),
     whoAmI: (_request, ctx) => {
       const principal = principalOf(ctx);
       const roles = state.roleNamesOf(principal.id);
       const certificate = principal.certificate;
       return Promise.resolve({
         principalId: principal.id,
-        kind: principal.kind === 'certificate' ? PrincipalKind.CERTIFICATE : PrincipalKind.API_KEY,
+        kind: PRINCIPAL_KINDS[principal.kind],
         roles: [...roles],
         permissions: principal.apiKey ? [...principal.apiKey.permissions] : [...grantedBy(state.roles(roles))],
         authMethod: principal.kind === 'certificate' ? 'mtls' : 'api_key',

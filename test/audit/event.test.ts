@@ -73,7 +73,7 @@ const events: fc.Arbitrary<AuditEventInput> = fc.record(
   { requiredKeys: ['trace_id', 'type'] },
 );
 
-/** The event with its principal (and role list) frozen, as src/chain/audit-principal.ts hands them out. */
+/** The event with its principal (and role list) frozen, as src/audit/principal.ts hands them out. */
 function withFrozenPrincipal(event: AuditEventInput): AuditEventInput {
   const p = event.principal;
   return p === undefined ? event : { ...event, principal: Object.freeze({ ...p, roles: Object.freeze([...p.roles]) }) };

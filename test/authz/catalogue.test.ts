@@ -18,7 +18,7 @@ describe('PermissionCatalogue.of', () => {
 
   it('adds ":any" exactly for owner-scoped RPCs', () => {
     expect(catalogue.permissions.filter((p) => p.endsWith(':any'))).toEqual(
-      ['access:apikey:create', 'access:apikey:list', 'access:apikey:revoke', 'access:apikey:rotate', 'access:quota:get', 'operation:cancel', 'operation:get', 'operation:list', 'operation:wait', 'operation:watch'].map(
+      ['access:apikey:create', 'access:apikey:list', 'access:apikey:revoke', 'access:apikey:rotate', 'access:quota:get', 'access:session:list', 'access:session:revoke', 'operation:cancel', 'operation:get', 'operation:list', 'operation:wait', 'operation:watch'].map(
         (p) => `${p}:any`,
       ),
     );

@@ -36,8 +36,8 @@ describe('RPC policy options', () => {
     else expect(policy!.permission).toMatch(PERMISSION);
   });
 
-  it('opens exactly WhoAmI to every authenticated caller', () => {
-    expect(methods.filter((m) => compilePolicy(m)!.anyAuthenticated).map(methodPath)).toEqual(['/debvisor.v1.AccessService/WhoAmI']);
+  it('opens exactly WhoAmI and CreateUserSession (its handler requires impersonation) to every authenticated caller', () => {
+    expect(methods.filter((m) => compilePolicy(m)!.anyAuthenticated).map(methodPath)).toEqual(['/debvisor.v1.AccessService/WhoAmI', '/debvisor.v1.AccessService/CreateUserSession']);
   });
 
   it('declares owner_scoped exactly where handlers check the ":any" permission', () => {
@@ -48,6 +48,8 @@ describe('RPC policy options', () => {
         'access:apikey:revoke',
         'access:apikey:rotate',
         'access:quota:get',
+        'access:session:list',
+        'access:session:revoke',
         'operation:cancel',
         'operation:get',
         'operation:list',

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/access.proto.
  */
 export const file_debvisor_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChhkZWJ2aXNvci92MS9hY2Nlc3MucHJvdG8SC2RlYnZpc29yLnYxIkUKDFJlc291cmNlR2xvYhInCgRraW5kGAEgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEgwKBGdsb2IYAiABKAkijAMKBkFwaUtleRIOCgZrZXlfaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDQoFb3duZXIYAyABKAkSEwoLcGVybWlzc2lvbnMYBCADKAkSMQoOcmVzb3VyY2VfZ2xvYnMYBSADKAsyGS5kZWJ2aXNvci52MS5SZXNvdXJjZUdsb2ISFQoNYWxsb3dlZF9jaWRycxgGIAMoCRISCgpjcmVhdGVkX2J5GAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3RhdGVkX2Zyb20YDCABKAkicAoEUm9sZRIMCgRuYW1lGAEgASgJEhoKC2Rlc2NyaXB0aW9uGAIgASgJQgXY8xiAEBITCgtwZXJtaXNzaW9ucxgDIAMoCRIYChBkZW55X3Blcm1pc3Npb25zGAQgAygJEg8KB2J1aWx0aW4YBSABKAgiqAEKC1JvbGVCaW5kaW5nEhEKCXByaW5jaXBhbBgBIAEoCRIRCglyb2xlX25hbWUYAiABKAkSEgoKY3JlYXRlZF9ieRgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc291cmNlGAUgASgOMh4uZGVidmlzb3IudjEuUm9sZUJpbmRpbmdTb3VyY2UiagoKUXVvdGFVc2FnZRIsCghyZXNvdXJjZRgBIAEoDjIaLmRlYnZpc29yLnYxLlF1b3RhUmVzb3VyY2USDQoFbGltaXQYAiABKAQSDAoEdXNlZBgDIAEoBBIRCgl1bmxpbWl0ZWQYBCABKAgiDwoNV2hvQW1JUmVxdWVzdCK9AgoOV2hvQW1JUmVzcG9uc2USFAoMcHJpbmNpcGFsX2lkGAEgASgJEigKBGtpbmQYAiABKA4yGi5kZWJ2aXNvci52MS5QcmluY2lwYWxLaW5kEg0KBXJvbGVzGAMgAygJEhMKC3Blcm1pc3Npb25zGAQgAygJEhMKC2F1dGhfbWV0aG9kGAUgASgJEh8KF2NlcnRfZmluZ2VycHJpbnRfc2hhMjU2GAYgASgJEjIKDmNlcnRfbm90X2FmdGVyGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgphcGlfa2V5X2lkGAggASgJEhYKDnNvdXJjZV9hZGRyZXNzGAkgASgJEjEKDnJlc291cmNlX2dsb2JzGAogAygLMhkuZGVidmlzb3IudjEuUmVzb3VyY2VHbG9iItsBChNDcmVhdGVBcGlLZXlSZXF1ZXN0EhoKC2Rlc2NyaXB0aW9uGAEgASgJQgXY8xiAEBITCgtwZXJtaXNzaW9ucxgCIAMoCRIxCg5yZXNvdXJjZV9nbG9icxgDIAMoCzIZLmRlYnZpc29yLnYxLlJlc291cmNlR2xvYhImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNYWxsb3dlZF9jaWRycxgFIAMoCRINCgVvd25lchgGIAEoCRISCgpyZXF1ZXN0X2lkGAcgASgJIlIKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiQKB2FwaV9rZXkYASABKAsyEy5kZWJ2aXNvci52MS5BcGlLZXkSFAoGc2VjcmV0GAIgASgJQgTQ8xgBIm8KEkxpc3RBcGlLZXlzUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhkKCnBhZ2VfdG9rZW4YAyABKAlCBdjzGIAIEhgKEGluY2x1ZGVfaW5hY3RpdmUYBCABKAgiVQoTTGlzdEFwaUtleXNSZXNwb25zZRIlCghhcGlfa2V5cxgBIAMoCzITLmRlYnZpc29yLnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI8ChRSZXZva2VBcGlLZXlSZXNwb25zZRIkCgdhcGlfa2V5GAEgASgLMhMuZGVidmlzb3IudjEuQXBpS2V5ImUKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgDIAEoCSJ8ChRSb3RhdGVBcGlLZXlSZXNwb25zZRIkCgdhcGlfa2V5GAEgASgLMhMuZGVidmlzb3IudjEuQXBpS2V5EhQKBnNlY3JldBgCIAEoCUIE0PMYARIoCgtvbGRfYXBpX2tleRgDIAEoCzITLmRlYnZpc29yLnYxLkFwaUtleSJAChBMaXN0Um9sZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRIZCgpwYWdlX3Rva2VuGAIgASgJQgXY8xiACCJOChFMaXN0Um9sZXNSZXNwb25zZRIgCgVyb2xlcxgBIAMoCzIRLmRlYnZpc29yLnYxLlJvbGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkUKDlB1dFJvbGVSZXF1ZXN0Eh8KBHJvbGUYASABKAsyES5kZWJ2aXNvci52MS5Sb2xlEhIKCnJlcXVlc3RfaWQYAiABKAkiQwoPUHV0Um9sZVJlc3BvbnNlEh8KBHJvbGUYASABKAsyES5kZWJ2aXNvci52MS5Sb2xlEg8KB2NyZWF0ZWQYAiABKAgiOgoRRGVsZXRlUm9sZVJlcXVlc3QSEQoJcm9sZV9uYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiLgoSRGVsZXRlUm9sZVJlc3BvbnNlEhgKEHJlbW92ZWRfYmluZGluZ3MYASABKA0iSwoPQmluZFJvbGVSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCRIRCglyb2xlX25hbWUYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSI9ChBCaW5kUm9sZVJlc3BvbnNlEikKB2JpbmRpbmcYASABKAsyGC5kZWJ2aXNvci52MS5Sb2xlQmluZGluZyJNChFVbmJpbmRSb2xlUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEQoJcm9sZV9uYW1lGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkiJQoSVW5iaW5kUm9sZVJlc3BvbnNlEg8KB3JlbW92ZWQYASABKAgibQoXTGlzdFJvbGVCaW5kaW5nc1JlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJEhEKCXJvbGVfbmFtZRgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSGQoKcGFnZV90b2tlbhgEIAEoCUIF2PMYgAgiXwoYTGlzdFJvbGVCaW5kaW5nc1Jlc3BvbnNlEioKCGJpbmRpbmdzGAEgAygLMhguZGVidmlzb3IudjEuUm9sZUJpbmRpbmcSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiQKD0dldFF1b3RhUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkiTgoQR2V0UXVvdGFSZXNwb25zZRIRCglwcmluY2lwYWwYASABKAkSJwoGcXVvdGFzGAIgAygLMhcuZGVidmlzb3IudjEuUXVvdGFVc2FnZSKIAQoPU2V0UXVvdGFSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCRIsCghyZXNvdXJjZRgCIAEoDjIaLmRlYnZpc29yLnYxLlF1b3RhUmVzb3VyY2USDQoFbGltaXQYAyABKAQSEQoJdW5saW1pdGVkGAQgASgIEhIKCnJlcXVlc3RfaWQYBSABKAkiOgoQU2V0UXVvdGFSZXNwb25zZRImCgVxdW90YRgBIAEoCzIXLmRlYnZpc29yLnYxLlF1b3RhVXNhZ2UiPgoVUmVjb21wdXRlUXVvdGFSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIpwBChZSZWNvbXB1dGVRdW90YVJlc3BvbnNlEicKBmJlZm9yZRgBIAMoCzIXLmRlYnZpc29yLnYxLlF1b3RhVXNhZ2USJgoFYWZ0ZXIYAiADKAsyFy5kZWJ2aXNvci52MS5RdW90YVVzYWdlEjEKDW5vdF9yZWNvdW50ZWQYAyADKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlIrYBCglBdXRoQmxvY2sSJAoEa2luZBgBIAEoDjIWLmRlYnZpc29yLnYxLkJsb2NrS2luZBIPCgdzdWJqZWN0GAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZmFpbHVyZXMYBSABKA0iEwoRTGlzdEJsb2Nrc1JlcXVlc3QiPAoSTGlzdEJsb2Nrc1Jlc3BvbnNlEiYKBmJsb2NrcxgBIAMoCzIWLmRlYnZpc29yLnYxLkF1dGhCbG9jayI1Cg5VbmJsb2NrUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiOQoPVW5ibG9ja1Jlc3BvbnNlEiYKBmxpZnRlZBgBIAMoCzIWLmRlYnZpc29yLnYxLkF1dGhCbG9jayIUChJCYWNrdXBTdG9yZVJlcXVlc3QiXQoTQmFja3VwU3RvcmVSZXNwb25zZRIPCgVjaHVuaxgBIAEoDEgAEi0KB3N1bW1hcnkYAiABKAsyGi5kZWJ2aXNvci52MS5CYWNrdXBTdW1tYXJ5SABCBgoEcGFydCKHAQoNQmFja3VwU3VtbWFyeRIPCgdiYWNrZW5kGAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAQSDgoGc2hhMjU2GAMgASgJEhAKCHRha2VuX2J5GAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCprCg1QcmluY2lwYWxLaW5kEh4KGlBSSU5DSVBBTF9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaUFJJTkNJUEFMX0tJTkRfQ0VSVElGSUNBVEUQARIaChZQUklOQ0lQQUxfS0lORF9BUElfS0VZEAIqoAEKEVJvbGVCaW5kaW5nU291cmNlEiMKH1JPTEVfQklORElOR19TT1VSQ0VfVU5TUEVDSUZJRUQQABIdChlST0xFX0JJTkRJTkdfU09VUkNFX1NUT1JFEAESJwojUk9MRV9CSU5ESU5HX1NPVVJDRV9CT09UU1RSQVBfQURNSU4QAhIeChpST0xFX0JJTkRJTkdfU09VUkNFX0NPTkZJRxADKlcKCUJsb2NrS2luZBIaChZCTE9DS19LSU5EX1VOU1BFQ0lGSUVEEAASFgoSQkxPQ0tfS0lORF9BRERSRVNTEAESFgoSQkxPQ0tfS0lORF9BUElfS0VZEAIy4A8KDUFjY2Vzc1NlcnZpY2USSgoGV2hvQW1JEhouZGVidmlzb3IudjEuV2hvQW1JUmVxdWVzdBobLmRlYnZpc29yLnYxLldob0FtSVJlc3BvbnNlIgfK8xgDoAEBEn8KDENyZWF0ZUFwaUtleRIgLmRlYnZpc29yLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIS5kZWJ2aXNvci52MS5DcmVhdGVBcGlLZXlSZXNwb25zZSIqyvMYJgoUYWNjZXNzOmFwaWtleTpjcmVhdGUQARgFMAg6BW93bmVyqAEBEnoKC0xpc3RBcGlLZXlzEh8uZGVidmlzb3IudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiAuZGVidmlzb3IudjEuTGlzdEFwaUtleXNSZXNwb25zZSIoyvMYJAoSYWNjZXNzOmFwaWtleTpsaXN0MAg6CXByaW5jaXBhbKgBARJ+CgxSZXZva2VBcGlLZXkSIC5kZWJ2aXNvci52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiEuZGVidmlzb3IudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2UiKcrzGCUKFGFjY2VzczphcGlrZXk6cmV2b2tlEAEwBjoGa2V5X2lkqAEBEoABCgxSb3RhdGVBcGlLZXkSIC5kZWJ2aXNvci52MS5Sb3RhdGVBcGlLZXlSZXF1ZXN0GiEuZGVidmlzb3IudjEuUm90YXRlQXBpS2V5UmVzcG9uc2UiK8rzGCcKFGFjY2VzczphcGlrZXk6cm90YXRlEAEYBTAGOgZrZXlfaWSoAQESZAoJTGlzdFJvbGVzEh0uZGVidmlzb3IudjEuTGlzdFJvbGVzUmVxdWVzdBoeLmRlYnZpc29yLnYxLkxpc3RSb2xlc1Jlc3BvbnNlIhjK8xgUChBhY2Nlc3M6cm9sZTpsaXN0MAcSagoHUHV0Um9sZRIbLmRlYnZpc29yLnYxLlB1dFJvbGVSZXF1ZXN0GhwuZGVidmlzb3IudjEuUHV0Um9sZVJlc3BvbnNlIiTK8xggCg9hY2Nlc3M6cm9sZTpwdXQQATAHOglyb2xlLm5hbWUSdgoKRGVsZXRlUm9sZRIeLmRlYnZpc29yLnYxLkRlbGV0ZVJvbGVSZXF1ZXN0Gh8uZGVidmlzb3IudjEuRGVsZXRlUm9sZVJlc3BvbnNlIifK8xgjChJhY2Nlc3M6cm9sZTpkZWxldGUQATAHOglyb2xlX25hbWUSggEKCEJpbmRSb2xlEhwuZGVidmlzb3IudjEuQmluZFJvbGVSZXF1ZXN0Gh0uZGVidmlzb3IudjEuQmluZFJvbGVSZXNwb25zZSI5yvMYNQoVYWNjZXNzOmJpbmRpbmc6Y3JlYXRlEAEwCDoJcHJpbmNpcGFsQg0IBxIJcm9sZV9uYW1lEogBCgpVbmJpbmRSb2xlEh4uZGVidmlzb3IudjEuVW5iaW5kUm9sZVJlcXVlc3QaHy5kZWJ2aXNvci52MS5VbmJpbmRSb2xlUmVzcG9uc2UiOcrzGDUKFWFjY2VzczpiaW5kaW5nOmRlbGV0ZRABMAg6CXByaW5jaXBhbEINCAcSCXJvbGVfbmFtZRKHAQoQTGlzdFJvbGVCaW5kaW5ncxIkLmRlYnZpc29yLnYxLkxpc3RSb2xlQmluZGluZ3NSZXF1ZXN0GiUuZGVidmlzb3IudjEuTGlzdFJvbGVCaW5kaW5nc1Jlc3BvbnNlIibK8xgiChNhY2Nlc3M6YmluZGluZzpsaXN0MAg6CXByaW5jaXBhbBJvCghHZXRRdW90YRIcLmRlYnZpc29yLnYxLkdldFF1b3RhUmVxdWVzdBodLmRlYnZpc29yLnYxLkdldFF1b3RhUmVzcG9uc2UiJsrzGCIKEGFjY2VzczpxdW90YTpnZXQwCDoJcHJpbmNpcGFsqAEBEm4KCFNldFF1b3RhEhwuZGVidmlzb3IudjEuU2V0UXVvdGFSZXF1ZXN0Gh0uZGVidmlzb3IudjEuU2V0UXVvdGFSZXNwb25zZSIlyvMYIQoQYWNjZXNzOnF1b3RhOnNldBABMAg6CXByaW5jaXBhbBKIAQoOUmVjb21wdXRlUXVvdGESIi5kZWJ2aXNvci52MS5SZWNvbXB1dGVRdW90YVJlcXVlc3QaIy5kZWJ2aXNvci52MS5SZWNvbXB1dGVRdW90YVJlc3BvbnNlIi3K8xgpChZhY2Nlc3M6cXVvdGE6cmVjb21wdXRlEAEYBTAIOglwcmluY2lwYWwSZgoKTGlzdEJsb2NrcxIeLmRlYnZpc29yLnYxLkxpc3RCbG9ja3NSZXF1ZXN0Gh8uZGVidmlzb3IudjEuTGlzdEJsb2Nrc1Jlc3BvbnNlIhfK8xgTChFhY2Nlc3M6YmxvY2s6bGlzdBJhCgdVbmJsb2NrEhsuZGVidmlzb3IudjEuVW5ibG9ja1JlcXVlc3QaHC5kZWJ2aXNvci52MS5VbmJsb2NrUmVzcG9uc2UiG8rzGBcKE2FjY2VzczpibG9jazpkZWxldGUQARJoCgtCYWNrdXBTdG9yZRIfLmRlYnZpc29yLnYxLkJhY2t1cFN0b3JlUmVxdWVzdBogLmRlYnZpc29yLnYxLkJhY2t1cFN0b3JlUmVzcG9uc2UiFMrzGBAKDHN0b3JlOmJhY2t1cBgKMAFiBnByb3RvMw", [file_debvisor_v1_options, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhkZWJ2aXNvci92MS9hY2Nlc3MucHJvdG8SC2RlYnZpc29yLnYxIkUKDFJlc291cmNlR2xvYhInCgRraW5kGAEgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEgwKBGdsb2IYAiABKAkijAMKBkFwaUtleRIOCgZrZXlfaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDQoFb3duZXIYAyABKAkSEwoLcGVybWlzc2lvbnMYBCADKAkSMQoOcmVzb3VyY2VfZ2xvYnMYBSADKAsyGS5kZWJ2aXNvci52MS5SZXNvdXJjZUdsb2ISFQoNYWxsb3dlZF9jaWRycxgGIAMoCRISCgpjcmVhdGVkX2J5GAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3RhdGVkX2Zyb20YDCABKAkiowEKBFJvbGUSDAoEbmFtZRgBIAEoCRIaCgtkZXNjcmlwdGlvbhgCIAEoCUIF2PMYgBASEwoLcGVybWlzc2lvbnMYAyADKAkSGAoQZGVueV9wZXJtaXNzaW9ucxgEIAMoCRIPCgdidWlsdGluGAUgASgIEjEKDnJlc291cmNlX2dsb2JzGAYgAygLMhkuZGVidmlzb3IudjEuUmVzb3VyY2VHbG9iIqgBCgtSb2xlQmluZGluZxIRCglwcmluY2lwYWwYASABKAkSEQoJcm9sZV9uYW1lGAIgASgJEhIKCmNyZWF0ZWRfYnkYAyABKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnNvdXJjZRgFIAEoDjIeLmRlYnZpc29yLnYxLlJvbGVCaW5kaW5nU291cmNlImoKClF1b3RhVXNhZ2USLAoIcmVzb3VyY2UYASABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEg0KBWxpbWl0GAIgASgEEgwKBHVzZWQYAyABKAQSEQoJdW5saW1pdGVkGAQgASgIIg8KDVdob0FtSVJlcXVlc3Qi8AIKDldob0FtSVJlc3BvbnNlEhQKDHByaW5jaXBhbF9pZBgBIAEoCRIoCgRraW5kGAIgASgOMhouZGVidmlzb3IudjEuUHJpbmNpcGFsS2luZBINCgVyb2xlcxgDIAMoCRITCgtwZXJtaXNzaW9ucxgEIAMoCRITCgthdXRoX21ldGhvZBgFIAEoCRIfChdjZXJ0X2ZpbmdlcnByaW50X3NoYTI1NhgGIAEoCRIyCg5jZXJ0X25vdF9hZnRlchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKYXBpX2tleV9pZBgIIAEoCRIWCg5zb3VyY2VfYWRkcmVzcxgJIAEoCRIxCg5yZXNvdXJjZV9nbG9icxgKIAMoCzIZLmRlYnZpc29yLnYxLlJlc291cmNlR2xvYhIxCg1pbXBlcnNvbmF0aW9uGAsgASgLMhouZGVidmlzb3IudjEuSW1wZXJzb25hdGlvbiLbAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIaCgtkZXNjcmlwdGlvbhgBIAEoCUIF2PMYgBASEwoLcGVybWlzc2lvbnMYAiADKAkSMQoOcmVzb3VyY2VfZ2xvYnMYAyADKAsyGS5kZWJ2aXNvci52MS5SZXNvdXJjZUdsb2ISJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWFsbG93ZWRfY2lkcnMYBSADKAkSDQoFb3duZXIYBiABKAkSEgoKcmVxdWVzdF9pZBgHIAEoCSJSChRDcmVhdGVBcGlLZXlSZXNwb25zZRIkCgdhcGlfa2V5GAEgASgLMhMuZGVidmlzb3IudjEuQXBpS2V5EhQKBnNlY3JldBgCIAEoCUIE0PMYASJvChJMaXN0QXBpS2V5c1JlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIZCgpwYWdlX3Rva2VuGAMgASgJQgXY8xiACBIYChBpbmNsdWRlX2luYWN0aXZlGAQgASgIIlUKE0xpc3RBcGlLZXlzUmVzcG9uc2USJQoIYXBpX2tleXMYASADKAsyEy5kZWJ2aXNvci52MS5BcGlLZXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjkKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiPAoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJAoHYXBpX2tleRgBIAEoCzITLmRlYnZpc29yLnYxLkFwaUtleSJlChNSb3RhdGVBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIqCgdvdmVybGFwGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCnJlcXVlc3RfaWQYAyABKAkifAoUUm90YXRlQXBpS2V5UmVzcG9uc2USJAoHYXBpX2tleRgBIAEoCzITLmRlYnZpc29yLnYxLkFwaUtleRIUCgZzZWNyZXQYAiABKAlCBNDzGAESKAoLb2xkX2FwaV9rZXkYAyABKAsyEy5kZWJ2aXNvci52MS5BcGlLZXkiQAoQTGlzdFJvbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSGQoKcGFnZV90b2tlbhgCIAEoCUIF2PMYgAgiTgoRTGlzdFJvbGVzUmVzcG9uc2USIAoFcm9sZXMYASADKAsyES5kZWJ2aXNvci52MS5Sb2xlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJFCg5QdXRSb2xlUmVxdWVzdBIfCgRyb2xlGAEgASgLMhEuZGVidmlzb3IudjEuUm9sZRISCgpyZXF1ZXN0X2lkGAIgASgJIkMKD1B1dFJvbGVSZXNwb25zZRIfCgRyb2xlGAEgASgLMhEuZGVidmlzb3IudjEuUm9sZRIPCgdjcmVhdGVkGAIgASgIIjoKEURlbGV0ZVJvbGVSZXF1ZXN0EhEKCXJvbGVfbmFtZRgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIi4KEkRlbGV0ZVJvbGVSZXNwb25zZRIYChByZW1vdmVkX2JpbmRpbmdzGAEgASgNIksKD0JpbmRSb2xlUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEQoJcm9sZV9uYW1lGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkiPQoQQmluZFJvbGVSZXNwb25zZRIpCgdiaW5kaW5nGAEgASgLMhguZGVidmlzb3IudjEuUm9sZUJpbmRpbmciTQoRVW5iaW5kUm9sZVJlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJEhEKCXJvbGVfbmFtZRgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIiUKElVuYmluZFJvbGVSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIIm0KF0xpc3RSb2xlQmluZGluZ3NSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCRIRCglyb2xlX25hbWUYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhkKCnBhZ2VfdG9rZW4YBCABKAlCBdjzGIAIIl8KGExpc3RSb2xlQmluZGluZ3NSZXNwb25zZRIqCghiaW5kaW5ncxgBIAMoCzIYLmRlYnZpc29yLnYxLlJvbGVCaW5kaW5nEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkCg9HZXRRdW90YVJlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJIk4KEEdldFF1b3RhUmVzcG9uc2USEQoJcHJpbmNpcGFsGAEgASgJEicKBnF1b3RhcxgCIAMoCzIXLmRlYnZpc29yLnYxLlF1b3RhVXNhZ2UiiAEKD1NldFF1b3RhUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSLAoIcmVzb3VyY2UYAiABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEg0KBWxpbWl0GAMgASgEEhEKCXVubGltaXRlZBgEIAEoCBISCgpyZXF1ZXN0X2lkGAUgASgJIjoKEFNldFF1b3RhUmVzcG9uc2USJgoFcXVvdGEYASABKAsyFy5kZWJ2aXNvci52MS5RdW90YVVzYWdlIj4KFVJlY29tcHV0ZVF1b3RhUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSKcAQoWUmVjb21wdXRlUXVvdGFSZXNwb25zZRInCgZiZWZvcmUYASADKAsyFy5kZWJ2aXNvci52MS5RdW90YVVzYWdlEiYKBWFmdGVyGAIgAygLMhcuZGVidmlzb3IudjEuUXVvdGFVc2FnZRIxCg1ub3RfcmVjb3VudGVkGAMgAygOMhouZGVidmlzb3IudjEuUXVvdGFSZXNvdXJjZSK2AQoJQXV0aEJsb2NrEiQKBGtpbmQYASABKA4yFi5kZWJ2aXNvci52MS5CbG9ja0tpbmQSDwoHc3ViamVjdBgCIAEoCRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGZhaWx1cmVzGAUgASgNIhMKEUxpc3RCbG9ja3NSZXF1ZXN0IjwKEkxpc3RCbG9ja3NSZXNwb25zZRImCgZibG9ja3MYASADKAsyFi5kZWJ2aXNvci52MS5BdXRoQmxvY2siNQoOVW5ibG9ja1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjkKD1VuYmxvY2tSZXNwb25zZRImCgZsaWZ0ZWQYASADKAsyFi5kZWJ2aXNvci52MS5BdXRoQmxvY2siFAoSQmFja3VwU3RvcmVSZXF1ZXN0Il0KE0JhY2t1cFN0b3JlUmVzcG9uc2USDwoFY2h1bmsYASABKAxIABItCgdzdW1tYXJ5GAIgASgLMhouZGVidmlzb3IudjEuQmFja3VwU3VtbWFyeUgAQgYKBHBhcnQihwEKDUJhY2t1cFN1bW1hcnkSDwoHYmFja2VuZBgBIAEoCRISCgpzaXplX2J5dGVzGAIgASgEEg4KBnNoYTI1NhgDIAEoCRIQCgh0YWtlbl9ieRgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipgEKDUltcGVyc29uYXRpb24SFwoPaW1wZXJzb25hdGVkX2J5GAEgASgJEiwKJGltcGVyc29uYXRvcl9jZXJ0X2ZpbmdlcnByaW50X3NoYTI1NhgCIAEoCRIOCgZncm91cHMYAyADKAkSDgoGcmVhc29uGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkSGgoSaW1wZXJzb25hdG9yX3JvbGVzGAYgAygJIvQBCgtVc2VyU2Vzc2lvbhIKCgJpZBgBIAEoCRIMCgR1c2VyGAIgASgJEhcKD2ltcGVyc29uYXRlZF9ieRgDIAEoCRIfChdjZXJ0X2ZpbmdlcnByaW50X3NoYTI1NhgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJWChhDcmVhdGVVc2VyU2Vzc2lvblJlcXVlc3QSJgoDdHRsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCnJlcXVlc3RfaWQYAiABKAkiWwoZQ3JlYXRlVXNlclNlc3Npb25SZXNwb25zZRIpCgdzZXNzaW9uGAEgASgLMhguZGVidmlzb3IudjEuVXNlclNlc3Npb24SEwoFdG9rZW4YAiABKAlCBNDzGAEiaAoXTGlzdFVzZXJTZXNzaW9uc1JlcXVlc3QSDAoEdXNlchgBIAEoCRIYChBpbmNsdWRlX2luYWN0aXZlGAIgASgIEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJIl8KGExpc3RVc2VyU2Vzc2lvbnNSZXNwb25zZRIqCghzZXNzaW9ucxgBIAMoCzIYLmRlYnZpc29yLnYxLlVzZXJTZXNzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJQChhSZXZva2VVc2VyU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgR1c2VyGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkiLAoZUmV2b2tlVXNlclNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgNKoQBCg1QcmluY2lwYWxLaW5kEh4KGlBSSU5DSVBBTF9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaUFJJTkNJUEFMX0tJTkRfQ0VSVElGSUNBVEUQARIaChZQUklOQ0lQQUxfS0lORF9BUElfS0VZEAISFwoTUFJJTkNJUEFMX0tJTkRfVVNFUhADKqABChFSb2xlQmluZGluZ1NvdXJjZRIjCh9ST0xFX0JJTkRJTkdfU09VUkNFX1VOU1BFQ0lGSUVEEAASHQoZUk9MRV9CSU5ESU5HX1NPVVJDRV9TVE9SRRABEicKI1JPTEVfQklORElOR19TT1VSQ0VfQk9PVFNUUkFQX0FETUlOEAISHgoaUk9MRV9CSU5ESU5HX1NPVVJDRV9DT05GSUcQAypXCglCbG9ja0tpbmQSGgoWQkxPQ0tfS0lORF9VTlNQRUNJRklFRBAAEhYKEkJMT0NLX0tJTkRfQUREUkVTUxABEhYKEkJMT0NLX0tJTkRfQVBJX0tFWRACMugSCg1BY2Nlc3NTZXJ2aWNlEkoKBldob0FtSRIaLmRlYnZpc29yLnYxLldob0FtSVJlcXVlc3QaGy5kZWJ2aXNvci52MS5XaG9BbUlSZXNwb25zZSIHyvMYA6ABARJ/CgxDcmVhdGVBcGlLZXkSIC5kZWJ2aXNvci52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiEuZGVidmlzb3IudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2UiKsrzGCYKFGFjY2VzczphcGlrZXk6Y3JlYXRlEAEYBTAIOgVvd25lcqgBARJ6CgtMaXN0QXBpS2V5cxIfLmRlYnZpc29yLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBogLmRlYnZpc29yLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiKMrzGCQKEmFjY2VzczphcGlrZXk6bGlzdDAIOglwcmluY2lwYWyoAQESfgoMUmV2b2tlQXBpS2V5EiAuZGVidmlzb3IudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBohLmRlYnZpc29yLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIinK8xglChRhY2Nlc3M6YXBpa2V5OnJldm9rZRABMAY6BmtleV9pZKgBARKAAQoMUm90YXRlQXBpS2V5EiAuZGVidmlzb3IudjEuUm90YXRlQXBpS2V5UmVxdWVzdBohLmRlYnZpc29yLnYxLlJvdGF0ZUFwaUtleVJlc3BvbnNlIivK8xgnChRhY2Nlc3M6YXBpa2V5OnJvdGF0ZRABGAUwBjoGa2V5X2lkqAEBEmQKCUxpc3RSb2xlcxIdLmRlYnZpc29yLnYxLkxpc3RSb2xlc1JlcXVlc3QaHi5kZWJ2aXNvci52MS5MaXN0Um9sZXNSZXNwb25zZSIYyvMYFAoQYWNjZXNzOnJvbGU6bGlzdDAHEmoKB1B1dFJvbGUSGy5kZWJ2aXNvci52MS5QdXRSb2xlUmVxdWVzdBocLmRlYnZpc29yLnYxLlB1dFJvbGVSZXNwb25zZSIkyvMYIAoPYWNjZXNzOnJvbGU6cHV0EAEwBzoJcm9sZS5uYW1lEnYKCkRlbGV0ZVJvbGUSHi5kZWJ2aXNvci52MS5EZWxldGVSb2xlUmVxdWVzdBofLmRlYnZpc29yLnYxLkRlbGV0ZVJvbGVSZXNwb25zZSInyvMYIwoSYWNjZXNzOnJvbGU6ZGVsZXRlEAEwBzoJcm9sZV9uYW1lEoIBCghCaW5kUm9sZRIcLmRlYnZpc29yLnYxLkJpbmRSb2xlUmVxdWVzdBodLmRlYnZpc29yLnYxLkJpbmRSb2xlUmVzcG9uc2UiOcrzGDUKFWFjY2VzczpiaW5kaW5nOmNyZWF0ZRABMAg6CXByaW5jaXBhbEINCAcSCXJvbGVfbmFtZRKIAQoKVW5iaW5kUm9sZRIeLmRlYnZpc29yLnYxLlVuYmluZFJvbGVSZXF1ZXN0Gh8uZGVidmlzb3IudjEuVW5iaW5kUm9sZVJlc3BvbnNlIjnK8xg1ChVhY2Nlc3M6YmluZGluZzpkZWxldGUQATAIOglwcmluY2lwYWxCDQgHEglyb2xlX25hbWUShwEKEExpc3RSb2xlQmluZGluZ3MSJC5kZWJ2aXNvci52MS5MaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBolLmRlYnZpc29yLnYxLkxpc3RSb2xlQmluZGluZ3NSZXNwb25zZSImyvMYIgoTYWNjZXNzOmJpbmRpbmc6bGlzdDAIOglwcmluY2lwYWwSbwoIR2V0UXVvdGESHC5kZWJ2aXNvci52MS5HZXRRdW90YVJlcXVlc3QaHS5kZWJ2aXNvci52MS5HZXRRdW90YVJlc3BvbnNlIibK8xgiChBhY2Nlc3M6cXVvdGE6Z2V0MAg6CXByaW5jaXBhbKgBARJuCghTZXRRdW90YRIcLmRlYnZpc29yLnYxLlNldFF1b3RhUmVxdWVzdBodLmRlYnZpc29yLnYxLlNldFF1b3RhUmVzcG9uc2UiJcrzGCEKEGFjY2VzczpxdW90YTpzZXQQATAIOglwcmluY2lwYWwSiAEKDlJlY29tcHV0ZVF1b3RhEiIuZGVidmlzb3IudjEuUmVjb21wdXRlUXVvdGFSZXF1ZXN0GiMuZGVidmlzb3IudjEuUmVjb21wdXRlUXVvdGFSZXNwb25zZSItyvMYKQoWYWNjZXNzOnF1b3RhOnJlY29tcHV0ZRABGAUwCDoJcHJpbmNpcGFsEmYKCkxpc3RCbG9ja3MSHi5kZWJ2aXNvci52MS5MaXN0QmxvY2tzUmVxdWVzdBofLmRlYnZpc29yLnYxLkxpc3RCbG9ja3NSZXNwb25zZSIXyvMYEwoRYWNjZXNzOmJsb2NrOmxpc3QSYQoHVW5ibG9jaxIbLmRlYnZpc29yLnYxLlVuYmxvY2tSZXF1ZXN0GhwuZGVidmlzb3IudjEuVW5ibG9ja1Jlc3BvbnNlIhvK8xgXChNhY2Nlc3M6YmxvY2s6ZGVsZXRlEAESaAoLQmFja3VwU3RvcmUSHy5kZWJ2aXNvci52MS5CYWNrdXBTdG9yZVJlcXVlc3QaIC5kZWJ2aXNvci52MS5CYWNrdXBTdG9yZVJlc3BvbnNlIhTK8xgQCgxzdG9yZTpiYWNrdXAYCjABEm8KEUNyZWF0ZVVzZXJTZXNzaW9uEiUuZGVidmlzb3IudjEuQ3JlYXRlVXNlclNlc3Npb25SZXF1ZXN0GiYuZGVidmlzb3IudjEuQ3JlYXRlVXNlclNlc3Npb25SZXNwb25zZSILyvMYBxABGAWgAQEShQEKEExpc3RVc2VyU2Vzc2lvbnMSJC5kZWJ2aXNvci52MS5MaXN0VXNlclNlc3Npb25zUmVxdWVzdBolLmRlYnZpc29yLnYxLkxpc3RVc2VyU2Vzc2lvbnNSZXNwb25zZSIkyvMYIAoTYWNjZXNzOnNlc3Npb246bGlzdDAJOgR1c2VyqAEBEowBChFSZXZva2VVc2VyU2Vzc2lvbhIlLmRlYnZpc29yLnYxLlJldm9rZVVzZXJTZXNzaW9uUmVxdWVzdBomLmRlYnZpc29yLnYxLlJldm9rZVVzZXJTZXNzaW9uUmVzcG9uc2UiKMrzGCQKFWFjY2VzczpzZXNzaW9uOnJldm9rZRABMAk6BHVzZXKoAQFiBnByb3RvMw", [file_debvisor_v1_options, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ResourceGlob restricts an API key to resources of one kind whose names
@@ -188,6 +188,18 @@ export type Role = Message<"debvisor.v1.Role"> & {
    * @generated from field: bool builtin = 5;
    */
   builtin: boolean;
+
+  /**
+   * Optional scope of the role's grants: for a call naming a resource of a
+   * kind listed here, the role grants only if one of that kind's globs
+   * matches the resource's name (e.g. kind USER, "ci-*": impersonate only
+   * ci-* users). Kinds not listed are not restricted. Denies are never
+   * scoped. Grants of a scoped role cannot be handed on (keys, roles,
+   * bindings).
+   *
+   * @generated from field: repeated debvisor.v1.ResourceGlob resource_globs = 6;
+   */
+  resourceGlobs: ResourceGlob[];
 };
 
 /**
@@ -382,6 +394,15 @@ export type WhoAmIResponse = Message<"debvisor.v1.WhoAmIResponse"> & {
    * @generated from field: repeated debvisor.v1.ResourceGlob resource_globs = 10;
    */
   resourceGlobs: ResourceGlob[];
+
+  /**
+   * Set when a certificate acts for a user (impersonation): principal_id is
+   * then "user:<name>", roles and permissions are the user's (permissions
+   * intersected with the impersonator's).
+   *
+   * @generated from field: debvisor.v1.Impersonation impersonation = 11;
+   */
+  impersonation?: Impersonation | undefined;
 };
 
 /**
@@ -1438,6 +1459,311 @@ export const BackupSummarySchema: GenMessage<BackupSummary> = /*@__PURE__*/
   messageDesc(file_debvisor_v1_access, 40);
 
 /**
+ * Impersonation describes an impersonated call: who acts for the user.
+ *
+ * @generated from message debvisor.v1.Impersonation
+ */
+export type Impersonation = Message<"debvisor.v1.Impersonation"> & {
+  /**
+   * The certificate principal acting for the user.
+   *
+   * @generated from field: string impersonated_by = 1;
+   */
+  impersonatedBy: string;
+
+  /**
+   * SHA-256 fingerprint of its client certificate, lowercase hex.
+   *
+   * @generated from field: string impersonator_cert_fingerprint_sha256 = 2;
+   */
+  impersonatorCertFingerprintSha256: string;
+
+  /**
+   * The user's groups, as "group:<name>".
+   *
+   * @generated from field: repeated string groups = 3;
+   */
+  groups: string[];
+
+  /**
+   * The impersonate-reason header, if any.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * The session the call presented (impersonate-session), if any.
+   *
+   * @generated from field: string session_id = 5;
+   */
+  sessionId: string;
+
+  /**
+   * The impersonator's own roles.
+   *
+   * @generated from field: repeated string impersonator_roles = 6;
+   */
+  impersonatorRoles: string[];
+};
+
+/**
+ * Describes the message debvisor.v1.Impersonation.
+ * Use `create(ImpersonationSchema)` to create a new message.
+ */
+export const ImpersonationSchema: GenMessage<Impersonation> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 41);
+
+/**
+ * UserSession is a user session's metadata; its token is never returned here.
+ *
+ * @generated from message debvisor.v1.UserSession
+ */
+export type UserSession = Message<"debvisor.v1.UserSession"> & {
+  /**
+   * Public session id (the token's first part).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The user, as "user:<name>".
+   *
+   * @generated from field: string user = 2;
+   */
+  user: string;
+
+  /**
+   * The certificate principal that created it, and may alone use it.
+   *
+   * @generated from field: string impersonated_by = 3;
+   */
+  impersonatedBy: string;
+
+  /**
+   * SHA-256 fingerprint of that certificate, lowercase hex.
+   *
+   * @generated from field: string cert_fingerprint_sha256 = 4;
+   */
+  certFingerprintSha256: string;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When it stops working.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 6;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * When it was revoked; unset while it is not.
+   *
+   * @generated from field: google.protobuf.Timestamp revoke_time = 7;
+   */
+  revokeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message debvisor.v1.UserSession.
+ * Use `create(UserSessionSchema)` to create a new message.
+ */
+export const UserSessionSchema: GenMessage<UserSession> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 42);
+
+/**
+ * CreateUserSessionRequest is the request of AccessService.CreateUserSession.
+ *
+ * @generated from message debvisor.v1.CreateUserSessionRequest
+ */
+export type CreateUserSessionRequest = Message<"debvisor.v1.CreateUserSessionRequest"> & {
+  /**
+   * Lifetime; unset for auth.impersonation.session_ttl_seconds. At most
+   * auth.impersonation.max_session_ttl_seconds.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 1;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Optional idempotency key; see common.proto.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message debvisor.v1.CreateUserSessionRequest.
+ * Use `create(CreateUserSessionRequestSchema)` to create a new message.
+ */
+export const CreateUserSessionRequestSchema: GenMessage<CreateUserSessionRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 43);
+
+/**
+ * CreateUserSessionResponse is the response of AccessService.CreateUserSession.
+ *
+ * @generated from message debvisor.v1.CreateUserSessionResponse
+ */
+export type CreateUserSessionResponse = Message<"debvisor.v1.CreateUserSessionResponse"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: debvisor.v1.UserSession session = 1;
+   */
+  session?: UserSession | undefined;
+
+  /**
+   * The token for the impersonate-session header. Shown only once.
+   *
+   * @generated from field: string token = 2;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message debvisor.v1.CreateUserSessionResponse.
+ * Use `create(CreateUserSessionResponseSchema)` to create a new message.
+ */
+export const CreateUserSessionResponseSchema: GenMessage<CreateUserSessionResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 44);
+
+/**
+ * ListUserSessionsRequest is the request of AccessService.ListUserSessions.
+ *
+ * @generated from message debvisor.v1.ListUserSessionsRequest
+ */
+export type ListUserSessionsRequest = Message<"debvisor.v1.ListUserSessionsRequest"> & {
+  /**
+   * The user's name, without "user:"; empty: the caller's own sessions (or
+   * everyone's, with access:session:list:any).
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * Include revoked and expired sessions.
+   *
+   * @generated from field: bool include_inactive = 2;
+   */
+  includeInactive: boolean;
+
+  /**
+   * Maximum sessions per page (default 100, at most 1000).
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response, to get the next page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message debvisor.v1.ListUserSessionsRequest.
+ * Use `create(ListUserSessionsRequestSchema)` to create a new message.
+ */
+export const ListUserSessionsRequestSchema: GenMessage<ListUserSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 45);
+
+/**
+ * ListUserSessionsResponse is the response of AccessService.ListUserSessions.
+ *
+ * @generated from message debvisor.v1.ListUserSessionsResponse
+ */
+export type ListUserSessionsResponse = Message<"debvisor.v1.ListUserSessionsResponse"> & {
+  /**
+   * The sessions, by id.
+   *
+   * @generated from field: repeated debvisor.v1.UserSession sessions = 1;
+   */
+  sessions: UserSession[];
+
+  /**
+   * Token for the next page; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message debvisor.v1.ListUserSessionsResponse.
+ * Use `create(ListUserSessionsResponseSchema)` to create a new message.
+ */
+export const ListUserSessionsResponseSchema: GenMessage<ListUserSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 46);
+
+/**
+ * RevokeUserSessionRequest is the request of AccessService.RevokeUserSession.
+ *
+ * @generated from message debvisor.v1.RevokeUserSessionRequest
+ */
+export type RevokeUserSessionRequest = Message<"debvisor.v1.RevokeUserSessionRequest"> & {
+  /**
+   * The session to revoke; or empty with `user` set, to revoke all of that
+   * user's sessions.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The user's name, without "user:"; with an empty session_id, every one of
+   * its sessions is revoked.
+   *
+   * @generated from field: string user = 2;
+   */
+  user: string;
+
+  /**
+   * Optional idempotency key; see common.proto.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message debvisor.v1.RevokeUserSessionRequest.
+ * Use `create(RevokeUserSessionRequestSchema)` to create a new message.
+ */
+export const RevokeUserSessionRequestSchema: GenMessage<RevokeUserSessionRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 47);
+
+/**
+ * RevokeUserSessionResponse is the response of AccessService.RevokeUserSession.
+ *
+ * @generated from message debvisor.v1.RevokeUserSessionResponse
+ */
+export type RevokeUserSessionResponse = Message<"debvisor.v1.RevokeUserSessionResponse"> & {
+  /**
+   * How many sessions this call revoked (0 if they already were).
+   *
+   * @generated from field: uint32 revoked = 1;
+   */
+  revoked: number;
+};
+
+/**
+ * Describes the message debvisor.v1.RevokeUserSessionResponse.
+ * Use `create(RevokeUserSessionResponseSchema)` to create a new message.
+ */
+export const RevokeUserSessionResponseSchema: GenMessage<RevokeUserSessionResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_access, 48);
+
+/**
  * PrincipalKind is how a principal authenticates.
  *
  * @generated from enum debvisor.v1.PrincipalKind
@@ -1463,6 +1789,13 @@ export enum PrincipalKind {
    * @generated from enum value: PRINCIPAL_KIND_API_KEY = 2;
    */
   API_KEY = 2,
+
+  /**
+   * A user ("user:<name>") that an impersonating client certificate acts for.
+   *
+   * @generated from enum value: PRINCIPAL_KIND_USER = 3;
+   */
+  USER = 3,
 }
 
 /**
@@ -1550,7 +1883,10 @@ export const BlockKindSchema: GenEnum<BlockKind> = /*@__PURE__*/
 
 /**
  * AccessService manages who may do what. Principals are client certificates
- * (mutual TLS) and API keys; roles grant permissions to principals.
+ * (mutual TLS), API keys, and the users and groups a certificate holding
+ * access:impersonate acts for (the impersonate-user, impersonate-group,
+ * impersonate-reason and impersonate-session headers); roles grant
+ * permissions to principals.
  *
  * @generated from service debvisor.v1.AccessService
  */
@@ -1738,6 +2074,44 @@ export const AccessService: GenService<{
     methodKind: "server_streaming";
     input: typeof BackupStoreRequestSchema;
     output: typeof BackupStoreResponseSchema;
+  },
+  /**
+   * CreateUserSession issues a session token for the user the call acts for:
+   * it must be an impersonated call. The token is bound to that user and to
+   * the impersonating certificate, expires after `ttl` (default
+   * auth.impersonation.session_ttl_seconds), and is returned only once.
+   * With auth.impersonation.require_session, every other impersonated call
+   * must carry it in the impersonate-session header.
+   *
+   * @generated from rpc debvisor.v1.AccessService.CreateUserSession
+   */
+  createUserSession: {
+    methodKind: "unary";
+    input: typeof CreateUserSessionRequestSchema;
+    output: typeof CreateUserSessionResponseSchema;
+  },
+  /**
+   * ListUserSessions lists user sessions (never their tokens): the caller's
+   * own, or any user's with access:session:list:any.
+   *
+   * @generated from rpc debvisor.v1.AccessService.ListUserSessions
+   */
+  listUserSessions: {
+    methodKind: "unary";
+    input: typeof ListUserSessionsRequestSchema;
+    output: typeof ListUserSessionsResponseSchema;
+  },
+  /**
+   * RevokeUserSession revokes one session, or every session of a user. A
+   * revoked token is refused by every daemon sharing the store within a
+   * second. The caller's own sessions, or any with access:session:revoke:any.
+   *
+   * @generated from rpc debvisor.v1.AccessService.RevokeUserSession
+   */
+  revokeUserSession: {
+    methodKind: "unary";
+    input: typeof RevokeUserSessionRequestSchema;
+    output: typeof RevokeUserSessionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_debvisor_v1_access, 0);

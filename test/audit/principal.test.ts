@@ -1,7 +1,7 @@
 // How a principal appears in audit records: built once per principal and role list, frozen.
 import { describe, expect, it } from 'vitest';
 import type { Principal } from '../../src/rpc/principal.js';
-import { auditPrincipal } from '../../src/chain/audit-principal.js';
+import { auditPrincipal } from '../../src/audit/principal.js';
 
 const certificate: Principal = {
   id: 'spiffe://debvisor/admin/alice',
