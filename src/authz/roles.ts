@@ -24,7 +24,11 @@ const OWN_OPERATION_READS = ['operation:get', 'operation:list', 'operation:wait'
 /** Self-service API keys: the handler restricts these to the caller's own keys, and CreateApiKey refuses escalation (canGrant). */
 const OWN_API_KEYS = ['access:apikey:create', 'access:apikey:list', 'access:apikey:revoke', 'access:apikey:rotate'] as const;
 
-/** A user's own sessions (CreateUserSession needs no permission, only an impersonated call): list them, log out. */
+/**
+ * A user's own sessions (CreateUserSession needs no permission, only an impersonated call):
+ * list them and log out; a certificate may revoke the sessions it created. Viewers list
+ * theirs through `*:*:list`, and never mutate.
+ */
 const OWN_SESSIONS = ['access:session:list', 'access:session:revoke'] as const;
 
 function builtin(name: string, description: string, permissions: readonly string[]): Role {
@@ -55,14 +59,13 @@ const ROLES: readonly Role[] = [
     ...OWN_SESSIONS,
   ]),
   builtin('monitor', 'Node agents and monitoring: node reads and heartbeats.', ['node:list', 'node:get', 'node:heartbeat']),
-  builtin('viewer', 'Read-only: every list and get (own API keys only), and every operation; own sessions.', [
+  builtin('viewer', 'Read-only: every list and get (own API keys only), and every operation.', [
     '*:list',
     '*:*:list',
     '*:get',
     '*:*:get',
     'operation:wait',
     'operation:watch',
-    ...OWN_SESSIONS,
     // Reads of other principals' operations (see crossPrincipal()).
     'operation:get:any',
     'operation:list:any',

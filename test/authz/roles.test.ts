@@ -30,7 +30,8 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
   admin: () => true,
   operator: (r) =>
     ['node', 'vm', 'storage', 'migration', 'operation'].includes(service(r.permission)) ||
-    r.permission.startsWith('access:apikey:'),
+    r.permission.startsWith('access:apikey:') ||
+    r.permission.startsWith('access:session:'),
   developer: (r) =>
     [
       'node:list',
@@ -48,6 +49,8 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
       'access:apikey:list',
       'access:apikey:revoke',
       'access:apikey:rotate',
+      'access:session:list',
+      'access:session:revoke',
     ].includes(r.permission),
   monitor: (r) => ['node:list', 'node:get', 'node:heartbeat'].includes(r.permission),
   // Every read, except PrepareMigration (a dry run of an operator action, not a read of state)
