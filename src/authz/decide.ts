@@ -30,7 +30,7 @@ export interface AuthorizeInput {
 }
 
 /** Why a request was refused; for logs and audit, not for the client. */
-export type DenyReason = 'not_granted' | 'denied_by_role' | 'not_granted_to_key' | 'outside_key_scope';
+export type DenyReason = 'not_granted' | 'denied_by_role' | 'not_granted_to_key' | 'outside_key_scope' | 'not_granted_to_impersonator';
 
 export type AuthorizeResult =
   | { allowed: true }

@@ -25,7 +25,7 @@ export interface AuditDeps {
 
 /** The caller as its audit records name it (unset before identity ran, or when it refused). */
 function principalOf(state: CallState): AuditPrincipal | undefined {
-  return state.principal && auditPrincipal(state.principal, state.roles ?? []);
+  return state.principal && auditPrincipal(state.principal, state.roles ?? [], state.impersonatorRoles);
 }
 
 const NOTHING_TO_DESCRIBE: AuditedRequest = Object.freeze({ object: undefined, request: undefined });

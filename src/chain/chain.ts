@@ -9,6 +9,7 @@ import { audit, type AuditDeps } from './audit.js';
 import { bounds, type BoundsDeps } from './bounds.js';
 import { exemptKind, isExempt } from './exempt.js';
 import { identity, type IdentityDeps } from './identity.js';
+import { impersonation, type ImpersonationDeps } from './impersonation.js';
 import { observe, type CallTracker } from './observe.js';
 import { rateLimit, type RateLimitDeps } from './ratelimit.js';
 import { rbac, type RbacDeps } from './rbac.js';
@@ -20,6 +21,7 @@ export interface ChainDeps {
   readonly metrics: Metrics;
   readonly log: Logger;
   readonly identity: IdentityDeps;
+  readonly impersonation: ImpersonationDeps;
   readonly audit: AuditDeps;
   readonly bounds: BoundsDeps;
   readonly rateLimit: RateLimitDeps;
@@ -44,6 +46,7 @@ export function buildChain(deps: ChainDeps): ServerInterceptor[] {
     steps: [
       selector(isExempt, sourceLimit(deps.exempt)), //       health and reflection: per source address
       selector(knownCaller, identity(deps.identity)), //    3. who is calling
+      selector(api, impersonation(deps.impersonation)), //  3b. a certificate acting for a user
       selector(knownCaller, audit(deps.audit)), //          4. one record per call; durable before mutations
       selector(api, bounds(deps.bounds)), //                4b. oversize request text refused (and audited)
       selector(knownCaller, rateLimit(deps.rateLimit)), //  5. per principal, per role, global

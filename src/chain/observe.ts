@@ -125,6 +125,7 @@ class Observation implements ObservedCall {
       peer: this.connection.peer,
       principal: undefined,
       roles: undefined,
+      impersonatorRoles: undefined,
       decision: undefined,
       request: undefined,
       rejected: undefined,

@@ -1,5 +1,6 @@
 // Step 5: per-principal limits by role, a global limit, and per-method costs from the
-// proto option. Over the limit: RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
+// proto option. A user acted for is limited as itself and, as a whole with the others the
+// same certificate acts for, by that certificate's own limit. Over the limit: RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
 import type { Metrics } from '../observability/metrics.js';
 import { RateLimiter } from '../ratelimit/limiter.js';
 import { RpcError } from '../rpc/errors.js';
@@ -22,24 +23,34 @@ export interface RateLimitDeps {
 
 const GLOBAL_KEY = '\0global';
 
+/** The most generous of the default and the roles' limits (a loop: no arrays per call). */
+function perMinuteOf(settings: RateLimitSettings, roles: readonly string[] | undefined): number {
+  let perMinute = settings.default_per_minute;
+  for (const role of roles ?? []) perMinute = Math.max(perMinute, settings.per_role_per_minute[role] ?? 0);
+  return perMinute;
+}
+
 export function rateLimit(deps: RateLimitDeps): Step {
   const limiter = new RateLimiter();
+  /** Takes `cost` from `principal`'s bucket, or refuses the call. */
+  const take = (principal: string, perMinute: number, cost: number): void => {
+    const waitMs = limiter.take(principal, perMinute, cost);
+    if (waitMs > 0) {
+      deps.metrics.rateLimitViolations.inc({ principal: deps.metrics.principalLabel(principal) });
+      throw new RpcError('RESOURCE_EXHAUSTED', `rate limit of ${perMinute} requests per minute exceeded for ${principal}`, { details: { retryAfterMs: waitMs } });
+    }
+  };
   return {
     onRequest: (state, { path }) => {
       const principal = state.principal;
       if (!principal) return;
       const settings = deps.settings();
       const cost = deps.methods.get(path)?.rateCost ?? 1;
-      // The most generous of the default and the principal's roles (a loop: no arrays per call).
-      let perMinute = settings.default_per_minute;
-      for (const role of state.roles ?? []) perMinute = Math.max(perMinute, settings.per_role_per_minute[role] ?? 0);
-      const ownWaitMs = limiter.take(principal.id, perMinute, cost);
-      if (ownWaitMs > 0) {
-        deps.metrics.rateLimitViolations.inc({ principal: deps.metrics.principalLabel(principal.id) });
-        throw new RpcError('RESOURCE_EXHAUSTED', `rate limit of ${perMinute} requests per minute exceeded for ${principal.id}`, {
-          details: { retryAfterMs: ownWaitMs },
-        });
-      }
+      const perMinute = perMinuteOf(settings, state.roles);
+      take(principal.id, perMinute, cost);
+      // A user acted for: the impersonating certificate's own limit bounds all its users together.
+      const by = principal.delegation?.by;
+      if (by) take(by.id, perMinuteOf(settings, state.impersonatorRoles), cost);
       const globalWaitMs = limiter.take(GLOBAL_KEY, settings.global_per_minute, cost);
       if (globalWaitMs > 0) {
         deps.metrics.rateLimitViolations.inc({ principal: 'global' });

@@ -1,6 +1,7 @@
 // Step 6: default deny. Each RPC's required permission comes from its proto option;
 // an unannotated method is refused. API keys get the intersection of their own
-// permissions and their owner's current roles, within their resource globs.
+// permissions and their owner's current roles, within their resource globs. A user acted
+// for (impersonation) gets the intersection of its own rights and the impersonator's.
 import type { Message } from '@bufbuild/protobuf';
 import type { AuditLog } from '../audit/log.js';
 import { authorize, type AuthorizeInput } from '../authz/decide.js';
@@ -42,7 +43,13 @@ export function rbac(deps: RbacDeps): Step {
         resources,
       };
       if (principal.apiKey) input.apiKey = principal.apiKey;
-      const result = authorize(input);
+      let result = authorize(input);
+      // A user acted for: the impersonating certificate must allow the call too.
+      const by = principal.delegation?.by;
+      if (result.allowed && by) {
+        const byResult = authorize({ roles: deps.roles(state.impersonatorRoles ?? []), required: policy.permission, exemptFromDeny: deps.isBootstrapAdmin(by.id), resources });
+        if (!byResult.allowed) result = { ...byResult, reason: 'not_granted_to_impersonator' };
+      }
       if (result.allowed) {
         state.decision = 'allow';
         return;
@@ -54,7 +61,7 @@ export function rbac(deps: RbacDeps): Step {
       deps.audit.write({
         type: 'AUTHZ_DENIED',
         trace_id: state.traceId,
-        principal: auditPrincipal(principal, state.roles ?? []),
+        principal: auditPrincipal(principal, state.roles ?? [], state.impersonatorRoles),
         source: state.peer,
         method: path,
         decision: 'deny',
@@ -66,7 +73,9 @@ export function rbac(deps: RbacDeps): Step {
           ? result.resource.name === ''
             ? `permission denied: this API key must name the ${result.resource.kind} explicitly`
             : `permission denied: this API key is not scoped to ${result.resource.kind} "${result.resource.name}"`
-          : `permission denied: ${path} requires ${result.missing}`;
+          : result.reason === 'not_granted_to_impersonator'
+            ? `permission denied: ${path} requires ${result.missing}, which the certificate acting for this user does not hold`
+            : `permission denied: ${path} requires ${result.missing}`;
       throw new RpcError('PERMISSION_DENIED', message_);
     },
   };

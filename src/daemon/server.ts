@@ -27,6 +27,7 @@ import { createRepositories } from '../store/repositories.js';
 import { methodIndex, type PolicyIndex } from '../rpc/policy.js';
 import { PermissionCatalogue } from '../authz/catalogue.js';
 import { methodPath } from '../rpc/policy.js';
+import { UnauthenticatedError } from '../rpc/errors.js';
 import type { DescService } from '@bufbuild/protobuf';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
@@ -227,6 +228,19 @@ export class Daemon {
           metrics,
           log,
           identity: { certificates, apiKeys, guard, audit, metrics, log, roleNamesOf: (principal) => access.roleNamesOf(principal) },
+          impersonation: {
+            settings: () => settings().auth.impersonation,
+            roleNamesOf: (principal) => access.roleNamesOf(principal),
+            roleNamesOfPrincipal: (principal) => access.roleNamesOfPrincipal(principal),
+            roles: (names) => access.roles(names),
+            isBootstrapAdmin: (id) => access.isBootstrapAdmin(id),
+            verifySession: () => {
+              throw new UnauthenticatedError('user sessions are not implemented yet');
+            },
+            audit,
+            metrics,
+            sessionlessMethods: new Set([methodPath(AccessService.method.createUserSession)]),
+          },
           audit: { audit, level: config.audit.level, methods, log },
           bounds: { methods },
           rateLimit: {

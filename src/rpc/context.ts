@@ -14,8 +14,10 @@ export interface CallState {
   readonly path: string;
   readonly peer: string;
   principal?: Principal;
-  /** The principal's role names, resolved by the RBAC step. */
+  /** The principal's role names (a user's with its groups'), resolved by the identity and impersonation steps. */
   roles?: readonly string[];
+  /** For a user acted for: the impersonating certificate's role names (its rights bound the user's). */
+  impersonatorRoles?: readonly string[];
   /** Set by the RBAC step. */
   decision?: 'allow' | 'deny';
   /** The decoded request, kept for the audit record. */

@@ -1,4 +1,5 @@
 // AccessService: thin protobuf mapping over src/access/admin.ts.
+import { patternCovers } from '../authz/permission.js';
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { PrincipalKind, RoleBindingSource, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage } from '../gen/debvisor/v1/access_pb.js';
@@ -63,6 +64,17 @@ function principalOf(ctx: CallContext) {
 
 const PRINCIPAL_KINDS = { certificate: PrincipalKind.CERTIFICATE, api_key: PrincipalKind.API_KEY, user: PrincipalKind.USER } as const;
 
+/**
+ * The permission patterns both lists grant: each pattern of one side that a pattern of the
+ * other covers (`vm:*` and `vm:start` give `vm:start`), sorted and unique.
+ */
+function intersectPatterns(a: readonly string[], b: readonly string[]): string[] {
+  const both = new Set<string>();
+  for (const p of a) if (b.some((q) => patternCovers(q, p))) both.add(p);
+  for (const q of b) if (a.some((p) => patternCovers(p, q))) both.add(q);
+  return [...both].sort();
+}
+
 // WhoAmI runs per call: its permission list is built once per resolved role list.
 // AccessState memoises roles(), and replaces the array when roles change.
 const grantedByRoles = new WeakMap<readonly Role[], readonly string[]>();
@@ -85,19 +97,29 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: B
     revokeUserSession: () => Promise.reject(new RpcError('UNIMPLEMENTED', 'user sessions are not implemented yet')),
     whoAmI: (_request, ctx) => {
       const principal = principalOf(ctx);
-      const roles = state.roleNamesOf(principal.id);
+      const roles = state.roleNamesOfPrincipal(principal);
       const certificate = principal.certificate;
+      const delegation = principal.delegation;
+      const own = principal.apiKey ? principal.apiKey.permissions : grantedBy(state.roles(roles));
       return Promise.resolve({
         principalId: principal.id,
         kind: PRINCIPAL_KINDS[principal.kind],
         roles: [...roles],
-        permissions: principal.apiKey ? [...principal.apiKey.permissions] : [...grantedBy(state.roles(roles))],
-        authMethod: principal.kind === 'certificate' ? 'mtls' : 'api_key',
+        permissions: delegation ? intersectPatterns(own, grantedBy(state.roles(state.roleNamesOf(delegation.by.id)))) : [...own],
+        authMethod: principal.kind === 'api_key' ? 'api_key' : 'mtls',
         certFingerprintSha256: certificate?.fingerprintSha256 ?? '',
         certNotAfter: certificate ? timestampFromDate(certificate.notAfter) : undefined,
         apiKeyId: principal.apiKey?.id ?? '',
         sourceAddress: ctx.peer,
         resourceGlobs: (principal.apiKey?.resourceGlobs ?? []).map((glob) => ({ kind: resourceKindFromName(glob.kind), glob: glob.glob })),
+        impersonation: delegation && {
+          impersonatedBy: delegation.by.id,
+          impersonatorCertFingerprintSha256: delegation.by.certificate?.fingerprintSha256 ?? '',
+          groups: [...delegation.groups],
+          reason: delegation.reason ?? '',
+          sessionId: delegation.sessionId ?? '',
+          impersonatorRoles: [...state.roleNamesOf(delegation.by.id)],
+        },
       });
     },
     createApiKey: async (request, ctx) => {
