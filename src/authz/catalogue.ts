@@ -1,8 +1,11 @@
 // The permissions the API declares: each RPC's `(debvisor.v1.rpc_policy)` permission,
-// plus `<permission>:any` for owner-scoped RPCs. Roles and API keys may name only these,
+// plus `<permission>:any` for owner-scoped RPCs, plus each service's
+// `(debvisor.v1.chain_permissions)` (checked by the chain, e.g. access:impersonate). Roles and API keys may name only these,
 // or wildcards matching at least one of them: a mistyped permission would otherwise be
 // stored and match nothing, and a mistyped deny would deny nothing.
 import { closest } from 'fastest-levenshtein';
+import { getOption } from '@bufbuild/protobuf';
+import { chain_permissions } from '../gen/debvisor/v1/options_pb.js';
 import type { CompiledPolicy } from '../rpc/policy.js';
 import { crossPrincipal, isValidPermission, permissionMatches } from './permission.js';
 
@@ -21,14 +24,17 @@ export class PermissionCatalogue {
     this.permissions = Object.freeze([...new Set(permissions)].sort());
   }
 
-  /** The catalogue of the given compiled policies (those of every served RPC). */
+  /** The catalogue of the given compiled policies (those of every served RPC), with their services' chain permissions. */
   static of(policies: Iterable<CompiledPolicy>): PermissionCatalogue {
-    return new PermissionCatalogue(
-      [...policies].flatMap((policy) => {
+    const list = [...policies];
+    const services = new Set(list.map((policy) => policy.method.parent));
+    return new PermissionCatalogue([
+      ...list.flatMap((policy) => {
         if (!policy.permission) return [];
         return policy.ownerScoped ? [policy.permission, crossPrincipal(policy.permission)] : [policy.permission];
       }),
-    );
+      ...[...services].flatMap((service) => getOption(service, chain_permissions)),
+    ]);
   }
 
   /** True if the (well-formed) pattern matches at least one declared permission. */

@@ -10,7 +10,7 @@
 
 import type { GenEnum, GenExtension, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, extDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldOptions, MethodOptions } from "@bufbuild/protobuf/wkt";
+import type { FieldOptions, MethodOptions, ServiceOptions } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/options.proto.
  */
 export const file_debvisor_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSLaAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEjQKD290aGVyX3Jlc291cmNlcxgIIAMoCzIbLmRlYnZpc29yLnYxLlJlc291cmNlVGFyZ2V0EhQKDGF1ZGl0X29iamVjdBgJIAEoCRIZChFhbnlfYXV0aGVudGljYXRlZBgUIAEoCBIUCgxvd25lcl9zY29wZWQYFSABKAgiSAoOUmVzb3VyY2VUYXJnZXQSJwoEa2luZBgBIAEoDjIZLmRlYnZpc29yLnYxLlJlc291cmNlS2luZBINCgVmaWVsZBgCIAEoCSqWAQoNUXVvdGFSZXNvdXJjZRIeChpRVU9UQV9SRVNPVVJDRV9VTlNQRUNJRklFRBAAEhwKGFFVT1RBX1JFU09VUkNFX1NOQVBTSE9UUxABEh0KGVFVT1RBX1JFU09VUkNFX1NUT1JBR0VfR0IQAhIoCiRRVU9UQV9SRVNPVVJDRV9DT05DVVJSRU5UX09QRVJBVElPTlMQAyqSAgoMUmVzb3VyY2VLaW5kEh0KGVJFU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBSRVNPVVJDRV9LSU5EX1ZNEAESFgoSUkVTT1VSQ0VfS0lORF9QT09MEAISGAoUUkVTT1VSQ0VfS0lORF9WT0xVTUUQAxIWChJSRVNPVVJDRV9LSU5EX05PREUQBBIbChdSRVNPVVJDRV9LSU5EX09QRVJBVElPThAFEhkKFVJFU09VUkNFX0tJTkRfQVBJX0tFWRAGEhYKElJFU09VUkNFX0tJTkRfUk9MRRAHEhsKF1JFU09VUkNFX0tJTkRfUFJJTkNJUEFMEAgSFgoSUkVTT1VSQ0VfS0lORF9VU0VSEAk6VwoKcnBjX3BvbGljeRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGLmOAyABKAsyFi5kZWJ2aXNvci52MS5ScGNQb2xpY3lSCXJwY1BvbGljeTo3CgZzZWNyZXQSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGLqOAyABKAhSBnNlY3JldDo8CgltYXhfYnl0ZXMSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGLuOAyABKA1SCG1heEJ5dGVzYgZwcm90bzM", [file_google_protobuf_descriptor]);
+  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSLaAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEjQKD290aGVyX3Jlc291cmNlcxgIIAMoCzIbLmRlYnZpc29yLnYxLlJlc291cmNlVGFyZ2V0EhQKDGF1ZGl0X29iamVjdBgJIAEoCRIZChFhbnlfYXV0aGVudGljYXRlZBgUIAEoCBIUCgxvd25lcl9zY29wZWQYFSABKAgiSAoOUmVzb3VyY2VUYXJnZXQSJwoEa2luZBgBIAEoDjIZLmRlYnZpc29yLnYxLlJlc291cmNlS2luZBINCgVmaWVsZBgCIAEoCSqWAQoNUXVvdGFSZXNvdXJjZRIeChpRVU9UQV9SRVNPVVJDRV9VTlNQRUNJRklFRBAAEhwKGFFVT1RBX1JFU09VUkNFX1NOQVBTSE9UUxABEh0KGVFVT1RBX1JFU09VUkNFX1NUT1JBR0VfR0IQAhIoCiRRVU9UQV9SRVNPVVJDRV9DT05DVVJSRU5UX09QRVJBVElPTlMQAyqSAgoMUmVzb3VyY2VLaW5kEh0KGVJFU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBSRVNPVVJDRV9LSU5EX1ZNEAESFgoSUkVTT1VSQ0VfS0lORF9QT09MEAISGAoUUkVTT1VSQ0VfS0lORF9WT0xVTUUQAxIWChJSRVNPVVJDRV9LSU5EX05PREUQBBIbChdSRVNPVVJDRV9LSU5EX09QRVJBVElPThAFEhkKFVJFU09VUkNFX0tJTkRfQVBJX0tFWRAGEhYKElJFU09VUkNFX0tJTkRfUk9MRRAHEhsKF1JFU09VUkNFX0tJTkRfUFJJTkNJUEFMEAgSFgoSUkVTT1VSQ0VfS0lORF9VU0VSEAk6VwoKcnBjX3BvbGljeRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGLmOAyABKAsyFi5kZWJ2aXNvci52MS5ScGNQb2xpY3lSCXJwY1BvbGljeTpOChFjaGFpbl9wZXJtaXNzaW9ucxIfLmdvb2dsZS5wcm90b2J1Zi5TZXJ2aWNlT3B0aW9ucxi9jgMgAygJUhBjaGFpblBlcm1pc3Npb25zOjcKBnNlY3JldBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYuo4DIAEoCFIGc2VjcmV0OjwKCW1heF9ieXRlcxIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYu44DIAEoDVIIbWF4Qnl0ZXNiBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * RpcPolicy is how the daemon's interceptor chain treats one RPC.
@@ -302,13 +302,24 @@ export const rpc_policy: GenExtension<MethodOptions, RpcPolicy> = /*@__PURE__*/
   extDesc(file_debvisor_v1_options, 0);
 
 /**
+ * Permissions a service's callers may be granted that no single RPC
+ * declares, because the interceptor chain checks them for every call: e.g.
+ * "access:impersonate" (acting for a user with the impersonate-* headers).
+ * Roles and API keys may name them like RPC permissions.
+ *
+ * @generated from extension: repeated string chain_permissions = 51005;
+ */
+export const chain_permissions: GenExtension<ServiceOptions, string[]> = /*@__PURE__*/
+  extDesc(file_debvisor_v1_options, 1);
+
+/**
  * Marks a field holding a secret (API key secret, password, token). The
  * audit log and debug logging redact such fields.
  *
  * @generated from extension: bool secret = 51002;
  */
 export const secret: GenExtension<FieldOptions, boolean> = /*@__PURE__*/
-  extDesc(file_debvisor_v1_options, 1);
+  extDesc(file_debvisor_v1_options, 2);
 
 /**
  * The most UTF-8 bytes a string field of a request may hold: for a repeated
@@ -322,5 +333,5 @@ export const secret: GenExtension<FieldOptions, boolean> = /*@__PURE__*/
  * @generated from extension: uint32 max_bytes = 51003;
  */
 export const max_bytes: GenExtension<FieldOptions, number> = /*@__PURE__*/
-  extDesc(file_debvisor_v1_options, 2);
+  extDesc(file_debvisor_v1_options, 3);
 
