@@ -1,5 +1,6 @@
 // The permission catalogue: derived from the proto's RPC policies, it decides which
 // permissions roles and keys may name, and which declared one a typo was meant to be.
+import { IMPERSONATE_PERMISSION } from '../../src/chain/impersonation.js';
 import { describe, expect, it } from 'vitest';
 import { PermissionCatalogue } from '../../src/authz/catalogue.js';
 import { isValidPermission, permissionMatches } from '../../src/authz/permission.js';
@@ -11,9 +12,17 @@ const catalogue = PermissionCatalogue.of(methodIndex(API_SERVICES).values());
 const declared = API_SERVICES.flatMap((s) => s.methods).flatMap((m) => compilePolicy(m)?.permission || []);
 
 describe('PermissionCatalogue.of', () => {
-  it('holds every permission an RPC declares, and nothing that is not derived from one', () => {
+  it('holds every permission an RPC declares, and nothing that is not derived from one or a service’s chain permissions', () => {
     for (const p of declared) expect(catalogue.permissions).toContain(p);
-    for (const p of catalogue.permissions) expect(declared.includes(p) || (p.endsWith(':any') && declared.includes(p.slice(0, -':any'.length))), p).toBe(true);
+    const chainPermissions = ['access:impersonate'];
+    for (const p of catalogue.permissions) {
+      expect(declared.includes(p) || chainPermissions.includes(p) || (p.endsWith(':any') && declared.includes(p.slice(0, -':any'.length))), p).toBe(true);
+    }
+  });
+
+  it('holds the chain’s impersonation permission, declared by AccessService', () => {
+    expect(catalogue.permissions).toContain(IMPERSONATE_PERMISSION);
+    expect(catalogue.check(IMPERSONATE_PERMISSION)).toBeUndefined();
   });
 
   it('adds ":any" exactly for owner-scoped RPCs', () => {
