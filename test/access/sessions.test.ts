@@ -2,6 +2,8 @@
 // the TTL bounds, the SECURITY audit records (never the token), and a revocation reaching a
 // second watch-fed cache on the same store (another daemon's view).
 import { readFileSync } from 'node:fs';
+import { create, type Message } from '@bufbuild/protobuf';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AccessState } from '../../src/access/state.js';
@@ -9,7 +11,11 @@ import { UserSessions } from '../../src/access/sessions.js';
 import type { AuditLog } from '../../src/audit/log.js';
 import { UserSessionAuthenticator } from '../../src/authn/user-session.js';
 import { configSchema, type Config } from '../../src/config/schema.js';
+import { AccessService, CreateUserSessionRequestSchema, type CreateUserSessionResponse } from '../../src/gen/debvisor/v1/access_pb.js';
+import { withIdempotency } from '../../src/operations/idempotency.js';
 import type { CallContext } from '../../src/rpc/context.js';
+import { compilePolicy } from '../../src/rpc/policy.js';
+import { sessionHandlers } from '../../src/services/access-sessions.js';
 import { InvalidArgumentError, RpcError, toStatus } from '../../src/rpc/errors.js';
 import type { Principal } from '../../src/rpc/principal.js';
 import { createRepositories, type Repositories } from '../../src/store/repositories.js';
@@ -131,6 +137,20 @@ describe('CreateUserSession', () => {
     for (const ttlMs of [0, -1000, 999, 7_200_001, Number.NaN]) {
       await expect(sessions.create(ctx(alice), { ttlMs }), String(ttlMs)).rejects.toSatisfy((err) => err instanceof InvalidArgumentError && err.field === 'ttl');
     }
+  });
+
+  it('with a request_id, runs once: a retry gets the same session without its token (shown once)', async () => {
+    const handler = sessionHandlers(sessions).createUserSession as (request: Message, ctx: CallContext) => Promise<unknown>;
+    const call = withIdempotency(store, compilePolicy(AccessService.method.createUserSession)!, handler);
+    const request = create(CreateUserSessionRequestSchema, { requestId: 'login-1', ttl: durationFromMs(600_000) });
+    const first = (await call(request, ctx(alice))) as CreateUserSessionResponse;
+    const again = (await call(request, ctx(alice))) as CreateUserSessionResponse;
+    expect(first.token).toMatch(/^dvs_/);
+    expect(again.session?.id).toBe(first.session?.id);
+    expect(again.token).toBe('');
+    expect(state.userSessions.values().filter((s) => s.id === first.session?.id)).toHaveLength(1);
+    const reused = create(CreateUserSessionRequestSchema, { requestId: 'login-1', ttl: durationFromMs(60_000) });
+    await expect(call(reused, ctx(alice))).rejects.toSatisfy((err) => err instanceof InvalidArgumentError && err.field === 'request_id');
   });
 });
 
