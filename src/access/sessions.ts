@@ -19,9 +19,15 @@ import type { AccessState } from './state.js';
 
 const LIST = 'access:session:list';
 const REVOKE = 'access:session:revoke';
+/** How long a revoked or expired session stays listable (include_inactive) before it is deleted. */
+const ENDED_RETENTION_MS = 86_400_000;
 
 export function isLive(session: UserSessionRecord, nowMs: number): boolean {
   return session.revoked_at === undefined && Date.parse(session.expires_at) > nowMs;
+}
+
+function endedAt(session: UserSessionRecord): number {
+  return Math.min(Date.parse(session.expires_at), session.revoked_at === undefined ? Infinity : Date.parse(session.revoked_at));
 }
 
 export class UserSessions {
@@ -78,7 +84,17 @@ export class UserSessions {
     const stored = await this.repos.userSessions.create(id, record);
     this.state.userSessions.remember(id, record, stored.modRevision);
     this.security(ctx, 'user session created', `user_session:${id}`, { user: record.user, impersonated_by: record.impersonated_by, cert_fingerprint_sha256: fingerprint, expires_at: record.expires_at });
+    await this.deleteLongEnded(record.user, now);
     return { record, token };
+  }
+
+  /**
+   * Each login makes a record: the user's sessions that ended over a day ago go at its next
+   * login, so the store holds about a day of any user's sessions. A failed delete waits for the next.
+   */
+  private async deleteLongEnded(user: string, nowMs: number): Promise<void> {
+    const ended = this.state.userSessions.values().filter((s) => s.user === user && endedAt(s) < nowMs - ENDED_RETENTION_MS);
+    await Promise.all(ended.map((s) => this.repos.userSessions.delete(s.id).catch(() => false)));
   }
 
   /**

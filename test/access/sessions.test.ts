@@ -7,7 +7,7 @@ import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AccessState } from '../../src/access/state.js';
-import { UserSessions } from '../../src/access/sessions.js';
+import { isLive, UserSessions } from '../../src/access/sessions.js';
 import type { AuditLog } from '../../src/audit/log.js';
 import { UserSessionAuthenticator } from '../../src/authn/user-session.js';
 import { configSchema, type Config } from '../../src/config/schema.js';
@@ -20,6 +20,7 @@ import { InvalidArgumentError, RpcError, toStatus } from '../../src/rpc/errors.j
 import type { Principal } from '../../src/rpc/principal.js';
 import { createRepositories, type Repositories } from '../../src/store/repositories.js';
 import type { Store } from '../../src/store/store.js';
+import type { UserSessionRecord } from '../../src/store/records.js';
 import { embeddedHarness, type StoreHarness } from '../support/store-harness.js';
 import { openLog, tempDir } from '../audit/helpers.js';
 
@@ -139,6 +140,24 @@ describe('CreateUserSession', () => {
     }
   });
 
+  it('deletes a user’s sessions that ended over a day ago, and only those, at its next login', async () => {
+    const ago = (ms: number) => new Date(Date.now() - ms).toISOString();
+    const DAY = 86_400_000;
+    const old = (id: string, user: string, ended: Partial<UserSessionRecord>) => ({
+      schema_version: 1 as const, id, user, impersonated_by: panel.id, cert_fingerprint_sha256: PANEL_FP, secret_sha256: '0'.repeat(64), created_at: ago(3 * DAY), expires_at: ago(2 * DAY), ...ended,
+    });
+    const records = [
+      old('00000000000000a1', 'user:alice', {}),
+      old('00000000000000a2', 'user:alice', { expires_at: ago(-DAY), revoked_at: ago(DAY + 60_000) }),
+      old('00000000000000a3', 'user:alice', { expires_at: ago(DAY - 60_000) }),
+      old('00000000000000b1', 'user:bob', {}),
+    ];
+    for (const record of records) state.userSessions.remember(record.id, record, (await repos.userSessions.create(record.id, record)).modRevision);
+    await sessions.create(ctx(alice), { ttlMs: undefined });
+    const left = new Set((await repos.userSessions.all()).map((s) => s.value.id));
+    expect(records.map((r) => left.has(r.id))).toEqual([false, false, true, true]);
+  });
+
   it('with a request_id, runs once: a retry gets the same session without its token (shown once)', async () => {
     const handler = sessionHandlers(sessions).createUserSession as (request: Message, ctx: CallContext) => Promise<unknown>;
     const call = withIdempotency(store, compilePolicy(AccessService.method.createUserSession)!, handler);
@@ -214,7 +233,7 @@ describe('RevokeUserSession', () => {
   it('revokes every live session of a user the caller may revoke, and counts only those', async () => {
     await sessions.create(ctx(alice), { ttlMs: undefined });
     await sessions.create(ctx(aliceViaOther), { ttlMs: undefined });
-    const liveOfAlice = () => state.userSessions.values().filter((s) => s.user === 'user:alice' && s.revoked_at === undefined);
+    const liveOfAlice = () => state.userSessions.values().filter((s) => s.user === 'user:alice' && isLive(s, Date.now()));
     const byOther = liveOfAlice().filter((s) => s.impersonated_by === otherPanel.id).length;
     const byPanel = liveOfAlice().length - byOther;
     expect(Math.min(byOther, byPanel)).toBeGreaterThan(0);
