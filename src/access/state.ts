@@ -1,5 +1,5 @@
 // Who holds which roles, kept in memory and current by store watches: role bindings,
-// custom roles and API keys. The chain reads it on every call without a store round trip.
+// custom roles, API keys and user sessions. The chain reads it on every call without a store round trip.
 import type { Config } from '../config/schema.js';
 import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
 import { authorize, canGrant } from '../authz/decide.js';
@@ -9,7 +9,7 @@ import { auditPrincipal } from '../audit/principal.js';
 import type { AuditPrincipal } from '../audit/types.js';
 import { RecordCache } from '../store/cache.js';
 import { closest } from 'fastest-levenshtein';
-import type { ApiKeyRecord, PrincipalRecord, RoleRecord } from '../store/records.js';
+import type { ApiKeyRecord, PrincipalRecord, RoleRecord, UserSessionRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 
 /** Where a role binding comes from: the store (BindRole), or the config file. */
@@ -23,6 +23,8 @@ export interface RoleBindingEntry {
 
 export class AccessState {
   readonly apiKeys: RecordCache<ApiKeyRecord>;
+  /** Watch-fed: a revocation written by any daemon reaches this one within a second. */
+  readonly userSessions: RecordCache<UserSessionRecord>;
   readonly principals: RecordCache<PrincipalRecord>;
   readonly customRoles: RecordCache<RoleRecord>;
   private bootstrapAdmins: ReadonlySet<string>;
@@ -30,6 +32,7 @@ export class AccessState {
 
   constructor(repos: Repositories, auth: Config['auth'], onProblem: (err: unknown) => void) {
     this.apiKeys = new RecordCache(repos.apiKeys, onProblem);
+    this.userSessions = new RecordCache(repos.userSessions, onProblem);
     this.principals = new RecordCache(repos.principals, onProblem);
     this.customRoles = new RecordCache(repos.roles, onProblem);
     this.bootstrapAdmins = new Set(auth.bootstrap_admins);
@@ -53,7 +56,7 @@ export class AccessState {
 
   /** Resolves once every cache holds its first full listing. */
   async start(signal: AbortSignal): Promise<void> {
-    await Promise.all([this.apiKeys.start(signal), this.principals.start(signal), this.customRoles.start(signal)]);
+    await Promise.all([this.apiKeys.start(signal), this.userSessions.start(signal), this.principals.start(signal), this.customRoles.start(signal)]);
   }
 
   /** SIGHUP: bootstrap admins and config bindings are reloadable. */

@@ -24,7 +24,7 @@ function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
 
-function duration(value: string): number {
+export function duration(value: string): number {
   const parsed = ms(value as ms.StringValue);
   if (typeof parsed !== 'number' || !Number.isFinite(parsed) || parsed <= 0) throw new InvalidArgumentError('expected a duration such as 90d, 12h, 30m or 45s');
   return parsed;

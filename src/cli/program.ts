@@ -15,6 +15,7 @@ import { registerNodeCommands } from './node.js';
 import { registerStorageCommands } from './storage.js';
 import { registerMigrationCommands } from './migration.js';
 import { registerStoreCommands } from './store.js';
+import { registerSessionCommands } from './session.js';
 import { printJson, printRecord } from './output.js';
 
 /** The whole command tree, not yet parsed. */
@@ -60,6 +61,7 @@ export function debvisorctlProgram(): Command {
 
   registerAccessCommands(program);
   registerAccessBlockCommands(program);
+  registerSessionCommands(program);
   registerAuditCommands(program);
   registerPkiCommands(program);
   registerOperationCommands(program);

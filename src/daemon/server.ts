@@ -12,6 +12,8 @@ import { Metrics } from '../observability/metrics.js';
 import { createHttpServer, splitHostPort } from '../observability/http.js';
 import { API_SERVICES } from '../services/registry.js';
 import { accessHandlers } from '../services/access.js';
+import { sessionHandlers } from '../services/access-sessions.js';
+import { UserSessions } from '../access/sessions.js';
 import { VERSION } from '../version.js';
 import { blockHandlers } from '../services/access-blocks.js';
 import { backupHandlers } from '../services/store-backup.js';
@@ -290,6 +292,7 @@ export class Daemon {
           access,
           blockHandlers({ guard, audit, roleNamesOf: (principal) => access.roleNamesOf(principal) }),
           backupHandlers(store, `debvisor-rpcd ${VERSION} on ${config.node.name}`),
+          sessionHandlers(new UserSessions(repos, access, audit, settings)),
         ),
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, snapshotOwners, node: () => config.node.name }),

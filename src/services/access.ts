@@ -8,11 +8,12 @@ import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.
 import type { AccessState, BindingSource } from '../access/state.js';
 import type { BlockHandlers } from './access-blocks.js';
 import type { BackupHandlers } from './store-backup.js';
+import type { SessionHandlers } from './access-sessions.js';
 import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../rpc/policy.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import type { CallContext } from '../rpc/context.js';
-import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
+import { InvalidArgumentError, UnauthenticatedError } from '../rpc/errors.js';
 import type { ApiKeyRecord } from '../store/records.js';
 
 const QUOTA_NAMES: ReadonlyMap<QuotaResource, QuotaResourceName> = new Map([
@@ -88,13 +89,11 @@ function grantedBy(roles: readonly Role[]): readonly string[] {
   return granted;
 }
 
-export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: BlockHandlers, backup: BackupHandlers): HandlersOf<typeof AccessService> {
+export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: BlockHandlers, backup: BackupHandlers, sessions: SessionHandlers): HandlersOf<typeof AccessService> {
   return {
     ...blocks,
     ...backup,
-    createUserSession: () => Promise.reject(new RpcError('UNIMPLEMENTED', 'user sessions are not implemented yet')),
-    listUserSessions: () => Promise.reject(new RpcError('UNIMPLEMENTED', 'user sessions are not implemented yet')),
-    revokeUserSession: () => Promise.reject(new RpcError('UNIMPLEMENTED', 'user sessions are not implemented yet')),
+    ...sessions,
     whoAmI: (_request, ctx) => {
       const principal = principalOf(ctx);
       const roles = state.roleNamesOfPrincipal(principal);

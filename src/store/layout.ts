@@ -1,6 +1,7 @@
 // The store's key layout, in one place. Every key lives under /debvisor/.
 //
 //   /debvisor/rpc/apikeys/<key id>                 API key records (hash of the secret only)
+//   /debvisor/rpc/sessions/<session id>           user sessions (hash of the secret only)
 //   /debvisor/rpc/principals/<principal id>        a principal's role bindings
 //   /debvisor/rpc/roles/<role name>                custom roles (built-ins live in code)
 //   /debvisor/rpc/quotas/<principal>/<resource>    quota limit and usage
@@ -21,6 +22,7 @@
 // spiffe://debvisor/admin/admin stays inside its own key.
 export const LAYOUT = {
   apiKeys: '/debvisor/rpc/apikeys/',
+  userSessions: '/debvisor/rpc/sessions/',
   principals: '/debvisor/rpc/principals/',
   roles: '/debvisor/rpc/roles/',
   quotas: '/debvisor/rpc/quotas/',

@@ -30,6 +30,27 @@ export const apiKeyRecord = z.strictObject({
 });
 export type ApiKeyRecord = z.infer<typeof apiKeyRecord>;
 
+/**
+ * A user session (CreateUserSession): a certificate acting for a user proves with its token
+ * that the user is logged in. Bound to the user and to that certificate.
+ */
+export const userSessionRecord = z.strictObject({
+  schema_version: version1,
+  id: z.string().min(1),
+  /** The user, as "user:<name>". */
+  user: z.string().startsWith('user:'),
+  /** The certificate principal that created it; only that certificate may present it. */
+  impersonated_by: z.string().min(1),
+  /** SHA-256 of that certificate (DER), lowercase hex. */
+  cert_fingerprint_sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** SHA-256 of the secret, hex. The secret itself is never stored. */
+  secret_sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  created_at: isoTime,
+  expires_at: isoTime,
+  revoked_at: isoTime.optional(),
+});
+export type UserSessionRecord = z.infer<typeof userSessionRecord>;
+
 export const principalRecord = z.strictObject({
   schema_version: version1,
   id: z.string().min(1),

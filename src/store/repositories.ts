@@ -1,12 +1,13 @@
 // The typed repositories the services use, all on one store.
 import { LAYOUT } from './layout.js';
-import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord, vmInventoryRecord, vmSnapshotOwnerRecord } from './records.js';
+import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord, userSessionRecord, vmInventoryRecord, vmSnapshotOwnerRecord } from './records.js';
 import { Repository } from './repository.js';
 import type { Store } from './store.js';
 
 export function createRepositories(store: Store) {
   return {
     apiKeys: new Repository(store, LAYOUT.apiKeys, apiKeyRecord),
+    userSessions: new Repository(store, LAYOUT.userSessions, userSessionRecord),
     principals: new Repository(store, LAYOUT.principals, principalRecord),
     roles: new Repository(store, LAYOUT.roles, roleRecord),
     /** Id: [principal, resource]. */
