@@ -1,11 +1,9 @@
 // Users a certificate acts for (impersonation): `user:<name>`, a namespace no certificate or
 // API key principal can take.
 import { InvalidArgumentError } from '../rpc/errors.js';
+import { USER_NAME } from '../rpc/impersonation-names.js';
 
 export const USER_PRINCIPAL_PREFIX = 'user:';
-
-/** RFC 1123-like: lowercase letters, digits, '.' and '-', starting and ending alphanumeric; at most 64. */
-const USER_NAME = /^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$/;
 
 export function isValidUserName(name: string): boolean {
   return USER_NAME.test(name);

@@ -23,13 +23,13 @@ import { AccessState } from '../access/state.js';
 import { DEFAULT_FLOOD_LIMITS } from '../audit/flood.js';
 import { AuditLog } from '../audit/log.js';
 import { ApiKeyAuthenticator } from '../authn/apikey.js';
+import { UserSessionAuthenticator } from '../authn/user-session.js';
 import { Revocation } from '../authn/crl.js';
 import { SourceGuard } from '../authn/source-guard.js';
 import { createRepositories } from '../store/repositories.js';
 import { methodIndex, type PolicyIndex } from '../rpc/policy.js';
 import { PermissionCatalogue } from '../authz/catalogue.js';
 import { methodPath } from '../rpc/policy.js';
-import { UnauthenticatedError } from '../rpc/errors.js';
 import type { DescService } from '@bufbuild/protobuf';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import { TestingService } from '../gen/debvisor/testing/v1/testing_pb.js';
@@ -206,6 +206,7 @@ export class Daemon {
         .catch((err: unknown) => log.error({ err }, 'could not load access state and operations'));
       const apiKeys = new ApiKeyAuthenticator(access.apiKeys, repos.apiKeys, onAccessProblem);
       resources.defer(() => apiKeys.close());
+      const userSessions = new UserSessionAuthenticator(access.userSessions);
       const guard = new SourceGuard({
         maxFailures: config.auth.max_failures_per_minute,
         maxKeyFailures: config.auth.max_key_failures_per_minute,
@@ -236,9 +237,7 @@ export class Daemon {
             roleNamesOfPrincipal: (principal) => access.roleNamesOfPrincipal(principal),
             roles: (names) => access.roles(names),
             isBootstrapAdmin: (id) => access.isBootstrapAdmin(id),
-            verifySession: () => {
-              throw new UnauthenticatedError('user sessions are not implemented yet');
-            },
+            verifySession: (token, expect, nowMs) => userSessions.verify(token, expect, nowMs),
             audit,
             metrics,
             sessionlessMethods: new Set([methodPath(AccessService.method.createUserSession)]),
