@@ -7,7 +7,7 @@
 //      2-core VM single pairs spread by ±0.15, and 5 or 9 rounds still land either side of a
 //      target 0.02 away; bench/pool.ts pools the pairs of several runs), BENCH_CONNECTIONS (4),
 //      BENCH_CONCURRENCY (50),
-//      BENCH_SCENARIOS (the daemon scenarios, comma list of mtls,apikey; default both, each
+//      BENCH_SCENARIOS (the daemon scenarios, comma list of mtls,apikey,impersonated; default all, each
 //      with its baseline),
 //      BENCH_PIN=1 (diagnostics: servers on CPU 0, the load generator on CPU 1, via taskset;
 //      less contention noise, but not the shared-cores set-up the reported table uses),
@@ -54,7 +54,7 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? DEFAULT_ROUNDS);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 50);
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
-const ONLY = new Set((process.env.BENCH_SCENARIOS ?? 'mtls,apikey').split(','));
+const ONLY = new Set((process.env.BENCH_SCENARIOS ?? 'mtls,apikey,impersonated').split(','));
 const TARGET_QPS_RATIO = 0.85;
 const TARGET_CPU_RATIO = 1.2;
 const ECHO = '/debvisor.testing.v1.TestingService/Echo';
@@ -144,20 +144,24 @@ process.env[DIST_BUILT_ENV] = '1';
 //    service, whose Echo is the handler the bare server serves too.
 const daemon = await startTestingDaemon({
   config: {
-    rate_limit: { per_role_per_minute: { admin: 100_000_000 }, global_per_minute: 100_000_000 },
+    rate_limit: { per_role_per_minute: { admin: 100_000_000, 'bench-echo': 100_000_000 }, global_per_minute: 100_000_000 },
+    // The admin certificate ('*', so access:impersonate) acts for user:bench in the impersonated scenario.
+    auth: { impersonation: { enabled: true } },
   },
   env: CPU_PROF_DIR ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${join(CPU_PROF_DIR, 'daemon')}` } : {},
 });
 const { pki } = daemon;
 let bare: ReturnType<typeof spawnTs> | undefined;
-type Scenario = 'bare' | 'bare-key' | 'mtls' | 'apikey';
+type Scenario = 'bare' | 'bare-key' | 'bare-impersonate' | 'mtls' | 'apikey' | 'impersonated';
 /** Each daemon scenario's baseline: the bare server under the very same requests. */
-const BASELINE = { mtls: 'bare', apikey: 'bare-key' } as const;
-const runs: Record<Scenario, LoadResult[]> = { bare: [], 'bare-key': [], mtls: [], apikey: [] };
+const BASELINE = { mtls: 'bare', apikey: 'bare-key', impersonated: 'bare-impersonate' } as const;
+const runs: Record<Scenario, LoadResult[]> = { bare: [], 'bare-key': [], 'bare-impersonate': [], mtls: [], apikey: [], impersonated: [] };
 try {
   // 3. An API key for the third scenario, made with the admin certificate.
   const admin = await clientFor(AccessService, daemon);
   const created = await admin.createApiKey({ description: 'chain benchmark', permissions: ['testing:echo'] });
+  await admin.putRole({ role: { name: 'bench-echo', description: 'the impersonated scenario’s user', permissions: ['testing:echo'] } });
+  await admin.bindRole({ principal: 'user:bench', roleName: 'bench-echo' });
   admin.close();
   const token = created.secret;
 
@@ -174,19 +178,22 @@ try {
   if (process.env.BENCH_PIN) for (const pid of [barePid, daemon.pid]) execFileSync('taskset', ['-a', '-p', '-c', '0', String(pid)], { stdio: 'ignore' });
   const host = '127.0.0.1';
   const apiKeyHeaders = { authorization: `Bearer ${token}` };
+  const impersonateHeaders = { 'impersonate-user': 'bench' };
   const scenarios: Record<Scenario, () => Promise<LoadResult>> = {
     bare: () => load({ host, port: barePort, serverPid: barePid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
     'bare-key': () => load({ host, port: barePort, serverPid: barePid, caFile: pki.caCert, headers: apiKeyHeaders }),
+    'bare-impersonate': () => load({ host, port: barePort, serverPid: barePid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey, headers: impersonateHeaders }),
     mtls: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey }),
     apikey: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, headers: apiKeyHeaders }),
+    impersonated: () => load({ host, port: daemon.grpcPort, serverPid: daemon.pid, caFile: pki.caCert, certFile: pki.adminCert, keyFile: pki.adminKey, headers: impersonateHeaders }),
   };
   if (process.env.BENCH_SIMULTANEOUS) {
     // Diagnostics: the bare server and one daemon scenario under load at the same time, each
     // with its own load generator, so both see the same machine (its speed drifts by more
     // than the difference measured). Prints each pair's CPU-per-call ratio; writes no report.
-    const ratios: Record<string, number[]> = { mtls: [], apikey: [] };
+    const ratios: Record<string, number[]> = { mtls: [], apikey: [], impersonated: [] };
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const name of ['mtls', 'apikey'] as const) {
+      for (const name of ['mtls', 'apikey', 'impersonated'] as const) {
         if (!ONLY.has(name)) continue;
         const [plain, full] = await Promise.all([scenarios[BASELINE[name]](), scenarios[name]()]);
         ratios[name]!.push(full.serverCpuUsPerCall / plain.serverCpuUsPerCall);
@@ -225,7 +232,7 @@ try {
 }
 
 // 5. The report.
-if (Object.values(runs).some((scenario) => scenario.length === 0)) {
+if ((Object.entries(runs) as [Scenario, LoadResult[]][]).some(([name, scenario]) => scenario.length === 0 && name !== 'impersonated' && name !== 'bare-impersonate')) {
   console.error('not all scenarios ran: no report written');
   process.exit(0);
 }
@@ -234,6 +241,9 @@ const rows = [
   summarize('bare grpc-js, API key header (ignored)', runs['bare-key']),
   summarize('full daemon, mTLS client cert', runs.mtls),
   summarize('full daemon, API key', runs.apikey),
+  ...(runs.impersonated.length > 0
+    ? [summarize('bare grpc-js, client cert + impersonate-user header (ignored)', runs['bare-impersonate']), summarize('full daemon, client cert acting for a user (impersonate-user)', runs.impersonated)]
+    : []),
 ];
 // Ratios are taken within each round (the scenarios of a round ran minutes apart at most)
 // and then their median over rounds: the machine's speed drifts by more than the
@@ -249,6 +259,7 @@ const ratiosOf = (scenario: LoadResult[], baseline: LoadResult[]): Ratios => ({
 const ratios = new Map<Row, Ratios>([
   [rows[2]!, ratiosOf(runs.mtls, runs[BASELINE.mtls])],
   [rows[3]!, ratiosOf(runs.apikey, runs[BASELINE.apikey])],
+  ...(runs.impersonated.length > 0 ? [[rows[5]!, ratiosOf(runs.impersonated, runs[BASELINE.impersonated])] as [Row, Ratios]] : []),
 ]);
 // For comparison with earlier reports, which measured both daemon scenarios against the client-cert baseline.
 const apiKeyAgainstCertBaseline = ratiosOf(runs.apikey, runs.bare);

@@ -254,7 +254,10 @@ export function withIdempotency(store: Store, policy: CompiledPolicy, handler: H
     if (!REQUEST_ID.test(requestId)) throw new InvalidArgumentError('request_id', 'at most 128 characters of letters, digits and . _ : -');
     const principal = ctx.principal?.id;
     if (!principal) throw new RpcError('UNAUTHENTICATED', 'no principal');
-    const key = `${LAYOUT.replies}${segment(principal)}/${segment(method.parent.typeName + '.' + method.name)}/${segment(requestId)}`;
+    // A user's request ids are its own per certificate acting for it: another panel never meets its replies.
+    const by = ctx.principal?.delegation?.by.id;
+    const owner = by === undefined ? principal : `${principal} via ${by}`;
+    const key = `${LAYOUT.replies}${segment(owner)}/${segment(method.parent.typeName + '.' + method.name)}/${segment(requestId)}`;
     const fingerprint = fingerprintOf(method.input, requestIdField, request);
 
     for (;;) {
