@@ -50,42 +50,50 @@ function outsideRoleScope(role: Role, resources: readonly ResourceRef[]): Resour
   return resources.find((r) => globs.some((g) => g.kind === r.kind) && !globs.some((g) => g.kind === r.kind && globMatches(g.glob, r.name)));
 }
 
-/** What the roles decide on this call: deny wins (unless exempt); else some role must grant, within its scope. */
-function decideByRoles(roles: readonly Role[], required: string, exemptFromDeny: boolean, resources: readonly ResourceRef[]): AuthorizeResult {
+/**
+ * What the roles decide about a permission whatever the resources: a decision (deny wins,
+ * unless exempt; else a grant by an unscoped role allows; no grant refuses), or, when only
+ * scoped roles grant it, those roles: their globs decide each call.
+ */
+type RoleVerdict = AuthorizeResult | readonly Role[];
+
+function verdictOfRoles(roles: readonly Role[], required: string, exemptFromDeny: boolean): RoleVerdict {
   if (!exemptFromDeny && denied(roles, required)) return Object.freeze({ allowed: false, missing: required, reason: 'denied_by_role' });
+  const granting = roles.filter((r) => r.permissions.some((g) => permissionMatches(g, required)));
+  if (granting.length === 0) return Object.freeze({ allowed: false, missing: required, reason: 'not_granted' });
+  return granting.some((r) => r.resourceGlobs.length === 0) ? ALLOWED : Object.freeze(granting);
+}
+
+/** One call's decision when only scoped roles grant its permission: one of them must have every named resource in scope. */
+function decideInScope(granting: readonly Role[], required: string, resources: readonly ResourceRef[]): AuthorizeResult {
   let outside: ResourceRef | undefined;
-  for (const role of roles) {
-    if (!role.permissions.some((g) => permissionMatches(g, required))) continue;
+  for (const role of granting) {
     const resource = outsideRoleScope(role, resources);
     if (resource === undefined) return ALLOWED;
     outside ??= resource;
   }
-  if (outside) return Object.freeze({ allowed: false, missing: required, reason: 'outside_role_scope', resource: outside });
-  return Object.freeze({ allowed: false, missing: required, reason: 'not_granted' });
+  return { allowed: false, missing: required, reason: 'outside_role_scope', ...(outside && { resource: outside }) };
 }
 
-const ROLE_DECISIONS_LIMIT = 1024;
-/** In place of a role list's decisions: a role of the list is scoped, so its decisions depend on the resources. */
-const SCOPED = 'scoped';
+const ROLE_VERDICTS_LIMIT = 1024;
 // Role lists are resolved once per binding and replaced, never changed, when a role or
-// binding changes (src/access/state.ts), so a decision can be kept per list and permission
-// (separately for principals no deny applies to) — unless the list has a scoped role.
-const roleDecisions = new WeakMap<readonly Role[], Map<string, AuthorizeResult> | typeof SCOPED>();
-const exemptRoleDecisions = new WeakMap<readonly Role[], Map<string, AuthorizeResult> | typeof SCOPED>();
+// binding changes (src/access/state.ts), so a verdict can be kept per list and permission
+// (separately for principals no deny applies to). Verdicts never depend on the resources.
+const roleVerdicts = new WeakMap<readonly Role[], Map<string, RoleVerdict>>();
+const exemptRoleVerdicts = new WeakMap<readonly Role[], Map<string, RoleVerdict>>();
 
-/** What the roles alone decide, remembered per role list and permission where no role of the list is scoped. */
+/** What the roles alone decide on this call; the part that does not depend on the resources is remembered. */
 function roleDecision(roles: readonly Role[], required: string, exemptFromDeny: boolean, resources: readonly ResourceRef[]): AuthorizeResult {
-  const cache = exemptFromDeny ? exemptRoleDecisions : roleDecisions;
-  let decisions = cache.get(roles);
-  if (!decisions) cache.set(roles, (decisions = roles.some((r) => r.resourceGlobs.length > 0) ? SCOPED : new Map<string, AuthorizeResult>()));
-  if (decisions === SCOPED) return decideByRoles(roles, required, exemptFromDeny, resources);
-  let decision = decisions.get(required);
-  if (!decision) {
-    decision = decideByRoles(roles, required, exemptFromDeny, NO_RESOURCES);
-    if (decisions.size >= ROLE_DECISIONS_LIMIT) decisions.clear();
-    decisions.set(required, decision);
+  const cache = exemptFromDeny ? exemptRoleVerdicts : roleVerdicts;
+  let verdicts = cache.get(roles);
+  if (!verdicts) cache.set(roles, (verdicts = new Map<string, RoleVerdict>()));
+  let verdict = verdicts.get(required);
+  if (!verdict) {
+    verdict = verdictOfRoles(roles, required, exemptFromDeny);
+    if (verdicts.size >= ROLE_VERDICTS_LIMIT) verdicts.clear();
+    verdicts.set(required, verdict);
   }
-  return decision;
+  return 'allowed' in verdict ? verdict : decideInScope(verdict, required, resources);
 }
 
 /**
