@@ -40,6 +40,14 @@ function requireId(value: string, field: string): void {
   validateText(value, field, MAX_ID_LENGTH);
 }
 
+/** Resource globs of a key or a role: each names a resource kind and is a valid glob; else INVALID_ARGUMENT. */
+function validateResourceGlobs(globs: readonly ResourceGlob[], field: string): void {
+  globs.forEach((glob, index) => {
+    if (!resourceKindFromName(glob.kind)) throw new InvalidArgumentError(`${field}[${index}].kind`, 'must name a resource kind');
+    if (!isValidResourceGlob(glob.glob)) throw new InvalidArgumentError(`${field}[${index}].glob`, `"${glob.glob}" is not a valid glob (letters, digits, . _ - and * ?)`);
+  });
+}
+
 export type { QuotaResourceName, QuotaView };
 
 export class AccessAdmin {
@@ -154,10 +162,7 @@ export class AccessAdmin {
     this.requireCrossPrincipal(ctx, 'access:apikey:create', owner);
     if (request.permissions.length === 0) throw new InvalidArgumentError('permissions', 'a key needs at least one permission');
     this.validatePermissions(request.permissions, 'permissions');
-    request.resourceGlobs.forEach((glob, index) => {
-      if (!resourceKindFromName(glob.kind)) throw new InvalidArgumentError(`resource_globs[${index}].kind`, 'must name a resource kind');
-      if (!isValidResourceGlob(glob.glob)) throw new InvalidArgumentError(`resource_globs[${index}].glob`, `"${glob.glob}" is not a valid glob (letters, digits, . _ - and * ?)`);
-    });
+    validateResourceGlobs(request.resourceGlobs, 'resource_globs');
     request.allowedCidrs.forEach((cidr, index) => {
       if (!validCidr(cidr)) throw new InvalidArgumentError(`allowed_cidrs[${index}]`, `"${cidr}" is not an IPv4 or IPv6 network (address/prefix)`);
     });
@@ -301,12 +306,17 @@ export class AccessAdmin {
     return ['admin', 'operator', 'developer', 'monitor', 'viewer'].flatMap((name) => this.state.role(name) ?? []);
   }
 
-  async putRole(ctx: CallContext, role: { name: string; description: string; permissions: string[]; denyPermissions: string[] }): Promise<{ role: Role; created: boolean }> {
+  async putRole(
+    ctx: CallContext,
+    role: { name: string; description: string; permissions: string[]; denyPermissions: string[]; resourceGlobs: ResourceGlob[] },
+  ): Promise<{ role: Role; created: boolean }> {
     if (!ROLE_NAME.test(role.name)) throw new InvalidArgumentError('role.name', 'lower-case letters, digits, _ and -, starting with a letter, at most 63');
     if (isBuiltinRole(role.name)) throw new RpcError('FAILED_PRECONDITION', `role ${role.name} is built in and cannot be changed`);
     validateText(role.description, 'role.description', MAX_DESCRIPTION_LENGTH);
     this.validatePermissions(role.permissions, 'role.permissions');
     this.validatePermissions(role.denyPermissions, 'role.deny_permissions');
+    validateResourceGlobs(role.resourceGlobs, 'role.resource_globs');
+    // Globs only narrow what a role grants: the writer must hold the permissions unscoped all the same.
     this.checkEscalation(ctx, role.permissions, 'role.permissions');
     const outcome = { created: false };
     const record = await this.repos.roles.mutate(role.name, (current) => {
@@ -321,13 +331,18 @@ export class AccessAdmin {
         description: role.description,
         permissions: role.permissions,
         deny_permissions: role.denyPermissions,
+        resource_globs: role.resourceGlobs,
         updated_at: new Date().toISOString(),
       };
       return next;
     });
     if (record) this.state.customRoles.remember(role.name, record.value, record.modRevision);
-    this.security(ctx, outcome.created ? 'role created' : 'role changed', `role:${role.name}`, { permissions: role.permissions, deny: role.denyPermissions });
-    return { role: { name: role.name, description: role.description, permissions: role.permissions, deny: role.denyPermissions, builtin: false }, created: outcome.created };
+    const scope = role.resourceGlobs.length > 0 ? { resource_globs: role.resourceGlobs.map((g) => `${g.kind}=${g.glob}`) } : {};
+    this.security(ctx, outcome.created ? 'role created' : 'role changed', `role:${role.name}`, { permissions: role.permissions, deny: role.denyPermissions, ...scope });
+    return {
+      role: { name: role.name, description: role.description, permissions: role.permissions, deny: role.denyPermissions, resourceGlobs: role.resourceGlobs, builtin: false },
+      created: outcome.created,
+    };
   }
 
   async deleteRole(ctx: CallContext, name: string): Promise<number> {

@@ -138,7 +138,7 @@ export class AccessState {
     const builtin = BUILTIN_ROLES.get(name);
     if (builtin) return builtin;
     const custom = this.customRoles.get(name);
-    return custom && { name: custom.name, description: custom.description, permissions: custom.permissions, deny: custom.deny_permissions, builtin: false };
+    return custom && { name: custom.name, description: custom.description, permissions: custom.permissions, deny: custom.deny_permissions, resourceGlobs: custom.resource_globs, builtin: false };
   }
 
   /** The roles that exist among `names` (a binding to a deleted role grants nothing). */

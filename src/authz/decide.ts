@@ -1,17 +1,11 @@
 // The authorization decision: roles (with deny), API-key intersection and
-// resource-glob scoping, plus the escalation check for issuing keys.
+// resource-glob scoping of keys and roles, plus the escalation check for issuing keys.
 import type { ResourceRef } from '../rpc/policy.js';
 import { isValidPermission, patternCovers, patternsIntersect, permissionMatches } from './permission.js';
-import { globMatches } from './globs.js';
+import { globMatches, type ResourceGlob } from './globs.js';
 import type { Role } from './roles.js';
 
-export { globMatches, isValidResourceGlob } from './globs.js';
-
-/** A (kind, glob) restriction of a scoped API key; `kind` is a {@link RESOURCE_KIND_NAMES} value. */
-export interface ResourceGlob {
-  readonly kind: string;
-  readonly glob: string;
-}
+export { globMatches, isValidResourceGlob, type ResourceGlob } from './globs.js';
 
 export interface AuthorizeInput {
   /** The principal's CURRENT roles (for an API key: its owner's current roles). */
@@ -25,50 +19,81 @@ export interface AuthorizeInput {
   readonly exemptFromDeny?: boolean;
   /** Present when the caller authenticated with an API key. */
   readonly apiKey?: { readonly permissions: readonly string[]; readonly resourceGlobs: readonly ResourceGlob[] };
-  /** Every resource the RPC names ({@link resourcesOf}); a scoped key must cover each one. */
+  /** Every resource the RPC names ({@link resourcesOf}); a scoped key, and a scoped role to grant, must cover each one. */
   readonly resources?: readonly ResourceRef[];
 }
 
 /** Why a request was refused; for logs and audit, not for the client. */
-export type DenyReason = 'not_granted' | 'denied_by_role' | 'not_granted_to_key' | 'outside_key_scope' | 'not_granted_to_impersonator';
+export type DenyReason = 'not_granted' | 'outside_role_scope' | 'denied_by_role' | 'not_granted_to_key' | 'outside_key_scope' | 'not_granted_to_impersonator';
 
 export type AuthorizeResult =
   | { allowed: true }
-  | { allowed: false; missing: string; reason: DenyReason; /** The resource outside the key's scope. */ resource?: ResourceRef };
+  | { allowed: false; missing: string; reason: DenyReason; /** The resource outside the key's (or the granting roles') scope. */ resource?: ResourceRef };
 
 // ---------------------------------------------------------------------------
 // Decisions
 
-function granted(roles: readonly Role[], required: string): boolean {
-  return roles.some((r) => r.permissions.some((g) => permissionMatches(g, required)));
-}
+const ALLOWED: AuthorizeResult = Object.freeze({ allowed: true });
+const NO_RESOURCES: readonly ResourceRef[] = Object.freeze([]);
 
 function denied(roles: readonly Role[], required: string): boolean {
   return roles.some((r) => r.deny.some((d) => permissionMatches(d, required)));
 }
 
-const ALLOWED: AuthorizeResult = Object.freeze({ allowed: true });
-const ROLE_DECISIONS_LIMIT = 1024;
-// Role lists are resolved once per binding and replaced, never changed, when a role or
-// binding changes (src/access/state.ts), so a decision can be kept per list and permission
-// (separately for principals no deny applies to).
-const roleDecisions = new WeakMap<readonly Role[], Map<string, AuthorizeResult>>();
-const exemptRoleDecisions = new WeakMap<readonly Role[], Map<string, AuthorizeResult>>();
+/**
+ * The first resource a role's globs keep it from granting on: one of a kind the role has
+ * globs for that none of them matches. Kinds without globs are not restricted by the role.
+ */
+function outsideRoleScope(role: Role, resources: readonly ResourceRef[]): ResourceRef | undefined {
+  const globs = role.resourceGlobs;
+  if (globs.length === 0) return undefined;
+  return resources.find((r) => globs.some((g) => g.kind === r.kind) && !globs.some((g) => g.kind === r.kind && globMatches(g.glob, r.name)));
+}
 
-/** What the roles alone decide (deny wins, unless exempt), remembered per role list and permission. */
-function roleDecision(roles: readonly Role[], required: string, exemptFromDeny: boolean): AuthorizeResult {
-  const cache = exemptFromDeny ? exemptRoleDecisions : roleDecisions;
-  let decisions = cache.get(roles);
-  if (!decisions) cache.set(roles, (decisions = new Map<string, AuthorizeResult>()));
-  let decision = decisions.get(required);
-  if (!decision) {
-    if (!exemptFromDeny && denied(roles, required)) decision = Object.freeze({ allowed: false, missing: required, reason: 'denied_by_role' as const });
-    else if (!granted(roles, required)) decision = Object.freeze({ allowed: false, missing: required, reason: 'not_granted' as const });
-    else decision = ALLOWED;
-    if (decisions.size >= ROLE_DECISIONS_LIMIT) decisions.clear();
-    decisions.set(required, decision);
+/**
+ * What the roles decide about a permission whatever the resources: a decision (deny wins,
+ * unless exempt; else a grant by an unscoped role allows; no grant refuses), or, when only
+ * scoped roles grant it, those roles: their globs decide each call.
+ */
+type RoleVerdict = AuthorizeResult | readonly Role[];
+
+function verdictOfRoles(roles: readonly Role[], required: string, exemptFromDeny: boolean): RoleVerdict {
+  if (!exemptFromDeny && denied(roles, required)) return Object.freeze({ allowed: false, missing: required, reason: 'denied_by_role' });
+  const granting = roles.filter((r) => r.permissions.some((g) => permissionMatches(g, required)));
+  if (granting.length === 0) return Object.freeze({ allowed: false, missing: required, reason: 'not_granted' });
+  return granting.some((r) => r.resourceGlobs.length === 0) ? ALLOWED : Object.freeze(granting);
+}
+
+/** One call's decision when only scoped roles grant its permission: one of them must have every named resource in scope. */
+function decideInScope(granting: readonly Role[], required: string, resources: readonly ResourceRef[]): AuthorizeResult {
+  let outside: ResourceRef | undefined;
+  for (const role of granting) {
+    const resource = outsideRoleScope(role, resources);
+    if (resource === undefined) return ALLOWED;
+    outside ??= resource;
   }
-  return decision;
+  return { allowed: false, missing: required, reason: 'outside_role_scope', ...(outside && { resource: outside }) };
+}
+
+const ROLE_VERDICTS_LIMIT = 1024;
+// Role lists are resolved once per binding and replaced, never changed, when a role or
+// binding changes (src/access/state.ts), so a verdict can be kept per list and permission
+// (separately for principals no deny applies to). Verdicts never depend on the resources.
+const roleVerdicts = new WeakMap<readonly Role[], Map<string, RoleVerdict>>();
+const exemptRoleVerdicts = new WeakMap<readonly Role[], Map<string, RoleVerdict>>();
+
+/** What the roles alone decide on this call; the part that does not depend on the resources is remembered. */
+function roleDecision(roles: readonly Role[], required: string, exemptFromDeny: boolean, resources: readonly ResourceRef[]): AuthorizeResult {
+  const cache = exemptFromDeny ? exemptRoleVerdicts : roleVerdicts;
+  let verdicts = cache.get(roles);
+  if (!verdicts) cache.set(roles, (verdicts = new Map<string, RoleVerdict>()));
+  let verdict = verdicts.get(required);
+  if (!verdict) {
+    verdict = verdictOfRoles(roles, required, exemptFromDeny);
+    if (verdicts.size >= ROLE_VERDICTS_LIMIT) verdicts.clear();
+    verdicts.set(required, verdict);
+  }
+  return 'allowed' in verdict ? verdict : decideInScope(verdict, required, resources);
 }
 
 /**
@@ -91,18 +116,20 @@ function inKeyScope(globs: readonly ResourceGlob[], resource: ResourceRef): bool
 
 /**
  * Decides one call. A principal is allowed if some role grants `required` and no
- * role denies it (deny wins, except for bootstrap admins: `exemptFromDeny`). An API
+ * role denies it (deny wins, except for bootstrap admins: `exemptFromDeny`). A role
+ * with resource globs grants only if every resource the call names of a kind it has
+ * globs for matches one of them; its denies apply whatever the resources. An API
  * key's rights are the intersection of its own permissions and its owner's current
  * roles, so a key loses what its owner loses. A key with any resource globs may only
  * address a named resource if one of its globs has that resource's kind and matches
  * its name (except {@link OWNER_FILTERED_KINDS} when it has no glob of that kind), and
  * this holds for EVERY resource the RPC names (a clone's template pool as well as its
  * target pool). RPCs without a target (lists, the caller itself) are not restricted
- * here — their handlers filter.
+ * here, by key or role globs — their handlers filter.
  */
 export function authorize(input: AuthorizeInput): AuthorizeResult {
   const { roles, required, apiKey, resources } = input;
-  const byRoles = roleDecision(roles, required, input.exemptFromDeny === true);
+  const byRoles = roleDecision(roles, required, input.exemptFromDeny === true, resources ?? NO_RESOURCES);
   if (!byRoles.allowed) return byRoles;
   if (apiKey) {
     if (!apiKey.permissions.some((g) => permissionMatches(g, required))) {
@@ -119,7 +146,9 @@ export function authorize(input: AuthorizeInput): AuthorizeResult {
 /**
  * Escalation check for issuing an API key, writing a role or binding one, and for
  * lifting a deny (which grants what it denied): every requested pattern must be
- * valid, covered by a single grant the holder has, intersect none of the holder's
+ * valid, covered by a single grant of one of the holder's unscoped roles (a scoped
+ * role's grants are never handed on: what it grants depends on the call's resources,
+ * which a key, a role or a binding would not carry), intersect none of the holder's
  * denies (unless the holder is exempt from denies: a bootstrap admin), and — when the
  * holder is itself acting through an API key — be covered by one of that key's
  * permissions.
@@ -130,7 +159,7 @@ export function canGrant(
   holderKeyPermissions?: readonly string[],
   exemptFromDeny = false,
 ): { ok: true } | { ok: false; excess: string[] } {
-  const grants = holderRoles.flatMap((r) => r.permissions);
+  const grants = holderRoles.flatMap((r) => (r.resourceGlobs.length === 0 ? r.permissions : []));
   const denies = exemptFromDeny ? [] : holderRoles.flatMap((r) => r.deny);
   const excess = requested.filter(
     (p) =>

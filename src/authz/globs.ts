@@ -1,10 +1,16 @@
-// Resource globs of scoped API keys: how one matches a resource name, and when one
+// Resource globs of scoped API keys and roles: how one matches a resource name, and when one
 // glob lies within another (a key may only mint keys within its own globs).
 //
 // The language is deliberately tiny: `*` is any run of characters but `/` (possibly
 // empty), `?` is one character but `/`, everything else is literal. (picomatch, used
 // before, adds path rules that break containment: `./a` matched `a`, `*` matched `a/`
 // but `ci-*` not `ci-1/`, `*` not `..`.)
+
+/** A (kind, glob) restriction of a scoped API key or role; `kind` is a RESOURCE_KIND_NAMES value (src/rpc/policy.ts). */
+export interface ResourceGlob {
+  readonly kind: string;
+  readonly glob: string;
+}
 
 const GLOB = /^[A-Za-z0-9._\-*?/@:]{1,256}$/;
 

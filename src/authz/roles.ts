@@ -5,6 +5,7 @@
 // every role a principal holds, so a deny in a commonly combined built-in role (say
 // viewer) would silently take rights away from an admin who also holds it. Denies are
 // for custom roles written to restrict.
+import type { ResourceGlob } from './globs.js';
 
 /** A named set of permission patterns. `deny` wins over any grant, across all of a principal's roles. */
 export interface Role {
@@ -12,6 +13,11 @@ export interface Role {
   readonly description: string;
   readonly permissions: readonly string[];
   readonly deny: readonly string[];
+  /**
+   * Scope of the grants (never of the denies): on a call naming a resource of a kind listed
+   * here, the role grants only if one of that kind's globs matches its name. Empty: unscoped.
+   */
+  readonly resourceGlobs: readonly ResourceGlob[];
   readonly builtin: boolean;
 }
 
@@ -32,7 +38,7 @@ const OWN_API_KEYS = ['access:apikey:create', 'access:apikey:list', 'access:apik
 const OWN_SESSIONS = ['access:session:list', 'access:session:revoke'] as const;
 
 function builtin(name: string, description: string, permissions: readonly string[]): Role {
-  return Object.freeze({ name, description, permissions: Object.freeze([...permissions]), deny: Object.freeze([]), builtin: true });
+  return Object.freeze({ name, description, permissions: Object.freeze([...permissions]), deny: Object.freeze([]), resourceGlobs: Object.freeze([]), builtin: true });
 }
 
 const ROLES: readonly Role[] = [

@@ -73,7 +73,9 @@ export function rbac(deps: RbacDeps): Step {
           ? result.resource.name === ''
             ? `permission denied: this API key must name the ${result.resource.kind} explicitly`
             : `permission denied: this API key is not scoped to ${result.resource.kind} "${result.resource.name}"`
-          : result.reason === 'not_granted_to_impersonator'
+          : result.reason === 'outside_role_scope' && result.resource
+            ? `permission denied: ${path} requires ${result.missing}, which your roles grant only for other ${result.resource.kind}s than "${result.resource.name}"`
+            : result.reason === 'not_granted_to_impersonator'
             ? `permission denied: ${path} requires ${result.missing}, which the certificate acting for this user does not hold`
             : `permission denied: ${path} requires ${result.missing}`;
       throw new RpcError('PERMISSION_DENIED', message_);

@@ -10,8 +10,10 @@ import {
   ListRoleBindingsResponseSchema,
   ListRolesResponseSchema,
   RoleBindingSource,
+  RoleSchema,
   RotateApiKeyResponseSchema,
   type ApiKey,
+  type ResourceGlob,
   type RoleBinding,
 } from '../gen/debvisor/v1/access_pb.js';
 import { create } from '@bufbuild/protobuf';
@@ -136,9 +138,27 @@ export function registerAccessCommands(program: Command): void {
         const response = await client.listRoles({ pageSize: 1000 }, options);
         if (flags.output === 'json') { printJson(ListRolesResponseSchema, response); return; }
         printTable(
-          ['role', 'built-in', 'permissions', 'deny'],
-          response.roles.map((r) => [r.name, r.builtin ? 'yes' : 'no', r.permissions.join('\n'), r.denyPermissions.join('\n')]),
+          ['role', 'built-in', 'permissions', 'deny', 'scope'],
+          response.roles.map((r) => [r.name, r.builtin ? 'yes' : 'no', r.permissions.join('\n'), r.denyPermissions.join('\n'), globsText(r.resourceGlobs, '\n')]),
         );
+      }),
+    );
+  role
+    .command('get <name>')
+    .description('one role: its permissions, denies and scope')
+    .action(
+      withAccess(async ({ client, options, flags }, name: string) => {
+        const found = (await client.listRoles({ pageSize: 1000 }, options)).roles.find((r) => r.name === name);
+        if (!found) throw new Error(`no role named "${name}"`);
+        if (flags.output === 'json') { printJson(RoleSchema, found); return; }
+        printRecord({
+          role: found.name,
+          'built-in': found.builtin ? 'yes' : 'no',
+          description: found.description,
+          permissions: found.permissions.join(' '),
+          deny: found.denyPermissions.join(' '),
+          scope: found.resourceGlobs.length ? globsText(found.resourceGlobs, ' ') : 'none (grants apply to every resource)',
+        });
       }),
     );
   role
@@ -146,10 +166,14 @@ export function registerAccessCommands(program: Command): void {
     .description('create or replace a custom role')
     .requiredOption('-p, --permission <perm>', 'permission granted (repeatable)', collect)
     .option('--deny <perm>', 'permission denied even if another role grants it (repeatable)', collect)
+    .option('--resource-glob <kind=glob>', 'grant only on resources of this kind matching the glob, e.g. user=ci-* (repeatable; denies are never scoped)', glob)
     .option('-d, --description <text>', 'what the role is for', '')
     .action(
-      withAccess(async ({ client, options }, name: string, opts: { permission: string[]; deny?: string[]; description: string }) => {
-        const response = await client.putRole({ role: { name, description: opts.description, permissions: opts.permission, denyPermissions: opts.deny ?? [] } }, options);
+      withAccess(async ({ client, options }, name: string, opts: { permission: string[]; deny?: string[]; resourceGlob?: { kind: ResourceKind; glob: string }[]; description: string }) => {
+        const response = await client.putRole(
+          { role: { name, description: opts.description, permissions: opts.permission, denyPermissions: opts.deny ?? [], resourceGlobs: opts.resourceGlob ?? [] } },
+          options,
+        );
         process.stdout.write(`${response.created ? 'created' : 'updated'} role ${name}\n`);
       }),
     );
@@ -243,6 +267,11 @@ export function registerAccessCommands(program: Command): void {
     );
 }
 
+/** Resource globs as the KIND=GLOB the command line takes. */
+function globsText(globs: readonly ResourceGlob[], separator: string): string {
+  return globs.map((g) => `${ResourceKind[g.kind].toLowerCase()}=${g.glob}`).join(separator);
+}
+
 function keyState(key: ApiKey): string {
   if (key.revokeTime) return 'revoked';
   if (key.expireTime && timestampDate(key.expireTime).getTime() <= Date.now()) return 'expired';
@@ -255,7 +284,7 @@ function keyRecord(key: ApiKey | undefined): Record<string, string> {
     id: key.keyId,
     owner: key.owner,
     permissions: key.permissions.join(' '),
-    ...(key.resourceGlobs.length ? { scope: key.resourceGlobs.map((g) => `${ResourceKind[g.kind].toLowerCase()}=${g.glob}`).join(' ') } : {}),
+    ...(key.resourceGlobs.length ? { scope: globsText(key.resourceGlobs, ' ') } : {}),
     ...(key.allowedCidrs.length ? { networks: key.allowedCidrs.join(' ') } : {}),
     expires: when(key.expireTime),
   };

@@ -2,13 +2,14 @@
 import { patternCovers } from '../authz/permission.js';
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import { PrincipalKind, RoleBindingSource, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage } from '../gen/debvisor/v1/access_pb.js';
+import { PrincipalKind, RoleBindingSource, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage, type ResourceGlobSchema, type RoleSchema } from '../gen/debvisor/v1/access_pb.js';
 import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
 import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.js';
 import type { AccessState, BindingSource } from '../access/state.js';
 import type { BlockHandlers } from './access-blocks.js';
 import type { BackupHandlers } from './store-backup.js';
 import type { SessionHandlers } from './access-sessions.js';
+import type { ResourceGlob } from '../authz/globs.js';
 import type { Role } from '../authz/roles.js';
 import { resourceKindFromName, resourceKindName } from '../rpc/policy.js';
 import type { HandlersOf } from '../rpc/adapter.js';
@@ -33,13 +34,17 @@ function timestamp(iso: string | undefined) {
   return iso === undefined ? undefined : timestampFromDate(new Date(iso));
 }
 
+function globMessages(globs: readonly ResourceGlob[]): MessageInitShape<typeof ResourceGlobSchema>[] {
+  return globs.map((glob) => ({ kind: resourceKindFromName(glob.kind), glob: glob.glob }));
+}
+
 function apiKeyMessage(key: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema> {
   return {
     keyId: key.id,
     description: key.description,
     owner: key.owner,
     permissions: key.permissions,
-    resourceGlobs: key.resource_globs.map((glob) => ({ kind: resourceKindFromName(glob.kind), glob: glob.glob })),
+    resourceGlobs: globMessages(key.resource_globs),
     allowedCidrs: key.allowed_cidrs,
     createdBy: key.created_by,
     createTime: timestamp(key.created_at),
@@ -50,12 +55,23 @@ function apiKeyMessage(key: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema>
   };
 }
 
-function globsOf(globs: ResourceGlobMessage[]): { kind: string; glob: string }[] {
+function globsOf(globs: ResourceGlobMessage[], field = 'resource_globs'): { kind: string; glob: string }[] {
   return globs.map((glob, index) => {
     const kind = resourceKindName(glob.kind);
-    if (!kind) throw new InvalidArgumentError(`resource_globs[${index}].kind`, 'must name a resource kind');
+    if (!kind) throw new InvalidArgumentError(`${field}[${index}].kind`, 'must name a resource kind');
     return { kind, glob: glob.glob };
   });
+}
+
+function roleMessage(role: Role): MessageInitShape<typeof RoleSchema> {
+  return {
+    name: role.name,
+    description: role.description,
+    permissions: [...role.permissions],
+    denyPermissions: [...role.deny],
+    builtin: role.builtin,
+    resourceGlobs: globMessages(role.resourceGlobs),
+  };
 }
 
 function principalOf(ctx: CallContext) {
@@ -149,7 +165,7 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: B
     listRoles: (request) => {
       const { roles, nextPageToken } = admin.listRoles({ pageSize: request.pageSize, pageToken: request.pageToken });
       return Promise.resolve({
-        roles: roles.map((role) => ({ name: role.name, description: role.description, permissions: [...role.permissions], denyPermissions: [...role.deny], builtin: role.builtin })),
+        roles: roles.map(roleMessage),
         nextPageToken,
       });
     },
@@ -160,8 +176,9 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: B
         description: request.role.description,
         permissions: request.role.permissions,
         denyPermissions: request.role.denyPermissions,
+        resourceGlobs: globsOf(request.role.resourceGlobs, 'role.resource_globs'),
       });
-      return { role: { name: role.name, description: role.description, permissions: [...role.permissions], denyPermissions: [...role.deny], builtin: false }, created };
+      return { role: roleMessage(role), created };
     },
     deleteRole: async (request, ctx) => ({ removedBindings: await admin.deleteRole(ctx, request.roleName) }),
     bindRole: async (request, ctx) => {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 
 const isoTime = z.iso.datetime();
 const version1 = z.literal(1);
+const resourceGlob = z.strictObject({ kind: z.string(), glob: z.string() });
 
 export const apiKeyRecord = z.strictObject({
   schema_version: version1,
@@ -12,7 +13,7 @@ export const apiKeyRecord = z.strictObject({
   owner: z.string().min(1),
   description: z.string(),
   permissions: z.array(z.string()),
-  resource_globs: z.array(z.strictObject({ kind: z.string(), glob: z.string() })),
+  resource_globs: z.array(resourceGlob),
   allowed_cidrs: z.array(z.string()),
   /** SHA-256 of the secret, hex. The secret itself is never stored. */
   secret_sha256: z.string().regex(/^[0-9a-f]{64}$/),
@@ -65,6 +66,8 @@ export const roleRecord = z.strictObject({
   description: z.string(),
   permissions: z.array(z.string()),
   deny_permissions: z.array(z.string()),
+  /** Scope of the role's grants (Role.resourceGlobs); absent in records written before roles had one. */
+  resource_globs: z.array(resourceGlob).default([]),
   updated_at: isoTime,
 });
 export type RoleRecord = z.infer<typeof roleRecord>;

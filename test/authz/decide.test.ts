@@ -17,7 +17,7 @@ import { VmService, StartVmRequestSchema } from '../../src/gen/debvisor/v1/vm_pb
 import { AccessService, BindRoleRequestSchema, PutRoleRequestSchema, WhoAmIRequestSchema, CreateApiKeyRequestSchema } from '../../src/gen/debvisor/v1/access_pb.js';
 import { MigrationService, MigrateVMRequestSchema } from '../../src/gen/debvisor/v1/migration_pb.js';
 
-const role = (name: string, permissions: string[], deny: string[] = []): Role => ({ name, description: '', permissions, deny, builtin: false });
+const role = (name: string, permissions: string[], deny: string[] = [], resourceGlobs: ResourceGlob[] = []): Role => ({ name, description: '', permissions, deny, resourceGlobs, builtin: false });
 const builtin = (name: string) => BUILTIN_ROLES.get(name)!;
 const method = (service: { methods: DescMethod[] }, name: string) => service.methods.find((m) => m.name === name)!;
 
@@ -116,6 +116,92 @@ describe('authorize: API keys', () => {
     const opScoped = key(['operation:wait'], [{ kind: 'operation', glob: 'ci-*' }]);
     expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resources: [{ kind: 'operation', name: 'op-1' }] }).allowed).toBe(false);
     expect(authorize({ roles, required: 'operation:wait', apiKey: opScoped, resources: [{ kind: 'operation', name: 'ci-1' }] }).allowed).toBe(true);
+  });
+});
+
+describe('authorize: scoped roles (resource globs on a role)', () => {
+  const user = (name: string) => ({ kind: 'user', name });
+  const ciPanel = role('ci-panel', ['access:impersonate', 'vm:*'], [], [{ kind: 'user', glob: 'ci-*' }]);
+  const impersonate = (roles: readonly Role[], name: string) => authorize({ roles, required: 'access:impersonate', resources: [user(name)] });
+
+  it('grants only on resources of a listed kind that one of its globs matches', () => {
+    expect(impersonate([ciPanel], 'ci-bob')).toEqual({ allowed: true });
+    expect(impersonate([ciPanel], 'alice')).toEqual({ allowed: false, missing: 'access:impersonate', reason: 'outside_role_scope', resource: user('alice') });
+    expect(impersonate([ciPanel], 'ci-1/x').allowed).toBe(false);
+    expect(impersonate([ciPanel], '').allowed).toBe(false);
+    // what the role does not grant at all is not granted, whatever the scope
+    expect(authorize({ roles: [ciPanel], required: 'node:list', resources: [user('ci-bob')] })).toEqual({ allowed: false, missing: 'node:list', reason: 'not_granted' });
+    // several globs of the kind: any may match
+    const two = role('two', ['access:impersonate'], [], [{ kind: 'user', glob: 'ci-*' }, { kind: 'user', glob: 'qa-?' }]);
+    expect(impersonate([two], 'qa-1').allowed).toBe(true);
+    expect(impersonate([two], 'qa-10').allowed).toBe(false);
+  });
+
+  it('does not restrict kinds it has no globs for, nor calls that name no resource', () => {
+    expect(authorize({ roles: [ciPanel], required: 'vm:start', resources: [{ kind: 'vm', name: 'prod-db' }] })).toEqual({ allowed: true });
+    expect(authorize({ roles: [ciPanel], required: 'vm:list', resources: [] })).toEqual({ allowed: true });
+    expect(authorize({ roles: [ciPanel], required: 'access:impersonate' })).toEqual({ allowed: true });
+    // every named resource of a listed kind must match: a clone from a pool outside the scope is refused
+    const ciPools = role('ci-pools', ['storage:clone:*'], [], [{ kind: 'pool', glob: 'ci-*' }]);
+    const clone = (templatePool: string) =>
+      authorize({ roles: [ciPools], required: 'storage:clone:create', resources: resourcesOf(method(StorageService, 'CloneRbdFromTemplate'), create(CloneRbdFromTemplateRequestSchema, { targetPool: 'ci-1', templatePool })) });
+    expect(clone('ci-templates')).toEqual({ allowed: true });
+    expect(clone('prod')).toEqual({ allowed: false, missing: 'storage:clone:create', reason: 'outside_role_scope', resource: { kind: 'pool', name: 'prod' } });
+    expect(clone('')).toMatchObject({ allowed: false, reason: 'outside_role_scope' });
+  });
+
+  it('never scopes a deny: a scoped role’s deny applies to every resource and over every role', () => {
+    const scopedDeny = role('no-destroy-ci', ['vm:list'], ['vm:destroy'], [{ kind: 'vm', glob: 'ci-*' }]);
+    const roles = [builtin('admin'), scopedDeny];
+    expect(authorize({ roles, required: 'vm:destroy', resources: [{ kind: 'vm', name: 'prod-db' }] })).toEqual({ allowed: false, missing: 'vm:destroy', reason: 'denied_by_role' });
+    expect(authorize({ roles, required: 'vm:destroy', resources: [{ kind: 'vm', name: 'ci-1' }] })).toMatchObject({ reason: 'denied_by_role' });
+    expect(authorize({ roles, required: 'vm:destroy' })).toMatchObject({ reason: 'denied_by_role' });
+    expect(authorize({ roles, required: 'vm:start', resources: [{ kind: 'vm', name: 'prod-db' }] })).toEqual({ allowed: true });
+    // a bootstrap admin is under no deny, and a scope still bounds what a scoped role grants it
+    expect(authorize({ roles, required: 'vm:destroy', exemptFromDeny: true, resources: [{ kind: 'vm', name: 'prod-db' }] })).toEqual({ allowed: true });
+    expect(impersonate([ciPanel], 'alice').allowed).toBe(false);
+    expect(authorize({ roles: [ciPanel], required: 'access:impersonate', exemptFromDeny: true, resources: [user('alice')] })).toMatchObject({ reason: 'outside_role_scope' });
+  });
+
+  it('a grant is the union over roles: an unscoped role with the permission grants it everywhere', () => {
+    const anyone = role('impersonate-anyone', ['access:impersonate']);
+    expect(impersonate([ciPanel, anyone], 'alice')).toEqual({ allowed: true });
+    expect(impersonate([anyone, ciPanel], 'alice')).toEqual({ allowed: true });
+    // an unscoped role without the permission adds nothing to it
+    expect(impersonate([ciPanel, builtin('operator')], 'alice')).toMatchObject({ allowed: false, reason: 'outside_role_scope' });
+    expect(authorize({ roles: [ciPanel, builtin('operator')], required: 'storage:volume:list', resources: [user('alice')] })).toEqual({ allowed: true });
+    // two scoped roles: each grants within its own scope
+    const qaPanel = role('qa-panel', ['access:impersonate'], [], [{ kind: 'user', glob: 'qa-*' }]);
+    expect(impersonate([ciPanel, qaPanel], 'ci-1').allowed).toBe(true);
+    expect(impersonate([ciPanel, qaPanel], 'qa-1').allowed).toBe(true);
+    expect(impersonate([ciPanel, qaPanel], 'prod-1').allowed).toBe(false);
+  });
+
+  it('an API key of a scoped role’s holder is bounded by both scopes', () => {
+    const apiKey = { permissions: ['access:impersonate'], resourceGlobs: [{ kind: 'user', glob: 'ci-a*' }] };
+    expect(authorize({ roles: [ciPanel], required: 'access:impersonate', apiKey, resources: [user('ci-abc')] })).toEqual({ allowed: true });
+    expect(authorize({ roles: [ciPanel], required: 'access:impersonate', apiKey, resources: [user('ci-b')] })).toMatchObject({ reason: 'outside_key_scope' });
+    expect(authorize({ roles: [ciPanel], required: 'access:impersonate', apiKey, resources: [user('alice')] })).toMatchObject({ reason: 'outside_role_scope' });
+  });
+
+  it('decisions of a list with a scoped role are not remembered by permission alone (either order, either deny mode)', () => {
+    // One frozen list, as AccessState hands out, so the per-list cache is in play.
+    for (const exemptFromDeny of [false, true]) {
+      const roles = Object.freeze([ciPanel, builtin('viewer')]);
+      const decide = (name: string) => authorize({ roles, required: 'access:impersonate', exemptFromDeny, resources: [user(name)] }).allowed;
+      expect([decide('ci-1'), decide('alice'), decide('ci-2'), decide('alice')]).toEqual([true, false, true, false]);
+      const other = Object.freeze([ciPanel, builtin('viewer')]);
+      const decideOther = (name: string) => authorize({ roles: other, required: 'access:impersonate', exemptFromDeny, resources: [user(name)] }).allowed;
+      expect([decideOther('alice'), decideOther('ci-1'), decideOther('alice')]).toEqual([false, true, false]);
+      // no resources, then resources: the permissive answer is not kept either
+      const third = Object.freeze([ciPanel]);
+      expect(authorize({ roles: third, required: 'access:impersonate', exemptFromDeny }).allowed).toBe(true);
+      expect(authorize({ roles: third, required: 'access:impersonate', exemptFromDeny, resources: [user('alice')] }).allowed).toBe(false);
+    }
+    // an unscoped list keeps one remembered decision per permission, whatever the resources
+    const unscoped = Object.freeze([builtin('operator')]);
+    const first = authorize({ roles: unscoped, required: 'vm:start', resources: [{ kind: 'vm', name: 'a' }] });
+    expect(authorize({ roles: unscoped, required: 'vm:start', resources: [{ kind: 'vm', name: 'b' }] })).toBe(first);
   });
 });
 
@@ -239,6 +325,17 @@ describe('resourceOf', () => {
 });
 
 describe('canGrant (escalation prevention)', () => {
+  it('counts only grants of unscoped roles: a scoped role’s grants are never handed on; its denies still count', () => {
+    const ciVms = role('ci-vms', ['vm:*', 'access:impersonate'], [], [{ kind: 'vm', glob: 'ci-*' }]);
+    expect(canGrant([ciVms], ['vm:start'])).toEqual({ ok: false, excess: ['vm:start'] });
+    expect(canGrant([ciVms], ['access:impersonate'])).toEqual({ ok: false, excess: ['access:impersonate'] });
+    expect(canGrant([ciVms, builtin('operator')], ['vm:start', 'access:impersonate'])).toEqual({ ok: false, excess: ['access:impersonate'] });
+    expect(canGrant([ciVms], ['vm:start'], undefined, true)).toEqual({ ok: false, excess: ['vm:start'] }); // bootstrap admins too
+    const scopedDeny = role('no-destroy-ci', [], ['vm:destroy'], [{ kind: 'vm', glob: 'ci-*' }]);
+    expect(canGrant([builtin('admin'), scopedDeny], ['vm:*'])).toEqual({ ok: false, excess: ['vm:*'] });
+    expect(canGrant([builtin('admin'), scopedDeny], ['vm:start'])).toEqual({ ok: true });
+  });
+
   it('allows subsets, including narrower wildcards', () => {
     expect(canGrant([builtin('developer')], ['storage:snapshot:create', 'storage:clone:*', 'node:list'])).toEqual({ ok: true });
     expect(canGrant([builtin('operator')], ['storage:*', 'vm:snapshot:*', 'node:list'])).toEqual({ ok: true });

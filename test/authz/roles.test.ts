@@ -67,6 +67,7 @@ describe('built-in roles', () => {
       expect(role.name).toBe(name);
       expect(role.builtin).toBe(true);
       expect(role.deny).toEqual([]);
+      expect(role.resourceGlobs).toEqual([]); // unscoped: their grants may be handed on (canGrant)
       expect(isBuiltinRole(name)).toBe(true);
       expect(Object.isFrozen(role) && Object.isFrozen(role.permissions)).toBe(true);
     }

@@ -17,6 +17,7 @@ import { ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { ensureDevPki } from '../../src/pki/index.js';
+import { ctlOn } from '../support/ctl.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
 import { auditOf, issueClientFor, rejection, traceIdOf } from '../support/security.js';
 
@@ -26,6 +27,7 @@ type Access = TypedClient<MethodsOf<typeof AccessService>>;
 const ADMIN = 'spiffe://debvisor/admin/admin';
 const ROLE_ADMIN = 'spiffe://debvisor/escalation/role-admin';
 const OPERATOR = 'spiffe://debvisor/escalation/operator';
+const CI_OPS = 'spiffe://debvisor/escalation/ci-ops';
 const T = { timeoutMs: 10_000 };
 const HOUR = 3_600_000;
 const bearer = (token: string) => ({ ...T, metadata: { authorization: `Bearer ${token}` } });
@@ -296,6 +298,73 @@ describe('one daemon, principals with partial rights', () => {
     });
   });
 
+  describe('scoped roles: resource globs on a role (issue 21)', () => {
+    const ciVms = { name: 'ci-vms', description: 'CI VMs only', permissions: ['vm:*'], resourceGlobs: [{ kind: ResourceKind.VM, glob: 'ci-*' }] };
+
+    it('PutRole stores the globs and ListRoles returns them; roles without any have none', async () => {
+      const put = await admin.putRole({ role: ciVms }, T);
+      expect(put.role?.resourceGlobs).toEqual([expect.objectContaining({ kind: ResourceKind.VM, glob: 'ci-*' })]);
+      const roles = (await admin.listRoles({}, T)).roles;
+      expect(roles.find((r) => r.name === 'ci-vms')?.resourceGlobs.map((g) => [g.kind, g.glob])).toEqual([[ResourceKind.VM, 'ci-*']]);
+      expect(roles.find((r) => r.name === 'no-destroy')?.resourceGlobs).toEqual([]);
+      expect(roles.find((r) => r.name === 'admin')?.resourceGlobs).toEqual([]);
+    });
+
+    it('refuses a glob that is not one, or names no kind, naming the field', async () => {
+      const bad = async (resourceGlobs: { kind: ResourceKind; glob: string }[], field: string) => {
+        const err = await rejection(admin.putRole({ role: { name: 'bad-scope', permissions: ['vm:list'], resourceGlobs } }, T));
+        expect(err.code, err.details).toBe(Status.INVALID_ARGUMENT);
+        expect(err.details).toContain(field);
+      };
+      await bad([{ kind: ResourceKind.USER, glob: 'a b' }], 'role.resource_globs[0].glob');
+      await bad([{ kind: ResourceKind.USER, glob: 'ci-*' }, { kind: ResourceKind.USER, glob: '' }], 'role.resource_globs[1].glob');
+      await bad([{ kind: ResourceKind.UNSPECIFIED, glob: 'ci-*' }], 'role.resource_globs[0].kind');
+      expect((await admin.listRoles({}, T)).roles.some((r) => r.name === 'bad-scope')).toBe(false);
+    });
+
+    it('globs are no way around the escalation check on the permissions', async () => {
+      const scoped = { name: 'ci-storage', permissions: ['storage:*'], resourceGlobs: [{ kind: ResourceKind.POOL, glob: 'ci-*' }] };
+      await denied(roleAdmin.putRole({ role: scoped }, T), 'role.permissions', 'storage:*');
+      // Nor is dropping the globs of a role whose permissions the writer does not hold.
+      await admin.putRole({ role: scoped }, T);
+      await denied(roleAdmin.putRole({ role: { ...scoped, resourceGlobs: [] } }, T), 'role.permissions', 'storage:*');
+      expect((await admin.listRoles({}, T)).roles.find((r) => r.name === 'ci-storage')?.resourceGlobs).toHaveLength(1);
+    });
+
+    it('its holder acts only within the globs, and cannot hand its grants on', async () => {
+      await admin.putRole({ role: ciVms }, T);
+      await admin.bindRole({ principal: CI_OPS, roleName: 'ci-vms' }, T);
+      await admin.bindRole({ principal: CI_OPS, roleName: 'developer' }, T); // own API keys; vm:list unscoped
+      const pem = await issueClientFor(daemon.pki, CI_OPS);
+      const vms = await clientFor(VmService, daemon, pem);
+      const access = await clientFor(AccessService, daemon, pem);
+      closers.push(vms, access);
+      const err = await denied(vms.destroyVm({ vmName: 'web-1' }, T), 'requires vm:destroy');
+      expect(await auditOf(daemon, 'AUTHZ_DENIED', traceIdOf(err))).toMatchObject({ reason: 'outside_role_scope', object: 'vm:web-1' });
+      expect((await codeOf(vms.destroyVm({ vmName: 'ci-1' }, T))).code).not.toBe(Status.PERMISSION_DENIED);
+      // Not in a key, a role or a binding: only its unscoped roles' grants count.
+      await denied(access.createApiKey({ description: 'wider', permissions: ['vm:destroy'] }, T), 'cannot grant permissions you do not hold: vm:destroy');
+      remember(await access.createApiKey({ description: 'from developer', permissions: ['vm:list'] }, T));
+    });
+
+    it('debvisorctl role put --resource-glob writes them; role get and role list show them', async () => {
+      const put = await ctlOn(daemon, 'role', 'put', 'ci-panel', '-p', 'vm:list', '--resource-glob', 'user=ci-*', '--resource-glob', 'vm=ci-?');
+      expect(put.code, put.stderr).toBe(0);
+      const get = await ctlOn(daemon, 'role', 'get', 'ci-panel');
+      expect(get.code, get.stderr).toBe(0);
+      expect(get.stdout).toMatch(/scope:\s+user=ci-\* vm=ci-\?/);
+      const json = await ctlOn(daemon, '-o', 'json', 'role', 'get', 'ci-panel');
+      expect(JSON.parse(json.stdout)).toMatchObject({ name: 'ci-panel', resourceGlobs: [{ kind: 'RESOURCE_KIND_USER', glob: 'ci-*' }, { kind: 'RESOURCE_KIND_VM', glob: 'ci-?' }] });
+      const list = await ctlOn(daemon, 'role', 'list');
+      expect(list.stdout).toContain('user=ci-*');
+      const bad = await ctlOn(daemon, 'role', 'put', 'ci-panel', '-p', 'vm:list', '--resource-glob', 'bogus=x');
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toContain('expected KIND=GLOB');
+      const missing = await ctlOn(daemon, 'role', 'get', 'no-such-role');
+      expect(missing.code).not.toBe(0);
+    });
+  });
+
   it('no secret the suite created is in the daemon output or the audit log', async () => {
     await expectNoSecretIn(daemon);
   });
@@ -327,6 +396,7 @@ describe('a bootstrap admin under deny `*`, across a restart', () => {
       await admin.putRole({ role: { name: 'lockout', denyPermissions: ['*'] } }, T);
       await admin.bindRole({ principal: ADMIN, roleName: 'lockout' }, T);
       expect((await admin.whoAmI({}, T)).roles).toEqual(['admin', 'lockout']);
+      await admin.putRole({ role: { name: 'ci-panel', permissions: ['vm:list'], resourceGlobs: [{ kind: ResourceKind.USER, glob: 'ci-*' }] } }, T);
     } finally {
       admin.close();
     }
@@ -337,6 +407,9 @@ describe('a bootstrap admin under deny `*`, across a restart', () => {
     admin = await clientFor(AccessService, daemon);
     try {
       expect((await admin.whoAmI({}, T)).roles).toEqual(['admin', 'lockout']);
+      // A scoped role's globs come back from the store.
+      const panel = (await admin.listRoles({}, T)).roles.find((r) => r.name === 'ci-panel');
+      expect(panel?.resourceGlobs.map((g) => [g.kind, g.glob])).toEqual([[ResourceKind.USER, 'ci-*']]);
       const key = remember(await admin.createApiKey({ description: 'admin key under deny', permissions: ['access:*'] }, T));
       expect((await admin.listApiKeys({}, T)).apiKeys.some((k) => k.keyId === key.apiKey!.keyId)).toBe(true);
       expect(await admin.unbindRole({ principal: ADMIN, roleName: 'lockout' }, T)).toEqual(expect.objectContaining({ removed: true }));

@@ -73,7 +73,7 @@ describe('repositories', () => {
   });
 
   it('pages with opaque tokens that cannot leave the listing', async () => {
-    for (let i = 0; i < 25; i++) await repos.roles.put(`r${String(i).padStart(2, '0')}`, { schema_version: 1, name: `r${i}`, description: '', permissions: [], deny_permissions: [], updated_at: now() });
+    for (let i = 0; i < 25; i++) await repos.roles.put(`r${String(i).padStart(2, '0')}`, { schema_version: 1, name: `r${i}`, description: '', permissions: [], deny_permissions: [], resource_globs: [], updated_at: now() });
     const names: string[] = [];
     let token = '';
     do {
@@ -84,6 +84,14 @@ describe('repositories', () => {
     expect(names).toHaveLength(25);
     const foreign = Buffer.from('/debvisor/rpc/apikeys/x').toString('base64url');
     await expect(repos.roles.list({ pageSize: 10, pageToken: foreign })).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it('reads a role written before roles had resource globs as unscoped, and keeps the globs of one that has them', async () => {
+    await store.put(repos.roles.keyOf('old'), new TextEncoder().encode('{"schema_version":1,"name":"old","description":"","permissions":["vm:list"],"deny_permissions":[],"updated_at":"2026-01-01T00:00:00Z"}'));
+    expect((await repos.roles.get('old'))?.value.resource_globs).toEqual([]);
+    const globs = [{ kind: 'user', glob: 'ci-*' }];
+    await repos.roles.put('scoped', { schema_version: 1, name: 'scoped', description: '', permissions: ['access:impersonate'], deny_permissions: [], resource_globs: globs, updated_at: now() });
+    expect((await repos.roles.get('scoped'))?.value.resource_globs).toEqual(globs);
   });
 });
 
