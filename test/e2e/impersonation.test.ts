@@ -8,7 +8,7 @@ import { authorize } from '../../src/authz/decide.js';
 import { BUILTIN_ROLES } from '../../src/authz/roles.js';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { AccessService, PrincipalKind } from '../../src/gen/debvisor/v1/access_pb.js';
-import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
+import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { compilePolicy, methodPath } from '../../src/rpc/policy.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 import { join } from 'node:path';
@@ -56,7 +56,7 @@ let noImpersonate: ClientPem;
 beforeAll(async () => {
   // Every role far above what the tests send, except two: `limited` (users) and `small-panel`
   // (a certificate), whose limits allow a burst of one and two calls (src/ratelimit/limiter.ts).
-  const limits: Record<string, number> = Object.fromEntries([...ROLES, 'impersonator', 'no-rights', 'quota-user', 'echo'].map((role) => [role, 1_000_000]));
+  const limits: Record<string, number> = Object.fromEntries([...ROLES, 'impersonator', 'no-rights', 'quota-user', 'echo', 'ci-panel'].map((role) => [role, 1_000_000]));
   limits.limited = 10;
   limits['small-panel'] = 20;
   daemon = await startTestingDaemon({
@@ -159,6 +159,25 @@ describe('who may impersonate', () => {
     access.close();
   });
 
+  it('a role’s USER globs restrict whom a certificate may act for: ci-* yes, alice no', async () => {
+    await admin.putRole(
+      { role: { name: 'ci-panel', description: 'acts for CI users only', permissions: ['access:impersonate', 'testing:echo'], denyPermissions: [], resourceGlobs: [{ kind: ResourceKind.USER, glob: 'ci-*' }] } },
+      { timeoutMs: 5000 },
+    );
+    const panel = 'spiffe://debvisor/panel/ci';
+    await admin.bindRole({ principal: panel, roleName: 'ci-panel' }, { timeoutMs: 5000 });
+    await admin.bindRole({ principal: 'user:ci-runner', roleName: 'viewer' }, { timeoutMs: 5000 });
+    const access = await clientFor(AccessService, daemon, await issueClientFor(daemon.pki, panel));
+    const me = await access.whoAmI({}, { metadata: { 'impersonate-user': 'ci-runner' }, timeoutMs: 5000 });
+    expect(me.principalId).toBe('user:ci-runner');
+    const err = await rejection(access.whoAmI({}, { metadata: { 'impersonate-user': 'alice' }, timeoutMs: 5000 }));
+    access.close();
+    expect(err.code).toBe(Status.PERMISSION_DENIED);
+    expect(err.details).toContain('acting for user alice requires access:impersonate');
+    const record = await auditRecord(daemon, (r) => r.type === 'AUTHZ_DENIED' && r.trace_id === traceIdOf(err));
+    expect(record.reason).toContain('outside_role_scope');
+  });
+
   it('a daemon with impersonation disabled (the default) refuses the headers', async () => {
     const plain = await startTestingDaemon();
     try {
@@ -208,8 +227,9 @@ describe('a user acted for', () => {
       impersonated_by: { id: panelOf('operator'), cert_fingerprint: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown, roles: ['impersonator', 'operator'] },
       impersonation_reason: 'rotate keys',
     });
-    const security = auditRecords(daemon).find((r) => r.type === 'SECURITY' && r.object === 'user:u-operator');
-    expect(security?.reason).toContain(`${panelOf('operator')} acts for user:u-operator`);
+    // The first impersonated call of each (certificate, user) pair is a SECURITY record.
+    const security = auditRecords(daemon).filter((r) => r.type === 'SECURITY' && r.object === 'user:u-operator');
+    expect(security.map((r) => r.reason)).toContainEqual(expect.stringContaining(`${panelOf('operator')} acts for user:u-operator`));
     // The log's batches are sealed as they are written: verify once the records above are on disk.
     const log = join(daemon.dir, 'audit', 'rpc-audit.log');
     const verified = verifyAuditFiles(auditFilesInOrder(log), readHmacKeySync(join(daemon.dir, 'audit', 'hmac.key')).key);
