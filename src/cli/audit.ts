@@ -79,7 +79,7 @@ interface ListFlags {
   log: string;
   principal?: string;
   impersonatedBy?: string;
-  type: AuditEventType[];
+  type?: AuditEventType[];
   limit?: number;
 }
 
@@ -192,7 +192,7 @@ export function registerAuditCommands(program: Command, io: AuditCliIo = process
     .option('--log <path>', 'current audit log file, used when no FILES are given', DEFAULT_AUDIT_LOG_PATH)
     .option('--principal <id>', 'entries of this principal: the caller, or for an impersonated call the user or the certificate acting for it')
     .option('--impersonated-by <id>', 'only impersonated calls made by this certificate principal')
-    .addOption(new Option('--type <type>', `event type, repeatable: ${AUDIT_EVENT_TYPES.join(', ').toLowerCase()}`).argParser((value: string, previous: AuditEventType[]) => collect(eventType(value), previous) as AuditEventType[]).default([]))
+    .addOption(new Option('--type <type>', `event type, repeatable: ${AUDIT_EVENT_TYPES.join(', ').toLowerCase()}`).argParser((value: string, previous: AuditEventType[] | undefined) => collect(eventType(value), previous) as AuditEventType[]))
     .option('--limit <n>', 'only the newest N matching entries', count)
     .addHelpText('after', '\nOutput: a table, or with -o json one entry per line as logged.\nExit status: 0 listed (also when nothing matches), 2 usage or I/O error.')
     .action(async (files: string[], flags: ListFlags, command: Command) => {

@@ -53,7 +53,7 @@ export function debvisorctlProgram(): Command {
     .option('--key <file>', 'client private key (env DEBVISORCTL_KEY)')
     .option('--api-key <token>', 'API key instead of a client certificate (env DEBVISORCTL_API_KEY)')
     .option('--as <user>', 'act for this user (impersonation; the certificate needs access:impersonate)')
-    .option('--as-group <group>', "the user's group, repeatable (with --as)", collect, [])
+    .option('--as-group <group>', "the user's group, repeatable (with --as)", collect)
     .option('--as-reason <text>', 'why, recorded in the audit log (with --as)')
     .option('--as-session <token>', 'user session token, where the daemon requires one (with --as; env DEBVISORCTL_AS_SESSION)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
