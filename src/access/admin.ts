@@ -13,6 +13,7 @@ import type { PermissionCatalogue } from '../authz/catalogue.js';
 import type { Config } from '../config/schema.js';
 import { validateText } from '../backends/validate.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import { impersonatedPrincipalProblem } from '../rpc/impersonation-names.js';
 import type { CallContext } from '../rpc/context.js';
 import { ConflictError, NotFoundError } from '../store/errors.js';
 import { retryOnConflict } from '../store/repository.js';
@@ -365,6 +366,9 @@ export class AccessAdmin {
 
   async bindRole(ctx: CallContext, principal: string, roleName: string): Promise<{ createdAt: string }> {
     requireId(principal, 'principal');
+    // user:<name> and group:<name> take the impersonate-user/-group name rule, or could never match a call.
+    const badName = impersonatedPrincipalProblem(principal);
+    if (badName) throw new InvalidArgumentError('principal', badName);
     const role = this.state.role(roleName);
     if (!role) throw new InvalidArgumentError('role_name', `no role named "${roleName}"; did you mean ${this.state.closestRoleName(roleName)}?`);
     this.checkEscalation(ctx, role.permissions, 'role_name');

@@ -1,9 +1,9 @@
 // Users a certificate acts for (impersonation): `user:<name>`, a namespace no certificate or
 // API key principal can take.
 import { InvalidArgumentError } from '../rpc/errors.js';
-import { USER_NAME } from '../rpc/impersonation-names.js';
+import { USER_NAME, USER_PREFIX } from '../rpc/impersonation-names.js';
 
-export const USER_PRINCIPAL_PREFIX = 'user:';
+export const USER_PRINCIPAL_PREFIX = USER_PREFIX;
 
 export function isValidUserName(name: string): boolean {
   return USER_NAME.test(name);

@@ -8,6 +8,7 @@ import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { UnauthenticatedError } from '../rpc/errors.js';
 import type { Principal } from '../rpc/principal.js';
+import { impersonatedKindOf } from '../rpc/impersonation-names.js';
 import type { RevocationCheck } from './crl.js';
 import { normalizeSerialHex } from '../pki/index.js';
 import { chainProblem, type TrustBundle } from '../pki/trust.js';
@@ -47,6 +48,12 @@ function commonName(subject: string): string | undefined {
  */
 export function principalOfNames(names: { readonly uris: readonly string[]; readonly dnsNames: readonly string[]; readonly commonName: string | undefined }): string | undefined {
   return names.uris[0] ?? names.dnsNames[0] ?? names.commonName;
+}
+
+/** `user:` and `group:` ids belong to impersonated users; a certificate naming one would pose as a user. */
+export function reservedPrincipalProblem(id: string): string | undefined {
+  const kind = impersonatedKindOf(id);
+  return kind === undefined ? undefined : `client certificate principal ${JSON.stringify(id.slice(0, 300))} is in the ${kind}: namespace, which is reserved for impersonated users and groups`;
 }
 
 /** Several URI SANs would make the identity ambiguous; SPIFFE allows exactly one per certificate. */
@@ -114,6 +121,8 @@ export class CertificateAuthenticator {
     if (ambiguous) throw new UnauthenticatedError(ambiguous);
     const id = principalOfNames({ uris: san.uri, dnsNames: san.dns, commonName: commonName(leaf.subject) });
     if (!id) throw new UnauthenticatedError('client certificate names no principal (no URI SAN, DNS SAN or CN)');
+    const reserved = reservedPrincipalProblem(id);
+    if (reserved) throw new UnauthenticatedError(reserved);
     const notAfter = leaf.validToDate;
     return {
       principal: {

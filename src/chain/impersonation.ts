@@ -14,7 +14,7 @@ import type { Role } from '../authz/roles.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
-import { IMPERSONATION_HEADERS, impersonationProblem } from '../rpc/impersonation-names.js';
+import { GROUP_PREFIX, headerValues, IMPERSONATION_HEADERS, impersonationProblem, USER_PREFIX } from '../rpc/impersonation-names.js';
 import type { Delegation, Principal } from '../rpc/principal.js';
 import type { Step, StepCall } from './step.js';
 
@@ -68,14 +68,14 @@ function claimOf(call: StepCall): Claim | undefined {
   const reason = values(call, IMPERSONATION_HEADERS.reason);
   const session = values(call, IMPERSONATION_HEADERS.session);
   for (const name of HEADER_NAMES) metadata.remove(name);
-  if (user.length !== 1) throw new InvalidArgumentError(IMPERSONATION_HEADERS.user, user.length === 0 ? 'required with the other impersonate-* headers' : 'must be given once');
+  if (user.length > 1) throw new InvalidArgumentError(IMPERSONATION_HEADERS.user, 'must be given once');
   if (reason.length > 1) throw new InvalidArgumentError(IMPERSONATION_HEADERS.reason, 'must be given at most once');
   if (session.length > 1) throw new InvalidArgumentError(IMPERSONATION_HEADERS.session, 'must be given at most once');
-  // A comma-separated header value is one list, as HTTP folds repeated headers.
-  const groupNames = [...new Set(groups.flatMap((value) => value.split(',')).map((name) => name.trim()))].sort();
-  const problem = impersonationProblem({ user: user[0] ?? '', groups: groupNames, reason: reason[0] });
-  if (problem) throw new InvalidArgumentError(problem.header, problem.message);
-  return { user: user[0] ?? '', groups: groupNames.map((name) => `group:${name}`), reason: reason[0], sessionToken: session[0] };
+  // HTTP/2 peers join a repeated header into one "a, b" value.
+  const groupNames = [...new Set(headerValues(groups))].sort();
+  const problem = impersonationProblem({ user: user[0], groups: groupNames, reason: reason[0], session: session[0] });
+  if (problem) throw new InvalidArgumentError(problem.header, problem.problem);
+  return { user: user[0] ?? '', groups: groupNames.map((name) => `${GROUP_PREFIX}${name}`), reason: reason[0], sessionToken: session[0] };
 }
 
 export function impersonation(deps: ImpersonationDeps): Step {
@@ -97,7 +97,7 @@ export function impersonation(deps: ImpersonationDeps): Step {
         ...(claim.reason !== undefined ? { reason: claim.reason } : {}),
         ...(sessionId !== undefined ? { sessionId } : {}),
       };
-      user = Object.freeze({ id: `user:${claim.user}`, kind: 'user' as const, delegation: Object.freeze(delegation) });
+      user = Object.freeze({ id: `${USER_PREFIX}${claim.user}`, kind: 'user' as const, delegation: Object.freeze(delegation) });
       if (byClaim.size >= 1000) byClaim.clear();
       byClaim.set(key, user);
     }
@@ -162,7 +162,7 @@ export function impersonation(deps: ImpersonationDeps): Step {
       const settings = deps.settings();
       if (claim.sessionToken !== undefined) {
         try {
-          sessionId = deps.verifySession(claim.sessionToken, { user: `user:${claim.user}`, certFingerprint: certificate.fingerprintSha256 }, Date.now());
+          sessionId = deps.verifySession(claim.sessionToken, { user: `${USER_PREFIX}${claim.user}`, certFingerprint: certificate.fingerprintSha256 }, Date.now());
         } catch (err) {
           if (!(err instanceof UnauthenticatedError)) throw err;
           deps.metrics.authAttempts.inc({ method: 'user_session', result: 'failure' });

@@ -188,7 +188,7 @@ export function registerAccessCommands(program: Command): void {
     );
   role
     .command('bind <principal> <role>')
-    .description('grant a role to a principal (certificate identity or key owner)')
+    .description('grant a role to a principal: a certificate identity or key owner, user:<name> or group:<name> (impersonated users)')
     .action(
       withAccess(async ({ client, options }, principal: string, roleName: string) => {
         await client.bindRole({ principal, roleName }, options);

@@ -3,7 +3,7 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
-import { createClient, type CallOptions, type TypedClient } from '../client/client.js';
+import { createClient, type CallMetadata, type CallOptions, type TypedClient } from '../client/client.js';
 import { resolveConnection, type ConnectionFlags, type ResolvedConnection } from './connection.js';
 import { fail, type Output } from './output.js';
 
@@ -16,8 +16,8 @@ export interface ServiceCall<S extends GenServiceMethods> {
   readonly client: TypedClient<S>;
   /** For commands that also need another service (e.g. waiting on an operation). */
   readonly connection: ResolvedConnection;
-  /** Credentials metadata and the --timeout deadline. */
-  readonly options: CallOptions & { readonly metadata: Record<string, string> };
+  /** Credentials and impersonation metadata, and the --timeout deadline. */
+  readonly options: CallOptions & { readonly metadata: CallMetadata };
   readonly flags: GlobalFlags;
   /** True if the operator gave --timeout (rather than taking the default). */
   readonly timeoutGiven: boolean;
@@ -71,6 +71,11 @@ export function enumParser<E extends number>(enumObject: Record<string, E | stri
 
 export function when(ts: Timestamp | undefined): string {
   return ts ? timestampDate(ts).toISOString().replace('.000Z', 'Z') : '-';
+}
+
+/** A commander parser for a repeatable flag: each occurrence appends its value. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
 }
 
 /** A commander parser for a whole number ≥ 0. */

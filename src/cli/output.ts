@@ -20,14 +20,16 @@ export function printRecord(record: Record<string, string>): void {
   for (const [key, value] of Object.entries(record)) process.stdout.write(`${`${key}:`.padEnd(width + 2)}${escapeUnsafe(value)}\n`);
 }
 
-export function printTable(head: string[], rows: string[][]): void {
-  if (rows.length === 0) {
-    process.stdout.write('(none)\n');
-    return;
-  }
+/** A table of escaped cells, ending in a newline; "(none)" without rows. */
+export function formatTable(head: string[], rows: string[][]): string {
+  if (rows.length === 0) return '(none)\n';
   const table = new Table({ head, style: { head: [], border: [] } });
   table.push(...rows.map((row) => row.map((cell) => escapeUnsafe(cell))));
-  process.stdout.write(`${table.toString()}\n`);
+  return `${table.toString()}\n`;
+}
+
+export function printTable(head: string[], rows: string[][]): void {
+  process.stdout.write(formatTable(head, rows));
 }
 
 /** Prints a failure the way an operator can act on it, and exits 1. */

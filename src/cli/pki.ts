@@ -9,7 +9,8 @@ import { createInterface } from 'node:readline/promises';
 import { InvalidArgumentError, Option, type Command, type CommanderError } from 'commander';
 import Table from 'cli-table3';
 import { loadConfig } from '../config/load.js';
-import { principalOfNames } from '../authn/x509.js';
+import { principalOfNames, reservedPrincipalProblem } from '../authn/x509.js';
+import { collect } from './command.js';
 import {
   CERTIFICATE_MODE,
   PRIVATE_KEY_MODE,
@@ -79,16 +80,18 @@ export const PKI_EXIT = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 
 class UsageError extends Error {}
 
+/** A client certificate the daemon would refuse for its principal (user:/group:) is not issued. */
+function refuseReservedPrincipal(principal: string | undefined): void {
+  const reserved = principal === undefined ? undefined : reservedPrincipalProblem(principal);
+  if (reserved) throw new UsageError(`the daemon would refuse this certificate: ${reserved}`);
+}
+
 function positiveNumber(name: string): (value: string) => number {
   return (value) => {
     const n = Number(value);
     if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number.`);
     return n;
   };
-}
-
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
 }
 
 async function readText(file: string, what: string): Promise<string> {
@@ -331,6 +334,7 @@ function signingPlan(profile: CertificateProfile, flags: SignCsrFlags): SigningP
   if (isUri) sans.uris.push(principal);
   const commonName = flags.cn ?? (isUri ? (new URL(principal).pathname.split('/').filter(Boolean).pop() ?? principal) : principal);
   if (!isUri && commonName !== principal) throw new UsageError(`a non-URI principal is the certificate's CN: --cn ${commonName} would name someone else`);
+  refuseReservedPrincipal(principal);
   const effective = principalOfNames({ ...sans, commonName });
   if (effective !== principal) {
     throw new UsageError(`with these names the daemon would see principal "${String(effective)}", not "${principal}" (a DNS SAN takes precedence over the CN): use a URI principal or drop the DNS names`);
@@ -473,6 +477,7 @@ export function registerPkiCommands(program: Command, io: PkiCliIo = processIo):
               throw new UsageError((err as Error).message);
             }
             if (profile === 'client' && sans.uris.length > 1) throw new UsageError('a client certificate carries exactly one URI SAN, its principal (SPIFFE); the daemon refuses more');
+            if (profile === 'client') refuseReservedPrincipal(principalOfNames({ ...sans, commonName: flags.cn }));
             const password = flags.p12 ? await p12Password(flags.passwordFile, io) : undefined;
             const owner = flags.owner !== undefined ? await resolveOwner(flags.owner) : undefined;
             const paths = caDirectory(flags.dir);

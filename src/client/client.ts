@@ -5,8 +5,11 @@ import { create, type DescMessage, type DescService, type MessageInitShape, type
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { toServiceDefinition } from '../rpc/adapter.js';
 
+/** Request headers; an array sends a repeatable header once per value. */
+export type CallMetadata = Readonly<Record<string, string | readonly string[]>>;
+
 export interface CallOptions {
-  readonly metadata?: Record<string, string>;
+  readonly metadata?: CallMetadata;
   /** Milliseconds from now. */
   readonly timeoutMs?: number;
 }
@@ -31,7 +34,9 @@ export function tlsCredentials(pem: { ca: Buffer; cert?: Buffer | undefined; key
 
 function metadataOf(options?: CallOptions): Metadata {
   const metadata = new Metadata();
-  for (const [key, value] of Object.entries(options?.metadata ?? {})) metadata.set(key, value);
+  for (const [key, value] of Object.entries(options?.metadata ?? {})) {
+    for (const one of typeof value === 'string' ? [value] : value) metadata.add(key, one);
+  }
   return metadata;
 }
 

@@ -2,9 +2,10 @@
 import { createHmac } from 'node:crypto';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerAuditCommands } from '../../src/cli/audit.js';
+import type { AuditPrincipal } from '../../src/audit/types.js';
 import { Clock, event, openLog, readLines, tempDir, writeLines } from './helpers.js';
 
 class Exit extends Error {
@@ -16,7 +17,8 @@ class Exit extends Error {
 async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const program = new Command('debvisorctl');
+  // The global -o of debvisorctl, which `audit list` reads.
+  const program = new Command('debvisorctl').addOption(new Option('-o, --output <format>').default('text'));
   registerAuditCommands(program, {
     out: (text) => (out += text),
     err: (text) => (err += text),
@@ -128,5 +130,79 @@ describe('audit verify', () => {
     writeFileSync(otherKey, `${'cd'.repeat(32)}\n`, { mode: 0o600 });
     expect((await run('verify', '--key-file', otherKey, '--log', log)).code).toBe(1);
     expect(readFileSync(keyFile, 'utf8')).not.toContain('cd'.repeat(32));
+  });
+});
+
+describe('audit list', () => {
+  const PANEL = 'spiffe://debvisor/panel/web-panel';
+  const CI_PANEL = 'spiffe://debvisor/panel/ci-panel';
+  const asUser = (user: string, by: string, extra: Partial<AuditPrincipal> = {}): AuditPrincipal => ({
+    id: `user:${user}`,
+    kind: 'user',
+    roles: ['operator'],
+    groups: ['group:ops'],
+    impersonated_by: { id: by, cert_fingerprint: 'cd'.repeat(32), roles: ['panel'] },
+    ...extra,
+  });
+  let listDir: string;
+  let cleanupList: () => void;
+  let listLog: string;
+
+  beforeAll(async () => {
+    ({ dir: listDir, cleanup: cleanupList } = tempDir());
+    listLog = join(listDir, 'rpc-audit.log');
+    const writer = await openLog(listDir, { now: new Clock(new Date(2025, 3, 1, 9)).now });
+    // 1: the panel as itself; 2, 3: the panel for alice and bob; 4: the CI panel for alice; 5: a certificate named like no one.
+    await writer.writeDurable(event(1, { principal: { id: PANEL, kind: 'certificate', roles: ['panel'], cert_fingerprint: 'cd'.repeat(32) } }));
+    await writer.writeDurable(event(2, { principal: asUser('alice', PANEL, { impersonation_reason: 'panel request 42', session_id: 'ses_1' }) }));
+    await writer.writeDurable(event(3, { principal: asUser('bob', PANEL), type: 'AUTHZ_DENIED', decision: 'deny', code: 'PERMISSION_DENIED' }));
+    await writer.writeDurable(event(4, { principal: asUser('alice', CI_PANEL) }));
+    await writer.writeDurable(event(5));
+    await writer.close();
+  });
+
+  afterAll(() => cleanupList());
+
+  const traces = (out: string) => out.trim().split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { trace_id: string }).trace_id);
+  const list = async (...args: string[]) => {
+    const result = await run('list', '--log', listLog, ...args);
+    expect(result.err).toBe('');
+    expect(result.code).toBe(0);
+    return result;
+  };
+
+  it('--principal matches the user of an impersonated call and the certificate acting for it', async () => {
+    expect(traces((await list('--principal', 'user:alice', '-o', 'json')).out)).toEqual(['trace-2', 'trace-4']);
+    expect(traces((await list('--principal', PANEL, '-o', 'json')).out)).toEqual(['trace-1', 'trace-2', 'trace-3']);
+    expect(traces((await list('--principal', 'alice', '-o', 'json')).out)).toEqual(['trace-5']);
+  });
+
+  it('--impersonated-by matches the impersonator only', async () => {
+    expect(traces((await list('--impersonated-by', PANEL, '-o', 'json')).out)).toEqual(['trace-2', 'trace-3']);
+    expect(traces((await list('--impersonated-by', CI_PANEL, '--principal', 'user:alice', '-o', 'json')).out)).toEqual(['trace-4']);
+    expect(traces((await list('--impersonated-by', 'user:alice', '-o', 'json')).out)).toEqual([]);
+  });
+
+  it('keeps the impersonation members in JSON, and filters by type and --limit', async () => {
+    const [entry] = (await list('--principal', 'user:alice', '--limit', '1', '-o', 'json')).out.trim().split('\n').map((line) => JSON.parse(line) as { principal: AuditPrincipal });
+    expect(entry!.principal).toMatchObject({ id: 'user:alice', impersonated_by: { id: CI_PANEL, cert_fingerprint: 'cd'.repeat(32) } });
+    expect(traces((await list('--type', 'authz_denied', '-o', 'json')).out)).toEqual(['trace-3']);
+    expect(traces((await list('--limit', '2', '-o', 'json')).out)).toEqual(['trace-4', 'trace-5']);
+  });
+
+  it('shows the impersonator in the table', async () => {
+    const { out } = await list('--principal', PANEL);
+    const rows = out.split('\n').filter((line) => line.includes('StartVm'));
+    expect(rows).toHaveLength(3);
+    expect(out).toContain('impersonated by');
+    expect(rows[1]).toMatch(/user:alice.*spiffe:\/\/debvisor\/panel\/web-panel/);
+    expect(rows[0]).toMatch(new RegExp(`${PANEL.replaceAll('/', '\\/')}\\s*│\\s*-\\s*│`));
+    expect((await list('--principal', 'nobody')).out).toBe('(none)\n');
+  });
+
+  it('exits 2 on usage and I/O errors', async () => {
+    expect((await run('list', '--log', join(listDir, 'other.log'))).code).toBe(2);
+    expect((await run('list', join(listDir, 'missing.log'))).code).toBe(2);
+    expect((await run('list', '--log', listLog, '--type', 'nonsense')).code).toBe(2);
   });
 });

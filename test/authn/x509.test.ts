@@ -45,6 +45,18 @@ describe('CertificateAuthenticator', () => {
     );
   });
 
+  it('refuses a certificate whose principal is in the user: or group: namespace of impersonated identities', async () => {
+    const cn = await issueCertificate({ ca, profile: 'client', commonName: 'user:alice' });
+    const uri = await issueCertificate({ ca, profile: 'client', commonName: 'x', uris: ['group:operators'] });
+    expect(reasonOf(() => auth.authenticate(peerOf(cn.certPem)))).toBe(
+      'client certificate principal "user:alice" is in the user: namespace, which is reserved for impersonated users and groups',
+    );
+    expect(reasonOf(() => auth.authenticate(peerOf(uri.certPem)))).toMatch(/^client certificate principal "group:operators" is in the group: namespace/);
+    // Only the principal counts: a CN that the URI SAN overrides is harmless.
+    const named = await issueCertificate({ ca, profile: 'client', commonName: 'user:alice', uris: ['spiffe://debvisor/panel/web-panel'] });
+    expect(auth.authenticate(peerOf(named.certPem)).id).toBe('spiffe://debvisor/panel/web-panel');
+  });
+
   it('refuses a self-signed certificate naming a real principal', async () => {
     const forged = await selfSignedCertificate({ commonName: 'admin', uris: ['spiffe://debvisor/admin/admin'], profile: 'client' });
     expect(reasonOf(() => auth.authenticate(peerOf(forged.certPem)))).toMatch(/not issued by a trusted CA/);

@@ -352,6 +352,9 @@ describe('debvisorctl pki (in-process)', () => {
     expect(await pki(['issue', 'server', '--cn', 'x', '--san', 'FOO:bar'])).toMatchObject({ code: 2, err: expect.stringContaining('invalid SAN') as unknown });
     expect(await pki(['revoke', '--dir', work])).toMatchObject({ code: 2, err: expect.stringContaining('nothing to revoke') as unknown });
     expect((await pki(['issue', 'server'])).code).toBe(2); // --cn missing
+    // user:/group: principals belong to impersonated users: the daemon refuses such a certificate.
+    expect(await pki(['issue', 'client', '--cn', 'user:alice', '--dir', work])).toMatchObject({ code: 2, err: expect.stringContaining('reserved for impersonated users') as unknown });
+    expect(await pki(['issue', 'client', '--cn', 'x', '--san', 'URI:group:ops', '--dir', work])).toMatchObject({ code: 2, err: expect.stringContaining('group: namespace') as unknown });
   });
 });
 
