@@ -14,7 +14,7 @@ let daemon: RunningDaemon;
 const ctl = (...args: string[]) => ctlOn(daemon, ...args);
 
 beforeAll(async () => {
-  daemon = await startDaemon();
+  daemon = await startDaemon({ config: { auth: { impersonation: { enabled: true } } } });
 });
 
 afterAll(async () => {
@@ -76,5 +76,20 @@ describe('debvisorctl credentials and --as', () => {
     });
     expect(await ctl('--as', 'Alice', 'whoami')).toMatchObject({ code: 1, stderr: expect.stringMatching(/^debvisorctl: --as: "Alice" is not a valid name/) as unknown });
     expect(await ctl('--as-group', 'ops', 'whoami')).toMatchObject({ code: 1, stderr: 'debvisorctl: --as: required with --as-group\n' });
+  });
+
+  it('--as acts for the user: whoami shows both identities, and the user’s own key belongs to it', async () => {
+    expect((await ctl('role', 'bind', 'user:dana', 'developer')).code).toBe(0);
+    const me = await ctl('--as', 'dana', '--as-group', 'ops', '--as-group', 'qa', '--as-reason', 'ticket 7', 'whoami', '-o', 'json');
+    expect(me.code, me.stderr).toBe(0);
+    expect(JSON.parse(me.stdout)).toMatchObject({
+      principalId: 'user:dana',
+      impersonation: { impersonatedBy: daemon.pki.adminPrincipal, groups: ['group:ops', 'group:qa'], reason: 'ticket 7' },
+    });
+    const text = await ctl('--as', 'dana', 'whoami');
+    expect(text.stdout).toContain(daemon.pki.adminPrincipal);
+    const created = await ctl('--as', 'dana', 'apikey', 'create', '--permission', 'vm:list', '-o', 'json');
+    expect(created.code, created.stderr).toBe(0);
+    expect(JSON.stringify(JSON.parse(created.stdout))).toContain('user:dana');
   });
 });
