@@ -35,6 +35,14 @@ interface VerifyFlags {
 /** The first word of a failed verification, by problem. */
 const VERDICTS: Record<string, string> = { empty: 'EMPTY', legacy: 'UNVERIFIED' };
 
+/** The FILES given, else the rotated files of `log` and `log` itself; undefined (said on stderr) when there are none. */
+function auditTargets(files: string[], log: string, io: AuditCliIo): string[] | undefined {
+  const targets = files.length > 0 ? files : auditFilesInOrder(log);
+  if (targets.length > 0) return targets;
+  io.err(`debvisorctl: no audit log files found for ${log}\n`);
+  return undefined;
+}
+
 function runVerify(files: string[], flags: VerifyFlags, io: AuditCliIo): number {
   let key: Buffer;
   try {
@@ -45,11 +53,8 @@ function runVerify(files: string[], flags: VerifyFlags, io: AuditCliIo): number 
     io.err(`debvisorctl: ${err instanceof AuditKeyError ? err.message : String(err)}\n`);
     return AUDIT_EXIT.ERROR;
   }
-  const targets = files.length > 0 ? files : auditFilesInOrder(flags.log);
-  if (targets.length === 0) {
-    io.err(`debvisorctl: no audit log files found for ${flags.log}\n`);
-    return AUDIT_EXIT.ERROR;
-  }
+  const targets = auditTargets(files, flags.log, io);
+  if (!targets) return AUDIT_EXIT.ERROR;
   let result;
   try {
     result = verifyAuditFiles(targets, key, { legacy: flags.legacy === true });
@@ -142,11 +147,8 @@ function tableOf(entries: readonly AuditEntry[]): string {
 }
 
 async function runList(files: string[], flags: ListFlags, json: boolean, io: AuditCliIo): Promise<number> {
-  const targets = files.length > 0 ? files : auditFilesInOrder(flags.log);
-  if (targets.length === 0) {
-    io.err(`debvisorctl: no audit log files found for ${flags.log}\n`);
-    return AUDIT_EXIT.ERROR;
-  }
+  const targets = auditTargets(files, flags.log, io);
+  if (!targets) return AUDIT_EXIT.ERROR;
   let result;
   try {
     result = await readMatching(targets, { principal: flags.principal, impersonatedBy: flags.impersonatedBy, types: flags.type }, flags.limit);

@@ -9,8 +9,7 @@ import { BUILTIN_ROLES } from '../../src/authz/roles.js';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { AccessService, PrincipalKind } from '../../src/gen/debvisor/v1/access_pb.js';
 import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
-import { compilePolicy, methodPath } from '../../src/rpc/policy.js';
-import { API_SERVICES } from '../../src/services/registry.js';
+import { RPCS, type Rpc } from '../support/rpcs.js';
 import { join } from 'node:path';
 import { readHmacKeySync } from '../../src/audit/key.js';
 import { auditFilesInOrder, verifyAuditFiles } from '../../src/audit/verify.js';
@@ -24,20 +23,6 @@ const IMPERSONATOR_ROLE = { name: 'impersonator', description: 'acts for users',
 const panelOf = (role: string) => `spiffe://debvisor/panel/${role}`;
 const userOf = (role: string) => `u-${role}`;
 
-interface Rpc {
-  readonly path: string;
-  readonly permission: string;
-  readonly anyAuthenticated: boolean;
-  readonly streaming: boolean;
-}
-
-const RPCS: Rpc[] = API_SERVICES.flatMap((service) =>
-  service.methods.map((method) => {
-    const policy = compilePolicy(method);
-    if (!policy) throw new Error(`${methodPath(method)} has no rpc_policy`);
-    return { path: methodPath(method), permission: policy.permission, anyAuthenticated: policy.anyAuthenticated, streaming: method.methodKind === 'server_streaming' };
-  }),
-);
 
 const roleAllows = (role: string | undefined, permission: string) => {
   const definition = role === undefined ? undefined : BUILTIN_ROLES.get(role);

@@ -6,9 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { authorize } from '../../src/authz/decide.js';
 import { BUILTIN_ROLES } from '../../src/authz/roles.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
-import { methodPath } from '../../src/rpc/policy.js';
-import { compilePolicy } from '../../src/rpc/policy.js';
-import { API_SERVICES } from '../../src/services/registry.js';
+import { RPCS, type Rpc } from '../support/rpcs.js';
 import { auditRecords, clientFor, rawClientFor, rawUnary, startDaemon, type ClientPem, type RunningDaemon } from '../support/daemon.js';
 import { auditRecord, issueClientFor, metricSum, metricsText, rawServerStream, traceIdOf } from '../support/security.js';
 
@@ -16,21 +14,6 @@ const ROLES = ['admin', 'operator', 'developer', 'monitor', 'viewer'] as const;
 const NOBODY = 'spiffe://debvisor/rbac/nobody';
 const principalOf = (role: string) => `spiffe://debvisor/rbac/${role}`;
 
-interface Rpc {
-  readonly path: string;
-  readonly permission: string;
-  /** Declared open to every authenticated caller (WhoAmI): no permission. */
-  readonly anyAuthenticated: boolean;
-  readonly streaming: boolean;
-}
-
-const RPCS: Rpc[] = API_SERVICES.flatMap((service) =>
-  service.methods.map((method) => {
-    const policy = compilePolicy(method);
-    if (!policy) throw new Error(`${methodPath(method)} has no rpc_policy`);
-    return { path: methodPath(method), permission: policy.permission, anyAuthenticated: policy.anyAuthenticated, streaming: method.methodKind === 'server_streaming' };
-  }),
-);
 
 function allowedFor(role: string, rpc: Rpc): boolean {
   const definition = BUILTIN_ROLES.get(role);
