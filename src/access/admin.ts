@@ -7,7 +7,8 @@ import type { Principal } from '../rpc/principal.js';
 import { denyChange, globMatches, isValidResourceGlob, type ResourceGlob } from '../authz/decide.js';
 import { resourceKindFromName } from '../rpc/policy.js';
 import { wideningsOf, type KeyBounds } from '../authz/narrowing.js';
-import { crossPrincipal, isValidPermission } from '../authz/permission.js';
+import { crossPrincipal, isValidPermission, permissionMatches } from '../authz/permission.js';
+import { IMPERSONATE_PERMISSION } from '../rpc/impersonation-names.js';
 import { isBuiltinRole, ROLE_NAME, type Role } from '../authz/roles.js';
 import type { PermissionCatalogue } from '../authz/catalogue.js';
 import type { Config } from '../config/schema.js';
@@ -50,6 +51,11 @@ function validateResourceGlobs(globs: readonly ResourceGlob[], field: string): v
 }
 
 export type { QuotaResourceName, QuotaView };
+
+/** Granting the right to act for users is named as such in the SECURITY record. */
+function impersonationNote(permissions: readonly string[]): string {
+  return permissions.some((granted) => permissionMatches(granted, IMPERSONATE_PERMISSION)) ? ' (grants access:impersonate)' : '';
+}
 
 export class AccessAdmin {
   constructor(
@@ -339,7 +345,7 @@ export class AccessAdmin {
     });
     if (record) this.state.customRoles.remember(role.name, record.value, record.modRevision);
     const scope = role.resourceGlobs.length > 0 ? { resource_globs: role.resourceGlobs.map((g) => `${g.kind}=${g.glob}`) } : {};
-    this.security(ctx, outcome.created ? 'role created' : 'role changed', `role:${role.name}`, { permissions: role.permissions, deny: role.denyPermissions, ...scope });
+    this.security(ctx, `${outcome.created ? 'role created' : 'role changed'}${impersonationNote(role.permissions)}`, `role:${role.name}`, { permissions: role.permissions, deny: role.denyPermissions, ...scope });
     return {
       role: { name: role.name, description: role.description, permissions: role.permissions, deny: role.denyPermissions, resourceGlobs: role.resourceGlobs, builtin: false },
       created: outcome.created,
@@ -378,7 +384,7 @@ export class AccessAdmin {
       current?.roles.includes(roleName) ? undefined : { schema_version: 1, id: principal, roles: [...(current?.roles ?? []), roleName].sort(), updated_at: now },
     );
     if (record) this.state.principals.remember(principal, record.value, record.modRevision);
-    this.security(ctx, 'role bound', `principal:${principal}`, { role: roleName });
+    this.security(ctx, `role bound${impersonationNote(role.permissions)}`, `principal:${principal}`, { role: roleName });
     return { createdAt: now };
   }
 

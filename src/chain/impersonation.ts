@@ -14,12 +14,11 @@ import type { Role } from '../authz/roles.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { CallState } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
-import { GROUP_PREFIX, headerValues, IMPERSONATION_HEADERS, impersonationProblem, USER_PREFIX } from '../rpc/impersonation-names.js';
+import { GROUP_PREFIX, headerValues, IMPERSONATE_PERMISSION, IMPERSONATION_HEADERS, impersonationProblem, USER_PREFIX } from '../rpc/impersonation-names.js';
 import type { Delegation, Principal } from '../rpc/principal.js';
 import type { Step, StepCall } from './step.js';
 
-/** The permission a certificate needs to act for a user (on resource `user:<name>`). */
-export const IMPERSONATE_PERMISSION = 'access:impersonate';
+export { IMPERSONATE_PERMISSION };
 
 /** The config's `auth.impersonation` section, read per call (SIGHUP may change it). */
 export interface ImpersonationSettings {

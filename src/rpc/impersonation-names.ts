@@ -6,6 +6,9 @@ export const USER_NAME = /^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$/;
 export const MAX_GROUPS = 32;
 export const MAX_REASON_BYTES = 256;
 
+/** The permission a certificate needs to act for a user (on resource `user:<name>`; proto: AccessService's chain_permissions). */
+export const IMPERSONATE_PERMISSION = 'access:impersonate';
+
 export const IMPERSONATION_HEADERS = {
   user: 'impersonate-user',
   group: 'impersonate-group',

@@ -215,6 +215,9 @@ describe('a user acted for', () => {
     // The first impersonated call of each (certificate, user) pair is a SECURITY record.
     const security = auditRecords(daemon).filter((r) => r.type === 'SECURITY' && r.object === 'user:u-operator');
     expect(security.map((r) => r.reason)).toContainEqual(expect.stringContaining(`${panelOf('operator')} acts for user:u-operator`));
+    // So is granting it: the binding of a role that holds access:impersonate.
+    const granted = auditRecords(daemon).find((r) => r.type === 'SECURITY' && r.object === `principal:${panelOf('operator')}` && (r.details as { role?: string }).role === IMPERSONATOR_ROLE.name);
+    expect(granted?.reason).toBe('role bound (grants access:impersonate)');
     // The log's batches are sealed as they are written: verify once the records above are on disk.
     const log = join(daemon.dir, 'audit', 'rpc-audit.log');
     const verified = verifyAuditFiles(auditFilesInOrder(log), readHmacKeySync(join(daemon.dir, 'audit', 'hmac.key')).key);
