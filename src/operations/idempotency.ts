@@ -252,11 +252,11 @@ export function withIdempotency(store: Store, policy: CompiledPolicy, handler: H
     // Validation first: a request that names an invalid resource never meets a kept reply.
     validateTargetNames(policy, request);
     if (!REQUEST_ID.test(requestId)) throw new InvalidArgumentError('request_id', 'at most 128 characters of letters, digits and . _ : -');
-    const principal = ctx.principal?.id;
-    if (!principal) throw new RpcError('UNAUTHENTICATED', 'no principal');
+    const caller = ctx.principal;
+    if (!caller) throw new RpcError('UNAUTHENTICATED', 'no principal');
     // A user's request ids are its own per certificate acting for it: another panel never meets its replies.
-    const by = ctx.principal?.delegation?.by.id;
-    const owner = by === undefined ? principal : `${principal} via ${by}`;
+    const by = caller.delegation?.by.id;
+    const owner = by === undefined ? caller.id : `${caller.id} via ${by}`;
     const key = `${LAYOUT.replies}${segment(owner)}/${segment(method.parent.typeName + '.' + method.name)}/${segment(requestId)}`;
     const fingerprint = fingerprintOf(method.input, requestIdField, request);
 
