@@ -3,8 +3,8 @@
 // Two layers:
 //  1. Fields declared secret in the API (`[(debvisor.v1.secret) = true]`), found through
 //     the generated descriptors, recursively through nested, repeated and map fields.
-//  2. Anything that merely looks like a secret, in any string: API key tokens
-//     (dvk_<id>_<secret>), PEM private key blocks and `Bearer <token>` credentials.
+//  2. Anything that merely looks like a secret, in any string: API key and user session
+//     tokens (dvk_/dvs_<id>_<secret>), PEM private key blocks and `Bearer <token>` credentials.
 import { getOption, toJson, type DescField, type DescMessage, type JsonValue, type Message, type Registry } from '@bufbuild/protobuf';
 import { secret } from '../gen/debvisor/v1/options_pb.js';
 
@@ -14,17 +14,18 @@ export const REDACTED_PRIVATE_KEY = '[REDACTED PRIVATE KEY]';
 export type AuditLevel = 'metadata' | 'request';
 
 // A cheap pre-test: almost no string contains any of these, so the replacements rarely run.
-const MAYBE_SECRET = /dvk_|PRIVATE KEY|bearer/i;
+const MAYBE_SECRET = /dv[ks]_|PRIVATE KEY|bearer/i;
 
 // Free text. A private key block without its END line is redacted to the end of the text.
 const PEM_TEXT = /-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----[\s\S]*?(?:-----END \1PRIVATE KEY-----|$)/g;
 // At least 8 token characters, so that prose ("bearer of news") is left alone.
 const BEARER_TEXT = /\b(Bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*/gi;
-// dvk_<16 hex id>_<base64url secret> (src/authn/apikey-token.ts); ids contain no
+// dvk_<16 hex id>_<base64url secret> (API keys, src/authn/apikey-token.ts; dvs_ for user
+// sessions, src/authn/user-session.ts); ids contain no
 // underscore, so the first `_` after the id starts the secret. Matched wherever it starts,
 // even glued to a letter or digit before it: the secret class covers every character of a
 // token, so a match that starts earlier runs through the whole token.
-const API_KEY = /dvk_([A-Za-z0-9-]+)_[A-Za-z0-9_-]+/g;
+const API_KEY = /(dv[ks])_([A-Za-z0-9-]+)_[A-Za-z0-9_-]+/g;
 
 // The same over serialized JSON: never match across a string's closing quote, and
 // treat the JSON escapes \n \r \t as the whitespace they stand for.
@@ -34,7 +35,7 @@ const BEARER_JSON = /\b(Bearer)(?:\s|\\[nrt])+[A-Za-z0-9\-._~+/]{8,}=*/gi;
 /** Replaces secret-looking substrings of free text (idempotent). */
 export function scrubSecrets(text: string): string {
   if (!MAYBE_SECRET.test(text)) return text;
-  return text.replace(PEM_TEXT, REDACTED_PRIVATE_KEY).replace(BEARER_TEXT, `$1 ${REDACTED}`).replace(API_KEY, `dvk_$1_${REDACTED}`);
+  return text.replace(PEM_TEXT, REDACTED_PRIVATE_KEY).replace(BEARER_TEXT, `$1 ${REDACTED}`).replace(API_KEY, `$1_$2_${REDACTED}`);
 }
 
 /**
@@ -43,7 +44,7 @@ export function scrubSecrets(text: string): string {
  */
 export function scrubSecretsInJson(json: string): string {
   if (!MAYBE_SECRET.test(json)) return json;
-  return json.replace(PEM_JSON, REDACTED_PRIVATE_KEY).replace(BEARER_JSON, `$1 ${REDACTED}`).replace(API_KEY, `dvk_$1_${REDACTED}`);
+  return json.replace(PEM_JSON, REDACTED_PRIVATE_KEY).replace(BEARER_JSON, `$1 ${REDACTED}`).replace(API_KEY, `$1_$2_${REDACTED}`);
 }
 
 /** scrubSecrets applied to every string (keys and values) of a JSON value. */

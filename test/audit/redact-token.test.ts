@@ -62,3 +62,11 @@ describe('scrubSecrets finds every dvk_ token', () => {
     );
   });
 });
+
+describe('user session tokens', () => {
+  it('scrubs a dvs_ token in free text and in JSON, keeping its id', () => {
+    const token = 'dvs_0123456789abcdef_' + 'A'.repeat(43);
+    expect(scrubSecrets(`logout ${token} now`)).toBe('logout dvs_0123456789abcdef_[REDACTED] now');
+    expect(JSON.parse(scrubSecretsInJson(JSON.stringify({ reason: token })))).toEqual({ reason: 'dvs_0123456789abcdef_[REDACTED]' });
+  });
+});
