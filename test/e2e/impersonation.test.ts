@@ -3,6 +3,7 @@
 // certificate's, for every RPC and every pair of built-in roles), how bad headers are
 // refused, and what the audit log records.
 import { status as Status, type Client } from '@grpc/grpc-js';
+import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { authorize } from '../../src/authz/decide.js';
 import { BUILTIN_ROLES } from '../../src/authz/roles.js';
@@ -273,5 +274,35 @@ describe('a user acted for', () => {
     expect(await echo('s-two')).toBe('OK');
     expect(await echo('s-one')).toContain(`RESOURCE_EXHAUSTED rate limit of 20 requests per minute exceeded for ${panel}`);
     testing.close();
+  });
+});
+
+describe('fuzzed impersonation headers', () => {
+  it('never crash the call, never serve an unvalidated name, and name the header they refuse', async () => {
+    const client = raw.get('admin');
+    if (!client) throw new Error('no admin panel client');
+    const printable = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((code) => String.fromCharCode(code)), maxLength: 80 });
+    const nameLike = fc.oneof(fc.stringMatching(/^[a-z0-9][a-z0-9.-]{0,70}$/), printable);
+    const headers = fc.record(
+      {
+        'impersonate-user': nameLike,
+        'impersonate-group': fc.array(nameLike, { maxLength: 40 }).map((names) => names.join(',')),
+        'impersonate-reason': fc.oneof(printable, fc.string({ maxLength: 300 })),
+        'impersonate-session': printable,
+      },
+      { requiredKeys: [] },
+    );
+    await fc.assert(
+      fc.asyncProperty(headers, async (sent) => {
+        // grpc-js refuses to send some values itself (leading or trailing spaces are trimmed, non-ASCII refused).
+        const metadata = Object.fromEntries(Object.entries(sent).filter(([, value]) => /^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$/.test(value)));
+        const result = await rawUnary(client, '/debvisor.v1.AccessService/WhoAmI', Buffer.alloc(0), metadata);
+        const code = result.status.code;
+        expect([Status.OK, Status.INVALID_ARGUMENT, Status.PERMISSION_DENIED, Status.UNAUTHENTICATED], `${Status[code]} ${result.status.details}`).toContain(code);
+        if (code === Status.INVALID_ARGUMENT) expect(result.status.details).toMatch(/impersonate-(user|group|reason|session)/);
+        if (code === Status.OK && metadata['impersonate-user'] !== undefined) expect(metadata['impersonate-user']).toMatch(/^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$/);
+      }),
+      { numRuns: 300 },
+    );
   });
 });
