@@ -3,11 +3,9 @@
 // CreateUserSession is accepted for its user through its certificate only, and refused
 // once revoked or expired; a revocation on one daemon reaches another on the same etcd
 // within 1 s.
-//
-// NEEDS THE IMPERSONATION CHAIN STEP (src/chain/impersonation.ts): until it is merged,
-// impersonate-* headers are not honoured and every test here but the first fails.
-// The step must let CreateUserSession through without a session (it is how one gets a
-// session), and check impersonate-session with UserSessionAuthenticator (src/authn/user-session.ts).
+// The impersonation step (src/chain/impersonation.ts) lets CreateUserSession through without
+// a session (it is how one gets one) and checks impersonate-session against the watch-fed
+// session cache (src/authn/user-session.ts).
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -129,6 +127,24 @@ describe('a session revoked on daemon A is refused by daemon B (shared etcd) wit
     await Promise.all([a.cleanup(), b.cleanup()]);
     await etcd.stop();
     if (pkiDir) await rm(pkiDir, { recursive: true, force: true });
+  });
+
+  it('a user’s binding made on daemon A governs its impersonated calls on daemon B', async () => {
+    const admin = await clientFor(AccessService, a);
+    const pem = await issueClientFor(a.pki, PANEL);
+    const onA = await clientFor(AccessService, a, pem);
+    const onB = await clientFor(AccessService, b, pem);
+    try {
+      await admin.bindRole({ principal: 'user:erin', roleName: 'operator' }, T);
+      const { token } = await onA.createUserSession({}, as('erin'));
+      await vi.waitFor(async () => expect((await onB.whoAmI({}, as('erin', token))).roles).toEqual(['operator']), { timeout: 5000, interval: 50 });
+      const me = await onB.whoAmI({}, as('erin', token));
+      expect(me.impersonation?.impersonatedBy).toBe(PANEL);
+    } finally {
+      admin.close();
+      onA.close();
+      onB.close();
+    }
   });
 
   it('within 1 s of RevokeUserSession returning', async () => {
