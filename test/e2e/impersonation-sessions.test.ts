@@ -103,9 +103,9 @@ describe('user sessions on one daemon (embedded store)', () => {
   });
 
   it('an expired session is refused', async () => {
-    const { token } = await panel.createUserSession({ ttl: durationFromMs(2000) }, as('alice'));
+    const { token } = await panel.createUserSession({ ttl: durationFromMs(4000) }, as('alice'));
     expect((await codeOf(panel.whoAmI({}, as('alice', token)))).code).toBe(Status.OK);
-    await vi.waitFor(async () => expect((await codeOf(panel.whoAmI({}, as('alice', token)))).code).toBe(Status.UNAUTHENTICATED), { timeout: 10_000, interval: 100 });
+    await vi.waitFor(async () => expect((await codeOf(panel.whoAmI({}, as('alice', token)))).code).toBe(Status.UNAUTHENTICATED), { timeout: 20_000, interval: 100 });
   });
 });
 
