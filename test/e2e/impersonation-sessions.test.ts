@@ -10,7 +10,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { status as Status } from '@grpc/grpc-js';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import type { GenService } from '@bufbuild/protobuf/codegenv2';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -19,7 +19,7 @@ import type { TypedClient } from '../../src/client/client.js';
 import { ensureDevPki } from '../../src/pki/index.js';
 import { clientFor, startDaemon, type ClientPem, type RunningDaemon } from '../support/daemon.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
-import { auditRecord, issueClientFor } from '../support/security.js';
+import { auditRecord, codeOf, issueClientFor } from '../support/security.js';
 
 const PANEL = 'spiffe://debvisor/panel/web-panel';
 const OTHER_PANEL = 'spiffe://debvisor/panel/other-panel';
@@ -38,14 +38,6 @@ const CONFIG = {
   rate_limit: { per_role_per_minute: { admin: 100_000, developer: 100_000 }, default_per_minute: 100_000 },
 };
 
-async function codeOf(call: Promise<unknown>): Promise<{ code: Status; details: string }> {
-  try {
-    await call;
-    return { code: Status.OK, details: '' };
-  } catch (err) {
-    return { code: (err as ServiceError).code, details: (err as ServiceError).details };
-  }
-}
 
 describe('user sessions on one daemon (embedded store)', () => {
   let daemon: RunningDaemon;

@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { readHmacKeySync } from '../../src/audit/key.js';
 import { auditFilesInOrder, verifyAuditFiles } from '../../src/audit/verify.js';
 import { auditRecords, clientFor, rawClientFor, rawUnary, type ClientPem, type RunningDaemon } from '../support/daemon.js';
-import { auditRecord, issueClientFor, rawServerStream, rejection, traceIdOf } from '../support/security.js';
+import { auditRecord, codeOf, issueClientFor, rawServerStream, rejection, traceIdOf } from '../support/security.js';
+import type { TypedClient } from '../../src/client/client.js';
 import { startTestingDaemon } from '../support/testing.js';
 
 const ROLES = ['admin', 'operator', 'developer', 'monitor', 'viewer'] as const;
@@ -30,8 +31,11 @@ const roleAllows = (role: string | undefined, permission: string) => {
   return definition !== undefined && authorize({ roles: [definition], required: permission }).allowed;
 };
 
-/** A refusal as `CODE details`. */
-const describe_ = (err: unknown) => `${Status[(err as { code: Status }).code]} ${(err as { details: string }).details}`;
+/** Echo acting for `user`: 'OK', or the refusal as `CODE details`. */
+async function echoAs(testing: TypedClient<typeof TestingService.method>, user: string): Promise<string> {
+  const { code, details } = await codeOf(testing.echo({ text: 'x' }, { metadata: { 'impersonate-user': user }, timeoutMs: 10_000 }));
+  return code === Status.OK ? 'OK' : `${Status[code]} ${details}`;
+}
 
 let daemon: RunningDaemon;
 let admin: Awaited<ReturnType<typeof clientFor<typeof AccessService.method>>>;
@@ -239,7 +243,7 @@ describe('a user acted for', () => {
       await admin.bindRole({ principal: `user:${user}`, roleName: 'quota-user' }, { timeoutMs: 5000 });
       await admin.setQuota({ principal: `user:${user}`, resource: QuotaResource.SNAPSHOTS, limit: 2n }, { timeoutMs: 5000 });
     }
-    const consume = (user: string) => testing.consumeTestQuota({}, { metadata: { 'impersonate-user': user }, timeoutMs: 10_000 }).then(() => Status.OK, (err: unknown) => (err as { code: Status }).code);
+    const consume = async (user: string) => (await codeOf(testing.consumeTestQuota({}, { metadata: { 'impersonate-user': user }, timeoutMs: 10_000 }))).code;
     expect([await consume('q-one'), await consume('q-one'), await consume('q-one')]).toEqual([Status.OK, Status.OK, Status.RESOURCE_EXHAUSTED]);
     expect([await consume('q-two'), await consume('q-two'), await consume('q-two')]).toEqual([Status.OK, Status.OK, Status.RESOURCE_EXHAUSTED]);
     const quota = await admin.getQuota({ principal: 'user:q-one' }, { timeoutMs: 5000 });
@@ -253,7 +257,7 @@ describe('a user acted for', () => {
     await admin.putRole({ role: { name: 'limited', description: '', permissions: ['testing:echo'], denyPermissions: [] } }, { timeoutMs: 5000 });
     for (const user of ['r-one', 'r-two']) await admin.bindRole({ principal: `user:${user}`, roleName: 'limited' }, { timeoutMs: 5000 });
     const testing = await clientFor(TestingService, daemon, panels.get('admin'));
-    const echo = (user: string) => testing.echo({ text: 'x' }, { metadata: { 'impersonate-user': user }, timeoutMs: 10_000 }).then(() => 'OK', (err: unknown) => describe_(err));
+    const echo = (user: string) => echoAs(testing, user);
     // 10 a minute with a burst of one: the second call within 6 s is refused, for that user only.
     expect(await echo('r-one')).toBe('OK');
     expect(await echo('r-one')).toContain('RESOURCE_EXHAUSTED rate limit of 10 requests per minute exceeded for user:r-one');
@@ -268,7 +272,7 @@ describe('a user acted for', () => {
     await admin.bindRole({ principal: panel, roleName: 'small-panel' }, { timeoutMs: 5000 });
     for (const user of ['s-one', 's-two']) await admin.bindRole({ principal: `user:${user}`, roleName: 'echo' }, { timeoutMs: 5000 });
     const testing = await clientFor(TestingService, daemon, await issueClientFor(daemon.pki, panel));
-    const echo = (user: string) => testing.echo({ text: 'x' }, { metadata: { 'impersonate-user': user }, timeoutMs: 10_000 }).then(() => 'OK', (err: unknown) => describe_(err));
+    const echo = (user: string) => echoAs(testing, user);
     // 20 a minute with a burst of two for the panel, far more for each user.
     expect(await echo('s-one')).toBe('OK');
     expect(await echo('s-two')).toBe('OK');

@@ -19,7 +19,7 @@ import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { ensureDevPki } from '../../src/pki/index.js';
 import { ctlOn } from '../support/ctl.js';
 import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
-import { auditOf, issueClientFor, rejection, traceIdOf } from '../support/security.js';
+import { auditOf, codeOf, issueClientFor, rejection, traceIdOf } from '../support/security.js';
 
 type MethodsOf<T> = T extends GenService<infer S> ? S : never;
 type Access = TypedClient<MethodsOf<typeof AccessService>>;
@@ -33,14 +33,6 @@ const HOUR = 3_600_000;
 const bearer = (token: string) => ({ ...T, metadata: { authorization: `Bearer ${token}` } });
 const limits = { rate_limit: { per_role_per_minute: { admin: 100_000, operator: 100_000 }, default_per_minute: 100_000, global_per_minute: 1_000_000 } };
 
-async function codeOf(call: Promise<unknown>): Promise<{ code: Status; details: string }> {
-  try {
-    await call;
-    return { code: Status.OK, details: '' };
-  } catch (err) {
-    return { code: (err as ServiceError).code, details: (err as ServiceError).details };
-  }
-}
 
 async function denied(call: Promise<unknown>, ...mentions: string[]): Promise<ServiceError> {
   const err = await rejection(call);

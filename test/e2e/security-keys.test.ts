@@ -6,7 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { status as Status } from '@grpc/grpc-js';
 import { toJson } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,7 +19,7 @@ import type { GenService } from '@bufbuild/protobuf/codegenv2';
 import type { TypedClient } from '../../src/client/client.js';
 import { clientFor, startDaemon, type ClientPem, type RunningDaemon } from '../support/daemon.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
-import { auditOf, auditRecord, issueClientFor, rejection, traceIdOf } from '../support/security.js';
+import { auditOf, auditRecord, codeOf, issueClientFor, rejection, traceIdOf } from '../support/security.js';
 
 const ADMIN = 'spiffe://debvisor/admin/admin';
 const DEVELOPER = 'spiffe://debvisor/keys/developer';
@@ -31,15 +31,6 @@ type Access = TypedClient<MethodsOf<typeof AccessService>>;
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const T = { timeoutMs: 5000 };
 
-/** The status code of a call: OK (0) on success. */
-async function codeOf(call: Promise<unknown>): Promise<{ code: Status; details: string }> {
-  try {
-    await call;
-    return { code: Status.OK, details: '' };
-  } catch (err) {
-    return { code: (err as ServiceError).code, details: (err as ServiceError).details };
-  }
-}
 
 describe('on the embedded store', () => {
   let daemon: RunningDaemon;

@@ -6,7 +6,7 @@ import { writeFile } from 'node:fs/promises';
 import { connect as http2Connect, constants as h2 } from 'node:http2';
 import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { Metadata, type Client, type ServiceError, type status as Status, type StatusObject } from '@grpc/grpc-js';
+import { Metadata, type Client, type ServiceError, status as Status, type StatusObject } from '@grpc/grpc-js';
 import * as x509 from '@peculiar/x509';
 import { vi } from 'vitest';
 import { issueCertificate, type DevPkiPaths } from '../../src/pki/index.js';
@@ -54,6 +54,16 @@ export function traceIdOf(err: { details: string }): string {
   const id = /trace_id=([^\s)]+)/.exec(err.details)?.[1];
   if (id === undefined) throw new Error(`no trace_id in "${err.details}"`);
   return id;
+}
+
+/** The status of a call: OK (0) with empty details on success. */
+export async function codeOf(call: Promise<unknown>): Promise<{ code: Status; details: string }> {
+  try {
+    await call;
+    return { code: Status.OK, details: '' };
+  } catch (err) {
+    return { code: (err as ServiceError).code, details: (err as ServiceError).details };
+  }
 }
 
 /** The call's failure; throws if the call succeeds. */
