@@ -1,18 +1,16 @@
 // AccessService.CreateUserSession, ListUserSessions and RevokeUserSession: protobuf mapping
 // over src/access/sessions.ts. request_id (exactly-once) is the adapter's: a replayed
 // CreateUserSession gets the kept reply, whose token (a secret field) is cleared.
-import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { durationMs } from '@bufbuild/protobuf/wkt';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { AccessService, UserSessionSchema } from '../gen/debvisor/v1/access_pb.js';
 import type { UserSessions } from '../access/sessions.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import type { UserSessionRecord } from '../store/records.js';
+import { timestampOfIso } from './timestamp.js';
 
 export type SessionHandlers = Pick<HandlersOf<typeof AccessService>, 'createUserSession' | 'listUserSessions' | 'revokeUserSession'>;
 
-function timestamp(iso: string | undefined) {
-  return iso === undefined ? undefined : timestampFromDate(new Date(iso));
-}
 
 function sessionMessage(session: UserSessionRecord): MessageInitShape<typeof UserSessionSchema> {
   return {
@@ -20,9 +18,9 @@ function sessionMessage(session: UserSessionRecord): MessageInitShape<typeof Use
     user: session.user,
     impersonatedBy: session.impersonated_by,
     certFingerprintSha256: session.cert_fingerprint_sha256,
-    createTime: timestamp(session.created_at),
-    expireTime: timestamp(session.expires_at),
-    revokeTime: timestamp(session.revoked_at),
+    createTime: timestampOfIso(session.created_at),
+    expireTime: timestampOfIso(session.expires_at),
+    revokeTime: timestampOfIso(session.revoked_at),
   };
 }
 

@@ -16,6 +16,7 @@ import type { HandlersOf } from '../rpc/adapter.js';
 import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, UnauthenticatedError } from '../rpc/errors.js';
 import type { ApiKeyRecord } from '../store/records.js';
+import { timestampOfIso } from './timestamp.js';
 
 const QUOTA_NAMES: ReadonlyMap<QuotaResource, QuotaResourceName> = new Map([
   [QuotaResource.SNAPSHOTS, 'snapshots'],
@@ -30,9 +31,6 @@ const BINDING_SOURCES: Record<BindingSource, RoleBindingSource> = {
   config: RoleBindingSource.CONFIG,
 };
 
-function timestamp(iso: string | undefined) {
-  return iso === undefined ? undefined : timestampFromDate(new Date(iso));
-}
 
 function globMessages(globs: readonly ResourceGlob[]): MessageInitShape<typeof ResourceGlobSchema>[] {
   return globs.map((glob) => ({ kind: resourceKindFromName(glob.kind), glob: glob.glob }));
@@ -47,10 +45,10 @@ function apiKeyMessage(key: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema>
     resourceGlobs: globMessages(key.resource_globs),
     allowedCidrs: key.allowed_cidrs,
     createdBy: key.created_by,
-    createTime: timestamp(key.created_at),
-    expireTime: timestamp(key.expires_at),
-    revokeTime: timestamp(key.revoked_at),
-    lastUsedTime: timestamp(key.last_used_at),
+    createTime: timestampOfIso(key.created_at),
+    expireTime: timestampOfIso(key.expires_at),
+    revokeTime: timestampOfIso(key.revoked_at),
+    lastUsedTime: timestampOfIso(key.last_used_at),
     rotatedFrom: key.rotated_from ?? '',
   };
 }
@@ -126,7 +124,7 @@ export function accessHandlers(admin: AccessAdmin, state: AccessState, blocks: B
         certNotAfter: certificate ? timestampFromDate(certificate.notAfter) : undefined,
         apiKeyId: principal.apiKey?.id ?? '',
         sourceAddress: ctx.peer,
-        resourceGlobs: (principal.apiKey?.resourceGlobs ?? []).map((glob) => ({ kind: resourceKindFromName(glob.kind), glob: glob.glob })),
+        resourceGlobs: globMessages(principal.apiKey?.resourceGlobs ?? []),
         impersonation: delegation && {
           impersonatedBy: delegation.by.id,
           impersonatorCertFingerprintSha256: delegation.by.certificate?.fingerprintSha256 ?? '',

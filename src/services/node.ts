@@ -8,13 +8,11 @@ import { NodeIdMismatchError, UnknownNodeError, type NodeHealthRecord, type Node
 import type { HandlersOf } from '../rpc/adapter.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import { pageByKey } from '../rpc/paging.js';
+import { timestampOfIso } from './timestamp.js';
 
 const MAX_TEXT = 255;
 const MAX_LABELS = 64;
 
-function timestamp(iso: string | undefined) {
-  return iso === undefined ? undefined : timestampFromDate(new Date(iso));
-}
 
 const HEALTHS = [NodeHealth.UNSPECIFIED, NodeHealth.HEALTHY, NodeHealth.DEGRADED, NodeHealth.CRITICAL];
 const CEPH = [CephStatus.UNSPECIFIED, CephStatus.HEALTH_OK, CephStatus.HEALTH_WARN, CephStatus.HEALTH_ERR, CephStatus.UNREACHABLE];
@@ -52,10 +50,10 @@ export function nodeMessage(view: NodeView): MessageInitShape<typeof NodeSchema>
           memoryFreeBytes: BigInt(health.memory_free_bytes),
         }
       : undefined,
-    registerTime: timestamp(record.registered_at),
-    updateTime: timestamp(record.updated_at),
-    lastHeartbeatTime: timestamp(record.last_heartbeat_at),
-    leaseExpireTime: timestamp(record.lease_expires_at),
+    registerTime: timestampOfIso(record.registered_at),
+    updateTime: timestampOfIso(record.updated_at),
+    lastHeartbeatTime: timestampOfIso(record.last_heartbeat_at),
+    leaseExpireTime: timestampOfIso(record.lease_expires_at),
   };
 }
 

@@ -1,7 +1,7 @@
 // OperationService: reads and cancels long-running operations. Callers see their own;
 // the `:any` form of each permission (admin, operator, viewer) sees everyone's.
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { durationMs } from '@bufbuild/protobuf/wkt';
 import { OperationKind, OperationState, type OperationSchema, type OperationService } from '../gen/debvisor/v1/operation_pb.js';
 import type { AccessState } from '../access/state.js';
 import type { OperationManager } from '../operations/manager.js';
@@ -11,13 +11,11 @@ import { pageByOffset } from '../rpc/paging.js';
 import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
 import type { OperationRecord } from '../store/records.js';
+import { timestampOfIso } from './timestamp.js';
 
 const DEFAULT_WAIT_MS = 30_000;
 const MAX_WAIT_MS = 300_000;
 
-function timestamp(iso: string | undefined) {
-  return iso === undefined ? undefined : timestampFromDate(new Date(iso));
-}
 
 export function operationMessage(record: OperationRecord): MessageInitShape<typeof OperationSchema> {
   return {
@@ -33,9 +31,9 @@ export function operationMessage(record: OperationRecord): MessageInitShape<type
     error: record.error,
     requestId: record.request_id ?? '',
     cancelRequested: record.cancel_requested,
-    createTime: timestamp(record.created_at),
-    updateTime: timestamp(record.updated_at),
-    doneTime: timestamp(record.done_at),
+    createTime: timestampOfIso(record.created_at),
+    updateTime: timestampOfIso(record.updated_at),
+    doneTime: timestampOfIso(record.done_at),
     result: decodeResult(record.result),
   };
 }
