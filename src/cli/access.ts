@@ -1,7 +1,7 @@
 // debvisorctl apikey | role | quota: access administration over AccessService.
 import { InvalidArgumentError, type Command } from 'commander';
 import ms from 'ms';
-import { durationFromMs, timestampDate } from '@bufbuild/protobuf/wkt';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import {
   AccessService,
   CreateApiKeyResponseSchema,
@@ -18,13 +18,9 @@ import {
 } from '../gen/debvisor/v1/access_pb.js';
 import { create } from '@bufbuild/protobuf';
 import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
-import { when, withService } from './command.js';
+import { collect, lifeState, when, withService } from './command.js';
 import { printJson, printRecord, printTable } from './output.js';
 
-
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
-}
 
 export function duration(value: string): number {
   const parsed = ms(value as ms.StringValue);
@@ -273,9 +269,8 @@ function globsText(globs: readonly ResourceGlob[], separator: string): string {
 }
 
 function keyState(key: ApiKey): string {
-  if (key.revokeTime) return 'revoked';
-  if (key.expireTime && timestampDate(key.expireTime).getTime() <= Date.now()) return 'expired';
-  return key.rotatedFrom ? 'active (rotated)' : 'active';
+  const state = lifeState(key);
+  return state === 'active' && key.rotatedFrom ? 'active (rotated)' : state;
 }
 
 function keyRecord(key: ApiKey | undefined): Record<string, string> {

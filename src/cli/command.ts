@@ -73,6 +73,13 @@ export function when(ts: Timestamp | undefined): string {
   return ts ? timestampDate(ts).toISOString().replace('.000Z', 'Z') : '-';
 }
 
+/** Where a revocable, expiring credential (API key, user session) stands now. */
+export function lifeState(credential: { readonly revokeTime?: Timestamp | undefined; readonly expireTime?: Timestamp | undefined }): 'revoked' | 'expired' | 'active' {
+  if (credential.revokeTime) return 'revoked';
+  if (credential.expireTime && timestampDate(credential.expireTime).getTime() <= Date.now()) return 'expired';
+  return 'active';
+}
+
 /** A commander parser for a repeatable flag: each occurrence appends its value. */
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];

@@ -1,17 +1,11 @@
 // debvisorctl session create | list | revoke: user sessions, for certificates that act for
 // users (impersonation). `session create` acts for the user named by the global --as.
 import type { Command } from 'commander';
-import { durationFromMs, timestampDate } from '@bufbuild/protobuf/wkt';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { AccessService, CreateUserSessionResponseSchema, ListUserSessionsResponseSchema, RevokeUserSessionResponseSchema, type UserSession } from '../gen/debvisor/v1/access_pb.js';
 import { duration } from './access.js';
-import { when, withService } from './command.js';
+import { lifeState, when, withService } from './command.js';
 import { fail, printJson, printRecord, printTable } from './output.js';
-
-function sessionState(session: UserSession): string {
-  if (session.revokeTime) return 'revoked';
-  if (session.expireTime && timestampDate(session.expireTime).getTime() <= Date.now()) return 'expired';
-  return 'active';
-}
 
 function sessionRecord(session: UserSession | undefined): Record<string, string> {
   return {
@@ -54,7 +48,7 @@ export function registerSessionCommands(program: Command): void {
         if (flags.output === 'json') { printJson(ListUserSessionsResponseSchema, response); return; }
         printTable(
           ['id', 'user', 'impersonated by', 'created', 'expires', 'state'],
-          response.sessions.map((s) => [s.id, s.user, s.impersonatedBy, when(s.createTime), when(s.expireTime), sessionState(s)]),
+          response.sessions.map((s) => [s.id, s.user, s.impersonatedBy, when(s.createTime), when(s.expireTime), lifeState(s)]),
         );
       }),
     );
