@@ -8,13 +8,12 @@ import { denyChange, globMatches, isValidResourceGlob, type ResourceGlob } from 
 import { resourceKindFromName } from '../rpc/policy.js';
 import { wideningsOf, type KeyBounds } from '../authz/narrowing.js';
 import { crossPrincipal, isValidPermission, permissionMatches } from '../authz/permission.js';
-import { IMPERSONATE_PERMISSION } from '../rpc/impersonation-names.js';
 import { isBuiltinRole, ROLE_NAME, type Role } from '../authz/roles.js';
 import type { PermissionCatalogue } from '../authz/catalogue.js';
 import type { Config } from '../config/schema.js';
 import { validateText } from '../backends/validate.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
-import { impersonatedPrincipalProblem } from '../rpc/impersonation-names.js';
+import { IMPERSONATE_PERMISSION, impersonatedPrincipalProblem } from '../rpc/impersonation-names.js';
 import type { CallContext } from '../rpc/context.js';
 import { ConflictError, NotFoundError } from '../store/errors.js';
 import { retryOnConflict } from '../store/repository.js';

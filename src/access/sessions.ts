@@ -5,10 +5,10 @@
 import type { AuditLog } from '../audit/log.js';
 import { crossPrincipal } from '../authz/permission.js';
 import { USER_SESSION_TOKENS } from '../authn/user-session.js';
-import { userPrincipalOf } from '../authn/user-name.js';
 import type { Config } from '../config/schema.js';
 import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import { userPrincipalOf } from '../rpc/impersonation-names.js';
 import { pageByKey } from '../rpc/paging.js';
 import type { Principal } from '../rpc/principal.js';
 import { NotFoundError } from '../store/errors.js';

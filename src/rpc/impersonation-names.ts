@@ -1,5 +1,6 @@
 // The impersonation headers and the names they carry: one rule for the daemon's identity
 // step, `role bind user:<name>` and debvisorctl's --as flags (issue 21).
+import { InvalidArgumentError } from './errors.js';
 
 /** A user or group name: RFC 1123-like, at most 64 characters. */
 export const USER_NAME = /^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$/;
@@ -75,6 +76,12 @@ export function impersonationProblem(claim: ImpersonationClaim): ImpersonationPr
     return { header: session, problem: 'must be a non-empty printable ASCII token' };
   }
   return undefined;
+}
+
+/** `user:<name>` of a valid bare name (a request field naming a user); else INVALID_ARGUMENT naming `field`, never echoing the value. */
+export function userPrincipalOf(name: string, field: string): string {
+  if (!USER_NAME.test(name)) throw new InvalidArgumentError(field, 'must be a user name: lower-case letters, digits, "." and "-", starting and ending with a letter or digit, at most 64 characters');
+  return USER_PREFIX + name;
 }
 
 /** `user:<name>` → 'user', `group:<name>` → 'group', anything else (certificate and key principals) → undefined. */
