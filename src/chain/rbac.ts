@@ -4,8 +4,8 @@
 // for (impersonation) gets the intersection of its own rights and the impersonator's.
 import type { Message } from '@bufbuild/protobuf';
 import type { AuditLog } from '../audit/log.js';
-import { authorize, type AuthorizeInput } from '../authz/decide.js';
-import type { PolicyIndex } from '../rpc/policy.js';
+import { authorize, type AuthorizeInput, type DenyReason } from '../authz/decide.js';
+import type { PolicyIndex, ResourceRef } from '../rpc/policy.js';
 import type { Role } from '../authz/roles.js';
 import type { Metrics } from '../observability/metrics.js';
 import { RpcError } from '../rpc/errors.js';
@@ -19,6 +19,25 @@ export interface RbacDeps {
   readonly isBootstrapAdmin: (principal: string) => boolean;
   readonly audit: AuditLog;
   readonly metrics: Metrics;
+}
+
+/** What the client is told of a refusal: the permission, and which side or scope lacks it. */
+function denialMessage(path: string, result: { readonly missing: string; readonly reason: DenyReason; readonly resource?: ResourceRef }): string {
+  const { missing, reason, resource } = result;
+  const requires = `permission denied: ${path} requires ${missing}`;
+  switch (reason) {
+    case 'outside_key_scope':
+      if (!resource) return requires;
+      return resource.name === ''
+        ? `permission denied: this API key must name the ${resource.kind} explicitly`
+        : `permission denied: this API key is not scoped to ${resource.kind} "${resource.name}"`;
+    case 'outside_role_scope':
+      return resource ? `${requires}, which your roles grant only for other ${resource.kind}s than "${resource.name}"` : requires;
+    case 'not_granted_to_impersonator':
+      return `${requires}, which the certificate acting for this user does not hold`;
+    default:
+      return requires;
+  }
 }
 
 export function rbac(deps: RbacDeps): Step {
@@ -68,17 +87,7 @@ export function rbac(deps: RbacDeps): Step {
         reason: result.reason,
         ...(resource ? { object: `${resource.kind}:${resource.name}` } : {}),
       });
-      const message_ =
-        result.reason === 'outside_key_scope' && result.resource
-          ? result.resource.name === ''
-            ? `permission denied: this API key must name the ${result.resource.kind} explicitly`
-            : `permission denied: this API key is not scoped to ${result.resource.kind} "${result.resource.name}"`
-          : result.reason === 'outside_role_scope' && result.resource
-            ? `permission denied: ${path} requires ${result.missing}, which your roles grant only for other ${result.resource.kind}s than "${result.resource.name}"`
-            : result.reason === 'not_granted_to_impersonator'
-            ? `permission denied: ${path} requires ${result.missing}, which the certificate acting for this user does not hold`
-            : `permission denied: ${path} requires ${result.missing}`;
-      throw new RpcError('PERMISSION_DENIED', message_);
+      throw new RpcError('PERMISSION_DENIED', denialMessage(path, result));
     },
   };
 }
