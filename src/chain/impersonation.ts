@@ -18,8 +18,6 @@ import { GROUP_PREFIX, headerValues, IMPERSONATE_PERMISSION, IMPERSONATION_HEADE
 import type { Delegation, Principal } from '../rpc/principal.js';
 import type { Step, StepCall } from './step.js';
 
-export { IMPERSONATE_PERMISSION };
-
 /** The config's `auth.impersonation` section, read per call (SIGHUP may change it). */
 export interface ImpersonationSettings {
   readonly enabled: boolean;

@@ -1,6 +1,6 @@
 // The permission catalogue: derived from the proto's RPC policies, it decides which
 // permissions roles and keys may name, and which declared one a typo was meant to be.
-import { IMPERSONATE_PERMISSION } from '../../src/chain/impersonation.js';
+import { IMPERSONATE_PERMISSION } from '../../src/rpc/impersonation-names.js';
 import { describe, expect, it } from 'vitest';
 import { PermissionCatalogue } from '../../src/authz/catalogue.js';
 import { isValidPermission, permissionMatches } from '../../src/authz/permission.js';
