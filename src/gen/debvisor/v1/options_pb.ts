@@ -10,7 +10,7 @@
 
 import type { GenEnum, GenExtension, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, extDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldOptions, MethodOptions, ServiceOptions } from "@bufbuild/protobuf/wkt";
+import type { EnumValueOptions, FieldOptions, MethodOptions, ServiceOptions } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/options.proto.
  */
 export const file_debvisor_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSLaAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEjQKD290aGVyX3Jlc291cmNlcxgIIAMoCzIbLmRlYnZpc29yLnYxLlJlc291cmNlVGFyZ2V0EhQKDGF1ZGl0X29iamVjdBgJIAEoCRIZChFhbnlfYXV0aGVudGljYXRlZBgUIAEoCBIUCgxvd25lcl9zY29wZWQYFSABKAgiSAoOUmVzb3VyY2VUYXJnZXQSJwoEa2luZBgBIAEoDjIZLmRlYnZpc29yLnYxLlJlc291cmNlS2luZBINCgVmaWVsZBgCIAEoCSqWAQoNUXVvdGFSZXNvdXJjZRIeChpRVU9UQV9SRVNPVVJDRV9VTlNQRUNJRklFRBAAEhwKGFFVT1RBX1JFU09VUkNFX1NOQVBTSE9UUxABEh0KGVFVT1RBX1JFU09VUkNFX1NUT1JBR0VfR0IQAhIoCiRRVU9UQV9SRVNPVVJDRV9DT05DVVJSRU5UX09QRVJBVElPTlMQAyqSAgoMUmVzb3VyY2VLaW5kEh0KGVJFU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBSRVNPVVJDRV9LSU5EX1ZNEAESFgoSUkVTT1VSQ0VfS0lORF9QT09MEAISGAoUUkVTT1VSQ0VfS0lORF9WT0xVTUUQAxIWChJSRVNPVVJDRV9LSU5EX05PREUQBBIbChdSRVNPVVJDRV9LSU5EX09QRVJBVElPThAFEhkKFVJFU09VUkNFX0tJTkRfQVBJX0tFWRAGEhYKElJFU09VUkNFX0tJTkRfUk9MRRAHEhsKF1JFU09VUkNFX0tJTkRfUFJJTkNJUEFMEAgSFgoSUkVTT1VSQ0VfS0lORF9VU0VSEAk6VwoKcnBjX3BvbGljeRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGLmOAyABKAsyFi5kZWJ2aXNvci52MS5ScGNQb2xpY3lSCXJwY1BvbGljeTpOChFjaGFpbl9wZXJtaXNzaW9ucxIfLmdvb2dsZS5wcm90b2J1Zi5TZXJ2aWNlT3B0aW9ucxi9jgMgAygJUhBjaGFpblBlcm1pc3Npb25zOjcKBnNlY3JldBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYuo4DIAEoCFIGc2VjcmV0OjwKCW1heF9ieXRlcxIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYu44DIAEoDVIIbWF4Qnl0ZXNiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("ChlkZWJ2aXNvci92MS9vcHRpb25zLnByb3RvEgtkZWJ2aXNvci52MSLaAgoJUnBjUG9saWN5EhIKCnBlcm1pc3Npb24YASABKAkSDwoHbXV0YXRlcxgCIAEoCBIRCglyYXRlX2Nvc3QYAyABKA0SMgoOcXVvdGFfcmVzb3VyY2UYBCABKA4yGi5kZWJ2aXNvci52MS5RdW90YVJlc291cmNlEhoKEnF1b3RhX2Ftb3VudF9maWVsZBgFIAEoCRIwCg1yZXNvdXJjZV9raW5kGAYgASgOMhkuZGVidmlzb3IudjEuUmVzb3VyY2VLaW5kEhYKDnJlc291cmNlX2ZpZWxkGAcgASgJEjQKD290aGVyX3Jlc291cmNlcxgIIAMoCzIbLmRlYnZpc29yLnYxLlJlc291cmNlVGFyZ2V0EhQKDGF1ZGl0X29iamVjdBgJIAEoCRIZChFhbnlfYXV0aGVudGljYXRlZBgUIAEoCBIUCgxvd25lcl9zY29wZWQYFSABKAgiSAoOUmVzb3VyY2VUYXJnZXQSJwoEa2luZBgBIAEoDjIZLmRlYnZpc29yLnYxLlJlc291cmNlS2luZBINCgVmaWVsZBgCIAEoCSqWAQoNUXVvdGFSZXNvdXJjZRIeChpRVU9UQV9SRVNPVVJDRV9VTlNQRUNJRklFRBAAEhwKGFFVT1RBX1JFU09VUkNFX1NOQVBTSE9UUxABEh0KGVFVT1RBX1JFU09VUkNFX1NUT1JBR0VfR0IQAhIoCiRRVU9UQV9SRVNPVVJDRV9DT05DVVJSRU5UX09QRVJBVElPTlMQAyqSAgoMUmVzb3VyY2VLaW5kEh0KGVJFU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBSRVNPVVJDRV9LSU5EX1ZNEAESFgoSUkVTT1VSQ0VfS0lORF9QT09MEAISGAoUUkVTT1VSQ0VfS0lORF9WT0xVTUUQAxIWChJSRVNPVVJDRV9LSU5EX05PREUQBBIbChdSRVNPVVJDRV9LSU5EX09QRVJBVElPThAFEhkKFVJFU09VUkNFX0tJTkRfQVBJX0tFWRAGEhYKElJFU09VUkNFX0tJTkRfUk9MRRAHEhsKF1JFU09VUkNFX0tJTkRfUFJJTkNJUEFMEAgSFgoSUkVTT1VSQ0VfS0lORF9VU0VSEAk6VwoKcnBjX3BvbGljeRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGLmOAyABKAsyFi5kZWJ2aXNvci52MS5ScGNQb2xpY3lSCXJwY1BvbGljeTpOChFjaGFpbl9wZXJtaXNzaW9ucxIfLmdvb2dsZS5wcm90b2J1Zi5TZXJ2aWNlT3B0aW9ucxi9jgMgAygJUhBjaGFpblBlcm1pc3Npb25zOjcKBnNlY3JldBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYuo4DIAEoCFIGc2VjcmV0OjwKCW1heF9ieXRlcxIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYu44DIAEoDVIIbWF4Qnl0ZXM6TgoQZXZlbnRfdmlzaWJpbGl0eRIhLmdvb2dsZS5wcm90b2J1Zi5FbnVtVmFsdWVPcHRpb25zGL6OAyABKAlSD2V2ZW50VmlzaWJpbGl0eTpOChBldmVudF9wZXJtaXNzaW9uEiEuZ29vZ2xlLnByb3RvYnVmLkVudW1WYWx1ZU9wdGlvbnMYv44DIAEoCVIPZXZlbnRQZXJtaXNzaW9uYgZwcm90bzM", [file_google_protobuf_descriptor]);
 
 /**
  * RpcPolicy is how the daemon's interceptor chain treats one RPC.
@@ -334,4 +334,28 @@ export const secret: GenExtension<FieldOptions, boolean> = /*@__PURE__*/
  */
 export const max_bytes: GenExtension<FieldOptions, number> = /*@__PURE__*/
   extDesc(file_debvisor_v1_options, 3);
+
+/**
+ * On an EventKind value: the RPC whose permission and resource scoping decide
+ * who may receive events of that kind, as a full method name
+ * ("debvisor.v1.VmService.GetVm"). A caller receives an event only when that
+ * RPC would let it read the event's resource: the RPC's permission (with its
+ * ":any" form for an owner-scoped RPC and an event about someone else's
+ * object) and a scoped key's globs on the event's resource. Compiled at
+ * start-up; a kind without it, or naming an unknown RPC, fails the start.
+ *
+ * @generated from extension: string event_visibility = 51006;
+ */
+export const event_visibility: GenExtension<EnumValueOptions, string> = /*@__PURE__*/
+  extDesc(file_debvisor_v1_options, 4);
+
+/**
+ * On an EventKind value: the permission a caller needs to receive events of
+ * that kind when no RPC reads the resource (security alerts), e.g.
+ * "access:audit:read". Declared with the service's chain_permissions.
+ *
+ * @generated from extension: string event_permission = 51007;
+ */
+export const event_permission: GenExtension<EnumValueOptions, string> = /*@__PURE__*/
+  extDesc(file_debvisor_v1_options, 5);
 
