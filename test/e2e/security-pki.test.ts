@@ -110,6 +110,21 @@ describe('pki sign-csr takes the identity from the operator, never from the CSR'
     }
   });
 
+  it('refuses to sign for a user: or group: principal (those names belong to impersonated users)', async () => {
+    for (const principal of ['user:alice', 'group:ops', 'spiffe://x/y']) {
+      const out = join(work, `reserved-${principal.replace(/\W/g, '_')}.pem`);
+      const run = await ctl('pki', 'sign-csr', 'client', '--csr', csrFile, '--principal', principal, '--yes', '--out', out, '--dir', pki.dir);
+      if (principal.startsWith('spiffe:')) {
+        // The control: an ordinary principal is not refused for its name.
+        expect(run.stderr).not.toMatch(/daemon would refuse this certificate/);
+        continue;
+      }
+      expect(run.code).toBe(2);
+      expect(run.stderr).toMatch(/daemon would refuse this certificate/);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
   it('signs the operator-named principal only, after showing what it signs; the daemon sees that principal', async () => {
     const out = join(work, 'runner-cert.pem');
     const run = await ctl('pki', 'sign-csr', 'client', '--csr', csrFile, '--principal', RUNNER, '--san', 'IP:10.0.0.5', '--days', '2', '--yes', '--out', out, '--dir', pki.dir, '--config', daemon.configFile);
