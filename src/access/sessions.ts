@@ -15,7 +15,7 @@ import { NotFoundError } from '../store/errors.js';
 import type { UserSessionRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import { retryOnConflict } from '../store/repository.js';
-import type { AccessState } from './state.js';
+import { ownerResources, type AccessState } from './state.js';
 
 const LIST = 'access:session:list';
 const REVOKE = 'access:session:revoke';
@@ -105,14 +105,15 @@ export class UserSessions {
   list(ctx: CallContext, request: { user: string; includeInactive: boolean; pageSize: number; pageToken: string }): { sessions: UserSessionRecord[]; nextPageToken: string } {
     const caller = this.caller(ctx);
     const user = request.user === '' ? undefined : userPrincipalOf(request.user, 'user');
-    const any = this.state.allows(caller, crossPrincipal(LIST));
-    if (user !== undefined && user !== caller.id && !any && caller.delegation !== undefined) {
+    // `:any` is checked per user: a role scoped to some users lists only theirs.
+    const any = (of: string) => this.state.allows(caller, crossPrincipal(LIST), ownerResources(of));
+    if (user !== undefined && user !== caller.id && !any(user) && caller.delegation !== undefined) {
       throw new RpcError('PERMISSION_DENIED', `permission denied: listing the sessions of ${user} requires ${crossPrincipal(LIST)}`);
     }
     const now = Date.now();
     const sessions = this.state.userSessions
       .values()
-      .filter((s) => (user === undefined || s.user === user) && (any || this.isOwnOrCreated(caller, s)) && (request.includeInactive || isLive(s, now)))
+      .filter((s) => (user === undefined || s.user === user) && (request.includeInactive || isLive(s, now)) && (this.isOwnOrCreated(caller, s) || any(s.user)))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const page = pageByKey(sessions, (s) => s.id, request);
     return { sessions: page.items, nextPageToken: page.nextPageToken };
@@ -133,7 +134,7 @@ export class UserSessions {
   }
 
   private mayRevoke(caller: Principal, session: UserSessionRecord): boolean {
-    return this.isOwnOrCreated(caller, session) || this.state.allows(caller, crossPrincipal(REVOKE));
+    return this.isOwnOrCreated(caller, session) || this.state.allows(caller, crossPrincipal(REVOKE), ownerResources(session.user));
   }
 
   private async revokeOne(ctx: CallContext, id: string, user: string | undefined): Promise<number> {
@@ -151,7 +152,7 @@ export class UserSessions {
   /** Read from the store, not the cache: a session just created on another daemon is revoked too. */
   private async revokeAllOf(ctx: CallContext, user: string): Promise<number> {
     const caller = this.caller(ctx);
-    if (user !== caller.id && caller.delegation !== undefined && !this.state.allows(caller, crossPrincipal(REVOKE))) {
+    if (user !== caller.id && caller.delegation !== undefined && !this.state.allows(caller, crossPrincipal(REVOKE), ownerResources(user))) {
       throw new RpcError('PERMISSION_DENIED', `permission denied: revoking the sessions of ${user} requires ${crossPrincipal(REVOKE)}`);
     }
     const ids: string[] = [];

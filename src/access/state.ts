@@ -5,6 +5,8 @@ import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
 import { authorize, canGrant } from '../authz/decide.js';
 import { crossPrincipal } from '../authz/permission.js';
 import type { Principal } from '../rpc/principal.js';
+import { USER_PREFIX } from '../rpc/impersonation-names.js';
+import type { ResourceRef } from '../rpc/policy.js';
 import { auditPrincipal } from '../audit/principal.js';
 import type { AuditPrincipal } from '../audit/types.js';
 import { RecordCache } from '../store/cache.js';
@@ -152,18 +154,20 @@ export class AccessState {
   }
 
   /**
-   * Whether the principal (through its key, if it used one) holds `permission` right now.
-   * A user acted for holds it only if the certificate acting for it does too.
+   * Whether the principal (through its key, if it used one) holds `permission` right now,
+   * for `resources` when given (role and key globs then apply to them). A user acted for
+   * holds it only if the certificate acting for it does too.
    */
-  allows(principal: Principal, permission: string): boolean {
+  allows(principal: Principal, permission: string, resources?: readonly ResourceRef[]): boolean {
     const own = authorize({
       roles: this.roles(this.roleNamesOfPrincipal(principal)),
       required: permission,
       exemptFromDeny: this.isBootstrapAdmin(principal.id),
       ...(principal.apiKey ? { apiKey: principal.apiKey } : {}),
+      ...(resources ? { resources } : {}),
     }).allowed;
     const by = principal.delegation?.by;
-    return own && (by === undefined || this.allows(by, permission));
+    return own && (by === undefined || this.allows(by, permission, resources));
   }
 
   /**
@@ -184,6 +188,14 @@ export class AccessState {
 
   /** Acting on objects owned by someone else needs the `:any` form of the permission. */
   mayActOn(principal: Principal, owner: string, permission: string): boolean {
-    return owner === principal.id || this.allows(principal, crossPrincipal(permission));
+    return owner === principal.id || this.allows(principal, crossPrincipal(permission), ownerResources(owner));
   }
+}
+
+/**
+ * The owner of an object as RBAC resources, for the `:any` checks: a user owner is a USER
+ * resource (so a role scoped to some users lends its `:any` only for them); other owners name none.
+ */
+export function ownerResources(owner: string): ResourceRef[] {
+  return owner.startsWith(USER_PREFIX) ? [{ kind: 'user', name: owner.slice(USER_PREFIX.length) }] : [];
 }

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { create, type Message } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessState } from '../../src/access/state.js';
 import { isLive, UserSessions } from '../../src/access/sessions.js';
 import type { AuditLog } from '../../src/audit/log.js';
@@ -35,6 +35,9 @@ const panel = certificate('spiffe://debvisor/panel/web-panel', PANEL_FP);
 const otherPanel = certificate('spiffe://debvisor/panel/other', OTHER_PANEL_FP);
 const admin = certificate('spiffe://debvisor/admin/admin', 'ef'.repeat(32));
 const adminPanel = certificate('spiffe://debvisor/panel/admin-panel', '12'.repeat(32));
+/** Holds the `:any` session permissions through a role scoped to users a* only. */
+const helpdesk = certificate('spiffe://debvisor/ops/helpdesk-a', '34'.repeat(32));
+const HELPDESK_ROLE = 'helpdesk-a';
 
 function actingFor(name: string, by: Principal): Principal {
   return { id: `user:${name}`, kind: 'user', delegation: { by, groups: [] } };
@@ -49,7 +52,7 @@ const root = actingFor('root', adminPanel);
 const config: Config = configSchema.parse({
   auth: {
     bootstrap_admins: [admin.id],
-    default_bindings: { [panel.id]: ['operator'], [otherPanel.id]: ['operator'], [adminPanel.id]: ['admin'], 'user:alice': ['developer'], 'user:bob': ['developer'], 'user:root': ['admin'] },
+    default_bindings: { [panel.id]: ['operator'], [otherPanel.id]: ['operator'], [adminPanel.id]: ['admin'], 'user:alice': ['developer'], 'user:bob': ['developer'], 'user:root': ['admin'], [helpdesk.id]: [HELPDESK_ROLE] },
     impersonation: { enabled: true, session_ttl_seconds: 3600, max_session_ttl_seconds: 7200 },
   },
 });
@@ -73,6 +76,16 @@ beforeAll(async () => {
     throw err;
   });
   await state.start(running.signal);
+  await repos.roles.put(HELPDESK_ROLE, {
+    schema_version: 1,
+    name: HELPDESK_ROLE,
+    description: 'sessions of users a* only',
+    permissions: ['access:session:list', 'access:session:list:any', 'access:session:revoke', 'access:session:revoke:any'],
+    deny_permissions: [],
+    resource_globs: [{ kind: 'user', glob: 'a*' }],
+    updated_at: new Date().toISOString(),
+  });
+  await vi.waitFor(() => expect(state.roles([HELPDESK_ROLE])).toHaveLength(1), { timeout: 30_000 });
   audit = await openLog(dirs.dir);
   sessions = new UserSessions(repos, state, audit, () => config);
 });
@@ -192,6 +205,23 @@ describe('ListUserSessions', () => {
     expect(list(root, 'bob')).toEqual([mine.record.id]);
     expect(await codeOf(() => list(bob, 'alice'))).toBe('PERMISSION_DENIED');
     expect(list(bob, 'bob')).toEqual([mine.record.id]);
+  });
+
+  it('a role scoped to some users lends its :any only for them', async () => {
+    const ofBob = await sessions.create(ctx(bob), { ttlMs: undefined });
+    const ofAlice = await sessions.create(ctx(alice), { ttlMs: undefined });
+    const list = (user = '') => sessions.list(ctx(helpdesk), { user, includeInactive: false, pageSize: 0, pageToken: '' }).sessions.map((s) => s.id);
+    expect(list()).toContain(ofAlice.record.id);
+    expect(list()).not.toContain(ofBob.record.id);
+    expect(list('alice')).toContain(ofAlice.record.id);
+    expect(list('bob')).toEqual([]);
+    // Outside the role's scope the session does not exist for this caller.
+    expect(await codeOf(sessions.revoke(ctx(helpdesk), { sessionId: ofBob.record.id, user: '' }))).toMatch(/^status 5:/);
+    expect(await sessions.revoke(ctx(helpdesk), { sessionId: '', user: 'bob' })).toBe(0);
+    expect(await sessions.revoke(ctx(helpdesk), { sessionId: ofAlice.record.id, user: '' })).toBe(1);
+    // The same rule for every owner-scoped object (operations, keys, quotas): mayActOn names the owner.
+    expect(state.mayActOn(helpdesk, 'user:alice', 'access:session:list')).toBe(true);
+    expect(state.mayActOn(helpdesk, 'user:bob', 'access:session:list')).toBe(false);
   });
 
   it('validates the user name and pages by id', () => {
