@@ -412,10 +412,13 @@ export class AccessAdmin {
     this.checkEscalation(ctx, role.permissions, 'role_name');
     this.checkDenyImposed(ctx, role.deny, 'role_name');
     const now = new Date().toISOString();
-    const record = await this.repos.principals.mutate(principal, (current) =>
-      current?.roles.includes(roleName) ? undefined : { schema_version: 1, id: principal, roles: [...(current?.roles ?? []), roleName].sort(), updated_at: now },
-    );
-    if (record) {
+    const outcome = { bound: false };
+    const record = await this.repos.principals.mutate(principal, (current) => {
+      outcome.bound = !current?.roles.includes(roleName);
+      return outcome.bound ? { schema_version: 1, id: principal, roles: [...(current?.roles ?? []), roleName].sort(), updated_at: now } : undefined;
+    });
+    // mutate hands back the unchanged record when the binding was there already: no event then.
+    if (record && outcome.bound) {
       this.state.principals.remember(principal, record.value, record.modRevision);
       this.publish(ctx, EventKind.BINDING_CHANGED, 'created', { principal, role: roleName });
     }

@@ -246,15 +246,18 @@ export class OperationManager {
     })();
   }
 
+  /** The record as written; undefined when `change` left it as it was (mutate would hand back the unchanged record). */
   private async update(id: string, change: (current: OperationRecord) => OperationRecord | undefined): Promise<OperationRecord | undefined> {
     try {
+      const outcome = { changed: false };
       const written = await this.repos.operations.mutate(id, (current) => {
-        if (!current) return undefined;
-        const next = change(current);
+        const next = current && change(current);
+        outcome.changed = next !== undefined;
         return next && { ...next, updated_at: new Date().toISOString() };
       });
-      if (written) this.cache.remember(id, written.value, written.modRevision);
-      return written?.value;
+      if (!written || !outcome.changed) return undefined;
+      this.cache.remember(id, written.value, written.modRevision);
+      return written.value;
     } catch (err) {
       if (!(err instanceof ConflictError)) this.log.warn({ err, operation: id }, 'could not update operation record');
       return undefined;
