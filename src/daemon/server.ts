@@ -280,7 +280,7 @@ export class Daemon {
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
-      void new NodeTransitions(store, repos, events, log).run(stopping.signal);
+      void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);
       const migration = {
         nodes,

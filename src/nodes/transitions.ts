@@ -25,7 +25,12 @@ const MAX_CLAIM_ATTEMPTS = 16;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-type Transition = 'online' | 'offline';
+export type Transition = 'online' | 'offline';
+
+export interface NodeTransitionsOptions {
+  /** Each transition this daemon handled: `published` when it won the claim (for metrics and tests). */
+  readonly onDecided?: (decision: { host: string; transition: Transition; published: boolean }) => void;
+}
 
 function rankOf(period: number, transition: Transition): number {
   return 2 * period + (transition === 'offline' ? 1 : 0);
@@ -45,12 +50,16 @@ export class NodeTransitions {
   /** Live hosts as this daemon last saw them: hostname → createRevision of the liveness key. */
   private live = new Map<string, number>();
   private queue: Promise<void> = Promise.resolve();
+  private markSynced: () => void = () => undefined;
+  /** Settles once the first listing's unclaimed transitions are handled. */
+  readonly synced = new Promise<void>((resolve) => (this.markSynced = resolve));
 
   constructor(
     private readonly store: Store,
     private readonly repos: Pick<Repositories, 'nodes'>,
     private readonly events: EventSink,
     private readonly log: Logger,
+    private readonly options: NodeTransitionsOptions = {},
   ) {}
 
   /** Follows the liveness keys until `signal` aborts; resolves once the claims queued so far are settled. */
@@ -65,7 +74,7 @@ export class NodeTransitions {
           const seed = first;
           first = false;
           const live = new Map(this.live);
-          this.enqueue(() => this.catchUp(live, revision, seed));
+          this.enqueue(() => this.catchUp(live, revision, seed).finally(() => this.markSynced()));
         },
         onEvent: (event) => {
           const host = hostOf(event.key, LAYOUT.nodeLiveness);
@@ -113,13 +122,17 @@ export class NodeTransitions {
     const key = LAYOUT.nodeTransitions + segment(host);
     for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
       const current = await this.store.get(key);
-      if ((storedRank(current) ?? -1) >= rank) return;
+      if ((storedRank(current) ?? -1) >= rank) {
+        this.options.onDecided?.({ host, transition, published: false });
+        return;
+      }
       const result = await this.store.txn({
         compare: [current ? { key, modRevision: current.modRevision } : { key, absent: true }],
         success: [{ type: 'put', key, value: encoder.encode(String(rank)) }],
       });
       if (!result.succeeded) continue;
       if (!options.silently) await this.publish(host, transition);
+      this.options.onDecided?.({ host, transition, published: !options.silently });
       return;
     }
     this.log.warn({ host, transition }, 'node transitions: claim kept conflicting; event not published');

@@ -67,7 +67,7 @@ const keyRequest = { description: 'ci', permissions: ['storage:volume:list'], re
 
 describe('access events', () => {
   it('API keys: created, revoked once, rotation as created + revoked ("rotated"); nothing for a refused create', async () => {
-    await expect(admin_.createApiKey(ctx('t-refused', developer), { ...keyRequest, owner: '' , permissions: ['access:role:put'] })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    await expect(admin_.createApiKey(ctx('t-refused', developer), { ...keyRequest, owner: '', permissions: ['access:role:put'] })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
     expect(sink.events).toEqual([]);
 
     const { record } = await admin_.createApiKey(ctx('t-create'), keyRequest);
