@@ -22,6 +22,10 @@ import type { Repositories } from '../store/repositories.js';
 import type { AccessState, RoleBindingEntry } from './state.js';
 import { pageByKey } from '../rpc/paging.js';
 import type { QuotaManager, QuotaResourceName, QuotaView } from '../quota/manager.js';
+import { EventKind } from '../gen/debvisor/v1/event_pb.js';
+import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
+import { causeOf } from '../events/cause.js';
+import { NO_EVENTS, type EventSink } from '../events/types.js';
 
 const DAY_MS = 86_400_000;
 /** Lets an API key rotate and revoke keys other than itself (with no resource globs). */
@@ -64,7 +68,26 @@ export class AccessAdmin {
     private readonly settings: () => Config,
     private readonly quotas: QuotaManager,
     private readonly catalogue: PermissionCatalogue,
+    private readonly events: EventSink = NO_EVENTS,
   ) {}
+
+  /** After the change is stored. Keys are owner-scoped (ListApiKeys); bindings are scoped by the bound principal (ListRoleBindings). */
+  private publish(
+    ctx: CallContext,
+    kind: EventKind.APIKEY_CREATED | EventKind.APIKEY_REVOKED | EventKind.ROLE_CHANGED | EventKind.BINDING_CHANGED,
+    change: 'created' | 'changed' | 'deleted' | 'revoked' | 'rotated',
+    about: { key: ApiKeyRecord } | { role: string } | { principal: string; role: string },
+  ): void {
+    const resource =
+      'key' in about
+        ? { kind: ResourceKind.API_KEY, name: about.key.id, owner: about.key.owner }
+        : 'principal' in about
+          ? { kind: ResourceKind.PRINCIPAL, name: about.principal }
+          : { kind: ResourceKind.ROLE, name: about.role };
+    const payload = 'key' in about ? { change, principal: about.key.owner } : 'principal' in about ? { change, principal: about.principal, role: about.role } : { change, role: about.role };
+    const { actor, traceId } = causeOf(ctx);
+    this.events.publish({ kind, resource, actor, traceId, payload: { case: 'access', value: payload } });
+  }
 
   // ---- who may act on whom --------------------------------------------------
 
@@ -206,6 +229,7 @@ export class AccessAdmin {
     };
     const stored = await this.repos.apiKeys.create(keyId, record);
     this.state.apiKeys.remember(keyId, record, stored.modRevision);
+    this.publish(ctx, EventKind.APIKEY_CREATED, 'created', { key: record });
     this.security(ctx, 'api key created', `api_key:${keyId}`, { owner, permissions: record.permissions });
     return { record, token };
   }
@@ -239,13 +263,17 @@ export class AccessAdmin {
   async revokeApiKey(ctx: CallContext, keyId: string): Promise<ApiKeyRecord> {
     requireId(keyId, 'key_id');
     this.requireSameKeyOrKeyAdmin(ctx, keyId, 'revoke');
+    const outcome = { revokedNow: false };
     const revoked = await retryOnConflict(async () => {
       const { record, modRevision } = await this.ownKey(ctx, keyId, 'access:apikey:revoke');
+      outcome.revokedNow = record.revoked_at === undefined;
       const next: ApiKeyRecord = { ...record, revoked_at: record.revoked_at ?? new Date().toISOString() };
       const stored = await this.repos.apiKeys.update(keyId, next, modRevision);
       this.state.apiKeys.remember(keyId, next, stored.modRevision);
       return next;
     });
+    // Revoking a revoked key again changes nothing: no second event.
+    if (outcome.revokedNow) this.publish(ctx, EventKind.APIKEY_REVOKED, 'revoked', { key: revoked });
     this.security(ctx, 'api key revoked', `api_key:${keyId}`);
     return revoked;
   }
@@ -295,6 +323,9 @@ export class AccessAdmin {
     if (!result.succeeded) throw new ConflictError(`API key ${keyId} changed concurrently`);
     this.state.apiKeys.remember(newId, fresh, result.revision);
     this.state.apiKeys.remember(keyId, old, result.revision);
+    // The old key works until the overlap ends, but it is on its way out: REVOKED with change "rotated".
+    this.publish(ctx, EventKind.APIKEY_CREATED, 'created', { key: fresh });
+    this.publish(ctx, EventKind.APIKEY_REVOKED, 'rotated', { key: old });
     this.security(ctx, 'api key rotated', `api_key:${keyId}`, { new_key_id: newId, old_key_expires_at: old.expires_at });
     return { record: fresh, token, old };
   }
@@ -343,6 +374,7 @@ export class AccessAdmin {
       return next;
     });
     if (record) this.state.customRoles.remember(role.name, record.value, record.modRevision);
+    this.publish(ctx, EventKind.ROLE_CHANGED, outcome.created ? 'created' : 'changed', { role: role.name });
     const scope = role.resourceGlobs.length > 0 ? { resource_globs: role.resourceGlobs.map((g) => `${g.kind}=${g.glob}`) } : {};
     this.security(ctx, `${outcome.created ? 'role created' : 'role changed'}${impersonationNote(role.permissions)}`, `role:${role.name}`, { permissions: role.permissions, deny: role.denyPermissions, ...scope });
     return {
@@ -360,9 +392,10 @@ export class AccessAdmin {
     // Only the version checked goes; its bindings then name nothing, and are removed after.
     await this.repos.roles.delete(name, found.modRevision);
     this.state.customRoles.remember(name, undefined, await this.repos.roles.store.revision());
+    this.publish(ctx, EventKind.ROLE_CHANGED, 'deleted', { role: name });
     let removed = 0;
     for (const principal of this.state.principals.values().filter((p) => p.roles.includes(name))) {
-      await this.unbind(principal.id, name);
+      if (await this.unbind(principal.id, name)) this.publish(ctx, EventKind.BINDING_CHANGED, 'deleted', { principal: principal.id, role: name });
       removed++;
     }
     this.security(ctx, 'role deleted', `role:${name}`, { removed_bindings: removed });
@@ -379,10 +412,16 @@ export class AccessAdmin {
     this.checkEscalation(ctx, role.permissions, 'role_name');
     this.checkDenyImposed(ctx, role.deny, 'role_name');
     const now = new Date().toISOString();
-    const record = await this.repos.principals.mutate(principal, (current) =>
-      current?.roles.includes(roleName) ? undefined : { schema_version: 1, id: principal, roles: [...(current?.roles ?? []), roleName].sort(), updated_at: now },
-    );
-    if (record) this.state.principals.remember(principal, record.value, record.modRevision);
+    const outcome = { bound: false };
+    const record = await this.repos.principals.mutate(principal, (current) => {
+      outcome.bound = !current?.roles.includes(roleName);
+      return outcome.bound ? { schema_version: 1, id: principal, roles: [...(current?.roles ?? []), roleName].sort(), updated_at: now } : undefined;
+    });
+    // mutate hands back the unchanged record when the binding was there already: no event then.
+    if (record && outcome.bound) {
+      this.state.principals.remember(principal, record.value, record.modRevision);
+      this.publish(ctx, EventKind.BINDING_CHANGED, 'created', { principal, role: roleName });
+    }
     this.security(ctx, `role bound${impersonationNote(role.permissions)}`, `principal:${principal}`, { role: roleName });
     return { createdAt: now };
   }
@@ -391,6 +430,7 @@ export class AccessAdmin {
     requireId(principal, 'principal');
     this.checkDenyLift(ctx, this.state.role(roleName)?.deny ?? [], 'role_name');
     const removed = await this.unbind(principal, roleName);
+    if (removed) this.publish(ctx, EventKind.BINDING_CHANGED, 'deleted', { principal, role: roleName });
     this.security(ctx, 'role unbound', `principal:${principal}`, { role: roleName, removed });
     return removed;
   }

@@ -84,6 +84,11 @@ export interface AuditLogOptions {
   onFreeSpace?: (freeBytes: number, low: boolean) => void;
   /** The file was renamed, removed or truncated by another program, and reopened. */
   onReopen?: () => void;
+  /**
+   * Every SECURITY record queued by write() or writeDurable(), including the log's own (low space);
+   * not the chain-link record that starts each file. Called synchronously: it must not wait.
+   */
+  onSecurityRecord?: (event: AuditEventInput) => void;
 }
 
 export interface AuditLogStats {
@@ -281,6 +286,7 @@ export class AuditLog {
   private readonly onDropped: (count: number) => void;
   private readonly onFreeSpace: (freeBytes: number, low: boolean) => void;
   private readonly onReopen: () => void;
+  private readonly onSecurityRecord: (event: AuditEventInput) => void;
   private checkTimer: NodeJS.Timeout | undefined;
   /** Inode of a non-file found at the path, already warned about. */
   private refusedPath: number | undefined;
@@ -327,6 +333,7 @@ export class AuditLog {
     this.onDropped = options.onDropped ?? (() => undefined);
     this.onFreeSpace = options.onFreeSpace ?? (() => undefined);
     this.onReopen = options.onReopen ?? (() => undefined);
+    this.onSecurityRecord = options.onSecurityRecord ?? (() => undefined);
     // A file that does not start the chain starts with a link record.
     if (fileRegular && state.size === 0 && state.seq > 0) this.link = { cause: 'start' };
     this.counters = {
@@ -476,10 +483,17 @@ export class AuditLog {
   private append(event: AuditEventInput): AuditWriteError | undefined {
     try {
       appendLine(this.pending, event, this.defaultTime, scrubSecretsInJson);
-      return undefined;
     } catch (err) {
       return new AuditWriteError(`audit event cannot be serialized: ${errorMessage(err)}`, 'serialize', 1, { cause: err });
     }
+    if (event.type === 'SECURITY') {
+      try {
+        this.onSecurityRecord(event);
+      } catch {
+        // An observer must not break the writer.
+      }
+    }
+    return undefined;
   }
 
   private refusal(): AuditWriteError | undefined {

@@ -8,6 +8,9 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import { CertificateAuthenticator } from '../authn/x509.js';
 import { buildChain } from '../chain/chain.js';
+import { NO_EVENTS, type EventSink } from '../events/types.js';
+import { SecurityAlerts } from '../events/security-alerts.js';
+import { NodeTransitions } from '../nodes/transitions.js';
 import { Metrics } from '../observability/metrics.js';
 import { createHttpServer, splitHostPort } from '../observability/http.js';
 import { API_SERVICES } from '../services/registry.js';
@@ -156,6 +159,7 @@ export class Daemon {
         resources.defer(() => compactor.stop());
       }
 
+      const events: EventSink = NO_EVENTS; // events: the journal replaces this
       const audit = await AuditLog.open({
         path: config.audit.path,
         hmacKeyFile: config.audit.hmac_key_file,
@@ -177,6 +181,7 @@ export class Daemon {
           metrics.auditLowSpace.set(low ? 1 : 0);
         },
         onReopen: () => metrics.auditReopens.inc(),
+        onSecurityRecord: new SecurityAlerts({ sink: events, node: config.node.name, registry: metrics.registry }).record,
       });
       resources.defer(() => audit.close());
       const certMonitor = new CertMonitor({
@@ -194,9 +199,9 @@ export class Daemon {
       const access = new AccessState(repos, config.auth, onAccessProblem);
       const daemonLease = new LeaseHolder(store, config.operations.slot_lease_seconds, log);
       resources.defer(() => daemonLease.release());
-      const quotas = new QuotaManager(store, repos, settings, () => daemonLease.lease());
+      const quotas = new QuotaManager(store, repos, settings, () => daemonLease.lease(), events);
       const operationsCache = new RecordCache(repos.operations, onAccessProblem);
-      const operations = new OperationManager(repos, operationsCache, quotas, config.node.name, log, () => settings().operations.retention_hours * 3_600_000);
+      const operations = new OperationManager(repos, operationsCache, quotas, config.node.name, log, () => settings().operations.retention_hours * 3_600_000, events);
       resources.defer(() => operations.stop());
       // Until keys, bindings and operations are loaded, only bootstrap admins would be recognised: stay NOT_SERVING.
       void Promise.all([access.start(stopping.signal), operationsCache.start(stopping.signal)])
@@ -261,7 +266,7 @@ export class Daemon {
         onInternalError: (err, traceId, path) => log.error({ err, trace_id: traceId, method: path }, 'internal error in handler'),
         policies: methods,
       };
-      const admin = new AccessAdmin(repos, access, audit, settings, quotas, PermissionCatalogue.of(methods.values()));
+      const admin = new AccessAdmin(repos, access, audit, settings, quotas, PermissionCatalogue.of(methods.values()), events);
       const libvirt = new Libvirt({
         uri: config.libvirt.uri,
         virshPath: config.libvirt.virsh_path,
@@ -272,9 +277,10 @@ export class Daemon {
       registerShutdownOperationKind(operations, libvirt);
       const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
       quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
-      const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt));
+      const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
+      void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);
       const migration = {
         nodes,

@@ -13,11 +13,17 @@ import type { OperationRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { QuotaManager } from '../quota/manager.js';
 import { encodeResult, kindOfStored, storedKindName, type OperationKindDefinition, type ResultCase, type ResultOf, type StoredResult } from './kinds.js';
-import type { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
+import { OperationKind as OperationKindEnum, OperationState as OperationStateEnum, type OperationKind } from '../gen/debvisor/v1/operation_pb.js';
+import { EventKind } from '../gen/debvisor/v1/event_pb.js';
+import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
+import { causeOf, type EventCause } from '../events/cause.js';
+import { NO_EVENTS, type EventSink } from '../events/types.js';
 
 export type OperationState = OperationRecord['state'];
 const TERMINAL: ReadonlySet<OperationState> = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
 const PROGRESS_WRITE_INTERVAL_MS = 250;
+/** Progress becomes at most one OPERATION_UPDATED per second per operation; state changes always do. */
+const PROGRESS_EVENT_INTERVAL_MS = 1000;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export function isTerminal(record: OperationRecord): boolean {
@@ -30,6 +36,8 @@ export interface OperationHandle<P> {
   readonly params: P;
   /** Aborted when the operation is cancelled or the daemon stops. */
   readonly signal: AbortSignal;
+  /** The launching call: the work's own events (a volume created, a snapshot pruned) name it. */
+  readonly cause: EventCause;
   /** Reports progress; writes to the store are throttled. */
   progress(percent: number, stage: string): void;
 }
@@ -68,6 +76,7 @@ export class OperationManager {
     private readonly node: string,
     private readonly log: Logger,
     private readonly retentionMs: () => number,
+    private readonly events: EventSink = NO_EVENTS,
   ) {
     // Cancellation may be requested through any daemon: follow the records.
     cache.subscribe((id, record) => {
@@ -139,7 +148,7 @@ export class OperationManager {
     if (existing) return existing;
 
     const id = randomUUID();
-    await this.quotas.acquireSlot(owner, id);
+    await this.quotas.acquireSlot(owner, id, causeOf(ctx));
     const now = new Date().toISOString();
     const record: OperationRecord = {
       schema_version: 1,
@@ -156,6 +165,8 @@ export class OperationManager {
       created_at: now,
       updated_at: now,
       ...(request.requestId ? { request_id: request.requestId } : {}),
+      ...(ctx.traceId ? { trace_id: ctx.traceId } : {}),
+      ...(ctx.principal.delegation ? { impersonated_by: ctx.principal.delegation.by.id } : {}),
       ...(request.params !== undefined ? { params: request.params } : {}),
       ...(request.quota ? { quota: request.quota } : {}),
     };
@@ -175,6 +186,7 @@ export class OperationManager {
       throw new RpcError('ABORTED', 'concurrent retry of the same request; retry');
     }
     this.cache.remember(id, record, result.revision);
+    this.publish(EventKind.OPERATION_UPDATED, record);
     this.execute(record);
     return record;
   }
@@ -190,23 +202,33 @@ export class OperationManager {
     const controller = new AbortController();
     this.running.set(record.id, controller);
     let lastWrite = 0;
+    let lastEvent = 0;
     let pending: { percent: number; stage: string } | undefined;
     const handle: OperationHandle<unknown> = {
       id: record.id,
       params: record.params,
       signal: controller.signal,
+      cause: this.causeOf(record),
       progress: (percent, stage) => {
         pending = { percent: Math.max(0, Math.min(100, Math.round(percent))), stage };
         if (Date.now() - lastWrite < PROGRESS_WRITE_INTERVAL_MS) return;
         lastWrite = Date.now();
         const update = pending;
-        void this.update(record.id, (current) => (isTerminal(current) ? undefined : { ...current, progress_percent: update.percent, stage: update.stage }));
+        void this.update(record.id, (current) => (isTerminal(current) ? undefined : { ...current, progress_percent: update.percent, stage: update.stage })).then((written) => {
+          if (!written || Date.now() - lastEvent < PROGRESS_EVENT_INTERVAL_MS) return;
+          lastEvent = Date.now();
+          this.publish(EventKind.OPERATION_UPDATED, written);
+        });
       },
     };
     void (async () => {
       try {
         if (!spec) throw new RpcError('INTERNAL', `this daemon has no runner for operation kind ${JSON.stringify(record.kind)}`);
-        await this.update(record.id, (current) => ({ ...current, state: 'RUNNING', stage: current.stage === 'queued' ? 'running' : current.stage }));
+        const running = await this.update(record.id, (current) => (isTerminal(current) ? undefined : { ...current, state: 'RUNNING', stage: current.stage === 'queued' ? 'running' : current.stage }));
+        if (running) {
+          lastEvent = Date.now();
+          this.publish(EventKind.OPERATION_UPDATED, running);
+        }
         if (record.cancel_requested) throw new RpcError('CANCELLED', 'operation cancelled');
         const result = await spec.run(handle);
         await this.finish(record.id, 'SUCCEEDED', { result, progress: 100 });
@@ -224,15 +246,18 @@ export class OperationManager {
     })();
   }
 
+  /** The record as written; undefined when `change` left it as it was (mutate would hand back the unchanged record). */
   private async update(id: string, change: (current: OperationRecord) => OperationRecord | undefined): Promise<OperationRecord | undefined> {
     try {
+      const outcome = { changed: false };
       const written = await this.repos.operations.mutate(id, (current) => {
-        if (!current) return undefined;
-        const next = change(current);
+        const next = current && change(current);
+        outcome.changed = next !== undefined;
         return next && { ...next, updated_at: new Date().toISOString() };
       });
-      if (written) this.cache.remember(id, written.value, written.modRevision);
-      return written?.value;
+      if (!written || !outcome.changed) return undefined;
+      this.cache.remember(id, written.value, written.modRevision);
+      return written.value;
     } catch (err) {
       if (!(err instanceof ConflictError)) this.log.warn({ err, operation: id }, 'could not update operation record');
       return undefined;
@@ -253,10 +278,37 @@ export class OperationManager {
             ...(outcome.error ? { error: outcome.error } : {}),
           },
     );
+    // Only the write that made the record terminal publishes: FINISHED once, however finish() is reached.
+    if (done) this.publish(EventKind.OPERATION_FINISHED, done);
     // Work that failed or was cancelled gives its quota back.
     if (done?.quota && state !== 'SUCCEEDED') {
       await this.quotas.release(done.owner, done.quota.resource, done.quota.amount).catch((err: unknown) => this.log.warn({ err, operation: id }, 'could not release quota'));
     }
+  }
+
+  private causeOf(record: OperationRecord): EventCause {
+    return { actor: { principal: record.owner, ...(record.impersonated_by ? { impersonatedBy: record.impersonated_by } : {}) }, traceId: record.trace_id ?? '' };
+  }
+
+  /** Called only by this daemon, for the operations it runs, after the record was written. */
+  private publish(kind: EventKind.OPERATION_UPDATED | EventKind.OPERATION_FINISHED, record: OperationRecord): void {
+    const cause = this.causeOf(record);
+    this.events.publish({
+      kind,
+      resource: { kind: ResourceKind.OPERATION, node: record.node, name: record.id, owner: record.owner },
+      actor: cause.actor,
+      traceId: cause.traceId,
+      payload: {
+        case: 'operation',
+        value: {
+          operationKind: kindOfStored(record.kind) ?? OperationKindEnum.UNSPECIFIED,
+          state: OperationStateEnum[record.state],
+          progressPercent: record.progress_percent,
+          message: record.stage,
+          errorCode: record.error ? (Status[record.error.code] ?? String(record.error.code)) : '',
+        },
+      },
+    });
   }
 
   // ---- reads ------------------------------------------------------------------------

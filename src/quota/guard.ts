@@ -7,6 +7,7 @@ import type { CallContext } from '../rpc/context.js';
 import { RpcError } from '../rpc/errors.js';
 import type { CompiledPolicy } from '../rpc/policy.js';
 import { gibOf } from './units.js';
+import { causeOf } from '../events/cause.js';
 import type { CountedResource, QuotaManager } from './manager.js';
 
 const COUNTED: ReadonlyMap<QuotaResource, CountedResource> = new Map([
@@ -32,7 +33,7 @@ export function withQuota(quotas: QuotaManager, policy: CompiledPolicy, handler:
     if (!principal) throw new RpcError('UNAUTHENTICATED', 'no principal');
     const amount = amountOf(policy, resource, request);
     if (amount <= 0) return handler(request, ctx);
-    await quotas.consume(principal, resource, amount);
+    await quotas.consume(principal, resource, amount, causeOf(ctx));
     try {
       return await handler(request, { ...ctx, quota: { resource, amount } });
     } catch (err) {

@@ -9,6 +9,10 @@ import { RecomputeGate } from './recompute-gate.js';
 import { quotaResources, type QuotaRecord } from '../store/records.js';
 import type { Repositories } from '../store/repositories.js';
 import type { KeyValue, LeaseId, Store } from '../store/store.js';
+import { EventKind } from '../gen/debvisor/v1/event_pb.js';
+import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
+import type { EventCause } from '../events/cause.js';
+import { NO_EVENTS, type EventSink } from '../events/types.js';
 
 export type CountedResource = 'snapshots' | 'storage_gb';
 export type QuotaResourceName = (typeof quotaResources)[number];
@@ -28,10 +32,19 @@ export type UsageSource = (principal: string, options: { signal?: AbortSignal })
 
 const MAX_ATTEMPTS = 64;
 
-function exhausted(principal: string, resource: string, limit: number, used: number, wanted: number): RpcError {
-  return new RpcError('RESOURCE_EXHAUSTED', `quota exceeded: ${resource} limit ${limit}, used ${used}, requested ${wanted}`, {
-    details: { quotaViolations: [{ subject: `principal:${principal}/${resource}`, description: `limit ${limit}, used ${used}, requested ${wanted}` }] },
-  });
+/** A refusal for a quota, with what QUOTA_EXCEEDED reports. */
+class QuotaExceededError extends RpcError {
+  constructor(
+    readonly principal: string,
+    readonly resource: QuotaResourceName,
+    readonly limit: number,
+    readonly used: number,
+    readonly requested: number,
+  ) {
+    super('RESOURCE_EXHAUSTED', `quota exceeded: ${resource} limit ${limit}, used ${used}, requested ${requested}`, {
+      details: { quotaViolations: [{ subject: `principal:${principal}/${resource}`, description: `limit ${limit}, used ${used}, requested ${requested}` }] },
+    });
+  }
 }
 
 export class QuotaManager {
@@ -44,22 +57,38 @@ export class QuotaManager {
     private readonly settings: () => Config,
     /** The daemon's lease: slots of a daemon that dies are freed when it expires. */
     private readonly lease: () => Promise<LeaseId>,
+    private readonly events: EventSink = NO_EVENTS,
   ) {}
+
+  /** A call refused for a quota: QUOTA_EXCEEDED about the principal whose quota it is, visible to it (GetQuota is owner-scoped). */
+  private refused(err: unknown, cause: EventCause | undefined): void {
+    if (!(err instanceof QuotaExceededError) || !cause) return;
+    this.events.publish({
+      kind: EventKind.QUOTA_EXCEEDED,
+      resource: { kind: ResourceKind.PRINCIPAL, name: err.principal, owner: err.principal },
+      actor: cause.actor,
+      traceId: cause.traceId,
+      payload: { case: 'quota', value: { dimension: err.resource, used: BigInt(err.used), requested: BigInt(err.requested), limit: BigInt(err.limit) } },
+    });
+  }
 
   private limitOf(record: QuotaRecord | undefined, resource: QuotaRecord['resource']): number {
     if (record?.unlimited) return Number.POSITIVE_INFINITY;
     return record?.limit ?? this.settings().quota.defaults[resource];
   }
 
-  /** Takes `amount` units or throws RESOURCE_EXHAUSTED with google.rpc.QuotaFailure. Atomic across daemons. */
-  async consume(principal: string, resource: CountedResource, amount: number): Promise<number> {
+  /**
+   * Takes `amount` units or throws RESOURCE_EXHAUSTED with google.rpc.QuotaFailure. Atomic across daemons.
+   * `cause`: the call a refusal refuses, published as QUOTA_EXCEEDED; without one (a charge that refuses no call) nothing is.
+   */
+  async consume(principal: string, resource: CountedResource, amount: number, cause?: EventCause): Promise<number> {
     try {
       const saved = await this.repos.quotas.mutate(
         [principal, resource],
         (current) => {
           const used = current?.used ?? 0;
           const limit = this.limitOf(current, resource);
-          if (used + amount > limit) throw exhausted(principal, resource, limit, used, amount);
+          if (used + amount > limit) throw new QuotaExceededError(principal, resource, limit, used, amount);
           return { ...(current ?? { schema_version: 1 as const, principal, resource }), used: used + amount, updated_at: new Date().toISOString() };
         },
         MAX_ATTEMPTS,
@@ -67,6 +96,7 @@ export class QuotaManager {
       return saved?.value.used ?? amount;
     } catch (err) {
       if (err instanceof ConflictError) throw new RpcError('ABORTED', `quota ${resource} of ${principal} is under heavy contention; retry`, { cause: err });
+      this.refused(err, cause);
       throw err;
     }
   }
@@ -94,14 +124,18 @@ export class QuotaManager {
    * an acquire committing between the two reads would be missing from the count while
    * the compare still passed.
    */
-  async acquireSlot(principal: string, operationId: string): Promise<void> {
+  async acquireSlot(principal: string, operationId: string, cause?: EventCause): Promise<void> {
     const dir = this.slotDir(principal);
     const marker = `${dir.slice(0, -1)}.marker`;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const [slots, record, lease] = await Promise.all([this.store.list(dir), this.repos.quotas.get([principal, 'concurrent_operations']), this.lease()]);
       const markerKv = await this.keyAt(marker, slots.revision);
       const limit = this.limitOf(record?.value, 'concurrent_operations');
-      if (slots.kvs.length + 1 > limit) throw exhausted(principal, 'concurrent_operations', limit, slots.kvs.length, 1);
+      if (slots.kvs.length + 1 > limit) {
+        const refusal = new QuotaExceededError(principal, 'concurrent_operations', limit, slots.kvs.length, 1);
+        this.refused(refusal, cause);
+        throw refusal;
+      }
       const result = await this.store.txn({
         compare: markerKv ? [{ key: marker, modRevision: markerKv.modRevision }] : [{ key: marker, absent: true }],
         success: [

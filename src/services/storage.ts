@@ -20,6 +20,7 @@ import { volumeLabel, type VolumeKey } from '../storage/names.js';
 import type { RetentionRules } from '../storage/retention.js';
 import { validateImageName, validateSnapshotName } from '../backends/validate.js';
 import { operationMessage } from './operations.js';
+import { causeOf } from '../events/cause.js';
 
 
 const KIND_OF: Partial<Record<StorageBackend, BackendKind>> = { [StorageBackend.RBD]: 'rbd', [StorageBackend.LVM]: 'lvm' };
@@ -102,6 +103,7 @@ export function registerStorageOperationKinds(operations: OperationManager, stor
       op.progress(0, params.dryRun ? 'planning (dry run)' : 'planning');
       const result = await storage.prune(params.volume, params.rules, params.dryRun, {
         signal: op.signal,
+        cause: op.cause,
         onProgress: (done, total) => op.progress((done / Math.max(1, total)) * 99, `deleted ${done} of ${total}`),
       });
       return {
@@ -113,7 +115,7 @@ export function registerStorageOperationKinds(operations: OperationManager, stor
   operations.register(CLONE_RBD_FROM_TEMPLATE, {
     run: async (op) => {
       const params = op.params;
-      await storage.clone(params.from, params.to, params.flatten, { signal: op.signal, onProgress: (pct, stage) => op.progress(pct, stage) });
+      await storage.clone(params.from, params.to, params.flatten, { signal: op.signal, cause: op.cause, onProgress: (pct, stage) => op.progress(pct, stage) });
       return { case: 'clonedVolume', value: refOf({ backend: 'rbd', pool: params.to.pool, name: params.to.image }) };
     },
   });
@@ -123,7 +125,7 @@ export function registerStorageOperationKinds(operations: OperationManager, stor
       await storage.provision(
         params.volume,
         { sizeBytes: BigInt(params.sizeBytes), tags: params.tags, owner: params.owner, imagePath: params.imagePath },
-        { signal: op.signal, onProgress: (pct, stage) => op.progress(pct, stage) },
+        { signal: op.signal, cause: op.cause, onProgress: (pct, stage) => op.progress(pct, stage) },
       );
       return { case: 'provisionedVolume', value: refOf(params.volume) };
     },
@@ -146,7 +148,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
   return {
     createVolume: async (request, ctx) => {
       const key = keyOf(request.volume, 'volume');
-      const volume = await storage.createVolume(key, request.sizeBytes, request.tags, principalOf(ctx).id, { signal: ctx.signal });
+      const volume = await storage.createVolume(key, request.sizeBytes, request.tags, principalOf(ctx).id, { signal: ctx.signal, cause: causeOf(ctx) });
       return { volume: volumeMessage(volume) };
     },
 
@@ -182,13 +184,13 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
 
     resizeVolume: async (request, ctx) => {
       const key = keyOf(request.volume, 'volume');
-      const volume = await storage.resizeVolume(key, request.newSizeBytes, request.allowShrink, principalOf(ctx).id, { signal: ctx.signal });
+      const volume = await storage.resizeVolume(key, request.newSizeBytes, request.allowShrink, principalOf(ctx).id, { signal: ctx.signal, cause: causeOf(ctx) });
       return { volume: volumeMessage(volume) };
     },
 
     deleteVolume: async (request, ctx) => {
       const key = keyOf(request.volume, 'volume');
-      return { deletedSnapshots: await storage.deleteVolume(key, request.deleteSnapshots, { signal: ctx.signal, force: request.force }) };
+      return { deletedSnapshots: await storage.deleteVolume(key, request.deleteSnapshots, { signal: ctx.signal, force: request.force, cause: causeOf(ctx) }) };
     },
 
     provisionVolume: async (request, ctx) => {
@@ -210,7 +212,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
     createSnapshot: async (request, ctx) => {
       const key = keyOf(request.dataset, 'dataset');
       const name = validateSnapshotName(request.snapshotName, 'snapshot_name');
-      const snapshot = await storage.createSnapshot(key, name, request.label, principalOf(ctx).id, { signal: ctx.signal });
+      const snapshot = await storage.createSnapshot(key, name, request.label, principalOf(ctx).id, { signal: ctx.signal, cause: causeOf(ctx) });
       return { snapshot: snapshotMessage(key.backend, snapshot) };
     },
 
@@ -222,7 +224,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
 
     deleteSnapshot: async (request, ctx) => {
       const key = keyOf(request.dataset, 'dataset');
-      const results = await storage.deleteSnapshots(key, request.snapshotNames, { signal: ctx.signal });
+      const results = await storage.deleteSnapshots(key, request.snapshotNames, { signal: ctx.signal, cause: causeOf(ctx) });
       return {
         results: results.map((r) => ({ snapshotName: r.name, status: r.error === undefined ? { code: 0, message: '' } : itemStatus(r.error) })),
       };
@@ -241,7 +243,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
       const pool = storage.pool('rbd', request.pool, 'pool');
       const image = validateImageName(request.image, 'image');
       const name = validateSnapshotName(request.snapshot, 'snapshot');
-      const snapshot = await storage.createTemplateSnapshot(pool, image, name, principalOf(ctx).id, { signal: ctx.signal });
+      const snapshot = await storage.createTemplateSnapshot(pool, image, name, principalOf(ctx).id, { signal: ctx.signal, cause: causeOf(ctx) });
       return { snapshot: snapshotMessage('rbd', snapshot) };
     },
 
@@ -255,7 +257,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
       const template = await storage.templateForClone(from, { signal: ctx.signal });
       await storage.refuseExisting({ backend: 'rbd', pool: to.pool, name: to.image }, 'target_image', { signal: ctx.signal });
       // The clone is a volume its creator owns: it counts against storage_gb like CreateVolume (the proto only declares the operation slot).
-      const quota = await storage.chargeStorage(to.owner, template.sizeBytes);
+      const quota = await storage.chargeStorage(to.owner, template.sizeBytes, causeOf(ctx));
       try {
         const record = await operations.launch(ctx, CLONE_RBD_FROM_TEMPLATE, {
           target: volumeLabel({ backend: 'rbd', pool: to.pool, name: to.image }),

@@ -12,6 +12,10 @@ import { resolveImagePath } from './images.js';
 import { gibOf } from '../quota/units.js';
 import { timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
 import { isEmptyPolicy, planRetention, type RetentionRules } from './retention.js';
+import { EventKind } from '../gen/debvisor/v1/event_pb.js';
+import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
+import { NO_CAUSE, type EventCause } from '../events/cause.js';
+import type { EventSink, NewEvent } from '../events/types.js';
 
 export interface ImageInfo {
   /** qemu-img's format name: raw, qcow2, vmdk, ... */
@@ -38,7 +42,16 @@ export interface StorageManagerOptions {
   readonly imagesDir: () => string;
   /** The VMs using a volume as a disk; without it (tests of the manager alone) nothing is checked. */
   readonly attachments?: AttachmentFinder | undefined;
+  /** Where volume and snapshot changes are published, once made; `node` is this daemon's node name. */
+  readonly events?: { readonly sink: EventSink; readonly node: string } | undefined;
 }
+
+/** CallOptions of a change: `cause` is the call (or the operation) its events name. */
+export type ChangeOptions = CallOptions & { readonly cause?: EventCause | undefined };
+
+type NewEventPayload = NewEvent['payload'];
+type VolumeEventKind = EventKind.VOLUME_CREATED | EventKind.VOLUME_DELETED | EventKind.VOLUME_RESIZED;
+type SnapshotEventKind = EventKind.SNAPSHOT_CREATED | EventKind.SNAPSHOT_DELETED;
 
 const LABEL: Record<BackendKind, string> = { rbd: 'RBD', lvm: 'LVM' };
 const POOL_SETTING: Record<BackendKind, string> = { rbd: 'rbd.pools', lvm: 'lvm.vgs' };
@@ -66,6 +79,22 @@ export function snapshotTime(snapshot: Pick<SnapshotInfo, 'name' | 'createTime'>
 
 export class StorageManager {
   constructor(private readonly options: StorageManagerOptions) {}
+
+  private publishVolume(kind: VolumeEventKind, volume: Pick<VolumeInfo, 'backend' | 'pool' | 'name' | 'sizeBytes'>, cause: EventCause | undefined): void {
+    this.publish(kind, volume, cause, { case: 'volume', value: { backend: volume.backend, sizeBytes: volume.sizeBytes } });
+  }
+
+  private publishSnapshot(kind: SnapshotEventKind, key: VolumeKey, snapshot: string, cause: EventCause | undefined): void {
+    this.publish(kind, { backend: key.backend, pool: key.pool, name: key.name }, cause, { case: 'volumeSnapshot', value: { volume: key.name, snapshot } });
+  }
+
+  /** Storage events name the volume as "pool/volume", with its pool: ListVolumes and ListSnapshots scope keys by pool. */
+  private publish(kind: VolumeEventKind | SnapshotEventKind, volume: { backend: BackendKind; pool: string; name: string }, cause: EventCause | undefined, payload: NewEventPayload): void {
+    const events = this.options.events;
+    if (!events) return;
+    const { actor, traceId } = cause ?? NO_CAUSE;
+    events.sink.publish({ kind, resource: { kind: ResourceKind.VOLUME, node: events.node, name: `${volume.pool}/${volume.name}`, pool: volume.pool }, actor, traceId, payload });
+  }
 
   /** Backends configured on this node, for listing and recounting. */
   enabled(): VolumeBackend[] {
@@ -125,14 +154,15 @@ export class StorageManager {
   // ---- volumes ---------------------------------------------------------------------
 
   /** The storage_gb units for the requested size were taken by the proto option; the owner is the caller. */
-  async createVolume(key: VolumeKey, sizeBytes: bigint, tags: Record<string, string>, owner: string, options?: CallOptions): Promise<VolumeInfo> {
+  async createVolume(key: VolumeKey, sizeBytes: bigint, tags: Record<string, string>, owner: string, options?: ChangeOptions): Promise<VolumeInfo> {
     validateSize(sizeBytes, 'size_bytes');
     const volume = await this.backend(key.backend).createVolume({ pool: key.pool, name: key.name, sizeBytes, tags: validateTags(tags), owner }, options);
+    this.publishVolume(EventKind.VOLUME_CREATED, volume, options?.cause);
     await this.settleRounding(owner, sizeBytes, volume.sizeBytes);
     return volume;
   }
 
-  /** Backends round sizes up (extents, objects): charge what was really allocated. */
+  /** Backends round sizes up (extents, objects): charge what was really allocated. No cause: a refused rounding charge refuses no call. */
   private async settleRounding(owner: string, requested: bigint, actual: bigint): Promise<void> {
     const extra = gibOf(actual) - gibOf(requested);
     // The volume exists already: rounding is charged when it fits and never turns a made volume into a refusal.
@@ -145,7 +175,7 @@ export class StorageManager {
    * growth is taken before the backend runs, a shrink is given back after it. Not declared in the
    * proto, because the option would take the whole new size and refuse growth that fits.
    */
-  async resizeVolume(key: VolumeKey, newSizeBytes: bigint, allowShrink: boolean, caller: string, options?: CallOptions): Promise<VolumeInfo> {
+  async resizeVolume(key: VolumeKey, newSizeBytes: bigint, allowShrink: boolean, caller: string, options?: ChangeOptions): Promise<VolumeInfo> {
     validateSize(newSizeBytes, 'new_size_bytes');
     const current = await this.getVolume(key, options);
     if (newSizeBytes < current.sizeBytes && !allowShrink) {
@@ -154,7 +184,7 @@ export class StorageManager {
     const owner = current.owner || caller;
     const delta = gibOf(newSizeBytes) - gibOf(current.sizeBytes);
     const quotas = this.options.quotas;
-    if (delta > 0) await quotas.consume(owner, 'storage_gb', delta);
+    if (delta > 0) await quotas.consume(owner, 'storage_gb', delta, options?.cause);
     let resized: VolumeInfo;
     try {
       resized = await this.backend(key.backend).resizeVolume(key.pool, key.name, newSizeBytes, { ...options, shrink: newSizeBytes < current.sizeBytes });
@@ -162,6 +192,7 @@ export class StorageManager {
       if (delta > 0) await quotas.release(owner, 'storage_gb', delta);
       throw err;
     }
+    this.publishVolume(EventKind.VOLUME_RESIZED, resized, options?.cause);
     if (delta < 0) await quotas.release(owner, 'storage_gb', -delta);
     return resized;
   }
@@ -171,7 +202,7 @@ export class StorageManager {
    * always refuse it; a VM on this host using it as a disk refuses it unless `force`.
    * Every check runs before anything is deleted.
    */
-  async deleteVolume(key: VolumeKey, deleteSnapshots: boolean, options?: CallOptions & { force?: boolean }): Promise<string[]> {
+  async deleteVolume(key: VolumeKey, deleteSnapshots: boolean, options?: ChangeOptions & { force?: boolean }): Promise<string[]> {
     const volume = await this.getVolume(key, options);
     if (options?.force !== true && this.options.attachments) {
       const vms = await this.options.attachments(key, options);
@@ -199,10 +230,12 @@ export class StorageManager {
       // Deleting the volume with its snapshots also retires its templates (they have no clones, checked above).
       if (snapshot.protected && backend.kind === 'rbd') await this.rbd().unprotectSnapshot(key.pool, key.name, snapshot.name, options);
       await backend.deleteSnapshot(key.pool, key.name, snapshot.name, options);
+      this.publishSnapshot(EventKind.SNAPSHOT_DELETED, key, snapshot.name, options?.cause);
       await this.releaseSnapshot(snapshot);
       deleted.push(snapshot.name);
     }
     await backend.deleteVolume(key.pool, key.name, options);
+    this.publishVolume(EventKind.VOLUME_DELETED, volume, options?.cause);
     if (volume.owner) await this.options.quotas.release(volume.owner, 'storage_gb', gibOf(volume.sizeBytes));
     return deleted;
   }
@@ -215,13 +248,15 @@ export class StorageManager {
   // ---- snapshots -------------------------------------------------------------------
 
   /** The snapshots unit was taken by the proto option (or by the caller, for templates). */
-  async createSnapshot(key: VolumeKey, name: string, label: string, owner: string, options?: CallOptions): Promise<SnapshotInfo> {
+  async createSnapshot(key: VolumeKey, name: string, label: string, owner: string, options?: ChangeOptions): Promise<SnapshotInfo> {
     validateText(label, 'label', 256);
-    return this.onVolume(key, (backend) => backend.createSnapshot({ pool: key.pool, volume: key.name, name, label, owner }, options));
+    const snapshot = await this.onVolume(key, (backend) => backend.createSnapshot({ pool: key.pool, volume: key.name, name, label, owner }, options));
+    this.publishSnapshot(EventKind.SNAPSHOT_CREATED, key, snapshot.name, options?.cause);
+    return snapshot;
   }
 
   /** Deletes each named snapshot on its own: one failure never hides the others. */
-  async deleteSnapshots(key: VolumeKey, names: readonly string[], options?: CallOptions): Promise<DeleteResult[]> {
+  async deleteSnapshots(key: VolumeKey, names: readonly string[], options?: ChangeOptions): Promise<DeleteResult[]> {
     if (names.length === 0) throw new InvalidArgumentError('snapshot_names', 'name at least one snapshot');
     if (names.length > 1000) throw new InvalidArgumentError('snapshot_names', 'at most 1000 per call');
     const backend = this.backend(key.backend);
@@ -238,6 +273,7 @@ export class StorageManager {
         if (!snapshot) throw new RpcError('NOT_FOUND', `snapshot ${volumeLabel(key)}@${name} not found`);
         this.refuseUndeletable(key, snapshot);
         await backend.deleteSnapshot(key.pool, key.name, name, options);
+        this.publishSnapshot(EventKind.SNAPSHOT_DELETED, key, name, options?.cause);
         await this.releaseSnapshot(snapshot);
         results.push({ name: raw });
       } catch (err) {
@@ -267,7 +303,7 @@ export class StorageManager {
   }
 
   /** Plans with the retention policy and (unless a dry run) deletes what it does not keep. */
-  async prune(key: VolumeKey, rules: RetentionRules, dryRun: boolean, options: CallOptions & { onProgress?: (done: number, total: number) => void; now?: Date } = {}): Promise<PruneResult> {
+  async prune(key: VolumeKey, rules: RetentionRules, dryRun: boolean, options: ChangeOptions & { onProgress?: (done: number, total: number) => void; now?: Date } = {}): Promise<PruneResult> {
     const backend = this.backend(key.backend);
     const snapshots = await this.onVolume(key, (b) => b.listSnapshots(key.pool, key.name, options));
     const plan = planRetention(
@@ -286,6 +322,7 @@ export class StorageManager {
       if (!snapshot || snapshot.protected || snapshot.clones.length > 0) continue;
       try {
         await backend.deleteSnapshot(key.pool, key.name, name, options);
+        this.publishSnapshot(EventKind.SNAPSHOT_DELETED, key, name, options.cause);
         await this.releaseSnapshot(snapshot);
         removed++;
       } catch (err) {
@@ -303,11 +340,11 @@ export class StorageManager {
   // ---- RBD templates ---------------------------------------------------------------
 
   /** Snapshot, then protect; the snapshot is removed again if protecting fails. */
-  async createTemplateSnapshot(pool: string, image: string, name: string, owner: string, options?: CallOptions): Promise<SnapshotInfo> {
+  async createTemplateSnapshot(pool: string, image: string, name: string, owner: string, options?: ChangeOptions): Promise<SnapshotInfo> {
     const rbd = this.rbd();
     const key: VolumeKey = { backend: 'rbd', pool, name: image };
     // The proto declares no quota for templates, but a template is a snapshot and DeleteVolume gives its unit back.
-    await this.options.quotas.consume(owner, 'snapshots', 1);
+    await this.options.quotas.consume(owner, 'snapshots', 1, options?.cause);
     let created: SnapshotInfo;
     try {
       created = await this.onVolume(key, () => rbd.createSnapshot({ pool, volume: image, name, label: 'template', owner }, options));
@@ -322,6 +359,7 @@ export class StorageManager {
       await this.options.quotas.release(owner, 'snapshots', 1);
       throw err;
     }
+    this.publishSnapshot(EventKind.SNAPSHOT_CREATED, key, name, options?.cause);
     return { ...created, protected: true };
   }
 
@@ -341,7 +379,7 @@ export class StorageManager {
     from: { pool: string; image: string; snapshot: string },
     to: { pool: string; image: string; owner: string },
     flatten: boolean,
-    options: CallOptions & { onProgress?: (percent: number, stage: string) => void } = {},
+    options: ChangeOptions & { onProgress?: (percent: number, stage: string) => void } = {},
   ): Promise<VolumeInfo> {
     const rbd = this.rbd();
     options.onProgress?.(5, 'cloning');
@@ -356,6 +394,7 @@ export class StorageManager {
       await rbd.deleteVolume(to.pool, to.image).catch(() => undefined);
       throw err;
     }
+    this.publishVolume(EventKind.VOLUME_CREATED, volume, options.cause);
     return volume;
   }
 
@@ -371,10 +410,10 @@ export class StorageManager {
   }
 
   /** Takes storage_gb for a volume about to be made; the returned quota goes on its operation (released if it fails). */
-  async chargeStorage(owner: string, sizeBytes: bigint): Promise<{ resource: 'storage_gb'; amount: number } | undefined> {
+  async chargeStorage(owner: string, sizeBytes: bigint, cause?: EventCause): Promise<{ resource: 'storage_gb'; amount: number } | undefined> {
     const amount = gibOf(sizeBytes);
     if (amount <= 0) return undefined;
-    await this.options.quotas.consume(owner, 'storage_gb', amount);
+    await this.options.quotas.consume(owner, 'storage_gb', amount, cause);
     return { resource: 'storage_gb', amount };
   }
 
@@ -404,7 +443,7 @@ export class StorageManager {
   async provision(
     key: VolumeKey,
     spec: { sizeBytes: bigint; tags: Record<string, string>; owner: string; imagePath: string },
-    options: CallOptions & { onProgress?: (percent: number, stage: string) => void } = {},
+    options: ChangeOptions & { onProgress?: (percent: number, stage: string) => void } = {},
   ): Promise<VolumeInfo> {
     const { path, info } = await this.inspectImage(spec.imagePath, spec.sizeBytes, options);
     const backend = this.backend(key.backend);
@@ -421,6 +460,8 @@ export class StorageManager {
       await backend.deleteVolume(key.pool, key.name).catch(() => undefined);
       throw err;
     }
+    // Published once the image is in: until then a failure removes the volume again.
+    this.publishVolume(EventKind.VOLUME_CREATED, volume, options.cause);
     await this.settleRounding(spec.owner, spec.sizeBytes, volume.sizeBytes);
     return volume;
   }

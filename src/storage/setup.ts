@@ -9,6 +9,7 @@ import { QemuImg } from '../backends/qemu-img/qemu-img.js';
 import { RbdBackend } from '../backends/rbd/rbd.js';
 import type { QuotaManager } from '../quota/manager.js';
 import { StorageManager, type ImageTool } from './manager.js';
+import { NO_EVENTS, type EventSink } from '../events/types.js';
 
 /** qemu-img as provisioning uses it: the target volume exists already (createVolume made it), so `-n`. */
 function imageTool(config: Config, registry: Registry): ImageTool {
@@ -33,7 +34,7 @@ function imageTool(config: Config, registry: Registry): ImageTool {
   };
 }
 
-export function createStorage(config: Config, settings: () => Config, quotas: QuotaManager, registry: Registry, attachments: AttachmentFinder): StorageManager {
+export function createStorage(config: Config, settings: () => Config, quotas: QuotaManager, registry: Registry, attachments: AttachmentFinder, events: EventSink = NO_EVENTS): StorageManager {
   const images = imageTool(config, registry);
   const rbd =
     config.rbd.ceph_conf === ''
@@ -62,7 +63,7 @@ export function createStorage(config: Config, settings: () => Config, quotas: Qu
           snapshotCowPercent: config.lvm.snapshot_cow_percent,
           registry,
         });
-  const storage = new StorageManager({ backends: { rbd, lvm }, quotas, images, imagesDir: () => settings().images_dir, attachments });
+  const storage = new StorageManager({ backends: { rbd, lvm }, quotas, images, imagesDir: () => settings().images_dir, attachments, events: { sink: events, node: config.node.name } });
   // Only a node with storage can recount it; VM snapshots carry no owner and are not recounted.
   if (storage.enabled().length > 0) {
     quotas.registerUsageSource(['storage_gb', 'snapshots'], (principal, options) => storage.usageOwnedBy(principal, options));

@@ -8,6 +8,7 @@
 //   /debvisor/nodes/<hostname>                     registered hypervisor nodes (id, inventory, last heartbeat)
 //   /debvisor/liveness/nodes/<hostname>            a node's liveness key, on a lease of 3 heartbeat intervals:
 //                                                  present = online; the lease expiring deletes it = offline
+//   /debvisor/liveness/transitions/<hostname>      the node's last ONLINE/OFFLINE event claimed (src/nodes/transitions.ts)
 //   /debvisor/vms/<hostname>/<vm name>             a node's persistent VMs (definition XML, state), published by
 //                                                  that node's daemon with each self heartbeat; no lease, so it
 //                                                  outlives the node: FailoverVM reads it once the node is gone
@@ -28,6 +29,7 @@ export const LAYOUT = {
   quotas: '/debvisor/rpc/quotas/',
   nodes: '/debvisor/nodes/',
   nodeLiveness: '/debvisor/liveness/nodes/',
+  nodeTransitions: '/debvisor/liveness/transitions/',
   vmInventory: '/debvisor/vms/',
   vmSnapshotOwners: '/debvisor/vm-snapshots/',
   operations: '/debvisor/operations/',

@@ -134,6 +134,9 @@ export const operationRecord = z.strictObject({
   /** `{ case, value }`: the Operation.result member and its message's protobuf JSON (src/operations/kinds.ts). */
   result: z.unknown().optional(),
   request_id: z.string().optional(),
+  /** The launching call's trace id and, when a certificate acted for the owner, that certificate (their events name them). */
+  trace_id: z.string().optional(),
+  impersonated_by: z.string().optional(),
   cancel_requested: z.boolean(),
   /** What the kind's runner needs to start (or resume) the work; its kind's schema parses it. */
   params: z.unknown().optional(),

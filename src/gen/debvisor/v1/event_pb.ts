@@ -536,7 +536,8 @@ export const VolumeSnapshotPayloadSchema: GenMessage<VolumeSnapshotPayload> = /*
  */
 export type AccessPayload = Message<"debvisor.v1.AccessPayload"> & {
   /**
-   * "created", "changed", "deleted", "revoked".
+   * "created", "changed", "deleted", "revoked"; "rotated" for a key replaced
+   * by rotation (it works until the overlap ends).
    *
    * @generated from field: string change = 1;
    */
