@@ -114,10 +114,7 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
   /** Changes to `vm` seen from now on are this call's (its actor and trace id on the events). */
   const announce = (vm: string, ctx: CallContext, extraMs = 0) => inventory.attribute(vm, actorOf(ctx.principal), ctx.traceId, extraMs);
   /** The VM as the change left it: reloaded first, since the event may not have arrived yet. */
-  const changed = async (vm: string) => {
-    await inventory.reload(vm);
-    return get(vm).vm;
-  };
+  const changed = async (vm: string) => vmMessage(await inventory.reloaded(vm), node());
 
   return {
     listVms: (request, ctx) => {
@@ -224,7 +221,8 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
       announce(vm, ctx);
       const revert = () => libvirt.snapshotRevert(vm, request.snapshotName, { signal: ctx.signal });
       await inventory.snapshotChange(vm, revert, () => ({ snapshotName: request.snapshotName, change: 'reverted' }));
-      return { vm: get(vm).vm };
+      // snapshotChange reloaded the VM.
+      return { vm: vmMessage(inventory.justRead(vm), node()) };
     },
 
     deleteVmSnapshot: async (request, ctx) => {

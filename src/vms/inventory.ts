@@ -277,6 +277,22 @@ export class VmLiveInventory {
   }
 
   /**
+   * The domain as libvirt has it now (a VmService change's reply): reloaded, so current even
+   * before the first resync or while the rest of the inventory is stale.
+   */
+  async reloaded(name: string): Promise<InventoryVm> {
+    await this.reload(name);
+    return this.justRead(name);
+  }
+
+  /** A domain as its last reload read it, whatever the inventory's staleness (for a caller that just reloaded it). */
+  justRead(name: string): InventoryVm {
+    const vm = this.domains.get(name);
+    if (!vm) throw new VmNotFoundError(name);
+    return vm;
+  }
+
+  /**
    * A VmService snapshot call: runs `act` (the libvirt change), then reports VM_SNAPSHOT_CHANGED as
    * `describe` says and reloads the VM. Changes of the current snapshot seen meanwhile (a revert's
    * own lifecycle event reloads the VM) are left to this report, so it is made once.
