@@ -4,9 +4,9 @@
 // the one VM it changed so the reply shows the result.
 // Names are validated before anything is spawned; wrong-state, unknown-VM and
 // unreachable-libvirtd failures arrive already typed (FAILED_PRECONDITION, NOT_FOUND, UNAVAILABLE).
-import type { MessageInitShape } from '@bufbuild/protobuf';
+import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { VmState, type VmSchema, type VmService, type VmSnapshotSchema } from '../gen/debvisor/v1/vm_pb.js';
+import { VmSchema, VmState, type Vm, type VmService, type VmSnapshotSchema } from '../gen/debvisor/v1/vm_pb.js';
 import { VmStateError } from '../backends/libvirt/errors.js';
 import type { Domain, DomainSnapshot, DomainSummary, Libvirt } from '../backends/libvirt/virsh.js';
 import { actorOf } from '../events/types.js';
@@ -50,8 +50,18 @@ function summaryFields(vm: DomainSummary, node: string) {
   };
 }
 
+/**
+ * ListVms's Vm messages, built once per inventory entry (entries are replaced, never changed, so
+ * an entry is its own cache key): a page of 100 then costs no message construction.
+ */
+const summaries = new WeakMap<DomainSummary, { readonly node: string; readonly message: Vm }>();
+
 function summaryMessage(vm: DomainSummary, node: string): MessageInitShape<typeof VmSchema> {
-  return summaryFields(vm, node);
+  const cached = summaries.get(vm);
+  if (cached?.node === node) return cached.message;
+  const message = create(VmSchema, summaryFields(vm, node));
+  summaries.set(vm, { node, message });
+  return message;
 }
 
 function vmMessage(vm: Domain, node: string): MessageInitShape<typeof VmSchema> {
