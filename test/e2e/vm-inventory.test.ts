@@ -3,7 +3,7 @@
 // shows up; libvirtd stopped: VmService alone turns NOT_SERVING, reads answer with stale_since,
 // then UNAVAILABLE past the (small) configured bound; libvirtd back: everything recovers.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -32,6 +32,21 @@ let traceFile: string;
 const spawns = () => (existsSync(traceFile) ? readFileSync(traceFile, 'utf8').split('\n').filter((l) => l.includes('"backend":"libvirt"')).length : 0);
 const virsh = (...args: string[]) => run(VIRSH, ['-q', '-c', lv.uri, ...args], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } });
 const vmHealth = () => grpcHealth(daemon, VmService.typeName);
+
+/** PIDs of `virsh ... event --all --loop --timestamp` on this libvirtd: the daemon's subscription (the test helper's holder has no --timestamp). */
+function subscriptionPids(): number[] {
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+        return argv.includes(lv.uri) && argv.some((a) => a.includes('event --all --loop --timestamp'));
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
 
 beforeAll(async () => {
   lv = await startLibvirt();
@@ -101,5 +116,12 @@ describe('the VM inventory behind VmService', () => {
       expect(listed.staleSince).toBeUndefined();
       expect(listed.vms.map((v) => v.name)).toEqual(['back-1']);
     }, WAIT);
+  });
+
+  it('stopping the daemon kills its virsh event process', async () => {
+    const pids = subscriptionPids();
+    expect(pids).toHaveLength(1);
+    await daemon.stop('SIGTERM');
+    await vi.waitFor(() => expect(subscriptionPids()).toEqual([]), WAIT);
   });
 });
