@@ -415,14 +415,6 @@ export class Libvirt {
     return domains.filter((d) => d !== undefined);
   }
 
-  /**
-   * Every persistent (defined) domain's name and state, from one `virsh domstats --state
-   * --list-persistent` (transient domains are left out). The VM inventory's listing.
-   */
-  async persistentDomainStates(opts: CallOptions = {}): Promise<Map<string, DomainState>> {
-    return parseDomstatsState(await this.virsh(['domstats', '--state', '--list-persistent'], opts));
-  }
-
   // ------------------------------------------------------------------ the VM inventory's reads
 
   /**
