@@ -208,6 +208,33 @@ export interface Executor {
    */
   check(result: ExecResult, rules?: readonly ClassifyRule[]): ExecResult;
   readonly stats: ExecutorStats;
+  /**
+   * Starts a long-lived command (a subscription such as `virsh event --loop`) with the same binary,
+   * environment, process group and spawn hooks as `run`, but no timeout, no output capture and no
+   * concurrency slot (it would hold one for its whole life). Output arrives line by line.
+   */
+  stream(command: string, args: readonly string[], opts: StreamOptions): StreamHandle;
+}
+
+export interface StreamOptions {
+  readonly onStdoutLine: (line: string) => void;
+  readonly onStderrLine?: (line: string) => void;
+}
+
+export interface StreamExit {
+  /** Null when killed by a signal or never started. */
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  /** Set when the binary could not be started. */
+  readonly error?: ExecError;
+}
+
+export interface StreamHandle {
+  readonly pid: number | undefined;
+  /** Settles (never rejects) once the process has exited and its output is read. */
+  readonly exited: Promise<StreamExit>;
+  /** SIGTERM to the process group, SIGKILL after the grace period; resolves when it has exited. */
+  stop(): Promise<StreamExit>;
 }
 
 /**
@@ -634,10 +661,67 @@ export function createExecutor(options: ExecutorOptions): Executor {
     throw err;
   }
 
+  function stream(command: string, args: readonly string[], opts: StreamOptions): StreamHandle {
+    const path = binaries.get(command);
+    if (path === undefined) throw new ExecUsageError(`unknown command ${JSON.stringify(command)} for backend ${backend}`);
+    const argv = args.map((a: unknown, i) => {
+      checkArg(a, `argument ${i} of ${command}`);
+      return a;
+    });
+    traceSpawn({ backend, command, path, args: argv });
+    options.onSpawn?.({ backend, command, path, args: argv });
+    spawned++;
+    totalSpawned++;
+    let child: ChildProcess;
+    try {
+      child = spawn(path, argv, { shell: false, detached: true, env: buildEnv(), stdio: ['ignore', 'pipe', 'pipe'], windowsHide: true });
+    } catch (err) {
+      const exited = Promise.resolve<StreamExit>({ code: null, signal: null, error: streamSpawnError(command, argv, err) });
+      return { pid: undefined, exited, stop: () => exited };
+    }
+    const out = lineSplitter((line) => safely(() => opts.onStdoutLine(line)), options.maxOutputBytes);
+    const err = lineSplitter((line) => safely(() => opts.onStderrLine?.(line)), options.maxOutputBytes);
+    const outDecoder = new StringDecoder('utf8');
+    const errDecoder = new StringDecoder('utf8');
+    child.stdout?.on('data', (chunk: Buffer) => out.push(outDecoder.write(chunk)));
+    child.stderr?.on('data', (chunk: Buffer) => err.push(errDecoder.write(chunk)));
+    const exited = new Promise<StreamExit>((resolve) => {
+      child.on('error', (e) => {
+        // Spawn failures (ENOENT, EACCES) arrive here with no pid, and no 'close' follows.
+        if (child.pid === undefined) resolve({ code: null, signal: null, error: streamSpawnError(command, argv, e) });
+      });
+      child.on('close', (code, signal) => {
+        out.push(outDecoder.end());
+        out.end();
+        err.push(errDecoder.end());
+        err.end();
+        resolve({ code, signal });
+      });
+    });
+    let stopping: Promise<StreamExit> | undefined;
+    const stop = (): Promise<StreamExit> => {
+      if (stopping) return stopping;
+      const pid = child.pid;
+      if (pid === undefined || child.exitCode !== null || child.signalCode !== null) return (stopping = exited);
+      killGroup(pid, 'SIGTERM');
+      const timer = setTimeout(() => killGroup(pid, 'SIGKILL'), options.killGraceMs);
+      return (stopping = exited.finally(() => clearTimeout(timer)));
+    };
+    return { pid: child.pid, exited, stop };
+  }
+
+  function streamSpawnError(command: string, args: readonly string[], err: unknown): ExecError {
+    const errno = (err as NodeJS.ErrnoException | undefined)?.code;
+    const kind: ExecErrorKind = errno === 'ENOENT' || errno === 'EACCES' || errno === 'ENOTDIR' ? 'unavailable' : 'failed';
+    if (kind === 'unavailable') metrics.connectionErrors.inc({ backend_service: backend });
+    return new ExecError({ kind, backend, command, args, cause: err });
+  }
+
   return {
     backend,
     run,
     check,
+    stream,
     get stats() {
       return { spawned, running: slots.running, queued: slots.queued };
     },

@@ -126,6 +126,19 @@ export const configSchema = z.strictObject({
       max_concurrent: z.number().int().positive().default(4),
       /** A virsh call still running after this is killed (the RPC fails with DEADLINE_EXCEEDED or UNAVAILABLE). */
       command_timeout_seconds: seconds.default(60),
+      /** The live VM inventory ListVms, GetVm and the heartbeat read (docs/vm-inventory.md). */
+      inventory: z
+        .strictObject({
+          /** Full resync period, besides the resyncs at start and after the event subscription restarts. */
+          resync_interval_seconds: seconds.default(300),
+          /** While libvirt is unreachable, ListVms and GetVm answer from the stale inventory (with stale_since) for this long, then UNAVAILABLE. */
+          max_staleness_seconds: seconds.default(60),
+          /** A change to a VM seen this long after a VmService call on it is attributed to that call (the event's actor and trace id). */
+          attribution_window_seconds: seconds.default(10),
+          /** Longest wait between restarts of a failing `virsh event` subscription (it starts at 0.1 s and doubles). */
+          subscription_backoff_max_seconds: seconds.default(10),
+        })
+        .prefault({}),
     })
     .prefault({}),
   migration: z

@@ -53,6 +53,8 @@ import { NodeConnections } from '../migration/connections.js';
 import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
 import { VmSnapshotOwners } from '../vms/snapshot-owners.js';
+import { VmLiveInventory } from '../vms/inventory.js';
+import { NO_EVENTS } from '../events/types.js';
 import { registerTestOperationKind, TestLatches, testingHandlers } from '../services/testing.js';
 import { OperationManager } from '../operations/manager.js';
 import { QuotaManager } from '../quota/manager.js';
@@ -129,7 +131,10 @@ export class Daemon {
       const provider = new IdentityProvider(identity);
       const metrics = new Metrics();
       const health = new HealthImplementation();
-      const readiness = new Readiness(['tls', 'store', 'access'], health, API_SERVICES.map((service) => service.typeName), metrics.registry);
+      // libvirt gates VmService alone: a host whose libvirtd is down still serves everything else.
+      const readiness = new Readiness(['tls', 'store', 'access', 'libvirt'], health, API_SERVICES.map((service) => service.typeName), metrics.registry, {
+        serviceComponents: { [VmService.typeName]: ['libvirt'] },
+      });
       const revocation = new Revocation({
         registry: metrics.registry,
         onStale: (reason) => {
@@ -274,6 +279,26 @@ export class Daemon {
         defaultTimeoutMs: config.libvirt.command_timeout_seconds * 1000,
         registry: metrics.registry,
       });
+      const liveInventory = new VmLiveInventory({
+        libvirt,
+        node: () => config.node.name,
+        log,
+        registry: metrics.registry,
+        settings: () => {
+          const inventory = settings().libvirt.inventory;
+          return {
+            resyncIntervalMs: inventory.resync_interval_seconds * 1000,
+            maxStalenessMs: inventory.max_staleness_seconds * 1000,
+            attributionWindowMs: inventory.attribution_window_seconds * 1000,
+            subscriptionBackoffMaxMs: inventory.subscription_backoff_max_seconds * 1000,
+          };
+        },
+        // events: the event journal's sink goes here once it exists.
+        events: NO_EVENTS,
+        onHealth: (healthy, detail) => readiness.set('libvirt', healthy, detail),
+      });
+      liveInventory.start();
+      resources.defer(() => liveInventory.stop());
       registerShutdownOperationKind(operations, libvirt);
       const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
       quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
@@ -300,14 +325,14 @@ export class Daemon {
           sessionHandlers(new UserSessions(repos, access, audit, settings)),
         ),
         [OperationService.typeName]: operationHandlers(operations, access),
-        [VmService.typeName]: vmHandlers({ libvirt, operations, quotas, snapshotOwners, node: () => config.node.name }),
+        [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),
       };
       if (config.nodes.self_register) {
         // Each heartbeat also publishes this node's VM definitions: FailoverVM's source once this node is gone.
-        const stopSelf = startSelfRegistration(nodes, config.node.name, log, (hostname) => inventory.publish(hostname, libvirt, stopping.signal));
+        const stopSelf = startSelfRegistration(nodes, config.node.name, log, (hostname) => inventory.publish(hostname, liveInventory));
         resources.defer(stopSelf);
       }
       if (options.enableTestService) {

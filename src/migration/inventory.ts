@@ -1,9 +1,7 @@
 // The cluster's record of which persistent VMs each node has (LAYOUT.vmInventory), kept by each
 // node's own daemon with its self heartbeat. A failed node's libvirt cannot be asked for its
 // domain definitions, so FailoverVM takes them from here.
-import { ExecError } from '../backends/exec.js';
-import type { Libvirt } from '../backends/libvirt/virsh.js';
-import { parseDomainXml } from '../backends/libvirt/xml.js';
+import type { VmLiveInventory } from '../vms/inventory.js';
 import { RpcError } from '../rpc/errors.js';
 import { ConflictError } from '../store/errors.js';
 import type { VmInventoryRecord } from '../store/records.js';
@@ -21,33 +19,24 @@ export class VmInventory {
   /**
    * Makes the store's list of `node`'s VMs match its libvirt: every persistent domain with its
    * inactive XML and state; records of domains that are gone are deleted. Unchanged records are not rewritten.
-   * virsh runs 1 + N times for N persistent domains: one listing (names and states), one
-   * `dumpxml --inactive` each (the definition FailoverVM defines elsewhere; uuid and memory come from it).
+   * Read from the live inventory: no host process (it throws, and nothing is published, while the
+   * inventory is stale: records of VMs that still exist must not be deleted).
    */
-  async publish(node: string, libvirt: Libvirt, signal?: AbortSignal): Promise<void> {
-    const call = signal ? { signal } : {};
-    const domains = await libvirt.persistentDomainStates(call);
+  async publish(node: string, live: Pick<VmLiveInventory, 'persistentDomains'>): Promise<void> {
+    const domains = live.persistentDomains();
     const stored = new Map((await this.repo.list({ pageSize: 10_000, under: node })).items.map((r) => [r.value.name, r]));
-    for (const [name, state] of domains) {
-      let xml: string;
-      try {
-        xml = await libvirt.dumpXml(name, { ...call, inactive: true });
-      } catch (err) {
-        // Undefined since the listing: the next round deletes its record.
-        if (err instanceof ExecError && err.kind === 'not_found') continue;
-        throw err;
-      }
-      const current = stored.get(name)?.value;
-      stored.delete(name);
-      if (current && current.xml === xml && current.state === state) continue;
-      const definition = parseDomainXml(xml);
-      await this.repo.put([node, name], {
+    for (const domain of domains) {
+      const xml = domain.inactiveXml ?? '';
+      const current = stored.get(domain.name)?.value;
+      stored.delete(domain.name);
+      if (current && current.xml === xml && current.state === domain.state) continue;
+      await this.repo.put([node, domain.name], {
         schema_version: 1,
         node,
-        name,
-        uuid: definition.uuid,
-        state,
-        memory_bytes: definition.maxMemoryBytes,
+        name: domain.name,
+        uuid: domain.uuid,
+        state: domain.state,
+        memory_bytes: domain.maxMemoryBytes,
         xml,
         published_at: this.now().toISOString(),
       });

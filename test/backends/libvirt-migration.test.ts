@@ -15,6 +15,8 @@ import { unsharedDisks } from '../../src/migration/failover.js';
 import { ensureRunning } from '../../src/migration/migrate.js';
 import { InvalidArgumentError } from '../../src/rpc/errors.js';
 import { VmInventory } from '../../src/migration/inventory.js';
+import { VmLiveInventory } from '../../src/vms/inventory.js';
+import pino from 'pino';
 import { createRepositories } from '../../src/store/repositories.js';
 import type { Store } from '../../src/store/store.js';
 import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
@@ -111,22 +113,23 @@ describe('against a real libvirtd (test driver)', () => {
     try {
       const repos = createRepositories(store);
       const inventory = new VmInventory(repos.vmInventory);
+      // The live inventory, resynced by hand here (its event subscription is not started).
+      const live = new VmLiveInventory({ libvirt, node: () => 'node-a', log: pino({ level: 'silent' }), registry: new Registry() });
+      await live.resync();
       spawned.length = 0;
-      await inventory.publish('node-a', libvirt);
-      // One listing, then one inactive definition per persistent domain: 1 + N virsh processes.
-      expect(spawned.map((s) => s.args.slice(2))).toEqual([
-        ['domstats', '--state', '--list-persistent'],
-        ['dumpxml', '--domain', 'vm1', '--inactive'],
-      ]);
+      await inventory.publish('node-a', live);
+      // Read from the live inventory: no host process at all.
+      expect(spawned).toEqual([]);
       const first = await inventory.get('node-a', 'vm1');
       expect(first?.value).toMatchObject({ node: 'node-a', name: 'vm1', uuid: '11111111-2222-3333-4444-555555555555', state: 'running', memory_bytes: 256 * 1024 * 1024 });
       expect(first?.value.xml).toContain('<name>vm1</name>');
       // Nothing changed: nothing rewritten.
-      await inventory.publish('node-a', libvirt);
+      await inventory.publish('node-a', live);
       expect((await inventory.get('node-a', 'vm1'))?.modRevision).toBe(first?.modRevision);
       // A state change is published.
       await libvirt.destroy('vm1');
-      await inventory.publish('node-a', libvirt);
+      await live.resync();
+      await inventory.publish('node-a', live);
       expect((await inventory.get('node-a', 'vm1'))?.value.state).toBe('shutoff');
       // Claimed once: the second claim finds nothing; restore puts it back.
       const claimed = await inventory.claim('node-a', 'vm1');
@@ -135,7 +138,8 @@ describe('against a real libvirtd (test driver)', () => {
       expect((await inventory.get('node-a', 'vm1'))?.value.name).toBe('vm1');
       // Undefined on the node: its record goes.
       await libvirt.undefine('vm1');
-      await inventory.publish('node-a', libvirt);
+      await live.resync();
+      await inventory.publish('node-a', live);
       expect(await inventory.get('node-a', 'vm1')).toBeUndefined();
     } finally {
       await store.close();

@@ -74,9 +74,11 @@ async function hup(daemon: RunningDaemon): Promise<Record<string, unknown>> {
   );
 }
 
+/** /readyz without the lines about libvirt (this host has none: VmService alone is NOT_SERVING). */
 async function readyzOf(daemon: RunningDaemon): Promise<{ status: number; body: string }> {
   const response = await fetch(`http://${daemon.httpAddress}/readyz`);
-  return { status: response.status, body: await response.text() };
+  const body = (await response.text()).split('\n').filter((line) => !line.startsWith('libvirt: ') && !line.startsWith('debvisor.v1.VmService: ')).join('\n');
+  return { status: response.status, body };
 }
 
 describe('pki sign-csr takes the identity from the operator, never from the CSR', { timeout: 180_000 }, () => {

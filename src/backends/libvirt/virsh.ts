@@ -3,11 +3,12 @@
 // Domain facts come from libvirt's XML (dumpxml, snapshot-dumpxml) via a real XML parser;
 // the few other outputs used are one-word (domstate) or "Key: value" lines (dominfo, domjobinfo).
 // Every VM and snapshot name is validated before anything is spawned.
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Registry } from 'prom-client';
-import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
+import { classify, createExecutor, ExecError, ExecUsageError, type ClassifyRule, type ExecResult, type Executor, type RunOptions, type SpawnEvent } from '../exec.js';
 import { validateSnapshotName, validateText, validateVmName } from '../validate.js';
 import { InvalidArgumentError } from '../../rpc/errors.js';
 import { STATE_CONFLICT, VIRSH_RULES, VmStateError } from './errors.js';
@@ -111,17 +112,108 @@ function lines(stdout: string): string[] {
   return stdout.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);
 }
 
-/** `virsh domstats --state` output → name → state (virDomainState numbers). */
-export function parseDomstatsState(stdout: string): Map<string, DomainState> {
-  const numbered: DomainState[] = ['nostate', 'running', 'blocked', 'paused', 'shutdown', 'shutoff', 'crashed', 'pmsuspended'];
-  const out = new Map<string, DomainState>();
-  let current: string | undefined;
+const NUMBERED_STATES: readonly DomainState[] = ['nostate', 'running', 'blocked', 'paused', 'shutdown', 'shutoff', 'crashed', 'pmsuspended'];
+
+/** `virsh domstats` output → name → its `key=value` fields. */
+export function parseDomstats(stdout: string): Map<string, Map<string, string>> {
+  const out = new Map<string, Map<string, string>>();
+  let current: Map<string, string> | undefined;
   for (const raw of stdout.split(/\r?\n/)) {
     const line = raw.trim();
-    if (line.startsWith("Domain: '") && line.endsWith("'")) current = line.slice(9, -1);
-    else if (current !== undefined && line.startsWith('state.state=')) out.set(current, numbered[Number(line.slice(12))] ?? 'nostate');
+    if (line.startsWith("Domain: '") && line.endsWith("'")) out.set(line.slice(9, -1), (current = new Map<string, string>()));
+    else if (current !== undefined && line.includes('=')) current.set(line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1));
   }
   return out;
+}
+
+function statsState(fields: ReadonlyMap<string, string>): DomainState {
+  return NUMBERED_STATES[Number(fields.get('state.state'))] ?? 'nostate';
+}
+
+/** `virsh domstats --state` output → name → state (virDomainState numbers). */
+export function parseDomstatsState(stdout: string): Map<string, DomainState> {
+  const out = new Map<string, DomainState>();
+  for (const [name, fields] of parseDomstats(stdout)) if (fields.has('state.state')) out.set(name, statsState(fields));
+  return out;
+}
+
+/**
+ * One domain as the cheap listings show it (the VM inventory's resync compares these to decide
+ * which domains need their details read again). vcpus and memory are absent when the driver does
+ * not report them in domstats (the test driver does not).
+ */
+export interface DomainListing {
+  readonly name: string;
+  readonly uuid: string;
+  readonly state: DomainState;
+  readonly vcpus: number | undefined;
+  readonly memoryBytes: number | undefined;
+  readonly autostart: boolean;
+  readonly persistent: boolean;
+}
+
+/** A domain's full facts, and for a persistent one its inactive XML (what FailoverVM defines elsewhere). */
+export interface DomainDetails extends Domain {
+  readonly maxMemoryBytes: number;
+  /** `dumpxml --inactive`; undefined for a transient domain. */
+  readonly inactiveXml: string | undefined;
+}
+
+/** Splits the output of `echo MARKER; cmd; echo MARKER; ...` into the text after each marker. */
+export function splitSections(stdout: string, markers: readonly string[]): Map<string, string> {
+  const wanted = new Set(markers);
+  const sections = new Map<string, string>();
+  let current: string | undefined;
+  let body: string[] = [];
+  const flush = () => {
+    if (current !== undefined) sections.set(current, body.join('\n'));
+  };
+  for (const line of stdout.split('\n')) {
+    if (wanted.has(line)) {
+      flush();
+      current = line;
+      body = [];
+    } else {
+      body.push(line);
+    }
+  }
+  flush();
+  return sections;
+}
+
+/** Domains per virsh process when details of many are read at once (each adds about 4 KiB of output). */
+const DETAILS_PER_PROCESS = 25;
+
+function isValidVmName(name: string): boolean {
+  try {
+    validateVmName(name, 'vm_name');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Details from dumpxml, dumpxml --inactive, dominfo and snapshot-current outputs. */
+function detailsFrom(xmlText: string, inactiveText: string, info: string, currentSnapshot: string): DomainDetails {
+  const xml = parseDomainXml(xmlText);
+  const kv = parseKeyValues(info);
+  const persistent = kv.Persistent === 'yes';
+  const inactive = inactiveText.trim();
+  return {
+    name: xml.name,
+    uuid: xml.uuid,
+    state: parseDomstate(kv.State ?? ''),
+    vcpus: xml.vcpus,
+    memoryBytes: xml.memoryBytes,
+    maxMemoryBytes: persistent && inactive !== '' ? parseDomainXml(inactive).maxMemoryBytes : xml.maxMemoryBytes,
+    autostart: kv.Autostart === 'enable',
+    persistent,
+    disks: xml.disks,
+    interfaces: xml.interfaces,
+    currentSnapshot,
+    // virsh ends its output with a newline the publication has always stored.
+    inactiveXml: persistent && inactive !== '' ? `${inactive}\n` : undefined,
+  };
 }
 
 function validateDescription(value: unknown): string {
@@ -323,12 +415,128 @@ export class Libvirt {
     return domains.filter((d) => d !== undefined);
   }
 
+  // ------------------------------------------------------------------ the VM inventory's reads
+
   /**
-   * Every persistent (defined) domain's name and state, from one `virsh domstats --state
-   * --list-persistent` (transient domains are left out). The VM inventory's listing.
+   * Every domain (defined or transient) as the cheap listings show it, from ONE virsh process:
+   * `list --all --uuid --name`, `domstats --state --vcpu --balloon`, and the autostart and persistent
+   * lists, delimited by echoed markers (virsh runs `a; b` in one process and goes on after a failure,
+   * so any stderr fails the whole listing).
    */
-  async persistentDomainStates(opts: CallOptions = {}): Promise<Map<string, DomainState>> {
-    return parseDomstatsState(await this.virsh(['domstats', '--state', '--list-persistent'], opts));
+  async domainListing(opts: CallOptions = {}): Promise<DomainListing[]> {
+    const nonce = randomBytes(6).toString('hex');
+    const marks = ['uuids', 'stats', 'autostart', 'persistent'].map((part) => `::${nonce}:${part}::`) as [string, string, string, string];
+    const commands = ['list --all --uuid --name', 'domstats --state --vcpu --balloon', 'list --all --name --autostart', 'list --all --name --persistent'];
+    const script = commands.map((command, i) => `echo ${marks[i]}; ${command}`).join('; ');
+    const result = await this.run([script], opts);
+    if (result.stderr.trim() !== '' || result.code !== 0) this.executor.check({ ...result, code: result.code || 1 }, VIRSH_RULES);
+    const sections = splitSections(result.stdout, marks);
+    const stats = parseDomstats(sections.get(marks[1]) ?? '');
+    const autostart = new Set(lines(sections.get(marks[2]) ?? ''));
+    const persistent = new Set(lines(sections.get(marks[3]) ?? ''));
+    return lines(sections.get(marks[0]) ?? '').flatMap((line) => {
+      const space = line.indexOf(' ');
+      if (space < 0) return [];
+      const name = line.slice(space + 1).trim();
+      const fields = stats.get(name) ?? new Map<string, string>();
+      const vcpus = fields.get('vcpu.current');
+      const balloon = fields.get('balloon.current');
+      return [
+        {
+          name,
+          uuid: line.slice(0, space),
+          state: statsState(fields),
+          vcpus: vcpus === undefined ? undefined : Number(vcpus),
+          // domstats reports the balloon in KiB.
+          memoryBytes: balloon === undefined ? undefined : Number(balloon) * 1024,
+          autostart: autostart.has(name),
+          persistent: persistent.has(name),
+        },
+      ];
+    });
+  }
+
+  /**
+   * Details of the named domains (names as libvirt reported them): name → details, or null when
+   * the domain does not exist. Names that pass validateVmName are read many per virsh process,
+   * their commands joined with echoed markers; anything else (a name virsh's command parser could
+   * misread) takes one process per command, with the name as its own argv element.
+   */
+  async domainDetails(names: readonly string[], opts: CallOptions = {}): Promise<Map<string, DomainDetails | null>> {
+    const safe: string[] = [];
+    const odd: string[] = [];
+    for (const name of names) (isValidVmName(name) ? safe : odd).push(name);
+    const out = new Map<string, DomainDetails | null>();
+    const batches: string[][] = [];
+    for (let i = 0; i < safe.length; i += DETAILS_PER_PROCESS) batches.push(safe.slice(i, i + DETAILS_PER_PROCESS));
+    const undecided: string[] = [];
+    await Promise.all(
+      batches.map(async (batch) => {
+        for (const [name, details] of await this.detailsBatch(batch, opts)) {
+          if (details === undefined) undecided.push(name);
+          else out.set(name, details);
+        }
+      }),
+    );
+    // An empty dumpxml in a batch: gone, or a failure the shared stderr cannot attribute. Ask alone.
+    await Promise.all([...odd, ...undecided].map(async (name) => out.set(name, await this.detailsOneByOne(name, opts))));
+    return out;
+  }
+
+  /** name → details, null (gone: a single-domain batch whose stderr says so) or undefined (unknown). */
+  private async detailsBatch(batch: readonly string[], opts: CallOptions): Promise<Map<string, DomainDetails | null | undefined>> {
+    const nonce = randomBytes(6).toString('hex');
+    const mark = (i: number, part: string) => `::${nonce}:${i}:${part}::`;
+    const markers: string[] = [];
+    const script = batch
+      .flatMap((name, i) => {
+        const parts: [string, string][] = [
+          ['xml', `dumpxml --domain ${name}`],
+          ['inactive', `dumpxml --inactive --domain ${name}`],
+          ['info', `dominfo --domain ${name}`],
+          ['snapshot', `snapshot-current --domain ${name} --name`],
+        ];
+        return parts.map(([part, command]) => {
+          markers.push(mark(i, part));
+          return `echo ${mark(i, part)}; ${command}`;
+        });
+      })
+      .concat(`echo ${mark(-1, 'end')}`)
+      .join('; ');
+    markers.push(mark(-1, 'end'));
+    const result = await this.run([script], opts);
+    // stderr is shared by the whole batch: only a lost connection is everyone's failure. A domain
+    // whose section is missing or empty (gone, busy, output cut at the cap) is asked about alone.
+    const failed = { ...result, code: result.code || 1 };
+    const failure = result.stderr.trim() !== '' || result.code !== 0 ? classify(failed, VIRSH_RULES, 'libvirt') : undefined;
+    if (failure?.kind === 'unavailable') this.executor.check(failed, VIRSH_RULES);
+    const sections = splitSections(result.stdout, markers);
+    const out = new Map<string, DomainDetails | null | undefined>();
+    batch.forEach((name, i) => {
+      const xml = sections.get(mark(i, 'xml'))?.trim() ?? '';
+      if (xml === '') {
+        out.set(name, batch.length === 1 && failure?.kind === 'not_found' ? null : undefined);
+        return;
+      }
+      out.set(name, detailsFrom(xml, sections.get(mark(i, 'inactive')) ?? '', sections.get(mark(i, 'info')) ?? '', (sections.get(mark(i, 'snapshot')) ?? '').trim()));
+    });
+    return out;
+  }
+
+  /** Details with one virsh per command (`--domain NAME` keeps even an odd name one argument). */
+  private async detailsOneByOne(name: string, opts: CallOptions): Promise<DomainDetails | null> {
+    try {
+      const xml = await this.virsh(['dumpxml', '--domain', name], opts);
+      const [inactive, info, snapshot] = await Promise.all([
+        this.virsh(['dumpxml', '--inactive', '--domain', name], opts),
+        this.virsh(['dominfo', '--domain', name], opts),
+        this.run(['snapshot-current', '--domain', name, '--name'], opts).then((r) => (r.code === 0 ? r.stdout.trim() : '')),
+      ]);
+      return detailsFrom(xml, inactive, info, snapshot);
+    } catch (err) {
+      if (err instanceof ExecError && err.kind === 'not_found') return null;
+      throw err;
+    }
   }
 
   // ------------------------------------------------------------------ definition
