@@ -54,7 +54,6 @@ import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
 import { VmSnapshotOwners } from '../vms/snapshot-owners.js';
 import { VmLiveInventory } from '../vms/inventory.js';
-import { NO_EVENTS } from '../events/types.js';
 import { registerTestOperationKind, TestLatches, testingHandlers } from '../services/testing.js';
 import { OperationManager } from '../operations/manager.js';
 import { QuotaManager } from '../quota/manager.js';
@@ -293,8 +292,7 @@ export class Daemon {
             subscriptionBackoffMaxMs: inventory.subscription_backoff_max_seconds * 1000,
           };
         },
-        // events: the event journal's sink goes here once it exists.
-        events: NO_EVENTS,
+        events,
         onHealth: (healthy, detail) => readiness.set('libvirt', healthy, detail),
       });
       liveInventory.start();
