@@ -5,6 +5,7 @@ import { BUILTIN_ROLES, type Role } from '../authz/roles.js';
 import { authorize, canGrant } from '../authz/decide.js';
 import { crossPrincipal } from '../authz/permission.js';
 import type { Principal } from '../rpc/principal.js';
+import type { ResourceRef } from '../rpc/policy.js';
 import { auditPrincipal } from '../audit/principal.js';
 import type { AuditPrincipal } from '../audit/types.js';
 import { RecordCache } from '../store/cache.js';
@@ -152,18 +153,20 @@ export class AccessState {
   }
 
   /**
-   * Whether the principal (through its key, if it used one) holds `permission` right now.
-   * A user acted for holds it only if the certificate acting for it does too.
+   * Whether the principal (through its key, if it used one) holds `permission` right now,
+   * on `resources` if given (scoped keys and roles, as the RBAC step decides a call naming
+   * them). A user acted for holds it only if the certificate acting for it does too.
    */
-  allows(principal: Principal, permission: string): boolean {
+  allows(principal: Principal, permission: string, resources?: readonly ResourceRef[]): boolean {
     const own = authorize({
       roles: this.roles(this.roleNamesOfPrincipal(principal)),
       required: permission,
       exemptFromDeny: this.isBootstrapAdmin(principal.id),
       ...(principal.apiKey ? { apiKey: principal.apiKey } : {}),
+      ...(resources ? { resources } : {}),
     }).allowed;
     const by = principal.delegation?.by;
-    return own && (by === undefined || this.allows(by, permission));
+    return own && (by === undefined || this.allows(by, permission, resources));
   }
 
   /**

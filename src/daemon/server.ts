@@ -71,6 +71,9 @@ import { CertMonitor, initialIdentity } from '../pki/monitor.js';
 import { openStore } from '../store/open.js';
 import { monitorStore } from '../store/monitor.js';
 import { startCompactor } from '../store/compactor.js';
+import { startEvents } from '../events/start.js';
+import type { EventJournal } from '../events/journal.js';
+import { EventService } from '../gen/debvisor/v1/event_pb.js';
 
 
 export interface StartOptions {
@@ -112,6 +115,7 @@ export class Daemon {
     readonly readiness: Readiness,
     readonly grpcPort: number,
     readonly httpPort: number,
+    private readonly events: EventJournal,
   ) {}
 
   static async start(config: Config, log: Logger, options: StartOptions = {}): Promise<Daemon> {
@@ -218,6 +222,8 @@ export class Daemon {
       // The test service exists only when asked for twice: a flag and an environment variable.
       const services = options.enableTestService ? [...API_SERVICES, TestingService] : API_SERVICES;
       const methods = methodIndex(services);
+      const events = startEvents(store, config.node.name, settings, methods, access, log);
+      resources.defer(() => events.journal.stop());
       // The listener is ours (caps and timeouts, connections.ts); grpc-js gets secured sockets.
       // The chain reports calls to it, and it is made from the server the chain goes into.
       const late: { listener?: ConnectionListener } = {};
@@ -298,6 +304,7 @@ export class Daemon {
         [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),
+        [EventService.typeName]: events.handlers,
       };
       if (config.nodes.self_register) {
         // Each heartbeat also publishes this node's VM definitions: FailoverVM's source once this node is gone.
@@ -309,7 +316,7 @@ export class Daemon {
         const testing = createExecutor({ backend: 'testing', binaries: { sleep: '/bin/sleep' }, envAllowList: ['PATH'], maxConcurrent: 16, defaultTimeoutMs: 600_000, maxOutputBytes: 65_536, killGraceMs: 2000, registry: metrics.registry });
         const latches = new TestLatches();
         registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }), latches);
-        implemented[TestingService.typeName] = testingHandlers(operations, quotas, store, latches);
+        implemented[TestingService.typeName] = testingHandlers(operations, quotas, store, latches, events.journal);
       }
       // An RPC that declares an operation kind with no runner would fail every call it starts: refuse to start instead.
       for (const policy of methods.values()) {
@@ -361,7 +368,7 @@ export class Daemon {
 
       certMonitor.start();
       readiness.set('tls', true);
-      return new Daemon(live, log, grpc, provider, certificates, revocation, access, audit, certMonitor, listener, resources, readiness, grpcPort, httpPort);
+      return new Daemon(live, log, grpc, provider, certificates, revocation, access, audit, certMonitor, listener, resources, readiness, grpcPort, httpPort, events.journal);
     } catch (err) {
       await resources.disposeAsync();
       throw err;
@@ -412,6 +419,8 @@ export class Daemon {
    */
   async stop(graceMs = this.live.config.server.shutdown_grace_seconds * 1000): Promise<{ forced: boolean }> {
     this.readiness.drain();
+    // Event streams never finish by themselves: end them (UNAVAILABLE, resume with the last token) before the drain waits for calls.
+    await this.events.stop();
     // The listener owns the connections (grpc-js's tryShutdown does not wait for injected ones).
     const clean = await this.listener.drain(graceMs);
     this.grpc.tryShutdown(() => undefined);

@@ -156,6 +156,20 @@ function aborted(signal: AbortSignal): Promise<never> {
   });
 }
 
+/** Settles when the stream can take more, or when the call ends (a cancelled call never drains). */
+function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      call.off('drain', done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    call.once('drain', done);
+    if (signal.aborted) done();
+    else signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 /** The INVALID_ARGUMENT for a request that did not decode, or undefined for a decoded one. */
 export function undecodableError(request: unknown): InvalidArgumentError | undefined {
   if (!(request instanceof UndecodableRequest)) return undefined;
@@ -208,9 +222,7 @@ export function toImplementation<S extends GenServiceMethods>(
           try {
             for await (const message of streaming(decoded(call.request), ctx)) {
               if (call.cancelled) return;
-              if (!call.write(create(method.output, message))) {
-                await new Promise<void>((resolve) => call.once('drain', resolve));
-              }
+              if (!call.write(create(method.output, message))) await drained(call, ctx.signal);
             }
             call.end();
           } catch (err) {
