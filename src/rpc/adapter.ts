@@ -8,7 +8,7 @@ import {
   type ServerUnaryCall,
   type ServerWritableStream,
   type sendUnaryData,
-  type Metadata,
+  Metadata as GrpcMetadata,
 } from '@grpc/grpc-js';
 import {
   create,
@@ -102,7 +102,7 @@ export function toServiceDefinition(service: DescService): ServiceDefinition {
 }
 
 interface GrpcCallLike {
-  readonly metadata: Metadata;
+  readonly metadata: GrpcMetadata;
   getDeadline(): Date | number;
   getPeer(): string;
   readonly cancelled: boolean;
@@ -220,7 +220,10 @@ export function toImplementation<S extends GenServiceMethods>(
         const { ctx, scope, dispose } = contextFor(call, options, policy);
         void runInCallScope(scope, async () => {
           try {
-            for await (const message of streaming(decoded(call.request), ctx)) {
+            const messages = streaming(decoded(call.request), ctx);
+            // The response headers say "the call was accepted" before a first message, which a quiet stream (WatchEvents) may not send for long.
+            call.sendMetadata(new GrpcMetadata());
+            for await (const message of messages) {
               if (call.cancelled) return;
               if (!call.write(create(method.output, message))) await drained(call, ctx.signal);
             }
