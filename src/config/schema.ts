@@ -116,7 +116,7 @@ export const configSchema = z.strictObject({
   /** The event journal and EventService.WatchEvents (docs/events.md). */
   events: z
     .strictObject({
-      /** Events published within this window share one store write per node. */
+      /** At most one store write of events per this window and node; a quiet spell's first event goes at once. */
       batch_ms: z.number().int().min(1).max(1000).default(50),
       /** Retained window: at least the newest this-many events (resume tokens within it stay valid) ... */
       retain_events: z.number().int().positive().default(10_000),

@@ -18,11 +18,11 @@ import { EventSchema, type Event } from '../gen/debvisor/v1/event_pb.js';
 import { runInformer } from '../store/informer.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import type { KeyValue, Store, WatchEvent } from '../store/store.js';
-import { END, after, type Position } from './position.js';
+import { END, after, encodeToken, type Position } from './position.js';
 import type { EventSink, NewEvent } from './types.js';
 
 export interface JournalSettings {
-  /** Events published within this window share one store write. */
+  /** At most one store write per this window and node: events published within it share it. */
   readonly batchMs: number;
   /** The retained window: at least this many of the newest events ... */
   readonly retainEvents: number;
@@ -45,11 +45,14 @@ interface Batch {
   /** Publication time of its first event: its age for retention. */
   readonly timeMs: number;
   readonly events: readonly Event[];
+  /** Each event with its position, made once for every reader. */
+  readonly entries: readonly PositionedEvent[];
   /** The journal-wide sequence number of its first event (for measuring lag). */
   readonly firstSeq: number;
 }
 
 export interface PositionedEvent {
+  /** With its resume token set; shared by every reader, so never to be changed. */
   readonly event: Event;
   readonly position: Position;
 }
@@ -104,6 +107,7 @@ function nodeOfKey(key: string): string {
 export class EventJournal implements EventSink {
   private pending: Event[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
+  private lastWriteMs = 0;
   private pruneTimer: NodeJS.Timeout | undefined;
   private writing = false;
   private pruning = false;
@@ -175,7 +179,18 @@ export class EventJournal implements EventSink {
       this.pending.splice(0, dropped);
       this.hooks.onDropped?.(dropped);
     }
-    this.flushTimer ??= setTimeout(() => void this.flush(), this.settings().batchMs);
+    this.schedule(0);
+  }
+
+  /**
+   * At most one write per batch window: the first event after a quiet spell is written at once
+   * (after the current tick, so what is published together shares it), later ones wait for the
+   * window to pass.
+   */
+  private schedule(notBeforeMs: number): void {
+    if (this.flushTimer || this.stopped) return;
+    const delayMs = Math.max(notBeforeMs, this.lastWriteMs + this.settings().batchMs - Date.now(), 0);
+    this.flushTimer = setTimeout(() => void this.flush(), delayMs);
   }
 
   /** Writes what is pending now, one batch record per call (the timer writes the rest). */
@@ -186,6 +201,7 @@ export class EventJournal implements EventSink {
     this.writing = true;
     const events = this.pending.splice(0, MAX_BATCH_EVENTS);
     let delayMs = 0;
+    this.lastWriteMs = Date.now();
     try {
       const key = `${BATCHES}${segment(this.node)}/${String(Date.now()).padStart(15, '0')}-${this.nonce}-${this.seq++}`;
       await this.store.put(key, encodeBatch(events));
@@ -196,7 +212,7 @@ export class EventJournal implements EventSink {
       this.hooks.onProblem(err, 'event journal: could not write a batch; retrying');
     } finally {
       this.writing = false;
-      if (this.pending.length > 0 && !this.stopped) this.flushTimer ??= setTimeout(() => void this.flush(), delayMs);
+      if (this.pending.length > 0) this.schedule(delayMs);
     }
   }
 
@@ -217,12 +233,12 @@ export class EventJournal implements EventSink {
     for (let b = this.firstBatchFrom(cursor.revision); b < this.ring.length; b++) {
       const batch = this.ring[b];
       if (!batch) break;
-      for (let index = 0; index < batch.events.length; index++) {
-        const position = { revision: batch.revision, index };
-        const event = batch.events[index];
-        if (!event || !after(position, cursor)) continue;
-        events.push({ event, position });
-        if (events.length === limit) return { events, cursor: position };
+      const start = batch.revision === cursor.revision ? cursor.index + 1 : 0;
+      for (let index = start; index < batch.entries.length; index++) {
+        const entry = batch.entries[index];
+        if (!entry) break;
+        events.push(entry);
+        if (events.length === limit) return { events, cursor: entry.position };
       }
     }
     // Everything up to the head was read: a token from a daemon further ahead stays as it is.
@@ -315,9 +331,12 @@ export class EventJournal implements EventSink {
   private parseBatch(kv: { key: string; value: Uint8Array; modRevision: number }, firstSeq: number): Batch | undefined {
     try {
       const events = decodeBatch(kv.value);
+      // Stamped once here: every stream sends the very same message (encoded once, src/rpc/adapter.ts).
+      events.forEach((event, index) => (event.resumeToken = encodeToken({ revision: kv.modRevision, index })));
       const first = events[0];
       if (!first) return undefined;
-      return { key: kv.key, revision: kv.modRevision, node: nodeOfKey(kv.key), timeMs: first.time ? timestampMs(first.time) : 0, events, firstSeq };
+      const entries = events.map((event, index) => ({ event, position: { revision: kv.modRevision, index } }));
+      return { key: kv.key, revision: kv.modRevision, node: nodeOfKey(kv.key), timeMs: first.time ? timestampMs(first.time) : 0, events, entries, firstSeq };
     } catch (err) {
       this.hooks.onProblem(err, `event journal: skipping an undecodable batch ${kv.key}`);
       return undefined;

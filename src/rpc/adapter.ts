@@ -69,6 +69,20 @@ function serializer(schema: DescMessage) {
   };
 }
 
+/**
+ * For server streams: one message object written to many streams (an event fanned out to
+ * every WatchEvents caller) is encoded once. Yielded messages are never changed afterwards.
+ */
+function sharedSerializer(schema: DescMessage) {
+  const encoded = new WeakMap<object, Buffer>();
+  const serialize = serializer(schema);
+  return (message: MessageShape<DescMessage>): Buffer => {
+    let bytes = encoded.get(message);
+    if (!bytes) encoded.set(message, (bytes = serialize(message)));
+    return bytes;
+  };
+}
+
 function deserializer(schema: DescMessage) {
   // grpc-js answers INTERNAL when a deserializer throws; bad bytes are the client's fault.
   return (bytes: Buffer): MessageShape<DescMessage> | UndecodableRequest => {
@@ -93,7 +107,7 @@ export function toServiceDefinition(service: DescService): ServiceDefinition {
       responseStream: method.methodKind === 'server_streaming',
       requestSerialize: serializer(method.input) as (value: unknown) => Buffer,
       requestDeserialize: deserializer(method.input),
-      responseSerialize: serializer(method.output) as (value: unknown) => Buffer,
+      responseSerialize: (method.methodKind === 'server_streaming' ? sharedSerializer(method.output) : serializer(method.output)) as (value: unknown) => Buffer,
       responseDeserialize: (bytes: Buffer) => fromBinary(method.output, bytes),
       originalName: method.localName,
     };

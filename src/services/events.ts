@@ -64,7 +64,7 @@ export class StreamSlots {
   }
 }
 
-type Outgoing = MessageInitShape<typeof EventSchema>;
+type Outgoing = MessageInitShape<typeof EventSchema> | Event;
 
 function control(kind: EventKind, position: Position, reason?: string): Outgoing {
   return { kind, resumeToken: encodeToken(position), time: timestampFromMs(Date.now()), ...(reason ? { payload: { case: 'resync', value: { reason } } } : {}) };
@@ -131,7 +131,7 @@ export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventSe
         for (const { event, position } of page.events) {
           cursor = position;
           if (!wanted(event) || !deps.visibility.visible(deps.allows, principal, event)) continue;
-          yield { ...event, resumeToken: encodeToken(position) };
+          yield event;
           sentAny = true;
           lastSentMs = Date.now();
           const lag = journal.lag(cursor);
