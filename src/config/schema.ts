@@ -124,7 +124,7 @@ export const configSchema = z.strictObject({
       retain_seconds: seconds.default(900),
       /** A HEARTBEAT carrying the current resume token after this long without an event on a stream. */
       heartbeat_seconds: seconds.default(30),
-      /** A stream whose writes block while more than this many events arrive gets RESYNC_REQUIRED (too_slow). */
+      /** A stream one of whose writes is held back (the client does not read) while more than this many events arrive gets RESYNC_REQUIRED (too_slow). */
       stream_buffer: z.number().int().positive().default(1000),
       /** Concurrent WatchEvents streams of one principal; more are refused (RESOURCE_EXHAUSTED). */
       max_streams_per_principal: z.number().int().positive().default(16),

@@ -71,7 +71,7 @@ import { CertMonitor, initialIdentity } from '../pki/monitor.js';
 import { openStore } from '../store/open.js';
 import { monitorStore } from '../store/monitor.js';
 import { startCompactor } from '../store/compactor.js';
-import { startEvents } from '../events/start.js';
+import { startEvents } from './events.js';
 import type { EventJournal } from '../events/journal.js';
 import { EventService } from '../gen/debvisor/v1/event_pb.js';
 
@@ -420,7 +420,7 @@ export class Daemon {
   async stop(graceMs = this.live.config.server.shutdown_grace_seconds * 1000): Promise<{ forced: boolean }> {
     this.readiness.drain();
     // Event streams never finish by themselves: end them (UNAVAILABLE, resume with the last token) before the drain waits for calls.
-    await this.events.stop();
+    this.events.endStreams();
     // The listener owns the connections (grpc-js's tryShutdown does not wait for injected ones).
     const clean = await this.listener.drain(graceMs);
     this.grpc.tryShutdown(() => undefined);

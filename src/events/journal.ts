@@ -47,8 +47,6 @@ interface Batch {
   readonly events: readonly Event[];
   /** Each event with its position, made once for every reader. */
   readonly entries: readonly PositionedEvent[];
-  /** The journal-wide sequence number of its first event (for measuring lag). */
-  readonly firstSeq: number;
 }
 
 export interface PositionedEvent {
@@ -117,7 +115,7 @@ export class EventJournal implements EventSink {
   /** The retained batches by revision, exactly what the store holds under the prefix as of `head`. */
   private ring: Batch[] = [];
   private eventCount = 0;
-  /** Sequence number one past the newest event the ring has seen. */
+  /** Events the ring has received since the start, of every node. */
   private nextSeq = 0;
   /** The newest pruned batch's revision: positions before it are expired. */
   private floor = 0;
@@ -128,6 +126,7 @@ export class EventJournal implements EventSink {
   private isLoaded = false;
   private readonly listeners = new Set<() => void>();
   private stopped = false;
+  private streamsEnded = false;
   private readonly abort = new AbortController();
 
   constructor(
@@ -167,8 +166,15 @@ export class EventJournal implements EventSink {
     return this.isLoaded;
   }
 
+  /** True once streams must end (the daemon is stopping); publishing goes on until stop(). */
   get closed(): boolean {
-    return this.stopped;
+    return this.streamsEnded || this.stopped;
+  }
+
+  /** Ends every stream (they see `closed`), while calls still in flight may go on publishing. */
+  endStreams(): void {
+    this.streamsEnded = true;
+    this.notify();
   }
 
   publish(event: NewEvent): void {
@@ -246,13 +252,9 @@ export class EventJournal implements EventSink {
     return { events, cursor: after(end, cursor) ? end : cursor };
   }
 
-  /** How many events the ring holds after `cursor` (of any kind): a stream's lag. */
-  lag(cursor: Position): number {
-    const b = this.firstBatchFrom(cursor.revision);
-    const batch = this.ring[b];
-    if (!batch) return 0;
-    const seenInBatch = batch.revision === cursor.revision ? Math.min(batch.events.length, cursor.index + 1) : 0;
-    return this.nextSeq - batch.firstSeq - seenInBatch;
+  /** Events the ring has received since the journal started (any node): a clock for lag. */
+  get published(): number {
+    return this.nextSeq;
   }
 
   /** Calls `listener` at every change of the ring (new events, pruning, a reload) and at stop, until the returned function is called. */
@@ -328,7 +330,7 @@ export class EventJournal implements EventSink {
     return lo;
   }
 
-  private parseBatch(kv: { key: string; value: Uint8Array; modRevision: number }, firstSeq: number): Batch | undefined {
+  private parseBatch(kv: { key: string; value: Uint8Array; modRevision: number }): Batch | undefined {
     try {
       const events = decodeBatch(kv.value);
       // Stamped once here: every stream sends the very same message (encoded once, src/rpc/adapter.ts).
@@ -336,7 +338,7 @@ export class EventJournal implements EventSink {
       const first = events[0];
       if (!first) return undefined;
       const entries = events.map((event, index) => ({ event, position: { revision: kv.modRevision, index } }));
-      return { key: kv.key, revision: kv.modRevision, node: nodeOfKey(kv.key), timeMs: first.time ? timestampMs(first.time) : 0, events, entries, firstSeq };
+      return { key: kv.key, revision: kv.modRevision, node: nodeOfKey(kv.key), timeMs: first.time ? timestampMs(first.time) : 0, events, entries };
     } catch (err) {
       this.hooks.onProblem(err, `event journal: skipping an undecodable batch ${kv.key}`);
       return undefined;
@@ -369,7 +371,7 @@ export class EventJournal implements EventSink {
         ring.push(kept);
         continue;
       }
-      const batch = this.parseBatch(kv, seq);
+      const batch = this.parseBatch(kv);
       if (!batch) continue;
       seq += batch.events.length;
       ring.push(batch);
@@ -395,7 +397,7 @@ export class EventJournal implements EventSink {
     } else if (event.key.startsWith(BATCHES)) {
       if (event.type === 'put') {
         const last = this.ring[this.ring.length - 1];
-        const batch = (!last || last.revision < event.modRevision) && this.parseBatch(event, this.nextSeq);
+        const batch = (!last || last.revision < event.modRevision) && this.parseBatch(event);
         if (batch) {
           this.ring.push(batch);
           this.eventCount += batch.events.length;

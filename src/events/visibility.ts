@@ -2,13 +2,15 @@
 // the RPC whose policy governs reading the resource (`event_visibility`), or a bare
 // permission (`event_permission`). A caller sees an event only if that RPC's RBAC decision,
 // made by the same authorize() the chain uses, would let it read the event's resource.
-import { getOption, hasOption, type DescService } from '@bufbuild/protobuf';
+import { create, getOption, hasOption, type DescService } from '@bufbuild/protobuf';
 import { crossPrincipal } from '../authz/permission.js';
-import { EventKind, EventKindSchema, EventService, type Event, type EventResource } from '../gen/debvisor/v1/event_pb.js';
+import { EventKind, EventKindSchema, EventResourceSchema, EventService, type Event, type EventResource } from '../gen/debvisor/v1/event_pb.js';
 import { chain_permissions, event_permission, event_visibility } from '../gen/debvisor/v1/options_pb.js';
 import type { PolicyIndex, ResourceRef, ResourceTarget } from '../rpc/policy.js';
 import { resourceKindName } from '../rpc/policy.js';
 import type { Principal } from '../rpc/principal.js';
+
+const NO_RESOURCE = create(EventResourceSchema);
 
 /** Kinds every stream receives, whatever it asked for and may read. */
 export const CONTROL_KINDS: ReadonlySet<EventKind> = new Set([EventKind.RESYNC_REQUIRED, EventKind.HEARTBEAT]);
@@ -67,8 +69,8 @@ export class EventVisibility {
     if (CONTROL_KINDS.has(event.kind)) return true;
     const rule = this.rules.get(event.kind);
     if (!rule) return false;
-    const resource = event.resource;
-    if (!resource) return rule.targets.length === 0 && !rule.ownerScoped && allows(principal, rule.permission);
+    // No resource: as a call naming none (a list), decided by the permission alone.
+    const resource = event.resource ?? NO_RESOURCE;
     const resources = rule.targets.flatMap((target) => {
       const name = targetValue(target.kind, resource);
       return name !== '' || target.checkEmpty ? [{ kind: target.kind, name }] : [];

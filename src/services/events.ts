@@ -1,7 +1,7 @@
 // EventService.WatchEvents: each stream reads the journal's ring by its own cursor, keeping
-// the events its caller asked for and may see. Nothing is queued per stream: a stream that
-// cannot write falls behind the ring, and is cut with RESYNC_REQUIRED once it lost more
-// than `stream_buffer` events of ground, or once pruning passed it.
+// the events its caller asked for and may see. Nothing is queued per stream: a stream whose
+// write is held back (the client does not read) is cut with RESYNC_REQUIRED once more than
+// `stream_buffer` events arrived meanwhile, or once pruning passed its cursor.
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { isValidResourceGlob, globMatches } from '../authz/globs.js';
@@ -118,8 +118,6 @@ export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventSe
       await loaded(journal, ctx.signal);
       let cursor = token ?? journal.headPosition();
       let sentAny = false;
-      // The least this stream has lagged so far: it may lose no more than the buffer of ground from there.
-      let leastLag = journal.lag(cursor);
       let lastSentMs = Date.now();
       for (;;) {
         if (journal.closed) throw new RpcError('UNAVAILABLE', 'the daemon is shutting down; watch again with your last resume token');
@@ -131,15 +129,16 @@ export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventSe
         for (const { event, position } of page.events) {
           cursor = position;
           if (!wanted(event) || !deps.visibility.visible(deps.allows, principal, event)) continue;
+          // A write waits only while grpc-js holds as much as it will for this stream (the client
+          // is not reading): more than the buffer of events arriving meanwhile is falling behind.
+          const publishedBefore = journal.published;
           yield event;
           sentAny = true;
           lastSentMs = Date.now();
-          const lag = journal.lag(cursor);
-          if (lag > leastLag + settings.streamBuffer) {
+          if (journal.published - publishedBefore > settings.streamBuffer) {
             yield control(EventKind.RESYNC_REQUIRED, cursor, 'too_slow');
             return;
           }
-          leastLag = Math.min(leastLag, lag);
         }
         cursor = page.cursor;
         if (page.events.length === PAGE) continue;

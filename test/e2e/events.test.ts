@@ -1,7 +1,8 @@
 // EventService.WatchEvents against real daemons over mTLS: scoping by key globs and roles,
 // request validation, heartbeats, the per-principal stream limit, a slow consumer cut off
 // with bounded memory, an expired token, the CLI feed; and on a shared etcd, delivery from
-// one daemon to another within 1 s and resume across a daemon restart with no gap or repeat.
+// one daemon to another within 1 s, resume across a daemon restart with no gap or repeat, and
+// streams ended with UNAVAILABLE when their daemon stops.
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -318,9 +319,12 @@ describe('WatchEvents on two daemons sharing etcd', () => {
       await publish(testingA, expected.slice(0, 6).map((name) => vmEvent(name, 'node-a')));
       await vi.waitFor(() => expect(feed.names()).toEqual(expected.slice(0, 6)), WAIT);
       const token = feed.events[2]?.resumeToken ?? '';
-      feed.cancel();
-      onA.close();
+      // A stream still open when the daemon stops ends at once with UNAVAILABLE (resume with the last token).
+      const stopping = Date.now();
       await a.cleanup();
+      expect(feed.ended?.code).toBe(Status.UNAVAILABLE);
+      expect(Date.now() - stopping).toBeLessThan(5000);
+      onA.close();
       // While A is down, B's node goes on publishing.
       await publish(testingB, expected.slice(6).map((name) => vmEvent(name, 'node-b')));
       a = await startTestingDaemon({ pkiDir, config: configOf('node-a') });

@@ -93,7 +93,7 @@ describe.each(HARNESSES)('event journal on the %s store', (_name, makeHarness) =
     const second = events[1]?.position;
     expect(second).toBeDefined();
     if (second) expect(names(readAll(journal, second).events)).toEqual(['c']);
-    expect(journal.lag(start)).toBe(3);
+    expect(journal.published).toBe(3);
   });
 
   it('resumes after a restart of the journal with every later event, none repeated', async () => {

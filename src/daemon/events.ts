@@ -5,8 +5,8 @@ import type { Config } from '../config/schema.js';
 import type { PolicyIndex } from '../rpc/policy.js';
 import { eventHandlers } from '../services/events.js';
 import type { Store } from '../store/store.js';
-import { EventJournal } from './journal.js';
-import { EventVisibility } from './visibility.js';
+import { EventJournal } from '../events/journal.js';
+import { EventVisibility } from '../events/visibility.js';
 
 export function startEvents(store: Store, node: string, settings: () => Config, methods: PolicyIndex, access: AccessState, log: Logger) {
   // Compiled before the journal starts: a kind without a visibility fails the daemon's start.
