@@ -54,6 +54,12 @@ function rssBytes(pid: number): number {
   return Number(match?.[1] ?? 0) * 1024;
 }
 
+/** The daemon's V8 heap in use (prom-client's nodejs_heap_size_used_bytes): what it holds, apart from garbage not yet collected. */
+async function heapUsedBytes(httpAddress: string): Promise<number> {
+  const text = await (await fetch(`http://${httpAddress}/metrics`)).text();
+  return Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
+}
+
 function percentile(sorted: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
 }
@@ -79,6 +85,7 @@ async function main(): Promise<void> {
     // Warm the daemon's code paths once (a stream, an event) before the baseline.
     await testing.publishTestEvents({ events: [{ kind: EventKind.NODE_ONLINE, resource: { kind: ResourceKind.NODE, name: 'warm-up' } }] }, { timeoutMs: 15_000 });
     const before = rssBytes(daemon.pid);
+    const heapBefore = await heapUsedBytes(daemon.httpAddress);
 
     const received = new Map<string, number>(); // event name → streams that got it
     const latencies: number[] = [];
@@ -106,6 +113,7 @@ async function main(): Promise<void> {
     }
     await Promise.all(opened);
     const idle = rssBytes(daemon.pid);
+    const heapIdle = await heapUsedBytes(daemon.httpAddress);
     let peak = idle;
     const sample = setInterval(() => (peak = Math.max(peak, rssBytes(daemon.pid))), 100);
     const deliveredToAll = (name: string, count: number) =>
@@ -144,6 +152,7 @@ async function main(): Promise<void> {
     clearInterval(sample);
     peak = Math.max(peak, rssBytes(daemon.pid));
     const increase = peak - before;
+    const heapAfter = await heapUsedBytes(daemon.httpAddress);
 
     const row = (what: string, sorted: readonly number[]) =>
       `| ${what} | ${sorted.length} | ${percentile(sorted, 50)} | ${percentile(sorted, 99)} | ${sorted[sorted.length - 1] ?? '-'} | ${percentile(sorted, 99) <= TARGET_P99_MS ? 'yes' : '**no**'} |`;
@@ -161,6 +170,8 @@ async function main(): Promise<void> {
       '| daemon RSS before streams | streams open, idle | peak during single events | peak during bursts | increase (highest peak − before) | target met |',
       '|---:|---:|---:|---:|---:|---|',
       `| ${mb(before)} MiB | ${mb(idle)} MiB | ${mb(singlesPeak)} MiB | ${mb(peak)} MiB | ${mb(increase)} MiB | ${increase <= TARGET_RSS_MB * 2 ** 20 ? 'yes' : '**no**'} |`,
+      '',
+      `V8 heap in use: ${mb(heapBefore)} MiB before the streams, ${mb(heapIdle)} MiB with them open and idle, ${mb(heapAfter)} MiB after all events (garbage not yet collected included).`,
       '',
       '| events | deliveries (event × stream) | p50 ms | p99 ms | max ms | p99 target met |',
       '|---|---:|---:|---:|---:|---|',
