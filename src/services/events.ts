@@ -25,8 +25,6 @@ export interface EventServiceDeps {
   readonly visibility: EventVisibility;
   readonly allows: Allows;
   readonly settings: () => EventStreamSettings;
-  /** Open streams changed (for the metric). */
-  readonly onStreams?: (open: number) => void;
 }
 
 const MAX_GLOBS = 64;
@@ -34,11 +32,9 @@ const MAX_GLOBS = 64;
 const PAGE = 256;
 
 /** Open streams, per principal and in all; a refused stream names the limit it hit. */
-export class StreamSlots {
+class StreamSlots {
   private readonly byPrincipal = new Map<string, number>();
   private total = 0;
-
-  constructor(private readonly onChange: (open: number) => void = () => undefined) {}
 
   acquire(principal: string, limits: Pick<EventStreamSettings, 'maxStreams' | 'maxStreamsPerPrincipal'>): () => void {
     const mine = this.byPrincipal.get(principal) ?? 0;
@@ -47,7 +43,7 @@ export class StreamSlots {
     }
     if (this.total >= limits.maxStreams) throw new RpcError('RESOURCE_EXHAUSTED', `too many event streams on this daemon: events.max_streams is ${limits.maxStreams}`);
     this.byPrincipal.set(principal, mine + 1);
-    this.onChange(++this.total);
+    this.total++;
     let released = false;
     return () => {
       if (released) return;
@@ -55,12 +51,8 @@ export class StreamSlots {
       const left = (this.byPrincipal.get(principal) ?? 1) - 1;
       if (left === 0) this.byPrincipal.delete(principal);
       else this.byPrincipal.set(principal, left);
-      this.onChange(--this.total);
+      this.total--;
     };
-  }
-
-  get open(): number {
-    return this.total;
   }
 }
 
@@ -108,7 +100,7 @@ async function loaded(journal: EventJournal, signal: AbortSignal): Promise<void>
 }
 
 export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventService> {
-  const slots = new StreamSlots(deps.onStreams);
+  const slots = new StreamSlots();
   const { journal } = deps;
 
   async function* watch(principal: NonNullable<CallContext['principal']>, wanted: (event: Event) => boolean, token: Position | undefined, ctx: CallContext): AsyncGenerator<Outgoing> {
