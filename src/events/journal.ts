@@ -156,11 +156,6 @@ export class EventJournal implements EventSink {
     return this.loaded.promise;
   }
 
-  /** Resolves once the ring is loaded; rejects if the journal stops first. */
-  ready(): Promise<undefined> {
-    return this.loaded.promise;
-  }
-
   /** True once the ring holds the store's events. */
   get isReady(): boolean {
     return this.isLoaded;
