@@ -73,32 +73,6 @@ function requestFilter(kinds: readonly EventKind[], globs: readonly string[]): (
   return (event) => (wanted.size === 0 || wanted.has(event.kind)) && (globs.length === 0 || globs.some((glob) => globMatches(glob, event.resource?.name ?? '')));
 }
 
-/** Settles after `ms` or at the journal's next change; rejects when the call ends. */
-function nextChange(journal: EventJournal, ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const done = (err?: Error) => {
-      clearTimeout(timer);
-      unsubscribe();
-      signal.removeEventListener('abort', onAbort);
-      if (err) reject(err);
-      else resolve();
-    };
-    const onAbort = () => done(signal.reason as Error);
-    const timer = setTimeout(() => done(), Math.max(0, ms));
-    const unsubscribe = journal.onChange(() => done());
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** Settles when the journal has loaded; rejects when the call ends first. */
-async function loaded(journal: EventJournal, signal: AbortSignal): Promise<void> {
-  while (!journal.isReady) {
-    if (journal.closed) throw new RpcError('UNAVAILABLE', 'the daemon is shutting down');
-    await nextChange(journal, 60_000, signal);
-  }
-}
-
 export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventService> {
   const slots = new StreamSlots();
   const { journal } = deps;
@@ -106,8 +80,32 @@ export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventSe
   async function* watch(principal: NonNullable<CallContext['principal']>, wanted: (event: Event) => boolean, token: Position | undefined, ctx: CallContext): AsyncGenerator<Outgoing> {
     const settings = deps.settings();
     const release = slots.acquire(principal.id, settings);
+    // One listener and one heartbeat timer for the stream's life, not one per wait: a change
+    // wakes every stream of the daemon at once.
+    let wake: (() => void) | undefined;
+    const poke = () => {
+      const resolve = wake;
+      wake = undefined;
+      resolve?.();
+    };
+    // An object, not a let: TypeScript does not see the timer's callback change it.
+    const heartbeat = { fired: false };
+    const onTimer = () => {
+      heartbeat.fired = true;
+      poke();
+    };
+    let timer = setTimeout(onTimer, settings.heartbeatMs);
+    const unsubscribe = journal.onChange(poke);
+    ctx.signal.addEventListener('abort', poke, { once: true });
+    const next = async () => {
+      if (!ctx.signal.aborted) await new Promise<void>((resolve) => (wake = resolve));
+      if (ctx.signal.aborted) throw ctx.signal.reason as Error;
+    };
     try {
-      await loaded(journal, ctx.signal);
+      while (!journal.isReady) {
+        if (journal.closed) throw new RpcError('UNAVAILABLE', 'the daemon is shutting down');
+        await next();
+      }
       let cursor = token ?? journal.headPosition();
       let sentAny = false;
       let lastSentMs = Date.now();
@@ -140,9 +138,17 @@ export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventSe
           lastSentMs = Date.now();
           continue;
         }
-        await nextChange(journal, idleMs, ctx.signal);
+        // The timer was set for a due time no later than this one (events only postpone it).
+        if (heartbeat.fired) {
+          heartbeat.fired = false;
+          timer = setTimeout(onTimer, idleMs);
+        }
+        await next();
       }
     } finally {
+      clearTimeout(timer);
+      unsubscribe();
+      ctx.signal.removeEventListener('abort', poke);
       release();
     }
   }
