@@ -49,6 +49,7 @@ const ROLES: readonly Role[] = [
     'storage:*',
     'migration:*',
     'operation:*',
+    'event:watch',
     ...OWN_API_KEYS,
     ...OWN_SESSIONS,
   ]),
@@ -60,11 +61,12 @@ const ROLES: readonly Role[] = [
     'storage:clone:*',
     'vm:list',
     'vm:get',
+    'event:watch',
     ...OWN_OPERATION_READS,
     ...OWN_API_KEYS,
     ...OWN_SESSIONS,
   ]),
-  builtin('monitor', 'Node agents and monitoring: node reads and heartbeats.', ['node:list', 'node:get', 'node:heartbeat']),
+  builtin('monitor', 'Node agents and monitoring: node reads and heartbeats.', ['node:list', 'node:get', 'node:heartbeat', 'event:watch']),
   builtin('viewer', 'Read-only: every list and get (own API keys only), and every operation.', [
     '*:list',
     '*:*:list',
@@ -72,6 +74,8 @@ const ROLES: readonly Role[] = [
     '*:*:get',
     'operation:wait',
     'operation:watch',
+    // The events of what the other grants let it read (src/events/visibility.ts).
+    'event:watch',
     // Reads of other principals' operations (see crossPrincipal()).
     'operation:get:any',
     'operation:list:any',

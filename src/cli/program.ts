@@ -9,6 +9,7 @@ import { registerAccessCommands } from './access.js';
 import { registerAccessBlockCommands } from './access-blocks.js';
 import { registerAuditCommands } from './audit.js';
 import { registerPkiCommands } from './pki.js';
+import { registerEventCommands } from './events.js';
 import { registerOperationCommands } from './operation.js';
 import { registerVmCommands } from './vm.js';
 import { registerNodeCommands } from './node.js';
@@ -87,6 +88,7 @@ export function debvisorctlProgram(): Command {
   registerAuditCommands(program);
   registerPkiCommands(program);
   registerOperationCommands(program);
+  registerEventCommands(program);
   registerVmCommands(program);
   registerNodeCommands(program);
   registerStorageCommands(program);

@@ -113,6 +113,25 @@ export const configSchema = z.strictObject({
       slot_lease_seconds: z.number().int().min(2).default(15),
     })
     .prefault({}),
+  /** The event journal and EventService.WatchEvents (docs/events.md). */
+  events: z
+    .strictObject({
+      /** At most one store write of events per this window and node; a quiet spell's first event goes at once. */
+      batch_ms: z.number().int().min(1).max(1000).default(50),
+      /** Retained window: at least the newest this-many events (resume tokens within it stay valid) ... */
+      retain_events: z.number().int().positive().default(10_000),
+      /** ... and at least every event of this many seconds, whichever is larger. */
+      retain_seconds: seconds.default(900),
+      /** A HEARTBEAT carrying the current resume token after this long without an event on a stream. */
+      heartbeat_seconds: seconds.default(30),
+      /** A stream one of whose writes is held back (the client does not read) while more than this many events arrive gets RESYNC_REQUIRED (too_slow). */
+      stream_buffer: z.number().int().positive().default(1000),
+      /** Concurrent WatchEvents streams of one principal; more are refused (RESOURCE_EXHAUSTED). */
+      max_streams_per_principal: z.number().int().positive().default(16),
+      /** Concurrent WatchEvents streams of the daemon. */
+      max_streams: z.number().int().positive().default(2000),
+    })
+    .prefault({}),
   libvirt: z
     .strictObject({
       /** Connection URI of the libvirtd VmService drives (virsh --connect), e.g. test+unix:///default?socket=/path. */

@@ -8,7 +8,6 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import { CertificateAuthenticator } from '../authn/x509.js';
 import { buildChain } from '../chain/chain.js';
-import { NO_EVENTS, type EventSink } from '../events/types.js';
 import { SecurityAlerts } from '../events/security-alerts.js';
 import { NodeTransitions } from '../nodes/transitions.js';
 import { Metrics } from '../observability/metrics.js';
@@ -75,6 +74,9 @@ import { CertMonitor, initialIdentity } from '../pki/monitor.js';
 import { openStore } from '../store/open.js';
 import { monitorStore } from '../store/monitor.js';
 import { startCompactor } from '../store/compactor.js';
+import { eventServiceHandlers, openJournal } from './events.js';
+import type { EventJournal } from '../events/journal.js';
+import { EventService } from '../gen/debvisor/v1/event_pb.js';
 
 
 export interface StartOptions {
@@ -116,6 +118,7 @@ export class Daemon {
     readonly readiness: Readiness,
     readonly grpcPort: number,
     readonly httpPort: number,
+    private readonly events: EventJournal,
   ) {}
 
   static async start(config: Config, log: Logger, options: StartOptions = {}): Promise<Daemon> {
@@ -163,7 +166,9 @@ export class Daemon {
         resources.defer(() => compactor.stop());
       }
 
-      const events: EventSink = NO_EVENTS; // events: the journal replaces this
+      // Every source publishes into the journal; it follows the store into each daemon's streams.
+      const events = openJournal(store, config.node.name, settings, log);
+      resources.defer(() => events.stop());
       const audit = await AuditLog.open({
         path: config.audit.path,
         hmacKeyFile: config.audit.hmac_key_file,
@@ -327,6 +332,7 @@ export class Daemon {
         [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),
+        [EventService.typeName]: eventServiceHandlers(events, settings, methods, access),
       };
       if (config.nodes.self_register) {
         // Each heartbeat also publishes this node's VM definitions: FailoverVM's source once this node is gone.
@@ -338,7 +344,7 @@ export class Daemon {
         const testing = createExecutor({ backend: 'testing', binaries: { sleep: '/bin/sleep' }, envAllowList: ['PATH'], maxConcurrent: 16, defaultTimeoutMs: 600_000, maxOutputBytes: 65_536, killGraceMs: 2000, registry: metrics.registry });
         const latches = new TestLatches();
         registerTestOperationKind(operations, (seconds, signal) => testing.run('sleep', [String(seconds)], { signal }), latches);
-        implemented[TestingService.typeName] = testingHandlers(operations, quotas, store, latches);
+        implemented[TestingService.typeName] = testingHandlers(operations, quotas, store, latches, events);
       }
       // An RPC that declares an operation kind with no runner would fail every call it starts: refuse to start instead.
       for (const policy of methods.values()) {
@@ -390,7 +396,7 @@ export class Daemon {
 
       certMonitor.start();
       readiness.set('tls', true);
-      return new Daemon(live, log, grpc, provider, certificates, revocation, access, audit, certMonitor, listener, resources, readiness, grpcPort, httpPort);
+      return new Daemon(live, log, grpc, provider, certificates, revocation, access, audit, certMonitor, listener, resources, readiness, grpcPort, httpPort, events);
     } catch (err) {
       await resources.disposeAsync();
       throw err;
@@ -441,6 +447,8 @@ export class Daemon {
    */
   async stop(graceMs = this.live.config.server.shutdown_grace_seconds * 1000): Promise<{ forced: boolean }> {
     this.readiness.drain();
+    // Event streams never finish by themselves: end them (UNAVAILABLE, resume with the last token) before the drain waits for calls.
+    this.events.endStreams();
     // The listener owns the connections (grpc-js's tryShutdown does not wait for injected ones).
     const clean = await this.listener.drain(graceMs);
     this.grpc.tryShutdown(() => undefined);

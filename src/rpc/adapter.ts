@@ -8,7 +8,7 @@ import {
   type ServerUnaryCall,
   type ServerWritableStream,
   type sendUnaryData,
-  type Metadata,
+  Metadata as GrpcMetadata,
 } from '@grpc/grpc-js';
 import {
   create,
@@ -69,6 +69,20 @@ function serializer(schema: DescMessage) {
   };
 }
 
+/**
+ * For server streams: one message object written to many streams (an event fanned out to
+ * every WatchEvents caller) is encoded once. Yielded messages are never changed afterwards.
+ */
+function sharedSerializer(schema: DescMessage) {
+  const encoded = new WeakMap<object, Buffer>();
+  const serialize = serializer(schema);
+  return (message: MessageShape<DescMessage>): Buffer => {
+    let bytes = encoded.get(message);
+    if (!bytes) encoded.set(message, (bytes = serialize(message)));
+    return bytes;
+  };
+}
+
 function deserializer(schema: DescMessage) {
   // grpc-js answers INTERNAL when a deserializer throws; bad bytes are the client's fault.
   return (bytes: Buffer): MessageShape<DescMessage> | UndecodableRequest => {
@@ -93,7 +107,7 @@ export function toServiceDefinition(service: DescService): ServiceDefinition {
       responseStream: method.methodKind === 'server_streaming',
       requestSerialize: serializer(method.input) as (value: unknown) => Buffer,
       requestDeserialize: deserializer(method.input),
-      responseSerialize: serializer(method.output) as (value: unknown) => Buffer,
+      responseSerialize: (method.methodKind === 'server_streaming' ? sharedSerializer(method.output) : serializer(method.output)) as (value: unknown) => Buffer,
       responseDeserialize: (bytes: Buffer) => fromBinary(method.output, bytes),
       originalName: method.localName,
     };
@@ -102,7 +116,7 @@ export function toServiceDefinition(service: DescService): ServiceDefinition {
 }
 
 interface GrpcCallLike {
-  readonly metadata: Metadata;
+  readonly metadata: GrpcMetadata;
   getDeadline(): Date | number;
   getPeer(): string;
   readonly cancelled: boolean;
@@ -156,6 +170,20 @@ function aborted(signal: AbortSignal): Promise<never> {
   });
 }
 
+/** Settles when the stream can take more, or when the call ends (a cancelled call never drains). */
+function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      call.off('drain', done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    call.once('drain', done);
+    if (signal.aborted) done();
+    else signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 /** The INVALID_ARGUMENT for a request that did not decode, or undefined for a decoded one. */
 export function undecodableError(request: unknown): InvalidArgumentError | undefined {
   if (!(request instanceof UndecodableRequest)) return undefined;
@@ -206,11 +234,12 @@ export function toImplementation<S extends GenServiceMethods>(
         const { ctx, scope, dispose } = contextFor(call, options, policy);
         void runInCallScope(scope, async () => {
           try {
-            for await (const message of streaming(decoded(call.request), ctx)) {
+            const messages = streaming(decoded(call.request), ctx);
+            // The response headers say "the call was accepted" before a first message, which a quiet stream (WatchEvents) may not send for long.
+            call.sendMetadata(new GrpcMetadata());
+            for await (const message of messages) {
               if (call.cancelled) return;
-              if (!call.write(create(method.output, message))) {
-                await new Promise<void>((resolve) => call.once('drain', resolve));
-              }
+              if (!call.write(create(method.output, message))) await drained(call, ctx.signal);
             }
             call.end();
           } catch (err) {

@@ -2,6 +2,7 @@
 // polices exactly these.
 import type { DescService } from '@bufbuild/protobuf';
 import { AccessService } from '../gen/debvisor/v1/access_pb.js';
+import { EventService } from '../gen/debvisor/v1/event_pb.js';
 import { MigrationService } from '../gen/debvisor/v1/migration_pb.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
@@ -15,4 +16,5 @@ export const API_SERVICES: readonly DescService[] = [
   MigrationService,
   StorageService,
   OperationService,
+  EventService,
 ];

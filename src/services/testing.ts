@@ -13,6 +13,7 @@ import type { QuotaManager } from '../quota/manager.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
 import type { Store } from '../store/store.js';
+import type { EventSink } from '../events/types.js';
 import { operationMessage } from './operations.js';
 
 
@@ -114,8 +115,14 @@ export function registerTestOperationKind(operations: OperationManager, hostComm
   });
 }
 
-export function testingHandlers(operations: OperationManager, quotas: QuotaManager, store: Store, latches: TestLatches): HandlersOf<typeof TestingService> {
+export function testingHandlers(operations: OperationManager, quotas: QuotaManager, store: Store, latches: TestLatches, events: EventSink): HandlersOf<typeof TestingService> {
   return {
+    publishTestEvents: (request) => {
+      const repeat = Math.max(1, request.repeat);
+      if (repeat * request.events.length > 1_000_000) throw new InvalidArgumentError('repeat', 'at most a million events per call');
+      for (let i = 0; i < repeat; i++) for (const e of request.events) events.publish({ kind: e.kind, resource: e.resource, actor: e.actor, traceId: e.traceId, payload: e.payload });
+      return Promise.resolve({ published: repeat * request.events.length });
+    },
     holdTestMutation: async (request, ctx) => {
       const latch = latchName(request.latch);
       await latches.wait(latch, ctx.signal);

@@ -18,6 +18,8 @@
 //   /debvisor/rpc/slots/<principal>/<operation id> concurrent-operation slots (on a daemon lease)
 //   /debvisor/rpc/idempotency/<principal>/<request id>  request_id → operation id
 //   /debvisor/rpc/replies/<principal>/<method>/<request id>  kept reply of a mutating call (a day, on a lease)
+//   /debvisor/events/batches/<hostname>/<ms>-<nonce>-<seq>  a batch of events one node published (src/events/journal.ts)
+//   /debvisor/events/floor                        the newest pruned batch's revision: older resume tokens are expired
 //
 // Each id part is one URI-encoded segment, so a principal such as
 // spiffe://debvisor/admin/admin stays inside its own key.
@@ -36,6 +38,7 @@ export const LAYOUT = {
   slots: '/debvisor/rpc/slots/',
   idempotency: '/debvisor/rpc/idempotency/',
   replies: '/debvisor/rpc/replies/',
+  events: '/debvisor/events/',
 } as const;
 
 /** Encodes one id part as a key segment; empty or oversized parts are refused. */

@@ -30,6 +30,7 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
   admin: () => true,
   operator: (r) =>
     ['node', 'vm', 'storage', 'migration', 'operation'].includes(service(r.permission)) ||
+    r.permission === 'event:watch' ||
     r.permission.startsWith('access:apikey:') ||
     r.permission.startsWith('access:session:'),
   developer: (r) =>
@@ -41,6 +42,7 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
       'storage:clone:create',
       'vm:list',
       'vm:get',
+      'event:watch',
       'operation:get',
       'operation:list',
       'operation:wait',
@@ -52,7 +54,7 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
       'access:session:list',
       'access:session:revoke',
     ].includes(r.permission),
-  monitor: (r) => ['node:list', 'node:get', 'node:heartbeat'].includes(r.permission),
+  monitor: (r) => ['node:list', 'node:get', 'node:heartbeat', 'event:watch'].includes(r.permission),
   // Every read, except PrepareMigration (a dry run of an operator action, not a read of state)
   // and BackupStore (a copy of the whole store, API key hashes included: for admins only).
   viewer: (r) => !r.mutates && r.permission !== 'migration:plan' && r.permission !== 'store:backup',
@@ -92,7 +94,7 @@ describe('built-in roles', () => {
 
   it('the table covers the whole API', () => {
     expect(RPCS.length).toBeGreaterThanOrEqual(45);
-    expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'operation', 'store']));
+    expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'operation', 'store', 'event']));
   });
 
   it('no role grants WhoAmI: it is open to every authenticated caller by its policy', () => {

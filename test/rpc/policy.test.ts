@@ -22,9 +22,9 @@ function fieldAt(message: DescMessage, dotted: string): boolean {
 }
 
 describe('RPC policy options', () => {
-  it('covers the six DebVisor services', () => {
+  it('covers the seven DebVisor services', () => {
     expect(API_SERVICES.map((s) => s.typeName).sort()).toEqual(
-      ['AccessService', 'MigrationService', 'NodeService', 'OperationService', 'StorageService', 'VmService'].map((n) => `debvisor.v1.${n}`),
+      ['AccessService', 'EventService', 'MigrationService', 'NodeService', 'OperationService', 'StorageService', 'VmService'].map((n) => `debvisor.v1.${n}`),
     );
   });
 

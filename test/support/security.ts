@@ -129,6 +129,11 @@ export function rawServerStream(client: Client, path: string, body: Buffer, meta
     const call = client.makeServerStreamRequest<Buffer, Buffer>(path, (v) => v, (v) => v, body, md, { deadline: new Date(Date.now() + timeoutMs) });
     call.on('data', () => undefined);
     call.on('error', () => undefined);
+    // Response headers before the status: the call was accepted (a quiet stream such as WatchEvents sends nothing for long).
+    call.on('metadata', (metadata: Metadata) => {
+      resolveCall({ code: Status.OK, details: 'stream opened', metadata });
+      call.cancel();
+    });
     call.on('status', (status: StatusObject) => resolveCall({ code: status.code, details: status.details, metadata: status.metadata }));
   });
 }

@@ -635,7 +635,8 @@ export const SecurityPayloadSchema: GenMessage<SecurityPayload> = /*@__PURE__*/
  */
 export type ResyncPayload = Message<"debvisor.v1.ResyncPayload"> & {
   /**
-   * "token_expired", "too_slow", "shutting_down".
+   * "token_expired" (the resume token is older than the retained window) or
+   * "too_slow" (the stream fell behind by more than the daemon's buffer).
    *
    * @generated from field: string reason = 1;
    */
@@ -832,7 +833,9 @@ export const EventService: GenService<{
    * EventKind's visibility). A token older than the retained window, or a
    * consumer that falls too far behind, gets one RESYNC_REQUIRED event and
    * the stream ends: re-list, then watch again without a token. A HEARTBEAT
-   * event carrying the current resume token is sent on idle streams.
+   * event carrying the current resume token is sent on idle streams. The call
+   * ends with DEADLINE_EXCEEDED at the server's maximum call deadline and with
+   * UNAVAILABLE when the daemon shuts down: watch again with the last token.
    * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
    *
    * @generated from rpc debvisor.v1.EventService.WatchEvents

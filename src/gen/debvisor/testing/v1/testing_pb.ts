@@ -9,6 +9,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Event } from "../../v1/event_pb.js";
+import { file_debvisor_v1_event } from "../../v1/event_pb.js";
 import type { Operation } from "../../v1/operation_pb.js";
 import { file_debvisor_v1_operation } from "../../v1/operation_pb.js";
 import { file_debvisor_v1_options } from "../../v1/options_pb.js";
@@ -20,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/testing/v1/testing.proto.
  */
 export const file_debvisor_testing_v1_testing: GenFile = /*@__PURE__*/
-  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEiGwoLRWNob1JlcXVlc3QSDAoEdGV4dBgBIAEoCSIcCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCSK9AQoZU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdGVwcxgCIAEoDRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEQoJcmVzdW1hYmxlGAQgASgIEhgKEHJ1bl9ob3N0X2NvbW1hbmQYBSABKAgSEgoKcmVxdWVzdF9pZBgGIAEoCRINCgVsYXRjaBgHIAEoCSJHChpTdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iLQoXQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhDb25zdW1lVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBCItChdSZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIigKGFJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZRIMCgR1c2VkGAEgASgEIjwKF0hvbGRUZXN0TXV0YXRpb25SZXF1ZXN0Eg0KBWxhdGNoGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiKgoYSG9sZFRlc3RNdXRhdGlvblJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSIlChRPcGVuVGVzdExhdGNoUmVxdWVzdBINCgVsYXRjaBgBIAEoCSIpChVPcGVuVGVzdExhdGNoUmVzcG9uc2USEAoIcmVsZWFzZWQYASABKA0yxQYKDlRlc3RpbmdTZXJ2aWNlEpwBChJTdGFydFRlc3RPcGVyYXRpb24SLi5kZWJ2aXNvci50ZXN0aW5nLnYxLlN0YXJ0VGVzdE9wZXJhdGlvblJlcXVlc3QaLy5kZWJ2aXNvci50ZXN0aW5nLnYxLlN0YXJ0VGVzdE9wZXJhdGlvblJlc3BvbnNlIiXK8xgdChd0ZXN0aW5nOm9wZXJhdGlvbjpzdGFydBABMAXg8xhjEo4BChBSZWxlYXNlVGVzdFF1b3RhEiwuZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuUmVsZWFzZVRlc3RRdW90YVJlc3BvbnNlIh3K8xgZChV0ZXN0aW5nOnF1b3RhOnJlbGVhc2UQARKQAQoQQ29uc3VtZVRlc3RRdW90YRIsLmRlYnZpc29yLnRlc3RpbmcudjEuQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLkNvbnN1bWVUZXN0UXVvdGFSZXNwb25zZSIfyvMYGwoVdGVzdGluZzpxdW90YTpjb25zdW1lEAEgARKLAQoQSG9sZFRlc3RNdXRhdGlvbhIsLmRlYnZpc29yLnRlc3RpbmcudjEuSG9sZFRlc3RNdXRhdGlvblJlcXVlc3QaLS5kZWJ2aXNvci50ZXN0aW5nLnYxLkhvbGRUZXN0TXV0YXRpb25SZXNwb25zZSIayvMYFgoSdGVzdGluZzpsYXRjaDpob2xkEAESgAEKDU9wZW5UZXN0TGF0Y2gSKS5kZWJ2aXNvci50ZXN0aW5nLnYxLk9wZW5UZXN0TGF0Y2hSZXF1ZXN0GiouZGVidmlzb3IudGVzdGluZy52MS5PcGVuVGVzdExhdGNoUmVzcG9uc2UiGMrzGBQKEnRlc3Rpbmc6bGF0Y2g6b3BlbhJfCgRFY2hvEiAuZGVidmlzb3IudGVzdGluZy52MS5FY2hvUmVxdWVzdBohLmRlYnZpc29yLnRlc3RpbmcudjEuRWNob1Jlc3BvbnNlIhLK8xgOCgx0ZXN0aW5nOmVjaG9iBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
+  fileDesc("CiFkZWJ2aXNvci90ZXN0aW5nL3YxL3Rlc3RpbmcucHJvdG8SE2RlYnZpc29yLnRlc3RpbmcudjEiGwoLRWNob1JlcXVlc3QSDAoEdGV4dBgBIAEoCSIcCgxFY2hvUmVzcG9uc2USDAoEdGV4dBgBIAEoCSK9AQoZU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdGVwcxgCIAEoDRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEQoJcmVzdW1hYmxlGAQgASgIEhgKEHJ1bl9ob3N0X2NvbW1hbmQYBSABKAgSEgoKcmVxdWVzdF9pZBgGIAEoCRINCgVsYXRjaBgHIAEoCSJHChpTdGFydFRlc3RPcGVyYXRpb25SZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iLQoXQ29uc3VtZVRlc3RRdW90YVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIoChhDb25zdW1lVGVzdFF1b3RhUmVzcG9uc2USDAoEdXNlZBgBIAEoBCItChdSZWxlYXNlVGVzdFF1b3RhUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIigKGFJlbGVhc2VUZXN0UXVvdGFSZXNwb25zZRIMCgR1c2VkGAEgASgEIjwKF0hvbGRUZXN0TXV0YXRpb25SZXF1ZXN0Eg0KBWxhdGNoGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiKgoYSG9sZFRlc3RNdXRhdGlvblJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSIlChRPcGVuVGVzdExhdGNoUmVxdWVzdBINCgVsYXRjaBgBIAEoCSIpChVPcGVuVGVzdExhdGNoUmVzcG9uc2USEAoIcmVsZWFzZWQYASABKA0iTgoYUHVibGlzaFRlc3RFdmVudHNSZXF1ZXN0EiIKBmV2ZW50cxgBIAMoCzISLmRlYnZpc29yLnYxLkV2ZW50Eg4KBnJlcGVhdBgCIAEoDSIuChlQdWJsaXNoVGVzdEV2ZW50c1Jlc3BvbnNlEhEKCXB1Ymxpc2hlZBgBIAEoDTLXBwoOVGVzdGluZ1NlcnZpY2USnAEKElN0YXJ0VGVzdE9wZXJhdGlvbhIuLmRlYnZpc29yLnRlc3RpbmcudjEuU3RhcnRUZXN0T3BlcmF0aW9uUmVxdWVzdBovLmRlYnZpc29yLnRlc3RpbmcudjEuU3RhcnRUZXN0T3BlcmF0aW9uUmVzcG9uc2UiJcrzGB0KF3Rlc3Rpbmc6b3BlcmF0aW9uOnN0YXJ0EAEwBeDzGGMSjgEKEFJlbGVhc2VUZXN0UXVvdGESLC5kZWJ2aXNvci50ZXN0aW5nLnYxLlJlbGVhc2VUZXN0UXVvdGFSZXF1ZXN0Gi0uZGVidmlzb3IudGVzdGluZy52MS5SZWxlYXNlVGVzdFF1b3RhUmVzcG9uc2UiHcrzGBkKFXRlc3Rpbmc6cXVvdGE6cmVsZWFzZRABEpABChBDb25zdW1lVGVzdFF1b3RhEiwuZGVidmlzb3IudGVzdGluZy52MS5Db25zdW1lVGVzdFF1b3RhUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuQ29uc3VtZVRlc3RRdW90YVJlc3BvbnNlIh/K8xgbChV0ZXN0aW5nOnF1b3RhOmNvbnN1bWUQASABEosBChBIb2xkVGVzdE11dGF0aW9uEiwuZGVidmlzb3IudGVzdGluZy52MS5Ib2xkVGVzdE11dGF0aW9uUmVxdWVzdBotLmRlYnZpc29yLnRlc3RpbmcudjEuSG9sZFRlc3RNdXRhdGlvblJlc3BvbnNlIhrK8xgWChJ0ZXN0aW5nOmxhdGNoOmhvbGQQARKAAQoNT3BlblRlc3RMYXRjaBIpLmRlYnZpc29yLnRlc3RpbmcudjEuT3BlblRlc3RMYXRjaFJlcXVlc3QaKi5kZWJ2aXNvci50ZXN0aW5nLnYxLk9wZW5UZXN0TGF0Y2hSZXNwb25zZSIYyvMYFAoSdGVzdGluZzpsYXRjaDpvcGVuEo8BChFQdWJsaXNoVGVzdEV2ZW50cxItLmRlYnZpc29yLnRlc3RpbmcudjEuUHVibGlzaFRlc3RFdmVudHNSZXF1ZXN0Gi4uZGVidmlzb3IudGVzdGluZy52MS5QdWJsaXNoVGVzdEV2ZW50c1Jlc3BvbnNlIhvK8xgXChV0ZXN0aW5nOmV2ZW50OnB1Ymxpc2gSXwoERWNobxIgLmRlYnZpc29yLnRlc3RpbmcudjEuRWNob1JlcXVlc3QaIS5kZWJ2aXNvci50ZXN0aW5nLnYxLkVjaG9SZXNwb25zZSISyvMYDgoMdGVzdGluZzplY2hvYgZwcm90bzM", [file_debvisor_v1_event, file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration]);
 
 /**
  * EchoRequest carries the text to return.
@@ -327,6 +329,55 @@ export const OpenTestLatchResponseSchema: GenMessage<OpenTestLatchResponse> = /*
   messageDesc(file_debvisor_testing_v1_testing, 11);
 
 /**
+ * PublishTestEventsRequest carries the events to publish.
+ *
+ * @generated from message debvisor.testing.v1.PublishTestEventsRequest
+ */
+export type PublishTestEventsRequest = Message<"debvisor.testing.v1.PublishTestEventsRequest"> & {
+  /**
+   * Published in order; time and resume_token are ignored.
+   *
+   * @generated from field: repeated debvisor.v1.Event events = 1;
+   */
+  events: Event[];
+
+  /**
+   * Publish the list this many times (0 or 1: once), for load tests.
+   *
+   * @generated from field: uint32 repeat = 2;
+   */
+  repeat: number;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.PublishTestEventsRequest.
+ * Use `create(PublishTestEventsRequestSchema)` to create a new message.
+ */
+export const PublishTestEventsRequestSchema: GenMessage<PublishTestEventsRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 12);
+
+/**
+ * PublishTestEventsResponse says how many events were published.
+ *
+ * @generated from message debvisor.testing.v1.PublishTestEventsResponse
+ */
+export type PublishTestEventsResponse = Message<"debvisor.testing.v1.PublishTestEventsResponse"> & {
+  /**
+   * Events handed to the journal.
+   *
+   * @generated from field: uint32 published = 1;
+   */
+  published: number;
+};
+
+/**
+ * Describes the message debvisor.testing.v1.PublishTestEventsResponse.
+ * Use `create(PublishTestEventsResponseSchema)` to create a new message.
+ */
+export const PublishTestEventsResponseSchema: GenMessage<PublishTestEventsResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_testing_v1_testing, 13);
+
+/**
  * TestingService starts fake long-running work and consumes quota.
  *
  * @generated from service debvisor.testing.v1.TestingService
@@ -383,6 +434,17 @@ export const TestingService: GenService<{
     methodKind: "unary";
     input: typeof OpenTestLatchRequestSchema;
     output: typeof OpenTestLatchResponseSchema;
+  },
+  /**
+   * PublishTestEvents hands events to this daemon's event journal, as an event
+   * source would (time and resume token are the journal's).
+   *
+   * @generated from rpc debvisor.testing.v1.TestingService.PublishTestEvents
+   */
+  publishTestEvents: {
+    methodKind: "unary";
+    input: typeof PublishTestEventsRequestSchema;
+    output: typeof PublishTestEventsResponseSchema;
   },
   /**
    * Echo returns its text unchanged: the tiny handler the chain benchmark
