@@ -121,8 +121,17 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
     const { vm, staleSince } = inventory.get(validateVmName(vmName, 'vm_name'));
     return { vm: vmMessage(vm, node()), ...(staleSince ? { staleSince: timestampFromDate(staleSince) } : {}) };
   };
-  /** Changes to `vm` seen from now on are this call's (its actor and trace id on the events). */
+  /** Changes to `vm` seen from now on, until the handle is disposed, are this call's (its actor and trace id on the events). */
   const announce = (vm: string, ctx: CallContext, extraMs = 0) => inventory.attribute(vm, actorOf(ctx.principal), ctx.traceId, extraMs);
+  /** Runs a change whose effect is seen by the time it returns: later changes to `vm` are not this call's. */
+  const attributed = async <T>(vm: string, ctx: CallContext, act: () => Promise<T>): Promise<T> => {
+    const attribution = announce(vm, ctx);
+    try {
+      return await act();
+    } finally {
+      attribution[Symbol.dispose]();
+    }
+  };
   /** The VM as the change left it: reloaded first, since the event may not have arrived yet. */
   const changed = async (vm: string) => vmMessage(await inventory.reloaded(vm), node());
 
@@ -153,19 +162,21 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
 
     getVm: (request) => Promise.resolve(get(request.vmName)),
 
-    startVm: async (request, ctx) => {
+    startVm: (request, ctx) => {
       const vm = validateVmName(request.vmName, 'vm_name');
-      announce(vm, ctx);
-      const state = await libvirt.state(vm, { signal: ctx.signal });
-      if (state === 'paused') await libvirt.resume(vm, { signal: ctx.signal });
-      else await libvirt.start(vm, { signal: ctx.signal });
-      return { vm: await changed(vm) };
+      return attributed(vm, ctx, async () => {
+        const state = await libvirt.state(vm, { signal: ctx.signal });
+        if (state === 'paused') await libvirt.resume(vm, { signal: ctx.signal });
+        else await libvirt.start(vm, { signal: ctx.signal });
+        return { vm: await changed(vm) };
+      });
     },
 
     shutdownVm: async (request, ctx) => {
       const vm = validateVmName(request.vmName, 'vm_name');
       if (!request.wait) {
         if (request.timeout !== undefined) throw new InvalidArgumentError('timeout', 'only meaningful with wait = true');
+        // The guest goes off after the reply: the change stays this call's for the attribution window.
         announce(vm, ctx);
         await libvirt.shutdown(vm, { signal: ctx.signal });
         return { vm: await changed(vm) };
@@ -185,24 +196,25 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
       return { vm: await changed(vm), operation: operationMessage(record) };
     },
 
-    rebootVm: async (request, ctx) => {
+    rebootVm: (request, ctx) => {
       const vm = validateVmName(request.vmName, 'vm_name');
-      announce(vm, ctx);
-      await libvirt.reboot(vm, { signal: ctx.signal });
-      return { vm: await changed(vm) };
+      return attributed(vm, ctx, async () => {
+        await libvirt.reboot(vm, { signal: ctx.signal });
+        return { vm: await changed(vm) };
+      });
     },
 
-    destroyVm: async (request, ctx) => {
+    destroyVm: (request, ctx) => {
       const vm = validateVmName(request.vmName, 'vm_name');
-      announce(vm, ctx);
-      await libvirt.destroy(vm, { signal: ctx.signal, graceful: request.graceful });
-      return { vm: await changed(vm) };
+      return attributed(vm, ctx, async () => {
+        await libvirt.destroy(vm, { signal: ctx.signal, graceful: request.graceful });
+        return { vm: await changed(vm) };
+      });
     },
 
     createVmSnapshot: async (request, ctx) => {
       const principal = principalOf(ctx);
       const vm = validateVmName(request.vmName, 'vm_name');
-      announce(vm, ctx);
       const create = async () => {
         const snapshot = await libvirt.snapshotCreate(vm, request.snapshotName, request.description || undefined, { signal: ctx.signal });
         try {
@@ -214,7 +226,7 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
         }
         return snapshot;
       };
-      const snapshot = await inventory.snapshotChange(vm, create, (s) => ({ snapshotName: s.name, change: 'created' }));
+      const snapshot = await attributed(vm, ctx, () => inventory.snapshotChange(vm, create, (s) => ({ snapshotName: s.name, change: 'created' })));
       return { snapshot: snapshotMessage(snapshot) };
     },
 
@@ -228,9 +240,8 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
 
     revertVmSnapshot: async (request, ctx) => {
       const vm = validateVmName(request.vmName, 'vm_name');
-      announce(vm, ctx);
       const revert = () => libvirt.snapshotRevert(vm, request.snapshotName, { signal: ctx.signal });
-      await inventory.snapshotChange(vm, revert, () => ({ snapshotName: request.snapshotName, change: 'reverted' }));
+      await attributed(vm, ctx, () => inventory.snapshotChange(vm, revert, () => ({ snapshotName: request.snapshotName, change: 'reverted' })));
       // snapshotChange reloaded the VM.
       return { vm: vmMessage(inventory.justRead(vm), node()) };
     },
@@ -238,9 +249,8 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
     deleteVmSnapshot: async (request, ctx) => {
       const principal = principalOf(ctx);
       const vm = validateVmName(request.vmName, 'vm_name');
-      announce(vm, ctx);
       const remove = () => libvirt.snapshotDelete(vm, request.snapshotName, { signal: ctx.signal, children: request.deleteChildren });
-      const deleted = await inventory.snapshotChange(vm, remove, () => ({ snapshotName: request.snapshotName, change: 'deleted' }));
+      const deleted = await attributed(vm, ctx, () => inventory.snapshotChange(vm, remove, () => ({ snapshotName: request.snapshotName, change: 'deleted' })));
       // Units go back to each snapshot's creator (never below zero).
       for (const [owner, units] of await snapshotOwners.forgetDeleted(vm, deleted, principal.id)) await quotas.release(owner, 'snapshots', units);
       return { deleted };

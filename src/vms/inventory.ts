@@ -261,14 +261,23 @@ export class VmLiveInventory {
   // ------------------------------------------------------------------ changes
 
   /**
-   * A VmService call is about to act on `vm`: changes observed within the attribution window
-   * (plus `extraMs`, for calls whose effect comes later) carry its actor and trace id.
+   * A VmService call is about to act on `vm`: changes observed until the returned handle is
+   * disposed, within the attribution window (plus `extraMs`, for calls whose effect comes
+   * later), carry its actor and trace id.
    */
-  attribute(vm: string, actor: MessageInitShape<typeof EventActorSchema>, traceId: string, extraMs = 0): void {
+  attribute(vm: string, actor: MessageInitShape<typeof EventActorSchema>, traceId: string, extraMs = 0): Disposable {
     const now = Date.now();
     // Calls on VMs that then never changed leave entries behind: sweep the expired ones now and then.
     if (this.attributions.size >= 1024) for (const [name, a] of this.attributions) if (a.untilMs < now) this.attributions.delete(name);
-    this.attributions.set(vm, { actor, traceId, untilMs: now + this.settings().attributionWindowMs + extraMs });
+    const attribution = { actor, traceId, untilMs: now + this.settings().attributionWindowMs + extraMs };
+    this.attributions.set(vm, attribution);
+    // Disposed when the call has seen its change (its reply reloaded the VM): later changes, say
+    // with plain virsh, are nobody's. A call whose effect comes later (a guest shutdown) keeps the window.
+    return {
+      [Symbol.dispose]: () => {
+        if (this.attributions.get(vm) === attribution) this.attributions.delete(vm);
+      },
+    };
   }
 
   /** Reads one domain again (after a VmService change, or an event); serialized and coalesced per domain. */
