@@ -10,7 +10,12 @@ import type { Versioned } from '../store/repository.js';
 
 type InventoryRepository = Repositories['vmInventory'];
 
+/** Even with nothing changed, the store's records are compared again this often (repairs drift, e.g. a restored backup). */
+const FULL_PUBLISH_INTERVAL_MS = 300_000;
+
 export class VmInventory {
+  private lastPublished: { readonly node: string; readonly generation: number; readonly atMs: number } | undefined;
+
   constructor(
     private readonly repo: InventoryRepository,
     private readonly now: () => Date = () => new Date(),
@@ -20,9 +25,15 @@ export class VmInventory {
    * Makes the store's list of `node`'s VMs match its libvirt: every persistent domain with its
    * inactive XML and state; records of domains that are gone are deleted. Unchanged records are not rewritten.
    * Read from the live inventory: no host process (it throws, and nothing is published, while the
-   * inventory is stale: records of VMs that still exist must not be deleted).
+   * inventory is stale: records of VMs that still exist must not be deleted). Skipped while the
+   * live inventory has not changed since the last publication, up to FULL_PUBLISH_INTERVAL_MS.
    */
-  async publish(node: string, live: Pick<VmLiveInventory, 'persistentDomains'>): Promise<void> {
+  async publish(node: string, live: Pick<VmLiveInventory, 'persistentDomains' | 'generation'>): Promise<void> {
+    // A heartbeat with nothing changed since the last publication costs nothing (no store listing).
+    const generation = live.generation;
+    const nowMs = this.now().getTime();
+    const last = this.lastPublished;
+    if (last && last.node === node && last.generation === generation && nowMs - last.atMs < FULL_PUBLISH_INTERVAL_MS) return;
     const domains = live.persistentDomains();
     const stored = new Map((await this.repo.list({ pageSize: 10_000, under: node })).items.map((r) => [r.value.name, r]));
     for (const domain of domains) {
@@ -42,6 +53,7 @@ export class VmInventory {
       });
     }
     for (const gone of stored.values()) await this.repo.delete([node, gone.value.name], gone.modRevision).catch(ignoreConflict);
+    this.lastPublished = { node, generation, atMs: nowMs };
   }
 
   async get(node: string, vmName: string): Promise<Versioned<VmInventoryRecord> | undefined> {

@@ -160,6 +160,8 @@ function byName(a: { name: string }, b: { name: string }): number {
 
 export class VmLiveInventory {
   private readonly domains = new Map<string, InventoryVm>();
+  /** Bumped at every write to `domains`: a reader that saw the same number saw the same domains. */
+  private changes = 0;
   /** What the last resync's listing showed of each domain; dropped when a domain is reloaded on its own. */
   private readonly listed = new Map<string, DomainListing>();
   private sorted: InventoryVm[] | undefined;
@@ -239,6 +241,11 @@ export class VmLiveInventory {
     const vm = this.domains.get(name);
     if (!vm) throw new VmNotFoundError(name);
     return { vm, staleSince: this.staleSince };
+  }
+
+  /** Changes whenever a domain is stored or removed (see persistentDomains' callers). */
+  get generation(): number {
+    return this.changes;
   }
 
   /**
@@ -439,11 +446,13 @@ export class VmLiveInventory {
       if (!before) return;
       this.domains.delete(name);
       this.sorted = undefined;
+      this.changes++;
       this.publish(name, { kind: EventKind.VM_UNDEFINED, payload: { case: 'vm', value: vmPayload(before) } });
       return;
     }
     this.domains.set(name, next);
     this.sorted = undefined;
+    this.changes++;
     if (!before) {
       this.publish(name, { kind: EventKind.VM_DEFINED, payload: { case: 'vm', value: vmPayload(next) } });
       return;

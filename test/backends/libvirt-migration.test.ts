@@ -112,7 +112,8 @@ describe('against a real libvirtd (test driver)', () => {
     const store: Store = await harness.open();
     try {
       const repos = createRepositories(store);
-      const inventory = new VmInventory(repos.vmInventory);
+      let nowMs = Date.parse('2026-12-07T12:00:00Z');
+      const inventory = new VmInventory(repos.vmInventory, () => new Date(nowMs));
       // The live inventory, resynced by hand here (its event subscription is not started).
       const live = new VmLiveInventory({ libvirt, node: () => 'node-a', log: pino({ level: 'silent' }), registry: new Registry() });
       await live.resync();
@@ -126,6 +127,14 @@ describe('against a real libvirtd (test driver)', () => {
       // Nothing changed: nothing rewritten.
       await inventory.publish('node-a', live);
       expect((await inventory.get('node-a', 'vm1'))?.modRevision).toBe(first?.modRevision);
+      // Nothing changed in libvirt, the store is not even compared (a record lost meanwhile stays
+      // lost) until the periodic full publication, five minutes on.
+      await repos.vmInventory.delete(['node-a', 'vm1']);
+      await inventory.publish('node-a', live);
+      expect(await inventory.get('node-a', 'vm1')).toBeUndefined();
+      nowMs += 300_000;
+      await inventory.publish('node-a', live);
+      expect((await inventory.get('node-a', 'vm1'))?.value.name).toBe('vm1');
       // A state change is published.
       await libvirt.destroy('vm1');
       await live.resync();
