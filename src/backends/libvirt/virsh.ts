@@ -349,24 +349,11 @@ export class Libvirt {
     return this.virsh(['dumpxml', '--domain', vm, ...(opts.inactive ? ['--inactive'] : [])], opts);
   }
 
-  /** GetVm: XML facts, state, autostart, persistence and the current snapshot. */
+  /** One domain's facts, read now (a migration target's, which has no inventory here). */
   async getDomain(vmName: string, opts: CallOptions = {}): Promise<Domain> {
     const vm = validateVmName(vmName, 'vm_name');
-    const xml = parseDomainXml(await this.virsh(['dumpxml', '--domain', vm], opts));
-    const [info, currentSnapshot] = await Promise.all([this.virsh(['dominfo', '--domain', vm], opts), this.snapshotCurrent(vm, opts)]);
-    const kv = parseKeyValues(info);
-    return {
-      name: xml.name,
-      uuid: xml.uuid,
-      state: parseDomstate(kv.State ?? ''),
-      vcpus: xml.vcpus,
-      memoryBytes: xml.memoryBytes,
-      autostart: kv.Autostart === 'enable',
-      persistent: kv.Persistent === 'yes',
-      disks: xml.disks,
-      interfaces: xml.interfaces,
-      currentSnapshot,
-    };
+    const [xml, info, currentSnapshot] = await Promise.all([this.virsh(['dumpxml', '--domain', vm], opts), this.virsh(['dominfo', '--domain', vm], opts), this.snapshotCurrent(vm, opts)]);
+    return detailsFrom(xml, '', info, currentSnapshot);
   }
 
   /** ListVms: every domain (defined or transient), ordered by name. Paging and filters are the caller's. */
