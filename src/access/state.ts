@@ -186,6 +186,24 @@ export class AccessState {
     return { ok: false, excess: requested.filter((p) => excess.has(p)) };
   }
 
+  /**
+   * Why credentials a long call authenticated with no longer hold (its API key revoked or
+   * expired, its user session ended), or undefined. Streams ask this as they go.
+   */
+  credentialsProblem(principal: Principal, nowMs: number): string | undefined {
+    if (principal.apiKey) {
+      const key = this.apiKeys.get(principal.apiKey.id);
+      if (!key || key.revoked_at !== undefined) return `API key ${principal.apiKey.id} was revoked`;
+      if (key.expires_at !== undefined && Date.parse(key.expires_at) <= nowMs) return `API key ${principal.apiKey.id} expired`;
+    }
+    const sessionId = principal.delegation?.sessionId;
+    if (sessionId !== undefined) {
+      const session = this.userSessions.get(sessionId);
+      if (!session || session.revoked_at !== undefined || Date.parse(session.expires_at) <= nowMs) return `user session ${sessionId} ended`;
+    }
+    return principal.delegation ? this.credentialsProblem(principal.delegation.by, nowMs) : undefined;
+  }
+
   /** Acting on objects owned by someone else needs the `:any` form of the permission. */
   mayActOn(principal: Principal, owner: string, permission: string): boolean {
     return owner === principal.id || this.allows(principal, crossPrincipal(permission), ownerResources(owner));

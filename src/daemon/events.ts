@@ -32,6 +32,7 @@ export function eventServiceHandlers(journal: EventJournal, settings: () => Conf
     journal,
     visibility,
     allows: (principal, permission, resources) => access.allows(principal, permission, resources),
+    credentialsProblem: (principal, nowMs) => access.credentialsProblem(principal, nowMs),
     settings: () => ({
       heartbeatMs: events().heartbeat_seconds * 1000,
       streamBuffer: events().stream_buffer,

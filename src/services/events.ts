@@ -24,6 +24,8 @@ export interface EventServiceDeps {
   readonly journal: EventJournal;
   readonly visibility: EventVisibility;
   readonly allows: Allows;
+  /** Why the stream's credentials no longer hold (a revoked key, an ended session); checked as it goes. */
+  readonly credentialsProblem: (principal: NonNullable<CallContext['principal']>, nowMs: number) => string | undefined;
   readonly settings: () => EventStreamSettings;
 }
 
@@ -111,6 +113,8 @@ export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventSe
       let lastSentMs = Date.now();
       for (;;) {
         if (journal.closed) throw new RpcError('UNAVAILABLE', 'the daemon is shutting down; watch again with your last resume token');
+        const problem = deps.credentialsProblem(principal, Date.now());
+        if (problem !== undefined) throw new UnauthenticatedError(`${problem}; the stream ends`);
         const page = journal.read(cursor, PAGE);
         if (page === 'expired') {
           yield control(EventKind.RESYNC_REQUIRED, cursor, sentAny || !token ? 'too_slow' : 'token_expired');

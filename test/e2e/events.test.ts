@@ -161,6 +161,23 @@ describe('WatchEvents on one daemon', () => {
     }
   });
 
+  it('ends the stream of an API key once the key is revoked (UNAUTHENTICATED), before any later event', async () => {
+    const { secret, apiKey } = await admin.createApiKey({ description: 'revoked watcher', permissions: ['event:watch', 'vm:get'] }, T);
+    const anonymous = await clientFor(EventService, daemon, null);
+    try {
+      const keyed = watch(anonymous, {}, { authorization: `Bearer ${secret}` });
+      await keyed.open;
+      await publish(testing, [vmEvent('before-revoke')]);
+      await vi.waitFor(() => expect(keyed.names()).toContain('before-revoke'), WAIT);
+      await admin.revokeApiKey({ keyId: apiKey?.keyId ?? '' }, T);
+      await publish(testing, [vmEvent('after-revoke')]);
+      await vi.waitFor(() => expect(keyed.ended?.code).toBe(Status.UNAUTHENTICATED), WAIT);
+      expect(keyed.names()).not.toContain('after-revoke');
+    } finally {
+      anonymous.close();
+    }
+  });
+
   it('sends heartbeats carrying the current resume token on an idle stream', async () => {
     const feed = watch(events, { kinds: [EventKind.SECURITY_ALERT] });
     await vi.waitFor(() => expect(feed.events.filter((e) => e.kind === EventKind.HEARTBEAT).length).toBeGreaterThanOrEqual(2), WAIT);
