@@ -247,6 +247,15 @@ describe('RevokeUserSession', () => {
     expect(reasons).toEqual(['user session created', 'user session revoked', 'user session revoke: already revoked or expired']);
   });
 
+  it('a revoked session is a credentials problem for calls still running with it (event streams end)', async () => {
+    const { record } = await sessions.create(ctx(alice), { ttlMs: undefined });
+    const withSession: Principal = { ...alice, delegation: { by: panel, groups: [], sessionId: record.id } };
+    expect(state.credentialsProblem(withSession, Date.now())).toBeUndefined();
+    await sessions.revoke(ctx(alice), { sessionId: record.id, user: '' });
+    expect(state.credentialsProblem(withSession, Date.now())).toBe(`user session ${record.id} ended`);
+    expect(state.credentialsProblem(alice, Date.now())).toBeUndefined();
+  });
+
   it('lets the creating certificate and :any holders revoke; to anyone else the session does not exist', async () => {
     const one = await sessions.create(ctx(alice), { ttlMs: undefined });
     const two = await sessions.create(ctx(alice), { ttlMs: undefined });
