@@ -1,5 +1,6 @@
 // The event journal and EventService as the daemon assembles them, from the `events` config.
 import type { Logger } from 'pino';
+import { Gauge, type Registry } from 'prom-client';
 import type { AccessState } from '../access/state.js';
 import type { Config } from '../config/schema.js';
 import type { PolicyIndex } from '../rpc/policy.js';
@@ -25,7 +26,8 @@ export function openJournal(store: Store, node: string, settings: () => Config, 
 }
 
 /** EventService over the journal. Compiles the kinds' visibility: a kind without one fails the daemon's start. */
-export function eventServiceHandlers(journal: EventJournal, settings: () => Config, methods: PolicyIndex, access: AccessState) {
+export function eventServiceHandlers(journal: EventJournal, settings: () => Config, methods: PolicyIndex, access: AccessState, registry: Registry) {
+  const streams = new Gauge({ name: 'event_streams', help: 'Open WatchEvents streams on this daemon.', registers: [registry] });
   const visibility = EventVisibility.compile(methods);
   const events = () => settings().events;
   return eventHandlers({
@@ -33,6 +35,7 @@ export function eventServiceHandlers(journal: EventJournal, settings: () => Conf
     visibility,
     allows: (principal, permission, resources) => access.allows(principal, permission, resources),
     credentialsProblem: (principal, nowMs) => access.credentialsProblem(principal, nowMs),
+    onStreams: (open) => streams.set(open),
     settings: () => ({
       heartbeatMs: events().heartbeat_seconds * 1000,
       streamBuffer: events().stream_buffer,

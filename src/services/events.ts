@@ -27,6 +27,8 @@ export interface EventServiceDeps {
   /** Why the stream's credentials no longer hold (a revoked key, an ended session); checked as it goes. */
   readonly credentialsProblem: (principal: NonNullable<CallContext['principal']>, nowMs: number) => string | undefined;
   readonly settings: () => EventStreamSettings;
+  /** Told the number of open streams whenever it changes (a gauge). */
+  readonly onStreams?: (open: number) => void;
 }
 
 const MAX_GLOBS = 64;
@@ -38,6 +40,8 @@ class StreamSlots {
   private readonly byPrincipal = new Map<string, number>();
   private total = 0;
 
+  constructor(private readonly onStreams: (open: number) => void = () => undefined) {}
+
   acquire(principal: string, limits: Pick<EventStreamSettings, 'maxStreams' | 'maxStreamsPerPrincipal'>): () => void {
     const mine = this.byPrincipal.get(principal) ?? 0;
     if (mine >= limits.maxStreamsPerPrincipal) {
@@ -45,7 +49,7 @@ class StreamSlots {
     }
     if (this.total >= limits.maxStreams) throw new RpcError('RESOURCE_EXHAUSTED', `too many event streams on this daemon: events.max_streams is ${limits.maxStreams}`);
     this.byPrincipal.set(principal, mine + 1);
-    this.total++;
+    this.onStreams(++this.total);
     let released = false;
     return () => {
       if (released) return;
@@ -53,7 +57,7 @@ class StreamSlots {
       const left = (this.byPrincipal.get(principal) ?? 1) - 1;
       if (left === 0) this.byPrincipal.delete(principal);
       else this.byPrincipal.set(principal, left);
-      this.total--;
+      this.onStreams(--this.total);
     };
   }
 }
@@ -76,7 +80,7 @@ function requestFilter(kinds: readonly EventKind[], globs: readonly string[]): (
 }
 
 export function eventHandlers(deps: EventServiceDeps): HandlersOf<typeof EventService> {
-  const slots = new StreamSlots();
+  const slots = new StreamSlots(deps.onStreams);
   const { journal } = deps;
 
   async function* watch(principal: NonNullable<CallContext['principal']>, wanted: (event: Event) => boolean, token: Position | undefined, ctx: CallContext): AsyncGenerator<Outgoing> {
