@@ -36,7 +36,7 @@ const MAX_GLOBS = 64;
 const PAGE = 256;
 
 /** Open streams, per principal and in all; a refused stream names the limit it hit. */
-class StreamSlots {
+export class StreamSlots {
   private readonly byPrincipal = new Map<string, number>();
   private total = 0;
 
