@@ -24,8 +24,10 @@ export function diskUsesVolume(disk: DomainDisk, key: VolumeKey): boolean {
 }
 
 /**
- * Asks this host's libvirt. If libvirt cannot be asked, the answer is unknown, so the
- * delete is refused (UNAVAILABLE) rather than assumed safe.
+ * Asks this host's libvirt, not the VM inventory: a delete must see a disk attached a moment
+ * ago, which the inventory may not hold yet (the exception to reads served from it). If
+ * libvirt cannot be asked, the answer is unknown, so the delete is refused (UNAVAILABLE)
+ * rather than assumed safe.
  */
 export function libvirtAttachments(libvirt: Libvirt): AttachmentFinder {
   return async (key, options) => {
