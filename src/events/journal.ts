@@ -44,7 +44,6 @@ interface Batch {
   readonly node: string;
   /** Publication time of its first event: its age for retention. */
   readonly timeMs: number;
-  readonly events: readonly Event[];
   /** Each event with its position, made once for every reader. */
   readonly entries: readonly PositionedEvent[];
 }
@@ -275,7 +274,7 @@ export class EventJournal implements EventSink {
     let newer = this.eventCount;
     const doomed: Batch[] = [];
     for (const batch of this.ring) {
-      newer -= batch.events.length;
+      newer -= batch.entries.length;
       // In the window while within the time span, or while fewer events than the count came after it.
       if (batch.timeMs > now - windowMs || newer < retainEvents) break;
       if (batch.node === this.node || batch.timeMs < now - ABANDONED_FACTOR * windowMs) doomed.push(batch);
@@ -333,7 +332,7 @@ export class EventJournal implements EventSink {
       const first = events[0];
       if (!first) return undefined;
       const entries = events.map((event, index) => ({ event, position: { revision: kv.modRevision, index } }));
-      return { key: kv.key, revision: kv.modRevision, node: nodeOfKey(kv.key), timeMs: first.time ? timestampMs(first.time) : 0, events, entries };
+      return { key: kv.key, revision: kv.modRevision, node: nodeOfKey(kv.key), timeMs: first.time ? timestampMs(first.time) : 0, entries };
     } catch (err) {
       this.hooks.onProblem(err, `event journal: skipping an undecodable batch ${kv.key}`);
       return undefined;
@@ -368,14 +367,14 @@ export class EventJournal implements EventSink {
       }
       const batch = this.parseBatch(kv);
       if (!batch) continue;
-      seq += batch.events.length;
+      seq += batch.entries.length;
       ring.push(batch);
     }
     const floor = kvs.find((kv) => kv.key === FLOOR_KEY);
     if (floor) this.setFloor(floor.value, floor.modRevision);
     this.ring = ring;
     this.nextSeq = seq;
-    this.eventCount = ring.reduce((n, batch) => n + batch.events.length, 0);
+    this.eventCount = ring.reduce((n, batch) => n + batch.entries.length, 0);
     this.head = Math.max(this.head, revision);
     if (!this.isLoaded) {
       this.isLoaded = true;
@@ -395,13 +394,13 @@ export class EventJournal implements EventSink {
         const batch = (!last || last.revision < event.modRevision) && this.parseBatch(event);
         if (batch) {
           this.ring.push(batch);
-          this.eventCount += batch.events.length;
-          this.nextSeq += batch.events.length;
+          this.eventCount += batch.entries.length;
+          this.nextSeq += batch.entries.length;
         }
       } else {
         const at = this.ring.findIndex((batch) => batch.key === event.key);
         const gone = at >= 0 ? this.ring.splice(at, 1)[0] : undefined;
-        if (gone) this.eventCount -= gone.events.length;
+        if (gone) this.eventCount -= gone.entries.length;
       }
     }
     this.notify();
