@@ -18,6 +18,7 @@ import {
 } from '../gen/debvisor/v1/access_pb.js';
 import { create } from '@bufbuild/protobuf';
 import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
+import { QUOTA_ENUMS } from '../rpc/quota-dimensions.js';
 import { collect, lifeState, when, withService } from './command.js';
 import { printJson, printRecord, printTable } from './output.js';
 
@@ -50,11 +51,6 @@ const BINDING_SOURCE_NAMES: Record<RoleBindingSource, string> = {
   [RoleBindingSource.CONFIG]: 'config (auth.default_bindings)',
 };
 
-const QUOTAS = new Map([
-  ['snapshots', QuotaResource.SNAPSHOTS],
-  ['storage_gb', QuotaResource.STORAGE_GB],
-  ['concurrent_operations', QuotaResource.CONCURRENT_OPERATIONS],
-]);
 
 export function registerAccessCommands(program: Command): void {
   // Connecting, closing and printing failures is withService's.
@@ -250,11 +246,11 @@ export function registerAccessCommands(program: Command): void {
     );
   quota
     .command('set <principal> <resource> <limit>')
-    .description(`set a limit; resource is one of ${[...QUOTAS.keys()].join(', ')}; limit a number or "unlimited"`)
+    .description(`set a limit; resource is one of ${[...QUOTA_ENUMS.keys()].join(', ')}; limit a number or "unlimited"`)
     .action(
       withAccess(async ({ client, options }, principal: string, resource: string, limit: string) => {
-        const resourceValue = QUOTAS.get(resource);
-        if (resourceValue === undefined) throw new Error(`unknown quota resource "${resource}"; one of ${[...QUOTAS.keys()].join(', ')}`);
+        const resourceValue = QUOTA_ENUMS.get(resource);
+        if (resourceValue === undefined) throw new Error(`unknown quota resource "${resource}"; one of ${[...QUOTA_ENUMS.keys()].join(', ')}`);
         const unlimited = limit === 'unlimited';
         if (!unlimited && !/^\d+$/.test(limit)) throw new Error(`limit must be a whole number or "unlimited", not "${limit}"`);
         await client.setQuota({ principal, resource: resourceValue, limit: unlimited ? 0n : BigInt(limit), unlimited }, options);

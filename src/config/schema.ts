@@ -312,6 +312,10 @@ export const configSchema = z.strictObject({
           snapshots: z.number().int().nonnegative().default(100),
           storage_gb: z.number().int().nonnegative().default(1000),
           concurrent_operations: z.number().int().nonnegative().default(5),
+          vms: z.number().int().nonnegative().default(20),
+          vcpus: z.number().int().nonnegative().default(64),
+          memory_gb: z.number().int().nonnegative().default(256),
+          images_gb: z.number().int().nonnegative().default(200),
         })
         .prefault({}),
       /** RecomputeQuota (which lists every pool and VG): one at a time, and the next no sooner than this after the last ended. */

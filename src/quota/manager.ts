@@ -1,4 +1,4 @@
-// Quotas per principal: counted resources (snapshots, storage_gb) change by
+// Quotas per principal: counted resources (snapshots, storage_gb, vms, ...) change by
 // compare-and-swap on the usage record, and concurrent operations hold slot keys
 // attached to the daemon's lease. Both stay exact with several daemons on one etcd.
 import type { Config } from '../config/schema.js';
@@ -6,7 +6,8 @@ import { RpcError } from '../rpc/errors.js';
 import { ConflictError } from '../store/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import { RecomputeGate } from './recompute-gate.js';
-import { quotaResources, type QuotaRecord } from '../store/records.js';
+import type { QuotaRecord } from '../store/records.js';
+import { countedQuotaResources, quotaResources, type CountedResource, type QuotaResourceName } from '../rpc/quota-dimensions.js';
 import type { Repositories } from '../store/repositories.js';
 import type { KeyValue, LeaseId, Store } from '../store/store.js';
 import { EventKind } from '../gen/debvisor/v1/event_pb.js';
@@ -14,8 +15,7 @@ import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
 import type { EventCause } from '../events/cause.js';
 import { NO_EVENTS, type EventSink } from '../events/types.js';
 
-export type CountedResource = 'snapshots' | 'storage_gb';
-export type QuotaResourceName = (typeof quotaResources)[number];
+export type { CountedResource, QuotaResourceName };
 
 export interface QuotaView {
   readonly resource: QuotaResourceName;
@@ -186,7 +186,7 @@ export class QuotaManager {
       const before = await this.view(principal);
       const counts = await Promise.all(this.sources.map(async ({ resources, count }) => ({ resources, counted: await count(principal, options) })));
       const notRecounted: QuotaResourceName[] = [];
-      for (const resource of ['snapshots', 'storage_gb'] as const) {
+      for (const resource of countedQuotaResources) {
         const counting = counts.filter(({ resources }) => resources.includes(resource));
         if (counting.length === 0) {
           notRecounted.push(resource);

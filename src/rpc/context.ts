@@ -5,6 +5,7 @@
 import type { Metadata } from '@grpc/grpc-js';
 import type { CompiledPolicy } from './policy.js';
 import type { Principal } from './principal.js';
+import type { CountedResource } from './quota-dimensions.js';
 
 export interface CallState {
   readonly traceId: string;
@@ -65,5 +66,5 @@ export interface CallContext {
   /** What the proto declares for this RPC, compiled at start-up (set by the adapter for every RPC that has a policy). */
   readonly policy?: CompiledPolicy;
   /** Quota this call consumed (from the proto option), for work that must give it back if it fails later. */
-  readonly quota?: { readonly resource: 'snapshots' | 'storage_gb'; readonly amount: number };
+  readonly quota?: { readonly resource: CountedResource; readonly amount: number };
 }

@@ -3,8 +3,7 @@ import { patternCovers } from '../authz/permission.js';
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { PrincipalKind, RoleBindingSource, type AccessService, type ApiKeySchema, type ResourceGlob as ResourceGlobMessage, type ResourceGlobSchema, type RoleSchema } from '../gen/debvisor/v1/access_pb.js';
-import { QuotaResource } from '../gen/debvisor/v1/options_pb.js';
-import type { AccessAdmin, QuotaResourceName, QuotaView } from '../access/admin.js';
+import type { AccessAdmin, QuotaView } from '../access/admin.js';
 import type { AccessState, BindingSource } from '../access/state.js';
 import type { BlockHandlers } from './access-blocks.js';
 import type { BackupHandlers } from './store-backup.js';
@@ -17,13 +16,8 @@ import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, UnauthenticatedError } from '../rpc/errors.js';
 import type { ApiKeyRecord } from '../store/records.js';
 import { timestampOfIso } from './timestamp.js';
+import { QUOTA_ENUMS, QUOTA_NAMES } from '../rpc/quota-dimensions.js';
 
-const QUOTA_NAMES: ReadonlyMap<QuotaResource, QuotaResourceName> = new Map([
-  [QuotaResource.SNAPSHOTS, 'snapshots'],
-  [QuotaResource.STORAGE_GB, 'storage_gb'],
-  [QuotaResource.CONCURRENT_OPERATIONS, 'concurrent_operations'],
-]);
-const QUOTA_ENUMS = new Map([...QUOTA_NAMES].map(([value, name]) => [name, value]));
 
 const BINDING_SOURCES: Record<BindingSource, RoleBindingSource> = {
   store: RoleBindingSource.STORE,

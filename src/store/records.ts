@@ -1,6 +1,7 @@
 // The shapes of stored records. Each carries schema_version so a later release can
 // migrate old records on read (Repository's migrate hook).
 import { z } from 'zod';
+import { countedQuotaResources, quotaResources } from '../rpc/quota-dimensions.js';
 
 const isoTime = z.iso.datetime();
 const version1 = z.literal(1);
@@ -72,7 +73,6 @@ export const roleRecord = z.strictObject({
 });
 export type RoleRecord = z.infer<typeof roleRecord>;
 
-export const quotaResources = ['snapshots', 'storage_gb', 'concurrent_operations'] as const;
 
 export const quotaRecord = z.strictObject({
   schema_version: version1,
@@ -143,7 +143,7 @@ export const operationRecord = z.strictObject({
   /** Whether a restarted daemon resumes this operation instead of failing it. */
   resumable: z.boolean(),
   /** Quota taken for the work, given back if it fails or is cancelled. */
-  quota: z.strictObject({ resource: z.enum(['snapshots', 'storage_gb']), amount: z.number().int().positive() }).optional(),
+  quota: z.strictObject({ resource: z.enum(countedQuotaResources), amount: z.number().int().positive() }).optional(),
   created_at: isoTime,
   updated_at: isoTime,
   done_at: isoTime.optional(),

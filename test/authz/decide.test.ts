@@ -242,7 +242,7 @@ describe('resource globs', () => {
     expect(resourceKindName(ResourceKind.UNSPECIFIED)).toBeUndefined();
     expect(resourceKindFromName('vm')).toBe(ResourceKind.VM);
     expect(resourceKindFromName('bogus')).toBeUndefined();
-    expect([...RESOURCE_KIND_NAMES.values()].sort()).toEqual(['api_key', 'node', 'operation', 'pool', 'principal', 'role', 'user', 'vm', 'volume']);
+    expect([...RESOURCE_KIND_NAMES.values()].sort()).toEqual(['api_key', 'image', 'network', 'node', 'operation', 'pool', 'principal', 'role', 'user', 'vm', 'volume']);
   });
 });
 
