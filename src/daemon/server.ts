@@ -332,7 +332,7 @@ export class Daemon {
         [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),
-        [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, metrics.registry),
+        [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, revocation, metrics.registry),
       };
       if (config.nodes.self_register) {
         // Each heartbeat also publishes this node's VM definitions: FailoverVM's source once this node is gone.

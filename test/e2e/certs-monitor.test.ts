@@ -12,6 +12,7 @@ import { stringify } from 'yaml';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
 import { issueCertificate, writeFileAtomic, writeLeafFiles } from '../../src/pki/index.js';
 import { REPO_ROOT, auditRecords, baseConfig, clientFor, deepMerge, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { reloadDaemon } from '../support/security.js';
 import {
   DAY_MS,
   NO_RATE_LIMITS,
@@ -249,16 +250,7 @@ describe('SIGHUP with a bad configuration', () => {
     await daemon.cleanup();
   });
 
-  async function hup(): Promise<Record<string, unknown>> {
-    const seen = daemon.logRecords().length;
-    daemon.process.kill('SIGHUP');
-    let record: Record<string, unknown> | undefined;
-    await vi.waitFor(() => {
-      record = daemon.logRecords().slice(seen).find((r) => r.msg === 'reload refused; keeping the running configuration and certificates' || r.msg === 'reloaded configuration, certificates and CRL');
-      expect(record).toBeDefined();
-    });
-    return record!;
-  }
+  const hup = () => reloadDaemon(daemon);
 
   it('keeps the old config and certificates, stays up and keeps serving; a good config is then applied', async () => {
     const original = await readFile(daemon.configFile, 'utf8');

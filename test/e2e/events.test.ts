@@ -20,7 +20,7 @@ import { ensureDevPki } from '../../src/pki/index.js';
 import { ctlProcess } from '../support/ctl.js';
 import { clientFor, type ClientPem, type RunningDaemon } from '../support/daemon.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
-import { issueClientFor } from '../support/security.js';
+import { issueClientFor, reloadDaemon, writeDevCrl } from '../support/security.js';
 import { startTestingDaemon } from '../support/testing.js';
 
 const WAIT = { timeout: 30_000, interval: 25 };
@@ -277,6 +277,48 @@ describe('WatchEvents on one daemon', () => {
     // At --timeout the feeds end quietly.
     expect((await lines.done).code).toBe(0);
     expect((await json.done).code).toBe(0);
+  });
+});
+
+describe('WatchEvents and certificate revocation', () => {
+  let dir: string;
+  let daemon: RunningDaemon;
+  const WATCHER = 'spiffe://debvisor/test/watcher';
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'rpcd-events-crl-'));
+    const pki = await ensureDevPki(join(dir, 'pki'));
+    const crlFile = await writeDevCrl(pki, [], join(dir, 'crl.pem'));
+    daemon = await startTestingDaemon({ pkiDir: pki.dir, config: { auth: { crl_file: crlFile }, events: { batch_ms: 20 } } });
+  });
+
+  afterAll(async () => {
+    await daemon.cleanup();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('ends the stream of a certificate once a reloaded CRL revokes it (UNAUTHENTICATED), before any later event', async () => {
+    const pki = await ensureDevPki(join(dir, 'pki'));
+    const watcher = await issueClientFor(pki, WATCHER);
+    const admin = await clientFor(AccessService, daemon);
+    const testing = await clientFor(TestingService, daemon);
+    const asWatcher = await clientFor(EventService, daemon, watcher);
+    try {
+      await admin.bindRole({ principal: WATCHER, roleName: 'viewer' }, T);
+      const feed = new Feed(asWatcher, {});
+      await feed.open;
+      await publish(testing, [vmEvent('before-crl')]);
+      await vi.waitFor(() => expect(feed.names()).toContain('before-crl'), WAIT);
+      await writeDevCrl(pki, [watcher.serial], join(dir, 'crl.pem'));
+      expect((await reloadDaemon(daemon)).msg).toBe('reloaded configuration, certificates and CRL');
+      await publish(testing, [vmEvent('after-crl')]);
+      await vi.waitFor(() => expect(feed.ended?.code).toBe(Status.UNAUTHENTICATED), WAIT);
+      expect(feed.names()).not.toContain('after-crl');
+    } finally {
+      admin.close();
+      testing.close();
+      asWatcher.close();
+    }
   });
 });
 

@@ -16,7 +16,7 @@ import { CTL } from '../support/ctl.js';
 import { REPO_ROOT, baseConfig, clientFor, daemonEnv, freePort, runMain, startDaemon, type ClientPem, type RunningDaemon } from '../support/daemon.js';
 import { grpcHealth } from '../support/health.js';
 import { devCa } from '../support/pki-fixtures.js';
-import { auditOf, issueClientFor, metricSum, metricsText, rejection, traceIdOf } from '../support/security.js';
+import { auditOf, issueClientFor, metricSum, metricsText, rejection, reloadDaemon, traceIdOf } from '../support/security.js';
 
 const ADMIN = 'spiffe://debvisor/admin/admin';
 const RUNNER = 'spiffe://debvisor/ci/runner';
@@ -60,19 +60,7 @@ function ctl(...args: string[]): Promise<Run> {
   });
 }
 
-/** Sends SIGHUP and returns the reload's outcome record. */
-async function hup(daemon: RunningDaemon): Promise<Record<string, unknown>> {
-  const seen = daemon.logRecords().length;
-  daemon.process.kill('SIGHUP');
-  return vi.waitFor(
-    () => {
-      const record = daemon.logRecords().slice(seen).find((r) => r.msg === 'reload refused; keeping the running configuration and certificates' || r.msg === 'reloaded configuration, certificates and CRL');
-      if (!record) throw new Error('no reload outcome yet');
-      return record;
-    },
-    { timeout: START_MS, interval: 50 },
-  );
-}
+const hup = (daemon: RunningDaemon) => reloadDaemon(daemon, START_MS);
 
 /** /readyz without the lines about libvirt (this host has none: VmService alone is NOT_SERVING). */
 async function readyzOf(daemon: RunningDaemon): Promise<{ status: number; body: string }> {

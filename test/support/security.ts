@@ -197,3 +197,17 @@ export async function grpcFrom(
     session.close();
   }
 }
+
+/** Sends SIGHUP and returns the reload's outcome record (applied or refused), waiting as long as `timeoutMs`. */
+export async function reloadDaemon(daemon: RunningDaemon, timeoutMs = 90_000): Promise<Record<string, unknown>> {
+  const seen = daemon.logRecords().length;
+  daemon.process.kill('SIGHUP');
+  return vi.waitFor(
+    () => {
+      const record = daemon.logRecords().slice(seen).find((r) => r.msg === 'reload refused; keeping the running configuration and certificates' || r.msg === 'reloaded configuration, certificates and CRL');
+      if (!record) throw new Error('no reload outcome yet');
+      return record;
+    },
+    { timeout: timeoutMs, interval: 50 },
+  );
+}
