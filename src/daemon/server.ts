@@ -51,6 +51,7 @@ import { migrationHandlers, registerMigrationOperationKinds } from '../services/
 import { NodeConnections } from '../migration/connections.js';
 import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
+import { HostNetworks } from '../backends/libvirt/networks.js';
 import { VmSnapshotOwners } from '../vms/snapshot-owners.js';
 import { VmLiveInventory } from '../vms/inventory.js';
 import { registerTestOperationKind, TestLatches, testingHandlers } from '../services/testing.js';
@@ -330,7 +331,7 @@ export class Daemon {
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
-        [NodeService.typeName]: nodeHandlers(nodes),
+        [NodeService.typeName]: nodeHandlers(nodes, new HostNetworks({ libvirt })),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, metrics.registry),
       };
