@@ -309,6 +309,8 @@ export class Daemon {
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
+      // This node's libvirt networks and host bridges: ListNetworks, and the check of a new VM's NICs.
+      const networks = new HostNetworks({ libvirt });
       void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);
       const migration = {
@@ -331,7 +333,7 @@ export class Daemon {
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
-        [NodeService.typeName]: nodeHandlers(nodes, new HostNetworks({ libvirt })),
+        [NodeService.typeName]: nodeHandlers(nodes, networks),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, metrics.registry),
       };
