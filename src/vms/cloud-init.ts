@@ -229,7 +229,8 @@ export class CloudInitSeeds {
     const target = this.seedPath(vmName);
     validateCloudInit(input, prefix);
     const documents = seedDocuments(input);
-    await mkdir(this.dir, { recursive: true, mode: 0o711 });
+    // The daemon's umask (systemd UMask=) would take QEMU's x bit off a new directory: set the mode itself.
+    if ((await mkdir(this.dir, { recursive: true, mode: 0o711 })) !== undefined) await chmod(this.dir, 0o711);
     const work = await mkdtemp(join(tmpdir(), 'debvisor-cloud-init-'));
     const partial = join(this.dir, `.${vmName}.iso.${randomBytes(6).toString('hex')}.tmp`);
     try {

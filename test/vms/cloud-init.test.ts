@@ -224,6 +224,18 @@ describe.skipIf(!tools)('CloudInitSeeds with genisoimage, read back with isoinfo
     expect(await readdir(dir)).toEqual(['web-1.iso']);
   });
 
+  it('keeps its modes under the unit\'s UMask=0027', async () => {
+    const strict = new CloudInitSeeds({ dir: join(root, 'umask', 'seeds'), registry: new Registry(), readableByAll: true });
+    const previous = process.umask(0o027);
+    try {
+      const iso = await strict.build('web-6', BASE, 'spec.cloud_init');
+      expect((await stat(join(root, 'umask', 'seeds'))).mode & 0o777).toBe(0o711);
+      expect((await stat(iso)).mode & 0o777).toBe(0o644);
+    } finally {
+      process.umask(previous);
+    }
+  });
+
   it('readableByAll makes the seed 0644', async () => {
     const open = new CloudInitSeeds({ dir, registry: new Registry(), readableByAll: true });
     expect((await stat(await open.build('web-5', BASE, 'spec.cloud_init'))).mode & 0o777).toBe(0o644);
