@@ -111,7 +111,9 @@ function validateNetworkConfig(value: string, field: string): void {
   // Either {version: 1|2, ...} or {network: {version: 1|2, ...}} (cloud-init's network-config docs).
   const top = typeof config === 'object' && config !== null ? (config as Record<string, unknown>) : {};
   const inner = typeof top.network === 'object' && top.network !== null ? (top.network as Record<string, unknown>) : top;
-  if (inner.version !== 1 && inner.version !== 2) throw new InvalidArgumentError(field, 'must have "version: 1" or "version: 2" (at the top or under "network")');
+  // {network: {config: disabled}} turns cloud-init's network configuration off.
+  if (inner.config === 'disabled') return;
+  if (inner.version !== 1 && inner.version !== 2) throw new InvalidArgumentError(field, 'must have "version: 1" or "version: 2" (at the top or under "network"), or "config: disabled"');
 }
 
 /** One OpenSSH public key, parsed by sshpk: returns the line as it goes into the seed. */

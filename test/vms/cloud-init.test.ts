@@ -81,6 +81,7 @@ describe('validateCloudInit', () => {
     ).not.toThrow();
     expect(() => validateCloudInit({ ...BASE, networkConfig: 'network:\n  version: 2\n  ethernets: {}\n' }, 'spec.cloud_init')).not.toThrow();
     expect(() => validateCloudInit({ ...BASE, networkConfig: 'version: 1\nconfig: []\n', metaData: 'dsmode: local\n' }, 'spec.cloud_init')).not.toThrow();
+    expect(() => validateCloudInit({ ...BASE, networkConfig: 'network: {config: disabled}\n' }, 'spec.cloud_init')).not.toThrow();
   });
 
   const cases: [string, Partial<CloudInitInput>, string, RegExp][] = [
