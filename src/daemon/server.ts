@@ -51,6 +51,7 @@ import { migrationHandlers, registerMigrationOperationKinds } from '../services/
 import { NodeConnections } from '../migration/connections.js';
 import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
+import { HostNetworks } from '../backends/libvirt/networks.js';
 import { VmSnapshotOwners } from '../vms/snapshot-owners.js';
 import { VmLiveInventory } from '../vms/inventory.js';
 import { registerTestOperationKind, TestLatches, testingHandlers } from '../services/testing.js';
@@ -308,6 +309,8 @@ export class Daemon {
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
       registerStorageOperationKinds(operations, storage);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
+      // This node's libvirt networks and host bridges: ListNetworks, and the check of a new VM's NICs.
+      const networks = new HostNetworks({ libvirt });
       void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);
       const migration = {
@@ -330,7 +333,7 @@ export class Daemon {
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
-        [NodeService.typeName]: nodeHandlers(nodes),
+        [NodeService.typeName]: nodeHandlers(nodes, networks),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, revocation, metrics.registry),
       };
