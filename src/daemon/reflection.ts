@@ -2,7 +2,7 @@
 // produced, custom options included, so `grpcurl describe` shows each RPC's
 // (debvisor.v1.rpc_policy). @grpc/reflection re-encodes descriptors through protobufjs and
 // drops unknown options; here the bytes come from the generated code's embedded descriptors.
-import { clone, create, fromBinary, toBinary, type DescFile, type DescMessage, type DescService, type MessageInitShape } from '@bufbuild/protobuf';
+import { clone, create, fromBinary, toBinary, type DescEnum, type DescFile, type DescMessage, type DescService, type MessageInitShape } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema, type DescriptorProto } from '@bufbuild/protobuf/wkt';
 import type { Server, ServerDuplexStream, ServiceDefinition } from '@grpc/grpc-js';
 import { Health } from '../gen/grpc/health/v1/health_pb.js';
@@ -70,14 +70,22 @@ function buildIndex(services: readonly DescService[]): Index {
   const bytes = new Map<DescFile, Uint8Array>();
   for (const file of files) {
     bytes.set(file, descriptorBytes(file));
+    // Every fully qualified name a client may ask for, as protoc scopes them: fields and oneofs
+    // inside their message, enum values beside their enum.
+    const visitEnum = (enumeration: DescEnum, scope: string) => {
+      bySymbol.set(enumeration.typeName, file);
+      for (const value of enumeration.values) bySymbol.set(`${scope}${value.name}`, file);
+    };
     const visitMessage = (message: DescMessage) => {
       bySymbol.set(message.typeName, file);
+      for (const field of message.fields) bySymbol.set(`${message.typeName}.${field.name}`, file);
+      for (const oneof of message.oneofs) bySymbol.set(`${message.typeName}.${oneof.name}`, file);
       for (const nested of message.nestedMessages) visitMessage(nested);
-      for (const nested of message.nestedEnums) bySymbol.set(nested.typeName, file);
+      for (const nested of message.nestedEnums) visitEnum(nested, `${message.typeName}.`);
       for (const extension of message.nestedExtensions) bySymbol.set(extension.typeName, file);
     };
     for (const message of file.messages) visitMessage(message);
-    for (const enumeration of file.enums) bySymbol.set(enumeration.typeName, file);
+    for (const enumeration of file.enums) visitEnum(enumeration, file.proto.package ? `${file.proto.package}.` : '');
     for (const service of file.services) {
       bySymbol.set(service.typeName, file);
       for (const method of service.methods) bySymbol.set(`${service.typeName}.${method.name}`, file);

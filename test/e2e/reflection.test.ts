@@ -112,10 +112,12 @@ describe('server reflection', () => {
 
   it('serves files by name and answers an unknown symbol with NOT_FOUND, on v1 and v1alpha', async () => {
     for (const service of ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection']) {
-      const [byName, unknown] = await reflect(
+      const [byName, unknown, enumValue, field] = await reflect(
         [
           { messageRequest: { case: 'fileByFilename', value: 'debvisor/v1/options.proto' } },
           { messageRequest: { case: 'fileContainingSymbol', value: 'debvisor.v1.NoSuchThing' } },
+          { messageRequest: { case: 'fileContainingSymbol', value: 'debvisor.v1.VM_STATE_RUNNING' } },
+          { messageRequest: { case: 'fileContainingSymbol', value: 'debvisor.v1.Operation.progress_percent' } },
         ],
         { service },
       );
@@ -123,6 +125,8 @@ describe('server reflection', () => {
       expect(files[0]).toBe('debvisor/v1/options.proto');
       expect(files).toContain('google/protobuf/descriptor.proto');
       expect(unknown!.messageResponse).toMatchObject({ case: 'errorResponse', value: { errorCode: Status.NOT_FOUND } });
+      expect(fromBinary(FileDescriptorProtoSchema, filesOf(enumValue!)[0]!).name).toBe('debvisor/v1/vm.proto');
+      expect(fromBinary(FileDescriptorProtoSchema, filesOf(field!)[0]!).name).toBe('debvisor/v1/operation.proto');
     }
   });
 
