@@ -3,7 +3,7 @@
 import { Metadata, status as Status, type StatusObject } from '@grpc/grpc-js';
 import { create, toBinary } from '@bufbuild/protobuf';
 import { anyPack, durationFromMs, type Any } from '@bufbuild/protobuf/wkt';
-import { RetryInfoSchema, QuotaFailureSchema } from '../gen/google/rpc/error_details_pb.js';
+import { BadRequestSchema, RetryInfoSchema, QuotaFailureSchema } from '../gen/google/rpc/error_details_pb.js';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
 import { DomainError, GENERIC_INTERNAL_MESSAGE, type DomainErrorKind } from '../errors/domain.js';
 
@@ -44,6 +44,8 @@ export interface ErrorDetails {
   readonly retryAfterMs?: number;
   /** Becomes google.rpc.QuotaFailure. */
   readonly quotaViolations?: readonly { subject: string; description: string }[];
+  /** Becomes google.rpc.BadRequest: the request field paths (`spec.disks[2].size_bytes`) and what is wrong with each. */
+  readonly fieldViolations?: readonly { field: string; description: string }[];
 }
 
 /** An error whose message is safe to show to the client. */
@@ -66,7 +68,7 @@ export class InvalidArgumentError extends RpcError {
     readonly field: string,
     problem: string,
   ) {
-    super('INVALID_ARGUMENT', `${field}: ${problem}`);
+    super('INVALID_ARGUMENT', `${field}: ${problem}`, { details: { fieldViolations: [{ field, description: problem }] } });
     this.name = 'InvalidArgumentError';
   }
 }
@@ -152,6 +154,11 @@ function addErrorDetails(metadata: Metadata, code: Status, message: string, deta
   if (details.quotaViolations) {
     const violations = details.quotaViolations.map((v) => ({ subject: v.subject, description: v.description }));
     packed.push(anyPack(QuotaFailureSchema, create(QuotaFailureSchema, { violations })));
+  }
+  if (details.fieldViolations) {
+    // Bounded like the message: a path or problem that echoes a huge request value must not blow the trailer limit.
+    const fieldViolations = details.fieldViolations.map((v) => ({ field: boundedMessage(v.field), description: boundedMessage(v.description) }));
+    packed.push(anyPack(BadRequestSchema, create(BadRequestSchema, { fieldViolations })));
   }
   const status = create(StatusSchema, { code, message, details: packed });
   metadata.set('grpc-status-details-bin', Buffer.from(toBinary(StatusSchema, status)));

@@ -15,7 +15,7 @@ import { metricSum, metricsText } from '../support/security.js';
 import { REFUSALS_BEFORE_CLOSE } from '../../src/daemon/connections.js';
 import { LEGIT_CONFIG, legitClient, legitLatencies, underLoad } from '../support/unauth-load.js';
 
-const REFLECTION_PROTO = join(REPO_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');
+const REFLECTION_PROTO = join(REPO_ROOT, 'proto/grpc/reflection/v1/reflection.proto');
 const HEALTH_CHECK = '/grpc.health.v1.Health/Check';
 const REFLECTION_INFO = '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo';
 

@@ -35,7 +35,7 @@ import { writeRefusedCertificates, type CertFixture, type RefusedCertificates } 
 
 const ADMIN = 'spiffe://debvisor/admin/admin';
 const WHOAMI = '/debvisor.v1.AccessService/WhoAmI';
-const REFLECTION_PROTO = join(REPO_ROOT, 'node_modules/@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');
+const REFLECTION_PROTO = join(REPO_ROOT, 'proto/grpc/reflection/v1/reflection.proto');
 const DEBVISOR_SERVICES = [
   'debvisor.v1.AccessService',
   'debvisor.v1.NodeService',
