@@ -16,7 +16,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { lookup as dnsLookup } from 'node:dns/promises';
 import type { LookupAddress } from 'node:dns';
-import { createReadStream } from 'node:fs';
+import { constants as fsConstants, createReadStream } from 'node:fs';
 import { open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
@@ -404,7 +404,9 @@ async function attempt(ctx: AttemptContext, allowResume: boolean): Promise<Downl
     };
     report(true);
     // Each chunk is written before the next is read: when the transfer breaks, every byte received is on disk to resume from.
-    const file = await open(partialPath, offset > 0 ? 'a' : 'w', 0o600);
+    // O_NOFOLLOW: a symlink planted at the partial path must not redirect the write elsewhere.
+    const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW | (offset > 0 ? fsConstants.O_APPEND : fsConstants.O_TRUNC);
+    const file = await open(partialPath, flags, 0o600);
     try {
       for await (const chunk of response as AsyncIterable<Buffer>) {
         received += chunk.length;
@@ -431,6 +433,14 @@ async function attempt(ctx: AttemptContext, allowResume: boolean): Promise<Downl
   return finish(ctx, received, offset > 0, hash);
 }
 
+/** A resumed file had the wrong digest: the partial is gone, download it again from zero. */
+class ResumedDigestMismatch extends Error {
+  constructor(actual: string) {
+    super(`resumed download had SHA-256 ${actual}`);
+    this.name = 'ResumedDigestMismatch';
+  }
+}
+
 /** Checks the digest of the complete file (hashing it when `hash` is not given); a mismatch deletes it. */
 async function finish(ctx: AttemptContext, bytes: number, resumed: boolean, hash: Hash | undefined): Promise<DownloadResult> {
   const { partialPath, signal } = ctx.request;
@@ -444,6 +454,8 @@ async function finish(ctx: AttemptContext, bytes: number, resumed: boolean, hash
   const sha256 = digest.digest('hex');
   if (sha256 !== ctx.expected) {
     await discardPartial(partialPath);
+    // The kept part may be of another file (a server without validators that changed it): one more try, whole.
+    if (resumed) throw new ResumedDigestMismatch(sha256);
     throw new ImageFetchError('digest_mismatch', `the downloaded image has SHA-256 ${sha256}, not the expected ${ctx.expected}; nothing was imported`);
   }
   await rm(partialMetaPath(partialPath), { force: true });
@@ -479,12 +491,17 @@ export async function downloadImage(request: DownloadRequest): Promise<DownloadR
   const ctx: AttemptContext = { request, url, expected, transport };
   const retries = request.retries ?? 3;
   let pause = request.retryDelayMs ?? 1000;
+  let resume = true;
   try {
     for (let attemptNo = 0; ; attemptNo++) {
       try {
         signal.throwIfAborted();
-        return await attempt(ctx, true);
+        return await attempt(ctx, resume);
       } catch (raw) {
+        if (raw instanceof ResumedDigestMismatch && resume) {
+          resume = false;
+          continue;
+        }
         const err = classify(raw, signal);
         if (!(err instanceof ImageFetchError) || !err.transient || attemptNo >= retries) throw err;
       }
@@ -494,6 +511,7 @@ export async function downloadImage(request: DownloadRequest): Promise<DownloadR
         throw classify(err, signal);
       }
       pause *= 2;
+      resume = true;
     }
   } finally {
     transport.httpAgent.destroy();
