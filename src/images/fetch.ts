@@ -17,7 +17,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { lookup as dnsLookup } from 'node:dns/promises';
 import type { LookupAddress } from 'node:dns';
 import { constants as fsConstants, createReadStream } from 'node:fs';
-import { open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import { isIP, type LookupFunction, type Socket } from 'node:net';
@@ -234,7 +234,7 @@ function get(url: URL, headers: OutgoingHttpHeaders, transport: Transport): Prom
     request.on('timeout', () => {
       request.destroy(new ImageFetchError('network', 'the image server stopped sending; retry later', `idle for ${transport.idleTimeoutMs} ms`));
     });
-    // Stays attached: an error after the response arrived must not go unhandled (the body's pipeline reports it).
+    // Stays attached: an error after the response arrived must not go unhandled (reading the body reports it).
     request.on('error', reject);
     request.once('response', resolve);
     request.end();
@@ -287,9 +287,10 @@ function contentLength(response: IncomingMessage): number | undefined {
   return value !== undefined && /^\d+$/.test(value) ? Number(value) : undefined;
 }
 
+/** Size of a regular file kept from an earlier attempt; 0 for none, or for anything else (a symlink is not followed). */
 async function sizeOf(path: string): Promise<number> {
   try {
-    const st = await stat(path);
+    const st = await lstat(path);
     return st.isFile() ? st.size : 0;
   } catch {
     return 0;
@@ -312,7 +313,9 @@ async function readMeta(partialPath: string): Promise<PartialMeta | undefined> {
 
 async function writeMeta(partialPath: string, meta: PartialMeta): Promise<void> {
   const path = partialMetaPath(partialPath);
-  await writeFile(`${path}.tmp`, JSON.stringify(meta), { mode: 0o600 });
+  // wx: never through a symlink, nor into a file left over.
+  await rm(`${path}.tmp`, { force: true });
+  await writeFile(`${path}.tmp`, JSON.stringify(meta), { mode: 0o600, flag: 'wx' });
   await rename(`${path}.tmp`, path);
 }
 
