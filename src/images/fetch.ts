@@ -164,7 +164,18 @@ function guardedLookup(resolveHost: ResolveHost, guard: AddressPolicy): LookupFu
 
 /** The CAs image servers must chain to: the configured bundle, else the system store (Node's bundled roots if it is empty). */
 async function imageTrust(policy: FetchPolicy): Promise<string | string[]> {
-  if (policy.caFile !== undefined && policy.caFile !== '') return readFile(policy.caFile, 'utf8');
+  if (policy.caFile !== undefined && policy.caFile !== '') {
+    let bundle: string;
+    try {
+      bundle = await readFile(policy.caFile, 'utf8');
+    } catch (err) {
+      throw new ImageFetchError('tls', "this node's CA bundle for image servers (images.ca_file) cannot be read", String(err), { cause: err });
+    }
+    if (!bundle.includes('-----BEGIN CERTIFICATE-----')) {
+      throw new ImageFetchError('tls', "this node's CA bundle for image servers (images.ca_file) holds no PEM certificate");
+    }
+    return bundle;
+  }
   const system = getCACertificates('system');
   return system.length > 0 ? system : getCACertificates('bundled');
 }
@@ -319,7 +330,8 @@ async function writeMeta(partialPath: string, meta: PartialMeta): Promise<void> 
   await rename(`${path}.tmp`, path);
 }
 
-async function discardPartial(partialPath: string): Promise<void> {
+/** Deletes a partial download and its sidecar (an abandoned import); nothing there is fine. */
+export async function discardPartial(partialPath: string): Promise<void> {
   await rm(partialPath, { force: true });
   await rm(partialMetaPath(partialPath), { force: true });
 }

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ImageFetchError } from '../../src/images/errors.js';
-import { DEFAULT_FETCH_POLICY, downloadImage, partialMetaPath, validateImageUrl, type DownloadRequest, type FetchPolicy } from '../../src/images/fetch.js';
+import { DEFAULT_FETCH_POLICY, discardPartial, downloadImage, partialMetaPath, validateImageUrl, type DownloadRequest, type FetchPolicy } from '../../src/images/fetch.js';
 import { InvalidArgumentError, toStatus } from '../../src/rpc/errors.js';
 import { createTestCa, sha256Hex, startHttpImageServer, startHttpsImageServer, type ImageServer, type TestCa } from '../support/image-server.js';
 import { rejection } from '../support/rejection.js';
@@ -186,6 +186,28 @@ describe('downloadImage over HTTPS with a test CA', () => {
     expect(err.failure).toBe('tls');
     expect(toStatus(err, 't').code).toBe(Status.FAILED_PRECONDITION);
     expect(untrustedServer.log).toHaveLength(0);
+  });
+
+  it('an unreadable or empty images.ca_file is a clear FAILED_PRECONDITION, not an internal error', async () => {
+    httpsServer.files.set('/disk.raw', { body: raw });
+    writeFileSync(join(dir, 'empty.pem'), '');
+    for (const caFile of [join(dir, 'absent.pem'), join(dir, 'empty.pem')]) {
+      const err = await fetchError(request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw), policy: { ...loopbackPolicy, caFile } }));
+      expect(err.failure).toBe('tls');
+      expect(err.safeMessage).toContain('images.ca_file');
+      expect(toStatus(err, 't').code).toBe(Status.FAILED_PRECONDITION);
+    }
+    expect(httpsServer.log).toHaveLength(0);
+  });
+
+  it('discardPartial removes a partial download and its sidecar', async () => {
+    httpsServer.files.set('/disk.raw', { body: raw, cutAfterBytes: MiB });
+    const req = request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw), retries: 0 });
+    await fetchError(req);
+    expect(existsSync(partialMetaPath(req.partialPath))).toBe(true);
+    await discardPartial(req.partialPath);
+    expect(existsSync(req.partialPath) || existsSync(partialMetaPath(req.partialPath))).toBe(false);
+    await discardPartial(req.partialPath);
   });
 
   it('without a configured bundle the system CAs are used, which do not include the test CA', async () => {
