@@ -375,7 +375,10 @@ async function attempt(ctx: AttemptContext, allowResume: boolean): Promise<Downl
   if (status === 416 && kept > 0) {
     response.destroy();
     // The kept part may be the whole file already (interrupted after the last byte, before publishing).
-    if (parseContentRange(response.headers['content-range'])?.total === kept) return finish(ctx, kept, true, undefined);
+    if (parseContentRange(response.headers['content-range'])?.total === kept) {
+      request.onProgress?.(kept, kept);
+      return finish(ctx, kept, true, undefined);
+    }
     return attempt(ctx, false);
   }
   let offset: number;

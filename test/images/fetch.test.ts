@@ -175,9 +175,11 @@ describe('downloadImage over HTTPS with a test CA', () => {
     httpsServer.files.set('/disk.raw', { body: raw });
     const req = request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw) });
     writeFileSync(req.partialPath, raw);
-    const result = await downloadImage(req);
+    const progress: [number, number | undefined][] = [];
+    const result = await downloadImage({ ...req, onProgress: (received, total) => progress.push([received, total]) });
     expect(result).toEqual({ sha256: sha256Hex(raw), bytes: raw.length, resumed: true });
     expect(httpsServer.log).toHaveLength(1);
+    expect(progress).toEqual([[raw.length, raw.length]]);
   });
 
   it('refuses a server whose certificate comes from a CA outside the image trust', async () => {
