@@ -35,9 +35,8 @@ export function outputFormat(): Format {
 
 /** The gRPC code's name, e.g. NOT_FOUND. */
 function codeName(err: ServiceError): string {
-  // Undefined for a code grpc-js does not know (the type says otherwise).
-  const name: string | undefined = Status[err.code];
-  return name ?? String(err.code);
+  // A code grpc-js does not know (a newer server) prints as its number.
+  return err.code in Status ? Status[err.code] : String(err.code);
 }
 
 // Whatever the server sends, nothing printed can drive the terminal (ESC[2J in an API key's
@@ -106,13 +105,14 @@ const MIN_COLUMN = 8;
 
 /**
  * A table of escaped cells, ending in a newline; "(none)" without rows. Within `limit` columns
- * (default TABLE_WIDTH; undefined or -o wide: as wide as the cells) long cells are cut with "…".
+ * (default TABLE_WIDTH; Infinity, the default with -o wide: as wide as the cells) long cells are cut with "…".
  */
-export function formatTable(head: string[], rows: string[][], limit: number | undefined = format === 'wide' ? undefined : TABLE_WIDTH): string {
+export function formatTable(head: string[], rows: string[][], limit: number = format === 'wide' ? Infinity : TABLE_WIDTH): string {
   if (rows.length === 0) return '(none)\n';
-  const escaped = rows.map((row) => row.map((cell) => escapeUnsafe(cell)));
+  // Line by line: a cell may hold several lines (a key's permissions), each escaped on its own.
+  const escaped = rows.map((row) => row.map((cell) => cell.split('\n').map((line) => escapeUnsafe(line)).join('\n')));
   let body = escaped;
-  if (limit !== undefined) {
+  if (Number.isFinite(limit)) {
     const natural = head.map((title, i) => Math.max(cellWidth(title), ...escaped.map((row) => cellWidth(row[i] ?? ''))));
     const minimum = head.map((title, i) => Math.min(natural[i] ?? 0, Math.max(cellWidth(title), MIN_COLUMN)));
     const widths = fitColumns(natural, minimum, limit);
