@@ -8,6 +8,7 @@ import { writeFileAtomic } from '../pki/files.js';
 import { ctlConfigPath, loadCtlConfig, readApiKeyFile, type CtlConfig, type CtlContext } from './credentials.js';
 import { UsageError } from './exit-codes.js';
 import { fail, printDocument, printTable } from './output.js';
+import { loadYaml } from './yaml.js';
 
 const CONFIG_MODE = 0o600;
 
@@ -28,7 +29,7 @@ export function configDocument(config: CtlConfig): Record<string, unknown> {
 }
 
 export async function saveCtlConfig(file: string, config: CtlConfig): Promise<void> {
-  const { stringify } = await import('yaml');
+  const { stringify } = await loadYaml();
   mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   const text = `# debvisorctl contexts (debvisorctl config --help). API keys are never written here: api-key-file names a 0600 file.\n${stringify(configDocument(config))}`;
   await writeFileAtomic(file, text, CONFIG_MODE);

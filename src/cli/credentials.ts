@@ -12,6 +12,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { UsageError } from './exit-codes.js';
+import { loadYaml } from './yaml.js';
 
 export interface CredentialFlags {
   server?: string | undefined;
@@ -107,7 +108,7 @@ export async function loadCtlConfig(env: Env = process.env, file: string = ctlCo
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
-  const { parse } = await import('yaml');
+  const { parse } = await loadYaml();
   let document: unknown;
   try {
     document = parse(text);

@@ -10,6 +10,7 @@ import { escapeUnsafe, escapeUnsafeJson } from '../rpc/text.js';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { EXIT, exitCodeOf, isGrpcError } from './exit-codes.js';
 import type { Format } from './formats.js';
+import { loadYaml } from './yaml.js';
 
 export type { Format, Output } from './formats.js';
 
@@ -26,7 +27,7 @@ let yaml: YamlModule | undefined;
 /** Called once the global -o is parsed; loads the YAML printer only when it is wanted. */
 export async function setOutputFormat(chosen: Format): Promise<void> {
   format = chosen;
-  if (chosen === 'yaml') yaml = await import('yaml');
+  if (chosen === 'yaml') yaml = await loadYaml();
 }
 
 export function outputFormat(): Format {
@@ -45,7 +46,8 @@ function codeName(err: ServiceError): string {
 /** A plain JSON document (already JSON-shaped) as JSON or YAML, per -o. */
 export function printDocument(document: JsonValue | Record<string, unknown>): void {
   if (format === 'yaml' && yaml) {
-    process.stdout.write(escapeUnsafe(yaml.stringify(document)));
+    // Line by line: escapeUnsafe would escape the document's own newlines (yaml quotes and escapes the values' controls itself).
+    process.stdout.write(yaml.stringify(document).split('\n').map((line) => escapeUnsafe(line)).join('\n'));
     return;
   }
   // JSON.stringify escapes C0 controls but not C1, separators or bidi overrides.
