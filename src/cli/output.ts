@@ -102,25 +102,43 @@ export function ellipsize(cell: string, width: number): string {
     .join('\n');
 }
 
-/** Narrowest a column gets: its header, or 8 characters if the header is shorter (ids stay readable). */
-const MIN_COLUMN = 8;
+/** Columns an operator copies from (ids, names): never cut, whatever the width. */
+const IDENTIFIER_HEADERS = new Set(['id', 'name', 'uuid', 'hostname', 'subject', 'key', 'vm', 'snapshot', 'volume', 'pool', 'ip']);
+/** What free-text columns shrink to at most, and times (2026-12-07T21:29:04Z → 2026-12-07…) after them. */
+const MIN_TEXT = 5;
+const MIN_TIME = 11;
+const TIME = /^(\d{4}-\d\d-\d\dT[\d:.]+Z|-|)$/;
+
+/**
+ * Column widths for `limit`: free text gives way first (to MIN_TEXT), then times (to a date);
+ * identifiers never. A table whose identifiers alone are wider than `limit` stays wider.
+ */
+export function tableWidths(head: readonly string[], rows: readonly (readonly string[])[], limit: number): number[] {
+  const natural = head.map((title, i) => Math.max(cellWidth(title), ...rows.map((row) => cellWidth(row[i] ?? ''))));
+  const isTime = head.map((_title, i) => rows.every((row) => TIME.test(row[i] ?? '')));
+  const textFloor = head.map((title, i) => (IDENTIFIER_HEADERS.has(title) ? (natural[i] ?? 0) : Math.min(natural[i] ?? 0, isTime[i] ? Infinity : MIN_TEXT)));
+  const afterText = fitColumns(natural, textFloor, limit);
+  const timeFloor = head.map((_title, i) => (isTime[i] ? Math.min(natural[i] ?? 0, MIN_TIME) : (afterText[i] ?? 0)));
+  return fitColumns(afterText, timeFloor, limit);
+}
 
 /**
  * A table of escaped cells, ending in a newline; "(none)" without rows. Within `limit` columns
- * (default TABLE_WIDTH; Infinity, the default with -o wide: as wide as the cells) long cells are cut with "…".
+ * (default TABLE_WIDTH; Infinity, the default with -o wide: as wide as the cells) long cells,
+ * and headers, are cut with "…" (see tableWidths).
  */
 export function formatTable(head: string[], rows: string[][], limit: number = format === 'wide' ? Infinity : TABLE_WIDTH): string {
   if (rows.length === 0) return '(none)\n';
   // Line by line: a cell may hold several lines (a key's permissions), each escaped on its own.
   const escaped = rows.map((row) => row.map((cell) => cell.split('\n').map((line) => escapeUnsafe(line)).join('\n')));
   let body = escaped;
+  let titles = head;
   if (Number.isFinite(limit)) {
-    const natural = head.map((title, i) => Math.max(cellWidth(title), ...escaped.map((row) => cellWidth(row[i] ?? ''))));
-    const minimum = head.map((title, i) => Math.min(natural[i] ?? 0, Math.max(cellWidth(title), MIN_COLUMN)));
-    const widths = fitColumns(natural, minimum, limit);
+    const widths = tableWidths(head, escaped, limit);
     body = escaped.map((row) => row.map((cell, i) => ellipsize(cell, widths[i] ?? cellWidth(cell))));
+    titles = head.map((title, i) => ellipsize(title, widths[i] ?? title.length));
   }
-  const table = new Table({ head, style: { head: [], border: [] } });
+  const table = new Table({ head: titles, style: { head: [], border: [] } });
   table.push(...body);
   return `${table.toString()}\n`;
 }

@@ -19,7 +19,7 @@ describe('tables', () => {
     expect(text).toContain('dvk_01HZX3');
     expect(text).toContain('…');
     // Every line of a multi-line cell is cut on its own.
-    expect(text.split('\n').filter((line) => line.includes('storage:')).length).toBe(2);
+    expect(text.split('\n').filter((line) => /│ sto\S*… /.test(line)).length).toBe(2);
   });
 
   it('show every character with no limit (-o wide)', () => {
@@ -27,6 +27,16 @@ describe('tables', () => {
     expect(text).toContain('nightly backups of the build pool, see the runbook for the retention');
     expect(text).toContain('spiffe://debvisor/ci/runner-with-a-long-name');
     expect(text).not.toContain('…');
+  });
+
+  it('never cut identifiers; cut times only after free text', () => {
+    const text = formatTable(['id', 'owner', 'created'], [['7f3c2d52-dbdf-450d-98bf-8fe713e40be7', 'x'.repeat(60), '2026-12-07T21:29:04Z']]);
+    expect(text).toContain('7f3c2d52-dbdf-450d-98bf-8fe713e40be7');
+    expect(text).toContain('2026-12-07T21:29:04Z');
+    expect(widthOf(text)).toBeLessThanOrEqual(TABLE_WIDTH);
+    const crowded = formatTable(['id', 'a', 'b', 'c', 'created'], [['7f3c2d52-dbdf-450d-98bf-8fe713e40be7', 'x'.repeat(30), 'y'.repeat(30), 'z'.repeat(30), '2026-12-07T21:29:04Z']]);
+    expect(crowded).toMatch(/2026-12-07\S*…/);
+    expect(widthOf(crowded)).toBeLessThanOrEqual(TABLE_WIDTH);
   });
 
   it('leave a narrow table alone, and say (none) without rows', () => {

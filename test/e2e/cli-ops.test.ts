@@ -186,7 +186,7 @@ describe('debvisorctl vm snapshot', () => {
     expect(again.code, again.stderr).toBe(0);
     expect((await ctl('vm', 'snapshot', 'create', 'web-1', 'cli-snap2', '--request-id', 'cli-snap-req-1')).code).toBe(0);
 
-    const listed = await ctl('vm', 'snapshot', 'list', 'web-1');
+    const listed = await ctl('-o', 'wide', 'vm', 'snapshot', 'list', 'web-1');
     expect(listed.code).toBe(0);
     expect(listed.stdout).toMatch(/cli-snap .*before the upgrade/);
     const json = await ctl('-o', 'json', 'vm', 'snapshot', 'list', 'web-1');
@@ -239,7 +239,7 @@ describe('debvisorctl node', () => {
     } finally {
       nodes.close();
     }
-    const listed = await ctl('node', 'list');
+    const listed = await ctl('-o', 'wide', 'node', 'list');
     expect(listed.code).toBe(0);
     expect(listed.stdout).toMatch(/hv-cli .*10\.0\.0\.31 .*z1 .*true .*healthy .*1\.2\.3/);
 
