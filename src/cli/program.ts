@@ -91,6 +91,8 @@ function configureErrors(program: Command, jsonErrors: boolean): void {
   if (jsonErrors) program.configureOutput({ outputError: () => undefined });
   // Before any action: tell output.ts the -o format; commands see 'json' or 'text' (see there).
   program.hook('preAction', async () => {
+    const timeout = Number(program.opts<{ timeout: string }>().timeout);
+    if (!Number.isFinite(timeout) || timeout <= 0) program.error(`error: option '--timeout <seconds>' argument '${program.opts<{ timeout: string }>().timeout}' is invalid. expected seconds, more than 0`, { exitCode: EXIT.USAGE });
     const chosen = program.opts<{ output: Format }>().output;
     await (await import('./output.js')).setOutputFormat(chosen);
     program.setOptionValueWithSource('output', commandOutput(chosen), program.getOptionValueSource('output') ?? 'default');

@@ -137,6 +137,7 @@ describe('exit codes', () => {
     expect(usage.stderr).toContain("unknown option '--bogus'");
     expect((await ctlWith(adminEnv(), 'vmm', 'list')).code).toBe(2);
     expect((await ctlWith(adminEnv(), '-o', 'xml', 'whoami')).code).toBe(2);
+    expect((await ctlWith(adminEnv(), '--timeout', 'soon', 'whoami')).code).toBe(2);
 
     const port = await closedPort();
     const unreachable = await ctlWith({ ...adminEnv(), DEBVISORCTL_SERVER: `127.0.0.1:${port}` }, 'whoami');
