@@ -75,3 +75,25 @@ describe('durations', () => {
     expect(() => duration('0s')).toThrow();
   });
 });
+
+describe('small fixes', () => {
+  it('operation target: KIND:NAME once, never "unspecified"', async () => {
+    const { targetText } = await import('../../src/cli/operation.js');
+    const { ResourceKind } = await import('../../src/gen/debvisor/v1/options_pb.js');
+    expect(targetText({ target: 'vm:web-1', targetKind: ResourceKind.UNSPECIFIED })).toBe('vm:web-1');
+    expect(targetText({ target: 'vm:web-1', targetKind: ResourceKind.VM })).toBe('vm:web-1');
+    expect(targetText({ target: 'web-1', targetKind: ResourceKind.VM })).toBe('vm:web-1');
+    expect(targetText({ target: 'test', targetKind: ResourceKind.UNSPECIFIED })).toBe('test');
+  });
+
+  it('rotated keys: the OLD key (the one a replacement names) is "active (rotated)", the new one "active"', async () => {
+    const { create } = await import('@bufbuild/protobuf');
+    const { ApiKeySchema } = await import('../../src/gen/debvisor/v1/access_pb.js');
+    const { keyState, rotatedKeyIds } = await import('../../src/cli/access.js');
+    const old = create(ApiKeySchema, { keyId: 'dvk_old' });
+    const replacement = create(ApiKeySchema, { keyId: 'dvk_new', rotatedFrom: 'dvk_old' });
+    const rotated = rotatedKeyIds([old, replacement]);
+    expect(keyState(old, rotated)).toBe('active (rotated)');
+    expect(keyState(replacement, rotated)).toBe('active');
+  });
+});
