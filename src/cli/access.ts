@@ -1,6 +1,5 @@
 // debvisorctl apikey | role | quota: access administration over AccessService.
 import { InvalidArgumentError, type Command } from 'commander';
-import ms from 'ms';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import {
   AccessService,
@@ -19,15 +18,9 @@ import {
 import { create } from '@bufbuild/protobuf';
 import { QuotaResource, ResourceKind } from '../gen/debvisor/v1/options_pb.js';
 import { QUOTA_ENUMS } from '../rpc/quota-dimensions.js';
-import { collect, lifeState, when, withService } from './command.js';
+import { collect, duration, lifeState, when, withService } from './command.js';
+import { UsageError } from './exit-codes.js';
 import { printJson, printRecord, printTable } from './output.js';
-
-
-export function duration(value: string): number {
-  const parsed = ms(value as ms.StringValue);
-  if (typeof parsed !== 'number' || !Number.isFinite(parsed) || parsed <= 0) throw new InvalidArgumentError('expected a duration such as 90d, 12h, 30m or 45s');
-  return parsed;
-}
 
 
 const KINDS = new Map(
@@ -93,9 +86,10 @@ export function registerAccessCommands(program: Command): void {
       withAccess(async ({ client, options, flags }, opts: { principal?: string; all?: boolean }) => {
         const response = await client.listApiKeys({ principal: opts.principal ?? '', includeInactive: opts.all ?? false, pageSize: 1000 }, options);
         if (flags.output === 'json') { printJson(ListApiKeysResponseSchema, response); return; }
+        const rotated = rotatedKeyIds(response.apiKeys);
         printTable(
           ['id', 'owner', 'permissions', 'expires', 'state', 'description'],
-          response.apiKeys.map((key) => [key.keyId, key.owner, key.permissions.join('\n'), when(key.expireTime), keyState(key), key.description]),
+          response.apiKeys.map((key) => [key.keyId, key.owner, key.permissions.join('\n'), when(key.expireTime), keyState(key, rotated), key.description]),
         );
       }),
     );
@@ -116,7 +110,7 @@ export function registerAccessCommands(program: Command): void {
       withAccess(async ({ client, options, flags }, keyId: string, opts: { overlap?: number }) => {
         const response = await client.rotateApiKey({ keyId, ...(opts.overlap ? { overlap: durationFromMs(opts.overlap) } : {}) }, options);
         if (flags.output === 'json') { printJson(RotateApiKeyResponseSchema, response); return; }
-        printRecord({ ...keyRecord(response.apiKey), 'old key expires': when(response.oldApiKey?.expireTime) });
+        printRecord({ ...keyRecord(response.apiKey), 'replaces': response.oldApiKey?.keyId ?? keyId, 'old key expires': when(response.oldApiKey?.expireTime) });
         process.stdout.write(`\nsecret (shown once; store it now): ${response.secret}\n`);
       }),
     );
@@ -250,9 +244,9 @@ export function registerAccessCommands(program: Command): void {
     .action(
       withAccess(async ({ client, options }, principal: string, resource: string, limit: string) => {
         const resourceValue = QUOTA_ENUMS.get(resource);
-        if (resourceValue === undefined) throw new Error(`unknown quota resource "${resource}"; one of ${[...QUOTA_ENUMS.keys()].join(', ')}`);
+        if (resourceValue === undefined) throw new UsageError(`unknown quota resource "${resource}"; one of ${[...QUOTA_ENUMS.keys()].join(', ')}`);
         const unlimited = limit === 'unlimited';
-        if (!unlimited && !/^\d+$/.test(limit)) throw new Error(`limit must be a whole number or "unlimited", not "${limit}"`);
+        if (!unlimited && !/^\d+$/.test(limit)) throw new UsageError(`limit must be a whole number or "unlimited", not "${limit}"`);
         await client.setQuota({ principal, resource: resourceValue, limit: unlimited ? 0n : BigInt(limit), unlimited }, options);
         process.stdout.write(`set ${resource} limit of ${principal} to ${limit}\n`);
       }),
@@ -264,9 +258,15 @@ function globsText(globs: readonly ResourceGlob[], separator: string): string {
   return globs.map((g) => `${ResourceKind[g.kind].toLowerCase()}=${g.glob}`).join(separator);
 }
 
-function keyState(key: ApiKey): string {
+/** Ids of the keys that were rotated: each replacement names the key it replaced. */
+export function rotatedKeyIds(keys: readonly ApiKey[]): Set<string> {
+  return new Set(keys.map((key) => key.rotatedFrom).filter((id) => id !== ''));
+}
+
+/** "active (rotated)" marks the OLD key of a rotation, still working for the overlap; its replacement is plainly active. */
+export function keyState(key: ApiKey, rotated: ReadonlySet<string>): string {
   const state = lifeState(key);
-  return state === 'active' && key.rotatedFrom ? 'active (rotated)' : state;
+  return state === 'active' && rotated.has(key.keyId) ? 'active (rotated)' : state;
 }
 
 function keyRecord(key: ApiKey | undefined): Record<string, string> {

@@ -1,13 +1,16 @@
 // Shared plumbing for debvisorctl commands that call one daemon service: the global
 // flags, a typed client per invocation, call options and how enums and times print.
 import { InvalidArgumentError, type Command } from 'commander';
+import ms from 'ms';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
 import { createClient, type CallMetadata, type CallOptions, type TypedClient } from '../client/client.js';
 import { resolveConnection, type ConnectionFlags, type ResolvedConnection } from './connection.js';
+import { ctlConfigPath, loadCtlConfig } from './credentials.js';
 import { fail, type Output } from './output.js';
 
 export interface GlobalFlags extends ConnectionFlags {
+  /** 'json' for -o json and -o yaml (print the document), 'text' for text and wide. */
   output: Output;
   timeout: string;
 }
@@ -27,16 +30,17 @@ export interface ServiceCall<S extends GenServiceMethods> {
 export type CallOf<T> = T extends GenService<infer S> ? ServiceCall<S> : never;
 
 /**
- * Wraps a command action: connects with the global flags, runs the action with a client of
- * `service`, closes it, and prints any error (gRPC code and details, which carry the trace id)
- * with exit status 1.
+ * Wraps a command action: connects with the global flags (and the contexts file), runs the
+ * action with a client of `service`, closes it, and prints any error (gRPC code and details,
+ * which carry the trace id) with the exit status of src/cli/exit-codes.ts.
  */
 export function withService<S extends GenServiceMethods>(program: Command, service: GenService<S>) {
   return <A extends unknown[]>(action: (call: ServiceCall<S>, ...args: A) => Promise<void>) =>
     async (...args: A): Promise<void> => {
       const flags = program.opts<GlobalFlags>();
       try {
-        const connection = resolveConnection(flags);
+        const file = ctlConfigPath();
+        const connection = resolveConnection(flags, process.env, await loadCtlConfig(process.env, file), file);
         const client = createClient(service, connection);
         const options = { metadata: connection.metadata, timeoutMs: Number(flags.timeout) * 1000 };
         try {
@@ -83,6 +87,19 @@ export function lifeState(credential: { readonly revokeTime?: Timestamp | undefi
 /** A commander parser for a repeatable flag: each occurrence appends its value. */
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
+}
+
+const YEAR = /^(\d+)\s*(?:y|yr|yrs|year|years)$/i;
+
+/**
+ * A commander parser for a duration: 90d, 12h, 30m, 45s, 2w, and 1y = 365 days (the ms package
+ * counts 365.25, which the daemon's 365-day limit refuses). Returns milliseconds.
+ */
+export function duration(value: string): number {
+  const years = YEAR.exec(value.trim());
+  const parsed = years ? Number(years[1]) * 365 * 86_400_000 : ms(value as ms.StringValue);
+  if (typeof parsed !== 'number' || !Number.isFinite(parsed) || parsed <= 0) throw new InvalidArgumentError('expected a duration such as 1y, 90d, 12h, 30m or 45s');
+  return parsed;
 }
 
 /** A commander parser for a whole number ≥ 0. */

@@ -1,16 +1,13 @@
-// How debvisorctl finds the daemon and its credentials: flags, then environment,
-// then the dev PKI (under ./scripts/dev), then the system paths.
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+// How debvisorctl connects: the credential plan of src/cli/credentials.ts (flags, environment,
+// context, dev PKI, /etc) turned into TLS credentials and call metadata, with the impersonation
+// headers of --as.
+import { readFileSync } from 'node:fs';
 import { tlsCredentials, type CallMetadata, type Connection } from '../client/client.js';
+import { planCredentials, readApiKeyFile, type CredentialFlags, type CtlConfig, type Env } from './credentials.js';
+import { UsageError } from './exit-codes.js';
 import { IMPERSONATION_HEADERS, impersonationProblem, type ImpersonationClaim, type ImpersonationHeader } from '../rpc/impersonation-names.js';
 
-export interface ConnectionFlags {
-  server?: string;
-  ca?: string;
-  cert?: string;
-  key?: string;
-  apiKey?: string;
+export interface ConnectionFlags extends CredentialFlags {
   /** --as: the user to act for (impersonation). */
   as?: string;
   asGroup?: string[];
@@ -25,51 +22,12 @@ export interface ResolvedConnection extends Connection {
   readonly describe: string;
 }
 
-const SYSTEM_DIR = '/etc/debvisor/rpc';
-
-function devDefaults(env: NodeJS.ProcessEnv): { ca: string; cert: string; key: string } | undefined {
-  const dir = env.DEBVISOR_DEV_DIR;
-  if (!dir || !existsSync(join(dir, 'pki', 'ca-cert.pem'))) return undefined;
-  const pki = join(dir, 'pki');
-  return { ca: join(pki, 'ca-cert.pem'), cert: join(pki, 'admin-cert.pem'), key: join(pki, 'admin-key.pem') };
-}
-
 function readPem(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new Error(`cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err });
+    throw new UsageError(`cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err });
   }
-}
-
-interface Credentials {
-  readonly cert: string | undefined;
-  readonly key: string | undefined;
-  readonly apiKey: string | undefined;
-}
-
-/**
- * Flags beat the environment as a whole: `--api-key` alone is not joined by a DEBVISORCTL_CERT
- * (the daemon would let the certificate decide and ignore the key), and `--cert`/`--key` are not
- * joined by a DEBVISORCTL_API_KEY (a secret sent for nothing). An API key replaces the default
- * certificate unless one is asked for explicitly.
- */
-function credentialsOf(flags: ConnectionFlags, env: NodeJS.ProcessEnv): Credentials {
-  const dev = devDefaults(env);
-  const certFlagged = flags.cert !== undefined || flags.key !== undefined;
-  if (certFlagged || flags.apiKey !== undefined) {
-    return {
-      cert: certFlagged ? (flags.cert ?? env.DEBVISORCTL_CERT) : undefined,
-      key: certFlagged ? (flags.key ?? env.DEBVISORCTL_KEY) : undefined,
-      apiKey: flags.apiKey,
-    };
-  }
-  const apiKey = env.DEBVISORCTL_API_KEY;
-  return {
-    cert: env.DEBVISORCTL_CERT ?? (apiKey ? undefined : (dev?.cert ?? join(SYSTEM_DIR, 'client-cert.pem'))),
-    key: env.DEBVISORCTL_KEY ?? (apiKey ? undefined : (dev?.key ?? join(SYSTEM_DIR, 'client-key.pem'))),
-    apiKey,
-  };
 }
 
 const FLAG_OF: Record<ImpersonationHeader, string> = {
@@ -80,7 +38,7 @@ const FLAG_OF: Record<ImpersonationHeader, string> = {
 };
 
 /** The impersonate-* headers of --as, --as-group, --as-reason and --as-session (or DEBVISORCTL_AS_SESSION). */
-function impersonationHeaders(flags: ConnectionFlags, env: NodeJS.ProcessEnv, apiKey: string | undefined): Record<string, string | string[]> {
+function impersonationHeaders(flags: ConnectionFlags, env: Env, apiKey: string | undefined): Record<string, string | string[]> {
   const claim: ImpersonationClaim = {
     user: flags.as,
     groups: flags.asGroup ?? [],
@@ -89,10 +47,10 @@ function impersonationHeaders(flags: ConnectionFlags, env: NodeJS.ProcessEnv, ap
     session: flags.asSession ?? (flags.as !== undefined ? env.DEBVISORCTL_AS_SESSION || undefined : undefined),
   };
   const problem = impersonationProblem(claim);
-  if (problem) throw new Error(`${FLAG_OF[problem.header]}: ${problem.problem.replace(/impersonate-[a-z]+/g, (header) => FLAG_OF[header as ImpersonationHeader])}`);
+  if (problem) throw new UsageError(`${FLAG_OF[problem.header]}: ${problem.problem.replace(/impersonate-[a-z]+/g, (header) => FLAG_OF[header as ImpersonationHeader])}`);
   if (claim.user === undefined) return {};
   if (apiKey !== undefined) {
-    throw new Error('--as needs a client certificate: API keys can never impersonate (drop --api-key or DEBVISORCTL_API_KEY, and use the certificate that holds access:impersonate)');
+    throw new UsageError('--as needs a client certificate: API keys can never impersonate (drop --api-key or DEBVISORCTL_API_KEY, and use the certificate that holds access:impersonate)');
   }
   return {
     [IMPERSONATION_HEADERS.user]: claim.user,
@@ -102,21 +60,24 @@ function impersonationHeaders(flags: ConnectionFlags, env: NodeJS.ProcessEnv, ap
   };
 }
 
-export function resolveConnection(flags: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): ResolvedConnection {
-  const address = flags.server ?? env.DEBVISORCTL_SERVER ?? '127.0.0.1:7443';
-  const { cert, key, apiKey } = credentialsOf(flags, env);
-  const ca = flags.ca ?? env.DEBVISORCTL_CA ?? devDefaults(env)?.ca ?? join(SYSTEM_DIR, 'ca-cert.pem');
-  if ((cert === undefined) !== (key === undefined)) throw new Error('--cert and --key must be given together');
+/**
+ * The connection for `flags` (see src/cli/credentials.ts for the order of the sources). `config`
+ * is the contexts file, loaded by the caller (loadCtlConfig), and `file` its path for messages.
+ */
+export function resolveConnection(flags: ConnectionFlags, env: Env = process.env, config?: CtlConfig, file?: string): ResolvedConnection {
+  const plan = planCredentials(flags, env, config, file);
+  const apiKey = plan.apiKey === undefined ? undefined : 'secret' in plan.apiKey ? plan.apiKey.secret : readApiKeyFile(plan.apiKey.file);
   const impersonation = impersonationHeaders(flags, env, apiKey);
   const credentials = tlsCredentials({
-    ca: readPem(ca, 'CA bundle'),
-    cert: cert ? readPem(cert, 'client certificate') : undefined,
-    key: key ? readPem(key, 'client key') : undefined,
+    ca: readPem(plan.ca, 'CA bundle'),
+    cert: plan.cert ? readPem(plan.cert, 'client certificate') : undefined,
+    key: plan.key ? readPem(plan.key, 'client key') : undefined,
   });
+  const via = plan.context !== undefined ? ` (context ${plan.context})` : '';
   return {
-    address,
+    address: plan.address,
     credentials,
     metadata: { ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...impersonation },
-    describe: `${address} as ${cert ? `certificate ${cert}` : 'API key'}${flags.as !== undefined ? ` for user:${flags.as}` : ''}`,
+    describe: `${plan.address} as ${plan.cert ? `certificate ${plan.cert}` : 'API key'}${flags.as !== undefined ? ` for user:${flags.as}` : ''}${via}`,
   };
 }

@@ -14,7 +14,7 @@ import { escapeUnsafe, escapeUnsafeJson } from '../rpc/text.js';
 import { collect, enumName, enumParser, withService } from './command.js';
 
 /** Exit status when the daemon answers RESYNC_REQUIRED: events were lost, re-list. */
-export const RESYNC_EXIT = 3;
+export const RESYNC_EXIT = 5;
 /** The daemon ended the call but the feed can go on from its last token. */
 const RECONNECT = new Set<number>([Status.DEADLINE_EXCEEDED, Status.UNAVAILABLE]);
 const RECONNECT_DELAY_MS = 1000;
@@ -73,7 +73,7 @@ export function registerEventCommands(program: Command): void {
       '\nPrints one line per event (with -o json, one JSON object per line, heartbeats included, each\n' +
         'with its resume_token). Runs until interrupted, or for --timeout seconds if given; it\n' +
         'reconnects by itself, from its last resume token, when the daemon ends the call.\n' +
-        'Exit status: 0 at --timeout, 1 on an error, 3 when the daemon answers RESYNC_REQUIRED\n' +
+        'Exit status: 0 at --timeout, 1 on an error, 3 daemon unreachable, 5 when the daemon answers RESYNC_REQUIRED\n' +
         '(events were lost: the token was too old or the feed too slow; re-list, then run again\n' +
         'without --resume).',
     )

@@ -14,10 +14,11 @@ import {
 import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
 import type { ResolvedConnection } from './connection.js';
 import { enumName, enumParser, when, withService, type GlobalFlags } from './command.js';
+import { EXIT } from './exit-codes.js';
 import { printJson, printRecord, printTable } from './output.js';
 
-/** Exit status of the waiting commands: 0 succeeded, 1 failed or cancelled (or an RPC error), 2 still running at the timeout. */
-export const WAIT_EXIT = { SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 2 } as const;
+/** Exit status of the waiting commands: 0 succeeded, 1 failed or cancelled (or an RPC error), 4 still running at the timeout. */
+export const WAIT_EXIT = { SUCCEEDED: EXIT.OK, FAILED: EXIT.FAILED, TIMED_OUT: EXIT.TIMEOUT } as const;
 
 /** Default wait when --timeout is not given: long operations (prune, shutdown) take minutes. */
 const DEFAULT_WAIT_SECONDS = 300;
@@ -50,6 +51,15 @@ function resultRecord(operation: Operation): Record<string, string> {
   }
 }
 
+/**
+ * The operation's target as KIND:NAME, e.g. vm:web-1. Targets usually carry their kind already
+ * (and target_kind may be unset): the kind is prefixed only when it is known and missing.
+ */
+export function targetText(operation: Pick<Operation, 'target' | 'targetKind'>): string {
+  if (/^[a-z_]+:/.test(operation.target) || operation.targetKind === ResourceKind.UNSPECIFIED) return operation.target;
+  return `${enumName(ResourceKind, operation.targetKind)}:${operation.target}`;
+}
+
 export function operationRecord(operation: Operation): Record<string, string> {
   return {
     id: operation.id,
@@ -57,7 +67,7 @@ export function operationRecord(operation: Operation): Record<string, string> {
     state: enumName(OperationState, operation.state),
     progress: `${operation.progressPercent}%`,
     ...(operation.stage ? { stage: operation.stage } : {}),
-    target: `${enumName(ResourceKind, operation.targetKind)} ${operation.target}`,
+    target: targetText(operation),
     owner: operation.owner,
     ...(operation.node ? { node: operation.node } : {}),
     ...(operation.cancelRequested ? { 'cancel requested': 'yes' } : {}),
@@ -129,7 +139,7 @@ export async function waitAndExit(call: WaitingCall, operation: Operation | unde
 export const WAIT_HELP =
   `\nThe global --timeout sets how long to wait (default ${DEFAULT_WAIT_SECONDS}s); progress lines are printed as the\n` +
   'operation changes (to stderr with -o json).\n' +
-  'Exit status: 0 succeeded, 1 failed, cancelled or error, 2 still running at the timeout.';
+  'Exit status: 0 succeeded, 1 failed, cancelled or error, 4 still running at the timeout (3: daemon unreachable).';
 
 export function registerOperationCommands(program: Command): void {
   const withOperations = withService(program, OperationService);
@@ -153,7 +163,7 @@ export function registerOperationCommands(program: Command): void {
         }
         printTable(
           ['id', 'kind', 'state', 'progress', 'target', 'owner', 'created'],
-          response.operations.map((op) => [op.id, enumName(OperationKind, op.kind), enumName(OperationState, op.state), `${op.progressPercent}%`, op.target, op.owner, when(op.createTime)]),
+          response.operations.map((op) => [op.id, enumName(OperationKind, op.kind), enumName(OperationState, op.state), `${op.progressPercent}%`, targetText(op), op.owner, when(op.createTime)]),
         );
       }),
     );

@@ -11,6 +11,7 @@ import Table from 'cli-table3';
 import { loadConfig } from '../config/load.js';
 import { principalOfNames, reservedPrincipalProblem } from '../authn/x509.js';
 import { collect } from './command.js';
+import { UsageError } from './exit-codes.js';
 import {
   CERTIFICATE_MODE,
   PRIVATE_KEY_MODE,
@@ -78,7 +79,6 @@ const processIo: PkiCliIo = {
 /** 0 done; 1 failed (or, for status, something expired or due); 2 usage error. */
 export const PKI_EXIT = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 
-class UsageError extends Error {}
 
 /** A client certificate the daemon would refuse for its principal (user:/group:) is not issued. */
 function refuseReservedPrincipal(principal: string | undefined): void {
@@ -109,6 +109,17 @@ async function exists(file: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** Refuses a directory option naming nothing (or a file) up front, rather than failing on a temp file inside it. */
+async function requireDirectory(dir: string, option: string): Promise<void> {
+  let isDirectory: boolean;
+  try {
+    isDirectory = (await stat(dir)).isDirectory();
+  } catch (err) {
+    throw new UsageError(`${option} ${dir}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such directory (create it first)' : (err as Error).message}`);
+  }
+  if (!isDirectory) throw new UsageError(`${option} ${dir}: not a directory`);
 }
 
 export interface FileOwner {
@@ -482,6 +493,7 @@ export function registerPkiCommands(program: Command, io: PkiCliIo = processIo):
             const owner = flags.owner !== undefined ? await resolveOwner(flags.owner) : undefined;
             const paths = caDirectory(flags.dir);
             const outDir = resolve(flags.outDir ?? paths.dir);
+            if (flags.outDir !== undefined) await requireDirectory(outDir, '--out-dir');
             const certFile = join(outDir, `${name}-cert.pem`);
             const keyFile = join(outDir, `${name}-key.pem`);
             if (!flags.force) {

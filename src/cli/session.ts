@@ -3,8 +3,8 @@
 import type { Command } from 'commander';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { AccessService, CreateUserSessionResponseSchema, ListUserSessionsResponseSchema, RevokeUserSessionResponseSchema, type UserSession } from '../gen/debvisor/v1/access_pb.js';
-import { duration } from './access.js';
-import { lifeState, when, withService } from './command.js';
+import { duration, lifeState, when, withService } from './command.js';
+import { UsageError } from './exit-codes.js';
 import { fail, printJson, printRecord, printTable } from './output.js';
 
 function sessionRecord(session: UserSession | undefined): Record<string, string> {
@@ -27,7 +27,7 @@ export function registerSessionCommands(program: Command): void {
     .option('--ttl <duration>', 'lifetime, e.g. 8h (default: auth.impersonation.session_ttl_seconds, 12 h)', duration)
     .hook('preAction', () => {
       // The global --as is what makes the call act for a user; without it the daemon refuses.
-      if (!program.opts<{ as?: string }>().as) fail(new Error('session create acts for a user: give the global --as <user> (and --as-group <group> for its groups)'));
+      if (!program.opts<{ as?: string }>().as) fail(new UsageError('session create acts for a user: give the global --as <user> (and --as-group <group> for its groups)'));
     })
     .action(
       withAccess(async ({ client, options, flags }, opts: { ttl?: number }) => {
@@ -57,7 +57,7 @@ export function registerSessionCommands(program: Command): void {
     .description('revoke a session at once, or with --user and no id every session of that user')
     .option('--user <name>', 'the user (its name, without "user:")')
     .hook('preAction', (command) => {
-      if (!command.args[0] && !command.opts<{ user?: string }>().user) fail(new Error('give a session id, or --user <name> to revoke all of its sessions'));
+      if (!command.args[0] && !command.opts<{ user?: string }>().user) fail(new UsageError('give a session id, or --user <name> to revoke all of its sessions'));
     })
     .action(
       withAccess(async ({ client, options, flags }, sessionId: string | undefined, opts: { user?: string }) => {

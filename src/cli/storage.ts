@@ -20,6 +20,7 @@ import type { RpcStatus } from '../gen/debvisor/v1/common_pb.js';
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
 import { bytes, count, enumName, enumParser, when, withService } from './command.js';
 import { waitAndExit, WAIT_HELP } from './operation.js';
+import { UsageError } from './exit-codes.js';
 import { printJson, printRecord, printTable } from './output.js';
 
 const backend = enumParser(StorageBackend);
@@ -222,7 +223,7 @@ export function registerStorageCommands(program: Command): void {
     .action(
       withStorage(async (call, backendValue: StorageBackend, pool: string, name: string, opts: PruneFlags) => {
         // An all-zero policy keeps nothing: refuse it rather than delete every snapshot by accident.
-        if (opts.keepLast + opts.keepDaily + opts.keepWeekly === 0) throw new Error('give at least one of --keep-last, --keep-daily, --keep-weekly');
+        if (opts.keepLast + opts.keepDaily + opts.keepWeekly === 0) throw new UsageError('give at least one of --keep-last, --keep-daily, --keep-weekly');
         const response = await call.client.pruneSnapshots(
           {
             dataset: { backend: backendValue, pool, name },

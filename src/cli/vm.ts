@@ -1,9 +1,11 @@
-// debvisorctl vm list|get|start|shutdown|reboot|destroy over VmService.
+// debvisorctl vm list|get|start|shutdown|reboot|destroy over VmService; vm snapshot in vm-snapshot.ts.
 import type { Command } from 'commander';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { GetVmResponseSchema, ListVmsResponseSchema, VmSchema, VmService, VmState, type Vm } from '../gen/debvisor/v1/vm_pb.js';
 import { bytes, enumName, enumParser, withService, type GlobalFlags } from './command.js';
 import { waitAndExit, waitSeconds, WAIT_HELP } from './operation.js';
+import { UsageError } from './exit-codes.js';
+import { registerVmSnapshotCommands } from './vm-snapshot.js';
 import { printJson, printRecord, printTable } from './output.js';
 
 function vmRecord(vm: Vm): Record<string, string> {
@@ -31,6 +33,7 @@ function printVm(vm: Vm | undefined, flags: GlobalFlags): void {
 export function registerVmCommands(program: Command): void {
   const withVms = withService(program, VmService);
   const vm = program.command('vm').description('virtual machines (libvirt domains) on the node');
+  registerVmSnapshotCommands(vm, program);
 
   vm.command('list')
     .description('list VMs, ordered by name')
@@ -84,7 +87,7 @@ export function registerVmCommands(program: Command): void {
     .addHelpText('after', `\nWith --wait, the global --timeout is also the graceful-shutdown timeout sent to the daemon.${WAIT_HELP}`)
     .action(
       withVms(async (call, name: string, opts: { wait?: boolean; force?: boolean }) => {
-        if (opts.force && !opts.wait) throw new Error('--force needs --wait');
+        if (opts.force && !opts.wait) throw new UsageError('--force needs --wait');
         if (!opts.wait) {
           printVm((await call.client.shutdownVm({ vmName: name }, call.options)).vm, call.flags);
           return;

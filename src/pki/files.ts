@@ -48,7 +48,15 @@ export async function writeNewFileExclusive(path: string, data: string | Uint8Ar
 async function writeTempFile(path: string, data: string | Uint8Array, mode: number): Promise<string> {
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   // 'wx': never follow/clobber something already at the temp name.
-  const fh = await open(tmp, 'wx', mode);
+  let fh;
+  try {
+    fh = await open(tmp, 'wx', mode);
+  } catch (err) {
+    // The temp name is ours, not the caller's: say which file could not be written, and why.
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' || code === 'ENOTDIR' ? `directory ${dirname(path)} does not exist` : (code ?? String(err));
+    throw new Error(`cannot write ${path}: ${why}`, { cause: err });
+  }
   try {
     // open()'s mode is filtered by the umask; set it explicitly.
     await fh.chmod(mode);

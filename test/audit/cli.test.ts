@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerAuditCommands } from '../../src/cli/audit.js';
+import { setOutputFormat } from '../../src/cli/output.js';
 import type { AuditPrincipal } from '../../src/audit/types.js';
 import { Clock, event, openLog, readLines, tempDir, writeLines } from './helpers.js';
 
@@ -190,8 +191,11 @@ describe('audit list', () => {
     expect(traces((await list('--limit', '2', '-o', 'json')).out)).toEqual(['trace-4', 'trace-5']);
   });
 
-  it('shows the impersonator in the table', async () => {
-    const { out } = await list('--principal', PANEL);
+  it('shows the impersonator in the table (whole cells with -o wide; within 80 columns by default)', async () => {
+    const narrow = (await list('--principal', PANEL)).out;
+    for (const line of narrow.trimEnd().split('\n')) expect(Array.from(line).length).toBeLessThanOrEqual(80);
+    await setOutputFormat('wide');
+    const { out } = await list('--principal', PANEL).finally(() => setOutputFormat('text'));
     const rows = out.split('\n').filter((line) => line.includes('StartVm'));
     expect(rows).toHaveLength(3);
     expect(out).toContain('impersonated by');

@@ -8,7 +8,7 @@ import { create } from '@bufbuild/protobuf';
 import { credentials, Server, ServerCredentials, type Metadata, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveConnection } from '../../src/cli/connection.js';
-import { whoAmIRecord } from '../../src/cli/program.js';
+import { whoAmIRecord } from '../../src/cli/whoami.js';
 import { createClient } from '../../src/client/client.js';
 import { AccessService, PrincipalKind, WhoAmIResponseSchema } from '../../src/gen/debvisor/v1/access_pb.js';
 import { createCa, issueCertificate } from '../../src/pki/index.js';

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { CommanderError, type Command } from 'commander';
 import { parse } from 'shell-quote';
 import { describe, expect, it } from 'vitest';
-import { debvisorctlProgram } from '../../src/cli/program.js';
+import { debvisorctlFullProgram } from '../../src/cli/program.js';
 import { daemonProgram } from '../../src/daemon/command-line.js';
 
 const RUNBOOKS = join(import.meta.dirname, '..', '..', 'docs', 'runbooks');
@@ -162,7 +162,7 @@ describe('runbooks', () => {
   const ours = (tool: string) => commands.filter((c) => c.argv[0] === tool).map((c) => [c.page, c.argv.join(' '), c.argv.slice(1), c.reference] as const);
 
   it.each(ours('debvisorctl'))('%s: %s parses', async (_page, _line, args, reference) => {
-    await expect(dryParse(debvisorctlProgram(), args, reference)).resolves.toBeUndefined();
+    await expect(dryParse(await debvisorctlFullProgram(), args, reference)).resolves.toBeUndefined();
   });
 
   it.each(ours('debvisor-rpcd'))('%s: %s parses', async (_page, _line, args, reference) => {
@@ -170,10 +170,10 @@ describe('runbooks', () => {
   });
 
   it('a wrong option or command is caught', async () => {
-    await expect(dryParse(debvisorctlProgram(), ['apikey', 'rotate', 'k1', '--overlapp', '1h'])).rejects.toBeInstanceOf(CommanderError);
-    await expect(dryParse(debvisorctlProgram(), ['apikey', 'rotat', 'k1'])).rejects.toBeInstanceOf(CommanderError);
-    await expect(dryParse(debvisorctlProgram(), ['apikey', 'rotate'])).rejects.toBeInstanceOf(CommanderError);
-    await expect(dryParse(debvisorctlProgram(), ['apikey', 'rotate'], true)).resolves.toBeUndefined();
+    await expect(dryParse(await debvisorctlFullProgram(), ['apikey', 'rotate', 'k1', '--overlapp', '1h'])).rejects.toBeInstanceOf(CommanderError);
+    await expect(dryParse(await debvisorctlFullProgram(), ['apikey', 'rotat', 'k1'])).rejects.toBeInstanceOf(CommanderError);
+    await expect(dryParse(await debvisorctlFullProgram(), ['apikey', 'rotate'])).rejects.toBeInstanceOf(CommanderError);
+    await expect(dryParse(await debvisorctlFullProgram(), ['apikey', 'rotate'], true)).resolves.toBeUndefined();
     expect(() => checkTool(['systemctl', '--no-such-option'])).toThrow(/knows no --no-such-option/);
   });
 

@@ -69,13 +69,13 @@ describe('debvisorctl credentials and --as', () => {
     expect(JSON.parse((await ctl('whoami', '-o', 'json')).stdout)).toMatchObject({ authMethod: 'mtls' });
   });
 
-  it('refuses --as with an API key, and invalid names, before calling', async () => {
+  it('refuses --as with an API key, and invalid names, before calling (usage errors: exit 2)', async () => {
     expect(await ctl('--api-key', 'dvk_0000000000000000_x', '--as', 'alice', 'whoami')).toMatchObject({
-      code: 1,
+      code: 2,
       stderr: expect.stringContaining('--as needs a client certificate: API keys can never impersonate') as unknown,
     });
-    expect(await ctl('--as', 'Alice', 'whoami')).toMatchObject({ code: 1, stderr: expect.stringMatching(/^debvisorctl: --as: "Alice" is not a valid name/) as unknown });
-    expect(await ctl('--as-group', 'ops', 'whoami')).toMatchObject({ code: 1, stderr: 'debvisorctl: --as: required with --as-group\n' });
+    expect(await ctl('--as', 'Alice', 'whoami')).toMatchObject({ code: 2, stderr: expect.stringMatching(/^debvisorctl: --as: "Alice" is not a valid name/) as unknown });
+    expect(await ctl('--as-group', 'ops', 'whoami')).toMatchObject({ code: 2, stderr: 'debvisorctl: --as: required with --as-group\n' });
   });
 
   it('--as acts for the user: whoami shows both identities, and the user’s own key belongs to it', async () => {

@@ -89,13 +89,17 @@ describe('debvisorctl operation', () => {
     const got = await ctl('-o', 'json', 'operation', 'get', id);
     expect(got.code).toBe(0);
     expect(JSON.parse(got.stdout)).toMatchObject({ id, kind: 'OPERATION_KIND_TEST', state: 'OPERATION_STATE_SUCCEEDED' });
+    // The target is printed once, as KIND:NAME or as the daemon names it; never "unspecified".
+    const text = await ctl('operation', 'get', id);
+    expect(text.stdout).toMatch(/^target: +\S+$/m);
+    expect(text.stdout).not.toContain('unspecified');
 
     const listed = await ctl('operation', 'list', '--state', 'succeeded', '--kind', 'test');
     expect(listed.code).toBe(0);
     expect(listed.stdout).toContain(id);
   });
 
-  it('exits 1 when the operation fails and 2 when it is still running at --timeout', async () => {
+  it('exits 1 when the operation fails and 4 when it is still running at --timeout', async () => {
     const failing = await ctl('operation', 'wait', await startTestOperation(300, 'disk on fire'));
     expect(failing.code).toBe(1);
     expect(failing.stdout).toMatch(/^state: +failed$/m);
@@ -107,7 +111,7 @@ describe('debvisorctl operation', () => {
       expect(JSON.parse((await ctl('-o', 'json', 'operation', 'get', slow)).stdout)).toMatchObject({ state: 'OPERATION_STATE_RUNNING' });
     }, { timeout: 120_000, interval: 200 });
     const timedOut = await ctl('-o', 'json', 'operation', 'wait', slow, '--timeout', '1');
-    expect(timedOut.code).toBe(2);
+    expect(timedOut.code).toBe(4);
     expect(JSON.parse(timedOut.stdout)).toMatchObject({ id: slow, state: 'OPERATION_STATE_RUNNING' });
     expect(timedOut.stderr).toContain(`operation ${slow} is still running after 1s`);
 
@@ -166,8 +170,42 @@ describe('debvisorctl vm', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^debvisorctl: NOT_FOUND: /);
     const force = await ctl('vm', 'shutdown', 'vm1', '--force');
-    expect(force.code).toBe(1);
+    expect(force.code).toBe(2);
     expect(force.stderr).toBe('debvisorctl: --force needs --wait\n');
+  });
+});
+
+describe('debvisorctl vm snapshot', () => {
+  it('creates, lists, reverts to and deletes a VM snapshot; refuses bad use with 2 and a missing one with 1', async () => {
+    const created = await ctl('vm', 'snapshot', 'create', 'web-1', 'cli-snap', '-d', 'before the upgrade');
+    expect(created.code, created.stderr).toBe(0);
+    expect(created.stdout).toMatch(/^name: +cli-snap$/m);
+    expect(created.stdout).toMatch(/^description: +before the upgrade$/m);
+    // The same request id again: the first answer, not a second snapshot (nor a duplicate error).
+    const again = await ctl('vm', 'snapshot', 'create', 'web-1', 'cli-snap2', '--request-id', 'cli-snap-req-1');
+    expect(again.code, again.stderr).toBe(0);
+    expect((await ctl('vm', 'snapshot', 'create', 'web-1', 'cli-snap2', '--request-id', 'cli-snap-req-1')).code).toBe(0);
+
+    const listed = await ctl('-o', 'wide', 'vm', 'snapshot', 'list', 'web-1');
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toMatch(/cli-snap .*before the upgrade/);
+    const json = await ctl('-o', 'json', 'vm', 'snapshot', 'list', 'web-1');
+    expect((JSON.parse(json.stdout) as { snapshots: { name: string }[] }).snapshots.map((each) => each.name)).toEqual(['cli-snap', 'cli-snap2']);
+
+    const reverted = await ctl('vm', 'snapshot', 'revert', 'web-1', 'cli-snap');
+    expect(reverted.code, reverted.stderr).toBe(0);
+    expect(reverted.stdout).toMatch(/^current snapshot: +cli-snap$/m);
+
+    const deleted = await ctl('vm', 'snapshot', 'delete', 'web-1', 'cli-snap', '--children');
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(deleted.stdout).toMatch(/^deleted cli-snap/);
+
+    const usage = await ctl('vm', 'snapshot', 'create', 'web-1');
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain("missing required argument 'snapshot'");
+    const missing = await ctl('vm', 'snapshot', 'revert', 'web-1', 'no-such-snap');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^debvisorctl: NOT_FOUND: /);
   });
 });
 
@@ -201,7 +239,7 @@ describe('debvisorctl node', () => {
     } finally {
       nodes.close();
     }
-    const listed = await ctl('node', 'list');
+    const listed = await ctl('-o', 'wide', 'node', 'list');
     expect(listed.code).toBe(0);
     expect(listed.stdout).toMatch(/hv-cli .*10\.0\.0\.31 .*z1 .*true .*healthy .*1\.2\.3/);
 
@@ -232,7 +270,7 @@ describe('debvisorctl volume and snapshot without Ceph or LVM', () => {
       expect(refused.stderr, args.join(' ')).toContain(problem);
     }
     const keepsNothing = await ctl('snapshot', 'prune', 'rbd', 'vms', 'disk0');
-    expect(keepsNothing.code).toBe(1);
+    expect(keepsNothing.code).toBe(2);
     expect(keepsNothing.stderr).toBe('debvisorctl: give at least one of --keep-last, --keep-daily, --keep-weekly\n');
   });
 

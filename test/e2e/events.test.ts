@@ -265,12 +265,12 @@ describe('WatchEvents on one daemon', () => {
     const help = await ctlProcess(daemon, 'events', '--help').done;
     expect(help.stdout).toContain('--resume <token>');
     expect(help.stdout).toContain('RESYNC_REQUIRED');
-    // An expired token: the feed says so and exits 3.
+    // An expired token: the feed says so and exits 5 (3 is "daemon unreachable").
     await publish(testing, [vmEvent('filler')], 60);
     const expired = await vi.waitFor(async () => {
       await publish(testing, [vmEvent('filler')], 60);
       const run = await ctlProcess(daemon, 'events', '--resume', parsed.resumeToken ?? '', '--timeout', '30').done;
-      expect(run.code).toBe(3);
+      expect(run.code).toBe(5);
       return run;
     }, WAIT);
     expect(expired.stderr).toContain('RESYNC_REQUIRED (token_expired)');

@@ -233,12 +233,13 @@ describe('ListRoleBindings: who holds which role', () => {
   });
 
   it('debvisorctl role bindings prints principal, role and source, filtered', async () => {
-    const admins = await ctlOn(daemon, 'role', 'bindings', '--role', 'admin');
+    // -o wide: whole cells (the default table fits 80 columns and may cut them).
+    const admins = await ctlOn(daemon, '-o', 'wide', 'role', 'bindings', '--role', 'admin');
     expect(admins.code, admins.stderr).toBe(0);
     expect(admins.stdout).toContain(adminPrincipal);
     expect(admins.stdout).toContain('config (auth.bootstrap_admins)');
     expect(admins.stdout).not.toContain(PANEL);
-    const panel = await ctlOn(daemon, 'role', 'bindings', '--principal', PANEL);
+    const panel = await ctlOn(daemon, '-o', 'wide', 'role', 'bindings', '--principal', PANEL);
     expect(panel.code, panel.stderr).toBe(0);
     expect(panel.stdout).toMatch(/operator.*config \(auth\.default_bindings\)/);
     expect(panel.stdout).toMatch(/viewer.*store \(role bind\)/);

@@ -347,7 +347,7 @@ describe('one daemon, principals with partial rights', () => {
       expect(get.stdout).toMatch(/scope:\s+user=ci-\* vm=ci-\?/);
       const json = await ctlOn(daemon, '-o', 'json', 'role', 'get', 'ci-panel');
       expect(JSON.parse(json.stdout)).toMatchObject({ name: 'ci-panel', resourceGlobs: [{ kind: 'RESOURCE_KIND_USER', glob: 'ci-*' }, { kind: 'RESOURCE_KIND_VM', glob: 'ci-?' }] });
-      const list = await ctlOn(daemon, 'role', 'list');
+      const list = await ctlOn(daemon, '-o', 'wide', 'role', 'list');
       expect(list.stdout).toContain('user=ci-*');
       const bad = await ctlOn(daemon, 'role', 'put', 'ci-panel', '-p', 'vm:list', '--resource-glob', 'bogus=x');
       expect(bad.code).not.toBe(0);

@@ -130,7 +130,7 @@ describe('garbage keys and anonymous calls block the address', () => {
     expect(metricSum(metrics, 'auth_blocks_active', { kind: 'address' })).toBeGreaterThanOrEqual(1);
     expect(metricSum(metrics, 'auth_blocks_total', { kind: 'address' })).toBe(blocksBefore + 1);
 
-    const listed = await ctlOn(daemon, 'access', 'blocks');
+    const listed = await ctlOn(daemon, '-o', 'wide', 'access', 'blocks');
     expect(listed.code).toBe(0);
     expect(listed.stdout).toMatch(new RegExp(`address[\\s│]+${FLOODER.replaceAll('.', '\\.')}[\\s│]+6 `));
 

@@ -289,6 +289,9 @@ describe('debvisorctl pki (in-process)', () => {
     expect(serverInfo.sanStrings).toEqual(['DNS:debvisor-rpc', 'IP:127.0.0.1']);
     expect((await stat(join(dir, 'server-key.pem'))).mode & 0o777).toBe(0o600);
     expect((await pki(['issue', 'server', '--cn', 'x', '--dir', dir])).err).toMatch(/exists; use --force/);
+    // A missing --out-dir is named as such (not as the internal temp file it would have failed on).
+    const missingOut = await pki(['issue', 'client', '--cn', 'x', '--name', 'nowhere', '--dir', dir, '--out-dir', join(dir, 'no-such-dir')]);
+    expect(missingOut).toMatchObject({ code: 2, err: `debvisorctl pki: --out-dir ${join(dir, 'no-such-dir')}: no such directory (create it first)\n` });
 
     const client = await pki(['issue', 'client', '--cn', 'web-panel', '--san', 'URI:spiffe://debvisor/panel/web-panel', '--name', 'web-panel', '--dir', dir, '--p12'], {
       DEBVISORCTL_P12_PASSWORD: 'pw',

@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import type { TestProject } from 'vitest/node';
 
 export default function setup(project: TestProject): void {
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
+  // As shipped: tsc, then the debvisorctl bundle (scripts/bundle-ctl.ts).
+  execFileSync('npm', ['run', '--silent', 'build'], { stdio: 'inherit' });
   project.provide('distBuilt', true);
 }
