@@ -8,7 +8,7 @@ import { writeFileAtomic } from '../pki/files.js';
 import { ctlConfigPath, loadCtlConfig, readApiKeyFile, type CtlConfig, type CtlContext } from './credentials.js';
 import { UsageError } from './exit-codes.js';
 import { fail, printDocument, printTable } from './output.js';
-import { loadYaml } from './yaml.js';
+import { loadYaml } from '../client/yaml.js';
 
 const CONFIG_MODE = 0o600;
 

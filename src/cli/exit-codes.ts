@@ -1,6 +1,7 @@
 // debvisorctl's exit status, one table for every command: scripts tell a refusal from a typo,
 // an unreachable daemon and a timeout without reading stderr.
 import type { ServiceError } from '@grpc/grpc-js';
+import { CredentialFileError } from '../client/credentials.js';
 
 export const EXIT = {
   OK: 0,
@@ -53,7 +54,7 @@ export function fromDaemon(err: ServiceError): boolean {
 }
 
 export function exitCodeOf(err: unknown): ExitCode {
-  if (err instanceof UsageError) return EXIT.USAGE;
+  if (err instanceof UsageError || err instanceof CredentialFileError) return EXIT.USAGE;
   if (!isGrpcError(err)) return EXIT.FAILED;
   const code: number = err.code;
   if (code === DEADLINE_EXCEEDED) return EXIT.TIMEOUT;

@@ -10,7 +10,7 @@ import { escapeUnsafe, escapeUnsafeJson } from '../rpc/text.js';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { EXIT, exitCodeOf, isGrpcError } from './exit-codes.js';
 import type { Format } from './formats.js';
-import { loadYaml } from './yaml.js';
+import { loadYaml } from '../client/yaml.js';
 
 export type { Format, Output } from './formats.js';
 

@@ -1,6 +1,6 @@
 // The TypeScript SDK: `import { connect } from 'debvisor-rpcd/client'`. Typed async clients for
 // every service, deadlines, retries of UNAVAILABLE where a retry is safe, waiting for
-// operations, credentials from files and typed error details. Imports no server code
+// operations, credentials from files or a debvisorctl context (ctl.yaml) and typed error details. Imports no server code
 // (test/architecture/client-imports.test.ts); the generated messages and enums are under
 // 'debvisor-rpcd/gen/…'.
 import type { ChannelCredentials, ClientOptions } from '@grpc/grpc-js';
@@ -18,7 +18,8 @@ import { waitForOperation, type WaitForOptions } from './operations.js';
 import { DEFAULT_RETRY, type RetryOptions } from './retry.js';
 
 export { createClient, tlsCredentials, type CallMetadata, type CallOptions, type ClientBehaviour, type Connection, type TypedClient } from './client.js';
-export { loadCredentials, type CredentialFiles, type LoadedCredentials } from './credentials.js';
+export { CredentialFileError, loadCredentials, readApiKeyFile, type CredentialFiles, type LoadedCredentials } from './credentials.js';
+export { contextCredentials, ctlConfigPath, loadCtlConfig, type CtlConfig, type CtlContext } from './contexts.js';
 export { errorDetails, type ErrorDetails } from './details.js';
 export { isDone, waitForOperation, type OperationClient, type WaitForOptions } from './operations.js';
 export { DEFAULT_RETRY, mutates, retryable, type RetryOptions } from './retry.js';

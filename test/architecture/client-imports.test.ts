@@ -8,7 +8,7 @@ import { importGraph } from '../../scripts/import-cycles.js';
 
 const ENTRY = 'src/client/index.ts';
 /** What a client needs at run time besides Node.js itself. */
-const CLIENT_PACKAGES = ['@bufbuild/protobuf', '@grpc/grpc-js', 'cockatiel'];
+const CLIENT_PACKAGES = ['@bufbuild/protobuf', '@grpc/grpc-js', 'cockatiel', 'yaml'];
 
 function reachable(files: ReadonlyMap<string, readonly string[]>, entry: string): string[] {
   const seen = new Set<string>([entry]);

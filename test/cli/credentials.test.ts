@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configDocument, saveCtlConfig, updatedContext } from '../../src/cli/contexts.js';
 import { resolveConnection } from '../../src/cli/connection.js';
 import { ctlConfigPath, loadCtlConfig, parseCtlConfig, planCredentials, readApiKeyFile, type CtlConfig } from '../../src/cli/credentials.js';
-import { UsageError } from '../../src/cli/exit-codes.js';
+import { CredentialFileError } from '../../src/client/credentials.js';
 import { createCa, issueCertificate } from '../../src/pki/index.js';
 
 let dir: string;
@@ -84,7 +84,7 @@ describe('precedence: flags, environment, context, dev PKI, /etc', () => {
 
   it('--context picks another context; an unknown one is a usage error naming the known ones', () => {
     expect(planCredentials({ context: 'ci' }, {}, config)).toMatchObject({ address: 'ci:7443', apiKey: { file: '/ctx/ci.key' }, identitySource: 'context ci' });
-    expect(() => planCredentials({ context: 'nope' }, {}, config)).toThrow(new UsageError('--context: no context named "nope" (known: prod, ci)'));
+    expect(() => planCredentials({ context: 'nope' }, {}, config)).toThrow(new CredentialFileError('--context: no context named "nope" (known: prod, ci)'));
     expect(() => planCredentials({}, {}, { currentContext: 'gone', contexts: [] }, '/x/ctl.yaml')).toThrow(/current-context in \/x\/ctl.yaml: no context named "gone"/);
   });
 
@@ -108,7 +108,7 @@ describe('the contexts file', () => {
     expect(() => parseCtlConfig({ contexts: [{ name: 'a', colour: 'red' }] }, '/f')).toThrow(/unknown key "colour"/);
     expect(() => parseCtlConfig({ contexts: [{ name: 'a' }, { name: 'a' }] }, '/f')).toThrow(/"a" is defined twice/);
     expect(() => parseCtlConfig({ contexts: [{ name: 'a', cert: 'c.pem' }] }, '/f')).toThrow(/cert and key go together/);
-    expect(() => parseCtlConfig([], '/f')).toThrow(UsageError);
+    expect(() => parseCtlConfig([], '/f')).toThrow(CredentialFileError);
   });
 
   it('is written 0600 in a 0700 directory and reads back the same', async () => {

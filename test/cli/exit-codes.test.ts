@@ -1,6 +1,7 @@
 // debvisorctl's exit status from real gRPC failures (src/cli/exit-codes.ts): a real grpc-js
 // client against a port nobody listens on (3), a server that never answers (4), a server
 // refusing with and without being the daemon (1); usage errors (2). And errors in JSON mode.
+import { CredentialFileError } from '../../src/client/credentials.js';
 import { createServer } from 'node:net';
 import { create } from '@bufbuild/protobuf';
 import { credentials, Metadata, Server, ServerCredentials, status as Status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
@@ -82,6 +83,7 @@ describe('exit status of a failed call', () => {
 
   it('2 for a usage error, 1 for any other local failure', () => {
     expect(exitCodeOf(new UsageError('--force needs --wait'))).toBe(EXIT.USAGE);
+    expect(exitCodeOf(new CredentialFileError('API key file /k is readable by others: chmod 600 it'))).toBe(EXIT.USAGE);
     expect(errorDocument(new UsageError('--force needs --wait'))).toEqual({ error: { code: 'USAGE', message: '--force needs --wait', exitCode: 2 } });
     expect(exitCodeOf(new Error('the daemon returned no volume'))).toBe(EXIT.FAILED);
   });

@@ -1,7 +1,7 @@
 // The SDK (src/client) against a real grpc-js server on loopback whose handlers fail on demand:
 // a server that answers UNAVAILABLE, drops a watch mid-way or refuses with details cannot be
 // made from the real daemon at a chosen moment. The wire, grpc-js and the codecs are real.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
@@ -11,7 +11,7 @@ import { AccessService, WhoAmIResponseSchema } from '../../src/gen/debvisor/v1/a
 import { GetOperationResponseSchema, OperationSchema, OperationService, WatchOperationResponseSchema, OperationState, type Operation } from '../../src/gen/debvisor/v1/operation_pb.js';
 import { RebootVmResponseSchema, VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { clientDefinition } from '../../src/client/definition.js';
-import { createClient, errorDetails, loadCredentials, mutates, waitForOperation, type ClientBehaviour, type Connection } from '../../src/client/index.js';
+import { contextCredentials, createClient, errorDetails, loadCredentials, mutates, waitForOperation, type ClientBehaviour, type Connection } from '../../src/client/index.js';
 import { InvalidArgumentError, RpcError, toStatus } from '../../src/rpc/errors.js';
 import { API_SERVICES } from '../../src/services/registry.js';
 
@@ -226,13 +226,29 @@ describe('loadCredentials', () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'sdk-credentials-'));
     await writeFile(join(dir, 'ca.pem'), '');
-    await writeFile(join(dir, 'api-key'), '  dvk_abc.def \n');
+    await writeFile(join(dir, 'api-key'), '  dvk_abc.def \n', { mode: 0o600 });
+    await writeFile(join(dir, 'shared-api-key'), 'dvk_abc.def\n', { mode: 0o644 });
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
   it('sends an API key from a file as a bearer token', async () => {
     const loaded = await loadCredentials({ ca: join(dir, 'ca.pem'), apiKeyFile: join(dir, 'api-key') });
     expect(loaded.metadata).toEqual({ authorization: 'Bearer dvk_abc.def' });
+  });
+
+  it('takes a debvisorctl context (ctl.yaml) by name or as the current one', async () => {
+    const xdg = join(dir, 'xdg');
+    await mkdir(join(xdg, 'debvisor'), { recursive: true });
+    const contexts = ['current-context: ci', 'contexts:', '  - name: ci', '    server: h1:7443', '    ca: ca.pem', '    api-key-file: ../../api-key', '  - name: other', '    server: h2:7443', '    ca: ca.pem'];
+    await writeFile(join(xdg, 'debvisor', 'ctl.yaml'), contexts.join('\n') + '\n', { mode: 0o600 });
+    const current = await contextCredentials({ env: { XDG_CONFIG_HOME: xdg } });
+    expect(current).toEqual({ address: 'h1:7443', context: 'ci', credentials: { ca: join(xdg, 'debvisor', 'ca.pem'), apiKeyFile: join(dir, 'api-key') } });
+    expect((await contextCredentials({ name: 'other', env: { XDG_CONFIG_HOME: xdg } })).address).toBe('h2:7443');
+    await expect(contextCredentials({ name: 'gone', env: { XDG_CONFIG_HOME: xdg } })).rejects.toThrow(/no context named "gone"/);
+  });
+
+  it('refuses an API key file others can read, as debvisorctl does', async () => {
+    await expect(loadCredentials({ ca: join(dir, 'ca.pem'), apiKeyFile: join(dir, 'shared-api-key') })).rejects.toThrow(/readable by others: chmod 600/);
   });
 
   it('refuses half a pair, both kinds at once, and names a missing file', async () => {
