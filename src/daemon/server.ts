@@ -42,6 +42,10 @@ import { StorageService } from '../gen/debvisor/v1/storage_pb.js';
 import { registerStorageOperationKinds, storageHandlers } from '../services/storage.js';
 import { libvirtAttachments } from '../storage/attachments.js';
 import { createStorage } from '../storage/setup.js';
+import { VmProvisioning } from '../vms/provisioning.js';
+import { nodeNetworks } from '../vms/node-networks.js';
+import { VmUpdates } from '../vms/update.js';
+import { registerVmProvisioningKinds, vmProvisioningHandlers } from '../services/vm-provisioning.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { nodeHandlers } from '../services/node.js';
 import { NodeRegistry } from '../nodes/registry.js';
@@ -307,6 +311,23 @@ export class Daemon {
       quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
       registerStorageOperationKinds(operations, storage);
+      const vmDefaults = () => {
+        const d = settings().libvirt.vm_defaults;
+        const rbdId = settings().rbd.id;
+        return { domainType: d.domain_type, machineType: d.machine_type, cpuMode: d.cpu_mode, rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined };
+      };
+      const provisioning = new VmProvisioning({
+        libvirt,
+        inventory: liveInventory,
+        storage,
+        quotas,
+        allows: (principal, permission, resources) => access.allows(principal, permission, resources),
+        networks: (o) => nodeNetworks(libvirt, o),
+        seeds: undefined,
+        defaults: vmDefaults,
+      });
+      registerVmProvisioningKinds(operations, provisioning);
+      quotas.registerUsageSource(['vms', 'vcpus', 'memory_gb'], (principal) => Promise.resolve(provisioning.countOwnedBy(principal)));
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
       void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);
@@ -328,7 +349,15 @@ export class Daemon {
           sessionHandlers(new UserSessions(repos, access, audit, settings)),
         ),
         [OperationService.typeName]: operationHandlers(operations, access),
-        [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
+        [VmService.typeName]: vmHandlers({
+          libvirt,
+          inventory: liveInventory,
+          operations,
+          quotas,
+          snapshotOwners,
+          node: () => config.node.name,
+          provisioning: vmProvisioningHandlers({ provisioning, updates: new VmUpdates(), operations, libvirt, storage }),
+        }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),

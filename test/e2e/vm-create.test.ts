@@ -1,0 +1,275 @@
+// CreateVm, DeleteVm (and UpdateVm's etag) end to end: the REAL daemon against a REAL libvirtd
+// (test driver, domain type "test") and a REAL LVM VG on a loop device: the plan, its XML equal to
+// what is defined, ownership, quotas (vms, vcpus, memory_gb, storage_gb) taken and given back,
+// undo after a failure once volumes exist, scoped keys, bad input by field path.
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { anyUnpack } from '@bufbuild/protobuf/wkt';
+import { fromBinary, type MessageInitShape } from '@bufbuild/protobuf';
+import { status as Status } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
+import { OperationService, OperationState } from '../../src/gen/debvisor/v1/operation_pb.js';
+import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
+import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
+import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
+import { VmService, VmState, type VmSpec, type VmSpecSchema } from '../../src/gen/debvisor/v1/vm_pb.js';
+import { QuotaFailureSchema } from '../../src/gen/google/rpc/error_details_pb.js';
+import { StatusSchema } from '../../src/gen/google/rpc/status_pb.js';
+import { parseDomainXml } from '../../src/backends/libvirt/xml.js';
+import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
+import { lvmEnv, startLvm, type TestLvm } from '../support/lvm.js';
+import { grpcHealth } from '../support/health.js';
+import { rejection } from '../support/security.js';
+import { finished, MIB, NO_RATE_LIMITS, T, used, type Client } from '../support/storage.js';
+
+const run = promisify(execFile);
+const ADMIN = 'spiffe://debvisor/admin/admin';
+const LVM = StorageBackend.LVM;
+const suffix = Math.random().toString(36).slice(2, 8);
+
+let lvm: TestLvm;
+let libvirt: TestLibvirt;
+let daemon: RunningDaemon;
+let vms: Client<typeof VmService>;
+let access: Client<typeof AccessService>;
+let ops: Client<typeof OperationService>;
+let storage: Client<typeof StorageService>;
+
+const virsh = async (...args: string[]) => (await run(VIRSH, ['-q', '-c', libvirt.uri, ...args], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } })).stdout;
+
+async function lvNames(): Promise<string[]> {
+  const { stdout } = await run('/sbin/lvm', ['lvs', '--reportformat', 'json', '-o', 'lv_name', lvm.vg], { env: lvmEnv(lvm) });
+  return ((JSON.parse(stdout) as { report: { lv: { lv_name: string }[] }[] }).report[0]?.lv ?? []).map((lv) => lv.lv_name).sort();
+}
+
+async function domains(): Promise<string[]> {
+  return (await virsh('list', '--all', '--name')).split('\n').map((l) => l.trim()).filter(Boolean).sort();
+}
+
+const q = (resource: QuotaResource) => used(access, resource);
+async function usage(): Promise<{ vms: bigint; vcpus: bigint; memory_gb: bigint; storage_gb: bigint }> {
+  return { vms: await q(QuotaResource.VMS), vcpus: await q(QuotaResource.VCPUS), memory_gb: await q(QuotaResource.MEMORY_GB), storage_gb: await q(QuotaResource.STORAGE_GB) };
+}
+
+type SpecInit = Exclude<MessageInitShape<typeof VmSpecSchema>, VmSpec>;
+
+function spec(name: string, over: Partial<SpecInit> = {}): SpecInit {
+  return {
+    name,
+    vcpus: 2,
+    memoryBytes: 512n * MIB,
+    description: 'made by <test> & "co"',
+    tags: { team: 'ci' },
+    disks: [{ source: { case: 'newVolume', value: { backend: LVM, pool: lvm.vg, sizeBytes: 20n * MIB } }, bootOrder: 1 }],
+    interfaces: [{ network: 'default' }],
+    ...over,
+  };
+}
+
+beforeAll(async () => {
+  [lvm, libvirt] = await Promise.all([startLvm({ vg: `ci-vg${suffix}`, sizeMiB: 512 }), startLibvirt()]);
+  // A second network for the scoped key.
+  const dir = await mkdtemp(join(tmpdir(), 'debvisor-net-'));
+  await writeFile(join(dir, 'net.xml'), '<network><name>ci-net</name><bridge name="virbr9"/></network>');
+  await virsh('net-define', '--file', join(dir, 'net.xml'));
+  await rm(dir, { recursive: true, force: true });
+  daemon = await startDaemon({
+    env: {
+      DEBVISOR_RPCD_LVM_VGS: lvm.vg,
+      DEBVISOR_RPCD_LVM_SYSTEM_DIR: lvm.systemDir,
+      DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri,
+      DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_DOMAIN_TYPE: 'test',
+    },
+    config: NO_RATE_LIMITS,
+  });
+  await vi.waitFor(async () => expect(await grpcHealth(daemon, VmService.typeName)).toBe('SERVING'), { timeout: 60_000, interval: 50 });
+  [vms, access, ops, storage] = await Promise.all([clientFor(VmService, daemon), clientFor(AccessService, daemon), clientFor(OperationService, daemon), clientFor(StorageService, daemon)]);
+});
+
+afterAll(async () => {
+  for (const c of [vms, access, ops, storage] as ({ close(): void } | undefined)[]) c?.close();
+  await (daemon as RunningDaemon | undefined)?.cleanup();
+  await Promise.all([(lvm as TestLvm | undefined)?.stop(), (libvirt as TestLibvirt | undefined)?.stop()]);
+});
+
+describe('CreateVm', () => {
+  it('validate_only returns the plan and changes nothing', async () => {
+    const before = await usage();
+    const { plan, operation } = await vms.createVm({ spec: spec('plan-1'), validateOnly: true }, T);
+    expect(operation).toBeUndefined();
+    expect(plan?.allowed).toBe(true);
+    expect(plan?.volumes.map((v) => [v.volume?.name, v.sizeBytes, v.source, v.targetDev])).toEqual([['plan-1-disk0', 20n * MIB, 'empty', 'vda']]);
+    expect(plan?.quotas.map((v) => [v.dimension, v.needed])).toEqual([['vms', 1n], ['vcpus', 2n], ['memory_gb', 1n], ['storage_gb', 1n]]);
+    expect(plan?.permissions.map((p) => [p.permission, p.resource, p.allowed])).toEqual([
+      ['storage:volume:create', lvm.vg, true],
+      ['network:use', 'default', true],
+    ]);
+    const xml = parseDomainXml(plan?.domainXml ?? '');
+    expect(xml).toMatchObject({ name: 'plan-1', vcpus: 2, memoryBytes: 512 * 1024 * 1024, description: 'made by <test> & "co"', metadata: { owner: ADMIN, tags: { team: 'ci' }, createdVolumes: [{ backend: 'lvm', pool: lvm.vg, name: 'plan-1-disk0' }] } });
+    // Caller text is escaped, never markup.
+    expect(plan?.domainXml).toContain('made by &lt;test&gt; &amp; &quot;co&quot;');
+    expect(xml.interfaces[0]?.mac).toMatch(/^52:54:00(:[0-9a-f]{2}){3}$/);
+    expect(await domains()).toEqual([]);
+    expect(await lvNames()).toEqual([]);
+    expect(await usage()).toEqual(before);
+  });
+
+  it('creates the VM: volumes, definition equal to the plan, owner, quotas; DeleteVm gives everything back', async () => {
+    const before = await usage();
+    const { volume } = await storage.createVolume({ volume: { backend: LVM, pool: lvm.vg, name: 'data-keep' }, sizeBytes: 8n * MIB }, T);
+    expect(volume).toBeDefined();
+    const withData = spec('web-1', {
+      disks: [...(spec('web-1').disks ?? []), { source: { case: 'volume', value: { backend: LVM, pool: lvm.vg, name: 'data-keep' } } }],
+      interfaces: [{ network: 'default', mac: '52:54:00:aa:bb:cc', vlan: 42 }],
+    });
+    const { plan, operation } = await vms.createVm({ spec: withData, requestId: `create-web-1-${suffix}` }, T);
+    const done = await finished(ops, operation);
+    expect(done.state, done.error?.message).toBe(OperationState.SUCCEEDED);
+    expect(done.result.case).toBe('createdVm');
+    expect(done.result.value).toMatchObject({ vmName: 'web-1', domainXml: plan?.domainXml });
+    // A retry with the same request_id is the same call: the same operation, nothing made twice.
+    const again = await vms.createVm({ spec: withData, requestId: `create-web-1-${suffix}` }, T);
+    expect(again.operation?.id).toBe(operation?.id);
+
+    // What libvirt defined is the plan's XML.
+    const defined = parseDomainXml(await virsh('dumpxml', '--inactive', 'web-1'));
+    const planned = parseDomainXml(plan?.domainXml ?? '');
+    for (const field of ['name', 'vcpus', 'memoryBytes', 'maxMemoryBytes', 'disks', 'interfaces', 'description', 'metadata'] as const) expect(defined[field]).toEqual(planned[field]);
+    expect(defined.disks.map((d) => [d.targetDev, d.sourcePath])).toEqual([
+      ['vda', `/dev/${lvm.vg}/web-1-disk0`],
+      ['vdb', `/dev/${lvm.vg}/data-keep`],
+    ]);
+
+    const { vm, etag } = await vms.getVm({ vmName: 'web-1' }, T);
+    expect(vm).toMatchObject({ name: 'web-1', owner: ADMIN, vcpus: 2, memoryBytes: 512n * MIB, state: VmState.SHUT_OFF });
+    expect(etag).toMatch(/^[0-9a-f]{32}$/);
+    expect((await vms.listVms({ owner: ADMIN }, T)).vms.map((v) => v.name)).toEqual(['web-1']);
+    expect((await vms.listVms({ owner: 'someone-else' }, T)).vms).toEqual([]);
+    expect(await lvNames()).toEqual(['data-keep', 'web-1-disk0']);
+    const after = await usage();
+    expect(after).toEqual({ vms: before.vms + 1n, vcpus: before.vcpus + 2n, memory_gb: before.memory_gb + 1n, storage_gb: before.storage_gb + 2n });
+
+    // RecomputeQuota counts the VM from the inventory.
+    const recount = await access.recomputeQuota({ principal: ADMIN }, T);
+    expect(recount.after.find((x) => x.resource === QuotaResource.VMS)?.used).toBe(after.vms);
+    expect(recount.after.find((x) => x.resource === QuotaResource.VCPUS)?.used).toBe(after.vcpus);
+
+    // Running: refused without force; with force destroyed first. Only the volume made for it goes.
+    await vms.startVm({ vmName: 'web-1' }, T);
+    expect((await rejection(vms.deleteVm({ vmName: 'web-1', deleteVolumes: true }, T))).code).toBe(Status.FAILED_PRECONDITION);
+    const deletion = await finished(ops, (await vms.deleteVm({ vmName: 'web-1', deleteVolumes: true, force: true }, T)).operation);
+    expect(deletion.state, deletion.error?.message).toBe(OperationState.SUCCEEDED);
+    expect(deletion.result.case === 'deletedVm' && deletion.result.value).toMatchObject({ vmName: 'web-1', destroyed: true, deletedVolumes: [{ pool: lvm.vg, name: 'web-1-disk0' }], keptDisks: [`/dev/${lvm.vg}/data-keep`] });
+    expect(await domains()).toEqual([]);
+    expect(await lvNames()).toEqual(['data-keep']);
+    expect(await usage()).toEqual({ ...before, storage_gb: before.storage_gb + 1n });
+    await storage.deleteVolume({ volume: { backend: LVM, pool: lvm.vg, name: 'data-keep' } }, T);
+    expect(await usage()).toEqual(before);
+  });
+
+  it('undoes volumes and quotas when a step fails after volumes exist', async () => {
+    const before = await usage();
+    // The second volume does not fit the 512 MiB VG: lvcreate fails once the first exists.
+    const failing = spec('fail-1', {
+      disks: [
+        { source: { case: 'newVolume', value: { backend: LVM, pool: lvm.vg, sizeBytes: 40n * MIB } } },
+        { source: { case: 'newVolume', value: { backend: LVM, pool: lvm.vg, sizeBytes: 4096n * MIB } } },
+      ],
+    });
+    const { operation } = await vms.createVm({ spec: failing }, T);
+    const done = await finished(ops, operation);
+    expect(done.state).toBe(OperationState.FAILED);
+    expect(await lvNames()).toEqual([]);
+    expect(await domains()).toEqual([]);
+    expect(await usage()).toEqual(before);
+  });
+
+  it('refuses a third VM when the vms quota is 2, with QuotaFailure', async () => {
+    const base = await q(QuotaResource.VMS);
+    await access.setQuota({ principal: ADMIN, resource: QuotaResource.VMS, limit: base + 2n }, T);
+    try {
+      const bare = (name: string) => spec(name, { disks: [], interfaces: [] });
+      for (const name of ['q-1', 'q-2']) expect((await finished(ops, (await vms.createVm({ spec: bare(name) }, T)).operation)).state).toBe(OperationState.SUCCEEDED);
+      const refused = await rejection(vms.createVm({ spec: bare('q-3') }, T));
+      expect(refused.code).toBe(Status.RESOURCE_EXHAUSTED);
+      const details = refused.metadata.get('grpc-status-details-bin')[0] as Buffer;
+      const failure = anyUnpack(fromBinary(StatusSchema, details).details[0]!, QuotaFailureSchema);
+      expect(failure?.violations[0]?.subject).toBe(`principal:${ADMIN}/vms`);
+      // The plan shows the same verdict without asking for it.
+      const { plan } = await vms.createVm({ spec: bare('q-3'), validateOnly: true }, T);
+      expect(plan?.allowed).toBe(false);
+      expect(plan?.quotas.find((v) => v.dimension === 'vms')).toMatchObject({ used: base + 2n, needed: 1n, limit: base + 2n, allowed: false });
+    } finally {
+      for (const name of ['q-1', 'q-2']) await finished(ops, (await vms.deleteVm({ vmName: name }, T)).operation);
+      await access.setQuota({ principal: ADMIN, resource: QuotaResource.VMS, limit: 100n }, T);
+    }
+    expect(await q(QuotaResource.VMS)).toBe(base);
+  });
+
+  it('answers bad input with INVALID_ARGUMENT naming the field, and missing things with NOT_FOUND', async () => {
+    const bad = async (s: SpecInit) => {
+      const err = await rejection(vms.createVm({ spec: s, validateOnly: true }, T));
+      return `${Status[err.code]} ${err.details}`;
+    };
+    const disk = (sizeBytes: bigint) => ({ source: { case: 'newVolume' as const, value: { backend: LVM, pool: lvm.vg, sizeBytes } } });
+    expect(await bad(spec('b-1', { vcpus: 0 }))).toMatch(/^INVALID_ARGUMENT spec\.vcpus:/);
+    expect(await bad(spec('b-1', { vcpus: 100_000 }))).toMatch(/^INVALID_ARGUMENT spec\.vcpus: at most/);
+    expect(await bad(spec('b-1', { memoryBytes: 32n * MIB }))).toMatch(/^INVALID_ARGUMENT spec\.memory_bytes:/);
+    expect(await bad(spec('b-1', { memoryBytes: 512n * MIB + 1n }))).toMatch(/^INVALID_ARGUMENT spec\.memory_bytes: must be a multiple of 1 MiB/);
+    expect(await bad(spec('b-1', { disks: [disk(MIB), disk(MIB), disk(0n)] }))).toMatch(/^INVALID_ARGUMENT spec\.disks\[2\]\.new_volume\.size_bytes:/);
+    expect(await bad(spec('b-1', { disks: Array.from({ length: 17 }, () => disk(MIB)) }))).toMatch(/^INVALID_ARGUMENT spec\.disks: at most 16/);
+    expect(await bad(spec('b-1', { interfaces: Array.from({ length: 17 }, () => ({ network: 'default' })) }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces: at most 16/);
+    expect(await bad(spec('b-1', { interfaces: [{ network: 'default', mac: '01:00:5e:00:00:01' }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.mac: must be a unicast/);
+    expect(await bad(spec('b-1', { interfaces: [{ network: 'default', mac: '52:54:00:zz:00:01' }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.mac:/);
+    expect(await bad(spec('b-1', { interfaces: [{ network: 'default', vlan: 4095 }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.vlan:/);
+    expect(await bad(spec('b-1', { cloudInit: { userData: new Uint8Array(64 * 1024 + 1) } }))).toMatch(/^INVALID_ARGUMENT spec\.cloud_init\.user_data: at most 65536 bytes/);
+    expect(await bad(spec('b-1', { cloudInit: { sshAuthorizedKeys: ['ssh-ed25519 AAAAC3NzaC1yc2EAAAA= x'] } }))).toMatch(/^INVALID_ARGUMENT spec\.cloud_init\.ssh_authorized_keys\[0\]:/);
+    expect(await bad(spec('b-1', { interfaces: [{ network: '<x/>' }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.network:/);
+    expect(await bad(spec('bad name!'))).toMatch(/^INVALID_ARGUMENT spec\.name:/);
+    expect(await bad(spec('b-1', { interfaces: [{ network: 'nope' }] }))).toMatch(/^NOT_FOUND spec\.interfaces\[0\]\.network: network "nope" not found/);
+    expect(await bad(spec('b-1', { disks: [{ source: { case: 'newVolume', value: { backend: LVM, pool: 'nopevg', sizeBytes: MIB } } }] }))).toMatch(/^NOT_FOUND spec\.disks\[0\]\.new_volume\.pool: volume group "nopevg" not found/);
+    expect(await bad(spec('b-1', { disks: [{ source: { case: 'volume', value: { backend: LVM, pool: lvm.vg, name: 'nope' } } }] }))).toMatch(/^NOT_FOUND /);
+    const made = await finished(ops, (await vms.createVm({ spec: spec('dup-1', { disks: [] }) }, T)).operation);
+    expect(made.state).toBe(OperationState.SUCCEEDED);
+    expect(await bad(spec('dup-1'))).toMatch(/^ALREADY_EXISTS spec\.name:/);
+    await finished(ops, (await vms.deleteVm({ vmName: 'dup-1' }, T)).operation);
+    expect((await rejection(vms.deleteVm({ vmName: 'nope-vm' }, T))).code).toBe(Status.NOT_FOUND);
+  });
+
+  it('a key scoped to vm=ci-*, pool=ci-*, network=ci-net creates ci-42 and nothing outside', async () => {
+    const key = await access.createApiKey(
+      {
+        description: 'ci',
+        permissions: ['vm:create', 'vm:delete', 'vm:get', 'storage:volume:create', 'network:use'],
+        resourceGlobs: [
+          { kind: ResourceKind.VM, glob: 'ci-*' },
+          { kind: ResourceKind.POOL, glob: 'ci-*' },
+          { kind: ResourceKind.NETWORK, glob: 'ci-net' },
+        ],
+      },
+      T,
+    );
+    const as = { ...T, metadata: { authorization: `Bearer ${key.secret}` } };
+    // No client certificate: the key is the identity.
+    const keyed = await clientFor(VmService, daemon, null);
+    const ci = (name: string, network = 'ci-net') => spec(name, { interfaces: [{ network }] });
+    const denied = await rejection(keyed.createVm({ spec: ci('web-9') }, as));
+    expect(denied.code).toBe(Status.PERMISSION_DENIED);
+    const outsideNet = await rejection(keyed.createVm({ spec: ci('ci-43', 'default') }, as));
+    expect(outsideNet.code).toBe(Status.PERMISSION_DENIED);
+    expect(outsideNet.details).toContain('network:use on network default');
+    const { plan } = await keyed.createVm({ spec: ci('ci-43', 'default'), validateOnly: true }, as);
+    expect(plan?.permissions.find((p) => p.resource === 'default')).toMatchObject({ allowed: false, permission: 'network:use' });
+    const done = await finished(ops, (await keyed.createVm({ spec: ci('ci-42') }, as)).operation);
+    expect(done.state, done.error?.message).toBe(OperationState.SUCCEEDED);
+    expect(await domains()).toEqual(['ci-42']);
+    expect((await finished(ops, (await keyed.deleteVm({ vmName: 'ci-42', deleteVolumes: true }, as)).operation)).state).toBe(OperationState.SUCCEEDED);
+    expect(await lvNames()).toEqual([]);
+    keyed.close();
+  });
+});
