@@ -356,7 +356,7 @@ export class Daemon {
           quotas,
           snapshotOwners,
           node: () => config.node.name,
-          provisioning: vmProvisioningHandlers({ provisioning, updates: new VmUpdates(), operations, libvirt, storage }),
+          provisioning: vmProvisioningHandlers({ provisioning, updates: new VmUpdates({ libvirt, inventory: liveInventory, storage, quotas, allows: (principal, permission, resources) => access.allows(principal, permission, resources), networks: (o) => nodeNetworks(libvirt, o), provisioning }), operations, libvirt, storage }),
         }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
         [NodeService.typeName]: nodeHandlers(nodes),

@@ -119,14 +119,14 @@ export class VmProvisioning {
   constructor(private readonly deps: ProvisioningDeps) {}
 
   /** NOT_FOUND naming the pool when this node does not use it (not configured, or not one of its pools). */
-  private poolOn(backend: 'lvm' | 'rbd', pool: string, field: string): void {
+  poolOn(backend: 'lvm' | 'rbd', pool: string, field: string): void {
     const backends = this.deps.storage.enabled();
     const found = backends.find((b) => b.kind === backend);
     validatePool(backend, pool, field);
     if (!found?.pools.includes(pool)) throw new RpcError('NOT_FOUND', `${field}: ${backend === 'rbd' ? 'pool' : 'volume group'} "${pool}" not found on this node`);
   }
 
-  private diskSource(key: VolumeKey): DiskSource {
+  diskSource(key: VolumeKey): DiskSource {
     if (key.backend === 'lvm') return { type: 'block', path: this.deps.storage.backend('lvm').imageTarget(key.pool, key.name) };
     const auth = this.deps.defaults().rbdAuth;
     return { type: 'rbd', pool: key.pool, image: key.name, ...(auth ? { auth } : {}) };

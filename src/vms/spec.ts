@@ -127,7 +127,7 @@ export function generateMac(): string {
   return ['52', '54', '00', ...[...randomBytes(3)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
 
-function validateDisk(disk: VmDiskSpec, vm: string, index: number, field: string): DiskPlanInput {
+export function validateDisk(disk: VmDiskSpec, vm: string, index: number, field: string): DiskPlanInput {
   const source = disk.source;
   let origin: DiskOrigin;
   switch (source.case) {

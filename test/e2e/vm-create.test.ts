@@ -273,3 +273,70 @@ describe('CreateVm', () => {
     keyed.close();
   });
 });
+
+describe('UpdateVm', () => {
+  it('changes vcpus, memory, disks and NICs, live where the driver can, guarded by the etag', async () => {
+    const made = await finished(ops, (await vms.createVm({ spec: spec('upd-1') }, T)).operation);
+    expect(made.state, made.error?.message).toBe(OperationState.SUCCEEDED);
+    await vms.startVm({ vmName: 'upd-1' }, T);
+    const before = await usage();
+    const { etag } = await vms.getVm({ vmName: 'upd-1' }, T);
+    const macBefore = parseDomainXml(await virsh('dumpxml', '--inactive', 'upd-1')).interfaces[0]?.mac ?? '';
+
+    const stale = await rejection(vms.updateVm({ vmName: 'upd-1', vcpus: 1, etag: 'f'.repeat(32) }, T));
+    expect(stale.code).toBe(Status.ABORTED);
+    expect((await rejection(vms.updateVm({ vmName: 'upd-1', vcpus: 1, etag: '' }, T))).details).toMatch(/^etag:/);
+    expect((await rejection(vms.updateVm({ vmName: 'upd-1', etag }, T))).code).toBe(Status.INVALID_ARGUMENT);
+    expect((await rejection(vms.updateVm({ vmName: 'upd-1', memoryBytes: 3n, etag }, T))).details).toMatch(/^memory_bytes:/);
+    expect((await rejection(vms.updateVm({ vmName: 'upd-1', removeInterfaces: ['01:02:03:04:05:06'], etag }, T))).details).toMatch(/^remove_interfaces\[0\]: must be a unicast/);
+    expect((await rejection(vms.updateVm({ vmName: 'upd-1', detachDisks: ['vdz'], etag }, T))).code).toBe(Status.NOT_FOUND);
+
+    const changes = {
+      vmName: 'upd-1',
+      vcpus: 1,
+      memoryBytes: 256n * MIB,
+      attachDisks: [{ source: { case: 'newVolume' as const, value: { backend: LVM, pool: lvm.vg, sizeBytes: 8n * MIB } } }],
+      addInterfaces: [{ network: 'ci-net', mac: '52:54:00:00:00:42' }],
+      removeInterfaces: [macBefore],
+      etag,
+    };
+    const dry = await vms.updateVm({ ...changes, validateOnly: true }, T);
+    expect(dry.etag).toBe(etag);
+    expect(dry.plan?.changes.map((c) => c.description)).toEqual([
+      'vcpus 2 -> 1',
+      `memory ${512n * MIB} -> ${256n * MIB} bytes`,
+      `remove interface ${macBefore}`,
+      `attach disk vdb (/dev/${lvm.vg}/upd-1-disk1)`,
+      'add interface 52:54:00:00:00:42 on network ci-net',
+    ]);
+    expect(dry.plan?.volumes.map((v) => v.volume?.name)).toEqual(['upd-1-disk1']);
+    expect(await lvNames()).toEqual(['upd-1-disk0']);
+
+    const done = await vms.updateVm(changes, T);
+    // The test driver changes vCPUs and the balloon live, but has no device hotplug: those apply at the next boot.
+    expect(done.plan?.changes.map((c) => [c.description.split(' ')[0], c.live])).toEqual([
+      ['vcpus', true],
+      ['memory', true],
+      ['remove', false],
+      ['attach', false],
+      ['add', false],
+    ]);
+    expect(done.plan?.changes[3]?.reason).toContain('next boot');
+    expect(done.etag).not.toBe(etag);
+    const defined = parseDomainXml(await virsh('dumpxml', '--inactive', 'upd-1'));
+    expect(defined).toMatchObject({ vcpus: 1, maxMemoryBytes: 256 * 1024 * 1024 });
+    expect(defined.disks.map((d) => d.targetDev)).toEqual(['vda', 'vdb']);
+    expect(defined.interfaces.map((n) => [n.mac, n.source])).toEqual([['52:54:00:00:00:42', 'ci-net']]);
+    expect(defined.metadata.createdVolumes.map((v) => v.name)).toEqual(['upd-1-disk0', 'upd-1-disk1']);
+    expect(defined.metadata.owner).toBe(ADMIN);
+    expect((await vms.getVm({ vmName: 'upd-1' }, T)).etag).toBe(done.etag);
+    expect(await usage()).toEqual({ ...before, vcpus: before.vcpus - 1n, storage_gb: before.storage_gb + 1n });
+    // The old etag is stale now.
+    expect((await rejection(vms.updateVm({ ...changes, etag }, T))).code).toBe(Status.ABORTED);
+
+    const deletion = await finished(ops, (await vms.deleteVm({ vmName: 'upd-1', deleteVolumes: true, force: true }, T)).operation);
+    expect(deletion.state, deletion.error?.message).toBe(OperationState.SUCCEEDED);
+    expect(await lvNames()).toEqual([]);
+    expect(await usage()).toEqual({ vms: before.vms - 1n, vcpus: before.vcpus - 2n, memory_gb: before.memory_gb - 1n, storage_gb: before.storage_gb - 1n });
+  });
+});
