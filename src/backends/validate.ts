@@ -104,6 +104,21 @@ export function validateVmName(value: unknown, field: string): string {
   return named(value, field, VM);
 }
 
+// libvirt network names: the VM rule (safe as a file name, an XML value and a virsh argument).
+const NETWORK: NameRule = { max: MAX_NAME_LENGTH, chars: /^[A-Za-z0-9+_.-]+$/, charsText: 'letters, digits and + _ . -' };
+// Linux interface names: at most IFNAMSIZ-1 = 15 bytes, no "/" or whitespace; we keep the common subset.
+const BRIDGE: NameRule = { max: 15, chars: /^[A-Za-z0-9_.-]+$/, charsText: 'letters, digits and _ . -' };
+
+/** A libvirt network name. */
+export function validateNetworkName(value: unknown, field: string): string {
+  return named(value, field, NETWORK);
+}
+
+/** A host bridge (Linux network interface) name. */
+export function validateBridgeName(value: unknown, field: string): string {
+  return named(value, field, BRIDGE);
+}
+
 /** A host name per RFC 1123: dot-separated labels of letters, digits and inner hyphens. */
 export function validateHostname(value: unknown, field: string): string {
   const v = common(value, field, MAX_HOSTNAME_LENGTH);

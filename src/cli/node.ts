@@ -1,7 +1,7 @@
 // debvisorctl node list|get over NodeService.
 import type { Command } from 'commander';
-import { CephStatus, GetNodeResponseSchema, ListNodesResponseSchema, NodeHealth, NodeService, type Node } from '../gen/debvisor/v1/node_pb.js';
-import { bytes, enumName, when, withService } from './command.js';
+import { CephStatus, GetNodeResponseSchema, ListNetworksResponseSchema, ListNodesResponseSchema, NetworkKind, NodeHealth, NodeService, type Network, type Node } from '../gen/debvisor/v1/node_pb.js';
+import { bytes, enumName, enumParser, when, withService } from './command.js';
 import { printJson, printRecord, printTable } from './output.js';
 
 function nodeRecord(node: Node): Record<string, string> {
@@ -30,6 +30,13 @@ function nodeRecord(node: Node): Record<string, string> {
   };
 }
 
+/** "10.0.0.1/24 (dhcp 10.0.0.2-10.0.0.9)", joined by ", ". */
+function networkAddresses(network: Network): string {
+  return network.addresses
+    .map((a) => `${a.address}/${a.prefixLength}${a.dhcpRanges.length ? ` (dhcp ${a.dhcpRanges.map((r) => `${r.start}-${r.end}`).join(', ')})` : ''}`)
+    .join(', ');
+}
+
 export function registerNodeCommands(program: Command): void {
   const withNodes = withService(program, NodeService);
   const node = program.command('node').description('hypervisor nodes of the cluster');
@@ -49,6 +56,24 @@ export function registerNodeCommands(program: Command): void {
         printTable(
           ['hostname', 'ip', 'zone', 'online', 'health', 'version', 'last heartbeat'],
           response.nodes.map((each) => [each.hostname, each.ip, each.zone, String(each.online), enumName(NodeHealth, each.health), each.version, when(each.lastHeartbeatTime)]),
+        );
+      }),
+    );
+
+  node
+    .command('networks')
+    .description("list this node's libvirt networks and host bridges")
+    .option('--kind <kind>', 'only libvirt networks or host bridges (libvirt|bridge)', enumParser(NetworkKind))
+    .action(
+      withNodes(async ({ client, options, flags }, opts: { kind?: NetworkKind }) => {
+        const response = await client.listNetworks({ kind: opts.kind ?? NetworkKind.UNSPECIFIED }, options);
+        if (flags.output === 'json') {
+          printJson(ListNetworksResponseSchema, response);
+          return;
+        }
+        printTable(
+          ['name', 'kind', 'bridge', 'active', 'forward', 'addresses'],
+          response.networks.map((each) => [each.name, enumName(NetworkKind, each.kind), each.bridge, String(each.active), each.forwardMode, networkAddresses(each)]),
         );
       }),
     );

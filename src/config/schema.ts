@@ -241,6 +241,20 @@ export const configSchema = z.strictObject({
       convert_timeout_seconds: seconds.default(7200),
     })
     .prefault({}),
+  /** VMs made by CreateVm. */
+  vms: z
+    .strictObject({
+      /** cloud-init NoCloud seed ISOs, one per VM (<dir>/<vm>.iso; docs/cloud-init.md). Created 0711 if missing. */
+      cloud_init_dir: path.default('/var/lib/debvisor/cloud-init'),
+      /** Absolute path of genisoimage (Debian genisoimage), which writes the seed ISOs. */
+      genisoimage_path: z.string().startsWith('/', 'expected an absolute path').default('/usr/bin/genisoimage'),
+      /**
+       * Seed ISOs are 0600 (libvirt's dynamic_ownership hands them to QEMU at start). true: 0644, for a
+       * libvirt that does not relabel files (qemu:///session as another user); user-data may hold secrets.
+       */
+      cloud_init_readable_by_all: z.boolean().default(false),
+    })
+    .prefault({}),
   store: z
     .strictObject({
       /** embedded: this host only (node:sqlite). etcd: the cluster every host shares. Not reloadable. */

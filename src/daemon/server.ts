@@ -43,7 +43,7 @@ import { registerStorageOperationKinds, storageHandlers } from '../services/stor
 import { libvirtAttachments } from '../storage/attachments.js';
 import { createStorage } from '../storage/setup.js';
 import { VmProvisioning } from '../vms/provisioning.js';
-import { nodeNetworks } from '../vms/node-networks.js';
+import { CloudInitSeeds } from '../vms/cloud-init.js';
 import { VmUpdates } from '../vms/update.js';
 import { registerVmProvisioningKinds, vmProvisioningHandlers } from '../services/vm-provisioning.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
@@ -55,6 +55,7 @@ import { migrationHandlers, registerMigrationOperationKinds } from '../services/
 import { NodeConnections } from '../migration/connections.js';
 import { VmInventory } from '../migration/inventory.js';
 import { Libvirt } from '../backends/libvirt/virsh.js';
+import { HostNetworks } from '../backends/libvirt/networks.js';
 import { VmSnapshotOwners } from '../vms/snapshot-owners.js';
 import { VmLiveInventory } from '../vms/inventory.js';
 import { registerTestOperationKind, TestLatches, testingHandlers } from '../services/testing.js';
@@ -316,14 +317,23 @@ export class Daemon {
         const rbdId = settings().rbd.id;
         return { domainType: d.domain_type, machineType: d.machine_type, cpuMode: d.cpu_mode, rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined };
       };
+      const hostNetworks = new HostNetworks({ libvirt });
+      // CreateVm validates interfaces against what ListNetworks shows (kind "libvirt" is a network).
+      const vmNetworks = async (o: { signal?: AbortSignal }) => (await hostNetworks.list(o)).map((n) => ({ name: n.name, kind: n.kind === 'libvirt' ? ('network' as const) : ('bridge' as const) }));
+      const seeds = new CloudInitSeeds({
+        dir: config.vms.cloud_init_dir,
+        genisoimagePath: config.vms.genisoimage_path,
+        readableByAll: config.vms.cloud_init_readable_by_all,
+        registry: metrics.registry,
+      });
       const provisioning = new VmProvisioning({
         libvirt,
         inventory: liveInventory,
         storage,
         quotas,
         allows: (principal, permission, resources) => access.allows(principal, permission, resources),
-        networks: (o) => nodeNetworks(libvirt, o),
-        seeds: undefined,
+        networks: vmNetworks,
+        seeds,
         defaults: vmDefaults,
       });
       registerVmProvisioningKinds(operations, provisioning);
@@ -356,10 +366,10 @@ export class Daemon {
           quotas,
           snapshotOwners,
           node: () => config.node.name,
-          provisioning: vmProvisioningHandlers({ provisioning, updates: new VmUpdates({ libvirt, inventory: liveInventory, storage, quotas, allows: (principal, permission, resources) => access.allows(principal, permission, resources), networks: (o) => nodeNetworks(libvirt, o), provisioning }), operations, libvirt, storage }),
+          provisioning: vmProvisioningHandlers({ provisioning, updates: new VmUpdates({ libvirt, inventory: liveInventory, storage, quotas, allows: (principal, permission, resources) => access.allows(principal, permission, resources), networks: vmNetworks, provisioning }), operations, libvirt, storage }),
         }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
-        [NodeService.typeName]: nodeHandlers(nodes),
+        [NodeService.typeName]: nodeHandlers(nodes, hostNetworks),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, metrics.registry),
       };

@@ -2,11 +2,13 @@
 // from the node's liveness lease in the store, never from comparing timestamps.
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { durationFromMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { CephStatus, NodeHealth, type NodeSchema, type NodeService } from '../gen/debvisor/v1/node_pb.js';
+import { CephStatus, NetworkKind, NodeHealth, type NetworkSchema, type NodeSchema, type NodeService } from '../gen/debvisor/v1/node_pb.js';
+import { globMatches } from '../authz/decide.js';
+import type { HostNetwork, HostNetworks } from '../backends/libvirt/networks.js';
 import { validateHostname, validateIpAddress } from '../backends/validate.js';
 import { NodeIdMismatchError, UnknownNodeError, type NodeHealthRecord, type NodeRegistry, type NodeView } from '../nodes/registry.js';
 import type { HandlersOf } from '../rpc/adapter.js';
-import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import { InvalidArgumentError, RpcError, UnauthenticatedError } from '../rpc/errors.js';
 import { pageByKey } from '../rpc/paging.js';
 import { timestampOfIso } from './timestamp.js';
 
@@ -57,6 +59,17 @@ export function nodeMessage(view: NodeView): MessageInitShape<typeof NodeSchema>
   };
 }
 
+export function networkMessage(network: HostNetwork): MessageInitShape<typeof NetworkSchema> {
+  return {
+    name: network.name,
+    kind: network.kind === 'libvirt' ? NetworkKind.LIBVIRT : NetworkKind.BRIDGE,
+    bridge: network.bridge,
+    active: network.active,
+    forwardMode: network.forwardMode,
+    addresses: network.addresses.map((a) => ({ address: a.address, prefixLength: a.prefixLength, dhcpRanges: a.dhcpRanges.map((r) => ({ start: r.start, end: r.end })) })),
+  };
+}
+
 function text(value: string, field: string): string {
   if (value.length > MAX_TEXT) throw new InvalidArgumentError(field, `must be at most ${MAX_TEXT} characters`);
   if (/\p{Cc}/u.test(value)) throw new InvalidArgumentError(field, 'must not contain control characters');
@@ -99,7 +112,7 @@ function hostname(value: string): string {
   return validateHostname(value, 'hostname');
 }
 
-export function nodeHandlers(registry: NodeRegistry): HandlersOf<typeof NodeService> {
+export function nodeHandlers(registry: NodeRegistry, networks: HostNetworks): HandlersOf<typeof NodeService> {
   const interval = () => durationFromMs(registry.heartbeatIntervalSeconds() * 1000);
   const notFound = (name: string) => new RpcError('NOT_FOUND', `node ${name} is not registered`);
 
@@ -156,6 +169,19 @@ export function nodeHandlers(registry: NodeRegistry): HandlersOf<typeof NodeServ
       const view = await registry.get(name);
       if (!view) throw notFound(name);
       return { node: nodeMessage(view) };
+    },
+
+    listNetworks: async (request, ctx) => {
+      if (!ctx.principal) throw new UnauthenticatedError('no principal on call');
+      if (!(request.kind in NetworkKind)) throw new InvalidArgumentError('kind', `unknown NetworkKind value ${request.kind}`);
+      const call = { signal: ctx.signal };
+      const found =
+        request.kind === NetworkKind.LIBVIRT ? await networks.libvirtNetworks(call) : request.kind === NetworkKind.BRIDGE ? await networks.hostBridges() : await networks.list(call);
+      // A scoped API key lists only the networks its `network` globs allow (list RPCs name no target for RBAC).
+      const keyGlobs = ctx.principal.apiKey?.resourceGlobs ?? [];
+      const networkGlobs = keyGlobs.filter((g) => g.kind === 'network').map((g) => g.glob);
+      const visible = found.filter((n) => keyGlobs.length === 0 || networkGlobs.some((glob) => globMatches(glob, n.name)));
+      return { networks: visible.map(networkMessage) };
     },
   };
 }

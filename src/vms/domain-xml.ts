@@ -39,6 +39,7 @@ export interface NicDevice {
 export interface DomainDefinition {
   readonly domainType: 'kvm' | 'qemu' | 'test';
   readonly name: string;
+  readonly uuid: string;
   readonly description: string;
   readonly owner: string;
   readonly tags: Readonly<Record<string, string>>;
@@ -108,6 +109,7 @@ export function buildDomainXml(def: DomainDefinition): string {
   const domain: Element = {
     '@type': def.domainType,
     name: def.name,
+    uuid: def.uuid,
     ...(def.description !== '' ? { description: def.description } : {}),
     metadata: { 'debvisor:vm': metadata },
     memory,

@@ -21,7 +21,8 @@ import type { VmSpec } from '../gen/debvisor/v1/vm_pb.js';
 import type { CountedResource } from '../rpc/quota-dimensions.js';
 import type { VmLiveInventory } from './inventory.js';
 import { buildDomainXml, targetDevName, type DiskDevice, type DiskSource, type DomainDefinition } from './domain-xml.js';
-import { validateSpec, type CloudInitInput, type DiskPlanInput, type NicPlanInput, type ValidSpec } from './spec.js';
+import { validateSpec, type DiskPlanInput, type NicPlanInput, type ValidSpec } from './spec.js';
+import type { CloudInitInput, CloudInitSeeds } from './cloud-init.js';
 
 /** A libvirt network or host bridge of this node (NodeService.ListNetworks). */
 export interface NodeNetwork {
@@ -29,13 +30,8 @@ export interface NodeNetwork {
   readonly kind: 'network' | 'bridge';
 }
 
-/** Builds and removes cloud-init NoCloud seed ISOs (src/vms/cloud-init.ts). */
-export interface SeedBuilder {
-  /** Where the seed of `vm` goes. */
-  pathFor(vm: string): string;
-  build(path: string, vm: string, documents: CloudInitInput, options: { signal?: AbortSignal }): Promise<void>;
-  remove(path: string): Promise<void>;
-}
+/** Builds and removes cloud-init NoCloud seed ISOs: `<dir>/<vm>.iso`. */
+export type SeedBuilder = Pick<CloudInitSeeds, 'seedPath' | 'build' | 'removeSeed'>;
 
 export interface VmDefaults {
   readonly domainType: 'kvm' | 'qemu' | 'test';
@@ -83,7 +79,16 @@ export const createVmParams = z.object({
   owner: z.string(),
   domainXml: z.string(),
   volumes: z.array(plannedVolume),
-  seed: z.object({ path: z.string(), userData: z.base64(), metaData: z.base64(), networkConfig: z.base64(), sshAuthorizedKeys: z.array(z.string()) }).optional(),
+  seed: z
+    .object({
+      instanceId: z.string(),
+      hostname: z.string(),
+      userData: z.string().optional(),
+      metaData: z.string().optional(),
+      networkConfig: z.string().optional(),
+      sshAuthorizedKeys: z.array(z.string()),
+    })
+    .optional() satisfies z.ZodType<CloudInitInput | undefined>,
   networks: z.array(z.string()),
   autostart: z.boolean(),
   start: z.boolean(),
@@ -212,7 +217,7 @@ export class VmProvisioning {
       verdict(PERMISSION_NETWORK_USE, 'network', nic.source, [{ kind: 'network', name: nic.source }]);
     }
 
-    const seedPath = spec.cloudInit && this.deps.seeds ? this.deps.seeds.pathFor(spec.name) : undefined;
+    const seedPath = spec.cloudInit && this.deps.seeds ? this.deps.seeds.seedPath(spec.name) : undefined;
     const xml = this.domainXml(spec, principal.id, created, seedPath);
 
     // Quotas: one VM, its vCPUs and memory, and the GiB of the volumes made for it.
@@ -238,7 +243,7 @@ export class VmProvisioning {
       warnings,
       allowed: quotas.every((q) => q.allowed) && permissions.every((p) => p.allowed),
     });
-    const seed = spec.cloudInit && seedPath !== undefined ? { path: seedPath, ...encodeSeed(spec.cloudInit) } : undefined;
+    const seed = spec.cloudInit && { ...spec.cloudInit, sshAuthorizedKeys: [...spec.cloudInit.sshAuthorizedKeys] };
     return {
       message,
       params: {
@@ -283,6 +288,7 @@ export class VmProvisioning {
     const definition: DomainDefinition = {
       domainType: defaults.domainType,
       name: spec.name,
+      uuid: spec.uuid,
       description: spec.description,
       owner,
       tags: spec.tags,
@@ -362,9 +368,7 @@ export class VmProvisioning {
       }
       if (params.seed && this.deps.seeds) {
         step(82, 'building cloud-init seed');
-        const seed = params.seed;
-        await this.deps.seeds.build(seed.path, params.vmName, decodeSeed(seed), { signal: options.signal });
-        seedMade = seed.path;
+        seedMade = await this.deps.seeds.build(params.vmName, params.seed, 'spec.cloud_init', { signal: options.signal });
       }
       // A network that went away since the plan: refuse now, before the definition (and undo the volumes).
       step(88, 'checking networks');
@@ -389,7 +393,7 @@ export class VmProvisioning {
       // Undo without the operation's signal: a cancel must not stop its own clean-up.
       if (started) await libvirt.destroy(params.vmName).catch(() => undefined);
       if (defined) await libvirt.undefineVm(params.vmName).catch(() => undefined);
-      if (seedMade !== undefined) await this.deps.seeds?.remove(seedMade).catch(() => undefined);
+      if (seedMade !== undefined) await this.deps.seeds?.removeSeed(params.vmName).catch(() => undefined);
       let uncreated = 0;
       for (const v of params.volumes) {
         const key: VolumeKey = { backend: v.backend, pool: v.pool, name: v.name };
@@ -443,7 +447,7 @@ export class VmProvisioning {
       await quotas.release(owner, 'vcpus', xml.vcpus);
       await quotas.release(owner, 'memory_gb', gibOf(BigInt(xml.maxMemoryBytes)));
     }
-    for (const seed of xml.metadata.seedFiles) await this.deps.seeds?.remove(seed).catch(() => undefined);
+    if (xml.metadata.seedFiles.length > 0) await this.deps.seeds?.removeSeed(vm).catch(() => undefined);
     const targets: VolumeKey[] = [...(params.deleteVolumes ? xml.metadata.createdVolumes : []), ...params.alsoDelete];
     const deleted: VolumeKey[] = [];
     for (const [i, key] of targets.entries()) {
@@ -482,14 +486,4 @@ export class VmProvisioning {
     }
     return { vms, vcpus, memory_gb: memoryGb };
   }
-}
-
-function encodeSeed(input: CloudInitInput) {
-  const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
-  return { userData: b64(input.userData), metaData: b64(input.metaData), networkConfig: b64(input.networkConfig), sshAuthorizedKeys: [...input.sshAuthorizedKeys] };
-}
-
-function decodeSeed(seed: NonNullable<CreateVmParams['seed']>): CloudInitInput {
-  const bytes = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'));
-  return { userData: bytes(seed.userData), metaData: bytes(seed.metaData), networkConfig: bytes(seed.networkConfig), sshAuthorizedKeys: seed.sshAuthorizedKeys };
 }

@@ -1,7 +1,8 @@
 // CreateVm's spec, validated field by field into plain data: every problem is INVALID_ARGUMENT
 // naming its field path (`spec.disks[2].size_bytes`). Pure: what needs the host (pools, networks,
 // images, the node's CPUs) is checked by the planner (src/vms/provisioning.ts).
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { MAX_CLOUD_INIT_DOCUMENT_BYTES, validateCloudInit, type CloudInitInput } from './cloud-init.js';
 import { CpuMode, DiskBus, DiskCache, Firmware, NicModel, type CloudInitSpec, type VmDiskSpec, type VmInterfaceSpec, type VmSpec } from '../gen/debvisor/v1/vm_pb.js';
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
 import { validateImageName, validatePoolName, validateSnapshotName, validateText, validateVmName } from '../backends/validate.js';
@@ -16,8 +17,6 @@ export const MIN_MEMORY_BYTES = 64n * 1024n * 1024n;
 const MIB = 1024n * 1024n;
 /** Far beyond any host today; keeps the number sane before it reaches libvirt. */
 export const MAX_MEMORY_BYTES = 16n * 1024n ** 4n;
-export const MAX_CLOUD_INIT_DOCUMENT_BYTES = 64 * 1024;
-export const MAX_SSH_KEYS = 64;
 const MAX_BOOT_ORDER = 64;
 
 export type DiskOrigin =
@@ -51,13 +50,6 @@ export interface NicPlanInput {
   readonly vlan: number;
 }
 
-export interface CloudInitInput {
-  readonly userData: Uint8Array;
-  readonly metaData: Uint8Array;
-  readonly networkConfig: Uint8Array;
-  readonly sshAuthorizedKeys: readonly string[];
-}
-
 export interface ValidSpec {
   readonly name: string;
   readonly description: string;
@@ -71,6 +63,8 @@ export interface ValidSpec {
   readonly cpu: { readonly mode: 'host-passthrough' | 'host-model' } | { readonly mode: 'custom'; readonly model: string } | undefined;
   readonly disks: readonly DiskPlanInput[];
   readonly nics: readonly NicPlanInput[];
+  /** The new domain's UUID (also cloud-init's default instance-id). */
+  readonly uuid: string;
   readonly cloudInit: CloudInitInput | undefined;
   readonly autostart: boolean;
   readonly start: boolean;
@@ -201,51 +195,33 @@ export function validateInterface(nic: VmInterfaceSpec, field: string): NicPlanI
   return { field, type, source, model: enumValue(MODELS, nic.model, `${field}.model`), mac: nic.mac === '' ? generateMac() : validateMac(nic.mac, `${field}.mac`), vlan: nic.vlan };
 }
 
-const SSH_KEY_TYPES = new Set([
-  'ssh-ed25519',
-  'ssh-rsa',
-  'ecdsa-sha2-nistp256',
-  'ecdsa-sha2-nistp384',
-  'ecdsa-sha2-nistp521',
-  'sk-ssh-ed25519@openssh.com',
-  'sk-ecdsa-sha2-nistp256@openssh.com',
-]);
-
-/**
- * One authorized_keys line without options: "<type> <base64 blob> [comment]", the blob's first
- * field (an SSH string) naming the same type, as OpenSSH writes it.
- */
-export function validateSshKey(line: string, field: string): string {
-  const key = line.trim();
-  if (/[\r\n\0]/.test(key)) throw new InvalidArgumentError(field, 'one key per entry, on one line');
-  const [type = '', blob = ''] = key.split(/\s+/);
-  if (!SSH_KEY_TYPES.has(type)) throw new InvalidArgumentError(field, `not an SSH public key: the type must be one of ${[...SSH_KEY_TYPES].join(', ')}`);
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(blob)) throw new InvalidArgumentError(field, 'not an SSH public key: the key is not base64');
-  const bytes = Buffer.from(blob, 'base64');
-  const length = bytes.length >= 4 ? bytes.readUInt32BE(0) : -1;
-  if (length < 0 || 4 + length > bytes.length || bytes.subarray(4, 4 + length).toString('latin1') !== type) {
-    throw new InvalidArgumentError(field, 'not an SSH public key: the key data does not match its type');
-  }
-  return key;
+/** The hostname cloud-init gets by default: the VM name as an RFC 1123 label. */
+export function defaultHostname(vm: string): string {
+  const label = vm.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
+  return label === '' || /^[0-9]+$/.test(label) ? `vm-${label}`.replace(/-$/, '') : label;
 }
 
-function validateCloudInit(spec: CloudInitSpec, field: string): CloudInitInput {
-  const doc = (bytes: Uint8Array, name: string) => {
-    if (bytes.length > MAX_CLOUD_INIT_DOCUMENT_BYTES) throw new InvalidArgumentError(`${field}.${name}`, `at most ${MAX_CLOUD_INIT_DOCUMENT_BYTES} bytes (64 KiB), not ${bytes.length}`);
+function validateCloudInitSpec(spec: CloudInitSpec, vm: string, uuid: string, field: string): CloudInitInput {
+  const text = (bytes: Uint8Array, name: string): string | undefined => {
+    if (bytes.length === 0) return undefined;
+    // Bounded before it is decoded (cloud-init.ts checks the same limit on the text).
+    if (bytes.length > MAX_CLOUD_INIT_DOCUMENT_BYTES) throw new InvalidArgumentError(`${field}.${name}`, `must be at most ${MAX_CLOUD_INIT_DOCUMENT_BYTES} bytes`);
     try {
-      new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+      return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
     } catch {
-      throw new InvalidArgumentError(`${field}.${name}`, 'must be UTF-8 text');
+      throw new InvalidArgumentError(`${field}.${name}`, 'must be valid UTF-8');
     }
-    return bytes;
   };
-  if (spec.sshAuthorizedKeys.length > MAX_SSH_KEYS) throw new InvalidArgumentError(`${field}.ssh_authorized_keys`, `at most ${MAX_SSH_KEYS} keys`);
-  return {
-    userData: doc(spec.userData, 'user_data'),
-    metaData: doc(spec.metaData, 'meta_data'),
-    networkConfig: doc(spec.networkConfig, 'network_config'),
-    sshAuthorizedKeys: spec.sshAuthorizedKeys.map((key, i) => validateSshKey(key, `${field}.ssh_authorized_keys[${i}]`)),
+  const input: CloudInitInput = {
+    instanceId: spec.instanceId === '' ? uuid : spec.instanceId,
+    hostname: spec.hostname === '' ? defaultHostname(vm) : spec.hostname,
+    userData: text(spec.userData, 'user_data'),
+    metaData: text(spec.metaData, 'meta_data'),
+    networkConfig: text(spec.networkConfig, 'network_config'),
+    sshAuthorizedKeys: [...spec.sshAuthorizedKeys],
   };
+  validateCloudInit(input, field);
+  return input;
 }
 
 /** Memory in bytes: at least 64 MiB, whole MiB. */
@@ -308,6 +284,7 @@ export function validateSpec(spec: VmSpec | undefined, maxVcpus: number): ValidS
     }
   }
   const nics = spec.interfaces.map((nic, i) => validateInterface(nic, `spec.interfaces[${i}]`));
+  const uuid = randomUUID();
   const macs = new Map<string, string>();
   for (const nic of nics) {
     const other = macs.get(nic.mac);
@@ -325,7 +302,8 @@ export function validateSpec(spec: VmSpec | undefined, maxVcpus: number): ValidS
     cpu,
     disks,
     nics,
-    cloudInit: spec.cloudInit ? validateCloudInit(spec.cloudInit, 'spec.cloud_init') : undefined,
+    uuid,
+    cloudInit: spec.cloudInit ? validateCloudInitSpec(spec.cloudInit, name, uuid, 'spec.cloud_init') : undefined,
     autostart: spec.autostart,
     start: spec.startAfterCreate,
   };

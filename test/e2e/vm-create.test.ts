@@ -39,6 +39,8 @@ let vms: Client<typeof VmService>;
 let access: Client<typeof AccessService>;
 let ops: Client<typeof OperationService>;
 let storage: Client<typeof StorageService>;
+let seedDir: string;
+const SSH_KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINrtnJzjguuDxynxs1GYnw2hrHlfdvepPaf4s9VTaNy5 alice@host';
 
 const virsh = async (...args: string[]) => (await run(VIRSH, ['-q', '-c', libvirt.uri, ...args], { env: { LC_ALL: 'C', PATH: '/usr/bin:/bin' } })).stdout;
 
@@ -78,12 +80,14 @@ beforeAll(async () => {
   await writeFile(join(dir, 'net.xml'), '<network><name>ci-net</name><bridge name="virbr9"/></network>');
   await virsh('net-define', '--file', join(dir, 'net.xml'));
   await rm(dir, { recursive: true, force: true });
+  seedDir = await mkdtemp(join(tmpdir(), 'debvisor-seeds-'));
   daemon = await startDaemon({
     env: {
       DEBVISOR_RPCD_LVM_VGS: lvm.vg,
       DEBVISOR_RPCD_LVM_SYSTEM_DIR: lvm.systemDir,
       DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri,
       DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_DOMAIN_TYPE: 'test',
+      DEBVISOR_RPCD_VMS_CLOUD_INIT_DIR: seedDir,
     },
     config: NO_RATE_LIMITS,
   });
@@ -95,6 +99,7 @@ afterAll(async () => {
   for (const c of [vms, access, ops, storage] as ({ close(): void } | undefined)[]) c?.close();
   await (daemon as RunningDaemon | undefined)?.cleanup();
   await Promise.all([(lvm as TestLvm | undefined)?.stop(), (libvirt as TestLibvirt | undefined)?.stop()]);
+  if (seedDir) await rm(seedDir, { recursive: true, force: true });
 });
 
 describe('CreateVm', () => {
@@ -172,6 +177,30 @@ describe('CreateVm', () => {
     expect(await usage()).toEqual(before);
   });
 
+  it('builds the cloud-init seed, attaches it read-only, and removes it with the VM', async () => {
+    const userData = '#cloud-config\npackages: [htop]\n';
+    const { plan, operation } = await vms.createVm({ spec: spec('seed_1', { disks: [], cloudInit: { userData: new TextEncoder().encode(userData), sshAuthorizedKeys: [SSH_KEY] } }) }, T);
+    const done = await finished(ops, operation);
+    expect(done.state, done.error?.message).toBe(OperationState.SUCCEEDED);
+    const iso = join(seedDir, 'seed_1.iso');
+    const cdrom = parseDomainXml(await virsh('dumpxml', '--inactive', 'seed_1')).disks.find((d) => d.device === 'cdrom');
+    expect(cdrom).toMatchObject({ sourcePath: iso, targetDev: 'sda' });
+    expect(plan?.domainXml).toContain('<readonly/>');
+    const uuid = parseDomainXml(await virsh('dumpxml', '--inactive', 'seed_1')).uuid;
+    const isoinfo = async (...args: string[]) => (await run('/usr/bin/isoinfo', [...args, '-i', iso], { encoding: 'utf8' })).stdout;
+    expect((await isoinfo('-R', '-f')).split('\n').filter(Boolean).sort()).toEqual(['/meta-data', '/user-data']);
+    expect(await isoinfo('-R', '-x', '/user-data')).toBe(userData);
+    const metaData = await isoinfo('-R', '-x', '/meta-data');
+    expect(metaData).toContain(`instance-id: ${uuid}`);
+    expect(metaData).toContain('local-hostname: seed-1');
+    expect(metaData).toContain(SSH_KEY);
+    expect((await finished(ops, (await vms.deleteVm({ vmName: 'seed_1' }, T)).operation)).state).toBe(OperationState.SUCCEEDED);
+    await expect(run('/usr/bin/test', ['-e', iso])).rejects.toThrow();
+    // A bad document is refused by field, before anything is made.
+    const bad = await rejection(vms.createVm({ spec: spec('seed-2', { disks: [], cloudInit: { userData: new TextEncoder().encode('packages: [htop]') } }) }, T));
+    expect(bad.details).toMatch(/^spec\.cloud_init\.user_data: must start with/);
+  });
+
   it('undoes volumes and quotas when a step fails after volumes exist', async () => {
     const before = await usage();
     // The second volume does not fit the 512 MiB VG: lvcreate fails once the first exists.
@@ -227,7 +256,7 @@ describe('CreateVm', () => {
     expect(await bad(spec('b-1', { interfaces: [{ network: 'default', mac: '01:00:5e:00:00:01' }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.mac: must be a unicast/);
     expect(await bad(spec('b-1', { interfaces: [{ network: 'default', mac: '52:54:00:zz:00:01' }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.mac:/);
     expect(await bad(spec('b-1', { interfaces: [{ network: 'default', vlan: 4095 }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.vlan:/);
-    expect(await bad(spec('b-1', { cloudInit: { userData: new Uint8Array(64 * 1024 + 1) } }))).toMatch(/^INVALID_ARGUMENT spec\.cloud_init\.user_data: at most 65536 bytes/);
+    expect(await bad(spec('b-1', { cloudInit: { userData: new Uint8Array(64 * 1024 + 1) } }))).toMatch(/^INVALID_ARGUMENT spec\.cloud_init\.user_data: must be at most 65536 bytes/);
     expect(await bad(spec('b-1', { cloudInit: { sshAuthorizedKeys: ['ssh-ed25519 AAAAC3NzaC1yc2EAAAA= x'] } }))).toMatch(/^INVALID_ARGUMENT spec\.cloud_init\.ssh_authorized_keys\[0\]:/);
     expect(await bad(spec('b-1', { interfaces: [{ network: '<x/>' }] }))).toMatch(/^INVALID_ARGUMENT spec\.interfaces\[0\]\.network:/);
     expect(await bad(spec('bad name!'))).toMatch(/^INVALID_ARGUMENT spec\.name:/);

@@ -108,7 +108,9 @@ describe.skipIf(!tmpfiles)('debvisor-rpcd.tmpfiles', () => {
     expect(result.code).toBe(0);
     for (const [path, mode] of [
       ['etc/debvisor/rpc', 0o750],
-      ['var/lib/debvisor', 0o750],
+      ['var/lib/debvisor', 0o751],
+      ['var/lib/debvisor/rpcd', 0o750],
+      ['var/lib/debvisor/cloud-init', 0o711],
       ['var/log/debvisor', 0o750],
     ] as const) {
       const st = await stat(join(root, path));

@@ -565,11 +565,6 @@ export class Libvirt {
     return { cpus: Number.isInteger(cpus) ? cpus : 0, memoryBytes: Number.isFinite(memoryKiB) ? memoryKiB * 1024 : 0, freeMemoryBytes: freeKiB === undefined ? undefined : Number(freeKiB) * 1024 };
   }
 
-  /** Names of every libvirt network, active or not (`net-list --all --name`). */
-  async networkNames(opts: CallOptions = {}): Promise<string[]> {
-    return lines(await this.virsh(['net-list', '--all', '--name'], opts));
-  }
-
   /** CPU model names libvirt knows for x86_64 (`virsh cpu-models`); empty when the driver cannot list them. */
   async cpuModels(opts: CallOptions = {}): Promise<string[]> {
     const result = await this.run(['cpu-models', 'x86_64'], opts);

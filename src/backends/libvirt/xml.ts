@@ -213,6 +213,56 @@ function debvisorMetadata(metadata: Node): DebvisorMetadata {
   return NO_METADATA;
 }
 
+/** What `virsh net-dumpxml` says of a libvirt network (whether it is active comes from net-list). */
+export interface NetworkXml {
+  readonly name: string;
+  readonly uuid: string;
+  /** <bridge name>; empty when the network has none (macvtap, hostdev). */
+  readonly bridge: string;
+  /** <forward mode>: "nat" for a <forward> without mode, "isolated" without <forward>. */
+  readonly forwardMode: string;
+  readonly addresses: readonly {
+    readonly address: string;
+    readonly prefixLength: number;
+    readonly dhcpRanges: readonly { readonly start: string; readonly end: string }[];
+  }[];
+}
+
+/** A dotted IPv4 netmask ("255.255.255.0") as a prefix length (24). */
+function netmaskPrefix(netmask: string): number {
+  const octets = netmask.split('.').map(Number);
+  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) throw new LibvirtParseError('ip: bad netmask');
+  const bits = octets.map((o) => o.toString(2).padStart(8, '0')).join('');
+  if (!/^1*0*$/.test(bits)) throw new LibvirtParseError('ip: netmask is not contiguous');
+  return bits.indexOf('0') < 0 ? 32 : bits.indexOf('0');
+}
+
+/** Parses `virsh net-dumpxml` output (formatnetwork.html). */
+export function parseNetworkXml(xml: string): NetworkXml {
+  const network = parse(xml, 'network');
+  const name = text(network.name);
+  if (!name) throw new LibvirtParseError('network without <name>');
+  const forward = network.forward;
+  return {
+    name,
+    uuid: text(network.uuid),
+    bridge: attr(network.bridge, 'name'),
+    // libvirt: no <forward> is an isolated network; <forward/> without a mode is NAT.
+    forwardMode: forward === undefined ? 'isolated' : attr(forward, 'mode') || 'nat',
+    addresses: list(network.ip).map((ip) => {
+      const prefix = attr(ip, 'prefix');
+      const netmask = attr(ip, 'netmask');
+      const prefixLength = prefix ? Number(prefix) : netmask ? netmaskPrefix(netmask) : 0;
+      if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 128) throw new LibvirtParseError('ip: bad prefix');
+      return {
+        address: attr(ip, 'address'),
+        prefixLength,
+        dhcpRanges: list(obj(ip.dhcp).range).map((range) => ({ start: attr(range, 'start'), end: attr(range, 'end') })),
+      };
+    }),
+  };
+}
+
 /** Parses `virsh dumpxml` output. */
 export function parseDomainXml(xml: string): DomainXml {
   const domain = parse(xml, 'domain');

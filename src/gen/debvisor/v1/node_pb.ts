@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/node.proto.
  */
 export const file_debvisor_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChZkZWJ2aXNvci92MS9ub2RlLnByb3RvEgtkZWJ2aXNvci52MSLFAQoLTm9kZU1ldHJpY3MSEAoIY3B1X2xvYWQYASABKAESFAoMbWVtX3VzZWRfcGN0GAIgASgBEhUKDWRpc2tfdXNlZF9wY3QYAyABKAESEgoKbmV0X3J0dF9tcxgEIAEoARIsCgtjZXBoX3N0YXR1cxgFIAEoDjIXLmRlYnZpc29yLnYxLkNlcGhTdGF0dXMSGgoSbWVtb3J5X3RvdGFsX2J5dGVzGAYgASgEEhkKEW1lbW9yeV9mcmVlX2J5dGVzGAcgASgEIvMDCgROb2RlEgoKAmlkGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEgoKAmlwGAMgASgJEgwKBHJhY2sYBCABKAkSDAoEem9uZRgFIAEoCRIPCgd2ZXJzaW9uGAYgASgJEi0KBmxhYmVscxgHIAMoCzIdLmRlYnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSDgoGb25saW5lGAggASgIEicKBmhlYWx0aBgJIAEoDjIXLmRlYnZpc29yLnYxLk5vZGVIZWFsdGgSKQoHbWV0cmljcxgKIAEoCzIYLmRlYnZpc29yLnYxLk5vZGVNZXRyaWNzEjEKDXJlZ2lzdGVyX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNsYXN0X2hlYXJ0YmVhdF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFsZWFzZV9leHBpcmVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL9AQoTUmVnaXN0ZXJOb2RlUmVxdWVzdBIQCghob3N0bmFtZRgBIAEoCRIKCgJpcBgCIAEoCRITCgRyYWNrGAMgASgJQgXY8xiACBITCgR6b25lGAQgASgJQgXY8xiACBIWCgd2ZXJzaW9uGAUgASgJQgXY8xiACBJDCgZsYWJlbHMYBiADKAsyLC5kZWJ2aXNvci52MS5SZWdpc3Rlck5vZGVSZXF1ZXN0LkxhYmVsc0VudHJ5QgXY8xiACBISCgpyZXF1ZXN0X2lkGAcgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibgoUUmVnaXN0ZXJOb2RlUmVzcG9uc2USHwoEbm9kZRgBIAEoCzIRLmRlYnZpc29yLnYxLk5vZGUSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIp0BChBIZWFydGJlYXRSZXF1ZXN0EhAKCGhvc3RuYW1lGAEgASgJEg8KB25vZGVfaWQYAiABKAkSJwoGc3RhdHVzGAMgASgOMhcuZGVidmlzb3IudjEuTm9kZUhlYWx0aBIpCgdtZXRyaWNzGAQgASgLMhguZGVidmlzb3IudjEuTm9kZU1ldHJpY3MSEgoKcmVxdWVzdF9pZBgFIAEoCSKBAQoRSGVhcnRiZWF0UmVzcG9uc2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJqChBMaXN0Tm9kZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRIZCgpwYWdlX3Rva2VuGAIgASgJQgXY8xiACBITCgR6b25lGAMgASgJQgXY8xiACBITCgtvbmxpbmVfb25seRgEIAEoCCJOChFMaXN0Tm9kZXNSZXNwb25zZRIgCgVub2RlcxgBIAMoCzIRLmRlYnZpc29yLnYxLk5vZGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKDkdldE5vZGVSZXF1ZXN0EhAKCGhvc3RuYW1lGAEgASgJIjIKD0dldE5vZGVSZXNwb25zZRIfCgRub2RlGAEgASgLMhEuZGVidmlzb3IudjEuTm9kZSp2CgpOb2RlSGVhbHRoEhsKF05PREVfSEVBTFRIX1VOU1BFQ0lGSUVEEAASFwoTTk9ERV9IRUFMVEhfSEVBTFRIWRABEhgKFE5PREVfSEVBTFRIX0RFR1JBREVEEAISGAoUTk9ERV9IRUFMVEhfQ1JJVElDQUwQAyqaAQoKQ2VwaFN0YXR1cxIbChdDRVBIX1NUQVRVU19VTlNQRUNJRklFRBAAEhkKFUNFUEhfU1RBVFVTX0hFQUxUSF9PSxABEhsKF0NFUEhfU1RBVFVTX0hFQUxUSF9XQVJOEAISGgoWQ0VQSF9TVEFUVVNfSEVBTFRIX0VSUhADEhsKF0NFUEhfU1RBVFVTX1VOUkVBQ0hBQkxFEAQytgMKC05vZGVTZXJ2aWNlEnYKDFJlZ2lzdGVyTm9kZRIgLmRlYnZpc29yLnYxLlJlZ2lzdGVyTm9kZVJlcXVlc3QaIS5kZWJ2aXNvci52MS5SZWdpc3Rlck5vZGVSZXNwb25zZSIhyvMYHQoNbm9kZTpyZWdpc3RlchABMAQ6CGhvc3RuYW1lEm4KCUhlYXJ0YmVhdBIdLmRlYnZpc29yLnYxLkhlYXJ0YmVhdFJlcXVlc3QaHi5kZWJ2aXNvci52MS5IZWFydGJlYXRSZXNwb25zZSIiyvMYHgoObm9kZTpoZWFydGJlYXQQATAEOghob3N0bmFtZRJdCglMaXN0Tm9kZXMSHS5kZWJ2aXNvci52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh4uZGVidmlzb3IudjEuTGlzdE5vZGVzUmVzcG9uc2UiEcrzGA0KCW5vZGU6bGlzdDAEEmAKB0dldE5vZGUSGy5kZWJ2aXNvci52MS5HZXROb2RlUmVxdWVzdBocLmRlYnZpc29yLnYxLkdldE5vZGVSZXNwb25zZSIayvMYFgoIbm9kZTpnZXQwBDoIaG9zdG5hbWViBnByb3RvMw", [file_debvisor_v1_options, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZkZWJ2aXNvci92MS9ub2RlLnByb3RvEgtkZWJ2aXNvci52MSLFAQoLTm9kZU1ldHJpY3MSEAoIY3B1X2xvYWQYASABKAESFAoMbWVtX3VzZWRfcGN0GAIgASgBEhUKDWRpc2tfdXNlZF9wY3QYAyABKAESEgoKbmV0X3J0dF9tcxgEIAEoARIsCgtjZXBoX3N0YXR1cxgFIAEoDjIXLmRlYnZpc29yLnYxLkNlcGhTdGF0dXMSGgoSbWVtb3J5X3RvdGFsX2J5dGVzGAYgASgEEhkKEW1lbW9yeV9mcmVlX2J5dGVzGAcgASgEIvMDCgROb2RlEgoKAmlkGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEgoKAmlwGAMgASgJEgwKBHJhY2sYBCABKAkSDAoEem9uZRgFIAEoCRIPCgd2ZXJzaW9uGAYgASgJEi0KBmxhYmVscxgHIAMoCzIdLmRlYnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSDgoGb25saW5lGAggASgIEicKBmhlYWx0aBgJIAEoDjIXLmRlYnZpc29yLnYxLk5vZGVIZWFsdGgSKQoHbWV0cmljcxgKIAEoCzIYLmRlYnZpc29yLnYxLk5vZGVNZXRyaWNzEjEKDXJlZ2lzdGVyX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNsYXN0X2hlYXJ0YmVhdF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFsZWFzZV9leHBpcmVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL9AQoTUmVnaXN0ZXJOb2RlUmVxdWVzdBIQCghob3N0bmFtZRgBIAEoCRIKCgJpcBgCIAEoCRITCgRyYWNrGAMgASgJQgXY8xiACBITCgR6b25lGAQgASgJQgXY8xiACBIWCgd2ZXJzaW9uGAUgASgJQgXY8xiACBJDCgZsYWJlbHMYBiADKAsyLC5kZWJ2aXNvci52MS5SZWdpc3Rlck5vZGVSZXF1ZXN0LkxhYmVsc0VudHJ5QgXY8xiACBISCgpyZXF1ZXN0X2lkGAcgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibgoUUmVnaXN0ZXJOb2RlUmVzcG9uc2USHwoEbm9kZRgBIAEoCzIRLmRlYnZpc29yLnYxLk5vZGUSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIp0BChBIZWFydGJlYXRSZXF1ZXN0EhAKCGhvc3RuYW1lGAEgASgJEg8KB25vZGVfaWQYAiABKAkSJwoGc3RhdHVzGAMgASgOMhcuZGVidmlzb3IudjEuTm9kZUhlYWx0aBIpCgdtZXRyaWNzGAQgASgLMhguZGVidmlzb3IudjEuTm9kZU1ldHJpY3MSEgoKcmVxdWVzdF9pZBgFIAEoCSKBAQoRSGVhcnRiZWF0UmVzcG9uc2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJqChBMaXN0Tm9kZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRIZCgpwYWdlX3Rva2VuGAIgASgJQgXY8xiACBITCgR6b25lGAMgASgJQgXY8xiACBITCgtvbmxpbmVfb25seRgEIAEoCCJOChFMaXN0Tm9kZXNSZXNwb25zZRIgCgVub2RlcxgBIAMoCzIRLmRlYnZpc29yLnYxLk5vZGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKDkdldE5vZGVSZXF1ZXN0EhAKCGhvc3RuYW1lGAEgASgJIjIKD0dldE5vZGVSZXNwb25zZRIfCgRub2RlGAEgASgLMhEuZGVidmlzb3IudjEuTm9kZSIuChBOZXR3b3JrRGhjcFJhbmdlEg0KBXN0YXJ0GAEgASgJEgsKA2VuZBgCIAEoCSJsCg5OZXR3b3JrQWRkcmVzcxIPCgdhZGRyZXNzGAEgASgJEhUKDXByZWZpeF9sZW5ndGgYAiABKA0SMgoLZGhjcF9yYW5nZXMYAyADKAsyHS5kZWJ2aXNvci52MS5OZXR3b3JrRGhjcFJhbmdlIqUBCgdOZXR3b3JrEgwKBG5hbWUYASABKAkSJgoEa2luZBgCIAEoDjIYLmRlYnZpc29yLnYxLk5ldHdvcmtLaW5kEg4KBmJyaWRnZRgDIAEoCRIOCgZhY3RpdmUYBCABKAgSFAoMZm9yd2FyZF9tb2RlGAUgASgJEi4KCWFkZHJlc3NlcxgGIAMoCzIbLmRlYnZpc29yLnYxLk5ldHdvcmtBZGRyZXNzIj0KE0xpc3ROZXR3b3Jrc1JlcXVlc3QSJgoEa2luZBgBIAEoDjIYLmRlYnZpc29yLnYxLk5ldHdvcmtLaW5kIj4KFExpc3ROZXR3b3Jrc1Jlc3BvbnNlEiYKCG5ldHdvcmtzGAEgAygLMhQuZGVidmlzb3IudjEuTmV0d29yayp2CgpOb2RlSGVhbHRoEhsKF05PREVfSEVBTFRIX1VOU1BFQ0lGSUVEEAASFwoTTk9ERV9IRUFMVEhfSEVBTFRIWRABEhgKFE5PREVfSEVBTFRIX0RFR1JBREVEEAISGAoUTk9ERV9IRUFMVEhfQ1JJVElDQUwQAyqaAQoKQ2VwaFN0YXR1cxIbChdDRVBIX1NUQVRVU19VTlNQRUNJRklFRBAAEhkKFUNFUEhfU1RBVFVTX0hFQUxUSF9PSxABEhsKF0NFUEhfU1RBVFVTX0hFQUxUSF9XQVJOEAISGgoWQ0VQSF9TVEFUVVNfSEVBTFRIX0VSUhADEhsKF0NFUEhfU1RBVFVTX1VOUkVBQ0hBQkxFEAQqXgoLTmV0d29ya0tpbmQSHAoYTkVUV09SS19LSU5EX1VOU1BFQ0lGSUVEEAASGAoUTkVUV09SS19LSU5EX0xJQlZJUlQQARIXChNORVRXT1JLX0tJTkRfQlJJREdFEAIypgQKC05vZGVTZXJ2aWNlEnYKDFJlZ2lzdGVyTm9kZRIgLmRlYnZpc29yLnYxLlJlZ2lzdGVyTm9kZVJlcXVlc3QaIS5kZWJ2aXNvci52MS5SZWdpc3Rlck5vZGVSZXNwb25zZSIhyvMYHQoNbm9kZTpyZWdpc3RlchABMAQ6CGhvc3RuYW1lEm4KCUhlYXJ0YmVhdBIdLmRlYnZpc29yLnYxLkhlYXJ0YmVhdFJlcXVlc3QaHi5kZWJ2aXNvci52MS5IZWFydGJlYXRSZXNwb25zZSIiyvMYHgoObm9kZTpoZWFydGJlYXQQATAEOghob3N0bmFtZRJdCglMaXN0Tm9kZXMSHS5kZWJ2aXNvci52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh4uZGVidmlzb3IudjEuTGlzdE5vZGVzUmVzcG9uc2UiEcrzGA0KCW5vZGU6bGlzdDAEEmAKB0dldE5vZGUSGy5kZWJ2aXNvci52MS5HZXROb2RlUmVxdWVzdBocLmRlYnZpc29yLnYxLkdldE5vZGVSZXNwb25zZSIayvMYFgoIbm9kZTpnZXQwBDoIaG9zdG5hbWUSbgoMTGlzdE5ldHdvcmtzEiAuZGVidmlzb3IudjEuTGlzdE5ldHdvcmtzUmVxdWVzdBohLmRlYnZpc29yLnYxLkxpc3ROZXR3b3Jrc1Jlc3BvbnNlIhnK8xgVChFub2RlOm5ldHdvcms6bGlzdDAKYgZwcm90bzM", [file_debvisor_v1_options, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * NodeMetrics are the measurements sent with each heartbeat.
@@ -473,6 +473,170 @@ export const GetNodeResponseSchema: GenMessage<GetNodeResponse> = /*@__PURE__*/
   messageDesc(file_debvisor_v1_node, 9);
 
 /**
+ * NetworkDhcpRange is one DHCP range a libvirt network hands addresses from.
+ *
+ * @generated from message debvisor.v1.NetworkDhcpRange
+ */
+export type NetworkDhcpRange = Message<"debvisor.v1.NetworkDhcpRange"> & {
+  /**
+   * First address of the range.
+   *
+   * @generated from field: string start = 1;
+   */
+  start: string;
+
+  /**
+   * Last address of the range.
+   *
+   * @generated from field: string end = 2;
+   */
+  end: string;
+};
+
+/**
+ * Describes the message debvisor.v1.NetworkDhcpRange.
+ * Use `create(NetworkDhcpRangeSchema)` to create a new message.
+ */
+export const NetworkDhcpRangeSchema: GenMessage<NetworkDhcpRange> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_node, 10);
+
+/**
+ * NetworkAddress is an address a libvirt network gives its host side (<ip>).
+ *
+ * @generated from message debvisor.v1.NetworkAddress
+ */
+export type NetworkAddress = Message<"debvisor.v1.NetworkAddress"> & {
+  /**
+   * The host's address on the network (IPv4 or IPv6).
+   *
+   * @generated from field: string address = 1;
+   */
+  address: string;
+
+  /**
+   * Prefix length of the network (from the prefix or the netmask).
+   *
+   * @generated from field: uint32 prefix_length = 2;
+   */
+  prefixLength: number;
+
+  /**
+   * DHCP ranges served on this subnet; empty when libvirt runs no DHCP here.
+   *
+   * @generated from field: repeated debvisor.v1.NetworkDhcpRange dhcp_ranges = 3;
+   */
+  dhcpRanges: NetworkDhcpRange[];
+};
+
+/**
+ * Describes the message debvisor.v1.NetworkAddress.
+ * Use `create(NetworkAddressSchema)` to create a new message.
+ */
+export const NetworkAddressSchema: GenMessage<NetworkAddress> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_node, 11);
+
+/**
+ * Network is a libvirt network or a host bridge that a VM interface can use.
+ *
+ * @generated from message debvisor.v1.Network
+ */
+export type Network = Message<"debvisor.v1.Network"> & {
+  /**
+   * The libvirt network's name, or the bridge's interface name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Libvirt network or host bridge.
+   *
+   * @generated from field: debvisor.v1.NetworkKind kind = 2;
+   */
+  kind: NetworkKind;
+
+  /**
+   * Bridge device the VM interfaces join: the bridge itself for a host
+   * bridge; empty for a libvirt network without one (macvtap, hostdev).
+   *
+   * @generated from field: string bridge = 3;
+   */
+  bridge: string;
+
+  /**
+   * A libvirt network: started. A host bridge: administratively up (IFF_UP).
+   *
+   * @generated from field: bool active = 4;
+   */
+  active: boolean;
+
+  /**
+   * Libvirt networks only: the <forward mode> ("nat", "route", "open",
+   * "bridge", "private", "vepa", "passthrough", "hostdev"), or "isolated"
+   * when the network has no <forward>. Empty for a host bridge.
+   *
+   * @generated from field: string forward_mode = 5;
+   */
+  forwardMode: string;
+
+  /**
+   * Libvirt networks only: the host's addresses on it, in definition order.
+   *
+   * @generated from field: repeated debvisor.v1.NetworkAddress addresses = 6;
+   */
+  addresses: NetworkAddress[];
+};
+
+/**
+ * Describes the message debvisor.v1.Network.
+ * Use `create(NetworkSchema)` to create a new message.
+ */
+export const NetworkSchema: GenMessage<Network> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_node, 12);
+
+/**
+ * ListNetworksRequest is the request of NodeService.ListNetworks.
+ *
+ * @generated from message debvisor.v1.ListNetworksRequest
+ */
+export type ListNetworksRequest = Message<"debvisor.v1.ListNetworksRequest"> & {
+  /**
+   * Only networks of this kind; UNSPECIFIED = every kind.
+   *
+   * @generated from field: debvisor.v1.NetworkKind kind = 1;
+   */
+  kind: NetworkKind;
+};
+
+/**
+ * Describes the message debvisor.v1.ListNetworksRequest.
+ * Use `create(ListNetworksRequestSchema)` to create a new message.
+ */
+export const ListNetworksRequestSchema: GenMessage<ListNetworksRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_node, 13);
+
+/**
+ * ListNetworksResponse is the response of NodeService.ListNetworks.
+ *
+ * @generated from message debvisor.v1.ListNetworksResponse
+ */
+export type ListNetworksResponse = Message<"debvisor.v1.ListNetworksResponse"> & {
+  /**
+   * Libvirt networks, then host bridges, each group ordered by name.
+   *
+   * @generated from field: repeated debvisor.v1.Network networks = 1;
+   */
+  networks: Network[];
+};
+
+/**
+ * Describes the message debvisor.v1.ListNetworksResponse.
+ * Use `create(ListNetworksResponseSchema)` to create a new message.
+ */
+export const ListNetworksResponseSchema: GenMessage<ListNetworksResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_node, 14);
+
+/**
  * NodeHealth is the overall health a node reports about itself.
  *
  * @generated from enum debvisor.v1.NodeHealth
@@ -562,6 +726,40 @@ export const CephStatusSchema: GenEnum<CephStatus> = /*@__PURE__*/
   enumDesc(file_debvisor_v1_node, 1);
 
 /**
+ * NetworkKind says where a network comes from.
+ *
+ * @generated from enum debvisor.v1.NetworkKind
+ */
+export enum NetworkKind {
+  /**
+   * Not set; in ListNetworksRequest: every kind.
+   *
+   * @generated from enum value: NETWORK_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A libvirt network (`virsh net-list --all`), active or not.
+   *
+   * @generated from enum value: NETWORK_KIND_LIBVIRT = 1;
+   */
+  LIBVIRT = 1,
+
+  /**
+   * A Linux bridge of the host (/sys/class/net/NAME/bridge), whoever made it.
+   *
+   * @generated from enum value: NETWORK_KIND_BRIDGE = 2;
+   */
+  BRIDGE = 2,
+}
+
+/**
+ * Describes the enum debvisor.v1.NetworkKind.
+ */
+export const NetworkKindSchema: GenEnum<NetworkKind> = /*@__PURE__*/
+  enumDesc(file_debvisor_v1_node, 2);
+
+/**
  * NodeService keeps the cluster's node inventory. Nodes register once, then
  * heartbeat to renew their liveness lease; a node is online while its lease
  * is valid. Nodes are addressed by hostname.
@@ -609,6 +807,19 @@ export const NodeService: GenService<{
     methodKind: "unary";
     input: typeof GetNodeRequestSchema;
     output: typeof GetNodeResponseSchema;
+  },
+  /**
+   * ListNetworks lists the networks of the node serving the call, read-only:
+   * its libvirt networks and its host (Linux) bridges, the libvirt networks
+   * first, each group ordered by name. A scoped API key sees only the networks
+   * its `network` globs allow.
+   *
+   * @generated from rpc debvisor.v1.NodeService.ListNetworks
+   */
+  listNetworks: {
+    methodKind: "unary";
+    input: typeof ListNetworksRequestSchema;
+    output: typeof ListNetworksResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_debvisor_v1_node, 0);
