@@ -82,7 +82,7 @@ export function vmProvisioningHandlers({ provisioning, updates, operations, libv
         return storage.volumeKey(backend, ref.pool, ref.name, `also_delete[${i}]`);
       });
       // Refuse up front what the operation could only fail on: an unknown VM, a running one without force.
-      await provisioning.checkDelete(vm, request.force, alsoDelete, { signal: ctx.signal });
+      await provisioning.checkDelete(vm, principalOf(ctx), { force: request.force, deleteVolumes: request.deleteVolumes, alsoDelete }, { signal: ctx.signal });
       const record = await operations.launch(ctx, DELETE_VM, {
         target: `vm:${vm}`,
         params: { vmName: vm, deleteVolumes: request.deleteVolumes, force: request.force, alsoDelete },

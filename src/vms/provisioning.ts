@@ -57,6 +57,7 @@ export interface ProvisioningDeps {
 export const PERMISSION_VOLUME_CREATE = 'storage:volume:create';
 export const PERMISSION_TEMPLATE_CLONE = 'storage:template:clone';
 export const PERMISSION_NETWORK_USE = 'network:use';
+export const PERMISSION_VOLUME_DELETE = 'storage:volume:delete';
 
 /** A volume the creating operation makes: its key, size, where its data comes from. */
 const plannedVolume = z.object({
@@ -410,16 +411,22 @@ export class VmProvisioning {
     }
   }
 
-  /** Checks a DeleteVm can start: the VM exists, is off or force is set, the extra volumes are its disks. */
-  async checkDelete(vmName: string, force: boolean, alsoDelete: readonly VolumeKey[], options: { signal?: AbortSignal }): Promise<void> {
+  /**
+   * Checks a DeleteVm can start: the VM exists, is off or force is set, the extra volumes are its
+   * disks, and the caller may delete every volume that would go (storage:volume:delete on its pool).
+   */
+  async checkDelete(vmName: string, principal: Principal, request: { force: boolean; deleteVolumes: boolean; alsoDelete: readonly VolumeKey[] }, options: { signal?: AbortSignal }): Promise<void> {
     const state = await this.deps.libvirt.state(vmName, options);
-    if (!force && state !== 'shutoff' && state !== 'crashed') throw new VmStateError(vmName, state, 'delete (set force to power it off first)');
+    if (!request.force && state !== 'shutoff' && state !== 'crashed') throw new VmStateError(vmName, state, 'delete (set force to power it off first)');
     const xml = parseDomainXml(await this.deps.libvirt.dumpXml(vmName, { ...options, inactive: true }));
-    for (const [i, key] of alsoDelete.entries()) {
+    for (const [i, key] of request.alsoDelete.entries()) {
       const target = this.diskSource(key);
       const path = target.type === 'rbd' ? `${target.pool}/${target.image}` : target.path;
       if (!xml.disks.some((d) => d.sourcePath === path)) throw new InvalidArgumentError(`also_delete[${i}]`, `${volumeLabel(key)} is not a disk of VM "${vmName}"`);
     }
+    const pools = new Set([...(request.deleteVolumes ? xml.metadata.createdVolumes : []), ...request.alsoDelete].map((key) => key.pool));
+    const refused = [...pools].filter((pool) => !this.deps.allows(principal, PERMISSION_VOLUME_DELETE, [{ kind: 'pool', name: pool }]));
+    if (refused.length > 0) throw new RpcError('PERMISSION_DENIED', `permission denied: deleting the VM's volumes requires ${PERMISSION_VOLUME_DELETE} on pool ${refused.join(', ')}`);
   }
 
   /** The deleting operation: destroy (force), undefine, seeds, volumes made for the VM (delete_volumes), quotas back. */

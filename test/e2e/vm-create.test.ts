@@ -297,7 +297,16 @@ describe('CreateVm', () => {
     const done = await finished(ops, (await keyed.createVm({ spec: ci('ci-42') }, as)).operation);
     expect(done.state, done.error?.message).toBe(OperationState.SUCCEEDED);
     expect(await domains()).toEqual(['ci-42']);
-    expect((await finished(ops, (await keyed.deleteVm({ vmName: 'ci-42', deleteVolumes: true }, as)).operation)).state).toBe(OperationState.SUCCEEDED);
+    // Its volume goes with it only with storage:volume:delete on the pool.
+    const noDelete = await rejection(keyed.deleteVm({ vmName: 'ci-42', deleteVolumes: true }, as));
+    expect(noDelete.code).toBe(Status.PERMISSION_DENIED);
+    expect(noDelete.details).toContain(`storage:volume:delete on pool ${lvm.vg}`);
+    const wider = await access.createApiKey(
+      { description: 'ci', permissions: ['vm:delete', 'storage:volume:delete'], resourceGlobs: [{ kind: ResourceKind.VM, glob: 'ci-*' }, { kind: ResourceKind.POOL, glob: 'ci-*' }] },
+      T,
+    );
+    const asWider = { ...T, metadata: { authorization: `Bearer ${wider.secret}` } };
+    expect((await finished(ops, (await keyed.deleteVm({ vmName: 'ci-42', deleteVolumes: true }, asWider)).operation)).state).toBe(OperationState.SUCCEEDED);
     expect(await lvNames()).toEqual([]);
     keyed.close();
   });
