@@ -25,6 +25,7 @@ import { startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
 import { lvmEnv, startLvm, type TestLvm } from '../support/lvm.js';
 import { grpcHealth } from '../support/health.js';
 import { rejection } from '../support/security.js';
+import { ctlOn } from '../support/ctl.js';
 import { finished, MIB, NO_RATE_LIMITS, T, used, type Client } from '../support/storage.js';
 
 const run = promisify(execFile);
@@ -376,5 +377,38 @@ describe('UpdateVm', () => {
     expect(deletion.state, deletion.error?.message).toBe(OperationState.SUCCEEDED);
     expect(await lvNames()).toEqual([]);
     expect(await usage()).toEqual({ vms: before.vms - 1n, vcpus: before.vcpus - 2n, memory_gb: before.memory_gb - 1n, storage_gb: before.storage_gb - 1n });
+  });
+});
+
+describe('debvisorctl vm create|update|delete', () => {
+  it('prints the plan with --dry-run, creates, updates and deletes', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'debvisor-ctl-'));
+    try {
+      await writeFile(join(dir, 'user-data.yaml'), '#cloud-config\npackages: [htop]\n');
+      await writeFile(join(dir, 'id.pub'), `${SSH_KEY}\n`);
+      const args = ['vm', 'create', '--name', 'cli-1', '--vcpus', '2', '--memory', '256MiB', '--disk', `pool=${lvm.vg},size=16MiB`, '--nic', 'network=default,vlan=7', '--cloud-init', join(dir, 'user-data.yaml'), '--ssh-key', join(dir, 'id.pub')];
+      const dry = await ctlOn(daemon, ...args, '--dry-run');
+      expect(dry.code, dry.stderr).toBe(0);
+      expect(dry.stdout).toContain('cli-1-disk0');
+      expect(dry.stdout).toContain('network:use');
+      expect(dry.stdout).toContain('<domain type="test">');
+      expect(await domains()).toEqual([]);
+      const made = await ctlOn(daemon, ...args);
+      expect(made.code, made.stderr + made.stdout).toBe(0);
+      expect(await domains()).toEqual(['cli-1']);
+      const bad = await ctlOn(daemon, 'vm', 'create', '--name', 'cli-2', '--vcpus', '1', '--memory', '256MiB', '--nic', 'network=default,mac=01:00:00:00:00:01');
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/INVALID_ARGUMENT: spec\.interfaces\[0\]\.mac:/);
+      const updated = await ctlOn(daemon, 'vm', 'update', 'cli-1', '--vcpus', '1', '--attach-disk', `pool=${lvm.vg},size=8MiB`);
+      expect(updated.code, updated.stderr).toBe(0);
+      expect(updated.stdout).toContain('vcpus 2 -> 1');
+      expect(updated.stdout).toContain('next boot');
+      const deleted = await ctlOn(daemon, 'vm', 'delete', 'cli-1', '--delete-volumes');
+      expect(deleted.code, deleted.stderr + deleted.stdout).toBe(0);
+      expect(await domains()).toEqual([]);
+      expect(await lvNames()).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
