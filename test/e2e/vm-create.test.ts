@@ -24,7 +24,7 @@ import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js
 import { startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
 import { lvmEnv, startLvm, type TestLvm } from '../support/lvm.js';
 import { grpcHealth } from '../support/health.js';
-import { rejection } from '../support/security.js';
+import { issueClientFor, rejection } from '../support/security.js';
 import { ctlOn } from '../support/ctl.js';
 import { finished, MIB, NO_RATE_LIMITS, T, used, type Client } from '../support/storage.js';
 
@@ -90,7 +90,7 @@ beforeAll(async () => {
       DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_DOMAIN_TYPE: 'test',
       DEBVISOR_RPCD_VMS_CLOUD_INIT_DIR: seedDir,
     },
-    config: NO_RATE_LIMITS,
+    config: { ...NO_RATE_LIMITS, auth: { impersonation: { enabled: true } } },
   });
   await vi.waitFor(async () => expect(await grpcHealth(daemon, VmService.typeName)).toBe('SERVING'), { timeout: 60_000, interval: 50 });
   [vms, access, ops, storage] = await Promise.all([clientFor(VmService, daemon), clientFor(AccessService, daemon), clientFor(OperationService, daemon), clientFor(StorageService, daemon)]);
@@ -269,6 +269,28 @@ describe('CreateVm', () => {
     expect(await bad(spec('dup-1'))).toMatch(/^ALREADY_EXISTS spec\.name:/);
     await finished(ops, (await vms.deleteVm({ vmName: 'dup-1' }, T)).operation);
     expect((await rejection(vms.deleteVm({ vmName: 'nope-vm' }, T))).code).toBe(Status.NOT_FOUND);
+  });
+
+  it('records the user a panel acts for as the owner, and charges the quotas to that user', async () => {
+    const PANEL = 'spiffe://debvisor/panel/web';
+    await access.putRole({ role: { name: 'impersonator', description: 'acts for users', permissions: ['access:impersonate'], denyPermissions: [] } }, T);
+    for (const [principal, roleName] of [[PANEL, 'operator'], [PANEL, 'impersonator'], ['user:alice', 'operator']] as const) await access.bindRole({ principal, roleName }, T);
+    const panel = await clientFor(VmService, daemon, await issueClientFor(daemon.pki, PANEL));
+    try {
+      const asAlice = { ...T, metadata: { 'impersonate-user': 'alice' } };
+      const done = await finished(ops, (await panel.createVm({ spec: spec('alice-1') }, asAlice)).operation);
+      expect(done.state, done.error?.message).toBe(OperationState.SUCCEEDED);
+      expect((await vms.getVm({ vmName: 'alice-1' }, T)).vm?.owner).toBe('user:alice');
+      expect((await vms.listVms({ owner: 'user:alice' }, T)).vms.map((v) => v.name)).toEqual(['alice-1']);
+      expect(await used(access, QuotaResource.VMS, 'user:alice')).toBe(1n);
+      expect(await used(access, QuotaResource.VCPUS, 'user:alice')).toBe(2n);
+      expect(await used(access, QuotaResource.STORAGE_GB, 'user:alice')).toBe(1n);
+      const deleted = await finished(ops, (await panel.deleteVm({ vmName: 'alice-1', deleteVolumes: true }, asAlice)).operation);
+      expect(deleted.state, deleted.error?.message).toBe(OperationState.SUCCEEDED);
+      for (const resource of [QuotaResource.VMS, QuotaResource.VCPUS, QuotaResource.MEMORY_GB, QuotaResource.STORAGE_GB]) expect(await used(access, resource, 'user:alice')).toBe(0n);
+    } finally {
+      panel.close();
+    }
   });
 
   it('a key scoped to vm=ci-*, pool=ci-*, network=ci-net creates ci-42 and nothing outside', async () => {
