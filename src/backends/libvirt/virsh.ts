@@ -382,7 +382,6 @@ export class Libvirt {
         memoryBytes: xml.memoryBytes,
         autostart: autostart.has(name),
         persistent: persistent.has(name),
-        owner: xml.metadata.owner,
       }))
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
