@@ -173,7 +173,9 @@ export class VmProvisioning {
       const allowed = this.deps.allows(principal, permission, refs);
       permissions.push({ permission, resourceKind: kind, resource, allowed, reason: allowed ? '' : `missing ${permission} on ${kind} ${resource}` });
     };
-    for (const disk of spec.disks) {
+    const targets = this.targets(spec.disks);
+    const volumeTargets: string[] = [];
+    for (const [index, disk] of spec.disks.entries()) {
       const o = disk.origin;
       const field = disk.field;
       const key: VolumeKey = { backend: o.backend, pool: o.pool, name: o.name };
@@ -207,6 +209,7 @@ export class VmProvisioning {
         source = { kind: 'clone', template: o.template, flatten: o.flatten };
       }
       volumes.push({ backend: o.backend, pool: o.pool, name: o.name, sizeBytes: sizeBytes.toString(), source, charged: gibOf(sizeBytes) });
+      volumeTargets.push(targets.disks[index] ?? '');
       created.push(key);
     }
 
@@ -233,7 +236,7 @@ export class VmProvisioning {
       volume: { backend: KIND_ENUM[v.backend], pool: v.pool, name: v.name },
       sizeBytes: BigInt(v.sizeBytes),
       source: v.source.kind === 'empty' ? 'empty' : v.source.kind === 'image' ? `image:${v.source.imagePath}` : `template:${v.source.template.pool}/${v.source.template.image}@${v.source.template.snapshot}`,
-      targetDev: parseDomainXml(xml).disks.find((d) => d.sourcePath.endsWith(`/${v.name}`))?.targetDev ?? `disk${i}`,
+      targetDev: volumeTargets[i] ?? '',
     }));
     const message = create(VmPlanSchema, {
       vmName: spec.name,
@@ -457,14 +460,17 @@ export class VmProvisioning {
     if (xml.metadata.seedFiles.length > 0) await this.deps.seeds?.removeSeed(vm).catch(() => undefined);
     const targets: VolumeKey[] = [...(params.deleteVolumes ? xml.metadata.createdVolumes : []), ...params.alsoDelete];
     const deleted: VolumeKey[] = [];
+    const kept: string[] = [];
     for (const [i, key] of targets.entries()) {
       options.onProgress(40 + (i / Math.max(1, targets.length)) * 59, `deleting ${volumeLabel(key)}`);
       try {
-        await storage.deleteVolume(key, true, { force: true, signal: options.signal, cause: options.cause });
+        // Not forced: a volume another VM on this host uses now is kept (and reported), never pulled from under it.
+        await storage.deleteVolume(key, true, { signal: options.signal, cause: options.cause });
         deleted.push(key);
       } catch (err) {
-        // Already gone is what was asked for.
-        if (!(err instanceof RpcError && err.code === 'NOT_FOUND')) throw err;
+        // Already gone is what was asked for; in use elsewhere (or with clones) stays.
+        if (!(err instanceof RpcError && (err.code === 'NOT_FOUND' || err.code === 'FAILED_PRECONDITION'))) throw err;
+        if (err.code === 'FAILED_PRECONDITION') kept.push(`${volumeLabel(key)}: ${err.message}`);
       }
     }
     const deletedPaths = new Set(deleted.map((key) => {
@@ -475,7 +481,7 @@ export class VmProvisioning {
       vmName: vm,
       destroyed,
       deletedVolumes: deleted.map((k) => ({ backend: KIND_ENUM[k.backend], pool: k.pool, name: k.name })),
-      keptDisks: xml.disks.filter((d) => d.device === 'disk' && !deletedPaths.has(d.sourcePath)).map((d) => d.sourcePath),
+      keptDisks: [...xml.disks.filter((d) => d.device === 'disk' && !deletedPaths.has(d.sourcePath)).map((d) => d.sourcePath), ...kept],
     };
   }
 

@@ -351,8 +351,37 @@ export class VmUpdates {
     insertAfter('disk', c.disks.flatMap((d) => parseOrdered(buildDiskXml(d))));
     insertAfter('interface', c.nics.flatMap((n) => parseOrdered(buildInterfaceXml(n))));
     devices[tagOf(devices)] = kept;
+    // A detached disk is no longer the VM's: DeleteVm must not remove it with the VM.
+    const detachedPaths = new Set(parseDomainXml(inactive).disks.filter((d) => c.detach.includes(d.targetDev)).map((d) => d.sourcePath));
+    if (detachedPaths.size > 0) this.forgetVolumes(items, detachedPaths);
     if (c.createdVolumes.length > 0) this.recordVolumes(items, c.createdVolumes);
     return orderedBuilder.build(doc);
+  }
+
+  /** Drops from the debvisor metadata the made-for-this-VM volumes whose disk path is in `paths`. */
+  private forgetVolumes(items: Ordered[], paths: ReadonlySet<string>): void {
+    const own = this.ownMetadata(items);
+    if (!own) return;
+    const prefix = tagOf(own).slice(0, -3);
+    own[tagOf(own)] = childrenOf(own).filter((n) => {
+      if (tagOf(n) !== `${prefix}:volume`) return true;
+      const backend = attrOf(n, 'backend');
+      if (backend !== 'lvm' && backend !== 'rbd') return true;
+      const source = this.deps.provisioning.diskSource({ backend, pool: attrOf(n, 'pool'), name: attrOf(n, 'name') });
+      return !paths.has(source.type === 'rbd' ? `${source.pool}/${source.image}` : source.path);
+    });
+  }
+
+  /** The <debvisor:vm> element of <metadata>, whatever its prefix. */
+  private ownMetadata(items: Ordered[]): Ordered | undefined {
+    const metadata = items.find((n) => tagOf(n) === 'metadata');
+    return metadata
+      ? childrenOf(metadata).find((n) => {
+          const tag = tagOf(n);
+          const prefix = tag.endsWith(':vm') ? tag.slice(0, -3) : '';
+          return prefix !== '' && attrOf(n, `xmlns:${prefix}`) === DEBVISOR_XMLNS;
+        })
+      : undefined;
   }
 
   /** Adds volumes to the debvisor metadata (DeleteVm with delete_volumes removes them with the VM). */

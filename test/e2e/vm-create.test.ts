@@ -395,8 +395,15 @@ describe('UpdateVm', () => {
     // The old etag is stale now.
     expect((await rejection(vms.updateVm({ ...changes, etag }, T))).code).toBe(Status.ABORTED);
 
+    // A detached disk is no longer the VM's: DeleteVm leaves it.
+    const detached = await vms.updateVm({ vmName: 'upd-1', detachDisks: ['vdb'], etag: done.etag }, T);
+    expect(detached.plan?.changes.map((c) => c.description)).toEqual(['detach disk vdb']);
+    expect(parseDomainXml(await virsh('dumpxml', '--inactive', 'upd-1')).metadata.createdVolumes.map((v) => v.name)).toEqual(['upd-1-disk0']);
+
     const deletion = await finished(ops, (await vms.deleteVm({ vmName: 'upd-1', deleteVolumes: true, force: true }, T)).operation);
     expect(deletion.state, deletion.error?.message).toBe(OperationState.SUCCEEDED);
+    expect(await lvNames()).toEqual(['upd-1-disk1']);
+    await storage.deleteVolume({ volume: { backend: LVM, pool: lvm.vg, name: 'upd-1-disk1' } }, T);
     expect(await lvNames()).toEqual([]);
     expect(await usage()).toEqual({ vms: before.vms - 1n, vcpus: before.vcpus - 2n, memory_gb: before.memory_gb - 1n, storage_gb: before.storage_gb - 1n });
   });

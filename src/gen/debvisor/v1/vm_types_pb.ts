@@ -302,7 +302,8 @@ export type VmDeletion = Message<"debvisor.v1.VmDeletion"> & {
   deletedVolumes: VolumeRef[];
 
   /**
-   * Disks of the VM left in place (attached from outside, not named).
+   * Disks of the VM left in place: attached from outside and not named, or
+   * (with the reason) made for it but in use by another VM now.
    *
    * @generated from field: repeated string kept_disks = 4;
    */
