@@ -2,10 +2,10 @@
 // (test driver, domain type "test") and a REAL LVM VG on a loop device: the plan, its XML equal to
 // what is defined, ownership, quotas (vms, vcpus, memory_gb, storage_gb) taken and given back,
 // undo after a failure once volumes exist, scoped keys, bad input by field path.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { anyUnpack } from '@bufbuild/protobuf/wkt';
 import { fromBinary, type MessageInitShape } from '@bufbuild/protobuf';
@@ -214,6 +214,36 @@ describe('CreateVm', () => {
     const { operation } = await vms.createVm({ spec: failing }, T);
     const done = await finished(ops, operation);
     expect(done.state).toBe(OperationState.FAILED);
+    expect(await lvNames()).toEqual([]);
+    expect(await domains()).toEqual([]);
+    expect(await usage()).toEqual(before);
+  });
+
+  it('CancelOperation undoes a create held in lvcreate: nothing left, quotas back', async () => {
+    const before = await usage();
+    // A shared hold on the VG's LVM lock (scripts/lvm-test-start's locking_dir): lvs (the plan) still
+    // reads, lvcreate (the operation) waits for it. The latch that keeps the operation mid-flight.
+    const lockFile = join(dirname(lvm.systemDir), 'lock', `V_${lvm.vg}`);
+    const holder = spawn('/usr/bin/flock', ['--shared', '--no-fork', lockFile, '/bin/sh', '-c', 'echo held; exec sleep 600'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout.once('data', () => resolve());
+        holder.once('exit', (code) => reject(new Error(`flock exited ${code}`)));
+      });
+      const { operation } = await vms.createVm({ spec: spec('cancel-1') }, T);
+      const id = operation?.id ?? '';
+      await vi.waitFor(async () => expect((await ops.getOperation({ operationId: id }, T)).operation?.stage).toMatch(/^creating volume/), { timeout: 30_000, interval: 100 });
+      await ops.cancelOperation({ operationId: id }, T);
+      const done = await finished(ops, operation);
+      expect(done.state).toBe(OperationState.CANCELLED);
+    } finally {
+      // --no-fork: the holder is the process holding the lock; it is released once it has exited.
+      if (holder.exitCode === null && holder.signalCode === null) {
+        const exited = new Promise((resolve) => holder.once('exit', resolve));
+        holder.kill('SIGKILL');
+        await exited;
+      }
+    }
     expect(await lvNames()).toEqual([]);
     expect(await domains()).toEqual([]);
     expect(await usage()).toEqual(before);
