@@ -6,13 +6,14 @@ import { InvalidArgumentError, type Command } from 'commander';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { CreateVmResponseSchema, CpuMode, DiskBus, DiskCache, Firmware, NicModel, UpdateVmResponseSchema, VmService, type VmDiskSpecSchema, type VmInterfaceSpecSchema } from '../gen/debvisor/v1/vm_pb.js';
 import type { VmPlan } from '../gen/debvisor/v1/vm_types_pb.js';
-import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
+import { StorageBackend, type VolumeRefSchema } from '../gen/debvisor/v1/storage_types_pb.js';
 import { bytes, collect, count, enumName, enumParser, withService } from './command.js';
 import { waitAndExit, WAIT_HELP } from './operation.js';
 import { printJson, printRecord, printTable } from './output.js';
 import { size, SIZE_HELP, tag } from './storage.js';
 
 type DiskInit = MessageInitShape<typeof VmDiskSpecSchema>;
+type VolumeRefInit = MessageInitShape<typeof VolumeRefSchema>;
 type NicInit = MessageInitShape<typeof VmInterfaceSpecSchema>;
 
 const backendOf = enumParser(StorageBackend);
@@ -86,6 +87,13 @@ export function nicOption(value: string, previous: NicInit[] = []): NicInit[] {
       ...(p.has('vlan') ? { vlan: count(p.get('vlan') ?? '') } : {}),
     },
   ];
+}
+
+/** A commander parser for repeated `backend:pool/name`. */
+function volumeRef(value: string, previous: VolumeRefInit[] = []): VolumeRefInit[] {
+  const match = /^([a-z]+):([^/]+)\/(.+)$/.exec(value);
+  if (!match) throw new InvalidArgumentError('expected backend:pool/name, e.g. lvm:vg0/data');
+  return [...previous, { backend: backendOf(match[1] ?? ''), pool: match[2] ?? '', name: match[3] ?? '' }];
 }
 
 function cpuOf(value: string): { cpuMode: CpuMode; cpuModel: string } {
@@ -270,10 +278,14 @@ export function registerVmProvisioningCommands(program: Command, vm: Command): v
     .argument('<name>', 'VM name')
     .option('--delete-volumes', 'also delete the volumes created for this VM (volumes attached from outside stay)')
     .option('--force', 'power a running VM off first')
+    .option('--also-delete <backend:pool/name>', 'also delete this disk of the VM, attached from outside (repeatable), e.g. lvm:vg0/data', volumeRef)
     .addHelpText('after', WAIT_HELP)
     .action(
-      withVms(async (call, name: string, opts: { deleteVolumes?: boolean; force?: boolean }) => {
-        const response = await call.client.deleteVm({ vmName: name, deleteVolumes: opts.deleteVolumes ?? false, force: opts.force ?? false }, call.options);
+      withVms(async (call, name: string, opts: { deleteVolumes?: boolean; force?: boolean; alsoDelete?: VolumeRefInit[] }) => {
+        const response = await call.client.deleteVm(
+          { vmName: name, deleteVolumes: opts.deleteVolumes ?? false, force: opts.force ?? false, alsoDelete: opts.alsoDelete ?? [] },
+          call.options,
+        );
         await waitAndExit(call, response.operation, `delete operation for ${name}`);
       }),
     );

@@ -445,7 +445,8 @@ describe('debvisorctl vm create|update|delete', () => {
     try {
       await writeFile(join(dir, 'user-data.yaml'), '#cloud-config\npackages: [htop]\n');
       await writeFile(join(dir, 'id.pub'), `${SSH_KEY}\n`);
-      const args = ['vm', 'create', '--name', 'cli-1', '--vcpus', '2', '--memory', '256MiB', '--disk', `pool=${lvm.vg},size=16MiB`, '--nic', 'network=default,vlan=7', '--cloud-init', join(dir, 'user-data.yaml'), '--ssh-key', join(dir, 'id.pub')];
+      await storage.createVolume({ volume: { backend: LVM, pool: lvm.vg, name: 'cli-extra' }, sizeBytes: 8n * MIB }, T);
+      const args = ['vm', 'create', '--name', 'cli-1', '--vcpus', '2', '--memory', '256MiB', '--disk', `pool=${lvm.vg},size=16MiB`, '--disk', `volume=${lvm.vg}/cli-extra`, '--nic', 'network=default,vlan=7', '--cloud-init', join(dir, 'user-data.yaml'), '--ssh-key', join(dir, 'id.pub')];
       const dry = await ctlOn(daemon, ...args, '--dry-run');
       expect(dry.code, dry.stderr).toBe(0);
       expect(dry.stdout).toContain('cli-1-disk0');
@@ -462,7 +463,7 @@ describe('debvisorctl vm create|update|delete', () => {
       expect(updated.code, updated.stderr).toBe(0);
       expect(updated.stdout).toContain('vcpus 2 -> 1');
       expect(updated.stdout).toContain('next boot');
-      const deleted = await ctlOn(daemon, 'vm', 'delete', 'cli-1', '--delete-volumes');
+      const deleted = await ctlOn(daemon, 'vm', 'delete', 'cli-1', '--delete-volumes', '--also-delete', `lvm:${lvm.vg}/cli-extra`);
       expect(deleted.code, deleted.stderr + deleted.stdout).toBe(0);
       expect(await domains()).toEqual([]);
       expect(await lvNames()).toEqual([]);
