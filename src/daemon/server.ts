@@ -317,6 +317,7 @@ export class Daemon {
         const rbdId = settings().rbd.id;
         return { domainType: d.domain_type, machineType: d.machine_type, cpuMode: d.cpu_mode, rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined };
       };
+      // This node's libvirt networks and host bridges: ListNetworks, and the check of a new VM's NICs.
       const hostNetworks = new HostNetworks({ libvirt });
       // CreateVm validates interfaces against what ListNetworks shows (kind "libvirt" is a network).
       const vmNetworks = async (o: { signal?: AbortSignal }) => (await hostNetworks.list(o)).map((n) => ({ name: n.name, kind: n.kind === 'libvirt' ? ('network' as const) : ('bridge' as const) }));

@@ -111,7 +111,9 @@ function validateNetworkConfig(value: string, field: string): void {
   // Either {version: 1|2, ...} or {network: {version: 1|2, ...}} (cloud-init's network-config docs).
   const top = typeof config === 'object' && config !== null ? (config as Record<string, unknown>) : {};
   const inner = typeof top.network === 'object' && top.network !== null ? (top.network as Record<string, unknown>) : top;
-  if (inner.version !== 1 && inner.version !== 2) throw new InvalidArgumentError(field, 'must have "version: 1" or "version: 2" (at the top or under "network")');
+  // {network: {config: disabled}} turns cloud-init's network configuration off.
+  if (inner.config === 'disabled') return;
+  if (inner.version !== 1 && inner.version !== 2) throw new InvalidArgumentError(field, 'must have "version: 1" or "version: 2" (at the top or under "network"), or "config: disabled"');
 }
 
 /** One OpenSSH public key, parsed by sshpk: returns the line as it goes into the seed. */
@@ -229,7 +231,8 @@ export class CloudInitSeeds {
     const target = this.seedPath(vmName);
     validateCloudInit(input, prefix);
     const documents = seedDocuments(input);
-    await mkdir(this.dir, { recursive: true, mode: 0o711 });
+    // The daemon's umask (systemd UMask=) would take QEMU's x bit off a new directory: set the mode itself.
+    if ((await mkdir(this.dir, { recursive: true, mode: 0o711 })) !== undefined) await chmod(this.dir, 0o711);
     const work = await mkdtemp(join(tmpdir(), 'debvisor-cloud-init-'));
     const partial = join(this.dir, `.${vmName}.iso.${randomBytes(6).toString('hex')}.tmp`);
     try {

@@ -81,6 +81,7 @@ describe('validateCloudInit', () => {
     ).not.toThrow();
     expect(() => validateCloudInit({ ...BASE, networkConfig: 'network:\n  version: 2\n  ethernets: {}\n' }, 'spec.cloud_init')).not.toThrow();
     expect(() => validateCloudInit({ ...BASE, networkConfig: 'version: 1\nconfig: []\n', metaData: 'dsmode: local\n' }, 'spec.cloud_init')).not.toThrow();
+    expect(() => validateCloudInit({ ...BASE, networkConfig: 'network: {config: disabled}\n' }, 'spec.cloud_init')).not.toThrow();
   });
 
   const cases: [string, Partial<CloudInitInput>, string, RegExp][] = [
@@ -222,6 +223,18 @@ describe.skipIf(!tools)('CloudInitSeeds with genisoimage, read back with isoinfo
     const missing = new CloudInitSeeds({ dir, registry: new Registry(), genisoimagePath: join(root, 'no-genisoimage') });
     expect(toStatus(await rejection(missing.build('web-4', BASE, 'spec.cloud_init')), 't').code).toBe(Status.UNAVAILABLE);
     expect(await readdir(dir)).toEqual(['web-1.iso']);
+  });
+
+  it('keeps its modes under the unit\'s UMask=0027', async () => {
+    const strict = new CloudInitSeeds({ dir: join(root, 'umask', 'seeds'), registry: new Registry(), readableByAll: true });
+    const previous = process.umask(0o027);
+    try {
+      const iso = await strict.build('web-6', BASE, 'spec.cloud_init');
+      expect((await stat(join(root, 'umask', 'seeds'))).mode & 0o777).toBe(0o711);
+      expect((await stat(iso)).mode & 0o777).toBe(0o644);
+    } finally {
+      process.umask(previous);
+    }
   });
 
   it('readableByAll makes the seed 0644', async () => {
