@@ -171,7 +171,7 @@ try {
   await inventory.resync();
 
   // The handler alone (no gRPC, no chain): ListVms over this inventory, response encoded.
-  const handlers = vmHandlers({ libvirt, inventory, node: () => 'bench', operations: undefined as never, quotas: undefined as never, snapshotOwners: undefined as never });
+  const handlers = vmHandlers({ libvirt, inventory, node: () => 'bench', operations: undefined as never, quotas: undefined as never, snapshotOwners: undefined as never, provisioning: {} as never });
   const ctx = { principal: { id: 'bench', kind: 'certificate' } } as unknown as CallContext;
   async function handlerMs(pageSize: number): Promise<number> {
     const request = create(ListVmsRequestSchema, { pageSize });

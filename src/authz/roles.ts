@@ -47,6 +47,8 @@ const ROLES: readonly Role[] = [
     'node:*',
     'vm:*',
     'storage:*',
+    // VM interfaces on any network (CreateVm, UpdateVm).
+    'network:use',
     'migration:*',
     'operation:*',
     'event:watch',

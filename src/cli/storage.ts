@@ -31,17 +31,17 @@ function problemOf(status: RpcStatus | undefined): string | undefined {
   return code === 0 ? undefined : `${Status[code] ?? code}: ${status?.message ?? ''}`;
 }
 
-const SIZE_HELP = 'a size such as 512MiB, 10GiB or 1.5TiB (KB, MB, GB: powers of 1000)';
+export const SIZE_HELP = 'a size such as 512MiB, 10GiB or 1.5TiB (KB, MB, GB: powers of 1000)';
 
 /** A commander parser for a size: "10GiB" → 10737418240n; whole bytes, more than zero. */
-function size(value: string): bigint {
+export function size(value: string): bigint {
   const parsed = bytesIec.parse(value);
   if (parsed === null || !Number.isSafeInteger(parsed) || parsed <= 0) throw new InvalidArgumentError(`expected ${SIZE_HELP}`);
   return BigInt(parsed);
 }
 
 /** A commander parser for repeated `--tag key=value`. */
-function tag(value: string, previous: Record<string, string> = {}): Record<string, string> {
+export function tag(value: string, previous: Record<string, string> = {}): Record<string, string> {
   const at = value.indexOf('=');
   if (at <= 0) throw new InvalidArgumentError('expected key=value');
   return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };

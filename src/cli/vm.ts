@@ -1,4 +1,4 @@
-// debvisorctl vm list|get|start|shutdown|reboot|destroy over VmService; vm snapshot in vm-snapshot.ts.
+// debvisorctl vm list|get|start|shutdown|reboot|destroy over VmService; vm snapshot in vm-snapshot.ts, create|update|delete in vm-create.ts.
 import type { Command } from 'commander';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { GetVmResponseSchema, ListVmsResponseSchema, VmSchema, VmService, VmState, type Vm } from '../gen/debvisor/v1/vm_pb.js';
@@ -7,6 +7,7 @@ import { waitAndExit, waitSeconds, WAIT_HELP } from './operation.js';
 import { UsageError } from './exit-codes.js';
 import { registerVmSnapshotCommands } from './vm-snapshot.js';
 import { printJson, printRecord, printTable } from './output.js';
+import { registerVmProvisioningCommands } from './vm-create.js';
 
 function vmRecord(vm: Vm): Record<string, string> {
   return {
@@ -18,6 +19,8 @@ function vmRecord(vm: Vm): Record<string, string> {
     autostart: String(vm.autostart),
     persistent: String(vm.persistent),
     ...(vm.node ? { node: vm.node } : {}),
+    ...(vm.owner ? { owner: vm.owner } : {}),
+    ...(vm.description ? { description: vm.description } : {}),
     ...(vm.currentSnapshot ? { 'current snapshot': vm.currentSnapshot } : {}),
     disks: vm.disks.map((disk) => `${disk.targetDev} ${disk.device} ${disk.format} ${disk.sourcePath}`.trim()).join('\n       ') || '(none)',
     interfaces: vm.interfaces.map((nic) => `${nic.type} ${nic.source} ${nic.mac} ${nic.model}`.trim()).join('\n       ') || '(none)',
@@ -39,16 +42,17 @@ export function registerVmCommands(program: Command): void {
     .description('list VMs, ordered by name')
     .option('--state <state>', 'only VMs in this state, e.g. running or shut_off', enumParser(VmState))
     .option('--name <glob>', 'only VMs whose name matches this glob ("*", "?")')
+    .option('--owner <principal>', 'only VMs this principal created')
     .action(
-      withVms(async ({ client, options, flags }, opts: { state?: VmState; name?: string }) => {
-        const response = await client.listVms({ pageSize: 1000, state: opts.state ?? VmState.UNSPECIFIED, nameGlob: opts.name ?? '' }, options);
+      withVms(async ({ client, options, flags }, opts: { state?: VmState; name?: string; owner?: string }) => {
+        const response = await client.listVms({ pageSize: 1000, state: opts.state ?? VmState.UNSPECIFIED, nameGlob: opts.name ?? '', owner: opts.owner ?? '' }, options);
         if (flags.output === 'json') {
           printJson(ListVmsResponseSchema, response);
           return;
         }
         printTable(
-          ['name', 'state', 'vcpus', 'memory', 'autostart', 'node'],
-          response.vms.map((each) => [each.name, enumName(VmState, each.state), String(each.vcpus), bytes(each.memoryBytes), String(each.autostart), each.node]),
+          ['name', 'state', 'vcpus', 'memory', 'autostart', 'node', 'owner'],
+          response.vms.map((each) => [each.name, enumName(VmState, each.state), String(each.vcpus), bytes(each.memoryBytes), String(each.autostart), each.node, each.owner]),
         );
       }),
     );
@@ -60,7 +64,10 @@ export function registerVmCommands(program: Command): void {
       withVms(async ({ client, options, flags }, name: string) => {
         const response = await client.getVm({ vmName: name }, options);
         if (flags.output === 'json') printJson(GetVmResponseSchema, response);
-        else printVm(response.vm, flags);
+        else {
+          printVm(response.vm, flags);
+          if (response.etag) printRecord({ etag: response.etag });
+        }
       }),
     );
 
@@ -101,4 +108,6 @@ export function registerVmCommands(program: Command): void {
         await waitAndExit(call, response.operation, `shutdown operation for ${name}`, seconds + (opts.force ? 15 : 0));
       }),
     );
+
+  registerVmProvisioningCommands(program, vm);
 }

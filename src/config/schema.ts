@@ -159,6 +159,19 @@ export const configSchema = z.strictObject({
           subscription_backoff_max_seconds: seconds.default(10),
         })
         .prefault({}),
+      /** What CreateVm writes when a spec leaves it open. */
+      vm_defaults: z
+        .strictObject({
+          /** <domain type>: kvm in production, qemu (TCG) without /dev/kvm, test for libvirt's test driver. */
+          domain_type: z.enum(['kvm', 'qemu', 'test']).default('kvm'),
+          /** QEMU machine type when the spec names none. */
+          machine_type: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'a machine type such as q35 or pc-q35-8.2').default('q35'),
+          /** CPU mode when the spec names none. */
+          cpu_mode: z.enum(['host-passthrough', 'host-model']).default('host-model'),
+          /** libvirt secret (UUID) holding the Ceph key for RBD disks; empty: no <auth> (the ceph.conf default client). */
+          rbd_secret_uuid: z.string().regex(/^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$/, 'a libvirt secret UUID').default(''),
+        })
+        .prefault({}),
     })
     .prefault({}),
   migration: z

@@ -42,6 +42,10 @@ import { StorageService } from '../gen/debvisor/v1/storage_pb.js';
 import { registerStorageOperationKinds, storageHandlers } from '../services/storage.js';
 import { libvirtAttachments } from '../storage/attachments.js';
 import { createStorage } from '../storage/setup.js';
+import { VmProvisioning } from '../vms/provisioning.js';
+import { CloudInitSeeds } from '../vms/cloud-init.js';
+import { VmUpdates } from '../vms/update.js';
+import { registerVmProvisioningKinds, vmProvisioningHandlers } from '../services/vm-provisioning.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { nodeHandlers } from '../services/node.js';
 import { NodeRegistry } from '../nodes/registry.js';
@@ -308,9 +312,34 @@ export class Daemon {
       quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
       registerStorageOperationKinds(operations, storage);
-      const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
+      const vmDefaults = () => {
+        const d = settings().libvirt.vm_defaults;
+        const rbdId = settings().rbd.id;
+        return { domainType: d.domain_type, machineType: d.machine_type, cpuMode: d.cpu_mode, rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined };
+      };
       // This node's libvirt networks and host bridges: ListNetworks, and the check of a new VM's NICs.
-      const networks = new HostNetworks({ libvirt });
+      const hostNetworks = new HostNetworks({ libvirt });
+      // CreateVm validates interfaces against what ListNetworks shows (kind "libvirt" is a network).
+      const vmNetworks = async (o: { signal?: AbortSignal }) => (await hostNetworks.list(o)).map((n) => ({ name: n.name, kind: n.kind === 'libvirt' ? ('network' as const) : ('bridge' as const) }));
+      const seeds = new CloudInitSeeds({
+        dir: config.vms.cloud_init_dir,
+        genisoimagePath: config.vms.genisoimage_path,
+        readableByAll: config.vms.cloud_init_readable_by_all,
+        registry: metrics.registry,
+      });
+      const provisioning = new VmProvisioning({
+        libvirt,
+        inventory: liveInventory,
+        storage,
+        quotas,
+        allows: (principal, permission, resources) => access.allows(principal, permission, resources),
+        networks: vmNetworks,
+        seeds,
+        defaults: vmDefaults,
+      });
+      registerVmProvisioningKinds(operations, provisioning);
+      quotas.registerUsageSource(['vms', 'vcpus', 'memory_gb'], (principal) => Promise.resolve(provisioning.countOwnedBy(principal)));
+      const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
       void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);
       const migration = {
@@ -331,9 +360,17 @@ export class Daemon {
           sessionHandlers(new UserSessions(repos, access, audit, settings)),
         ),
         [OperationService.typeName]: operationHandlers(operations, access),
-        [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
+        [VmService.typeName]: vmHandlers({
+          libvirt,
+          inventory: liveInventory,
+          operations,
+          quotas,
+          snapshotOwners,
+          node: () => config.node.name,
+          provisioning: vmProvisioningHandlers({ provisioning, updates: new VmUpdates({ libvirt, inventory: liveInventory, storage, quotas, allows: (principal, permission, resources) => access.allows(principal, permission, resources), networks: vmNetworks, provisioning }), operations, libvirt, storage }),
+        }),
         [StorageService.typeName]: storageHandlers({ storage, operations }),
-        [NodeService.typeName]: nodeHandlers(nodes, networks),
+        [NodeService.typeName]: nodeHandlers(nodes, hostNetworks),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, revocation, metrics.registry),
       };

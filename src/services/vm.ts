@@ -12,7 +12,8 @@ import type { Domain, DomainSnapshot, DomainSummary, Libvirt } from '../backends
 import { actorOf } from '../events/types.js';
 import type { VmLiveInventory } from '../vms/inventory.js';
 import { VM_STATES as STATES } from '../vms/states.js';
-import { validateVmName } from '../backends/validate.js';
+import { validateText, validateVmName } from '../backends/validate.js';
+import { definitionEtag } from '../vms/domain-xml.js';
 import { globMatches, isValidResourceGlob } from '../authz/decide.js';
 import { z } from 'zod';
 import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
@@ -47,6 +48,7 @@ function summaryFields(vm: DomainSummary, node: string) {
     autostart: vm.autostart,
     persistent: vm.persistent,
     node,
+    owner: vm.owner ?? '',
   };
 }
 
@@ -70,6 +72,7 @@ function vmMessage(vm: Domain, node: string): MessageInitShape<typeof VmSchema> 
     disks: vm.disks.map((d) => ({ targetDev: d.targetDev, sourcePath: d.sourcePath, format: d.format, device: d.device })),
     interfaces: vm.interfaces.map((i) => ({ type: i.type, source: i.source, mac: i.mac, model: i.model })),
     currentSnapshot: vm.currentSnapshot,
+    description: vm.description,
   };
 }
 
@@ -113,13 +116,19 @@ export interface VmHandlerDeps {
   readonly snapshotOwners: VmSnapshotOwners;
   /** This host's node name (Vm.node). */
   readonly node: () => string;
+  /** CreateVm, UpdateVm, DeleteVm and GetVmDefinition (src/services/vm-provisioning.ts). */
+  readonly provisioning: Pick<HandlersOf<typeof VmService>, 'createVm' | 'updateVm' | 'deleteVm' | 'getVmDefinition'>;
 }
 
-export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwners, node }: VmHandlerDeps): HandlersOf<typeof VmService> {
+export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwners, node, provisioning }: VmHandlerDeps): HandlersOf<typeof VmService> {
   /** GetVm's answer, from the inventory. */
   const get = (vmName: string) => {
     const { vm, staleSince } = inventory.get(validateVmName(vmName, 'vm_name'));
-    return { vm: vmMessage(vm, node()), ...(staleSince ? { staleSince: timestampFromDate(staleSince) } : {}) };
+    return {
+      vm: vmMessage(vm, node()),
+      ...(vm.inactiveXml !== undefined ? { etag: definitionEtag(vm.inactiveXml) } : {}),
+      ...(staleSince ? { staleSince: timestampFromDate(staleSince) } : {}),
+    };
   };
   /** Changes to `vm` seen from now on, until the handle is disposed, are this call's (its actor and trace id on the events). */
   const announce = (vm: string, ctx: CallContext, extraMs = 0) => inventory.attribute(vm, actorOf(ctx.principal), ctx.traceId, extraMs);
@@ -136,12 +145,15 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
   const changed = async (vm: string) => vmMessage(await inventory.reloaded(vm), node());
 
   return {
+    ...provisioning,
+
     listVms: (request, ctx) => {
       const principal = principalOf(ctx);
       if (!(request.state in VmState)) throw new InvalidArgumentError('state', 'unknown VM state');
       if (request.nameGlob && !isValidResourceGlob(request.nameGlob)) {
         throw new InvalidArgumentError('name_glob', 'may contain only name characters plus * and ?, at most 256');
       }
+      validateText(request.owner, 'owner', 256);
       // A scoped API key lists only the VMs its `vm` globs allow (list RPCs name no target for RBAC).
       const keyGlobs = principal.apiKey?.resourceGlobs ?? [];
       const vmGlobs = keyGlobs.filter((g) => g.kind === 'vm').map((g) => g.glob);
@@ -150,6 +162,7 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
         (vm) =>
           (request.state === VmState.UNSPECIFIED || STATES[vm.state] === request.state) &&
           (!request.nameGlob || globMatches(request.nameGlob, vm.name)) &&
+          (!request.owner || vm.owner === request.owner) &&
           (keyGlobs.length === 0 || vmGlobs.some((glob) => globMatches(glob, vm.name))),
       );
       const page = pageByKey(all, (vm) => vm.name, request);

@@ -14,7 +14,7 @@ const declared = API_SERVICES.flatMap((s) => s.methods).flatMap((m) => compilePo
 describe('PermissionCatalogue.of', () => {
   it('holds every permission an RPC declares, and nothing that is not derived from one or a service’s chain permissions', () => {
     for (const p of declared) expect(catalogue.permissions).toContain(p);
-    const chainPermissions = ['access:impersonate', 'access:audit:read'];
+    const chainPermissions = ['access:impersonate', 'access:audit:read', 'network:use', 'storage:template:clone'];
     for (const p of catalogue.permissions) {
       expect(declared.includes(p) || chainPermissions.includes(p) || (p.endsWith(':any') && declared.includes(p.slice(0, -':any'.length))), p).toBe(true);
     }

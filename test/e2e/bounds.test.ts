@@ -55,7 +55,8 @@ function oversize(message: DescMessage, prefix = '', seen: readonly DescMessage[
   const within = [...seen, message];
   return message.fields.flatMap((field) => {
     const path = `${prefix}${field.name}`;
-    const at = (value: unknown) => ({ [field.localName]: value });
+    // A oneof member is set through its oneof: { source: { case: 'volume', value } }.
+    const at = (value: unknown) => (field.oneof ? { [field.oneof.localName]: { case: field.localName, value } } : { [field.localName]: value });
     const nested = (inner: string) => (field.message ? oversize(field.message, inner, within) : []);
     switch (field.fieldKind) {
       case 'scalar':

@@ -83,6 +83,8 @@ describe('RPC policy options', () => {
       ProvisionVolume: 'PROVISION_VOLUME',
       PruneSnapshots: 'PRUNE_SNAPSHOTS',
       CloneRbdFromTemplate: 'CLONE_RBD_FROM_TEMPLATE',
+      CreateVm: 'CREATE_VM',
+      DeleteVm: 'DELETE_VM',
       StartTestOperation: 'TEST',
     });
   });

@@ -13,9 +13,9 @@ import { validateSnapshotName, validateText, validateVmName } from '../validate.
 import { InvalidArgumentError } from '../../rpc/errors.js';
 import { STATE_CONFLICT, VIRSH_RULES, VmStateError } from './errors.js';
 import { parseDomjobinfo, parseKeyValues, type DomainJobInfo } from './jobinfo.js';
-import { parseDomainXml, parseSnapshotXml, type DomainDisk, type DomainInterface, type DomainState } from './xml.js';
+import { parseDomainXml, parseSnapshotXml, type DebvisorMetadata, type DomainDisk, type DomainInterface, type DomainState } from './xml.js';
 
-export type { DomainDisk, DomainInterface, DomainState, DomainJobInfo };
+export type { DebvisorMetadata, DomainDisk, DomainInterface, DomainState, DomainJobInfo };
 
 export const DEFAULT_VIRSH = '/usr/bin/virsh';
 
@@ -56,10 +56,16 @@ export interface DomainSummary {
   readonly memoryBytes: number;
   readonly autostart: boolean;
   readonly persistent: boolean;
+  /** Principal that created it with CreateVm; empty or absent when unknown. */
+  readonly owner?: string;
 }
 
 /** One VM as GetVm reports it. */
 export interface Domain extends DomainSummary {
+  readonly owner: string;
+  readonly description: string;
+  /** What CreateVm recorded in the domain's <metadata>. */
+  readonly metadata: DebvisorMetadata;
   readonly disks: readonly DomainDisk[];
   readonly interfaces: readonly DomainInterface[];
   /** Name of the current snapshot; empty when none. */
@@ -210,6 +216,9 @@ function detailsFrom(xmlText: string, inactiveText: string, info: string, curren
     persistent,
     disks: xml.disks,
     interfaces: xml.interfaces,
+    owner: xml.metadata.owner,
+    description: xml.description,
+    metadata: xml.metadata,
     currentSnapshot,
     // virsh ends its output with a newline the publication has always stored.
     inactiveXml: persistent && inactive !== '' ? `${inactive}\n` : undefined,
@@ -542,6 +551,67 @@ export class Libvirt {
       await rm(dir, { recursive: true, force: true });
     }
     return name;
+  }
+
+  /** This host as libvirt sees it: logical CPUs and memory (`virsh nodeinfo`, `virsh freecell`). */
+  async nodeResources(opts: CallOptions = {}): Promise<{ cpus: number; memoryBytes: number; freeMemoryBytes: number | undefined }> {
+    const [info, free] = await Promise.all([this.virsh(['nodeinfo'], opts), this.run(['freecell'], opts)]);
+    const kv = parseKeyValues(info);
+    const cpus = Number(kv['CPU(s)'] ?? '0');
+    const memoryKiB = Number((kv['Memory size'] ?? '0').replace(/\s*KiB$/, ''));
+    // "Total: 3072 KiB" (the whole host when NUMA cells are not listed); absent when the driver cannot tell.
+    const freeKiB = free.code === 0 ? /([0-9]+)\s*KiB/.exec(free.stdout)?.[1] : undefined;
+    return { cpus: Number.isInteger(cpus) ? cpus : 0, memoryBytes: Number.isFinite(memoryKiB) ? memoryKiB * 1024 : 0, freeMemoryBytes: freeKiB === undefined ? undefined : Number(freeKiB) * 1024 };
+  }
+
+  /** CPU model names libvirt knows for x86_64 (`virsh cpu-models`); empty when the driver cannot list them. */
+  async cpuModels(opts: CallOptions = {}): Promise<string[]> {
+    const result = await this.run(['cpu-models', 'x86_64'], opts);
+    return result.code === 0 ? lines(result.stdout) : [];
+  }
+
+  /** `virsh autostart [--disable]`. */
+  async setAutostart(vmName: string, enabled: boolean, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.virsh(['autostart', '--domain', vm, ...(enabled ? [] : ['--disable'])], opts);
+  }
+
+  /**
+   * Applies a device change (`attach-device`/`detach-device` with the device XML in a private temp
+   * file): `live` also changes the running VM. Throws the classified virsh failure.
+   */
+  async changeDevice(vmName: string, change: 'attach' | 'detach', deviceXml: string, scope: { live: boolean; config: boolean }, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    const dir = await mkdtemp(join(tmpdir(), 'debvisor-device-'));
+    try {
+      const file = join(dir, 'device.xml');
+      await writeFile(file, deviceXml, { mode: 0o600 });
+      await this.virsh([`${change}-device`, '--domain', vm, '--file', file, ...(scope.live ? ['--live'] : []), ...(scope.config ? ['--config'] : [])], opts);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** `virsh setvcpus N --live`: the running VM's vCPUs (within its maximum). */
+  async setLiveVcpus(vmName: string, vcpus: number, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    if (!Number.isInteger(vcpus) || vcpus < 1) throw new InvalidArgumentError('vcpus', 'must be a positive integer');
+    await this.virsh(['setvcpus', '--domain', vm, '--count', String(vcpus), '--live'], opts);
+  }
+
+  /** `virsh setmem --live` (the balloon, within the VM's maximum memory). */
+  async setLiveMemory(vmName: string, memoryBytes: bigint, opts: CallOptions = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.virsh(['setmem', '--domain', vm, '--size', `${memoryBytes / 1024n}KiB`, '--live'], opts);
+  }
+
+  /**
+   * `virsh undefine` with the snapshot metadata and, with `nvram` (a UEFI VM), its NVRAM file. The
+   * test driver refuses --nvram ("unsupported flags"), so only a VM that has NVRAM asks for it.
+   */
+  async undefineVm(vmName: string, opts: CallOptions & { nvram?: boolean } = {}): Promise<void> {
+    const vm = validateVmName(vmName, 'vm_name');
+    await this.virsh(['undefine', '--domain', vm, '--snapshots-metadata', ...(opts.nvram ? ['--nvram'] : [])], opts);
   }
 
   /** `virsh undefine` (also drops snapshot metadata, which libvirt otherwise refuses). */

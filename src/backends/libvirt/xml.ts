@@ -30,6 +30,28 @@ export interface DomainInterface {
   readonly model: string;
 }
 
+/** The debvisor metadata namespace of a domain's <metadata> (CreateVm writes it). */
+export const DEBVISOR_XMLNS = 'https://debvisor.dev/xmlns/vm/1';
+
+/** A volume CreateVm made for a VM (DeleteVm with delete_volumes removes only these). */
+export interface CreatedVolume {
+  readonly backend: 'lvm' | 'rbd';
+  readonly pool: string;
+  readonly name: string;
+}
+
+/** What DebVisor recorded in a domain's <metadata>: empty for a VM defined outside DebVisor. */
+export interface DebvisorMetadata {
+  /** Principal that created the VM (the user when a panel acted for one); empty when unknown. */
+  readonly owner: string;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly createdVolumes: readonly CreatedVolume[];
+  /** cloud-init seed files made for the VM (removed with it). */
+  readonly seedFiles: readonly string[];
+}
+
+export const NO_METADATA: DebvisorMetadata = Object.freeze({ owner: '', tags: Object.freeze({}), createdVolumes: Object.freeze([]), seedFiles: Object.freeze([]) });
+
 /** What the domain XML says (state, autostart and persistence come from other calls). */
 export interface DomainXml {
   readonly name: string;
@@ -44,6 +66,9 @@ export interface DomainXml {
   readonly maxMemoryBytes: number;
   readonly disks: readonly DomainDisk[];
   readonly interfaces: readonly DomainInterface[];
+  /** <description>; empty when none. */
+  readonly description: string;
+  readonly metadata: DebvisorMetadata;
 }
 
 export interface SnapshotXml {
@@ -164,6 +189,30 @@ function interfaceSource(iface: Node): string {
   return attr(source, 'bridge') || attr(source, 'network') || attr(source, 'dev') || attr(source, 'name');
 }
 
+/** The <debvisor:vm> element, whatever prefix it was written with (libvirt keeps the namespace, not necessarily the prefix). */
+function debvisorMetadata(metadata: Node): DebvisorMetadata {
+  for (const [key, value] of Object.entries(metadata)) {
+    const colon = key.indexOf(':');
+    if (colon < 0 || key.slice(colon + 1) !== 'vm') continue;
+    const prefix = key.slice(0, colon);
+    const vm = obj(Array.isArray(value) ? value[0] : value);
+    if (attr(vm, `xmlns:${prefix}`) !== DEBVISOR_XMLNS) continue;
+    const child = (name: string) => vm[`${prefix}:${name}`];
+    const tags: Record<string, string> = {};
+    for (const tag of list(child('tag'))) tags[attr(tag, 'key')] = text(tag);
+    return {
+      owner: text(child('owner')),
+      tags,
+      createdVolumes: list(child('volume')).flatMap((v) => {
+        const backend = attr(v, 'backend');
+        return backend === 'lvm' || backend === 'rbd' ? [{ backend, pool: attr(v, 'pool'), name: attr(v, 'name') }] : [];
+      }),
+      seedFiles: list(child('seed')).map((seed) => attr(seed, 'path')).filter((path) => path !== ''),
+    };
+  }
+  return NO_METADATA;
+}
+
 /** What `virsh net-dumpxml` says of a libvirt network (whether it is active comes from net-list). */
 export interface NetworkXml {
   readonly name: string;
@@ -250,6 +299,8 @@ function domainFromNode(domain: Node): DomainXml {
       mac: attr(iface.mac, 'address'),
       model: attr(iface.model, 'type'),
     })),
+    description: text(domain.description),
+    metadata: debvisorMetadata(obj(domain.metadata)),
   };
 }
 

@@ -9,6 +9,10 @@ import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf
 import type { Operation } from "./operation_pb.js";
 import { file_debvisor_v1_operation } from "./operation_pb.js";
 import { file_debvisor_v1_options } from "./options_pb.js";
+import type { StorageBackend, VolumeRef } from "./storage_types_pb.js";
+import { file_debvisor_v1_storage_types } from "./storage_types_pb.js";
+import type { VmPlan } from "./vm_types_pb.js";
+import { file_debvisor_v1_vm_types } from "./vm_types_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -17,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/vm.proto.
  */
 export const file_debvisor_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChRkZWJ2aXNvci92MS92bS5wcm90bxILZGVidmlzb3IudjEiUQoGVm1EaXNrEhIKCnRhcmdldF9kZXYYASABKAkSEwoLc291cmNlX3BhdGgYAiABKAkSDgoGZm9ybWF0GAMgASgJEg4KBmRldmljZRgEIAEoCSJHCgtWbUludGVyZmFjZRIMCgR0eXBlGAEgASgJEg4KBnNvdXJjZRgCIAEoCRILCgNtYWMYAyABKAkSDQoFbW9kZWwYBCABKAkiiwIKAlZtEgwKBG5hbWUYASABKAkSDAoEdXVpZBgCIAEoCRIjCgVzdGF0ZRgDIAEoDjIULmRlYnZpc29yLnYxLlZtU3RhdGUSDQoFdmNwdXMYBCABKA0SFAoMbWVtb3J5X2J5dGVzGAUgASgEEhEKCWF1dG9zdGFydBgGIAEoCBISCgpwZXJzaXN0ZW50GAcgASgIEiIKBWRpc2tzGAggAygLMhMuZGVidmlzb3IudjEuVm1EaXNrEiwKCmludGVyZmFjZXMYCSADKAsyGC5kZWJ2aXNvci52MS5WbUludGVyZmFjZRIYChBjdXJyZW50X3NuYXBzaG90GAogASgJEgwKBG5vZGUYCyABKAkiugEKClZtU25hcHNob3QSDAoEbmFtZRgBIAEoCRIPCgd2bV9uYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgh2bV9zdGF0ZRgFIAEoDjIULmRlYnZpc29yLnYxLlZtU3RhdGUSDgoGcGFyZW50GAYgASgJEg8KB2N1cnJlbnQYByABKAgidgoOTGlzdFZtc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhkKCnBhZ2VfdG9rZW4YAiABKAlCBdjzGIAIEiMKBXN0YXRlGAMgASgOMhQuZGVidmlzb3IudjEuVm1TdGF0ZRIRCgluYW1lX2dsb2IYBCABKAkieQoPTGlzdFZtc1Jlc3BvbnNlEhwKA3ZtcxgBIAMoCzIPLmRlYnZpc29yLnYxLlZtEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIvCgtzdGFsZV9zaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiHwoMR2V0Vm1SZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkiXQoNR2V0Vm1SZXNwb25zZRIbCgJ2bRgBIAEoCzIPLmRlYnZpc29yLnYxLlZtEi8KC3N0YWxlX3NpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI1Cg5TdGFydFZtUmVxdWVzdBIPCgd2bV9uYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiLgoPU3RhcnRWbVJlc3BvbnNlEhsKAnZtGAEgASgLMg8uZGVidmlzb3IudjEuVm0ijwEKEVNodXRkb3duVm1SZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSDAoEd2FpdBgCIAEoCBIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhsKE2ZvcmNlX2FmdGVyX3RpbWVvdXQYBCABKAgSEgoKcmVxdWVzdF9pZBgFIAEoCSJcChJTaHV0ZG93blZtUmVzcG9uc2USGwoCdm0YASABKAsyDy5kZWJ2aXNvci52MS5WbRIpCglvcGVyYXRpb24YAiABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iNgoPUmVib290Vm1SZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSIvChBSZWJvb3RWbVJlc3BvbnNlEhsKAnZtGAEgASgLMg8uZGVidmlzb3IudjEuVm0iSQoQRGVzdHJveVZtUmVxdWVzdBIPCgd2bV9uYW1lGAEgASgJEhAKCGdyYWNlZnVsGAIgASgIEhIKCnJlcXVlc3RfaWQYAyABKAkiMAoRRGVzdHJveVZtUmVzcG9uc2USGwoCdm0YASABKAsyDy5kZWJ2aXNvci52MS5WbSJxChdDcmVhdGVWbVNuYXBzaG90UmVxdWVzdBIPCgd2bV9uYW1lGAEgASgJEhUKDXNuYXBzaG90X25hbWUYAiABKAkSGgoLZGVzY3JpcHRpb24YAyABKAlCBdjzGIAgEhIKCnJlcXVlc3RfaWQYBCABKAkiRQoYQ3JlYXRlVm1TbmFwc2hvdFJlc3BvbnNlEikKCHNuYXBzaG90GAEgASgLMhcuZGVidmlzb3IudjEuVm1TbmFwc2hvdCJXChZMaXN0Vm1TbmFwc2hvdHNSZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhkKCnBhZ2VfdG9rZW4YAyABKAlCBdjzGIAIIl4KF0xpc3RWbVNuYXBzaG90c1Jlc3BvbnNlEioKCXNuYXBzaG90cxgBIAMoCzIXLmRlYnZpc29yLnYxLlZtU25hcHNob3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlUKF1JldmVydFZtU25hcHNob3RSZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSFQoNc25hcHNob3RfbmFtZRgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIjcKGFJldmVydFZtU25hcHNob3RSZXNwb25zZRIbCgJ2bRgBIAEoCzIPLmRlYnZpc29yLnYxLlZtIm4KF0RlbGV0ZVZtU25hcHNob3RSZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSFQoNc25hcHNob3RfbmFtZRgCIAEoCRIXCg9kZWxldGVfY2hpbGRyZW4YAyABKAgSEgoKcmVxdWVzdF9pZBgEIAEoCSIrChhEZWxldGVWbVNuYXBzaG90UmVzcG9uc2USDwoHZGVsZXRlZBgBIAMoCSrIAQoHVm1TdGF0ZRIYChRWTV9TVEFURV9VTlNQRUNJRklFRBAAEhQKEFZNX1NUQVRFX1JVTk5JTkcQARIUChBWTV9TVEFURV9CTE9DS0VEEAISEwoPVk1fU1RBVEVfUEFVU0VEEAMSGgoWVk1fU1RBVEVfU0hVVFRJTkdfRE9XThAEEhUKEVZNX1NUQVRFX1NIVVRfT0ZGEAUSFAoQVk1fU1RBVEVfQ1JBU0hFRBAGEhkKFVZNX1NUQVRFX1BNX1NVU1BFTkRFRBAHMoUJCglWbVNlcnZpY2USVQoHTGlzdFZtcxIbLmRlYnZpc29yLnYxLkxpc3RWbXNSZXF1ZXN0GhwuZGVidmlzb3IudjEuTGlzdFZtc1Jlc3BvbnNlIg/K8xgLCgd2bTpsaXN0MAESVwoFR2V0Vm0SGS5kZWJ2aXNvci52MS5HZXRWbVJlcXVlc3QaGi5kZWJ2aXNvci52MS5HZXRWbVJlc3BvbnNlIhfK8xgTCgZ2bTpnZXQwAToHdm1fbmFtZRJhCgdTdGFydFZtEhsuZGVidmlzb3IudjEuU3RhcnRWbVJlcXVlc3QaHC5kZWJ2aXNvci52MS5TdGFydFZtUmVzcG9uc2UiG8rzGBcKCHZtOnN0YXJ0EAEwAToHdm1fbmFtZRJxCgpTaHV0ZG93blZtEh4uZGVidmlzb3IudjEuU2h1dGRvd25WbVJlcXVlc3QaHy5kZWJ2aXNvci52MS5TaHV0ZG93blZtUmVzcG9uc2UiIsrzGBoKC3ZtOnNodXRkb3duEAEwAToHdm1fbmFtZeDzGAYSZQoIUmVib290Vm0SHC5kZWJ2aXNvci52MS5SZWJvb3RWbVJlcXVlc3QaHS5kZWJ2aXNvci52MS5SZWJvb3RWbVJlc3BvbnNlIhzK8xgYCgl2bTpyZWJvb3QQATABOgd2bV9uYW1lEmkKCURlc3Ryb3lWbRIdLmRlYnZpc29yLnYxLkRlc3Ryb3lWbVJlcXVlc3QaHi5kZWJ2aXNvci52MS5EZXN0cm95Vm1SZXNwb25zZSIdyvMYGQoKdm06ZGVzdHJveRABMAE6B3ZtX25hbWUSigEKEENyZWF0ZVZtU25hcHNob3QSJC5kZWJ2aXNvci52MS5DcmVhdGVWbVNuYXBzaG90UmVxdWVzdBolLmRlYnZpc29yLnYxLkNyZWF0ZVZtU25hcHNob3RSZXNwb25zZSIpyvMYJQoSdm06c25hcHNob3Q6Y3JlYXRlEAEYAiABMAE6B3ZtX25hbWUSfwoPTGlzdFZtU25hcHNob3RzEiMuZGVidmlzb3IudjEuTGlzdFZtU25hcHNob3RzUmVxdWVzdBokLmRlYnZpc29yLnYxLkxpc3RWbVNuYXBzaG90c1Jlc3BvbnNlIiHK8xgdChB2bTpzbmFwc2hvdDpsaXN0MAE6B3ZtX25hbWUSiAEKEFJldmVydFZtU25hcHNob3QSJC5kZWJ2aXNvci52MS5SZXZlcnRWbVNuYXBzaG90UmVxdWVzdBolLmRlYnZpc29yLnYxLlJldmVydFZtU25hcHNob3RSZXNwb25zZSInyvMYIwoSdm06c25hcHNob3Q6cmV2ZXJ0EAEYAjABOgd2bV9uYW1lEoYBChBEZWxldGVWbVNuYXBzaG90EiQuZGVidmlzb3IudjEuRGVsZXRlVm1TbmFwc2hvdFJlcXVlc3QaJS5kZWJ2aXNvci52MS5EZWxldGVWbVNuYXBzaG90UmVzcG9uc2UiJcrzGCEKEnZtOnNuYXBzaG90OmRlbGV0ZRABMAE6B3ZtX25hbWViBnByb3RvMw", [file_debvisor_v1_operation, file_debvisor_v1_options, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRkZWJ2aXNvci92MS92bS5wcm90bxILZGVidmlzb3IudjEiUQoGVm1EaXNrEhIKCnRhcmdldF9kZXYYASABKAkSEwoLc291cmNlX3BhdGgYAiABKAkSDgoGZm9ybWF0GAMgASgJEg4KBmRldmljZRgEIAEoCSJHCgtWbUludGVyZmFjZRIMCgR0eXBlGAEgASgJEg4KBnNvdXJjZRgCIAEoCRILCgNtYWMYAyABKAkSDQoFbW9kZWwYBCABKAkirwIKAlZtEgwKBG5hbWUYASABKAkSDAoEdXVpZBgCIAEoCRIjCgVzdGF0ZRgDIAEoDjIULmRlYnZpc29yLnYxLlZtU3RhdGUSDQoFdmNwdXMYBCABKA0SFAoMbWVtb3J5X2J5dGVzGAUgASgEEhEKCWF1dG9zdGFydBgGIAEoCBISCgpwZXJzaXN0ZW50GAcgASgIEiIKBWRpc2tzGAggAygLMhMuZGVidmlzb3IudjEuVm1EaXNrEiwKCmludGVyZmFjZXMYCSADKAsyGC5kZWJ2aXNvci52MS5WbUludGVyZmFjZRIYChBjdXJyZW50X3NuYXBzaG90GAogASgJEgwKBG5vZGUYCyABKAkSDQoFb3duZXIYDCABKAkSEwoLZGVzY3JpcHRpb24YDSABKAkiugEKClZtU25hcHNob3QSDAoEbmFtZRgBIAEoCRIPCgd2bV9uYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgh2bV9zdGF0ZRgFIAEoDjIULmRlYnZpc29yLnYxLlZtU3RhdGUSDgoGcGFyZW50GAYgASgJEg8KB2N1cnJlbnQYByABKAgihQEKDkxpc3RWbXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRIZCgpwYWdlX3Rva2VuGAIgASgJQgXY8xiACBIjCgVzdGF0ZRgDIAEoDjIULmRlYnZpc29yLnYxLlZtU3RhdGUSEQoJbmFtZV9nbG9iGAQgASgJEg0KBW93bmVyGAUgASgJInkKD0xpc3RWbXNSZXNwb25zZRIcCgN2bXMYASADKAsyDy5kZWJ2aXNvci52MS5WbRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSLwoLc3RhbGVfc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh8KDEdldFZtUmVxdWVzdBIPCgd2bV9uYW1lGAEgASgJImsKDUdldFZtUmVzcG9uc2USGwoCdm0YASABKAsyDy5kZWJ2aXNvci52MS5WbRIvCgtzdGFsZV9zaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgDIAEoCSI1Cg5TdGFydFZtUmVxdWVzdBIPCgd2bV9uYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiLgoPU3RhcnRWbVJlc3BvbnNlEhsKAnZtGAEgASgLMg8uZGVidmlzb3IudjEuVm0ijwEKEVNodXRkb3duVm1SZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSDAoEd2FpdBgCIAEoCBIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhsKE2ZvcmNlX2FmdGVyX3RpbWVvdXQYBCABKAgSEgoKcmVxdWVzdF9pZBgFIAEoCSJcChJTaHV0ZG93blZtUmVzcG9uc2USGwoCdm0YASABKAsyDy5kZWJ2aXNvci52MS5WbRIpCglvcGVyYXRpb24YAiABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iNgoPUmVib290Vm1SZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSIvChBSZWJvb3RWbVJlc3BvbnNlEhsKAnZtGAEgASgLMg8uZGVidmlzb3IudjEuVm0iSQoQRGVzdHJveVZtUmVxdWVzdBIPCgd2bV9uYW1lGAEgASgJEhAKCGdyYWNlZnVsGAIgASgIEhIKCnJlcXVlc3RfaWQYAyABKAkiMAoRRGVzdHJveVZtUmVzcG9uc2USGwoCdm0YASABKAsyDy5kZWJ2aXNvci52MS5WbSJxChdDcmVhdGVWbVNuYXBzaG90UmVxdWVzdBIPCgd2bV9uYW1lGAEgASgJEhUKDXNuYXBzaG90X25hbWUYAiABKAkSGgoLZGVzY3JpcHRpb24YAyABKAlCBdjzGIAgEhIKCnJlcXVlc3RfaWQYBCABKAkiRQoYQ3JlYXRlVm1TbmFwc2hvdFJlc3BvbnNlEikKCHNuYXBzaG90GAEgASgLMhcuZGVidmlzb3IudjEuVm1TbmFwc2hvdCJXChZMaXN0Vm1TbmFwc2hvdHNSZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhkKCnBhZ2VfdG9rZW4YAyABKAlCBdjzGIAIIl4KF0xpc3RWbVNuYXBzaG90c1Jlc3BvbnNlEioKCXNuYXBzaG90cxgBIAMoCzIXLmRlYnZpc29yLnYxLlZtU25hcHNob3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlUKF1JldmVydFZtU25hcHNob3RSZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSFQoNc25hcHNob3RfbmFtZRgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIjcKGFJldmVydFZtU25hcHNob3RSZXNwb25zZRIbCgJ2bRgBIAEoCzIPLmRlYnZpc29yLnYxLlZtIm4KF0RlbGV0ZVZtU25hcHNob3RSZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSFQoNc25hcHNob3RfbmFtZRgCIAEoCRIXCg9kZWxldGVfY2hpbGRyZW4YAyABKAgSEgoKcmVxdWVzdF9pZBgEIAEoCSIrChhEZWxldGVWbVNuYXBzaG90UmVzcG9uc2USDwoHZGVsZXRlZBgBIAMoCSJtCg1OZXdWb2x1bWVEaXNrEiwKB2JhY2tlbmQYASABKA4yGy5kZWJ2aXNvci52MS5TdG9yYWdlQmFja2VuZBIMCgRwb29sGAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAQSDAoEbmFtZRgEIAEoCSKEAQoJSW1hZ2VEaXNrEiwKB2JhY2tlbmQYASABKA4yGy5kZWJ2aXNvci52MS5TdG9yYWdlQmFja2VuZBIMCgRwb29sGAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAQSDAoEbmFtZRgEIAEoCRIZCgppbWFnZV9wYXRoGAUgASgJQgXY8xiAICKKAQoRVGVtcGxhdGVDbG9uZURpc2sSFQoNdGVtcGxhdGVfcG9vbBgBIAEoCRIWCg50ZW1wbGF0ZV9pbWFnZRgCIAEoCRIZChF0ZW1wbGF0ZV9zbmFwc2hvdBgDIAEoCRIMCgRwb29sGAQgASgJEgwKBG5hbWUYBSABKAkSDwoHZmxhdHRlbhgGIAEoCCKzAgoKVm1EaXNrU3BlYxIoCgZ2b2x1bWUYASABKAsyFi5kZWJ2aXNvci52MS5Wb2x1bWVSZWZIABIwCgpuZXdfdm9sdW1lGAIgASgLMhouZGVidmlzb3IudjEuTmV3Vm9sdW1lRGlza0gAEicKBWltYWdlGAMgASgLMhYuZGVidmlzb3IudjEuSW1hZ2VEaXNrSAASOAoOdGVtcGxhdGVfY2xvbmUYBCABKAsyHi5kZWJ2aXNvci52MS5UZW1wbGF0ZUNsb25lRGlza0gAEiEKA2J1cxgFIAEoDjIULmRlYnZpc29yLnYxLkRpc2tCdXMSJQoFY2FjaGUYBiABKA4yFi5kZWJ2aXNvci52MS5EaXNrQ2FjaGUSEgoKYm9vdF9vcmRlchgHIAEoDUIICgZzb3VyY2UicwoPVm1JbnRlcmZhY2VTcGVjEg8KB25ldHdvcmsYASABKAkSDgoGYnJpZGdlGAIgASgJEiQKBW1vZGVsGAMgASgOMhUuZGVidmlzb3IudjEuTmljTW9kZWwSCwoDbWFjGAQgASgJEgwKBHZsYW4YBSABKA0inwEKDUNsb3VkSW5pdFNwZWMSEQoJdXNlcl9kYXRhGAEgASgMEhEKCW1ldGFfZGF0YRgCIAEoDBIWCg5uZXR3b3JrX2NvbmZpZxgDIAEoDBIiChNzc2hfYXV0aG9yaXplZF9rZXlzGAQgAygJQgXY8xiAIBIXCghob3N0bmFtZRgFIAEoCUIF2PMY/QESEwoLaW5zdGFuY2VfaWQYBiABKAki8AMKBlZtU3BlYxIMCgRuYW1lGAEgASgJEhoKC2Rlc2NyaXB0aW9uGAIgASgJQgXY8xiACBIrCgR0YWdzGAMgAygLMh0uZGVidmlzb3IudjEuVm1TcGVjLlRhZ3NFbnRyeRINCgV2Y3B1cxgEIAEoDRIUCgxtZW1vcnlfYnl0ZXMYBSABKAQSJwoIZmlybXdhcmUYBiABKA4yFS5kZWJ2aXNvci52MS5GaXJtd2FyZRIaCgxtYWNoaW5lX3R5cGUYByABKAlCBNjzGEASJgoIY3B1X21vZGUYCCABKA4yFC5kZWJ2aXNvci52MS5DcHVNb2RlEhcKCWNwdV9tb2RlbBgJIAEoCUIE2PMYQBImCgVkaXNrcxgKIAMoCzIXLmRlYnZpc29yLnYxLlZtRGlza1NwZWMSMAoKaW50ZXJmYWNlcxgLIAMoCzIcLmRlYnZpc29yLnYxLlZtSW50ZXJmYWNlU3BlYxIuCgpjbG91ZF9pbml0GAwgASgLMhouZGVidmlzb3IudjEuQ2xvdWRJbml0U3BlYxIRCglhdXRvc3RhcnQYDSABKAgSGgoSc3RhcnRfYWZ0ZXJfY3JlYXRlGA4gASgIGisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIl8KD0NyZWF0ZVZtUmVxdWVzdBIhCgRzcGVjGAEgASgLMhMuZGVidmlzb3IudjEuVm1TcGVjEhUKDXZhbGlkYXRlX29ubHkYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSJgChBDcmVhdGVWbVJlc3BvbnNlEiEKBHBsYW4YASABKAsyEy5kZWJ2aXNvci52MS5WbVBsYW4SKQoJb3BlcmF0aW9uGAIgASgLMhYuZGVidmlzb3IudjEuT3BlcmF0aW9uIpYCCg9VcGRhdGVWbVJlcXVlc3QSDwoHdm1fbmFtZRgBIAEoCRINCgV2Y3B1cxgCIAEoDRIUCgxtZW1vcnlfYnl0ZXMYAyABKAQSLQoMYXR0YWNoX2Rpc2tzGAQgAygLMhcuZGVidmlzb3IudjEuVm1EaXNrU3BlYxIUCgxkZXRhY2hfZGlza3MYBSADKAkSNAoOYWRkX2ludGVyZmFjZXMYBiADKAsyHC5kZWJ2aXNvci52MS5WbUludGVyZmFjZVNwZWMSGQoRcmVtb3ZlX2ludGVyZmFjZXMYByADKAkSDAoEZXRhZxgIIAEoCRIVCg12YWxpZGF0ZV9vbmx5GAkgASgIEhIKCnJlcXVlc3RfaWQYCiABKAkiYAoQVXBkYXRlVm1SZXNwb25zZRIhCgRwbGFuGAEgASgLMhMuZGVidmlzb3IudjEuVm1QbGFuEgwKBGV0YWcYAiABKAkSGwoCdm0YAyABKAsyDy5kZWJ2aXNvci52MS5WbSKKAQoPRGVsZXRlVm1SZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkSFgoOZGVsZXRlX3ZvbHVtZXMYAiABKAgSDQoFZm9yY2UYAyABKAgSEgoKcmVxdWVzdF9pZBgEIAEoCRIrCgthbHNvX2RlbGV0ZRgFIAMoCzIWLmRlYnZpc29yLnYxLlZvbHVtZVJlZiI9ChBEZWxldGVWbVJlc3BvbnNlEikKCW9wZXJhdGlvbhgBIAEoCzIWLmRlYnZpc29yLnYxLk9wZXJhdGlvbiIpChZHZXRWbURlZmluaXRpb25SZXF1ZXN0Eg8KB3ZtX25hbWUYASABKAkiOwoXR2V0Vm1EZWZpbml0aW9uUmVzcG9uc2USEgoKZG9tYWluX3htbBgBIAEoCRIMCgRldGFnGAIgASgJKsgBCgdWbVN0YXRlEhgKFFZNX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQVk1fU1RBVEVfUlVOTklORxABEhQKEFZNX1NUQVRFX0JMT0NLRUQQAhITCg9WTV9TVEFURV9QQVVTRUQQAxIaChZWTV9TVEFURV9TSFVUVElOR19ET1dOEAQSFQoRVk1fU1RBVEVfU0hVVF9PRkYQBRIUChBWTV9TVEFURV9DUkFTSEVEEAYSGQoVVk1fU1RBVEVfUE1fU1VTUEVOREVEEAcqSgoIRmlybXdhcmUSGAoURklSTVdBUkVfVU5TUEVDSUZJRUQQABIRCg1GSVJNV0FSRV9CSU9TEAESEQoNRklSTVdBUkVfVUVGSRACKnAKB0NwdU1vZGUSGAoUQ1BVX01PREVfVU5TUEVDSUZJRUQQABIdChlDUFVfTU9ERV9IT1NUX1BBU1NUSFJPVUdIEAESFwoTQ1BVX01PREVfSE9TVF9NT0RFTBACEhMKD0NQVV9NT0RFX0NVU1RPTRADKl4KB0Rpc2tCdXMSGAoURElTS19CVVNfVU5TUEVDSUZJRUQQABITCg9ESVNLX0JVU19WSVJUSU8QARIRCg1ESVNLX0JVU19TQ1NJEAISEQoNRElTS19CVVNfU0FUQRADKqUBCglEaXNrQ2FjaGUSGgoWRElTS19DQUNIRV9VTlNQRUNJRklFRBAAEhMKD0RJU0tfQ0FDSEVfTk9ORRABEhgKFERJU0tfQ0FDSEVfV1JJVEVCQUNLEAISGwoXRElTS19DQUNIRV9XUklURVRIUk9VR0gQAxIZChVESVNLX0NBQ0hFX0RJUkVDVFNZTkMQBBIVChFESVNLX0NBQ0hFX1VOU0FGRRAFKmcKCE5pY01vZGVsEhkKFU5JQ19NT0RFTF9VTlNQRUNJRklFRBAAEhQKEE5JQ19NT0RFTF9WSVJUSU8QARITCg9OSUNfTU9ERUxfRTEwMDAQAhIVChFOSUNfTU9ERUxfUlRMODEzORADMvAMCglWbVNlcnZpY2USVQoHTGlzdFZtcxIbLmRlYnZpc29yLnYxLkxpc3RWbXNSZXF1ZXN0GhwuZGVidmlzb3IudjEuTGlzdFZtc1Jlc3BvbnNlIg/K8xgLCgd2bTpsaXN0MAESVwoFR2V0Vm0SGS5kZWJ2aXNvci52MS5HZXRWbVJlcXVlc3QaGi5kZWJ2aXNvci52MS5HZXRWbVJlc3BvbnNlIhfK8xgTCgZ2bTpnZXQwAToHdm1fbmFtZRJhCgdTdGFydFZtEhsuZGVidmlzb3IudjEuU3RhcnRWbVJlcXVlc3QaHC5kZWJ2aXNvci52MS5TdGFydFZtUmVzcG9uc2UiG8rzGBcKCHZtOnN0YXJ0EAEwAToHdm1fbmFtZRJxCgpTaHV0ZG93blZtEh4uZGVidmlzb3IudjEuU2h1dGRvd25WbVJlcXVlc3QaHy5kZWJ2aXNvci52MS5TaHV0ZG93blZtUmVzcG9uc2UiIsrzGBoKC3ZtOnNodXRkb3duEAEwAToHdm1fbmFtZeDzGAYSZQoIUmVib290Vm0SHC5kZWJ2aXNvci52MS5SZWJvb3RWbVJlcXVlc3QaHS5kZWJ2aXNvci52MS5SZWJvb3RWbVJlc3BvbnNlIhzK8xgYCgl2bTpyZWJvb3QQATABOgd2bV9uYW1lEmkKCURlc3Ryb3lWbRIdLmRlYnZpc29yLnYxLkRlc3Ryb3lWbVJlcXVlc3QaHi5kZWJ2aXNvci52MS5EZXN0cm95Vm1SZXNwb25zZSIdyvMYGQoKdm06ZGVzdHJveRABMAE6B3ZtX25hbWUSbwoIQ3JlYXRlVm0SHC5kZWJ2aXNvci52MS5DcmVhdGVWbVJlcXVlc3QaHS5kZWJ2aXNvci52MS5DcmVhdGVWbVJlc3BvbnNlIibK8xgeCgl2bTpjcmVhdGUQARgFIAMwAToJc3BlYy5uYW1l4PMYBxJnCghVcGRhdGVWbRIcLmRlYnZpc29yLnYxLlVwZGF0ZVZtUmVxdWVzdBodLmRlYnZpc29yLnYxLlVwZGF0ZVZtUmVzcG9uc2UiHsrzGBoKCXZtOnVwZGF0ZRABGAIwAToHdm1fbmFtZRJtCghEZWxldGVWbRIcLmRlYnZpc29yLnYxLkRlbGV0ZVZtUmVxdWVzdBodLmRlYnZpc29yLnYxLkRlbGV0ZVZtUmVzcG9uc2UiJMrzGBwKCXZtOmRlbGV0ZRABGAIgAzABOgd2bV9uYW1l4PMYCBJ1Cg9HZXRWbURlZmluaXRpb24SIy5kZWJ2aXNvci52MS5HZXRWbURlZmluaXRpb25SZXF1ZXN0GiQuZGVidmlzb3IudjEuR2V0Vm1EZWZpbml0aW9uUmVzcG9uc2UiF8rzGBMKBnZtOmdldDABOgd2bV9uYW1lEooBChBDcmVhdGVWbVNuYXBzaG90EiQuZGVidmlzb3IudjEuQ3JlYXRlVm1TbmFwc2hvdFJlcXVlc3QaJS5kZWJ2aXNvci52MS5DcmVhdGVWbVNuYXBzaG90UmVzcG9uc2UiKcrzGCUKEnZtOnNuYXBzaG90OmNyZWF0ZRABGAIgATABOgd2bV9uYW1lEn8KD0xpc3RWbVNuYXBzaG90cxIjLmRlYnZpc29yLnYxLkxpc3RWbVNuYXBzaG90c1JlcXVlc3QaJC5kZWJ2aXNvci52MS5MaXN0Vm1TbmFwc2hvdHNSZXNwb25zZSIhyvMYHQoQdm06c25hcHNob3Q6bGlzdDABOgd2bV9uYW1lEogBChBSZXZlcnRWbVNuYXBzaG90EiQuZGVidmlzb3IudjEuUmV2ZXJ0Vm1TbmFwc2hvdFJlcXVlc3QaJS5kZWJ2aXNvci52MS5SZXZlcnRWbVNuYXBzaG90UmVzcG9uc2UiJ8rzGCMKEnZtOnNuYXBzaG90OnJldmVydBABGAIwAToHdm1fbmFtZRKGAQoQRGVsZXRlVm1TbmFwc2hvdBIkLmRlYnZpc29yLnYxLkRlbGV0ZVZtU25hcHNob3RSZXF1ZXN0GiUuZGVidmlzb3IudjEuRGVsZXRlVm1TbmFwc2hvdFJlc3BvbnNlIiXK8xghChJ2bTpzbmFwc2hvdDpkZWxldGUQATABOgd2bV9uYW1lGinq8xgLbmV0d29yazp1c2Xq8xgWc3RvcmFnZTp0ZW1wbGF0ZTpjbG9uZWIGcHJvdG8z", [file_debvisor_v1_operation, file_debvisor_v1_options, file_debvisor_v1_storage_types, file_debvisor_v1_vm_types, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * VmDisk is one disk device of a VM.
@@ -185,6 +189,21 @@ export type Vm = Message<"debvisor.v1.Vm"> & {
    * @generated from field: string node = 11;
    */
   node: string;
+
+  /**
+   * Principal that created the VM with CreateVm (the user when a panel acts
+   * for one); empty for a VM defined outside DebVisor.
+   *
+   * @generated from field: string owner = 12;
+   */
+  owner: string;
+
+  /**
+   * Description given at creation.
+   *
+   * @generated from field: string description = 13;
+   */
+  description: string;
 };
 
 /**
@@ -290,6 +309,13 @@ export type ListVmsRequest = Message<"debvisor.v1.ListVmsRequest"> & {
    * @generated from field: string name_glob = 4;
    */
   nameGlob: string;
+
+  /**
+   * Only VMs owned by this principal; empty = any.
+   *
+   * @generated from field: string owner = 5;
+   */
+  owner: string;
 };
 
 /**
@@ -377,6 +403,13 @@ export type GetVmResponse = Message<"debvisor.v1.GetVmResponse"> & {
    * @generated from field: google.protobuf.Timestamp stale_since = 2;
    */
   staleSince?: Timestamp | undefined;
+
+  /**
+   * Hash of the VM's inactive definition: UpdateVm's etag.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
 };
 
 /**
@@ -867,6 +900,751 @@ export const DeleteVmSnapshotResponseSchema: GenMessage<DeleteVmSnapshotResponse
   messageDesc(file_debvisor_v1_vm, 23);
 
 /**
+ * NewVolumeDisk is a new empty volume created for the VM.
+ *
+ * @generated from message debvisor.v1.NewVolumeDisk
+ */
+export type NewVolumeDisk = Message<"debvisor.v1.NewVolumeDisk"> & {
+  /**
+   * Storage backend.
+   *
+   * @generated from field: debvisor.v1.StorageBackend backend = 1;
+   */
+  backend: StorageBackend;
+
+  /**
+   * RBD pool or LVM volume group.
+   *
+   * @generated from field: string pool = 2;
+   */
+  pool: string;
+
+  /**
+   * Size in bytes.
+   *
+   * @generated from field: uint64 size_bytes = 3;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Volume name; empty = "<vm>-disk<index>".
+   *
+   * @generated from field: string name = 4;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message debvisor.v1.NewVolumeDisk.
+ * Use `create(NewVolumeDiskSchema)` to create a new message.
+ */
+export const NewVolumeDiskSchema: GenMessage<NewVolumeDisk> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 24);
+
+/**
+ * ImageDisk is a new volume provisioned from an image (as ProvisionVolume).
+ *
+ * @generated from message debvisor.v1.ImageDisk
+ */
+export type ImageDisk = Message<"debvisor.v1.ImageDisk"> & {
+  /**
+   * Storage backend.
+   *
+   * @generated from field: debvisor.v1.StorageBackend backend = 1;
+   */
+  backend: StorageBackend;
+
+  /**
+   * RBD pool or LVM volume group.
+   *
+   * @generated from field: string pool = 2;
+   */
+  pool: string;
+
+  /**
+   * Size in bytes; at least the image's virtual size.
+   *
+   * @generated from field: uint64 size_bytes = 3;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Volume name; empty = "<vm>-disk<index>".
+   *
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * Image path, relative to the configured images directory.
+   *
+   * @generated from field: string image_path = 5;
+   */
+  imagePath: string;
+};
+
+/**
+ * Describes the message debvisor.v1.ImageDisk.
+ * Use `create(ImageDiskSchema)` to create a new message.
+ */
+export const ImageDiskSchema: GenMessage<ImageDisk> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 25);
+
+/**
+ * TemplateCloneDisk is a new RBD image cloned from a protected template snapshot.
+ *
+ * @generated from message debvisor.v1.TemplateCloneDisk
+ */
+export type TemplateCloneDisk = Message<"debvisor.v1.TemplateCloneDisk"> & {
+  /**
+   * Pool of the template image.
+   *
+   * @generated from field: string template_pool = 1;
+   */
+  templatePool: string;
+
+  /**
+   * Template image.
+   *
+   * @generated from field: string template_image = 2;
+   */
+  templateImage: string;
+
+  /**
+   * Protected snapshot of the template image.
+   *
+   * @generated from field: string template_snapshot = 3;
+   */
+  templateSnapshot: string;
+
+  /**
+   * Pool of the new image; empty = the template's pool.
+   *
+   * @generated from field: string pool = 4;
+   */
+  pool: string;
+
+  /**
+   * Image name; empty = "<vm>-disk<index>".
+   *
+   * @generated from field: string name = 5;
+   */
+  name: string;
+
+  /**
+   * Flatten the clone (copy all data) so it no longer depends on the template.
+   *
+   * @generated from field: bool flatten = 6;
+   */
+  flatten: boolean;
+};
+
+/**
+ * Describes the message debvisor.v1.TemplateCloneDisk.
+ * Use `create(TemplateCloneDiskSchema)` to create a new message.
+ */
+export const TemplateCloneDiskSchema: GenMessage<TemplateCloneDisk> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 26);
+
+/**
+ * VmDiskSpec is one disk of a new VM, in guest order.
+ *
+ * @generated from message debvisor.v1.VmDiskSpec
+ */
+export type VmDiskSpec = Message<"debvisor.v1.VmDiskSpec"> & {
+  /**
+   * Where the disk comes from.
+   *
+   * @generated from oneof debvisor.v1.VmDiskSpec.source
+   */
+  source: {
+    /**
+     * An existing volume, attached as is (never changed or removed by
+     * DebVisor unless named in DeleteVm).
+     *
+     * @generated from field: debvisor.v1.VolumeRef volume = 1;
+     */
+    value: VolumeRef;
+    case: "volume";
+  } | {
+    /**
+     * A new empty volume created for this VM.
+     *
+     * @generated from field: debvisor.v1.NewVolumeDisk new_volume = 2;
+     */
+    value: NewVolumeDisk;
+    case: "newVolume";
+  } | {
+    /**
+     * A new volume provisioned from an image.
+     *
+     * @generated from field: debvisor.v1.ImageDisk image = 3;
+     */
+    value: ImageDisk;
+    case: "image";
+  } | {
+    /**
+     * A new RBD image cloned from a template snapshot.
+     *
+     * @generated from field: debvisor.v1.TemplateCloneDisk template_clone = 4;
+     */
+    value: TemplateCloneDisk;
+    case: "templateClone";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Bus; default virtio.
+   *
+   * @generated from field: debvisor.v1.DiskBus bus = 5;
+   */
+  bus: DiskBus;
+
+  /**
+   * Cache mode; default none.
+   *
+   * @generated from field: debvisor.v1.DiskCache cache = 6;
+   */
+  cache: DiskCache;
+
+  /**
+   * Boot order (1 = first); 0 = not bootable.
+   *
+   * @generated from field: uint32 boot_order = 7;
+   */
+  bootOrder: number;
+};
+
+/**
+ * Describes the message debvisor.v1.VmDiskSpec.
+ * Use `create(VmDiskSpecSchema)` to create a new message.
+ */
+export const VmDiskSpecSchema: GenMessage<VmDiskSpec> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 27);
+
+/**
+ * VmInterfaceSpec is one network interface of a new VM.
+ *
+ * @generated from message debvisor.v1.VmInterfaceSpec
+ */
+export type VmInterfaceSpec = Message<"debvisor.v1.VmInterfaceSpec"> & {
+  /**
+   * A libvirt network of this node (see NodeService.ListNetworks); exclusive with bridge.
+   *
+   * @generated from field: string network = 1;
+   */
+  network: string;
+
+  /**
+   * A host bridge of this node; exclusive with network.
+   *
+   * @generated from field: string bridge = 2;
+   */
+  bridge: string;
+
+  /**
+   * Device model; default virtio.
+   *
+   * @generated from field: debvisor.v1.NicModel model = 3;
+   */
+  model: NicModel;
+
+  /**
+   * MAC address "52:54:00:xx:xx:xx" style; empty = generated with libvirt's
+   * locally administered prefix 52:54:00.
+   *
+   * @generated from field: string mac = 4;
+   */
+  mac: string;
+
+  /**
+   * 802.1Q VLAN tag 1..4094; 0 = untagged.
+   *
+   * @generated from field: uint32 vlan = 5;
+   */
+  vlan: number;
+};
+
+/**
+ * Describes the message debvisor.v1.VmInterfaceSpec.
+ * Use `create(VmInterfaceSpecSchema)` to create a new message.
+ */
+export const VmInterfaceSpecSchema: GenMessage<VmInterfaceSpec> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 28);
+
+/**
+ * CloudInitSpec is the NoCloud seed attached to a new VM as a read-only CD-ROM.
+ *
+ * @generated from message debvisor.v1.CloudInitSpec
+ */
+export type CloudInitSpec = Message<"debvisor.v1.CloudInitSpec"> & {
+  /**
+   * user-data document (#cloud-config, a script, ...); at most 64 KiB.
+   *
+   * @generated from field: bytes user_data = 1;
+   */
+  userData: Uint8Array;
+
+  /**
+   * meta-data document; instance-id and local-hostname default from the VM.
+   * At most 64 KiB.
+   *
+   * @generated from field: bytes meta_data = 2;
+   */
+  metaData: Uint8Array;
+
+  /**
+   * network-config document (v1 or v2); at most 64 KiB.
+   *
+   * @generated from field: bytes network_config = 3;
+   */
+  networkConfig: Uint8Array;
+
+  /**
+   * SSH authorized keys ("ssh-ed25519 AAAA... comment"), added to the
+   * default user.
+   *
+   * @generated from field: repeated string ssh_authorized_keys = 4;
+   */
+  sshAuthorizedKeys: string[];
+
+  /**
+   * meta-data local-hostname (RFC 1123); empty = the VM name (with "_" and
+   * "." made "-", lower case).
+   *
+   * @generated from field: string hostname = 5;
+   */
+  hostname: string;
+
+  /**
+   * meta-data instance-id; empty = the new domain's UUID.
+   *
+   * @generated from field: string instance_id = 6;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message debvisor.v1.CloudInitSpec.
+ * Use `create(CloudInitSpecSchema)` to create a new message.
+ */
+export const CloudInitSpecSchema: GenMessage<CloudInitSpec> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 29);
+
+/**
+ * VmSpec is everything CreateVm needs to define a VM.
+ *
+ * @generated from message debvisor.v1.VmSpec
+ */
+export type VmSpec = Message<"debvisor.v1.VmSpec"> & {
+  /**
+   * VM name (as for every VM: letters, digits, . _ -, at most 64).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Free-form description.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * Free-form tags, kept in the domain metadata.
+   *
+   * @generated from field: map<string, string> tags = 3;
+   */
+  tags: { [key: string]: string };
+
+  /**
+   * Virtual CPUs, 1..the node's maximum.
+   *
+   * @generated from field: uint32 vcpus = 4;
+   */
+  vcpus: number;
+
+  /**
+   * Memory in bytes: a multiple of 1 MiB, at least 64 MiB.
+   *
+   * @generated from field: uint64 memory_bytes = 5;
+   */
+  memoryBytes: bigint;
+
+  /**
+   * Firmware; default BIOS.
+   *
+   * @generated from field: debvisor.v1.Firmware firmware = 6;
+   */
+  firmware: Firmware;
+
+  /**
+   * QEMU machine type, e.g. "q35"; empty = the node's default
+   * (libvirt.vm_defaults.machine_type).
+   *
+   * @generated from field: string machine_type = 7;
+   */
+  machineType: string;
+
+  /**
+   * CPU mode; default from the node's configuration.
+   *
+   * @generated from field: debvisor.v1.CpuMode cpu_mode = 8;
+   */
+  cpuMode: CpuMode;
+
+  /**
+   * CPU model name for CPU_MODE_CUSTOM, e.g. "Skylake-Server".
+   *
+   * @generated from field: string cpu_model = 9;
+   */
+  cpuModel: string;
+
+  /**
+   * Disks, in guest order (vda, vdb, ... per bus); at most 16.
+   *
+   * @generated from field: repeated debvisor.v1.VmDiskSpec disks = 10;
+   */
+  disks: VmDiskSpec[];
+
+  /**
+   * Network interfaces; at most 16.
+   *
+   * @generated from field: repeated debvisor.v1.VmInterfaceSpec interfaces = 11;
+   */
+  interfaces: VmInterfaceSpec[];
+
+  /**
+   * cloud-init NoCloud seed; unset = none.
+   *
+   * @generated from field: debvisor.v1.CloudInitSpec cloud_init = 12;
+   */
+  cloudInit?: CloudInitSpec | undefined;
+
+  /**
+   * Start the VM when the host boots.
+   *
+   * @generated from field: bool autostart = 13;
+   */
+  autostart: boolean;
+
+  /**
+   * Start the VM once it is defined.
+   *
+   * @generated from field: bool start_after_create = 14;
+   */
+  startAfterCreate: boolean;
+};
+
+/**
+ * Describes the message debvisor.v1.VmSpec.
+ * Use `create(VmSpecSchema)` to create a new message.
+ */
+export const VmSpecSchema: GenMessage<VmSpec> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 30);
+
+/**
+ * CreateVmRequest is the request of VmService.CreateVm.
+ *
+ * @generated from message debvisor.v1.CreateVmRequest
+ */
+export type CreateVmRequest = Message<"debvisor.v1.CreateVmRequest"> & {
+  /**
+   * The VM to create.
+   *
+   * @generated from field: debvisor.v1.VmSpec spec = 1;
+   */
+  spec?: VmSpec | undefined;
+
+  /**
+   * Only compute and return the plan; change nothing.
+   *
+   * @generated from field: bool validate_only = 2;
+   */
+  validateOnly: boolean;
+
+  /**
+   * Optional idempotency key; see common.proto.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message debvisor.v1.CreateVmRequest.
+ * Use `create(CreateVmRequestSchema)` to create a new message.
+ */
+export const CreateVmRequestSchema: GenMessage<CreateVmRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 31);
+
+/**
+ * CreateVmResponse is the response of VmService.CreateVm.
+ *
+ * @generated from message debvisor.v1.CreateVmResponse
+ */
+export type CreateVmResponse = Message<"debvisor.v1.CreateVmResponse"> & {
+  /**
+   * The plan (also the operation's result once it succeeded).
+   *
+   * @generated from field: debvisor.v1.VmPlan plan = 1;
+   */
+  plan?: VmPlan | undefined;
+
+  /**
+   * The creating operation; unset when validate_only.
+   *
+   * @generated from field: debvisor.v1.Operation operation = 2;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message debvisor.v1.CreateVmResponse.
+ * Use `create(CreateVmResponseSchema)` to create a new message.
+ */
+export const CreateVmResponseSchema: GenMessage<CreateVmResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 32);
+
+/**
+ * UpdateVmRequest is the request of VmService.UpdateVm.
+ *
+ * @generated from message debvisor.v1.UpdateVmRequest
+ */
+export type UpdateVmRequest = Message<"debvisor.v1.UpdateVmRequest"> & {
+  /**
+   * Name of the VM.
+   *
+   * @generated from field: string vm_name = 1;
+   */
+  vmName: string;
+
+  /**
+   * New vCPU count; 0 = unchanged.
+   *
+   * @generated from field: uint32 vcpus = 2;
+   */
+  vcpus: number;
+
+  /**
+   * New memory in bytes; 0 = unchanged.
+   *
+   * @generated from field: uint64 memory_bytes = 3;
+   */
+  memoryBytes: bigint;
+
+  /**
+   * Disks to attach.
+   *
+   * @generated from field: repeated debvisor.v1.VmDiskSpec attach_disks = 4;
+   */
+  attachDisks: VmDiskSpec[];
+
+  /**
+   * Guest devices ("vdb") of disks to detach.
+   *
+   * @generated from field: repeated string detach_disks = 5;
+   */
+  detachDisks: string[];
+
+  /**
+   * Network interfaces to add.
+   *
+   * @generated from field: repeated debvisor.v1.VmInterfaceSpec add_interfaces = 6;
+   */
+  addInterfaces: VmInterfaceSpec[];
+
+  /**
+   * MAC addresses of network interfaces to remove.
+   *
+   * @generated from field: repeated string remove_interfaces = 7;
+   */
+  removeInterfaces: string[];
+
+  /**
+   * The etag of the definition the changes were made against; required.
+   *
+   * @generated from field: string etag = 8;
+   */
+  etag: string;
+
+  /**
+   * Only return the plan.
+   *
+   * @generated from field: bool validate_only = 9;
+   */
+  validateOnly: boolean;
+
+  /**
+   * Optional idempotency key; see common.proto.
+   *
+   * @generated from field: string request_id = 10;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message debvisor.v1.UpdateVmRequest.
+ * Use `create(UpdateVmRequestSchema)` to create a new message.
+ */
+export const UpdateVmRequestSchema: GenMessage<UpdateVmRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 33);
+
+/**
+ * UpdateVmResponse is the response of VmService.UpdateVm.
+ *
+ * @generated from message debvisor.v1.UpdateVmResponse
+ */
+export type UpdateVmResponse = Message<"debvisor.v1.UpdateVmResponse"> & {
+  /**
+   * The plan: each change with whether it is (or would be) live.
+   *
+   * @generated from field: debvisor.v1.VmPlan plan = 1;
+   */
+  plan?: VmPlan | undefined;
+
+  /**
+   * The etag of the new definition (the old one when validate_only).
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+
+  /**
+   * The VM after the changes.
+   *
+   * @generated from field: debvisor.v1.Vm vm = 3;
+   */
+  vm?: Vm | undefined;
+};
+
+/**
+ * Describes the message debvisor.v1.UpdateVmResponse.
+ * Use `create(UpdateVmResponseSchema)` to create a new message.
+ */
+export const UpdateVmResponseSchema: GenMessage<UpdateVmResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 34);
+
+/**
+ * DeleteVmRequest is the request of VmService.DeleteVm.
+ *
+ * @generated from message debvisor.v1.DeleteVmRequest
+ */
+export type DeleteVmRequest = Message<"debvisor.v1.DeleteVmRequest"> & {
+  /**
+   * Name of the VM.
+   *
+   * @generated from field: string vm_name = 1;
+   */
+  vmName: string;
+
+  /**
+   * Also delete the volumes CreateVm created for this VM (and the cloud-init seed).
+   *
+   * @generated from field: bool delete_volumes = 2;
+   */
+  deleteVolumes: boolean;
+
+  /**
+   * Power off a running VM first; without it a running VM is refused.
+   *
+   * @generated from field: bool force = 3;
+   */
+  force: boolean;
+
+  /**
+   * Optional idempotency key; see common.proto.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+
+  /**
+   * Further volumes of the VM to delete (attached from outside); each must be a disk of the VM.
+   *
+   * @generated from field: repeated debvisor.v1.VolumeRef also_delete = 5;
+   */
+  alsoDelete: VolumeRef[];
+};
+
+/**
+ * Describes the message debvisor.v1.DeleteVmRequest.
+ * Use `create(DeleteVmRequestSchema)` to create a new message.
+ */
+export const DeleteVmRequestSchema: GenMessage<DeleteVmRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 35);
+
+/**
+ * DeleteVmResponse is the response of VmService.DeleteVm.
+ *
+ * @generated from message debvisor.v1.DeleteVmResponse
+ */
+export type DeleteVmResponse = Message<"debvisor.v1.DeleteVmResponse"> & {
+  /**
+   * The deleting operation.
+   *
+   * @generated from field: debvisor.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message debvisor.v1.DeleteVmResponse.
+ * Use `create(DeleteVmResponseSchema)` to create a new message.
+ */
+export const DeleteVmResponseSchema: GenMessage<DeleteVmResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 36);
+
+/**
+ * GetVmDefinitionRequest is the request of VmService.GetVmDefinition.
+ *
+ * @generated from message debvisor.v1.GetVmDefinitionRequest
+ */
+export type GetVmDefinitionRequest = Message<"debvisor.v1.GetVmDefinitionRequest"> & {
+  /**
+   * Name of the VM.
+   *
+   * @generated from field: string vm_name = 1;
+   */
+  vmName: string;
+};
+
+/**
+ * Describes the message debvisor.v1.GetVmDefinitionRequest.
+ * Use `create(GetVmDefinitionRequestSchema)` to create a new message.
+ */
+export const GetVmDefinitionRequestSchema: GenMessage<GetVmDefinitionRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 37);
+
+/**
+ * GetVmDefinitionResponse is the response of VmService.GetVmDefinition.
+ *
+ * @generated from message debvisor.v1.GetVmDefinitionResponse
+ */
+export type GetVmDefinitionResponse = Message<"debvisor.v1.GetVmDefinitionResponse"> & {
+  /**
+   * The inactive domain XML.
+   *
+   * @generated from field: string domain_xml = 1;
+   */
+  domainXml: string;
+
+  /**
+   * Its etag (UpdateVm's etag).
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message debvisor.v1.GetVmDefinitionResponse.
+ * Use `create(GetVmDefinitionResponseSchema)` to create a new message.
+ */
+export const GetVmDefinitionResponseSchema: GenMessage<GetVmDefinitionResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_vm, 38);
+
+/**
  * VmState mirrors the libvirt domain state.
  *
  * @generated from enum debvisor.v1.VmState
@@ -934,6 +1712,218 @@ export enum VmState {
  */
 export const VmStateSchema: GenEnum<VmState> = /*@__PURE__*/
   enumDesc(file_debvisor_v1_vm, 0);
+
+/**
+ * Firmware of a new VM.
+ *
+ * @generated from enum debvisor.v1.Firmware
+ */
+export enum Firmware {
+  /**
+   * BIOS (SeaBIOS).
+   *
+   * @generated from enum value: FIRMWARE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * BIOS (SeaBIOS).
+   *
+   * @generated from enum value: FIRMWARE_BIOS = 1;
+   */
+  BIOS = 1,
+
+  /**
+   * UEFI (OVMF), with per-VM NVRAM.
+   *
+   * @generated from enum value: FIRMWARE_UEFI = 2;
+   */
+  UEFI = 2,
+}
+
+/**
+ * Describes the enum debvisor.v1.Firmware.
+ */
+export const FirmwareSchema: GenEnum<Firmware> = /*@__PURE__*/
+  enumDesc(file_debvisor_v1_vm, 1);
+
+/**
+ * CpuMode of a new VM.
+ *
+ * @generated from enum debvisor.v1.CpuMode
+ */
+export enum CpuMode {
+  /**
+   * The node's configured default (libvirt.vm_defaults.cpu_mode).
+   *
+   * @generated from enum value: CPU_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * host-passthrough.
+   *
+   * @generated from enum value: CPU_MODE_HOST_PASSTHROUGH = 1;
+   */
+  HOST_PASSTHROUGH = 1,
+
+  /**
+   * host-model.
+   *
+   * @generated from enum value: CPU_MODE_HOST_MODEL = 2;
+   */
+  HOST_MODEL = 2,
+
+  /**
+   * A named model (VmSpec.cpu_model).
+   *
+   * @generated from enum value: CPU_MODE_CUSTOM = 3;
+   */
+  CUSTOM = 3,
+}
+
+/**
+ * Describes the enum debvisor.v1.CpuMode.
+ */
+export const CpuModeSchema: GenEnum<CpuMode> = /*@__PURE__*/
+  enumDesc(file_debvisor_v1_vm, 2);
+
+/**
+ * DiskBus of a disk.
+ *
+ * @generated from enum debvisor.v1.DiskBus
+ */
+export enum DiskBus {
+  /**
+   * virtio.
+   *
+   * @generated from enum value: DISK_BUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * virtio-blk.
+   *
+   * @generated from enum value: DISK_BUS_VIRTIO = 1;
+   */
+  VIRTIO = 1,
+
+  /**
+   * virtio-scsi.
+   *
+   * @generated from enum value: DISK_BUS_SCSI = 2;
+   */
+  SCSI = 2,
+
+  /**
+   * SATA (AHCI).
+   *
+   * @generated from enum value: DISK_BUS_SATA = 3;
+   */
+  SATA = 3,
+}
+
+/**
+ * Describes the enum debvisor.v1.DiskBus.
+ */
+export const DiskBusSchema: GenEnum<DiskBus> = /*@__PURE__*/
+  enumDesc(file_debvisor_v1_vm, 3);
+
+/**
+ * DiskCache is a disk's cache mode.
+ *
+ * @generated from enum debvisor.v1.DiskCache
+ */
+export enum DiskCache {
+  /**
+   * none.
+   *
+   * @generated from enum value: DISK_CACHE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * none (O_DIRECT).
+   *
+   * @generated from enum value: DISK_CACHE_NONE = 1;
+   */
+  NONE = 1,
+
+  /**
+   * writeback.
+   *
+   * @generated from enum value: DISK_CACHE_WRITEBACK = 2;
+   */
+  WRITEBACK = 2,
+
+  /**
+   * writethrough.
+   *
+   * @generated from enum value: DISK_CACHE_WRITETHROUGH = 3;
+   */
+  WRITETHROUGH = 3,
+
+  /**
+   * directsync.
+   *
+   * @generated from enum value: DISK_CACHE_DIRECTSYNC = 4;
+   */
+  DIRECTSYNC = 4,
+
+  /**
+   * unsafe.
+   *
+   * @generated from enum value: DISK_CACHE_UNSAFE = 5;
+   */
+  UNSAFE = 5,
+}
+
+/**
+ * Describes the enum debvisor.v1.DiskCache.
+ */
+export const DiskCacheSchema: GenEnum<DiskCache> = /*@__PURE__*/
+  enumDesc(file_debvisor_v1_vm, 4);
+
+/**
+ * NicModel is a network interface's device model.
+ *
+ * @generated from enum debvisor.v1.NicModel
+ */
+export enum NicModel {
+  /**
+   * virtio.
+   *
+   * @generated from enum value: NIC_MODEL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * virtio-net.
+   *
+   * @generated from enum value: NIC_MODEL_VIRTIO = 1;
+   */
+  VIRTIO = 1,
+
+  /**
+   * Intel e1000.
+   *
+   * @generated from enum value: NIC_MODEL_E1000 = 2;
+   */
+  E1000 = 2,
+
+  /**
+   * Realtek rtl8139.
+   *
+   * @generated from enum value: NIC_MODEL_RTL8139 = 3;
+   */
+  RTL8139 = 3,
+}
+
+/**
+ * Describes the enum debvisor.v1.NicModel.
+ */
+export const NicModelSchema: GenEnum<NicModel> = /*@__PURE__*/
+  enumDesc(file_debvisor_v1_vm, 5);
 
 /**
  * VmService manages the libvirt domains of the node the daemon runs on.
@@ -1004,6 +1994,56 @@ export const VmService: GenService<{
     methodKind: "unary";
     input: typeof DestroyVmRequestSchema;
     output: typeof DestroyVmResponseSchema;
+  },
+  /**
+   * CreateVm defines a VM from a spec: its new volumes are created, a
+   * cloud-init seed is built, the domain XML is written by the daemon and
+   * defined. With validate_only it returns only the plan; otherwise an
+   * operation of kind OPERATION_KIND_CREATE_VM whose result is the plan. A
+   * failed or cancelled operation removes what it made and gives quotas back.
+   * Quotas vms, vcpus, memory_gb and storage_gb are taken by the handler
+   * (several dimensions per call), before the operation starts.
+   *
+   * @generated from rpc debvisor.v1.VmService.CreateVm
+   */
+  createVm: {
+    methodKind: "unary";
+    input: typeof CreateVmRequestSchema;
+    output: typeof CreateVmResponseSchema;
+  },
+  /**
+   * UpdateVm changes vcpus, memory, disks and NICs of a VM: live where
+   * libvirt can hotplug, else at the next boot. The etag (GetVmDefinition's,
+   * or a previous UpdateVm's) must match the current definition.
+   *
+   * @generated from rpc debvisor.v1.VmService.UpdateVm
+   */
+  updateVm: {
+    methodKind: "unary";
+    input: typeof UpdateVmRequestSchema;
+    output: typeof UpdateVmResponseSchema;
+  },
+  /**
+   * DeleteVm undefines a VM (with its snapshot metadata and NVRAM) and, with
+   * delete_volumes, removes the volumes CreateVm made for it. Returns an
+   * operation of kind OPERATION_KIND_DELETE_VM.
+   *
+   * @generated from rpc debvisor.v1.VmService.DeleteVm
+   */
+  deleteVm: {
+    methodKind: "unary";
+    input: typeof DeleteVmRequestSchema;
+    output: typeof DeleteVmResponseSchema;
+  },
+  /**
+   * GetVmDefinition returns a VM's inactive domain XML and its etag.
+   *
+   * @generated from rpc debvisor.v1.VmService.GetVmDefinition
+   */
+  getVmDefinition: {
+    methodKind: "unary";
+    input: typeof GetVmDefinitionRequestSchema;
+    output: typeof GetVmDefinitionResponseSchema;
   },
   /**
    * CreateVmSnapshot takes a libvirt snapshot of a VM.

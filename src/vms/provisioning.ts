@@ -1,0 +1,502 @@
+// CreateVm and DeleteVm: the plan (everything checked and shown before anything changes), the
+// quota charge, the creating operation that undoes what it made when any step fails or is
+// cancelled, and the deleting operation. Volumes the caller passed in are never touched.
+import { create, fromJson, toJson, type MessageInitShape } from '@bufbuild/protobuf';
+import { z } from 'zod';
+import type { Libvirt } from '../backends/libvirt/virsh.js';
+import { parseDomainXml, type CreatedVolume } from '../backends/libvirt/xml.js';
+import { VmStateError } from '../backends/libvirt/errors.js';
+import { validatePool } from '../storage/names.js';
+import type { StorageManager } from '../storage/manager.js';
+import { volumeLabel, type VolumeKey } from '../storage/names.js';
+import type { QuotaManager } from '../quota/manager.js';
+import { gibOf } from '../quota/units.js';
+import type { EventCause } from '../events/cause.js';
+import type { Principal } from '../rpc/principal.js';
+import type { ResourceRef } from '../rpc/policy.js';
+import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import { VmPlanSchema, type VmPlan, type PermissionVerdictSchema, type QuotaVerdictSchema, type PlannedVolumeSchema } from '../gen/debvisor/v1/vm_types_pb.js';
+import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
+import type { VmSpec } from '../gen/debvisor/v1/vm_pb.js';
+import type { CountedResource } from '../rpc/quota-dimensions.js';
+import type { VmLiveInventory } from './inventory.js';
+import { buildDomainXml, targetDevName, type DiskDevice, type DiskSource, type DomainDefinition } from './domain-xml.js';
+import { validateSpec, type DiskPlanInput, type NicPlanInput, type ValidSpec } from './spec.js';
+import type { CloudInitInput, CloudInitSeeds } from './cloud-init.js';
+
+/** A libvirt network or host bridge of this node (NodeService.ListNetworks). */
+export interface NodeNetwork {
+  readonly name: string;
+  readonly kind: 'network' | 'bridge';
+}
+
+/** Builds and removes cloud-init NoCloud seed ISOs: `<dir>/<vm>.iso`. */
+export type SeedBuilder = Pick<CloudInitSeeds, 'seedPath' | 'build' | 'removeSeed'>;
+
+export interface VmDefaults {
+  readonly domainType: 'kvm' | 'qemu' | 'test';
+  readonly machineType: string;
+  readonly cpuMode: 'host-passthrough' | 'host-model';
+  /** Ceph client and libvirt secret for RBD disks; undefined: no <auth>. */
+  readonly rbdAuth: { readonly username: string; readonly secretUuid: string } | undefined;
+}
+
+export interface ProvisioningDeps {
+  readonly libvirt: Libvirt;
+  readonly inventory: VmLiveInventory;
+  readonly storage: StorageManager;
+  readonly quotas: QuotaManager;
+  /** Whether the principal holds a permission on resources (AccessState.allows: roles, key globs, impersonator). */
+  readonly allows: (principal: Principal, permission: string, resources: readonly ResourceRef[]) => boolean;
+  readonly networks: (options: { signal?: AbortSignal }) => Promise<readonly NodeNetwork[]>;
+  /** undefined: this node cannot build seeds (a spec with cloud_init is refused). */
+  readonly seeds: SeedBuilder | undefined;
+  readonly defaults: () => VmDefaults;
+}
+
+export const PERMISSION_VOLUME_CREATE = 'storage:volume:create';
+export const PERMISSION_TEMPLATE_CLONE = 'storage:template:clone';
+export const PERMISSION_NETWORK_USE = 'network:use';
+export const PERMISSION_VOLUME_DELETE = 'storage:volume:delete';
+
+/** A volume the creating operation makes: its key, size, where its data comes from. */
+const plannedVolume = z.object({
+  backend: z.enum(['lvm', 'rbd']),
+  pool: z.string(),
+  name: z.string(),
+  /** Decimal string: operation params are JSON. */
+  sizeBytes: z.string().regex(/^\d+$/),
+  source: z.discriminatedUnion('kind', [
+    z.object({ kind: z.literal('empty') }),
+    z.object({ kind: z.literal('image'), imagePath: z.string() }),
+    z.object({ kind: z.literal('clone'), template: z.object({ pool: z.string(), image: z.string(), snapshot: z.string() }), flatten: z.boolean() }),
+  ]),
+  /** storage_gb units taken for it before the operation (given back if it is never made). */
+  charged: z.number().int().nonnegative(),
+});
+
+export const createVmParams = z.object({
+  vmName: z.string(),
+  owner: z.string(),
+  domainXml: z.string(),
+  volumes: z.array(plannedVolume),
+  seed: z
+    .object({
+      instanceId: z.string(),
+      hostname: z.string(),
+      userData: z.string().optional(),
+      metaData: z.string().optional(),
+      networkConfig: z.string().optional(),
+      sshAuthorizedKeys: z.array(z.string()),
+    })
+    .optional() satisfies z.ZodType<CloudInitInput | undefined>,
+  networks: z.array(z.string()),
+  autostart: z.boolean(),
+  start: z.boolean(),
+  /** vms, vcpus and memory_gb units taken for the VM. */
+  charged: z.object({ vms: z.number(), vcpus: z.number(), memory_gb: z.number() }),
+  /** The plan as protobuf JSON: the operation's result. */
+  plan: z.json(),
+});
+export type CreateVmParams = z.infer<typeof createVmParams>;
+
+export const deleteVmParams = z.object({
+  vmName: z.string(),
+  deleteVolumes: z.boolean(),
+  force: z.boolean(),
+  alsoDelete: z.array(z.object({ backend: z.enum(['lvm', 'rbd']), pool: z.string(), name: z.string() })),
+});
+export type DeleteVmParams = z.infer<typeof deleteVmParams>;
+
+export interface Plan {
+  readonly message: VmPlan;
+  readonly params: CreateVmParams;
+}
+
+const KIND_ENUM: Record<'lvm' | 'rbd', StorageBackend> = { lvm: StorageBackend.LVM, rbd: StorageBackend.RBD };
+
+/** One quota dimension of a plan. */
+interface QuotaNeed {
+  readonly dimension: CountedResource;
+  readonly needed: number;
+}
+
+export class VmProvisioning {
+  constructor(private readonly deps: ProvisioningDeps) {}
+
+  /** NOT_FOUND naming the pool when this node does not use it (not configured, or not one of its pools). */
+  poolOn(backend: 'lvm' | 'rbd', pool: string, field: string): void {
+    const backends = this.deps.storage.enabled();
+    const found = backends.find((b) => b.kind === backend);
+    validatePool(backend, pool, field);
+    if (!found?.pools.includes(pool)) throw new RpcError('NOT_FOUND', `${field}: ${backend === 'rbd' ? 'pool' : 'volume group'} "${pool}" not found on this node`);
+  }
+
+  diskSource(key: VolumeKey): DiskSource {
+    if (key.backend === 'lvm') return { type: 'block', path: this.deps.storage.backend('lvm').imageTarget(key.pool, key.name) };
+    const auth = this.deps.defaults().rbdAuth;
+    return { type: 'rbd', pool: key.pool, image: key.name, ...(auth ? { auth } : {}) };
+  }
+
+  /** Guest device names: per bus family, in spec order; the seed CD-ROM last on SATA. */
+  private targets(disks: readonly DiskPlanInput[]): { disks: string[]; seed: string } {
+    let vd = 0;
+    let sd = 0;
+    const names = disks.map((d) => targetDevName(d.bus, d.bus === 'virtio' ? vd++ : sd++));
+    return { disks: names, seed: targetDevName('sata', sd) };
+  }
+
+  /**
+   * Validates the request and everything it refers to, and computes the plan: the domain XML, the
+   * volumes to create, quota and permission verdicts, warnings. Changes nothing.
+   */
+  async plan(request: VmSpec | undefined, principal: Principal, options: { signal?: AbortSignal }): Promise<Plan> {
+    const { libvirt, storage, inventory } = this.deps;
+    const host = await libvirt.nodeResources(options);
+    const spec = validateSpec(request, host.cpus);
+    if (inventory.list().vms.some((vm) => vm.name === spec.name)) throw new RpcError('ALREADY_EXISTS', `spec.name: VM "${spec.name}" already exists`);
+    const warnings: string[] = [];
+    if (host.freeMemoryBytes !== undefined && spec.memoryBytes > BigInt(host.freeMemoryBytes)) {
+      warnings.push(`memory: ${spec.memoryBytes} bytes is more than the ${host.freeMemoryBytes} bytes this node has free`);
+    }
+    if (spec.cpu?.mode === 'custom') {
+      const models = await libvirt.cpuModels(options);
+      if (models.length > 0 && !models.includes(spec.cpu.model)) warnings.push(`cpu_model: "${spec.cpu.model}" is not a CPU model libvirt knows on this node`);
+    }
+    if (spec.cloudInit && !this.deps.seeds) throw new RpcError('FAILED_PRECONDITION', 'spec.cloud_init: this node cannot build cloud-init seeds');
+
+    // What the disks refer to: pools, existing volumes, images, templates.
+    const volumes: CreateVmParams['volumes'] = [];
+    const created: CreatedVolume[] = [];
+    const permissions: MessageInitShape<typeof PermissionVerdictSchema>[] = [];
+    const verdict = (permission: string, kind: string, resource: string, refs: readonly ResourceRef[]) => {
+      const allowed = this.deps.allows(principal, permission, refs);
+      permissions.push({ permission, resourceKind: kind, resource, allowed, reason: allowed ? '' : `missing ${permission} on ${kind} ${resource}` });
+    };
+    const targets = this.targets(spec.disks);
+    const volumeTargets: string[] = [];
+    for (const [index, disk] of spec.disks.entries()) {
+      const o = disk.origin;
+      const field = disk.field;
+      const key: VolumeKey = { backend: o.backend, pool: o.pool, name: o.name };
+      const sub = o.kind === 'existing' ? 'volume' : o.kind === 'empty' ? 'new_volume' : o.kind === 'image' ? 'image' : 'template_clone';
+      this.poolOn(o.backend, o.pool, `${field}.${sub}.pool`);
+      if (o.kind === 'existing') {
+        await storage.getVolume(key, options);
+        verdict(PERMISSION_VOLUME_CREATE, 'pool', o.pool, [{ kind: 'pool', name: o.pool }]);
+        continue;
+      }
+      await storage.refuseExisting(key, `${field}.${sub}.name`, options);
+      verdict(PERMISSION_VOLUME_CREATE, 'pool', o.pool, [{ kind: 'pool', name: o.pool }]);
+      let sizeBytes: bigint;
+      let source: CreateVmParams['volumes'][number]['source'];
+      if (o.kind === 'empty') {
+        sizeBytes = o.sizeBytes;
+        source = { kind: 'empty' };
+      } else if (o.kind === 'image') {
+        await storage.inspectImage(o.imagePath, o.sizeBytes, options).catch((err: unknown) => {
+          // inspectImage names the ProvisionVolume fields; here they are the disk's.
+          if (err instanceof InvalidArgumentError) throw new InvalidArgumentError(`${field}.image.${err.field === 'size_bytes' ? 'size_bytes' : 'image_path'}`, err.message.slice(err.field.length + 2));
+          throw err;
+        });
+        sizeBytes = o.sizeBytes;
+        source = { kind: 'image', imagePath: o.imagePath };
+      } else {
+        this.poolOn('rbd', o.template.pool, `${field}.template_clone.template_pool`);
+        const template = await storage.templateForClone(o.template, options);
+        verdict(PERMISSION_TEMPLATE_CLONE, 'pool', `${o.template.pool}/${o.template.image}@${o.template.snapshot}`, [{ kind: 'pool', name: o.template.pool }]);
+        sizeBytes = template.sizeBytes;
+        source = { kind: 'clone', template: o.template, flatten: o.flatten };
+      }
+      volumes.push({ backend: o.backend, pool: o.pool, name: o.name, sizeBytes: sizeBytes.toString(), source, charged: gibOf(sizeBytes) });
+      volumeTargets.push(targets.disks[index] ?? '');
+      created.push(key);
+    }
+
+    // Networks and bridges, as ListNetworks shows them.
+    const known = await this.deps.networks(options);
+    for (const nic of spec.nics) {
+      const found = known.find((n) => n.name === nic.source && n.kind === nic.type);
+      if (!found) throw new RpcError('NOT_FOUND', `${nic.field}.${nic.type}: ${nic.type} "${nic.source}" not found on this node`);
+      verdict(PERMISSION_NETWORK_USE, 'network', nic.source, [{ kind: 'network', name: nic.source }]);
+    }
+
+    const seedPath = spec.cloudInit && this.deps.seeds ? this.deps.seeds.seedPath(spec.name) : undefined;
+    const xml = this.domainXml(spec, principal.id, created, seedPath);
+
+    // Quotas: one VM, its vCPUs and memory, and the GiB of the volumes made for it.
+    const needs: QuotaNeed[] = [
+      { dimension: 'vms', needed: 1 },
+      { dimension: 'vcpus', needed: spec.vcpus },
+      { dimension: 'memory_gb', needed: gibOf(spec.memoryBytes) },
+      { dimension: 'storage_gb', needed: volumes.reduce((sum, v) => sum + v.charged, 0) },
+    ];
+    const quotas = await this.verdicts(principal.id, needs);
+    const plannedVolumes: MessageInitShape<typeof PlannedVolumeSchema>[] = volumes.map((v, i) => ({
+      volume: { backend: KIND_ENUM[v.backend], pool: v.pool, name: v.name },
+      sizeBytes: BigInt(v.sizeBytes),
+      source: v.source.kind === 'empty' ? 'empty' : v.source.kind === 'image' ? `image:${v.source.imagePath}` : `template:${v.source.template.pool}/${v.source.template.image}@${v.source.template.snapshot}`,
+      targetDev: volumeTargets[i] ?? '',
+    }));
+    const message = create(VmPlanSchema, {
+      vmName: spec.name,
+      domainXml: xml,
+      volumes: plannedVolumes,
+      quotas,
+      permissions,
+      warnings,
+      allowed: quotas.every((q) => q.allowed) && permissions.every((p) => p.allowed),
+    });
+    const seed = spec.cloudInit && { ...spec.cloudInit, sshAuthorizedKeys: [...spec.cloudInit.sshAuthorizedKeys] };
+    return {
+      message,
+      params: {
+        vmName: spec.name,
+        owner: principal.id,
+        domainXml: xml,
+        volumes,
+        ...(seed ? { seed } : {}),
+        networks: spec.nics.map((n) => `${n.type}:${n.source}`),
+        autostart: spec.autostart,
+        start: spec.start,
+        charged: { vms: 1, vcpus: spec.vcpus, memory_gb: gibOf(spec.memoryBytes) },
+        plan: toJson(VmPlanSchema, message),
+      },
+    };
+  }
+
+  private async verdicts(owner: string, needs: readonly QuotaNeed[]): Promise<MessageInitShape<typeof QuotaVerdictSchema>[]> {
+    const view = await this.deps.quotas.view(owner);
+    return needs.map(({ dimension, needed }) => {
+      const q = view.find((v) => v.resource === dimension);
+      const used = q?.used ?? 0;
+      const unlimited = q?.unlimited ?? false;
+      const limit = q?.limit ?? 0;
+      return { dimension, used: BigInt(used), needed: BigInt(needed), limit: BigInt(Number.isFinite(limit) ? limit : 0), unlimited, allowed: unlimited || needed <= 0 || used + needed <= limit };
+    });
+  }
+
+  private domainXml(spec: ValidSpec, owner: string, created: readonly CreatedVolume[], seedPath: string | undefined): string {
+    const defaults = this.deps.defaults();
+    const targets = this.targets(spec.disks);
+    const disks: DiskDevice[] = spec.disks.map((d, i) => ({
+      source: this.diskSource({ backend: d.origin.backend, pool: d.origin.pool, name: d.origin.name }),
+      device: 'disk',
+      bus: d.bus,
+      cache: d.cache,
+      targetDev: targets.disks[i] ?? '',
+      bootOrder: d.bootOrder,
+      readOnly: false,
+    }));
+    if (seedPath !== undefined) disks.push({ source: { type: 'file', path: seedPath }, device: 'cdrom', bus: 'sata', cache: 'none', targetDev: targets.seed, bootOrder: 0, readOnly: true });
+    const definition: DomainDefinition = {
+      domainType: defaults.domainType,
+      name: spec.name,
+      uuid: spec.uuid,
+      description: spec.description,
+      owner,
+      tags: spec.tags,
+      createdVolumes: created,
+      seedFiles: seedPath !== undefined ? [seedPath] : [],
+      vcpus: spec.vcpus,
+      memoryBytes: spec.memoryBytes,
+      firmware: spec.firmware,
+      machineType: spec.machineType || defaults.machineType,
+      cpu: spec.cpu ?? { mode: defaults.cpuMode },
+      disks,
+      nics: spec.nics.map((n: NicPlanInput) => ({ type: n.type, source: n.source, model: n.model, mac: n.mac, vlan: n.vlan })),
+    };
+    return buildDomainXml(definition);
+  }
+
+  /** Takes the plan's quotas (RESOURCE_EXHAUSTED with QuotaFailure when one does not fit); all or none. */
+  async charge(plan: Plan, cause: EventCause): Promise<void> {
+    const { quotas } = this.deps;
+    const owner = plan.params.owner;
+    const taken: [CountedResource, number][] = [];
+    try {
+      for (const [dimension, amount] of Object.entries(plan.params.charged) as [CountedResource, number][]) {
+        if (amount <= 0) continue;
+        await quotas.consume(owner, dimension, amount, cause);
+        taken.push([dimension, amount]);
+      }
+      const storageGb = plan.params.volumes.reduce((sum, v) => sum + v.charged, 0);
+      if (storageGb > 0) {
+        await quotas.consume(owner, 'storage_gb', storageGb, cause);
+        taken.push(['storage_gb', storageGb]);
+      }
+    } catch (err) {
+      for (const [dimension, amount] of taken) await quotas.release(owner, dimension, amount);
+      throw err;
+    }
+  }
+
+  /** Gives back what charge() took and the operation did not turn into something that exists. */
+  async refund(params: CreateVmParams, uncreatedStorageGb: number): Promise<void> {
+    const { quotas } = this.deps;
+    for (const [dimension, amount] of Object.entries(params.charged) as [CountedResource, number][]) if (amount > 0) await quotas.release(params.owner, dimension, amount);
+    if (uncreatedStorageGb > 0) await quotas.release(params.owner, 'storage_gb', uncreatedStorageGb);
+  }
+
+  /**
+   * The creating operation: volumes, seed, definition, autostart, start. A failure (or cancel) at
+   * any step removes what this operation made, in reverse, and gives the quotas back.
+   */
+  async create(params: CreateVmParams, options: { signal: AbortSignal; cause: EventCause; onProgress: (percent: number, stage: string) => void }): Promise<VmPlan> {
+    const { storage, libvirt, inventory } = this.deps;
+    const made: VolumeKey[] = [];
+    let seedMade: string | undefined;
+    let defined = false;
+    let started = false;
+    const step = (percent: number, stage: string) => {
+      options.signal.throwIfAborted();
+      options.onProgress(percent, stage);
+    };
+    const change = { signal: options.signal, cause: options.cause };
+    try {
+      const total = params.volumes.length;
+      for (const [i, v] of params.volumes.entries()) {
+        const key: VolumeKey = { backend: v.backend, pool: v.pool, name: v.name };
+        const base = (i / Math.max(1, total)) * 80;
+        step(base, `creating volume ${volumeLabel(key)}`);
+        const progress = (pct: number, stage: string) => options.onProgress(base + (pct / 100) * (80 / Math.max(1, total)), stage);
+        const tags = { 'vm': params.vmName };
+        if (v.source.kind === 'empty') {
+          await storage.createVolume(key, BigInt(v.sizeBytes), tags, params.owner, change);
+        } else if (v.source.kind === 'image') {
+          await storage.provision(key, { sizeBytes: BigInt(v.sizeBytes), tags, owner: params.owner, imagePath: v.source.imagePath }, { ...change, onProgress: progress });
+        } else {
+          await storage.clone(v.source.template, { pool: v.pool, image: v.name, owner: params.owner }, v.source.flatten, { ...change, onProgress: progress });
+        }
+        made.push(key);
+      }
+      if (params.seed && this.deps.seeds) {
+        step(82, 'building cloud-init seed');
+        seedMade = await this.deps.seeds.build(params.vmName, params.seed, 'spec.cloud_init', { signal: options.signal });
+      }
+      // A network that went away since the plan: refuse now, before the definition (and undo the volumes).
+      step(88, 'checking networks');
+      const known = await this.deps.networks({ signal: options.signal });
+      for (const wanted of params.networks) {
+        if (!known.some((n) => `${n.kind}:${n.name}` === wanted)) throw new RpcError('NOT_FOUND', `${wanted.replace(':', ' ')} not found on this node any more`);
+      }
+      step(90, 'defining');
+      // The VM's events from here on are this call's (the attribution ends with its window).
+      inventory.attribute(params.vmName, options.cause.actor, options.cause.traceId, 5_000);
+      await libvirt.defineXml(params.domainXml, { signal: options.signal });
+      defined = true;
+      if (params.autostart) await libvirt.setAutostart(params.vmName, true, { signal: options.signal });
+      if (params.start) {
+        step(95, 'starting');
+        await libvirt.start(params.vmName, { signal: options.signal });
+        started = true;
+      }
+      await inventory.reloaded(params.vmName).catch(() => undefined);
+      return fromJson(VmPlanSchema, params.plan);
+    } catch (err) {
+      // Undo without the operation's signal: a cancel must not stop its own clean-up.
+      if (started) await libvirt.destroy(params.vmName).catch(() => undefined);
+      if (defined) await libvirt.undefineVm(params.vmName).catch(() => undefined);
+      if (seedMade !== undefined) await this.deps.seeds?.removeSeed(params.vmName).catch(() => undefined);
+      let uncreated = 0;
+      for (const v of params.volumes) {
+        const key: VolumeKey = { backend: v.backend, pool: v.pool, name: v.name };
+        if (made.some((m) => m.backend === key.backend && m.pool === key.pool && m.name === key.name)) {
+          // deleteVolume gives its storage_gb back to the owner.
+          await storage.deleteVolume(key, true, { force: true, cause: options.cause }).catch(() => undefined);
+        } else {
+          uncreated += v.charged;
+        }
+      }
+      await this.refund(params, uncreated);
+      if (defined) await inventory.reloaded(params.vmName).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * Checks a DeleteVm can start: the VM exists, is off or force is set, the extra volumes are its
+   * disks, and the caller may delete every volume that would go (storage:volume:delete on its pool).
+   */
+  async checkDelete(vmName: string, principal: Principal, request: { force: boolean; deleteVolumes: boolean; alsoDelete: readonly VolumeKey[] }, options: { signal?: AbortSignal }): Promise<void> {
+    const state = await this.deps.libvirt.state(vmName, options);
+    if (!request.force && state !== 'shutoff' && state !== 'crashed') throw new VmStateError(vmName, state, 'delete (set force to power it off first)');
+    const xml = parseDomainXml(await this.deps.libvirt.dumpXml(vmName, { ...options, inactive: true }));
+    for (const [i, key] of request.alsoDelete.entries()) {
+      const target = this.diskSource(key);
+      const path = target.type === 'rbd' ? `${target.pool}/${target.image}` : target.path;
+      if (!xml.disks.some((d) => d.sourcePath === path)) throw new InvalidArgumentError(`also_delete[${i}]`, `${volumeLabel(key)} is not a disk of VM "${vmName}"`);
+    }
+    const pools = new Set([...(request.deleteVolumes ? xml.metadata.createdVolumes : []), ...request.alsoDelete].map((key) => key.pool));
+    const refused = [...pools].filter((pool) => !this.deps.allows(principal, PERMISSION_VOLUME_DELETE, [{ kind: 'pool', name: pool }]));
+    if (refused.length > 0) throw new RpcError('PERMISSION_DENIED', `permission denied: deleting the VM's volumes requires ${PERMISSION_VOLUME_DELETE} on pool ${refused.join(', ')}`);
+  }
+
+  /** The deleting operation: destroy (force), undefine, seeds, volumes made for the VM (delete_volumes), quotas back. */
+  async delete(params: DeleteVmParams, options: { signal: AbortSignal; cause: EventCause; onProgress: (percent: number, stage: string) => void }) {
+    const { libvirt, storage, quotas, inventory } = this.deps;
+    const vm = params.vmName;
+    inventory.attribute(vm, options.cause.actor, options.cause.traceId, 5_000);
+    const inactive = await libvirt.dumpXml(vm, { signal: options.signal, inactive: true });
+    const xml = parseDomainXml(inactive);
+    const state = await libvirt.state(vm, { signal: options.signal });
+    let destroyed = false;
+    if (state !== 'shutoff' && state !== 'crashed') {
+      if (!params.force) throw new VmStateError(vm, state, 'delete (set force to power it off first)');
+      options.onProgress(10, 'powering off');
+      await libvirt.destroy(vm, { signal: options.signal });
+      destroyed = true;
+    }
+    options.onProgress(30, 'undefining');
+    await libvirt.undefineVm(vm, { signal: options.signal, nvram: /<nvram[\s>]|firmware=['"]efi['"]/.test(inactive) });
+    await inventory.reloaded(vm).catch(() => undefined);
+    // The definition is gone: from here on, a failure must not stop the quota refund.
+    const owner = xml.metadata.owner;
+    if (owner !== '') {
+      await quotas.release(owner, 'vms', 1);
+      await quotas.release(owner, 'vcpus', xml.vcpus);
+      await quotas.release(owner, 'memory_gb', gibOf(BigInt(xml.maxMemoryBytes)));
+    }
+    if (xml.metadata.seedFiles.length > 0) await this.deps.seeds?.removeSeed(vm).catch(() => undefined);
+    const targets: VolumeKey[] = [...(params.deleteVolumes ? xml.metadata.createdVolumes : []), ...params.alsoDelete];
+    const deleted: VolumeKey[] = [];
+    const kept: string[] = [];
+    for (const [i, key] of targets.entries()) {
+      options.onProgress(40 + (i / Math.max(1, targets.length)) * 59, `deleting ${volumeLabel(key)}`);
+      try {
+        // Not forced: a volume another VM on this host uses now is kept (and reported), never pulled from under it.
+        await storage.deleteVolume(key, true, { signal: options.signal, cause: options.cause });
+        deleted.push(key);
+      } catch (err) {
+        // Already gone is what was asked for; in use elsewhere (or with clones) stays.
+        if (!(err instanceof RpcError && (err.code === 'NOT_FOUND' || err.code === 'FAILED_PRECONDITION'))) throw err;
+        if (err.code === 'FAILED_PRECONDITION') kept.push(`${volumeLabel(key)}: ${err.message}`);
+      }
+    }
+    const deletedPaths = new Set(deleted.map((key) => {
+      const s = this.diskSource(key);
+      return s.type === 'rbd' ? `${s.pool}/${s.image}` : s.path;
+    }));
+    return {
+      vmName: vm,
+      destroyed,
+      deletedVolumes: deleted.map((k) => ({ backend: KIND_ENUM[k.backend], pool: k.pool, name: k.name })),
+      keptDisks: [...xml.disks.filter((d) => d.device === 'disk' && !deletedPaths.has(d.sourcePath)).map((d) => d.sourcePath), ...kept],
+    };
+  }
+
+  /** RecomputeQuota's count of vms, vcpus and memory_gb: the VMs of this node's inventory the principal owns. */
+  countOwnedBy(principal: string): { vms: number; vcpus: number; memory_gb: number } {
+    let vms = 0;
+    let vcpus = 0;
+    let memoryGb = 0;
+    for (const vm of this.deps.inventory.list().vms) {
+      if (vm.owner !== principal) continue;
+      const definition = vm.inactiveXml !== undefined ? parseDomainXml(vm.inactiveXml) : undefined;
+      vms += 1;
+      vcpus += definition?.vcpus ?? vm.vcpus;
+      memoryGb += gibOf(BigInt(definition?.maxMemoryBytes ?? vm.maxMemoryBytes));
+    }
+    return { vms, vcpus, memory_gb: memoryGb };
+  }
+}
