@@ -14,6 +14,7 @@ import { registerOperationCommands } from './operation.js';
 import { registerVmCommands } from './vm.js';
 import { registerNodeCommands } from './node.js';
 import { registerStorageCommands } from './storage.js';
+import { registerImageCommands } from './image.js';
 import { registerMigrationCommands } from './migration.js';
 import { registerStoreCommands } from './store.js';
 import { registerSessionCommands } from './session.js';
@@ -92,6 +93,7 @@ export function debvisorctlProgram(): Command {
   registerVmCommands(program);
   registerNodeCommands(program);
   registerStorageCommands(program);
+  registerImageCommands(program);
   registerMigrationCommands(program);
   registerStoreCommands(program);
   return program;

@@ -40,6 +40,10 @@ import { registerShutdownOperationKind, vmHandlers } from '../services/vm.js';
 import { VmService } from '../gen/debvisor/v1/vm_pb.js';
 import { StorageService } from '../gen/debvisor/v1/storage_pb.js';
 import { registerStorageOperationKinds, storageHandlers } from '../services/storage.js';
+import { ImageService } from '../gen/debvisor/v1/image_pb.js';
+import { imageHandlers, registerImageOperationKinds } from '../services/image.js';
+import { createImageLibrary } from '../images/setup.js';
+import { validateImageUrl } from '../images/fetch.js';
 import { libvirtAttachments } from '../storage/attachments.js';
 import { createStorage } from '../storage/setup.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
@@ -306,7 +310,9 @@ export class Daemon {
       const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
       quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
-      registerStorageOperationKinds(operations, storage);
+      const images = createImageLibrary({ config, settings, repos, quotas, inspector: storage.imageTool(), registry: metrics.registry, log });
+      registerStorageOperationKinds(operations, storage, images);
+      registerImageOperationKinds(operations, images);
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
       void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);
@@ -329,7 +335,8 @@ export class Daemon {
         ),
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
-        [StorageService.typeName]: storageHandlers({ storage, operations }),
+        [StorageService.typeName]: storageHandlers({ storage, operations, images }),
+        [ImageService.typeName]: imageHandlers({ library: images, operations, validateUrl: (url, field) => void validateImageUrl(url, field) }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, metrics.registry),

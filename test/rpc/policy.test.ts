@@ -22,9 +22,9 @@ function fieldAt(message: DescMessage, dotted: string): boolean {
 }
 
 describe('RPC policy options', () => {
-  it('covers the seven DebVisor services', () => {
+  it('covers the eight DebVisor services', () => {
     expect(API_SERVICES.map((s) => s.typeName).sort()).toEqual(
-      ['AccessService', 'EventService', 'MigrationService', 'NodeService', 'OperationService', 'StorageService', 'VmService'].map((n) => `debvisor.v1.${n}`),
+      ['AccessService', 'EventService', 'ImageService', 'MigrationService', 'NodeService', 'OperationService', 'StorageService', 'VmService'].map((n) => `debvisor.v1.${n}`),
     );
   });
 
@@ -83,6 +83,7 @@ describe('RPC policy options', () => {
       ProvisionVolume: 'PROVISION_VOLUME',
       PruneSnapshots: 'PRUNE_SNAPSHOTS',
       CloneRbdFromTemplate: 'CLONE_RBD_FROM_TEMPLATE',
+      ImportImage: 'IMPORT_IMAGE',
       StartTestOperation: 'TEST',
     });
   });

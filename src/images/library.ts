@@ -1,0 +1,400 @@
+// The image library of this node: a content-addressed cache of image files in
+// `<images_dir>/sha256/<digest>`, with one store record per image (digest, size, format,
+// source, owner) and one per name (alias → digest).
+//
+// An import downloads into `<images_dir>/sha256/.partial/<digest>` (the same file system,
+// so publishing is an atomic rename), checks the SHA-256 (the downloader does, while
+// streaming), inspects the file with qemu-img (format allow-list, no backing or data file),
+// charges the owner's images_gb, and only then renames it into place and writes the record.
+// A digest already present is a cache hit: no download. Imports of one digest on this daemon
+// share one download (later ones wait for the first). The files are this node's, so the
+// records are per node too; two daemons of one node sharing an images directory would each
+// download once (not deduplicated across daemons).
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { Counter, type Registry } from 'prom-client';
+import { RpcError } from '../rpc/errors.js';
+import type { QuotaManager } from '../quota/manager.js';
+import { gibOf } from '../quota/units.js';
+import type { ImageAliasRecord, ImageRecord } from '../store/records.js';
+import { retryOnConflict } from '../store/repository.js';
+import type { Repositories } from '../store/repositories.js';
+import { DIGEST_PREFIX, type ImageRef } from './names.js';
+
+/** Where a download may go (the SSRF guard's settings); see src/images/fetch.ts. */
+export interface DownloadPolicy {
+  readonly allowHttp: boolean;
+  readonly allowedNetworks: readonly string[];
+  readonly caFile?: string;
+  readonly maxRedirects: number;
+}
+
+export interface DownloadRequest {
+  readonly url: string;
+  readonly expectedSha256: string;
+  /** Resumed with a Range request when it already holds a prefix of the body. */
+  readonly partialPath: string;
+  readonly maxBytes: number;
+  readonly policy: DownloadPolicy;
+  readonly signal: AbortSignal;
+  /** Bytes of the file so far (a kept part included) and its full size when the server said it. */
+  readonly onProgress?: (received: number, total?: number) => void;
+  /** Bytes that came over the network, as they arrive. */
+  readonly onBytesReceived?: (bytes: number) => void;
+}
+
+export interface DownloadResult {
+  readonly sha256: string;
+  readonly bytes: number;
+  readonly resumed: boolean;
+}
+
+/** Downloads a URL into a file, checking its digest while streaming (src/images/fetch.ts). */
+export type Downloader = (request: DownloadRequest) => Promise<DownloadResult>;
+
+/** qemu-img info as the library needs it: throws when the image is not safe to use. */
+export interface ImageInspector {
+  info(path: string, options?: { signal?: AbortSignal }): Promise<{ readonly format: string; readonly virtualSizeBytes: bigint }>;
+}
+
+export interface ImageLibraryOptions {
+  readonly repos: Pick<Repositories, 'images' | 'imageAliases'>;
+  readonly node: string;
+  readonly imagesDir: () => string;
+  readonly inspector: ImageInspector;
+  readonly quotas: Pick<QuotaManager, 'consume' | 'release'>;
+  readonly download: Downloader;
+  /** Files kept beside a partial download (the resume validator), removed with it. */
+  readonly partialCompanions?: (partialPath: string) => readonly string[];
+  readonly downloadSettings: () => { readonly policy: DownloadPolicy; readonly maxBytes: number };
+  readonly registry: Registry;
+  readonly log: Logger;
+}
+
+export interface ImportRequest {
+  readonly url: string;
+  readonly sha256: string;
+  /** Empty: no alias. */
+  readonly name: string;
+  /** Empty: any allowed format. */
+  readonly format: string;
+  readonly replaceAlias: boolean;
+  readonly owner: string;
+}
+
+/** An image with its names, as the service shows it. */
+export interface LibraryImage {
+  readonly record: ImageRecord;
+  readonly aliases: string[];
+}
+
+export type ImportOutcome = 'downloaded' | 'cache_hit' | 'joined';
+
+function isShutdown(signal: AbortSignal): boolean {
+  return signal.aborted && signal.reason instanceof RpcError && signal.reason.code === 'UNAVAILABLE';
+}
+
+/** Resolves when `promise` settles (either way) or rejects when `signal` aborts. */
+async function settledOrAborted(promise: Promise<unknown>, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted();
+  let onAbort: (() => void) | undefined;
+  try {
+    await Promise.race([
+      promise.then(
+        () => undefined,
+        () => undefined,
+      ),
+      new Promise<never>((_, reject) => {
+        onAbort = () => reject(signal.reason as Error);
+        signal.addEventListener('abort', onAbort, { once: true });
+      }),
+    ]);
+  } finally {
+    if (onAbort) signal.removeEventListener('abort', onAbort);
+  }
+}
+
+export class ImageLibrary {
+  /** Digest → the download running on this daemon. */
+  private readonly downloads = new Map<string, Promise<ImageRecord>>();
+  /** Digest → provisionings reading the file now. */
+  private readonly uses = new Map<string, number>();
+  /** Digests a DeleteImage is removing: no new use may start. */
+  private readonly deleting = new Set<string>();
+  private readonly metrics;
+
+  constructor(private readonly options: ImageLibraryOptions) {
+    const registers = [options.registry];
+    this.metrics = {
+      bytes: new Counter({ name: 'image_download_bytes_total', help: 'Bytes of image bodies downloaded by ImportImage (resumed parts count once).', registers }),
+      imports: new Counter({
+        name: 'image_imports_total',
+        help: 'Finished imports, by result: downloaded, cache_hit (digest already present), joined (waited for a concurrent import), failed.',
+        labelNames: ['result'] as const,
+        registers,
+      }),
+      cacheHits: new Counter({ name: 'image_cache_hits_total', help: 'Imports and provisionings served from an image already in the library.', registers }),
+    };
+  }
+
+  get node(): string {
+    return this.options.node;
+  }
+
+  /** The published file of a digest. */
+  pathOf(sha256: string): string {
+    return join(this.options.imagesDir(), 'sha256', sha256);
+  }
+
+  /** The file of a digest relative to the images directory (what ProvisionVolume's image_path takes). */
+  relativePathOf(sha256: string): string {
+    return `sha256/${sha256}`;
+  }
+
+  private partialPathOf(sha256: string): string {
+    return join(this.options.imagesDir(), 'sha256', '.partial', sha256);
+  }
+
+  private async filePresent(sha256: string): Promise<boolean> {
+    try {
+      return (await stat(this.pathOf(sha256))).isFile();
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- reads ---------------------------------------------------------------------------
+
+  private async aliases(): Promise<ImageAliasRecord[]> {
+    return (await this.options.repos.imageAliases.list({ pageSize: 0, under: [this.node] })).items.map((v) => v.value);
+  }
+
+  /** The digest an image reference names; undefined for an alias nobody holds. */
+  async digestOf(ref: ImageRef): Promise<string | undefined> {
+    if (ref.kind === 'digest') return ref.sha256;
+    return (await this.options.repos.imageAliases.get([this.node, ref.name]))?.value.sha256;
+  }
+
+  /** The image a reference names, or NOT_FOUND. */
+  async require(ref: ImageRef): Promise<LibraryImage> {
+    const sha256 = await this.digestOf(ref);
+    const record = sha256 === undefined ? undefined : (await this.options.repos.images.get([this.node, sha256]))?.value;
+    if (!record) throw new RpcError('NOT_FOUND', `image ${ref.kind === 'digest' ? DIGEST_PREFIX + ref.sha256 : ref.name} not found on node ${this.node}`);
+    const aliases = (await this.aliases()).filter((a) => a.sha256 === record.sha256).map((a) => a.name);
+    return { record, aliases: aliases.sort() };
+  }
+
+  /** Every image of this node, ordered by digest. */
+  async list(): Promise<LibraryImage[]> {
+    const [images, aliases] = await Promise.all([this.options.repos.images.list({ pageSize: 0, under: [this.node] }), this.aliases()]);
+    return images.items
+      .map(({ value }) => ({ record: value, aliases: aliases.filter((a) => a.sha256 === value.sha256).map((a) => a.name).sort() }))
+      .sort((a, b) => (a.record.sha256 < b.record.sha256 ? -1 : 1));
+  }
+
+  // ---- aliases ---------------------------------------------------------------------------
+
+  /** Refuses at call time a name that points at another digest when re-pointing was not asked for. */
+  async checkAlias(name: string, sha256: string, replace: boolean, field: string): Promise<void> {
+    const current = (await this.options.repos.imageAliases.get([this.node, name]))?.value;
+    if (current && current.sha256 !== sha256 && !replace) {
+      throw new RpcError('ALREADY_EXISTS', `${field}: image name "${name}" already points at ${DIGEST_PREFIX}${current.sha256}; set replace_alias to re-point it`);
+    }
+  }
+
+  /** Points `name` at `sha256` (compare-and-swap on the alias key). */
+  async setAlias(name: string, sha256: string, replace: boolean): Promise<void> {
+    const id = [this.node, name];
+    await retryOnConflict(async () => {
+      const current = await this.options.repos.imageAliases.get(id);
+      if (current?.value.sha256 === sha256) return;
+      if (current && !replace) {
+        throw new RpcError('ALREADY_EXISTS', `image name "${name}" already points at ${DIGEST_PREFIX}${current.value.sha256}; set replace_alias to re-point it`);
+      }
+      const record: ImageAliasRecord = { schema_version: 1, node: this.node, name, sha256, updated_at: new Date().toISOString() };
+      if (current) await this.options.repos.imageAliases.update(id, record, current.modRevision);
+      else await this.options.repos.imageAliases.create(id, record);
+    });
+  }
+
+  // ---- import ----------------------------------------------------------------------------
+
+  /**
+   * Makes the image available (downloading it unless present or being downloaded) and gives it
+   * its name. Resolves with the record and how it was obtained.
+   */
+  async import(
+    request: ImportRequest,
+    run: { signal: AbortSignal; onProgress: (percent: number, stage: string) => void },
+  ): Promise<{ record: ImageRecord; outcome: ImportOutcome }> {
+    let outcome: ImportOutcome = 'cache_hit';
+    let record: ImageRecord | undefined;
+    for (;;) {
+      run.signal.throwIfAborted();
+      const present = await this.presentRecord(request.sha256);
+      if (present) {
+        record = present;
+        break;
+      }
+      const running = this.downloads.get(request.sha256);
+      if (running) {
+        // Another import of this digest is downloading: wait for it, then look again (it may have failed).
+        run.onProgress(0, 'waiting for another import of this digest');
+        outcome = 'joined';
+        await settledOrAborted(running, run.signal);
+        continue;
+      }
+      const download = this.downloadAndPublish(request, run);
+      this.downloads.set(request.sha256, download);
+      try {
+        record = await download;
+        outcome = 'downloaded';
+      } catch (err) {
+        this.metrics.imports.inc({ result: 'failed' });
+        throw err;
+      } finally {
+        this.downloads.delete(request.sha256);
+      }
+      break;
+    }
+    if (outcome !== 'downloaded') this.metrics.cacheHits.inc();
+    this.metrics.imports.inc({ result: outcome });
+    if (request.name) await this.setAlias(request.name, request.sha256, request.replaceAlias);
+    run.onProgress(100, outcome === 'downloaded' ? 'published' : 'already in the library');
+    return { record, outcome };
+  }
+
+  /** The record of a digest whose file is in place; a record whose file went missing counts as absent. */
+  private async presentRecord(sha256: string): Promise<ImageRecord | undefined> {
+    const record = (await this.options.repos.images.get([this.node, sha256]))?.value;
+    return record && (await this.filePresent(sha256)) ? record : undefined;
+  }
+
+  private async downloadAndPublish(request: ImportRequest, run: { signal: AbortSignal; onProgress: (percent: number, stage: string) => void }): Promise<ImageRecord> {
+    const { sha256 } = request;
+    const partial = this.partialPathOf(sha256);
+    const final = this.pathOf(sha256);
+    await mkdir(join(this.options.imagesDir(), 'sha256', '.partial'), { recursive: true, mode: 0o750 });
+    const settings = this.options.downloadSettings();
+    let charged = 0;
+    try {
+      run.onProgress(0, 'connecting');
+      const result = await this.options.download({
+        url: request.url,
+        expectedSha256: sha256,
+        partialPath: partial,
+        maxBytes: settings.maxBytes,
+        policy: settings.policy,
+        signal: run.signal,
+        onBytesReceived: (bytes) => this.metrics.bytes.inc(bytes),
+        onProgress: (received, total) => {
+          const percent = total ? (received / total) * 95 : 0;
+          run.onProgress(percent, total ? `downloading ${received} of ${total} bytes` : `downloading ${received} bytes`);
+        },
+      });
+      // The downloader checks the digest while streaming; a second look costs nothing and guards its contract.
+      if (result.sha256 !== sha256) throw new RpcError('FAILED_PRECONDITION', `sha256: the download's digest is ${result.sha256}, not the expected ${sha256}; nothing was published`);
+      run.onProgress(96, 'inspecting');
+      const info = await this.options.inspector.info(partial, { signal: run.signal });
+      if (request.format && info.format !== request.format) {
+        throw new RpcError('FAILED_PRECONDITION', `format: the image is ${info.format}, not ${request.format}; nothing was published`);
+      }
+      charged = gibOf(BigInt(result.bytes));
+      if (charged > 0) await this.options.quotas.consume(request.owner, 'images_gb', charged);
+      // A record left behind by an image whose file went missing held its owner's quota: give it back.
+      const stale = await this.options.repos.images.get([this.node, sha256]);
+      const record: ImageRecord = {
+        schema_version: 1,
+        node: this.node,
+        sha256,
+        size_bytes: result.bytes,
+        format: info.format,
+        virtual_size_bytes: Number(info.virtualSizeBytes),
+        source: 'url',
+        source_url: request.url,
+        owner: request.owner,
+        quota_gb: charged,
+        created_at: new Date().toISOString(),
+      };
+      run.onProgress(98, 'publishing');
+      await rename(partial, final);
+      for (const file of this.options.partialCompanions?.(partial) ?? []) await rm(file, { force: true });
+      await this.options.repos.images.put([this.node, sha256], record);
+      if (stale && stale.value.quota_gb > 0) await this.options.quotas.release(stale.value.owner, 'images_gb', stale.value.quota_gb);
+      this.options.log.info({ sha256, bytes: result.bytes, resumed: result.resumed, format: info.format }, 'image published');
+      return record;
+    } catch (err) {
+      if (charged > 0) await this.options.quotas.release(request.owner, 'images_gb', charged).catch(() => undefined);
+      // A daemon stopping keeps what it has so far: the resumed operation continues it with a Range request.
+      if (!isShutdown(run.signal)) {
+        for (const file of [partial, ...(this.options.partialCompanions?.(partial) ?? [])]) await rm(file, { force: true });
+      }
+      throw err;
+    }
+  }
+
+  // ---- uses and deletion ---------------------------------------------------------------------
+
+  /** Marks the image in use (a provisioning reads it) until the returned function is called. */
+  use(sha256: string): () => void {
+    if (this.deleting.has(sha256)) throw new RpcError('FAILED_PRECONDITION', `image ${DIGEST_PREFIX}${sha256} is being deleted`);
+    this.uses.set(sha256, (this.uses.get(sha256) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.uses.get(sha256) ?? 1) - 1;
+      if (left <= 0) this.uses.delete(sha256);
+      else this.uses.set(sha256, left);
+    };
+  }
+
+  /** Counts a provisioning from an image already in the library. */
+  countCacheHit(): void {
+    this.metrics.cacheHits.inc();
+  }
+
+  /** Removes one alias; the image stays. */
+  async deleteAlias(name: string): Promise<LibraryImage> {
+    const current = await this.options.repos.imageAliases.get([this.node, name]);
+    if (!current) throw new RpcError('NOT_FOUND', `image ${name} not found on node ${this.node}`);
+    const image = await this.require({ kind: 'digest', sha256: current.value.sha256 });
+    await this.options.repos.imageAliases.delete([this.node, name], current.modRevision);
+    return { record: image.record, aliases: image.aliases.filter((a) => a !== name) };
+  }
+
+  /**
+   * Removes the image, its names and its file, and gives its images_gb back to its owner.
+   * FAILED_PRECONDITION while an import downloads it or a provisioning reads it.
+   */
+  async delete(ref: ImageRef): Promise<LibraryImage> {
+    const sha256 = await this.digestOf(ref);
+    if (sha256 !== undefined && this.downloads.has(sha256)) {
+      throw new RpcError('FAILED_PRECONDITION', `image ${DIGEST_PREFIX}${sha256} is being imported; delete it once the import has finished`);
+    }
+    const image = await this.require(ref);
+    const digest = image.record.sha256;
+    // Checked and marked in one turn of the event loop: use() cannot slip in between.
+    if ((this.uses.get(digest) ?? 0) > 0 || this.downloads.has(digest)) {
+      throw new RpcError('FAILED_PRECONDITION', `image ${DIGEST_PREFIX}${digest} is in use by a running provisioning or import; retry once it has finished`);
+    }
+    if (this.deleting.has(digest)) throw new RpcError('FAILED_PRECONDITION', `image ${DIGEST_PREFIX}${digest} is being deleted`);
+    this.deleting.add(digest);
+    try {
+      for (const alias of (await this.aliases()).filter((a) => a.sha256 === digest)) await this.options.repos.imageAliases.delete([this.node, alias.name]);
+      const existed = await this.options.repos.images.delete([this.node, digest]);
+      await rm(this.pathOf(digest), { force: true });
+      if (existed && image.record.quota_gb > 0) await this.options.quotas.release(image.record.owner, 'images_gb', image.record.quota_gb);
+      return image;
+    } finally {
+      this.deleting.delete(digest);
+    }
+  }
+
+  /** GiB of the images `principal` owns on every node (RecomputeQuota: the quota is per principal, not per node). */
+  async usageOwnedBy(principal: string): Promise<{ images_gb: number }> {
+    const images = await this.options.repos.images.all();
+    return { images_gb: images.filter((i) => i.value.owner === principal).reduce((sum, i) => sum + i.value.quota_gb, 0) };
+  }
+}
