@@ -22,6 +22,7 @@ import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_p
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { cephAvailable, RBD, startCeph, type TestCeph } from '../support/ceph.js';
+import { ctlOn } from '../support/ctl.js';
 import { clientFor, startDaemon, type RunningDaemon, type StartDaemonOptions } from '../support/daemon.js';
 import { metricSum, metricsText, rejection } from '../support/security.js';
 import { finished, MIB, NO_RATE_LIMITS, T, used, type Client } from '../support/storage.js';
@@ -355,6 +356,26 @@ describe('ImageService', () => {
     }
   });
 
+  it('debvisorctl image import --wait, list, get and delete', async () => {
+    const body = patterned(1024 * 1024, 0x99);
+    server.serve('/cli.raw', body);
+    const imported = await ctlOn(daemon, 'image', 'import', server.url('/cli.raw'), '--sha256', sha(body), '--name', 'cli-image', '--wait');
+    expect(imported.code, imported.stderr).toBe(0);
+    expect(imported.stdout).toMatch(/^state: +succeeded$/m);
+    expect(imported.stdout).toContain(`sha256:${sha(body)}`);
+    const listed = await ctlOn(daemon, '-o', 'json', 'image', 'list', '--name', 'cli-*');
+    expect(listed.code, listed.stderr).toBe(0);
+    expect((JSON.parse(listed.stdout) as { images: { sha256: string }[] }).images.map((i) => i.sha256)).toEqual([sha(body)]);
+    const got = await ctlOn(daemon, 'image', 'get', 'cli-image');
+    expect(got.stdout).toMatch(/^format: +raw$/m);
+    const badDigest = await ctlOn(daemon, 'image', 'import', server.url('/cli.raw'), '--sha256', 'nope');
+    expect(badDigest.code).toBe(1);
+    expect(badDigest.stderr).toContain('sha256: must be 64 hex');
+    const deleted = await ctlOn(daemon, 'image', 'delete', 'cli-image');
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect((await rejection(images.getImage({ image: 'cli-image' }, T))).code).toBe(Status.NOT_FOUND);
+  });
+
   describe.skipIf(!cephAvailable())('provisioning from a library image (RBD)', () => {
     const rbdRef = (name: string) => ({ backend: StorageBackend.RBD, pool: POOL, name });
 
@@ -370,8 +391,9 @@ describe('ImageService', () => {
       expect(back.subarray(0, RAW_BYTES).equals(pattern)).toBe(true);
       expect(back.subarray(RAW_BYTES).every((b) => b === 0)).toBe(true);
 
-      // By digest too; and one volume not from the library.
-      await finished(ops, (await storage.provisionVolume({ volume: rbdRef('from-digest'), sizeBytes: 8n * MIB, image: `sha256:${sha(raw)}` }, T)).operation);
+      // By digest too (through debvisorctl); and one volume not from the library.
+      const ctl = await ctlOn(daemon, 'volume', 'provision', 'rbd', POOL, 'from-digest', '--from-image', `sha256:${sha(raw)}`, '--size', '8MiB');
+      expect(ctl.code, ctl.stderr).toBe(0);
       await storage.createVolume({ volume: rbdRef('plain'), sizeBytes: 8n * MIB }, T);
       const lineage = await storage.listVolumes({ imageDigest: sha(qcow2) }, T);
       expect(lineage.volumes.map((v) => v.ref?.name)).toEqual(['from-lib']);
