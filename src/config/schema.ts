@@ -3,6 +3,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ROLE_NAME } from '../authz/roles.js';
+import { parseCidr } from '../images/address-policy.js';
 
 const hostPort = z
   .string()
@@ -218,6 +219,24 @@ export const configSchema = z.strictObject({
     .prefault({}),
   /** ProvisionVolume reads images only from this directory (paths relative to it; no escaping it). */
   images_dir: path.default('/var/lib/debvisor/images'),
+  /** ImageService imports (docs: the SSRF guard and TLS trust in src/images/fetch.ts). */
+  images: z
+    .strictObject({
+      /** Plain http image URLs (and redirects to them); https only when false. */
+      allow_http: z.boolean().default(false),
+      /** CIDRs exempt from the SSRF guard (loopback, link-local, private, ... are refused otherwise). */
+      allowed_networks: z.array(z.string().refine((value) => parseCidr(value) !== undefined, 'expected a CIDR such as 10.20.0.0/16 or fd00::/8')).default([]),
+      /** Largest image an import downloads; a bigger Content-Length is refused at once, a longer body while it streams. */
+      max_bytes: z.number().int().positive().default(50 * 1024 ** 3),
+      /** PEM bundle image servers' certificates must chain to. Empty: the system CAs. Never the client CA (tls.ca_file). */
+      ca_file: z.string().default(''),
+      /** Image formats accepted (imports and ProvisionVolume); vmdk (single-file only) and vdi are opt-in. */
+      allowed_formats: z
+        .array(z.enum(['raw', 'qcow2', 'vmdk', 'vdi']))
+        .min(1)
+        .default(['raw', 'qcow2']),
+    })
+    .prefault({}),
   qemu_img: z
     .strictObject({
       /** Absolute path of qemu-img (format detection and conversion into volumes). */

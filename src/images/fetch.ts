@@ -48,6 +48,11 @@ export interface FetchPolicy {
 
 export const DEFAULT_FETCH_POLICY: FetchPolicy = { allowHttp: false, allowedNetworks: [], maxRedirects: MAX_REDIRECTS };
 
+/** The policy of the config's images section (config.images; typed here so images/ does not import config/). */
+export function fetchPolicyOf(images: { readonly allow_http: boolean; readonly allowed_networks: readonly string[]; readonly ca_file: string }): FetchPolicy {
+  return { allowHttp: images.allow_http, allowedNetworks: images.allowed_networks, caFile: images.ca_file === '' ? undefined : images.ca_file, maxRedirects: MAX_REDIRECTS };
+}
+
 /** Resolves a hostname to all its addresses (dns.lookup semantics, so /etc/hosts counts). */
 export type ResolveHost = (hostname: string, family: number) => Promise<readonly LookupAddress[]>;
 

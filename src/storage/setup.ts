@@ -17,6 +17,7 @@ function imageTool(config: Config, registry: Registry): ImageTool {
     qemuImgPath: config.qemu_img.path,
     defaultTimeoutMs: config.qemu_img.info_timeout_seconds * 1000,
     convertTimeoutMs: config.qemu_img.convert_timeout_seconds * 1000,
+    allowedFormats: config.images.allowed_formats,
     registry,
   });
   return {
