@@ -6,7 +6,7 @@ import type { Registry } from 'prom-client';
 import type { Config } from '../config/schema.js';
 import type { QuotaManager } from '../quota/manager.js';
 import type { Repositories } from '../store/repositories.js';
-import { downloadImage, MAX_REDIRECTS, partialMetaPath } from './fetch.js';
+import { downloadImage, fetchPolicyOf, partialMetaPath } from './fetch.js';
 import { ImageLibrary, type ImageInspector } from './library.js';
 
 export interface ImageLibraryDeps {
@@ -30,15 +30,7 @@ export function createImageLibrary(deps: ImageLibraryDeps): ImageLibrary {
     partialCompanions: (partial) => [partialMetaPath(partial)],
     downloadSettings: () => {
       const images = deps.settings().images;
-      return {
-        maxBytes: images.max_bytes,
-        policy: {
-          allowHttp: images.allow_http,
-          allowedNetworks: images.allowed_networks,
-          ...(images.ca_file ? { caFile: images.ca_file } : {}),
-          maxRedirects: MAX_REDIRECTS,
-        },
-      };
+      return { maxBytes: images.max_bytes, policy: fetchPolicyOf(images) };
     },
     registry: deps.registry,
     log: deps.log.child({ component: 'images' }),
