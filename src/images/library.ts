@@ -16,7 +16,8 @@ import type { Logger } from 'pino';
 import { Counter, type Registry } from 'prom-client';
 import { RpcError } from '../rpc/errors.js';
 import type { QuotaManager } from '../quota/manager.js';
-import { gibOf } from '../quota/units.js';
+import { GIB, gibOf } from '../quota/units.js';
+import { ImageFetchError } from './errors.js';
 import type { ImageAliasRecord, ImageRecord } from '../store/records.js';
 import { retryOnConflict } from '../store/repository.js';
 import type { Repositories } from '../store/repositories.js';
@@ -63,7 +64,7 @@ export interface ImageLibraryOptions {
   readonly node: string;
   readonly imagesDir: () => string;
   readonly inspector: ImageInspector;
-  readonly quotas: Pick<QuotaManager, 'consume' | 'release'>;
+  readonly quotas: Pick<QuotaManager, 'consume' | 'release' | 'view'>;
   readonly download: Downloader;
   /** Files kept beside a partial download (the resume validator), removed with it. */
   readonly partialCompanions?: (partialPath: string) => readonly string[];
@@ -265,6 +266,22 @@ export class ImageLibrary {
     return { record, outcome };
   }
 
+  /** Bytes the owner's images_gb quota still has room for (Infinity when unlimited). */
+  private async roomOf(owner: string): Promise<number> {
+    const view = (await this.options.quotas.view(owner)).find((v) => v.resource === 'images_gb');
+    if (!view || view.unlimited) return Number.POSITIVE_INFINITY;
+    return Math.max(0, view.limit - view.used) * Number(GIB);
+  }
+
+  /**
+   * Call-time check of an import: RESOURCE_EXHAUSTED when the digest would have to be downloaded
+   * and the owner's images_gb quota is used up (a cache hit charges nothing, so it passes).
+   */
+  async checkRoom(owner: string, sha256: string): Promise<void> {
+    if (await this.presentRecord(sha256)) return;
+    if ((await this.roomOf(owner)) <= 0) throw new RpcError('RESOURCE_EXHAUSTED', `quota exceeded: images_gb of ${owner} is used up; delete images or ask for a higher limit`);
+  }
+
   /** The record of a digest whose file is in place; a record whose file went missing counts as absent. */
   private async presentRecord(sha256: string): Promise<ImageRecord | undefined> {
     const record = (await this.options.repos.images.get([this.node, sha256]))?.value;
@@ -279,12 +296,16 @@ export class ImageLibrary {
     const settings = this.options.downloadSettings();
     let charged = 0;
     try {
+      // The download stops where the owner's images_gb quota would: no 50 GiB fetched for a 1 GiB quota.
+      const room = await this.roomOf(request.owner);
+      if (room <= 0) throw new RpcError('RESOURCE_EXHAUSTED', `quota exceeded: images_gb of ${request.owner} is used up`);
+      const maxBytes = Math.min(settings.maxBytes, room);
       run.onProgress(0, 'connecting');
       const result = await this.options.download({
         url: request.url,
         expectedSha256: sha256,
         partialPath: partial,
-        maxBytes: settings.maxBytes,
+        maxBytes,
         policy: settings.policy,
         signal: run.signal,
         onBytesReceived: (bytes) => this.metrics.bytes.inc(bytes),
@@ -292,6 +313,11 @@ export class ImageLibrary {
           const percent = total ? (received / total) * 95 : 0;
           run.onProgress(percent, total ? `downloading ${received} of ${total} bytes` : `downloading ${received} bytes`);
         },
+      }).catch((err: unknown) => {
+        if (err instanceof ImageFetchError && err.failure === 'too_large' && maxBytes < settings.maxBytes) {
+          throw new RpcError('RESOURCE_EXHAUSTED', `quota exceeded: the image is larger than the ${Math.floor(maxBytes / Number(GIB))} GiB left of the images_gb quota of ${request.owner}`);
+        }
+        throw err;
       });
       // The downloader checks the digest while streaming; a second look costs nothing and guards its contract.
       if (result.sha256 !== sha256) throw new RpcError('FAILED_PRECONDITION', `sha256: the download's digest is ${result.sha256}, not the expected ${sha256}; nothing was published`);

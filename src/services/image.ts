@@ -92,6 +92,7 @@ export function imageHandlers({ library, operations, validateUrl }: ImageHandler
       if (request.replaceAlias && name === '') throw new InvalidArgumentError('replace_alias', 'needs a name to re-point');
       // A name held by another digest is answered now, not as a failed operation.
       if (name) await library.checkAlias(name, sha256, request.replaceAlias, 'name');
+      await library.checkRoom(owner, sha256);
       const record = await operations.launch(ctx, IMPORT_IMAGE, {
         target: name || `${DIGEST_PREFIX}${sha256}`,
         params: { url: request.url, sha256, name, format: request.format, replaceAlias: request.replaceAlias, owner },

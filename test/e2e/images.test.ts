@@ -335,6 +335,26 @@ describe('ImageService', () => {
     await finished(ops, (await images.importImage({ url: server.url('/debian.qcow2'), sha256: sha(qcow2), name: 'debian-12', replaceAlias: true }, T)).operation);
   });
 
+  it('refuses an import over the images_gb quota at once, but not a cache hit, and recounts the usage', async () => {
+    const admin = 'spiffe://debvisor/admin/admin';
+    const usedNow = await imagesGb(access);
+    await access.setQuota({ principal: admin, resource: QuotaResource.IMAGES_GB, limit: usedNow }, T);
+    try {
+      const body = patterned(1024 * 1024, 0x31);
+      server.serve('/over-quota.raw', body);
+      const refused = await rejection(images.importImage({ url: server.url('/over-quota.raw'), sha256: sha(body) }, T));
+      expect(refused.code).toBe(Status.RESOURCE_EXHAUSTED);
+      expect(refused.details).toContain('images_gb');
+      expect(server.requests('/over-quota.raw')).toEqual([]);
+      const hit = await finished(ops, (await images.importImage({ url: server.url('/other.raw'), sha256: sha(raw) }, T)).operation);
+      expect(hit.state).toBe(OperationState.SUCCEEDED);
+    } finally {
+      await access.setQuota({ principal: admin, resource: QuotaResource.IMAGES_GB, unlimited: true }, T);
+    }
+    const recount = await access.recomputeQuota({ principal: admin }, T);
+    expect(recount.after.find((q) => q.resource === QuotaResource.IMAGES_GB)?.used).toBe(usedNow);
+  });
+
   it('refuses a scoped key outside its image globs', async () => {
     const key = await access.createApiKey({ description: 'ci images', permissions: ['image:*'], resourceGlobs: [{ kind: ResourceKind.IMAGE, glob: 'ci-*' }] }, T);
     const keyed = await clientFor(ImageService, daemon, null);
