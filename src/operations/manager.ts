@@ -68,6 +68,8 @@ export class OperationManager {
   private readonly kinds = new Map<OperationKind, Runner>();
   private readonly running = new Map<string, AbortController>();
   private retention: NodeJS.Timeout | undefined;
+  /** Set by stop(): resumable work aborted from then on is left for the next start to resume. */
+  private stopping = false;
 
   constructor(
     private readonly repos: Repositories,
@@ -124,6 +126,7 @@ export class OperationManager {
   }
 
   stop(): void {
+    this.stopping = true;
     if (this.retention) clearInterval(this.retention);
     for (const controller of this.running.values()) controller.abort(new RpcError('UNAVAILABLE', 'the daemon is shutting down'));
   }
@@ -233,6 +236,11 @@ export class OperationManager {
         const result = await spec.run(handle);
         await this.finish(record.id, 'SUCCEEDED', { result, progress: 100 });
       } catch (err) {
+        // A graceful stop is a restart like a crash: resumable work stays unfinished, and recover() resumes it.
+        if (this.stopping && controller.signal.aborted && record.resumable && spec?.resumable) {
+          this.log.info({ operation: record.id, kind: record.kind }, 'operation left for the next start to resume');
+          return;
+        }
         const cancelled = controller.signal.aborted && controller.signal.reason instanceof RpcError && controller.signal.reason.code === 'CANCELLED';
         const status = toStatus(cancelled ? controller.signal.reason : err, record.id);
         if (status.code === Status.INTERNAL) this.log.error({ err, operation: record.id, kind: record.kind }, 'operation failed with an internal error');

@@ -462,12 +462,13 @@ describe('ImageService', () => {
 });
 
 describe('ImageService across a daemon restart', () => {
-  it('resumes an import interrupted by a daemon restart with a Range request', async () => {
-    const body = patterned(6 * 1024 * 1024, 0x4242);
+  it.each(['SIGKILL', 'SIGTERM'] as const)('resumes an import interrupted by a daemon stopped with %s, with a Range request', async (signal) => {
+    const body = patterned(6 * 1024 * 1024, signal === 'SIGKILL' ? 0x4242 : 0x4343);
     const digest = sha(body);
-    server.serve('/resume.raw', body);
-    const hold = server.holdAfter('/resume.raw', 2 * 1024 * 1024);
-    const state = join(dir, 'restart-state');
+    const path = `/resume-${signal}.raw`;
+    server.serve(path, body);
+    const hold = server.holdAfter(path, 2 * 1024 * 1024);
+    const state = join(dir, `restart-state-${signal}`);
     const options: StartDaemonOptions = {
       env: { DEBVISOR_RPCD_IMAGES_DIR: imagesDir, DEBVISOR_RPCD_NODE_NAME: 'node-images' },
       config: imageConfig({ store: { backend: 'embedded', embedded: { dir: state } } }),
@@ -476,12 +477,12 @@ describe('ImageService across a daemon restart', () => {
     let second: RunningDaemon | undefined;
     try {
       const images = await clientFor(ImageService, first);
-      const { operation } = await images.importImage({ url: server.url('/resume.raw'), sha256: digest, name: 'resumed' }, T);
+      const { operation } = await images.importImage({ url: server.url(path), sha256: digest, name: 'resumed' }, T);
       images.close();
       await hold.held;
       const partial = join(imagesDir, 'sha256', '.partial', digest);
       await until('the partial file to hold the first part', () => stat(partial).then((s) => s.size >= 2 * 1024 * 1024, () => false));
-      await first.stop('SIGKILL');
+      await first.stop(signal);
       hold.release();
       second = await startDaemon({ ...options, pkiDir: first.pki.dir });
       const ops = await clientFor(OperationService, second);
@@ -490,7 +491,7 @@ describe('ImageService across a daemon restart', () => {
       expect(done.error).toBeUndefined();
       expect(done.state).toBe(OperationState.SUCCEEDED);
       expect(second.logRecords().some((r) => r.msg === 'resuming operation after restart')).toBe(true);
-      expect(server.requests('/resume.raw').map((r) => r.range)).toEqual([undefined, `bytes=${2 * 1024 * 1024}-`]);
+      expect(server.requests(path).map((r) => r.range)).toEqual([undefined, `bytes=${2 * 1024 * 1024}-`]);
       expect((await readFile(join(imagesDir, 'sha256', digest))).equals(body)).toBe(true);
     } finally {
       await second?.cleanup();
