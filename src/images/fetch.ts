@@ -16,8 +16,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import { lookup as dnsLookup } from 'node:dns/promises';
 import type { LookupAddress } from 'node:dns';
-import { createReadStream } from 'node:fs';
-import { open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { constants as fsConstants, createReadStream } from 'node:fs';
+import { lstat, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import { isIP, type LookupFunction, type Socket } from 'node:net';
@@ -164,7 +164,18 @@ function guardedLookup(resolveHost: ResolveHost, guard: AddressPolicy): LookupFu
 
 /** The CAs image servers must chain to: the configured bundle, else the system store (Node's bundled roots if it is empty). */
 async function imageTrust(policy: FetchPolicy): Promise<string | string[]> {
-  if (policy.caFile !== undefined && policy.caFile !== '') return readFile(policy.caFile, 'utf8');
+  if (policy.caFile !== undefined && policy.caFile !== '') {
+    let bundle: string;
+    try {
+      bundle = await readFile(policy.caFile, 'utf8');
+    } catch (err) {
+      throw new ImageFetchError('tls', "this node's CA bundle for image servers (images.ca_file) cannot be read", String(err), { cause: err });
+    }
+    if (!bundle.includes('-----BEGIN CERTIFICATE-----')) {
+      throw new ImageFetchError('tls', "this node's CA bundle for image servers (images.ca_file) holds no PEM certificate");
+    }
+    return bundle;
+  }
   const system = getCACertificates('system');
   return system.length > 0 ? system : getCACertificates('bundled');
 }
@@ -234,7 +245,7 @@ function get(url: URL, headers: OutgoingHttpHeaders, transport: Transport): Prom
     request.on('timeout', () => {
       request.destroy(new ImageFetchError('network', 'the image server stopped sending; retry later', `idle for ${transport.idleTimeoutMs} ms`));
     });
-    // Stays attached: an error after the response arrived must not go unhandled (the body's pipeline reports it).
+    // Stays attached: an error after the response arrived must not go unhandled (reading the body reports it).
     request.on('error', reject);
     request.once('response', resolve);
     request.end();
@@ -287,9 +298,10 @@ function contentLength(response: IncomingMessage): number | undefined {
   return value !== undefined && /^\d+$/.test(value) ? Number(value) : undefined;
 }
 
+/** Size of a regular file kept from an earlier attempt; 0 for none, or for anything else (a symlink is not followed). */
 async function sizeOf(path: string): Promise<number> {
   try {
-    const st = await stat(path);
+    const st = await lstat(path);
     return st.isFile() ? st.size : 0;
   } catch {
     return 0;
@@ -312,11 +324,14 @@ async function readMeta(partialPath: string): Promise<PartialMeta | undefined> {
 
 async function writeMeta(partialPath: string, meta: PartialMeta): Promise<void> {
   const path = partialMetaPath(partialPath);
-  await writeFile(`${path}.tmp`, JSON.stringify(meta), { mode: 0o600 });
+  // wx: never through a symlink, nor into a file left over.
+  await rm(`${path}.tmp`, { force: true });
+  await writeFile(`${path}.tmp`, JSON.stringify(meta), { mode: 0o600, flag: 'wx' });
   await rename(`${path}.tmp`, path);
 }
 
-async function discardPartial(partialPath: string): Promise<void> {
+/** Deletes a partial download and its sidecar (an abandoned import); nothing there is fine. */
+export async function discardPartial(partialPath: string): Promise<void> {
   await rm(partialPath, { force: true });
   await rm(partialMetaPath(partialPath), { force: true });
 }
@@ -360,7 +375,10 @@ async function attempt(ctx: AttemptContext, allowResume: boolean): Promise<Downl
   if (status === 416 && kept > 0) {
     response.destroy();
     // The kept part may be the whole file already (interrupted after the last byte, before publishing).
-    if (parseContentRange(response.headers['content-range'])?.total === kept) return finish(ctx, kept, true, undefined);
+    if (parseContentRange(response.headers['content-range'])?.total === kept) {
+      request.onProgress?.(kept, kept);
+      return finish(ctx, kept, true, undefined);
+    }
     return attempt(ctx, false);
   }
   let offset: number;
@@ -404,7 +422,9 @@ async function attempt(ctx: AttemptContext, allowResume: boolean): Promise<Downl
     };
     report(true);
     // Each chunk is written before the next is read: when the transfer breaks, every byte received is on disk to resume from.
-    const file = await open(partialPath, offset > 0 ? 'a' : 'w', 0o600);
+    // O_NOFOLLOW: a symlink planted at the partial path must not redirect the write elsewhere.
+    const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW | (offset > 0 ? fsConstants.O_APPEND : fsConstants.O_TRUNC);
+    const file = await open(partialPath, flags, 0o600);
     try {
       for await (const chunk of response as AsyncIterable<Buffer>) {
         received += chunk.length;
@@ -431,6 +451,14 @@ async function attempt(ctx: AttemptContext, allowResume: boolean): Promise<Downl
   return finish(ctx, received, offset > 0, hash);
 }
 
+/** A resumed file had the wrong digest: the partial is gone, download it again from zero. */
+class ResumedDigestMismatch extends Error {
+  constructor(actual: string) {
+    super(`resumed download had SHA-256 ${actual}`);
+    this.name = 'ResumedDigestMismatch';
+  }
+}
+
 /** Checks the digest of the complete file (hashing it when `hash` is not given); a mismatch deletes it. */
 async function finish(ctx: AttemptContext, bytes: number, resumed: boolean, hash: Hash | undefined): Promise<DownloadResult> {
   const { partialPath, signal } = ctx.request;
@@ -444,6 +472,8 @@ async function finish(ctx: AttemptContext, bytes: number, resumed: boolean, hash
   const sha256 = digest.digest('hex');
   if (sha256 !== ctx.expected) {
     await discardPartial(partialPath);
+    // The kept part may be of another file (a server without validators that changed it): one more try, whole.
+    if (resumed) throw new ResumedDigestMismatch(sha256);
     throw new ImageFetchError('digest_mismatch', `the downloaded image has SHA-256 ${sha256}, not the expected ${ctx.expected}; nothing was imported`);
   }
   await rm(partialMetaPath(partialPath), { force: true });
@@ -479,12 +509,17 @@ export async function downloadImage(request: DownloadRequest): Promise<DownloadR
   const ctx: AttemptContext = { request, url, expected, transport };
   const retries = request.retries ?? 3;
   let pause = request.retryDelayMs ?? 1000;
+  let resume = true;
   try {
     for (let attemptNo = 0; ; attemptNo++) {
       try {
         signal.throwIfAborted();
-        return await attempt(ctx, true);
+        return await attempt(ctx, resume);
       } catch (raw) {
+        if (raw instanceof ResumedDigestMismatch && resume) {
+          resume = false;
+          continue;
+        }
         const err = classify(raw, signal);
         if (!(err instanceof ImageFetchError) || !err.transient || attemptNo >= retries) throw err;
       }
@@ -494,6 +529,7 @@ export async function downloadImage(request: DownloadRequest): Promise<DownloadR
         throw classify(err, signal);
       }
       pause *= 2;
+      resume = true;
     }
   } finally {
     transport.httpAgent.destroy();

@@ -7,8 +7,9 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -38,8 +39,14 @@ describe.skipIf(skip)('LvmBackend and QemuImg in a device-mapper guest', () => {
     vm = await startLvmVm({ imagesDir });
     // One command at a time: the guest serves one serial line.
     backend = new LvmBackend({ vgs: [vm.vg], lvmPath: vm.lvmPath, maxConcurrent: 1 });
-    // The image paths are the guest's (/images), which this process cannot stat.
-    qemuImg = new QemuImg({ qemuImgPath: vm.qemuImgPath, maxConcurrent: 1, checkFileVersions: false });
+    // The image paths are the guest's (/images), which this process cannot stat; headers are read from the shared host directory.
+    const hostDir = imagesDir;
+    qemuImg = new QemuImg({
+      qemuImgPath: vm.qemuImgPath,
+      maxConcurrent: 1,
+      checkFileVersions: false,
+      readHeader: async (path, bytes) => (await readFile(join(hostDir, relative('/images', path)))).subarray(0, bytes),
+    });
   }, 300_000);
 
   afterAll(async () => {

@@ -37,6 +37,16 @@ beforeAll(() => {
   // Legacy AES: LUKS creation benchmarks its key derivation and fails under load ("Unable to get accurate CPU usage").
   qi('create', '--object', 'secret,id=sec0,data=abc', '-f', 'qcow2', '-o', 'encrypt.format=aes,encrypt.key-secret=sec0', path('encrypted.qcow2'), '1M');
   qi('create', '-f', 'vmdk', path('disk.vmdk'), '1M');
+  // The issue's cases, literally: a backing file named relative to nothing, and an external data file.
+  writeFileSync(path('base.raw'), Buffer.alloc(MiB));
+  qi('create', '-f', 'qcow2', '-b', path('base.raw'), '-F', 'raw', path('x.qcow2'));
+  qi('create', '-f', 'qcow2', '-o', `data_file=${path('x-data.raw')}`, path('x-data.qcow2'), '1M');
+  // A vmdk descriptor naming an extent file (monolithicFlat), and a VDI.
+  qi('create', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', path('flat.vmdk'), '1M');
+  qi('create', '-f', 'vdi', path('disk.vdi'), '1M');
+  // A "raw" disk whose first bytes are a qcow2 header pointing at /etc/passwd: what a guest can write to its own disk.
+  writeFileSync(path('guest-written.raw'), Buffer.concat([readFileSync(path('evil-backing.qcow2')), Buffer.alloc(MiB)]));
+  execFileSync('mkfifo', [path('fifo.raw')]);
   writeFileSync(path('corrupt.qcow2'), Buffer.from('QFI\xfb\x00\x00\x00\x03garbage', 'latin1'));
   mkdirSync(path('a-directory'));
 });
@@ -68,13 +78,58 @@ describe('QemuImg.info on real files', () => {
     expect(status.details).not.toContain('/');
   });
 
+  it.each([
+    ['x.qcow2', 'backing_file'],
+    ['x-data.qcow2', 'data_file'],
+    ['evil-backing.qcow2', 'backing_file'],
+    ['guest-written.raw', 'backing_file'],
+    ['encrypted.qcow2', 'encrypted'],
+    ['disk.vmdk', 'format'],
+    ['disk.vdi', 'format'],
+  ])('refuses %s (%s) from its header, before qemu-img runs at all', async (file, reason) => {
+    const before = spawned;
+    expect(await rejection(qemuImg.info(path(file)))).toMatchObject({ name: 'ImageRejectedError', reason });
+    expect(spawned).toBe(before);
+  });
+
+  it('runs qemu-img info with -f and the detected format, never letting it probe', async () => {
+    const calls: string[][] = [];
+    const watched = new QemuImg({ onSpawn: (event) => calls.push([...event.args]) });
+    await watched.info(path('disk.qcow2'));
+    await watched.info(path('disk.raw'));
+    expect(calls).toEqual([
+      ['info', '--output=json', '-f', 'qcow2', path('disk.qcow2')],
+      ['info', '--output=json', '-f', 'raw', path('disk.raw')],
+    ]);
+  });
+
+  it('refuses bytes that are not in the declared format (an import that says raw but sends qcow2, and the reverse)', async () => {
+    expect(await rejection(qemuImg.info(path('disk.qcow2'), { format: 'raw' }))).toMatchObject({ reason: 'format_mismatch' });
+    expect(await rejection(qemuImg.info(path('disk.raw'), { format: 'qcow2' }))).toMatchObject({ reason: 'format_mismatch' });
+    expect(await qemuImg.info(path('disk.qcow2'), { format: 'qcow2' })).toMatchObject({ format: 'qcow2' });
+  });
+
+  it('refuses a vmdk descriptor naming other files even where vmdk is allowed; accepts a single-file vmdk and a vdi when configured', async () => {
+    const permissive = new QemuImg({ allowedFormats: ['raw', 'qcow2', 'vmdk', 'vdi'], onSpawn: () => spawned++ });
+    const before = spawned;
+    expect(await rejection(permissive.info(path('flat.vmdk')))).toMatchObject({ name: 'ImageRejectedError', reason: 'data_file' });
+    expect(spawned).toBe(before);
+    expect(await permissive.info(path('disk.vmdk'))).toMatchObject({ format: 'vmdk', virtualSizeBytes: BigInt(MiB) });
+    expect(await permissive.info(path('disk.vdi'))).toMatchObject({ format: 'vdi', virtualSizeBytes: BigInt(MiB) });
+  });
+
+  it('does not hang on a FIFO planted where an image should be', async () => {
+    expect(await rejection(qemuImg.info(path('fifo.raw')))).toMatchObject({ name: 'ExecError', kind: 'failed' });
+  });
+
   it('accepts a configured extra format', async () => {
     expect((await new QemuImg({ allowedFormats: ['raw', 'qcow2', 'vmdk'] }).info(path('disk.vmdk'))).format).toBe('vmdk');
   });
 
   it('reports missing, unreadable and corrupt files with typed errors that hide stderr', async () => {
     const missing = await rejection(qemuImg.info(path('nope.qcow2')));
-    expect(missing).toMatchObject({ name: 'ExecError', kind: 'not_found', exitCode: 1 });
+    // Found missing when its header is read for format detection, before qemu-img runs.
+    expect(missing).toMatchObject({ name: 'ExecError', kind: 'not_found' });
     expect(toStatus(missing, 't')).toMatchObject({ code: Status.NOT_FOUND, details: 'the image file does not exist (trace_id=t)' });
     for (const file of ['a-directory', 'corrupt.qcow2']) {
       const err = await rejection(qemuImg.info(path(file)));

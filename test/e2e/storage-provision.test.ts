@@ -1,7 +1,7 @@
 // ProvisionVolume end to end: the REAL daemon with a REAL Ceph, a REAL metadata-only LVM VG and
 // real qemu-img. Image paths are confined to DEBVISOR_RPCD_IMAGES_DIR (absolute, "..", symlinks
 // out, missing files refused at once with INVALID_ARGUMENT naming image_path); the format is
-// detected by qemu-img; a qcow2 is written into RBD for real through an `rbd:` target and read
+// detected from the header and given to qemu-img with -f; a qcow2 is written into RBD for real through an `rbd:` target and read
 // back. LVM has no /dev/VG/LV on this kernel: the operation fails at the write and removes the
 // LV it made (only that), and the qemu-img argv into the LV device is checked on its own.
 import { execFile } from 'node:child_process';
@@ -184,7 +184,8 @@ describe('ProvisionVolume', () => {
     await expect(manager.provision(key, { sizeBytes: 8n * MIB, tags: {}, owner: 'ci', imagePath: 'linux/disk.qcow2' })).rejects.toThrow();
     const qemu = spawned.filter((e) => e.backend === 'qemu-img').map((e) => e.args);
     expect(qemu).toEqual([
-      ['info', '--output=json', join(images, 'linux', 'disk.qcow2')],
+      // The format is detected from the header by the daemon; qemu-img never probes.
+      ['info', '--output=json', '-f', 'qcow2', join(images, 'linux', 'disk.qcow2')],
       ['convert', '-p', '-f', 'qcow2', '-O', 'raw', '-n', join(images, 'linux', 'disk.qcow2'), `/dev/${lvm.vg}/argv-check`],
     ]);
     // The LV was made for the write and removed after it failed.

@@ -4,14 +4,14 @@
 // and hex IPs, names resolving to loopback, redirects), the redirect limit, http refusal and TLS trust.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ImageFetchError } from '../../src/images/errors.js';
-import { DEFAULT_FETCH_POLICY, downloadImage, partialMetaPath, validateImageUrl, type DownloadRequest, type FetchPolicy } from '../../src/images/fetch.js';
+import { DEFAULT_FETCH_POLICY, discardPartial, downloadImage, partialMetaPath, validateImageUrl, type DownloadRequest, type FetchPolicy } from '../../src/images/fetch.js';
 import { InvalidArgumentError, toStatus } from '../../src/rpc/errors.js';
 import { createTestCa, sha256Hex, startHttpImageServer, startHttpsImageServer, type ImageServer, type TestCa } from '../support/image-server.js';
 import { rejection } from '../support/rejection.js';
@@ -175,9 +175,11 @@ describe('downloadImage over HTTPS with a test CA', () => {
     httpsServer.files.set('/disk.raw', { body: raw });
     const req = request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw) });
     writeFileSync(req.partialPath, raw);
-    const result = await downloadImage(req);
+    const progress: [number, number | undefined][] = [];
+    const result = await downloadImage({ ...req, onProgress: (received, total) => progress.push([received, total]) });
     expect(result).toEqual({ sha256: sha256Hex(raw), bytes: raw.length, resumed: true });
     expect(httpsServer.log).toHaveLength(1);
+    expect(progress).toEqual([[raw.length, raw.length]]);
   });
 
   it('refuses a server whose certificate comes from a CA outside the image trust', async () => {
@@ -188,6 +190,28 @@ describe('downloadImage over HTTPS with a test CA', () => {
     expect(untrustedServer.log).toHaveLength(0);
   });
 
+  it('an unreadable or empty images.ca_file is a clear FAILED_PRECONDITION, not an internal error', async () => {
+    httpsServer.files.set('/disk.raw', { body: raw });
+    writeFileSync(join(dir, 'empty.pem'), '');
+    for (const caFile of [join(dir, 'absent.pem'), join(dir, 'empty.pem')]) {
+      const err = await fetchError(request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw), policy: { ...loopbackPolicy, caFile } }));
+      expect(err.failure).toBe('tls');
+      expect(err.safeMessage).toContain('images.ca_file');
+      expect(toStatus(err, 't').code).toBe(Status.FAILED_PRECONDITION);
+    }
+    expect(httpsServer.log).toHaveLength(0);
+  });
+
+  it('discardPartial removes a partial download and its sidecar', async () => {
+    httpsServer.files.set('/disk.raw', { body: raw, cutAfterBytes: MiB });
+    const req = request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw), retries: 0 });
+    await fetchError(req);
+    expect(existsSync(partialMetaPath(req.partialPath))).toBe(true);
+    await discardPartial(req.partialPath);
+    expect(existsSync(req.partialPath) || existsSync(partialMetaPath(req.partialPath))).toBe(false);
+    await discardPartial(req.partialPath);
+  });
+
   it('without a configured bundle the system CAs are used, which do not include the test CA', async () => {
     httpsServer.files.set('/disk.raw', { body: raw });
     const err = await fetchError(request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw), policy: { ...loopbackPolicy, caFile: undefined } }));
@@ -195,11 +219,48 @@ describe('downloadImage over HTTPS with a test CA', () => {
     expect(httpsServer.log).toHaveLength(0);
   });
 
-  it('refuses a certificate that does not name the host (localhost is in it; 127.0.0.2 is not)', async () => {
+  it('refuses a certificate that does not name the host, from the trusted CA all the same', async () => {
     httpsServer.files.set('/disk.raw', { body: raw });
-    const err = await fetchError(request({ url: `https://127.0.0.2:${httpsServer.port}/disk.raw`, expectedSha256: sha256Hex(raw) }));
-    // The server listens on 127.0.0.1 only, so this is either refused at connect or at the name check: never a download.
-    expect(['tls', 'network']).toContain(err.failure);
+    // A name the certificate lacks, resolved to the server (a stand-in for DNS; the guard allows loopback here).
+    const resolveHost = () => Promise.resolve([{ address: '127.0.0.1', family: 4 }]);
+    const err = await fetchError(request({ url: `https://images.example.test:${httpsServer.port}/disk.raw`, expectedSha256: sha256Hex(raw), resolveHost }));
+    expect(err.failure).toBe('tls');
+    expect(err.safeMessage).toContain('ERR_TLS_CERT_ALTNAME_INVALID');
+    expect(httpsServer.log).toHaveLength(0);
+  });
+
+  it('a resumed file with the wrong digest (changed on a server without validators) is downloaded again whole', async () => {
+    httpsServer.files.set('/disk.raw', { body: raw, noValidators: true });
+    const req = request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw) });
+    // What an earlier download of the old file left: the right size of prefix, other bytes.
+    writeFileSync(req.partialPath, randomBytes(MiB));
+    const result = await downloadImage(req);
+    expect(result).toEqual({ sha256: sha256Hex(raw), bytes: raw.length, resumed: false });
+    expect(httpsServer.log.map((r) => [r.range, r.ifRange])).toEqual([
+      [`bytes=${MiB}-`, undefined],
+      [undefined, undefined],
+    ]);
+    expect(readFileSync(req.partialPath).equals(raw)).toBe(true);
+  });
+
+  it('a server that stops sending fails the attempt after the idle timeout, keeping what arrived', async () => {
+    // Plain http, so no handshake on a loaded machine eats into the idle budget.
+    httpServer.files.set('/disk.raw', { body: raw, stallAfterBytes: 256 * 1024 });
+    const policy = { ...loopbackPolicy, allowHttp: true };
+    const req = request({ url: `${httpServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw), policy, idleTimeoutMs: 1000, retries: 0 });
+    const err = await fetchError(req);
+    expect(err.failure).toBe('network');
+    expect(readFileSync(req.partialPath).length).toBe(256 * 1024);
+  });
+
+  it('never writes through a symlink planted at the partial path', async () => {
+    httpsServer.files.set('/disk.raw', { body: raw });
+    const req = request({ url: `${httpsServer.origin}/disk.raw`, expectedSha256: sha256Hex(raw) });
+    const victim = join(dir, 'victim.txt');
+    writeFileSync(victim, 'precious');
+    symlinkSync(victim, req.partialPath);
+    await rejection(downloadImage(req));
+    expect(readFileSync(victim, 'utf8')).toBe('precious');
   });
 });
 
@@ -305,6 +366,9 @@ describe('the SSRF guard', () => {
     'https://[fe80::1]/x',
     'https://224.0.0.1/x',
     'https://[::]/x',
+    'https://127.0.0.1.:PORT/disk.raw',
+    'https://[::127.0.0.1]:PORT/disk.raw', // IPv4-compatible
+    'https://[2002:7f00:1::]/x', // 6to4 of 127.0.0.1
   ];
 
   it.each(refusedUrls)('the default policy refuses %s', async (template) => {
@@ -315,6 +379,14 @@ describe('the SSRF guard', () => {
     expect(toStatus(err, 't').code).toBe(Status.FAILED_PRECONDITION);
     // Never tells which address a name resolved to (only literal addresses, the caller's own input, appear).
     if (url.includes('localhost')) expect(err.safeMessage).not.toMatch(/127\.0\.0\.1|::1/);
+    expect(httpsServer.log).toHaveLength(0);
+  });
+
+  it('a trailing-dot name for loopback never reaches the server (refused, or not resolvable on this host)', async () => {
+    httpsServer.files.set('/disk.raw', { body: raw });
+    const url = `https://localhost.:${httpsServer.port}/disk.raw`;
+    const err = await fetchError(request({ url, expectedSha256: sha256Hex(raw), policy: { ...DEFAULT_FETCH_POLICY, caFile: ca.caFile }, retries: 0 }));
+    expect(['address_refused', 'network']).toContain(err.failure);
     expect(httpsServer.log).toHaveLength(0);
   });
 

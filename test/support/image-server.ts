@@ -17,6 +17,10 @@ export interface ServedFile {
   /** Destroy the socket after this many body bytes, for the next `cutTimes` requests (default 1). */
   cutAfterBytes?: number;
   cutTimes?: number;
+  /** Send this many body bytes, then nothing more (the connection stays open): a stalled server. */
+  stallAfterBytes?: number;
+  /** Send no ETag or Last-Modified: a resume cannot ask "only if unchanged". */
+  noValidators?: boolean;
   /** Send this Content-Length instead of the real one (then cut the connection at the real end). */
   declaredLength?: number;
   /** Send no Content-Length (chunked), so only the streamed size tells. */
@@ -69,9 +73,10 @@ function serve(files: Map<string, ServedFile>, log: LoggedRequest[], req: Incomi
   const etag = file.etag ?? `"${sha256Hex(file.body)}"`;
   let start = 0;
   let status = 200;
-  const headers: Record<string, string> = { etag, 'accept-ranges': file.ranges === false ? 'none' : 'bytes' };
+  const headers: Record<string, string> = { 'accept-ranges': file.ranges === false ? 'none' : 'bytes' };
+  if (file.noValidators !== true) headers.etag = etag;
   const match = /^bytes=(\d+)-$/.exec(range ?? '');
-  const validatorOk = ifRangeHeader === undefined || ifRangeHeader === etag;
+  const validatorOk = ifRangeHeader === undefined || (file.noValidators !== true && ifRangeHeader === etag);
   if (file.ranges !== false && match && validatorOk) {
     start = Number(match[1]);
     if (start >= file.body.length) {
@@ -84,6 +89,10 @@ function serve(files: Map<string, ServedFile>, log: LoggedRequest[], req: Incomi
   const body = file.body.subarray(start);
   if (file.chunked !== true) headers['content-length'] = String(file.declaredLength ?? body.length);
   res.writeHead(status, headers);
+  if (file.stallAfterBytes !== undefined) {
+    res.write(body.subarray(0, file.stallAfterBytes));
+    return;
+  }
   const cutTimes = file.cutTimes ?? 1;
   if (file.cutAfterBytes !== undefined && cutTimes > 0) {
     file.cutTimes = cutTimes - 1;

@@ -6,13 +6,17 @@
 //  - it is a qcow2 with an external data file (same problem, different field);
 //  - it is encrypted (we have no secret to give qemu), or its format is not in the allow-list
 //    (default raw and qcow2: vmdk descriptors, for one, can name arbitrary extent files).
-// convert always names the source format from info, so the bytes are never probed twice
-// (a raw image whose content looks like qcow2 stays raw).
-import { stat } from 'node:fs/promises';
+// info never lets qemu probe: the format is detected from the file's header by us (format.ts), unsafe
+// headers are refused before qemu-img runs, then `info -f <format>` confirms; a declared format (an
+// import's) must match what the bytes are. convert always names the source format from info, so the
+// bytes are never probed (a raw image whose content looks like qcow2 stays raw).
+import { constants as fsConstants } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { Registry } from 'prom-client';
 import { createExecutor, ExecError, ExecUsageError, type ClassifyRule, type Executor, type SpawnEvent } from '../exec.js';
 import { progressParser } from '../progress.js';
+import { detectImageFormat, HEADER_BYTES } from './format.js';
 import { RpcError } from '../../rpc/errors.js';
 import type { CallOptions, ProgressFn } from '../storage-backend.js';
 
@@ -35,6 +39,11 @@ export interface QemuImgOptions {
    * true. Only a qemu-img that sees another filesystem than this process (a test guest) turns it off.
    */
   readonly checkFileVersions?: boolean;
+  /**
+   * Reads the first `bytes` bytes of an image (fewer when it is shorter) for format detection; default
+   * from this process's file system. Only a qemu-img in a test guest, seeing other paths, needs another.
+   */
+  readonly readHeader?: (path: string, bytes: number) => Promise<Buffer>;
   /** Metrics registry for backend_command_duration_seconds; default a private one. */
   readonly registry?: Registry;
   readonly onSpawn?: (event: SpawnEvent) => void;
@@ -67,8 +76,13 @@ export interface ConvertRequest extends CallOptions {
   readonly timeoutMs?: number;
 }
 
-/** Why an image was refused. */
-export type ImageRejection = 'backing_file' | 'data_file' | 'encrypted' | 'format';
+/** Why an image was refused. `format_mismatch`: the bytes are not in the format the caller declared. */
+export type ImageRejection = 'backing_file' | 'data_file' | 'encrypted' | 'format' | 'format_mismatch';
+
+export interface InfoOptions extends CallOptions {
+  /** The format the caller says the image is in (an import's `format`): the bytes must be in it. */
+  readonly format?: string;
+}
 
 /** An image file qemu-img can read but we will not provision from. INVALID_ARGUMENT; the message names no path. */
 export class ImageRejectedError extends RpcError {
@@ -112,6 +126,34 @@ async function fileVersion(path: string): Promise<FileVersion | undefined> {
 
 function sameVersion(a: FileVersion | undefined, b: FileVersion | undefined): boolean {
   return a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino && a.ctimeNs === b.ctimeNs && a.size === b.size;
+}
+
+/**
+ * The first `bytes` bytes of a regular file. O_NONBLOCK: a FIFO planted where an image should be
+ * must not hang the call. Failures read like qemu-img's (ExecError), so callers see one kind of error.
+ */
+async function readLocalHeader(path: string, bytes: number): Promise<Buffer> {
+  let handle;
+  try {
+    handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new ExecError({ kind: 'not_found', backend: 'qemu-img', command: 'info', stderr: `${path}: No such file or directory`, publicMessage: 'the image file does not exist', cause: err });
+    throw new ExecError({ kind: 'failed', backend: 'qemu-img', command: 'info', stderr: `${path}: cannot open: ${code ?? String(err)}`, cause: err });
+  }
+  try {
+    if (!(await handle.stat()).isFile()) throw new ExecError({ kind: 'failed', backend: 'qemu-img', command: 'info', stderr: `${path}: not a regular file` });
+    const buffer = Buffer.alloc(bytes);
+    let filled = 0;
+    while (filled < bytes) {
+      const { bytesRead } = await handle.read(buffer, filled, bytes - filled, filled);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    return buffer.subarray(0, filled);
+  } finally {
+    await handle.close();
+  }
 }
 
 /** How many approved files convert() remembers (an info() whose convert never comes must not grow memory). */
@@ -207,6 +249,11 @@ export function parseImageInfo(stdout: string, allowedFormats: readonly string[]
   if (specific?.['data-file'] !== undefined) {
     throw new ImageRejectedError('data_file', 'the image keeps its data in an external file; only self-contained images can be provisioned');
   }
+  // A vmdk (even a single sparse file) may list further extents in its embedded descriptor.
+  const extents = specific?.extents;
+  if (format === 'vmdk' && (!Array.isArray(extents) || extents.some((extent) => object(extent)?.filename !== doc.filename))) {
+    throw new ImageRejectedError('data_file', 'the vmdk image keeps its data in other files; only single-file images can be provisioned');
+  }
   if (doc.encrypted === true) throw new ImageRejectedError('encrypted', 'the image is encrypted; provision from an unencrypted image');
   if (!allowedFormats.includes(format)) {
     throw new ImageRejectedError('format', `images in ${JSON.stringify(format)} format are not accepted (allowed: ${allowedFormats.join(', ')})`);
@@ -226,12 +273,14 @@ export class QemuImg {
   /** Path → the file version info() approved; convert() refuses a file that is no longer that version. */
   private readonly approved = new Map<string, FileVersion>();
   private readonly checkFileVersions: boolean;
+  private readonly readHeader: (path: string, bytes: number) => Promise<Buffer>;
 
   constructor(options: QemuImgOptions = {}) {
     this.allowedFormats = options.allowedFormats ?? DEFAULT_IMAGE_FORMATS;
     for (const f of this.allowedFormats) if (!/^[a-z0-9]+$/.test(f)) throw new ExecUsageError('allowedFormats must be qemu format names');
     this.convertTimeoutMs = options.convertTimeoutMs ?? 24 * 3600_000;
     this.checkFileVersions = options.checkFileVersions ?? true;
+    this.readHeader = options.readHeader ?? readLocalHeader;
     this.executor = createExecutor({
       backend: 'qemu-img',
       binaries: { 'qemu-img': options.qemuImgPath ?? DEFAULT_QEMU_IMG },
@@ -246,13 +295,26 @@ export class QemuImg {
     });
   }
 
-  /** Format and sizes of an image file, or ImageRejectedError when it is not safe to provision from. */
-  async info(path: string, options: CallOptions = {}): Promise<ImageInfo> {
+  /**
+   * Format and sizes of an image file, or ImageRejectedError when it is not safe to provision from:
+   * the format is detected from the header (unsafe headers and formats outside the allow-list are
+   * refused before qemu-img runs), then `qemu-img info -f <format>` is checked again.
+   * This is the inspection an import runs on a downloaded or uploaded file before publishing it.
+   */
+  async info(path: string, options: InfoOptions = {}): Promise<ImageInfo> {
     const file = checkSourcePath(path, 'image path');
     const before = await fileVersion(file);
-    // No -f: detecting the format is the point. info never opens backing files, so probing here is safe.
-    const result = await this.executor.run('qemu-img', ['info', '--output=json', file], { signal: options.signal });
+    const detected = detectImageFormat(await this.readHeader(file, HEADER_BYTES));
+    if (options.format !== undefined && options.format !== detected.format) {
+      throw new ImageRejectedError('format_mismatch', `the image is in ${JSON.stringify(detected.format)} format, not the declared ${JSON.stringify(options.format)}`);
+    }
+    if (detected.unsafe) throw new ImageRejectedError(detected.unsafe.reason, detected.unsafe.message);
+    if (!this.allowedFormats.includes(detected.format)) {
+      throw new ImageRejectedError('format', `images in ${JSON.stringify(detected.format)} format are not accepted (allowed: ${this.allowedFormats.join(', ')})`);
+    }
+    const result = await this.executor.run('qemu-img', ['info', '--output=json', '-f', detected.format, file], { signal: options.signal });
     const info = parseImageInfo(this.executor.check(result, QEMU_IMG_RULES).stdout, this.allowedFormats);
+    if (info.format !== detected.format) throw malformed('info', `format ${info.format} where ${detected.format} was given`);
     if (!this.checkFileVersions) return info;
     if (before === undefined || !sameVersion(before, await fileVersion(file))) throw new ImageChangedError();
     // Re-inserted so the Map's order is least recently approved first.
