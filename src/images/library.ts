@@ -92,6 +92,12 @@ export interface LibraryImage {
 
 export type ImportOutcome = 'downloaded' | 'cache_hit' | 'joined';
 
+/** How an import runs: its signal, and where its progress goes (bytes while downloading). */
+export interface ImportRun {
+  readonly signal: AbortSignal;
+  readonly onProgress: (percent: number, stage: string, bytes?: { done: number; total?: number | undefined }) => void;
+}
+
 function isShutdown(signal: AbortSignal): boolean {
   return signal.aborted && signal.reason instanceof RpcError && signal.reason.code === 'UNAVAILABLE';
 }
@@ -227,7 +233,7 @@ export class ImageLibrary {
    */
   async import(
     request: ImportRequest,
-    run: { signal: AbortSignal; onProgress: (percent: number, stage: string) => void },
+    run: ImportRun,
   ): Promise<{ record: ImageRecord; outcome: ImportOutcome }> {
     let outcome: ImportOutcome = 'cache_hit';
     let record: ImageRecord | undefined;
@@ -262,7 +268,7 @@ export class ImageLibrary {
     if (outcome !== 'downloaded') this.metrics.cacheHits.inc();
     this.metrics.imports.inc({ result: outcome });
     if (request.name) await this.setAlias(request.name, request.sha256, request.replaceAlias);
-    run.onProgress(100, outcome === 'downloaded' ? 'published' : 'already in the library');
+    run.onProgress(100, outcome === 'downloaded' ? 'published' : 'already in the library', { done: record.size_bytes, total: record.size_bytes });
     return { record, outcome };
   }
 
@@ -288,7 +294,7 @@ export class ImageLibrary {
     return record && (await this.filePresent(sha256)) ? record : undefined;
   }
 
-  private async downloadAndPublish(request: ImportRequest, run: { signal: AbortSignal; onProgress: (percent: number, stage: string) => void }): Promise<ImageRecord> {
+  private async downloadAndPublish(request: ImportRequest, run: ImportRun): Promise<ImageRecord> {
     const { sha256 } = request;
     const partial = this.partialPathOf(sha256);
     const final = this.pathOf(sha256);
@@ -311,7 +317,7 @@ export class ImageLibrary {
         onBytesReceived: (bytes) => this.metrics.bytes.inc(bytes),
         onProgress: (received, total) => {
           const percent = total ? (received / total) * 95 : 0;
-          run.onProgress(percent, total ? `downloading ${received} of ${total} bytes` : `downloading ${received} bytes`);
+          run.onProgress(percent, total ? `downloading ${received} of ${total} bytes` : `downloading ${received} bytes`, { done: received, total });
         },
       }).catch((err: unknown) => {
         if (err instanceof ImageFetchError && err.failure === 'too_large' && maxBytes < settings.maxBytes) {

@@ -55,7 +55,7 @@ export function registerImageOperationKinds(operations: OperationManager, librar
   operations.register(IMPORT_IMAGE, {
     resumable: true,
     run: async (op) => {
-      const { record } = await library.import(op.params, { signal: op.signal, onProgress: (percent, stage) => op.progress(percent, stage) });
+      const { record } = await library.import(op.params, { signal: op.signal, onProgress: (percent, stage, bytes) => op.progress(percent, stage, bytes) });
       return { case: 'importedImage', value: imageMessage(await library.require({ kind: 'digest', sha256: record.sha256 })) };
     },
   });

@@ -130,6 +130,9 @@ export const operationRecord = z.strictObject({
   state: z.enum(operationStates),
   progress_percent: z.number().min(0).max(100),
   stage: z.string(),
+  /** Work measured in bytes (image imports): done so far, and the total when known. */
+  progress_bytes: z.number().int().nonnegative().optional(),
+  total_bytes: z.number().int().nonnegative().optional(),
   error: z.strictObject({ code: z.number().int(), message: z.string() }).optional(),
   /** `{ case, value }`: the Operation.result member and its message's protobuf JSON (src/operations/kinds.ts). */
   result: z.unknown().optional(),

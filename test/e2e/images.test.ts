@@ -312,12 +312,18 @@ describe('ImageService', () => {
     const hold = server.holdAfter('/concurrent.raw', 1024 * 1024);
     const first = (await images.importImage({ url: server.url('/concurrent.raw'), sha256: sha(body), name: 'concurrent-a' }, T)).operation;
     await hold.held;
+    // Progress in bytes while the body is held: what arrived, of the total the server announced.
+    await until('the first import to report its bytes', async () => {
+      const op = (await ops.getOperation({ operationId: first!.id }, T)).operation;
+      return op?.progressBytes === BigInt(1024 * 1024) && op.totalBytes === BigInt(body.length);
+    });
     const second = (await images.importImage({ url: server.url('/concurrent.raw'), sha256: sha(body), name: 'concurrent-b' }, T)).operation;
     // The second waits on the first rather than downloading too.
     await until('the second import to wait', async () => (await ops.getOperation({ operationId: second!.id }, T)).operation?.stage.includes('waiting') === true);
     hold.release();
     const [a, b] = await Promise.all([finished(ops, first), finished(ops, second)]);
     expect([a.state, b.state]).toEqual([OperationState.SUCCEEDED, OperationState.SUCCEEDED]);
+    expect([a.progressBytes, a.totalBytes, b.progressBytes]).toEqual([BigInt(body.length), BigInt(body.length), BigInt(body.length)]);
     expect(server.requests('/concurrent.raw')).toHaveLength(1);
     expect((await images.getImage({ image: 'concurrent-a' }, T)).image?.aliases).toEqual(['concurrent-a', 'concurrent-b']);
     expect(metricSum(await metricsText(daemon), 'image_imports_total', { result: 'joined' })).toBe(1);
