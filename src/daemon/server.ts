@@ -336,7 +336,12 @@ export class Daemon {
         [OperationService.typeName]: operationHandlers(operations, access),
         [VmService.typeName]: vmHandlers({ libvirt, inventory: liveInventory, operations, quotas, snapshotOwners, node: () => config.node.name }),
         [StorageService.typeName]: storageHandlers({ storage, operations, images }),
-        [ImageService.typeName]: imageHandlers({ library: images, operations, validateUrl: (url, field) => void validateImageUrl(url, field) }),
+        [ImageService.typeName]: imageHandlers({
+          library: images,
+          operations,
+          validateUrl: (url, field) => void validateImageUrl(url, field),
+          allowedFormats: () => settings().images.allowed_formats,
+        }),
         [NodeService.typeName]: nodeHandlers(nodes),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, metrics.registry),

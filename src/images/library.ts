@@ -98,6 +98,16 @@ export interface ImportRun {
   readonly onProgress: (percent: number, stage: string, bytes?: { done: number; total?: number | undefined }) => void;
 }
 
+/** A URL as the image record keeps it: no query or fragment, which may carry a signature or token. */
+function withoutQuery(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.origin}${parsed.pathname}`;
+  } catch {
+    return '';
+  }
+}
+
 function isShutdown(signal: AbortSignal): boolean {
   return signal.aborted && signal.reason instanceof RpcError && signal.reason.code === 'UNAVAILABLE';
 }
@@ -344,7 +354,7 @@ export class ImageLibrary {
         format: info.format,
         virtual_size_bytes: Number(info.virtualSizeBytes),
         source: 'url',
-        source_url: request.url,
+        source_url: withoutQuery(request.url),
         owner: request.owner,
         quota_gb: charged,
         created_at: new Date().toISOString(),

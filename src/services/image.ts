@@ -66,6 +66,8 @@ export interface ImageHandlerDeps {
   readonly operations: OperationManager;
   /** Checks an image URL (scheme, host, no credentials) before anything is fetched; throws InvalidArgumentError naming `field`. */
   readonly validateUrl: (url: string, field: string) => void;
+  /** The formats this node accepts (images.allowed_formats). */
+  readonly allowedFormats: () => readonly string[];
 }
 
 function principalOf(ctx: CallContext) {
@@ -73,7 +75,7 @@ function principalOf(ctx: CallContext) {
   return ctx.principal;
 }
 
-export function imageHandlers({ library, operations, validateUrl }: ImageHandlerDeps): HandlersOf<typeof ImageService> {
+export function imageHandlers({ library, operations, validateUrl, allowedFormats }: ImageHandlerDeps): HandlersOf<typeof ImageService> {
   /** Whether a scoped key's image globs let it see an image (by one of its names or its digest). */
   const visibleTo = (ctx: CallContext) => {
     const globs = (principalOf(ctx).apiKey?.resourceGlobs ?? []).filter((g) => g.kind === 'image').map((g) => g.glob);
@@ -89,6 +91,9 @@ export function imageHandlers({ library, operations, validateUrl }: ImageHandler
       validateUrl(request.url, 'url');
       const name = request.name === '' ? '' : validateAlias(request.name, 'name');
       if (request.format !== '' && !FORMAT.test(request.format)) throw new InvalidArgumentError('format', 'a qemu-img format name such as raw or qcow2');
+      if (request.format !== '' && !allowedFormats().includes(request.format)) {
+        throw new InvalidArgumentError('format', `not accepted on this node (allowed: ${allowedFormats().join(', ')})`);
+      }
       if (request.replaceAlias && name === '') throw new InvalidArgumentError('replace_alias', 'needs a name to re-point');
       // A name held by another digest is answered now, not as a failed operation.
       if (name) await library.checkAlias(name, sha256, request.replaceAlias, 'name');

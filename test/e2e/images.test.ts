@@ -86,7 +86,7 @@ class ImageServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = req.url ?? '';
+    const path = (req.url ?? '').split('?')[0] ?? '';
     const range = req.headers.range;
     this.log.push({ path, range });
     const served = this.files.get(path);
@@ -233,6 +233,7 @@ describe('ImageService', () => {
       [{ ...good, name: 'a/b' }, 'name: '],
       [{ ...good, name: 'sha256:abc' }, 'name: '],
       [{ ...good, format: 'QCOW2!' }, 'format: '],
+      [{ ...good, format: 'vmdk' }, 'format: not accepted on this node (allowed: raw, qcow2)'],
       [{ ...good, replaceAlias: true }, 'replace_alias: '],
     ];
     for (const [request, problem] of cases) {
@@ -251,7 +252,7 @@ describe('ImageService', () => {
 
   it('imports a qcow2 image into sha256/<digest>, records it, and charges images_gb', async () => {
     const digest = sha(qcow2);
-    const { operation } = await images.importImage({ url: server.url('/debian.qcow2'), sha256: digest.toUpperCase(), name: 'debian-12' }, T);
+    const { operation } = await images.importImage({ url: `${server.url('/debian.qcow2')}?signature=secret#x`, sha256: digest.toUpperCase(), name: 'debian-12', format: 'qcow2' }, T);
     expect(operation?.kind).toBe(OperationKind.IMPORT_IMAGE);
     expect(operation?.target).toBe('debian-12');
     const done = await finished(ops, operation);

@@ -66,7 +66,8 @@ export type Image = Message<"debvisor.v1.Image"> & {
   source: ImageSource;
 
   /**
-   * The URL it was imported from; empty for an upload.
+   * The URL it was imported from, without its query and fragment (a signed
+   * URL's token is not kept); empty for an upload.
    *
    * @generated from field: string source_url = 7;
    */
