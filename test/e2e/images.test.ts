@@ -319,6 +319,10 @@ describe('ImageService', () => {
       return op?.progressBytes === BigInt(1024 * 1024) && op.totalBytes === BigInt(body.length);
     });
     const second = (await images.importImage({ url: server.url('/concurrent.raw'), sha256: sha(body), name: 'concurrent-b' }, T)).operation;
+    // Nothing may delete what is being imported.
+    const busy = await rejection(images.deleteImage({ image: `sha256:${sha(body)}` }, T));
+    expect(busy.code).toBe(Status.FAILED_PRECONDITION);
+    expect(busy.details).toContain('being imported');
     // The second waits on the first rather than downloading too.
     await until('the second import to wait', async () => (await ops.getOperation({ operationId: second!.id }, T)).operation?.stage.includes('waiting') === true);
     hold.release();
