@@ -215,7 +215,7 @@ export class ImageLibrary {
   /** Refuses at call time a name that points at another digest when re-pointing was not asked for. */
   async checkAlias(name: string, sha256: string, replace: boolean, field: string): Promise<void> {
     const current = (await this.options.repos.imageAliases.get([this.node, name]))?.value;
-    if (current && current.sha256 !== sha256 && !replace) {
+    if (current && current.sha256 !== sha256 && !replace && (await this.options.repos.images.get([this.node, current.sha256]))) {
       throw new RpcError('ALREADY_EXISTS', `${field}: image name "${name}" already points at ${DIGEST_PREFIX}${current.sha256}; set replace_alias to re-point it`);
     }
   }
@@ -226,7 +226,8 @@ export class ImageLibrary {
     await retryOnConflict(async () => {
       const current = await this.options.repos.imageAliases.get(id);
       if (current?.value.sha256 === sha256) return;
-      if (current && !replace) {
+      // A name left pointing at a deleted image is free.
+      if (current && !replace && (await this.options.repos.images.get([this.node, current.value.sha256]))) {
         throw new RpcError('ALREADY_EXISTS', `image name "${name}" already points at ${DIGEST_PREFIX}${current.value.sha256}; set replace_alias to re-point it`);
       }
       const record: ImageAliasRecord = { schema_version: 1, node: this.node, name, sha256, updated_at: new Date().toISOString() };
@@ -277,7 +278,16 @@ export class ImageLibrary {
     }
     if (outcome !== 'downloaded') this.metrics.cacheHits.inc();
     this.metrics.imports.inc({ result: outcome });
-    if (request.name) await this.setAlias(request.name, request.sha256, request.replaceAlias);
+    if (request.name) {
+      // In use while it is named: a DeleteImage now would leave the name pointing at nothing.
+      const release = this.use(request.sha256);
+      try {
+        if (!(await this.presentRecord(request.sha256))) throw new RpcError('ABORTED', `image ${DIGEST_PREFIX}${request.sha256} was deleted while it was being imported; retry`);
+        await this.setAlias(request.name, request.sha256, request.replaceAlias);
+      } finally {
+        release();
+      }
+    }
     run.onProgress(100, outcome === 'downloaded' ? 'published' : 'already in the library', { done: record.size_bytes, total: record.size_bytes });
     return { record, outcome };
   }
