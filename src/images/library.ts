@@ -10,7 +10,8 @@
 // share one download (later ones wait for the first). The files are this node's, so the
 // records are per node too; two daemons of one node sharing an images directory would each
 // download once (not deduplicated across daemons).
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { createHash, randomUUID } from 'node:crypto';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { Counter, type Registry } from 'prom-client';
@@ -71,6 +72,16 @@ export interface ImageLibraryOptions {
   readonly downloadSettings: () => { readonly policy: DownloadPolicy; readonly maxBytes: number };
   readonly registry: Registry;
   readonly log: Logger;
+}
+
+export interface UploadRequest {
+  readonly sha256: string;
+  readonly name: string;
+  readonly format: string;
+  readonly replaceAlias: boolean;
+  readonly owner: string;
+  /** Announced by the caller (0: unknown): refused at once when over the cap. */
+  readonly sizeBytes: number;
 }
 
 export interface ImportRequest {
@@ -148,6 +159,12 @@ export class ImageLibrary {
       imports: new Counter({
         name: 'image_imports_total',
         help: 'Finished imports, by result: downloaded, cache_hit (digest already present), joined (waited for a concurrent import), failed.',
+        labelNames: ['result'] as const,
+        registers,
+      }),
+      uploads: new Counter({
+        name: 'image_uploads_total',
+        help: 'Finished uploads (UploadImage), by result: stored, cache_hit (digest already present). Failures are not counted here.',
         labelNames: ['result'] as const,
         registers,
       }),
@@ -317,7 +334,6 @@ export class ImageLibrary {
   private async downloadAndPublish(request: ImportRequest, run: ImportRun): Promise<ImageRecord> {
     const { sha256 } = request;
     const partial = this.partialPathOf(sha256);
-    const final = this.pathOf(sha256);
     await mkdir(join(this.options.imagesDir(), 'sha256', '.partial'), { recursive: true, mode: 0o750 });
     const settings = this.options.downloadSettings();
     let charged = 0;
@@ -347,35 +363,7 @@ export class ImageLibrary {
       });
       // The downloader checks the digest while streaming; a second look costs nothing and guards its contract.
       if (result.sha256 !== sha256) throw new RpcError('FAILED_PRECONDITION', `sha256: the download's digest is ${result.sha256}, not the expected ${sha256}; nothing was published`);
-      run.onProgress(96, 'inspecting');
-      const info = await this.options.inspector.info(partial, { signal: run.signal });
-      if (request.format && info.format !== request.format) {
-        throw new RpcError('FAILED_PRECONDITION', `format: the image is ${info.format}, not ${request.format}; nothing was published`);
-      }
-      charged = gibOf(BigInt(result.bytes));
-      if (charged > 0) await this.options.quotas.consume(request.owner, 'images_gb', charged);
-      // A record left behind by an image whose file went missing held its owner's quota: give it back.
-      const stale = await this.options.repos.images.get([this.node, sha256]);
-      const record: ImageRecord = {
-        schema_version: 1,
-        node: this.node,
-        sha256,
-        size_bytes: result.bytes,
-        format: info.format,
-        virtual_size_bytes: Number(info.virtualSizeBytes),
-        source: 'url',
-        source_url: withoutQuery(request.url),
-        owner: request.owner,
-        quota_gb: charged,
-        created_at: new Date().toISOString(),
-      };
-      run.onProgress(98, 'publishing');
-      await rename(partial, final);
-      for (const file of this.options.partialCompanions?.(partial) ?? []) await rm(file, { force: true });
-      await this.options.repos.images.put([this.node, sha256], record);
-      if (stale && stale.value.quota_gb > 0) await this.options.quotas.release(stale.value.owner, 'images_gb', stale.value.quota_gb);
-      this.options.log.info({ sha256, bytes: result.bytes, resumed: result.resumed, format: info.format }, 'image published');
-      return record;
+      return await this.publish(partial, { bytes: result.bytes, source: 'url', sourceUrl: withoutQuery(request.url) }, request, run, (gb) => (charged = gb));
     } catch (err) {
       if (charged > 0) await this.options.quotas.release(request.owner, 'images_gb', charged).catch(() => undefined);
       // A daemon stopping keeps what it has so far: the resumed operation continues it with a Range request.
@@ -384,6 +372,118 @@ export class ImageLibrary {
       }
       throw err;
     }
+  }
+
+  /**
+   * The end of every way in: inspects the verified file at `partial`, charges the owner's images_gb
+   * (reported through `charged`, for the caller to give back if something later fails) and renames
+   * it into place with its record.
+   */
+  private async publish(
+    partial: string,
+    source: { bytes: number; source: ImageRecord['source']; sourceUrl: string },
+    request: { sha256: string; format: string; owner: string },
+    run: ImportRun,
+    charged: (gb: number) => void,
+  ): Promise<ImageRecord> {
+    const { sha256 } = request;
+    run.onProgress(96, 'inspecting');
+    const info = await this.options.inspector.info(partial, { signal: run.signal });
+    if (request.format && info.format !== request.format) {
+      throw new RpcError('FAILED_PRECONDITION', `format: the image is ${info.format}, not ${request.format}; nothing was published`);
+    }
+    const gb = gibOf(BigInt(source.bytes));
+    if (gb > 0) {
+      await this.options.quotas.consume(request.owner, 'images_gb', gb);
+      charged(gb);
+    }
+    // A record left behind by an image whose file went missing held its owner's quota: give it back.
+    const stale = await this.options.repos.images.get([this.node, sha256]);
+    const record: ImageRecord = {
+      schema_version: 1,
+      node: this.node,
+      sha256,
+      size_bytes: source.bytes,
+      format: info.format,
+      virtual_size_bytes: Number(info.virtualSizeBytes),
+      source: source.source,
+      source_url: source.sourceUrl,
+      owner: request.owner,
+      quota_gb: gb,
+      created_at: new Date().toISOString(),
+    };
+    run.onProgress(98, 'publishing');
+    await rename(partial, this.pathOf(sha256));
+    for (const file of this.options.partialCompanions?.(partial) ?? []) await rm(file, { force: true });
+    await this.options.repos.images.put([this.node, sha256], record);
+    if (stale && stale.value.quota_gb > 0) await this.options.quotas.release(stale.value.owner, 'images_gb', stale.value.quota_gb);
+    this.options.log.info({ sha256, bytes: source.bytes, source: source.source, format: info.format }, 'image published');
+    return record;
+  }
+
+  // ---- upload ----------------------------------------------------------------------------------
+
+  /**
+   * Stores an uploaded image: the chunks go to a partial file of their own (an import of the same
+   * digest keeps its own), hashed as they arrive and capped by images.max_bytes and the owner's
+   * quota; then the same checks and publication as an import. A digest already present is a cache
+   * hit (the chunks are not read).
+   */
+  async upload(request: UploadRequest, chunks: AsyncIterable<Uint8Array>, signal: AbortSignal): Promise<{ record: ImageRecord; outcome: ImportOutcome }> {
+    const run: ImportRun = { signal, onProgress: () => undefined };
+    let record = await this.presentRecord(request.sha256);
+    let outcome: ImportOutcome = 'cache_hit';
+    if (!record) {
+      const room = await this.roomOf(request.owner);
+      const maxBytes = Math.min(this.options.downloadSettings().maxBytes, room);
+      const limitText = () => (maxBytes < this.options.downloadSettings().maxBytes ? `the ${Math.floor(maxBytes / Number(GIB))} GiB left of the images_gb quota` : `images.max_bytes (${maxBytes} bytes)`);
+      if (room <= 0) throw new RpcError('RESOURCE_EXHAUSTED', `quota exceeded: images_gb of ${request.owner} is used up`);
+      if (request.sizeBytes > maxBytes) throw new RpcError('RESOURCE_EXHAUSTED', `header.size_bytes: ${request.sizeBytes} bytes is more than ${limitText()}`);
+      await mkdir(join(this.options.imagesDir(), 'sha256', '.partial'), { recursive: true, mode: 0o750 });
+      const partial = `${this.partialPathOf(request.sha256)}.upload-${randomUUID()}`;
+      let charged = 0;
+      try {
+        const hash = createHash('sha256');
+        let bytes = 0;
+        const file = await open(partial, 'wx', 0o640);
+        try {
+          for await (const chunk of chunks) {
+            signal.throwIfAborted();
+            bytes += chunk.length;
+            if (bytes > maxBytes) throw new RpcError('RESOURCE_EXHAUSTED', `the upload is larger than ${limitText()}; nothing was published`);
+            hash.update(chunk);
+            await file.write(chunk);
+          }
+        } finally {
+          await file.close();
+        }
+        const digest = hash.digest('hex');
+        if (digest !== request.sha256) throw new RpcError('FAILED_PRECONDITION', `sha256: the uploaded file has SHA-256 ${digest}, not the expected ${request.sha256}; nothing was published`);
+        // An import of the same digest may have published it meanwhile: ours is then not needed.
+        record = await this.presentRecord(request.sha256);
+        if (record) await rm(partial, { force: true });
+        else {
+          record = await this.publish(partial, { bytes, source: 'upload', sourceUrl: '' }, { ...request, format: request.format }, run, (gb) => (charged = gb));
+          outcome = 'downloaded';
+        }
+      } catch (err) {
+        if (charged > 0) await this.options.quotas.release(request.owner, 'images_gb', charged).catch(() => undefined);
+        await rm(partial, { force: true });
+        throw err;
+      }
+    }
+    if (outcome === 'cache_hit') this.metrics.cacheHits.inc();
+    this.metrics.uploads.inc({ result: outcome === 'downloaded' ? 'stored' : outcome });
+    if (request.name) {
+      const release = this.use(request.sha256);
+      try {
+        if (!(await this.presentRecord(request.sha256))) throw new RpcError('ABORTED', `image ${DIGEST_PREFIX}${request.sha256} was deleted while it was being uploaded; retry`);
+        await this.setAlias(request.name, request.sha256, request.replaceAlias);
+      } finally {
+        release();
+      }
+    }
+    return { record, outcome };
   }
 
   // ---- uses and deletion ---------------------------------------------------------------------

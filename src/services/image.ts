@@ -107,6 +107,35 @@ export function imageHandlers({ library, operations, validateUrl, allowedFormats
       return { operation: operationMessage(record) };
     },
 
+    uploadImage: async (requests, ctx) => {
+      const owner = principalOf(ctx).id;
+      const iterator = requests[Symbol.asyncIterator]();
+      const first = await iterator.next();
+      const header = first.done === true || first.value.part.case !== 'header' ? undefined : first.value.part.value;
+      if (!header) throw new InvalidArgumentError('header', 'required: the first message is the header (sha256, name, format)');
+      const sha256 = validateSha256(header.sha256, 'header.sha256');
+      const name = header.name === '' ? '' : validateAlias(header.name, 'header.name');
+      if (header.format !== '' && (!FORMAT.test(header.format) || !allowedFormats().includes(header.format))) {
+        throw new InvalidArgumentError('header.format', `not accepted on this node (allowed: ${allowedFormats().join(', ')})`);
+      }
+      if (header.replaceAlias && name === '') throw new InvalidArgumentError('header.replace_alias', 'needs a name to re-point');
+      if (header.sizeBytes > BigInt(Number.MAX_SAFE_INTEGER)) throw new InvalidArgumentError('header.size_bytes', 'too large');
+      if (name) await library.checkAlias(name, sha256, header.replaceAlias, 'header.name');
+      /** The chunks after the header; a second header is refused. */
+      async function* chunks(): AsyncGenerator<Uint8Array> {
+        for (let next = await iterator.next(); next.done !== true; next = await iterator.next()) {
+          if (next.value.part.case !== 'chunk') throw new InvalidArgumentError('chunk', 'every message after the header is a chunk');
+          yield next.value.part.value;
+        }
+      }
+      const { record } = await library.upload(
+        { sha256, name, format: header.format, replaceAlias: header.replaceAlias, owner, sizeBytes: Number(header.sizeBytes) },
+        chunks(),
+        ctx.signal,
+      );
+      return { image: imageMessage(await library.require({ kind: 'digest', sha256: record.sha256 })) };
+    },
+
     listImages: async (request, ctx) => {
       if (request.nameGlob && !isValidResourceGlob(request.nameGlob)) {
         throw new InvalidArgumentError('name_glob', 'may contain only name characters plus * and ?, at most 256');

@@ -366,6 +366,39 @@ describe('ImageService', () => {
     expect(recount.after.find((q) => q.resource === QuotaResource.IMAGES_GB)?.used).toBe(usedNow);
   });
 
+  it('stores an upload (header, then chunks) checked against its SHA-256, and publishes nothing for a wrong one', async () => {
+    const body = patterned(3 * 1024 * 1024 + 124, 0x5151);
+    function* parts(header: { sha256: string; name?: string; sizeBytes?: bigint }, data: Buffer) {
+      yield { part: { case: 'header' as const, value: header } };
+      for (let at = 0; at < data.length; at += 256 * 1024) yield { part: { case: 'chunk' as const, value: data.subarray(at, at + 256 * 1024) } };
+    }
+    const before = await publishedDigests();
+    const wrong = await rejection(images.uploadImage(parts({ sha256: sha(Buffer.from('other')), name: 'uploaded-wrong' }, body), T));
+    expect(wrong.code).toBe(Status.FAILED_PRECONDITION);
+    expect(wrong.details).toContain(`sha256: the uploaded file has SHA-256 ${sha(body)}`);
+    expect(await publishedDigests()).toEqual(before);
+    expect(await readdir(join(imagesDir, 'sha256', '.partial'))).toEqual([]);
+    expect((await rejection(images.getImage({ image: 'uploaded-wrong' }, T))).code).toBe(Status.NOT_FOUND);
+
+    const gb = await imagesGb(access);
+    const { image } = await images.uploadImage(parts({ sha256: sha(body), name: 'uploaded', sizeBytes: BigInt(body.length) }, body), T);
+    expect(image).toMatchObject({ sha256: sha(body), aliases: ['uploaded'], sizeBytes: BigInt(body.length), format: 'raw', source: ImageSource.UPLOAD, sourceUrl: '' });
+    expect((await readFile(join(imagesDir, 'sha256', sha(body)))).equals(body)).toBe(true);
+    expect(await imagesGb(access)).toBe(gb + 1n);
+
+    // Bad headers, named; a stream without one; a second header.
+    const noHeader = await rejection(images.uploadImage([{ part: { case: 'chunk' as const, value: body.subarray(0, 10) } }], T));
+    expect(noHeader.code).toBe(Status.INVALID_ARGUMENT);
+    expect(noHeader.details).toMatch(/^header: required/);
+    const badDigest = await rejection(images.uploadImage(parts({ sha256: 'xyz' }, body), T));
+    expect(badDigest.details).toMatch(/^header\.sha256: /);
+    const twice = await rejection(images.uploadImage([...parts({ sha256: sha(Buffer.from('x')) }, Buffer.from('x')), { part: { case: 'header' as const, value: { sha256: sha(body) } } }], T));
+    expect(twice.code).toBe(Status.INVALID_ARGUMENT);
+    expect(twice.details).toMatch(/^chunk: /);
+    await images.deleteImage({ image: 'uploaded' }, T);
+    expect(await imagesGb(access)).toBe(gb);
+  });
+
   it('refuses a scoped key outside its image globs', async () => {
     const key = await access.createApiKey({ description: 'ci images', permissions: ['image:*'], resourceGlobs: [{ kind: ResourceKind.IMAGE, glob: 'ci-*' }] }, T);
     const keyed = await clientFor(ImageService, daemon, null);

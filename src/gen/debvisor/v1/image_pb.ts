@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file debvisor/v1/image.proto.
  */
 export const file_debvisor_v1_image: GenFile = /*@__PURE__*/
-  fileDesc("ChdkZWJ2aXNvci92MS9pbWFnZS5wcm90bxILZGVidmlzb3IudjEijQEKEkltcG9ydEltYWdlUmVxdWVzdBISCgN1cmwYASABKAlCBdjzGIAgEhQKBnNoYTI1NhgCIAEoCUIE2PMYQBIMCgRuYW1lGAMgASgJEhQKBmZvcm1hdBgEIAEoCUIE2PMYEBISCgpyZXF1ZXN0X2lkGAUgASgJEhUKDXJlcGxhY2VfYWxpYXMYBiABKAgiQAoTSW1wb3J0SW1hZ2VSZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24iVAoRTGlzdEltYWdlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhkKCnBhZ2VfdG9rZW4YAiABKAlCBdjzGIAIEhEKCW5hbWVfZ2xvYhgDIAEoCSJRChJMaXN0SW1hZ2VzUmVzcG9uc2USIgoGaW1hZ2VzGAEgAygLMhIuZGVidmlzb3IudjEuSW1hZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiAKD0dldEltYWdlUmVxdWVzdBINCgVpbWFnZRgBIAEoCSI1ChBHZXRJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuZGVidmlzb3IudjEuSW1hZ2UiSwoSRGVsZXRlSW1hZ2VSZXF1ZXN0Eg0KBWltYWdlGAEgASgJEhIKCmFsaWFzX29ubHkYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSJJChNEZWxldGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuZGVidmlzb3IudjEuSW1hZ2USDwoHZGVsZXRlZBgCIAEoCDLcAwoMSW1hZ2VTZXJ2aWNlEpQBCgtJbXBvcnRJbWFnZRIfLmRlYnZpc29yLnYxLkltcG9ydEltYWdlUmVxdWVzdBogLmRlYnZpc29yLnYxLkltcG9ydEltYWdlUmVzcG9uc2UiQsrzGDoKDGltYWdlOmltcG9ydBABGAUgAzALOgRuYW1lShxpbWFnZTp7bmFtZX0gc2hhMjU2OntzaGEyNTZ94PMYBxJhCgpMaXN0SW1hZ2VzEh4uZGVidmlzb3IudjEuTGlzdEltYWdlc1JlcXVlc3QaHy5kZWJ2aXNvci52MS5MaXN0SW1hZ2VzUmVzcG9uc2UiEsrzGA4KCmltYWdlOmxpc3QwCxJhCghHZXRJbWFnZRIcLmRlYnZpc29yLnYxLkdldEltYWdlUmVxdWVzdBodLmRlYnZpc29yLnYxLkdldEltYWdlUmVzcG9uc2UiGMrzGBQKCWltYWdlOmdldDALOgVpbWFnZRJvCgtEZWxldGVJbWFnZRIfLmRlYnZpc29yLnYxLkRlbGV0ZUltYWdlUmVxdWVzdBogLmRlYnZpc29yLnYxLkRlbGV0ZUltYWdlUmVzcG9uc2UiHcrzGBkKDGltYWdlOmRlbGV0ZRABMAs6BWltYWdlYgZwcm90bzM", [file_debvisor_v1_operation, file_debvisor_v1_options, file_debvisor_v1_image_types]);
+  fileDesc("ChdkZWJ2aXNvci92MS9pbWFnZS5wcm90bxILZGVidmlzb3IudjEijQEKEkltcG9ydEltYWdlUmVxdWVzdBISCgN1cmwYASABKAlCBdjzGIAgEhQKBnNoYTI1NhgCIAEoCUIE2PMYQBIMCgRuYW1lGAMgASgJEhQKBmZvcm1hdBgEIAEoCUIE2PMYEBISCgpyZXF1ZXN0X2lkGAUgASgJEhUKDXJlcGxhY2VfYWxpYXMYBiABKAgiQAoTSW1wb3J0SW1hZ2VSZXNwb25zZRIpCglvcGVyYXRpb24YASABKAsyFi5kZWJ2aXNvci52MS5PcGVyYXRpb24ieAoRVXBsb2FkSW1hZ2VIZWFkZXISFAoGc2hhMjU2GAEgASgJQgTY8xhAEgwKBG5hbWUYAiABKAkSFAoGZm9ybWF0GAMgASgJQgTY8xgQEhUKDXJlcGxhY2VfYWxpYXMYBCABKAgSEgoKc2l6ZV9ieXRlcxgFIAEoBCJfChJVcGxvYWRJbWFnZVJlcXVlc3QSMAoGaGVhZGVyGAEgASgLMh4uZGVidmlzb3IudjEuVXBsb2FkSW1hZ2VIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiOAoTVXBsb2FkSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmRlYnZpc29yLnYxLkltYWdlIlQKEUxpc3RJbWFnZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRIZCgpwYWdlX3Rva2VuGAIgASgJQgXY8xiACBIRCgluYW1lX2dsb2IYAyABKAkiUQoSTGlzdEltYWdlc1Jlc3BvbnNlEiIKBmltYWdlcxgBIAMoCzISLmRlYnZpc29yLnYxLkltYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIgCg9HZXRJbWFnZVJlcXVlc3QSDQoFaW1hZ2UYASABKAkiNQoQR2V0SW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmRlYnZpc29yLnYxLkltYWdlIksKEkRlbGV0ZUltYWdlUmVxdWVzdBINCgVpbWFnZRgBIAEoCRISCgphbGlhc19vbmx5GAIgASgIEhIKCnJlcXVlc3RfaWQYAyABKAkiSQoTRGVsZXRlSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmRlYnZpc29yLnYxLkltYWdlEg8KB2RlbGV0ZWQYAiABKAgyhAUKDEltYWdlU2VydmljZRKUAQoLSW1wb3J0SW1hZ2USHy5kZWJ2aXNvci52MS5JbXBvcnRJbWFnZVJlcXVlc3QaIC5kZWJ2aXNvci52MS5JbXBvcnRJbWFnZVJlc3BvbnNlIkLK8xg6CgxpbWFnZTppbXBvcnQQARgFIAMwCzoEbmFtZUocaW1hZ2U6e25hbWV9IHNoYTI1Njp7c2hhMjU2feDzGAcSpQEKC1VwbG9hZEltYWdlEh8uZGVidmlzb3IudjEuVXBsb2FkSW1hZ2VSZXF1ZXN0GiAuZGVidmlzb3IudjEuVXBsb2FkSW1hZ2VSZXNwb25zZSJRyvMYTQoMaW1hZ2U6dXBsb2FkEAEYBTALOgtoZWFkZXIubmFtZUoqaW1hZ2U6e2hlYWRlci5uYW1lfSBzaGEyNTY6e2hlYWRlci5zaGEyNTZ9KAESYQoKTGlzdEltYWdlcxIeLmRlYnZpc29yLnYxLkxpc3RJbWFnZXNSZXF1ZXN0Gh8uZGVidmlzb3IudjEuTGlzdEltYWdlc1Jlc3BvbnNlIhLK8xgOCgppbWFnZTpsaXN0MAsSYQoIR2V0SW1hZ2USHC5kZWJ2aXNvci52MS5HZXRJbWFnZVJlcXVlc3QaHS5kZWJ2aXNvci52MS5HZXRJbWFnZVJlc3BvbnNlIhjK8xgUCglpbWFnZTpnZXQwCzoFaW1hZ2USbwoLRGVsZXRlSW1hZ2USHy5kZWJ2aXNvci52MS5EZWxldGVJbWFnZVJlcXVlc3QaIC5kZWJ2aXNvci52MS5EZWxldGVJbWFnZVJlc3BvbnNlIh3K8xgZCgxpbWFnZTpkZWxldGUQATALOgVpbWFnZWIGcHJvdG8z", [file_debvisor_v1_operation, file_debvisor_v1_options, file_debvisor_v1_image_types]);
 
 /**
  * ImportImageRequest is the request of ImageService.ImportImage.
@@ -101,6 +101,116 @@ export const ImportImageResponseSchema: GenMessage<ImportImageResponse> = /*@__P
   messageDesc(file_debvisor_v1_image, 1);
 
 /**
+ * UploadImageHeader is the first message of ImageService.UploadImage.
+ *
+ * @generated from message debvisor.v1.UploadImageHeader
+ */
+export type UploadImageHeader = Message<"debvisor.v1.UploadImageHeader"> & {
+  /**
+   * SHA-256 of the whole file, 64 hex characters. Required.
+   *
+   * @generated from field: string sha256 = 1;
+   */
+  sha256: string;
+
+  /**
+   * Name (alias) to give the image; empty = reachable by digest only.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Expected format; empty = whatever qemu-img detects, within the
+   * allow-list.
+   *
+   * @generated from field: string format = 3;
+   */
+  format: string;
+
+  /**
+   * Re-point `name` if it names another digest.
+   *
+   * @generated from field: bool replace_alias = 4;
+   */
+  replaceAlias: boolean;
+
+  /**
+   * Size of the file in bytes, if the caller knows it (checked against the
+   * size cap and quota before any chunk is stored); 0 = unknown.
+   *
+   * @generated from field: uint64 size_bytes = 5;
+   */
+  sizeBytes: bigint;
+};
+
+/**
+ * Describes the message debvisor.v1.UploadImageHeader.
+ * Use `create(UploadImageHeaderSchema)` to create a new message.
+ */
+export const UploadImageHeaderSchema: GenMessage<UploadImageHeader> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_image, 2);
+
+/**
+ * UploadImageRequest is one message of the ImageService.UploadImage stream:
+ * the header first, then chunks.
+ *
+ * @generated from message debvisor.v1.UploadImageRequest
+ */
+export type UploadImageRequest = Message<"debvisor.v1.UploadImageRequest"> & {
+  /**
+   * What this message carries.
+   *
+   * @generated from oneof debvisor.v1.UploadImageRequest.part
+   */
+  part: {
+    /**
+     * The first message: what is uploaded.
+     *
+     * @generated from field: debvisor.v1.UploadImageHeader header = 1;
+     */
+    value: UploadImageHeader;
+    case: "header";
+  } | {
+    /**
+     * The next bytes of the file (at most 1 MiB per message).
+     *
+     * @generated from field: bytes chunk = 2;
+     */
+    value: Uint8Array;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message debvisor.v1.UploadImageRequest.
+ * Use `create(UploadImageRequestSchema)` to create a new message.
+ */
+export const UploadImageRequestSchema: GenMessage<UploadImageRequest> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_image, 3);
+
+/**
+ * UploadImageResponse is the response of ImageService.UploadImage.
+ *
+ * @generated from message debvisor.v1.UploadImageResponse
+ */
+export type UploadImageResponse = Message<"debvisor.v1.UploadImageResponse"> & {
+  /**
+   * The image in the library.
+   *
+   * @generated from field: debvisor.v1.Image image = 1;
+   */
+  image?: Image | undefined;
+};
+
+/**
+ * Describes the message debvisor.v1.UploadImageResponse.
+ * Use `create(UploadImageResponseSchema)` to create a new message.
+ */
+export const UploadImageResponseSchema: GenMessage<UploadImageResponse> = /*@__PURE__*/
+  messageDesc(file_debvisor_v1_image, 4);
+
+/**
  * ListImagesRequest is the request of ImageService.ListImages.
  *
  * @generated from message debvisor.v1.ListImagesRequest
@@ -133,7 +243,7 @@ export type ListImagesRequest = Message<"debvisor.v1.ListImagesRequest"> & {
  * Use `create(ListImagesRequestSchema)` to create a new message.
  */
 export const ListImagesRequestSchema: GenMessage<ListImagesRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_image, 2);
+  messageDesc(file_debvisor_v1_image, 5);
 
 /**
  * ListImagesResponse is the response of ImageService.ListImages.
@@ -161,7 +271,7 @@ export type ListImagesResponse = Message<"debvisor.v1.ListImagesResponse"> & {
  * Use `create(ListImagesResponseSchema)` to create a new message.
  */
 export const ListImagesResponseSchema: GenMessage<ListImagesResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_image, 3);
+  messageDesc(file_debvisor_v1_image, 6);
 
 /**
  * GetImageRequest is the request of ImageService.GetImage.
@@ -182,7 +292,7 @@ export type GetImageRequest = Message<"debvisor.v1.GetImageRequest"> & {
  * Use `create(GetImageRequestSchema)` to create a new message.
  */
 export const GetImageRequestSchema: GenMessage<GetImageRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_image, 4);
+  messageDesc(file_debvisor_v1_image, 7);
 
 /**
  * GetImageResponse is the response of ImageService.GetImage.
@@ -203,7 +313,7 @@ export type GetImageResponse = Message<"debvisor.v1.GetImageResponse"> & {
  * Use `create(GetImageResponseSchema)` to create a new message.
  */
 export const GetImageResponseSchema: GenMessage<GetImageResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_image, 5);
+  messageDesc(file_debvisor_v1_image, 8);
 
 /**
  * DeleteImageRequest is the request of ImageService.DeleteImage.
@@ -238,7 +348,7 @@ export type DeleteImageRequest = Message<"debvisor.v1.DeleteImageRequest"> & {
  * Use `create(DeleteImageRequestSchema)` to create a new message.
  */
 export const DeleteImageRequestSchema: GenMessage<DeleteImageRequest> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_image, 6);
+  messageDesc(file_debvisor_v1_image, 9);
 
 /**
  * DeleteImageResponse is the response of ImageService.DeleteImage.
@@ -266,7 +376,7 @@ export type DeleteImageResponse = Message<"debvisor.v1.DeleteImageResponse"> & {
  * Use `create(DeleteImageResponseSchema)` to create a new message.
  */
 export const DeleteImageResponseSchema: GenMessage<DeleteImageResponse> = /*@__PURE__*/
-  messageDesc(file_debvisor_v1_image, 7);
+  messageDesc(file_debvisor_v1_image, 10);
 
 /**
  * ImageService imports, lists and deletes the images of this node's library.
@@ -292,6 +402,19 @@ export const ImageService: GenService<{
     methodKind: "unary";
     input: typeof ImportImageRequestSchema;
     output: typeof ImportImageResponseSchema;
+  },
+  /**
+   * UploadImage stores an image sent by the caller: a first message with the
+   * header (sha256, name, format), then chunks of the file. The same checks,
+   * storage and quota as ImportImage: the SHA-256 is checked before the image
+   * is published, and a wrong one publishes nothing (FAILED_PRECONDITION).
+   *
+   * @generated from rpc debvisor.v1.ImageService.UploadImage
+   */
+  uploadImage: {
+    methodKind: "client_streaming";
+    input: typeof UploadImageRequestSchema;
+    output: typeof UploadImageResponseSchema;
   },
   /**
    * ListImages lists the images of this node's library, ordered by digest.
