@@ -1,5 +1,8 @@
-// debvisorctl image import|list|get|delete over ImageService: the image library of the node
+// debvisorctl image import|upload|list|get|delete over ImageService: the image library of the node
 // the daemon runs on.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import type { Command } from 'commander';
 import {
   DeleteImageResponseSchema,
@@ -7,11 +10,25 @@ import {
   ImageService,
   ImportImageResponseSchema,
   ListImagesResponseSchema,
+  UploadImageResponseSchema,
+  type UploadImageRequestSchema,
 } from '../gen/debvisor/v1/image_pb.js';
+import type { MessageInitShape } from '@bufbuild/protobuf';
 import { ImageSource, type Image } from '../gen/debvisor/v1/image_types_pb.js';
 import { bytes, enumName, when, withService } from './command.js';
 import { operationRecord, waitAndExit, WAIT_HELP } from './operation.js';
 import { printJson, printRecord, printTable } from './output.js';
+
+/** Chunks of an upload: well under the daemon's message size cap (server.max_request_bytes, 1 MiB by default). */
+const CHUNK_BYTES = 256 * 1024;
+/** An upload's deadline when --timeout is not given: an image of gigabytes takes minutes. */
+const UPLOAD_TIMEOUT_MS = 3_600_000;
+
+async function sha256Of(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
 
 function imageRecord(image: Image | undefined): Record<string, string> {
   if (!image) throw new Error('the daemon returned no image');
@@ -51,6 +68,35 @@ export function registerImageCommands(program: Command): void {
         if (opts.wait) await waitAndExit(call, response.operation, 'import operation', undefined, { progressBar: true });
         if (call.flags.output === 'json') printJson(ImportImageResponseSchema, response);
         else if (response.operation) printRecord(operationRecord(response.operation));
+      }),
+    );
+
+  image
+    .command('upload')
+    .argument('<file>', 'the image file (raw or qcow2, within the daemon\'s allowed formats)')
+    .description('upload an image file: its SHA-256 is computed here and checked by the daemon before the image is published')
+    .option('--name <name>', 'a name (alias) for the image')
+    .option('--format <format>', 'the format it must have (raw, qcow2)')
+    .option('--replace', 're-point --name if it names another image')
+    .addHelpText('after', `\nWithout --timeout the upload may take up to ${UPLOAD_TIMEOUT_MS / 60_000} minutes; progress goes to stderr on a terminal.`)
+    .action(
+      withImages(async (call, file: string, opts: { name?: string; format?: string; replace?: boolean }) => {
+        const size = (await stat(file)).size;
+        const sha256 = await sha256Of(file);
+        const progress = process.stderr.isTTY && call.flags.output === 'text';
+        async function* parts(): AsyncGenerator<MessageInitShape<typeof UploadImageRequestSchema>> {
+          yield { part: { case: 'header', value: { sha256, name: opts.name ?? '', format: opts.format ?? '', replaceAlias: opts.replace ?? false, sizeBytes: BigInt(size) } } };
+          let sent = 0;
+          for await (const chunk of createReadStream(file, { highWaterMark: CHUNK_BYTES })) {
+            sent += (chunk as Buffer).length;
+            if (progress) process.stderr.write(`\ruploading ${bytes(BigInt(sent))} of ${bytes(BigInt(size))} (${Math.floor((sent / Math.max(1, size)) * 100)}%)\x1b[K`);
+            yield { part: { case: 'chunk', value: chunk as Buffer } };
+          }
+          if (progress) process.stderr.write('\n');
+        }
+        const response = await call.client.uploadImage(parts(), { ...call.options, timeoutMs: call.timeoutGiven ? call.options.timeoutMs : UPLOAD_TIMEOUT_MS });
+        if (call.flags.output === 'json') printJson(UploadImageResponseSchema, response);
+        else printRecord(imageRecord(response.image));
       }),
     );
 

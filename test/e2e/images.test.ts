@@ -435,6 +435,14 @@ describe('ImageService', () => {
     const badDigest = await ctlOn(daemon, 'image', 'import', server.url('/cli.raw'), '--sha256', 'nope');
     expect(badDigest.code).toBe(1);
     expect(badDigest.stderr).toContain('sha256: must be 64 hex');
+    // Upload: the digest is computed by debvisorctl; a cache hit for the same content.
+    const file = join(dir, 'upload.qcow2');
+    await writeFile(file, qcow2);
+    const uploaded = await ctlOn(daemon, 'image', 'upload', file, '--name', 'cli-upload');
+    expect(uploaded.code, uploaded.stderr).toBe(0);
+    expect(uploaded.stdout).toMatch(new RegExp(`^sha256: +${sha(qcow2)}$`, 'm'));
+    expect((await images.getImage({ image: 'cli-upload' }, T)).image?.sha256).toBe(sha(qcow2));
+    await images.deleteImage({ image: 'cli-upload', aliasOnly: true }, T);
     const deleted = await ctlOn(daemon, 'image', 'delete', 'cli-image');
     expect(deleted.code, deleted.stderr).toBe(0);
     expect((await rejection(images.getImage({ image: 'cli-image' }, T))).code).toBe(Status.NOT_FOUND);

@@ -173,7 +173,8 @@ export type UploadImageRequest = Message<"debvisor.v1.UploadImageRequest"> & {
     case: "header";
   } | {
     /**
-     * The next bytes of the file (at most 1 MiB per message).
+     * The next bytes of the file; a whole message stays under the server's
+     * server.max_request_bytes (1 MiB by default): 256 KiB chunks fit.
      *
      * @generated from field: bytes chunk = 2;
      */
