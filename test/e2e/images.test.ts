@@ -409,6 +409,15 @@ describe('ImageService', () => {
       expect(outside.details).toContain('not scoped to image "prod-base"');
       expect((await rejection(keyed.getImage({ image: 'debian-12' }, auth))).code).toBe(Status.PERMISSION_DENIED);
       expect((await rejection(keyed.deleteImage({ image: 'debian-12' }, auth))).code).toBe(Status.PERMISSION_DENIED);
+      // An upload is scoped by its header's name; the chunks after it are not read by RBAC.
+      const header = (name: string) => ({ part: { case: 'header' as const, value: { sha256: sha(raw), name } } });
+      const chunk = { part: { case: 'chunk' as const, value: raw.subarray(0, 256 * 1024) } };
+      const upload = await rejection(keyed.uploadImage([header('prod-upload'), chunk], auth));
+      expect(upload.code).toBe(Status.PERMISSION_DENIED);
+      expect(upload.details).toContain('not scoped to image "prod-upload"');
+      // The digest is present already: a cache hit that names it (the chunks are not needed).
+      expect((await keyed.uploadImage([header('ci-upload'), chunk], auth)).image?.aliases).toContain('ci-upload');
+      await keyed.deleteImage({ image: 'ci-upload', aliasOnly: true }, auth);
       // A listing shows only what its globs cover: nothing here.
       expect((await keyed.listImages({}, auth)).images).toEqual([]);
       const inside = await finished(ops, (await keyed.importImage({ url: server.url('/other.raw'), sha256: sha(raw), name: 'ci-base' }, auth)).operation);
