@@ -43,21 +43,24 @@ function builtin(name: string, description: string, permissions: readonly string
 
 const ROLES: readonly Role[] = [
   builtin('admin', 'Everything, including access control and other principals’ keys and operations.', ['*']),
-  builtin('operator', 'Runs the cluster: nodes, VMs, storage, migrations and everyone’s operations; own API keys and sessions.', [
+  builtin('operator', 'Runs the cluster: nodes, VMs, storage, images, migrations and everyone’s operations; own API keys and sessions.', [
     'node:*',
     'vm:*',
     'storage:*',
     // VM interfaces on any network (CreateVm, UpdateVm).
     'network:use',
+    'image:*',
     'migration:*',
     'operation:*',
     'event:watch',
     ...OWN_API_KEYS,
     ...OWN_SESSIONS,
   ]),
-  builtin('developer', 'Snapshots and template clones, read-only views of nodes, volumes and VMs; own operations, API keys and sessions.', [
+  builtin('developer', 'Snapshots and template clones, read-only views of nodes, volumes, images and VMs; own operations, API keys and sessions.', [
     'node:list',
     'storage:volume:list',
+    'image:list',
+    'image:get',
     'storage:snapshot:create',
     'storage:snapshot:list',
     'storage:clone:*',

@@ -102,6 +102,13 @@ class ChainCall implements StepCall {
   /** A message that arrived while the headers' steps ran, with its `next`. */
   private queuedMessage: unknown;
   private queuedNext: ((message: unknown) => void) | undefined;
+  /**
+   * Client streams (a request stream answered once, UploadImage): the steps read the first message
+   * only (its header: the target, the audit object, the bounds of its strings); the later messages
+   * (chunks) go on unread, in order, once it has. Bidirectional streams run the steps on every message.
+   */
+  private firstMessageArrived = false;
+  private readonly laterMessages: { message: unknown; next: (message: unknown) => void }[] = [];
   /** The half-close's `next`, when it arrived while steps ran. */
   private queuedHalfClose: (() => void) | undefined;
 
@@ -112,6 +119,8 @@ class ChainCall implements StepCall {
     readonly steps: readonly Step[],
     readonly observed: ObservedCall,
     readonly recover: ChainSpec['recover'],
+    /** A client stream: the steps read its first message only. */
+    private readonly stepsOnFirstMessageOnly = false,
   ) {}
 
   // The responder: what the handler side sends.
@@ -153,11 +162,30 @@ class ChainCall implements StepCall {
 
   readonly onReceiveMessage = (message: unknown, next: (message: unknown) => void): void => {
     if (this.cancelled || this.state?.rejected) return;
+    if (this.firstMessageArrived && this.stepsOnFirstMessageOnly) {
+      this.laterMessages.push({ message, next });
+      this.passLaterMessages();
+      return;
+    }
+    this.firstMessageArrived = true;
     if (this.headersInSteps) {
       this.queuedMessage = message;
       this.queuedNext = next;
       return;
     }
+    this.takeFirstMessage(message, next);
+  };
+
+  /** Passes the later messages of a client stream on, once the first has gone through the steps. */
+  private passLaterMessages(): void {
+    if (this.headersInSteps || this.messageInSteps || this.queuedNext) return;
+    for (let later = this.laterMessages.shift(); later; later = this.laterMessages.shift()) {
+      if (this.cancelled || this.state?.rejected) return;
+      this.pass(later.next, later.message);
+    }
+  }
+
+  private takeFirstMessage(message: unknown, next: (message: unknown) => void): void {
     // The headers always come first, so the state exists (their steps set it up).
     const state = this.state as CallState;
     // Bytes that did not decode are the client's fault: no step reads fields of a placeholder.
@@ -170,13 +198,13 @@ class ChainCall implements StepCall {
     this.nextMessage = next;
     this.messageInSteps = true;
     this.runFrom(MESSAGE, 0, state);
-  };
+  }
 
   readonly onReceiveHalfClose = (next: () => void): void => {
     if (this.cancelled || this.state?.rejected) return;
     // grpc-js holds a half-close only while a `next` of ours is outstanding, and it would
     // release it with the headers even though a message is still ahead of it here.
-    if (this.headersInSteps || this.messageInSteps) {
+    if (this.headersInSteps || this.messageInSteps || this.queuedNext || this.laterMessages.length > 0) {
       this.queuedHalfClose = next;
       return;
     }
@@ -240,9 +268,10 @@ class ChainCall implements StepCall {
       const message = this.queuedMessage;
       this.queuedNext = undefined;
       this.queuedMessage = undefined;
-      this.onReceiveMessage(message, next);
+      this.takeFirstMessage(message, next);
       return;
     }
+    this.passLaterMessages();
     const halfClose = this.queuedHalfClose;
     if (halfClose) {
       this.queuedHalfClose = undefined;
@@ -313,7 +342,15 @@ export function chainInterceptor(spec: ChainSpec): ServerInterceptor {
       stepsByPath.set(path, steps);
     }
     const connection = connectionOf(call);
-    const chainCall = new ChainCall(path, call, connection, steps, spec.observe(path, method.requestStream, method.responseStream, connection), spec.recover);
+    const chainCall = new ChainCall(
+      path,
+      call,
+      connection,
+      steps,
+      spec.observe(path, method.requestStream, method.responseStream, connection),
+      spec.recover,
+      method.requestStream && !method.responseStream,
+    );
     const responder = new ResponderBuilder().withStart(chainCall.start).withSendMessage(chainCall.sendMessage).withSendStatus(chainCall.sendStatus).build();
     return new ServerInterceptingCall(call, responder);
   };

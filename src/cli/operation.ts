@@ -25,6 +25,11 @@ const DEFAULT_WAIT_SECONDS = 300;
 
 const TERMINAL = new Set([OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED]);
 
+function progressBar(operation: Operation, width = 30): string {
+  const filled = Math.round((Math.min(100, operation.progressPercent) / 100) * width);
+  return `[${'#'.repeat(filled)}${' '.repeat(width - filled)}]`;
+}
+
 function progressLine(operation: Operation): string {
   const stage = operation.stage ? ` ${operation.stage}` : '';
   return `${enumName(OperationState, operation.state)} ${operation.progressPercent}%${stage}\n`;
@@ -46,6 +51,8 @@ function resultRecord(operation: Operation): Record<string, string> {
     case 'provisionedVolume':
     case 'clonedVolume':
       return { volume: `${result.value.pool}/${result.value.name}` };
+    case 'importedImage':
+      return { image: `sha256:${result.value.sha256}`, aliases: result.value.aliases.join(', ') || '(none)', format: result.value.format };
     default:
       return {};
   }
@@ -102,11 +109,15 @@ export interface WaitingCall {
  * progress line per change (to stderr with -o json, so stdout stays one JSON document), then
  * prints the last state and exits with WAIT_EXIT.
  */
-export async function waitAndExit(call: WaitingCall, operation: Operation | undefined, what: string, seconds = waitSeconds(call)): Promise<never> {
+export async function waitAndExit(call: WaitingCall, operation: Operation | undefined, what: string, seconds = waitSeconds(call), options: { progressBar?: boolean } = {}): Promise<never> {
   if (!operation) throw new Error(`the daemon returned no ${what}`);
   const { connection, flags } = call;
   const operations = createClient(OperationService, connection);
-  const progress = (text: string) => (flags.output === 'json' ? process.stderr : process.stdout).write(text);
+  // On a terminal (text output) a bar redrawn in place on stderr; elsewhere one line per change.
+  const bar = options.progressBar === true && process.stderr.isTTY && flags.output === 'text';
+  const progress = bar
+    ? (text: string) => process.stderr.write(`\r${progressBar(last)} ${text.trim()}\x1b[K${TERMINAL.has(last.state) ? '\n' : ''}`)
+    : (text: string) => (flags.output === 'json' ? process.stderr : process.stdout).write(text);
   let last = operation;
   let timedOut = false;
   try {

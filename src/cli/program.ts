@@ -40,6 +40,7 @@ export const COMMAND_MODULES: readonly CommandModule[] = [
     commands: { volume: 'storage volumes (RBD images, LVM logical volumes)', snapshot: 'snapshots of storage volumes', template: 'RBD templates: protected snapshots that volumes are cloned from' },
     register: async (p) => (await import('./storage.js')).registerStorageCommands(p),
   },
+  { commands: { image: "the node's image library (content-addressed by SHA-256)" }, register: async (p) => (await import('./image.js')).registerImageCommands(p) },
   { commands: { migration: 'live migration and failover of VMs between nodes' }, register: async (p) => (await import('./migration.js')).registerMigrationCommands(p) },
   { commands: { store: "the daemon's own state: roles, bindings, API keys, quotas, operations" }, register: async (p) => (await import('./store.js')).registerStoreCommands(p) },
   { commands: { config: 'contexts: named daemons and credentials in ~/.config/debvisor/ctl.yaml' }, register: async (p) => (await import('./contexts.js')).registerConfigCommands(p) },

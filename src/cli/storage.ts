@@ -160,14 +160,16 @@ export function registerStorageCommands(program: Command): void {
 
   volumeArguments(volume.command('provision'))
     .description('create a volume and write an image into it (qcow2 or raw, detected), wait, and print the operation')
-    .requiredOption('--image <path>', "the image, relative to the daemon's images directory")
+    .option('--image <path>', "the image, relative to the daemon's images directory")
+    .option('--from-image <image>', 'a library image instead: its name or sha256:<hex> (debvisorctl image list)')
     .requiredOption('--size <size>', `at least the image's virtual size: ${SIZE_HELP}`, size)
     .option('--tag <key=value>', 'a free-form tag (repeatable)', tag)
     .addHelpText('after', WAIT_HELP)
     .action(
-      withStorage(async (call, backendValue: StorageBackend, pool: string, name: string, opts: { image: string; size: bigint; tag?: Record<string, string> }) => {
+      withStorage(async (call, backendValue: StorageBackend, pool: string, name: string, opts: { image?: string; fromImage?: string; size: bigint; tag?: Record<string, string> }) => {
+        if ((opts.image === undefined) === (opts.fromImage === undefined)) throw new Error('give exactly one of --image and --from-image');
         const response = await call.client.provisionVolume(
-          { volume: { backend: backendValue, pool, name }, sizeBytes: opts.size, imagePath: opts.image, tags: opts.tag ?? {} },
+          { volume: { backend: backendValue, pool, name }, sizeBytes: opts.size, imagePath: opts.image ?? '', image: opts.fromImage ?? '', tags: opts.tag ?? {} },
           call.options,
         );
         await waitAndExit(call, response.operation, `provisioning operation for ${pool}/${name}`);

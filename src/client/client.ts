@@ -1,6 +1,8 @@
 // A typed promise client for the generated services, used by debvisorctl, the SDK
 // (src/client/index.ts), the tests and the benchmarks. It imports no server code.
 import { credentials, makeGenericClientConstructor, Metadata, type Client, type ChannelCredentials, type ClientOptions, type ServiceError } from '@grpc/grpc-js';
+import { once } from 'node:events';
+import type { Writable } from 'node:stream';
 import { create, type DescMessage, type DescService, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { clientDefinition } from './definition.js';
@@ -21,7 +23,9 @@ type ClientMethod<M> = M extends { methodKind: 'unary'; input: infer I extends D
   ? (request: MessageInitShape<I>, options?: CallOptions) => Promise<MessageShape<O>>
   : M extends { methodKind: 'server_streaming'; input: infer I extends DescMessage; output: infer O extends DescMessage }
     ? (request: MessageInitShape<I>, options?: CallOptions) => AsyncIterable<MessageShape<O>>
-    : never;
+    : M extends { methodKind: 'client_streaming'; input: infer I extends DescMessage; output: infer O extends DescMessage }
+      ? (requests: AsyncIterable<MessageInitShape<I>> | Iterable<MessageInitShape<I>>, options?: CallOptions) => Promise<MessageShape<O>>
+      : never;
 
 export type TypedClient<S extends GenServiceMethods> = { [K in keyof S]: ClientMethod<S[K]> } & { close(): void };
 
@@ -64,6 +68,7 @@ interface Cancellable {
 }
 type RawUnary = (request: unknown, metadata: Metadata, options: object, callback: (err: ServiceError | null, response: unknown) => void) => Cancellable;
 type RawStream = (request: unknown, metadata: Metadata, options: object) => AsyncIterable<unknown> & Cancellable;
+type RawClientStream = (metadata: Metadata, options: object, callback: (err: ServiceError | null, response: unknown) => void) => Writable;
 
 export function createClient<S extends GenServiceMethods>(service: GenService<S>, connection: Connection, behaviour: ClientBehaviour = {}): TypedClient<S> {
   const desc = service as DescService;
@@ -75,6 +80,25 @@ export function createClient<S extends GenServiceMethods>(service: GenService<S>
     const method_ = raw[method.name];
     if (!method_) throw new Error(`${desc.typeName}.${method.name} missing from the generated client`);
     const invoke = method_.bind(raw);
+    if (method.methodKind === 'client_streaming') {
+      typed[method.localName] = (requests: AsyncIterable<MessageInitShape<DescMessage>> | Iterable<MessageInitShape<DescMessage>>, options?: CallOptions) =>
+        new Promise((resolve, reject) => {
+          const stream = (invoke as unknown as RawClientStream)(metadataOf(behaviour.metadata, options?.metadata), deadlineAfter(options?.timeoutMs ?? behaviour.defaultTimeoutMs), (err, response) => (err ? reject(err) : resolve(response)));
+          // Backpressure: wait for 'drain' when the call's buffer is full; the callback reports how the call ended.
+          void (async () => {
+            try {
+              for await (const request of requests) {
+                if (!stream.write(create(method.input, request))) await once(stream, 'drain');
+              }
+              stream.end();
+            } catch (err) {
+              stream.destroy(err instanceof Error ? err : new Error(String(err)));
+              reject(err instanceof Error ? err : new Error(String(err)));
+            }
+          })();
+        });
+      continue;
+    }
     if (method.methodKind === 'unary') {
       typed[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
         const request = create(method.input, init);

@@ -40,6 +40,10 @@ import { registerShutdownOperationKind, vmHandlers } from '../services/vm.js';
 import { VmService } from '../gen/debvisor/v1/vm_pb.js';
 import { StorageService } from '../gen/debvisor/v1/storage_pb.js';
 import { registerStorageOperationKinds, storageHandlers } from '../services/storage.js';
+import { ImageService } from '../gen/debvisor/v1/image_pb.js';
+import { imageHandlers, registerImageOperationKinds } from '../services/image.js';
+import { createImageLibrary } from '../images/setup.js';
+import { validateImageUrl } from '../images/fetch.js';
 import { libvirtAttachments } from '../storage/attachments.js';
 import { createStorage } from '../storage/setup.js';
 import { VmProvisioning } from '../vms/provisioning.js';
@@ -311,7 +315,9 @@ export class Daemon {
       const snapshotOwners = new VmSnapshotOwners(repos, libvirt, () => config.node.name);
       quotas.registerUsageSource(['snapshots'], async (principal, options) => ({ snapshots: await snapshotOwners.countOwnedBy(principal, options) }));
       const storage = createStorage(config, settings, quotas, metrics.registry, libvirtAttachments(libvirt), events);
-      registerStorageOperationKinds(operations, storage);
+      const images = createImageLibrary({ config, settings, repos, quotas, inspector: storage.imageTool(), registry: metrics.registry, log });
+      registerStorageOperationKinds(operations, storage, images);
+      registerImageOperationKinds(operations, images);
       const vmDefaults = () => {
         const d = settings().libvirt.vm_defaults;
         const rbdId = settings().rbd.id;
@@ -369,7 +375,13 @@ export class Daemon {
           node: () => config.node.name,
           provisioning: vmProvisioningHandlers({ provisioning, updates: new VmUpdates({ libvirt, inventory: liveInventory, storage, quotas, allows: (principal, permission, resources) => access.allows(principal, permission, resources), networks: vmNetworks, provisioning }), operations, libvirt, storage }),
         }),
-        [StorageService.typeName]: storageHandlers({ storage, operations }),
+        [StorageService.typeName]: storageHandlers({ storage, operations, images }),
+        [ImageService.typeName]: imageHandlers({
+          library: images,
+          operations,
+          validateUrl: (url, field) => void validateImageUrl(url, field),
+          allowedFormats: () => settings().images.allowed_formats,
+        }),
         [NodeService.typeName]: nodeHandlers(nodes, hostNetworks),
         [MigrationService.typeName]: migrationHandlers(migration),
         [EventService.typeName]: eventServiceHandlers(events, settings, methods, access, revocation, metrics.registry),

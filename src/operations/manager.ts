@@ -38,8 +38,13 @@ export interface OperationHandle<P> {
   readonly signal: AbortSignal;
   /** The launching call: the work's own events (a volume created, a snapshot pruned) name it. */
   readonly cause: EventCause;
-  /** Reports progress; writes to the store are throttled. */
-  progress(percent: number, stage: string): void;
+  /** Reports progress (and, for work measured in bytes, the bytes done and their total when known); writes to the store are throttled. */
+  progress(percent: number, stage: string, bytes?: ProgressBytes): void;
+}
+
+export interface ProgressBytes {
+  readonly done: number;
+  readonly total?: number | undefined;
 }
 
 export interface OperationKindSpec<P, C extends ResultCase> {
@@ -68,6 +73,8 @@ export class OperationManager {
   private readonly kinds = new Map<OperationKind, Runner>();
   private readonly running = new Map<string, AbortController>();
   private retention: NodeJS.Timeout | undefined;
+  /** Set by stop(): resumable work aborted from then on is left for the next start to resume. */
+  private stopping = false;
 
   constructor(
     private readonly repos: Repositories,
@@ -124,6 +131,7 @@ export class OperationManager {
   }
 
   stop(): void {
+    this.stopping = true;
     if (this.retention) clearInterval(this.retention);
     for (const controller of this.running.values()) controller.abort(new RpcError('UNAVAILABLE', 'the daemon is shutting down'));
   }
@@ -203,22 +211,34 @@ export class OperationManager {
     this.running.set(record.id, controller);
     let lastWrite = 0;
     let lastEvent = 0;
-    let pending: { percent: number; stage: string } | undefined;
+    let pending: { percent: number; stage: string; bytes?: ProgressBytes | undefined } | undefined;
+    /** Writes the last progress reported after a throttled report, so a stalled operation still shows where it stopped. */
+    let trailing: NodeJS.Timeout | undefined;
+    const writeProgress = () => {
+      trailing = undefined;
+      const update = pending;
+      if (!update) return;
+      lastWrite = Date.now();
+      const byteFields = update.bytes ? { progress_bytes: update.bytes.done, ...(update.bytes.total !== undefined ? { total_bytes: update.bytes.total } : {}) } : {};
+      void this.update(record.id, (current) => (isTerminal(current) ? undefined : { ...current, progress_percent: update.percent, stage: update.stage, ...byteFields })).then((written) => {
+        if (!written || Date.now() - lastEvent < PROGRESS_EVENT_INTERVAL_MS) return;
+        lastEvent = Date.now();
+        this.publish(EventKind.OPERATION_UPDATED, written);
+      });
+    };
     const handle: OperationHandle<unknown> = {
       id: record.id,
       params: record.params,
       signal: controller.signal,
       cause: this.causeOf(record),
-      progress: (percent, stage) => {
-        pending = { percent: Math.max(0, Math.min(100, Math.round(percent))), stage };
-        if (Date.now() - lastWrite < PROGRESS_WRITE_INTERVAL_MS) return;
-        lastWrite = Date.now();
-        const update = pending;
-        void this.update(record.id, (current) => (isTerminal(current) ? undefined : { ...current, progress_percent: update.percent, stage: update.stage })).then((written) => {
-          if (!written || Date.now() - lastEvent < PROGRESS_EVENT_INTERVAL_MS) return;
-          lastEvent = Date.now();
-          this.publish(EventKind.OPERATION_UPDATED, written);
-        });
+      progress: (percent, stage, bytes) => {
+        pending = { percent: Math.max(0, Math.min(100, Math.round(percent))), stage, bytes };
+        const wait = PROGRESS_WRITE_INTERVAL_MS - (Date.now() - lastWrite);
+        if (wait <= 0) writeProgress();
+        else if (!trailing) {
+          trailing = setTimeout(writeProgress, wait);
+          trailing.unref();
+        }
       },
     };
     void (async () => {
@@ -231,8 +251,14 @@ export class OperationManager {
         }
         if (record.cancel_requested) throw new RpcError('CANCELLED', 'operation cancelled');
         const result = await spec.run(handle);
-        await this.finish(record.id, 'SUCCEEDED', { result, progress: 100 });
+        // The last byte count reported may not have been written yet (progress writes are throttled).
+        await this.finish(record.id, 'SUCCEEDED', { result, progress: 100, ...(pending?.bytes ? { bytes: pending.bytes } : {}) });
       } catch (err) {
+        // A graceful stop is a restart like a crash: resumable work stays unfinished, and recover() resumes it.
+        if (this.stopping && controller.signal.aborted && record.resumable && spec?.resumable) {
+          this.log.info({ operation: record.id, kind: record.kind }, 'operation left for the next start to resume');
+          return;
+        }
         const cancelled = controller.signal.aborted && controller.signal.reason instanceof RpcError && controller.signal.reason.code === 'CANCELLED';
         const status = toStatus(cancelled ? controller.signal.reason : err, record.id);
         if (status.code === Status.INTERNAL) this.log.error({ err, operation: record.id, kind: record.kind }, 'operation failed with an internal error');
@@ -240,6 +266,7 @@ export class OperationManager {
           error: { code: status.code, message: status.details.replace(/ \(trace_id=[^)]*\)$/, '') },
         });
       } finally {
+        clearTimeout(trailing);
         this.running.delete(record.id);
         await this.quotas.releaseSlot(record.owner, record.id).catch((err: unknown) => this.log.warn({ err, operation: record.id }, 'could not release operation slot'));
       }
@@ -264,7 +291,7 @@ export class OperationManager {
     }
   }
 
-  private async finish(id: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', outcome: { result?: StoredResult | undefined; error?: { code: number; message: string }; progress?: number }): Promise<void> {
+  private async finish(id: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', outcome: { result?: StoredResult | undefined; error?: { code: number; message: string }; progress?: number; bytes?: ProgressBytes }): Promise<void> {
     const done = await this.update(id, (current) =>
       isTerminal(current)
         ? undefined
@@ -274,6 +301,7 @@ export class OperationManager {
             stage: state.toLowerCase(),
             done_at: new Date().toISOString(),
             ...(outcome.progress !== undefined ? { progress_percent: outcome.progress } : {}),
+            ...(outcome.bytes ? { progress_bytes: outcome.bytes.done, ...(outcome.bytes.total !== undefined ? { total_bytes: outcome.bytes.total } : {}) } : {}),
             ...(outcome.result !== undefined ? { result: outcome.result } : {}),
             ...(outcome.error ? { error: outcome.error } : {}),
           },

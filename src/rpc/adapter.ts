@@ -5,6 +5,7 @@ import {
   type MethodDefinition,
   type ServiceDefinition,
   type UntypedServiceImplementation,
+  type ServerReadableStream,
   type ServerUnaryCall,
   type ServerWritableStream,
   type sendUnaryData,
@@ -36,11 +37,19 @@ type ServerStreamingHandler<I extends DescMessage, O extends DescMessage> = (
   ctx: CallContext,
 ) => AsyncIterable<MessageInitShape<O>>;
 
+/** A client stream's messages in order, each decoded (one that does not decode ends the stream with INVALID_ARGUMENT). */
+type ClientStreamingHandler<I extends DescMessage, O extends DescMessage> = (
+  requests: AsyncIterable<MessageShape<I>>,
+  ctx: CallContext,
+) => Promise<MessageInitShape<O>>;
+
 type HandlerFor<M> = M extends { methodKind: 'unary'; input: infer I extends DescMessage; output: infer O extends DescMessage }
   ? UnaryHandler<I, O>
   : M extends { methodKind: 'server_streaming'; input: infer I extends DescMessage; output: infer O extends DescMessage }
     ? ServerStreamingHandler<I, O>
-    : never;
+    : M extends { methodKind: 'client_streaming'; input: infer I extends DescMessage; output: infer O extends DescMessage }
+      ? ClientStreamingHandler<I, O>
+      : never;
 
 /** The typed implementation of one generated service: one async function per RPC. */
 export type ServiceHandlers<S extends GenServiceMethods> = {
@@ -98,12 +107,12 @@ function deserializer(schema: DescMessage) {
 export function toServiceDefinition(service: DescService): ServiceDefinition {
   const definition: Record<string, MethodDefinition<unknown, unknown>> = {};
   for (const method of service.methods) {
-    if (method.methodKind !== 'unary' && method.methodKind !== 'server_streaming') {
+    if (method.methodKind === 'bidi_streaming') {
       throw new Error(`${methodPath(method)}: ${method.methodKind} RPCs are not supported by the adapter`);
     }
     definition[method.name] = {
       path: methodPath(method),
-      requestStream: false,
+      requestStream: method.methodKind === 'client_streaming',
       responseStream: method.methodKind === 'server_streaming',
       requestSerialize: serializer(method.input) as (value: unknown) => Buffer,
       requestDeserialize: deserializer(method.input),
@@ -222,6 +231,21 @@ export function toImplementation<S extends GenServiceMethods>(
         const { ctx, scope, dispose } = contextFor(call, options, policy);
         Promise.resolve()
           .then(() => runInCallScope(scope, () => Promise.race([unary(decoded(call.request), ctx), aborted(ctx.signal)])))
+          .then(
+            (response) => callback(null, create(method.output, response)),
+            (err: unknown) => callback(fail(err, ctx.traceId)),
+          )
+          .finally(dispose);
+      };
+    } else if (method.methodKind === 'client_streaming') {
+      const clientStreaming = handler as ClientStreamingHandler<DescMessage, DescMessage>;
+      implementation[method.name] = (call: ServerReadableStream<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+        const { ctx, scope, dispose } = contextFor(call, options, policy);
+        async function* requests(): AsyncGenerator<MessageShape<DescMessage>> {
+          for await (const message of call as AsyncIterable<unknown>) yield decoded(message);
+        }
+        Promise.resolve()
+          .then(() => runInCallScope(scope, () => Promise.race([clientStreaming(requests(), ctx), aborted(ctx.signal)])))
           .then(
             (response) => callback(null, create(method.output, response)),
             (err: unknown) => callback(fail(err, ctx.traceId)),

@@ -34,6 +34,8 @@ export function operationMessage(record: OperationRecord): MessageInitShape<type
     createTime: timestampOfIso(record.created_at),
     updateTime: timestampOfIso(record.updated_at),
     doneTime: timestampOfIso(record.done_at),
+    progressBytes: BigInt(record.progress_bytes ?? 0),
+    totalBytes: BigInt(record.total_bytes ?? 0),
     result: decodeResult(record.result),
   };
 }

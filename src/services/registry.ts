@@ -3,6 +3,7 @@
 import type { DescService } from '@bufbuild/protobuf';
 import { AccessService } from '../gen/debvisor/v1/access_pb.js';
 import { EventService } from '../gen/debvisor/v1/event_pb.js';
+import { ImageService } from '../gen/debvisor/v1/image_pb.js';
 import { MigrationService } from '../gen/debvisor/v1/migration_pb.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { OperationService } from '../gen/debvisor/v1/operation_pb.js';
@@ -15,6 +16,7 @@ export const API_SERVICES: readonly DescService[] = [
   VmService,
   MigrationService,
   StorageService,
+  ImageService,
   OperationService,
   EventService,
 ];

@@ -12,7 +12,10 @@ import type { OperationManager } from '../operations/manager.js';
 import { defineOperationKind } from '../operations/kinds.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import type { CallContext } from '../rpc/context.js';
-import { InvalidArgumentError, itemStatus, UnauthenticatedError } from '../rpc/errors.js';
+import { InvalidArgumentError, itemStatus, RpcError, UnauthenticatedError } from '../rpc/errors.js';
+import type { ImageLibrary } from '../images/library.js';
+import { parseImageRef, validateSha256 } from '../images/names.js';
+import { IMAGE_DIGEST_TAG } from '../storage/names.js';
 import { pageByKey, pageByOffset } from '../rpc/paging.js';
 import type { BackendKind, SnapshotInfo, VolumeInfo } from '../backends/storage-backend.js';
 import { snapshotTime, StorageManager } from '../storage/manager.js';
@@ -53,6 +56,8 @@ export const PROVISION_VOLUME = defineOperationKind(
     tags: z.record(z.string(), z.string()),
     owner: z.string(),
     imagePath: z.string(),
+    /** Set when provisioned from a library image (ImageService): its digest, the volume's lineage. */
+    imageSha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
   }),
   'provisionedVolume',
 );
@@ -95,8 +100,8 @@ function snapshotMessage(backend: BackendKind, s: SnapshotInfo): MessageInitShap
 }
 
 
-/** Registers the runners of PruneSnapshots, CloneRbdFromTemplate and ProvisionVolume. */
-export function registerStorageOperationKinds(operations: OperationManager, storage: StorageManager): void {
+/** Registers the runners of PruneSnapshots, CloneRbdFromTemplate and ProvisionVolume (with the image library, if the node has one). */
+export function registerStorageOperationKinds(operations: OperationManager, storage: StorageManager, images?: ImageLibrary): void {
   operations.register(PRUNE_SNAPSHOTS, {
     run: async (op) => {
       const params = op.params;
@@ -122,11 +127,17 @@ export function registerStorageOperationKinds(operations: OperationManager, stor
   operations.register(PROVISION_VOLUME, {
     run: async (op) => {
       const params = op.params;
-      await storage.provision(
-        params.volume,
-        { sizeBytes: BigInt(params.sizeBytes), tags: params.tags, owner: params.owner, imagePath: params.imagePath },
-        { signal: op.signal, cause: op.cause, onProgress: (pct, stage) => op.progress(pct, stage) },
-      );
+      // A library image is in use while it is read: DeleteImage is refused until then.
+      const release = params.imageSha256 && images ? images.use(params.imageSha256) : undefined;
+      try {
+        await storage.provision(
+          params.volume,
+          { sizeBytes: BigInt(params.sizeBytes), tags: params.tags, owner: params.owner, imagePath: params.imagePath, imageSha256: params.imageSha256 },
+          { signal: op.signal, cause: op.cause, onProgress: (pct, stage) => op.progress(pct, stage) },
+        );
+      } finally {
+        release?.();
+      }
       return { case: 'provisionedVolume', value: refOf(params.volume) };
     },
   });
@@ -135,15 +146,32 @@ export function registerStorageOperationKinds(operations: OperationManager, stor
 export interface StorageHandlerDeps {
   readonly storage: StorageManager;
   readonly operations: OperationManager;
+  /** This node's image library: ProvisionVolume's `image`. */
+  readonly images?: ImageLibrary | undefined;
 }
 
-export function storageHandlers({ storage, operations }: StorageHandlerDeps): HandlersOf<typeof StorageService> {
+export function storageHandlers({ storage, operations, images }: StorageHandlerDeps): HandlersOf<typeof StorageService> {
   /** A VolumeRef of a request, validated: backend configured, pool allowed, names valid. */
   const keyOf = (ref: { backend: StorageBackend; pool: string; name: string } | undefined, field: string): VolumeKey => {
     if (!ref) throw new InvalidArgumentError(field, 'required');
     return storage.volumeKey(kindOf(ref.backend, `${field}.backend`), ref.pool, ref.name, field);
   };
   const requestIdOf = (requestId: string) => (requestId ? { requestId } : {});
+  /** ProvisionVolume's source: a file of the images directory, or a library image by name or digest. */
+  const imageSourceOf = async (request: { imagePath: string; image: string }, ctx: CallContext): Promise<{ imagePath: string; imageSha256?: string }> => {
+    if (request.image === '') return { imagePath: request.imagePath };
+    if (request.imagePath !== '') throw new InvalidArgumentError('image', 'give either image or image_path, not both');
+    const ref = parseImageRef(request.image, 'image');
+    // RBAC scoped the call by pool; a key that also carries image globs must cover the image.
+    const imageGlobs = (principalOf(ctx).apiKey?.resourceGlobs ?? []).filter((g) => g.kind === 'image');
+    if (imageGlobs.length > 0 && !imageGlobs.some((g) => globMatches(g.glob, request.image))) {
+      throw new RpcError('PERMISSION_DENIED', `permission denied: this API key is not scoped to image "${request.image}"`);
+    }
+    if (!images) throw new RpcError('FAILED_PRECONDITION', 'this node has no image library');
+    const image = await images.require(ref);
+    images.countCacheHit();
+    return { imagePath: images.relativePathOf(image.record.sha256), imageSha256: image.record.sha256 };
+  };
 
   return {
     createVolume: async (request, ctx) => {
@@ -158,6 +186,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
         throw new InvalidArgumentError('name_glob', 'may contain only name characters plus * and ?, at most 256');
       }
       if (!(request.backend in StorageBackend)) throw new InvalidArgumentError('backend', 'unknown storage backend');
+      const imageDigest = request.imageDigest === '' ? '' : validateSha256(request.imageDigest, 'image_digest');
       const kinds: BackendKind[] = request.backend === StorageBackend.UNSPECIFIED ? storage.enabled().map((b) => b.kind) : [kindOf(request.backend, 'backend')];
       // A scoped API key sees only the pools its globs allow (RBAC checked `pool` only when it was given).
       const keyGlobs = principal.apiKey?.resourceGlobs ?? [];
@@ -177,7 +206,7 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
         }
       }
       const sortKey = (v: VolumeInfo) => `${v.backend} ${v.pool} ${v.name}`;
-      const matching = all.filter((v) => !request.nameGlob || globMatches(request.nameGlob, v.name)).sort((a, b) => (sortKey(a) < sortKey(b) ? -1 : sortKey(a) > sortKey(b) ? 1 : 0));
+      const matching = all.filter((v) => (!request.nameGlob || globMatches(request.nameGlob, v.name)) && (!imageDigest || v.tags[IMAGE_DIGEST_TAG] === imageDigest)).sort((a, b) => (sortKey(a) < sortKey(b) ? -1 : sortKey(a) > sortKey(b) ? 1 : 0));
       const page = pageByKey(matching, sortKey, request);
       return { volumes: page.items.map(volumeMessage), nextPageToken: page.nextPageToken };
     },
@@ -196,12 +225,13 @@ export function storageHandlers({ storage, operations }: StorageHandlerDeps): Ha
     provisionVolume: async (request, ctx) => {
       const key = keyOf(request.volume, 'volume');
       const owner = principalOf(ctx).id;
+      const { imagePath, imageSha256 } = await imageSourceOf(request, ctx);
       // Path, format and size problems are answered now, not as a failed operation.
-      await storage.inspectImage(request.imagePath, request.sizeBytes, { signal: ctx.signal });
+      await storage.inspectImage(imagePath, request.sizeBytes, { signal: ctx.signal });
       await storage.refuseExisting(key, 'volume.name', { signal: ctx.signal });
       const record = await operations.launch(ctx, PROVISION_VOLUME, {
         target: volumeLabel(key),
-        params: { volume: key, sizeBytes: request.sizeBytes.toString(), tags: request.tags, owner, imagePath: request.imagePath },
+        params: { volume: key, sizeBytes: request.sizeBytes.toString(), tags: request.tags, owner, imagePath, ...(imageSha256 ? { imageSha256 } : {}) },
         // The operation owns the storage_gb the proto option took: a failed provisioning gives it back.
         ...(ctx.quota ? { quota: ctx.quota } : {}),
         ...requestIdOf(request.requestId),

@@ -10,7 +10,7 @@ import type { AttachmentFinder } from './attachments.js';
 import type { BackendKind, CallOptions, ProgressFn, RbdTemplateBackend, SnapshotInfo, VolumeBackend, VolumeInfo } from '../backends/storage-backend.js';
 import { resolveImagePath } from './images.js';
 import { gibOf } from '../quota/units.js';
-import { timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
+import { IMAGE_DIGEST_TAG, timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
 import { isEmptyPolicy, planRetention, type RetentionRules } from './retention.js';
 import { EventKind } from '../gen/debvisor/v1/event_pb.js';
 import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
@@ -442,14 +442,16 @@ export class StorageManager {
   /** Creates the volume and writes the image into it; on failure removes only the volume it created. */
   async provision(
     key: VolumeKey,
-    spec: { sizeBytes: bigint; tags: Record<string, string>; owner: string; imagePath: string },
+    spec: { sizeBytes: bigint; tags: Record<string, string>; owner: string; imagePath: string; imageSha256?: string | undefined },
     options: ChangeOptions & { onProgress?: (percent: number, stage: string) => void } = {},
   ): Promise<VolumeInfo> {
     const { path, info } = await this.inspectImage(spec.imagePath, spec.sizeBytes, options);
     const backend = this.backend(key.backend);
     options.onProgress?.(2, 'creating volume');
+    // Lineage: a volume from a library image names its digest in a reserved tag users cannot set.
+    const tags = { ...validateTags(spec.tags), ...(spec.imageSha256 ? { [IMAGE_DIGEST_TAG]: spec.imageSha256 } : {}) };
     // An existing volume fails here (ALREADY_EXISTS) and is never touched by the cleanup below.
-    const volume = await backend.createVolume({ pool: key.pool, name: key.name, sizeBytes: spec.sizeBytes, tags: validateTags(spec.tags), owner: spec.owner }, options);
+    const volume = await backend.createVolume({ pool: key.pool, name: key.name, sizeBytes: spec.sizeBytes, tags, owner: spec.owner }, options);
     try {
       options.onProgress?.(5, `writing ${info.format} image`);
       await this.imageTool().convert(path, info.format, backend.imageTarget(key.pool, key.name), {

@@ -35,6 +35,9 @@ export function validateSize(bytes: bigint, field: string): bigint {
   return bytes;
 }
 
+/** The tag a volume provisioned from a library image carries: the image's SHA-256 (reserved: users cannot set "debvisor*" keys). */
+export const IMAGE_DIGEST_TAG = 'debvisor.image_sha256';
+
 export function validateTags(tags: Readonly<Record<string, string>>, field = 'tags'): Record<string, string> {
   const entries = Object.entries(tags);
   if (entries.length > MAX_USER_TAGS) throw new InvalidArgumentError(field, `at most ${MAX_USER_TAGS} tags`);

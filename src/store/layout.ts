@@ -14,6 +14,9 @@
 //                                                  outlives the node: FailoverVM reads it once the node is gone
 //   /debvisor/vm-snapshots/<hostname>/<vm>/<snap>  who created a VM snapshot (libvirt keeps no owner), so its
 //                                                  quota unit goes back to that principal on delete
+//   /debvisor/images/<hostname>/<sha256>           a node's library images (ImageService; the file is
+//                                                  <images_dir>/sha256/<sha256> on that node)
+//   /debvisor/image-aliases/<hostname>/<name>      an image name → digest on that node
 //   /debvisor/operations/<operation id>            long-running operations
 //   /debvisor/rpc/slots/<principal>/<operation id> concurrent-operation slots (on a daemon lease)
 //   /debvisor/rpc/idempotency/<principal>/<request id>  request_id → operation id
@@ -35,6 +38,8 @@ export const LAYOUT = {
   vmInventory: '/debvisor/vms/',
   vmSnapshotOwners: '/debvisor/vm-snapshots/',
   operations: '/debvisor/operations/',
+  images: '/debvisor/images/',
+  imageAliases: '/debvisor/image-aliases/',
   slots: '/debvisor/rpc/slots/',
   idempotency: '/debvisor/rpc/idempotency/',
   replies: '/debvisor/rpc/replies/',

@@ -130,6 +130,9 @@ export const operationRecord = z.strictObject({
   state: z.enum(operationStates),
   progress_percent: z.number().min(0).max(100),
   stage: z.string(),
+  /** Work measured in bytes (image imports): done so far, and the total when known. */
+  progress_bytes: z.number().int().nonnegative().optional(),
+  total_bytes: z.number().int().nonnegative().optional(),
   error: z.strictObject({ code: z.number().int(), message: z.string() }).optional(),
   /** `{ case, value }`: the Operation.result member and its message's protobuf JSON (src/operations/kinds.ts). */
   result: z.unknown().optional(),
@@ -178,3 +181,35 @@ export const vmSnapshotOwnerRecord = z.strictObject({
   created_at: isoTime,
 });
 export type VmSnapshotOwnerRecord = z.infer<typeof vmSnapshotOwnerRecord>;
+
+/**
+ * One image of a node's library (ImageService): the file `<images_dir>/sha256/<sha256>` on that
+ * node. Id: [node hostname, digest]. Its names live in their own keys (imageAliasRecord), so that
+ * claiming a name is one compare-and-create.
+ */
+export const imageRecord = z.strictObject({
+  schema_version: version1,
+  node: z.string().min(1),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  size_bytes: z.number().int().nonnegative(),
+  format: z.string().min(1),
+  virtual_size_bytes: z.number().int().nonnegative(),
+  source: z.enum(['url', 'upload']),
+  source_url: z.string(),
+  /** The principal that imported it: its images_gb quota holds the image. */
+  owner: z.string().min(1),
+  /** GiB charged to the owner's images_gb, given back on delete. */
+  quota_gb: z.number().int().nonnegative(),
+  created_at: isoTime,
+});
+export type ImageRecord = z.infer<typeof imageRecord>;
+
+/** A name of a library image. Id: [node hostname, name]. */
+export const imageAliasRecord = z.strictObject({
+  schema_version: version1,
+  node: z.string().min(1),
+  name: z.string().min(1),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  updated_at: isoTime,
+});
+export type ImageAliasRecord = z.infer<typeof imageAliasRecord>;

@@ -1,6 +1,6 @@
 // The typed repositories the services use, all on one store.
 import { LAYOUT } from './layout.js';
-import { apiKeyRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord, userSessionRecord, vmInventoryRecord, vmSnapshotOwnerRecord } from './records.js';
+import { apiKeyRecord, imageAliasRecord, imageRecord, nodeRecord, operationRecord, principalRecord, quotaRecord, roleRecord, userSessionRecord, vmInventoryRecord, vmSnapshotOwnerRecord } from './records.js';
 import { Repository } from './repository.js';
 import type { Store } from './store.js';
 
@@ -18,6 +18,10 @@ export function createRepositories(store: Store) {
     vmInventory: new Repository(store, LAYOUT.vmInventory, vmInventoryRecord),
     /** Id: [node hostname, VM name, snapshot name]. */
     vmSnapshotOwners: new Repository(store, LAYOUT.vmSnapshotOwners, vmSnapshotOwnerRecord),
+    /** Id: [node hostname, sha256]. */
+    images: new Repository(store, LAYOUT.images, imageRecord),
+    /** Id: [node hostname, alias]. */
+    imageAliases: new Repository(store, LAYOUT.imageAliases, imageAliasRecord),
   };
 }
 

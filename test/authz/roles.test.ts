@@ -29,7 +29,7 @@ const service = (p: string) => p.split(':')[0]!;
 const INTENT: Record<string, (rpc: Rpc) => boolean> = {
   admin: () => true,
   operator: (r) =>
-    ['node', 'vm', 'storage', 'migration', 'operation'].includes(service(r.permission)) ||
+    ['node', 'vm', 'storage', 'image', 'migration', 'operation'].includes(service(r.permission)) ||
     r.permission === 'event:watch' ||
     r.permission.startsWith('access:apikey:') ||
     r.permission.startsWith('access:session:'),
@@ -40,6 +40,8 @@ const INTENT: Record<string, (rpc: Rpc) => boolean> = {
       'storage:snapshot:create',
       'storage:snapshot:list',
       'storage:clone:create',
+      'image:list',
+      'image:get',
       'vm:list',
       'vm:get',
       'event:watch',
@@ -94,7 +96,7 @@ describe('built-in roles', () => {
 
   it('the table covers the whole API', () => {
     expect(RPCS.length).toBeGreaterThanOrEqual(45);
-    expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'operation', 'store', 'event']));
+    expect(new Set(RPCS.map((r) => service(r.permission)))).toEqual(new Set(['access', 'node', 'vm', 'migration', 'storage', 'image', 'operation', 'store', 'event']));
   });
 
   it('no role grants WhoAmI: it is open to every authenticated caller by its policy', () => {

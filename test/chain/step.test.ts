@@ -2,7 +2,9 @@
 // way in and in reverse on the way out, a message waits for the headers' (async) steps, a
 // refusing step stops everything after it, every final status passes the steps and observe,
 // and a step limited by a selector runs only for the methods it selects.
-import { Metadata as GrpcMetadata, Server, ServerCredentials, credentials, makeGenericClientConstructor, status as Status, type ClientDuplexStream, type Metadata, type ServerDuplexStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
+import { Metadata as GrpcMetadata, Server, ServerCredentials, credentials, makeGenericClientConstructor, status as Status, type ClientDuplexStream, type Metadata, type ServerDuplexStream,
+  type ServerReadableStream,
+  type ClientWritableStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chainInterceptor, selector, type PartialStatusObject, type Step } from '../../src/chain/step.js';
 import { attachCallState, type CallState } from '../../src/rpc/context.js';
@@ -12,6 +14,7 @@ const identity = (value: Buffer) => value;
 const definition: ServiceDefinition = {
   echo: { path: '/test.Chain/Echo', requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
   chat: { path: '/test.Chain/Chat', requestStream: true, responseStream: true, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
+  upload: { path: '/test.Chain/Upload', requestStream: true, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
 };
 
 const events: string[] = [];
@@ -78,6 +81,15 @@ beforeAll(async () => {
       callback(null, call.request);
     },
     // Answers each message a turn later, as a handler doing work would: some answers come after a refusal.
+    // Joins what it received, in order.
+    upload: (stream: ServerReadableStream<Buffer, Buffer>, callback: (err: Error | null, value?: Buffer) => void) => {
+      const parts: string[] = [];
+      stream.on('data', (message: Buffer) => parts.push(message.toString()));
+      stream.on('end', () => {
+        events.push(`handler:${parts.join(',')}`);
+        callback(null, Buffer.from(parts.join(',')));
+      });
+    },
     chat: (stream: ServerDuplexStream<Buffer, Buffer>) => {
       stream.on('data', (message: Buffer) => stream.write(message));
       stream.on('error', () => undefined);
@@ -160,6 +172,25 @@ describe('chain driver', () => {
     expect(events.filter((event) => event === 'observe.end:8')).toEqual(['observe.end:8']);
     expect(events.filter((event) => event.startsWith('observe.end'))).toHaveLength(1);
     expect(answers.every((answer) => ['one', 'two', 'three', 'more'].includes(answer))).toBe(true);
+  });
+});
+
+describe('client streams', () => {
+  it('run the steps on the first message only; the later ones reach the handler unread, in order, with the half-close after them', async () => {
+    events.length = 0;
+    const answer = new Promise<string>((resolve, reject) => {
+      const stream = (client as unknown as { upload: (cb: (err: ServiceError | null, value?: Buffer) => void) => ClientWritableStream<Buffer> }).upload((err, value) =>
+        err ? reject(err) : resolve(value?.toString() ?? ''),
+      );
+      // Written at once: most arrive while the first is still in step A's async request hook.
+      for (const text of ['header', 'B.stop', ...Array.from({ length: 50 }, (_, i) => `chunk${i}`)]) stream.write(Buffer.from(text));
+      stream.end();
+    });
+    const chunks = Array.from({ length: 50 }, (_, i) => `chunk${i}`);
+    expect(await answer).toBe(['header', 'B.stop', ...chunks].join(','));
+    // "B.stop" would refuse the call had a step read it.
+    expect(events.filter((event) => event.includes('.message:'))).toEqual(['A.message:header', 'B.message:header']);
+    expect(events.at(-1)).toBe('observe.end:0');
   });
 });
 

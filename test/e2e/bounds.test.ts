@@ -55,7 +55,7 @@ function oversize(message: DescMessage, prefix = '', seen: readonly DescMessage[
   const within = [...seen, message];
   return message.fields.flatMap((field) => {
     const path = `${prefix}${field.name}`;
-    // A oneof member is set through its oneof: { source: { case: 'volume', value } }.
+    // A oneof member (CreateVm's disk source, UploadImage's header) is set through its oneof: { source: { case: 'volume', value } }.
     const at = (value: unknown) => (field.oneof ? { [field.oneof.localName]: { case: field.localName, value } } : { [field.localName]: value });
     const nested = (inner: string) => (field.message ? oversize(field.message, inner, within) : []);
     switch (field.fieldKind) {
@@ -91,10 +91,11 @@ function outcomeOf(err: ServiceError | undefined): Outcome {
   return { code: err.code, details: err.details, traceId: typeof traceId === 'string' ? traceId : undefined };
 }
 
-/** One call of `method` with `body`, unary or server-streaming, to its final status. */
+/** One call of `method` with `body`, unary, client- or server-streaming, to its final status. */
 async function call(client: Client, method: DescMethod, body: Buffer): Promise<Outcome> {
   const path = `/${method.parent.typeName}/${method.name}`;
-  if (method.methodKind === 'unary') return outcomeOf((await rawUnary(client, path, body, {}, T.timeoutMs)).error);
+  // A client stream of one message (UploadImage's header) is a unary call on the wire.
+  if (method.methodKind === 'unary' || method.methodKind === 'client_streaming') return outcomeOf((await rawUnary(client, path, body, {}, T.timeoutMs)).error);
   if (method.methodKind !== 'server_streaming') throw new Error(`${path}: a ${method.methodKind} RPC; this test sends one message`);
   return new Promise((resolveOutcome) => {
     const stream = client.makeServerStreamRequest<Buffer, Buffer>(path, (v) => v, (v) => v, body, new Metadata(), { deadline: Date.now() + T.timeoutMs });

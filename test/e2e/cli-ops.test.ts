@@ -262,7 +262,8 @@ describe('debvisorctl volume and snapshot without Ceph or LVM', () => {
       [['snapshot', 'list', 'zfs', 'tank', 'data'], 'expected one of lvm, rbd'],
       [['snapshot', 'prune', 'rbd', 'vms', 'disk0', '--keep-last', '-1'], 'expected a whole number'],
       [['snapshot', 'delete', 'rbd', 'vms', 'disk0'], "missing required argument 'snapshot'"],
-      [['volume', 'provision', 'rbd', 'vms', 'disk1', '--size', '1GiB'], "required option '--image <path>' not specified"],
+      [['volume', 'provision', 'rbd', 'vms', 'disk1', '--size', '1GiB'], 'give exactly one of --image and --from-image'],
+      [['volume', 'provision', 'rbd', 'vms', 'disk1', '--size', '1GiB', '--image', 'a.raw', '--from-image', 'debian-12'], 'give exactly one of --image and --from-image'],
     ];
     for (const [args, problem] of refusals) {
       const refused = await ctl(...args);
