@@ -35,7 +35,7 @@ function pairs(value: string, allowed: readonly string[]): Map<string, string> {
 }
 
 const DISK_HELP =
-  'a disk (repeatable, in guest order): pool=P,size=S (a new empty volume) | image=PATH,pool=P,size=S (provisioned from an image) | ' +
+  'a disk (repeatable, in guest order): pool=P,size=S (a new empty volume) | image=NAME|sha256:HEX|./PATH,pool=P,size=S (provisioned from a library image, or a file under the images directory when it holds a /) | ' +
   'volume=POOL/NAME (an existing volume) | template=POOL/IMAGE@SNAP[,pool=P][,flatten] (an RBD clone); ' +
   'also backend=lvm|rbd (default lvm; rbd for templates), name=N, bus=virtio|scsi|sata, cache=none|writeback|..., boot=N';
 
@@ -65,7 +65,11 @@ export function diskOption(value: string, previous: DiskInit[] = []): DiskInit[]
       ...common,
     };
   } else if (p.has('image')) {
-    disk = { source: { case: 'image', value: { backend, pool: p.get('pool') ?? '', sizeBytes: sizeBytes(), name: p.get('name') ?? '', imagePath: p.get('image') ?? '' } }, ...common };
+    // A library image (ImageService) by name or digest; a value with a '/' is a file under the images directory.
+    const image = p.get('image') ?? '';
+    const file = image.includes('/') ? image.replace(/^\.\//, '') : '';
+    const library = file === '' ? image : '';
+    disk = { source: { case: 'image', value: { backend, pool: p.get('pool') ?? '', sizeBytes: sizeBytes(), name: p.get('name') ?? '', imagePath: file, image: library } }, ...common };
   } else {
     disk = { source: { case: 'newVolume', value: { backend, pool: p.get('pool') ?? '', sizeBytes: sizeBytes(), name: p.get('name') ?? '' } }, ...common };
   }

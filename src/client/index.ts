@@ -7,6 +7,7 @@ import type { ChannelCredentials, ClientOptions } from '@grpc/grpc-js';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import { AccessService } from '../gen/debvisor/v1/access_pb.js';
 import { EventService } from '../gen/debvisor/v1/event_pb.js';
+import { ImageService } from '../gen/debvisor/v1/image_pb.js';
 import { MigrationService } from '../gen/debvisor/v1/migration_pb.js';
 import { NodeService } from '../gen/debvisor/v1/node_pb.js';
 import { OperationService, type Operation } from '../gen/debvisor/v1/operation_pb.js';
@@ -53,6 +54,7 @@ export interface DebvisorClient {
   readonly migrations: ClientOf<typeof MigrationService>;
   readonly operations: ClientOf<typeof OperationService>;
   readonly events: ClientOf<typeof EventService>;
+  readonly images: ClientOf<typeof ImageService>;
   /** The operation once it has ended; `onProgress` sees every change. */
   waitFor(operation: Operation, options?: WaitForOptions): Promise<Operation>;
   close(): void;
@@ -78,6 +80,7 @@ export async function connect(options: ConnectOptions): Promise<DebvisorClient> 
     migrations: createClient(MigrationService, connection, behaviour),
     operations: createClient(OperationService, connection, behaviour),
     events: createClient(EventService, connection, behaviour),
+    images: createClient(ImageService, connection, behaviour),
   };
   return {
     ...clients,

@@ -342,6 +342,7 @@ export class Daemon {
         networks: vmNetworks,
         seeds,
         defaults: vmDefaults,
+        images,
       });
       registerVmProvisioningKinds(operations, provisioning);
       quotas.registerUsageSource(['vms', 'vcpus', 'memory_gb'], (principal) => Promise.resolve(provisioning.countOwnedBy(principal)));

@@ -12,9 +12,10 @@ import type { OperationManager } from '../operations/manager.js';
 import { defineOperationKind } from '../operations/kinds.js';
 import type { HandlersOf } from '../rpc/adapter.js';
 import type { CallContext } from '../rpc/context.js';
-import { InvalidArgumentError, itemStatus, RpcError, UnauthenticatedError } from '../rpc/errors.js';
+import { InvalidArgumentError, itemStatus, UnauthenticatedError } from '../rpc/errors.js';
 import type { ImageLibrary } from '../images/library.js';
-import { parseImageRef, validateSha256 } from '../images/names.js';
+import { validateSha256 } from '../images/names.js';
+import { libraryImageSource } from '../images/source.js';
 import { IMAGE_DIGEST_TAG } from '../storage/names.js';
 import { pageByKey, pageByOffset } from '../rpc/paging.js';
 import type { BackendKind, SnapshotInfo, VolumeInfo } from '../backends/storage-backend.js';
@@ -161,16 +162,7 @@ export function storageHandlers({ storage, operations, images }: StorageHandlerD
   const imageSourceOf = async (request: { imagePath: string; image: string }, ctx: CallContext): Promise<{ imagePath: string; imageSha256?: string }> => {
     if (request.image === '') return { imagePath: request.imagePath };
     if (request.imagePath !== '') throw new InvalidArgumentError('image', 'give either image or image_path, not both');
-    const ref = parseImageRef(request.image, 'image');
-    // RBAC scoped the call by pool; a key that also carries image globs must cover the image.
-    const imageGlobs = (principalOf(ctx).apiKey?.resourceGlobs ?? []).filter((g) => g.kind === 'image');
-    if (imageGlobs.length > 0 && !imageGlobs.some((g) => globMatches(g.glob, request.image))) {
-      throw new RpcError('PERMISSION_DENIED', `permission denied: this API key is not scoped to image "${request.image}"`);
-    }
-    if (!images) throw new RpcError('FAILED_PRECONDITION', 'this node has no image library');
-    const image = await images.require(ref);
-    images.countCacheHit();
-    return { imagePath: images.relativePathOf(image.record.sha256), imageSha256: image.record.sha256 };
+    return libraryImageSource(images, request.image, principalOf(ctx), 'image');
   };
 
   return {

@@ -23,6 +23,8 @@ import type { VmLiveInventory } from './inventory.js';
 import { buildDomainXml, targetDevName, type DiskDevice, type DiskSource, type DomainDefinition } from './domain-xml.js';
 import { validateSpec, type DiskPlanInput, type NicPlanInput, type ValidSpec } from './spec.js';
 import type { CloudInitInput, CloudInitSeeds } from './cloud-init.js';
+import type { ImageLibrary } from '../images/library.js';
+import { libraryImageSource } from '../images/source.js';
 
 /** A libvirt network or host bridge of this node (NodeService.ListNetworks). */
 export interface NodeNetwork {
@@ -52,6 +54,8 @@ export interface ProvisioningDeps {
   /** undefined: this node cannot build seeds (a spec with cloud_init is refused). */
   readonly seeds: SeedBuilder | undefined;
   readonly defaults: () => VmDefaults;
+  /** This node's image library (a disk from a library image); undefined: none. */
+  readonly images?: ImageLibrary | undefined;
 }
 
 export const PERMISSION_VOLUME_CREATE = 'storage:volume:create';
@@ -68,7 +72,8 @@ const plannedVolume = z.object({
   sizeBytes: z.string().regex(/^\d+$/),
   source: z.discriminatedUnion('kind', [
     z.object({ kind: z.literal('empty') }),
-    z.object({ kind: z.literal('image'), imagePath: z.string() }),
+    /** imageSha256: a library image's digest, the volume's lineage (held in use while it is read). */
+    z.object({ kind: z.literal('image'), imagePath: z.string(), imageSha256: z.string().regex(/^[0-9a-f]{64}$/).optional() }),
     z.object({ kind: z.literal('clone'), template: z.object({ pool: z.string(), image: z.string(), snapshot: z.string() }), flatten: z.boolean() }),
   ]),
   /** storage_gb units taken for it before the operation (given back if it is never made). */
@@ -194,13 +199,15 @@ export class VmProvisioning {
         sizeBytes = o.sizeBytes;
         source = { kind: 'empty' };
       } else if (o.kind === 'image') {
-        await storage.inspectImage(o.imagePath, o.sizeBytes, options).catch((err: unknown) => {
+        const library = o.libraryImage === '' ? undefined : await libraryImageSource(this.deps.images, o.libraryImage, principal, `${field}.image.image`);
+        const imagePath = library?.imagePath ?? o.imagePath;
+        await storage.inspectImage(imagePath, o.sizeBytes, options).catch((err: unknown) => {
           // inspectImage names the ProvisionVolume fields; here they are the disk's.
           if (err instanceof InvalidArgumentError) throw new InvalidArgumentError(`${field}.image.${err.field === 'size_bytes' ? 'size_bytes' : 'image_path'}`, err.message.slice(err.field.length + 2));
           throw err;
         });
         sizeBytes = o.sizeBytes;
-        source = { kind: 'image', imagePath: o.imagePath };
+        source = { kind: 'image', imagePath, ...(library ? { imageSha256: library.imageSha256 } : {}) };
       } else {
         this.poolOn('rbd', o.template.pool, `${field}.template_clone.template_pool`);
         const template = await storage.templateForClone(o.template, options);
@@ -235,7 +242,7 @@ export class VmProvisioning {
     const plannedVolumes: MessageInitShape<typeof PlannedVolumeSchema>[] = volumes.map((v, i) => ({
       volume: { backend: KIND_ENUM[v.backend], pool: v.pool, name: v.name },
       sizeBytes: BigInt(v.sizeBytes),
-      source: v.source.kind === 'empty' ? 'empty' : v.source.kind === 'image' ? `image:${v.source.imagePath}` : `template:${v.source.template.pool}/${v.source.template.image}@${v.source.template.snapshot}`,
+      source: v.source.kind === 'empty' ? 'empty' : v.source.kind === 'image' ? (v.source.imageSha256 ? `image:sha256:${v.source.imageSha256}` : `image:${v.source.imagePath}`) : `template:${v.source.template.pool}/${v.source.template.image}@${v.source.template.snapshot}`,
       targetDev: volumeTargets[i] ?? '',
     }));
     const message = create(VmPlanSchema, {
@@ -364,7 +371,13 @@ export class VmProvisioning {
         if (v.source.kind === 'empty') {
           await storage.createVolume(key, BigInt(v.sizeBytes), tags, params.owner, change);
         } else if (v.source.kind === 'image') {
-          await storage.provision(key, { sizeBytes: BigInt(v.sizeBytes), tags, owner: params.owner, imagePath: v.source.imagePath }, { ...change, onProgress: progress });
+          // A library image is in use while it is read: DeleteImage is refused until then.
+          const release = v.source.imageSha256 ? this.deps.images?.use(v.source.imageSha256) : undefined;
+          try {
+            await storage.provision(key, { sizeBytes: BigInt(v.sizeBytes), tags, owner: params.owner, imagePath: v.source.imagePath, imageSha256: v.source.imageSha256 }, { ...change, onProgress: progress });
+          } finally {
+            release?.();
+          }
         } else {
           await storage.clone(v.source.template, { pool: v.pool, image: v.name, owner: params.owner }, v.source.flatten, { ...change, onProgress: progress });
         }

@@ -22,7 +22,7 @@ const MAX_BOOT_ORDER = 64;
 export type DiskOrigin =
   | { readonly kind: 'existing'; readonly backend: BackendKind; readonly pool: string; readonly name: string }
   | { readonly kind: 'empty'; readonly backend: BackendKind; readonly pool: string; readonly name: string; readonly sizeBytes: bigint }
-  | { readonly kind: 'image'; readonly backend: BackendKind; readonly pool: string; readonly name: string; readonly sizeBytes: bigint; readonly imagePath: string }
+  | { readonly kind: 'image'; readonly backend: BackendKind; readonly pool: string; readonly name: string; readonly sizeBytes: bigint; readonly imagePath: string; readonly libraryImage: string }
   | {
       readonly kind: 'clone';
       readonly backend: 'rbd';
@@ -152,8 +152,10 @@ export function validateDisk(disk: VmDiskSpec, vm: string, index: number, field:
         name: volumeNameOf(backend, v.name, vm, index, `${field}.image.name`),
         sizeBytes: sizeOf(v.sizeBytes, `${field}.image.size_bytes`),
         imagePath: validateText(v.imagePath, `${field}.image.image_path`, 4096),
+        libraryImage: v.image,
       };
-      if (origin.imagePath === '') throw new InvalidArgumentError(`${field}.image.image_path`, 'required');
+      if (origin.imagePath === '' && v.image === '') throw new InvalidArgumentError(`${field}.image.image_path`, 'required: a path under the images directory, or image (a library image)');
+      if (origin.imagePath !== '' && v.image !== '') throw new InvalidArgumentError(`${field}.image.image`, 'give either image or image_path, not both');
       break;
     }
     case 'templateClone': {

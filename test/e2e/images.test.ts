@@ -21,8 +21,10 @@ import { OperationKind, OperationService, OperationState, type Operation } from 
 import { QuotaResource, ResourceKind } from '../../src/gen/debvisor/v1/options_pb.js';
 import { StorageService } from '../../src/gen/debvisor/v1/storage_pb.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
+import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { cephAvailable, RBD, startCeph, type TestCeph } from '../support/ceph.js';
 import { ctlOn } from '../support/ctl.js';
+import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
 import { clientFor, startDaemon, type RunningDaemon, type StartDaemonOptions } from '../support/daemon.js';
 import { metricSum, metricsText, rejection } from '../support/security.js';
 import { finished, MIB, NO_RATE_LIMITS, T, used, type Client } from '../support/storage.js';
@@ -557,6 +559,61 @@ describe('ImageService across a daemon restart', () => {
     } finally {
       await second?.cleanup();
       await first.cleanup();
+    }
+  });
+});
+
+describe.skipIf(!cephAvailable())('CreateVm with a disk from a library image (RBD, libvirt test driver)', () => {
+  let ceph: TestCeph;
+  let libvirt: TestLibvirt;
+  let daemon: RunningDaemon;
+  const pool = `${POOL}-vm`;
+
+  beforeAll(async () => {
+    [ceph, libvirt] = await Promise.all([startCeph({ pools: [pool] }), startLibvirt()]);
+    daemon = await startDaemon({
+      env: {
+        DEBVISOR_RPCD_IMAGES_DIR: join(dir, 'images-vm'),
+        DEBVISOR_RPCD_RBD_CEPH_CONF: ceph.conf,
+        DEBVISOR_RPCD_RBD_POOLS: pool,
+        DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri,
+        DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_DOMAIN_TYPE: 'test',
+      },
+      config: imageConfig(),
+    });
+  });
+
+  afterAll(async () => {
+    await (daemon as RunningDaemon | undefined)?.cleanup();
+    await Promise.all([(ceph as TestCeph | undefined)?.stop(), (libvirt as TestLibvirt | undefined)?.stop()]);
+  });
+
+  it('provisions the disk from the image by name, records its digest, and DeleteVm removes the volume', async () => {
+    const [images, vms, storage, ops] = await Promise.all([clientFor(ImageService, daemon), clientFor(VmService, daemon), clientFor(StorageService, daemon), clientFor(OperationService, daemon)]);
+    try {
+      const imported = await finished(ops, (await images.importImage({ url: server.url('/debian.qcow2'), sha256: sha(qcow2), name: 'vm-base' }, T)).operation);
+      expect(imported.state).toBe(OperationState.SUCCEEDED);
+      const disk = (value: { image?: string; imagePath?: string }) => ({ source: { case: 'image' as const, value: { backend: StorageBackend.RBD, pool, sizeBytes: 8n * MIB, ...value } }, bootOrder: 1 });
+      const spec = (image: { image?: string; imagePath?: string }) => ({ name: 'from-image', vcpus: 1, memoryBytes: 256n * MIB, disks: [disk(image)] });
+
+      const both = await rejection(vms.createVm({ spec: spec({ image: 'vm-base', imagePath: 'x.raw' }) }, T));
+      expect([both.code, both.details]).toEqual([Status.INVALID_ARGUMENT, expect.stringContaining('spec.disks[0].image.image: give either image or image_path')]);
+      const unknown = await rejection(vms.createVm({ spec: spec({ image: 'no-such-image' }) }, T));
+      expect(unknown.code).toBe(Status.NOT_FOUND);
+
+      const { plan, operation } = await vms.createVm({ spec: spec({ image: 'vm-base' }) }, T);
+      expect(plan?.volumes.map((v) => v.source)).toEqual([`image:sha256:${sha(qcow2)}`]);
+      const created = await finished(ops, operation, 120_000);
+      expect(created.error).toBeUndefined();
+      expect(created.state).toBe(OperationState.SUCCEEDED);
+      const lineage = await storage.listVolumes({ backend: StorageBackend.RBD, pool, imageDigest: sha(qcow2) }, T);
+      expect(lineage.volumes.map((v) => v.ref?.name)).toEqual(['from-image-disk0']);
+
+      const deleted = await finished(ops, (await vms.deleteVm({ vmName: 'from-image', deleteVolumes: true }, T)).operation, 120_000);
+      expect(deleted.state).toBe(OperationState.SUCCEEDED);
+      expect((await storage.listVolumes({ backend: StorageBackend.RBD, pool }, T)).volumes).toEqual([]);
+    } finally {
+      for (const c of [images, vms, storage, ops]) c.close();
     }
   });
 });

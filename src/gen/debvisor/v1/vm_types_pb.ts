@@ -111,7 +111,8 @@ export type PlannedVolume = Message<"debvisor.v1.PlannedVolume"> & {
   sizeBytes: bigint;
 
   /**
-   * Where its data comes from: "empty", "image:<path>" or
+   * Where its data comes from: "empty", "image:<path>", "image:sha256:<hex>" (a
+   * library image) or
    * "template:<pool>/<image>@<snapshot>".
    *
    * @generated from field: string source = 3;
