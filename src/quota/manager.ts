@@ -26,9 +26,10 @@ export interface QuotaView {
 
 /**
  * Counts what a principal really holds of some resources (e.g. its volumes' GiB and its snapshots on
- * the storage backends, from one listing). Aborts with the call when `signal` does.
+ * the storage backends, from one listing). Aborts with the call when `signal` does. `undefined`:
+ * it cannot count now (e.g. the VM inventory is not loaded); what it counts is then left as it is.
  */
-export type UsageSource = (principal: string, options: { signal?: AbortSignal }) => Promise<Partial<Record<CountedResource, number>>>;
+export type UsageSource = (principal: string, options: { signal?: AbortSignal }) => Promise<Partial<Record<CountedResource, number>> | undefined>;
 
 const MAX_ATTEMPTS = 64;
 
@@ -188,11 +189,12 @@ export class QuotaManager {
       const notRecounted: QuotaResourceName[] = [];
       for (const resource of countedQuotaResources) {
         const counting = counts.filter(({ resources }) => resources.includes(resource));
-        if (counting.length === 0) {
+        // A partial sum would undercount: every source of a resource must have answered.
+        if (counting.length === 0 || counting.some(({ counted }) => counted === undefined)) {
           notRecounted.push(resource);
           continue;
         }
-        const actual = counting.reduce((sum, { counted }) => sum + (counted[resource] ?? 0), 0);
+        const actual = counting.reduce((sum, { counted }) => sum + (counted?.[resource] ?? 0), 0);
         await this.repos.quotas.mutate([principal, resource], (current) => ({
           ...(current ?? { schema_version: 1 as const, principal, resource }),
           used: actual,

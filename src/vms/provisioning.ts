@@ -19,7 +19,7 @@ import { VmPlanSchema, type VmPlan, type PermissionVerdictSchema, type QuotaVerd
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
 import type { VmSpec } from '../gen/debvisor/v1/vm_pb.js';
 import type { CountedResource } from '../rpc/quota-dimensions.js';
-import type { VmLiveInventory } from './inventory.js';
+import { InventoryUnavailableError, type VmLiveInventory } from './inventory.js';
 import { buildDomainXml, targetDevName, type DiskDevice, type DiskSource, type DomainDefinition } from './domain-xml.js';
 import { validateSpec, type DiskPlanInput, type NicPlanInput, type ValidSpec } from './spec.js';
 import type { CloudInitInput, CloudInitSeeds } from './cloud-init.js';
@@ -498,12 +498,22 @@ export class VmProvisioning {
     };
   }
 
-  /** RecomputeQuota's count of vms, vcpus and memory_gb: the VMs of this node's inventory the principal owns. */
-  countOwnedBy(principal: string): { vms: number; vcpus: number; memory_gb: number } {
+  /**
+   * RecomputeQuota's count of vms, vcpus and memory_gb: the VMs of this node's inventory the
+   * principal owns; undefined while the inventory cannot answer (libvirt down or absent).
+   */
+  countOwnedBy(principal: string): { vms: number; vcpus: number; memory_gb: number } | undefined {
     let vms = 0;
     let vcpus = 0;
     let memoryGb = 0;
-    for (const vm of this.deps.inventory.list().vms) {
+    let listed;
+    try {
+      listed = this.deps.inventory.list().vms;
+    } catch (err) {
+      if (err instanceof InventoryUnavailableError) return undefined;
+      throw err;
+    }
+    for (const vm of listed) {
       if (vm.owner !== principal) continue;
       const definition = vm.inactiveXml !== undefined ? parseDomainXml(vm.inactiveXml) : undefined;
       vms += 1;

@@ -115,7 +115,11 @@ describe('NodeService.ListNetworks', () => {
 
 describe('debvisorctl node networks', () => {
   it('prints a table and JSON, and refuses an unknown --kind', async () => {
-    const table = await ctlOn(daemon, 'node', 'networks', '--kind', 'libvirt');
+    const narrow = await ctlOn(daemon, 'node', 'networks', '--kind', 'libvirt');
+    expect(narrow.code, narrow.stderr).toBe(0);
+    expect(Math.max(...narrow.stdout.split('\n').map((l) => l.length))).toBeLessThanOrEqual(80);
+    // Whole cells with -o wide.
+    const table = await ctlOn(daemon, '-o', 'wide', 'node', 'networks', '--kind', 'libvirt');
     expect(table.code, table.stderr).toBe(0);
     // Rows of the box-drawn table as their cells.
     const rows = table.stdout.split('\n').filter((l) => l.startsWith('│')).map((l) => l.split('│').slice(1, -1).map((c) => c.trim()));

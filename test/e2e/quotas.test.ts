@@ -75,9 +75,10 @@ describe('quotas on a shared etcd', () => {
     const quota = await access.getQuota({}, { timeoutMs: 5000 });
     expect(quota.quotas.find((q) => q.resource === QuotaResource.CONCURRENT_OPERATIONS)?.used).toBe(1n);
     const recount = await access.recomputeQuota({ principal: ADMIN }, { timeoutMs: 5000 });
-    // No storage on these daemons: storage_gb cannot be recounted. Snapshots can (VM snapshot owners
-    // in the store): the 10 units the test service took stand for no real snapshot, so they go.
-    expect(recount.notRecounted).toEqual([QuotaResource.STORAGE_GB]);
+    // No storage and no libvirt on these daemons: storage_gb and the VM dimensions cannot be
+    // recounted (nor zeroed). Snapshots can (VM snapshot owners in the store): the 10 units the
+    // test service took stand for no real snapshot, so they go.
+    expect(recount.notRecounted).toEqual([QuotaResource.STORAGE_GB, QuotaResource.VMS, QuotaResource.VCPUS, QuotaResource.MEMORY_GB]);
     expect(recount.before.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used).toBe(10n);
     expect(recount.after.find((q) => q.resource === QuotaResource.SNAPSHOTS)?.used).toBe(0n);
     const ops = await clientFor(OperationService, a);

@@ -64,6 +64,18 @@ describe('QuotaManager.recompute', () => {
     expect([usedOf(after, 'storage_gb'), usedOf(after, 'snapshots')]).toEqual([7, 5]);
   });
 
+  it('leaves a resource as it is when one of its sources cannot count now (no partial sum)', async () => {
+    intervalSeconds = 0;
+    const quotas = manager();
+    await quotas.consume('p-partial', 'snapshots', 4);
+    await quotas.consume('p-partial', 'vms', 2);
+    quotas.registerUsageSource(['snapshots'], () => Promise.resolve({ snapshots: 1 }));
+    quotas.registerUsageSource(['snapshots', 'vms'], () => Promise.resolve(undefined));
+    const { after, notRecounted } = await quotas.recompute('p-partial');
+    expect(notRecounted).toEqual(expect.arrayContaining(['snapshots', 'vms']));
+    expect([usedOf(after, 'snapshots'), usedOf(after, 'vms')]).toEqual([4, 2]);
+  });
+
   it('passes the call signal to the sources: an aborted call ends their work and frees the gate', async () => {
     intervalSeconds = 0;
     const quotas = manager();
