@@ -25,7 +25,7 @@ import { VmService } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { cephAvailable, RBD, startCeph, type TestCeph } from '../support/ceph.js';
 import { ctlOn } from '../support/ctl.js';
 import { startLibvirt, type TestLibvirt } from '../support/libvirt.js';
-import { clientFor, startDaemon, type RunningDaemon, type StartDaemonOptions } from '../support/daemon.js';
+import { auditRecords, clientFor, startDaemon, type RunningDaemon, type StartDaemonOptions } from '../support/daemon.js';
 import { metricSum, metricsText, rejection } from '../support/security.js';
 import { finished, MIB, NO_RATE_LIMITS, T, used, type Client } from '../support/storage.js';
 
@@ -208,7 +208,8 @@ describe('ImageService', () => {
     await chmod(wrapper, 0o755);
     const env: Record<string, string> = { DEBVISOR_RPCD_IMAGES_DIR: imagesDir };
     if (ceph) Object.assign(env, { DEBVISOR_RPCD_RBD_CEPH_CONF: ceph.conf, DEBVISOR_RPCD_RBD_POOLS: POOL });
-    daemon = await startDaemon({ env, config: imageConfig({ qemu_img: { path: wrapper } }) });
+    // Audit level request: the log would hold request bodies, and must still hold no signed URL.
+    daemon = await startDaemon({ env, config: imageConfig({ qemu_img: { path: wrapper }, audit: { level: 'request' } }) });
     images = await clientFor(ImageService, daemon);
     storage = await clientFor(StorageService, daemon);
     ops = await clientFor(OperationService, daemon);
@@ -261,6 +262,8 @@ describe('ImageService', () => {
     expect(done.error).toBeUndefined();
     expect(done.state).toBe(OperationState.SUCCEEDED);
     expect(done.result.case).toBe('importedImage');
+    // The URL is a secret field: the audit record keeps none of it (a signed URL's query is a credential).
+    expect(JSON.stringify(auditRecords(daemon))).not.toContain('signature=secret');
     const published = await readFile(join(imagesDir, 'sha256', digest));
     expect(published.equals(qcow2)).toBe(true);
     const expected = {
