@@ -3,7 +3,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ROLE_NAME } from '../authz/roles.js';
-import { parseCidr } from '../images/address-policy.js';
+import { parseCidr } from './cidr.js';
 
 const hostPort = z
   .string()

@@ -6,6 +6,9 @@
 // The CIDR matching is node:net BlockList's; it matches an IPv4 rule against IPv4-mapped IPv6 too.
 import { BlockList, isIP } from 'node:net';
 import { ImageFetchError } from './errors.js';
+import { parseCidr } from '../config/cidr.js';
+
+export { parseCidr };
 
 /** Networks refused by default, with why (for logs). */
 const REFUSED_NETWORKS: readonly (readonly [string, number, 'ipv4' | 'ipv6', string])[] = [
@@ -45,19 +48,6 @@ for (const [address, prefix, family] of REFUSED_NETWORKS) refused.addSubnet(addr
 /** The well-known NAT64 prefix: the last 32 bits are the IPv4 address really reached. */
 const nat64 = new BlockList();
 nat64.addSubnet('64:ff9b::', 96, 'ipv6');
-
-/** A CIDR ("10.0.0.0/8", "fd00::/8") or a single address; undefined when malformed. */
-export function parseCidr(text: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
-  const [address = '', bits, extra] = text.trim().split('/');
-  if (extra !== undefined) return undefined;
-  const version = isIP(address);
-  if (version === 0) return undefined;
-  const max = version === 4 ? 32 : 128;
-  if (bits !== undefined && !/^\d{1,3}$/.test(bits)) return undefined;
-  const prefix = bits === undefined ? max : Number(bits);
-  if (prefix > max) return undefined;
-  return { address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' };
-}
 
 /** The IPv4 address in the last 32 bits of an IPv6 address, as a dotted quad. */
 function lastIpv4(address: string): string | undefined {

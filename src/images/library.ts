@@ -19,38 +19,16 @@ import { RpcError } from '../rpc/errors.js';
 import type { QuotaManager } from '../quota/manager.js';
 import { GIB, gibOf } from '../quota/units.js';
 import { ImageFetchError } from './errors.js';
+import type { DownloadRequest as FetchRequest, DownloadResult, FetchPolicy } from './fetch.js';
 import type { ImageAliasRecord, ImageRecord } from '../store/records.js';
 import { retryOnConflict } from '../store/repository.js';
 import type { Repositories } from '../store/repositories.js';
 import { DIGEST_PREFIX, type ImageRef } from './names.js';
 
 /** Where a download may go (the SSRF guard's settings); see src/images/fetch.ts. */
-export interface DownloadPolicy {
-  readonly allowHttp: boolean;
-  readonly allowedNetworks: readonly string[];
-  readonly caFile?: string;
-  readonly maxRedirects: number;
-}
-
-export interface DownloadRequest {
-  readonly url: string;
-  readonly expectedSha256: string;
-  /** Resumed with a Range request when it already holds a prefix of the body. */
-  readonly partialPath: string;
-  readonly maxBytes: number;
-  readonly policy: DownloadPolicy;
-  readonly signal: AbortSignal;
-  /** Bytes of the file so far (a kept part included) and its full size when the server said it. */
-  readonly onProgress?: (received: number, total?: number) => void;
-  /** Bytes that came over the network, as they arrive. */
-  readonly onBytesReceived?: (bytes: number) => void;
-}
-
-export interface DownloadResult {
-  readonly sha256: string;
-  readonly bytes: number;
-  readonly resumed: boolean;
-}
+/** What the library asks of a download (src/images/fetch.ts implements it). */
+export type DownloadRequest = Pick<FetchRequest, 'url' | 'expectedSha256' | 'partialPath' | 'maxBytes' | 'policy' | 'signal' | 'onProgress' | 'onBytesReceived'>;
+export type { DownloadResult };
 
 /** Downloads a URL into a file, checking its digest while streaming (src/images/fetch.ts). */
 export type Downloader = (request: DownloadRequest) => Promise<DownloadResult>;
@@ -69,7 +47,7 @@ export interface ImageLibraryOptions {
   readonly download: Downloader;
   /** Files kept beside a partial download (the resume validator), removed with it. */
   readonly partialCompanions?: (partialPath: string) => readonly string[];
-  readonly downloadSettings: () => { readonly policy: DownloadPolicy; readonly maxBytes: number };
+  readonly downloadSettings: () => { readonly policy: FetchPolicy; readonly maxBytes: number };
   readonly registry: Registry;
   readonly log: Logger;
 }
