@@ -19,6 +19,9 @@ export async function setupDevInstance(dir: string): Promise<{ configFile: strin
       store: { backend: 'embedded', embedded: { dir: join(root, 'state') } },
       audit: { path: join(root, 'audit', 'rpc-audit.log'), hmac_key_file: join(root, 'audit', 'hmac.key') },
       auth: { bootstrap_admins: [pki.adminPrincipal] },
+      // The image library and cloud-init seeds under the dev directory (the defaults are in /var/lib).
+      images_dir: join(root, 'images'),
+      vms: { cloud_init_dir: join(root, 'cloud-init') },
       log: { level: 'info' },
     };
     const header = '# Development config written by scripts/dev. Edit freely: it is kept between runs.\n# See config/rpcd.example.yaml for every setting.\n';
