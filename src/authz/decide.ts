@@ -5,7 +5,7 @@ import { isValidPermission, patternCovers, patternsIntersect, permissionMatches 
 import { globMatches, type ResourceGlob } from './globs.js';
 import type { Role } from './roles.js';
 
-export { globMatches, isValidResourceGlob, type ResourceGlob } from './globs.js';
+export { globMatches, isValidResourceGlob, keyScopeShows, type ResourceGlob } from './globs.js';
 
 export interface AuthorizeInput {
   /** The principal's CURRENT roles (for an API key: its owner's current roles). */

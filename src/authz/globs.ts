@@ -63,3 +63,12 @@ export function globMatches(glob: string, name: string): boolean {
 export function globWithin(inner: string, outer: string): boolean {
   return isValidResourceGlob(inner) && isValidResourceGlob(outer) && accepts(outer, inner, true);
 }
+
+/**
+ * What a list RPC (which names no target for RBAC) may show a caller: everything without an API
+ * key scope; with one, only what the key's globs of `kind` match under any of `names`.
+ */
+export function keyScopeShows(scope: readonly { readonly kind: string; readonly glob: string }[] | undefined, kind: string, ...names: string[]): boolean {
+  if (!scope || scope.length === 0) return true;
+  return scope.some((g) => g.kind === kind && names.some((name) => globMatches(g.glob, name)));
+}

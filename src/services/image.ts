@@ -4,7 +4,7 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { z } from 'zod';
-import { globMatches, isValidResourceGlob } from '../authz/decide.js';
+import { globMatches, isValidResourceGlob, keyScopeShows } from '../authz/decide.js';
 import type { ImageService } from '../gen/debvisor/v1/image_pb.js';
 import { ImageSource, type ImageSchema } from '../gen/debvisor/v1/image_types_pb.js';
 import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
@@ -78,9 +78,8 @@ function principalOf(ctx: CallContext) {
 export function imageHandlers({ library, operations, validateUrl, allowedFormats }: ImageHandlerDeps): HandlersOf<typeof ImageService> {
   /** Whether a scoped key's image globs let it see an image (by one of its names or its digest). */
   const visibleTo = (ctx: CallContext) => {
-    const globs = (principalOf(ctx).apiKey?.resourceGlobs ?? []).filter((g) => g.kind === 'image').map((g) => g.glob);
-    const scoped = (principalOf(ctx).apiKey?.resourceGlobs.length ?? 0) > 0;
-    return (image: LibraryImage) => !scoped || [...image.aliases, DIGEST_PREFIX + image.record.sha256].some((name) => globs.some((glob) => globMatches(glob, name)));
+    const scope = principalOf(ctx).apiKey?.resourceGlobs;
+    return (image: LibraryImage) => keyScopeShows(scope, 'image', ...image.aliases, DIGEST_PREFIX + image.record.sha256);
   };
 
   return {

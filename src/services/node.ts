@@ -3,7 +3,7 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { durationFromMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { CephStatus, NetworkKind, NodeHealth, type NetworkSchema, type NodeSchema, type NodeService } from '../gen/debvisor/v1/node_pb.js';
-import { globMatches } from '../authz/decide.js';
+import { keyScopeShows } from '../authz/decide.js';
 import type { HostNetwork, HostNetworks } from '../backends/libvirt/networks.js';
 import { validateHostname, validateIpAddress } from '../backends/validate.js';
 import { NodeIdMismatchError, UnknownNodeError, type NodeHealthRecord, type NodeRegistry, type NodeView } from '../nodes/registry.js';
@@ -178,9 +178,8 @@ export function nodeHandlers(registry: NodeRegistry, networks: HostNetworks): Ha
       const found =
         request.kind === NetworkKind.LIBVIRT ? await networks.libvirtNetworks(call) : request.kind === NetworkKind.BRIDGE ? await networks.hostBridges() : await networks.list(call);
       // A scoped API key lists only the networks its `network` globs allow (list RPCs name no target for RBAC).
-      const keyGlobs = ctx.principal.apiKey?.resourceGlobs ?? [];
-      const networkGlobs = keyGlobs.filter((g) => g.kind === 'network').map((g) => g.glob);
-      const visible = found.filter((n) => keyGlobs.length === 0 || networkGlobs.some((glob) => globMatches(glob, n.name)));
+      const scope = ctx.principal.apiKey?.resourceGlobs;
+      const visible = found.filter((n) => keyScopeShows(scope, 'network', n.name));
       return { networks: visible.map(networkMessage) };
     },
   };

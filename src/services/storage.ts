@@ -3,7 +3,7 @@
 // run (withDeclaredPolicies); the manager keeps them in step and releases them to owners.
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { globMatches, isValidResourceGlob } from '../authz/decide.js';
+import { globMatches, isValidResourceGlob, keyScopeShows } from '../authz/decide.js';
 import type { StorageService, SnapshotSchema, VolumeSchema } from '../gen/debvisor/v1/storage_pb.js';
 import { StorageBackend, type VolumeRefSchema } from '../gen/debvisor/v1/storage_types_pb.js';
 import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
@@ -181,9 +181,7 @@ export function storageHandlers({ storage, operations, images }: StorageHandlerD
       const imageDigest = request.imageDigest === '' ? '' : validateSha256(request.imageDigest, 'image_digest');
       const kinds: BackendKind[] = request.backend === StorageBackend.UNSPECIFIED ? storage.enabled().map((b) => b.kind) : [kindOf(request.backend, 'backend')];
       // A scoped API key sees only the pools its globs allow (RBAC checked `pool` only when it was given).
-      const keyGlobs = principal.apiKey?.resourceGlobs ?? [];
-      const poolGlobs = keyGlobs.filter((g) => g.kind === 'pool').map((g) => g.glob);
-      const visible = (pool: string) => keyGlobs.length === 0 || poolGlobs.some((glob) => globMatches(glob, pool));
+      const visible = (pool: string) => keyScopeShows(principal.apiKey?.resourceGlobs, 'pool', pool);
       if (request.pool) {
         if (request.backend !== StorageBackend.UNSPECIFIED) storage.pool(kindOf(request.backend, 'backend'), request.pool, 'pool');
         else if (!kinds.some((kind) => storage.backend(kind).pools.includes(request.pool))) {

@@ -14,7 +14,7 @@ import type { VmLiveInventory } from '../vms/inventory.js';
 import { VM_STATES as STATES } from '../vms/states.js';
 import { validateText, validateVmName } from '../backends/validate.js';
 import { definitionEtag } from '../vms/domain-xml.js';
-import { globMatches, isValidResourceGlob } from '../authz/decide.js';
+import { globMatches, isValidResourceGlob, keyScopeShows } from '../authz/decide.js';
 import { z } from 'zod';
 import { OperationKind } from '../gen/debvisor/v1/operation_pb.js';
 import type { OperationManager } from '../operations/manager.js';
@@ -155,15 +155,13 @@ export function vmHandlers({ libvirt, inventory, operations, quotas, snapshotOwn
       }
       validateText(request.owner, 'owner', 256);
       // A scoped API key lists only the VMs its `vm` globs allow (list RPCs name no target for RBAC).
-      const keyGlobs = principal.apiKey?.resourceGlobs ?? [];
-      const vmGlobs = keyGlobs.filter((g) => g.kind === 'vm').map((g) => g.glob);
       const { vms: inventoried, staleSince } = inventory.list();
       const all = inventoried.filter(
         (vm) =>
           (request.state === VmState.UNSPECIFIED || STATES[vm.state] === request.state) &&
           (!request.nameGlob || globMatches(request.nameGlob, vm.name)) &&
           (!request.owner || vm.owner === request.owner) &&
-          (keyGlobs.length === 0 || vmGlobs.some((glob) => globMatches(glob, vm.name))),
+          keyScopeShows(principal.apiKey?.resourceGlobs, 'vm', vm.name),
       );
       const page = pageByKey(all, (vm) => vm.name, request);
       return Promise.resolve({

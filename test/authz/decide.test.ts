@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { create, getOption, type DescMethod, type Message } from '@bufbuild/protobuf';
 import { API_SERVICES } from '../../src/services/registry.js';
-import { OWNER_FILTERED_KINDS, authorize, canGrant, globMatches, isValidResourceGlob, type ResourceGlob } from '../../src/authz/decide.js';
+import { OWNER_FILTERED_KINDS, authorize, canGrant, globMatches, isValidResourceGlob, keyScopeShows, type ResourceGlob } from '../../src/authz/decide.js';
 import { compilePolicy, RESOURCE_KIND_NAMES, resourceKindFromName, resourceKindName, type CompiledPolicy } from '../../src/rpc/policy.js';
 import { rpc_policy } from '../../src/gen/debvisor/v1/options_pb.js';
 
@@ -375,5 +375,18 @@ describe('canGrant (escalation prevention)', () => {
     expect(canGrant(owner, ['vm:start'], ['vm:*'])).toEqual({ ok: true });
     expect(canGrant(owner, ['storage:snapshot:list'], ['vm:*'])).toEqual({ ok: false, excess: ['storage:snapshot:list'] });
     expect(canGrant(owner, ['vm:*'], ['vm:start'])).toEqual({ ok: false, excess: ['vm:*'] });
+  });
+});
+
+describe('keyScopeShows (what a list RPC shows a scoped key)', () => {
+  it('shows everything without a scope, and with one only what its globs of the kind match under any name', () => {
+    expect(keyScopeShows(undefined, 'vm', 'web-1')).toBe(true);
+    expect(keyScopeShows([], 'vm', 'web-1')).toBe(true);
+    const scope = [{ kind: 'vm', glob: 'build-*' }, { kind: 'pool', glob: 'ci-*' }];
+    expect(keyScopeShows(scope, 'vm', 'build-7')).toBe(true);
+    expect(keyScopeShows(scope, 'vm', 'web-1')).toBe(false);
+    // A scope without globs of the kind shows none of it.
+    expect(keyScopeShows(scope, 'network', 'default')).toBe(false);
+    expect(keyScopeShows([{ kind: 'image', glob: 'debian-*' }], 'image', 'sha256:ab', 'debian-12')).toBe(true);
   });
 });
