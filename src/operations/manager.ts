@@ -3,10 +3,11 @@
 // recovery after a restart and retention of finished records.
 import { randomUUID } from 'node:crypto';
 import { status as Status } from '@grpc/grpc-js';
+import { ExponentialBackoff, handleType, retry } from 'cockatiel';
 import type { Logger } from 'pino';
 import type { CallContext } from '../rpc/context.js';
 import { InvalidArgumentError, RpcError, toStatus } from '../rpc/errors.js';
-import { ConflictError } from '../store/errors.js';
+import { ConflictError, StoreUnavailableError } from '../store/errors.js';
 import type { RecordCache } from '../store/cache.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import type { OperationRecord } from '../store/records.js';
@@ -25,6 +26,8 @@ const PROGRESS_WRITE_INTERVAL_MS = 250;
 /** Progress becomes at most one OPERATION_UPDATED per second per operation; state changes always do. */
 const PROGRESS_EVENT_INTERVAL_MS = 1000;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** Writes of a new operation's record whose answer was lost, before the call gives up. */
+const CREATE_ATTEMPTS = 5;
 
 export function isTerminal(record: OperationRecord): boolean {
   return TERMINAL.has(record.state);
@@ -140,6 +143,47 @@ export class OperationManager {
     return `${LAYOUT.idempotency}${segment(owner)}/${segment(requestId)}`;
   }
 
+  /**
+   * Writes a new operation's record (and its request_id claim) once. The record's key is a
+   * fresh id, so the txn can be repeated when its answer is lost: compared on that key being
+   * absent, a repeat never writes twice, and a record found under it is the lost write's.
+   */
+  private async createRecord(record: OperationRecord, requestId: string | undefined): Promise<{ succeeded: boolean; revision: number }> {
+    const operations = this.repos.operations;
+    const opKey = operations.keyOf(record.id);
+    const claim = requestId ? this.idempotencyKey(record.owner, requestId) : undefined;
+    for (let attempt = 1; ; attempt++) {
+      let result: { succeeded: boolean; revision: number } | undefined;
+      try {
+        result = await operations.store.txn({
+          compare: [{ key: opKey, absent: true as const }, ...(claim ? [{ key: claim, absent: true as const }] : [])],
+          success: [
+            { type: 'put', key: opKey, value: operations.encode(record) },
+            ...(claim ? [{ type: 'put' as const, key: claim, value: new TextEncoder().encode(record.id) }] : []),
+          ],
+        });
+        if (result.succeeded || attempt === 1) return result;
+      } catch (err) {
+        if (!(err instanceof StoreUnavailableError) || attempt >= CREATE_ATTEMPTS) throw err;
+      }
+      // An earlier attempt's answer was lost: it may have been applied, late or not.
+      const written = await operations.get(record.id);
+      if (written) return { succeeded: true, revision: written.modRevision };
+      if (result) return result;
+    }
+  }
+
+  /** Gives a slot back, retrying while the store is briefly unreachable: a slot left behind would hold quota until the daemon's lease ends. */
+  private async releaseSlotOf(owner: string, id: string): Promise<void> {
+    try {
+      await retry(handleType(StoreUnavailableError), { maxAttempts: 5, backoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 5_000 }) }).execute(() =>
+        this.quotas.releaseSlot(owner, id),
+      );
+    } catch (err) {
+      this.log.warn({ err, operation: id }, 'could not release operation slot');
+    }
+  }
+
   /** Starts an operation, or returns the one already started with the same request_id by the same principal. */
   async launch<P, C extends ResultCase>(ctx: CallContext, definition: OperationKindDefinition<P, C>, request: LaunchRequest<P>): Promise<OperationRecord> {
     const owner = ctx.principal?.id;
@@ -156,7 +200,13 @@ export class OperationManager {
     if (existing) return existing;
 
     const id = randomUUID();
-    await this.quotas.acquireSlot(owner, id, causeOf(ctx));
+    try {
+      await this.quotas.acquireSlot(owner, id, causeOf(ctx));
+    } catch (err) {
+      // A slot txn whose answer was lost may have been applied: give the slot back.
+      if (err instanceof StoreUnavailableError) await this.releaseSlotOf(owner, id);
+      throw err;
+    }
     const now = new Date().toISOString();
     const record: OperationRecord = {
       schema_version: 1,
@@ -178,14 +228,13 @@ export class OperationManager {
       ...(request.params !== undefined ? { params: request.params } : {}),
       ...(request.quota ? { quota: request.quota } : {}),
     };
-    const opKey = this.repos.operations.keyOf(id);
-    const result = await this.repos.operations.store.txn({
-      compare: request.requestId ? [{ key: this.idempotencyKey(owner, request.requestId), absent: true }] : [],
-      success: [
-        { type: 'put', key: opKey, value: this.repos.operations.encode(record) },
-        ...(request.requestId ? [{ type: 'put' as const, key: this.idempotencyKey(owner, request.requestId), value: new TextEncoder().encode(id) }] : []),
-      ],
-    });
+    let result: { succeeded: boolean; revision: number };
+    try {
+      result = await this.createRecord(record, request.requestId);
+    } catch (err) {
+      await this.releaseSlotOf(owner, id);
+      throw err;
+    }
     if (!result.succeeded) {
       // Another daemon won the race for this request_id: return its operation.
       await this.quotas.releaseSlot(owner, id);
@@ -268,7 +317,7 @@ export class OperationManager {
       } finally {
         clearTimeout(trailing);
         this.running.delete(record.id);
-        await this.quotas.releaseSlot(record.owner, record.id).catch((err: unknown) => this.log.warn({ err, operation: record.id }, 'could not release operation slot'));
+        await this.releaseSlotOf(record.owner, record.id);
       }
     })();
   }

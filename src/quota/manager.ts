@@ -3,7 +3,7 @@
 // attached to the daemon's lease. Both stay exact with several daemons on one etcd.
 import type { Config } from '../config/schema.js';
 import { RpcError } from '../rpc/errors.js';
-import { ConflictError } from '../store/errors.js';
+import { ConflictError, StoreUnavailableError } from '../store/errors.js';
 import { LAYOUT, segment } from '../store/layout.js';
 import { RecomputeGate } from './recompute-gate.js';
 import type { QuotaRecord } from '../store/records.js';
@@ -128,8 +128,13 @@ export class QuotaManager {
   async acquireSlot(principal: string, operationId: string, cause?: EventCause): Promise<void> {
     const dir = this.slotDir(principal);
     const marker = `${dir.slice(0, -1)}.marker`;
+    const slotKey = dir + segment(operationId);
+    let outcomeUnknown: StoreUnavailableError | undefined;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const [slots, record, lease] = await Promise.all([this.store.list(dir), this.repos.quotas.get([principal, 'concurrent_operations']), this.lease()]);
+      // A txn whose answer was lost may have been applied: then the slot is ours already. If it
+      // is missing, that txn can no longer apply, since it compared the marker this one moves.
+      if (outcomeUnknown && slots.kvs.some((kv) => kv.key === slotKey)) return;
       const markerKv = await this.keyAt(marker, slots.revision);
       const limit = this.limitOf(record?.value, 'concurrent_operations');
       if (slots.kvs.length + 1 > limit) {
@@ -137,15 +142,22 @@ export class QuotaManager {
         this.refused(refusal, cause);
         throw refusal;
       }
-      const result = await this.store.txn({
-        compare: markerKv ? [{ key: marker, modRevision: markerKv.modRevision }] : [{ key: marker, absent: true }],
-        success: [
-          { type: 'put', key: marker, value: new TextEncoder().encode(operationId) },
-          { type: 'put', key: dir + segment(operationId), value: new TextEncoder().encode(new Date().toISOString()), lease },
-        ],
-      });
-      if (result.succeeded) return;
+      try {
+        const result = await this.store.txn({
+          compare: markerKv ? [{ key: marker, modRevision: markerKv.modRevision }] : [{ key: marker, absent: true }],
+          success: [
+            { type: 'put', key: marker, value: new TextEncoder().encode(operationId) },
+            { type: 'put', key: slotKey, value: new TextEncoder().encode(new Date().toISOString()), lease },
+          ],
+        });
+        if (result.succeeded) return;
+      } catch (err) {
+        // The store gives up on its own at the call's deadline, so this loop cannot outlive it.
+        if (!(err instanceof StoreUnavailableError)) throw err;
+        outcomeUnknown = err;
+      }
     }
+    if (outcomeUnknown) throw outcomeUnknown;
     throw new RpcError('ABORTED', `concurrent operations of ${principal} are under heavy contention; retry`);
   }
 

@@ -53,15 +53,17 @@ describe('concurrent-operations quota over daemons on a 3-member etcd', () => {
         const outcomes = await Promise.allSettled(
           Array.from({ length: CALLS }, (_, i) => testing[i % testing.length]!.startTestOperation({ duration: durationFromMs(600_000) }, { timeoutMs: 60_000 })),
         );
-        for (const outcome of outcomes) {
-          if (outcome.status === 'rejected') expect([Status.RESOURCE_EXHAUSTED, Status.ABORTED]).toContain((outcome.reason as ServiceError).code);
-        }
         const started = outcomes.flatMap((o) => (o.status === 'fulfilled' ? [o.value.operation!.id] : []));
-        admitted.push(started.length);
+        // Cancelled before any assertion, so a failed round leaves no operation holding a slot for the next test.
         for (const id of started) {
           await ops.cancelOperation({ operationId: id }, { timeoutMs: 30_000 });
           await ops.waitOperation({ operationId: id, timeout: durationFromMs(30_000) }, { timeoutMs: 40_000 });
         }
+        const refusals = outcomes.flatMap((o) => (o.status === 'rejected' ? [o.reason as ServiceError] : []));
+        for (const refusal of refusals) {
+          expect([Status.RESOURCE_EXHAUSTED, Status.ABORTED], `round ${round}: ${refusal.code} ${refusal.details}`).toContain(refusal.code);
+        }
+        admitted.push(started.length);
         // The next round starts with every slot free (slot keys are <principal>/<operation>; markers stay).
         const slotsHeld = async () => (await store.list(LAYOUT.slots)).kvs.filter((kv) => kv.key.slice(LAYOUT.slots.length).includes('/')).length;
         for (let deadline = Date.now() + 60_000; (await slotsHeld()) > 0; ) {
