@@ -34,11 +34,10 @@
 // Client and servers share the machine's cores, so the comparable figure is the
 // server's CPU time per call (from /proc/<pid>/stat over the measured window).
 // Writes bench/results-chain.md; any "## History" section already in it is kept.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { create, toBinary } from '@bufbuild/protobuf';
 import { EchoRequestSchema } from '../src/gen/debvisor/testing/v1/testing_pb.js';
 import { AccessService } from '../src/gen/debvisor/v1/access_pb.js';
@@ -46,6 +45,7 @@ import { DIST_BUILT_ENV } from '../test/support/built.js';
 import { REPO_ROOT, clientFor } from '../test/support/daemon.js';
 import { startTestingDaemon } from '../test/support/testing.js';
 import type { LoadResult, LoadSpec } from './loadgen.js';
+import { loadInProcess, spawnTs } from './spawn.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
@@ -60,26 +60,6 @@ const TARGET_CPU_RATIO = 1.2;
 const ECHO = '/debvisor.testing.v1.TestingService/Echo';
 const RESULTS = new URL('results-chain.md', import.meta.url);
 
-/**
- * Runs a TypeScript file of bench/ in a fresh node process and returns its stdout lines as
- * they come: through tsx, or with `plain` on node's own type stripping (no loader hooks in
- * the process: for the bare server, which is measured like the daemon's `node dist/main.js`).
- */
-function spawnTs(file: string, arg: string, env: NodeJS.ProcessEnv = process.env, plain = false) {
-  const child = spawn(process.execPath, [...(plain ? [] : ['--import', 'tsx']), join(REPO_ROOT, 'bench', file), arg], {
-    cwd: REPO_ROOT,
-    env,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-  const firstLine = async (): Promise<string> => {
-    const next = await lines.next();
-    if (next.done === true) throw new Error(`${file} exited without output`);
-    return next.value;
-  };
-  return { child, firstLine };
-}
-
 async function load(spec: Omit<LoadSpec, 'connections' | 'concurrency' | 'warmupMs' | 'durationMs' | 'path' | 'requestHex'>): Promise<LoadResult> {
   const full: LoadSpec = {
     ...spec,
@@ -90,11 +70,7 @@ async function load(spec: Omit<LoadSpec, 'connections' | 'concurrency' | 'warmup
     warmupMs: WARMUP_SECONDS * 1000,
     durationMs: SECONDS * 1000,
   };
-  const { child, firstLine } = spawnTs('loadgen.ts', JSON.stringify(full));
-  if (process.env.BENCH_PIN) execFileSync('taskset', ['-a', '-p', '-c', '1', String(child.pid)], { stdio: 'ignore' });
-  const line = await firstLine();
-  await new Promise((resolve) => child.once('close', resolve));
-  return JSON.parse(line) as LoadResult;
+  return loadInProcess(full);
 }
 
 function median(values: number[]): number {
