@@ -7,6 +7,7 @@ import { TlsConfigError } from '../pki/identity.js';
 import { FilePermissionError, assertSafeFiles } from './file-permissions.js';
 import { sdNotify } from './sd-notify.js';
 import { VERSION } from '../version.js';
+import { missingNodeFlags } from './node-flags.js';
 import { daemonProgram, type ServeOptions } from './command-line.js';
 import { runRestore } from './restore-command.js';
 
@@ -48,6 +49,8 @@ async function serve(options: ServeOptions): Promise<void> {
   const log = createLogger(config.log.level);
   routeGrpcLogs(log);
   log.info({ version: VERSION, config_file: file ?? null, node: process.version }, 'starting');
+  const missingFlags = missingNodeFlags();
+  if (missingFlags.length > 0) log.warn({ missing: missingFlags }, 'node was started without the daemon\'s V8 flags (use bin/debvisor-rpcd or /usr/bin/debvisor-rpcd); memory use may be higher');
 
   let daemon: Daemon;
   try {

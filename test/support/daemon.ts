@@ -22,6 +22,7 @@ import { ensureDevPki, type DevPkiPaths } from '../../src/pki/index.js';
 import { createClient, tlsCredentials, type TypedClient } from '../../src/client/client.js';
 import { freePort } from './ports.js';
 import { requireBuiltDist } from './built.js';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags.js';
 
 export { freePort };
 
@@ -166,7 +167,7 @@ interface Spawned {
 
 function spawnMain(args: string[], env: NodeJS.ProcessEnv): Spawned {
   requireBuiltDist();
-  const child = spawn(process.execPath, [MAIN_JS, ...args], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, MAIN_JS, ...args], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const spawned: Spawned = { child, exited: Promise.resolve({ code: null, signal: null }), chunks: [], exit: undefined };
   running.add(child);
   child.stdout.setEncoding('utf8').on('data', (text: string) => spawned.chunks.push({ stream: 'stdout', text }));
@@ -328,7 +329,7 @@ export interface CliResult {
 export function runMain(args: string[], env: Record<string, string> = {}, timeoutMs = 90_000): Promise<CliResult> {
   requireBuiltDist();
   return new Promise((resolveRun) => {
-    execFile(process.execPath, [MAIN_JS, ...args], { cwd: REPO_ROOT, env: daemonEnv(env), timeout: timeoutMs }, (err, stdout, stderr) => {
+    execFile(process.execPath, [...DAEMON_NODE_FLAGS, MAIN_JS, ...args], { cwd: REPO_ROOT, env: daemonEnv(env), timeout: timeoutMs }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
       resolveRun({ code, stdout, stderr });
     });
