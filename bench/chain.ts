@@ -46,6 +46,7 @@ import { REPO_ROOT, clientFor } from '../test/support/daemon.js';
 import { startTestingDaemon } from '../test/support/testing.js';
 import type { LoadResult, LoadSpec } from './loadgen.js';
 import { loadInProcess, spawnTs } from './spawn.js';
+import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
@@ -147,6 +148,7 @@ try {
     JSON.stringify({ caFile: pki.caCert, certFile: pki.serverCert, keyFile: pki.serverKey }),
     CPU_PROF_DIR ? { ...process.env, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${join(CPU_PROF_DIR, 'bare')}` } : process.env,
     true,
+    DAEMON_NODE_FLAGS,
   );
   const barePort = (JSON.parse(await bare.firstLine()) as { port: number }).port;
   const barePid = bare.child.pid!;
@@ -274,7 +276,7 @@ const lines = [
   `validate it). Against the client-cert baseline, as reported before this split, the API key scenario is ${ratio(apiKeyAgainstCertBaseline.cpu)} CPU/call and ${ratio(apiKeyAgainstCertBaseline.qps)} QPS.`,
   '',
   'bare = bench/bare-server.ts: grpc-js with the daemon’s own `serverCredentials`/`IdentityProvider` (dev PKI server pair and CA; client certificates',
-  'requested, not required), the daemon’s default grpc-js options, and the project’s adapter (src/rpc/adapter.ts) serving the daemon’s own Echo',
+  'requested, not required), the daemon’s default grpc-js options and V8 flags (src/daemon/node-flags.ts), and the project’s adapter (src/rpc/adapter.ts) serving the daemon’s own Echo',
   'handler, all loaded from the same compiled dist/ the daemon runs (node without tsx); no interceptors. Full daemon = `node dist/main.js',
   '--config … --enable-test-service` with the embedded store, the audit log on disk (HMAC-chained, fsynced) and the default chain (observe,',
   'recovery, identity, audit, rate limit, RBAC) in front of the same Echo handler; rate limits raised so no call is refused.',

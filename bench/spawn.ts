@@ -9,10 +9,11 @@ import type { LoadResult, LoadSpec } from './loadgen.js';
 /**
  * Runs a TypeScript file of bench/ in a fresh node process and returns its stdout lines as
  * they come: through tsx, or with `plain` on node's own type stripping (no loader hooks in
- * the process: for the bare server, which is measured like the daemon's `node dist/main.js`).
+ * the process: for the bare server, which is measured like the daemon's `node dist/main.js`),
+ * with `nodeFlags` before the script (the bare server gets the daemon's own V8 flags).
  */
-export function spawnTs(file: string, arg: string, env: NodeJS.ProcessEnv = process.env, plain = false) {
-  const child = spawn(process.execPath, [...(plain ? [] : ['--import', 'tsx']), join(REPO_ROOT, 'bench', file), arg], {
+export function spawnTs(file: string, arg: string, env: NodeJS.ProcessEnv = process.env, plain = false, nodeFlags: readonly string[] = []) {
+  const child = spawn(process.execPath, [...nodeFlags, ...(plain ? [] : ['--import', 'tsx']), join(REPO_ROOT, 'bench', file), arg], {
     cwd: REPO_ROOT,
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
