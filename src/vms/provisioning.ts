@@ -174,9 +174,10 @@ export class VmProvisioning {
     const volumes: CreateVmParams['volumes'] = [];
     const created: CreatedVolume[] = [];
     const permissions: MessageInitShape<typeof PermissionVerdictSchema>[] = [];
-    const verdict = (permission: string, kind: string, resource: string, refs: readonly ResourceRef[]) => {
+    const verdict = (permission: string, kind: string, resource: string, refs: readonly ResourceRef[]): boolean => {
       const allowed = this.deps.allows(principal, permission, refs);
       permissions.push({ permission, resourceKind: kind, resource, allowed, reason: allowed ? '' : `missing ${permission} on ${kind} ${resource}` });
+      return allowed;
     };
     const targets = this.targets(spec.disks);
     const volumeTargets: string[] = [];
@@ -185,14 +186,17 @@ export class VmProvisioning {
       const field = disk.field;
       const key: VolumeKey = { backend: o.backend, pool: o.pool, name: o.name };
       const sub = o.kind === 'existing' ? 'volume' : o.kind === 'empty' ? 'new_volume' : o.kind === 'image' ? 'image' : 'template_clone';
+      // The verdicts come before anything is looked up: a caller that may not use a pool (or a
+      // template's pool) learns neither whether it is on this node nor what it holds.
+      const mayUsePool = verdict(PERMISSION_VOLUME_CREATE, 'pool', o.pool, [{ kind: 'pool', name: o.pool }]);
+      const mayClone = o.kind !== 'clone' || verdict(PERMISSION_TEMPLATE_CLONE, 'pool', `${o.template.pool}/${o.template.image}@${o.template.snapshot}`, [{ kind: 'pool', name: o.template.pool }]);
+      if (!mayUsePool || !mayClone) continue;
       this.poolOn(o.backend, o.pool, `${field}.${sub}.pool`);
       if (o.kind === 'existing') {
         await storage.getVolume(key, options);
-        verdict(PERMISSION_VOLUME_CREATE, 'pool', o.pool, [{ kind: 'pool', name: o.pool }]);
         continue;
       }
       await storage.refuseExisting(key, `${field}.${sub}.name`, options);
-      verdict(PERMISSION_VOLUME_CREATE, 'pool', o.pool, [{ kind: 'pool', name: o.pool }]);
       let sizeBytes: bigint;
       let source: CreateVmParams['volumes'][number]['source'];
       if (o.kind === 'empty') {
@@ -211,7 +215,6 @@ export class VmProvisioning {
       } else {
         this.poolOn('rbd', o.template.pool, `${field}.template_clone.template_pool`);
         const template = await storage.templateForClone(o.template, options);
-        verdict(PERMISSION_TEMPLATE_CLONE, 'pool', `${o.template.pool}/${o.template.image}@${o.template.snapshot}`, [{ kind: 'pool', name: o.template.pool }]);
         sizeBytes = template.sizeBytes;
         source = { kind: 'clone', template: o.template, flatten: o.flatten };
       }
@@ -223,13 +226,14 @@ export class VmProvisioning {
     // Networks and bridges, as ListNetworks shows them.
     const known = await this.deps.networks(options);
     for (const nic of spec.nics) {
+      if (!verdict(PERMISSION_NETWORK_USE, 'network', nic.source, [{ kind: 'network', name: nic.source }])) continue;
       const found = known.find((n) => n.name === nic.source && n.kind === nic.type);
       if (!found) throw new RpcError('NOT_FOUND', `${nic.field}.${nic.type}: ${nic.type} "${nic.source}" not found on this node`);
-      verdict(PERMISSION_NETWORK_USE, 'network', nic.source, [{ kind: 'network', name: nic.source }]);
     }
 
     const seedPath = spec.cloudInit && this.deps.seeds ? this.deps.seeds.seedPath(spec.name) : undefined;
-    const xml = this.domainXml(spec, principal.id, created, seedPath);
+    // Written only for a plan the caller may apply: the disks' sources look up their pools.
+    const xml = permissions.every((p) => p.allowed) ? this.domainXml(spec, principal.id, created, seedPath) : '';
 
     // Quotas: one VM, its vCPUs and memory, and the GiB of the volumes made for it.
     const needs: QuotaNeed[] = [

@@ -363,6 +363,34 @@ describe('CreateVm', () => {
     expect(await lvNames()).toEqual([]);
     keyed.close();
   });
+
+  it('a scoped key learns nothing of pools, volumes and networks outside its globs: the plan answers the same whether they exist or not', async () => {
+    const key = await access.createApiKey(
+      { description: 'ci', permissions: ['vm:create', 'storage:volume:create', 'network:use'], resourceGlobs: [{ kind: ResourceKind.VM, glob: 'ci-*' }, { kind: ResourceKind.POOL, glob: 'zz-*' }, { kind: ResourceKind.NETWORK, glob: 'ci-net' }] },
+      T,
+    );
+    const as = { ...T, metadata: { authorization: `Bearer ${key.secret}` } };
+    const keyed = await clientFor(VmService, daemon, null);
+    await run('/sbin/lvm', ['lvcreate', '--yes', '-n', 'ci-there', '-L', '8m', lvm.vg], { env: lvmEnv(lvm) });
+    const denialsOf = async (over: Partial<SpecInit>) => {
+      const { plan } = await keyed.createVm({ spec: spec('ci-probe', { interfaces: [{ network: 'ci-net' }], ...over }), validateOnly: true }, as);
+      expect(plan?.allowed).toBe(false);
+      return plan!.permissions.filter((p) => !p.allowed).map((p) => `${p.permission} ${p.resourceKind}`);
+    };
+    const newVolumeIn = (pool: string) => ({ disks: [{ source: { case: 'newVolume' as const, value: { backend: LVM, pool, sizeBytes: 20n * MIB } } }] });
+    const volume = (pool: string, name: string) => ({ disks: [{ source: { case: 'volume' as const, value: { backend: LVM, pool, name } } }] });
+    // A volume group on this node and one that is not; a volume that exists and one that does not; a network that exists and one that does not.
+    expect(await denialsOf(newVolumeIn(lvm.vg))).toEqual(['storage:volume:create pool']);
+    expect(await denialsOf(newVolumeIn('prod-vg'))).toEqual(['storage:volume:create pool']);
+    expect(await denialsOf(volume(lvm.vg, 'ci-there'))).toEqual(['storage:volume:create pool']);
+    expect(await denialsOf(volume(lvm.vg, 'ci-not-there'))).toEqual(['storage:volume:create pool']);
+    expect(await denialsOf({ ...newVolumeIn(lvm.vg), interfaces: [{ network: 'default' }] })).toEqual(['storage:volume:create pool', 'network:use network']);
+    expect(await denialsOf({ ...newVolumeIn(lvm.vg), interfaces: [{ network: 'nope-net' }] })).toEqual(['storage:volume:create pool', 'network:use network']);
+    // Inside its globs, a pool that is not here is NOT_FOUND as before.
+    expect((await rejection(keyed.createVm({ spec: spec('ci-probe', { ...newVolumeIn('zz-vg'), interfaces: [{ network: 'ci-net' }] }), validateOnly: true }, as))).code).toBe(Status.NOT_FOUND);
+    await run('/sbin/lvm', ['lvremove', '--yes', `${lvm.vg}/ci-there`], { env: lvmEnv(lvm) });
+    keyed.close();
+  });
 });
 
 describe('UpdateVm', () => {

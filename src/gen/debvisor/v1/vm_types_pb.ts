@@ -34,6 +34,8 @@ export type VmPlan = Message<"debvisor.v1.VmPlan"> & {
 
   /**
    * The domain XML that is (or will be) defined, written by the daemon.
+   * Empty when a permission verdict refuses the plan: the caller learns
+   * nothing of the pools it may not use.
    *
    * @generated from field: string domain_xml = 2;
    */
