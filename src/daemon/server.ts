@@ -345,7 +345,11 @@ export class Daemon {
         images,
       });
       registerVmProvisioningKinds(operations, provisioning);
-      quotas.registerUsageSource(['vms', 'vcpus', 'memory_gb'], (principal) => Promise.resolve(provisioning.countOwnedBy(principal)));
+      // Other nodes' VMs as their heartbeats published them (on a shared etcd; none on the embedded store).
+      quotas.registerUsageSource(['vms', 'vcpus', 'memory_gb'], async (principal) => {
+        const published = (await repos.vmInventory.all()).map((record) => record.value);
+        return provisioning.countOwnedBy(principal, config.node.name, published);
+      });
       const nodes = new NodeRegistry(store, repos, () => settings().nodes.heartbeat_interval_seconds);
       void new NodeTransitions(store, repos, events, log).run(stopping.signal).catch((err: unknown) => log.error({ err }, 'node transitions stopped; NODE_ONLINE/NODE_OFFLINE are not published'));
       const inventory = new VmInventory(repos.vmInventory);

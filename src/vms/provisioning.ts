@@ -1,6 +1,7 @@
 // CreateVm and DeleteVm: the plan (everything checked and shown before anything changes), the
 // quota charge, the creating operation that undoes what it made when any step fails or is
 // cancelled, and the deleting operation. Volumes the caller passed in are never touched.
+import type { VmInventoryRecord } from '../store/records.js';
 import { create, fromJson, toJson, type MessageInitShape } from '@bufbuild/protobuf';
 import { z } from 'zod';
 import type { Libvirt } from '../backends/libvirt/virsh.js';
@@ -503,13 +504,12 @@ export class VmProvisioning {
   }
 
   /**
-   * RecomputeQuota's count of vms, vcpus and memory_gb: the VMs of this node's inventory the
-   * principal owns; undefined while the inventory cannot answer (libvirt down or absent).
+   * What `principal` owns of VMs, vCPUs and memory: this node's VMs from its live inventory, and
+   * other nodes' as their heartbeats last published them (`published`, every node's records). A
+   * VM counts once by UUID (a migrated VM may still be in its old node's last publication).
+   * undefined while this node's inventory is not loaded.
    */
-  countOwnedBy(principal: string): { vms: number; vcpus: number; memory_gb: number } | undefined {
-    let vms = 0;
-    let vcpus = 0;
-    let memoryGb = 0;
+  countOwnedBy(principal: string, node: string, published: readonly VmInventoryRecord[] = []): { vms: number; vcpus: number; memory_gb: number } | undefined {
     let listed;
     try {
       listed = this.deps.inventory.list().vms;
@@ -517,13 +517,26 @@ export class VmProvisioning {
       if (err instanceof InventoryUnavailableError) return undefined;
       throw err;
     }
+    const total = { vms: 0, vcpus: 0, memory_gb: 0 };
+    const counted = new Set<string>();
+    const add = (owner: string | undefined, vcpus: number, maxMemoryBytes: number) => {
+      if (owner !== principal) return;
+      total.vms += 1;
+      total.vcpus += vcpus;
+      total.memory_gb += gibOf(BigInt(maxMemoryBytes));
+    };
     for (const vm of listed) {
-      if (vm.owner !== principal) continue;
+      counted.add(vm.uuid);
       const definition = vm.inactiveXml !== undefined ? parseDomainXml(vm.inactiveXml) : undefined;
-      vms += 1;
-      vcpus += definition?.vcpus ?? vm.vcpus;
-      memoryGb += gibOf(BigInt(definition?.maxMemoryBytes ?? vm.maxMemoryBytes));
+      add(vm.owner, definition?.vcpus ?? vm.vcpus, definition?.maxMemoryBytes ?? vm.maxMemoryBytes);
     }
-    return { vms, vcpus, memory_gb: memoryGb };
+    for (const record of published) {
+      if (record.node === node || counted.has(record.uuid) || record.xml === '') continue;
+      counted.add(record.uuid);
+      const definition = parseDomainXml(record.xml);
+      add(definition.metadata.owner, definition.vcpus, definition.maxMemoryBytes);
+    }
+    return total;
   }
+
 }

@@ -1,5 +1,5 @@
 // A VM made by CreateVm migrates with MigrateVM, and its ownership (in the domain's <metadata>)
-// travels with it: two QEMU session libvirtds under TCG and two daemons on one etcd, as in
+// travels with it, and RecomputeQuota counts it once on either node: two QEMU session libvirtds under TCG and two daemons on one etcd, as in
 // test/e2e/migration.test.ts. Skipped locally with DEBVISOR_SKIP_QEMU=1 or DEBVISOR_SKIP_SLOW=1,
 // never in CI.
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ensureDevPki } from '../../src/pki/index.js';
+import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
+import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
 import { MigrationService } from '../../src/gen/debvisor/v1/migration_pb.js';
 import { NodeService } from '../../src/gen/debvisor/v1/node_pb.js';
 import { OperationService, OperationState } from '../../src/gen/debvisor/v1/operation_pb.js';
@@ -39,6 +41,7 @@ function env(node: 'node-a' | 'node-b'): Record<string, string> {
     DEBVISOR_RPCD_MIGRATION_PROGRESS_POLL_MS: '100',
     DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_DOMAIN_TYPE: 'qemu',
     DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_MACHINE_TYPE: 'pc',
+    DEBVISOR_RPCD_QUOTA_RECOMPUTE_MIN_INTERVAL_SECONDS: '0',
   };
 }
 
@@ -64,15 +67,32 @@ describe.skipIf(skipLocally)('a VM made by CreateVm migrates with MigrateVM, own
   });
 
   it('creates, starts, migrates to node-b, and node-b shows the owner', async () => {
-    const [vmsA, vmsB, opsA, migration] = await Promise.all([clientFor(VmService, daemonA), clientFor(VmService, daemonB), clientFor(OperationService, daemonA), clientFor(MigrationService, daemonA)]);
+    const [vmsA, vmsB, opsA, migration, accessA, accessB] = await Promise.all([
+      clientFor(VmService, daemonA),
+      clientFor(VmService, daemonB),
+      clientFor(OperationService, daemonA),
+      clientFor(MigrationService, daemonA),
+      clientFor(AccessService, daemonA),
+      clientFor(AccessService, daemonB),
+    ]);
+    const vmsCounted = async (access: typeof accessA) => {
+      const { after } = await access.recomputeQuota({ principal: ADMIN }, T);
+      return { vms: after.find((q) => q.resource === QuotaResource.VMS)?.used, vcpus: after.find((q) => q.resource === QuotaResource.VCPUS)?.used };
+    };
     try {
       const made = await finished(opsA, (await vmsA.createVm({ spec: { name: 'made-1', vcpus: 1, memoryBytes: 64n * MIB, cpuMode: CpuMode.CUSTOM, cpuModel: 'qemu64', startAfterCreate: true } }, T)).operation, 120_000);
       expect(made.state, made.error?.message).toBe(OperationState.SUCCEEDED);
       await vi.waitFor(async () => expect((await vmsA.getVm({ vmName: 'made-1' }, T)).vm?.state).toBe(VmState.RUNNING), { timeout: 60_000, interval: 200 });
+      // RecomputeQuota counts the principal's VMs on every node: node-b counts made-1 from node-a's published inventory.
+      await vi.waitFor(async () => expect(await vmsCounted(accessB)).toEqual({ vms: 1n, vcpus: 1n }), { timeout: 30_000, interval: 200 });
+      expect(await vmsCounted(accessA)).toEqual({ vms: 1n, vcpus: 1n });
       const { operation } = await migration.migrateVM({ vmName: 'made-1', sourceNode: 'node-a', targetNode: 'node-b' }, T);
       const moved = await finished(opsA, operation, 180_000);
       expect(moved.state, moved.error?.message).toBe(OperationState.SUCCEEDED);
       await vi.waitFor(async () => expect((await vmsB.getVm({ vmName: 'made-1' }, T)).vm).toMatchObject({ state: VmState.RUNNING, owner: ADMIN }), { timeout: 60_000, interval: 200 });
+      // Counted once (by UUID), though node-a's last publication may still list it.
+      expect(await vmsCounted(accessB)).toEqual({ vms: 1n, vcpus: 1n });
+      await vi.waitFor(async () => expect(await vmsCounted(accessA)).toEqual({ vms: 1n, vcpus: 1n }), { timeout: 30_000, interval: 200 });
       // Deleted where it now runs.
       const opsB = await clientFor(OperationService, daemonB);
       try {
@@ -82,7 +102,7 @@ describe.skipIf(skipLocally)('a VM made by CreateVm migrates with MigrateVM, own
         opsB.close();
       }
     } finally {
-      for (const c of [vmsA, vmsB, opsA, migration]) c.close();
+      for (const c of [vmsA, vmsB, opsA, migration, accessA, accessB]) c.close();
     }
   });
 });
