@@ -6,6 +6,7 @@ import { grpcOptions } from './options.js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
+import { parseCephMonitor } from '../config/ceph-monitor.js';
 import { CertificateAuthenticator } from '../authn/x509.js';
 import { buildChain } from '../chain/chain.js';
 import { SecurityAlerts } from '../events/security-alerts.js';
@@ -321,7 +322,14 @@ export class Daemon {
       const vmDefaults = () => {
         const d = settings().libvirt.vm_defaults;
         const rbdId = settings().rbd.id;
-        return { domainType: d.domain_type, machineType: d.machine_type, cpuMode: d.cpu_mode, rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined };
+        return {
+          domainType: d.domain_type,
+          machineType: d.machine_type,
+          cpuMode: d.cpu_mode,
+          rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined,
+          // Validated by the config schema: every entry parses.
+          rbdMonitors: d.rbd_monitors.flatMap((text) => parseCephMonitor(text) ?? []),
+        };
       };
       // This node's libvirt networks and host bridges: ListNetworks, and the check of a new VM's NICs.
       const hostNetworks = new HostNetworks({ libvirt });
