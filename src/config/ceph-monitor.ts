@@ -22,7 +22,8 @@ export function parseCephMonitor(text: string): CephMonitor | undefined {
   const [, bracketed, plain, portText = ''] = match;
   const port = Number(portText);
   if (port < 1 || port > 65535) return undefined;
-  if (bracketed !== undefined) return isIP(bracketed) === 6 ? { host: bracketed, port } : undefined;
+  // No zone id ("fe80::1%eth0"): Ceph's address parser has none.
+  if (bracketed !== undefined) return /^[0-9A-Fa-f:.]+$/.test(bracketed) && isIP(bracketed) === 6 ? { host: bracketed, port } : undefined;
   const host = plain ?? '';
   // A dotted-digits name that is not an IPv4 address ("10.0.0.256") is a typo, not a DNS name.
   return isIP(host) === 4 || dnsName(host) ? { host, port } : undefined;

@@ -9,6 +9,7 @@ describe('Ceph monitor addresses', () => {
   it('accepts IPv4, bracketed IPv6 and DNS names with a port', () => {
     expect(parseCephMonitor('10.0.0.1:6789')).toEqual({ host: '10.0.0.1', port: 6789 });
     expect(parseCephMonitor('[fd00::1]:3300')).toEqual({ host: 'fd00::1', port: 3300 });
+    expect(parseCephMonitor('[::ffff:10.0.0.1]:3300')).toEqual({ host: '::ffff:10.0.0.1', port: 3300 });
     expect(parseCephMonitor('mon-1.ceph.example.net:3300')).toEqual({ host: 'mon-1.ceph.example.net', port: 3300 });
   });
 
@@ -23,6 +24,9 @@ describe('Ceph monitor addresses', () => {
       'fd00::1:3300',
       '[10.0.0.1]:6789',
       '[fd00::1]',
+      '[fe80::1%eth0]:6789',
+      '[fd00::1]:',
+      '10.0.0.1:+80',
       'v2:10.0.0.1:3300',
       '-mon:6789',
       'mon-:6789',
