@@ -331,6 +331,9 @@ export class Daemon {
           rbdMonitors: d.rbd_monitors.flatMap((text) => parseCephMonitor(text) ?? []),
         };
       };
+      if (config.rbd.ceph_conf !== '' && config.rbd.ceph_conf !== '/etc/ceph/ceph.conf' && config.libvirt.vm_defaults.rbd_monitors.length === 0) {
+        log.warn({ ceph_conf: config.rbd.ceph_conf }, 'libvirt.vm_defaults.rbd_monitors is empty: QEMU finds the monitors of RBD disks in /etc/ceph/ceph.conf, not in rbd.ceph_conf');
+      }
       // This node's libvirt networks and host bridges: ListNetworks, and the check of a new VM's NICs.
       const hostNetworks = new HostNetworks({ libvirt });
       // CreateVm validates interfaces against what ListNetworks shows (kind "libvirt" is a network).
