@@ -3,6 +3,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ROLE_NAME } from '../authz/roles.js';
+import { parseCephMonitor } from './ceph-monitor.js';
 import { parseCidr } from './cidr.js';
 
 const hostPort = z
@@ -170,6 +171,11 @@ export const configSchema = z.strictObject({
           cpu_mode: z.enum(['host-passthrough', 'host-model']).default('host-model'),
           /** libvirt secret (UUID) holding the Ceph key for RBD disks; empty: no <auth> (the ceph.conf default client). */
           rbd_secret_uuid: z.string().regex(/^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$/, 'a libvirt secret UUID').default(''),
+          /** Ceph monitors (host:port) written into RBD disk sources, so QEMU needs no ceph.conf of its own; empty: none (QEMU reads /etc/ceph/ceph.conf). */
+          rbd_monitors: z
+            .array(z.string().refine((value) => parseCephMonitor(value) !== undefined, 'expected host:port, for example 10.0.0.1:6789 or [fd00::1]:3300'))
+            .max(16)
+            .default([]),
         })
         .prefault({}),
     })

@@ -6,6 +6,7 @@ import { grpcOptions } from './options.js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
+import { parseCephMonitor } from '../config/ceph-monitor.js';
 import { CertificateAuthenticator } from '../authn/x509.js';
 import { buildChain } from '../chain/chain.js';
 import { SecurityAlerts } from '../events/security-alerts.js';
@@ -321,8 +322,18 @@ export class Daemon {
       const vmDefaults = () => {
         const d = settings().libvirt.vm_defaults;
         const rbdId = settings().rbd.id;
-        return { domainType: d.domain_type, machineType: d.machine_type, cpuMode: d.cpu_mode, rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined };
+        return {
+          domainType: d.domain_type,
+          machineType: d.machine_type,
+          cpuMode: d.cpu_mode,
+          rbdAuth: d.rbd_secret_uuid ? { username: rbdId || 'admin', secretUuid: d.rbd_secret_uuid } : undefined,
+          // Validated by the config schema: every entry parses.
+          rbdMonitors: d.rbd_monitors.flatMap((text) => parseCephMonitor(text) ?? []),
+        };
       };
+      if (config.rbd.ceph_conf !== '' && config.rbd.ceph_conf !== '/etc/ceph/ceph.conf' && config.libvirt.vm_defaults.rbd_monitors.length === 0) {
+        log.warn({ ceph_conf: config.rbd.ceph_conf }, 'libvirt.vm_defaults.rbd_monitors is empty: QEMU finds the monitors of RBD disks in /etc/ceph/ceph.conf, not in rbd.ceph_conf');
+      }
       // This node's libvirt networks and host bridges: ListNetworks, and the check of a new VM's NICs.
       const hostNetworks = new HostNetworks({ libvirt });
       // CreateVm validates interfaces against what ListNetworks shows (kind "libvirt" is a network).

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import XMLBuilder from 'fast-xml-builder';
 import { DEBVISOR_XMLNS, type CreatedVolume } from '../backends/libvirt/xml.js';
+import type { CephMonitor } from '../config/ceph-monitor.js';
 
 export type DiskBusName = 'virtio' | 'scsi' | 'sata';
 export type DiskCacheName = 'none' | 'writeback' | 'writethrough' | 'directsync' | 'unsafe';
@@ -14,7 +15,14 @@ export type NicModelName = 'virtio' | 'e1000' | 'rtl8139';
 export type DiskSource =
   | { readonly type: 'block'; readonly path: string }
   | { readonly type: 'file'; readonly path: string }
-  | { readonly type: 'rbd'; readonly pool: string; readonly image: string; readonly auth?: { readonly username: string; readonly secretUuid: string } };
+  | {
+      readonly type: 'rbd';
+      readonly pool: string;
+      readonly image: string;
+      readonly auth?: { readonly username: string; readonly secretUuid: string };
+      /** <host> elements: the monitors QEMU connects to; absent: those of QEMU's default ceph.conf. */
+      readonly monitors?: readonly CephMonitor[];
+    };
 
 export interface DiskDevice {
   readonly source: DiskSource;
@@ -65,7 +73,14 @@ function diskSourceElement(source: DiskSource): { type: string; element: Element
     case 'file':
       return { type: 'file', element: { '@file': source.path } };
     case 'rbd':
-      return { type: 'network', element: { '@protocol': 'rbd', '@name': `${source.pool}/${source.image}` } };
+      return {
+        type: 'network',
+        element: {
+          '@protocol': 'rbd',
+          '@name': `${source.pool}/${source.image}`,
+          ...(source.monitors && source.monitors.length > 0 ? { host: source.monitors.map((m) => ({ '@name': m.host, '@port': String(m.port) })) } : {}),
+        },
+      };
   }
 }
 

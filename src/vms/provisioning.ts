@@ -26,6 +26,7 @@ import { validateSpec, type DiskPlanInput, type NicPlanInput, type ValidSpec } f
 import type { CloudInitInput, CloudInitSeeds } from './cloud-init.js';
 import type { ImageLibrary } from '../images/library.js';
 import { libraryImageSource } from '../images/source.js';
+import type { CephMonitor } from '../config/ceph-monitor.js';
 
 /** A libvirt network or host bridge of this node (NodeService.ListNetworks). */
 export interface NodeNetwork {
@@ -42,6 +43,8 @@ export interface VmDefaults {
   readonly cpuMode: 'host-passthrough' | 'host-model';
   /** Ceph client and libvirt secret for RBD disks; undefined: no <auth>. */
   readonly rbdAuth: { readonly username: string; readonly secretUuid: string } | undefined;
+  /** Ceph monitors written into RBD disk sources; undefined or empty: no <host> (QEMU's ceph.conf). */
+  readonly rbdMonitors?: readonly CephMonitor[];
 }
 
 export interface ProvisioningDeps {
@@ -140,8 +143,8 @@ export class VmProvisioning {
 
   diskSource(key: VolumeKey): DiskSource {
     if (key.backend === 'lvm') return { type: 'block', path: this.deps.storage.backend('lvm').imageTarget(key.pool, key.name) };
-    const auth = this.deps.defaults().rbdAuth;
-    return { type: 'rbd', pool: key.pool, image: key.name, ...(auth ? { auth } : {}) };
+    const { rbdAuth: auth, rbdMonitors: monitors } = this.deps.defaults();
+    return { type: 'rbd', pool: key.pool, image: key.name, ...(auth ? { auth } : {}), ...(monitors && monitors.length > 0 ? { monitors } : {}) };
   }
 
   /** Guest device names: per bus family, in spec order; the seed CD-ROM last on SATA. */

@@ -64,6 +64,8 @@ interface Change {
   readonly description: string;
   /** undefined: the change cannot be made live (reason). */
   readonly live: (() => Promise<void>) | undefined;
+  /** After `live` succeeded: why the change was only requested, not made; undefined when made. */
+  readonly pending?: () => Promise<string | undefined>;
   readonly notLive: string;
 }
 
@@ -238,7 +240,8 @@ export class VmUpdates {
         }
         try {
           await change.live();
-          outcomes.push({ live: true, reason: '' });
+          const pending = await change.pending?.();
+          outcomes.push(pending === undefined ? { live: true, reason: '' } : { live: false, reason: pending });
         } catch (err) {
           outcomes.push({ live: false, reason: `at the next boot: the running VM refused it (${err instanceof Error ? err.message : String(err)})` });
         }
@@ -289,13 +292,22 @@ export class VmUpdates {
       const node = devices && childrenOf(devices).find((n) => tagOf(n) === tag && match(n));
       return node ? orderedBuilder.build([node]) : undefined;
     };
+    // A PCI unplug (virtio-blk, a NIC) needs the guest's consent: virsh gives up waiting after 5 s and
+    // still succeeds, the device staying in QEMU (its volume open) until the guest lets go. So a
+    // detach is live only once the running VM's XML no longer has the device.
+    const detach = (description: string, xml: string | undefined, stillThere: (live: DomainXml) => boolean): Change => ({
+      description,
+      live: xml && running ? () => libvirt.changeDevice(vm, 'detach', xml, { live: true, config: false }, opts) : undefined,
+      notLive: off,
+      pending: async () => (stillThere(parseDomainXml(await libvirt.dumpXml(vm, opts))) ? 'requested: the guest has not released it yet (gone when it does, at the next boot at the latest)' : undefined),
+    });
     for (const dev of c.detach) {
       const xml = inactiveDevice('disk', (n) => attrOf(child(n, 'target'), 'dev') === dev);
-      out.push({ description: `detach disk ${dev}`, live: xml && running ? () => libvirt.changeDevice(vm, 'detach', xml, { live: true, config: false }, opts) : undefined, notLive: off });
+      out.push(detach(`detach disk ${dev}`, xml, (live) => live.disks.some((d) => d.targetDev === dev)));
     }
     for (const mac of c.removeMacs) {
       const xml = inactiveDevice('interface', (n) => attrOf(child(n, 'mac'), 'address').toLowerCase() === mac);
-      out.push({ description: `remove interface ${mac}`, live: xml && running ? () => libvirt.changeDevice(vm, 'detach', xml, { live: true, config: false }, opts) : undefined, notLive: off });
+      out.push(detach(`remove interface ${mac}`, xml, (live) => live.interfaces.some((n) => n.mac.toLowerCase() === mac)));
     }
     for (const disk of c.disks) {
       const label = disk.source.type === 'rbd' ? `${disk.source.pool}/${disk.source.image}` : disk.source.path;

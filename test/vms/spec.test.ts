@@ -117,6 +117,21 @@ describe('buildDomainXml', () => {
     expect(xml).toContain('<controller type="scsi" index="0" model="virtio-scsi"/>');
   });
 
+  it('writes the configured Ceph monitors as <host> of RBD sources, and none when none are configured', () => {
+    const rbdDisk = (monitors?: { host: string; port: number }[]) =>
+      buildDiskXml({ source: { type: 'rbd', pool: 'vms', image: 'web-1-disk0', ...(monitors ? { monitors } : {}) }, device: 'disk', bus: 'virtio', cache: 'none', targetDev: 'vdb', bootOrder: 0, readOnly: false });
+    expect(rbdDisk([{ host: '10.0.0.1', port: 6789 }, { host: 'fd00::2', port: 3300 }])).toContain(
+      ['<source protocol="rbd" name="vms/web-1-disk0">', '    <host name="10.0.0.1" port="6789"/>', '    <host name="fd00::2" port="3300"/>', '  </source>'].join('\n'),
+    );
+    expect(rbdDisk([])).toContain('<source protocol="rbd" name="vms/web-1-disk0"/>');
+    expect(rbdDisk()).toContain('<source protocol="rbd" name="vms/web-1-disk0"/>');
+    // The builder escapes whatever reaches it (the config refuses such names long before).
+    expect(rbdDisk([{ host: 'x"/><disk', port: 1 }])).toContain('<host name="x&quot;/&gt;&lt;disk" port="1"/>');
+    expect(parseDomainXml(buildDomainXml({ ...definition, disks: [{ ...definition.disks[1]!, source: { type: 'rbd', pool: 'rbd', image: 'img', monitors: [{ host: 'mon1', port: 3300 }] } }] })).disks).toMatchObject([
+      { targetDev: 'sda', sourcePath: 'rbd/img' },
+    ]);
+  });
+
   it('names devices per bus and hashes definitions', () => {
     expect([0, 1, 25, 26, 27].map((i) => targetDevName('virtio', i))).toEqual(['vda', 'vdb', 'vdz', 'vdaa', 'vdab']);
     expect(targetDevName('sata', 2)).toBe('sdc');
