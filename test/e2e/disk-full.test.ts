@@ -1,10 +1,13 @@
-// The embedded store on a disk that fills up: a real tmpfs mounted for the test holds the
-// store's directory, and a filler file takes its last free block. Mutations answer
-// UNAVAILABLE (never INTERNAL, never a crash), change nothing and hold no quota; reads keep
-// working; once space is freed, the same calls (same request_id) succeed exactly once.
+// Disks that fill up, on a real tmpfs mounted for the test:
+// - the embedded store's directory, with a filler file taking its last free block: mutations
+//   answer UNAVAILABLE (never INTERNAL, never a crash), change nothing and hold no quota; reads
+//   keep working; once space is freed, the same calls (same request_id) succeed exactly once;
+// - the image library's directory, smaller than the image imported over HTTP: the import fails
+//   RESOURCE_EXHAUSTED, leaves no partial file, and gives its images_gb back.
 // Needs root for the mount (as the LVM tests do); skipped otherwise, never in CI.
 import { execFile } from 'node:child_process';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -13,9 +16,13 @@ import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestingService } from '../../src/gen/debvisor/testing/v1/testing_pb.js';
 import { AccessService } from '../../src/gen/debvisor/v1/access_pb.js';
-import { OperationService } from '../../src/gen/debvisor/v1/operation_pb.js';
-import { clientFor, type RunningDaemon } from '../support/daemon.js';
+import { ImageService } from '../../src/gen/debvisor/v1/image_pb.js';
+import { QuotaResource } from '../../src/gen/debvisor/v1/options_pb.js';
+import { OperationService, OperationState } from '../../src/gen/debvisor/v1/operation_pb.js';
+import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { sha256Hex, startHttpImageServer, type ImageServer } from '../support/image-server.js';
 import { rejection } from '../support/security.js';
+import { finished, NO_RATE_LIMITS, used } from '../support/storage.js';
 import { startTestingDaemon } from '../support/testing.js';
 
 const run = promisify(execFile);
@@ -94,6 +101,56 @@ describe.skipIf(!canMount)('the embedded store on a full disk', () => {
       expect(daemon.logRecords().filter((r) => r.level === 60 || /uncaught|unhandled/i.test(String(r.msg)))).toEqual([]);
     } finally {
       for (const client of [access, testing, ops]) client.close();
+    }
+  });
+});
+
+describe.skipIf(!canMount)('the image library on a full disk', () => {
+  let mount: string;
+  let server: ImageServer;
+  let daemon: RunningDaemon;
+
+  beforeAll(async () => {
+    mount = await mkdtemp(join(tmpdir(), 'rpcd-images-full-'));
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mount]);
+    server = await startHttpImageServer();
+    daemon = await startDaemon({ config: { ...NO_RATE_LIMITS, images_dir: join(mount, 'images'), images: { allow_http: true, allowed_networks: ['127.0.0.0/8'] } } });
+  }, 180_000);
+
+  afterAll(async () => {
+    await (daemon as RunningDaemon | undefined)?.cleanup();
+    await (server as ImageServer | undefined)?.close();
+    if (mount) {
+      await run('umount', [mount]).catch(() => undefined);
+      await rm(mount, { recursive: true, force: true });
+    }
+  });
+
+  /** Every file under the images directory (partial downloads included), recursively. */
+  async function filesUnder(dir: string): Promise<string[]> {
+    const entries = await readdir(dir, { withFileTypes: true, recursive: true });
+    return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
+  }
+
+  it('fails an import larger than the free space RESOURCE_EXHAUSTED, leaving no partial file and no quota charged; a small one then succeeds', async () => {
+    const [images, ops, access] = await Promise.all([clientFor(ImageService, daemon), clientFor(OperationService, daemon), clientFor(AccessService, daemon)]);
+    try {
+      const big = randomBytes(16 * 1024 * 1024);
+      server.files.set('/big.raw', { body: big });
+      const failed = await finished(ops, (await images.importImage({ url: `${server.origin}/big.raw`, sha256: sha256Hex(big), name: 'big', format: 'raw' }, T)).operation);
+      expect(failed.state).toBe(OperationState.FAILED);
+      expect(failed.error?.code, failed.error?.message).toBe(Status.RESOURCE_EXHAUSTED);
+      expect(await filesUnder(join(mount, 'images'))).toEqual([]);
+      expect(await used(access, QuotaResource.IMAGES_GB)).toBe(0n);
+      expect((await images.listImages({}, T)).images).toEqual([]);
+
+      const small = randomBytes(1024 * 1024);
+      server.files.set('/small.raw', { body: small });
+      const done = await finished(ops, (await images.importImage({ url: `${server.origin}/small.raw`, sha256: sha256Hex(small), name: 'small', format: 'raw' }, T)).operation);
+      expect(done.state, done.error?.message).toBe(OperationState.SUCCEEDED);
+      expect(await used(access, QuotaResource.IMAGES_GB)).toBe(1n);
+    } finally {
+      for (const client of [images, ops, access]) client.close();
     }
   });
 });
