@@ -28,6 +28,8 @@ const PROGRESS_EVENT_INTERVAL_MS = 1000;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Writes of a new operation's record whose answer was lost, before the call gives up. */
 const CREATE_ATTEMPTS = 5;
+/** How often slots that no operation holds are looked for (sweepSlots). */
+const SLOT_SWEEP_INTERVAL_MS = 60_000;
 
 export function isTerminal(record: OperationRecord): boolean {
   return TERMINAL.has(record.state);
@@ -75,6 +77,9 @@ export interface LaunchRequest<P> {
 export class OperationManager {
   private readonly kinds = new Map<OperationKind, Runner>();
   private readonly running = new Map<string, AbortController>();
+  /** Operations between taking their slot and being run (or failing to start). */
+  private readonly launching = new Set<string>();
+  private slotSweep: NodeJS.Timeout | undefined;
   private retention: NodeJS.Timeout | undefined;
   /** Set by stop(): resumable work aborted from then on is left for the next start to resume. */
   private stopping = false;
@@ -131,11 +136,16 @@ export class OperationManager {
     }
     this.retention = setInterval(() => void this.sweep(), Math.min(600_000, Math.max(1000, this.retentionMs() / 10)));
     this.retention.unref();
+    this.slotSweep = setInterval(() => {
+      this.sweepSlots().catch((err: unknown) => this.log.warn({ err }, 'could not sweep operation slots'));
+    }, SLOT_SWEEP_INTERVAL_MS);
+    this.slotSweep.unref();
   }
 
   stop(): void {
     this.stopping = true;
     if (this.retention) clearInterval(this.retention);
+    if (this.slotSweep) clearInterval(this.slotSweep);
     for (const controller of this.running.values()) controller.abort(new RpcError('UNAVAILABLE', 'the daemon is shutting down'));
   }
 
@@ -200,6 +210,15 @@ export class OperationManager {
     if (existing) return existing;
 
     const id = randomUUID();
+    this.launching.add(id);
+    try {
+      return await this.launchAs(ctx, definition, request, owner, id);
+    } finally {
+      this.launching.delete(id);
+    }
+  }
+
+  private async launchAs<P, C extends ResultCase>(ctx: CallContext, definition: OperationKindDefinition<P, C>, request: LaunchRequest<P>, owner: string, id: string): Promise<OperationRecord> {
     try {
       await this.quotas.acquireSlot(owner, id, causeOf(ctx));
     } catch (err) {
@@ -224,7 +243,7 @@ export class OperationManager {
       updated_at: now,
       ...(request.requestId ? { request_id: request.requestId } : {}),
       ...(ctx.traceId ? { trace_id: ctx.traceId } : {}),
-      ...(ctx.principal.delegation ? { impersonated_by: ctx.principal.delegation.by.id } : {}),
+      ...(ctx.principal?.delegation ? { impersonated_by: ctx.principal.delegation.by.id } : {}),
       ...(request.params !== undefined ? { params: request.params } : {}),
       ...(request.quota ? { quota: request.quota } : {}),
     };
@@ -449,6 +468,27 @@ export class OperationManager {
   }
 
   /** Deletes finished records older than the retention period, with their request_id keys. */
+  /**
+   * Drops the slots on this daemon's lease whose operation is neither starting nor running
+   * here, and whose record is finished or was never written: left by a write whose answer was
+   * lost and that was applied after the launch gave up. The lease frees them only when the
+   * daemon dies. Returns how many it dropped.
+   */
+  async sweepSlots(): Promise<number> {
+    let dropped = 0;
+    for (const slot of await this.quotas.slotsOfThisDaemon()) {
+      if (this.running.has(slot.operationId) || this.launching.has(slot.operationId)) continue;
+      const record = this.cache.get(slot.operationId) ?? (await this.repos.operations.get(slot.operationId))?.value;
+      if (record && !isTerminal(record)) continue;
+      // Taken again since the listing: still starting, so still needed.
+      if (this.launching.has(slot.operationId) || this.running.has(slot.operationId)) continue;
+      await this.quotas.dropSlot(slot.key);
+      this.log.warn({ operation: slot.operationId }, 'dropped an operation slot that no operation held');
+      dropped++;
+    }
+    return dropped;
+  }
+
   async sweep(now = Date.now()): Promise<number> {
     let removed = 0;
     for (const record of this.cache.values()) {

@@ -167,6 +167,21 @@ export class QuotaManager {
     return first?.key === key ? first : undefined;
   }
 
+  /** The slots held on this daemon's lease: each slot's key and its operation's id. */
+  async slotsOfThisDaemon(): Promise<{ key: string; operationId: string }[]> {
+    const lease = await this.lease();
+    const { kvs } = await this.store.list(LAYOUT.slots);
+    return kvs.flatMap((kv) => {
+      const [principal, operation] = kv.key.slice(LAYOUT.slots.length).split('/');
+      return kv.lease === lease && principal !== undefined && operation !== undefined ? [{ key: kv.key, operationId: decodeURIComponent(operation) }] : [];
+    });
+  }
+
+  /** Deletes a slot by its key (see slotsOfThisDaemon). */
+  async dropSlot(key: string): Promise<void> {
+    await this.store.delete(key);
+  }
+
   async releaseSlot(principal: string, operationId: string): Promise<void> {
     await this.store.delete(this.slotDir(principal) + segment(operationId));
   }

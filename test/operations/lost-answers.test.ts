@@ -1,7 +1,9 @@
 // A store write whose answer is lost (etcd: "request timed out", a leader change, a
 // dropped connection after the write reached the server) may or may not have been
 // applied. Launching an operation stays exactly-once either way: the slot and the
-// record are found or written once, and nothing is left held when the launch fails.
+// record are found or written once, and nothing is left held when the launch fails. A
+// write applied after the launch gave up leaves a slot no operation holds: the slot sweep
+// drops it.
 //
 // The fault is forced with a wrapper over the real embedded store: its txn applies the
 // request (or not) and then throws StoreUnavailableError, as the etcd store does when a
@@ -73,8 +75,15 @@ async function daemon() {
   await cache.start(stopping.signal);
   const quotas = new QuotaManager(store, repos, settings, () => lease.lease());
   const operations = new OperationManager(repos, cache, quotas, 'node-a', silent, () => 3_600_000, undefined);
-  operations.register(SHUTDOWN, { run: (op) => Promise.resolve({ case: 'shutdown', value: { vmName: op.params.vmName, forced: false } }) });
-  return { operations, plant, repos };
+  const held = new Map<string, () => void>();
+  operations.register(SHUTDOWN, {
+    run: async (op) => {
+      // vmName "held-…": runs until the test releases it.
+      if (op.params.vmName.startsWith('held-')) await new Promise<void>((resolve) => held.set(op.params.vmName, resolve));
+      return { case: 'shutdown', value: { vmName: op.params.vmName, forced: false } };
+    },
+  });
+  return { operations, plant, repos, held };
 }
 
 function ctxFor(principal: string): CallContext {
@@ -134,4 +143,25 @@ describe('launching an operation when a store write loses its answer', () => {
     expect(await slotsOf(principal)).toBe(0);
     operations.stop();
   });
+
+  it('the slot sweep drops a slot that no operation holds (a lost write applied late), and keeps those of running operations', async () => {
+    const principal = `p-${randomUUID()}`;
+    const { operations, held } = await daemon();
+    const running = await operations.launch(ctxFor(principal), SHUTDOWN, { target: 'vm:held-1', params: { vmName: 'held-1' } });
+    const finishedOp = await operations.launch(ctxFor(principal), SHUTDOWN, { target: 'vm:web', params: { vmName: 'web' } });
+    expect((await operations.wait(finishedOp.id, 30_000, stopping.signal))?.state).toBe('SUCCEEDED');
+    await eventually(async () => (await slotsOf(principal)) === 1);
+    // Late writes: a slot for an operation never recorded, and one for an operation already finished.
+    const orphan = randomUUID();
+    await real.put(`${LAYOUT.slots}${principal}/${orphan}`, new TextEncoder().encode(new Date().toISOString()), { lease: await lease.lease() });
+    await real.put(`${LAYOUT.slots}${principal}/${finishedOp.id}`, new TextEncoder().encode(new Date().toISOString()), { lease: await lease.lease() });
+    expect(await slotsOf(principal)).toBe(3);
+    expect(await operations.sweepSlots()).toBe(2);
+    expect((await real.list(`${LAYOUT.slots}${principal}/`)).kvs.map((kv) => kv.key)).toEqual([`${LAYOUT.slots}${principal}/${running.id}`]);
+    held.get('held-1')?.();
+    expect((await operations.wait(running.id, 30_000, stopping.signal))?.state).toBe('SUCCEEDED');
+    await eventually(async () => (await slotsOf(principal)) === 0);
+    operations.stop();
+  });
 });
+
