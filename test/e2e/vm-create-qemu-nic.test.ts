@@ -171,6 +171,9 @@ describe.skipIf(skipLocally)('CreateVm with an RBD disk and a NIC on a host brid
     expect(secondTap).not.toBe(firstTap);
     expect(isTap(secondTap)).toBe(true);
     expect(await bridgePorts()).toEqual([firstTap, secondTap].sort());
+    // QEMU's own view: two NICs with these MACs, each with a tap backend.
+    const qemuNetwork = await virsh('qemu-monitor-command', '--domain', VM, '--hmp', 'info network');
+    for (const address of [mac, SECOND_MAC]) expect(qemuNetwork, qemuNetwork).toMatch(new RegExp(`type=nic,model=[\\w-]+,macaddr=${address}\\s*\\n\\s*\\\\ [\\w-]+: index=\\d+,type=tap,`));
     // The persistent definition has it too.
     expect(await virsh('dumpxml', '--inactive', '--domain', VM)).toContain(`<mac address='${SECOND_MAC}'/>`);
 

@@ -65,10 +65,11 @@ export async function startBridge(): Promise<TestBridge> {
     // The ACL first: if an operator's file is there, nothing else is made.
     if (existsSync(BRIDGE_ACL)) throw new Error(`${BRIDGE_ACL} exists: this test does not edit an existing ACL (the helper has no per-user one); run it where the file does not exist`);
     const madeEtcQemu = (await mkdir('/etc/qemu', { recursive: true })) !== undefined;
-    if (madeEtcQemu) undo.push(() => rmSync('/etc/qemu', { recursive: true, force: true }));
+    // Only what this made goes: /etc/qemu only when empty again.
+    if (madeEtcQemu) undo.push(() => spawnSync('/usr/bin/rmdir', ['/etc/qemu'], { env, stdio: 'ignore' }));
     // 'wx': a concurrent writer wins, and we fail rather than overwrite its file.
     await writeFile(BRIDGE_ACL, `# written by a debvisor-rpcd test (test/support/bridge.ts); removed when it ends\nallow ${name}\n`, { flag: 'wx', mode: 0o644 });
-    if (!madeEtcQemu) undo.push(() => rmSync(BRIDGE_ACL, { force: true }));
+    undo.push(() => rmSync(BRIDGE_ACL, { force: true }));
 
     await run(IP, ['link', 'add', name, 'type', 'bridge'], { env });
     undo.push(() => spawnSync(IP, ['link', 'del', name], { env, stdio: 'ignore' }));
