@@ -27,6 +27,8 @@ export interface StartLibvirtOptions {
   readonly driver?: 'test' | 'qemu';
   /** Run in this directory (created; its parent must be traversable by `nobody`) instead of a fresh temp dir. */
   readonly dir?: string;
+  /** Contents of the QEMU session's qemu.conf (driver 'qemu'), e.g. `bridge_helper = "…"` (test/support/bridge.ts). */
+  readonly qemuConf?: string;
 }
 
 export interface TestLibvirt {
@@ -111,6 +113,7 @@ export async function startLibvirt(options: StartLibvirtOptions = {}): Promise<T
   }
   const conf = join(env.XDG_CONFIG_HOME, 'libvirt', 'libvirtd.conf');
   writeFileSync(conf, `log_outputs = "3:file:${join(dir, 'libvirtd.log')}"\n`, { mode: 0o644 });
+  if (options.qemuConf !== undefined) writeFileSync(join(env.XDG_CONFIG_HOME, 'libvirt', 'qemu.conf'), options.qemuConf, { mode: 0o644 });
   const [cmd, args] = root
     ? ['/usr/bin/setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', LIBVIRTD, '-f', conf]]
     : [LIBVIRTD, ['-f', conf]];
