@@ -7,6 +7,7 @@
 // never happens twice however often the daemon is killed (a kill between claim and refund
 // leaves the units charged: RecomputeQuota gives them back).
 import { create, fromJson, toJson, type MessageInitShape } from '@bufbuild/protobuf';
+import { ExponentialBackoff, handleWhen, retry } from 'cockatiel';
 import { z } from 'zod';
 import type { Libvirt } from '../backends/libvirt/virsh.js';
 import { parseDomainXml, type CreatedVolume } from '../backends/libvirt/xml.js';
@@ -179,6 +180,10 @@ function definitionOf(inactiveXml: string): VmDefinition {
     hasSeed: xml.metadata.seedFiles.length > 0,
     nvram: hasNvram(inactiveXml),
   };
+}
+
+function isUnavailable(err: unknown): boolean {
+  return err instanceof ExecError && err.kind === 'unavailable';
 }
 
 function isMissing(err: unknown): boolean {
@@ -497,23 +502,29 @@ export class VmProvisioning {
     };
     const vm = params.vmName;
     const planned = parseDomainXml(params.domainXml).uuid;
-    // The domain named like the VM now (uuid undefined: there is none); undefined when libvirt could not tell.
-    const domain = await this.domainUuid(vm).then(
-      (uuid) => ({ uuid }),
-      (err: unknown) => void left.push(`VM ${vm}: ${itemStatus(err).message}`),
-    );
-    if (domain?.uuid === planned) {
-      await attempt(`VM ${vm}`, async () => {
+    // The domain named like the VM now (undefined: there is none). Unknown (libvirt unreachable for a while):
+    // the planned volumes may be a defined VM's disks, so nothing is removed.
+    let domain: string | undefined;
+    try {
+      domain = await retry(handleWhen(isUnavailable), { maxAttempts: 5, backoff: new ExponentialBackoff({ initialDelay: 500, maxDelay: 5_000 }) }).execute(() => this.domainUuid(vm));
+    } catch (err) {
+      return [`VM ${vm}: ${itemStatus(err).message}; nothing was removed and no quota given back`];
+    }
+    if (domain === planned) {
+      try {
         await libvirt.destroy(vm).catch((err: unknown) => {
           // Already off.
           if (!(err instanceof VmStateError)) throw err;
         });
         await libvirt.undefineVm(vm, { nvram: hasNvram(params.domainXml) });
-        await inventory.reloaded(vm).catch(() => undefined);
-      });
+      } catch (err) {
+        // A VM still defined keeps its disks, its seed and its quota units.
+        return [`VM ${vm}: ${itemStatus(err).message}; it was left with its seed and volumes`];
+      }
+      await inventory.reloaded(vm).catch(() => undefined);
     }
     // The seed is `<dir>/<vm>.iso`: a same-named VM made by someone else owns it.
-    if (params.seed && domain && (domain.uuid === undefined || domain.uuid === planned)) await attempt('cloud-init seed', async () => this.deps.seeds?.removeSeed(vm));
+    if (params.seed && (domain === undefined || domain === planned)) await attempt('cloud-init seed', async () => this.deps.seeds?.removeSeed(vm));
     await attempt('quota refund of vms, vcpus and memory_gb', async () => {
       if (await run.claim('refund vm quota')) await this.refund(params, 0);
     });

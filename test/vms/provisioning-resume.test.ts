@@ -31,7 +31,7 @@ import { createRepositories, type Repositories } from '../../src/store/repositor
 import type { Store } from '../../src/store/store.js';
 import { CloudInitSeeds } from '../../src/vms/cloud-init.js';
 import { VmLiveInventory } from '../../src/vms/inventory.js';
-import { CREATE_ROLLED_BACK, VmProvisioning, type CreateVmParams, type DeleteVmParams, type ProvisioningRun } from '../../src/vms/provisioning.js';
+import { CREATE_ROLLED_BACK, VmProvisioning, type CreateVmParams, type ProvisioningDeps, type DeleteVmParams, type ProvisioningRun } from '../../src/vms/provisioning.js';
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { VmSpecSchema, type VmSpec } from '../../src/gen/debvisor/v1/vm_pb.js';
@@ -61,6 +61,7 @@ let inventory: VmLiveInventory;
 let storage: StorageManager;
 let quotas: QuotaManager;
 let provisioning: VmProvisioning;
+let deps: ProvisioningDeps;
 let seedDir: string;
 let seeds: CloudInitSeeds;
 const stopping = new AbortController();
@@ -99,7 +100,7 @@ function firstRun(id: string): ProvisioningRun {
 
 /** The record a killed daemon left: RUNNING, resumable, on this node. */
 async function killedRecord(kind: 'CREATE_VM' | 'DELETE_VM', params: CreateVmParams | DeleteVmParams, extra: Partial<OperationRecord> = {}): Promise<string> {
-  const id = randomUUID();
+  const id = extra.id ?? randomUUID();
   const now = new Date().toISOString();
   await repos.operations.create(id, {
     schema_version: 1,
@@ -165,7 +166,7 @@ beforeAll(async () => {
   storage = new StorageManager({ backends: { lvm: new LvmBackend({ vgs: [lvm.vg], systemDir: lvm.systemDir, registry }) }, quotas, imagesDir: () => tmpdir() });
   seedDir = await mkdtemp(join(tmpdir(), 'debvisor-resume-seeds-'));
   seeds = new CloudInitSeeds({ dir: seedDir, registry });
-  provisioning = new VmProvisioning({
+  deps = {
     libvirt,
     inventory,
     storage,
@@ -173,8 +174,9 @@ beforeAll(async () => {
     allows: () => true,
     networks: () => Promise.resolve([]),
     seeds,
-    defaults: () => ({ domainType: 'test', machineType: 'pc', cpuMode: 'host-model', rbdAuth: undefined }),
-  });
+    defaults: () => ({ domainType: 'test' as const, machineType: 'pc', cpuMode: 'host-model' as const, rbdAuth: undefined }),
+  };
+  provisioning = new VmProvisioning(deps);
 });
 
 afterAll(async () => {
@@ -257,6 +259,27 @@ describe('a CreateVm killed mid-way, resumed by a restarted daemon', () => {
     expect(done.state).toBe('CANCELLED');
     expect(await lvNames()).toEqual([]);
     expect(await domains()).toEqual([]);
+    expect(await usage()).toEqual(before);
+  });
+
+  it('removes nothing and gives nothing back while libvirt cannot say whether the VM is defined', async () => {
+    const before = await usage();
+    const plan = await provisioning.plan(spec('blind-1'), principal, {});
+    await provisioning.charge(plan, { actor: { principal: OWNER }, traceId: '' });
+    const id = randomUUID();
+    await storage.createVolume({ backend: 'lvm', pool: lvm.vg, name: 'blind-1-disk0' }, 20n * MIB, { vm: 'blind-1' }, OWNER, { madeBy: id });
+    // The same parts, but libvirt's socket is not there (libvirtd down).
+    const blind = new VmProvisioning({ ...deps, libvirt: new Libvirt({ uri: 'test+unix:///default?socket=/nonexistent/libvirt-sock', registry: new Registry() }) });
+    const claimed: string[] = [];
+    const resumed = { ...firstRun(id), resumed: true, claim: (step: string) => Promise.resolve(claimed.push(step) > 0) };
+    await expect(blind.create(plan.params, resumed)).rejects.toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/^the daemon restarted during creation; removing what it had made left: VM blind-1: libvirt is unreachable.*; nothing was removed and no quota given back$/) as unknown });
+    expect(claimed).toEqual([]);
+    expect(await lvNames()).toEqual(['blind-1-disk0']);
+    expect(await usage()).toEqual({ ...before, vms: before.vms + 1, vcpus: before.vcpus + 2, memory_gb: before.memory_gb + 1, storage_gb: before.storage_gb + 2 });
+    // With libvirt back, the next start undoes it.
+    const done = await restart(await killedRecord('CREATE_VM', plan.params, { id }));
+    expect(done.error?.message).toBe(CREATE_ROLLED_BACK);
+    expect(await lvNames()).toEqual([]);
     expect(await usage()).toEqual(before);
   });
 
