@@ -127,6 +127,9 @@ beforeAll(async () => {
     { mode: 0o755 },
   );
   await start();
+  // A VM that stays: the owner holds units of every dimension, so a refund given twice would show.
+  const bystander = await finished(ops, (await vms.createVm({ spec: { name: 'bystander', vcpus: 1, memoryBytes: 256n * MIB, disks: [{ source: { case: 'newVolume', value: { backend: LVM, pool: lvm.vg, sizeBytes: 8n * MIB } } }] } }, T)).operation);
+  expect(bystander.state, bystander.error?.message).toBe(OperationState.SUCCEEDED);
 });
 
 afterAll(async () => {
@@ -153,7 +156,7 @@ describe('a daemon killed during CreateVm', () => {
     const id = operation?.id ?? '';
     // Held in the seed step: both volumes exist.
     await vi.waitFor(async () => expect(await exists(join(gateDir, 'started'))).toBe(true), WAIT);
-    expect(await lvNames()).toEqual(['killed-1-disk0', 'killed-1-disk1']);
+    expect(await lvNames()).toEqual(['bystander-disk0', 'killed-1-disk0', 'killed-1-disk1']);
     expect((await ops.getOperation({ operationId: id }, T)).operation?.state).toBe(OperationState.RUNNING);
     expect(await usage()).toEqual([before[0]! + 1n, before[1]! + 2n, before[2]! + 1n, before[3]! + 2n]);
 
@@ -164,8 +167,8 @@ describe('a daemon killed during CreateVm', () => {
     expect(done.error?.code).toBe(Status.UNAVAILABLE);
     expect(done.error?.message).toBe(CREATE_ROLLED_BACK);
     expect(daemon!.logRecords().some((r) => r.msg === 'resuming operation after restart' && r.operation === id)).toBe(true);
-    expect(await lvNames()).toEqual([]);
-    expect(await domains()).toEqual([]);
+    expect(await lvNames()).toEqual(['bystander-disk0']);
+    expect(await domains()).toEqual(['bystander']);
     expect(await exists(join(seedDir, 'killed-1.iso'))).toBe(false);
     expect(await usage()).toEqual(before);
   });
@@ -198,7 +201,7 @@ describe('a daemon killed during DeleteVm', () => {
       // Held in lvremove, waiting for the lock (an lvs now would wait behind it): the domain is undefined, vms/vcpus/memory_gb given back.
       await vi.waitFor(async () => expect((await ops.getOperation({ operationId: id }, T)).operation?.stage).toMatch(/^deleting lvm:/), WAIT);
       await vi.waitFor(async () => expect((await descendants(daemon!.pid)).some((p) => p.argv.includes('lvremove'))).toBe(true), WAIT);
-      expect(await domains()).toEqual([]);
+      expect(await domains()).toEqual(['bystander']);
       await killDaemon();
     } finally {
       // --no-fork: the holder is the process holding the lock; it is released once it has exited.
@@ -209,12 +212,12 @@ describe('a daemon killed during DeleteVm', () => {
       }
     }
     // Killed with the daemon, lvremove removed nothing.
-    expect(await lvNames()).toEqual(['killed-2-disk0', 'killed-2-disk1']);
+    expect(await lvNames()).toEqual(['bystander-disk0', 'killed-2-disk0', 'killed-2-disk1']);
     await start();
     const done = await finished(ops, deleting, 60_000);
     expect(done.state, done.error?.message).toBe(OperationState.SUCCEEDED);
-    expect(await lvNames()).toEqual([]);
-    expect(await domains()).toEqual([]);
+    expect(await lvNames()).toEqual(['bystander-disk0']);
+    expect(await domains()).toEqual(['bystander']);
     expect(await usage()).toEqual(before);
   });
 });

@@ -177,6 +177,8 @@ beforeAll(async () => {
     defaults: () => ({ domainType: 'test' as const, machineType: 'pc', cpuMode: 'host-model' as const, rbdAuth: undefined }),
   };
   provisioning = new VmProvisioning(deps);
+  // What the owner holds elsewhere: a refund given twice would show (usage never goes below zero).
+  for (const d of DIMENSIONS) await quotas.consume(OWNER, d, 10);
 });
 
 afterAll(async () => {
