@@ -111,9 +111,10 @@ export interface RbdTemplateBackend extends VolumeBackend {
   readonly kind: 'rbd';
   protectSnapshot(pool: string, image: string, snapshot: string, options?: CallOptions): Promise<void>;
   unprotectSnapshot(pool: string, image: string, snapshot: string, options?: CallOptions): Promise<void>;
+  /** `to.tags`: the clone's own tags (the parent's are not copied). */
   clone(
     from: { pool: string; image: string; snapshot: string },
-    to: { pool: string; image: string; owner: string },
+    to: { pool: string; image: string; owner: string; tags?: Record<string, string> },
     options?: CallOptions,
   ): Promise<VolumeInfo>;
   /** Copies the parent's data into the clone; progress from rbd's stderr. */

@@ -43,6 +43,13 @@ export interface OperationHandle<P> {
   readonly signal: AbortSignal;
   /** The launching call: the work's own events (a volume created, a snapshot pruned) name it. */
   readonly cause: EventCause;
+  /** True when a restarted daemon runs the work again: a killed run may have left it half-done. */
+  readonly resumed: boolean;
+  /**
+   * Marks `step` done in the operation's record: true the first time only, across restarts too.
+   * For effects that must not happen twice when the work is resumed (a quota refund): claim, then act.
+   */
+  claim(step: string): Promise<boolean>;
   /** Reports progress (and, for work measured in bytes, the bytes done and their total when known); writes to the store are throttled. */
   progress(percent: number, stage: string, bytes?: ProgressBytes): void;
 }
@@ -129,7 +136,7 @@ export class OperationManager {
       const spec = this.runnerOf(record);
       if (record.resumable && spec?.resumable) {
         this.log.info({ operation: record.id, kind: record.kind }, 'resuming operation after restart');
-        this.execute(record);
+        this.execute(record, { resumed: true });
       } else {
         await this.finish(record.id, 'FAILED', { error: { code: 14, message: 'the daemon restarted while this operation was running; it did not complete' } });
       }
@@ -263,7 +270,7 @@ export class OperationManager {
     }
     this.cache.remember(id, record, result.revision);
     this.publish(EventKind.OPERATION_UPDATED, record);
-    this.execute(record);
+    this.execute(record, { resumed: false });
     return record;
   }
 
@@ -273,9 +280,11 @@ export class OperationManager {
     return (await this.repos.operations.get(new TextDecoder().decode(kv.value)))?.value;
   }
 
-  private execute(record: OperationRecord): void {
+  private execute(record: OperationRecord, { resumed }: { resumed: boolean }): void {
     const spec = this.runnerOf(record);
     const controller = new AbortController();
+    // Cancelled before a restart: the resumed work still runs, aborted, so it can undo what the killed run left.
+    if (record.cancel_requested) controller.abort(new RpcError('CANCELLED', 'operation cancelled'));
     this.running.set(record.id, controller);
     let lastWrite = 0;
     let lastEvent = 0;
@@ -299,6 +308,8 @@ export class OperationManager {
       params: record.params,
       signal: controller.signal,
       cause: this.causeOf(record),
+      resumed,
+      claim: (step) => this.claim(record.id, step),
       progress: (percent, stage, bytes) => {
         pending = { percent: Math.max(0, Math.min(100, Math.round(percent))), stage, bytes };
         const wait = PROGRESS_WRITE_INTERVAL_MS - (Date.now() - lastWrite);
@@ -317,7 +328,6 @@ export class OperationManager {
           lastEvent = Date.now();
           this.publish(EventKind.OPERATION_UPDATED, running);
         }
-        if (record.cancel_requested) throw new RpcError('CANCELLED', 'operation cancelled');
         const result = await spec.run(handle);
         // The last byte count reported may not have been written yet (progress writes are throttled).
         await this.finish(record.id, 'SUCCEEDED', { result, progress: 100, ...(pending?.bytes ? { bytes: pending.bytes } : {}) });
@@ -339,6 +349,17 @@ export class OperationManager {
         await this.releaseSlotOf(record.owner, record.id);
       }
     })();
+  }
+
+  /** OperationHandle.claim: adds `step` to the record's claimed steps unless it is there; a store failure throws (nothing claimed, or unknown: the caller does not act). */
+  private async claim(id: string, step: string): Promise<boolean> {
+    const outcome = { claimed: false };
+    const written = await this.repos.operations.mutate(id, (current) => {
+      outcome.claimed = current !== undefined && !(current.claimed_steps ?? []).includes(step);
+      return outcome.claimed && current ? { ...current, claimed_steps: [...(current.claimed_steps ?? []), step], updated_at: new Date().toISOString() } : undefined;
+    });
+    if (outcome.claimed && written) this.cache.remember(id, written.value, written.modRevision);
+    return outcome.claimed;
   }
 
   /** The record as written; undefined when `change` left it as it was (mutate would hand back the unchanged record). */

@@ -21,23 +21,19 @@ import { createVmParams, deleteVmParams, type VmProvisioning } from '../vms/prov
 import type { VmUpdates } from '../vms/update.js';
 import { operationMessage } from './operations.js';
 
-/** CreateVm: the plan it carried out. */
+/** CreateVm: the plan it carried out. Resumed after a restart, it removes what the killed run made and fails. */
 export const CREATE_VM = defineOperationKind(OperationKind.CREATE_VM, createVmParams, 'createdVm');
-/** DeleteVm: what was removed. */
+/** DeleteVm: what was removed. Resumed after a restart, it carries the deletion through. */
 export const DELETE_VM = defineOperationKind(OperationKind.DELETE_VM, deleteVmParams, 'deletedVm');
 
 export function registerVmProvisioningKinds(operations: OperationManager, provisioning: VmProvisioning): void {
   operations.register(CREATE_VM, {
-    run: async (op) => {
-      const plan = await provisioning.create(op.params, { signal: op.signal, cause: op.cause, onProgress: (pct, stage) => op.progress(pct, stage) });
-      return { case: 'createdVm', value: plan };
-    },
+    resumable: true,
+    run: async (op) => ({ case: 'createdVm', value: await provisioning.create(op.params, op) }),
   });
   operations.register(DELETE_VM, {
-    run: async (op) => {
-      const deletion = await provisioning.delete(op.params, { signal: op.signal, cause: op.cause, onProgress: (pct, stage) => op.progress(pct, stage) });
-      return { case: 'deletedVm', value: create(VmDeletionSchema, deletion) };
-    },
+    resumable: true,
+    run: async (op) => ({ case: 'deletedVm', value: create(VmDeletionSchema, await provisioning.delete(op.params, op)) }),
   });
 }
 
@@ -66,7 +62,7 @@ export function vmProvisioningHandlers({ provisioning, updates, operations, libv
       if (refused.length > 0) throw new RpcError('PERMISSION_DENIED', `permission denied: ${refused.map((p) => p.reason).join('; ')}`);
       await provisioning.charge(plan, causeOf(ctx));
       try {
-        const record = await operations.launch(ctx, CREATE_VM, { target: `vm:${plan.params.vmName}`, params: plan.params, ...(request.requestId ? { requestId: request.requestId } : {}) });
+        const record = await operations.launch(ctx, CREATE_VM, { target: `vm:${plan.params.vmName}`, params: plan.params, resumable: true, ...(request.requestId ? { requestId: request.requestId } : {}) });
         return { plan: plan.message, operation: operationMessage(record) };
       } catch (err) {
         await provisioning.refund(plan.params, plan.params.volumes.reduce((sum, v) => sum + v.charged, 0));
@@ -82,10 +78,11 @@ export function vmProvisioningHandlers({ provisioning, updates, operations, libv
         return storage.volumeKey(backend, ref.pool, ref.name, `also_delete[${i}]`);
       });
       // Refuse up front what the operation could only fail on: an unknown VM, a running one without force.
-      await provisioning.checkDelete(vm, principalOf(ctx), { force: request.force, deleteVolumes: request.deleteVolumes, alsoDelete }, { signal: ctx.signal });
+      const definition = await provisioning.checkDelete(vm, principalOf(ctx), { force: request.force, deleteVolumes: request.deleteVolumes, alsoDelete }, { signal: ctx.signal });
       const record = await operations.launch(ctx, DELETE_VM, {
         target: `vm:${vm}`,
-        params: { vmName: vm, deleteVolumes: request.deleteVolumes, force: request.force, alsoDelete },
+        params: { vmName: vm, deleteVolumes: request.deleteVolumes, force: request.force, alsoDelete, definition },
+        resumable: true,
         ...(request.requestId ? { requestId: request.requestId } : {}),
       });
       return { operation: operationMessage(record) };

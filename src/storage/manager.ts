@@ -10,7 +10,7 @@ import type { AttachmentFinder } from './attachments.js';
 import type { BackendKind, CallOptions, ProgressFn, RbdTemplateBackend, SnapshotInfo, VolumeBackend, VolumeInfo } from '../backends/storage-backend.js';
 import { resolveImagePath } from './images.js';
 import { gibOf } from '../quota/units.js';
-import { IMAGE_DIGEST_TAG, timeFromName, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
+import { IMAGE_DIGEST_TAG, timeFromName, withMadeBy, validatePool, validateSize, validateTags, validateVolumeName, volumeLabel, type VolumeKey } from './names.js';
 import { isEmptyPolicy, planRetention, type RetentionRules } from './retention.js';
 import { EventKind } from '../gen/debvisor/v1/event_pb.js';
 import { ResourceKind } from '../gen/debvisor/v1/options_pb.js';
@@ -153,10 +153,13 @@ export class StorageManager {
 
   // ---- volumes ---------------------------------------------------------------------
 
-  /** The storage_gb units for the requested size were taken by the proto option; the owner is the caller. */
-  async createVolume(key: VolumeKey, sizeBytes: bigint, tags: Record<string, string>, owner: string, options?: ChangeOptions): Promise<VolumeInfo> {
+  /**
+   * The storage_gb units for the requested size were taken by the proto option; the owner is the caller.
+   * `madeBy`: the operation making it, recorded in a reserved tag (OPERATION_TAG) with the volume.
+   */
+  async createVolume(key: VolumeKey, sizeBytes: bigint, tags: Record<string, string>, owner: string, options?: ChangeOptions & { madeBy?: string }): Promise<VolumeInfo> {
     validateSize(sizeBytes, 'size_bytes');
-    const volume = await this.backend(key.backend).createVolume({ pool: key.pool, name: key.name, sizeBytes, tags: validateTags(tags), owner }, options);
+    const volume = await this.backend(key.backend).createVolume({ pool: key.pool, name: key.name, sizeBytes, tags: withMadeBy(validateTags(tags), options?.madeBy), owner }, options);
     this.publishVolume(EventKind.VOLUME_CREATED, volume, options?.cause);
     await this.settleRounding(owner, sizeBytes, volume.sizeBytes);
     return volume;
@@ -377,13 +380,13 @@ export class StorageManager {
   /** Clones (and optionally flattens); on failure the half-made clone is removed. The caller holds its storage_gb. */
   async clone(
     from: { pool: string; image: string; snapshot: string },
-    to: { pool: string; image: string; owner: string },
+    to: { pool: string; image: string; owner: string; madeBy?: string },
     flatten: boolean,
     options: ChangeOptions & { onProgress?: (percent: number, stage: string) => void } = {},
   ): Promise<VolumeInfo> {
     const rbd = this.rbd();
     options.onProgress?.(5, 'cloning');
-    let volume = await rbd.clone(from, to, options);
+    let volume = await rbd.clone(from, { pool: to.pool, image: to.image, owner: to.owner, tags: withMadeBy({}, to.madeBy) }, options);
     try {
       if (flatten) {
         options.onProgress?.(10, 'flattening');
@@ -442,14 +445,14 @@ export class StorageManager {
   /** Creates the volume and writes the image into it; on failure removes only the volume it created. */
   async provision(
     key: VolumeKey,
-    spec: { sizeBytes: bigint; tags: Record<string, string>; owner: string; imagePath: string; imageSha256?: string | undefined },
+    spec: { sizeBytes: bigint; tags: Record<string, string>; owner: string; imagePath: string; imageSha256?: string | undefined; madeBy?: string },
     options: ChangeOptions & { onProgress?: (percent: number, stage: string) => void } = {},
   ): Promise<VolumeInfo> {
     const { path, info } = await this.inspectImage(spec.imagePath, spec.sizeBytes, options);
     const backend = this.backend(key.backend);
     options.onProgress?.(2, 'creating volume');
     // Lineage: a volume from a library image names its digest in a reserved tag users cannot set.
-    const tags = { ...validateTags(spec.tags), ...(spec.imageSha256 ? { [IMAGE_DIGEST_TAG]: spec.imageSha256 } : {}) };
+    const tags = withMadeBy({ ...validateTags(spec.tags), ...(spec.imageSha256 ? { [IMAGE_DIGEST_TAG]: spec.imageSha256 } : {}) }, spec.madeBy);
     // An existing volume fails here (ALREADY_EXISTS) and is never touched by the cleanup below.
     const volume = await backend.createVolume({ pool: key.pool, name: key.name, sizeBytes: spec.sizeBytes, tags, owner: spec.owner }, options);
     try {

@@ -38,6 +38,14 @@ export function validateSize(bytes: bigint, field: string): bigint {
 /** The tag a volume provisioned from a library image carries: the image's SHA-256 (reserved: users cannot set "debvisor*" keys). */
 export const IMAGE_DIGEST_TAG = 'debvisor.image_sha256';
 
+/** The tag of a volume an operation made (CreateVm): its id. An undo removes only volumes carrying its own id. */
+export const OPERATION_TAG = 'debvisor.operation';
+
+/** `tags` plus the reserved tag naming the operation that makes the volume, when there is one. */
+export function withMadeBy(tags: Record<string, string>, operationId: string | undefined): Record<string, string> {
+  return operationId === undefined ? tags : { ...tags, [OPERATION_TAG]: operationId };
+}
+
 export function validateTags(tags: Readonly<Record<string, string>>, field = 'tags'): Record<string, string> {
   const entries = Object.entries(tags);
   if (entries.length > MAX_USER_TAGS) throw new InvalidArgumentError(field, `at most ${MAX_USER_TAGS} tags`);

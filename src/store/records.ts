@@ -145,6 +145,8 @@ export const operationRecord = z.strictObject({
   params: z.unknown().optional(),
   /** Whether a restarted daemon resumes this operation instead of failing it. */
   resumable: z.boolean(),
+  /** Steps the work claimed (OperationHandle.claim): done at most once, across restarts. */
+  claimed_steps: z.array(z.string()).optional(),
   /** Quota taken for the work, given back if it fails or is cancelled. */
   quota: z.strictObject({ resource: z.enum(countedQuotaResources), amount: z.number().int().positive() }).optional(),
   created_at: isoTime,

@@ -1,21 +1,28 @@
 // CreateVm and DeleteVm: the plan (everything checked and shown before anything changes), the
 // quota charge, the creating operation that undoes what it made when any step fails or is
 // cancelled, and the deleting operation. Volumes the caller passed in are never touched.
+// Both operations are resumed by a restarted daemon: a killed create is undone (only what that
+// operation made: its domain by UUID, its volumes by their operation tag), a killed delete is
+// carried through. Quota refunds are claimed on the operation's record first, so a refund
+// never happens twice however often the daemon is killed (a kill between claim and refund
+// leaves the units charged: RecomputeQuota gives them back).
 import type { VmInventoryRecord } from '../store/records.js';
 import { create, fromJson, toJson, type MessageInitShape } from '@bufbuild/protobuf';
+import { ExponentialBackoff, handleWhen, retry } from 'cockatiel';
 import { z } from 'zod';
 import type { Libvirt } from '../backends/libvirt/virsh.js';
 import { parseDomainXml, type CreatedVolume } from '../backends/libvirt/xml.js';
 import { VmStateError } from '../backends/libvirt/errors.js';
+import { ExecError } from '../backends/exec.js';
 import { validatePool } from '../storage/names.js';
 import type { StorageManager } from '../storage/manager.js';
-import { volumeLabel, type VolumeKey } from '../storage/names.js';
+import { OPERATION_TAG, volumeLabel, type VolumeKey } from '../storage/names.js';
 import type { QuotaManager } from '../quota/manager.js';
 import { gibOf } from '../quota/units.js';
 import type { EventCause } from '../events/cause.js';
 import type { Principal } from '../rpc/principal.js';
 import type { ResourceRef } from '../rpc/policy.js';
-import { InvalidArgumentError, RpcError } from '../rpc/errors.js';
+import { InvalidArgumentError, itemStatus, RpcError } from '../rpc/errors.js';
 import { VmPlanSchema, type VmPlan, type PermissionVerdictSchema, type QuotaVerdictSchema, type PlannedVolumeSchema } from '../gen/debvisor/v1/vm_types_pb.js';
 import { StorageBackend } from '../gen/debvisor/v1/storage_types_pb.js';
 import type { VmSpec } from '../gen/debvisor/v1/vm_pb.js';
@@ -109,11 +116,31 @@ export const createVmParams = z.object({
 });
 export type CreateVmParams = z.infer<typeof createVmParams>;
 
+const volumeKey = z.object({ backend: z.enum(['lvm', 'rbd']), pool: z.string(), name: z.string() });
+
+/**
+ * The definition DeleteVm acts on, read when it was called: the deletion refuses a VM that changed
+ * since, and a resumed deletion still knows it once the killed run has undefined the domain.
+ */
+const vmDefinition = z.object({
+  uuid: z.string(),
+  owner: z.string(),
+  vcpus: z.number().int(),
+  memoryGb: z.number().int(),
+  /** Source paths of its disks (not CD-ROMs). */
+  diskPaths: z.array(z.string()),
+  createdVolumes: z.array(volumeKey),
+  hasSeed: z.boolean(),
+  nvram: z.boolean(),
+});
+export type VmDefinition = z.infer<typeof vmDefinition>;
+
 export const deleteVmParams = z.object({
   vmName: z.string(),
   deleteVolumes: z.boolean(),
   force: z.boolean(),
-  alsoDelete: z.array(z.object({ backend: z.enum(['lvm', 'rbd']), pool: z.string(), name: z.string() })),
+  alsoDelete: z.array(volumeKey),
+  definition: vmDefinition,
 });
 export type DeleteVmParams = z.infer<typeof deleteVmParams>;
 
@@ -123,6 +150,49 @@ export interface Plan {
 }
 
 const KIND_ENUM: Record<'lvm' | 'rbd', StorageBackend> = { lvm: StorageBackend.LVM, rbd: StorageBackend.RBD };
+
+/** The operation running a create or a delete (the part of OperationHandle provisioning uses). */
+export interface ProvisioningRun {
+  readonly id: string;
+  readonly signal: AbortSignal;
+  readonly cause: EventCause;
+  /** A restarted daemon runs it again: the killed run may have left it half-done. */
+  readonly resumed: boolean;
+  /** True the first time `step` is claimed, across restarts too (OperationHandle.claim). */
+  claim(step: string): Promise<boolean>;
+  progress(percent: number, stage: string): void;
+}
+
+/** How the failure of a resumed CreateVm reads: the restart is the cause; the undo's outcome follows. */
+export const CREATE_ROLLED_BACK = 'the daemon restarted during creation; what it had made was removed';
+
+/** A UEFI VM has an NVRAM file, removed with its definition (the test driver refuses --nvram for others). */
+function hasNvram(xml: string): boolean {
+  return /<nvram[\s>]|firmware=['"]efi['"]/.test(xml);
+}
+
+/** What DeleteVm acts on, from the VM's inactive XML. */
+function definitionOf(inactiveXml: string): VmDefinition {
+  const xml = parseDomainXml(inactiveXml);
+  return {
+    uuid: xml.uuid,
+    owner: xml.metadata.owner,
+    vcpus: xml.vcpus,
+    memoryGb: gibOf(BigInt(xml.maxMemoryBytes)),
+    diskPaths: xml.disks.filter((d) => d.device === 'disk').map((d) => d.sourcePath),
+    createdVolumes: xml.metadata.createdVolumes.map((v) => ({ backend: v.backend, pool: v.pool, name: v.name })),
+    hasSeed: xml.metadata.seedFiles.length > 0,
+    nvram: hasNvram(inactiveXml),
+  };
+}
+
+function isUnavailable(err: unknown): boolean {
+  return err instanceof ExecError && err.kind === 'unavailable';
+}
+
+function isMissing(err: unknown): boolean {
+  return (err instanceof ExecError && err.kind === 'not_found') || (err instanceof RpcError && err.code === 'NOT_FOUND');
+}
 
 /** One quota dimension of a plan. */
 interface QuotaNeed {
@@ -355,82 +425,139 @@ export class VmProvisioning {
 
   /**
    * The creating operation: volumes, seed, definition, autostart, start. A failure (or cancel) at
-   * any step removes what this operation made, in reverse, and gives the quotas back.
+   * any step removes what this operation made, in reverse, and gives the quotas back. Resumed
+   * after a restart, it only does that: it cannot tell how far the killed run got.
    */
-  async create(params: CreateVmParams, options: { signal: AbortSignal; cause: EventCause; onProgress: (percent: number, stage: string) => void }): Promise<VmPlan> {
+  async create(params: CreateVmParams, run: ProvisioningRun): Promise<VmPlan> {
+    if (run.resumed) {
+      const left = await this.undoCreate(params, run);
+      throw new RpcError('UNAVAILABLE', left.length === 0 ? CREATE_ROLLED_BACK : `the daemon restarted during creation; removing what it had made left: ${left.join('; ')}`);
+    }
     const { storage, libvirt, inventory } = this.deps;
-    const made: VolumeKey[] = [];
-    let seedMade: string | undefined;
-    let defined = false;
-    let started = false;
     const step = (percent: number, stage: string) => {
-      options.signal.throwIfAborted();
-      options.onProgress(percent, stage);
+      run.signal.throwIfAborted();
+      run.progress(percent, stage);
     };
-    const change = { signal: options.signal, cause: options.cause };
+    const change = { signal: run.signal, cause: run.cause };
     try {
       const total = params.volumes.length;
       for (const [i, v] of params.volumes.entries()) {
         const key: VolumeKey = { backend: v.backend, pool: v.pool, name: v.name };
         const base = (i / Math.max(1, total)) * 80;
         step(base, `creating volume ${volumeLabel(key)}`);
-        const progress = (pct: number, stage: string) => options.onProgress(base + (pct / 100) * (80 / Math.max(1, total)), stage);
+        const progress = (pct: number, stage: string) => run.progress(base + (pct / 100) * (80 / Math.max(1, total)), stage);
         const tags = { 'vm': params.vmName };
+        // Each volume carries this operation's id: an undo removes only volumes it made.
         if (v.source.kind === 'empty') {
-          await storage.createVolume(key, BigInt(v.sizeBytes), tags, params.owner, change);
+          await storage.createVolume(key, BigInt(v.sizeBytes), tags, params.owner, { ...change, madeBy: run.id });
         } else if (v.source.kind === 'image') {
           // A library image is in use while it is read: DeleteImage is refused until then.
           const release = v.source.imageSha256 ? this.deps.images?.use(v.source.imageSha256) : undefined;
           try {
-            await storage.provision(key, { sizeBytes: BigInt(v.sizeBytes), tags, owner: params.owner, imagePath: v.source.imagePath, imageSha256: v.source.imageSha256 }, { ...change, onProgress: progress });
+            await storage.provision(key, { sizeBytes: BigInt(v.sizeBytes), tags, owner: params.owner, imagePath: v.source.imagePath, imageSha256: v.source.imageSha256, madeBy: run.id }, { ...change, onProgress: progress });
           } finally {
             release?.();
           }
         } else {
-          await storage.clone(v.source.template, { pool: v.pool, image: v.name, owner: params.owner }, v.source.flatten, { ...change, onProgress: progress });
+          await storage.clone(v.source.template, { pool: v.pool, image: v.name, owner: params.owner, madeBy: run.id }, v.source.flatten, { ...change, onProgress: progress });
         }
-        made.push(key);
       }
       if (params.seed && this.deps.seeds) {
         step(82, 'building cloud-init seed');
-        seedMade = await this.deps.seeds.build(params.vmName, params.seed, 'spec.cloud_init', { signal: options.signal });
+        await this.deps.seeds.build(params.vmName, params.seed, 'spec.cloud_init', { signal: run.signal });
       }
       // A network that went away since the plan: refuse now, before the definition (and undo the volumes).
       step(88, 'checking networks');
-      const known = await this.deps.networks({ signal: options.signal });
+      const known = await this.deps.networks({ signal: run.signal });
       for (const wanted of params.networks) {
         if (!known.some((n) => `${n.kind}:${n.name}` === wanted)) throw new RpcError('NOT_FOUND', `${wanted.replace(':', ' ')} not found on this node any more`);
       }
       step(90, 'defining');
       // The VM's events from here on are this call's (the attribution ends with its window).
-      inventory.attribute(params.vmName, options.cause.actor, options.cause.traceId, 5_000);
-      await libvirt.defineXml(params.domainXml, { signal: options.signal });
-      defined = true;
-      if (params.autostart) await libvirt.setAutostart(params.vmName, true, { signal: options.signal });
+      inventory.attribute(params.vmName, run.cause.actor, run.cause.traceId, 5_000);
+      await libvirt.defineXml(params.domainXml, { signal: run.signal });
+      if (params.autostart) await libvirt.setAutostart(params.vmName, true, { signal: run.signal });
       if (params.start) {
         step(95, 'starting');
-        await libvirt.start(params.vmName, { signal: options.signal });
-        started = true;
+        await libvirt.start(params.vmName, { signal: run.signal });
       }
       await inventory.reloaded(params.vmName).catch(() => undefined);
       return fromJson(VmPlanSchema, params.plan);
     } catch (err) {
-      // Undo without the operation's signal: a cancel must not stop its own clean-up.
-      if (started) await libvirt.destroy(params.vmName).catch(() => undefined);
-      if (defined) await libvirt.undefineVm(params.vmName).catch(() => undefined);
-      if (seedMade !== undefined) await this.deps.seeds?.removeSeed(params.vmName).catch(() => undefined);
-      let uncreated = 0;
-      for (const v of params.volumes) {
-        const key: VolumeKey = { backend: v.backend, pool: v.pool, name: v.name };
-        if (made.some((m) => m.backend === key.backend && m.pool === key.pool && m.name === key.name)) {
-          // deleteVolume gives its storage_gb back to the owner.
-          await storage.deleteVolume(key, true, { force: true, cause: options.cause }).catch(() => undefined);
-        } else {
-          uncreated += v.charged;
-        }
+      // What could not be removed stays for an operator (and RecomputeQuota): the step's own failure is what the caller needs.
+      await this.undoCreate(params, run);
+      throw err;
+    }
+  }
+
+  /**
+   * Removes what the creating operation `run` made, from what its params planned and what exists
+   * now, and gives back the quotas charged for what it removed or never made. Idempotent: a second
+   * undo (after another restart) finds less to do and refunds nothing twice. The domain goes only
+   * if its UUID is the plan's, volumes only if they carry `run`'s id: a same-named VM or volume
+   * made by someone else is never touched. Returns what it could not remove or give back.
+   */
+  private async undoCreate(params: CreateVmParams, run: ProvisioningRun): Promise<string[]> {
+    const { libvirt, storage, inventory, quotas } = this.deps;
+    const left: string[] = [];
+    // Without the operation's signal: a cancel must not stop its own clean-up.
+    const attempt = async (what: string, work: () => Promise<unknown>) => {
+      try {
+        await work();
+      } catch (err) {
+        left.push(`${what}: ${itemStatus(err).message}`);
       }
-      await this.refund(params, uncreated);
-      if (defined) await inventory.reloaded(params.vmName).catch(() => undefined);
+    };
+    const vm = params.vmName;
+    const planned = parseDomainXml(params.domainXml).uuid;
+    // The domain named like the VM now (undefined: there is none). Unknown (libvirt unreachable for a while):
+    // the planned volumes may be a defined VM's disks, so nothing is removed.
+    let domain: string | undefined;
+    try {
+      domain = await retry(handleWhen(isUnavailable), { maxAttempts: 5, backoff: new ExponentialBackoff({ initialDelay: 500, maxDelay: 5_000 }) }).execute(() => this.domainUuid(vm));
+    } catch (err) {
+      return [`VM ${vm}: ${itemStatus(err).message}; nothing was removed and no quota given back`];
+    }
+    if (domain === planned) {
+      try {
+        await libvirt.destroy(vm).catch((err: unknown) => {
+          // Already off.
+          if (!(err instanceof VmStateError)) throw err;
+        });
+        await libvirt.undefineVm(vm, { nvram: hasNvram(params.domainXml) });
+      } catch (err) {
+        // A VM still defined keeps its disks, its seed and its quota units.
+        return [`VM ${vm}: ${itemStatus(err).message}; it was left with its seed and volumes`];
+      }
+      await inventory.reloaded(vm).catch(() => undefined);
+    }
+    // The seed is `<dir>/<vm>.iso`: a same-named VM made by someone else owns it.
+    if (params.seed && (domain === undefined || domain === planned)) await attempt('cloud-init seed', async () => this.deps.seeds?.removeSeed(vm));
+    await attempt('quota refund of vms, vcpus and memory_gb', async () => {
+      if (await run.claim('refund vm quota')) await this.refund(params, 0);
+    });
+    for (const v of [...params.volumes].reverse()) {
+      const key: VolumeKey = { backend: v.backend, pool: v.pool, name: v.name };
+      await attempt(`volume ${volumeLabel(key)}`, async () => {
+        const volume = await storage.getVolume(key).catch((err: unknown) => {
+          if (isMissing(err)) return undefined;
+          throw err;
+        });
+        // Its charge is settled once: by deleting the volume (deleteVolume gives its storage_gb back) or by a refund.
+        const first = await run.claim(`storage ${volumeLabel(key)}`);
+        if (volume?.tags[OPERATION_TAG] === run.id) await storage.deleteVolume(key, true, { force: true, cause: run.cause });
+        else if (first && v.charged > 0) await quotas.release(params.owner, 'storage_gb', v.charged);
+      });
+    }
+    return left;
+  }
+
+  /** The UUID of the domain named `vm`; undefined when there is none. */
+  private async domainUuid(vm: string): Promise<string | undefined> {
+    try {
+      return parseDomainXml(await this.deps.libvirt.dumpXml(vm, { inactive: true })).uuid;
+    } catch (err) {
+      if (isMissing(err)) return undefined;
       throw err;
     }
   }
@@ -438,71 +565,92 @@ export class VmProvisioning {
   /**
    * Checks a DeleteVm can start: the VM exists, is off or force is set, the extra volumes are its
    * disks, and the caller may delete every volume that would go (storage:volume:delete on its pool).
+   * Returns the definition the deletion acts on.
    */
-  async checkDelete(vmName: string, principal: Principal, request: { force: boolean; deleteVolumes: boolean; alsoDelete: readonly VolumeKey[] }, options: { signal?: AbortSignal }): Promise<void> {
+  async checkDelete(vmName: string, principal: Principal, request: { force: boolean; deleteVolumes: boolean; alsoDelete: readonly VolumeKey[] }, options: { signal?: AbortSignal }): Promise<VmDefinition> {
     const state = await this.deps.libvirt.state(vmName, options);
     if (!request.force && state !== 'shutoff' && state !== 'crashed') throw new VmStateError(vmName, state, 'delete (set force to power it off first)');
-    const xml = parseDomainXml(await this.deps.libvirt.dumpXml(vmName, { ...options, inactive: true }));
+    const definition = definitionOf(await this.deps.libvirt.dumpXml(vmName, { ...options, inactive: true }));
     for (const [i, key] of request.alsoDelete.entries()) {
-      const target = this.diskSource(key);
-      const path = target.type === 'rbd' ? `${target.pool}/${target.image}` : target.path;
-      if (!xml.disks.some((d) => d.sourcePath === path)) throw new InvalidArgumentError(`also_delete[${i}]`, `${volumeLabel(key)} is not a disk of VM "${vmName}"`);
+      if (!definition.diskPaths.includes(this.diskPath(key))) throw new InvalidArgumentError(`also_delete[${i}]`, `${volumeLabel(key)} is not a disk of VM "${vmName}"`);
     }
-    const pools = new Set([...(request.deleteVolumes ? xml.metadata.createdVolumes : []), ...request.alsoDelete].map((key) => key.pool));
+    const pools = new Set([...(request.deleteVolumes ? definition.createdVolumes : []), ...request.alsoDelete].map((key) => key.pool));
     const refused = [...pools].filter((pool) => !this.deps.allows(principal, PERMISSION_VOLUME_DELETE, [{ kind: 'pool', name: pool }]));
     if (refused.length > 0) throw new RpcError('PERMISSION_DENIED', `permission denied: deleting the VM's volumes requires ${PERMISSION_VOLUME_DELETE} on pool ${refused.join(', ')}`);
+    return definition;
   }
 
-  /** The deleting operation: destroy (force), undefine, seeds, volumes made for the VM (delete_volumes), quotas back. */
-  async delete(params: DeleteVmParams, options: { signal: AbortSignal; cause: EventCause; onProgress: (percent: number, stage: string) => void }) {
+  /** How a volume appears as a disk source in domain XML. */
+  private diskPath(key: VolumeKey): string {
+    const source = this.diskSource(key);
+    return source.type === 'rbd' ? `${source.pool}/${source.image}` : source.path;
+  }
+
+  /**
+   * The deleting operation: destroy (force), undefine, seeds, volumes made for the VM (delete_volumes),
+   * quotas back. Every step skips what is already done, so a resumed deletion carries a killed one through.
+   */
+  async delete(params: DeleteVmParams, run: ProvisioningRun) {
     const { libvirt, storage, quotas, inventory } = this.deps;
     const vm = params.vmName;
-    inventory.attribute(vm, options.cause.actor, options.cause.traceId, 5_000);
-    const inactive = await libvirt.dumpXml(vm, { signal: options.signal, inactive: true });
-    const xml = parseDomainXml(inactive);
-    const state = await libvirt.state(vm, { signal: options.signal });
+    const wanted = params.definition;
+    inventory.attribute(vm, run.cause.actor, run.cause.traceId, 5_000);
+    let current: VmDefinition | undefined;
+    try {
+      current = definitionOf(await libvirt.dumpXml(vm, { signal: run.signal, inactive: true }));
+    } catch (err) {
+      if (!isMissing(err)) throw err;
+    }
     let destroyed = false;
-    if (state !== 'shutoff' && state !== 'crashed') {
-      if (!params.force) throw new VmStateError(vm, state, 'delete (set force to power it off first)');
-      options.onProgress(10, 'powering off');
-      await libvirt.destroy(vm, { signal: options.signal });
-      destroyed = true;
+    if (current?.uuid === wanted.uuid) {
+      if (JSON.stringify(vmDefinition.parse(current)) !== JSON.stringify(wanted)) throw new RpcError('ABORTED', `VM "${vm}" changed since DeleteVm was called; call DeleteVm again`);
+      const state = await libvirt.state(vm, { signal: run.signal });
+      if (state !== 'shutoff' && state !== 'crashed') {
+        if (!params.force) throw new VmStateError(vm, state, 'delete (set force to power it off first)');
+        run.progress(10, 'powering off');
+        await libvirt.destroy(vm, { signal: run.signal });
+        destroyed = true;
+      }
+      run.progress(30, 'undefining');
+      await libvirt.undefineVm(vm, { signal: run.signal, nvram: wanted.nvram });
+      await inventory.reloaded(vm).catch(() => undefined);
+    } else if (!run.resumed) {
+      throw current
+        ? new RpcError('FAILED_PRECONDITION', `VM "${vm}" is not the VM DeleteVm was called for (it was deleted and defined again); call DeleteVm again`)
+        : new RpcError('NOT_FOUND', `VM "${vm}" not found`);
     }
-    options.onProgress(30, 'undefining');
-    await libvirt.undefineVm(vm, { signal: options.signal, nvram: /<nvram[\s>]|firmware=['"]efi['"]/.test(inactive) });
-    await inventory.reloaded(vm).catch(() => undefined);
-    // The definition is gone: from here on, a failure must not stop the quota refund.
-    const owner = xml.metadata.owner;
-    if (owner !== '') {
-      await quotas.release(owner, 'vms', 1);
-      await quotas.release(owner, 'vcpus', xml.vcpus);
-      await quotas.release(owner, 'memory_gb', gibOf(BigInt(xml.maxMemoryBytes)));
+    // The definition is gone (now, or by the killed run): a failure from here on must not stop the quota refund.
+    if (wanted.owner !== '' && (await run.claim('release vm quota'))) {
+      await quotas.release(wanted.owner, 'vms', 1);
+      await quotas.release(wanted.owner, 'vcpus', wanted.vcpus);
+      await quotas.release(wanted.owner, 'memory_gb', wanted.memoryGb);
     }
-    if (xml.metadata.seedFiles.length > 0) await this.deps.seeds?.removeSeed(vm).catch(() => undefined);
-    const targets: VolumeKey[] = [...(params.deleteVolumes ? xml.metadata.createdVolumes : []), ...params.alsoDelete];
+    // A same-named VM defined since owns the seed path.
+    const replaced = current !== undefined && current.uuid !== wanted.uuid;
+    if (wanted.hasSeed && !replaced) await this.deps.seeds?.removeSeed(vm).catch(() => undefined);
+    const targets: VolumeKey[] = [...(params.deleteVolumes ? wanted.createdVolumes : []), ...params.alsoDelete];
     const deleted: VolumeKey[] = [];
+    const gone: VolumeKey[] = [];
     const kept: string[] = [];
     for (const [i, key] of targets.entries()) {
-      options.onProgress(40 + (i / Math.max(1, targets.length)) * 59, `deleting ${volumeLabel(key)}`);
+      run.progress(40 + (i / Math.max(1, targets.length)) * 59, `deleting ${volumeLabel(key)}`);
       try {
         // Not forced: a volume another VM on this host uses now is kept (and reported), never pulled from under it.
-        await storage.deleteVolume(key, true, { signal: options.signal, cause: options.cause });
+        await storage.deleteVolume(key, true, { signal: run.signal, cause: run.cause });
         deleted.push(key);
       } catch (err) {
-        // Already gone is what was asked for; in use elsewhere (or with clones) stays.
+        // Already gone is what was asked for (deleted by the killed run, too); in use elsewhere (or with clones) stays.
         if (!(err instanceof RpcError && (err.code === 'NOT_FOUND' || err.code === 'FAILED_PRECONDITION'))) throw err;
         if (err.code === 'FAILED_PRECONDITION') kept.push(`${volumeLabel(key)}: ${err.message}`);
+        else gone.push(key);
       }
     }
-    const deletedPaths = new Set(deleted.map((key) => {
-      const s = this.diskSource(key);
-      return s.type === 'rbd' ? `${s.pool}/${s.image}` : s.path;
-    }));
+    const deletedPaths = new Set([...deleted, ...gone].map((key) => this.diskPath(key)));
     return {
       vmName: vm,
       destroyed,
       deletedVolumes: deleted.map((k) => ({ backend: KIND_ENUM[k.backend], pool: k.pool, name: k.name })),
-      keptDisks: [...xml.disks.filter((d) => d.device === 'disk' && !deletedPaths.has(d.sourcePath)).map((d) => d.sourcePath), ...kept],
+      keptDisks: [...wanted.diskPaths.filter((path) => !deletedPaths.has(path)), ...kept],
     };
   }
 

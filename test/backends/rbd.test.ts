@@ -246,6 +246,19 @@ describe('RbdBackend templates and clones', () => {
     await rbd.deleteSnapshot(pool, 'tmpl', 'plain');
     await rbd.deleteVolume(pool, 'tmpl');
   });
+
+  it('gives a clone its own tags (CreateVm tags it with its operation), none of the parent\'s', async () => {
+    const { rbd, pool } = await freshBackend();
+    await rbd.createVolume({ pool, name: 'tmpl2', sizeBytes: 8n * MiB, tags: { os: 'debian' }, owner: 'admin' });
+    await rbd.createSnapshot({ pool, volume: 'tmpl2', name: 'gold', label: '', owner: 'admin' });
+    await rbd.protectSnapshot(pool, 'tmpl2', 'gold');
+    const clone = await rbd.clone({ pool, image: 'tmpl2', snapshot: 'gold' }, { pool, image: 'vm2-disk', owner: 'ci', tags: { vm: 'vm2', 'debvisor.operation': 'op-1' } });
+    expect(clone).toMatchObject({ owner: 'ci', tags: { vm: 'vm2', 'debvisor.operation': 'op-1' } });
+    await rbd.deleteVolume(pool, 'vm2-disk');
+    await rbd.unprotectSnapshot(pool, 'tmpl2', 'gold');
+    await rbd.deleteSnapshot(pool, 'tmpl2', 'gold');
+    await rbd.deleteVolume(pool, 'tmpl2');
+  });
 });
 
 describe('RbdBackend ownership (RecomputeQuota)', () => {

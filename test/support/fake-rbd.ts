@@ -65,9 +65,9 @@ export class FakeRbd implements RbdTemplateBackend {
   unprotectSnapshot(): Promise<void> {
     return Promise.resolve();
   }
-  async clone(from: { image: string; snapshot: string }, to: { pool: string; image: string; owner: string }): Promise<VolumeInfo> {
+  async clone(from: { image: string; snapshot: string }, to: { pool: string; image: string; owner: string; tags?: Record<string, string> }): Promise<VolumeInfo> {
     this.snapshots.get(`${from.image}@${from.snapshot}`)!.clones.push(`${to.pool}/${to.image}`);
-    return this.createVolume({ pool: to.pool, name: to.image, sizeBytes: this.volumes.get(from.image)!.sizeBytes, tags: {}, owner: to.owner });
+    return this.createVolume({ pool: to.pool, name: to.image, sizeBytes: this.volumes.get(from.image)!.sizeBytes, tags: to.tags ?? {}, owner: to.owner });
   }
   flatten(): Promise<void> {
     return this.fail.flatten ? Promise.reject(new ExecError({ kind: 'timeout', backend: 'rbd', command: 'rbd' })) : Promise.resolve();

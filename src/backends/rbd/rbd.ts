@@ -251,7 +251,7 @@ export class RbdBackend implements RbdTemplateBackend {
 
   async clone(
     from: { pool: string; image: string; snapshot: string },
-    to: { pool: string; image: string; owner: string },
+    to: { pool: string; image: string; owner: string; tags?: Record<string, string> },
     options: CallOptions = {},
   ): Promise<VolumeInfo> {
     const parent = this.snapSpec(from.pool, from.image, from.snapshot);
@@ -261,7 +261,7 @@ export class RbdBackend implements RbdTemplateBackend {
       // rbd clone copies the parent's image-meta: the template's owner, tags and snapshot keys are not the clone's.
       const inherited = Object.keys(await this.readMeta(child, options)).filter((key) => key.startsWith(META_PREFIX));
       for (const key of inherited) await this.rbd(['image-meta', 'remove', child, key], RBD_IMAGE_RULES, options);
-      await this.setMeta(child, to.owner ? { [OWNER_KEY]: to.owner } : {}, options);
+      await this.setMeta(child, { ...(to.owner ? { [OWNER_KEY]: to.owner } : {}), ...tagMeta(to.tags ?? {}) }, options);
     }, child);
     return this.getVolume(to.pool, to.image, options);
   }

@@ -684,21 +684,22 @@ export enum OperationKind {
   SHUTDOWN_VM = 6,
 
   /**
-   * VmService.CreateVm.
+   * VmService.CreateVm. A daemon restarted while it ran rolls it back (removes
+   * what it made, gives its quotas back) and fails it with UNAVAILABLE.
    *
    * @generated from enum value: OPERATION_KIND_CREATE_VM = 7;
    */
   CREATE_VM = 7,
 
   /**
-   * VmService.DeleteVm.
+   * VmService.DeleteVm. A daemon restarted while it ran carries it through.
    *
    * @generated from enum value: OPERATION_KIND_DELETE_VM = 8;
    */
   DELETE_VM = 8,
 
   /**
-   * ImageService.ImportImage.
+   * ImageService.ImportImage. A daemon restarted while it ran resumes the download.
    *
    * @generated from enum value: OPERATION_KIND_IMPORT_IMAGE = 9;
    */
