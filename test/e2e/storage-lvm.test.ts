@@ -117,15 +117,18 @@ describe('LVM volumes', () => {
     await storage.createVolume({ volume: ref('db'), sizeBytes: 16n * MIB }, T);
     const hour = 3_600_000;
     const day = 24 * hour;
+    // Retention periods are UTC days: the times are placed in days, not at ages from now, so the
+    // plan is the same at any time of day (db-d earlier today, db-c yesterday at noon, …).
     const now = Date.now();
+    const today = Math.floor(now / day) * day;
+    const created: [string, number][] = [['db-a', today - 40 * day + 12 * hour], ['db-b', today - 10 * day + 12 * hour], ['db-c', today - day + 12 * hour], ['db-d', today + Math.floor((now - today) / 2)]];
     // Written into the VG metadata (this kernel cannot run lvcreate -s), backdated, owned by CI.
-    const ages: [string, number][] = [['db-a', 40 * day], ['db-b', 10 * day], ['db-c', day], ['db-d', hour]];
-    for (const [name, age] of ages) {
-      await writeSnapshotMetadata(lvm, { origin: 'db', name, tags: encodeTags({ owner: CI, label: `age ${age / hour} h` }), createTime: new Date(now - age) });
+    for (const [name, time] of created) {
+      await writeSnapshotMetadata(lvm, { origin: 'db', name, tags: encodeTags({ owner: CI, label: `made ${new Date(time).toISOString()}` }), createTime: new Date(time) });
     }
     const listed = await storage.listSnapshots({ dataset: ref('db') }, T);
-    expect(listed.snapshots.map((s) => [s.name, s.label])).toEqual(ages.map(([name, age]) => [name, `age ${age / hour} h`]));
-    expect(Math.abs(Number(listed.snapshots[0]!.createTime!.seconds) * 1000 - (now - 40 * day))).toBeLessThan(2000);
+    expect(listed.snapshots.map((s) => [s.name, s.label])).toEqual(created.map(([name, time]) => [name, `made ${new Date(time).toISOString()}`]));
+    expect(Math.abs(Number(listed.snapshots[0]!.createTime!.seconds) * 1000 - created[0]![1])).toBeLessThan(2000);
     // Snapshots are LVs, never volumes.
     expect((await storage.listVolumes({ backend: LVM }, T)).volumes.map((v) => v.ref?.name)).toEqual(['db']);
 
