@@ -4,7 +4,7 @@
 // backends `lvmPath: vm.lvmPath` / `qemuImgPath: vm.qemuImgPath` and they drive the guest's real
 // lvm (VG "vg0", active LVs with /dev/vg0/* nodes) and qemu-img; images from `imagesDir` are in /images.
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -29,10 +29,18 @@ export function lvmVmAvailable(): boolean {
   return existsSync(QEMU_SYSTEM) && existsSync('/sbin/lvm') && existsSync('/usr/bin/apt-get') && existsSync('/usr/bin/python3');
 }
 
-/** `imagesDir`: files to copy into the guest's /images. */
-export async function startLvmVm(options: { imagesDir?: string } = {}): Promise<LvmVm> {
+/**
+ * `imagesDir`: files to copy into the guest's /images. `imagesAtHostPath`: the guest also shows them
+ * at imagesDir's own (real) path, so a path the host's code computes under imagesDir is the same file
+ * in the guest, and needs no mapping.
+ */
+export async function startLvmVm(options: { imagesDir?: string; imagesAtHostPath?: boolean } = {}): Promise<LvmVm> {
   let vmDir: string;
-  const env = options.imagesDir === undefined ? process.env : { ...process.env, IMAGES_DIR: options.imagesDir };
+  const { imagesDir } = options;
+  const env =
+    imagesDir === undefined
+      ? process.env
+      : { ...process.env, IMAGES_DIR: imagesDir, ...(options.imagesAtHostPath === true ? { IMAGES_GUEST_PATH: realpathSync(imagesDir) } : {}) };
   try {
     vmDir = (await run(join(SCRIPTS, 'lvm-vm-start'), [], { timeout: 300_000, env })).stdout.trim();
   } catch (err) {
