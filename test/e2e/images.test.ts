@@ -2,8 +2,9 @@
 // (the test config allow-lists 127.0.0.0/8 and plain http) images that qemu-img made, into its
 // content-addressed library, and provisioning a REAL Ceph RBD volume from a library image,
 // read back byte for byte. The server counts requests and can hold a body mid-way on a latch.
-// LVM volumes cannot be written on this kernel (no device-mapper: see storage-provision.test.ts),
-// so the byte-for-byte read-back is on RBD only.
+// LVM volumes cannot be written on this kernel (no device-mapper: see storage-provision.test.ts), so
+// here the byte-for-byte read-back is on RBD; the LVM one is test/images/library-lvm.test.ts (a guest
+// with device-mapper).
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
