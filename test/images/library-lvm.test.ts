@@ -132,6 +132,7 @@ describe.skipIf(skip)('a library image provisioned into a real LVM volume (devic
     await writeFile(stale, Buffer.alloc(8 * 1024 * 1024, 0xaa));
     vm = await startLvmVm({ imagesDir: libraryDir!, imagesAtHostPath: true });
     // The daemon's own storage wiring (src/storage/setup.ts), pointed at the guest's lvm and qemu-img.
+    // qemu-img's header read and file-version check see the host's file, which the guest's is a copy of.
     const storageConfig = configOf({ lvm: { vgs: [vm.vg], lvm_path: vm.lvmPath, max_concurrent: 1 }, qemu_img: { path: vm.qemuImgPath } });
     const storage: StorageManager = createStorage(storageConfig, () => storageConfig, quotas, new Registry(), () => Promise.resolve([]));
     const lvm = storage.backend('lvm');
