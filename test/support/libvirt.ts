@@ -75,6 +75,19 @@ function virshOk(uri: string, args: string[]): boolean {
 }
 
 export const QEMU = '/usr/bin/qemu-system-x86_64';
+const VIRT_ADMIN = '/usr/bin/virt-admin';
+
+/**
+ * How many clients the libvirtd behind `adminUri` has connected to its main server (virt-admin
+ * srv-clients-list). A session libvirtd's admin server takes only its own user: as root, the
+ * question is asked as `nobody`, the user the libvirtd runs as.
+ */
+function libvirtClients(adminUri: string, asNobody: boolean): number {
+  const ask = [VIRT_ADMIN, '-q', '-c', adminUri, 'srv-clients-list', 'libvirtd'];
+  const [cmd, ...args] = asNobody ? ['/usr/bin/setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...ask] : ask;
+  const out = spawnSync(cmd!, args, { encoding: 'utf8', env: { LC_ALL: 'C', PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  return out.status === 0 ? out.stdout.split('\n').filter((line) => /^\s*\d+\s/.test(line)).length : 0;
+}
 
 /** True when QEMU is installed too (real migration tests). */
 export function qemuAvailable(): boolean {
@@ -149,10 +162,17 @@ export async function startLibvirt(options: StartLibvirtOptions = {}): Promise<T
       // The test driver frees /default's state when its last connection closes: keep one open.
       holder = spawn(VIRSH, ['-c', uri, 'event', '--all', '--loop'], { env: { LC_ALL: 'C', PATH: env.PATH }, detached: true, stdio: 'ignore' });
       track(holder);
-      // The holder is connected once the driver's built-in domain survives another connection's exit.
-      await sleep(200);
+      // Only once the holder is connected does removing the built-in domain last: with no connection
+      // left, the driver would build /default again, domain "test" included. Waited for, not assumed.
+      const admin = `libvirtd:///session?socket=${join(dir, 'run', 'libvirt', 'libvirt-admin-sock')}`;
+      while (libvirtClients(admin, root) < 1) {
+        if (holder.exitCode !== null) throw new Error(`the test driver's connection holder exited (${holder.exitCode})`);
+        if (Date.now() > deadline) throw new Error(`the test driver's connection holder did not connect within ${READY_TIMEOUT_MS} ms`);
+        await sleep(50);
+      }
       virshOk(uri, ['destroy', 'test']);
       if (!virshOk(uri, ['undefine', 'test'])) throw new Error('could not remove the built-in test domain');
+      if (virshOk(uri, ['dominfo', 'test'])) throw new Error('the built-in test domain came back after its removal');
     }
   } catch (err) {
     await stop();
