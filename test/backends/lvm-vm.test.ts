@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LvmBackend } from '../../src/backends/lvm/lvm.js';
 import { QemuImg } from '../../src/backends/qemu-img/qemu-img.js';
 import { toStatus } from '../../src/rpc/errors.js';
-import { lvmVmAvailable, startLvmVm, type LvmVm } from '../support/lvm-vm.js';
+import { identicalInGuest, lvmVmAvailable, startLvmVm, type LvmVm } from '../support/lvm-vm.js';
 import { rejection } from '../support/rejection.js';
 
 const MiB = 1024n * 1024n;
@@ -54,24 +54,13 @@ describe.skipIf(skip)('LvmBackend and QemuImg in a device-mapper guest', () => {
     if (imagesDir !== undefined) rmSync(imagesDir, { recursive: true, force: true });
   });
 
-  /** `qemu-img compare` in the guest: true when the two are identical byte for byte. */
-  async function identical(image: string, format: string, device: string): Promise<boolean> {
-    try {
-      await run(vm!.qemuImgPath, ['compare', '-f', format, '-F', 'raw', image, device]);
-      return true;
-    } catch (err) {
-      if ((err as { code?: unknown }).code === 1) return false;
-      throw err;
-    }
-  }
-
   it('provisions an image into a real LV device, leaving nothing of its previous content', async () => {
     const volume = await backend.createVolume({ pool: 'vg0', name: 'prov', sizeBytes: 8n * MiB, tags: {}, owner: 'user:alice' });
     const device = backend.imageTarget('vg0', volume.name);
     expect(device).toBe('/dev/vg0/prov');
     // The volume's previous life.
     await qemuImg.convert({ source: '/images/stale.raw', sourceFormat: 'raw', target: device, targetFormat: 'raw', targetExists: true });
-    expect(await identical('/images/stale.raw', 'raw', device)).toBe(true);
+    expect(await identicalInGuest(vm!, '/images/stale.raw', 'raw', device)).toBe(true);
 
     const info = await qemuImg.info('/images/disk.qcow2');
     expect(info).toMatchObject({ format: 'qcow2', virtualSizeBytes: 8n * MiB });
@@ -79,7 +68,7 @@ describe.skipIf(skip)('LvmBackend and QemuImg in a device-mapper guest', () => {
     await qemuImg.convert({ source: '/images/disk.qcow2', sourceFormat: info.format, target: device, targetFormat: 'raw', targetExists: true, onProgress: (p) => progress.push(p) });
     expect(progress.at(-1)).toBe(100);
     // Byte for byte, including the image's zero half over the old 0xAA.
-    expect(await identical('/images/disk.qcow2', 'qcow2', device)).toBe(true);
+    expect(await identicalInGuest(vm!, '/images/disk.qcow2', 'qcow2', device)).toBe(true);
     await backend.deleteVolume('vg0', 'prov');
   }, 180_000);
 

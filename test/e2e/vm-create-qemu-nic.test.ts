@@ -14,7 +14,6 @@
 // Skipped locally with DEBVISOR_SKIP_QEMU=1 or DEBVISOR_SKIP_SLOW=1, never in CI.
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -24,10 +23,10 @@ import { CpuMode, DiskBus, NicModel, VmService, VmState } from '../../src/gen/de
 import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { bridgeSupported, startBridge, type TestBridge } from '../support/bridge.js';
 import { RBD, startCeph, type TestCeph } from '../support/ceph.js';
-import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
-import { grpcHealth } from '../support/health.js';
+import { clientFor, type RunningDaemon } from '../support/daemon.js';
 import { libvirtLog, startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
-import { finished, MIB, NO_RATE_LIMITS, T, type Client } from '../support/storage.js';
+import { startQemuRbdDaemon } from '../support/qemu-rbd.js';
+import { finished, MIB, T, type Client } from '../support/storage.js';
 
 const run = promisify(execFile);
 const CI = process.env.CI === 'true';
@@ -92,20 +91,7 @@ describe.skipIf(skipLocally)('CreateVm with an RBD disk and a NIC on a host brid
     for (const result of [cephStarted, bridgeMade]) if (result.status === 'rejected') throw result.reason;
     libvirt = await startLibvirt({ driver: 'qemu', qemuConf: bridge.qemuConf });
     // QEMU finds the cluster through the monitors the daemon writes into the disk (see vm-create-qemu-rbd.test.ts).
-    const monitor = /^mon host = v2:(127\.0\.0\.1:\d+)$/m.exec(await readFile(ceph.conf, 'utf8'))?.[1];
-    if (monitor === undefined) throw new Error(`no "mon host" in ${ceph.conf}`);
-    daemon = await startDaemon({
-      env: {
-        DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri,
-        DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_DOMAIN_TYPE: 'qemu',
-        DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_MACHINE_TYPE: 'pc',
-        DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_RBD_MONITORS: monitor,
-        DEBVISOR_RPCD_RBD_CEPH_CONF: ceph.conf,
-        DEBVISOR_RPCD_RBD_POOLS: POOL,
-      },
-      config: NO_RATE_LIMITS,
-    });
-    await vi.waitFor(async () => expect(await grpcHealth(daemon, VmService.typeName)).toBe('SERVING'), { timeout: 60_000, interval: 100 });
+    ({ daemon } = await startQemuRbdDaemon(libvirt, ceph, POOL));
     [vms, ops, nodes] = await Promise.all([clientFor(VmService, daemon), clientFor(OperationService, daemon), clientFor(NodeService, daemon)]);
   });
 

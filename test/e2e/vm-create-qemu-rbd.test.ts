@@ -9,7 +9,6 @@
 // with delete_volumes removes the VM's images, DeleteVolume the detached ones. Skipped locally with
 // DEBVISOR_SKIP_QEMU=1 or DEBVISOR_SKIP_SLOW=1, never in CI.
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { OperationService, OperationState } from '../../src/gen/debvisor/v1/operation_pb.js';
@@ -18,10 +17,10 @@ import { StorageBackend } from '../../src/gen/debvisor/v1/storage_types_pb.js';
 import { CpuMode, DiskBus, VmService, VmState } from '../../src/gen/debvisor/v1/vm_pb.js';
 import { parseDomainXml } from '../../src/backends/libvirt/xml.js';
 import { RBD, startCeph, type TestCeph } from '../support/ceph.js';
-import { clientFor, startDaemon, type RunningDaemon } from '../support/daemon.js';
+import { clientFor, type RunningDaemon } from '../support/daemon.js';
 import { libvirtLog, startLibvirt, VIRSH, type TestLibvirt } from '../support/libvirt.js';
-import { grpcHealth } from '../support/health.js';
-import { finished, MIB, NO_RATE_LIMITS, T, type Client } from '../support/storage.js';
+import { startQemuRbdDaemon } from '../support/qemu-rbd.js';
+import { finished, MIB, T, type Client } from '../support/storage.js';
 
 const run = promisify(execFile);
 const skipLocally = (process.env.DEBVISOR_SKIP_QEMU === '1' || process.env.DEBVISOR_SKIP_SLOW === '1') && process.env.CI !== 'true';
@@ -57,22 +56,7 @@ async function qemuCapacity(target: string): Promise<bigint> {
 describe.skipIf(skipLocally)('CreateVm with RBD disks on qemu:///session with real QEMU (TCG)', () => {
   beforeAll(async () => {
     [ceph, libvirt] = await Promise.all([startCeph({ pools: [POOL] }), startLibvirt({ driver: 'qemu' })]);
-    // What an operator copies from the cluster's mon_host (ceph-test-start writes "v2:127.0.0.1:PORT").
-    const monHost = /^mon host = v2:(127\.0\.0\.1:\d+)$/m.exec(await readFile(ceph.conf, 'utf8'))?.[1];
-    if (monHost === undefined) throw new Error(`no "mon host" in ${ceph.conf}`);
-    monitor = monHost;
-    daemon = await startDaemon({
-      env: {
-        DEBVISOR_RPCD_LIBVIRT_URI: libvirt.uri,
-        DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_DOMAIN_TYPE: 'qemu',
-        DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_MACHINE_TYPE: 'pc',
-        DEBVISOR_RPCD_LIBVIRT_VM_DEFAULTS_RBD_MONITORS: monitor,
-        DEBVISOR_RPCD_RBD_CEPH_CONF: ceph.conf,
-        DEBVISOR_RPCD_RBD_POOLS: POOL,
-      },
-      config: NO_RATE_LIMITS,
-    });
-    await vi.waitFor(async () => expect(await grpcHealth(daemon, VmService.typeName)).toBe('SERVING'), { timeout: 60_000, interval: 100 });
+    ({ daemon, monitor } = await startQemuRbdDaemon(libvirt, ceph, POOL));
     [vms, ops, storage] = await Promise.all([clientFor(VmService, daemon), clientFor(OperationService, daemon), clientFor(StorageService, daemon)]);
   });
 

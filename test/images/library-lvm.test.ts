@@ -31,7 +31,7 @@ import { LeaseHolder } from '../../src/store/lease-holder.js';
 import { createRepositories } from '../../src/store/repositories.js';
 import type { Store } from '../../src/store/store.js';
 import { sha256Hex, startHttpImageServer, type ImageServer } from '../support/image-server.js';
-import { lvmVmAvailable, startLvmVm, type LvmVm } from '../support/lvm-vm.js';
+import { identicalInGuest, lvmVmAvailable, startLvmVm, type LvmVm } from '../support/lvm-vm.js';
 import { embeddedHarness, type StoreHarness } from '../support/store-harness.js';
 
 const MiB = 1024n * 1024n;
@@ -98,17 +98,6 @@ describe.skipIf(skip)('a library image provisioned into a real LVM volume (devic
     for (const dir of [libraryDir, workDir]) if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
-  /** `qemu-img compare` in the guest: true when the two are identical byte for byte. */
-  async function identical(image: string, format: string, device: string): Promise<boolean> {
-    try {
-      await run(vm!.qemuImgPath, ['compare', '-f', format, '-F', 'raw', image, device]);
-      return true;
-    } catch (err) {
-      if ((err as { code?: unknown }).code === 1) return false;
-      throw err;
-    }
-  }
-
   /** The physical extents an LV occupies, as lvm reports them ("/dev/loop0:0-1"). */
   async function extentsOf(lv: string): Promise<string> {
     return (await run(vm!.lvmPath, ['lvs', '--noheadings', '-o', 'seg_pe_ranges', `vg0/${lv}`])).stdout.trim();
@@ -140,7 +129,7 @@ describe.skipIf(skip)('a library image provisioned into a real LVM volume (devic
     // The LV's previous life: 0xAA over the extents the provisioned volume will get next.
     await lvm.createVolume({ pool: 'vg0', name: 'prev', sizeBytes: 8n * MiB, tags: {}, owner: alice.id });
     await run(vm.qemuImgPath, ['convert', '-n', '-f', 'raw', '-O', 'raw', stale, '/dev/vg0/prev']);
-    expect(await identical(stale, 'raw', '/dev/vg0/prev')).toBe(true);
+    expect(await identicalInGuest(vm, stale, 'raw', '/dev/vg0/prev')).toBe(true);
     const staleExtents = await extentsOf('prev');
     await lvm.deleteVolume('vg0', 'prev');
 
@@ -172,8 +161,8 @@ describe.skipIf(skip)('a library image provisioned into a real LVM volume (devic
     // Byte for byte against the library's file, including the image's zero half over the old 0xAA.
     const device = lvm.imageTarget('vg0', 'from-library');
     expect(device).toBe('/dev/vg0/from-library');
-    expect(await identical(published, 'qcow2', device)).toBe(true);
-    expect(await identical(stale, 'raw', device)).toBe(false);
+    expect(await identicalInGuest(vm, published, 'qcow2', device)).toBe(true);
+    expect(await identicalInGuest(vm, stale, 'raw', device)).toBe(false);
     // Lineage: the digest in the reserved tag, beside the user's own, as the real lvs reads it back.
     const listed = await lvm.getVolume('vg0', 'from-library');
     expect(listed.tags).toMatchObject({ env: 'ci', [IMAGE_DIGEST_TAG]: imageSha256 });

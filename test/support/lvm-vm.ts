@@ -67,3 +67,14 @@ export async function startLvmVm(options: { imagesDir?: string; imagesAtHostPath
     },
   };
 }
+
+/** `qemu-img compare` in the guest: true when `image` (read as `format`) and the raw `device` are identical byte for byte. */
+export async function identicalInGuest(vm: LvmVm, image: string, format: string, device: string): Promise<boolean> {
+  try {
+    await run(vm.qemuImgPath, ['compare', '-f', format, '-F', 'raw', image, device]);
+    return true;
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 1) return false;
+    throw err;
+  }
+}
