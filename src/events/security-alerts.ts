@@ -1,7 +1,8 @@
 // SECURITY_ALERT: one event per SECURITY audit record, bounded. An attack can make the daemon
 // write thousands of SECURITY records a second (the audit log keeps them all); the journal gets
-// each distinct reason once per second and at most MAX_PER_SECOND alerts a second, and the rest
-// are counted in debvisor_security_alerts_coalesced_total.
+// each distinct reason about each object once per second (two keys created in one second are two
+// alerts; one address failing a thousand times is one) and at most MAX_PER_SECOND alerts a second,
+// and the rest are counted in debvisor_security_alerts_coalesced_total.
 import { Counter, type Registry } from 'prom-client';
 import { scrubSecrets } from '../audit/redact.js';
 import type { AuditEventInput } from '../audit/types.js';
@@ -23,7 +24,8 @@ export interface SecurityAlertsOptions {
 
 export class SecurityAlerts {
   private second = -1;
-  private readonly reasons = new Set<string>();
+  /** Reason and object of each alert published this second. */
+  private readonly published = new Set<string>();
   private readonly maxPerSecond: number;
   private readonly now: () => number;
   readonly coalesced: Counter<'why'>;
@@ -33,7 +35,7 @@ export class SecurityAlerts {
     this.now = options.now ?? Date.now;
     this.coalesced = new Counter({
       name: 'debvisor_security_alerts_coalesced_total',
-      help: 'SECURITY audit records not published as SECURITY_ALERT events: the same reason already published this second (duplicate), or over the per-second bound (rate).',
+      help: 'SECURITY audit records not published as SECURITY_ALERT events: the same reason about the same object already published this second (duplicate), or over the per-second bound (rate).',
       labelNames: ['why'] as const,
       registers: options.registry ? [options.registry] : [],
     });
@@ -44,22 +46,24 @@ export class SecurityAlerts {
     const second = Math.floor(this.now() / 1000);
     if (second !== this.second) {
       this.second = second;
-      this.reasons.clear();
+      this.published.clear();
     }
     const reason = scrubSecrets(event.reason ?? '').slice(0, MAX_REASON_LENGTH);
-    if (this.reasons.has(reason)) {
+    const object = scrubSecrets(event.object ?? '');
+    const key = `${reason}\u0000${object}`;
+    if (this.published.has(key)) {
       this.coalesced.inc({ why: 'duplicate' });
       return;
     }
-    if (this.reasons.size >= this.maxPerSecond) {
+    if (this.published.size >= this.maxPerSecond) {
       this.coalesced.inc({ why: 'rate' });
       return;
     }
-    this.reasons.add(reason);
+    this.published.add(key);
     const principal = event.principal;
     this.options.sink.publish({
       kind: EventKind.SECURITY_ALERT,
-      resource: { node: this.options.node, name: scrubSecrets(event.object ?? '') },
+      resource: { node: this.options.node, name: object },
       actor: principal ? { principal: principal.id, ...(principal.impersonated_by ? { impersonatedBy: principal.impersonated_by.id } : {}) } : {},
       traceId: event.trace_id,
       payload: { case: 'security', value: { reason } },

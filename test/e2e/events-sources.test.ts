@@ -41,14 +41,21 @@ class Feed {
       this.call.once('error', reject);
     });
     this.call.on('data', (event: Event) => this.events.push(event));
-    this.call.on('error', () => undefined);
+    this.call.on('error', (err: Error) => (this.ended = `failed: ${err.message}`));
+    this.call.on('end', () => (this.ended ??= 'ended by the server'));
   }
+
+  /** How the stream stopped, if it did (for the failure message). */
+  private ended: string | undefined;
 
   /** Waits for the first event matching `match`. */
   find(match: (event: Event) => boolean): Promise<Event> {
     return vi.waitFor(() => {
       const found = this.events.find(match);
-      if (!found) throw new Error('no such event yet');
+      if (!found) {
+        const seen = this.events.slice(-8).map((e) => `${EventKind[e.kind]} ${e.resource?.name ?? ''}`);
+        throw new Error(`no such event yet (stream ${this.ended ?? 'open'}; ${this.events.length} events, the last: ${seen.join(', ')})`);
+      }
       return found;
     }, WAIT);
   }

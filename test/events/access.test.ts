@@ -148,4 +148,16 @@ describe('SecurityAlerts bounds', () => {
     bounded.record({ type: 'SECURITY', trace_id: 'next', reason: 'repeated failure' });
     expect(out.events.at(-1)).toMatchObject({ traceId: 'next' });
   });
+
+  it('keeps the same reason about two objects in one second apart (two keys created are two alerts)', () => {
+    const out = new RecordingSink();
+    const bounded = new SecurityAlerts({ sink: out, node: 'n', now: () => 5_000_000 });
+    bounded.record({ type: 'SECURITY', trace_id: 'k1', reason: 'api key created', object: 'api_key:one' });
+    bounded.record({ type: 'SECURITY', trace_id: 'k2', reason: 'api key created', object: 'api_key:two' });
+    bounded.record({ type: 'SECURITY', trace_id: 'k2-again', reason: 'api key created', object: 'api_key:two' });
+    expect(out.events.map((e) => [e.traceId, e.resource?.name])).toEqual([
+      ['k1', 'api_key:one'],
+      ['k2', 'api_key:two'],
+    ]);
+  });
 });
